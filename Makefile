@@ -1,0 +1,43 @@
+# The two commands of the README:
+#   make demo   install everything, then a live demo on a local Kafka broker
+#   make test   install everything, then lint, type-check and run the whole test suite
+# Needs python3 >= 3.11, Java 17+ and Maven (the broker is resolved from Maven Central once).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: install demo test lint typecheck unit clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "streamer needs Python >= 3.11, found " + sys.version.split()[0])'
+	@command -v java >/dev/null || { echo "error: java not found: install a Java 17+ runtime (Debian: apt-get install openjdk-17-jre)"; exit 2; }
+	@command -v mvn >/dev/null || { echo "error: mvn not found: install Apache Maven (Debian: apt-get install maven)"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/streamer demo $(DEMO_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check streamer tests benchmarks
+	$(BIN)/ruff format --check streamer tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit -q
+
+test: lint typecheck
+	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+clean:
+	-$(BIN)/streamer kafka down
+	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache

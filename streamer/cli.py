@@ -1,0 +1,318 @@
+"""The `streamer` command: thin wrappers that build settings, call the library and print."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
+from rich.table import Table
+
+from streamer.errors import StreamerError
+from streamer.kafka_io import ensure_topics, metadata_ready, run_sync
+from streamer.settings import Settings, load_settings
+
+__all__ = ["main"]
+
+console = Console(stderr=False)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings: Settings = ctx.obj
+    return settings
+
+
+def _fail_cleanly(func: F) -> F:
+    """StreamerError -> one line on stderr and exit code 2, no traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except StreamerError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+@click.group()
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML settings file (also STREAMER_CONFIG); environment variables override it.",
+)
+@click.pass_context
+def cli(ctx: click.Context, config_file: Path | None) -> None:
+    """streamer: live funnel drop-off detection on Kafka."""
+    try:
+        ctx.obj = load_settings(config_file)
+    except StreamerError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    _configure_logging(ctx.obj.log_level)
+
+
+# --- config ------------------------------------------------------------------------------
+@cli.group()
+def config() -> None:
+    """Inspect the effective configuration."""
+
+
+@config.command("show")
+@click.pass_context
+def config_show(ctx: click.Context) -> None:
+    """Print the validated settings, secrets masked."""
+    for name, value in _settings(ctx).masked().items():
+        click.echo(f"{name} = {value!r}")
+
+
+# --- kafka -------------------------------------------------------------------------------
+@cli.group()
+def kafka() -> None:
+    """Run a local single-node Kafka broker (KRaft) for development and the demo."""
+
+
+def _local_kafka(settings: Settings) -> Any:
+    from streamer.kafka_local import LocalKafka
+
+    return LocalKafka(settings)
+
+
+@kafka.command("up")
+@click.pass_context
+@_fail_cleanly
+def kafka_up(ctx: click.Context) -> None:
+    """Start the local broker (download it once with Maven), wait until it answers."""
+    settings = _settings(ctx)
+    if not settings.uses_local_broker:
+        ok = run_sync(metadata_ready(settings))
+        state = "reachable" if ok else "NOT reachable"
+        click.echo(
+            f"STREAMER_KAFKA_BOOTSTRAP is set: using the existing cluster at "
+            f"{settings.bootstrap_servers} ({state}); no local broker started"
+        )
+        sys.exit(0 if ok else 1)
+    status, started = _local_kafka(settings).up()
+    if started:
+        click.echo(f"started {status.describe()}")
+    else:
+        click.echo(f"already running: {status.describe()}")
+    click.echo(f"bootstrap: {status.bootstrap}")
+
+
+@kafka.command("down")
+@click.pass_context
+@_fail_cleanly
+def kafka_down(ctx: click.Context) -> None:
+    """Stop the local broker (its data stays; `kafka reset` deletes it)."""
+    broker = _local_kafka(_settings(ctx))
+    click.echo("stopped local Kafka" if broker.down() else "local Kafka was not running")
+
+
+@kafka.command("status")
+@click.pass_context
+@_fail_cleanly
+def kafka_status(ctx: click.Context) -> None:
+    """Say whether the local broker runs; exit 1 when it does not."""
+    status = _local_kafka(_settings(ctx)).status()
+    click.echo(status.describe())
+    sys.exit(0 if status.running else 1)
+
+
+@kafka.command("reset")
+@click.pass_context
+@_fail_cleanly
+def kafka_reset(ctx: click.Context) -> None:
+    """Stop the local broker and delete its data (all topics)."""
+    broker = _local_kafka(_settings(ctx))
+    broker.destroy()
+    click.echo(f"deleted {broker.data_dir}")
+
+
+@cli.command("topics")
+@click.pass_context
+@_fail_cleanly
+def topics(ctx: click.Context) -> None:
+    """Create streamer's topics that do not exist yet."""
+    settings = _settings(ctx)
+    names = _all_topics(settings)
+    run_sync(ensure_topics(settings, names))
+    click.echo(f"topics ready ({settings.topic_partitions} partitions): {', '.join(names)}")
+
+
+def _all_topics(settings: Settings) -> list[str]:
+    return [settings.clickstream_topic, settings.checkout_topic, settings.events_topic,
+            settings.dlq_topic]  # fmt: skip
+
+
+# --- worker ------------------------------------------------------------------------------
+@cli.command("worker")
+@click.pass_context
+@_fail_cleanly
+def worker(ctx: click.Context) -> None:
+    """Run a streamer worker (Faust): ingest, funnel state, /metrics on the web port."""
+    import faust
+
+    from streamer.app import create_app
+
+    settings = _settings(ctx)
+    log = logging.getLogger("streamer.worker")
+    log.info("settings: %s", settings.masked())
+    if not run_sync(metadata_ready(settings, timeout=10)):
+        raise StreamerError(
+            f"no Kafka broker answers at {settings.bootstrap_servers}: start one with "
+            "`streamer kafka up` or set STREAMER_KAFKA_BOOTSTRAP"
+        )
+    run_sync(ensure_topics(settings, _all_topics(settings)))
+    app = create_app(settings)
+    log.info("metrics on http://%s:%d/metrics", settings.web_host, settings.web_port)
+    faust.Worker(
+        app.faust, loglevel=settings.log_level, redirect_stdouts=False
+    ).execute_from_commandline()
+
+
+# --- simulate ----------------------------------------------------------------------------
+@cli.command("simulate")
+@click.option("--rate", default=50.0, show_default=True, help="events per second")
+@click.option("--duration", default=60.0, show_default=True, help="seconds to run")
+@click.option("--seed", default=1, show_default=True, help="random seed (same seed, same sessions)")
+@click.pass_context
+@_fail_cleanly
+def simulate(ctx: click.Context, rate: float, duration: float, seed: int) -> None:
+    """Produce realistic shop sessions to the clickstream and checkout topics."""
+    from streamer.simulate import run_live
+
+    settings = _settings(ctx)
+    report = asyncio.run(run_live(settings, rate=rate, duration=duration, seed=seed))
+    click.echo(f"produced {report.events} events in {report.sessions} sessions: {report.by_type}")
+
+
+# --- demo --------------------------------------------------------------------------------
+def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        text = response.read().decode()
+    values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return values
+
+
+def _funnel_table(values: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> Table:
+    table = Table(title="streamer live counters (from /metrics)")
+    table.add_column("metric")
+    table.add_column("labels")
+    table.add_column("value", justify="right")
+    for (name, labels), value in sorted(values.items()):
+        if name in ("streamer_stage_events_total", "streamer_events_by_type_total",
+                    "streamer_events_total") and value:  # fmt: skip
+            table.add_row(name, ",".join(f"{k}={v}" for k, v in labels), f"{value:.0f}")
+    return table
+
+
+@cli.command("demo")
+@click.option("--rate", default=40.0, show_default=True, help="events per second")
+@click.option("--duration", default=60.0, show_default=True, help="seconds of traffic")
+@click.option("--keep-broker", is_flag=True, help="leave the local broker running afterwards")
+@click.pass_context
+@_fail_cleanly
+def demo(ctx: click.Context, rate: float, duration: float, keep_broker: bool) -> None:
+    """Live demo: local broker up, a worker, the simulator feeding it, counters printed."""
+    from streamer.simulate import run_live
+
+    settings = _settings(ctx)
+    broker = _local_kafka(settings) if settings.uses_local_broker else None
+    started_broker = False
+    if broker is not None:
+        status, started_broker = broker.up()
+        console.print(f"[bold]kafka[/]: {status.describe()}")
+    run_sync(ensure_topics(settings, _all_topics(settings)))
+    log_path = settings.data_dir.parent / "demo-worker.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **{f"STREAMER_{k.upper()}": str(v) for k, v in {
+        "kafka_bootstrap": settings.bootstrap_servers,
+        "web_port": settings.web_port,
+        "data_dir": settings.data_dir,
+    }.items()}}  # fmt: skip
+    with log_path.open("ab") as worker_log:
+        worker_proc = subprocess.Popen(
+            [sys.executable, "-m", "streamer", "worker"], env=env,
+            stdout=worker_log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://{settings.web_host}:{settings.web_port}/metrics"
+    console.print(f"[bold]worker[/]: pid {worker_proc.pid}, log {log_path}, metrics {url}")
+    try:
+        _wait_for_http(url, worker_proc, timeout=60)
+        console.print(f"[bold]simulator[/]: {rate:.0f} events/s for {duration:.0f}s")
+        simulator = asyncio.run(_demo_loop(settings, url, rate, duration, run_live))
+        console.print(f"[bold]simulator[/]: produced {simulator} events; final counters:")
+        time.sleep(3)
+        console.print(_funnel_table(_scrape(url)))
+    finally:
+        worker_proc.send_signal(signal.SIGTERM)
+        try:
+            worker_proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker_proc.kill()
+        if broker is not None and started_broker and not keep_broker:
+            broker.down()
+            console.print("[bold]kafka[/]: stopped (use --keep-broker to leave it running)")
+
+
+async def _demo_loop(
+    settings: Settings, url: str, rate: float, duration: float, run_live: Any
+) -> int:
+    task = asyncio.create_task(run_live(settings, rate=rate, duration=duration))
+    while not task.done():
+        await asyncio.sleep(5)
+        try:
+            values = await asyncio.to_thread(_scrape, url)
+        except (urllib.error.URLError, OSError) as exc:
+            console.print(f"[red]metrics not reachable: {exc}[/]")
+            continue
+        stages = {dict(labels)["stage"]: v for (name, labels), v in values.items()
+                  if name == "streamer_stage_events_total"}  # fmt: skip
+        line = "  ".join(f"{stage}={count:.0f}" for stage, count in stages.items())
+        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] stage events: {line}")
+    report = await task
+    return int(report.events)
+
+
+def _wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise StreamerError(f"worker exited with code {process.returncode}; see its log")
+        try:
+            _scrape(url)
+            return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.5)
+    raise StreamerError(f"worker did not serve {url} within {timeout:.0f}s")
+
+
+def main() -> None:
+    cli(prog_name="streamer")

@@ -1,0 +1,108 @@
+"""Bytes -> validated event, or a :class:`Rejection` that says why. Pure: no I/O, time passed in.
+
+Order of checks (cheapest first, each with its own reason code): size, UTF-8 and JSON syntax
+(orjson validates both), top-level object, known ``event_type``, schema, then event-time bounds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from streamer.events import EVENT_MODELS, Event, ReasonCode
+
+__all__ = ["DecodeLimits", "Rejection", "decode_event"]
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    max_bytes: int = 64 * 1024
+    # How far ahead of the broker's receive time an event may claim to be (device clocks drift).
+    max_future_skew: timedelta = timedelta(minutes=5)
+    # How far behind the receive time an event may be before it is refused as too old.
+    max_age: timedelta = timedelta(days=7)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: ReasonCode
+    message: str
+    field: str | None = None
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def decode_event(
+    raw: bytes | None, *, received_at: datetime, limits: DecodeLimits
+) -> Event | Rejection:
+    """Decode one message value. ``received_at`` is the broker timestamp (tz-aware)."""
+    if raw is None:
+        return Rejection(ReasonCode.NOT_JSON, "message has no value (tombstone)")
+    if len(raw) > limits.max_bytes:
+        return Rejection(
+            ReasonCode.TOO_LARGE, f"payload is {len(raw)} bytes, limit is {limits.max_bytes}"
+        )
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        text = str(exc)
+        if "UTF-8" in text or "surrogate" in text:
+            return Rejection(ReasonCode.NOT_UTF8, f"payload is not valid UTF-8: {text}")
+        return Rejection(ReasonCode.NOT_JSON, f"payload is not JSON: {text}")
+    if not isinstance(document, dict):
+        return Rejection(
+            ReasonCode.NOT_AN_OBJECT,
+            f"payload must be a JSON object, got {type(document).__name__}",
+        )
+    event_type = document.get("event_type")
+    if not isinstance(event_type, str):
+        return Rejection(
+            ReasonCode.SCHEMA_VIOLATION,
+            "event_type is missing or not a string",
+            field="event_type",
+        )
+    model = EVENT_MODELS.get(event_type)
+    if model is None:
+        return Rejection(
+            ReasonCode.UNKNOWN_EVENT_TYPE,
+            f"unknown event_type {_short(event_type)}",
+            field="event_type",
+        )
+    try:
+        event: Event = model.model_validate(document)  # type: ignore[assignment]
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        extra = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        field = _field_path(first["loc"])
+        return Rejection(
+            ReasonCode.SCHEMA_VIOLATION, f"{field}: {first['msg']}{extra}", field=field or None
+        )
+    if event.occurred_at > received_at + limits.max_future_skew:
+        ahead = event.occurred_at - received_at
+        return Rejection(
+            ReasonCode.FUTURE_EVENT,
+            f"occurred_at is {ahead} ahead of the broker time (allowed skew "
+            f"{limits.max_future_skew})",
+            field="occurred_at",
+        )
+    if event.occurred_at < received_at - limits.max_age:
+        return Rejection(
+            ReasonCode.TOO_OLD,
+            f"occurred_at is older than the horizon of {limits.max_age}",
+            field="occurred_at",
+        )
+    return event

@@ -1,0 +1,36 @@
+"""Every exception streamer raises on purpose, in one place.
+
+Rejected *input* is not an exception that travels: it becomes a :class:`streamer.events.DeadLetter`
+record. These exceptions are for operators: bad configuration, a missing tool, a broker that
+cannot start. Their messages are one line and never contain secrets.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokerError",
+    "ConfigError",
+    "MissingToolError",
+    "PortInUseError",
+    "StreamerError",
+]
+
+
+class StreamerError(Exception):
+    """Base class: the CLI prints these as one line and exits non-zero."""
+
+
+class ConfigError(StreamerError):
+    """Settings or a definition file are invalid; the message names the field and the source."""
+
+
+class MissingToolError(StreamerError):
+    """A program streamer needs (java, mvn) is not installed; the message says what to install."""
+
+
+class BrokerError(StreamerError):
+    """The local Kafka broker could not be resolved, formatted, started or stopped."""
+
+
+class PortInUseError(BrokerError):
+    """A port the local broker needs is taken by another process."""

@@ -1,0 +1,281 @@
+"""The event contract: what producers send, and the records streamer emits.
+
+Every input event shares an envelope (``event_id``, ``event_type``, ``session_id``,
+``occurred_at``...) and carries the properties of its type. ``schemas/`` holds the JSON Schema
+generated from these models (``streamer schemas write``); a test fails when they drift.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+)
+
+__all__ = [
+    "CHECKOUT_EVENT_TYPES",
+    "CLICKSTREAM_EVENT_TYPES",
+    "EVENT_MODELS",
+    "SCHEMA_VERSION",
+    "AddToCart",
+    "CheckoutStarted",
+    "DeadLetter",
+    "Event",
+    "EventContext",
+    "EventTime",
+    "OrderPlaced",
+    "PageView",
+    "PaymentFailed",
+    "PaymentSubmitted",
+    "ProductView",
+    "ReasonCode",
+    "ReferralSent",
+    "RemoveFromCart",
+    "ReviewSubmitted",
+    "Search",
+    "ShippingSubmitted",
+    "event_adapter",
+    "to_epoch_ms",
+]
+
+SCHEMA_VERSION: Literal[1] = 1
+
+# Bounds that keep one event small; the whole payload is also capped by size (ingest).
+_ID = Field(min_length=1, max_length=128)
+_SHORT = Field(min_length=1, max_length=256)
+
+
+def _parse_event_time(value: Any) -> Any:
+    """Accept RFC 3339 with an offset, or epoch milliseconds; everything else is an error."""
+    if isinstance(value, bool):
+        raise ValueError("a timestamp must be RFC 3339 text with an offset or epoch milliseconds")
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError("epoch milliseconds must be a finite number")
+        # 1e15 ms is year 33658: anything above it is a unit mistake (micro/nanoseconds).
+        if not 0 <= value < 1e15:
+            raise ValueError("epoch milliseconds out of range (0 .. 1e15)")
+        return datetime.fromtimestamp(value / 1000.0, tz=UTC)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            parsed = datetime.fromisoformat(text.replace("z", "Z"))
+        except ValueError:
+            raise ValueError("not an RFC 3339 timestamp") from None
+        if parsed.tzinfo is None or parsed.utcoffset() is None:
+            raise ValueError("timestamp has no UTC offset (add 'Z' or '+hh:mm')")
+        return parsed
+    raise ValueError("a timestamp must be RFC 3339 text with an offset or epoch milliseconds")
+
+
+def _to_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+EventTime = Annotated[
+    datetime,
+    BeforeValidator(_parse_event_time),
+    AfterValidator(_to_utc),
+    Field(description="RFC 3339 with an offset, or epoch milliseconds; stored as UTC"),
+]
+
+Money = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
+Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
+Quantity = Annotated[int, Field(ge=1, le=10_000)]
+
+
+def to_epoch_ms(moment: datetime) -> int:
+    return round(moment.timestamp() * 1000)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class EventContext(_Strict):
+    """Where the event came from: the dimensions funnels break down by."""
+
+    device: Literal["desktop", "mobile", "tablet", "ios", "android", "other"] | None = None
+    channel: str | None = Field(default=None, max_length=64, description="e.g. organic, paid")
+    utm_source: str | None = Field(default=None, max_length=128)
+    utm_medium: str | None = Field(default=None, max_length=128)
+    utm_campaign: str | None = Field(default=None, max_length=128)
+    country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$", description="ISO 3166-1")
+    app_version: str | None = Field(default=None, max_length=32)
+    experiments: dict[str, str] = Field(
+        default_factory=dict, max_length=32, description="experiment name -> variant"
+    )
+
+
+class _Envelope(_Strict):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: str = Field(
+        min_length=1, max_length=128, description="unique per event; retries reuse it"
+    )
+    session_id: str = Field(min_length=1, max_length=128)
+    user_id: str | None = Field(default=None, min_length=1, max_length=128)
+    occurred_at: EventTime
+    sent_at: EventTime | None = Field(
+        default=None, description="producer's clock at send time, for clock-skew correction"
+    )
+    context: EventContext = Field(default_factory=EventContext)
+
+
+# --- clickstream -------------------------------------------------------------------------
+class PageView(_Envelope):
+    """A page view; ``landing`` marks the first page of a visit (campaign attribution)."""
+
+    event_type: Literal["page_view"]
+    page: str = Field(min_length=1, max_length=2048, description="path or URL")
+    landing: bool = False
+    referrer: str | None = Field(default=None, max_length=2048)
+
+
+class ProductView(_Envelope):
+    event_type: Literal["product_view"]
+    product_id: str = _ID
+    category: str | None = Field(default=None, max_length=256)
+    price: Money | None = None
+    currency: Currency | None = None
+
+
+class Search(_Envelope):
+    event_type: Literal["search"]
+    query: str = Field(min_length=0, max_length=512)
+    results_count: int | None = Field(default=None, ge=0)
+
+
+class AddToCart(_Envelope):
+    event_type: Literal["add_to_cart"]
+    product_id: str = _ID
+    quantity: Quantity = 1
+    price: Money | None = None
+    cart_value: Money | None = None
+    currency: Currency | None = None
+
+
+class RemoveFromCart(_Envelope):
+    event_type: Literal["remove_from_cart"]
+    product_id: str = _ID
+    quantity: Quantity = 1
+    cart_value: Money | None = None
+    currency: Currency | None = None
+
+
+# --- checkout ----------------------------------------------------------------------------
+class CheckoutStarted(_Envelope):
+    event_type: Literal["checkout_started"]
+    cart_value: Money
+    currency: Currency
+    item_count: int | None = Field(default=None, ge=0)
+
+
+class ShippingSubmitted(_Envelope):
+    event_type: Literal["shipping_submitted"]
+    shipping_method: str = _SHORT
+    cart_value: Money | None = None
+    currency: Currency | None = None
+
+
+class PaymentSubmitted(_Envelope):
+    event_type: Literal["payment_submitted"]
+    payment_method: str = _SHORT
+    amount: Money
+    currency: Currency
+
+
+class PaymentFailed(_Envelope):
+    event_type: Literal["payment_failed"]
+    payment_method: str = _SHORT
+    failure_reason: str = _SHORT
+    amount: Money | None = None
+    currency: Currency | None = None
+
+
+class OrderPlaced(_Envelope):
+    event_type: Literal["order_placed"]
+    order_id: str = _ID
+    value: Money
+    currency: Currency
+    payment_method: str | None = Field(default=None, max_length=256)
+
+
+# --- advocacy ----------------------------------------------------------------------------
+class ReviewSubmitted(_Envelope):
+    event_type: Literal["review_submitted"]
+    product_id: str = _ID
+    rating: int = Field(ge=1, le=5)
+
+
+class ReferralSent(_Envelope):
+    event_type: Literal["referral_sent"]
+    referral_channel: str = Field(min_length=1, max_length=64, description="email, link, social")
+
+
+CLICKSTREAM_MODELS: tuple[type[_Envelope], ...] = (
+    PageView, ProductView, Search, AddToCart, RemoveFromCart, ReviewSubmitted, ReferralSent,
+)  # fmt: skip
+CHECKOUT_MODELS: tuple[type[_Envelope], ...] = (
+    CheckoutStarted, ShippingSubmitted, PaymentSubmitted, PaymentFailed, OrderPlaced,
+)  # fmt: skip
+EVENT_MODELS: dict[str, type[_Envelope]] = {
+    model.model_fields["event_type"].annotation.__args__[0]: model  # type: ignore[union-attr]
+    for model in (*CLICKSTREAM_MODELS, *CHECKOUT_MODELS)
+}
+CLICKSTREAM_EVENT_TYPES = frozenset(
+    name for name, model in EVENT_MODELS.items() if model in CLICKSTREAM_MODELS
+)
+CHECKOUT_EVENT_TYPES = frozenset(
+    name for name, model in EVENT_MODELS.items() if model in CHECKOUT_MODELS
+)
+
+Event = Annotated[
+    PageView | ProductView | Search | AddToCart | RemoveFromCart
+    | CheckoutStarted | ShippingSubmitted | PaymentSubmitted | PaymentFailed | OrderPlaced
+    | ReviewSubmitted | ReferralSent,
+    Field(discriminator="event_type"),
+]  # fmt: skip
+
+event_adapter: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+# --- records streamer emits ----------------------------------------------------------------
+class ReasonCode(StrEnum):
+    """Why a message was rejected; stable, machine-readable (alert on them, filter by them)."""
+
+    TOO_LARGE = "too_large"
+    NOT_UTF8 = "not_utf8"
+    NOT_JSON = "not_json"
+    NOT_AN_OBJECT = "not_an_object"
+    UNKNOWN_EVENT_TYPE = "unknown_event_type"
+    SCHEMA_VIOLATION = "schema_violation"
+    FUTURE_EVENT = "future_event"
+    TOO_OLD = "too_old"
+    LATE = "late"
+    PROCESSING_ERROR = "processing_error"
+
+
+class DeadLetter(_Strict):
+    """A rejected message: the original bytes, where they came from, and why."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    dead_letter_id: str = Field(description="source topic/partition/offset: unique and stable")
+    reason: ReasonCode
+    message: str = Field(description="human-readable explanation")
+    field: str | None = Field(default=None, description="path of the failing field, if any")
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    source_timestamp_ms: int | None = None
+    key_base64: str | None = Field(default=None, description="original key bytes, base64")
+    payload_base64: str = Field(description="original value bytes, base64")
+    rejected_at: datetime

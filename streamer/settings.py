@@ -1,0 +1,163 @@
+"""One frozen settings object for every command.
+
+Values come, highest precedence first, from: keyword arguments (tests), environment variables
+prefixed ``STREAMER_``, a TOML file named by ``STREAMER_CONFIG`` (or ``--config``), defaults.
+Validation errors are re-raised as :class:`streamer.errors.ConfigError` naming the field and
+where its value came from (the file, or the environment variable).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from streamer.errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "Settings", "load_settings"]
+
+ENV_PREFIX = "STREAMER_"
+_STATE_DIR = Path(".state")
+
+
+class Settings(BaseSettings):
+    """Everything a streamer process needs to know; immutable once validated."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        frozen=True,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    # --- Kafka -----------------------------------------------------------------------------
+    kafka_bootstrap: str | None = Field(
+        default=None,
+        description="host:port[,host:port] of an existing cluster; unset = the local broker",
+    )
+    kafka_version: str = Field(default="4.1.1", pattern=r"^\d+\.\d+\.\d+$")
+    kafka_port: int = Field(default=9092, ge=1, le=65535)
+    kafka_controller_port: int = Field(default=9093, ge=1, le=65535)
+    kafka_cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache/streamer/kafka")
+    kafka_data_dir: Path = _STATE_DIR / "kafka"
+    kafka_heap: str = Field(default="512m", pattern=r"^\d+[mMgG]$")
+    kafka_start_timeout_seconds: float = Field(default=90.0, gt=0)
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+
+    # --- Topics ----------------------------------------------------------------------------
+    clickstream_topic: str = "clickstream"
+    checkout_topic: str = "checkout"
+    events_topic: str = "funnel.events"
+    dlq_topic: str = "funnel.dlq"
+    topic_partitions: int = Field(default=4, ge=1, le=1024)
+    topic_replication: int = Field(default=1, ge=1)
+
+    # --- Worker ----------------------------------------------------------------------------
+    app_id: str = Field(default="streamer", pattern=r"^[A-Za-z0-9._-]+$")
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=1, le=65535)
+    store: Literal["rocksdb", "memory"] = "rocksdb"
+    data_dir: Path = _STATE_DIR / "worker"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_has_ports(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port], got {server.strip()!r}")
+        return value.strip()
+
+    @property
+    def uses_local_broker(self) -> bool:
+        return self.kafka_bootstrap is None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The address clients connect to: the given cluster, or the local broker."""
+        return self.kafka_bootstrap or f"127.0.0.1:{self.kafka_port}"
+
+    def masked(self) -> dict[str, Any]:
+        """Settings as plain data, secrets shown as ``**********`` (for logs and `config show`)."""
+        shown: dict[str, Any] = {}
+        for name, value in self:
+            if isinstance(value, SecretStr):
+                shown[name] = "**********" if value.get_secret_value() else ""
+            elif isinstance(value, Path):
+                shown[name] = str(value)
+            else:
+                shown[name] = value
+        return shown
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file is passed as init kwargs by load_settings (below init, above defaults)
+        # so that errors can name it; no .env files: ops set the environment explicitly.
+        return (init_settings, env_settings)
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    # Allow both a flat file and a [streamer] table.
+    section = data.get("streamer", data)
+    if not isinstance(section, dict):
+        raise ConfigError(f"config file {path}: [streamer] must be a table")
+    return dict(section)
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Build and validate :class:`Settings`; raise :class:`ConfigError` naming field and source."""
+    file_name = config_file or os.environ.get(f"{ENV_PREFIX}CONFIG")
+    file_values: dict[str, Any] = {}
+    path: Path | None = None
+    if file_name:
+        path = Path(file_name)
+        file_values = _read_config_file(path)
+
+    # Environment beats the file: drop file keys that the environment sets.
+    env_keys = {key[len(ENV_PREFIX) :].lower() for key in os.environ if key.startswith(ENV_PREFIX)}
+    init_values = {k: v for k, v in file_values.items() if k not in env_keys}
+    init_values.update(overrides)
+    try:
+        return Settings(**init_values)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "<settings>"
+            top = str(error["loc"][0]) if error["loc"] else ""
+            if top in overrides:
+                source = "argument"
+            elif top in init_values and path is not None:
+                source = f"file {path}"
+            elif top in env_keys:
+                source = f"environment variable {ENV_PREFIX}{top.upper()}"
+            else:
+                source = "defaults"
+            message = error["msg"]
+            if error["type"] == "extra_forbidden":
+                message = "unknown setting"
+            problems.append(f"{field} ({source}): {message}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

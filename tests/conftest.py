@@ -1,0 +1,59 @@
+"""Shared fixtures: one real Kafka broker for the whole run, unique names per test.
+
+The broker is the project's own (``streamer.kafka_local``) on free loopback ports in a temporary
+folder; set ``STREAMER_KAFKA_BOOTSTRAP`` to run the suite against an existing cluster instead.
+No test skips for want of a broker: if it cannot start, the run fails with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streamer.kafka_local import LocalKafka
+from streamer.settings import Settings
+from streamer.testing import free_port
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    given = os.environ.get("STREAMER_KAFKA_BOOTSTRAP")
+    if given:
+        yield given
+        return
+    settings = Settings(
+        kafka_port=free_port(),
+        kafka_controller_port=free_port(),
+        kafka_data_dir=tmp_path_factory.mktemp("kafka"),
+    )
+    broker = LocalKafka(settings)
+    status, _ = broker.up()
+    try:
+        yield status.bootstrap
+    finally:
+        broker.destroy()
+
+
+@pytest.fixture
+def unique() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, unique: str, tmp_path: Path) -> Settings:
+    """Settings for one test: the session broker, topics and group id of its own."""
+    return Settings(
+        kafka_bootstrap=kafka_bootstrap,
+        app_id=f"test-{unique}",
+        clickstream_topic=f"clickstream-{unique}",
+        checkout_topic=f"checkout-{unique}",
+        events_topic=f"funnel.events-{unique}",
+        dlq_topic=f"funnel.dlq-{unique}",
+        web_port=free_port(),
+        data_dir=tmp_path / "worker",
+        topic_partitions=4,
+    )
