@@ -18,12 +18,16 @@ from prometheus_client import (
     generate_latest,
 )
 
-from streamer.decode import DecodeLimits
+from streamer.dedup import Deduplicator
 from streamer.metrics import Metrics
-from streamer.pipeline.ingest import IngestStage, SourceMessage
+from streamer.pipeline.ingest import IngestStage, SourceMessage, limits_from
 from streamer.settings import Settings
 
-__all__ = ["StreamerApp", "create_app", "faust_broker_options"]
+__all__ = ["DLQ_MAX_MESSAGE_BYTES", "StreamerApp", "create_app", "faust_broker_options"]
+
+# A dead letter carries the original value base64-encoded (4/3 of its size) plus metadata, so
+# the DLQ accepts larger messages than the broker's 1 MiB default for source topics.
+DLQ_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +78,31 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         consumer_auto_offset_reset="earliest",
         autodiscover=False,
         web_in_thread=False,
+        producer_max_request_size=DLQ_MAX_MESSAGE_BYTES,
     )
 
     source = app.topic(*source_topics, key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")  # fmt: skip
     events_topic = app.topic(settings.events_topic, key_serializer="raw",
                              value_serializer="raw")  # fmt: skip
-    dlq_topic = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
+    dlq_topic = app.topic(
+        settings.dlq_topic,
+        key_serializer="raw",
+        value_serializer="raw",
+        config={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)},
+    )
+    # event_id -> [first receive ms, partition]; changelogged, so retries are caught across
+    # restarts. Its changelog has as many partitions as the source topics (Faust requires it).
+    seen_events = app.Table("seen-event-ids", key_type=str, partitions=settings.topic_partitions)
+    dedup = Deduplicator(seen_events, horizon_ms=round(settings.dedup_horizon_seconds * 1000))
+    reindex_needed = True
+
+    def _on_rebalance(sender: Any, *args: Any, **kwargs: Any) -> None:
+        nonlocal reindex_needed
+        reindex_needed = True
+
+    # mode's stubs describe receivers too narrowly for a plain callback.
+    app.on_rebalance_complete.connect(_on_rebalance)  # type: ignore[arg-type]
 
     async def send_event(key: bytes | None, value: bytes) -> None:
         await events_topic.send(key=key, value=value)
@@ -90,13 +112,18 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
 
     ingest = IngestStage(
         metrics=metrics,
-        limits=DecodeLimits(),
+        limits=limits_from(settings),
+        dedup=dedup,
         send_event=send_event,
         send_dead_letter=send_dead_letter,
     )
 
     async def ingest_agent(stream: Any) -> None:
+        nonlocal reindex_needed
         async for event in stream.events():
+            if reindex_needed:  # first event after a (re)assignment: tables are recovered
+                reindex_needed = False
+                log.info("dedup: %d remembered event ids re-indexed", dedup.reindex())
             raw = event.message
             await ingest.process(
                 SourceMessage(

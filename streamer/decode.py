@@ -1,7 +1,8 @@
 """Bytes -> validated event, or a :class:`Rejection` that says why. Pure: no I/O, time passed in.
 
 Order of checks (cheapest first, each with its own reason code): size, UTF-8 and JSON syntax
-(orjson validates both), top-level object, known ``event_type``, schema, then event-time bounds.
+(orjson validates both), top-level object, known ``event_type``, schema, then event-time bounds
+(after correcting a device clock that ``sent_at`` shows to be off).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ class DecodeLimits:
     max_future_skew: timedelta = timedelta(minutes=5)
     # How far behind the receive time an event may be before it is refused as too old.
     max_age: timedelta = timedelta(days=7)
+    # When the producer sends ``sent_at`` and it differs from the broker time by more than
+    # this, the device clock is taken to be off by that much and ``occurred_at`` is corrected.
+    skew_correction_threshold: timedelta = timedelta(seconds=2)
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,10 @@ def decode_event(
         return Rejection(
             ReasonCode.SCHEMA_VIOLATION, f"{field}: {first['msg']}{extra}", field=field or None
         )
+    if event.sent_at is not None:
+        skew = received_at - event.sent_at
+        if abs(skew) > limits.skew_correction_threshold:
+            event = event.model_copy(update={"occurred_at": event.occurred_at + skew})
     if event.occurred_at > received_at + limits.max_future_skew:
         ahead = event.occurred_at - received_at
         return Rejection(

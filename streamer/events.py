@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     TypeAdapter,
+    WithJsonSchema,
 )
 
 __all__ = [
@@ -85,7 +86,21 @@ EventTime = Annotated[
     datetime,
     BeforeValidator(_parse_event_time),
     AfterValidator(_to_utc),
-    Field(description="RFC 3339 with an offset, or epoch milliseconds; stored as UTC"),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {
+                    "type": "string",
+                    "format": "date-time",
+                    "pattern": r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?"
+                    r"([Zz]|[+-]\d{2}:?\d{2})$",
+                },
+                {"type": "number", "minimum": 0, "exclusiveMaximum": 1e15},
+            ],
+            "description": "RFC 3339 with an offset, or epoch milliseconds; stored as UTC",
+        },
+        mode="validation",
+    ),
 ]
 
 Money = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from streamer.events import EVENT_MODELS
+from streamer.events import EVENT_MODELS, ReasonCode
 from streamer.funnel.stages import LifecycleStage
 
 __all__ = ["OUTCOMES", "Metrics"]
@@ -25,6 +25,8 @@ OUTCOMES = ("accepted", "dead_lettered", "duplicate")
 class Metrics:
     registry: CollectorRegistry
     events: Counter
+    dead_letters: Counter
+    dedup_tracked: Gauge
     event_bytes: Counter
     events_by_type: Counter
     stage_events: Counter
@@ -38,6 +40,17 @@ class Metrics:
                 "streamer_events",
                 "Input messages by source topic and outcome (accepted, dead_lettered, duplicate)",
                 ["topic", "outcome"],
+                registry=registry,
+            ),
+            dead_letters=Counter(
+                "streamer_dead_letters",
+                "Messages written to the dead-letter topic, by source topic and reason code",
+                ["topic", "reason"],
+                registry=registry,
+            ),
+            dedup_tracked=Gauge(
+                "streamer_dedup_tracked_event_ids",
+                "event_ids this worker remembers for de-duplication (within the horizon)",
                 registry=registry,
             ),
             event_bytes=Counter(
@@ -69,6 +82,8 @@ class Metrics:
             metrics.event_bytes.labels(topic=topic)
             for outcome in OUTCOMES:
                 metrics.events.labels(topic=topic, outcome=outcome)
+            for reason in ReasonCode:
+                metrics.dead_letters.labels(topic=topic, reason=reason.value)
         for event_type in EVENT_MODELS:
             metrics.events_by_type.labels(event_type=event_type)
         for stage in LifecycleStage:

@@ -59,6 +59,18 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(default=4, ge=1, le=1024)
     topic_replication: int = Field(default=1, ge=1)
 
+    # --- Ingest ----------------------------------------------------------------------------
+    max_event_bytes: int = Field(default=64 * 1024, ge=256, le=1024 * 1024)
+    max_clock_skew_seconds: float = Field(
+        default=300.0, ge=0, description="how far ahead of broker time an event may be"
+    )
+    max_event_age_seconds: float = Field(
+        default=7 * 86400.0, gt=0, description="older events (vs broker time) are refused"
+    )
+    dedup_horizon_seconds: float = Field(
+        default=900.0, gt=0, description="a repeated event_id within this is a duplicate"
+    )
+
     # --- Worker ----------------------------------------------------------------------------
     app_id: str = Field(default="streamer", pattern=r"^[A-Za-z0-9._-]+$")
     web_host: str = "127.0.0.1"

@@ -1,0 +1,133 @@
+"""Generate ``schemas/`` (the producer contract) from the pydantic models, and check for drift.
+
+Layout:
+- ``schemas/event.schema.json``: any input event (``oneOf`` on ``event_type``);
+- ``schemas/events/<event_type>.schema.json``: one per event type;
+- ``schemas/records/<record>.schema.json``: records streamer emits (dead letters, ...);
+- ``schemas/examples/<name>.json``: a valid example of each.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from streamer.events import EVENT_MODELS, DeadLetter, ReasonCode, event_adapter
+
+__all__ = ["EXAMPLES", "RECORD_MODELS", "check_schemas", "render_schemas", "write_schemas"]
+
+_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+_BASE_ID = "https://streamer.dev/schemas/"
+
+RECORD_MODELS: dict[str, type[BaseModel]] = {"dead_letter": DeadLetter}
+
+_CONTEXT = {"device": "ios", "channel": "email", "utm_source": "newsletter", "country": "DE",
+            "app_version": "5.2.0", "experiments": {"checkout_button": "green"}}  # fmt: skip
+
+
+def _event(event_type: str, seq: int, **props: Any) -> dict[str, Any]:
+    return {
+        "schema_version": 1,
+        "event_id": f"9b0c6f1e-{seq:04d}",
+        "event_type": event_type,
+        "session_id": "s-81f2c4",
+        "user_id": "u-10442",
+        "occurred_at": f"2026-11-22T10:15:{seq:02d}.120+01:00",
+        "sent_at": f"2026-11-22T10:15:{seq:02d}.480+01:00",
+        "context": _CONTEXT,
+        **props,
+    }
+
+
+EXAMPLES: dict[str, dict[str, Any]] = {
+    "page_view": _event("page_view", 1, page="/sale/shoes", landing=True,
+                        referrer="https://www.google.com/"),
+    "product_view": _event("product_view", 2, product_id="p-1931", category="shoes",
+                           price=89.9, currency="EUR"),
+    "search": _event("search", 3, query="running shoes", results_count=42),
+    "add_to_cart": _event("add_to_cart", 4, product_id="p-1931", quantity=1, price=89.9,
+                          cart_value=89.9, currency="EUR"),
+    "remove_from_cart": _event("remove_from_cart", 5, product_id="p-77", quantity=1,
+                               cart_value=89.9, currency="EUR"),
+    "checkout_started": _event("checkout_started", 6, cart_value=89.9, currency="EUR",
+                               item_count=1),
+    "shipping_submitted": _event("shipping_submitted", 7, shipping_method="standard",
+                                 cart_value=89.9, currency="EUR"),
+    "payment_submitted": _event("payment_submitted", 8, payment_method="paypal", amount=94.8,
+                                currency="EUR"),
+    "payment_failed": _event("payment_failed", 9, payment_method="paypal",
+                             failure_reason="provider_timeout", amount=94.8, currency="EUR"),
+    "order_placed": _event("order_placed", 10, order_id="o-553201", value=94.8, currency="EUR",
+                           payment_method="card"),
+    "review_submitted": _event("review_submitted", 11, product_id="p-1931", rating=5),
+    "referral_sent": _event("referral_sent", 12, referral_channel="link"),
+    "dead_letter": DeadLetter(
+        dead_letter_id="checkout/2/18231",
+        reason=ReasonCode.SCHEMA_VIOLATION,
+        message="amount: Input should be greater than or equal to 0",
+        field="amount",
+        source_topic="checkout",
+        source_partition=2,
+        source_offset=18231,
+        source_timestamp_ms=1795342503120,
+        key_base64="cy04MWYyYzQ=",
+        payload_base64="eyJldmVudF90eXBlIjoicGF5bWVudF9zdWJtaXR0ZWQiLCJhbW91bnQiOi0xfQ==",
+        rejected_at=datetime(2026, 11, 22, 9, 15, 3, 402000, tzinfo=UTC),
+    ).model_dump(mode="json"),
+}  # fmt: skip
+
+
+def _with_header(schema: dict[str, Any], path: str, title: str) -> dict[str, Any]:
+    return {"$schema": _DIALECT, "$id": _BASE_ID + path, "title": title, **schema}
+
+
+def _dump(document: Any) -> str:
+    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def render_schemas() -> dict[str, str]:
+    """Every file of ``schemas/`` as ``relative path -> text``."""
+    files: dict[str, str] = {}
+    union = event_adapter.json_schema(mode="validation")
+    files["event.schema.json"] = _dump(_with_header(union, "event.schema.json", "streamer event"))
+    for event_type, model in EVENT_MODELS.items():
+        path = f"events/{event_type}.schema.json"
+        schema = model.model_json_schema(mode="validation")
+        files[path] = _dump(_with_header(schema, path, event_type))
+    for name, record in RECORD_MODELS.items():
+        path = f"records/{name}.schema.json"
+        schema = record.model_json_schema(mode="serialization")
+        files[path] = _dump(_with_header(schema, path, name))
+    for name, example in EXAMPLES.items():
+        files[f"examples/{name}.json"] = _dump(example)
+    return files
+
+
+def write_schemas(root: Path) -> list[Path]:
+    written = []
+    for relative, text in render_schemas().items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+            written.append(path)
+    return written
+
+
+def check_schemas(root: Path) -> list[str]:
+    """Paths under ``root`` that differ from what the models generate (missing, changed, extra)."""
+    expected = render_schemas()
+    problems = [
+        f"{relative}: {'missing' if not (root / relative).exists() else 'out of date'}"
+        for relative, text in expected.items()
+        if not (root / relative).exists() or (root / relative).read_text() != text
+    ]
+    for path in sorted(root.rglob("*.json")):
+        relative = path.relative_to(root).as_posix()
+        if relative not in expected:
+            problems.append(f"{relative}: not generated by any model (remove it)")
+    return problems
