@@ -168,6 +168,79 @@ def _all_topics(settings: Settings) -> list[str]:
             settings.dlq_topic]  # fmt: skip
 
 
+# --- dead letters ------------------------------------------------------------------------
+@cli.group()
+def dlq() -> None:
+    """Inspect and replay the dead-letter topic."""
+
+
+def _preview(payload_base64: str, width: int = 60) -> str:
+    import base64
+
+    raw = base64.b64decode(payload_base64)
+    text = raw.decode("utf-8", errors="replace").replace("\n", "\\n")
+    suffix = f"... ({len(raw)} bytes)" if len(text) > width else ""
+    return text[:width] + suffix
+
+
+@dlq.command("inspect")
+@click.option("--limit", default=50, show_default=True, help="newest N dead letters")
+@click.option("--reason", "reasons", multiple=True, help="only these reason codes (repeatable)")
+@click.option("--json", "as_json", is_flag=True, help="one JSON record per line")
+@click.pass_context
+@_fail_cleanly
+def dlq_inspect(ctx: click.Context, limit: int, reasons: tuple[str, ...], as_json: bool) -> None:
+    """Print dead letters readably: id, reason, field, message, payload preview."""
+    from collections import Counter
+
+    from streamer.dlq import parse_dead_letters, read_topic
+
+    settings = _settings(ctx)
+    letters, unreadable = parse_dead_letters(asyncio.run(read_topic(settings, settings.dlq_topic)))
+    if reasons:
+        letters = [letter for letter in letters if letter.reason.value in reasons]
+    shown = letters[-limit:] if limit > 0 else letters
+    if as_json:
+        for letter in shown:
+            click.echo(letter.model_dump_json())
+        return
+    table = Table(title=f"{settings.dlq_topic}: {len(shown)} of {len(letters)} dead letters")
+    for column in ("id", "reason", "field", "message", "payload"):
+        table.add_column(column, overflow="fold")
+    for letter in shown:
+        table.add_row(letter.dead_letter_id, letter.reason.value, letter.field or "",
+                      letter.message, _preview(letter.payload_base64))  # fmt: skip
+    console.print(table)
+    counts = Counter(letter.reason.value for letter in letters)
+    console.print("by reason: " + (", ".join(f"{k}={v}" for k, v in counts.most_common()) or "-"))
+    if unreadable:
+        console.print(
+            f"[red]{unreadable} record(s) in {settings.dlq_topic} are not dead letters[/]"
+        )
+
+
+@dlq.command("replay")
+@click.option("--reason", "reasons", multiple=True, help="only these reason codes (repeatable)")
+@click.option("--dry-run", is_flag=True, help="say what would be replayed, send nothing")
+@click.pass_context
+@_fail_cleanly
+def dlq_replay(ctx: click.Context, reasons: tuple[str, ...], dry_run: bool) -> None:
+    """Re-submit dead letters to their source topics (each at most once), e.g. after a fix."""
+    from streamer.dlq import ledger_topic, replay_dead_letters
+
+    settings = _settings(ctx)
+    report = asyncio.run(
+        replay_dead_letters(settings, frozenset(reasons) if reasons else None, dry_run)
+    )
+    verb = "would replay" if dry_run else "replayed"
+    count = report.selected if dry_run else report.replayed
+    click.echo(
+        f"{verb} {count} dead letter(s) {report.by_reason or ''}; "
+        f"{report.already_replayed} already replayed (ledger {ledger_topic(settings)}), "
+        f"{report.filtered_out} filtered out, {report.unreadable} unreadable"
+    )
+
+
 # --- schemas -----------------------------------------------------------------------------
 def _default_schema_dir() -> Path:
     from streamer.kafka_local import deploy_dir

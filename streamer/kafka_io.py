@@ -22,6 +22,8 @@ __all__ = [
     "make_producer",
     "metadata_ready",
     "run_sync",
+    "stop_consumer",
+    "topic_partitions",
 ]
 
 T = TypeVar("T")
@@ -62,6 +64,18 @@ def make_consumer(settings: Settings, *topics: str, **extra: Any) -> AIOKafkaCon
     return AIOKafkaConsumer(*topics, **client_options(settings), **extra)
 
 
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """Stop a consumer, tolerating aiokafka#647: a consumer without a group stopped soon after
+    start re-raises the cancellation of its own internal task. A real cancellation of the
+    calling task still propagates."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+
+
 async def metadata_ready(settings: Settings, timeout: float = 5.0) -> bool:
     """True when a broker at the bootstrap address answers a metadata request."""
     if not await _any_port_open(settings.bootstrap_servers, timeout):
@@ -76,8 +90,22 @@ async def metadata_ready(settings: Settings, timeout: float = 5.0) -> bool:
     return True
 
 
+async def topic_partitions(settings: Settings, topic: str) -> list[int]:
+    """Partition ids of ``topic``; empty when it does not exist."""
+    client = AIOKafkaClient(**client_options(settings))
+    await client.bootstrap()
+    try:
+        cluster = await client.fetch_all_metadata()
+        return sorted(cluster.partitions_for_topic(topic) or ())
+    finally:
+        await client.close()
+
+
 async def ensure_topics(
-    settings: Settings, names: Iterable[str], partitions: int | None = None
+    settings: Settings,
+    names: Iterable[str],
+    partitions: int | None = None,
+    configs: dict[str, dict[str, str]] | None = None,
 ) -> None:
     """Create the topics that do not exist yet (existing ones are left as they are)."""
     admin = AIOKafkaAdminClient(**client_options(settings))
@@ -89,6 +117,7 @@ async def ensure_topics(
                 name,
                 num_partitions=partitions or settings.topic_partitions,
                 replication_factor=settings.topic_replication,
+                topic_configs=(configs or {}).get(name, {}),
             )
             for name in dict.fromkeys(names)
             if name not in existing

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from streamer.dlq import read_topic
+from streamer.settings import Settings
+from streamer.testing import MetricValues, WorkerProcess, metric, scrape_metrics
+
+
+def processed(values: MetricValues, settings: Settings) -> float:
+    return sum(
+        metric(values, "streamer_events_total", topic=topic, outcome=outcome)
+        for topic in (settings.clickstream_topic, settings.checkout_topic)
+        for outcome in ("accepted", "dead_lettered", "duplicate")
+    )
+
+
+def wait_for(predicate: Callable[[], bool], worker: WorkerProcess, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        worker.assert_running()
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"condition not met in {timeout}s; worker log:\n{worker.log_tail()}")
+
+
+def wait_processed(worker: WorkerProcess, settings: Settings, count: int) -> MetricValues:
+    wait_for(lambda: processed(scrape_metrics(worker.metrics_url), settings) >= count, worker)
+    return scrape_metrics(worker.metrics_url)
+
+
+async def read_exactly(
+    settings: Settings, topic: str, expected: int, timeout: float = 30, grace: float = 1.0
+) -> list[tuple[bytes | None, bytes | None]]:
+    """The records of ``topic`` once there are ``expected`` of them, checked again after
+    ``grace`` seconds so that a surplus is seen (the worker's producer sends asynchronously)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    records = await read_topic(settings, topic)
+    while len(records) < expected and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.3)
+        records = await read_topic(settings, topic)
+    await asyncio.sleep(grace)
+    records = await read_topic(settings, topic)
+    assert len(records) == expected, f"{topic}: {len(records)} records, expected {expected}"
+    return records

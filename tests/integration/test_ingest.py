@@ -1,0 +1,193 @@
+"""Ingest on a real broker: valid, invalid and duplicate messages, restarts, DLQ replay."""
+
+from __future__ import annotations
+
+import base64
+import random
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+
+from streamer.dlq import parse_dead_letters
+from streamer.events import ReasonCode
+from streamer.kafka_io import ensure_topics
+from streamer.settings import Settings
+from streamer.simulate import TrafficModel, topic_for
+from streamer.testing import WorkerProcess, metric, produce, settings_env
+from tests.integration.conftest import processed, read_exactly, wait_processed
+
+Message = tuple[str, bytes | None, bytes | None]
+
+
+def _valid_events(count_sessions: int, seed: int) -> list[dict[str, object]]:
+    start = datetime.now(UTC) - timedelta(hours=2)
+    sessions = TrafficModel().sessions(seed=seed, count=count_sessions, start=start)
+    return [event for session in sessions for event in session]
+
+
+def _invalid(settings: Settings, now_ms: int) -> list[tuple[Message, ReasonCode]]:
+    click, checkout = settings.clickstream_topic, settings.checkout_topic
+    base = {"event_id": "bad", "event_type": "add_to_cart", "session_id": "s-bad",
+            "occurred_at": now_ms - 60_000, "product_id": "p"}  # fmt: skip
+    cases: list[tuple[Message, ReasonCode]] = [
+        ((click, b"k1", b"\xff\xfe\xfd"), ReasonCode.NOT_UTF8),
+        ((click, b"k2", b'{"event_type": "page_view", '), ReasonCode.NOT_JSON),
+        ((click, None, b"[1, 2, 3]"), ReasonCode.NOT_AN_OBJECT),
+        ((click, b"k4", orjson.dumps({**base, "event_type": "teleport"})),
+         ReasonCode.UNKNOWN_EVENT_TYPE),
+        ((checkout, b"k5", orjson.dumps({**base, "quantity": "many"})),
+         ReasonCode.SCHEMA_VIOLATION),
+        ((click, b"k6", orjson.dumps({**base, "occurred_at": "2026-01-01T10:00:00"})),
+         ReasonCode.SCHEMA_VIOLATION),
+        ((click, b"k7", b'{"pad": "' + b"x" * 70_000 + b'"}'), ReasonCode.TOO_LARGE),
+        ((click, b"k8", orjson.dumps({**base, "occurred_at": now_ms + 3_600_000})),
+         ReasonCode.FUTURE_EVENT),
+        ((checkout, b"k9", orjson.dumps({**base, "occurred_at": now_ms - 30 * 86_400_000})),
+         ReasonCode.TOO_OLD),
+        ((checkout, b"k10", None), ReasonCode.NOT_JSON),
+    ]  # fmt: skip
+    return cases
+
+
+async def test_valid_invalid_and_duplicates_land_where_they_belong(
+    settings: Settings, tmp_path: Path
+) -> None:
+    rng = random.Random(11)
+    events = _valid_events(120, seed=5)
+    valid: list[Message] = [
+        (topic_for(settings, str(e["event_type"])), str(e["session_id"]).encode(), orjson.dumps(e))
+        for e in events
+    ]
+    duplicates = rng.sample(valid, 25)  # producer retries: the same bytes, same key
+    now_ms = round(datetime.now(UTC).timestamp() * 1000)
+    invalid_cases = _invalid(settings, now_ms)
+    invalid = [message for message, _ in invalid_cases]
+    mixed = valid + invalid
+    rng.shuffle(mixed)
+    # A retry follows its original (it cannot come before the first attempt).
+    for dup in duplicates:
+        mixed.insert(mixed.index(dup) + rng.randint(1, 20), dup)
+
+    await ensure_topics(settings, [settings.clickstream_topic, settings.checkout_topic])
+    with WorkerProcess(settings, tmp_path / "worker.log") as worker:
+        await produce(settings, mixed)
+        values = wait_processed(worker, settings, len(mixed))
+
+        normalized = await read_exactly(settings, settings.events_topic, len(valid))
+        ids = sorted(orjson.loads(value or b"")["event_id"] for _, value in normalized)
+        assert ids == sorted(str(e["event_id"]) for e in events)
+        for key, value in normalized:
+            assert key == orjson.loads(value or b"")["session_id"].encode()
+
+        dead = await read_exactly(settings, settings.dlq_topic, len(invalid))
+        letters, unreadable = parse_dead_letters(dead)
+        assert unreadable == 0
+        by_payload = {base64.b64decode(letter.payload_base64): letter for letter in letters}
+        for (topic, key, value), reason in invalid_cases:
+            letter = by_payload[value or b""]
+            assert letter.reason is reason, letter
+            assert letter.source_topic == topic
+            assert letter.key_base64 == (base64.b64encode(key).decode() if key else None)
+
+        duplicate_count = sum(
+            metric(values, "streamer_events_total", topic=t, outcome="duplicate")
+            for t in (settings.clickstream_topic, settings.checkout_topic)
+        )
+        assert duplicate_count == len(duplicates)
+        assert metric(values, "streamer_dead_letters_total", topic=settings.clickstream_topic,
+                      reason="not_utf8") == 1  # fmt: skip
+
+        # Still running and processing: a new batch goes through.
+        later = _valid_events(10, seed=99)
+        await produce(settings, [(topic_for(settings, str(e["event_type"])),
+                                  str(e["session_id"]).encode(), orjson.dumps(e))
+                                 for e in later])  # fmt: skip
+        wait_processed(worker, settings, len(mixed) + len(later))
+        await read_exactly(settings, settings.events_topic, len(valid) + len(later))
+
+
+async def test_duplicates_are_caught_after_a_worker_restart(
+    settings: Settings, tmp_path: Path
+) -> None:
+    events = _valid_events(30, seed=8)
+    messages: list[Message] = [
+        (topic_for(settings, str(e["event_type"])), str(e["session_id"]).encode(), orjson.dumps(e))
+        for e in events
+    ]
+    await ensure_topics(settings, [settings.clickstream_topic, settings.checkout_topic])
+    with WorkerProcess(settings, tmp_path / "first.log") as worker:
+        await produce(settings, messages)
+        wait_processed(worker, settings, len(messages))
+    # A new worker process, same group and state folder: the retries arrive after the restart.
+    retries = messages[:15]
+    with WorkerProcess(settings, tmp_path / "second.log") as worker:
+        await produce(settings, retries)
+        values = wait_processed(worker, settings, len(retries))
+        assert processed(values, settings) == len(retries)
+        duplicate_count = sum(
+            metric(values, "streamer_events_total", topic=t, outcome="duplicate")
+            for t in (settings.clickstream_topic, settings.checkout_topic)
+        )
+        assert duplicate_count == len(retries), worker.log_tail()
+    await read_exactly(settings, settings.events_topic, len(messages))
+
+
+def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
+    env.update(settings_env(settings))
+    return subprocess.run([sys.executable, "-m", "streamer", *args], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+
+
+async def test_dlq_inspect_and_replay_after_a_fix(settings: Settings, tmp_path: Path) -> None:
+    events = _valid_events(40, seed=21)
+    messages: list[Message] = [
+        (topic_for(settings, str(e["event_type"])), str(e["session_id"]).encode(), orjson.dumps(e))
+        for e in events
+    ]
+    strict = settings.model_copy(update={"max_event_bytes": 290})
+    too_big = [m for m in messages if len(m[2] or b"") > 290]
+    assert 5 < len(too_big) < len(messages)
+    # One rejected event was also retried by its producer in a form that fitted: after the fix,
+    # replaying the rejected copy must not make a second accepted event.
+    first = orjson.loads(too_big[0][2] or b"")
+    slim = {k: v for k, v in first.items() if k not in ("context", "referrer")}
+    messages.append((too_big[0][0], too_big[0][1], orjson.dumps(slim)))
+
+    await ensure_topics(settings, [settings.clickstream_topic, settings.checkout_topic])
+    with WorkerProcess(strict, tmp_path / "strict.log") as worker:
+        await produce(settings, messages)
+        wait_processed(worker, settings, len(messages))
+
+    inspect = _cli(settings, "dlq", "inspect", "--limit", "3")
+    assert inspect.returncode == 0, inspect.stderr
+    assert f"3 of {len(too_big)} dead letters" in inspect.stdout
+    assert f"by reason: too_large={len(too_big)}" in inspect.stdout
+    as_json = _cli(settings, "dlq", "inspect", "--json", "--limit", "0")
+    assert len(as_json.stdout.splitlines()) == len(too_big)
+
+    dry = _cli(settings, "dlq", "replay", "--dry-run")
+    assert f"would replay {len(too_big)} dead letter(s)" in dry.stdout, dry.stderr
+
+    # The fix: the limit goes back to its default; the worker restarts, then the replay.
+    with WorkerProcess(settings, tmp_path / "fixed.log") as worker:
+        replay = _cli(settings, "dlq", "replay", "--reason", "too_large")
+        assert replay.returncode == 0, replay.stderr
+        assert f"replayed {len(too_big)} dead letter(s)" in replay.stdout
+        again = _cli(settings, "dlq", "replay")
+        assert f"replayed 0 dead letter(s) ; {len(too_big)} already replayed" in again.stdout
+        values = wait_processed(worker, settings, len(too_big))
+        duplicate_count = sum(
+            metric(values, "streamer_events_total", topic=t, outcome="duplicate")
+            for t in (settings.clickstream_topic, settings.checkout_topic)
+        )
+        assert duplicate_count == 1
+
+    normalized = await read_exactly(settings, settings.events_topic, len(events))
+    ids = [orjson.loads(value or b"")["event_id"] for _, value in normalized]
+    assert sorted(ids) == sorted(str(e["event_id"]) for e in events)  # each exactly once
