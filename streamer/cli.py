@@ -299,11 +299,27 @@ def worker(ctx: click.Context) -> None:
             "`streamer kafka up` or set STREAMER_KAFKA_BOOTSTRAP"
         )
     run_sync(ensure_topics(settings, _all_topics(settings)))
+    _check_source_partitions(settings)
     app = create_app(settings)
     log.info("metrics on http://%s:%d/metrics", settings.web_host, settings.web_port)
     faust.Worker(
         app.faust, loglevel=settings.log_level, redirect_stdouts=False
     ).execute_from_commandline()
+
+
+def _check_source_partitions(settings: Settings) -> None:
+    """Faust needs every source topic to have as many partitions as the table changelogs."""
+    from streamer.errors import ConfigError
+    from streamer.kafka_io import topic_partitions
+
+    for topic in (settings.clickstream_topic, settings.checkout_topic):
+        count = len(run_sync(topic_partitions(settings, topic)))
+        if count != settings.topic_partitions:
+            raise ConfigError(
+                f"topic {topic} has {count} partitions but topic_partitions is "
+                f"{settings.topic_partitions}: set STREAMER_TOPIC_PARTITIONS={count} "
+                "(all source topics need the same count)"
+            )
 
 
 # --- simulate ----------------------------------------------------------------------------

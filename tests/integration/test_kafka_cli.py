@@ -110,3 +110,25 @@ def test_existing_cluster_is_used_instead_of_a_local_broker(
     assert result.returncode == 0, result.stderr
     assert f"using the existing cluster at {kafka_bootstrap} (reachable)" in result.stdout
     assert not Path(broker_env["STREAMER_KAFKA_DATA_DIR"]).exists()
+
+
+def test_worker_refuses_source_topics_with_another_partition_count(
+    broker_env: dict[str, str], kafka_bootstrap: str, unique: str
+) -> None:
+    from streamer.kafka_io import ensure_topics, run_sync
+    from streamer.settings import Settings
+
+    topic = f"clickstream-{unique}"
+    run_sync(ensure_topics(Settings(kafka_bootstrap=kafka_bootstrap), [topic], partitions=3))
+    env = {
+        **broker_env,
+        "STREAMER_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "STREAMER_CLICKSTREAM_TOPIC": topic,
+        "STREAMER_CHECKOUT_TOPIC": f"checkout-{unique}",
+    }
+    result = _run(env, "worker")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: topic {topic} has 3 partitions but topic_partitions is 4: "
+        "set STREAMER_TOPIC_PARTITIONS=3 (all source topics need the same count)"
+    )
