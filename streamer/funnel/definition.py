@@ -1,0 +1,330 @@
+"""Funnel definitions: YAML files validated by pydantic, errors naming the file, line and field.
+
+A funnel is an ordered list of stages, each matched by event types and optional property
+filters; a conversion window from the first stage; per-stage abandonment timeouts; the segment
+dimensions it breaks down by. See the README's "Funnel semantics" for what the numbers mean.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "Condition",
+    "FunnelDefinition",
+    "FunnelDefinitionError",
+    "Segment",
+    "Stage",
+    "load_funnel",
+    "load_funnels",
+    "parse_duration_ms",
+]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+class FunnelDefinitionError(ValueError):
+    """A funnel file is invalid; the message names the file, the line and the field."""
+
+
+def parse_duration_ms(value: Any) -> int:
+    """``"30m"``, ``"90s"``, ``"1.5h"``, ``"2d"`` or a number of seconds -> milliseconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is text like '30m' or a number of seconds")
+    if isinstance(value, int | float):
+        if value <= 0:
+            raise ValueError("a duration must be positive")
+        return round(value * 1000)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            millis = round(float(match.group(1)) * _UNIT_MS[match.group(2)])
+            if millis > 0:
+                return millis
+    raise ValueError(f"{value!r} is not a duration (use e.g. 500ms, 90s, 30m, 1h, 2d)")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_OPERATORS = ("eq", "ne", "gt", "ge", "lt", "le", "in")
+
+
+class Condition(_Frozen):
+    """A filter on one event property: ``{value: {gt: 0}}`` or ``{landing: true}``."""
+
+    property: str
+    op: Literal["eq", "ne", "gt", "ge", "lt", "le", "in"]
+    value: Any
+
+    def matches(self, properties: Mapping[str, Any]) -> bool:
+        actual = properties.get(self.property)
+        if actual is None:
+            return self.op == "ne" and self.value is not None
+        try:
+            if self.op == "eq":
+                return bool(actual == self.value)
+            if self.op == "ne":
+                return bool(actual != self.value)
+            if self.op == "in":
+                return actual in self.value
+            if self.op == "gt":
+                return bool(actual > self.value)
+            if self.op == "ge":
+                return bool(actual >= self.value)
+            if self.op == "lt":
+                return bool(actual < self.value)
+            return bool(actual <= self.value)
+        except TypeError:
+            return False  # comparing text with a number: no match, not a crash
+
+
+def _conditions(raw: Any) -> list[Condition]:
+    if raw is None:
+        return []
+    if not isinstance(raw, Mapping):
+        raise ValueError("where: must map property names to a value or {operator: value}")
+    out = []
+    for prop, spec in raw.items():
+        if isinstance(spec, Mapping):
+            if len(spec) != 1 or next(iter(spec)) not in _OPERATORS:
+                raise ValueError(f"where.{prop}: use one of {', '.join(_OPERATORS)}")
+            ((op, value),) = spec.items()
+            out.append(Condition(property=str(prop), op=op, value=value))
+        else:
+            out.append(Condition(property=str(prop), op="eq", value=spec))
+    return out
+
+
+class Stage(_Frozen):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=40)
+    event_types: tuple[str, ...] = Field(min_length=1)
+    where: tuple[Condition, ...] = ()
+    timeout_ms: int | None = Field(
+        default=None,
+        description="abandonment timeout: no progress this long after the "
+        "session's last activity at this stage = dropped",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "event_type" in data:
+            data["event_types"] = [data.pop("event_type")]
+        if "where" in data:
+            data["where"] = _conditions(data["where"])
+        if "timeout" in data:
+            data["timeout_ms"] = parse_duration_ms(data.pop("timeout"))
+        return data
+
+    def matches(self, event_type: str, properties: Mapping[str, Any]) -> bool:
+        return event_type in self.event_types and all(c.matches(properties) for c in self.where)
+
+
+class Segment(_Frozen):
+    """A breakdown dimension: a context field, an event property or an experiment."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=40)
+    source: str = Field(
+        description="context.<field>, property.<name> or experiment.<name>",
+        pattern=r"^(context|property|experiment)\.[A-Za-z0-9_]+$",
+    )
+    cap: int = Field(default=10, ge=1, le=200, description="values kept; the rest fold into other")
+    values: tuple[str, ...] = Field(
+        default=(), description="if given, exactly these values are kept (others fold)"
+    )
+
+    def value_of(self, context: Mapping[str, Any], properties: Mapping[str, Any]) -> str | None:
+        kind, _, name = self.source.partition(".")
+        if kind == "context":
+            raw = context.get(name)
+        elif kind == "property":
+            raw = properties.get(name)
+        else:
+            raw = (context.get("experiments") or {}).get(name)
+        if raw is None or raw == "":
+            return None
+        text = str(raw)[:64]
+        if self.values and text not in self.values:
+            return "other"
+        return text
+
+
+_DEFAULT_SEGMENT_SOURCES = {
+    "device": "context.device",
+    "channel": "context.channel",
+    "country": "context.country",
+    "utm_source": "context.utm_source",
+    "app_version": "context.app_version",
+    "payment_method": "property.payment_method",
+}
+
+
+class FunnelDefinition(_Frozen):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=40)
+    follows: Literal["session"] = "session"
+    order: Literal["ordered"] = "ordered"
+    stages: tuple[Stage, ...] = Field(min_length=2, max_length=20)
+    conversion_window_ms: int
+    window_ms: int = 60_000
+    segments: tuple[Segment, ...] = ()
+    max_events_per_session: int = Field(default=500, ge=10, le=10_000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for key in ("conversion_window", "window"):
+            if key in data:
+                data[f"{key}_ms"] = parse_duration_ms(data.pop(key))
+        segments = data.get("segments")
+        if isinstance(segments, Mapping):  # {device: {cap: 5}} or {device: null}
+            data["segments"] = [
+                {"name": name, "source": _DEFAULT_SEGMENT_SOURCES.get(name, ""), **(spec or {})}
+                for name, spec in segments.items()
+            ]
+        return data
+
+    @field_validator("stages")
+    @classmethod
+    def _unique_stage_names(cls, stages: tuple[Stage, ...]) -> tuple[Stage, ...]:
+        names = [stage.name for stage in stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+        return stages
+
+    @model_validator(mode="after")
+    def _windows_fit(self) -> FunnelDefinition:
+        if self.window_ms > 86_400_000:
+            raise ValueError("window must be at most 1d")
+        if 86_400_000 % self.window_ms:
+            raise ValueError("window must divide a day evenly (e.g. 10s, 1m, 5m, 15m, 1h)")
+        return self
+
+    def stage_timeout_ms(self, index: int) -> int:
+        """How long a session may make no progress at stage ``index`` (capped by the window)."""
+        timeout = self.stages[index].timeout_ms
+        return min(timeout, self.conversion_window_ms) if timeout else self.conversion_window_ms
+
+    @property
+    def step_names(self) -> list[str]:
+        return [f"{a.name}->{b.name}" for a, b in zip(self.stages, self.stages[1:], strict=False)]
+
+    def describe(self) -> str:
+        lines = [
+            f"funnel {self.name} ({self.follows}, {self.order}): conversion window "
+            f"{_fmt(self.conversion_window_ms)}, windows of {_fmt(self.window_ms)}"
+        ]
+        for index, stage in enumerate(self.stages):
+            where = " and ".join(f"{c.property} {c.op} {c.value!r}" for c in stage.where)
+            timeout = (
+                f", no progress for {_fmt(self.stage_timeout_ms(index))} = dropped"
+                if index < len(self.stages) - 1
+                else ""
+            )
+            lines.append(
+                f"  {index + 1}. {stage.name}: {' | '.join(stage.event_types)}"
+                f"{' where ' + where if where else ''}{timeout}"
+            )
+        if self.segments:
+            lines.append(
+                "  segments: "
+                + ", ".join(f"{s.name} ({s.source}, top {s.cap})" for s in self.segments)
+            )
+        return "\n".join(lines)
+
+
+def _fmt(ms: int) -> str:
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
+def _line_index(node: yaml.Node, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], int]:
+    """YAML path -> 1-based line, for keys and list items."""
+    lines = {path: node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            child = (*path, key_node.value)
+            lines.update(_line_index(value_node, child))
+            lines[child] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            lines.update(_line_index(item, (*path, index)))
+    return lines
+
+
+_YAML_ALIASES = {"stages": "stages", "segments": "segments"}
+
+
+def _yaml_path(loc: Sequence[int | str]) -> tuple[Any, ...]:
+    """Map a pydantic error location back to the YAML keys (``*_ms`` came from ``*``)."""
+    out: list[Any] = []
+    for part in loc:
+        if isinstance(part, str) and part.endswith("_ms"):
+            part = part[: -len("_ms")]
+        out.append(part)
+    return tuple(out)
+
+
+def load_funnel(path: Path | str) -> FunnelDefinition:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise FunnelDefinitionError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise FunnelDefinitionError(f"{path}{where}: not valid YAML: {problem}") from None
+    if not isinstance(data, dict) or node is None:
+        raise FunnelDefinitionError(f"{path}:1: a funnel file must be a mapping")
+    try:
+        return FunnelDefinition.model_validate(data)
+    except ValidationError as exc:
+        lines = _line_index(node)
+        problems = []
+        for error in exc.errors(include_url=False):
+            loc = _yaml_path(error["loc"])
+            line = None
+            for cut in range(len(loc), -1, -1):  # nearest enclosing node with a line
+                line = lines.get(loc[:cut])
+                if line is not None:
+                    break
+            field = ".".join(str(p) for p in loc) or "<funnel>"
+            problems.append(f"{path}:{line or 1}: {field}: {error['msg']}")
+        raise FunnelDefinitionError("; ".join(problems)) from None
+    except ValueError as exc:  # raised by a before-validator outside pydantic's wrapping
+        raise FunnelDefinitionError(f"{path}:1: {exc}") from None
+
+
+def load_funnels(paths: Sequence[Path | str]) -> tuple[FunnelDefinition, ...]:
+    """Load several funnel files (a folder means every *.yaml in it); names must be unique."""
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        files.extend(sorted(path.glob("*.yaml")) if path.is_dir() else [path])
+    funnels = tuple(load_funnel(file) for file in files)
+    names = [funnel.name for funnel in funnels]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise FunnelDefinitionError(f"funnel names must be unique across files: {duplicates}")
+    return funnels

@@ -1,0 +1,191 @@
+"""Event-time windows: assignment, per-window counts, partials and their merge. Pure.
+
+Each partition accumulates contributions into tumbling windows of ``funnel.window_ms``; when its
+watermark passes a window's end it emits a :class:`Partial`. Merging the partials of every
+partition gives the window's final :class:`WindowCounts`. Longer views (15 min, 1 h) are sums
+of consecutive windows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamer.funnel.session import Contribution, Kind
+
+__all__ = [
+    "TIME_TO_CONVERT_BUCKETS_MS",
+    "Partial",
+    "StepCounts",
+    "WindowCounts",
+    "window_start",
+]
+
+# Upper bounds of the time-to-convert histogram (ms); the last bucket is +Inf.
+TIME_TO_CONVERT_BUCKETS_MS = (
+    1_000,
+    5_000,
+    15_000,
+    30_000,
+    60_000,
+    120_000,
+    300_000,
+    600_000,
+    1_800_000,
+    3_600_000,
+    7_200_000,
+    86_400_000,
+)
+UNKNOWN = "unknown"
+
+
+def window_start(at_ms: int, size_ms: int) -> int:
+    return at_ms - at_ms % size_ms
+
+
+def _bucket(ms: int) -> int:
+    for index, bound in enumerate(TIME_TO_CONVERT_BUCKETS_MS):
+        if ms <= bound:
+            return index
+    return len(TIME_TO_CONVERT_BUCKETS_MS)
+
+
+@dataclass
+class StepCounts:
+    """Counts for one stage (entered) and the step that leaves it (converted, dropped)."""
+
+    entered: int = 0
+    converted: int = 0
+    dropped: int = 0
+    time_to_convert_ms_sum: int = 0
+    time_to_convert_buckets: list[int] = field(
+        default_factory=lambda: [0] * (len(TIME_TO_CONVERT_BUCKETS_MS) + 1)
+    )
+
+    def add(self, other: StepCounts, sign: int = 1) -> None:
+        self.entered += sign * other.entered
+        self.converted += sign * other.converted
+        self.dropped += sign * other.dropped
+        self.time_to_convert_ms_sum += sign * other.time_to_convert_ms_sum
+        for index, value in enumerate(other.time_to_convert_buckets):
+            self.time_to_convert_buckets[index] += sign * value
+
+    def is_empty(self) -> bool:
+        return not (self.entered or self.converted or self.dropped)
+
+    def to_json(self) -> list[Any]:
+        return [
+            self.entered,
+            self.converted,
+            self.dropped,
+            self.time_to_convert_ms_sum,
+            list(self.time_to_convert_buckets),
+        ]
+
+    @classmethod
+    def from_json(cls, raw: list[Any]) -> StepCounts:
+        return cls(int(raw[0]), int(raw[1]), int(raw[2]), int(raw[3]), [int(x) for x in raw[4]])
+
+
+@dataclass
+class WindowCounts:
+    """One funnel's counts in one window: per stage, and per segment value per stage."""
+
+    stages: list[StepCounts]
+    # (segment dimension index, value) -> per-stage counts (entered/converted/dropped only)
+    segments: dict[tuple[int, str], list[StepCounts]] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, stage_count: int) -> WindowCounts:
+        return cls([StepCounts() for _ in range(stage_count)])
+
+    def apply(self, contribution: Contribution, sign: int) -> None:
+        self._apply_to(self.stages[contribution.index], contribution, sign, with_histogram=True)
+        for dim, value in enumerate(contribution.segments):
+            key = (dim, value if value is not None else UNKNOWN)
+            per_stage = self.segments.get(key)
+            if per_stage is None:
+                per_stage = self.segments[key] = [StepCounts() for _ in self.stages]
+            self._apply_to(per_stage[contribution.index], contribution, sign, with_histogram=False)
+            if all(step.is_empty() for step in per_stage):
+                del self.segments[key]
+
+    @staticmethod
+    def _apply_to(
+        counts: StepCounts, contribution: Contribution, sign: int, *, with_histogram: bool
+    ) -> None:
+        if contribution.kind is Kind.ENTERED:
+            counts.entered += sign
+        elif contribution.kind is Kind.DROPPED:
+            counts.dropped += sign
+        else:
+            counts.converted += sign
+            if with_histogram:
+                counts.time_to_convert_ms_sum += sign * contribution.time_to_convert_ms
+                counts.time_to_convert_buckets[_bucket(contribution.time_to_convert_ms)] += sign
+
+    def merge(self, other: WindowCounts) -> None:
+        for mine, theirs in zip(self.stages, other.stages, strict=True):
+            mine.add(theirs)
+        for key, per_stage in other.segments.items():
+            target = self.segments.setdefault(key, [StepCounts() for _ in self.stages])
+            for mine, theirs in zip(target, per_stage, strict=True):
+                mine.add(theirs)
+
+    def is_empty(self) -> bool:
+        return all(step.is_empty() for step in self.stages)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stages": [step.to_json() for step in self.stages],
+            "segments": [
+                [dim, value, [s.to_json() for s in steps]]
+                for (dim, value), steps in sorted(self.segments.items())
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> WindowCounts:
+        counts = cls([StepCounts.from_json(step) for step in raw["stages"]])
+        for dim, value, steps in raw["segments"]:
+            counts.segments[(int(dim), str(value))] = [StepCounts.from_json(s) for s in steps]
+        return counts
+
+
+@dataclass
+class Partial:
+    """One partition's counts for one funnel window."""
+
+    funnel: str
+    window_start_ms: int
+    window_end_ms: int
+    partition: int
+    counts: WindowCounts
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "partial",
+            "funnel": self.funnel,
+            "start": self.window_start_ms,
+            "end": self.window_end_ms,
+            "partition": self.partition,
+            "counts": self.counts.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Partial:
+        return cls(
+            str(raw["funnel"]),
+            int(raw["start"]),
+            int(raw["end"]),
+            int(raw["partition"]),
+            WindowCounts.from_json(raw["counts"]),
+        )
+
+
+def merge_partials(stage_count: int, partials: Iterable[WindowCounts]) -> WindowCounts:
+    total = WindowCounts.empty(stage_count)
+    for counts in partials:
+        total.merge(counts)
+    return total
