@@ -31,8 +31,9 @@ def session_events(rng: random.Random, session: str, start: int) -> list[StoredE
     return out
 
 
-def batch_totals(funnel_def: FunnelDefinition, sessions: dict[str, list[StoredEvent]]
-                 ) -> dict[int, WindowCounts]:  # fmt: skip
+def batch_totals(
+    funnel_def: FunnelDefinition, sessions: dict[str, list[StoredEvent]]
+) -> dict[int, WindowCounts]:
     totals: dict[int, WindowCounts] = {}
     for events in sessions.values():
         for contribution in evaluate(funnel_def, sorted(events), watermark_ms=10**13).contributions:
@@ -63,8 +64,9 @@ def arrival_order(
     return out
 
 
-def run_engine(arrivals: list[tuple[str, StoredEvent]], *, restore_at: int | None = None
-               ) -> tuple[dict[int, WindowCounts], PartitionEngine]:  # fmt: skip
+def run_engine(
+    arrivals: list[tuple[str, StoredEvent]], *, restore_at: int | None = None
+) -> tuple[dict[int, WindowCounts], PartitionEngine]:
     engine = PartitionEngine((F,), partition=0, allowed_lateness_ms=LATENESS, retention_ms=5 * MIN)
     table: dict[str, SessionState] = {}
     emitted: dict[int, WindowCounts] = {}
@@ -77,10 +79,12 @@ def run_engine(arrivals: list[tuple[str, StoredEvent]], *, restore_at: int | Non
     for position, (session, event) in enumerate(arrivals):
         if restore_at is not None and position == restore_at:
             meta = PartitionMeta(0, engine.meta.tick_watermark_ms, -(2**62))
-            engine = PartitionEngine((F,), partition=0, allowed_lateness_ms=LATENESS,
-                                     retention_ms=5 * MIN)  # fmt: skip
-            for partial in engine.restore(meta, [SessionState.from_json(s.to_json())
-                                                 for s in table.values()]):  # fmt: skip
+            engine = PartitionEngine(
+                (F,), partition=0, allowed_lateness_ms=LATENESS, retention_ms=5 * MIN
+            )
+            for partial in engine.restore(
+                meta, [SessionState.from_json(s.to_json()) for s in table.values()]
+            ):
                 assert partial.window_start_ms in emitted  # a re-emission, never new
         out = engine.on_event(table.get(session), session, event, table.get)
         assert out.accepted, (session, event)
@@ -156,10 +160,12 @@ def test_late_events_are_refused_and_duplicates_ignored() -> None:
     engine = PartitionEngine((F,), partition=0, allowed_lateness_ms=LATENESS)
     table: dict[str, SessionState] = {}
     first = engine.on_event(None, "a", ev(10 * MIN, "page_view", "a1"), table.get)
-    assert first.accepted and first.write is not None
+    assert first.accepted
+    assert first.write is not None
     table["a"] = first.write
     late = engine.on_event(None, "b", ev(7 * MIN, "page_view", "b1"), table.get)
-    assert late.late and not late.accepted
+    assert late.late
+    assert not late.accepted
     edge = engine.on_event(None, "c", ev(8 * MIN, "page_view", "c1"), table.get)
     assert edge.accepted  # exactly at the watermark is on time
     again = engine.on_event(table["a"], "a", ev(10 * MIN, "page_view", "a1"), table.get)
@@ -194,8 +200,9 @@ def test_windows_are_per_funnel_and_partials_carry_segments() -> None:
     engine = PartitionEngine((F,), partition=0, allowed_lateness_ms=LATENESS)
     table: dict[str, SessionState] = {}
     for i, at in enumerate([0, 30_000, 61_000]):
-        out = engine.on_event(None, f"s{i}", ev(at, "page_view", f"e{i}", **{"context.device": "ios"}),
-                              table.get)  # fmt: skip
+        out = engine.on_event(
+            None, f"s{i}", ev(at, "page_view", f"e{i}", **{"context.device": "ios"}), table.get
+        )
         table[f"s{i}"] = out.write  # type: ignore[assignment]
     for partial in engine.on_tick(10 * MIN, table.get).partials:
         by_window[partial.window_start_ms] += partial.counts.stages[0].entered

@@ -14,15 +14,22 @@ def kinds(result: tuple[Contribution, ...]) -> list[tuple[str, int, int]]:
 
 
 def test_a_session_that_converts_all_the_way() -> None:
-    events = [ev(0, "page_view"), ev(MIN, "add_to_cart"), ev(2 * MIN, "checkout_started"),
-              ev(3 * MIN, "order_placed")]  # fmt: skip
+    events = [
+        ev(0, "page_view"),
+        ev(MIN, "add_to_cart"),
+        ev(2 * MIN, "checkout_started"),
+        ev(3 * MIN, "order_placed"),
+    ]
     result = evaluate(F, events, watermark_ms=0)
     assert kinds(result.contributions) == [
         ("ENTERED", 0, 0),
-        ("CONVERTED", 0, MIN), ("ENTERED", 1, MIN),
-        ("CONVERTED", 1, 2 * MIN), ("ENTERED", 2, 2 * MIN),
-        ("CONVERTED", 2, 3 * MIN), ("ENTERED", 3, 3 * MIN),
-    ]  # fmt: skip
+        ("CONVERTED", 0, MIN),
+        ("ENTERED", 1, MIN),
+        ("CONVERTED", 1, 2 * MIN),
+        ("ENTERED", 2, 2 * MIN),
+        ("CONVERTED", 2, 3 * MIN),
+        ("ENTERED", 3, 3 * MIN),
+    ]
     assert result.open_stage is None
     assert [c.time_to_convert_ms for c in result.contributions if c.kind is Kind.CONVERTED] == [
         MIN,
@@ -49,15 +56,23 @@ def test_the_timeout_end_is_inclusive_and_any_activity_extends_it() -> None:
     too_late = [ev(0, "page_view"), ev(MIN, "add_to_cart"), ev(11 * MIN + 1, "checkout_started")]
     assert ("DROPPED", 1, 11 * MIN) in kinds(evaluate(F, too_late, END).contributions)
     # A product view at 8 min is activity: the cart timeout now runs to 18 min.
-    active = [ev(0, "page_view"), ev(MIN, "add_to_cart"), ev(8 * MIN, "product_view"),
-              ev(17 * MIN, "checkout_started")]  # fmt: skip
+    active = [
+        ev(0, "page_view"),
+        ev(MIN, "add_to_cart"),
+        ev(8 * MIN, "product_view"),
+        ev(17 * MIN, "checkout_started"),
+    ]
     assert ("ENTERED", 2, 17 * MIN) in kinds(evaluate(F, active, END).contributions)
 
 
 def test_the_conversion_window_caps_every_step() -> None:
     slow = funnel(conversion_window="20m")
-    events = [ev(0, "page_view"), ev(9 * MIN, "add_to_cart"), ev(18 * MIN, "checkout_started"),
-              ev(21 * MIN, "order_placed")]  # fmt: skip
+    events = [
+        ev(0, "page_view"),
+        ev(9 * MIN, "add_to_cart"),
+        ev(18 * MIN, "checkout_started"),
+        ev(21 * MIN, "order_placed"),
+    ]
     result = evaluate(slow, events, END)
     assert kinds(result.contributions)[-1] == ("DROPPED", 2, 20 * MIN)
 
@@ -69,16 +84,26 @@ def test_a_purchase_without_a_cart_does_not_convert_the_cart_step() -> None:
 
 
 def test_filters_select_the_events_of_a_stage() -> None:
-    events = [ev(0, "page_view", landing=False), ev(MIN, "page_view"), ev(2 * MIN, "add_to_cart"),
-              ev(3 * MIN, "checkout_started"), ev(4 * MIN, "order_placed", value=0.0)]  # fmt: skip
+    events = [
+        ev(0, "page_view", landing=False),
+        ev(MIN, "page_view"),
+        ev(2 * MIN, "add_to_cart"),
+        ev(3 * MIN, "checkout_started"),
+        ev(4 * MIN, "order_placed", value=0.0),
+    ]
     result = evaluate(F, events, END)
     assert kinds(result.contributions)[0] == ("ENTERED", 0, MIN)
     assert kinds(result.contributions)[-1] == ("DROPPED", 2, 9 * MIN)  # a zero order is no order
 
 
 def test_after_a_drop_the_next_landing_starts_a_new_attempt() -> None:
-    events = [ev(0, "page_view"), ev(MIN, "add_to_cart"), ev(30 * MIN, "page_view"),
-              ev(31 * MIN, "add_to_cart"), ev(32 * MIN, "checkout_started")]  # fmt: skip
+    events = [
+        ev(0, "page_view"),
+        ev(MIN, "add_to_cart"),
+        ev(30 * MIN, "page_view"),
+        ev(31 * MIN, "add_to_cart"),
+        ev(32 * MIN, "checkout_started"),
+    ]
     result = evaluate(F, events, END)
     entered_landing = [
         c.at_ms for c in result.contributions if (c.kind, c.index) == (Kind.ENTERED, 0)
@@ -89,10 +114,12 @@ def test_after_a_drop_the_next_landing_starts_a_new_attempt() -> None:
 
 
 def test_segments_are_first_touch_as_known_at_each_contribution() -> None:
-    events = [ev(0, "page_view", **{"context.device": "ios"}),
-              ev(MIN, "add_to_cart", **{"context.device": "android"}),
-              ev(2 * MIN, "checkout_started"),
-              ev(3 * MIN, "order_placed", payment_method="paypal")]  # fmt: skip
+    events = [
+        ev(0, "page_view", **{"context.device": "ios"}),
+        ev(MIN, "add_to_cart", **{"context.device": "android"}),
+        ev(2 * MIN, "checkout_started"),
+        ev(3 * MIN, "order_placed", payment_method="paypal"),
+    ]
     result = evaluate(F, events, END)
     assert result.contributions[0].segments == ("ios", None)
     assert result.contributions[-1].segments == ("ios", "paypal")
