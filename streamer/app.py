@@ -6,6 +6,7 @@ No module-global app: every worker, test and benchmark builds its own from setti
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,11 +20,22 @@ from prometheus_client import (
 )
 
 from streamer.dedup import Deduplicator
-from streamer.metrics import Metrics
+from streamer.errors import ConfigError
+from streamer.funnel.definition import FunnelDefinition, FunnelDefinitionError, load_funnels
+from streamer.metrics import LiveSnapshot, Metrics
 from streamer.pipeline.ingest import IngestStage, SourceMessage, limits_from
+from streamer.pipeline.sessions import SessionsStage, tick_record
+from streamer.pipeline.windows import WindowMerger
 from streamer.settings import Settings
 
-__all__ = ["DLQ_MAX_MESSAGE_BYTES", "StreamerApp", "create_app", "faust_broker_options"]
+__all__ = [
+    "DLQ_MAX_MESSAGE_BYTES",
+    "StreamerApp",
+    "create_app",
+    "faust_broker_options",
+    "load_configured_funnels",
+    "topic_plan",
+]
 
 # A dead letter carries the original value base64-encoded (4/3 of its size) plus metadata, so
 # the DLQ accepts larger messages than the broker's 1 MiB default for source topics.
@@ -40,6 +52,33 @@ class StreamerApp:
     settings: Settings
     metrics: Metrics
     ingest: IngestStage
+    sessions: SessionsStage
+    merger: WindowMerger
+    funnels: tuple[FunnelDefinition, ...]
+
+
+def load_configured_funnels(settings: Settings) -> tuple[FunnelDefinition, ...]:
+    try:
+        funnels = load_funnels(settings.funnels)
+    except FunnelDefinitionError as exc:
+        raise ConfigError(f"funnel definition: {exc}") from None
+    if not funnels:
+        raise ConfigError(f"no funnel definitions found in {[str(p) for p in settings.funnels]}")
+    return funnels
+
+
+def topic_plan(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
+    """Every topic streamer reads or writes: name -> (partitions, topic config)."""
+    per_session = settings.topic_partitions
+    return {
+        settings.clickstream_topic: (per_session, {}),
+        settings.checkout_topic: (per_session, {}),
+        settings.events_topic: (per_session, {}),
+        settings.dlq_topic: (per_session, {"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)}),
+        # A few records per window: one partition lets one merger see every partial in order.
+        settings.partials_topic: (1, {}),
+        settings.windows_topic: (1, {}),
+    }
 
 
 def faust_broker_options(settings: Settings) -> dict[str, Any]:
@@ -62,7 +101,10 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
     active_registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
     source_topics = (settings.clickstream_topic, settings.checkout_topic)
-    metrics = Metrics.create(active_registry, source_topics=source_topics)
+    funnels = load_configured_funnels(settings)
+    metrics = Metrics.create(
+        active_registry, source_topics=(*source_topics, settings.events_topic), funnels=funnels
+    )
 
     app = faust.App(
         settings.app_id,
@@ -81,10 +123,14 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         producer_max_request_size=DLQ_MAX_MESSAGE_BYTES,
     )
 
-    source = app.topic(*source_topics, key_type=bytes, value_type=bytes,
-                       key_serializer="raw", value_serializer="raw")  # fmt: skip
-    events_topic = app.topic(settings.events_topic, key_serializer="raw",
-                             value_serializer="raw")  # fmt: skip
+    source = app.topic(
+        *source_topics,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    events_topic = app.topic(settings.events_topic, key_serializer="raw", value_serializer="raw")
     dlq_topic = app.topic(
         settings.dlq_topic,
         key_serializer="raw",
@@ -100,6 +146,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     def _on_rebalance(sender: Any, *args: Any, **kwargs: Any) -> None:
         nonlocal reindex_needed
         reindex_needed = True
+        sessions.partitions_assigned()
 
     # mode's stubs describe receivers too narrowly for a plain callback.
     app.on_rebalance_complete.connect(_on_rebalance)  # type: ignore[arg-type]
@@ -138,6 +185,110 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
 
     app.agent(source, name="ingest")(ingest_agent)
 
+    # --- sessions: funnel.events -> session table -> partials ----------------------------
+    events_source = app.topic(
+        settings.events_topic,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    partials_topic = app.topic(
+        settings.partials_topic, partitions=1, key_serializer="raw", value_serializer="raw"
+    )
+    windows_topic = app.topic(
+        settings.windows_topic, partitions=1, key_serializer="raw", value_serializer="raw"
+    )
+    # Values are our own orjson bytes; value_type=bytes makes Faust store them as they are.
+    session_table = app.Table(
+        "sessions", key_type=str, value_type=bytes, partitions=settings.topic_partitions
+    )
+
+    async def send_partial(key: bytes | None, value: bytes) -> None:
+        await partials_topic.send(key=key, value=value, partition=0)
+
+    sessions = SessionsStage(
+        funnels=funnels,
+        table=session_table,
+        metrics=metrics,
+        allowed_lateness_ms=round(settings.allowed_lateness_seconds * 1000),
+        retention_ms=round(settings.session_retention_seconds * 1000),
+        send_partial=send_partial,
+        send_dead_letter=send_dead_letter,
+    )
+
+    async def sessions_agent(stream: Any) -> None:
+        async for event in stream.events():
+            raw = event.message
+            await sessions.process(
+                SourceMessage(
+                    topic=raw.topic,
+                    partition=raw.partition,
+                    offset=raw.offset,
+                    timestamp_ms=round(raw.timestamp * 1000) if raw.timestamp else None,
+                    key=raw.key,
+                    value=raw.value,
+                )
+            )
+
+    app.agent(events_source, name="sessions")(sessions_agent)
+
+    # --- windows: partials of every partition -> final window stats ----------------------
+    merge_table = app.Table("window-merge", key_type=str, value_type=bytes, partitions=1)
+
+    async def send_window(key: bytes | None, value: bytes) -> None:
+        await windows_topic.send(key=key, value=value)
+
+    merger = WindowMerger(
+        funnels=funnels,
+        source_partitions=settings.topic_partitions,
+        table=merge_table,
+        metrics=metrics,
+        send_window=send_window,
+    )
+
+    async def windows_agent(stream: Any) -> None:
+        async for value in stream:
+            try:
+                await merger.process(value)
+            except Exception:  # a bad record must not stop the merger (and lose the rest)
+                metrics.merge_errors.inc()
+                log.exception("window merger could not process a record; skipped")
+
+    app.agent(partials_topic, name="windows")(windows_agent)
+
+    # --- ticker: idle partitions follow the wall clock at the live edge -------------------
+    if settings.tick_interval_seconds > 0:
+        behind_ms = round((settings.allowed_lateness_seconds + settings.tick_grace_seconds) * 1000)
+
+        async def tick() -> None:
+            watermark = round(time.time() * 1000) - behind_ms
+            for partition in range(settings.topic_partitions):
+                await events_source.send(value=tick_record(watermark), partition=partition)
+
+        app.timer(settings.tick_interval_seconds, on_leader=True)(tick)
+
+    def live_snapshot() -> LiveSnapshot:
+        snapshot = LiveSnapshot()
+        now_ms = time.time() * 1000
+        for engine in list(sessions.engines.values()):
+            for (funnel_index, stage_index), count in engine.open_sessions.items():
+                funnel = funnels[funnel_index]
+                key = (funnel.name, funnel.stages[stage_index].name)
+                snapshot.open_sessions[key] = snapshot.open_sessions.get(key, 0) + count
+            if engine.watermark_ms > -(2**61):
+                snapshot.watermark_lag_seconds[engine.partition] = (
+                    now_ms - engine.watermark_ms
+                ) / 1000
+        monitor = app.monitor
+        for tp, end in dict(getattr(monitor, "tp_end_offsets", {})).items():
+            read = getattr(monitor, "tp_read_offsets", {}).get(tp)
+            if read is not None:
+                snapshot.consumer_lag[(tp.topic, tp.partition)] = max(0, int(end) - int(read) - 1)
+        return snapshot
+
+    metrics.live.provider = live_snapshot
+
     class MetricsView(View):
         async def get(self, request: Request) -> Response:
             # CONTENT_TYPE_LATEST carries a charset, which aiohttp refuses in content_type=.
@@ -146,4 +297,12 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             )
 
     app.page("/metrics")(MetricsView)
-    return StreamerApp(faust=app, settings=settings, metrics=metrics, ingest=ingest)
+    return StreamerApp(
+        faust=app,
+        settings=settings,
+        metrics=metrics,
+        ingest=ingest,
+        sessions=sessions,
+        merger=merger,
+        funnels=funnels,
+    )

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from streamer.errors import StreamerError
-from streamer.kafka_io import ensure_topics, metadata_ready, run_sync
+from streamer.kafka_io import ensure_topic_plan, metadata_ready, run_sync
 from streamer.settings import Settings, load_settings
 
 __all__ = ["main"]
@@ -158,14 +158,16 @@ def kafka_reset(ctx: click.Context) -> None:
 def topics(ctx: click.Context) -> None:
     """Create streamer's topics that do not exist yet."""
     settings = _settings(ctx)
-    names = _all_topics(settings)
-    run_sync(ensure_topics(settings, names))
-    click.echo(f"topics ready ({settings.topic_partitions} partitions): {', '.join(names)}")
+    plan = _topic_plan(settings)
+    run_sync(ensure_topic_plan(settings, plan))
+    for name, (partitions, _) in plan.items():
+        click.echo(f"{name}: {partitions} partition(s)")
 
 
-def _all_topics(settings: Settings) -> list[str]:
-    return [settings.clickstream_topic, settings.checkout_topic, settings.events_topic,
-            settings.dlq_topic]  # fmt: skip
+def _topic_plan(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
+    from streamer.app import topic_plan
+
+    return topic_plan(settings)
 
 
 # --- dead letters ------------------------------------------------------------------------
@@ -241,6 +243,69 @@ def dlq_replay(ctx: click.Context, reasons: tuple[str, ...], dry_run: bool) -> N
     )
 
 
+# --- funnels and replay -----------------------------------------------------------------
+@cli.group()
+def funnel() -> None:
+    """Funnel definitions and live funnel numbers."""
+
+
+@funnel.command("check")
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
+@click.pass_context
+@_fail_cleanly
+def funnel_check(ctx: click.Context, files: tuple[Path, ...]) -> None:
+    """Validate funnel definition files (default: the configured ones) and print them."""
+    from streamer.errors import ConfigError
+    from streamer.funnel.definition import FunnelDefinitionError, load_funnels
+
+    try:
+        funnels = load_funnels(files or _settings(ctx).funnels)
+    except FunnelDefinitionError as exc:
+        raise ConfigError(str(exc)) from None
+    for definition in funnels:
+        click.echo(definition.describe())
+
+
+@cli.command("tick")
+@click.option("--watermark", required=True, help="RFC 3339 time, epoch ms, or 'end' (+100 years)")
+@click.pass_context
+@_fail_cleanly
+def tick(ctx: click.Context, watermark: str) -> None:
+    """Assert an event-time watermark in every partition (closes windows after a replay)."""
+    from datetime import datetime
+
+    from streamer.replay import send_ticks
+
+    if watermark == "end":
+        millis = round(time.time() * 1000) + 100 * 365 * 86_400_000
+    elif watermark.isdigit():
+        millis = int(watermark)
+    else:
+        millis = round(datetime.fromisoformat(watermark).timestamp() * 1000)
+    count = asyncio.run(send_ticks(_settings(ctx), millis))
+    click.echo(f"watermark {millis} sent to {count} partition(s)")
+
+
+@cli.group()
+def replay() -> None:
+    """Replay recorded events through Kafka."""
+
+
+@replay.command("otto")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+@_fail_cleanly
+def replay_otto(ctx: click.Context, path: Path) -> None:
+    """Produce the OTTO session sample (JSONL) in event-time order."""
+    from streamer.replay import otto_events, replay_events
+
+    events = sorted(otto_events(path), key=lambda e: (e["occurred_at"], e["event_id"]))
+    count = asyncio.run(replay_events(_settings(ctx), events))
+    click.echo(
+        f"replayed {count} OTTO events; close their windows with `streamer tick --watermark end`"
+    )
+
+
 # --- schemas -----------------------------------------------------------------------------
 def _default_schema_dir() -> Path:
     from streamer.kafka_local import deploy_dir
@@ -298,7 +363,7 @@ def worker(ctx: click.Context) -> None:
             f"no Kafka broker answers at {settings.bootstrap_servers}: start one with "
             "`streamer kafka up` or set STREAMER_KAFKA_BOOTSTRAP"
         )
-    run_sync(ensure_topics(settings, _all_topics(settings)))
+    run_sync(ensure_topic_plan(settings, _topic_plan(settings)))
     _check_source_partitions(settings)
     app = create_app(settings)
     log.info("metrics on http://%s:%d/metrics", settings.web_host, settings.web_port)
@@ -312,7 +377,7 @@ def _check_source_partitions(settings: Settings) -> None:
     from streamer.errors import ConfigError
     from streamer.kafka_io import topic_partitions
 
-    for topic in (settings.clickstream_topic, settings.checkout_topic):
+    for topic in (settings.clickstream_topic, settings.checkout_topic, settings.events_topic):
         count = len(run_sync(topic_partitions(settings, topic)))
         if count != settings.topic_partitions:
             raise ConfigError(
@@ -377,7 +442,7 @@ def demo(ctx: click.Context, rate: float, duration: float, keep_broker: bool) ->
     if broker is not None:
         status, started_broker = broker.up()
         console.print(f"[bold]kafka[/]: {status.describe()}")
-    run_sync(ensure_topics(settings, _all_topics(settings)))
+    run_sync(ensure_topic_plan(settings, _topic_plan(settings)))
     log_path = settings.data_dir.parent / "demo-worker.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **{f"STREAMER_{k.upper()}": str(v) for k, v in {

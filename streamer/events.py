@@ -43,7 +43,11 @@ __all__ = [
     "RemoveFromCart",
     "ReviewSubmitted",
     "Search",
+    "SegmentStats",
     "ShippingSubmitted",
+    "StageStats",
+    "TimeToConvert",
+    "WindowStats",
     "event_adapter",
     "to_epoch_ms",
 ]
@@ -294,3 +298,44 @@ class DeadLetter(_Strict):
     key_base64: str | None = Field(default=None, description="original key bytes, base64")
     payload_base64: str = Field(description="original value bytes, base64")
     rejected_at: datetime
+
+
+class TimeToConvert(_Strict):
+    sum_seconds: float
+    count: int
+    buckets: list[tuple[float | None, int]] = Field(
+        description="(upper bound in seconds or null for +Inf, conversions in that bucket)"
+    )
+
+
+class StageStats(_Strict):
+    """One stage of one window: sessions that reached it, and the outcome of the step after it."""
+
+    stage: str
+    entered: int
+    converted: int = Field(description="sessions that went on to the next stage in this window")
+    dropped: int = Field(description="sessions whose step timed out in this window")
+    conversion_ratio: float | None = Field(
+        default=None, description="converted / (converted + dropped); open sessions not counted"
+    )
+    drop_off_ratio: float | None = None
+    time_to_convert: TimeToConvert | None = None
+
+
+class SegmentStats(_Strict):
+    dimension: str
+    value: str
+    stages: list[StageStats]
+
+
+class WindowStats(_Strict):
+    """Final counts of one funnel window, merged from every partition (``funnel.windows``)."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    window_id: str = Field(description="funnel/window start ms: unique and stable")
+    funnel: str
+    window_start: datetime
+    window_end: datetime
+    partitions: int
+    stages: list[StageStats]
+    segments: list[SegmentStats] = Field(default_factory=list)

@@ -17,6 +17,7 @@ from streamer.settings import Settings
 
 __all__ = [
     "client_options",
+    "ensure_topic_plan",
     "ensure_topics",
     "make_consumer",
     "make_producer",
@@ -128,6 +129,17 @@ async def ensure_topics(
                 await admin.create_topics(wanted)
     finally:
         await admin.close()
+
+
+async def ensure_topic_plan(
+    settings: Settings, plan: dict[str, tuple[int, dict[str, str]]]
+) -> None:
+    """Create missing topics of ``plan`` (name -> (partitions, config))."""
+    for partitions in sorted({count for count, _ in plan.values()}):
+        names = [name for name, (count, _) in plan.items() if count == partitions]
+        await ensure_topics(
+            settings, names, partitions, configs={name: plan[name][1] for name in names}
+        )
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:

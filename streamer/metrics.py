@@ -8,17 +8,98 @@ before its first event (``rate()`` and absence alerts need that).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from streamer.events import EVENT_MODELS, ReasonCode
+from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.stages import LifecycleStage
+from streamer.funnel.windows import TIME_TO_CONVERT_BUCKETS_MS
 
-__all__ = ["OUTCOMES", "Metrics"]
+__all__ = ["OUTCOMES", "LiveSnapshot", "Metrics"]
 
 OUTCOMES = ("accepted", "dead_lettered", "duplicate")
+
+
+@dataclass
+class LiveSnapshot:
+    """What the worker knows right now, read at scrape time (nothing is paid per event)."""
+
+    open_sessions: dict[tuple[str, str], int] = field(default_factory=dict)  # (funnel, stage)
+    watermark_lag_seconds: dict[int, float] = field(default_factory=dict)  # partition -> lag
+    consumer_lag: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition)
+
+
+class _LiveCollector(Collector):
+    def __init__(self, funnels: tuple[FunnelDefinition, ...]) -> None:
+        self.provider: Callable[[], LiveSnapshot] = LiveSnapshot
+        self._funnels = funnels
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self.provider()
+        open_family = GaugeMetricFamily(
+            "streamer_funnel_sessions_open",
+            "Sessions of this worker whose attempt is undecided, by the stage they are at",
+            labels=["funnel", "stage"],
+        )
+        for funnel in self._funnels:
+            for stage in funnel.stages:
+                count = snapshot.open_sessions.get((funnel.name, stage.name), 0)
+                open_family.add_metric([funnel.name, stage.name], count)
+        yield open_family
+        lag = GaugeMetricFamily(
+            "streamer_watermark_lag_seconds",
+            "Wall clock minus the partition's event-time watermark",
+            labels=["partition"],
+        )
+        for partition, seconds in sorted(snapshot.watermark_lag_seconds.items()):
+            lag.add_metric([str(partition)], seconds)
+        yield lag
+        consumer = GaugeMetricFamily(
+            "streamer_consumer_lag_messages",
+            "Messages in the partition not yet read by this worker",
+            labels=["topic", "partition"],
+        )
+        for (topic, partition), messages in sorted(snapshot.consumer_lag.items()):
+            consumer.add_metric([topic, str(partition)], messages)
+        yield consumer
+
+
+class _TimeToConvertCollector(Collector):
+    """Cumulative time-to-convert histogram per step, from the merged window buckets."""
+
+    def __init__(self, funnels: tuple[FunnelDefinition, ...]) -> None:
+        self.buckets: dict[tuple[str, str], list[int]] = {}
+        self.sums: dict[tuple[str, str], float] = {}
+        for funnel in funnels:
+            for step in funnel.step_names:
+                self.buckets[(funnel.name, step)] = [0] * (len(TIME_TO_CONVERT_BUCKETS_MS) + 1)
+                self.sums[(funnel.name, step)] = 0.0
+
+    def observe_buckets(self, funnel: str, step: str, buckets: list[int], sum_ms: int) -> None:
+        target = self.buckets.setdefault((funnel, step), [0] * len(buckets))
+        for index, value in enumerate(buckets):
+            target[index] += value
+        self.sums[(funnel, step)] = self.sums.get((funnel, step), 0.0) + sum_ms / 1000
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(
+            "streamer_funnel_time_to_convert_seconds",
+            "Time from reaching a stage to reaching the next, over closed windows",
+            labels=["funnel", "step"],
+        )
+        bounds = [f"{ms / 1000:g}" for ms in TIME_TO_CONVERT_BUCKETS_MS] + ["+Inf"]
+        for (funnel, step), counts in sorted(self.buckets.items()):
+            cumulative, running = [], 0
+            for bound, value in zip(bounds, counts, strict=True):
+                running += value
+                cumulative.append((bound, running))
+            family.add_metric([funnel, step], cumulative, self.sums[(funnel, step)])
+        yield family
 
 
 @dataclass(frozen=True)
@@ -31,9 +112,26 @@ class Metrics:
     events_by_type: Counter
     stage_events: Counter
     decode_seconds: Histogram
+    late_events: Counter
+    session_overflow: Counter
+    merge_errors: Counter
+    funnel_entered: Counter
+    funnel_converted: Counter
+    funnel_dropped: Counter
+    step_conversion_ratio: Gauge
+    step_drop_off_ratio: Gauge
+    last_window_end: Gauge
+    windows_closed: Counter
+    time_to_convert: _TimeToConvertCollector
+    live: _LiveCollector
 
     @classmethod
-    def create(cls, registry: CollectorRegistry, source_topics: Iterable[str] = ()) -> Metrics:
+    def create(
+        cls,
+        registry: CollectorRegistry,
+        source_topics: Iterable[str] = (),
+        funnels: tuple[FunnelDefinition, ...] = (),
+    ) -> Metrics:
         metrics = cls(
             registry=registry,
             events=Counter(
@@ -77,7 +175,76 @@ class Metrics:
                 buckets=(5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2),
                 registry=registry,
             ),
+            late_events=Counter(
+                "streamer_late_events",
+                "Events behind their partition's watermark by more than the allowed lateness "
+                "(dead-lettered with reason late)",
+                registry=registry,
+            ),
+            session_overflow=Counter(
+                "streamer_session_overflow_events",
+                "Events ignored because their session holds the maximum number of events",
+                registry=registry,
+            ),
+            merge_errors=Counter(
+                "streamer_window_merge_errors",
+                "Records of the partials topic the window merger could not process",
+                registry=registry,
+            ),
+            funnel_entered=Counter(
+                "streamer_funnel_sessions_entered",
+                "Sessions that reached the stage, over closed windows",
+                ["funnel", "stage"],
+                registry=registry,
+            ),
+            funnel_converted=Counter(
+                "streamer_funnel_sessions_converted",
+                "Sessions that went on from the step's first stage to its second",
+                ["funnel", "step"],
+                registry=registry,
+            ),
+            funnel_dropped=Counter(
+                "streamer_funnel_sessions_dropped",
+                "Sessions whose step timed out (open sessions are never counted here)",
+                ["funnel", "step"],
+                registry=registry,
+            ),
+            step_conversion_ratio=Gauge(
+                "streamer_funnel_step_conversion_ratio",
+                "Last closed window: converted / (converted + dropped) of the step",
+                ["funnel", "step"],
+                registry=registry,
+            ),
+            step_drop_off_ratio=Gauge(
+                "streamer_funnel_step_drop_off_ratio",
+                "Last closed window: dropped / (converted + dropped) of the step",
+                ["funnel", "step"],
+                registry=registry,
+            ),
+            last_window_end=Gauge(
+                "streamer_funnel_last_window_end_timestamp_seconds",
+                "End of the last closed window of the funnel (event time)",
+                ["funnel"],
+                registry=registry,
+            ),
+            windows_closed=Counter(
+                "streamer_funnel_windows_closed",
+                "Final windows merged from every partition and published",
+                ["funnel"],
+                registry=registry,
+            ),
+            time_to_convert=_TimeToConvertCollector(funnels),
+            live=_LiveCollector(funnels),
         )
+        registry.register(metrics.time_to_convert)
+        registry.register(metrics.live)
+        for funnel in funnels:
+            metrics.windows_closed.labels(funnel=funnel.name)
+            for stage in funnel.stages:
+                metrics.funnel_entered.labels(funnel=funnel.name, stage=stage.name)
+            for step in funnel.step_names:
+                metrics.funnel_converted.labels(funnel=funnel.name, step=step)
+                metrics.funnel_dropped.labels(funnel=funnel.name, step=step)
         for topic in source_topics:
             metrics.event_bytes.labels(topic=topic)
             for outcome in OUTCOMES:
@@ -86,6 +253,6 @@ class Metrics:
                 metrics.dead_letters.labels(topic=topic, reason=reason.value)
         for event_type in EVENT_MODELS:
             metrics.events_by_type.labels(event_type=event_type)
-        for stage in LifecycleStage:
-            metrics.stage_events.labels(stage=stage.value)
+        for lifecycle in LifecycleStage:
+            metrics.stage_events.labels(stage=lifecycle.value)
         return metrics

@@ -16,14 +16,22 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from streamer.events import EVENT_MODELS, DeadLetter, ReasonCode, event_adapter
+from streamer.events import (
+    EVENT_MODELS,
+    DeadLetter,
+    ReasonCode,
+    SegmentStats,
+    StageStats,
+    WindowStats,
+    event_adapter,
+)
 
 __all__ = ["EXAMPLES", "RECORD_MODELS", "check_schemas", "render_schemas", "write_schemas"]
 
 _DIALECT = "https://json-schema.org/draft/2020-12/schema"
 _BASE_ID = "https://streamer.dev/schemas/"
 
-RECORD_MODELS: dict[str, type[BaseModel]] = {"dead_letter": DeadLetter}
+RECORD_MODELS: dict[str, type[BaseModel]] = {"dead_letter": DeadLetter, "window_stats": WindowStats}
 
 _CONTEXT = {"device": "ios", "channel": "email", "utm_source": "newsletter", "country": "DE",
             "app_version": "5.2.0", "experiments": {"checkout_button": "green"}}  # fmt: skip
@@ -77,6 +85,25 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         key_base64="cy04MWYyYzQ=",
         payload_base64="eyJldmVudF90eXBlIjoicGF5bWVudF9zdWJtaXR0ZWQiLCJhbW91bnQiOi0xfQ==",
         rejected_at=datetime(2026, 11, 22, 9, 15, 3, 402000, tzinfo=UTC),
+    ).model_dump(mode="json"),
+    "window_stats": WindowStats(
+        window_id="checkout/1795342440000",
+        funnel="checkout",
+        window_start=datetime(2026, 11, 22, 9, 14, tzinfo=UTC),
+        window_end=datetime(2026, 11, 22, 9, 15, tzinfo=UTC),
+        partitions=4,
+        stages=[
+            StageStats(stage="payment", entered=41, converted=30, dropped=6,
+                       conversion_ratio=30 / 36, drop_off_ratio=6 / 36),
+            StageStats(stage="order", entered=30, converted=0, dropped=0),
+        ],
+        segments=[
+            SegmentStats(dimension="payment_method", value="paypal", stages=[
+                StageStats(stage="payment", entered=12, converted=5, dropped=5,
+                           conversion_ratio=0.5, drop_off_ratio=0.5),
+                StageStats(stage="order", entered=5, converted=0, dropped=0),
+            ]),
+        ],
     ).model_dump(mode="json"),
 }  # fmt: skip
 

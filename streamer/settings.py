@@ -71,6 +71,26 @@ class Settings(BaseSettings):
         default=900.0, gt=0, description="a repeated event_id within this is a duplicate"
     )
 
+    # --- Funnels ----------------------------------------------------------------------------
+    funnels: tuple[Path, ...] = Field(
+        default_factory=lambda: (Path(__file__).resolve().parent.parent / "deploy/funnels",),
+        description="funnel definition files or folders (every *.yaml directly inside)",
+    )
+    partials_topic: str = "funnel.partials"
+    windows_topic: str = "funnel.windows"
+    allowed_lateness_seconds: float = Field(
+        default=120.0, ge=0, description="how far behind the newest event time an event may be"
+    )
+    tick_interval_seconds: float = Field(
+        default=5.0, ge=0, description="live-edge ticks into idle partitions; 0 = off (replays)"
+    )
+    tick_grace_seconds: float = Field(
+        default=10.0, ge=0, description="ticks stay this far behind the wall clock"
+    )
+    session_retention_seconds: float = Field(
+        default=600.0, gt=0, description="decided sessions are kept this long after their windows"
+    )
+
     # --- Worker ----------------------------------------------------------------------------
     app_id: str = Field(default="streamer", pattern=r"^[A-Za-z0-9._-]+$")
     web_host: str = "127.0.0.1"

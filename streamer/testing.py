@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -69,6 +70,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             continue
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
+        if isinstance(value, tuple | list):  # complex settings are read as JSON
+            value = json.dumps([str(item) for item in value])
         env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
     env[f"{ENV_PREFIX}KAFKA_BOOTSTRAP"] = settings.bootstrap_servers
     return env

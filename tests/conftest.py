@@ -53,6 +53,8 @@ def settings(kafka_bootstrap: str, unique: str, tmp_path: Path) -> Settings:
         checkout_topic=f"checkout-{unique}",
         events_topic=f"funnel.events-{unique}",
         dlq_topic=f"funnel.dlq-{unique}",
+        partials_topic=f"funnel.partials-{unique}",
+        windows_topic=f"funnel.windows-{unique}",
         web_port=free_port(),
         data_dir=tmp_path / "worker",
         topic_partitions=4,

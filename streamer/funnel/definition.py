@@ -10,10 +10,18 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "Condition",
@@ -51,8 +59,11 @@ def parse_duration_ms(value: Any) -> int:
     raise ValueError(f"{value!r} is not a duration (use e.g. 500ms, 90s, 30m, 1h, 2d)")
 
 
+Duration = Annotated[int, BeforeValidator(parse_duration_ms)]
+
+
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 _OPERATORS = ("eq", "ne", "gt", "ge", "lt", "le", "in")
@@ -108,8 +119,9 @@ class Stage(_Frozen):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=40)
     event_types: tuple[str, ...] = Field(min_length=1)
     where: tuple[Condition, ...] = ()
-    timeout_ms: int | None = Field(
+    timeout_ms: Duration | None = Field(
         default=None,
+        validation_alias="timeout",
         description="abandonment timeout: no progress this long after the "
         "session's last activity at this stage = dropped",
     )
@@ -124,8 +136,6 @@ class Stage(_Frozen):
             data["event_types"] = [data.pop("event_type")]
         if "where" in data:
             data["where"] = _conditions(data["where"])
-        if "timeout" in data:
-            data["timeout_ms"] = parse_duration_ms(data.pop("timeout"))
         return data
 
     def matches(self, event_type: str, properties: Mapping[str, Any]) -> bool:
@@ -176,8 +186,8 @@ class FunnelDefinition(_Frozen):
     follows: Literal["session"] = "session"
     order: Literal["ordered"] = "ordered"
     stages: tuple[Stage, ...] = Field(min_length=2, max_length=20)
-    conversion_window_ms: int
-    window_ms: int = 60_000
+    conversion_window_ms: Duration = Field(validation_alias="conversion_window")
+    window_ms: Duration = Field(default=60_000, validation_alias="window")
     segments: tuple[Segment, ...] = ()
     max_events_per_session: int = Field(default=500, ge=10, le=10_000)
 
@@ -187,9 +197,6 @@ class FunnelDefinition(_Frozen):
         if not isinstance(data, dict):
             return data
         data = dict(data)
-        for key in ("conversion_window", "window"):
-            if key in data:
-                data[f"{key}_ms"] = parse_duration_ms(data.pop(key))
         segments = data.get("segments")
         if isinstance(segments, Mapping):  # {device: {cap: 5}} or {device: null}
             data["segments"] = [
@@ -268,19 +275,6 @@ def _line_index(node: yaml.Node, path: tuple[Any, ...] = ()) -> dict[tuple[Any, 
     return lines
 
 
-_YAML_ALIASES = {"stages": "stages", "segments": "segments"}
-
-
-def _yaml_path(loc: Sequence[int | str]) -> tuple[Any, ...]:
-    """Map a pydantic error location back to the YAML keys (``*_ms`` came from ``*``)."""
-    out: list[Any] = []
-    for part in loc:
-        if isinstance(part, str) and part.endswith("_ms"):
-            part = part[: -len("_ms")]
-        out.append(part)
-    return tuple(out)
-
-
 def load_funnel(path: Path | str) -> FunnelDefinition:
     path = Path(path)
     try:
@@ -303,7 +297,7 @@ def load_funnel(path: Path | str) -> FunnelDefinition:
         lines = _line_index(node)
         problems = []
         for error in exc.errors(include_url=False):
-            loc = _yaml_path(error["loc"])
+            loc = tuple(error["loc"])
             line = None
             for cut in range(len(loc), -1, -1):  # nearest enclosing node with a line
                 line = lines.get(loc[:cut])

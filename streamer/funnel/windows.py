@@ -189,3 +189,21 @@ def merge_partials(stage_count: int, partials: Iterable[WindowCounts]) -> Window
     for counts in partials:
         total.merge(counts)
     return total
+
+
+def fold_segments(counts: WindowCounts, caps: list[int]) -> WindowCounts:
+    """Keep the ``caps[dim]`` values of each dimension with the most stage entries (ties by
+    name); fold the rest into ``other``. Done on the merged window, so it is deterministic."""
+    folded = WindowCounts(counts.stages, {})
+    by_dim: dict[int, list[tuple[str, list[StepCounts]]]] = {}
+    for (dim, value), steps in counts.segments.items():
+        by_dim.setdefault(dim, []).append((value, steps))
+    for dim, values in by_dim.items():
+        ranked = sorted(values, key=lambda item: (-sum(s.entered for s in item[1]), item[0]))
+        cap = caps[dim] if dim < len(caps) else len(ranked)
+        for rank, (value, steps) in enumerate(ranked):
+            name = value if rank < cap or value in ("other", UNKNOWN) else "other"
+            target = folded.segments.setdefault((dim, name), [StepCounts() for _ in steps])
+            for mine, theirs in zip(target, steps, strict=True):
+                mine.add(theirs)
+    return folded

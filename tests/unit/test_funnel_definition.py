@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streamer.funnel.definition import (
+    FunnelDefinitionError,
+    load_funnel,
+    load_funnels,
+    parse_duration_ms,
+)
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy/funnels"
+
+
+def test_the_shipped_funnels_load() -> None:
+    checkout = load_funnel(DEPLOY / "checkout.yaml")
+    assert [s.name for s in checkout.stages] == [
+        "landing",
+        "product_view",
+        "cart",
+        "checkout",
+        "payment",
+        "order",
+    ]
+    assert checkout.stage_timeout_ms(2) == 30 * 60_000
+    assert checkout.stage_timeout_ms(0) == checkout.conversion_window_ms
+    assert checkout.stages[5].matches("order_placed", {"value": 10})
+    assert not checkout.stages[5].matches("order_placed", {"value": 0})
+    assert not checkout.stages[5].matches("order_placed", {"value": "ten"})
+    assert [s.name for s in checkout.segments] == ["device", "channel", "country", "payment_method"]
+    assert load_funnel(DEPLOY / "replay/otto.yaml").conversion_window_ms == 30 * 86_400_000
+    assert [f.name for f in load_funnels([DEPLOY])] == ["checkout"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("90s", 90_000), ("1.5h", 5_400_000), ("500ms", 500), (30, 30_000)]
+)
+def test_durations(text: object, expected: int) -> None:
+    assert parse_duration_ms(text) == expected
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "funnel.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_errors_name_the_file_the_line_and_the_field(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "name: shop\nconversion_window: 10x\nstages:\n"
+        "  - name: landing\n    event_type: page_view\n"
+        "  - name: cart\n    event_type: add_to_cart\n    timeout: soon\n",
+    )
+    with pytest.raises(FunnelDefinitionError) as caught:
+        load_funnel(path)
+    message = str(caught.value)
+    assert f"{path}:2: conversion_window: " in message
+    assert f"{path}:8: stages.1.timeout: " in message
+    assert "'soon' is not a duration" in message
+
+
+def test_unknown_keys_bad_yaml_and_duplicates(tmp_path: Path) -> None:
+    path = _write(tmp_path, "name: shop\nconversion_window: 1h\nstagez: []\n")
+    with pytest.raises(FunnelDefinitionError, match=r":3: stagez: Extra inputs"):
+        load_funnel(path)
+    broken = _write(tmp_path, "name: [unclosed\n")
+    with pytest.raises(FunnelDefinitionError, match=r"funnel.yaml:2: not valid YAML"):
+        load_funnel(broken)
+    dup = _write(
+        tmp_path,
+        "name: shop\nconversion_window: 1h\nstages:\n"
+        "  - {name: a, event_type: page_view}\n  - {name: a, event_type: search}\n",
+    )
+    with pytest.raises(FunnelDefinitionError, match="stage names must be unique"):
+        load_funnel(dup)
+    with pytest.raises(FunnelDefinitionError, match="window must divide a day"):
+        load_funnel(
+            _write(
+                tmp_path,
+                "name: s\nconversion_window: 1h\nwindow: 7m\nstages:\n"
+                "  - {name: a, event_type: page_view}\n  - {name: b, event_type: search}\n",
+            )
+        )
