@@ -280,6 +280,11 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
                 snapshot.watermark_lag_seconds[engine.partition] = (
                     now_ms - engine.watermark_ms
                 ) / 1000
+        try:
+            for tp in app.consumer.assignment():
+                snapshot.assigned[tp.topic] = snapshot.assigned.get(tp.topic, 0) + 1
+        except Exception:  # the consumer is not started yet
+            pass
         monitor = app.monitor
         for tp, end in dict(getattr(monitor, "tp_end_offsets", {})).items():
             read = getattr(monitor, "tp_read_offsets", {}).get(tp)

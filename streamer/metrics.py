@@ -32,6 +32,7 @@ class LiveSnapshot:
     open_sessions: dict[tuple[str, str], int] = field(default_factory=dict)  # (funnel, stage)
     watermark_lag_seconds: dict[int, float] = field(default_factory=dict)  # partition -> lag
     consumer_lag: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition)
+    assigned: dict[str, int] = field(default_factory=dict)  # topic -> partitions assigned
 
 
 class _LiveCollector(Collector):
@@ -67,6 +68,14 @@ class _LiveCollector(Collector):
         for (topic, partition), messages in sorted(snapshot.consumer_lag.items()):
             consumer.add_metric([topic, str(partition)], messages)
         yield consumer
+        assigned = GaugeMetricFamily(
+            "streamer_assigned_partitions",
+            "Partitions of the topic this worker currently consumes",
+            labels=["topic"],
+        )
+        for topic, count in sorted(snapshot.assigned.items()):
+            assigned.add_metric([topic], count)
+        yield assigned
 
 
 class _TimeToConvertCollector(Collector):

@@ -58,4 +58,8 @@ def settings(kafka_bootstrap: str, unique: str, tmp_path: Path) -> Settings:
         web_port=free_port(),
         data_dir=tmp_path / "worker",
         topic_partitions=4,
+        # Tests replay generated history in any order: no wall-clock ticks, and a lateness
+        # wider than the data. Tests about lateness or ticks set their own.
+        tick_interval_seconds=0,
+        allowed_lateness_seconds=2 * 86_400.0,
     )
