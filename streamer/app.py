@@ -5,6 +5,7 @@ No module-global app: every worker, test and benchmark builds its own from setti
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from streamer.metrics import LiveSnapshot, Metrics
 from streamer.pipeline.ingest import IngestStage, SourceMessage, limits_from
 from streamer.pipeline.sessions import SessionsStage, tick_record
 from streamer.pipeline.windows import WindowMerger
+from streamer.query import FunnelView, tail_windows
 from streamer.settings import Settings
 
 __all__ = [
@@ -302,6 +304,19 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             )
 
     app.page("/metrics")(MetricsView)
+
+    view = FunnelView()
+
+    async def follow_windows() -> None:
+        await tail_windows(settings, view, asyncio.Event())  # cancelled when the worker stops
+
+    app.task(follow_windows)
+
+    class FunnelPage(View):
+        async def get(self, request: Request) -> Response:
+            return self.json(view.summary())
+
+    app.page("/funnel")(FunnelPage)
     return StreamerApp(
         faust=app,
         settings=settings,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import os
 import signal
@@ -23,7 +24,7 @@ from rich.table import Table
 
 from streamer.errors import StreamerError
 from streamer.kafka_io import ensure_topic_plan, metadata_ready, run_sync
-from streamer.settings import Settings, load_settings
+from streamer.settings import Settings, load_settings, settings_env
 
 __all__ = ["main"]
 
@@ -210,8 +211,13 @@ def dlq_inspect(ctx: click.Context, limit: int, reasons: tuple[str, ...], as_jso
     for column in ("id", "reason", "field", "message", "payload"):
         table.add_column(column, overflow="fold")
     for letter in shown:
-        table.add_row(letter.dead_letter_id, letter.reason.value, letter.field or "",
-                      letter.message, _preview(letter.payload_base64))  # fmt: skip
+        table.add_row(
+            letter.dead_letter_id,
+            letter.reason.value,
+            letter.field or "",
+            letter.message,
+            _preview(letter.payload_base64),
+        )
     console.print(table)
     counts = Counter(letter.reason.value for letter in letters)
     console.print("by reason: " + (", ".join(f"{k}={v}" for k, v in counts.most_common()) or "-"))
@@ -264,6 +270,68 @@ def funnel_check(ctx: click.Context, files: tuple[Path, ...]) -> None:
         raise ConfigError(str(exc)) from None
     for definition in funnels:
         click.echo(definition.describe())
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    if not summary:
+        console.print(
+            "no closed window yet (windows close once every partition's watermark has passed them)"
+        )
+        return
+    for name, parts in summary.items():
+        for label in ("last_window", "last_hour"):
+            part = parts[label]
+            title = f"{name}: {label.replace('_', ' ')} ({part['start']} .. {part['end']})"
+            table = Table(title=title)
+            for column in ("stage", "entered", "converted", "dropped", "conversion", "drop-off"):
+                table.add_column(column, justify="left" if column == "stage" else "right")
+            for row in part["stages"]:
+                ratio = row.get("conversion_ratio")
+                drop = row.get("drop_off_ratio")
+                table.add_row(
+                    row["stage"],
+                    str(row["entered"]),
+                    str(row.get("converted", "")),
+                    str(row.get("dropped", "")),
+                    f"{ratio:.1%}" if ratio is not None else "",
+                    f"{drop:.1%}" if drop is not None else "",
+                )
+            console.print(table)
+
+
+@funnel.command("show")
+@click.option("--url", default=None, help="a worker's base URL (default: web_host:web_port)")
+@click.option("--from-topic", is_flag=True, help="read the windows topic instead of a worker")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_context
+@_fail_cleanly
+def funnel_show(ctx: click.Context, url: str | None, from_topic: bool, as_json: bool) -> None:
+    """The current funnel: stages, counts and conversion per step, last window and last hour."""
+
+    settings = _settings(ctx)
+    if from_topic:
+        from streamer.dlq import read_topic
+        from streamer.events import WindowStats
+        from streamer.query import FunnelView
+
+        view = FunnelView()
+        for _, value in asyncio.run(read_topic(settings, settings.windows_topic)):
+            view.add(WindowStats.model_validate_json(value or b""))
+        summary = view.summary()
+    else:
+        base = url or f"http://{settings.web_host}:{settings.web_port}"
+        try:
+            with urllib.request.urlopen(f"{base}/funnel", timeout=5) as response:
+                summary = json.loads(response.read())
+        except (urllib.error.URLError, OSError) as exc:
+            raise StreamerError(
+                f"no worker answers at {base}/funnel ({exc}); start one with `streamer worker`, "
+                "pass --url, or use --from-topic"
+            ) from None
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary)
 
 
 @cli.command("tick")
@@ -420,8 +488,15 @@ def _funnel_table(values: dict[tuple[str, tuple[tuple[str, str], ...]], float]) 
     table.add_column("labels")
     table.add_column("value", justify="right")
     for (name, labels), value in sorted(values.items()):
-        if name in ("streamer_stage_events_total", "streamer_events_by_type_total",
-                    "streamer_events_total") and value:  # fmt: skip
+        if (
+            name
+            in (
+                "streamer_stage_events_total",
+                "streamer_events_by_type_total",
+                "streamer_events_total",
+            )
+            and value
+        ):
             table.add_row(name, ",".join(f"{k}={v}" for k, v in labels), f"{value:.0f}")
     return table
 
@@ -433,10 +508,20 @@ def _funnel_table(values: dict[tuple[str, tuple[tuple[str, str], ...]], float]) 
 @click.pass_context
 @_fail_cleanly
 def demo(ctx: click.Context, rate: float, duration: float, keep_broker: bool) -> None:
-    """Live demo: local broker up, a worker, the simulator feeding it, counters printed."""
+    """Live demo: local broker up, a worker, the simulator feeding it, the funnel printed."""
+    from streamer.kafka_local import deploy_dir
     from streamer.simulate import run_live
 
-    settings = _settings(ctx)
+    # The simulator compresses sessions into seconds: the demo funnel has 10 s windows and
+    # second-scale timeouts, and ticks keep every partition at the live edge.
+    settings = _settings(ctx).model_copy(
+        update={
+            "funnels": (deploy_dir() / "funnels/demo",),
+            "tick_interval_seconds": 2.0,
+            "allowed_lateness_seconds": 5.0,
+            "tick_grace_seconds": 2.0,
+        }
+    )
     broker = _local_kafka(settings) if settings.uses_local_broker else None
     started_broker = False
     if broker is not None:
@@ -445,16 +530,14 @@ def demo(ctx: click.Context, rate: float, duration: float, keep_broker: bool) ->
     run_sync(ensure_topic_plan(settings, _topic_plan(settings)))
     log_path = settings.data_dir.parent / "demo-worker.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **{f"STREAMER_{k.upper()}": str(v) for k, v in {
-        "kafka_bootstrap": settings.bootstrap_servers,
-        "web_port": settings.web_port,
-        "data_dir": settings.data_dir,
-    }.items()}}  # fmt: skip
+    env = {**os.environ, **settings_env(settings)}
     with log_path.open("ab") as worker_log:
         worker_proc = subprocess.Popen(
-            [sys.executable, "-m", "streamer", "worker"], env=env,
-            stdout=worker_log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [sys.executable, "-m", "streamer", "worker"],
+            env=env,
+            stdout=worker_log,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://{settings.web_host}:{settings.web_port}/metrics"
     console.print(f"[bold]worker[/]: pid {worker_proc.pid}, log {log_path}, metrics {url}")
     try:
@@ -464,6 +547,10 @@ def demo(ctx: click.Context, rate: float, duration: float, keep_broker: bool) ->
         console.print(f"[bold]simulator[/]: produced {simulator} events; final counters:")
         time.sleep(3)
         console.print(_funnel_table(_scrape(url)))
+        funnel_url = url.replace("/metrics", "/funnel")
+        with urllib.request.urlopen(funnel_url, timeout=5) as response:
+            _print_summary(json.loads(response.read()))
+        console.print(f"(the same as JSON: {funnel_url}; `streamer funnel show` prints it)")
     finally:
         worker_proc.send_signal(signal.SIGTERM)
         try:
@@ -486,10 +573,21 @@ async def _demo_loop(
         except (urllib.error.URLError, OSError) as exc:
             console.print(f"[red]metrics not reachable: {exc}[/]")
             continue
-        stages = {dict(labels)["stage"]: v for (name, labels), v in values.items()
-                  if name == "streamer_stage_events_total"}  # fmt: skip
+        stages = {
+            dict(labels)["stage"]: v
+            for (name, labels), v in values.items()
+            if name == "streamer_stage_events_total"
+        }
         line = "  ".join(f"{stage}={count:.0f}" for stage, count in stages.items())
         console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] stage events: {line}")
+        entered = {
+            dict(labels)["stage"]: v
+            for (name, labels), v in values.items()
+            if name == "streamer_funnel_sessions_entered_total"
+        }
+        if any(entered.values()):
+            funnel_line = " -> ".join(f"{stage} {count:.0f}" for stage, count in entered.items())
+            console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] checkout funnel: {funnel_line}")
     report = await task
     return int(report.events)
 

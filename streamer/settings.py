@@ -8,6 +8,7 @@ where its value came from (the file, or the environment variable).
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from pathlib import Path
@@ -18,7 +19,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from streamer.errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "Settings", "load_settings"]
+__all__ = ["ENV_PREFIX", "Settings", "load_settings", "settings_env"]
 
 ENV_PREFIX = "STREAMER_"
 _STATE_DIR = Path(".state")
@@ -193,3 +194,19 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
                 message = "unknown setting"
             problems.append(f"{field} ({source}): {message}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment variables that reproduce ``settings`` in a child process (secrets included:
+    they go to the child's environment only, never to a log or an error)."""
+    env: dict[str, str] = {}
+    for name, value in settings:
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        if isinstance(value, tuple | list):  # complex settings are read as JSON
+            value = json.dumps([str(item) for item in value])
+        env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+    env[f"{ENV_PREFIX}KAFKA_BOOTSTRAP"] = settings.bootstrap_servers
+    return env

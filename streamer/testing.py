@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -25,7 +24,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamer.kafka_io import make_producer
-from streamer.settings import ENV_PREFIX, Settings
+from streamer.settings import ENV_PREFIX, Settings, settings_env
 
 __all__ = [
     "MetricValues",
@@ -59,22 +58,6 @@ def scrape_metrics(url: str, timeout: float = 2.0) -> MetricValues:
 def metric(values: MetricValues, name: str, **labels: str) -> float:
     """One sample's value, 0.0 when the series does not exist."""
     return values.get((name, frozenset(labels.items())), 0.0)
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """Environment variables that reproduce ``settings`` in a child process (secrets included:
-    they go to the child's environment only, never to a log)."""
-    env: dict[str, str] = {}
-    for name, value in settings:
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        if isinstance(value, tuple | list):  # complex settings are read as JSON
-            value = json.dumps([str(item) for item in value])
-        env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
-    env[f"{ENV_PREFIX}KAFKA_BOOTSTRAP"] = settings.bootstrap_servers
-    return env
 
 
 async def produce(

@@ -1,0 +1,113 @@
+"""The current funnel, for people: the last closed window and the last hour, per funnel.
+
+:class:`FunnelView` keeps the recent final windows (from ``funnel.windows``); every worker
+tails that topic (:func:`tail_windows`) so any worker's ``/funnel`` answers the same, and
+``streamer funnel show`` prints the same data as a table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any
+
+from aiokafka import TopicPartition
+from pydantic import ValidationError
+
+from streamer.events import WindowStats
+from streamer.kafka_io import make_consumer, stop_consumer, topic_partitions
+from streamer.settings import Settings
+
+__all__ = ["FunnelView", "tail_windows"]
+
+log = logging.getLogger(__name__)
+
+HOUR_MS = 3_600_000
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def _aggregate(windows: list[WindowStats]) -> list[dict[str, Any]]:
+    names = [stage.stage for stage in windows[-1].stages]
+    rows = []
+    for index, name in enumerate(names):
+        entered = sum(w.stages[index].entered for w in windows)
+        converted = sum(w.stages[index].converted for w in windows)
+        dropped = sum(w.stages[index].dropped for w in windows)
+        row: dict[str, Any] = {"stage": name, "entered": entered}
+        if index < len(names) - 1:
+            row.update(
+                step=f"{name}->{names[index + 1]}",
+                converted=converted,
+                dropped=dropped,
+                conversion_ratio=_ratio(converted, converted + dropped),
+                drop_off_ratio=_ratio(dropped, converted + dropped),
+            )
+        rows.append(row)
+    return rows
+
+
+class FunnelView:
+    def __init__(self, keep: int = 5000) -> None:
+        self._windows: dict[str, deque[WindowStats]] = {}
+        self._keep = keep
+
+    def add(self, stats: WindowStats) -> None:
+        windows = self._windows.setdefault(stats.funnel, deque(maxlen=self._keep))
+        if any(w.window_id == stats.window_id for w in windows):
+            return  # published again: already here
+        windows.append(stats)
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, windows in sorted(self._windows.items()):
+            ordered = sorted(windows, key=lambda w: w.window_start)
+            last = ordered[-1]
+            hour_start = last.window_end.timestamp() * 1000 - HOUR_MS
+            last_hour = [w for w in ordered if w.window_end.timestamp() * 1000 > hour_start]
+            out[name] = {
+                "last_window": {
+                    "start": last.window_start.isoformat(),
+                    "end": last.window_end.isoformat(),
+                    "stages": _aggregate([last]),
+                },
+                "last_hour": {
+                    "start": last_hour[0].window_start.isoformat(),
+                    "end": last.window_end.isoformat(),
+                    "windows": len(last_hour),
+                    "stages": _aggregate(last_hour),
+                },
+            }
+        return out
+
+
+async def tail_windows(settings: Settings, view: FunnelView, stop: asyncio.Event) -> None:
+    """Feed ``view`` from the windows topic (from its start) until ``stop`` is set."""
+    while not stop.is_set():
+        partitions = await topic_partitions(settings, settings.windows_topic)
+        if partitions:
+            break
+        await asyncio.sleep(2)
+    else:
+        return
+    consumer = make_consumer(settings, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        assignment = [TopicPartition(settings.windows_topic, p) for p in partitions]
+        consumer.assign(assignment)
+        await consumer.seek_to_beginning(*assignment)
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=1000)
+            for messages in batch.values():
+                for message in messages:
+                    try:
+                        view.add(WindowStats.model_validate_json(message.value or b""))
+                    except ValidationError:
+                        log.warning(
+                            "unreadable record in %s at offset %d", message.topic, message.offset
+                        )
+    finally:
+        await stop_consumer(consumer)

@@ -1,0 +1,116 @@
+"""Live mode: the wall-clock ticker closes windows of idle partitions; /funnel, `funnel show`
+and the gauges agree with the windows topic."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from streamer.app import topic_plan
+from streamer.dlq import read_topic
+from streamer.events import WindowStats
+from streamer.kafka_io import ensure_topic_plan
+from streamer.replay import replay_events
+from streamer.settings import Settings
+from streamer.simulate import TrafficModel
+from streamer.testing import WorkerProcess, metric, scrape_metrics, settings_env
+
+DEMO_FUNNELS = Path(__file__).resolve().parents[2] / "deploy/funnels/demo"
+
+
+async def test_ticks_close_windows_and_every_view_agrees(
+    settings: Settings, tmp_path: Path
+) -> None:
+    config = settings.model_copy(
+        update={
+            "funnels": (DEMO_FUNNELS,),
+            "tick_interval_seconds": 1.0,
+            "allowed_lateness_seconds": 2.0,
+            "tick_grace_seconds": 1.0,
+        }
+    )
+    await ensure_topic_plan(config, topic_plan(config))
+    # Three sessions only: most of the 4 partitions stay idle and move on ticks alone.
+    start = datetime.now(UTC) - timedelta(seconds=30)
+    sessions = list(TrafficModel(mean_gap_seconds=1.0).sessions(seed=3, count=3, start=start))
+    events = sorted((e for s in sessions for e in s), key=lambda e: e["occurred_at"])
+    assert max(e["occurred_at"] for e in events) < datetime.now(UTC).isoformat()
+    with WorkerProcess(config, tmp_path / "worker.log") as worker:
+        await replay_events(config, events)
+        landings = 0
+        deadline = time.monotonic() + 120
+        while landings < len(sessions):  # every session's landing window closed by ticks
+            worker.assert_running()
+            assert time.monotonic() < deadline, worker.log_tail(40)
+            await asyncio.sleep(1)
+            windows = [
+                WindowStats.model_validate_json(v or b"")
+                for _, v in await read_topic(config, config.windows_topic)
+            ]
+            landings = sum(w.stages[0].entered for w in windows)
+        assert landings == len(sessions)
+        await asyncio.sleep(2)
+        windows = [
+            WindowStats.model_validate_json(v or b"")
+            for _, v in await read_topic(config, config.windows_topic)
+        ]
+        last = max(windows, key=lambda w: w.window_start)
+
+        base = f"http://{config.web_host}:{config.web_port}"
+        summary: dict = {}
+        while (
+            summary.get("checkout", {}).get("last_window", {}).get("end")
+            != last.window_end.isoformat()
+        ):
+            assert time.monotonic() < deadline, summary
+            with urllib.request.urlopen(f"{base}/funnel", timeout=5) as response:
+                summary = json.loads(response.read())
+            await asyncio.sleep(0.5)
+        shown = summary["checkout"]["last_window"]["stages"]
+        assert [row["entered"] for row in shown] == [s.entered for s in last.stages]
+        hour = summary["checkout"]["last_hour"]
+        assert hour["windows"] == len({w.window_id for w in windows})
+        assert hour["stages"][0]["entered"] == len(sessions)
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
+        env.update(settings_env(config))
+        printed = subprocess.run(
+            [sys.executable, "-m", "streamer", "funnel", "show"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert printed.returncode == 0, printed.stderr
+        assert "checkout: last hour" in printed.stdout
+        assert "landing" in printed.stdout
+        assert "order" in printed.stdout
+
+        values = scrape_metrics(worker.metrics_url)
+        assert (
+            metric(values, "streamer_funnel_last_window_end_timestamp_seconds", funnel="checkout")
+            == last.window_end.timestamp()
+        )
+        for index, stage in enumerate(last.stages[:-1]):
+            if stage.conversion_ratio is not None:
+                step = f"{stage.stage}->{last.stages[index + 1].stage}"
+                assert (
+                    metric(
+                        values,
+                        "streamer_funnel_step_conversion_ratio",
+                        funnel="checkout",
+                        step=step,
+                    )
+                    >= 0
+                )
+        lags = [v for (name, _), v in values.items() if name == "streamer_watermark_lag_seconds"]
+        assert len(lags) == config.topic_partitions
+        assert all(0 < lag < 30 for lag in lags), lags
