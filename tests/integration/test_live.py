@@ -13,6 +13,8 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from streamer.app import topic_plan
 from streamer.dlq import read_topic
 from streamer.events import WindowStats
@@ -99,18 +101,26 @@ async def test_ticks_close_windows_and_every_view_agrees(
             metric(values, "streamer_funnel_last_window_end_timestamp_seconds", funnel="checkout")
             == last.window_end.timestamp()
         )
-        for index, stage in enumerate(last.stages[:-1]):
-            if stage.conversion_ratio is not None:
-                step = f"{stage.stage}->{last.stages[index + 1].stage}"
-                assert (
-                    metric(
-                        values,
-                        "streamer_funnel_step_conversion_ratio",
-                        funnel="checkout",
-                        step=step,
-                    )
-                    >= 0
-                )
+        # A ratio gauge shows the newest window that decided outcomes for its step.
+        ordered = sorted({w.window_id: w for w in windows}.values(), key=lambda w: w.window_start)
+        checked = 0
+        for index, stage_name in enumerate([s.stage for s in last.stages][:-1]):
+            decided = [w for w in ordered if w.stages[index].conversion_ratio is not None]
+            if not decided:
+                continue
+            step = f"{stage_name}->{last.stages[index + 1].stage}"
+            ratio = metric(
+                values, "streamer_funnel_step_conversion_ratio", funnel="checkout", step=step
+            )
+            assert ratio == pytest.approx(decided[-1].stages[index].conversion_ratio)
+            checked += 1
+        assert checked >= 1
+        lag_series = {
+            labels
+            for (name, labels), _ in values.items()
+            if name == "streamer_consumer_lag_messages"
+        }
+        assert any(("topic", config.events_topic) in labels for labels in lag_series)
         lags = [v for (name, _), v in values.items() if name == "streamer_watermark_lag_seconds"]
         assert len(lags) == config.topic_partitions
         assert all(0 < lag < 30 for lag in lags), lags
