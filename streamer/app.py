@@ -24,7 +24,10 @@ from streamer.dedup import Deduplicator
 from streamer.errors import ConfigError
 from streamer.funnel.definition import FunnelDefinition, FunnelDefinitionError, load_funnels
 from streamer.metrics import LiveSnapshot, Metrics
+from streamer.notify import Notifier, SlackNotifier
+from streamer.pipeline.detector import DetectorStage
 from streamer.pipeline.ingest import IngestStage, SourceMessage, limits_from
+from streamer.pipeline.notifier import NotifierStage
 from streamer.pipeline.sessions import SessionsStage, tick_record
 from streamer.pipeline.windows import WindowMerger
 from streamer.query import FunnelView, tail_windows
@@ -56,6 +59,8 @@ class StreamerApp:
     ingest: IngestStage
     sessions: SessionsStage
     merger: WindowMerger
+    detector: DetectorStage
+    notifier: NotifierStage
     funnels: tuple[FunnelDefinition, ...]
 
 
@@ -80,6 +85,9 @@ def topic_plan(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
         # A few records per window: one partition lets one merger see every partial in order.
         settings.partials_topic: (1, {}),
         settings.windows_topic: (1, {}),
+        settings.abandonments_topic: (per_session, {}),
+        settings.alerts_topic: (1, {}),
+        settings.failed_alerts_topic: (1, {}),
     }
 
 
@@ -98,7 +106,11 @@ def faust_broker_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> StreamerApp:
+def create_app(
+    settings: Settings,
+    registry: CollectorRegistry | None = None,
+    notifier: Notifier | None = None,
+) -> StreamerApp:
     # `_created` series double the scrape size and no dashboard of ours reads them.
     disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
     active_registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
@@ -209,6 +221,13 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     async def send_partial(key: bytes | None, value: bytes) -> None:
         await partials_topic.send(key=key, value=value, partition=0)
 
+    abandonments_topic = app.topic(
+        settings.abandonments_topic, key_serializer="raw", value_serializer="raw"
+    )
+
+    async def send_abandonment(key: bytes | None, value: bytes) -> None:
+        await abandonments_topic.send(key=key, value=value)
+
     sessions = SessionsStage(
         funnels=funnels,
         table=session_table,
@@ -217,6 +236,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         retention_ms=round(settings.session_retention_seconds * 1000),
         send_partial=send_partial,
         send_dead_letter=send_dead_letter,
+        send_abandonment=send_abandonment,
     )
 
     async def sessions_agent(stream: Any) -> None:
@@ -258,6 +278,64 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
                 log.exception("window merger could not process a record; skipped")
 
     app.agent(partials_topic, name="windows")(windows_agent)
+
+    # --- detector: final windows -> alerts (written before any delivery) -------------------
+    alerts_topic = app.topic(
+        settings.alerts_topic, partitions=1, key_serializer="raw", value_serializer="raw"
+    )
+    failed_topic = app.topic(
+        settings.failed_alerts_topic, partitions=1, key_serializer="raw", value_serializer="raw"
+    )
+
+    async def send_alert(key: bytes | None, value: bytes) -> None:
+        await alerts_topic.send(key=key, value=value)
+
+    detector = DetectorStage(
+        funnels=funnels,
+        table=app.Table("detector", key_type=str, value_type=bytes, partitions=1),
+        metrics=metrics,
+        send_alert=send_alert,
+        dashboard_url=settings.dashboard_url,
+        runbook_url=settings.runbook_url,
+    )
+
+    async def detector_agent(stream: Any) -> None:
+        async for value in stream:
+            try:
+                await detector.process(value)
+            except Exception:  # a bad window must not stop alerting on the next ones
+                metrics.merge_errors.inc()
+                log.exception("detector could not process a window; skipped")
+
+    app.agent(windows_topic, name="detector")(detector_agent)
+
+    # --- notifier: alerts -> Slack, once each ----------------------------------------------
+    async def send_failed(key: bytes | None, value: bytes) -> None:
+        await failed_topic.send(key=key, value=value)
+
+    notifier_stage = NotifierStage(
+        notifier=notifier
+        or SlackNotifier(
+            webhook_url=settings.slack_webhook_url,
+            page_webhook_url=settings.slack_page_webhook_url,
+            timeout=settings.slack_timeout_seconds,
+            max_attempts=settings.slack_max_attempts,
+            min_interval=settings.slack_min_interval_seconds,
+        ),
+        table=app.Table("delivered-alerts", key_type=str, value_type=bytes, partitions=1),
+        metrics=metrics,
+        send_failed=send_failed,
+    )
+
+    async def notifier_agent(stream: Any) -> None:
+        async for event in stream.events():
+            try:
+                await notifier_stage.process(event.message.value, event.message.timestamp)
+            except Exception:  # an unreadable alert record: counted, logged, skipped
+                metrics.alert_deliveries.labels(outcome="failed").inc()
+                log.exception("notifier could not process an alert record; skipped")
+
+    app.agent(alerts_topic, name="notifier")(notifier_agent)
 
     # --- ticker: idle partitions follow the wall clock at the live edge -------------------
     if settings.tick_interval_seconds > 0:
@@ -324,5 +402,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         ingest=ingest,
         sessions=sessions,
         merger=merger,
+        detector=detector,
+        notifier=notifier_stage,
         funnels=funnels,
     )

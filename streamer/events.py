@@ -27,7 +27,10 @@ __all__ = [
     "CLICKSTREAM_EVENT_TYPES",
     "EVENT_MODELS",
     "SCHEMA_VERSION",
+    "Abandonment",
     "AddToCart",
+    "Alert",
+    "AlertExplanation",
     "CheckoutStarted",
     "DeadLetter",
     "Event",
@@ -319,6 +322,7 @@ class StageStats(_Strict):
         default=None, description="converted / (converted + dropped); open sessions not counted"
     )
     drop_off_ratio: float | None = None
+    dropped_value: float = Field(default=0.0, description="cart value of the dropped sessions")
     time_to_convert: TimeToConvert | None = None
 
 
@@ -339,3 +343,59 @@ class WindowStats(_Strict):
     partitions: int
     stages: list[StageStats]
     segments: list[SegmentStats] = Field(default_factory=list)
+
+
+class Abandonment(_Strict):
+    """A session that reached an abandonment stage and made no progress within its timeout
+    (``funnel.abandonments``); ``retracted`` when the session ordered afterwards."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    record_id: str = Field(description="abandonment_id, plus /retracted for a retraction")
+    abandonment_id: str = Field(description="funnel/session/attempt start ms/stage: stable")
+    kind: Literal["abandoned", "retracted"]
+    funnel: str
+    stage: str
+    session_id: str
+    user_id: str | None = None
+    attempt_started_at: datetime
+    last_activity_at: datetime
+    abandoned_at: datetime = Field(description="when the stage's timeout ran out (event time)")
+    cart_value: float | None = None
+    currency: str | None = None
+    segments: dict[str, str] = Field(default_factory=dict)
+    ordered_at: datetime | None = Field(default=None, description="retractions: the order")
+
+
+class AlertExplanation(_Strict):
+    dimension: str
+    value: str
+    share_of_excess: float = Field(description="part of the window's excess drops in this value")
+    observed_rate: float
+    expected_rate: float
+    decided: int
+    dropped: int
+
+
+class Alert(_Strict):
+    """A drop-off spike on one funnel step (``funnel.alerts``), written before any delivery."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: str = Field(description="alert_id/state/window start ms: one per notification")
+    alert_id: str = Field(description="funnel/step/start ms of the first spiking window")
+    state: Literal["firing", "repeat", "resolved"]
+    severity: Literal["page", "warning"]
+    funnel: str
+    step: str
+    window_start: datetime
+    window_end: datetime
+    observed_rate: float
+    expected_rate: float
+    p_value: float
+    decided: int
+    dropped: int
+    excess_dropped: float
+    dropped_value: float = Field(description="cart value of the window's dropped sessions")
+    explanations: list[AlertExplanation] = Field(default_factory=list)
+    summary: str
+    dashboard_url: str | None = None
+    runbook_url: str | None = None

@@ -123,6 +123,11 @@ class Metrics:
     decode_seconds: Histogram
     late_events: Counter
     session_overflow: Counter
+    abandonments: Counter
+    alerts: Counter
+    alert_deliveries: Counter
+    alert_delivery_seconds: Histogram
+    retractions: Counter
     merge_errors: Counter
     funnel_entered: Counter
     funnel_converted: Counter
@@ -195,6 +200,36 @@ class Metrics:
                 "Events ignored because their session holds the maximum number of events",
                 registry=registry,
             ),
+            abandonments=Counter(
+                "streamer_abandonments",
+                "Abandonment events emitted (sessions that timed out at an abandonment stage)",
+                ["funnel", "stage"],
+                registry=registry,
+            ),
+            alerts=Counter(
+                "streamer_alerts",
+                "Alert notifications decided (firing, repeat, resolved)",
+                ["funnel", "step", "state", "severity"],
+                registry=registry,
+            ),
+            alert_deliveries=Counter(
+                "streamer_alert_deliveries",
+                "Alert deliveries by outcome (delivered, retry, failed, no_route, duplicate)",
+                ["outcome"],
+                registry=registry,
+            ),
+            alert_delivery_seconds=Histogram(
+                "streamer_alert_delivery_seconds",
+                "From the alert record being written to its delivery",
+                buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900),
+                registry=registry,
+            ),
+            retractions=Counter(
+                "streamer_abandonment_retractions",
+                "Abandonments retracted because the session ordered afterwards",
+                ["funnel", "stage"],
+                registry=registry,
+            ),
             merge_errors=Counter(
                 "streamer_window_merge_errors",
                 "Records of the partials topic the window merger could not process",
@@ -254,6 +289,8 @@ class Metrics:
             for step in funnel.step_names:
                 metrics.funnel_converted.labels(funnel=funnel.name, step=step)
                 metrics.funnel_dropped.labels(funnel=funnel.name, step=step)
+        for outcome in ("delivered", "retry", "failed", "no_route", "duplicate"):
+            metrics.alert_deliveries.labels(outcome=outcome)
         for topic in source_topics:
             metrics.event_bytes.labels(topic=topic)
             for outcome in OUTCOMES:

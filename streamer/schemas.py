@@ -18,6 +18,9 @@ from pydantic import BaseModel
 
 from streamer.events import (
     EVENT_MODELS,
+    Abandonment,
+    Alert,
+    AlertExplanation,
     DeadLetter,
     ReasonCode,
     SegmentStats,
@@ -31,7 +34,12 @@ __all__ = ["EXAMPLES", "RECORD_MODELS", "check_schemas", "render_schemas", "writ
 _DIALECT = "https://json-schema.org/draft/2020-12/schema"
 _BASE_ID = "https://streamer.dev/schemas/"
 
-RECORD_MODELS: dict[str, type[BaseModel]] = {"dead_letter": DeadLetter, "window_stats": WindowStats}
+RECORD_MODELS: dict[str, type[BaseModel]] = {
+    "dead_letter": DeadLetter,
+    "window_stats": WindowStats,
+    "abandonment": Abandonment,
+    "alert": Alert,
+}
 
 _CONTEXT = {"device": "ios", "channel": "email", "utm_source": "newsletter", "country": "DE",
             "app_version": "5.2.0", "experiments": {"checkout_button": "green"}}  # fmt: skip
@@ -104,6 +112,47 @@ EXAMPLES: dict[str, dict[str, Any]] = {
                 StageStats(stage="order", entered=5, converted=0, dropped=0),
             ]),
         ],
+    ).model_dump(mode="json"),
+    "abandonment": Abandonment(
+        record_id="checkout/s-81f2c4/1795342500120/payment",
+        abandonment_id="checkout/s-81f2c4/1795342500120/payment",
+        kind="abandoned",
+        funnel="checkout",
+        stage="payment",
+        session_id="s-81f2c4",
+        user_id="u-10442",
+        attempt_started_at=datetime(2026, 11, 22, 9, 15, 0, 120000, tzinfo=UTC),
+        last_activity_at=datetime(2026, 11, 22, 9, 21, 8, tzinfo=UTC),
+        abandoned_at=datetime(2026, 11, 22, 9, 31, 8, tzinfo=UTC),
+        cart_value=94.8,
+        currency="EUR",
+        segments={"device": "ios", "channel": "email", "country": "DE",
+                  "payment_method": "paypal"},
+    ).model_dump(mode="json"),
+    "alert": Alert(
+        event_id="checkout/payment->order/1795343400000/firing/1795343400000",
+        alert_id="checkout/payment->order/1795343400000",
+        state="firing",
+        severity="page",
+        funnel="checkout",
+        step="payment->order",
+        window_start=datetime(2026, 11, 22, 9, 30, tzinfo=UTC),
+        window_end=datetime(2026, 11, 22, 9, 31, tzinfo=UTC),
+        observed_rate=0.3247,
+        expected_rate=0.0812,
+        p_value=3.1e-09,
+        decided=77,
+        dropped=25,
+        excess_dropped=18.75,
+        dropped_value=2931.4,
+        explanations=[AlertExplanation(dimension="payment_method", value="paypal",
+                                       share_of_excess=0.9412, observed_rate=0.7826,
+                                       expected_rate=0.0834, decided=23, dropped=18)],
+        summary="payment->order drop-off is 32.5% against 8.1% expected: 25 of 77 decided "
+        "sessions dropped, 19 more than usual, carts worth 2,931.40. Most of the excess: "
+        "payment_method=paypal (94%).",
+        dashboard_url="https://grafana.example.com/d/streamer-funnel",
+        runbook_url="https://wiki.example.com/runbooks/checkout-drop-off",
     ).model_dump(mode="json"),
 }  # fmt: skip
 

@@ -92,6 +92,24 @@ class Settings(BaseSettings):
         default=600.0, gt=0, description="decided sessions are kept this long after their windows"
     )
 
+    # --- Alerts and Slack --------------------------------------------------------------------
+    abandonments_topic: str = "funnel.abandonments"
+    alerts_topic: str = "funnel.alerts"
+    failed_alerts_topic: str = "funnel.alerts.failed"
+    slack_webhook_url: SecretStr | None = Field(
+        default=None, description="incoming webhook for warnings (and pages without their own)"
+    )
+    slack_page_webhook_url: SecretStr | None = Field(
+        default=None, description="incoming webhook of the on-call channel (severity page)"
+    )
+    slack_min_interval_seconds: float = Field(
+        default=1.1, ge=0, description="pace per webhook (Slack allows about 1 message/s)"
+    )
+    slack_max_attempts: int = Field(default=8, ge=1, description="tries for 429/5xx/network")
+    slack_timeout_seconds: float = Field(default=10.0, gt=0)
+    dashboard_url: str | None = Field(default=None, description="linked from every alert")
+    runbook_url: str | None = Field(default=None, description="linked from every alert")
+
     # --- Worker ----------------------------------------------------------------------------
     app_id: str = Field(default="streamer", pattern=r"^[A-Za-z0-9._-]+$")
     web_host: str = "127.0.0.1"

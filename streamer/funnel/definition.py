@@ -171,6 +171,30 @@ class Segment(_Frozen):
         return text
 
 
+class StepAlerting(_Frozen):
+    """Per-step overrides of the funnel's alert policy."""
+
+    severity: Literal["page", "warning", "off"] | None = None
+    min_increase: float | None = Field(default=None, gt=0, lt=1)
+    min_decided: int | None = Field(default=None, ge=1)
+
+
+class AlertPolicy(_Frozen):
+    """When a step's drop-off in one window is a spike worth telling people about."""
+
+    min_decided: int = Field(default=30, ge=1, description="decided sessions a window needs")
+    min_baseline_decided: int = Field(default=200, ge=1, description="... and the baseline")
+    baseline_windows: int = Field(default=30, ge=1, le=1440)
+    # One-sided binomial test of the window's drop count against the baseline rate.
+    significance: float = Field(default=1e-4, gt=0, lt=0.5)
+    min_increase: float = Field(default=0.10, gt=0, lt=1, description="absolute rate increase")
+    cooldown_ms: Duration = Field(default=1_800_000, validation_alias="cooldown")
+    resolve_after_windows: int = Field(default=2, ge=1)
+    severity: Literal["page", "warning"] = "warning"
+    abandonment_severity: Literal["page", "warning"] = "page"
+    steps: dict[str, StepAlerting] = Field(default_factory=dict)
+
+
 _DEFAULT_SEGMENT_SOURCES = {
     "device": "context.device",
     "channel": "context.channel",
@@ -190,6 +214,10 @@ class FunnelDefinition(_Frozen):
     window_ms: Duration = Field(default=60_000, validation_alias="window")
     segments: tuple[Segment, ...] = ()
     max_events_per_session: int = Field(default=500, ge=10, le=10_000)
+    abandonment: tuple[str, ...] = Field(
+        default=(), description="stages whose drop-off emits an abandonment event"
+    )
+    alerting: AlertPolicy = Field(default_factory=lambda: AlertPolicy())
 
     @model_validator(mode="before")
     @classmethod
@@ -212,6 +240,26 @@ class FunnelDefinition(_Frozen):
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}")
         return stages
+
+    @model_validator(mode="after")
+    def _names_exist(self) -> FunnelDefinition:
+        stages = {stage.name for stage in self.stages}
+        unknown = [name for name in self.abandonment if name not in stages]
+        if unknown:
+            raise ValueError(f"abandonment names unknown stages {unknown}")
+        if self.abandonment and self.stages[-1].name in self.abandonment:
+            raise ValueError("the last stage cannot be abandoned (nothing comes after it)")
+        steps = set(self.step_names)
+        unknown = [name for name in self.alerting.steps if name not in steps]
+        if unknown:
+            raise ValueError(
+                f"alerting.steps names unknown steps {unknown}; steps are {sorted(steps)}"
+            )
+        return self
+
+    @property
+    def abandonment_stage_indexes(self) -> frozenset[int]:
+        return frozenset(i for i, s in enumerate(self.stages) if s.name in self.abandonment)
 
     @model_validator(mode="after")
     def _windows_fit(self) -> FunnelDefinition:

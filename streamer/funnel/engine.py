@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.expiry import ExpiryIndex
-from streamer.funnel.session import Evaluation, SessionState, StoredEvent, evaluate
+from streamer.funnel.session import (
+    Contribution,
+    Evaluation,
+    Kind,
+    Retraction,
+    SessionState,
+    StoredEvent,
+    evaluate,
+)
 from streamer.funnel.windows import Partial, WindowCounts, window_start
 
 __all__ = ["EngineOutput", "PartitionEngine", "PartitionMeta"]
@@ -42,6 +50,9 @@ class EngineOutput:
     deletes: list[str] = field(default_factory=list)
     partials: list[Partial] = field(default_factory=list)
     progress_ms: int | None = None  # the partition's new watermark, when it crossed a window end
+    # (funnel index, session, drop) for drops at a funnel's abandonment stages
+    abandonments: list[tuple[int, SessionState, Contribution]] = field(default_factory=list)
+    retractions: list[tuple[int, SessionState, Retraction]] = field(default_factory=list)
 
 
 Loader = Callable[[str], SessionState | None]
@@ -92,7 +103,7 @@ class PartitionEngine:
             out.overflow = True
             return out
         state.add(event)
-        self._reevaluate(state)
+        self._reevaluate(state, out)
         out.accepted = True
         out.write = state
         self._advance(
@@ -110,9 +121,11 @@ class PartitionEngine:
         return out
 
     # --- recovery ------------------------------------------------------------------------
-    def restore(self, meta: PartitionMeta, states: Iterable[SessionState]) -> list[Partial]:
-        """Rebuild memory from persisted state; return partials of recently closed windows to
-        emit again (the merger keeps the first copy it received of each)."""
+    def restore(self, meta: PartitionMeta, states: Iterable[SessionState]) -> EngineOutput:
+        """Rebuild memory from persisted state. Returns, to send again, the partials of recently
+        closed windows (the merger keeps the first copy it received of each) and the recent
+        abandonments (their ids are deterministic: consumers drop the second copy)."""
+        out = EngineOutput()
         self.meta = meta
         self._windows.clear()
         self._applied.clear()
@@ -138,10 +151,12 @@ class PartitionEngine:
                         recent.setdefault(
                             (funnel_index, start), WindowCounts.empty(len(funnel.stages))
                         ).apply(contribution, +1)
+                        if self._abandons(funnel_index, contribution):
+                            out.abandonments.append((funnel_index, state, contribution))
                 if evaluation.open_stage is not None:
                     self.open_sessions[(funnel_index, evaluation.open_stage)] += 1
             self._schedule(state, evaluations)
-        return [
+        out.partials = [
             Partial(
                 self.funnels[f].name,
                 start,
@@ -152,6 +167,7 @@ class PartitionEngine:
             for (f, start), counts in sorted(recent.items())
             if not counts.is_empty()
         ]
+        return out
 
     # --- internals -----------------------------------------------------------------------
     def _evaluate_all(self, state: SessionState, watermark: int) -> tuple[Evaluation, ...]:
@@ -164,7 +180,12 @@ class PartitionEngine:
             counts = self._windows[(funnel_index, start)] = WindowCounts.empty(stages)
         return counts
 
-    def _reevaluate(self, state: SessionState) -> tuple[Evaluation, ...]:
+    def _abandons(self, funnel_index: int, contribution: Contribution) -> bool:
+        return contribution.kind is Kind.DROPPED and (
+            contribution.index in self.funnels[funnel_index].abandonment_stage_indexes
+        )
+
+    def _reevaluate(self, state: SessionState, out: EngineOutput) -> tuple[Evaluation, ...]:
         new = self._evaluate_all(state, self.watermark_ms)
         old = self._applied.get(state.session_id)
         for funnel_index, evaluation in enumerate(new):
@@ -176,6 +197,12 @@ class PartitionEngine:
             ]:
                 start = window_start(contribution.at_ms, funnel.window_ms)
                 self._window(funnel_index, start).apply(contribution, sign)
+                if sign > 0 and self._abandons(funnel_index, contribution):
+                    out.abandonments.append((funnel_index, state, contribution))
+            known = set(old[funnel_index].retractions) if old else set()
+            for retraction in evaluation.retractions:
+                if retraction not in known:
+                    out.retractions.append((funnel_index, state, retraction))
             old_open = old[funnel_index].open_stage if old else None
             if old_open != evaluation.open_stage:
                 if old_open is not None:
@@ -222,7 +249,7 @@ class PartitionEngine:
             if state is None:
                 self._applied.pop(session_id, None)
                 continue
-            evaluations = self._reevaluate(state)
+            evaluations = self._reevaluate(state, out)
             undecided = any(e.open_stage is not None for e in evaluations)
             if not undecided and self._due_for_deletion(state, evaluations, after):
                 self._deadlines.cancel(self.partition, session_id)

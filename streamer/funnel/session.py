@@ -69,6 +69,19 @@ class Contribution:
     at_ms: int
     segments: tuple[str | None, ...]
     time_to_convert_ms: int = 0
+    attempt_ms: int = 0  # when the attempt began (identifies it within the session)
+    value: float = 0.0  # drops: the cart value at the time (latest cart_value / amount)
+    last_activity_ms: int = 0  # drops: the session's last event before the deadline
+
+
+@dataclass(frozen=True, slots=True)
+class Retraction:
+    """An abandoned attempt whose session placed an order afterwards."""
+
+    stage: int
+    attempt_ms: int
+    order_ms: int
+    drop: Contribution
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +89,7 @@ class Evaluation:
     contributions: tuple[Contribution, ...]
     open_stage: int | None  # stage index of the undecided attempt, if any
     next_deadline_ms: int | None  # when the open attempt's step drops (if nothing comes)
+    retractions: tuple[Retraction, ...] = ()
 
 
 @dataclass
@@ -117,12 +131,42 @@ def _matches(funnel: FunnelDefinition, stage: int, event: StoredEvent) -> bool:
     return funnel.stages[stage].matches(event.event_type, event.fields)
 
 
+_VALUE_FIELDS = ("cart_value", "amount", "value")
+
+
+def _cart_value(event: StoredEvent, current: float) -> float:
+    for name in _VALUE_FIELDS:
+        value = event.fields.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return float(value)
+    return current
+
+
+def _retractions(
+    funnel: FunnelDefinition, events: Sequence[StoredEvent], drops: list[Contribution]
+) -> tuple[Retraction, ...]:
+    """Abandonments followed by an order of the same session (a recovered cart)."""
+    last_stage = len(funnel.stages) - 1
+    abandoning = funnel.abandonment_stage_indexes
+    out = []
+    for drop in drops:
+        if drop.index not in abandoning:
+            continue
+        order = next(
+            (e for e in events if e.at_ms > drop.at_ms and _matches(funnel, last_stage, e)), None
+        )
+        if order is not None:
+            out.append(Retraction(drop.index, drop.attempt_ms, order.at_ms, drop))
+    return tuple(out)
+
+
 def evaluate(
     funnel: FunnelDefinition, events: Sequence[StoredEvent], watermark_ms: int
 ) -> Evaluation:
     """Contributions of a session's sorted ``events`` to ``funnel`` as of ``watermark_ms``."""
     last_stage = len(funnel.stages) - 1
     out: list[Contribution] = []
+    drops: list[Contribution] = []
     position = 0
     count = len(events)
     while position < count:
@@ -136,7 +180,10 @@ def evaluate(
         stage = 0
         reached_at = attempt_start
         last_activity = attempt_start
-        out.append(Contribution(Kind.ENTERED, 0, attempt_start, tuple(segments)))
+        cart_value = _cart_value(first, 0.0)
+        out.append(
+            Contribution(Kind.ENTERED, 0, attempt_start, tuple(segments), attempt_ms=attempt_start)
+        )
         completed_at: int | None = None
         index = start + 1
         while index < count:
@@ -149,17 +196,25 @@ def evaluate(
                     if segments[dim] is None and value is not None:
                         segments[dim] = value
             last_activity = event.at_ms
+            cart_value = _cart_value(event, cart_value)
             index += 1
             if _matches(funnel, stage + 1, event):
                 frozen = tuple(segments)
                 out.append(
                     Contribution(
-                        Kind.CONVERTED, stage, event.at_ms, frozen, event.at_ms - reached_at
+                        Kind.CONVERTED,
+                        stage,
+                        event.at_ms,
+                        frozen,
+                        event.at_ms - reached_at,
+                        attempt_ms=attempt_start,
                     )
                 )
                 stage += 1
                 reached_at = event.at_ms
-                out.append(Contribution(Kind.ENTERED, stage, event.at_ms, frozen))
+                out.append(
+                    Contribution(Kind.ENTERED, stage, event.at_ms, frozen, attempt_ms=attempt_start)
+                )
                 if stage == last_stage:
                     completed_at = event.at_ms
                     break
@@ -168,8 +223,18 @@ def evaluate(
             continue
         deadline = min(window_end, last_activity + funnel.stage_timeout_ms(stage))
         if watermark_ms > deadline:
-            out.append(Contribution(Kind.DROPPED, stage, deadline, tuple(segments)))
+            drop = Contribution(
+                Kind.DROPPED,
+                stage,
+                deadline,
+                tuple(segments),
+                attempt_ms=attempt_start,
+                value=cart_value,
+                last_activity_ms=last_activity,
+            )
+            out.append(drop)
+            drops.append(drop)
             position = bisect.bisect_right([e.at_ms for e in events], deadline)
             continue
-        return Evaluation(tuple(out), stage, deadline)
-    return Evaluation(tuple(out), None, None)
+        return Evaluation(tuple(out), stage, deadline, _retractions(funnel, events, drops))
+    return Evaluation(tuple(out), None, None, _retractions(funnel, events, drops))

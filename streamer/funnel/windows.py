@@ -62,6 +62,7 @@ class StepCounts:
     time_to_convert_buckets: list[int] = field(
         default_factory=lambda: [0] * (len(TIME_TO_CONVERT_BUCKETS_MS) + 1)
     )
+    dropped_value: float = 0.0  # cart value of the sessions that dropped
 
     def add(self, other: StepCounts, sign: int = 1) -> None:
         self.entered += sign * other.entered
@@ -70,6 +71,7 @@ class StepCounts:
         self.time_to_convert_ms_sum += sign * other.time_to_convert_ms_sum
         for index, value in enumerate(other.time_to_convert_buckets):
             self.time_to_convert_buckets[index] += sign * value
+        self.dropped_value = round(self.dropped_value + sign * other.dropped_value, 2)
 
     def is_empty(self) -> bool:
         return not (self.entered or self.converted or self.dropped)
@@ -81,11 +83,19 @@ class StepCounts:
             self.dropped,
             self.time_to_convert_ms_sum,
             list(self.time_to_convert_buckets),
+            self.dropped_value,
         ]
 
     @classmethod
     def from_json(cls, raw: list[Any]) -> StepCounts:
-        return cls(int(raw[0]), int(raw[1]), int(raw[2]), int(raw[3]), [int(x) for x in raw[4]])
+        return cls(
+            int(raw[0]),
+            int(raw[1]),
+            int(raw[2]),
+            int(raw[3]),
+            [int(x) for x in raw[4]],
+            float(raw[5]),
+        )
 
 
 @dataclass
@@ -119,6 +129,7 @@ class WindowCounts:
             counts.entered += sign
         elif contribution.kind is Kind.DROPPED:
             counts.dropped += sign
+            counts.dropped_value = round(counts.dropped_value + sign * contribution.value, 2)
         else:
             counts.converted += sign
             if with_histogram:

@@ -16,10 +16,10 @@ from typing import Any
 
 import orjson
 
-from streamer.events import DeadLetter, ReasonCode
+from streamer.events import Abandonment, DeadLetter, ReasonCode
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.engine import NEVER, EngineOutput, PartitionEngine, PartitionMeta
-from streamer.funnel.session import SessionState, StoredEvent
+from streamer.funnel.session import Contribution, SessionState, StoredEvent
 from streamer.metrics import Metrics
 from streamer.pipeline.ingest import SourceMessage
 
@@ -60,6 +60,8 @@ def needed_fields(funnels: tuple[FunnelDefinition, ...]) -> frozenset[str]:
 def stored_event(document: dict[str, Any], keep: frozenset[str]) -> StoredEvent:
     """A normalized event (as ingest wrote it) -> what a session keeps of it."""
     fields: dict[str, Any] = {k: v for k, v in document.items() if k not in _ENVELOPE and k in keep}
+    if document.get("user_id"):
+        fields["user_id"] = document["user_id"]  # for abandonment records
     context = document.get("context") or {}
     for key, value in context.items():
         if key == "experiments":
@@ -71,6 +73,48 @@ def stored_event(document: dict[str, Any], keep: frozenset[str]) -> StoredEvent:
     occurred = datetime.fromisoformat(document["occurred_at"].replace("Z", "+00:00"))
     return StoredEvent(
         round(occurred.timestamp() * 1000), document["event_id"], document["event_type"], fields
+    )
+
+
+def _at(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def abandonment_record(
+    funnel: FunnelDefinition,
+    state: SessionState,
+    drop: Contribution,
+    ordered_ms: int | None = None,
+) -> Abandonment:
+    """The record of an abandoned attempt (or of its retraction, with ``ordered_ms``)."""
+    stage = funnel.stages[drop.index].name
+    abandonment_id = f"{funnel.name}/{state.session_id}/{drop.attempt_ms}/{stage}"
+    seen = [e for e in state.events if e.at_ms <= drop.at_ms]
+    user_id = next(
+        (e.fields["user_id"] for e in reversed(state.events) if "user_id" in e.fields), None
+    )
+    currency = next(
+        (e.fields["currency"] for e in reversed(seen) if e.fields.get("currency")), None
+    )
+    return Abandonment(
+        record_id=abandonment_id if ordered_ms is None else f"{abandonment_id}/retracted",
+        abandonment_id=abandonment_id,
+        kind="abandoned" if ordered_ms is None else "retracted",
+        funnel=funnel.name,
+        stage=stage,
+        session_id=state.session_id,
+        user_id=user_id,
+        attempt_started_at=_at(drop.attempt_ms),
+        last_activity_at=_at(drop.last_activity_ms),
+        abandoned_at=_at(drop.at_ms),
+        cart_value=drop.value or None,
+        currency=currency,
+        segments={
+            funnel.segments[i].name: value
+            for i, value in enumerate(drop.segments)
+            if value is not None
+        },
+        ordered_at=_at(ordered_ms) if ordered_ms is not None else None,
     )
 
 
@@ -93,6 +137,7 @@ class SessionsStage:
         retention_ms: int,
         send_partial: SendFn,
         send_dead_letter: SendFn,
+        send_abandonment: SendFn,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.funnels = funnels
@@ -102,6 +147,7 @@ class SessionsStage:
         self._retention_ms = retention_ms
         self._send_partial = send_partial
         self._send_dead_letter = send_dead_letter
+        self._send_abandonment = send_abandonment
         self._clock = clock
         self._keep = needed_fields(funnels)
         self.engines: dict[int, PartitionEngine] = {}
@@ -112,9 +158,9 @@ class SessionsStage:
         """After a rebalance every engine is rebuilt from the table on its next message."""
         self._restore_needed.update(self.engines)
 
-    def _engine(self, partition: int) -> tuple[PartitionEngine, list[Any]]:
+    def _engine(self, partition: int) -> tuple[PartitionEngine, EngineOutput | None]:
         engine = self.engines.get(partition)
-        replay: list[Any] = []
+        replay: EngineOutput | None = None
         if engine is None or partition in self._restore_needed:
             engine = PartitionEngine(
                 self.funnels,
@@ -172,8 +218,8 @@ class SessionsStage:
 
     async def _process(self, message: SourceMessage) -> EngineOutput | None:
         engine, replay = self._engine(message.partition)
-        for partial in replay:
-            await self._send_partial(None, orjson.dumps(partial.to_json()))
+        if replay is not None:
+            await self._send_outputs(replay, message.partition)
         try:
             document = orjson.loads(message.value or b"")
             if TICK_FIELD in document:
@@ -206,20 +252,29 @@ class SessionsStage:
             self._table[_session_key(out.write.session_id)] = orjson.dumps(out.write.to_json())
         for session_id in out.deletes:
             del self._table[_session_key(session_id)]
+        await self._send_outputs(out, message.partition)
+        return out
+
+    async def _send_outputs(self, out: EngineOutput, partition: int) -> None:
+        for funnel_index, state, drop in out.abandonments:
+            record = abandonment_record(self.funnels[funnel_index], state, drop)
+            await self._send_abandonment(
+                state.session_id.encode(), record.model_dump_json().encode()
+            )
+            self._metrics.abandonments.labels(funnel=record.funnel, stage=record.stage).inc()
+        for funnel_index, state, retraction in out.retractions:
+            record = abandonment_record(
+                self.funnels[funnel_index], state, retraction.drop, retraction.order_ms
+            )
+            await self._send_abandonment(
+                state.session_id.encode(), record.model_dump_json().encode()
+            )
+            self._metrics.retractions.labels(funnel=record.funnel, stage=record.stage).inc()
         for partial in out.partials:
             await self._send_partial(None, orjson.dumps(partial.to_json()))
         if out.progress_ms is not None:
-            await self._send_partial(
-                None,
-                orjson.dumps(
-                    {
-                        "kind": "progress",
-                        "partition": message.partition,
-                        "watermark": out.progress_ms,
-                    }
-                ),
-            )
-        return out
+            progress = {"kind": "progress", "partition": partition, "watermark": out.progress_ms}
+            await self._send_partial(None, orjson.dumps(progress))
 
     async def _dead_letter(self, message: SourceMessage, reason: ReasonCode, text: str) -> None:
         letter = DeadLetter(

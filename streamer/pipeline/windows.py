@@ -55,6 +55,7 @@ def _stage_stats(name: str, counts: StepCounts, *, histogram: bool) -> StageStat
         dropped=counts.dropped,
         conversion_ratio=_ratio(counts.converted, decided),
         drop_off_ratio=_ratio(counts.dropped, decided),
+        dropped_value=round(counts.dropped_value, 2),
         time_to_convert=time_to_convert,
     )
 

@@ -84,7 +84,7 @@ def run_engine(
             )
             for partial in engine.restore(
                 meta, [SessionState.from_json(s.to_json()) for s in table.values()]
-            ):
+            ).partials:
                 assert partial.window_start_ms in emitted  # a re-emission, never new
         out = engine.on_event(table.get(session), session, event, table.get)
         assert out.accepted, (session, event)

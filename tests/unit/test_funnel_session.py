@@ -130,3 +130,26 @@ def test_segments_are_first_touch_as_known_at_each_contribution() -> None:
 def test_events_before_the_first_landing_are_not_in_the_funnel() -> None:
     events = [ev(0, "add_to_cart"), ev(MIN, "checkout_started")]
     assert evaluate(F, events, END).contributions == ()
+
+
+def test_abandonment_drops_carry_attempt_value_and_last_activity() -> None:
+    shop = funnel(abandonment=["cart", "checkout"])
+    events = [
+        ev(0, "page_view"),
+        ev(MIN, "add_to_cart", cart_value=40.0),
+        ev(3 * MIN, "add_to_cart", cart_value=75.5),
+    ]
+    drop = evaluate(shop, events, END).contributions[-1]
+    assert (drop.kind, drop.index, drop.at_ms) == (Kind.DROPPED, 1, 13 * MIN)
+    assert (drop.attempt_ms, drop.value, drop.last_activity_ms) == (0, 75.5, 3 * MIN)
+
+
+def test_an_order_after_an_abandonment_retracts_it() -> None:
+    shop = funnel(abandonment=["cart", "checkout"])
+    events = [ev(0, "page_view"), ev(MIN, "add_to_cart"), ev(40 * MIN, "order_placed")]
+    result = evaluate(shop, events, END)
+    assert [(r.stage, r.attempt_ms, r.order_ms) for r in result.retractions] == [(1, 0, 40 * MIN)]
+    no_order = evaluate(shop, events[:2], END)
+    assert no_order.retractions == ()
+    landing_only = evaluate(shop, [ev(0, "page_view"), ev(40 * MIN, "order_placed")], END)
+    assert landing_only.retractions == ()  # landing is not an abandonment stage

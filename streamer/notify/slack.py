@@ -1,0 +1,174 @@
+"""Slack incoming webhooks: one message per alert, routed by severity, paced, retried.
+
+- ``text`` is always set (the notification fallback); ``blocks`` carry the layout.
+- slack_sdk's async client retries only connection errors by default: we add its rate-limit
+  handler (honours ``Retry-After``) and server-error handler (500, 503); what still fails
+  with 429 or 5xx is reported as ``retry`` for the caller's own backoff.
+- 4xx bodies such as ``invalid_payload``, ``channel_not_found``, ``no_service``,
+  ``channel_is_archived``, ``action_prohibited``, ``invalid_token`` cannot succeed unchanged:
+  ``failed``.
+- Webhook URLs are secrets: only their route name ("page", "warning") ever reaches a log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import aiohttp
+from pydantic import SecretStr
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+    AsyncServerErrorRetryHandler,
+)
+from slack_sdk.webhook.async_client import AsyncWebhookClient
+
+from streamer.events import Alert
+from streamer.notify.base import Delivery, DeliveryOutcome
+
+__all__ = ["SlackNotifier", "slack_message"]
+
+log = logging.getLogger(__name__)
+# slack_sdk logs request URLs at DEBUG: keep its loggers above that, whatever the root level.
+logging.getLogger("slack_sdk").setLevel(logging.WARNING)
+
+_EMOJI = {"firing": ":rotating_light:", "repeat": ":warning:", "resolved": ":white_check_mark:"}
+
+
+def _pct(rate: float) -> str:
+    return f"{rate * 100:.1f}%"
+
+
+def slack_message(alert: Alert) -> dict[str, Any]:
+    """``text`` (fallback) and Block Kit ``blocks`` for one alert."""
+    state = {"firing": "FIRING", "repeat": "STILL FIRING", "resolved": "RESOLVED"}[alert.state]
+    head = f"{_EMOJI[alert.state]} [{state}] {alert.funnel}: {alert.step} drop-off"
+    text = f"{head}. {alert.summary}"
+    fields = [
+        f"*Observed*\n{_pct(alert.observed_rate)} of {alert.decided} decided sessions",
+        f"*Expected*\n{_pct(alert.expected_rate)}",
+        f"*Excess drops*\n{alert.excess_dropped:.0f} (p={alert.p_value:.1e})",
+        f"*Cart value dropped*\n{alert.dropped_value:,.2f}",
+    ]
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": head[:150], "emoji": True}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": alert.summary[:2900]}},
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in fields]},
+    ]
+    if alert.explanations:
+        lines = [
+            f"• `{e.dimension}={e.value}`: {e.share_of_excess:.0%} of excess "
+            f"({_pct(e.observed_rate)} vs {_pct(e.expected_rate)}, {e.decided} sessions)"
+            for e in alert.explanations
+        ]
+        blocks.append(
+            {"type": "section", "text": {"type": "mrkdwn", "text": "*Where*\n" + "\n".join(lines)}}
+        )
+    links = [
+        f"<{url}|{name}>"
+        for name, url in (("Dashboard", alert.dashboard_url), ("Runbook", alert.runbook_url))
+        if url
+    ]
+    context = (
+        f"alert `{alert.alert_id}` · severity {alert.severity} · window "
+        f"{alert.window_start:%Y-%m-%d %H:%M} to {alert.window_end:%H:%M} UTC"
+    )
+    blocks.append(
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": " · ".join([context, *links])}]}
+    )
+    return {"text": text, "blocks": blocks}
+
+
+class _Route:
+    """One webhook: its client and its pace (Slack allows about one message a second)."""
+
+    def __init__(
+        self,
+        name: str,
+        url: SecretStr,
+        session: aiohttp.ClientSession,
+        timeout: float,
+        max_attempts: int,
+        min_interval: float,
+    ) -> None:
+        self.name = name
+        self.client = AsyncWebhookClient(
+            url.get_secret_value(),
+            timeout=int(timeout),
+            session=session,
+            retry_handlers=[
+                AsyncConnectionErrorRetryHandler(max_retry_count=max_attempts - 1),
+                AsyncRateLimitErrorRetryHandler(max_retry_count=max_attempts - 1),
+                AsyncServerErrorRetryHandler(max_retry_count=max_attempts - 1),
+            ],
+        )
+        self.min_interval = min_interval
+        self.lock = asyncio.Lock()
+        self.last_sent = 0.0
+
+
+class SlackNotifier:
+    def __init__(
+        self,
+        *,
+        webhook_url: SecretStr | None,
+        page_webhook_url: SecretStr | None = None,
+        timeout: float = 10.0,
+        max_attempts: int = 8,
+        min_interval: float = 1.1,
+    ) -> None:
+        self._default_url = webhook_url
+        self._page_url = page_webhook_url
+        self._options = (timeout, max_attempts, min_interval)
+        self._session: aiohttp.ClientSession | None = None
+        self._routes: dict[str, _Route] = {}
+
+    def _route(self, severity: str) -> _Route | None:
+        """The on-call webhook for pages when it is set, the default webhook otherwise."""
+        has_page = self._page_url is not None and bool(self._page_url.get_secret_value())
+        name = "page" if severity == "page" and has_page else "default"
+        url = self._page_url if name == "page" else self._default_url
+        if url is None or not url.get_secret_value():
+            return None
+        route = self._routes.get(name)
+        if route is None:
+            if self._session is None:
+                self._session = aiohttp.ClientSession()
+            timeout, attempts, interval = self._options
+            route = self._routes[name] = _Route(
+                name, url, self._session, timeout, attempts, interval
+            )
+        return route
+
+    async def deliver(self, alert: Alert) -> Delivery:
+        route = self._route(alert.severity)
+        if route is None:
+            return Delivery(DeliveryOutcome.NO_ROUTE, f"no webhook configured for {alert.severity}")
+        message = slack_message(alert)
+        async with route.lock:  # one message at a time per webhook, paced
+            wait = route.last_sent + route.min_interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            try:
+                response = await route.client.send(text=message["text"], blocks=message["blocks"])
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                return Delivery(
+                    DeliveryOutcome.RETRY, f"{route.name} webhook: {type(exc).__name__}"
+                )
+            finally:
+                route.last_sent = time.monotonic()
+        body = (response.body or "").strip()[:100]
+        if response.status_code == 200:
+            return Delivery(DeliveryOutcome.DELIVERED, f"{route.name} webhook")
+        detail = f"{route.name} webhook answered {response.status_code} {body}"
+        if response.status_code == 429 or response.status_code >= 500:
+            return Delivery(DeliveryOutcome.RETRY, detail)
+        return Delivery(DeliveryOutcome.FAILED, detail)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
