@@ -25,7 +25,7 @@ from streamer.events import CHECKOUT_EVENT_TYPES
 from streamer.kafka_io import ensure_topics, make_producer
 from streamer.settings import Settings
 
-__all__ = ["SimulationReport", "StepRates", "TrafficModel", "run_live", "topic_for"]
+__all__ = ["Incident", "SimulationReport", "StepRates", "TrafficModel", "run_live", "topic_for"]
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,20 @@ class StepRates:
 
 
 @dataclass(frozen=True)
+class Incident:
+    """Between ``start`` and ``end`` (event time), payments with ``payment_method`` fail with
+    probability ``failure_rate`` (a broken payment provider)."""
+
+    start: datetime
+    end: datetime
+    payment_method: str = "paypal"
+    failure_rate: float = 0.8
+
+
+@dataclass(frozen=True)
 class TrafficModel:
     rates: StepRates = field(default_factory=StepRates)
+    incidents: tuple[Incident, ...] = ()
     # Typical seconds between two events of one session (exponential); a real shop's are
     # minutes, the demo compresses them.
     mean_gap_seconds: float = 20.0
@@ -124,7 +136,13 @@ class TrafficModel:
             return events
         method = _pick(rng, _PAYMENT_METHODS)
         emit("payment_submitted", payment_method=method, amount=cart_value, currency="EUR")
-        if rng.random() >= r.order_after_payment:
+        broken = any(
+            i.start <= clock < i.end and i.payment_method == method for i in self.incidents
+        )
+        failed = rng.random() >= r.order_after_payment
+        if broken and rng.random() < self._incident_rate(clock):
+            failed = True
+        if failed:
             emit("payment_failed", payment_method=method, failure_reason="declined",
                  amount=cart_value, currency="EUR")  # fmt: skip
             return events
@@ -133,6 +151,9 @@ class TrafficModel:
         if rng.random() < r.review_after_order:
             emit("review_submitted", product_id=products[0][0], rating=rng.randint(1, 5))
         return events
+
+    def _incident_rate(self, moment: datetime) -> float:
+        return max(i.failure_rate for i in self.incidents if i.start <= moment < i.end)
 
     def sessions(
         self, seed: int, count: int, start: datetime, sessions_per_second: float = 5.0

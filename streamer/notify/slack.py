@@ -1,9 +1,10 @@
 """Slack incoming webhooks: one message per alert, routed by severity, paced, retried.
 
 - ``text`` is always set (the notification fallback); ``blocks`` carry the layout.
-- slack_sdk's async client retries only connection errors by default: we add its rate-limit
-  handler (honours ``Retry-After``) and server-error handler (500, 503); what still fails
-  with 429 or 5xx is reported as ``retry`` for the caller's own backoff.
+- slack_sdk's async webhook client retries only connection errors by default, and consults
+  its retry handlers only for 429 and exceptions: we add its rate-limit handler (honours
+  ``Retry-After``) and retry 5xx and network errors here with a short backoff; what still
+  fails is reported as ``retry`` for the caller's own (longer) backoff.
 - 4xx bodies such as ``invalid_payload``, ``channel_not_found``, ``no_service``,
   ``channel_is_archived``, ``action_prohibited``, ``invalid_token`` cannot succeed unchanged:
   ``failed``.
@@ -22,7 +23,6 @@ from pydantic import SecretStr
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
-    AsyncServerErrorRetryHandler,
 )
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
@@ -32,7 +32,10 @@ from streamer.notify.base import Delivery, DeliveryOutcome
 __all__ = ["SlackNotifier", "slack_message"]
 
 log = logging.getLogger(__name__)
-# slack_sdk logs request URLs at DEBUG: keep its loggers above that, whatever the root level.
+# slack_sdk formats request URLs into its debug messages whenever its logger's *own* level is
+# DEBUG or unset: give its clients a logger pinned to WARNING, so the URL is never formatted.
+_SDK_LOG = logging.getLogger("streamer.notify.slack_sdk")
+_SDK_LOG.setLevel(logging.WARNING)
 logging.getLogger("slack_sdk").setLevel(logging.WARNING)
 
 _EMOJI = {"firing": ":rotating_light:", "repeat": ":warning:", "resolved": ":white_check_mark:"}
@@ -99,10 +102,10 @@ class _Route:
             url.get_secret_value(),
             timeout=int(timeout),
             session=session,
+            logger=_SDK_LOG,
             retry_handlers=[
                 AsyncConnectionErrorRetryHandler(max_retry_count=max_attempts - 1),
                 AsyncRateLimitErrorRetryHandler(max_retry_count=max_attempts - 1),
-                AsyncServerErrorRetryHandler(max_retry_count=max_attempts - 1),
             ],
         )
         self.min_interval = min_interval
@@ -148,6 +151,16 @@ class SlackNotifier:
         if route is None:
             return Delivery(DeliveryOutcome.NO_ROUTE, f"no webhook configured for {alert.severity}")
         message = slack_message(alert)
+        attempts = self._options[1]
+        delivery = Delivery(DeliveryOutcome.RETRY)
+        for attempt in range(attempts):
+            delivery = await self._send_once(route, message)
+            if delivery.outcome is not DeliveryOutcome.RETRY or attempt == attempts - 1:
+                break
+            await asyncio.sleep(min(8.0, 0.5 * 2**attempt))
+        return delivery
+
+    async def _send_once(self, route: _Route, message: dict[str, Any]) -> Delivery:
         async with route.lock:  # one message at a time per webhook, paced
             wait = route.last_sent + route.min_interval - time.monotonic()
             if wait > 0:
