@@ -1,0 +1,279 @@
+"""The whole stack on a real broker: simulated traffic -> ingest -> sessions -> windows ->
+detector -> notifier -> a local server that behaves like Slack."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from streamer.app import topic_plan
+from streamer.dlq import read_topic
+from streamer.events import Abandonment, Alert
+from streamer.kafka_io import ensure_topic_plan
+from streamer.replay import replay_events, send_ticks
+from streamer.schemas import EXAMPLES
+from streamer.settings import Settings
+from streamer.simulate import Incident, StepRates, TrafficModel
+from streamer.testing import WorkerProcess, metric, produce, scrape_metrics
+from streamer.testing_slack import FakeSlack
+from tests.integration.conftest import processed
+
+FUNNEL = """
+name: checkout
+conversion_window: 10m
+window: 30s
+stages:
+  - {name: landing, event_type: page_view, where: {landing: true}, timeout: 30s}
+  - {name: product_view, event_types: [product_view], timeout: 60s}
+  - {name: cart, event_types: [add_to_cart], timeout: 45s}
+  - {name: checkout, event_types: [checkout_started], timeout: 30s}
+  - {name: payment, event_types: [payment_submitted], timeout: 30s}
+  - {name: order, event_type: order_placed, where: {value: {gt: 0}}}
+segments: {device: {cap: 6}, channel: {cap: 8}, country: {cap: 20}, payment_method: {cap: 8}}
+abandonment: [cart, checkout, payment]
+alerting:
+  min_decided: 20
+  min_baseline_decided: 150
+  baseline_windows: 20
+  significance: 0.0001
+  min_increase: 0.10
+  cooldown: 30m
+  resolve_after_windows: 2
+"""
+BUSY = StepRates(
+    view_after_landing=0.95,
+    cart_after_view=0.8,
+    checkout_after_cart=0.85,
+    shipping_after_checkout=0.95,
+    payment_after_shipping=0.95,
+)
+START = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
+
+
+def traffic(incident: bool) -> list[dict[str, Any]]:
+    incidents = (
+        (Incident(START + timedelta(minutes=4), START + timedelta(minutes=6)),) if incident else ()
+    )
+    model = TrafficModel(rates=BUSY, mean_gap_seconds=3.0, incidents=incidents)
+    sessions = list(model.sessions(seed=11, count=1800, start=START, sessions_per_second=2.5))
+    events = [event for session in sessions for event in session]
+
+    # A cart left alone for two minutes, then ordered after all: an abandonment, retracted.
+    def at(seconds: int) -> str:
+        return (START + timedelta(minutes=3, seconds=seconds)).isoformat()
+
+    common = {"session_id": "recovered", "context": {"device": "ios"}, "user_id": "u-7"}
+    events += [
+        {
+            **common,
+            "event_id": "r1",
+            "event_type": "page_view",
+            "page": "/",
+            "landing": True,
+            "occurred_at": at(0),
+        },
+        {
+            **common,
+            "event_id": "r2",
+            "event_type": "product_view",
+            "product_id": "p",
+            "occurred_at": at(5),
+        },
+        {
+            **common,
+            "event_id": "r3",
+            "event_type": "add_to_cart",
+            "product_id": "p",
+            "cart_value": 59.0,
+            "currency": "EUR",
+            "occurred_at": at(9),
+        },
+        {
+            **common,
+            "event_id": "r4",
+            "event_type": "order_placed",
+            "order_id": "o",
+            "value": 59.0,
+            "currency": "EUR",
+            "occurred_at": at(130),
+        },
+    ]
+    random.Random(5).shuffle(events)
+    return events
+
+
+@pytest.fixture
+def slack() -> Iterator[FakeSlack]:
+    server = FakeSlack().start()
+    yield server
+    server.stop()
+
+
+def configure(settings: Settings, tmp_path: Path, slack: FakeSlack) -> Settings:
+    funnel = tmp_path / "checkout.yaml"
+    funnel.write_text(FUNNEL)
+    return settings.model_copy(
+        update={
+            "funnels": (funnel,),
+            "store": "memory",
+            "tick_interval_seconds": 0,
+            "allowed_lateness_seconds": 3600.0,
+            "slack_webhook_url": SecretStr(slack.url("T0/B0/warnings")),
+            "slack_page_webhook_url": SecretStr(slack.url("T0/B1/oncall")),
+            "dashboard_url": "https://grafana.example.com/d/funnel",
+            "runbook_url": "https://wiki.example.com/runbook/drop-off",
+        }
+    )
+
+
+async def run_pipeline(
+    config: Settings, events: list[dict[str, Any]], worker: WorkerProcess
+) -> int:
+    """Replay, close every window, and wait until the detector has judged them all."""
+    await replay_events(config, events)
+    deadline = time.monotonic() + 180
+    while processed(scrape_metrics(worker.metrics_url), config) < len(events):
+        worker.assert_running()
+        assert time.monotonic() < deadline, worker.log_tail()
+        await asyncio.sleep(0.5)
+    while len(await read_topic(config, config.events_topic)) < len(events):
+        assert time.monotonic() < deadline, worker.log_tail()
+        await asyncio.sleep(0.5)
+    await send_ticks(config, round((START + timedelta(days=1)).timestamp() * 1000))
+    published = -1
+    while True:  # the windows topic stops growing, and the detector has read all of it
+        await asyncio.sleep(2)
+        windows = len(await read_topic(config, config.windows_topic))
+        judged = len(await read_topic(config, config.windows_topic))
+        if windows == published and windows > 20 and judged == windows:
+            return windows
+        published = windows
+        assert time.monotonic() < deadline, worker.log_tail()
+
+
+async def test_a_payment_incident_pages_once_and_resolves_once(
+    settings: Settings, tmp_path: Path, slack: FakeSlack
+) -> None:
+    config = configure(settings, tmp_path, slack)
+    await ensure_topic_plan(config, topic_plan(config))
+    with WorkerProcess(config, tmp_path / "worker.log") as worker:
+        await run_pipeline(config, traffic(incident=True), worker)
+        deadline = time.monotonic() + 60
+        while len(slack.accepted) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(3)  # nothing else may arrive
+        alerts = [
+            Alert.model_validate_json(v or b"")
+            for _, v in await read_topic(config, config.alerts_topic)
+        ]
+        values = scrape_metrics(worker.metrics_url)
+    assert [(a.state, a.step) for a in alerts] == [
+        ("firing", "payment->order"),
+        ("resolved", "payment->order"),
+    ]
+    firing, resolved = alerts
+    assert firing.alert_id == resolved.alert_id
+    assert firing.severity == "page"
+    assert (firing.explanations[0].dimension, firing.explanations[0].value) == (
+        "payment_method",
+        "paypal",
+    )
+    assert firing.explanations[0].share_of_excess > 0.7
+    assert firing.observed_rate > firing.expected_rate + 0.1
+    incident_start = START + timedelta(minutes=4)
+    assert incident_start <= firing.window_start <= incident_start + timedelta(minutes=2)
+    texts = [m["text"] for m in slack.accepted]
+    assert len(texts) == 2
+    assert texts[0].startswith(":rotating_light: [FIRING] checkout: payment->order drop-off")
+    assert "payment_method=paypal" in texts[0]
+    assert texts[1].startswith(":white_check_mark: [RESOLVED] checkout: payment->order")
+    assert {r.token for r in slack.requests if r.status == 200} == {"T0/B1/oncall"}
+    assert metric(values, "streamer_alert_deliveries_total", outcome="delivered") == 2
+
+    records = [
+        Abandonment.model_validate_json(v or b"")
+        for _, v in await read_topic(config, config.abandonments_topic)
+    ]
+    kinds = Counter((r.kind, r.stage) for r in records)
+    assert kinds[("abandoned", "payment")] > 20  # the failed paypal payments
+    assert kinds[("abandoned", "cart")] > 0
+    recovered = [r for r in records if r.session_id == "recovered"]
+    assert [(r.kind, r.stage) for r in recovered] == [("abandoned", "cart"), ("retracted", "cart")]
+    assert recovered[0].cart_value == 59.0
+    assert recovered[0].user_id == "u-7"
+    assert recovered[1].record_id == recovered[0].abandonment_id + "/retracted"
+    assert len({r.record_id for r in records}) == len(records)
+
+
+async def test_a_quiet_stream_raises_no_alert(
+    settings: Settings, tmp_path: Path, slack: FakeSlack
+) -> None:
+    config = configure(settings, tmp_path, slack)
+    await ensure_topic_plan(config, topic_plan(config))
+    with WorkerProcess(config, tmp_path / "worker.log") as worker:
+        windows = await run_pipeline(config, traffic(incident=False), worker)
+        await asyncio.sleep(3)
+        assert await read_topic(config, config.alerts_topic) == []
+        values = scrape_metrics(worker.metrics_url)
+    assert windows > 20
+    assert metric(values, "streamer_funnel_windows_closed_total", funnel="checkout") == windows
+    assert slack.requests == []
+
+
+async def test_every_alert_arrives_once_through_outages_and_a_restart(
+    settings: Settings, tmp_path: Path, slack: FakeSlack
+) -> None:
+    config = configure(settings, tmp_path, slack).model_copy(update={"store": "rocksdb"})
+    await ensure_topic_plan(config, topic_plan(config))
+    base = Alert.model_validate(EXAMPLES["alert"])
+    alerts = [
+        base.model_copy(
+            update={
+                "alert_id": f"{base.alert_id}-{n}",
+                "severity": "warning",
+                "event_id": f"{base.alert_id}-{n}/firing/{n}",
+            }
+        )
+        for n in range(6)
+    ]
+    slack.fail_next(4, 500, "rollup_error")  # Slack is down for a while...
+    await produce(
+        config,
+        [(config.alerts_topic, a.alert_id.encode(), a.model_dump_json().encode()) for a in alerts],
+    )
+    first = WorkerProcess(config, tmp_path / "first.log").start()
+    deadline = time.monotonic() + 90
+    while len(slack.accepted) < 2:  # ...then up; the worker is restarted mid-way
+        first.assert_running()
+        assert time.monotonic() < deadline, first.log_tail()
+        await asyncio.sleep(0.2)
+    first.stop()
+    assert len(slack.accepted) < len(alerts), "the restart must come in the middle"
+    slack.fail_next(2, 503, "service_unavailable")
+    with WorkerProcess(config, tmp_path / "second.log") as second:
+        while len(slack.accepted) < len(alerts):
+            second.assert_running()
+            assert time.monotonic() < deadline, second.log_tail()
+            await asyncio.sleep(0.3)
+        await asyncio.sleep(3)
+    assert len(slack.accepted) == len(alerts)
+    delivered = Counter(
+        alert.alert_id
+        for alert in alerts
+        for message in slack.accepted
+        if f"`{alert.alert_id}`" in str(message["blocks"])
+    )
+    assert delivered == {alert.alert_id: 1 for alert in alerts}
+    statuses = slack.statuses()
+    assert statuses.count(500) == 4
+    assert 503 in statuses
+    assert all(s in (200, 429, 500, 503) for s in statuses)
