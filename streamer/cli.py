@@ -374,6 +374,28 @@ def replay_otto(ctx: click.Context, path: Path) -> None:
     )
 
 
+# --- alerts ------------------------------------------------------------------------------
+@cli.group()
+def alerts() -> None:
+    """Alerts that could not be delivered."""
+
+
+@alerts.command("redeliver")
+@click.option("--dry-run", is_flag=True, help="say how many would go, send nothing")
+@click.pass_context
+@_fail_cleanly
+def alerts_redeliver(ctx: click.Context, dry_run: bool) -> None:
+    """Send alerts that Slack refused (4xx) back to the notifier, each once (after a fix)."""
+    from streamer.alerts import redeliver_failed_alerts
+
+    report = asyncio.run(redeliver_failed_alerts(_settings(ctx), dry_run))
+    verb = "would redeliver" if dry_run else "redelivered"
+    click.echo(
+        f"{verb} {report.redelivered} of {report.parked} parked alert(s); "
+        f"{report.already} redelivered before"
+    )
+
+
 # --- schemas -----------------------------------------------------------------------------
 def _default_schema_dir() -> Path:
     from streamer.kafka_local import deploy_dir

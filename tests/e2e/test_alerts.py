@@ -277,3 +277,62 @@ async def test_every_alert_arrives_once_through_outages_and_a_restart(
     assert statuses.count(500) == 4
     assert 503 in statuses
     assert all(s in (200, 429, 500, 503) for s in statuses)
+
+
+async def test_a_refused_alert_is_kept_and_redelivered_after_the_fix(
+    settings: Settings, tmp_path: Path, slack: FakeSlack
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from streamer.settings import settings_env
+
+    config = configure(settings, tmp_path, slack)
+    archived = config.model_copy(
+        update={
+            "slack_page_webhook_url": None,
+            "slack_webhook_url": SecretStr(slack.url("T/B/archived")),
+        }
+    )
+    await ensure_topic_plan(config, topic_plan(config))
+    alert = Alert.model_validate(EXAMPLES["alert"]).model_copy(update={"severity": "warning"})
+    await produce(
+        config, [(config.alerts_topic, alert.alert_id.encode(), alert.model_dump_json().encode())]
+    )
+    with WorkerProcess(archived, tmp_path / "archived.log") as worker:
+        deadline = time.monotonic() + 60
+        while len(await read_topic(config, config.failed_alerts_topic)) < 1:
+            worker.assert_running()
+            assert time.monotonic() < deadline, worker.log_tail()
+            await asyncio.sleep(0.3)
+        values = scrape_metrics(worker.metrics_url)
+        assert f"alert {alert.event_id} cannot be delivered" in worker.log_tail(200)
+        assert "archived" not in worker.log_tail(200).replace("channel_is_archived", "")
+    assert metric(values, "streamer_alert_deliveries_total", outcome="failed") == 1
+    assert [r.body for r in slack.requests] == ["channel_is_archived"]
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
+    env.update(settings_env(config))
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "streamer", "alerts", "redeliver", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return done.stdout
+
+    with WorkerProcess(config, tmp_path / "fixed.log"):  # the webhook is fixed
+        assert "redelivered 1 of 1 parked alert(s); 0 redelivered before" in cli()
+        assert "redelivered 0 of 1 parked alert(s); 1 redelivered before" in cli()
+        deadline = time.monotonic() + 60
+        while len(slack.accepted) < 1:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.3)
+        await asyncio.sleep(2)
+    assert len(slack.accepted) == 1
+    assert alert.alert_id in str(slack.accepted[0]["blocks"])
