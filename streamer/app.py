@@ -106,6 +106,18 @@ def faust_broker_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def _source_message(raw: Any) -> SourceMessage:
+    """A Faust message as the stages see it (Faust's timestamps are float seconds)."""
+    return SourceMessage(
+        topic=raw.topic,
+        partition=raw.partition,
+        offset=raw.offset,
+        timestamp_ms=round(raw.timestamp * 1000) if raw.timestamp else None,
+        key=raw.key,
+        value=raw.value,
+    )
+
+
 def create_app(
     settings: Settings,
     registry: CollectorRegistry | None = None,
@@ -186,16 +198,7 @@ def create_app(
                 reindex_needed = False
                 log.info("dedup: %d remembered event ids re-indexed", dedup.reindex())
             raw = event.message
-            await ingest.process(
-                SourceMessage(
-                    topic=raw.topic,
-                    partition=raw.partition,
-                    offset=raw.offset,
-                    timestamp_ms=round(raw.timestamp * 1000) if raw.timestamp else None,
-                    key=raw.key,
-                    value=raw.value,
-                )
-            )
+            await ingest.process(_source_message(raw))
 
     app.agent(source, name="ingest")(ingest_agent)
 
@@ -242,16 +245,7 @@ def create_app(
     async def sessions_agent(stream: Any) -> None:
         async for event in stream.events():
             raw = event.message
-            await sessions.process(
-                SourceMessage(
-                    topic=raw.topic,
-                    partition=raw.partition,
-                    offset=raw.offset,
-                    timestamp_ms=round(raw.timestamp * 1000) if raw.timestamp else None,
-                    key=raw.key,
-                    value=raw.value,
-                )
-            )
+            await sessions.process(_source_message(raw))
 
     app.agent(events_source, name="sessions")(sessions_agent)
 

@@ -25,7 +25,7 @@ from streamer.funnel.stages import lifecycle_stage
 from streamer.metrics import Metrics
 from streamer.settings import Settings
 
-__all__ = ["IngestOutcome", "IngestStage", "SourceMessage", "limits_from"]
+__all__ = ["IngestOutcome", "IngestStage", "SourceMessage", "dead_letter_for", "limits_from"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,25 @@ class SourceMessage:
     timestamp_ms: int | None
     key: bytes | None
     value: bytes | None
+
+
+def dead_letter_for(
+    message: SourceMessage, rejection: Rejection, rejected_at: datetime
+) -> DeadLetter:
+    """The dead letter of ``message``: its original bytes, where it came from, and why."""
+    return DeadLetter(
+        dead_letter_id=f"{message.topic}/{message.partition}/{message.offset}",
+        reason=rejection.reason,
+        message=rejection.message[:2000],
+        field=rejection.field,
+        source_topic=message.topic,
+        source_partition=message.partition,
+        source_offset=message.offset,
+        source_timestamp_ms=message.timestamp_ms,
+        key_base64=base64.b64encode(message.key).decode() if message.key is not None else None,
+        payload_base64=base64.b64encode(message.value or b"").decode(),
+        rejected_at=rejected_at,
+    )
 
 
 def limits_from(settings: Settings) -> DecodeLimits:
@@ -115,19 +134,7 @@ class IngestStage:
         return IngestOutcome.ACCEPTED, result
 
     async def _dead_letter(self, message: SourceMessage, rejection: Rejection) -> DeadLetter:
-        letter = DeadLetter(
-            dead_letter_id=f"{message.topic}/{message.partition}/{message.offset}",
-            reason=rejection.reason,
-            message=rejection.message[:2000],
-            field=rejection.field,
-            source_topic=message.topic,
-            source_partition=message.partition,
-            source_offset=message.offset,
-            source_timestamp_ms=message.timestamp_ms,
-            key_base64=base64.b64encode(message.key).decode() if message.key is not None else None,
-            payload_base64=base64.b64encode(message.value or b"").decode(),
-            rejected_at=self._clock(),
-        )
+        letter = dead_letter_for(message, rejection, self._clock())
         await self._send_dead_letter(message.key, letter.model_dump_json().encode())
         self._metrics.events.labels(topic=message.topic, outcome="dead_lettered").inc()
         self._metrics.dead_letters.labels(topic=message.topic, reason=rejection.reason.value).inc()

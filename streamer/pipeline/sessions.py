@@ -8,7 +8,6 @@ else to the pure :class:`PartitionEngine`, and sends what it returns: partials a
 
 from __future__ import annotations
 
-import base64
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
@@ -16,12 +15,13 @@ from typing import Any
 
 import orjson
 
-from streamer.events import Abandonment, DeadLetter, ReasonCode
+from streamer.decode import Rejection
+from streamer.events import Abandonment, ReasonCode
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.engine import NEVER, EngineOutput, PartitionEngine, PartitionMeta
 from streamer.funnel.session import Contribution, SessionState, StoredEvent
 from streamer.metrics import Metrics
-from streamer.pipeline.ingest import SourceMessage
+from streamer.pipeline.ingest import SourceMessage, dead_letter_for
 
 __all__ = ["TICK_FIELD", "SessionsStage", "needed_fields", "stored_event", "tick_record"]
 
@@ -277,19 +277,8 @@ class SessionsStage:
             await self._send_partial(None, orjson.dumps(progress))
 
     async def _dead_letter(self, message: SourceMessage, reason: ReasonCode, text: str) -> None:
-        letter = DeadLetter(
-            dead_letter_id=f"{message.topic}/{message.partition}/{message.offset}",
-            reason=reason,
-            message=text,
-            field="occurred_at" if reason is ReasonCode.LATE else None,
-            source_topic=message.topic,
-            source_partition=message.partition,
-            source_offset=message.offset,
-            source_timestamp_ms=message.timestamp_ms,
-            key_base64=base64.b64encode(message.key).decode() if message.key is not None else None,
-            payload_base64=base64.b64encode(message.value or b"").decode(),
-            rejected_at=self._clock(),
-        )
+        field = "occurred_at" if reason is ReasonCode.LATE else None
+        letter = dead_letter_for(message, Rejection(reason, text, field), self._clock())
         self._metrics.dead_letters.labels(topic=message.topic, reason=reason.value).inc()
         log.info("dead-lettered %s: %s (%s)", letter.dead_letter_id, reason.value, text[:200])
         await self._send_dead_letter(message.key, letter.model_dump_json().encode())

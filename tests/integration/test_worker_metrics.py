@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,16 +13,7 @@ from streamer.kafka_io import ensure_topics
 from streamer.settings import Settings
 from streamer.simulate import TrafficModel, topic_for
 from streamer.testing import WorkerProcess, metric, produce, scrape_metrics
-
-
-def _wait_for(predicate, timeout: float, worker: WorkerProcess) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        worker.assert_running()
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"condition not met in {timeout}s; worker log:\n{worker.log_tail()}")
+from tests.integration.conftest import wait_for
 
 
 async def test_worker_counts_produced_events_by_type_and_stage(
@@ -62,7 +52,7 @@ async def test_worker_counts_produced_events_by_type_and_stage(
             )
             return seen >= accepted + len(garbage)
 
-        _wait_for(all_seen, timeout=90, worker=worker)
+        wait_for(all_seen, worker, timeout=90)
         values = scrape_metrics(worker.metrics_url)
         for event_type, count in by_type.items():
             assert metric(values, "streamer_events_by_type_total", event_type=event_type) == count
