@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -22,6 +23,10 @@ def test_compose_services_and_settings_names_are_real() -> None:
         for key in service["environment"]:
             assert key.startswith(ENV_PREFIX), key
             assert key[len(ENV_PREFIX) :] in fields, f"{name}: {key} is not a setting"
+    funnels = json.loads(services["worker"]["environment"]["STREAMER_FUNNELS"])
+    assert funnels == ["/app/deploy/funnels/demo"]  # the Dockerfile copies deploy/ to /app
+    assert (ROOT / "deploy/funnels/demo").is_dir()
+    assert "COPY deploy ./deploy" in (ROOT / "deploy/docker/Dockerfile").read_text()
     kafka_image = services["kafka"]["image"]
     assert kafka_image.endswith(":" + Settings.model_fields["kafka_version"].default)
 
