@@ -29,6 +29,7 @@ from typing import Any
 from streamer.funnel.definition import FunnelDefinition
 
 __all__ = [
+    "VALUE_FIELDS",
     "Contribution",
     "Evaluation",
     "Kind",
@@ -131,11 +132,12 @@ def _matches(funnel: FunnelDefinition, stage: int, event: StoredEvent) -> bool:
     return funnel.stages[stage].matches(event.event_type, event.fields)
 
 
-_VALUE_FIELDS = ("cart_value", "amount", "value")
+# Where a session's cart value is read from, in order (the adapter keeps these fields).
+VALUE_FIELDS = ("cart_value", "amount", "value")
 
 
 def _cart_value(event: StoredEvent, current: float) -> float:
-    for name in _VALUE_FIELDS:
+    for name in VALUE_FIELDS:
         value = event.fields.get(name)
         if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
             return float(value)

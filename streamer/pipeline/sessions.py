@@ -19,7 +19,7 @@ from streamer.decode import Rejection
 from streamer.events import Abandonment, ReasonCode
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.engine import NEVER, EngineOutput, PartitionEngine, PartitionMeta
-from streamer.funnel.session import Contribution, SessionState, StoredEvent
+from streamer.funnel.session import VALUE_FIELDS, Contribution, SessionState, StoredEvent
 from streamer.metrics import Metrics
 from streamer.pipeline.ingest import SourceMessage, dead_letter_for
 
@@ -47,7 +47,7 @@ def tick_record(watermark_ms: int) -> bytes:
 
 def needed_fields(funnels: tuple[FunnelDefinition, ...]) -> frozenset[str]:
     """The flattened fields the funnels read (stage filters and segments)."""
-    names: set[str] = {"cart_value", "value", "currency"}
+    names: set[str] = {*VALUE_FIELDS, "currency"}
     for funnel in funnels:
         for stage in funnel.stages:
             names.update(condition.property for condition in stage.where)

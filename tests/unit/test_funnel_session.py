@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streamer.funnel.session import Contribution, Kind, evaluate
+from streamer.funnel.session import Contribution, Kind, StoredEvent, evaluate
 from tests.unit.funnel_helpers import MIN, ev, funnel
 
 F = funnel()
@@ -153,3 +153,28 @@ def test_an_order_after_an_abandonment_retracts_it() -> None:
     assert no_order.retractions == ()
     landing_only = evaluate(shop, [ev(0, "page_view"), ev(40 * MIN, "order_placed")], END)
     assert landing_only.retractions == ()  # landing is not an abandonment stage
+
+
+def test_the_sessions_stage_keeps_every_field_the_cart_value_is_read_from() -> None:
+    from streamer.funnel.session import VALUE_FIELDS
+    from streamer.pipeline.sessions import needed_fields, stored_event
+
+    assert set(VALUE_FIELDS) <= needed_fields((F,))
+    payment = {
+        "event_id": "p1",
+        "event_type": "payment_submitted",
+        "session_id": "s",
+        "occurred_at": "2026-11-22T10:00:00Z",
+        "payment_method": "card",
+        "amount": 42.5,
+        "currency": "EUR",
+    }
+    stored = stored_event(payment, needed_fields((F,)))
+    assert stored.fields["amount"] == 42.5
+    shop = funnel(abandonment=["cart", "checkout"])
+    events = [
+        ev(0, "page_view"),
+        ev(MIN, "add_to_cart"),
+        StoredEvent(2 * MIN, "c1", "checkout_started", {"amount": 42.5}),
+    ]
+    assert evaluate(shop, events, END).contributions[-1].value == 42.5
