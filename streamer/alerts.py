@@ -11,9 +11,8 @@ from dataclasses import dataclass
 
 import orjson
 
-from streamer.dlq import read_topic
 from streamer.events import Alert
-from streamer.kafka_io import ensure_topics, make_producer
+from streamer.kafka_io import ensure_topics, make_producer, read_topic
 from streamer.settings import Settings
 
 __all__ = ["RedeliveryReport", "redeliver_failed_alerts"]

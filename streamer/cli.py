@@ -6,9 +6,6 @@ import asyncio
 import functools
 import json
 import logging
-import os
-import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -18,13 +15,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
 from streamer.errors import StreamerError
 from streamer.kafka_io import ensure_topic_plan, metadata_ready, run_sync
-from streamer.settings import Settings, load_settings, settings_env
+from streamer.settings import Settings, load_settings
+from streamer.testing import MetricValues, WorkerProcess, scrape_metrics
 
 __all__ = ["main"]
 
@@ -196,7 +193,8 @@ def dlq_inspect(ctx: click.Context, limit: int, reasons: tuple[str, ...], as_jso
     """Print dead letters readably: id, reason, field, message, payload preview."""
     from collections import Counter
 
-    from streamer.dlq import parse_dead_letters, read_topic
+    from streamer.dlq import parse_dead_letters
+    from streamer.kafka_io import read_topic
 
     settings = _settings(ctx)
     letters, unreadable = parse_dead_letters(asyncio.run(read_topic(settings, settings.dlq_topic)))
@@ -310,8 +308,8 @@ def funnel_show(ctx: click.Context, url: str | None, from_topic: bool, as_json: 
 
     settings = _settings(ctx)
     if from_topic:
-        from streamer.dlq import read_topic
         from streamer.events import WindowStats
+        from streamer.kafka_io import read_topic
         from streamer.query import FunnelView
 
         view = FunnelView()
@@ -494,22 +492,14 @@ def simulate(ctx: click.Context, rate: float, duration: float, seed: int) -> Non
 
 
 # --- demo --------------------------------------------------------------------------------
-def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(url, timeout=2) as response:
-        text = response.read().decode()
-    values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return values
-
-
-def _funnel_table(values: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> Table:
+def _funnel_table(values: MetricValues) -> Table:
     table = Table(title="streamer live counters (from /metrics)")
     table.add_column("metric")
     table.add_column("labels")
     table.add_column("value", justify="right")
-    for (name, labels), value in sorted(values.items()):
+    for (name, labels), value in sorted(
+        values.items(), key=lambda kv: (kv[0][0], sorted(kv[0][1]))
+    ):
         if (
             name
             in (
@@ -519,7 +509,7 @@ def _funnel_table(values: dict[tuple[str, tuple[tuple[str, str], ...]], float]) 
             )
             and value
         ):
-            table.add_row(name, ",".join(f"{k}={v}" for k, v in labels), f"{value:.0f}")
+            table.add_row(name, ",".join(f"{k}={v}" for k, v in sorted(labels)), f"{value:.0f}")
     return table
 
 
@@ -552,33 +542,26 @@ def demo(ctx: click.Context, rate: float, duration: float, keep_broker: bool) ->
     run_sync(ensure_topic_plan(settings, _topic_plan(settings)))
     log_path = settings.data_dir.parent / "demo-worker.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **settings_env(settings)}
-    with log_path.open("ab") as worker_log:
-        worker_proc = subprocess.Popen(
-            [sys.executable, "-m", "streamer", "worker"],
-            env=env,
-            stdout=worker_log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://{settings.web_host}:{settings.web_port}/metrics"
-    console.print(f"[bold]worker[/]: pid {worker_proc.pid}, log {log_path}, metrics {url}")
+    worker = WorkerProcess(settings, log_path)
+    url = worker.metrics_url
     try:
-        _wait_for_http(url, worker_proc, timeout=60)
+        try:
+            worker.start(ready_timeout=60)
+        except (RuntimeError, TimeoutError):
+            raise StreamerError(f"the worker did not start; see {log_path}") from None
+        assert worker.process is not None
+        console.print(f"[bold]worker[/]: pid {worker.process.pid}, log {log_path}, metrics {url}")
         console.print(f"[bold]simulator[/]: {rate:.0f} events/s for {duration:.0f}s")
         simulator = asyncio.run(_demo_loop(settings, url, rate, duration, run_live))
         console.print(f"[bold]simulator[/]: produced {simulator} events; final counters:")
         time.sleep(3)
-        console.print(_funnel_table(_scrape(url)))
+        console.print(_funnel_table(scrape_metrics(url)))
         funnel_url = url.replace("/metrics", "/funnel")
         with urllib.request.urlopen(funnel_url, timeout=5) as response:
             _print_summary(json.loads(response.read()))
         console.print(f"(the same as JSON: {funnel_url}; `streamer funnel show` prints it)")
     finally:
-        worker_proc.send_signal(signal.SIGTERM)
-        try:
-            worker_proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker_proc.kill()
+        worker.stop()
         if broker is not None and started_broker and not keep_broker:
             broker.down()
             console.print("[bold]kafka[/]: stopped (use --keep-broker to leave it running)")
@@ -591,7 +574,7 @@ async def _demo_loop(
     while not task.done():
         await asyncio.sleep(5)
         try:
-            values = await asyncio.to_thread(_scrape, url)
+            values = await asyncio.to_thread(scrape_metrics, url)
         except (urllib.error.URLError, OSError) as exc:
             console.print(f"[red]metrics not reachable: {exc}[/]")
             continue
@@ -612,19 +595,6 @@ async def _demo_loop(
             console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] checkout funnel: {funnel_line}")
     report = await task
     return int(report.events)
-
-
-def _wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise StreamerError(f"worker exited with code {process.returncode}; see its log")
-        try:
-            _scrape(url)
-            return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.5)
-    raise StreamerError(f"worker did not serve {url} within {timeout:.0f}s")
 
 
 def main() -> None:

@@ -16,20 +16,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import orjson
-from aiokafka import TopicPartition
 from pydantic import ValidationError
 
 from streamer.events import DeadLetter
-from streamer.kafka_io import (
-    ensure_topics,
-    make_consumer,
-    make_producer,
-    stop_consumer,
-    topic_partitions,
-)
+from streamer.kafka_io import ensure_topics, make_producer, read_topic
 from streamer.settings import Settings
 
-__all__ = ["REPLAY_HEADER", "ReplayReport", "ledger_topic", "read_topic", "replay_dead_letters"]
+__all__ = [
+    "REPLAY_HEADER",
+    "ReplayReport",
+    "ledger_topic",
+    "parse_dead_letters",
+    "replay_dead_letters",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,32 +37,6 @@ REPLAY_HEADER = "streamer.replay_of"
 
 def ledger_topic(settings: Settings) -> str:
     return f"{settings.dlq_topic}.replayed"
-
-
-async def read_topic(settings: Settings, topic: str) -> list[tuple[bytes | None, bytes | None]]:
-    """Every ``(key, value)`` of ``topic`` up to its end offsets at the time of the call."""
-    assignment = [TopicPartition(topic, p) for p in await topic_partitions(settings, topic)]
-    if not assignment:
-        return []
-    consumer = make_consumer(settings, enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    try:
-        consumer.assign(assignment)
-        await consumer.seek_to_beginning(*assignment)
-        end = await consumer.end_offsets(assignment)
-        remaining = {tp for tp in assignment if end[tp] > 0}
-        records: list[tuple[bytes | None, bytes | None]] = []
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=1000)
-            for tp, messages in batch.items():
-                for message in messages:
-                    if message.offset < end[tp]:
-                        records.append((message.key, message.value))
-                if await consumer.position(tp) >= end[tp]:
-                    remaining.discard(tp)
-        return records
-    finally:
-        await stop_consumer(consumer)
 
 
 def parse_dead_letters(

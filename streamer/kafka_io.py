@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -22,6 +22,7 @@ __all__ = [
     "make_consumer",
     "make_producer",
     "metadata_ready",
+    "read_topic",
     "run_sync",
     "stop_consumer",
     "topic_partitions",
@@ -140,6 +141,32 @@ async def ensure_topic_plan(
         await ensure_topics(
             settings, names, partitions, configs={name: plan[name][1] for name in names}
         )
+
+
+async def read_topic(settings: Settings, topic: str) -> list[tuple[bytes | None, bytes | None]]:
+    """Every ``(key, value)`` of ``topic`` up to its end offsets at the time of the call."""
+    assignment = [TopicPartition(topic, p) for p in await topic_partitions(settings, topic)]
+    if not assignment:
+        return []
+    consumer = make_consumer(settings, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        consumer.assign(assignment)
+        await consumer.seek_to_beginning(*assignment)
+        end = await consumer.end_offsets(assignment)
+        remaining = {tp for tp in assignment if end[tp] > 0}
+        records: list[tuple[bytes | None, bytes | None]] = []
+        while remaining:
+            batch = await consumer.getmany(*remaining, timeout_ms=1000)
+            for tp, messages in batch.items():
+                for message in messages:
+                    if message.offset < end[tp]:
+                        records.append((message.key, message.value))
+                if await consumer.position(tp) >= end[tp]:
+                    remaining.discard(tp)
+        return records
+    finally:
+        await stop_consumer(consumer)
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:

@@ -16,9 +16,8 @@ import pytest
 from pydantic import SecretStr
 
 from streamer.app import topic_plan
-from streamer.dlq import read_topic
 from streamer.events import Abandonment, Alert
-from streamer.kafka_io import ensure_topic_plan
+from streamer.kafka_io import ensure_topic_plan, read_topic
 from streamer.replay import replay_events, send_ticks
 from streamer.schemas import EXAMPLES
 from streamer.settings import Settings

@@ -4,7 +4,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from streamer.dlq import read_topic
+from streamer.kafka_io import read_topic
 from streamer.settings import Settings
 from streamer.testing import MetricValues, WorkerProcess, metric, scrape_metrics
 

@@ -18,9 +18,9 @@ from typing import Any
 import orjson
 import pytest
 
-from streamer.dlq import parse_dead_letters, read_topic
+from streamer.dlq import parse_dead_letters
 from streamer.events import WindowStats
-from streamer.kafka_io import ensure_topic_plan
+from streamer.kafka_io import ensure_topic_plan, read_topic
 from streamer.replay import replay_events, send_ticks
 from streamer.settings import Settings
 from streamer.simulate import TrafficModel

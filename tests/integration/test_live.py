@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 
 from streamer.app import topic_plan
-from streamer.dlq import read_topic
 from streamer.events import WindowStats
-from streamer.kafka_io import ensure_topic_plan
+from streamer.kafka_io import ensure_topic_plan, read_topic
 from streamer.replay import replay_events
 from streamer.settings import Settings
 from streamer.simulate import TrafficModel

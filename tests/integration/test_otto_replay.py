@@ -12,9 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streamer.dlq import read_topic
 from streamer.events import WindowStats
-from streamer.kafka_io import ensure_topic_plan
+from streamer.kafka_io import ensure_topic_plan, read_topic
 from streamer.replay import otto_events, replay_events, send_ticks
 from streamer.settings import Settings
 from streamer.testing import WorkerProcess, scrape_metrics
