@@ -332,26 +332,6 @@ def funnel_show(ctx: click.Context, url: str | None, from_topic: bool, as_json: 
         _print_summary(summary)
 
 
-@cli.command("tick")
-@click.option("--watermark", required=True, help="RFC 3339 time, epoch ms, or 'end' (+100 years)")
-@click.pass_context
-@_fail_cleanly
-def tick(ctx: click.Context, watermark: str) -> None:
-    """Assert an event-time watermark in every partition (closes windows after a replay)."""
-    from datetime import datetime
-
-    from streamer.replay import send_ticks
-
-    if watermark == "end":
-        millis = round(time.time() * 1000) + 100 * 365 * 86_400_000
-    elif watermark.isdigit():
-        millis = int(watermark)
-    else:
-        millis = round(datetime.fromisoformat(watermark).timestamp() * 1000)
-    count = asyncio.run(send_ticks(_settings(ctx), millis))
-    click.echo(f"watermark {millis} sent to {count} partition(s)")
-
-
 @cli.group()
 def replay() -> None:
     """Replay recorded events through Kafka."""
@@ -368,7 +348,7 @@ def replay_otto(ctx: click.Context, path: Path) -> None:
     events = sorted(otto_events(path), key=lambda e: (e["occurred_at"], e["event_id"]))
     count = asyncio.run(replay_events(_settings(ctx), events))
     click.echo(
-        f"replayed {count} OTTO events; close their windows with `streamer tick --watermark end`"
+        f"replayed {count} OTTO events; sessions are decided as their timeouts pass the watermark"
     )
 
 
@@ -465,7 +445,7 @@ def _check_source_partitions(settings: Settings) -> None:
     from streamer.errors import ConfigError
     from streamer.kafka_io import topic_partitions
 
-    for topic in (settings.clickstream_topic, settings.checkout_topic, settings.events_topic):
+    for topic in (settings.clickstream_topic, settings.checkout_topic):
         count = len(run_sync(topic_partitions(settings, topic)))
         if count != settings.topic_partitions:
             raise ConfigError(
@@ -525,13 +505,12 @@ def demo(ctx: click.Context, rate: float, duration: float, keep_broker: bool) ->
     from streamer.simulate import run_live
 
     # The simulator compresses sessions into seconds: the demo funnel has 10 s windows and
-    # second-scale timeouts, and ticks keep every partition at the live edge.
+    # second-scale timeouts; a short lateness and idle timeout keep it at the live edge.
     settings = _settings(ctx).model_copy(
         update={
             "funnels": (deploy_dir() / "funnels/demo",),
-            "tick_interval_seconds": 2.0,
             "allowed_lateness_seconds": 5.0,
-            "tick_grace_seconds": 2.0,
+            "idle_timeout_seconds": 5.0,
         }
     )
     broker = _local_kafka(settings) if settings.uses_local_broker else None

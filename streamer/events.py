@@ -312,12 +312,15 @@ class TimeToConvert(_Strict):
 
 
 class StageStats(_Strict):
-    """One stage of one window: sessions that reached it, and the outcome of the step after it."""
+    """One stage of one cohort window: attempts that reached the stage in the window, and the
+    outcome of the step after it, whenever that was decided."""
 
     stage: str
     entered: int
-    converted: int = Field(description="sessions that went on to the next stage in this window")
-    dropped: int = Field(description="sessions whose step timed out in this window")
+    converted: int = Field(description="of those entered, the ones that reached the next stage")
+    dropped: int = Field(description="of those entered, the ones whose step timed out")
+    open: int = Field(default=0, description="of those entered, the ones not decided yet")
+    final: bool = Field(default=False, description="every outcome of this cohort is decided")
     conversion_ratio: float | None = Field(
         default=None, description="converted / (converted + dropped); open sessions not counted"
     )
@@ -333,10 +336,15 @@ class SegmentStats(_Strict):
 
 
 class WindowStats(_Strict):
-    """Final counts of one funnel window, merged from every partition (``funnel.windows``)."""
+    """Counts of one funnel's cohort window, merged from every partition (``funnel.windows``).
+
+    Revised as outcomes are decided; every revision has the same ``window_id`` (the record
+    key), so a compacting sink keeps the last; the one with ``final`` true is the last."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
-    window_id: str = Field(description="funnel/window start ms: unique and stable")
+    window_id: str = Field(description="funnel/window start ms: the same for every revision")
+    revision: int = Field(default=0, ge=0, description="0, 1, 2 ... per window")
+    final: bool = Field(default=False, description="every stage's cohort is decided")
     funnel: str
     window_start: datetime
     window_end: datetime

@@ -116,13 +116,17 @@ class Metrics:
     registry: CollectorRegistry
     events: Counter
     dead_letters: Counter
-    dedup_tracked: Gauge
     event_bytes: Counter
     events_by_type: Counter
     stage_events: Counter
-    decode_seconds: Histogram
     late_events: Counter
-    session_overflow: Counter
+    checkpoints: Counter
+    checkpoint_seconds: Histogram
+    late_partials: Counter
+    replayed: Counter
+    revoked_messages: Counter
+    rewinds: Counter
+    input_lost: Counter
     abandonments: Counter
     alerts: Counter
     alert_deliveries: Counter
@@ -160,11 +164,6 @@ class Metrics:
                 ["topic", "reason"],
                 registry=registry,
             ),
-            dedup_tracked=Gauge(
-                "streamer_dedup_tracked_event_ids",
-                "event_ids this worker remembers for de-duplication (within the horizon)",
-                registry=registry,
-            ),
             event_bytes=Counter(
                 "streamer_event_bytes",
                 "Bytes of input message values read, by source topic",
@@ -183,21 +182,49 @@ class Metrics:
                 ["stage"],
                 registry=registry,
             ),
-            decode_seconds=Histogram(
-                "streamer_decode_seconds",
-                "Time to decode and validate one input message",
-                buckets=(5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2),
-                registry=registry,
-            ),
             late_events=Counter(
                 "streamer_late_events",
                 "Events behind their partition's watermark by more than the allowed lateness "
                 "(dead-lettered with reason late)",
                 registry=registry,
             ),
-            session_overflow=Counter(
-                "streamer_session_overflow_events",
-                "Events ignored because their session holds the maximum number of events",
+            checkpoints=Counter(
+                "streamer_checkpoints",
+                "Partition checkpoints: state and offsets stored, outputs flushed, input acked",
+                registry=registry,
+            ),
+            checkpoint_seconds=Histogram(
+                "streamer_checkpoint_seconds",
+                "Time to take one partition checkpoint (publish, store, flush, ack)",
+                buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
+                registry=registry,
+            ),
+            replayed=Counter(
+                "streamer_replayed_messages",
+                "Messages delivered again after a restart or rebalance that the partition's "
+                "last checkpoint already reflects (skipped, not applied twice)",
+                ["topic"],
+                registry=registry,
+            ),
+            rewinds=Counter(
+                "streamer_input_rewinds",
+                "Times a partition's input was read again from its checkpoint's offsets",
+                registry=registry,
+            ),
+            input_lost=Counter(
+                "streamer_input_lost_messages",
+                "Input messages deleted by retention before any worker applied them",
+                ["topic"],
+                registry=registry,
+            ),
+            revoked_messages=Counter(
+                "streamer_revoked_partition_messages",
+                "Messages of a partition no longer assigned to this worker, left to its new owner",
+                registry=registry,
+            ),
+            late_partials=Counter(
+                "streamer_window_partials_superseded",
+                "Partials not applied: for a window already final, or older than the one held",
                 registry=registry,
             ),
             abandonments=Counter(
@@ -237,7 +264,7 @@ class Metrics:
             ),
             funnel_entered=Counter(
                 "streamer_funnel_sessions_entered",
-                "Sessions that reached the stage, over closed windows",
+                "Attempts that reached the stage, counted when their cohort window is final",
                 ["funnel", "stage"],
                 registry=registry,
             ),
@@ -255,19 +282,19 @@ class Metrics:
             ),
             step_conversion_ratio=Gauge(
                 "streamer_funnel_step_conversion_ratio",
-                "Last closed window: converted / (converted + dropped) of the step",
+                "Last final cohort window: converted / (converted + dropped) of the step",
                 ["funnel", "step"],
                 registry=registry,
             ),
             step_drop_off_ratio=Gauge(
                 "streamer_funnel_step_drop_off_ratio",
-                "Last closed window: dropped / (converted + dropped) of the step",
+                "Last final cohort window: dropped / (converted + dropped) of the step",
                 ["funnel", "step"],
                 registry=registry,
             ),
             last_window_end=Gauge(
                 "streamer_funnel_last_window_end_timestamp_seconds",
-                "End of the last closed window of the funnel (event time)",
+                "End of the last final cohort window of the funnel (event time)",
                 ["funnel"],
                 registry=registry,
             ),
@@ -293,6 +320,8 @@ class Metrics:
             metrics.alert_deliveries.labels(outcome=outcome)
         for topic in source_topics:
             metrics.event_bytes.labels(topic=topic)
+            metrics.replayed.labels(topic=topic)
+            metrics.input_lost.labels(topic=topic)
             for outcome in OUTCOMES:
                 metrics.events.labels(topic=topic, outcome=outcome)
             for reason in ReasonCode:

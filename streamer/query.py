@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -52,19 +51,23 @@ def _aggregate(windows: list[WindowStats]) -> list[dict[str, Any]]:
 
 class FunnelView:
     def __init__(self, keep: int = 5000) -> None:
-        self._windows: dict[str, deque[WindowStats]] = {}
+        self._windows: dict[str, dict[str, WindowStats]] = {}
         self._keep = keep
 
     def add(self, stats: WindowStats) -> None:
-        windows = self._windows.setdefault(stats.funnel, deque(maxlen=self._keep))
-        if any(w.window_id == stats.window_id for w in windows):
-            return  # published again: already here
-        windows.append(stats)
+        """Keep the newest revision of each window (a replayed older one changes nothing)."""
+        windows = self._windows.setdefault(stats.funnel, {})
+        known = windows.get(stats.window_id)
+        if known is not None and known.revision >= stats.revision:
+            return
+        windows[stats.window_id] = stats
+        while len(windows) > self._keep:
+            del windows[min(windows, key=lambda wid: windows[wid].window_start)]
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name, windows in sorted(self._windows.items()):
-            ordered = sorted(windows, key=lambda w: w.window_start)
+            ordered = sorted(windows.values(), key=lambda w: w.window_start)
             last = ordered[-1]
             hour_start = last.window_end.timestamp() * 1000 - HOUR_MS
             last_hour = [w for w in ordered if w.window_end.timestamp() * 1000 > hour_start]

@@ -1,9 +1,7 @@
-"""Replaying recorded events through Kafka, and the ticks that close their windows.
+"""Replaying recorded events through Kafka: the OTTO sample mapping and a keyed producer.
 
-Live, the ticker moves idle partitions' watermarks with the wall clock. A replay of history
-runs with the ticker off (``tick_interval_seconds = 0``) and ends with :func:`send_ticks`,
-which asserts a watermark in every partition of ``funnel.events`` so that every window closes
-and every session is decided.
+The worker treats replayed events like live ones: windows become final as the watermark
+passes them, and sessions still inside their timeouts when the input ends stay open.
 """
 
 from __future__ import annotations
@@ -14,12 +12,11 @@ from typing import Any
 
 import orjson
 
-from streamer.kafka_io import make_producer, topic_partitions
-from streamer.pipeline.sessions import tick_record
+from streamer.kafka_io import make_producer
 from streamer.settings import Settings
 from streamer.simulate import topic_for
 
-__all__ = ["OTTO_EVENT_TYPES", "otto_events", "replay_events", "send_ticks"]
+__all__ = ["OTTO_EVENT_TYPES", "otto_events", "replay_events"]
 
 OTTO_EVENT_TYPES = {"clicks": "product_view", "carts": "add_to_cart", "orders": "order_placed"}
 
@@ -71,18 +68,3 @@ async def replay_events(settings: Settings, events: Iterable[dict[str, Any]]) ->
     finally:
         await producer.stop()
     return count
-
-
-async def send_ticks(settings: Settings, watermark_ms: int) -> int:
-    """Assert ``watermark_ms`` in every partition of the events topic; returns partitions."""
-    partitions = await topic_partitions(settings, settings.events_topic)
-    producer = make_producer(settings, acks="all")
-    await producer.start()
-    try:
-        for partition in partitions:
-            await producer.send_and_wait(
-                settings.events_topic, value=tick_record(watermark_ms), partition=partition
-            )
-    finally:
-        await producer.stop()
-    return len(partitions)

@@ -96,20 +96,22 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     ).model_dump(mode="json"),
     "window_stats": WindowStats(
         window_id="checkout/1795342440000",
+        revision=7,
+        final=False,
         funnel="checkout",
         window_start=datetime(2026, 11, 22, 9, 14, tzinfo=UTC),
         window_end=datetime(2026, 11, 22, 9, 15, tzinfo=UTC),
         partitions=4,
         stages=[
-            StageStats(stage="payment", entered=41, converted=30, dropped=6,
+            StageStats(stage="payment", entered=41, converted=30, dropped=6, open=5,
                        conversion_ratio=30 / 36, drop_off_ratio=6 / 36),
-            StageStats(stage="order", entered=30, converted=0, dropped=0),
+            StageStats(stage="order", entered=30, converted=0, dropped=0, final=True),
         ],
         segments=[
             SegmentStats(dimension="payment_method", value="paypal", stages=[
-                StageStats(stage="payment", entered=12, converted=5, dropped=5,
+                StageStats(stage="payment", entered=12, converted=5, dropped=5, open=2,
                            conversion_ratio=0.5, drop_off_ratio=0.5),
-                StageStats(stage="order", entered=5, converted=0, dropped=0),
+                StageStats(stage="order", entered=5, converted=0, dropped=0, final=True),
             ]),
         ],
     ).model_dump(mode="json"),

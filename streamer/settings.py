@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -55,7 +56,6 @@ class Settings(BaseSettings):
     # --- Topics ----------------------------------------------------------------------------
     clickstream_topic: str = "clickstream"
     checkout_topic: str = "checkout"
-    events_topic: str = "funnel.events"
     dlq_topic: str = "funnel.dlq"
     topic_partitions: int = Field(default=4, ge=1, le=1024)
     topic_replication: int = Field(default=1, ge=1)
@@ -68,9 +68,6 @@ class Settings(BaseSettings):
     max_event_age_seconds: float = Field(
         default=7 * 86400.0, gt=0, description="older events (vs broker time) are refused"
     )
-    dedup_horizon_seconds: float = Field(
-        default=900.0, gt=0, description="a repeated event_id within this is a duplicate"
-    )
 
     # --- Funnels ----------------------------------------------------------------------------
     funnels: tuple[Path, ...] = Field(
@@ -80,16 +77,25 @@ class Settings(BaseSettings):
     partials_topic: str = "funnel.partials"
     windows_topic: str = "funnel.windows"
     allowed_lateness_seconds: float = Field(
-        default=120.0, ge=0, description="how far behind the newest event time an event may be"
+        default=120.0,
+        ge=0,
+        description="how far behind the newest event time of its partition an event may be",
     )
-    tick_interval_seconds: float = Field(
-        default=5.0, ge=0, description="live-edge ticks into idle partitions; 0 = off (replays)"
-    )
-    tick_grace_seconds: float = Field(
-        default=10.0, ge=0, description="ticks stay this far behind the wall clock"
+    idle_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="an input caught up with its log end and silent this long stops holding "
+        "the watermark back",
     )
     session_retention_seconds: float = Field(
-        default=600.0, gt=0, description="decided sessions are kept this long after their windows"
+        default=600.0,
+        gt=0,
+        description="a session at rest is forgotten this long (event time) after its last event",
+    )
+    checkpoint_interval_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="how often a partition stores its state and offsets, then acks its input",
     )
 
     # --- Alerts and Slack --------------------------------------------------------------------
@@ -112,6 +118,18 @@ class Settings(BaseSettings):
 
     # --- Worker ----------------------------------------------------------------------------
     app_id: str = Field(default="streamer", pattern=r"^[A-Za-z0-9._-]+$")
+    instance_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="static group member id, stable across restarts of one worker "
+        "(default: app id, host name and web port)",
+    )
+    group_session_timeout_seconds: float = Field(
+        default=15.0,
+        ge=6,
+        le=300,
+        description="how long the group waits for a worker that stopped heartbeating",
+    )
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=1, le=65535)
     store: Literal["rocksdb", "memory"] = "rocksdb"
@@ -128,6 +146,10 @@ class Settings(BaseSettings):
             if not sep or not host or not port.isdigit():
                 raise ValueError(f"expected host:port[,host:port], got {server.strip()!r}")
         return value.strip()
+
+    @property
+    def group_instance_id(self) -> str:
+        return self.instance_id or f"{self.app_id}-{socket.gethostname()}-{self.web_port}"
 
     @property
     def uses_local_broker(self) -> bool:

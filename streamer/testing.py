@@ -80,7 +80,8 @@ async def produce(
 
 
 class WorkerProcess:
-    """``python -m streamer worker`` with the given settings; stopped with SIGTERM on exit."""
+    """``python -m streamer worker`` with the given settings; stopped with SIGTERM on exit,
+    or killed with :meth:`kill`."""
 
     def __init__(
         self, settings: Settings, log_path: Path, extra_env: Mapping[str, str] | None = None
@@ -133,6 +134,12 @@ class WorkerProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+    def kill(self) -> int:
+        """SIGKILL: no shutdown, no last commit, no goodbye to the group."""
+        assert self.process is not None, "worker was not started"
+        self.process.kill()
+        return self.process.wait()
 
     def stop(self, timeout: float = 30.0) -> int:
         if self.process is None or self.process.poll() is not None:

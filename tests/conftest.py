@@ -20,10 +20,10 @@ from streamer.testing import free_port
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    given = os.environ.get("STREAMER_KAFKA_BOOTSTRAP")
-    if given:
-        yield given
+def local_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka | None]:
+    """The suite's broker process (None when STREAMER_KAFKA_BOOTSTRAP names a cluster)."""
+    if os.environ.get("STREAMER_KAFKA_BOOTSTRAP"):
+        yield None
         return
     settings = Settings(
         kafka_port=free_port(),
@@ -31,11 +31,18 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         kafka_data_dir=tmp_path_factory.mktemp("kafka"),
     )
     broker = LocalKafka(settings)
-    status, _ = broker.up()
+    broker.up()
     try:
-        yield status.bootstrap
+        yield broker
     finally:
         broker.destroy()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(local_broker: LocalKafka | None) -> str:
+    if local_broker is None:
+        return os.environ["STREAMER_KAFKA_BOOTSTRAP"]
+    return local_broker.bootstrap
 
 
 @pytest.fixture
@@ -51,7 +58,6 @@ def settings(kafka_bootstrap: str, unique: str, tmp_path: Path) -> Settings:
         app_id=f"test-{unique}",
         clickstream_topic=f"clickstream-{unique}",
         checkout_topic=f"checkout-{unique}",
-        events_topic=f"funnel.events-{unique}",
         dlq_topic=f"funnel.dlq-{unique}",
         partials_topic=f"funnel.partials-{unique}",
         windows_topic=f"funnel.windows-{unique}",
@@ -61,8 +67,4 @@ def settings(kafka_bootstrap: str, unique: str, tmp_path: Path) -> Settings:
         web_port=free_port(),
         data_dir=tmp_path / "worker",
         topic_partitions=4,
-        # Tests replay generated history in any order: no wall-clock ticks, and a lateness
-        # wider than the data. Tests about lateness or ticks set their own.
-        tick_interval_seconds=0,
-        allowed_lateness_seconds=2 * 86_400.0,
     )

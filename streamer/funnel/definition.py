@@ -122,8 +122,8 @@ class Stage(_Frozen):
     timeout_ms: Duration | None = Field(
         default=None,
         validation_alias="timeout",
-        description="abandonment timeout: no progress this long after the "
-        "session's last activity at this stage = dropped",
+        description="step timeout: no next stage this long after reaching this one = dropped "
+        "(default: the funnel's step_timeout)",
     )
 
     @model_validator(mode="before")
@@ -213,7 +213,11 @@ class FunnelDefinition(_Frozen):
     conversion_window_ms: Duration = Field(validation_alias="conversion_window")
     window_ms: Duration = Field(default=60_000, validation_alias="window")
     segments: tuple[Segment, ...] = ()
-    max_events_per_session: int = Field(default=500, ge=10, le=10_000)
+    default_step_timeout_ms: Duration = Field(
+        default=1_800_000,
+        validation_alias="step_timeout",
+        description="the timeout of every step whose stage names none",
+    )
     abandonment: tuple[str, ...] = Field(
         default=(), description="stages whose drop-off emits an abandonment event"
     )
@@ -239,6 +243,17 @@ class FunnelDefinition(_Frozen):
         names = [stage.name for stage in stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}")
+        # One event matches at most one stage: the semantics of an instant (several events at
+        # one time) then never depend on which event is taken for which step.
+        owner: dict[str, str] = {}
+        for stage in stages:
+            for event_type in stage.event_types:
+                if event_type in owner:
+                    raise ValueError(
+                        f"event type {event_type!r} is in stages {owner[event_type]!r} and "
+                        f"{stage.name!r}; a type may belong to one stage only"
+                    )
+                owner[event_type] = stage.name
         return stages
 
     @model_validator(mode="after")
@@ -269,10 +284,16 @@ class FunnelDefinition(_Frozen):
             raise ValueError("window must divide a day evenly (e.g. 10s, 1m, 5m, 15m, 1h)")
         return self
 
-    def stage_timeout_ms(self, index: int) -> int:
-        """How long a session may make no progress at stage ``index`` (capped by the window)."""
-        timeout = self.stages[index].timeout_ms
-        return min(timeout, self.conversion_window_ms) if timeout else self.conversion_window_ms
+    def step_timeout_ms(self, index: int) -> int:
+        """``Tk``: how long after reaching stage ``index`` the next one may come (inclusive),
+        the stage's own timeout or the funnel's ``step_timeout``, capped by the window."""
+        timeout = self.stages[index].timeout_ms or self.default_step_timeout_ms
+        return min(timeout, self.conversion_window_ms)
+
+    @property
+    def finality_lag_ms(self) -> int:
+        """How long after a window's end all its cohorts are decided (before lateness)."""
+        return max(self.step_timeout_ms(k) for k in range(len(self.stages) - 1))
 
     @property
     def step_names(self) -> list[str]:
@@ -286,7 +307,7 @@ class FunnelDefinition(_Frozen):
         for index, stage in enumerate(self.stages):
             where = " and ".join(f"{c.property} {c.op} {c.value!r}" for c in stage.where)
             timeout = (
-                f", no progress for {_fmt(self.stage_timeout_ms(index))} = dropped"
+                f", next stage within {_fmt(self.step_timeout_ms(index))} or dropped"
                 if index < len(self.stages) - 1
                 else ""
             )

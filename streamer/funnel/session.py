@@ -1,26 +1,19 @@
-"""A session's events and what they mean for a funnel. Pure: times are arguments (epoch ms).
+"""The session state machine: one session's instants in event-time order -> funnel outcomes.
 
-A session keeps its events sorted by ``(at_ms, event_id)``; :func:`evaluate` turns them, with
-the partition's watermark, into *contributions*: stage entries, step conversions and step
-drop-offs, each at an event time and with the session's segment values as known then. Because
-the result is a function of the *set* of events and the watermark, any arrival order gives the
-same numbers.
+This file is ``docs/funnel-semantics.md`` in code; read them side by side. Pure: times are
+arguments (epoch ms), nothing here knows about Kafka or Faust.
 
-Rules (ordered funnel, one attempt at a time):
-- An attempt starts at the session's first event matching stage 1.
-- Stage k+1 is reached by the first event matching it after stage k was reached, if it comes
-  no later than the attempt start + conversion window and no later than the session's last
-  activity (any event) + stage k's timeout (both ends inclusive).
-- Otherwise the step k -> k+1 is *dropped* at that deadline, decided only once the watermark
-  has passed it; until then the session is *open* at stage k.
-- After an attempt completes or drops, the next event matching stage 1 starts a new attempt.
-- Segment values are first touch: the first non-empty value among the attempt's funnel events
-  (events matching any stage) up to the contribution's time.
+A session is fed *instants*: all its events at one event time, in ascending time, and only
+once the watermark is past that time (the reorder buffer in :mod:`streamer.funnel.task` does
+that). For each funnel it is idle or in one :class:`Attempt`, so the work per event is O(1) and
+the state of a session at rest is a few fields per funnel, whatever its length.
+
+Outcomes are :class:`Outcome` records (entered, converted, dropped), each carrying the time
+the attempt reached the stage (``cohort_ms``): counts belong to the window of that time.
 """
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -29,25 +22,34 @@ from typing import Any
 from streamer.funnel.definition import FunnelDefinition
 
 __all__ = [
+    "NEVER",
     "VALUE_FIELDS",
-    "Contribution",
-    "Evaluation",
+    "Abandoned",
+    "Attempt",
+    "CompiledFunnel",
     "Kind",
-    "SessionState",
+    "Outcome",
+    "Progress",
     "StoredEvent",
-    "evaluate",
+    "apply_instant",
+    "expire_attempt",
 ]
 
+NEVER = -(2**62)
 
-@dataclass(frozen=True, slots=True, order=True)
+# Where an event's cart value is read from: the first of these present and positive.
+VALUE_FIELDS = ("cart_value", "amount", "value")
+
+
+@dataclass(frozen=True, slots=True)
 class StoredEvent:
-    """What a session keeps of one event: enough to match stages and read segments."""
+    """What the core needs of one event: its time, id, type and the fields funnels read
+    (properties by name, ``context.<field>``, ``experiment.<name>``)."""
 
     at_ms: int
     event_id: str
-    event_type: str = field(compare=False)
-    # Flattened properties and context fields the funnels read (``context.device``...).
-    fields: Mapping[str, Any] = field(compare=False, default_factory=dict)
+    event_type: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> list[Any]:
         return [self.at_ms, self.event_id, self.event_type, dict(self.fields)]
@@ -58,185 +60,333 @@ class StoredEvent:
 
 
 class Kind(IntEnum):
-    ENTERED = 0  # the session reached stage ``index``
-    CONVERTED = 1  # step ``index`` -> ``index + 1`` converted
-    DROPPED = 2  # step ``index`` -> ``index + 1`` timed out
+    ENTERED = 0  # the attempt reached stage ``stage``
+    CONVERTED = 1  # step ``stage`` -> ``stage + 1`` converted
+    DROPPED = 2  # step ``stage`` -> ``stage + 1`` timed out
 
 
 @dataclass(frozen=True, slots=True)
-class Contribution:
+class Outcome:
     kind: Kind
-    index: int
-    at_ms: int
+    stage: int
+    cohort_ms: int  # when the attempt reached ``stage``: the window the outcome counts in
+    at_ms: int  # when it happened (entry, conversion, or the deadline of a drop)
     segments: tuple[str | None, ...]
     time_to_convert_ms: int = 0
-    attempt_ms: int = 0  # when the attempt began (identifies it within the session)
-    value: float = 0.0  # drops: the cart value at the time (latest cart_value / amount)
-    last_activity_ms: int = 0  # drops: the session's last event before the deadline
+    value: float = 0.0  # drops: the attempt's cart value
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One funnel attempt in progress."""
+
+    start_ms: int
+    stage: int
+    reached_ms: int
+    deadline_ms: int
+    segments: list[str | None]  # first-touch values so far
+    stage_segments: tuple[str | None, ...]  # the values at the entry into ``stage``
+    cart_value: float = 0.0
+    last_activity_ms: int = 0
+    currency: str | None = None
+
+    def to_json(self) -> list[Any]:
+        return [
+            self.start_ms,
+            self.stage,
+            self.reached_ms,
+            self.deadline_ms,
+            self.segments,
+            list(self.stage_segments),
+            self.cart_value,
+            self.last_activity_ms,
+            self.currency,
+        ]
+
+    @classmethod
+    def from_json(cls, raw: Sequence[Any]) -> Attempt:
+        return cls(
+            int(raw[0]),
+            int(raw[1]),
+            int(raw[2]),
+            int(raw[3]),
+            list(raw[4]),
+            tuple(raw[5]),
+            float(raw[6]),
+            int(raw[7]),
+            raw[8],
+        )
 
 
 @dataclass(frozen=True, slots=True)
-class Retraction:
-    """An abandoned attempt whose session placed an order afterwards."""
+class Abandoned:
+    """A drop out of an abandonment stage, remembered until it can no longer be retracted."""
 
     stage: int
     attempt_ms: int
-    order_ms: int
-    drop: Contribution
+    abandoned_ms: int
+    last_activity_ms: int
+    retractable_until_ms: int  # attempt start + conversion window
+    cart_value: float
+    currency: str | None
+    segments: tuple[str | None, ...]
 
-
-@dataclass(frozen=True, slots=True)
-class Evaluation:
-    contributions: tuple[Contribution, ...]
-    open_stage: int | None  # stage index of the undecided attempt, if any
-    next_deadline_ms: int | None  # when the open attempt's step drops (if nothing comes)
-    retractions: tuple[Retraction, ...] = ()
-
-
-@dataclass
-class SessionState:
-    """All a worker keeps of one session (a value of the sessions table)."""
-
-    session_id: str
-    partition: int
-    events: list[StoredEvent] = field(default_factory=list)
-
-    def has(self, event_id: str) -> bool:
-        return any(stored.event_id == event_id for stored in self.events)
-
-    def add(self, event: StoredEvent) -> None:
-        bisect.insort(self.events, event)
-
-    @property
-    def last_ms(self) -> int:
-        return self.events[-1].at_ms if self.events else 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {"s": self.session_id, "p": self.partition, "e": [e.to_json() for e in self.events]}
+    def to_json(self) -> list[Any]:
+        return [
+            self.stage,
+            self.attempt_ms,
+            self.abandoned_ms,
+            self.last_activity_ms,
+            self.retractable_until_ms,
+            self.cart_value,
+            self.currency,
+            list(self.segments),
+        ]
 
     @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> SessionState:
-        return cls(str(raw["s"]), int(raw["p"]), [StoredEvent.from_json(e) for e in raw["e"]])
+    def from_json(cls, raw: Sequence[Any]) -> Abandoned:
+        return cls(
+            int(raw[0]),
+            int(raw[1]),
+            int(raw[2]),
+            int(raw[3]),
+            int(raw[4]),
+            float(raw[5]),
+            raw[6],
+            tuple(raw[7]),
+        )
 
 
-def _segments_of(funnel: FunnelDefinition, event: StoredEvent) -> tuple[str | None, ...]:
-    context = {k[len("context.") :]: v for k, v in event.fields.items() if k.startswith("context.")}
-    experiments = {
-        k[len("experiment.") :]: v for k, v in event.fields.items() if k.startswith("experiment.")
-    }
-    context["experiments"] = experiments
-    return tuple(segment.value_of(context, event.fields) for segment in funnel.segments)
+@dataclass(slots=True)
+class Progress:
+    """A session's state in one funnel: the attempt in progress, when the last one ended, and
+    its latest abandonment while a retraction is still possible."""
+
+    attempt: Attempt | None = None
+    ended_ms: int = NEVER
+    abandoned: Abandoned | None = None
+
+    def wake_ms(self) -> int | None:
+        """The next time at which the watermark alone changes this state."""
+        times = []
+        if self.attempt is not None:
+            times.append(self.attempt.deadline_ms)
+        if self.abandoned is not None:
+            times.append(self.abandoned.retractable_until_ms)
+        return min(times) if times else None
+
+    @property
+    def at_rest(self) -> bool:
+        return self.attempt is None and self.abandoned is None
+
+    def to_json(self) -> list[Any] | None:
+        if self.at_rest and self.ended_ms == NEVER:
+            return None
+        return [
+            self.attempt.to_json() if self.attempt else None,
+            self.ended_ms,
+            self.abandoned.to_json() if self.abandoned else None,
+        ]
+
+    @classmethod
+    def from_json(cls, raw: Sequence[Any] | None) -> Progress:
+        if raw is None:
+            return cls()
+        return cls(
+            Attempt.from_json(raw[0]) if raw[0] else None,
+            int(raw[1]),
+            Abandoned.from_json(raw[2]) if raw[2] else None,
+        )
 
 
-def _matches(funnel: FunnelDefinition, stage: int, event: StoredEvent) -> bool:
-    return funnel.stages[stage].matches(event.event_type, event.fields)
+class CompiledFunnel:
+    """A funnel definition prepared for the hot path: stage lookup by event type, segment
+    field names, timeouts."""
+
+    def __init__(self, definition: FunnelDefinition) -> None:
+        self.definition = definition
+        self.name = definition.name
+        self.last_stage = len(definition.stages) - 1
+        self.conversion_window_ms = definition.conversion_window_ms
+        steps = range(self.last_stage)
+        self.timeouts_ms = (*(definition.step_timeout_ms(k) for k in steps), 0)
+        self.abandonment_stages = definition.abandonment_stage_indexes
+        self._stage_of_type = {
+            event_type: index
+            for index, stage in enumerate(definition.stages)
+            for event_type in stage.event_types
+        }
+        self._filters = tuple(stage.where for stage in definition.stages)
+        self._segment_fields = tuple(_segment_field(s.source) for s in definition.segments)
+        self._segment_values = tuple(frozenset(s.values) for s in definition.segments)
+
+    def stage_of(self, event: StoredEvent) -> int:
+        """The stage ``event`` matches, or -1."""
+        stage = self._stage_of_type.get(event.event_type, -1)
+        if stage >= 0:
+            for condition in self._filters[stage]:
+                if not condition.matches(event.fields):
+                    return -1
+        return stage
+
+    def segment_values(self, event: StoredEvent) -> list[str | None]:
+        out: list[str | None] = []
+        for name, allowed in zip(self._segment_fields, self._segment_values, strict=True):
+            raw = event.fields.get(name)
+            if raw is None or raw == "":
+                out.append(None)
+                continue
+            text = str(raw)[:64]
+            out.append("other" if allowed and text not in allowed else text)
+        return out
+
+    @property
+    def segment_count(self) -> int:
+        return len(self._segment_fields)
 
 
-# Where a session's cart value is read from, in order (the adapter keeps these fields).
-VALUE_FIELDS = ("cart_value", "amount", "value")
+def _segment_field(source: str) -> str:
+    """``context.device`` / ``experiment.x`` as stored; ``property.payment_method`` by name."""
+    kind, _, name = source.partition(".")
+    return name if kind == "property" else source
 
 
-def _cart_value(event: StoredEvent, current: float) -> float:
+def _cart_value(event: StoredEvent) -> float:
     for name in VALUE_FIELDS:
         value = event.fields.get(name)
         if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
             return float(value)
-    return current
+    return 0.0
 
 
-def _retractions(
-    funnel: FunnelDefinition, events: Sequence[StoredEvent], drops: list[Contribution]
-) -> tuple[Retraction, ...]:
-    """Abandonments followed by an order of the same session (a recovered cart)."""
-    last_stage = len(funnel.stages) - 1
-    abandoning = funnel.abandonment_stage_indexes
-    out = []
-    for drop in drops:
-        if drop.index not in abandoning:
-            continue
-        order = next(
-            (e for e in events if e.at_ms > drop.at_ms and _matches(funnel, last_stage, e)), None
+def _deadline(funnel: CompiledFunnel, attempt: Attempt) -> int:
+    return min(
+        attempt.reached_ms + funnel.timeouts_ms[attempt.stage],
+        attempt.start_ms + funnel.conversion_window_ms,
+    )
+
+
+def expire_attempt(
+    funnel: CompiledFunnel, progress: Progress, watermark_ms: int, out: list[Outcome]
+) -> Abandoned | None:
+    """Decide what the watermark alone decides: a drop once it is past the deadline, and the
+    end of the retraction horizon. Returns the new abandonment, if the drop is one."""
+    if progress.abandoned is not None and progress.abandoned.retractable_until_ms < watermark_ms:
+        progress.abandoned = None
+    attempt = progress.attempt
+    if attempt is None or attempt.deadline_ms >= watermark_ms:
+        return None
+    return _drop(funnel, progress, attempt, out)
+
+
+def _drop(
+    funnel: CompiledFunnel, progress: Progress, attempt: Attempt, out: list[Outcome]
+) -> Abandoned | None:
+    out.append(
+        Outcome(
+            Kind.DROPPED,
+            attempt.stage,
+            attempt.reached_ms,
+            attempt.deadline_ms,
+            attempt.stage_segments,
+            value=attempt.cart_value,
         )
-        if order is not None:
-            out.append(Retraction(drop.index, drop.attempt_ms, order.at_ms, drop))
-    return tuple(out)
+    )
+    progress.attempt = None
+    progress.ended_ms = attempt.deadline_ms
+    if attempt.stage not in funnel.abandonment_stages:
+        return None
+    progress.abandoned = Abandoned(
+        attempt.stage,
+        attempt.start_ms,
+        attempt.deadline_ms,
+        attempt.last_activity_ms,
+        attempt.start_ms + funnel.conversion_window_ms,
+        attempt.cart_value,
+        attempt.currency,
+        attempt.stage_segments,
+    )
+    return progress.abandoned
 
 
-def evaluate(
-    funnel: FunnelDefinition, events: Sequence[StoredEvent], watermark_ms: int
-) -> Evaluation:
-    """Contributions of a session's sorted ``events`` to ``funnel`` as of ``watermark_ms``."""
-    last_stage = len(funnel.stages) - 1
-    out: list[Contribution] = []
-    drops: list[Contribution] = []
-    position = 0
-    count = len(events)
-    while position < count:
-        start = next((i for i in range(position, count) if _matches(funnel, 0, events[i])), None)
-        if start is None:
-            break
-        first = events[start]
-        attempt_start = first.at_ms
-        window_end = attempt_start + funnel.conversion_window_ms
-        segments = list(_segments_of(funnel, first))
-        stage = 0
-        reached_at = attempt_start
-        last_activity = attempt_start
-        cart_value = _cart_value(first, 0.0)
+@dataclass
+class InstantResult:
+    abandoned: Abandoned | None = None
+    retracted: tuple[Abandoned, int] | None = None  # (abandonment, order time)
+
+
+def apply_instant(
+    funnel: CompiledFunnel,
+    progress: Progress,
+    at_ms: int,
+    events: Sequence[StoredEvent],
+    out: list[Outcome],
+) -> InstantResult:
+    """Apply one instant (all of a session's events at ``at_ms``) to one funnel's progress.
+
+    The caller guarantees ascending instants and that ``at_ms`` is below the watermark."""
+    result = InstantResult()
+    attempt = progress.attempt
+    # 1. Drop: this instant is past the deadline, so nothing came in time.
+    if attempt is not None and at_ms > attempt.deadline_ms:
+        result.abandoned = _drop(funnel, progress, attempt, out)
+        attempt = None
+    stages = [funnel.stage_of(event) for event in events]
+    # Retraction: an order after the latest abandonment, within its attempt's window.
+    abandoned = progress.abandoned
+    if abandoned is not None:
+        if at_ms > abandoned.retractable_until_ms:
+            progress.abandoned = None
+        elif funnel.last_stage in stages and at_ms > abandoned.abandoned_ms:
+            result.retracted = (abandoned, at_ms)
+            progress.abandoned = None
+    # 2. Start: an idle session's S0 event, strictly after the previous attempt ended.
+    started = False
+    if attempt is None:
+        if 0 not in stages or at_ms <= progress.ended_ms:
+            return result
+        attempt = Attempt(at_ms, 0, at_ms, 0, [None] * funnel.segment_count, ())
+        attempt.deadline_ms = _deadline(funnel, attempt)
+        progress.attempt = attempt
+        started = True
+    # 3. Segments (first touch; ties at one instant: smallest text), cart value, activity.
+    if None in attempt.segments:
+        touched = [
+            funnel.segment_values(e) for e, stage in zip(events, stages, strict=True) if stage >= 0
+        ]
+        for dim, current in enumerate(attempt.segments):
+            if current is None:
+                candidates = [text for seen in touched if (text := seen[dim]) is not None]
+                if candidates:
+                    attempt.segments[dim] = min(candidates)
+    amounts = [amount for event in events if (amount := _cart_value(event)) > 0]
+    if amounts:
+        attempt.cart_value = max(amounts)
+    currencies = sorted(str(c) for event in events if (c := event.fields.get("currency")))
+    if currencies:
+        attempt.currency = currencies[-1]
+    attempt.last_activity_ms = at_ms
+    if started:
+        attempt.stage_segments = tuple(attempt.segments)
+        out.append(Outcome(Kind.ENTERED, 0, at_ms, at_ms, attempt.stage_segments))
+    # Advance while this instant holds the next stage's event (inclusive deadline: step 1).
+    while attempt.stage < funnel.last_stage and attempt.stage + 1 in stages:
         out.append(
-            Contribution(Kind.ENTERED, 0, attempt_start, tuple(segments), attempt_ms=attempt_start)
-        )
-        completed_at: int | None = None
-        index = start + 1
-        while index < count:
-            event = events[index]
-            deadline = min(window_end, last_activity + funnel.stage_timeout_ms(stage))
-            if event.at_ms > deadline:
-                break
-            if any(_matches(funnel, s, event) for s in range(len(funnel.stages))):
-                for dim, value in enumerate(_segments_of(funnel, event)):
-                    if segments[dim] is None and value is not None:
-                        segments[dim] = value
-            last_activity = event.at_ms
-            cart_value = _cart_value(event, cart_value)
-            index += 1
-            if _matches(funnel, stage + 1, event):
-                frozen = tuple(segments)
-                out.append(
-                    Contribution(
-                        Kind.CONVERTED,
-                        stage,
-                        event.at_ms,
-                        frozen,
-                        event.at_ms - reached_at,
-                        attempt_ms=attempt_start,
-                    )
-                )
-                stage += 1
-                reached_at = event.at_ms
-                out.append(
-                    Contribution(Kind.ENTERED, stage, event.at_ms, frozen, attempt_ms=attempt_start)
-                )
-                if stage == last_stage:
-                    completed_at = event.at_ms
-                    break
-        if completed_at is not None:
-            position = index
-            continue
-        deadline = min(window_end, last_activity + funnel.stage_timeout_ms(stage))
-        if watermark_ms > deadline:
-            drop = Contribution(
-                Kind.DROPPED,
-                stage,
-                deadline,
-                tuple(segments),
-                attempt_ms=attempt_start,
-                value=cart_value,
-                last_activity_ms=last_activity,
+            Outcome(
+                Kind.CONVERTED,
+                attempt.stage,
+                attempt.reached_ms,
+                at_ms,
+                attempt.stage_segments,
+                time_to_convert_ms=at_ms - attempt.reached_ms,
             )
-            out.append(drop)
-            drops.append(drop)
-            position = bisect.bisect_right([e.at_ms for e in events], deadline)
-            continue
-        return Evaluation(tuple(out), stage, deadline, _retractions(funnel, events, drops))
-    return Evaluation(tuple(out), None, None, _retractions(funnel, events, drops))
+        )
+        attempt.stage += 1
+        attempt.reached_ms = at_ms
+        attempt.stage_segments = tuple(attempt.segments)
+        attempt.deadline_ms = _deadline(funnel, attempt)
+        out.append(Outcome(Kind.ENTERED, attempt.stage, at_ms, at_ms, attempt.stage_segments))
+    if attempt.stage == funnel.last_stage:
+        progress.attempt = None
+        progress.ended_ms = at_ms
+    return result

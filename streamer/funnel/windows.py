@@ -1,9 +1,10 @@
-"""Event-time windows: assignment, per-window counts, partials and their merge. Pure.
+"""Cohort windows: assignment, per-window counts, partials and their merge. Pure.
 
-Each partition accumulates contributions into tumbling windows of ``funnel.window_ms``; when its
-watermark passes a window's end it emits a :class:`Partial`. Merging the partials of every
-partition gives the window's final :class:`WindowCounts`. Longer views (15 min, 1 h) are sums
-of consecutive windows.
+A step's outcome counts in the window in which the attempt *reached* the stage (its cohort),
+whenever the outcome is decided. Each partition keeps the counts of its windows that are not
+final yet and sends them whole (a :class:`Partial`, replacing its previous one); merging the
+latest partial of every partition gives the window's :class:`WindowCounts`. Longer views (15
+min, 1 h) are sums of consecutive windows.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamer.funnel.session import Contribution, Kind
+from streamer.funnel.session import Kind, Outcome
 
 __all__ = [
     "TIME_TO_CONVERT_BUCKETS_MS",
@@ -76,6 +77,11 @@ class StepCounts:
     def is_empty(self) -> bool:
         return not (self.entered or self.converted or self.dropped)
 
+    @property
+    def open(self) -> int:
+        """Entered and not decided yet (0 for the last stage, which has no step)."""
+        return self.entered - self.converted - self.dropped
+
     def to_json(self) -> list[Any]:
         return [
             self.entered,
@@ -110,31 +116,27 @@ class WindowCounts:
     def empty(cls, stage_count: int) -> WindowCounts:
         return cls([StepCounts() for _ in range(stage_count)])
 
-    def apply(self, contribution: Contribution, sign: int) -> None:
-        self._apply_to(self.stages[contribution.index], contribution, sign, with_histogram=True)
-        for dim, value in enumerate(contribution.segments):
+    def apply(self, outcome: Outcome) -> None:
+        self._apply_to(self.stages[outcome.stage], outcome, with_histogram=True)
+        for dim, value in enumerate(outcome.segments):
             key = (dim, value if value is not None else UNKNOWN)
             per_stage = self.segments.get(key)
             if per_stage is None:
                 per_stage = self.segments[key] = [StepCounts() for _ in self.stages]
-            self._apply_to(per_stage[contribution.index], contribution, sign, with_histogram=False)
-            if all(step.is_empty() for step in per_stage):
-                del self.segments[key]
+            self._apply_to(per_stage[outcome.stage], outcome, with_histogram=False)
 
     @staticmethod
-    def _apply_to(
-        counts: StepCounts, contribution: Contribution, sign: int, *, with_histogram: bool
-    ) -> None:
-        if contribution.kind is Kind.ENTERED:
-            counts.entered += sign
-        elif contribution.kind is Kind.DROPPED:
-            counts.dropped += sign
-            counts.dropped_value = round(counts.dropped_value + sign * contribution.value, 2)
+    def _apply_to(counts: StepCounts, outcome: Outcome, *, with_histogram: bool) -> None:
+        if outcome.kind is Kind.ENTERED:
+            counts.entered += 1
+        elif outcome.kind is Kind.DROPPED:
+            counts.dropped += 1
+            counts.dropped_value = round(counts.dropped_value + outcome.value, 2)
         else:
-            counts.converted += sign
+            counts.converted += 1
             if with_histogram:
-                counts.time_to_convert_ms_sum += sign * contribution.time_to_convert_ms
-                counts.time_to_convert_buckets[_bucket(contribution.time_to_convert_ms)] += sign
+                counts.time_to_convert_ms_sum += outcome.time_to_convert_ms
+                counts.time_to_convert_buckets[_bucket(outcome.time_to_convert_ms)] += 1
 
     def merge(self, other: WindowCounts) -> None:
         for mine, theirs in zip(self.stages, other.stages, strict=True):

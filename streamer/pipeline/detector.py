@@ -1,4 +1,4 @@
-"""Detector stage: final windows -> drop-off spike alerts (``funnel.alerts``).
+"""Detector stage: final cohort windows -> drop-off spike alerts (``funnel.alerts``).
 
 Reads ``funnel.windows`` in window order, keeps every step's detector state in the ``detector``
 table, and writes each decision as an :class:`Alert` before anything tries to deliver it. A
@@ -18,8 +18,9 @@ from streamer.events import Alert, AlertExplanation, WindowStats
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.detect import AlertDecision, StepDetector, StepWindow
 from streamer.metrics import Metrics
+from streamer.settings import Settings
 
-__all__ = ["DetectorStage", "alert_record", "step_window"]
+__all__ = ["DetectorStage", "alert_record", "install", "step_window"]
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +134,8 @@ class DetectorStage:
     async def process(self, value: bytes) -> list[Alert]:
         stats = WindowStats.model_validate_json(value)
         funnel = self._funnels.get(stats.funnel)
-        if funnel is None:
-            return []
+        if funnel is None or not stats.final:
+            return []  # revisions of a window still deciding are never judged
         start_ms = round(stats.window_start.timestamp() * 1000)
         last_key = f"last:{funnel.name}"
         last = self._table.get(last_key)
@@ -160,3 +161,35 @@ class DetectorStage:
             alerts.append(alert)
         self._table[last_key] = orjson.dumps(start_ms)
         return alerts
+
+
+def install(
+    app: Any, settings: Settings, metrics: Metrics, funnels: tuple[FunnelDefinition, ...]
+) -> DetectorStage:
+    """Wire the detector: final records of ``funnel.windows`` -> ``funnel.alerts``."""
+    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    windows = app.topic(settings.windows_topic, partitions=1, **raw)
+    alerts = app.topic(settings.alerts_topic, partitions=1, **raw)
+
+    async def send_alert(key: bytes | None, value: bytes) -> None:
+        await alerts.send(key=key, value=value)
+
+    detector = DetectorStage(
+        funnels=funnels,
+        table=app.Table("detector", key_type=str, value_type=bytes, partitions=1),
+        metrics=metrics,
+        send_alert=send_alert,
+        dashboard_url=settings.dashboard_url,
+        runbook_url=settings.runbook_url,
+    )
+
+    async def detector_agent(stream: Any) -> None:
+        async for value in stream:
+            try:
+                await detector.process(value)
+            except Exception:  # a bad window must not stop alerting on the next ones
+                metrics.merge_errors.inc()
+                log.exception("detector could not process a window; skipped")
+
+    app.agent(windows, name="detector")(detector_agent)
+    return detector

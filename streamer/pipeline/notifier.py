@@ -21,8 +21,9 @@ import orjson
 from streamer.events import Alert
 from streamer.metrics import Metrics
 from streamer.notify.base import DeliveryOutcome, Notifier
+from streamer.settings import Settings
 
-__all__ = ["NotifierStage"]
+__all__ = ["NotifierStage", "install"]
 
 log = logging.getLogger(__name__)
 
@@ -89,3 +90,31 @@ class NotifierStage:
                 ),
             )
         return delivery.outcome
+
+
+def install(app: Any, settings: Settings, metrics: Metrics, notifier: Notifier) -> NotifierStage:
+    """Wire the notifier: ``funnel.alerts`` -> Slack, refused ones to the failed topic."""
+    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    alerts = app.topic(settings.alerts_topic, partitions=1, **raw)
+    failed = app.topic(settings.failed_alerts_topic, partitions=1, **raw)
+
+    async def send_failed(key: bytes | None, value: bytes) -> None:
+        await failed.send(key=key, value=value)
+
+    stage = NotifierStage(
+        notifier=notifier,
+        table=app.Table("delivered-alerts", key_type=str, value_type=bytes, partitions=1),
+        metrics=metrics,
+        send_failed=send_failed,
+    )
+
+    async def notifier_agent(stream: Any) -> None:
+        async for event in stream.events():
+            try:
+                await stage.process(event.message.value, event.message.timestamp)
+            except Exception:  # an unreadable alert record: counted, logged, skipped
+                metrics.alert_deliveries.labels(outcome="failed").inc()
+                log.exception("notifier could not process an alert record; skipped")
+
+    app.agent(alerts, name="notifier")(notifier_agent)
+    return stage

@@ -1,52 +1,63 @@
-"""Sessions stage: follow every session through the funnels, per partition, in event time.
+"""Sessions stage: source messages -> validated events -> tasks -> partials and abandonments.
 
-Reads ``funnel.events`` (normalized events keyed by session id, and ticks); keeps one session
-state per session in the ``sessions`` table (one write per accepted event); hands everything
-else to the pure :class:`PartitionEngine`, and sends what it returns: partials and progress to
-``funnel.partials``, late events to the DLQ.
+One hop: producers key clickstream and checkout by session id on co-partitioned topics, so
+partition N of both is one *task* (:class:`streamer.funnel.task.Task`) processed in place.
+
+Exactly-once effects with at-least-once Kafka:
+- events are read without acks (``stream.noack()``);
+- every ``checkpoint_interval_seconds`` a task stores what changed (dirty sessions, changed
+  windows) and the input offsets that state reflects in the ``funnel-state`` table, publishes
+  its outputs, waits for the producer (changelog and outputs) and only then acks its events;
+- after a crash, Faust re-delivers from the committed offsets and the task skips every message
+  below the offsets in its checkpoint; outputs carry deterministic ids or replace earlier ones.
+A produce that fails raises out of the checkpoint: nothing is acked, the worker stops, and a
+restart resumes from the last checkpoint.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+from faust.types import TP
 
-from streamer.decode import Rejection
-from streamer.events import Abandonment, ReasonCode
+from streamer.decode import DecodeLimits, Rejection, decode_event
+from streamer.events import Abandonment, Event, ReasonCode
+from streamer.funnel.clock import InputClock
 from streamer.funnel.definition import FunnelDefinition
-from streamer.funnel.engine import NEVER, EngineOutput, PartitionEngine, PartitionMeta
-from streamer.funnel.session import VALUE_FIELDS, Contribution, SessionState, StoredEvent
+from streamer.funnel.session import NEVER, VALUE_FIELDS, CompiledFunnel, StoredEvent
+from streamer.funnel.stages import lifecycle_stage
+from streamer.funnel.task import AbandonmentNotice, Offer, Task
 from streamer.metrics import Metrics
-from streamer.pipeline.ingest import SourceMessage, dead_letter_for
+from streamer.pipeline.messages import (
+    DLQ_MAX_MESSAGE_BYTES,
+    SourceMessage,
+    dead_letter_for,
+    source_message,
+)
+from streamer.settings import Settings
 
-__all__ = ["TICK_FIELD", "SessionsStage", "needed_fields", "stored_event", "tick_record"]
+__all__ = [
+    "SessionsStage",
+    "abandonment_record",
+    "install",
+    "needed_fields",
+    "stored_event",
+]
 
 log = logging.getLogger(__name__)
 
-SendFn = Callable[[bytes | None, bytes], Awaitable[Any]]
-TICK_FIELD = "tick_watermark_ms"
-_ENVELOPE = {
-    "schema_version",
-    "event_id",
-    "event_type",
-    "session_id",
-    "user_id",
-    "occurred_at",
-    "sent_at",
-    "context",
-}
-
-
-def tick_record(watermark_ms: int) -> bytes:
-    return orjson.dumps({TICK_FIELD: watermark_ms})
+SendFn = Callable[[bytes | None, bytes, int | None], Awaitable[Awaitable[Any]]]
 
 
 def needed_fields(funnels: tuple[FunnelDefinition, ...]) -> frozenset[str]:
-    """The flattened fields the funnels read (stage filters and segments)."""
+    """The flattened fields the funnels read (stage filters, segments, cart value)."""
     names: set[str] = {*VALUE_FIELDS, "currency"}
     for funnel in funnels:
         for stage in funnel.stages:
@@ -57,22 +68,23 @@ def needed_fields(funnels: tuple[FunnelDefinition, ...]) -> frozenset[str]:
     return frozenset(names)
 
 
-def stored_event(document: dict[str, Any], keep: frozenset[str]) -> StoredEvent:
-    """A normalized event (as ingest wrote it) -> what a session keeps of it."""
-    fields: dict[str, Any] = {k: v for k, v in document.items() if k not in _ENVELOPE and k in keep}
-    if document.get("user_id"):
-        fields["user_id"] = document["user_id"]  # for abandonment records
-    context = document.get("context") or {}
-    for key, value in context.items():
-        if key == "experiments":
-            for name, variant in (value or {}).items():
-                if f"experiment.{name}" in keep:
-                    fields[f"experiment.{name}"] = variant
-        elif f"context.{key}" in keep:
-            fields[f"context.{key}"] = value
-    occurred = datetime.fromisoformat(document["occurred_at"].replace("Z", "+00:00"))
+def stored_event(event: Event, keep: frozenset[str]) -> StoredEvent:
+    """A validated event -> what the core keeps of it."""
+    fields: dict[str, Any] = {}
+    for name in keep:
+        value = getattr(event, name, None)
+        if value is not None:
+            fields[name] = value
+        elif name.startswith("context."):
+            value = getattr(event.context, name[len("context.") :], None)
+            if value is not None:
+                fields[name] = value
+        elif name.startswith("experiment."):
+            value = event.context.experiments.get(name[len("experiment.") :])
+            if value is not None:
+                fields[name] = value
     return StoredEvent(
-        round(occurred.timestamp() * 1000), document["event_id"], document["event_type"], fields
+        round(event.occurred_at.timestamp() * 1000), event.event_id, event.event_type, fields
     )
 
 
@@ -80,50 +92,53 @@ def _at(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
-def abandonment_record(
-    funnel: FunnelDefinition,
-    state: SessionState,
-    drop: Contribution,
-    ordered_ms: int | None = None,
-) -> Abandonment:
-    """The record of an abandoned attempt (or of its retraction, with ``ordered_ms``)."""
-    stage = funnel.stages[drop.index].name
-    abandonment_id = f"{funnel.name}/{state.session_id}/{drop.attempt_ms}/{stage}"
-    seen = [e for e in state.events if e.at_ms <= drop.at_ms]
-    user_id = next(
-        (e.fields["user_id"] for e in reversed(state.events) if "user_id" in e.fields), None
-    )
-    currency = next(
-        (e.fields["currency"] for e in reversed(seen) if e.fields.get("currency")), None
-    )
+def abandonment_record(funnel: FunnelDefinition, notice: AbandonmentNotice) -> Abandonment:
+    """The record of an abandoned attempt (or of its retraction, with ``order_ms``)."""
+    abandoned = notice.abandoned
+    stage = funnel.stages[abandoned.stage].name
+    abandonment_id = f"{funnel.name}/{notice.session_id}/{abandoned.attempt_ms}/{stage}"
+    retracted = notice.order_ms is not None
     return Abandonment(
-        record_id=abandonment_id if ordered_ms is None else f"{abandonment_id}/retracted",
+        record_id=f"{abandonment_id}/retracted" if retracted else abandonment_id,
         abandonment_id=abandonment_id,
-        kind="abandoned" if ordered_ms is None else "retracted",
+        kind="retracted" if retracted else "abandoned",
         funnel=funnel.name,
         stage=stage,
-        session_id=state.session_id,
-        user_id=user_id,
-        attempt_started_at=_at(drop.attempt_ms),
-        last_activity_at=_at(drop.last_activity_ms),
-        abandoned_at=_at(drop.at_ms),
-        cart_value=drop.value or None,
-        currency=currency,
+        session_id=notice.session_id,
+        user_id=notice.user_id,
+        attempt_started_at=_at(abandoned.attempt_ms),
+        last_activity_at=_at(abandoned.last_activity_ms),
+        abandoned_at=_at(abandoned.abandoned_ms),
+        cart_value=abandoned.cart_value or None,
+        currency=abandoned.currency,
         segments={
             funnel.segments[i].name: value
-            for i, value in enumerate(drop.segments)
+            for i, value in enumerate(abandoned.segments)
             if value is not None
         },
-        ordered_at=_at(ordered_ms) if ordered_ms is not None else None,
+        ordered_at=_at(notice.order_ms) if notice.order_ms is not None else None,
     )
 
 
-def _session_key(session_id: str) -> str:
-    return "s:" + session_id
+async def _no_seek(topic: str, partition: int, offset: int) -> None:
+    raise RuntimeError("this stage cannot seek its input")
 
 
-def _meta_key(partition: int) -> str:
-    return f"m:{partition}"
+async def _from_zero(topic: str, partition: int) -> int:
+    return 0
+
+
+@dataclass
+class _Runtime:
+    """A task plus what the adapter keeps for it: offsets reflected and events to ack."""
+
+    task: Task
+    offsets: dict[str, int] = field(default_factory=dict)  # topic -> next offset to apply
+    unacked: list[Any] = field(default_factory=list)  # Faust events awaiting the checkpoint
+    checkpointed_at: float = field(default_factory=time.monotonic)
+    created_at: float = field(default_factory=time.monotonic)
+    last_read: dict[str, float] = field(default_factory=dict)  # topic -> monotonic time
+    rewinding: dict[str, int] = field(default_factory=dict)  # topic -> offset sought back to
 
 
 class SessionsStage:
@@ -131,160 +146,412 @@ class SessionsStage:
         self,
         *,
         funnels: tuple[FunnelDefinition, ...],
+        topics: tuple[str, ...],
         table: MutableMapping[str, bytes],
         metrics: Metrics,
+        limits: DecodeLimits,
         allowed_lateness_ms: int,
         retention_ms: int,
+        checkpoint_interval_s: float,
         send_partial: SendFn,
         send_dead_letter: SendFn,
         send_abandonment: SendFn,
+        flush_producer: Callable[[], Awaitable[None]],
+        seek: Callable[[str, int, int], Awaitable[None]] = _no_seek,
+        earliest: Callable[[str, int], Awaitable[int]] = _from_zero,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.funnels = funnels
+        self.definitions = funnels
+        self.funnels = tuple(CompiledFunnel(f) for f in funnels)
+        self.topics = topics
         self._table = table
         self._metrics = metrics
+        self._limits = limits
         self._lateness_ms = allowed_lateness_ms
         self._retention_ms = retention_ms
+        self._interval = checkpoint_interval_s
         self._send_partial = send_partial
         self._send_dead_letter = send_dead_letter
         self._send_abandonment = send_abandonment
+        self._flush_producer = flush_producer
+        self._seek = seek
+        self._earliest = earliest
         self._clock = clock
         self._keep = needed_fields(funnels)
-        self.engines: dict[int, PartitionEngine] = {}
-        self._restore_needed: set[int] = set()
+        self.inputs = InputClock(topics, allowed_lateness_ms)
+        self.runtimes: dict[int, _Runtime] = {}
+        self.assigned: set[int] | None = None  # None: not told yet (tests drive it directly)
+        self._in_flight: list[Awaitable[Any]] = []
+        self._publish_lock = asyncio.Lock()
+        self._counters = {
+            (topic, outcome): metrics.events.labels(topic=topic, outcome=outcome)
+            for topic in topics
+            for outcome in ("accepted", "dead_lettered", "duplicate")
+        }
+        self._bytes = {topic: metrics.event_bytes.labels(topic=topic) for topic in topics}
+        self._replayed = {topic: metrics.replayed.labels(topic=topic) for topic in topics}
 
-    # --- lifecycle ---------------------------------------------------------------------
-    def partitions_assigned(self) -> None:
-        """After a rebalance every engine is rebuilt from the table on its next message."""
-        self._restore_needed.update(self.engines)
+    # --- assignment ----------------------------------------------------------------------
+    def assign(self, partitions: set[int]) -> None:
+        """A new assignment: forget every other task (its unacked input is re-read by the next
+        owner, which resumes from the same checkpoint) and refuse messages of partitions not
+        ours any more (Faust may still deliver some it fetched before the rebalance)."""
+        self.assigned = set(partitions)
+        for partition in set(self.runtimes) - self.assigned:
+            if self.runtimes.pop(partition, None) is not None:
+                self.inputs.revoke(partition)
+                log.info("partition %d: released", partition)
 
-    def _engine(self, partition: int) -> tuple[PartitionEngine, EngineOutput | None]:
-        engine = self.engines.get(partition)
-        replay: EngineOutput | None = None
-        if engine is None or partition in self._restore_needed:
-            engine = PartitionEngine(
-                self.funnels,
-                partition,
-                allowed_lateness_ms=self._lateness_ms,
-                retention_ms=self._retention_ms,
-            )
-            meta = self._load_meta(partition)
-            states = [state for state in self._all_states() if state.partition == partition]
-            replay = engine.restore(meta, states)
-            self.engines[partition] = engine
-            self._restore_needed.discard(partition)
-            log.info(
-                "partition %d: funnel state rebuilt from %d sessions (watermark %s)",
-                partition,
-                len(states),
-                _fmt_ms(engine.watermark_ms),
-            )
-        return engine, replay
+    def ensure(self, partition: int) -> None:
+        """Restore task ``partition`` now (after an assignment, before its first message)."""
+        self._runtime(partition)
 
-    def _all_states(self) -> list[SessionState]:
-        out = []
-        for key, value in list(self._table.items()):
-            if key.startswith("s:"):
-                out.append(SessionState.from_json(orjson.loads(value)))
-        return out
+    def _runtime(self, partition: int) -> _Runtime:
+        runtime = self.runtimes.get(partition)
+        if runtime is None:
+            runtime = self._restore(partition)
+            self.runtimes[partition] = runtime
+        return runtime
 
-    def _load_meta(self, partition: int) -> PartitionMeta:
-        raw = self._table.get(_meta_key(partition))
-        if raw is None:
-            return PartitionMeta(partition)
-        data = orjson.loads(raw)
-        return PartitionMeta(partition, int(data["tick"]), int(data["max"]))
+    def _restore(self, partition: int) -> _Runtime:
+        started = time.perf_counter()
+        task = Task(self.funnels, partition, retention_ms=self._retention_ms)
+        runtime = _Runtime(task)
+        meta_raw = self._table.get(_meta_key(partition))
+        meta = orjson.loads(meta_raw) if meta_raw is not None else {}
+        session_prefix, window_prefix = f"s:{partition}:", f"w:{partition}:"
+        sessions: list[tuple[str, list[Any]]] = []
+        windows: dict[tuple[int, int], dict[str, Any]] = {}
+        names = {f.name: i for i, f in enumerate(self.funnels)}
+        if meta:
+            for key, value in list(self._table.items()):
+                if key.startswith(session_prefix):
+                    sessions.append((key[len(session_prefix) :], orjson.loads(value)))
+                elif key.startswith(window_prefix):
+                    funnel_name, start = key[len(window_prefix) :].rsplit(":", 1)
+                    if funnel_name in names:
+                        windows[(names[funnel_name], int(start))] = orjson.loads(value)
+        task.restore(int(meta.get("watermark", NEVER)), sessions, windows)
+        runtime.offsets = {str(k): int(v) for k, v in meta.get("offsets", {}).items()}
+        self.inputs.assign(partition, {str(k): int(v) for k, v in meta.get("fronts", {}).items()})
+        log.info(
+            "partition %d: restored %d sessions, %d open windows, watermark %s, offsets %s (%.2fs)",
+            partition,
+            len(sessions),
+            len(windows),
+            _fmt_ms(task.watermark_ms),
+            runtime.offsets or "none (first start)",
+            time.perf_counter() - started,
+        )
+        return runtime
 
-    def _load(self, session_id: str) -> SessionState | None:
-        raw = self._table.get(_session_key(session_id))
-        return SessionState.from_json(orjson.loads(raw)) if raw is not None else None
-
-    # --- processing --------------------------------------------------------------------
-    async def process(self, message: SourceMessage) -> EngineOutput | None:
-        """Handle one record of ``funnel.events``; nothing in it can raise out of here."""
+    # --- per message ---------------------------------------------------------------------
+    async def process(self, message: SourceMessage, ack: Callable[[], Any]) -> Offer | None:
+        """Handle one source message. Nothing a producer sends can raise out of here; a
+        failing produce does (the worker must stop rather than ack what it could not write)."""
+        if self.assigned is not None and message.partition not in self.assigned:
+            # Fetched before a rebalance took the partition away: its new owner reads it
+            # again from the committed offset. Not acked, not applied, nothing published.
+            self._metrics.revoked_messages.inc()
+            return None
+        runtime = self._runtime(message.partition)
+        topic = message.topic
+        if message.offset < runtime.offsets.get(topic, 0):
+            ack()  # applied before the last checkpoint: re-delivered after a restart
+            self._replayed[topic].inc()
+            return None
+        expected = runtime.offsets.get(topic)
+        if (
+            expected is not None
+            and message.offset > expected
+            and not await self._rewind(runtime, message, expected)
+        ):
+            return None  # not applied, not acked: read again from the checkpoint's offset
+        runtime.rewinding.pop(topic, None)
+        runtime.offsets[topic] = message.offset + 1
+        runtime.last_read[topic] = time.monotonic()
+        runtime.unacked.append(ack)
+        self._bytes[topic].inc(len(message.value) if message.value is not None else 0)
+        outcome: Offer | None = None
         try:
-            return await self._process(message)
-        except Exception as exc:
+            outcome = await self._apply(runtime, message)
+        except Exception as exc:  # a bug must not stop the worker or lose the message
             log.exception(
-                "sessions stage failed on %s/%d/%d",
-                message.topic,
-                message.partition,
-                message.offset,
+                "sessions stage failed on %s[%d]@%d", topic, message.partition, message.offset
             )
             await self._dead_letter(
-                message, ReasonCode.PROCESSING_ERROR, f"internal error: {exc!r}"
+                message, Rejection(ReasonCode.PROCESSING_ERROR, f"internal error: {exc!r}")
             )
-            return None
+        if time.monotonic() - runtime.checkpointed_at >= self._interval:
+            await self.checkpoint(message.partition)
+        return outcome
 
-    async def _process(self, message: SourceMessage) -> EngineOutput | None:
-        engine, replay = self._engine(message.partition)
-        if replay is not None:
-            await self._send_outputs(replay, message.partition)
-        try:
-            document = orjson.loads(message.value or b"")
-            if TICK_FIELD in document:
-                out = engine.on_tick(int(document[TICK_FIELD]), self._load)
-                self._table[_meta_key(message.partition)] = orjson.dumps(
-                    {"tick": engine.meta.tick_watermark_ms, "max": engine.meta.max_event_ms}
-                )
-            else:
-                session_id = str(document["session_id"])
-                event = stored_event(document, self._keep)
-                out = engine.on_event(self._load(session_id), session_id, event, self._load)
-        except (ValueError, KeyError, TypeError) as exc:
-            # funnel.events is written by ingest only; a foreign record is dead-lettered.
-            await self._dead_letter(
-                message, ReasonCode.SCHEMA_VIOLATION, f"not a funnel event: {exc!r}"
+    async def _rewind(self, runtime: _Runtime, message: SourceMessage, expected: int) -> bool:
+        """The input went past what the checkpoint reflects (the group committed offsets a
+        previous owner acked after its last checkpoint we restored, or a rebalance raced a
+        checkpoint): read again from the checkpoint's offset. Returns True when the gap is
+        real data loss (retention deleted it) and processing must go on."""
+        topic, partition = message.topic, message.partition
+        if runtime.rewinding.get(topic) == expected:
+            return False  # fetched before the seek took effect: dropped, it comes again
+        earliest = await self._earliest(topic, partition)
+        if earliest > expected:
+            log.error(
+                "partition %d: %s offsets %d..%d were deleted by retention before this worker "
+                "applied them; their events are lost",
+                partition,
+                topic,
+                expected,
+                earliest - 1,
             )
+            self._metrics.input_lost.labels(topic=topic).inc(earliest - expected)
+            return True
+        log.warning(
+            "partition %d: %s delivered offset %d but the checkpoint reflects input up to %d: "
+            "reading again from there",
+            partition,
+            topic,
+            message.offset,
+            expected,
+        )
+        self._metrics.rewinds.inc()
+        runtime.rewinding[topic] = expected
+        await self._seek(topic, partition, expected)
+        return False
+
+    async def _apply(self, runtime: _Runtime, message: SourceMessage) -> Offer | None:
+        if message.timestamp_ms is not None and message.timestamp_ms >= 0:
+            received_at = datetime.fromtimestamp(message.timestamp_ms / 1000, tz=UTC)
+        else:
+            received_at = self._clock()
+        result = decode_event(message.value, received_at=received_at, limits=self._limits)
+        if isinstance(result, Rejection):
+            await self._dead_letter(message, result)
             return None
-        if out.late:
-            lag = engine.watermark_ms - event.at_ms
+        event = stored_event(result, self._keep)
+        task = runtime.task
+        outcome = task.offer(result.session_id, event, result.user_id)
+        if outcome is Offer.LATE:
             self._metrics.late_events.inc()
+            lag_s = (task.watermark_ms - event.at_ms) / 1000
             await self._dead_letter(
                 message,
-                ReasonCode.LATE,
-                f"occurred_at is {lag / 1000:.3f}s behind the partition watermark "
-                f"{_fmt_ms(engine.watermark_ms)} (allowed lateness {self._lateness_ms / 1000:g}s)",
+                Rejection(
+                    ReasonCode.LATE,
+                    f"occurred_at is {lag_s:.3f}s behind the watermark "
+                    f"{_fmt_ms(task.watermark_ms)} of partition {message.partition} "
+                    f"(allowed lateness {self._lateness_ms / 1000:g}s)",
+                    "occurred_at",
+                ),
             )
-        if out.overflow:
-            self._metrics.session_overflow.inc()
-        if out.write is not None:
-            self._table[_session_key(out.write.session_id)] = orjson.dumps(out.write.to_json())
-        for session_id in out.deletes:
-            del self._table[_session_key(session_id)]
-        await self._send_outputs(out, message.partition)
-        return out
+            return outcome
+        self._counters[(message.topic, outcome.value)].inc()
+        if outcome is Offer.ACCEPTED:
+            self._metrics.events_by_type.labels(event_type=result.event_type).inc()
+            stage = lifecycle_stage(result.event_type)
+            if stage is not None:
+                self._metrics.stage_events.labels(stage=stage.value).inc()
+            self.inputs.observe(message.topic, message.partition, event.at_ms)
+            watermark = self.inputs.watermark(message.partition)
+            if watermark is not None:
+                task.advance(watermark)
+        return outcome
 
-    async def _send_outputs(self, out: EngineOutput, partition: int) -> None:
-        for funnel_index, state, drop in out.abandonments:
-            record = abandonment_record(self.funnels[funnel_index], state, drop)
-            await self._send_abandonment(
-                state.session_id.encode(), record.model_dump_json().encode()
-            )
-            self._metrics.abandonments.labels(funnel=record.funnel, stage=record.stage).inc()
-        for funnel_index, state, retraction in out.retractions:
-            record = abandonment_record(
-                self.funnels[funnel_index], state, retraction.drop, retraction.order_ms
-            )
-            await self._send_abandonment(
-                state.session_id.encode(), record.model_dump_json().encode()
-            )
-            self._metrics.retractions.labels(funnel=record.funnel, stage=record.stage).inc()
-        for partial in out.partials:
-            await self._send_partial(None, orjson.dumps(partial.to_json()))
-        if out.progress_ms is not None:
-            progress = {"kind": "progress", "partition": partition, "watermark": out.progress_ms}
-            await self._send_partial(None, orjson.dumps(progress))
+    # --- time without input -----------------------------------------------------------------
+    def mark_idle(self, highwaters: dict[tuple[str, int], int], idle_timeout_s: float) -> None:
+        """Inputs caught up with their log end and silent for the idle timeout stop holding
+        the watermark back; then tasks whose inputs are all idle follow the others."""
+        now = time.monotonic()
+        for partition, runtime in self.runtimes.items():
+            for topic in self.topics:
+                end = highwaters.get((topic, partition))
+                read_at = runtime.last_read.get(topic, runtime.created_at)
+                caught_up = end is not None and runtime.offsets.get(topic, 0) >= end
+                silent = now - read_at >= idle_timeout_s
+                self.inputs.set_idle(topic, partition, caught_up and silent)
+        for partition, runtime in self.runtimes.items():
+            watermark = self.inputs.watermark(partition)
+            if watermark is not None:
+                runtime.task.advance(watermark)
 
-    async def _dead_letter(self, message: SourceMessage, reason: ReasonCode, text: str) -> None:
-        field = "occurred_at" if reason is ReasonCode.LATE else None
-        letter = dead_letter_for(message, Rejection(reason, text, field), self._clock())
-        self._metrics.dead_letters.labels(topic=message.topic, reason=reason.value).inc()
-        log.info("dead-lettered %s: %s (%s)", letter.dead_letter_id, reason.value, text[:200])
-        await self._send_dead_letter(message.key, letter.model_dump_json().encode())
+    # --- output ------------------------------------------------------------------------------
+    async def publish(self) -> None:
+        """Send what every task has to say (partials, progress, abandonments) and wait until
+        the broker has it. Called by checkpoints and by the worker's timer."""
+        async with self._publish_lock:
+            for partition, runtime in sorted(self.runtimes.items()):
+                out = runtime.task.drain()
+                for notice in out.abandonments:
+                    await self._publish_abandonment(notice)
+                # Input offsets and watermark version the partial: the merger keeps the newest,
+                # so a late copy from a partition's previous owner cannot replace it.
+                version = [sum(runtime.offsets.values()), runtime.task.watermark_ms]
+                for partial in out.partials:
+                    record = partial.to_json()
+                    record["version"] = version
+                    self._in_flight.append(await self._send_partial(None, orjson.dumps(record), 0))
+                progress = {
+                    "kind": "progress",
+                    "partition": partition,
+                    "watermark": runtime.task.watermark_ms,
+                }
+                self._in_flight.append(await self._send_partial(None, orjson.dumps(progress), 0))
+            in_flight, self._in_flight = self._in_flight, []
+            for future in in_flight:
+                await future  # raises if the broker refused: nothing gets acked
+
+    async def _publish_abandonment(self, notice: AbandonmentNotice) -> None:
+        funnel = self.definitions[notice.funnel]
+        record = abandonment_record(funnel, notice)
+        self._in_flight.append(
+            await self._send_abandonment(
+                notice.session_id.encode(), record.model_dump_json().encode(), None
+            )
+        )
+        counter = (
+            self._metrics.retractions
+            if record.kind == "retracted"
+            else (self._metrics.abandonments)
+        )
+        counter.labels(funnel=record.funnel, stage=record.stage).inc()
+
+    async def checkpoint(self, partition: int) -> None:
+        """Store task ``partition``'s changes with the offsets they reflect, publish, wait for
+        the broker, then ack. Must run while Faust processes a message of ``partition``: the
+        table writes go to that partition's changelog."""
+        runtime = self.runtimes[partition]
+        started = time.perf_counter()
+        await self.publish()
+        saved = runtime.task.checkpoint()
+        table = self._table
+        for session_id, state in saved.sessions.items():
+            table[f"s:{partition}:{session_id}"] = orjson.dumps(state)
+        for session_id in saved.deleted_sessions:
+            table.pop(f"s:{partition}:{session_id}", None)
+        for (funnel_index, start), counts in saved.windows.items():
+            key = f"w:{partition}:{self.funnels[funnel_index].name}:{start}"
+            table[key] = orjson.dumps(counts)
+        for funnel_index, start in saved.deleted_windows:
+            table.pop(f"w:{partition}:{self.funnels[funnel_index].name}:{start}", None)
+        table[_meta_key(partition)] = orjson.dumps(
+            {
+                "watermark": saved.watermark_ms,
+                "offsets": runtime.offsets,
+                "fronts": self.inputs.fronts_of(partition),
+            }
+        )
+        await self._flush_producer()
+        for ack in runtime.unacked:
+            ack()
+        runtime.unacked = []
+        runtime.checkpointed_at = time.monotonic()
+        self._metrics.checkpoints.inc()
+        self._metrics.checkpoint_seconds.observe(time.perf_counter() - started)
+
+    async def _dead_letter(self, message: SourceMessage, rejection: Rejection) -> None:
+        letter = dead_letter_for(message, rejection, self._clock())
+        self._counters[(message.topic, "dead_lettered")].inc()
+        self._metrics.dead_letters.labels(topic=message.topic, reason=rejection.reason.value).inc()
+        log.info(
+            "dead-lettered %s: %s (%s)",
+            letter.dead_letter_id,
+            rejection.reason.value,
+            rejection.message[:200],
+        )
+        self._in_flight.append(
+            await self._send_dead_letter(message.key, letter.model_dump_json().encode(), None)
+        )
+
+
+def _meta_key(partition: int) -> str:
+    return f"t:{partition}"
 
 
 def _fmt_ms(ms: int) -> str:
     if ms <= NEVER:
         return "none yet"
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def install(
+    app: Any, settings: Settings, metrics: Metrics, funnels: tuple[FunnelDefinition, ...]
+) -> SessionsStage:
+    """Wire the sessions stage into ``app``: source topics, outputs, state table, agent, and
+    the timer that marks idle inputs and publishes without input."""
+    topics = (settings.clickstream_topic, settings.checkout_topic)
+    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    source = app.topic(*topics, key_type=bytes, value_type=bytes, **raw)
+    dlq = app.topic(
+        settings.dlq_topic, config={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)}, **raw
+    )
+    partials = app.topic(settings.partials_topic, partitions=1, **raw)
+    abandonments = app.topic(settings.abandonments_topic, **raw)
+    # Changelogged with as many partitions as the sources (Faust requires it); written only
+    # while processing a message of the same partition (see SessionsStage.checkpoint).
+    table = app.Table(
+        "funnel-state", key_type=str, value_type=bytes, partitions=settings.topic_partitions
+    )
+
+    def sender(topic: Any) -> SendFn:
+        async def send(key: bytes | None, value: bytes, partition: int | None) -> Any:
+            return await topic.send(key=key, value=value, partition=partition)
+
+        return send
+
+    async def flush_producer() -> None:
+        await app.producer.flush()
+
+    async def seek(topic: str, partition: int, offset: int) -> None:
+        await app.consumer.seek(TP(topic, partition), offset)
+
+    async def earliest(topic: str, partition: int) -> int:
+        tp = TP(topic, partition)
+        return int((await app.consumer.earliest_offsets(tp)).get(tp, 0))
+
+    stage = SessionsStage(
+        funnels=funnels,
+        topics=topics,
+        table=table,
+        metrics=metrics,
+        limits=DecodeLimits(
+            max_bytes=settings.max_event_bytes,
+            max_future_skew=timedelta(seconds=settings.max_clock_skew_seconds),
+            max_age=timedelta(seconds=settings.max_event_age_seconds),
+        ),
+        allowed_lateness_ms=round(settings.allowed_lateness_seconds * 1000),
+        retention_ms=round(settings.session_retention_seconds * 1000),
+        checkpoint_interval_s=settings.checkpoint_interval_seconds,
+        send_partial=sender(partials),
+        send_dead_letter=sender(dlq),
+        send_abandonment=sender(abandonments),
+        flush_producer=flush_producer,
+        seek=seek,
+        earliest=earliest,
+    )
+
+    async def sessions_agent(stream: Any) -> None:
+        async for event in stream.noack().events():
+            await stage.process(source_message(event.message), event.ack)
+
+    app.agent(source, name="sessions")(sessions_agent)
+
+    async def on_assigned(sender: Any, assigned: set[Any], **kwargs: Any) -> None:
+        stage.assign({tp.partition for tp in assigned if tp.topic in topics})
+
+    app.on_partitions_assigned.connect(on_assigned)
+
+    async def keep_time() -> None:
+        if app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set():
+            return
+        assigned = [tp for tp in app.consumer.assignment() if tp.topic in topics]
+        for partition in sorted({tp.partition for tp in assigned} - set(stage.runtimes)):
+            stage.ensure(partition)  # a partition with no input yet still reports progress
+        highwaters = await app.consumer.highwaters(*assigned) if assigned else {}
+        stage.mark_idle(
+            {(tp.topic, tp.partition): int(end) for tp, end in highwaters.items()},
+            settings.idle_timeout_seconds,
+        )
+        await stage.publish()
+
+    app.timer(1.0)(keep_time)
+    return stage

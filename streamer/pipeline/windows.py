@@ -1,10 +1,12 @@
-"""Windows stage: merge every partition's partials into final window stats.
+"""Windows stage: merge every partition's partials into cohort window stats, revised until final.
 
-Reads ``funnel.partials`` (one partition: a few records per window, so one merger sees them
-all), keeps pending windows and each source partition's watermark in the ``window-merge``
-table, and publishes a window to ``funnel.windows`` once every source partition's watermark
-has passed its end. The first partial of a partition for a window wins (a partition re-emits
-after a restore); a window already published is never published again.
+Reads ``funnel.partials`` (one partition, so one merger sees every partition's records in
+order): partials carry a partition's whole counts for a window and *replace* its previous one
+(so a partition that re-sends after a restart changes nothing), progress records carry its
+watermark. After each progress record the merger publishes a revision of every window that
+changed, and the final record of every window whose cohorts are all decided in every
+partition (window end + the funnel's longest step timeout behind every partition's watermark).
+State lives in the ``window-merge`` table; a window published final is never published again.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import orjson
 
 from streamer.events import SegmentStats, StageStats, TimeToConvert, WindowStats
 from streamer.funnel.definition import FunnelDefinition
+from streamer.funnel.session import NEVER
 from streamer.funnel.windows import (
     TIME_TO_CONVERT_BUCKETS_MS,
     StepCounts,
@@ -26,8 +29,9 @@ from streamer.funnel.windows import (
     merge_partials,
 )
 from streamer.metrics import Metrics
+from streamer.settings import Settings
 
-__all__ = ["WindowMerger", "window_stats"]
+__all__ = ["WindowMerger", "install", "window_stats"]
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +42,9 @@ def _ratio(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
 
-def _stage_stats(name: str, counts: StepCounts, *, histogram: bool) -> StageStats:
+def _stage_stats(
+    name: str, counts: StepCounts, *, histogram: bool, last: bool, final: bool
+) -> StageStats:
     decided = counts.converted + counts.dropped
     time_to_convert = None
     if histogram and counts.converted:
@@ -53,6 +59,8 @@ def _stage_stats(name: str, counts: StepCounts, *, histogram: bool) -> StageStat
         entered=counts.entered,
         converted=counts.converted,
         dropped=counts.dropped,
+        open=0 if last else counts.open,
+        final=final,
         conversion_ratio=_ratio(counts.converted, decided),
         drop_off_ratio=_ratio(counts.dropped, decided),
         dropped_value=round(counts.dropped_value, 2),
@@ -61,28 +69,42 @@ def _stage_stats(name: str, counts: StepCounts, *, histogram: bool) -> StageStat
 
 
 def window_stats(
-    funnel: FunnelDefinition, start_ms: int, partitions: int, counts: WindowCounts
+    funnel: FunnelDefinition,
+    start_ms: int,
+    partitions: int,
+    counts: WindowCounts,
+    *,
+    watermark_ms: int,
+    revision: int = 0,
 ) -> WindowStats:
+    """The record of one cohort window as of ``watermark_ms`` (the lowest partition's)."""
     folded = fold_segments(counts, [segment.cap for segment in funnel.segments])
     names = [stage.name for stage in funnel.stages]
+    end_ms = start_ms + funnel.window_ms
+    last = len(names) - 1
+    final = [
+        end_ms + (funnel.step_timeout_ms(k) if k < last else 0) <= watermark_ms
+        for k in range(len(names))
+    ]
+
+    def stages(steps: list[StepCounts], histogram: bool) -> list[StageStats]:
+        return [
+            _stage_stats(name, step, histogram=histogram, last=k == last, final=final[k])
+            for k, (name, step) in enumerate(zip(names, steps, strict=True))
+        ]
+
     return WindowStats(
         window_id=f"{funnel.name}/{start_ms}",
+        revision=revision,
+        final=all(final),
         funnel=funnel.name,
         window_start=datetime.fromtimestamp(start_ms / 1000, tz=UTC),
-        window_end=datetime.fromtimestamp((start_ms + funnel.window_ms) / 1000, tz=UTC),
+        window_end=datetime.fromtimestamp(end_ms / 1000, tz=UTC),
         partitions=partitions,
-        stages=[
-            _stage_stats(name, step, histogram=True)
-            for name, step in zip(names, folded.stages, strict=True)
-        ],
+        stages=stages(folded.stages, True),
         segments=[
             SegmentStats(
-                dimension=funnel.segments[dim].name,
-                value=value,
-                stages=[
-                    _stage_stats(name, step, histogram=False)
-                    for name, step in zip(names, steps, strict=True)
-                ],
+                dimension=funnel.segments[dim].name, value=value, stages=stages(steps, False)
             )
             for (dim, value), steps in sorted(folded.segments.items())
         ],
@@ -104,6 +126,7 @@ class WindowMerger:
         self._table = table
         self._metrics = metrics
         self._send_window = send_window
+        self._changed: set[str] = set()  # pending keys with a partial since the last publish
 
     def _get(self, key: str, default: Any) -> Any:
         raw = self._table.get(key)
@@ -117,46 +140,73 @@ class WindowMerger:
         if record.get("kind") == "progress":
             progress = self._get("progress", {})
             partition = str(record["partition"])
-            if int(record["watermark"]) > int(progress.get(partition, -(2**62))):
+            if int(record["watermark"]) > int(progress.get(partition, NEVER)):
                 progress[partition] = int(record["watermark"])
                 self._put("progress", progress)
-            return await self._publish_complete(progress)
+            return await self._publish(progress)
         funnel = self._funnels.get(str(record.get("funnel")))
         if funnel is None:
             log.warning("partial for unknown funnel %r ignored", record.get("funnel"))
             return []
-        if int(record["end"]) <= int(self._get(f"final:{funnel.name}", -(2**62))):
-            return []  # re-emitted after a restore; this window is published already
-        key = f"pending:{funnel.name}:{int(record['start']):015d}"
-        pending = self._get(key, {"start": int(record["start"]), "parts": {}})
-        pending["parts"].setdefault(str(record["partition"]), record["counts"])  # first wins
+        start = int(record["start"])
+        if start < int(self._get(f"final:{funnel.name}", NEVER)):
+            self._metrics.late_partials.inc()  # re-sent after a restart: already final here
+            return []
+        key = f"pending:{funnel.name}:{start:015d}"
+        pending = self._get(key, {"start": start, "parts": {}, "versions": {}, "revision": -1})
+        partition = str(record["partition"])
+        version = record.get("version", [0, 0])
+        if version < pending["versions"].get(partition, [-1, NEVER]):
+            self._metrics.late_partials.inc()  # an older view of the partition: kept the newer
+            return []
+        pending["parts"][partition] = record["counts"]  # replaces its previous
+        pending["versions"][partition] = version
         self._put(key, pending)
+        self._changed.add(key)
         return []
 
-    async def _publish_complete(self, progress: dict[str, int]) -> list[WindowStats]:
+    async def _publish(self, progress: dict[str, int]) -> list[WindowStats]:
         if len(progress) < self._source_partitions:
-            return []
-        complete_until = min(progress[str(p)] for p in range(self._source_partitions))
+            watermark = NEVER  # a partition never reported: nothing is final yet
+        else:
+            watermark = min(progress[str(p)] for p in range(self._source_partitions))
         published = []
-        for key in sorted(k for k in list(self._table.keys()) if k.startswith("pending:")):
+        keys = sorted(k for k in list(self._table.keys()) if k.startswith("pending:"))
+        for key in keys:
             _, funnel_name, _ = key.split(":", 2)
             funnel = self._funnels.get(funnel_name)
             pending = self._get(key, None)
             if funnel is None or pending is None:
                 continue
             start = int(pending["start"])
-            if start + funnel.window_ms > complete_until:
+            final = start + funnel.window_ms + funnel.finality_lag_ms <= watermark
+            if not final and key not in self._changed:
                 continue
             counts = merge_partials(
                 len(funnel.stages),
                 (WindowCounts.from_json(part) for part in pending["parts"].values()),
             )
-            stats = window_stats(funnel, start, self._source_partitions, counts)
+            revision = int(pending["revision"]) + 1
+            stats = window_stats(
+                funnel,
+                start,
+                self._source_partitions,
+                counts,
+                watermark_ms=watermark,
+                revision=revision,
+            )
             await self._send_window(stats.window_id.encode(), stats.model_dump_json().encode())
-            del self._table[key]
-            self._put(f"final:{funnel.name}", start + funnel.window_ms)
-            self._record(funnel, stats, counts)
             published.append(stats)
+            if stats.final:
+                del self._table[key]
+                self._put(
+                    f"final:{funnel.name}", max(start + 1, self._get(f"final:{funnel.name}", NEVER))
+                )
+                self._record(funnel, stats, counts)
+            else:
+                pending["revision"] = revision
+                self._put(key, pending)
+        self._changed.clear()
         return published
 
     def _record(self, funnel: FunnelDefinition, stats: WindowStats, counts: WindowCounts) -> None:
@@ -181,3 +231,34 @@ class WindowMerger:
             metrics.time_to_convert.observe_buckets(
                 funnel.name, step, raw.time_to_convert_buckets, raw.time_to_convert_ms_sum
             )
+
+
+def install(
+    app: Any, settings: Settings, metrics: Metrics, funnels: tuple[FunnelDefinition, ...]
+) -> WindowMerger:
+    """Wire the merger: ``funnel.partials`` -> ``window-merge`` table -> ``funnel.windows``."""
+    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    partials = app.topic(settings.partials_topic, partitions=1, **raw)
+    windows = app.topic(settings.windows_topic, partitions=1, **raw)
+
+    async def send_window(key: bytes | None, value: bytes) -> None:
+        await windows.send(key=key, value=value)
+
+    merger = WindowMerger(
+        funnels=funnels,
+        source_partitions=settings.topic_partitions,
+        table=app.Table("window-merge", key_type=str, value_type=bytes, partitions=1),
+        metrics=metrics,
+        send_window=send_window,
+    )
+
+    async def windows_agent(stream: Any) -> None:
+        async for value in stream:
+            try:
+                await merger.process(value)
+            except Exception:  # a bad record must not stop the merger (and lose the rest)
+                metrics.merge_errors.inc()
+                log.exception("window merger could not process a record; skipped")
+
+    app.agent(partials, name="windows")(windows_agent)
+    return merger

@@ -16,6 +16,10 @@ from streamer.testing import WorkerProcess, metric, produce, scrape_metrics
 from tests.integration.conftest import wait_for
 
 
+def occurred(event: dict[str, object]) -> datetime:
+    return datetime.fromisoformat(str(event["occurred_at"]).replace("Z", "+00:00"))
+
+
 async def test_worker_counts_produced_events_by_type_and_stage(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -24,7 +28,8 @@ async def test_worker_counts_produced_events_by_type_and_stage(
             seed=7, count=300, start=datetime.now(UTC) - timedelta(hours=1), sessions_per_second=50
         )
     )
-    events = [event for session in sessions for event in session]
+    # As shops produce them: in time order (a session's events are spread over minutes).
+    events = sorted((event for session in sessions for event in session), key=occurred)
     messages = [
         (topic_for(settings, e["event_type"]), e["session_id"].encode(), orjson.dumps(e))
         for e in events

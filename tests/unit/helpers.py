@@ -1,20 +1,26 @@
-"""In-memory sinks and a valid event factory for unit tests of the ingest stage."""
+"""In-memory sinks and a valid event factory for unit tests of the sessions stage."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from streamer.decode import DecodeLimits
-from streamer.dedup import Deduplicator
+from streamer.events import DeadLetter
+from streamer.funnel.definition import load_funnel
+from streamer.funnel.task import Offer
 from streamer.metrics import Metrics
-from streamer.pipeline.ingest import IngestStage, SourceMessage
+from streamer.pipeline.messages import SourceMessage
+from streamer.pipeline.sessions import SessionsStage
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 NOW_MS = round(NOW.timestamp() * 1000)
+CHECKOUT = Path(__file__).resolve().parents[2] / "deploy/funnels/checkout.yaml"
 
 
 def valid_event(**overrides: Any) -> dict[str, Any]:
@@ -38,17 +44,22 @@ def valid_event(**overrides: Any) -> dict[str, Any]:
 class Recorder:
     sent: list[tuple[bytes | None, bytes]] = field(default_factory=list)
 
-    async def __call__(self, key: bytes | None, value: bytes) -> None:
+    async def __call__(self, key: bytes | None, value: bytes, partition: int | None) -> Any:
         self.sent.append((key, value))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
 
 @dataclass
 class Harness:
-    stage: IngestStage
-    events: Recorder
+    stage: SessionsStage
     dead_letters: Recorder
+    partials: Recorder
+    abandonments: Recorder
     metrics: Metrics
-    store: dict[str, tuple[int, int]]
+    table: dict[str, bytes]
+    acked: list[int] = field(default_factory=list)
     offset: int = 0
 
     def message(
@@ -63,17 +74,42 @@ class Harness:
         self.offset += 1
         return SourceMessage(topic, partition, self.offset, timestamp_ms, key, value)
 
+    async def process(self, message: SourceMessage) -> tuple[Offer | str, DeadLetter | None]:
+        """(Offer, None) for an event taken, ("dead_lettered", the letter) for a reject."""
+        letters = len(self.dead_letters.sent)
+        outcome = await self.stage.process(message, lambda: self.acked.append(message.offset))
+        if len(self.dead_letters.sent) > letters:
+            return "dead_lettered", DeadLetter.model_validate_json(self.dead_letters.sent[-1][1])
+        assert outcome is not None
+        return outcome, None
 
-def make_harness(limits: DecodeLimits | None = None, horizon_ms: int = 600_000) -> Harness:
-    metrics = Metrics.create(CollectorRegistry(), source_topics=("clickstream", "checkout"))
-    store: dict[str, tuple[int, int]] = {}
-    events, dead_letters = Recorder(), Recorder()
-    stage = IngestStage(
+
+def make_harness(
+    limits: DecodeLimits | None = None, *, lateness_ms: int = 120_000, interval_s: float = 3600
+) -> Harness:
+    funnels = (load_funnel(CHECKOUT),)
+    metrics = Metrics.create(
+        CollectorRegistry(), source_topics=("clickstream", "checkout"), funnels=funnels
+    )
+    table: dict[str, bytes] = {}
+    dead_letters, partials, abandonments = Recorder(), Recorder(), Recorder()
+
+    async def flush() -> None:
+        return None
+
+    stage = SessionsStage(
+        funnels=funnels,
+        topics=("clickstream", "checkout"),
+        table=table,
         metrics=metrics,
         limits=limits or DecodeLimits(),
-        dedup=Deduplicator(store, horizon_ms=horizon_ms),
-        send_event=events,
+        allowed_lateness_ms=lateness_ms,
+        retention_ms=600_000,
+        checkpoint_interval_s=interval_s,
+        send_partial=partials,
         send_dead_letter=dead_letters,
+        send_abandonment=abandonments,
+        flush_producer=flush,
         clock=lambda: NOW,
     )
-    return Harness(stage, events, dead_letters, metrics, store)
+    return Harness(stage, dead_letters, partials, abandonments, metrics, table)

@@ -24,8 +24,11 @@ def test_the_shipped_funnels_load() -> None:
         "payment",
         "order",
     ]
-    assert checkout.stage_timeout_ms(2) == 30 * 60_000
-    assert checkout.stage_timeout_ms(0) == checkout.conversion_window_ms
+    assert checkout.step_timeout_ms(2) == 30 * 60_000
+    assert checkout.step_timeout_ms(3) == 15 * 60_000
+    # Every step has a timeout: the funnel's step_timeout where the stage names none.
+    assert checkout.step_timeout_ms(0) == checkout.default_step_timeout_ms == 30 * 60_000
+    assert checkout.finality_lag_ms == 30 * 60_000
     assert checkout.stages[5].matches("order_placed", {"value": 10})
     assert not checkout.stages[5].matches("order_placed", {"value": 0})
     assert not checkout.stages[5].matches("order_placed", {"value": "ten"})
@@ -84,3 +87,22 @@ def test_unknown_keys_bad_yaml_and_duplicates(tmp_path: Path) -> None:
                 "  - {name: a, event_type: page_view}\n  - {name: b, event_type: search}\n",
             )
         )
+
+
+def test_an_event_type_belongs_to_one_stage_only(tmp_path: Path) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text(
+        "name: twice\nconversion_window: 1h\nstages:\n"
+        "  - {name: a, event_type: page_view}\n  - {name: b, event_type: page_view}\n"
+    )
+    with pytest.raises(FunnelDefinitionError, match="'page_view' is in stages 'a' and 'b'"):
+        load_funnel(path)
+
+
+def test_the_step_timeout_is_capped_by_the_conversion_window(tmp_path: Path) -> None:
+    path = tmp_path / "short.yaml"
+    path.write_text(
+        "name: short\nconversion_window: 10m\nstep_timeout: 1h\nstages:\n"
+        "  - {name: a, event_type: page_view}\n  - {name: b, event_type: add_to_cart}\n"
+    )
+    assert load_funnel(path).step_timeout_ms(0) == 10 * 60_000

@@ -1,9 +1,8 @@
-"""The ingest stage against malformed input: one dead letter each, the right reason, no raise."""
+"""The sessions stage against malformed input: one dead letter each, the right reason, no raise."""
 
 from __future__ import annotations
 
 import base64
-import math
 
 import orjson
 import pytest
@@ -11,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamer.events import DeadLetter, ReasonCode
-from streamer.pipeline.ingest import IngestOutcome
+from streamer.funnel.task import Offer
 from tests.unit.helpers import NOW_MS, make_harness, valid_event
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -19,10 +18,10 @@ FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 
 async def _reject(raw: bytes | None) -> DeadLetter:
     harness = make_harness()
-    outcome, record = await harness.stage.process(harness.message(raw))
-    assert outcome is IngestOutcome.DEAD_LETTERED
+    outcome, record = await harness.process(harness.message(raw))
+    assert outcome == "dead_lettered"
     assert isinstance(record, DeadLetter)
-    assert harness.events.sent == []
+    assert harness.stage.runtimes[0].task.sessions == {}
     assert len(harness.dead_letters.sent) == 1
     sent = DeadLetter.model_validate_json(harness.dead_letters.sent[0][1])
     assert sent == record
@@ -34,15 +33,15 @@ async def _reject(raw: bytes | None) -> DeadLetter:
     return sent
 
 
-async def test_a_valid_event_is_normalized_and_keyed_by_session() -> None:
+async def test_a_valid_event_is_taken_into_its_session() -> None:
     harness = make_harness()
-    outcome, _ = await harness.stage.process(harness.message(orjson.dumps(valid_event()), key=None))
-    assert outcome is IngestOutcome.ACCEPTED
-    [(key, value)] = harness.events.sent
-    assert key == b"s-1"
-    normalized = orjson.loads(value)
-    assert normalized["occurred_at"] == "2026-11-22T11:59:00Z"
-    assert normalized["schema_version"] == 1
+    outcome, _ = await harness.process(harness.message(orjson.dumps(valid_event()), key=None))
+    assert outcome is Offer.ACCEPTED
+    [state] = harness.stage.runtimes[0].task.sessions.values()
+    assert state.session_id == "s-1"
+    [event] = state.pending or []
+    assert event.at_ms == NOW_MS - 60_000
+    assert event.fields["cart_value"] == 21.0
     assert harness.dead_letters.sent == []
 
 
@@ -50,9 +49,9 @@ async def test_a_valid_event_is_normalized_and_keyed_by_session() -> None:
 @FAST
 async def test_random_bytes_give_exactly_one_dead_letter(raw: bytes) -> None:
     harness = make_harness()
-    outcome, record = await harness.stage.process(harness.message(raw))
-    assert outcome is IngestOutcome.DEAD_LETTERED
-    assert len(harness.dead_letters.sent) + len(harness.events.sent) == 1
+    outcome, record = await harness.process(harness.message(raw))
+    assert outcome == "dead_lettered"
+    assert len(harness.dead_letters.sent) == 1
     assert isinstance(record, DeadLetter)
     assert record.reason in {
         ReasonCode.NOT_UTF8, ReasonCode.NOT_JSON, ReasonCode.NOT_AN_OBJECT,
@@ -167,38 +166,69 @@ async def test_sent_at_corrects_a_device_clock_that_is_off() -> None:
     harness = make_harness()
     # The device clock is one hour ahead: occurred_at and sent_at both say 13:00.
     event = valid_event(occurred_at="2026-11-22T12:59:30Z", sent_at="2026-11-22T13:00:00Z")
-    outcome, record = await harness.stage.process(harness.message(orjson.dumps(event)))
-    assert outcome is IngestOutcome.ACCEPTED
-    assert record.occurred_at.isoformat() == "2026-11-22T11:59:30+00:00"  # type: ignore[union-attr]
+    outcome, _ = await harness.process(harness.message(orjson.dumps(event)))
+    assert outcome is Offer.ACCEPTED
+    [state] = harness.stage.runtimes[0].task.sessions.values()
+    assert [e.at_ms for e in state.pending or []] == [NOW_MS - 30_000]
 
 
 async def test_a_decoder_bug_becomes_a_processing_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    import streamer.pipeline.ingest as ingest
+    import streamer.pipeline.sessions as sessions
 
     def broken(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("bug")
 
-    monkeypatch.setattr(ingest, "decode_event", broken)
+    monkeypatch.setattr(sessions, "decode_event", broken)
     letter = await _reject(orjson.dumps(valid_event()))
     assert letter.reason is ReasonCode.PROCESSING_ERROR
     assert "ZeroDivisionError" in letter.message
 
 
-async def test_duplicates_within_the_horizon_are_dropped_and_counted() -> None:
-    harness = make_harness(horizon_ms=60_000)
+async def test_repeated_event_ids_of_a_session_are_dropped_and_counted() -> None:
+    harness = make_harness()
     raw = orjson.dumps(valid_event())
+    other = orjson.dumps(valid_event(event_id="e-2"))
     outcomes = [
-        (await harness.stage.process(harness.message(raw, timestamp_ms=NOW_MS + delay)))[0]
-        for delay in (0, 1_000, 59_000, 61_000)
+        (await harness.process(harness.message(value, timestamp_ms=NOW_MS + delay)))[0]
+        for value, delay in ((raw, 0), (raw, 1_000), (other, 2_000), (raw, 600_000))
     ]
-    # The copy at +61 s is past the horizon of the first: it is new again.
-    assert outcomes == [IngestOutcome.ACCEPTED, IngestOutcome.DUPLICATE, IngestOutcome.DUPLICATE,
-                        IngestOutcome.ACCEPTED]  # fmt: skip
-    assert len(harness.events.sent) == 2
+    assert outcomes == [Offer.ACCEPTED, Offer.DUPLICATE, Offer.ACCEPTED, Offer.DUPLICATE]
     assert harness.dead_letters.sent == []
     duplicates = harness.metrics.events.labels(topic="clickstream", outcome="duplicate")
     assert duplicates._value.get() == 2
 
 
-def test_metrics_names_are_finite() -> None:
-    assert not math.isnan(make_harness().metrics.decode_seconds._sum.get())
+async def test_an_event_behind_the_watermark_is_dead_lettered_late() -> None:
+    harness = make_harness(lateness_ms=60_000)
+    await harness.process(harness.message(orjson.dumps(valid_event())))
+    # Both inputs of the partition have fronts: the watermark is the lower one minus lateness.
+    harness.stage.inputs.observe("checkout", 0, NOW_MS)
+    fresh = valid_event(event_id="e-2", occurred_at=NOW_MS)
+    assert (await harness.process(harness.message(orjson.dumps(fresh))))[0] is Offer.ACCEPTED
+    stale = valid_event(event_id="e-3", occurred_at=NOW_MS - 5 * 60_000)
+    outcome, letter = await harness.process(harness.message(orjson.dumps(stale)))
+    assert outcome == "dead_lettered"
+    assert letter is not None
+    assert (letter.reason, letter.field) == (ReasonCode.LATE, "occurred_at")
+    assert "behind the watermark" in letter.message
+    assert harness.metrics.late_events._value.get() == 1
+
+
+async def test_a_checkpoint_stores_state_with_offsets_then_acks() -> None:
+    harness = make_harness()
+    for index in range(3):
+        event = valid_event(event_id=f"e-{index}")
+        await harness.process(harness.message(orjson.dumps(event)))
+    assert harness.acked == []  # nothing is acked before its effects are stored
+    await harness.stage.checkpoint(0)
+    assert harness.acked == [1, 2, 3]
+    meta = orjson.loads(harness.table["t:0"])
+    assert meta["offsets"] == {"clickstream": 4}
+    assert orjson.loads(harness.table["s:0:s-1"])[1]  # the buffered events are in the state
+    # A fresh stage on the same table resumes: the stored offsets skip what was applied.
+    again = make_harness()
+    again.table.update(harness.table)
+    again.offset = 2
+    outcome = await again.stage.process(again.message(orjson.dumps(valid_event())), lambda: None)
+    assert outcome is None  # offset 3 was applied before the checkpoint
+    assert len(again.stage.runtimes[0].task.sessions["s-1"].pending or []) == 3

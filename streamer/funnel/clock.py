@@ -1,0 +1,77 @@
+"""Event time of the inputs: fronts, idleness, and each task's watermark. Pure.
+
+A task (partition N of every input topic, as in Kafka Streams) has the watermark
+
+    min(front of each of its input partitions that is not idle) - allowed lateness
+
+where a partition's front is the newest event time read from it. So a backlog on any input, read
+at any relative speed, holds the watermark back instead of turning the slower input late. An
+input is idle only when the adapter says so (caught up with its log end and silent for the
+idle timeout). A task whose inputs are all idle follows the other tasks' inputs (the minimum
+over every active input the worker reads, as Flink does with idle splits); when every input is
+idle the watermark holds: a paused producer never decides sessions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from streamer.funnel.session import NEVER
+
+__all__ = ["InputClock"]
+
+Input = tuple[str, int]  # (topic, partition)
+
+
+class InputClock:
+    def __init__(self, topics: Iterable[str], allowed_lateness_ms: int) -> None:
+        self.topics = tuple(topics)
+        self.lateness_ms = allowed_lateness_ms
+        self.fronts: dict[Input, int] = {}
+        self.idle: set[Input] = set()
+
+    def assign(self, partition: int, fronts: dict[str, int] | None = None) -> None:
+        for topic in self.topics:
+            self.fronts[(topic, partition)] = (fronts or {}).get(topic, NEVER)
+            self.idle.discard((topic, partition))
+
+    def revoke(self, partition: int) -> None:
+        for topic in self.topics:
+            self.fronts.pop((topic, partition), None)
+            self.idle.discard((topic, partition))
+
+    def observe(self, topic: str, partition: int, at_ms: int) -> None:
+        key = (topic, partition)
+        if at_ms > self.fronts.get(key, NEVER):
+            self.fronts[key] = at_ms
+        self.idle.discard(key)
+
+    def set_idle(self, topic: str, partition: int, idle: bool) -> None:
+        key = (topic, partition)
+        if key not in self.fronts:
+            return
+        if idle:
+            self.idle.add(key)
+        else:
+            self.idle.discard(key)
+
+    def fronts_of(self, partition: int) -> dict[str, int]:
+        return {topic: self.fronts.get((topic, partition), NEVER) for topic in self.topics}
+
+    def watermark(self, partition: int) -> int | None:
+        """The task's watermark now, or None when it must hold (the caller keeps the higher of
+        this and what the task had: a watermark never goes back)."""
+        active = [
+            self.fronts[key]
+            for topic in self.topics
+            if (key := (topic, partition)) in self.fronts and key not in self.idle
+        ]
+        if not active:
+            active = [front for key, front in self.fronts.items() if key not in self.idle]
+            if not active:
+                return None
+        low = min(active)
+        return None if low == NEVER else low - self.lateness_ms
+
+    def all_idle(self, partition: int) -> bool:
+        return all((topic, partition) in self.idle for topic in self.topics)

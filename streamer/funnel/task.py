@@ -1,0 +1,350 @@
+"""One task: the sessions of one partition, their reorder buffer, and their cohort windows. Pure.
+
+The adapter offers events (after decoding) and moves the watermark; the task buffers each event
+until the watermark is past its time, then feeds the session's instants to the state machine
+(:mod:`streamer.funnel.session`) in event-time order. So any arrival order within the allowed
+lateness gives the same numbers, and the work per event is O(log n) (two heaps) with O(1)
+state machine work.
+
+Everything the task holds is in :meth:`Task.checkpoint` (dirty sessions, deleted sessions,
+changed windows) and comes back whole through :meth:`Task.restore`; the adapter stores it with
+the input offsets it reflects, so a restart resumes exactly where the checkpoint was taken.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from itertools import groupby
+from typing import Any
+
+from streamer.funnel.session import (
+    NEVER,
+    Abandoned,
+    CompiledFunnel,
+    Kind,
+    Outcome,
+    Progress,
+    StoredEvent,
+    apply_instant,
+    expire_attempt,
+)
+from streamer.funnel.windows import Partial, WindowCounts, window_start
+
+__all__ = [
+    "RECENT_IDS",
+    "AbandonmentNotice",
+    "Offer",
+    "SessionState",
+    "Task",
+    "TaskOutput",
+    "event_digest",
+]
+
+# How many of a session's latest event ids are remembered to drop repeated ones (retries).
+RECENT_IDS = 16
+_DIGEST = 8
+
+
+def event_digest(event_id: str) -> bytes:
+    """A stable 8-byte digest of an event id (Python's hash() differs between processes)."""
+    return hashlib.blake2b(event_id.encode(), digest_size=_DIGEST).digest()
+
+
+class Offer(Enum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    LATE = "late"
+
+
+@dataclass(slots=True)
+class SessionState:
+    """All a task keeps of one session."""
+
+    session_id: str
+    progress: list[Progress]  # one per funnel
+    pending: list[StoredEvent] | None = None  # buffered: not behind the watermark yet
+    recent_ids: bytes = b""  # digests of the latest RECENT_IDS accepted event ids
+    last_event_ms: int = NEVER
+    user_id: str | None = None
+    wake_ms: int = NEVER  # the live entry of this session in the task's wake heap
+
+    def seen(self, digest: bytes) -> bool:
+        ids = self.recent_ids
+        return any(ids[i : i + _DIGEST] == digest for i in range(0, len(ids), _DIGEST))
+
+    def remember(self, digest: bytes) -> None:
+        self.recent_ids = (self.recent_ids + digest)[-RECENT_IDS * _DIGEST :]
+
+    def to_json(self) -> list[Any]:
+        return [
+            [p.to_json() for p in self.progress],
+            [e.to_json() for e in self.pending or ()],
+            self.recent_ids.hex(),
+            self.last_event_ms,
+            self.user_id,
+        ]
+
+    @classmethod
+    def from_json(cls, session_id: str, raw: list[Any]) -> SessionState:
+        return cls(
+            session_id,
+            [Progress.from_json(p) for p in raw[0]],
+            [StoredEvent.from_json(e) for e in raw[1]] or None,
+            bytes.fromhex(raw[2]),
+            int(raw[3]),
+            raw[4],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AbandonmentNotice:
+    """An abandonment (``order_ms`` None) or its retraction, for the adapter to publish."""
+
+    funnel: int
+    session_id: str
+    user_id: str | None
+    abandoned: Abandoned
+    order_ms: int | None = None
+
+
+@dataclass
+class TaskOutput:
+    partials: list[Partial] = field(default_factory=list)
+    abandonments: list[AbandonmentNotice] = field(default_factory=list)
+
+
+@dataclass
+class Checkpoint:
+    """What changed since the last checkpoint, as values to store and keys to delete."""
+
+    sessions: dict[str, list[Any]] = field(default_factory=dict)
+    deleted_sessions: set[str] = field(default_factory=set)
+    windows: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
+    deleted_windows: set[tuple[int, int]] = field(default_factory=set)
+    watermark_ms: int = NEVER
+
+
+class Task:
+    def __init__(
+        self, funnels: tuple[CompiledFunnel, ...], partition: int, *, retention_ms: int
+    ) -> None:
+        self.funnels = funnels
+        self.partition = partition
+        self.retention_ms = retention_ms
+        self.watermark_ms = NEVER
+        self.sessions: dict[str, SessionState] = {}
+        self.windows: dict[tuple[int, int], WindowCounts] = {}
+        self.open_sessions: Counter[tuple[int, int]] = Counter()  # (funnel, stage) -> open
+        self._pending: list[tuple[int, int, str]] = []  # (event time, sequence, session)
+        self._sequence = 0
+        self._wakes: list[tuple[int, str]] = []  # (time, session): lazy deletion
+        self._dirty_sessions: set[str] = set()
+        self._deleted_sessions: set[str] = set()
+        self._dirty_windows: set[tuple[int, int]] = set()  # changed since the last drain
+        self._unsaved_windows: set[tuple[int, int]] = set()  # changed since the last checkpoint
+        self._deleted_windows: set[tuple[int, int]] = set()
+        self._notices: list[AbandonmentNotice] = []
+
+    # --- input ---------------------------------------------------------------------------
+    def offer(self, session_id: str, event: StoredEvent, user_id: str | None = None) -> Offer:
+        """Take one event of ``session_id``: buffered until the watermark passes it."""
+        digest = event_digest(event.event_id)
+        state = self.sessions.get(session_id)
+        if state is not None and state.seen(digest):
+            return Offer.DUPLICATE
+        if event.at_ms < self.watermark_ms:
+            return Offer.LATE
+        if state is None:
+            state = SessionState(session_id, [Progress() for _ in self.funnels])
+            self.sessions[session_id] = state
+            self._deleted_sessions.discard(session_id)
+        state.remember(digest)
+        if state.pending is None:
+            state.pending = [event]
+        else:
+            state.pending.append(event)
+        if event.at_ms > state.last_event_ms:
+            state.last_event_ms = event.at_ms
+        if user_id:
+            state.user_id = user_id
+        self._sequence += 1
+        heapq.heappush(self._pending, (event.at_ms, self._sequence, session_id))
+        self._dirty_sessions.add(session_id)
+        return Offer.ACCEPTED
+
+    def advance(self, watermark_ms: int) -> None:
+        """Move the watermark (never back): apply every buffered instant below it, then decide
+        what only time decides (drops, retraction horizons, forgetting idle sessions)."""
+        if watermark_ms <= self.watermark_ms:
+            return
+        self.watermark_ms = watermark_ms
+        due: set[str] = set()
+        pending = self._pending
+        while pending and pending[0][0] < watermark_ms:
+            due.add(heapq.heappop(pending)[2])
+        for session_id in due:
+            state = self.sessions.get(session_id)
+            if state is not None:
+                self._release(state, watermark_ms)
+        wakes = self._wakes
+        while wakes and wakes[0][0] < watermark_ms:
+            at_ms, session_id = heapq.heappop(wakes)
+            state = self.sessions.get(session_id)
+            if state is not None and state.wake_ms == at_ms:
+                self._wake(state, watermark_ms)
+
+    # --- the state machine, per session ----------------------------------------------------
+    def _release(self, state: SessionState, watermark_ms: int) -> None:
+        events = state.pending or []
+        ready = sorted((e for e in events if e.at_ms < watermark_ms), key=_at)
+        rest = [e for e in events if e.at_ms >= watermark_ms]
+        state.pending = rest or None
+        outcomes: list[Outcome] = []
+        for at_ms, group in groupby(ready, key=_at):
+            instant = list(group)
+            for index, funnel in enumerate(self.funnels):
+                result = apply_instant(funnel, state.progress[index], at_ms, instant, outcomes)
+                self._record(index, state, outcomes, result.abandoned)
+                if result.retracted is not None:
+                    abandoned, order_ms = result.retracted
+                    self._notices.append(
+                        AbandonmentNotice(
+                            index, state.session_id, state.user_id, abandoned, order_ms
+                        )
+                    )
+        self._dirty_sessions.add(state.session_id)
+        self._schedule(state)
+
+    def _wake(self, state: SessionState, watermark_ms: int) -> None:
+        outcomes: list[Outcome] = []
+        for index, funnel in enumerate(self.funnels):
+            abandoned = expire_attempt(funnel, state.progress[index], watermark_ms, outcomes)
+            self._record(index, state, outcomes, abandoned)
+        self._dirty_sessions.add(state.session_id)
+        if (
+            state.pending is None
+            and all(p.at_rest for p in state.progress)
+            and state.last_event_ms + self.retention_ms < watermark_ms
+        ):
+            del self.sessions[state.session_id]
+            self._dirty_sessions.discard(state.session_id)
+            self._deleted_sessions.add(state.session_id)
+            return
+        self._schedule(state)
+
+    def _schedule(self, state: SessionState) -> None:
+        times = [t for p in state.progress if (t := p.wake_ms()) is not None]
+        if times:
+            wake = min(times)
+        elif state.pending is None:
+            wake = state.last_event_ms + self.retention_ms  # then the session is forgotten
+        else:
+            wake = NEVER  # its buffered events will release it
+        if wake != state.wake_ms:
+            state.wake_ms = wake
+            if wake != NEVER:
+                heapq.heappush(self._wakes, (wake, state.session_id))
+
+    def _record(
+        self,
+        funnel_index: int,
+        state: SessionState,
+        outcomes: list[Outcome],
+        abandoned: Abandoned | None,
+    ) -> None:
+        funnel = self.funnels[funnel_index]
+        size = funnel.definition.window_ms
+        for outcome in outcomes:
+            key = (funnel_index, window_start(outcome.cohort_ms, size))
+            counts = self.windows.get(key)
+            if counts is None:
+                counts = self.windows[key] = WindowCounts.empty(funnel.last_stage + 1)
+            counts.apply(outcome)
+            self._dirty_windows.add(key)
+            self._unsaved_windows.add(key)
+            if outcome.stage < funnel.last_stage:
+                self.open_sessions[(funnel_index, outcome.stage)] += (
+                    1 if outcome.kind is Kind.ENTERED else -1
+                )
+        outcomes.clear()
+        if abandoned is not None:
+            self._notices.append(
+                AbandonmentNotice(funnel_index, state.session_id, state.user_id, abandoned)
+            )
+
+    # --- output ----------------------------------------------------------------------------
+    def drain(self) -> TaskOutput:
+        """What to publish since the last drain: the whole counts of every changed window
+        (each replaces the previous partial of this partition), and abandonment notices.
+        Windows whose every cohort is decided are then released from memory."""
+        out = TaskOutput(abandonments=self._notices)
+        self._notices = []
+        for key in sorted(self._dirty_windows):
+            counts = self.windows[key]
+            funnel = self.funnels[key[0]].definition
+            out.partials.append(
+                Partial(funnel.name, key[1], key[1] + funnel.window_ms, self.partition, counts)
+            )
+        self._dirty_windows.clear()
+        for key in [k for k in self.windows if self._final(k)]:
+            del self.windows[key]
+            self._unsaved_windows.discard(key)
+            self._deleted_windows.add(key)
+        return out
+
+    def _final(self, key: tuple[int, int]) -> bool:
+        definition = self.funnels[key[0]].definition
+        return (
+            key not in self._dirty_windows
+            and key[1] + definition.window_ms + definition.finality_lag_ms <= self.watermark_ms
+        )
+
+    def checkpoint(self) -> Checkpoint:
+        """What changed since the last checkpoint (the adapter stores it, then acks input)."""
+        saved = Checkpoint(watermark_ms=self.watermark_ms)
+        for session_id in self._dirty_sessions:
+            saved.sessions[session_id] = self.sessions[session_id].to_json()
+        saved.deleted_sessions = self._deleted_sessions
+        for key in self._unsaved_windows:
+            saved.windows[key] = self.windows[key].to_json()
+        saved.deleted_windows = self._deleted_windows
+        self._dirty_sessions = set()
+        self._deleted_sessions = set()
+        self._unsaved_windows = set()
+        self._deleted_windows = set()
+        return saved
+
+    # --- recovery ----------------------------------------------------------------------------
+    def restore(
+        self,
+        watermark_ms: int,
+        sessions: Iterable[tuple[str, list[Any]]],
+        windows: Mapping[tuple[int, int], dict[str, Any]],
+    ) -> None:
+        """Load what :meth:`checkpoint` stored; memory indexes are rebuilt from it."""
+        self.watermark_ms = watermark_ms
+        for key, counts in windows.items():
+            self.windows[key] = WindowCounts.from_json(counts)
+        for session_id, saved in sessions:
+            state = SessionState.from_json(session_id, saved)
+            self.sessions[session_id] = state
+            for event in state.pending or ():
+                self._sequence += 1
+                heapq.heappush(self._pending, (event.at_ms, self._sequence, session_id))
+            for index, progress in enumerate(state.progress):
+                if progress.attempt is not None:
+                    self.open_sessions[(index, progress.attempt.stage)] += 1
+            self._schedule(state)
+
+    @property
+    def buffered_events(self) -> int:
+        return len(self._pending)
+
+
+def _at(event: StoredEvent) -> int:
+    return event.at_ms

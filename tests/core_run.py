@@ -1,0 +1,135 @@
+"""Run the streaming core (one task) over events in a given arrival order, and report its
+numbers in the oracle's shape (``tests/oracle``), so the two engines can be compared."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamer.funnel.definition import FunnelDefinition
+from streamer.funnel.session import NEVER, CompiledFunnel, StoredEvent
+from streamer.funnel.task import Offer, Task
+from streamer.funnel.windows import UNKNOWN, WindowCounts
+
+
+@dataclass
+class CoreResult:
+    windows: dict[tuple[str, int, str], dict[str, Any]] = field(default_factory=dict)
+    segments: dict[tuple[str, int, str, str, str], dict[str, int]] = field(default_factory=dict)
+    abandonments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    final: dict[tuple[str, int, str], bool] = field(default_factory=dict)
+    late: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+
+
+def stored(event: dict[str, Any]) -> StoredEvent:
+    """An oracle-shaped event dict -> the core's stored event (flattened fields)."""
+    fields = dict(event.get("properties") or {})
+    context = dict(event.get("context") or {})
+    for name, variant in (context.pop("experiments", None) or {}).items():
+        fields[f"experiment.{name}"] = variant
+    for name, value in context.items():
+        fields[f"context.{name}"] = value
+    return StoredEvent(int(event["at_ms"]), str(event["event_id"]), event["event_type"], fields)
+
+
+def run_core(
+    funnels: Sequence[FunnelDefinition],
+    events: Iterable[dict[str, Any]],
+    watermark_ms: int,
+    *,
+    lateness_ms: int = 0,
+    retention_ms: int = 10**12,
+) -> CoreResult:
+    """Offer ``events`` in the given order; after each, move the watermark to the newest event
+    time minus ``lateness_ms``; at the end, to ``watermark_ms``."""
+    compiled = tuple(CompiledFunnel(f) for f in funnels)
+    task = Task(compiled, 0, retention_ms=retention_ms)
+    result = CoreResult()
+    partials: dict[tuple[str, int], WindowCounts] = {}
+    front = NEVER
+    for event in events:
+        outcome = task.offer(event["session_id"], stored(event))
+        if outcome is Offer.LATE:
+            result.late.append(event["event_id"])
+        elif outcome is Offer.DUPLICATE:
+            result.duplicates.append(event["event_id"])
+        front = max(front, int(event["at_ms"]))
+        task.advance(min(front - lateness_ms, watermark_ms))
+        _collect(task, partials, result)
+    task.advance(watermark_ms)
+    _collect(task, partials, result)
+    for (funnel_index, start), counts in task.windows.items():
+        partials[(compiled[funnel_index].name, start)] = counts
+    by_name = {f.name: f for f in funnels}
+    for (name, start), counts in partials.items():
+        _shape(by_name[name], start, counts, watermark_ms, result)
+    return result
+
+
+def _collect(task: Task, partials: dict[tuple[str, int], WindowCounts], result: CoreResult) -> None:
+    out = task.drain()
+    for partial in out.partials:
+        partials[(partial.funnel, partial.window_start_ms)] = partial.counts
+    for notice in out.abandonments:
+        funnel = task.funnels[notice.funnel]
+        abandoned = notice.abandoned
+        stage = funnel.definition.stages[abandoned.stage].name
+        key = f"{funnel.name}/{notice.session_id}/{abandoned.attempt_ms}/{stage}"
+        if notice.order_ms is not None:
+            result.abandonments[key]["retracted_ms"] = notice.order_ms
+            continue
+        result.abandonments[key] = {
+            "funnel": funnel.name,
+            "stage": stage,
+            "session_id": notice.session_id,
+            "attempt_ms": abandoned.attempt_ms,
+            "abandoned_ms": abandoned.abandoned_ms,
+            "last_activity_ms": abandoned.last_activity_ms,
+            "cart_value": abandoned.cart_value or None,
+            "segments": {
+                funnel.definition.segments[i].name: value
+                for i, value in enumerate(abandoned.segments)
+                if value is not None
+            },
+            "retracted_ms": None,
+        }
+
+
+def _shape(
+    funnel: FunnelDefinition,
+    start: int,
+    counts: WindowCounts,
+    watermark_ms: int,
+    result: CoreResult,
+) -> None:
+    last = len(funnel.stages) - 1
+    for index, stage in enumerate(funnel.stages):
+        step = counts.stages[index]
+        if not step.entered:
+            continue
+        key = (funnel.name, start, stage.name)
+        result.windows[key] = {
+            "entered": step.entered,
+            "converted": step.converted,
+            "dropped": step.dropped,
+            "open": 0 if index == last else step.open,
+            "ttc_sum_ms": step.time_to_convert_ms_sum,
+            "ttc_buckets": list(step.time_to_convert_buckets),
+            "dropped_value": round(step.dropped_value, 2),
+        }
+        lag = funnel.step_timeout_ms(index) if index < last else 0
+        result.final[key] = start + funnel.window_ms + lag <= watermark_ms
+    for (dim, value), steps in counts.segments.items():
+        for index, stage in enumerate(funnel.stages):
+            step = steps[index]
+            if not step.entered:
+                continue
+            name = funnel.segments[dim].name
+            result.segments[(funnel.name, start, stage.name, name, value or UNKNOWN)] = {
+                "entered": step.entered,
+                "converted": step.converted,
+                "dropped": step.dropped,
+                "open": 0 if index == last else step.open,
+            }

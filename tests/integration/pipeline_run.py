@@ -1,0 +1,153 @@
+"""Run generated traffic through real workers on the real broker and collect what they publish.
+
+Shared by the end-to-end truth tests: pre-load a backlog on both topics, start workers (with
+default settings), optionally disturb them (SIGKILL, a second worker joining and leaving, a
+broker restart), then wait until every window the oracle knows is published final.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from pathlib import Path
+
+from streamer.app import topic_plan
+from streamer.kafka_io import ensure_topic_plan, make_producer, read_topic
+from streamer.settings import Settings
+from streamer.testing import WorkerProcess, free_port, produce
+from tests.compare import abandonment_numbers, latest_windows, window_numbers
+from tests.traffic import Dataset
+
+
+@dataclass
+class Published:
+    windows: dict  # type: ignore[type-arg]
+    segments: dict  # type: ignore[type-arg]
+    final: dict[str, bool]
+    abandonments: dict  # type: ignore[type-arg]
+    alerts: list[bytes]
+    restarts_to_first_event_s: list[float] = field(default_factory=list)
+
+
+async def preload(settings: Settings, dataset: Dataset) -> int:
+    """Create the topics and write the whole dataset, then the closing events."""
+    await ensure_topic_plan(settings, topic_plan(settings))
+    sent = await produce(settings, dataset.messages(settings))
+    producer = make_producer(settings, acks="all")
+    await producer.start()
+    try:
+        for topic, partition, key, value in dataset.closing(settings):
+            await producer.send_and_wait(topic, value=value, key=key, partition=partition)
+    finally:
+        await producer.stop()
+    return sent
+
+
+def worker(settings: Settings, tmp_path: Path, name: str) -> WorkerProcess:
+    """A worker of the same app with its own web port, state folder and log."""
+    own = settings.model_copy(
+        update={"web_port": free_port(), "data_dir": tmp_path / f"state-{name}"}
+    )
+    return WorkerProcess(own, tmp_path / f"{name}.log")
+
+
+async def wait_published(
+    settings: Settings,
+    expected: Any,  # the oracle's result (or the core's, shaped alike)
+    workers: list[WorkerProcess],
+    timeout: float = 240,
+) -> Published:
+    """Poll the output topics until every window the oracle has is final and every
+    abandonment (and retraction) is there."""
+    starts = {(funnel, start) for funnel, start, _ in expected.windows}
+    wanted_abandonments = len(expected.abandonments) + sum(
+        1 for a in expected.abandonments.values() if a["retracted_ms"] is not None
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        for process in workers:
+            if process.process is not None:
+                process.assert_running()
+        records = await read_topic(settings, settings.windows_topic)
+        latest = latest_windows(value for _, value in records)
+        finals = {(w.funnel, round(w.window_start.timestamp() * 1000)) for w in latest.values()
+                  if w.final}  # fmt: skip
+        abandonments = await read_topic(settings, settings.abandonments_topic)
+        ids = {value for _, value in abandonments}
+        if starts <= finals and len(ids) >= wanted_abandonments:
+            break
+        if time.monotonic() > deadline:
+            logs = "\n---\n".join(f"{_progress(w)}\n{w.log_tail(40)}" for w in workers)
+            missing = sorted(starts - finals)[:5]
+            raise AssertionError(
+                f"after {timeout}s: {len(starts - finals)} of {len(starts)} windows not final "
+                f"(first {missing}), {len(ids)} of {wanted_abandonments} abandonment records"
+                f"\n{logs}"
+            )
+        await asyncio.sleep(2)
+    await asyncio.sleep(2)  # anything published twice arrives now and must change nothing
+    records = await read_topic(settings, settings.windows_topic)
+    latest = latest_windows(value for _, value in records)
+    windows, segments = window_numbers(latest.values())
+    alerts = [value for _, value in await read_topic(settings, settings.alerts_topic) if value]
+    return Published(
+        windows=windows,
+        segments=segments,
+        final={wid: w.final for wid, w in latest.items()},
+        abandonments=abandonment_numbers(
+            value for _, value in await read_topic(settings, settings.abandonments_topic)
+        ),
+        alerts=alerts,
+    )
+
+
+async def first_event_after(process: WorkerProcess, since: float, timeout: float = 60) -> float:
+    """Seconds from ``since`` until the restarted worker counted its first input message."""
+    from streamer.testing import scrape_metrics
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        process.assert_running()
+        try:
+            values = scrape_metrics(process.metrics_url)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        seen = sum(
+            v
+            for (name, _), v in values.items()
+            if name in ("streamer_events_total", "streamer_replayed_messages_total")
+        )
+        if seen > 0:
+            return time.monotonic() - since
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no event processed {timeout}s after the restart\n{process.log_tail()}")
+
+
+Disturbance = Callable[[list[WorkerProcess]], Awaitable[list[float]]]
+
+
+def _progress(process: WorkerProcess) -> str:
+    """What a worker says about itself, for failure messages."""
+    from streamer.testing import scrape_metrics
+
+    try:
+        values = scrape_metrics(process.metrics_url)
+    except OSError as exc:
+        return f"{process.metrics_url}: {exc}"
+    wanted = (
+        "streamer_events_total",
+        "streamer_checkpoints_total",
+        "streamer_watermark_lag_seconds",
+        "streamer_consumer_lag_messages",
+        "streamer_replayed_messages_total",
+    )
+    lines = [
+        f"  {name}{dict(labels)} = {value:g}"
+        for (name, labels), value in sorted(values.items(), key=repr)
+        if name in wanted and value
+    ]
+    return f"{process.metrics_url}:\n" + "\n".join(lines)

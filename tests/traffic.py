@@ -1,0 +1,119 @@
+"""Generated shop traffic as users' producers send it, for end-to-end tests on real Kafka.
+
+Events arrive roughly in time order, each delayed by up to ``disorder_s`` (network, batching,
+mobile apps coming back online), a share of them twice (producer retries). At the end every
+partition of both topics gets a *closing* event far later in event time, so the watermark
+passes every window and the test can compare final numbers; closing events match no stage.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from aiokafka.partitioner import DefaultPartitioner
+
+from streamer.settings import Settings
+from streamer.simulate import TrafficModel, topic_for
+
+ENVELOPE = {"event_id", "event_type", "session_id", "user_id", "occurred_at", "sent_at", "context"}
+
+
+def at_ms(event: dict[str, Any]) -> int:
+    moment = event["occurred_at"]
+    if isinstance(moment, int):
+        return moment
+    return round(datetime.fromisoformat(moment.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def oracle_event(event: dict[str, Any]) -> dict[str, Any]:
+    """A contract event -> the oracle's input row."""
+    return {
+        "session_id": event["session_id"],
+        "event_id": event["event_id"],
+        "event_type": event["event_type"],
+        "at_ms": at_ms(event),
+        "properties": {k: v for k, v in event.items() if k not in ENVELOPE},
+        "context": dict(event.get("context") or {}),
+    }
+
+
+@dataclass
+class Dataset:
+    arrivals: list[dict[str, Any]]  # in the order producers send them (copies included)
+    closing_ms: int  # event time of the closing events
+    sessions: int
+
+    def messages(self, settings: Settings) -> list[tuple[str, bytes, bytes]]:
+        return [
+            (topic_for(settings, e["event_type"]), e["session_id"].encode(), orjson.dumps(e))
+            for e in self.arrivals
+        ]
+
+    def closing(self, settings: Settings) -> list[tuple[str, int, bytes, bytes]]:
+        """(topic, partition, key, value): one event per partition of both topics."""
+        out = []
+        for partition in range(settings.topic_partitions):
+            for topic, event_type, extra in (
+                (settings.clickstream_topic, "page_view", {"page": "/closing", "landing": False}),
+                (settings.checkout_topic, "shipping_submitted", {"shipping_method": "none"}),
+            ):
+                session = f"closing-{partition}"
+                event = {
+                    "event_id": f"closing-{topic}-{partition}",
+                    "event_type": event_type,
+                    "session_id": session,
+                    "occurred_at": self.closing_ms,
+                    **extra,
+                }
+                out.append((topic, partition, session.encode(), orjson.dumps(event)))
+        return out
+
+    def oracle_events(self) -> list[dict[str, Any]]:
+        return [oracle_event(e) for e in self.arrivals]
+
+    @property
+    def final_watermark_ms(self) -> int:
+        return self.closing_ms - 120_000  # the default allowed lateness
+
+
+def generate(
+    *,
+    seed: int,
+    minutes: float,
+    sessions_per_second: float,
+    disorder_s: float = 60.0,
+    duplicate_share: float = 0.01,
+    start: datetime | None = None,
+) -> Dataset:
+    rng = random.Random(seed)
+    # History ending a few hours ago: the closing events must not be in the future.
+    begin = start or datetime.now(UTC) - timedelta(minutes=minutes) - timedelta(hours=4)
+    count = round(minutes * 60 * sessions_per_second)
+    sessions = list(
+        TrafficModel().sessions(
+            seed=seed, count=count, start=begin, sessions_per_second=sessions_per_second
+        )
+    )
+    timed: list[tuple[float, dict[str, Any]]] = []
+    for session in sessions:
+        for event in session:
+            arrival = at_ms(event) + rng.uniform(0, disorder_s * 1000)
+            timed.append((arrival, event))
+            if rng.random() < duplicate_share:
+                timed.append((arrival + rng.uniform(0, 5000), event))
+    timed.sort(key=lambda pair: pair[0])
+    last = max(at_ms(event) for _, event in timed)
+    return Dataset(
+        arrivals=[event for _, event in timed],
+        closing_ms=last + 3 * 3_600_000,
+        sessions=len(sessions),
+    )
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition the Java and aiokafka default partitioner picks for a key."""
+    return int(DefaultPartitioner()(key, list(range(partitions)), list(range(partitions))))
