@@ -33,6 +33,8 @@ class LiveSnapshot:
     watermark_lag_seconds: dict[int, float] = field(default_factory=dict)  # partition -> lag
     consumer_lag: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition)
     assigned: dict[str, int] = field(default_factory=dict)  # topic -> partitions assigned
+    unacked: dict[int, int] = field(default_factory=dict)  # partition -> applied, not stored
+    checkpoint_age_seconds: dict[int, float] = field(default_factory=dict)  # partition -> age
 
 
 class _LiveCollector(Collector):
@@ -68,6 +70,22 @@ class _LiveCollector(Collector):
         for (topic, partition), messages in sorted(snapshot.consumer_lag.items()):
             consumer.add_metric([topic, str(partition)], messages)
         yield consumer
+        unacked = GaugeMetricFamily(
+            "streamer_unacked_messages",
+            "Input applied in memory but not in a checkpoint yet (read again after a crash)",
+            labels=["partition"],
+        )
+        for partition, messages in sorted(snapshot.unacked.items()):
+            unacked.add_metric([str(partition)], messages)
+        yield unacked
+        age = GaugeMetricFamily(
+            "streamer_checkpoint_age_seconds",
+            "Seconds since the partition's last checkpoint",
+            labels=["partition"],
+        )
+        for partition, seconds in sorted(snapshot.checkpoint_age_seconds.items()):
+            age.add_metric([str(partition)], seconds)
+        yield age
         assigned = GaugeMetricFamily(
             "streamer_assigned_partitions",
             "Partitions of the topic this worker currently consumes",

@@ -9,7 +9,9 @@ at any relative speed, holds the watermark back instead of turning the slower in
 input is idle only when the adapter says so (caught up with its log end and silent for the
 idle timeout). A task whose inputs are all idle follows the other tasks' inputs (the minimum
 over every active input the worker reads, as Flink does with idle splits); when every input is
-idle the watermark holds: a paused producer never decides sessions.
+idle, everything there is has been read and the watermark may reach the newest event time
+read (minus the lateness), never further: a paused producer decides no session whose timeout
+has not passed in event time.
 """
 
 from __future__ import annotations
@@ -68,8 +70,11 @@ class InputClock:
         ]
         if not active:
             active = [front for key, front in self.fronts.items() if key not in self.idle]
-            if not active:
-                return None
+        if not active:
+            # Every input is caught up and quiet: all the data there is has been read, so
+            # time may stand at the newest event read; it never runs ahead of the data.
+            newest = max(self.fronts.values(), default=NEVER)
+            return None if newest == NEVER else newest - self.lateness_ms
         low = min(active)
         return None if low == NEVER else low - self.lateness_ms
 

@@ -19,12 +19,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+import weakref
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+from faust import streams as faust_streams
 from faust.types import TP
 
 from streamer.decode import DecodeLimits, Rejection, decode_event
@@ -128,6 +131,10 @@ async def _from_zero(topic: str, partition: int) -> int:
     return 0
 
 
+def _any_partition(partition: int) -> AbstractContextManager[None]:
+    return nullcontext()
+
+
 @dataclass
 class _Runtime:
     """A task plus what the adapter keeps for it: offsets reflected and events to ack."""
@@ -159,6 +166,7 @@ class SessionsStage:
         flush_producer: Callable[[], Awaitable[None]],
         seek: Callable[[str, int, int], Awaitable[None]] = _no_seek,
         earliest: Callable[[str, int], Awaitable[int]] = _from_zero,
+        partition_scope: Callable[[int], AbstractContextManager[None]] = _any_partition,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.definitions = funnels
@@ -176,6 +184,7 @@ class SessionsStage:
         self._flush_producer = flush_producer
         self._seek = seek
         self._earliest = earliest
+        self._partition_scope = partition_scope
         self._clock = clock
         self._keep = needed_fields(funnels)
         self.inputs = InputClock(topics, allowed_lateness_ms)
@@ -183,6 +192,7 @@ class SessionsStage:
         self.assigned: set[int] | None = None  # None: not told yet (tests drive it directly)
         self._in_flight: list[Awaitable[Any]] = []
         self._publish_lock = asyncio.Lock()
+        self._checkpoint_lock = asyncio.Lock()
         self._counters = {
             (topic, outcome): metrics.events.labels(topic=topic, outcome=outcome)
             for topic in topics
@@ -268,9 +278,7 @@ class SessionsStage:
         ):
             return None  # not applied, not acked: read again from the checkpoint's offset
         runtime.rewinding.pop(topic, None)
-        runtime.offsets[topic] = message.offset + 1
         runtime.last_read[topic] = time.monotonic()
-        runtime.unacked.append(ack)
         self._bytes[topic].inc(len(message.value) if message.value is not None else 0)
         outcome: Offer | None = None
         try:
@@ -282,6 +290,10 @@ class SessionsStage:
             await self._dead_letter(
                 message, Rejection(ReasonCode.PROCESSING_ERROR, f"internal error: {exc!r}")
             )
+        # Only now does a checkpoint count this message as applied (a checkpoint taken by the
+        # timer meanwhile leaves it to the next one).
+        runtime.offsets[topic] = message.offset + 1
+        runtime.unacked.append(ack)
         if time.monotonic() - runtime.checkpointed_at >= self._interval:
             await self.checkpoint(message.partition)
         return outcome
@@ -416,37 +428,48 @@ class SessionsStage:
         counter.labels(funnel=record.funnel, stage=record.stage).inc()
 
     async def checkpoint(self, partition: int) -> None:
-        """Store task ``partition``'s changes with the offsets they reflect, publish, wait for
-        the broker, then ack. Must run while Faust processes a message of ``partition``: the
-        table writes go to that partition's changelog."""
-        runtime = self.runtimes[partition]
-        started = time.perf_counter()
-        await self.publish()
-        saved = runtime.task.checkpoint()
-        table = self._table
-        for session_id, state in saved.sessions.items():
-            table[f"s:{partition}:{session_id}"] = orjson.dumps(state)
-        for session_id in saved.deleted_sessions:
-            table.pop(f"s:{partition}:{session_id}", None)
-        for (funnel_index, start), counts in saved.windows.items():
-            key = f"w:{partition}:{self.funnels[funnel_index].name}:{start}"
-            table[key] = orjson.dumps(counts)
-        for funnel_index, start in saved.deleted_windows:
-            table.pop(f"w:{partition}:{self.funnels[funnel_index].name}:{start}", None)
-        table[_meta_key(partition)] = orjson.dumps(
-            {
+        """Store task ``partition``'s changes with the input offsets they reflect, publish
+        every output, wait for the broker (changelog and outputs), then ack that input."""
+        async with self._checkpoint_lock:
+            runtime = self.runtimes.get(partition)
+            if runtime is None:
+                return  # revoked meanwhile
+            started = time.perf_counter()
+            # One synchronous snapshot: state, offsets and the acks that go with them.
+            saved = runtime.task.checkpoint()
+            meta = {
                 "watermark": saved.watermark_ms,
-                "offsets": runtime.offsets,
+                "offsets": dict(runtime.offsets),
                 "fronts": self.inputs.fronts_of(partition),
             }
-        )
-        await self._flush_producer()
-        for ack in runtime.unacked:
-            ack()
-        runtime.unacked = []
-        runtime.checkpointed_at = time.monotonic()
-        self._metrics.checkpoints.inc()
-        self._metrics.checkpoint_seconds.observe(time.perf_counter() - started)
+            acks, runtime.unacked = runtime.unacked, []
+            runtime.checkpointed_at = time.monotonic()
+            await self.publish()  # every output of the snapshot (and maybe a little more)
+            table = self._table
+            with self._partition_scope(partition):  # writes go to this partition's changelog
+                for session_id, state in saved.sessions.items():
+                    table[f"s:{partition}:{session_id}"] = orjson.dumps(state)
+                for session_id in saved.deleted_sessions:
+                    table.pop(f"s:{partition}:{session_id}", None)
+                for (funnel_index, start), counts in saved.windows.items():
+                    key = f"w:{partition}:{self.funnels[funnel_index].name}:{start}"
+                    table[key] = orjson.dumps(counts)
+                for funnel_index, start in saved.deleted_windows:
+                    table.pop(f"w:{partition}:{self.funnels[funnel_index].name}:{start}", None)
+                table[_meta_key(partition)] = orjson.dumps(meta)
+            await self._flush_producer()
+            for ack in acks:
+                ack()
+            self._metrics.checkpoints.inc()
+            self._metrics.checkpoint_seconds.observe(time.perf_counter() - started)
+
+    async def checkpoint_due(self) -> None:
+        """Checkpoint every task whose input went quiet with events not acked yet (the
+        timer's part: a partition's last burst is stored without waiting for more input)."""
+        now = time.monotonic()
+        for partition, runtime in list(self.runtimes.items()):
+            if runtime.unacked and now - runtime.checkpointed_at >= self._interval:
+                await self.checkpoint(partition)
 
     async def _dead_letter(self, message: SourceMessage, rejection: Rejection) -> None:
         letter = dead_letter_for(message, rejection, self._clock())
@@ -461,6 +484,19 @@ class SessionsStage:
         self._in_flight.append(
             await self._send_dead_letter(message.key, letter.model_dump_json().encode(), None)
         )
+
+
+class _PartitionMarker:
+    """Stands for "an event of this partition" while a checkpoint writes the state table."""
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.message = _MarkerMessage(topic, partition)
+
+
+@dataclass(frozen=True)
+class _MarkerMessage:
+    topic: str  # a source topic: Faust checks its partition count against the changelog's
+    partition: int
 
 
 def _meta_key(partition: int) -> str:
@@ -504,6 +540,18 @@ def install(
     async def seek(topic: str, partition: int, offset: int) -> None:
         await app.consumer.seek(TP(topic, partition), offset)
 
+    @contextmanager
+    def partition_scope(partition: int) -> Iterator[None]:
+        # Faust routes a table write to the changelog partition (and RocksDB store) of the
+        # event being processed; a checkpoint names its partition itself, so that it can
+        # also run from the timer. The marker has what Faust reads: .message.partition.
+        marker = _PartitionMarker(topics[0], partition)
+        token = faust_streams._current_event.set(weakref.ref(marker))  # type: ignore[arg-type]
+        try:
+            yield
+        finally:
+            faust_streams._current_event.reset(token)
+
     async def earliest(topic: str, partition: int) -> int:
         tp = TP(topic, partition)
         return int((await app.consumer.earliest_offsets(tp)).get(tp, 0))
@@ -527,6 +575,7 @@ def install(
         flush_producer=flush_producer,
         seek=seek,
         earliest=earliest,
+        partition_scope=partition_scope,
     )
 
     async def sessions_agent(stream: Any) -> None:
@@ -552,6 +601,7 @@ def install(
             settings.idle_timeout_seconds,
         )
         await stage.publish()
+        await stage.checkpoint_due()
 
     app.timer(1.0)(keep_time)
     return stage

@@ -30,8 +30,11 @@ def install(
     def live_snapshot() -> LiveSnapshot:
         snapshot = LiveSnapshot()
         now_ms = time.time() * 1000
+        now = time.monotonic()
         for runtime in list(sessions.runtimes.values()):
             task = runtime.task
+            snapshot.unacked[task.partition] = len(runtime.unacked)
+            snapshot.checkpoint_age_seconds[task.partition] = now - runtime.checkpointed_at
             for (funnel_index, stage_index), count in task.open_sessions.items():
                 funnel = funnels[funnel_index]
                 key = (funnel.name, funnel.stages[stage_index].name)

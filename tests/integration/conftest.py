@@ -28,7 +28,15 @@ def wait_for(predicate: Callable[[], bool], worker: WorkerProcess, timeout: floa
 
 
 def wait_processed(worker: WorkerProcess, settings: Settings, count: int) -> MetricValues:
-    wait_for(lambda: processed(scrape_metrics(worker.metrics_url), settings) >= count, worker)
+    """Until ``count`` input messages are applied and stored in a checkpoint (so a worker
+    started after this one does not apply them again)."""
+
+    def done() -> bool:
+        values = scrape_metrics(worker.metrics_url)
+        unacked = sum(v for (name, _), v in values.items() if name == "streamer_unacked_messages")
+        return processed(values, settings) >= count and unacked == 0
+
+    wait_for(done, worker)
     return scrape_metrics(worker.metrics_url)
 
 

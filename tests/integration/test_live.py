@@ -1,5 +1,5 @@
-"""Live mode: the wall-clock ticker closes windows of idle partitions; /funnel, `funnel show`
-and the gauges agree with the windows topic."""
+"""Live mode: idle inputs stop holding the watermark back, so partitions without traffic keep
+up; /funnel, `funnel show` and the gauges agree with the windows topic's newest revisions."""
 
 from __future__ import annotations
 
@@ -13,32 +13,30 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
-
 from streamer.app import topic_plan
-from streamer.events import WindowStats
 from streamer.kafka_io import ensure_topic_plan, read_topic
 from streamer.replay import replay_events
 from streamer.settings import Settings
 from streamer.simulate import TrafficModel
 from streamer.testing import WorkerProcess, metric, scrape_metrics, settings_env
+from tests.compare import latest_windows
 
 DEMO_FUNNELS = Path(__file__).resolve().parents[2] / "deploy/funnels/demo"
 
 
-async def test_ticks_close_windows_and_every_view_agrees(
+async def test_idle_partitions_keep_up_and_every_view_agrees(
     settings: Settings, tmp_path: Path
 ) -> None:
+    # A test about the live edge: a short lateness and idle timeout (the demo's settings).
     config = settings.model_copy(
         update={
             "funnels": (DEMO_FUNNELS,),
-            "tick_interval_seconds": 1.0,
             "allowed_lateness_seconds": 2.0,
-            "tick_grace_seconds": 1.0,
+            "idle_timeout_seconds": 2.0,
         }
     )
     await ensure_topic_plan(config, topic_plan(config))
-    # Three sessions only: most of the 4 partitions stay idle and move on ticks alone.
+    # Three sessions only: most of the 4 partitions stay idle.
     start = datetime.now(UTC) - timedelta(seconds=30)
     sessions = list(TrafficModel(mean_gap_seconds=1.0).sessions(seed=3, count=3, start=start))
     events = sorted((e for s in sessions for e in s), key=lambda e: e["occurred_at"])
@@ -47,21 +45,21 @@ async def test_ticks_close_windows_and_every_view_agrees(
         await replay_events(config, events)
         landings = 0
         deadline = time.monotonic() + 120
-        while landings < len(sessions):  # every session's landing window closed by ticks
+        while landings < len(sessions):  # every session's landing is in a published revision
             worker.assert_running()
             assert time.monotonic() < deadline, worker.log_tail(40)
             await asyncio.sleep(1)
-            windows = [
-                WindowStats.model_validate_json(v or b"")
-                for _, v in await read_topic(config, config.windows_topic)
-            ]
+            windows = list(
+                latest_windows(
+                    v for _, v in await read_topic(config, config.windows_topic)
+                ).values()
+            )
             landings = sum(w.stages[0].entered for w in windows)
         assert landings == len(sessions)
         await asyncio.sleep(2)
-        windows = [
-            WindowStats.model_validate_json(v or b"")
-            for _, v in await read_topic(config, config.windows_topic)
-        ]
+        windows = list(
+            latest_windows(v for _, v in await read_topic(config, config.windows_topic)).values()
+        )
         last = max(windows, key=lambda w: w.window_start)
 
         base = f"http://{config.web_host}:{config.web_port}"
@@ -96,30 +94,22 @@ async def test_ticks_close_windows_and_every_view_agrees(
         assert "order" in printed.stdout
 
         values = scrape_metrics(worker.metrics_url)
-        assert (
-            metric(values, "streamer_funnel_last_window_end_timestamp_seconds", funnel="checkout")
-            == last.window_end.timestamp()
+        # Counters and ratio gauges take final windows only; the last one is not final yet
+        # (its sessions are inside their timeouts and the input went quiet).
+        assert not last.final
+        final_ends = [w.window_end.timestamp() for w in windows if w.final]
+        shown_end = metric(
+            values, "streamer_funnel_last_window_end_timestamp_seconds", funnel="checkout"
         )
-        # A ratio gauge shows the newest window that decided outcomes for its step.
-        ordered = sorted({w.window_id: w for w in windows}.values(), key=lambda w: w.window_start)
-        checked = 0
-        for index, stage_name in enumerate([s.stage for s in last.stages][:-1]):
-            decided = [w for w in ordered if w.stages[index].conversion_ratio is not None]
-            if not decided:
-                continue
-            step = f"{stage_name}->{last.stages[index + 1].stage}"
-            ratio = metric(
-                values, "streamer_funnel_step_conversion_ratio", funnel="checkout", step=step
-            )
-            assert ratio == pytest.approx(decided[-1].stages[index].conversion_ratio)
-            checked += 1
-        assert checked >= 1
+        assert shown_end == (max(final_ends) if final_ends else 0.0)
         lag_series = {
             labels
             for (name, labels), _ in values.items()
             if name == "streamer_consumer_lag_messages"
         }
-        assert any(("topic", config.events_topic) in labels for labels in lag_series)
+        assert any(("topic", config.clickstream_topic) in labels for labels in lag_series)
+        # Every partition has a watermark, also those that never saw an event: idle inputs
+        # follow the active ones (minus the 2 s lateness), so the lag stays small.
         lags = [v for (name, _), v in values.items() if name == "streamer_watermark_lag_seconds"]
         assert len(lags) == config.topic_partitions
-        assert all(0 < lag < 30 for lag in lags), lags
+        assert all(0 < lag < 90 for lag in lags), lags
