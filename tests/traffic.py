@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from aiokafka.partitioner import DefaultPartitioner
 
 from streamer.settings import Settings
 from streamer.simulate import TrafficModel, topic_for
@@ -54,23 +53,7 @@ class Dataset:
         ]
 
     def closing(self, settings: Settings) -> list[tuple[str, int, bytes, bytes]]:
-        """(topic, partition, key, value): one event per partition of both topics."""
-        out = []
-        for partition in range(settings.topic_partitions):
-            for topic, event_type, extra in (
-                (settings.clickstream_topic, "page_view", {"page": "/closing", "landing": False}),
-                (settings.checkout_topic, "shipping_submitted", {"shipping_method": "none"}),
-            ):
-                session = f"closing-{partition}"
-                event = {
-                    "event_id": f"closing-{topic}-{partition}",
-                    "event_type": event_type,
-                    "session_id": session,
-                    "occurred_at": self.closing_ms,
-                    **extra,
-                }
-                out.append((topic, partition, session.encode(), orjson.dumps(event)))
-        return out
+        return closing_messages(settings, self.closing_ms)
 
     def oracle_events(self) -> list[dict[str, Any]]:
         return [oracle_event(e) for e in self.arrivals]
@@ -78,6 +61,27 @@ class Dataset:
     @property
     def final_watermark_ms(self) -> int:
         return self.closing_ms - 120_000  # the default allowed lateness
+
+
+def closing_messages(settings: Settings, at_ms: int) -> list[tuple[str, int, bytes, bytes]]:
+    """(topic, partition, key, value): an event at ``at_ms`` on every partition of both
+    topics, matching no funnel stage, so every input's front reaches ``at_ms``."""
+    out = []
+    for partition in range(settings.topic_partitions):
+        for topic, event_type, extra in (
+            (settings.clickstream_topic, "page_view", {"page": "/closing", "landing": False}),
+            (settings.checkout_topic, "shipping_submitted", {"shipping_method": "none"}),
+        ):
+            session = f"closing-{partition}"
+            event = {
+                "event_id": f"closing-{topic}-{partition}",
+                "event_type": event_type,
+                "session_id": session,
+                "occurred_at": at_ms,
+                **extra,
+            }
+            out.append((topic, partition, session.encode(), orjson.dumps(event)))
+    return out
 
 
 def generate(
@@ -112,8 +116,3 @@ def generate(
         closing_ms=last + 3 * 3_600_000,
         sessions=len(sessions),
     )
-
-
-def partition_of(key: bytes, partitions: int) -> int:
-    """The partition the Java and aiokafka default partitioner picks for a key."""
-    return int(DefaultPartitioner()(key, list(range(partitions)), list(range(partitions))))

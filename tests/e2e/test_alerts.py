@@ -16,15 +16,16 @@ import pytest
 from pydantic import SecretStr
 
 from streamer.app import topic_plan
-from streamer.events import Abandonment, Alert
+from streamer.events import Abandonment, Alert, WindowStats
 from streamer.kafka_io import ensure_topic_plan, read_topic
-from streamer.replay import replay_events, send_ticks
+from streamer.replay import replay_events
 from streamer.schemas import EXAMPLES
 from streamer.settings import Settings
 from streamer.simulate import Incident, StepRates, TrafficModel
 from streamer.testing import WorkerProcess, metric, produce, scrape_metrics
 from streamer.testing_slack import FakeSlack
 from tests.integration.conftest import processed
+from tests.integration.pipeline_run import send_closing
 
 FUNNEL = """
 name: checkout
@@ -106,8 +107,16 @@ def traffic(incident: bool) -> list[dict[str, Any]]:
             "occurred_at": at(130),
         },
     ]
-    random.Random(5).shuffle(events)
-    return events
+    # As producers send them: in time order, each up to 20 s late (within the lateness).
+    rng = random.Random(5)
+    jitter = {id(e): rng.uniform(0, 20) for e in events}
+    return sorted(
+        events,
+        key=lambda e: (
+            datetime.fromisoformat(str(e["occurred_at"]).replace("Z", "+00:00"))
+            + timedelta(seconds=jitter[id(e)])
+        ),
+    )
 
 
 @pytest.fixture
@@ -124,8 +133,6 @@ def configure(settings: Settings, tmp_path: Path, slack: FakeSlack) -> Settings:
         update={
             "funnels": (funnel,),
             "store": "memory",
-            "tick_interval_seconds": 0,
-            "allowed_lateness_seconds": 3600.0,
             "slack_webhook_url": SecretStr(slack.url("T0/B0/warnings")),
             "slack_page_webhook_url": SecretStr(slack.url("T0/B1/oncall")),
             "dashboard_url": "https://grafana.example.com/d/funnel",
@@ -137,25 +144,23 @@ def configure(settings: Settings, tmp_path: Path, slack: FakeSlack) -> Settings:
 async def run_pipeline(
     config: Settings, events: list[dict[str, Any]], worker: WorkerProcess
 ) -> int:
-    """Replay, close every window, and wait until the detector has judged them all."""
+    """Replay, close every window, and wait until every window is final; returns how many."""
     await replay_events(config, events)
     deadline = time.monotonic() + 180
     while processed(scrape_metrics(worker.metrics_url), config) < len(events):
         worker.assert_running()
         assert time.monotonic() < deadline, worker.log_tail()
         await asyncio.sleep(0.5)
-    while len(await read_topic(config, config.events_topic)) < len(events):
-        assert time.monotonic() < deadline, worker.log_tail()
-        await asyncio.sleep(0.5)
-    await send_ticks(config, round((START + timedelta(days=1)).timestamp() * 1000))
+    # Closing events 40 minutes after the traffic (and before now): every window is final.
+    await send_closing(config, round((START + timedelta(minutes=55)).timestamp() * 1000))
     published = -1
-    while True:  # the windows topic stops growing, and the detector has read all of it
+    while True:  # final windows stop coming, and the detector has read all of them
         await asyncio.sleep(2)
-        windows = len(await read_topic(config, config.windows_topic))
-        judged = len(await read_topic(config, config.windows_topic))
-        if windows == published and windows > 20 and judged == windows:
-            return windows
-        published = windows
+        records = await read_topic(config, config.windows_topic)
+        finals = sum(1 for _, v in records if v and WindowStats.model_validate_json(v).final)
+        if finals == published and finals > 20:
+            return finals
+        published = finals
         assert time.monotonic() < deadline, worker.log_tail()
 
 
@@ -250,7 +255,7 @@ async def test_every_alert_arrives_once_through_outages_and_a_restart(
         [(config.alerts_topic, a.alert_id.encode(), a.model_dump_json().encode()) for a in alerts],
     )
     first = WorkerProcess(config, tmp_path / "first.log").start()
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 150
     while len(slack.accepted) < 2:  # ...then up; the worker is restarted mid-way
         first.assert_running()
         assert time.monotonic() < deadline, first.log_tail()

@@ -11,15 +11,15 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from streamer.app import topic_plan
 from streamer.kafka_io import ensure_topic_plan, make_producer, read_topic
 from streamer.settings import Settings
 from streamer.testing import WorkerProcess, free_port, produce
 from tests.compare import abandonment_numbers, latest_windows, window_numbers
-from tests.traffic import Dataset
+from tests.traffic import Dataset, closing_messages
 
 
 @dataclass
@@ -36,14 +36,19 @@ async def preload(settings: Settings, dataset: Dataset) -> int:
     """Create the topics and write the whole dataset, then the closing events."""
     await ensure_topic_plan(settings, topic_plan(settings))
     sent = await produce(settings, dataset.messages(settings))
+    await send_closing(settings, dataset.closing_ms)
+    return sent
+
+
+async def send_closing(settings: Settings, at_ms: int) -> None:
+    """Closing events at ``at_ms`` on every partition of both topics (see tests.traffic)."""
     producer = make_producer(settings, acks="all")
     await producer.start()
     try:
-        for topic, partition, key, value in dataset.closing(settings):
+        for topic, partition, key, value in closing_messages(settings, at_ms):
             await producer.send_and_wait(topic, value=value, key=key, partition=partition)
     finally:
         await producer.stop()
-    return sent
 
 
 def worker(settings: Settings, tmp_path: Path, name: str) -> WorkerProcess:

@@ -7,16 +7,15 @@ import os
 from collections import Counter
 from pathlib import Path
 
-import orjson
 import pytest
 
 from streamer.app import topic_plan
 from streamer.funnel.definition import load_funnel
-from streamer.kafka_io import ensure_topic_plan, make_producer
+from streamer.kafka_io import ensure_topic_plan
 from streamer.replay import otto_events, replay_events
 from streamer.settings import Settings
 from tests.compare import assert_same
-from tests.integration.pipeline_run import wait_published, worker
+from tests.integration.pipeline_run import send_closing, wait_published, worker
 from tests.oracle import compute
 from tests.traffic import oracle_event
 
@@ -60,24 +59,7 @@ async def test_otto_sample_gives_the_oracles_numbers(
     closing_ms = max(int(e["occurred_at"]) for e in events) + 31 * DAY_MS
     await ensure_topic_plan(config, topic_plan(config))
     await replay_events(config, events)
-    producer = make_producer(config, acks="all")
-    await producer.start()
-    try:
-        for partition in range(partitions):
-            for topic, extra in (
-                (config.clickstream_topic, {"event_type": "page_view", "page": "/closing"}),
-                (config.checkout_topic, {"event_type": "shipping_submitted",
-                                         "shipping_method": "none"}),
-            ):  # fmt: skip
-                closing = {
-                    "event_id": f"closing-{topic}-{partition}",
-                    "session_id": f"closing-{partition}",
-                    "occurred_at": closing_ms,
-                    **extra,
-                }
-                await producer.send_and_wait(topic, orjson.dumps(closing), partition=partition)
-    finally:
-        await producer.stop()
+    await send_closing(config, closing_ms)
     expected = compute(
         [load_funnel(OTTO_FUNNEL)], [oracle_event(e) for e in events], closing_ms - 120_000
     )
