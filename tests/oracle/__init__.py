@@ -1,0 +1,404 @@
+"""The SQL oracle: the numbers of `docs/funnel-semantics.md`, computed by DuckDB from raw events.
+
+Written from the specification, not from the streaming core (nothing of ``streamer.funnel`` is
+used but the definition model that loads the YAML). Python only generates SQL text from the
+funnel definition (stage predicates, the step timeouts as a list literal) and reshapes the
+query results; every decision is made by the SQL below:
+
+1. ``ev``: the events, de-duplicated by (session, event id), with the stage each matches
+   (predicates over the JSON properties), the segment values and the cart value.
+2. ``inst``: one row per session and instant (event time): which stages occur, the smallest
+   segment value among its funnel events, the largest cart value.
+3. ``walk``: a recursive CTE that walks each session's instants in time order with the
+   spec's state (idle or an attempt: start, stage, reached, deadline, segments, cart value)
+   and records, per instant, the drop, start and advance that happened.
+4. ``outcome``: entries, conversions and drops (plus the drops the watermark decides), then
+   grouped into cohort windows, per segment, and abandonments with their retractions.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import orjson
+
+from streamer.funnel.definition import Condition, FunnelDefinition
+
+__all__ = ["BUCKET_BOUNDS_MS", "OracleResult", "compute"]
+
+# The spec's time-to-convert buckets (inclusive upper bounds, ms); a last bucket is +Inf.
+BUCKET_BOUNDS_MS = (1000, 5000, 15000, 30000, 60000, 120000, 300000, 600000, 1800000,
+                    3600000, 7200000, 86400000)  # fmt: skip
+NEVER = -(2**62)
+
+
+@dataclass
+class OracleResult:
+    windows: dict[tuple[str, int, str], dict[str, Any]] = field(default_factory=dict)
+    segments: dict[tuple[str, int, str, str, str], dict[str, int]] = field(default_factory=dict)
+    abandonments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    final: dict[tuple[str, int, str], bool] = field(default_factory=dict)
+
+
+_lock = threading.Lock()
+_connection: duckdb.DuckDBPyConnection | None = None
+
+
+def _db() -> duckdb.DuckDBPyConnection:
+    global _connection
+    if _connection is None:
+        _connection = duckdb.connect(":memory:")
+    return _connection
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return repr(value)
+
+
+def _condition_sql(condition: Condition) -> str:
+    """A stage filter as SQL over the JSON properties ``p`` (spec: a missing property matches
+    only `ne` with a value; text compared with a number matches nothing)."""
+    path = "'$." + condition.property.replace("'", "''") + "'"
+    raw = f"json_extract(p, {path})"
+    kind = f"json_type({raw})"
+    text = f"json_extract_string(p, {path})"
+    number = f"TRY_CAST({text} AS DOUBLE)"
+    missing = f"({raw} IS NULL OR {kind} = 'NULL')"
+
+    def equal(value: Any) -> str:
+        if isinstance(value, bool):
+            return f"({kind} = 'BOOLEAN' AND {text} = '{str(value).lower()}')"
+        if isinstance(value, int | float):
+            return f"({kind} IN ('BIGINT', 'UBIGINT', 'DOUBLE') AND {number} = {value!r})"
+        if value is None:
+            return "FALSE"
+        return f"({kind} = 'VARCHAR' AND {text} = {_literal(str(value))})"
+
+    op, value = condition.op, condition.value
+    if op == "eq":
+        return f"(NOT {missing} AND {equal(value)})"
+    if op == "ne":
+        return f"({missing} OR NOT {equal(value)})" if value is not None else f"NOT {missing}"
+    if op == "in":
+        return (
+            "(" + " OR ".join([f"(NOT {missing} AND {equal(v)})" for v in value] or ["FALSE"]) + ")"
+        )
+    symbol = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}[op]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"({kind} IN ('BIGINT', 'UBIGINT', 'DOUBLE') AND {number} {symbol} {value!r})"
+    return f"({kind} = 'VARCHAR' AND {text} {symbol} {_literal(str(value))})"
+
+
+def _stage_sql(funnel: FunnelDefinition) -> str:
+    cases = []
+    for index, stage in enumerate(funnel.stages):
+        types = ", ".join(_literal(t) for t in stage.event_types)
+        conditions = " AND ".join(_condition_sql(c) for c in stage.where) or "TRUE"
+        cases.append(f"WHEN event_type IN ({types}) AND {conditions} THEN {index}")
+    return "CASE " + " ".join(cases) + " ELSE -1 END"
+
+
+def _segment_sql(funnel: FunnelDefinition) -> list[str]:
+    out = []
+    for segment in funnel.segments:
+        kind, _, name = segment.source.partition(".")
+        name = name.replace("'", "''")
+        if kind == "context":
+            raw = f"json_extract_string(c, '$.{name}')"
+        elif kind == "property":
+            raw = f"json_extract_string(p, '$.{name}')"
+        else:
+            raw = f"json_extract_string(c, '$.experiments.{name}')"
+        value = f"left(NULLIF({raw}, ''), 64)"
+        if segment.values:
+            allowed = ", ".join(_literal(v) for v in segment.values)
+            value = (
+                f"CASE WHEN {value} IS NULL THEN NULL "
+                f"WHEN {value} IN ({allowed}) THEN {value} ELSE 'other' END"
+            )
+        out.append(value)
+    return out
+
+
+_CART = """CASE
+    WHEN json_type(json_extract(p, '$.cart_value')) IN ('BIGINT','UBIGINT','DOUBLE')
+         AND CAST(json_extract(p, '$.cart_value') AS DOUBLE) > 0
+        THEN CAST(json_extract(p, '$.cart_value') AS DOUBLE)
+    WHEN json_type(json_extract(p, '$.amount')) IN ('BIGINT','UBIGINT','DOUBLE')
+         AND CAST(json_extract(p, '$.amount') AS DOUBLE) > 0
+        THEN CAST(json_extract(p, '$.amount') AS DOUBLE)
+    WHEN json_type(json_extract(p, '$.value')) IN ('BIGINT','UBIGINT','DOUBLE')
+         AND CAST(json_extract(p, '$.value') AS DOUBLE) > 0
+        THEN CAST(json_extract(p, '$.value') AS DOUBLE)
+    ELSE 0 END"""
+
+
+def _walk_sql(funnel: FunnelDefinition, watermark_ms: int) -> str:
+    """The per-funnel query: events -> instants -> recursive walk -> outcomes."""
+    n = len(funnel.stages) - 1
+    dims = range(len(funnel.segments))
+    timeouts = "[" + ", ".join(str(funnel.step_timeout_ms(k)) for k in range(n)) + ", 0]"
+    cw = funnel.conversion_window_ms
+    seg_cols = "".join(f", {sql} AS g{d}" for d, sql in enumerate(_segment_sql(funnel)))
+    has = "[" + ", ".join(f"bool_or(stage = {k})" for k in range(n + 1)) + "]"
+    mins = "".join(f", min(g{d}) FILTER (WHERE stage >= 0) AS m{d}" for d in dims)
+    # The step's expressions, in the spec's order (names refer to the previous row r and the
+    # instant i; each line builds on the ones before by textual substitution).
+    drop = "(r.active AND i.t > r.deadline)"
+    still = f"(r.active AND NOT {drop})"
+    ended1 = f"(CASE WHEN {drop} THEN r.deadline ELSE r.ended END)"
+    start = f"((NOT {still}) AND i.has[1] AND i.t > {ended1})"
+    active2 = f"({still} OR {start})"
+    a2 = f"(CASE WHEN {start} THEN i.t ELSE r.a END)"
+    k1 = f"(CASE WHEN {start} THEN 0 ELSE r.k END)"
+    reached1 = f"(CASE WHEN {start} THEN i.t ELSE r.reached END)"
+    cur = {
+        d: f"(CASE WHEN {start} THEN i.m{d} WHEN {still} THEN coalesce(r.cur{d}, i.m{d}) "
+        f"ELSE r.cur{d} END)"
+        for d in dims
+    }
+    snap1 = {d: f"(CASE WHEN {start} THEN {cur[d]} ELSE r.snap{d} END)" for d in dims}
+    cart2 = (
+        f"(CASE WHEN {start} THEN i.cart WHEN {still} THEN "
+        f"(CASE WHEN i.cart > 0 THEN i.cart ELSE r.cart END) ELSE r.cart END)"
+    )
+    lastact2 = f"(CASE WHEN {active2} THEN i.t ELSE r.lastact END)"
+    rest = f"list_slice(i.has, {k1} + 2, {n + 1})"
+    run = (
+        f"(CASE WHEN {active2} THEN coalesce(list_position({rest}, false) - 1, len({rest})) "
+        f"ELSE 0 END)"
+    )
+    k2 = f"({k1} + {run})"
+    reached2 = f"(CASE WHEN {run} > 0 THEN i.t ELSE {reached1} END)"
+    snap2 = {d: f"(CASE WHEN {run} > 0 THEN {cur[d]} ELSE {snap1[d]} END)" for d in dims}
+    complete = f"({active2} AND {k2} = {n})"
+    active3 = f"({active2} AND NOT {complete})"
+    ended3 = f"(CASE WHEN {complete} THEN i.t ELSE {ended1} END)"
+    deadline3 = (
+        f"(CASE WHEN {active3} THEN least({reached2} + {timeouts}[{k2} + 1], {a2} + {cw}) "
+        "ELSE NULL END)"
+    )
+
+    state_cols = "".join(f", cur{d}, snap{d}" for d in dims)
+    base_cols = "".join(f", NULL::VARCHAR AS cur{d}, NULL::VARCHAR AS snap{d}" for d in dims)
+    out_cols = "".join(
+        f", NULL::VARCHAR AS dsnap{d}, NULL::VARCHAR AS osnap{d}, NULL::VARCHAR AS ocur{d}"
+        for d in dims
+    )
+    step_state = "".join(f", {cur[d]} AS cur{d}, {snap2[d]} AS snap{d}" for d in dims)
+    step_out = "".join(
+        f", r.snap{d} AS dsnap{d}, {snap1[d]} AS osnap{d}, {cur[d]} AS ocur{d}" for d in dims
+    )
+    out_names = "".join(f", dsnap{d}, osnap{d}, ocur{d}" for d in dims)
+    return f"""
+WITH RECURSIVE
+ev AS (
+    SELECT sid, at_ms AS t, {_stage_sql(funnel)} AS stage, {_CART} AS cart{seg_cols}
+    FROM (SELECT DISTINCT ON (sid, eid) sid, eid, event_type, at_ms, p, c FROM raw)
+    WHERE at_ms < {watermark_ms}
+),
+inst AS (
+    SELECT sid, t, row_number() OVER (PARTITION BY sid ORDER BY t) AS rn,
+           {has} AS has, max(cart) AS cart{mins}
+    FROM ev GROUP BY sid, t
+),
+walk AS (
+    SELECT sid, 0::BIGINT AS rn, NULL::BIGINT AS t, FALSE AS active, NULL::BIGINT AS a,
+           0 AS k, NULL::BIGINT AS reached, NULL::BIGINT AS deadline, {NEVER}::BIGINT AS ended,
+           0.0::DOUBLE AS cart, NULL::BIGINT AS lastact{base_cols},
+           FALSE AS d_flag, NULL::INTEGER AS d_stage, NULL::BIGINT AS d_at,
+           NULL::BIGINT AS d_cohort, NULL::DOUBLE AS d_value, NULL::BIGINT AS d_lastact,
+           NULL::BIGINT AS d_a, FALSE AS o_start, NULL::INTEGER AS o_k1, NULL::INTEGER AS o_k2,
+           NULL::BIGINT AS o_reached1{out_cols}
+    FROM (SELECT DISTINCT sid FROM inst)
+    UNION ALL
+    SELECT r.sid, i.rn, i.t, {active3}, {a2}, {k2}, {reached2}, {deadline3}, {ended3},
+           {cart2}, {lastact2}{step_state},
+           {drop}, r.k, r.deadline, r.reached, r.cart, r.lastact, r.a,
+           {start}, {k1}, {k2}, {reached1}{step_out}
+    FROM walk r JOIN inst i ON i.sid = r.sid AND i.rn = r.rn + 1
+),
+final_state AS (
+    SELECT * FROM walk QUALIFY rn = max(rn) OVER (PARTITION BY sid)
+)
+SELECT 'step' AS src, sid, t, active, a, k, reached, deadline, cart, lastact,
+       d_flag, d_stage, d_at, d_cohort, d_value, d_lastact, d_a, o_start, o_k1, o_k2,
+       o_reached1{out_names}{state_cols}
+FROM walk WHERE rn > 0
+UNION ALL
+SELECT 'end' AS src, sid, t, active, a, k, reached, deadline, cart, lastact,
+       active AND deadline < {watermark_ms}, k, deadline, reached, cart, lastact, a,
+       FALSE, NULL, NULL, NULL{"".join(f", snap{d}, NULL, NULL" for d in dims)}{state_cols}
+FROM final_state WHERE rn > 0
+"""
+
+
+def _bucket(ms: int) -> int:
+    for index, bound in enumerate(BUCKET_BOUNDS_MS):
+        if ms <= bound:
+            return index
+    return len(BUCKET_BOUNDS_MS)
+
+
+def compute(
+    funnels: Sequence[FunnelDefinition], events: Iterable[dict[str, Any]], watermark_ms: int
+) -> OracleResult:
+    rows = [
+        (
+            str(e["session_id"]),
+            str(e["event_id"]),
+            str(e["event_type"]),
+            int(e["at_ms"]),
+            orjson.dumps(e.get("properties") or {}).decode(),
+            orjson.dumps(e.get("context") or {}).decode(),
+        )
+        for e in events
+    ]
+    result = OracleResult()
+    with _lock:
+        db = _db()
+        db.execute(
+            "CREATE OR REPLACE TEMP TABLE raw "
+            "(sid VARCHAR, eid VARCHAR, event_type VARCHAR, at_ms BIGINT, p JSON, c JSON)"
+        )
+        if rows:
+            db.executemany("INSERT INTO raw VALUES (?, ?, ?, ?, ?, ?)", rows)
+        for funnel in funnels:
+            _funnel(db, funnel, watermark_ms, result)
+    return result
+
+
+def _funnel(
+    db: duckdb.DuckDBPyConnection,
+    funnel: FunnelDefinition,
+    watermark_ms: int,
+    result: OracleResult,
+) -> None:
+    dims = range(len(funnel.segments))
+    db.execute(f"CREATE OR REPLACE TEMP TABLE walked AS {_walk_sql(funnel, watermark_ms)}")
+    # Outcomes: (kind, stage, cohort reached time, ttc, value, segment values...).
+    seg_select = lambda prefix: "".join(f", {prefix}{d} AS s{d}" for d in dims)  # noqa: E731
+    db.execute(f"""
+CREATE OR REPLACE TEMP TABLE outcome AS
+SELECT 'entered' AS kind, 0 AS stage, t AS cohort, 0::BIGINT AS ttc,
+       0.0 AS value{seg_select("ocur")}
+FROM walked WHERE src = 'step' AND o_start
+UNION ALL
+SELECT 'entered', j, t, 0, 0.0{seg_select("ocur")}
+FROM (SELECT *, unnest(range(o_k1 + 1, o_k2 + 1)) AS j FROM walked
+      WHERE src = 'step' AND o_k2 > o_k1)
+UNION ALL
+SELECT 'converted', j, CASE WHEN j = o_k1 THEN o_reached1 ELSE t END,
+       CASE WHEN j = o_k1 THEN t - o_reached1 ELSE 0 END, 0.0
+       {"".join(f", CASE WHEN j = o_k1 THEN osnap{d} ELSE ocur{d} END AS s{d}" for d in dims)}
+FROM (SELECT *, unnest(range(o_k1, o_k2)) AS j FROM walked WHERE src = 'step' AND o_k2 > o_k1)
+UNION ALL
+SELECT 'dropped', d_stage, d_cohort, 0, d_value{seg_select("dsnap")}
+FROM walked WHERE d_flag
+""")
+    w = funnel.window_ms
+    names = [stage.name for stage in funnel.stages]
+    last = len(names) - 1
+    stage_rows = db.execute(f"""
+SELECT cohort - cohort % {w} AS start, stage,
+       count(*) FILTER (WHERE kind = 'entered'),
+       count(*) FILTER (WHERE kind = 'converted'),
+       count(*) FILTER (WHERE kind = 'dropped'),
+       coalesce(sum(ttc) FILTER (WHERE kind = 'converted'), 0),
+       coalesce(round(sum(value) FILTER (WHERE kind = 'dropped'), 2), 0),
+       list(ttc) FILTER (WHERE kind = 'converted')
+FROM outcome GROUP BY ALL
+""").fetchall()
+    for start, stage, entered, converted, dropped, ttc_sum, value, ttcs in stage_rows:
+        if not entered:
+            continue
+        buckets = [0] * (len(BUCKET_BOUNDS_MS) + 1)
+        for ttc in ttcs or []:
+            buckets[_bucket(int(ttc))] += 1
+        key = (funnel.name, int(start), names[stage])
+        result.windows[key] = {
+            "entered": entered,
+            "converted": converted,
+            "dropped": dropped,
+            "open": 0 if stage == last else entered - converted - dropped,
+            "ttc_sum_ms": int(ttc_sum),
+            "ttc_buckets": buckets,
+            "dropped_value": round(float(value), 2),
+        }
+        lag = funnel.step_timeout_ms(stage) if stage < last else 0
+        result.final[key] = int(start) + w + lag <= watermark_ms
+    for d in dims:
+        rows = db.execute(f"""
+SELECT cohort - cohort % {w}, stage, coalesce(s{d}, 'unknown'),
+       count(*) FILTER (WHERE kind = 'entered'),
+       count(*) FILTER (WHERE kind = 'converted'),
+       count(*) FILTER (WHERE kind = 'dropped')
+FROM outcome GROUP BY ALL
+""").fetchall()
+        for start, stage, value, entered, converted, dropped in rows:
+            if not entered:
+                continue
+            key5 = (funnel.name, int(start), names[stage], funnel.segments[d].name, str(value))
+            result.segments[key5] = {
+                "entered": entered,
+                "converted": converted,
+                "dropped": dropped,
+                "open": 0 if stage == last else entered - converted - dropped,
+            }
+    _abandonments(db, funnel, watermark_ms, result)
+
+
+def _abandonments(
+    db: duckdb.DuckDBPyConnection,
+    funnel: FunnelDefinition,
+    watermark_ms: int,
+    result: OracleResult,
+) -> None:
+    stages = [i for i, s in enumerate(funnel.stages) if s.name in funnel.abandonment]
+    if not stages:
+        return
+    dims = range(len(funnel.segments))
+    last = len(funnel.stages) - 1
+    cw = funnel.conversion_window_ms
+    order_types = ", ".join(_literal(t) for t in funnel.stages[last].event_types)
+    order_filter = " AND ".join(_condition_sql(c) for c in funnel.stages[last].where) or "TRUE"
+    rows = db.execute(f"""
+WITH ab AS (
+    SELECT sid, d_a AS a, d_at AS d, d_stage AS stage, d_lastact AS lastact, d_value AS value
+           {"".join(f", dsnap{d}" for d in dims)}
+    FROM walked WHERE d_flag AND d_stage IN ({", ".join(map(str, stages))})
+),
+orders AS (
+    SELECT DISTINCT sid, at_ms AS t FROM raw
+    WHERE event_type IN ({order_types}) AND {order_filter} AND at_ms < {watermark_ms}
+)
+SELECT ab.*,
+       (SELECT min(o.t) FROM orders o
+        WHERE o.sid = ab.sid AND o.t > ab.d AND o.t <= ab.a + {cw}
+          AND NOT EXISTS (SELECT 1 FROM ab other WHERE other.sid = ab.sid
+                          AND other.d > ab.d AND other.d < o.t)) AS retracted
+FROM ab
+""").fetchall()
+    for row in rows:
+        sid, a, d, stage, lastact, value = row[:6]
+        snaps = row[6 : 6 + len(dims)]
+        retracted = row[6 + len(dims)]
+        name = funnel.stages[stage].name
+        key = f"{funnel.name}/{sid}/{a}/{name}"
+        result.abandonments[key] = {
+            "funnel": funnel.name,
+            "stage": name,
+            "session_id": sid,
+            "attempt_ms": int(a),
+            "abandoned_ms": int(d),
+            "last_activity_ms": int(lastact),
+            "cart_value": float(value) if value else None,
+            "segments": {funnel.segments[i].name: v for i, v in enumerate(snaps) if v is not None},
+            "retracted_ms": int(retracted) if retracted is not None else None,
+        }
