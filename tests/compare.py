@@ -100,9 +100,9 @@ def differences(
     lines = []
     for key in sorted(set(expected) | set(actual), key=repr):
         if key not in actual:
-            lines.append(f"  {key}: oracle {expected[key]}, pipeline has nothing")
+            lines.append(f"  {key}: oracle {expected[key]}, streamer has nothing")
         elif key not in expected:
-            lines.append(f"  {key}: pipeline {actual[key]}, oracle has nothing")
+            lines.append(f"  {key}: streamer {actual[key]}, oracle has nothing")
         elif expected[key] != actual[key]:
             want, got = expected[key], actual[key]
             if isinstance(want, dict) and isinstance(got, dict):

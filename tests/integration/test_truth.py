@@ -1,0 +1,174 @@
+"""End to end on the real broker, default settings: what the workers publish equals the SQL
+oracle's numbers, through backlogs, SIGKILL, a worker joining and leaving, a broker restart.
+
+One dataset for all: 30 minutes of generated shop traffic (about 20k events), arriving up to
+60 s out of order with 1% producer retries, pre-loaded on both topics before the workers start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from functools import cache
+from pathlib import Path
+
+import orjson
+import pytest
+
+from streamer.dlq import parse_dead_letters
+from streamer.events import ReasonCode
+from streamer.funnel.definition import load_funnel
+from streamer.kafka_io import read_topic
+from streamer.kafka_local import LocalKafka
+from streamer.settings import Settings
+from streamer.testing import WorkerProcess
+from tests.compare import assert_same
+from tests.integration.pipeline_run import (
+    Published,
+    first_event_after,
+    preload,
+    wait_published,
+    worker,
+)
+from tests.oracle import OracleResult, compute
+from tests.traffic import Dataset, generate
+
+CHECKOUT = Path(__file__).resolve().parents[2] / "deploy/funnels/checkout.yaml"
+pytestmark = pytest.mark.integration
+
+
+@cache
+def dataset() -> Dataset:
+    return generate(seed=20261124, minutes=30, sessions_per_second=2.5)
+
+
+@cache
+def oracle() -> OracleResult:
+    data = dataset()
+    return compute([load_funnel(CHECKOUT)], data.oracle_events(), data.final_watermark_ms)
+
+
+def settings_for(settings: Settings, partitions: int) -> Settings:
+    return settings.model_copy(update={"topic_partitions": partitions})
+
+
+async def assert_equals_oracle(settings: Settings, published: Published) -> None:
+    expected = oracle()
+    assert len(dataset().arrivals) >= 20_000
+    assert all(published.final.values()), "every window is final"
+    assert_same("windows", expected.windows, published.windows)
+    assert_same("segments", expected.segments, published.segments)
+    assert_same("abandonments", expected.abandonments, published.abandonments)
+    letters = parse_dead_letters(await read_topic(settings, settings.dlq_topic))
+    late = [letter for letter in letters if letter.reason is ReasonCode.LATE]
+    assert late == [], f"{len(late)} events dead-lettered late with default settings"
+    assert letters == []
+
+
+@pytest.mark.parametrize(("partitions", "workers"), [(1, 1), (4, 1), (4, 2)])
+async def test_a_backlog_on_both_topics_gives_the_oracles_numbers(
+    settings: Settings, tmp_path: Path, partitions: int, workers: int
+) -> None:
+    config = settings_for(settings, partitions)
+    await preload(config, dataset())
+    processes = [worker(config, tmp_path, f"w{i}") for i in range(workers)]
+    for process in processes:
+        process.start()
+    try:
+        published = await wait_published(config, oracle(), processes)
+    finally:
+        for process in processes:
+            process.stop()
+    await assert_equals_oracle(config, published)
+    expected = oracle()
+    print(
+        f"\n{partitions} partition(s) x {workers} worker(s): {len(dataset().arrivals)} events, "
+        f"{len(expected.windows)} window stages, {len(expected.segments)} segment rows, "
+        f"{len(expected.abandonments)} abandonments: equal to the oracle"
+    )
+    _undisturbed_alerts[partitions] = published.alerts
+
+
+_undisturbed_alerts: dict[int, list[bytes]] = {}
+
+
+async def test_sigkill_at_random_moments_loses_and_repeats_nothing(
+    settings: Settings, tmp_path: Path
+) -> None:
+    config = settings_for(settings, 4)
+    await preload(config, dataset())
+    rng = random.Random(7)
+    process = worker(config, tmp_path, "chaos")
+    process.start()
+    restarts = []
+    try:
+        for _ in range(3):
+            await asyncio.sleep(rng.uniform(1.0, 4.0))
+            process.kill()
+            killed_at = time.monotonic()
+            process.start()
+            restarts.append(await first_event_after(process, killed_at))
+        published = await wait_published(config, oracle(), [process])
+    finally:
+        process.stop()
+    await assert_equals_oracle(config, published)
+    assert max(restarts) < 30, f"seconds from SIGKILL to the first event: {restarts}"
+    print(f"\nrestart to first event after SIGKILL: {[round(s, 1) for s in restarts]} s")
+    if 4 in _undisturbed_alerts:
+        assert sorted(published.alerts) == sorted(_undisturbed_alerts[4])
+
+
+async def test_a_worker_joining_and_leaving_changes_nothing(
+    settings: Settings, tmp_path: Path
+) -> None:
+    config = settings_for(settings, 4)
+    await preload(config, dataset())
+    first = worker(config, tmp_path, "first")
+    second = worker(config, tmp_path, "second")
+    first.start()
+    try:
+        await asyncio.sleep(2)
+        second.start()
+        await asyncio.sleep(8)
+        second.stop()
+        published = await wait_published(config, oracle(), [first])
+    finally:
+        first.stop()
+        second.stop()
+    await assert_equals_oracle(config, published)
+
+
+async def test_a_broker_restart_mid_run_loses_nothing(
+    settings: Settings, tmp_path: Path, local_broker: LocalKafka | None
+) -> None:
+    assert local_broker is not None, "this test restarts the suite's own broker"
+    config = settings_for(settings, 4)
+    await preload(config, dataset())
+    process = worker(config, tmp_path, "survivor")
+    process.start()
+    try:
+        await asyncio.sleep(2)
+        local_broker.down()
+        await asyncio.sleep(3)
+        local_broker.up()
+        published = await wait_published(config, oracle(), [process], timeout=300)
+    finally:
+        process.stop()
+    await assert_equals_oracle(config, published)
+
+
+def test_the_dataset_is_what_the_tests_claim() -> None:
+    data = dataset()
+    times = [orjson.loads(orjson.dumps(e))["occurred_at"] for e in data.arrivals[:1]]
+    assert times
+    assert len(data.arrivals) >= 20_000
+    span_ms = (
+        data.closing_ms - 3 * 3_600_000 - min(int(row["at_ms"]) for row in data.oracle_events())
+    )
+    assert span_ms >= 30 * 60_000
+    ids = [e["event_id"] for e in data.arrivals]
+    assert len(ids) - len(set(ids)) > 100, "producer retries are in the data"
+
+
+__all__ = ["WorkerProcess"]

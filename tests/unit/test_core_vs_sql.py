@@ -1,0 +1,138 @@
+"""The streaming core against the SQL oracle on generated sessions: disorder within the
+lateness, producer retries, ties, repeated first-stage events, re-entry, events exactly at
+timeouts and window ends, segments that change mid-session, filters, cart values.
+
+Each hypothesis example is a batch of cases, each case shifted far apart in time so that its
+windows are its own; one SQL query answers the whole batch. On a failure hypothesis prints the
+example (and a blob to reproduce it), and the diff names the windows that differ."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
+
+from streamer.funnel.definition import FunnelDefinition
+from tests.compare import assert_same
+from tests.core_run import run_core
+from tests.oracle import compute
+
+FUNNEL = FunnelDefinition.model_validate(
+    {
+        "name": "shop",
+        "conversion_window": "60s",
+        "window": "10s",
+        "step_timeout": "20s",
+        "stages": [
+            {"name": "landing", "event_type": "page_view", "where": {"landing": True}},
+            {"name": "cart", "event_type": "add_to_cart", "timeout": "10s"},
+            {"name": "payment", "event_type": "payment_submitted", "timeout": "10s",
+             "where": {"amount": {"gt": 0}}},
+            {"name": "order", "event_type": "order_placed"},
+        ],
+        "segments": {"device": {"cap": 5}, "payment_method": {"cap": 5}},
+        "abandonment": ["cart", "payment"],
+    }
+)  # fmt: skip
+TYPES = ("page_view", "add_to_cart", "payment_submitted", "order_placed", "product_view")
+# Gaps between a session's events (s): 0 makes ties; 10 and 20 hit a timeout exactly; the rest
+# come just after a boundary or far apart (a drop, then re-entry).
+GAPS = (0, 0, 1, 2, 3, 5, 9, 10, 11, 20, 21, 30, 45, 61)
+LATENESS_MS = 30_000
+CASE_SPAN_MS = 10**7  # cases are this far apart in event time
+END = 10**13
+
+
+@st.composite
+def case(draw: Any, prefix: str) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    for session in range(draw(st.integers(1, 3))):
+        at = draw(st.integers(0, 40)) * 1000 + draw(st.sampled_from((0, 0, 500, 999)))
+        device = draw(st.sampled_from(("ios", "web", "")))
+        for seq in range(draw(st.integers(1, 9))):
+            at += draw(st.sampled_from(GAPS)) * 1000
+            event_type = draw(st.sampled_from(TYPES))
+            properties: dict[str, Any] = {}
+            if event_type == "page_view":
+                properties["landing"] = draw(st.booleans())
+            elif event_type == "add_to_cart":
+                properties["cart_value"] = draw(st.sampled_from((0, 12.5, 80.0)))
+            elif event_type == "payment_submitted":
+                properties["amount"] = draw(st.sampled_from((0, 12.5, 80.0)))
+                properties["payment_method"] = draw(st.sampled_from(("card", "paypal")))
+            if draw(st.integers(0, 5)) == 0:  # the device changes mid-session
+                device = draw(st.sampled_from(("ios", "web", "android")))
+            event = {
+                "session_id": f"{prefix}-{session}",
+                "event_id": f"{prefix}-{session}-{seq}",
+                "event_type": event_type,
+                "at_ms": at,
+                "properties": properties,
+                "context": {"device": device} if device else {},
+            }
+            events.append(event)
+            if draw(st.integers(0, 7)) == 0:
+                events.append(dict(event))  # a producer retry: the same event again
+    return events
+
+
+@st.composite
+def batch(draw: Any, size: int) -> list[list[dict[str, Any]]]:
+    cases = []
+    for index in range(size):
+        events = draw(case(f"c{index}"))
+        for event in events:
+            event["at_ms"] += index * CASE_SPAN_MS
+        cases.append(events)
+    return cases
+
+
+def arrival(events: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """Each event delayed by up to the lateness (a retry comes after its original)."""
+    rng = random.Random(seed)
+    delayed = [(e["at_ms"] + rng.uniform(0, LATENESS_MS), i, e) for i, e in enumerate(events)]
+    return [e for _, _, e in sorted(delayed, key=lambda item: (item[0], item[1]))]
+
+
+BATCHES = settings(
+    max_examples=80,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+@given(cases=batch(30), seed=st.integers(0, 2**32))
+@BATCHES
+def test_core_equals_sql_on_generated_sessions(
+    cases: list[list[dict[str, Any]]], seed: int
+) -> None:
+    events = [event for events in cases for event in events]
+    note(f"arrival seed {seed}; {len(cases)} cases, {len(events)} events")
+    sql = compute([FUNNEL], events, END)
+    core = run_core([FUNNEL], arrival(events, seed), END, lateness_ms=LATENESS_MS)
+    assert core.late == []
+    assert_same("windows", sql.windows, core.windows)
+    assert_same("segments", sql.segments, core.segments)
+    assert_same("abandonments", sql.abandonments, core.abandonments)
+
+
+@given(events=case("c"), seed=st.integers(0, 2**32), cut_s=st.integers(0, 150))
+@settings(max_examples=150, deadline=None, print_blob=True)
+def test_core_equals_sql_before_everything_is_decided(
+    events: list[dict[str, Any]], seed: int, cut_s: int
+) -> None:
+    """At a watermark inside the data: open attempts, not-final windows, undecided drops."""
+    watermark = cut_s * 1000
+    note(f"arrival seed {seed}, watermark {watermark}")
+    # Only what has arrived by the time the watermark got there: events before it.
+    arrived = [e for e in arrival(events, seed) if e["at_ms"] < watermark + LATENESS_MS]
+    sql = compute([FUNNEL], arrived, watermark)
+    core = run_core([FUNNEL], arrived, watermark, lateness_ms=LATENESS_MS)
+    assert core.late == []
+    assert_same("windows", sql.windows, core.windows)
+    assert_same("segments", sql.segments, core.segments)
+    assert_same("abandonments", sql.abandonments, core.abandonments)
+    assert_same("final", sql.final, core.final)

@@ -1,0 +1,181 @@
+"""Every worked example of docs/funnel-semantics.md, through the streaming core and through the
+SQL oracle: both must give the numbers the specification states."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from streamer.funnel.definition import FunnelDefinition
+from tests.compare import assert_same
+from tests.core_run import CoreResult, run_core
+from tests.oracle import OracleResult, compute
+
+S = 1000
+END = 10**12
+
+
+def funnel(cart_timeout: str = "10s") -> FunnelDefinition:
+    return FunnelDefinition.model_validate(
+        {
+            "name": "f",
+            "conversion_window": "60s",
+            "window": "10s",
+            "stages": [
+                {"name": "land", "event_type": "page_view", "timeout": "20s"},
+                {"name": "cart", "event_type": "add_to_cart", "timeout": cart_timeout},
+                {"name": "pay", "event_type": "payment_submitted", "timeout": "10s"},
+                {"name": "order", "event_type": "order_placed"},
+            ],
+            "segments": {"device": None},
+            "abandonment": ["cart", "pay"],
+        }
+    )
+
+
+TYPES = {"land": "page_view", "cart": "add_to_cart", "pay": "payment_submitted",
+         "order": "order_placed", "view": "product_view"}  # fmt: skip
+
+
+def events(*spec: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """(stage word, seconds[, event id][, {fields}]) -> oracle-shaped events of session s."""
+    out = []
+    for index, item in enumerate(spec):
+        word, seconds = item[0], item[1]
+        event_id = next((x for x in item[2:] if isinstance(x, str)), f"e{index}")
+        fields = next((x for x in item[2:] if isinstance(x, dict)), {})
+        context = {"device": fields.pop("device")} if "device" in fields else {}
+        out.append({
+            "session_id": "s", "event_id": event_id, "event_type": TYPES[word],
+            "at_ms": round(seconds * S), "properties": fields, "context": context,
+        })  # fmt: skip
+    return out
+
+
+def both(
+    evs: list[dict[str, Any]], watermark_ms: int = END, definition: FunnelDefinition | None = None
+) -> tuple[CoreResult, OracleResult]:
+    definition = definition or funnel()
+    core = run_core([definition], evs, watermark_ms)
+    sql = compute([definition], evs, watermark_ms)
+    assert_same("windows", sql.windows, core.windows)
+    assert_same("segments", sql.segments, core.segments)
+    assert_same("abandonments", sql.abandonments, core.abandonments)
+    assert_same("final", sql.final, core.final)
+    # The arrival order of the events never matters.
+    reverse = run_core([definition], list(reversed(evs)), watermark_ms, lateness_ms=10**9)
+    assert (reverse.windows, reverse.abandonments) == (core.windows, core.abandonments)
+    return core, sql
+
+
+def counts(result: CoreResult | OracleResult, start_s: int, stage: str) -> tuple[int, ...]:
+    numbers = result.windows[("f", start_s * S, stage)]
+    return numbers["entered"], numbers["converted"], numbers["dropped"], numbers["open"]
+
+
+def test_1_straight_through() -> None:
+    core, _ = both(events(("land", 0), ("cart", 5), ("pay", 12), ("order", 20)))
+    assert counts(core, 0, "land") == (1, 1, 0, 0)
+    assert counts(core, 0, "cart") == (1, 1, 0, 0)
+    assert counts(core, 10, "pay") == (1, 1, 0, 0)
+    assert counts(core, 20, "order") == (1, 0, 0, 0)
+    assert [core.windows[("f", s * S, n)]["ttc_sum_ms"] for s, n in
+            ((0, "land"), (0, "cart"), (10, "pay"))] == [5000, 7000, 8000]  # fmt: skip
+
+
+def test_2_timeout_boundary_is_inclusive() -> None:
+    core, _ = both(events(("land", 0), ("cart", 20)))
+    assert counts(core, 0, "land") == (1, 1, 0, 0)
+    assert core.windows[("f", 0, "land")]["ttc_sum_ms"] == 20_000
+
+
+def test_3_just_past_the_timeout_drops_at_the_deadline() -> None:
+    core, _ = both(events(("land", 0), ("cart", 20.001)))
+    assert counts(core, 0, "land") == (1, 0, 1, 0)
+    assert ("f", 20 * S, "cart") not in core.windows
+
+
+@pytest.mark.parametrize(("pay_at", "converts"), [(60, True), (60.001, False)])
+def test_4_the_conversion_window_end_is_inclusive(pay_at: float, converts: bool) -> None:
+    core, _ = both(events(("land", 0), ("cart", 15), ("pay", pay_at)), definition=funnel("50s"))
+    assert counts(core, 10, "cart")[1:3] == ((1, 0) if converts else (0, 1))
+
+
+@pytest.mark.parametrize("first", ["land", "cart"])
+def test_5_same_timestamp_in_any_order(first: str) -> None:
+    pair = [("land", 0), ("cart", 0)]
+    core, _ = both(events(*(pair if first == "land" else pair[::-1])))
+    assert counts(core, 0, "land") == (1, 1, 0, 0)
+    assert core.windows[("f", 0, "land")]["ttc_sum_ms"] == 0
+
+
+def test_6_a_repeated_first_stage_event_is_only_activity() -> None:
+    core, _ = both(events(("land", 0), ("land", 3), ("cart", 5)))
+    assert counts(core, 0, "land") == (1, 1, 0, 0)
+    assert core.windows[("f", 0, "land")]["ttc_sum_ms"] == 5000
+
+
+def test_7_re_entry_after_completing() -> None:
+    core, _ = both(events(("land", 0), ("cart", 1), ("pay", 2), ("order", 3), ("land", 3),
+                          ("land", 4)))  # fmt: skip
+    # Attempt 2 starts at 4 (not at 3, the end of attempt 1) and drops at 24.
+    assert counts(core, 0, "land") == (2, 1, 1, 0)
+    assert counts(core, 0, "order") == (1, 0, 0, 0)
+
+
+def test_8_re_entry_after_dropping() -> None:
+    core, _ = both(events(("land", 0), ("land", 25), ("cart", 26)))
+    assert counts(core, 0, "land") == (1, 0, 1, 0)
+    assert counts(core, 20, "land") == (1, 1, 0, 0)
+    assert counts(core, 20, "cart") == (1, 0, 1, 0)
+    [abandonment] = core.abandonments.values()
+    assert (abandonment["stage"], abandonment["abandoned_ms"]) == ("cart", 36 * S)
+    opened, _ = both(events(("land", 0), ("land", 25), ("cart", 26)), watermark_ms=36 * S)
+    assert counts(opened, 20, "cart") == (1, 0, 0, 1)
+
+
+def test_9_duplicates_count_once() -> None:
+    core, _ = both(events(("land", 0, "a"), ("cart", 5, "b"), ("cart", 5, "b")))
+    assert counts(core, 0, "cart") == (1, 0, 1, 0)
+    assert core.duplicates == ["b"]
+
+
+def test_10_events_after_the_session_was_decided_change_nothing() -> None:
+    core, _ = both(events(("land", 0), ("cart", 2), ("pay", 4), ("order", 6), ("pay", 8)))
+    assert counts(core, 0, "pay") == (1, 1, 0, 0)
+    assert counts(core, 0, "order") == (1, 0, 0, 0)
+
+
+def test_11_a_purchase_without_a_cart_event_does_not_convert() -> None:
+    core, _ = both(events(("land", 0), ("order", 5)))
+    assert counts(core, 0, "land") == (1, 0, 1, 0)
+    assert ("f", 0, "order") not in core.windows
+
+
+def test_12_open_until_the_watermark_is_past_the_deadline() -> None:
+    still, _ = both(events(("land", 0), ("cart", 5)), watermark_ms=14 * S)
+    assert counts(still, 0, "cart") == (1, 0, 0, 1)
+    assert not still.final[("f", 0, "cart")]
+    decided, _ = both(events(("land", 0), ("cart", 5)), watermark_ms=15 * S + 1)
+    assert counts(decided, 0, "cart") == (1, 0, 1, 0)
+
+
+def test_13_segments_are_first_touch_with_ties_by_text() -> None:
+    core, _ = both(events(("land", 0), ("land", 2, {"device": "ios"}),
+                          ("cart", 4, {"device": "android"})))  # fmt: skip
+    assert core.segments[("f", 0, "land", "device", "unknown")]["entered"] == 1
+    assert core.segments[("f", 0, "cart", "device", "ios")]["entered"] == 1
+    tied, _ = both(events(("land", 0, {"device": "web"}), ("cart", 0, {"device": "ios"})))
+    assert tied.segments[("f", 0, "land", "device", "ios")]["entered"] == 1
+    assert tied.segments[("f", 0, "cart", "device", "ios")]["entered"] == 1
+
+
+def test_14_an_order_after_an_abandonment_retracts_it() -> None:
+    core, _ = both(events(("land", 0), ("cart", 2, {"cart_value": 30}), ("order", 40)))
+    [abandonment] = core.abandonments.values()
+    assert abandonment["stage"] == "cart"
+    assert abandonment["abandoned_ms"] == 12 * S
+    assert abandonment["cart_value"] == 30.0
+    assert abandonment["last_activity_ms"] == 2 * S
+    assert abandonment["retracted_ms"] == 40 * S
