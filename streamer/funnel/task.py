@@ -67,7 +67,9 @@ class SessionState:
 
     session_id: str
     progress: list[Progress]  # one per funnel
-    pending: list[StoredEvent] | None = None  # buffered: not behind the watermark yet
+    # Buffered, not behind the watermark yet: a heap of (time, sequence, event), so releasing
+    # costs O(log n) per event however many wait.
+    pending: list[tuple[int, int, StoredEvent]] | None = None
     recent_ids: bytes = b""  # digests of the latest RECENT_IDS accepted event ids
     last_event_ms: int = NEVER
     user_id: str | None = None
@@ -80,10 +82,14 @@ class SessionState:
     def remember(self, digest: bytes) -> None:
         self.recent_ids = (self.recent_ids + digest)[-RECENT_IDS * _DIGEST :]
 
+    def buffered(self) -> list[StoredEvent]:
+        """The buffered events in time order."""
+        return [event for _, _, event in sorted(self.pending or ())]
+
     def to_json(self) -> list[Any]:
         return [
             [p.to_json() for p in self.progress],
-            [e.to_json() for e in self.pending or ()],
+            [e.to_json() for e in self.buffered()],
             self.recent_ids.hex(),
             self.last_event_ms,
             self.user_id,
@@ -91,10 +97,11 @@ class SessionState:
 
     @classmethod
     def from_json(cls, session_id: str, raw: list[Any]) -> SessionState:
+        events = [StoredEvent.from_json(e) for e in raw[1]]
         return cls(
             session_id,
             [Progress.from_json(p) for p in raw[0]],
-            [StoredEvent.from_json(e) for e in raw[1]] or None,
+            [(e.at_ms, index, e) for index, e in enumerate(events)] or None,  # sorted: a heap
             bytes.fromhex(raw[2]),
             int(raw[3]),
             raw[4],
@@ -164,15 +171,15 @@ class Task:
             self.sessions[session_id] = state
             self._deleted_sessions.discard(session_id)
         state.remember(digest)
+        self._sequence += 1
         if state.pending is None:
-            state.pending = [event]
+            state.pending = [(event.at_ms, self._sequence, event)]
         else:
-            state.pending.append(event)
+            heapq.heappush(state.pending, (event.at_ms, self._sequence, event))
         if event.at_ms > state.last_event_ms:
             state.last_event_ms = event.at_ms
         if user_id:
             state.user_id = user_id
-        self._sequence += 1
         heapq.heappush(self._pending, (event.at_ms, self._sequence, session_id))
         self._dirty_sessions.add(session_id)
         return Offer.ACCEPTED
@@ -200,10 +207,11 @@ class Task:
 
     # --- the state machine, per session ----------------------------------------------------
     def _release(self, state: SessionState, watermark_ms: int) -> None:
-        events = state.pending or []
-        ready = sorted((e for e in events if e.at_ms < watermark_ms), key=_at)
-        rest = [e for e in events if e.at_ms >= watermark_ms]
-        state.pending = rest or None
+        buffer = state.pending or []
+        ready = []
+        while buffer and buffer[0][0] < watermark_ms:
+            ready.append(heapq.heappop(buffer)[2])
+        state.pending = buffer or None
         outcomes: list[Outcome] = []
         for at_ms, group in groupby(ready, key=_at):
             instant = list(group)
@@ -333,9 +341,9 @@ class Task:
         for session_id, saved in sessions:
             state = SessionState.from_json(session_id, saved)
             self.sessions[session_id] = state
-            for event in state.pending or ():
+            for at_ms, _, _ in state.pending or ():
                 self._sequence += 1
-                heapq.heappush(self._pending, (event.at_ms, self._sequence, session_id))
+                heapq.heappush(self._pending, (at_ms, self._sequence, session_id))
             for index, progress in enumerate(state.progress):
                 if progress.attempt is not None:
                     self.open_sessions[(index, progress.attempt.stage)] += 1

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Any
 
 import orjson
@@ -31,7 +32,7 @@ from faust import streams as faust_streams
 from faust.types import TP
 
 from streamer.decode import DecodeLimits, Rejection, decode_event
-from streamer.events import Abandonment, Event, ReasonCode
+from streamer.events import EVENT_MODELS, Abandonment, Event, ReasonCode
 from streamer.funnel.clock import InputClock
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.session import NEVER, VALUE_FIELDS, CompiledFunnel, StoredEvent
@@ -71,21 +72,40 @@ def needed_fields(funnels: tuple[FunnelDefinition, ...]) -> frozenset[str]:
     return frozenset(names)
 
 
+@cache
+def _field_plan(
+    keep: frozenset[str],
+) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+    """``keep`` split once: properties, (stored name, context field), (stored, experiment)."""
+    properties = tuple(sorted(n for n in keep if "." not in n))
+    context = tuple(sorted((n, n[len("context.") :]) for n in keep if n.startswith("context.")))
+    experiments = tuple(
+        sorted((n, n[len("experiment.") :]) for n in keep if n.startswith("experiment."))
+    )
+    return properties, context, experiments
+
+
 def stored_event(event: Event, keep: frozenset[str]) -> StoredEvent:
-    """A validated event -> what the core keeps of it."""
+    """A validated event -> what the core keeps of it (read from the models' __dict__:
+    pydantic's attribute lookup for names a model lacks is slow, and this runs per event)."""
+    properties, context_names, experiment_names = _field_plan(keep)
+    values = event.__dict__
     fields: dict[str, Any] = {}
-    for name in keep:
-        value = getattr(event, name, None)
+    for name in properties:
+        value = values.get(name)
         if value is not None:
             fields[name] = value
-        elif name.startswith("context."):
-            value = getattr(event.context, name[len("context.") :], None)
+    context = event.context.__dict__
+    for stored, name in context_names:
+        value = context.get(name)
+        if value is not None:
+            fields[stored] = value
+    if experiment_names:
+        variants = event.context.experiments
+        for stored, name in experiment_names:
+            value = variants.get(name)
             if value is not None:
-                fields[name] = value
-        elif name.startswith("experiment."):
-            value = event.context.experiments.get(name[len("experiment.") :])
-            if value is not None:
-                fields[name] = value
+                fields[stored] = value
     return StoredEvent(
         round(event.occurred_at.timestamp() * 1000), event.event_id, event.event_type, fields
     )
@@ -200,6 +220,17 @@ class SessionsStage:
         }
         self._bytes = {topic: metrics.event_bytes.labels(topic=topic) for topic in topics}
         self._replayed = {topic: metrics.replayed.labels(topic=topic) for topic in topics}
+        self._tallies: dict[Any, float] = {}
+        # Per event type: its own counter and its lifecycle stage's (bound once, not per event).
+        self._type_counters = {
+            event_type: [metrics.events_by_type.labels(event_type=event_type)]
+            + (
+                [metrics.stage_events.labels(stage=stage.value)]
+                if (stage := lifecycle_stage(event_type)) is not None
+                else []
+            )
+            for event_type in EVENT_MODELS
+        }
 
     # --- assignment ----------------------------------------------------------------------
     def assign(self, partitions: set[int]) -> None:
@@ -268,7 +299,7 @@ class SessionsStage:
         topic = message.topic
         if message.offset < runtime.offsets.get(topic, 0):
             ack()  # applied before the last checkpoint: re-delivered after a restart
-            self._replayed[topic].inc()
+            self._tally(self._replayed[topic])
             return None
         expected = runtime.offsets.get(topic)
         if (
@@ -279,7 +310,7 @@ class SessionsStage:
             return None  # not applied, not acked: read again from the checkpoint's offset
         runtime.rewinding.pop(topic, None)
         runtime.last_read[topic] = time.monotonic()
-        self._bytes[topic].inc(len(message.value) if message.value is not None else 0)
+        self._tally(self._bytes[topic], len(message.value) if message.value is not None else 0)
         outcome: Offer | None = None
         try:
             outcome = await self._apply(runtime, message)
@@ -357,12 +388,10 @@ class SessionsStage:
                 ),
             )
             return outcome
-        self._counters[(message.topic, outcome.value)].inc()
+        self._tally(self._counters[(message.topic, outcome.value)])
         if outcome is Offer.ACCEPTED:
-            self._metrics.events_by_type.labels(event_type=result.event_type).inc()
-            stage = lifecycle_stage(result.event_type)
-            if stage is not None:
-                self._metrics.stage_events.labels(stage=stage.value).inc()
+            for counter in self._type_counters[result.event_type]:
+                self._tally(counter)
             self.inputs.observe(message.topic, message.partition, event.at_ms)
             watermark = self.inputs.watermark(message.partition)
             if watermark is not None:
@@ -386,10 +415,22 @@ class SessionsStage:
             if watermark is not None:
                 runtime.task.advance(watermark)
 
+    # --- metrics -----------------------------------------------------------------------------
+    def _tally(self, counter: Any, amount: float = 1) -> None:
+        """Count per event in a plain dict; Prometheus counters (each with its own lock) are
+        updated once per publish (at least every second)."""
+        self._tallies[counter] = self._tallies.get(counter, 0) + amount
+
+    def flush_metrics(self) -> None:
+        tallies, self._tallies = self._tallies, {}
+        for counter, amount in tallies.items():
+            counter.inc(amount)
+
     # --- output ------------------------------------------------------------------------------
     async def publish(self) -> None:
         """Send what every task has to say (partials, progress, abandonments) and wait until
         the broker has it. Called by checkpoints and by the worker's timer."""
+        self.flush_metrics()
         async with self._publish_lock:
             for partition, runtime in sorted(self.runtimes.items()):
                 out = runtime.task.drain()

@@ -39,7 +39,7 @@ async def test_a_valid_event_is_taken_into_its_session() -> None:
     assert outcome is Offer.ACCEPTED
     [state] = harness.stage.runtimes[0].task.sessions.values()
     assert state.session_id == "s-1"
-    [event] = state.pending or []
+    [event] = state.buffered()
     assert event.at_ms == NOW_MS - 60_000
     assert event.fields["cart_value"] == 21.0
     assert harness.dead_letters.sent == []
@@ -169,7 +169,7 @@ async def test_sent_at_corrects_a_device_clock_that_is_off() -> None:
     outcome, _ = await harness.process(harness.message(orjson.dumps(event)))
     assert outcome is Offer.ACCEPTED
     [state] = harness.stage.runtimes[0].task.sessions.values()
-    assert [e.at_ms for e in state.pending or []] == [NOW_MS - 30_000]
+    assert [e.at_ms for e in state.buffered()] == [NOW_MS - 30_000]
 
 
 async def test_a_decoder_bug_becomes_a_processing_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -194,6 +194,7 @@ async def test_repeated_event_ids_of_a_session_are_dropped_and_counted() -> None
     ]
     assert outcomes == [Offer.ACCEPTED, Offer.DUPLICATE, Offer.ACCEPTED, Offer.DUPLICATE]
     assert harness.dead_letters.sent == []
+    harness.stage.flush_metrics()  # per-event counts reach Prometheus at each publish
     duplicates = harness.metrics.events.labels(topic="clickstream", outcome="duplicate")
     assert duplicates._value.get() == 2
 
@@ -231,4 +232,4 @@ async def test_a_checkpoint_stores_state_with_offsets_then_acks() -> None:
     again.offset = 2
     outcome = await again.stage.process(again.message(orjson.dumps(valid_event())), lambda: None)
     assert outcome is None  # offset 3 was applied before the checkpoint
-    assert len(again.stage.runtimes[0].task.sessions["s-1"].pending or []) == 3
+    assert len(again.stage.runtimes[0].task.sessions["s-1"].buffered()) == 3

@@ -1,0 +1,79 @@
+"""The Faust floor: a bare Faust agent on the same topics that only decodes each message.
+
+Run as a subprocess by the harness: ``python -m benchmarks.faust_floor BOOTSTRAP TOPICS TOTAL
+OUT MODE`` (MODE ``each`` iterates per event, ``take`` in batches of 500). Writes
+``{"events": n, "seconds": s}`` to OUT once it has seen TOTAL messages, then stops.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+import orjson
+
+from streamer.decode import DecodeLimits, decode_event
+
+
+def main() -> None:
+    bootstrap, topics, total_text, out, mode = sys.argv[1:6]
+    total = int(total_text)
+    app = faust.App(
+        f"floor-{os.getpid()}",
+        broker=f"kafka://{bootstrap}",
+        store="memory://",
+        web_enabled=False,
+        autodiscover=False,
+        consumer_auto_offset_reset="earliest",
+        topic_disable_leader=True,
+    )
+    source = app.topic(
+        *topics.split(","), key_type=bytes, value_type=bytes,
+        key_serializer="raw", value_serializer="raw",
+    )  # fmt: skip
+    limits = DecodeLimits(max_age=DecodeLimits().max_age * 1000)
+    seen = 0
+    started = 0.0
+
+    def count(value: Any) -> None:
+        nonlocal seen, started
+        if not started:
+            started = time.perf_counter()
+        decode_event(value, received_at=datetime.now(UTC), limits=limits)
+        seen += 1
+        if seen == total:
+            elapsed = time.perf_counter() - started
+            with open(out, "wb") as handle:
+                handle.write(orjson.dumps({"events": seen, "seconds": elapsed, "mode": mode}))
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    async def agent(stream: Any) -> None:
+        if mode == "noack":  # the worker's way: events without acks, acked in bulk later
+            held: list[Any] = []
+            async for event in stream.noack().events():
+                count(event.value)
+                held.append(event)
+                if len(held) >= 5000:
+                    for waiting in held:
+                        waiting.ack()
+                    held = []
+            return
+        if mode == "take":
+            async for values in stream.take(500, within=1):
+                for value in values:
+                    count(value)
+        else:
+            async for value in stream:
+                count(value)
+
+    app.agent(source, name="floor")(agent)
+    faust.Worker(app, loglevel="warning", redirect_stdouts=False).execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main()
