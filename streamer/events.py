@@ -339,7 +339,8 @@ class WindowStats(_Strict):
     """Counts of one funnel's cohort window, merged from every partition (``funnel.windows``).
 
     Revised as outcomes are decided; every revision has the same ``window_id`` (the record
-    key), so a compacting sink keeps the last; the one with ``final`` true is the last."""
+    key). The record with ``final`` true is the last word: a sink keeps it over any revision
+    (during a rebalance a stale revision may still arrive after it)."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
     window_id: str = Field(description="funnel/window start ms: the same for every revision")

@@ -55,10 +55,13 @@ class FunnelView:
         self._keep = keep
 
     def add(self, stats: WindowStats) -> None:
-        """Keep the newest revision of each window (a replayed older one changes nothing)."""
+        """Keep the final record of each window once there is one, else its newest revision
+        (a replayed older one changes nothing)."""
         windows = self._windows.setdefault(stats.funnel, {})
         known = windows.get(stats.window_id)
-        if known is not None and known.revision >= stats.revision:
+        if known is not None and (
+            known.final or (known.revision >= stats.revision and not stats.final)
+        ):
             return
         windows[stats.window_id] = stats
         while len(windows) > self._keep:

@@ -19,14 +19,15 @@ def ms(moment: Any) -> int:
 
 
 def latest_windows(values: Iterable[bytes | None]) -> dict[str, WindowStats]:
-    """The newest revision of every window in a read of ``funnel.windows``."""
+    """What a sink keeps of ``funnel.windows``: the final record of a window once there is one
+    (the contract: final is the last word), else its newest revision."""
     latest: dict[str, WindowStats] = {}
     for value in values:
         if value is None:
             continue
         stats = WindowStats.model_validate_json(value)
         known = latest.get(stats.window_id)
-        if known is None or stats.revision >= known.revision:
+        if known is None or (not known.final and (stats.final or stats.revision >= known.revision)):
             latest[stats.window_id] = stats
     return latest
 

@@ -184,12 +184,14 @@ def install(
     )
 
     async def detector_agent(stream: Any) -> None:
-        async for value in stream:
+        # Acked only once judged: a window judged already is skipped when read again.
+        async for event in stream.noack().events():
             try:
-                await detector.process(value)
+                await detector.process(event.value)
             except Exception:  # a bad window must not stop alerting on the next ones
                 metrics.merge_errors.inc()
                 log.exception("detector could not process a window; skipped")
+            event.ack()
 
     app.agent(windows, name="detector")(detector_agent)
     return detector

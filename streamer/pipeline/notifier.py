@@ -109,12 +109,15 @@ def install(app: Any, settings: Settings, metrics: Metrics, notifier: Notifier) 
     )
 
     async def notifier_agent(stream: Any) -> None:
-        async for event in stream.events():
+        # Acked only once delivered (or parked): a worker stopped during a delivery's retries
+        # delivers that alert after its restart (the delivered table drops a second copy).
+        async for event in stream.noack().events():
             try:
                 await stage.process(event.message.value, event.message.timestamp)
             except Exception:  # an unreadable alert record: counted, logged, skipped
                 metrics.alert_deliveries.labels(outcome="failed").inc()
                 log.exception("notifier could not process an alert record; skipped")
+            event.ack()
 
     app.agent(alerts, name="notifier")(notifier_agent)
     return stage

@@ -166,6 +166,9 @@ class _Runtime:
     created_at: float = field(default_factory=time.monotonic)
     last_read: dict[str, float] = field(default_factory=dict)  # topic -> monotonic time
     rewinding: dict[str, int] = field(default_factory=dict)  # topic -> offset sought back to
+    # Grows with every restore (new owner, restart): this owner's partials supersede those of
+    # earlier owners of the partition, whatever their input offsets.
+    generation: int = 0
 
 
 class SessionsStage:
@@ -274,6 +277,9 @@ class SessionsStage:
                         windows[(names[funnel_name], int(start))] = orjson.loads(value)
         task.restore(int(meta.get("watermark", NEVER)), sessions, windows)
         runtime.offsets = {str(k): int(v) for k, v in meta.get("offsets", {}).items()}
+        # Wall-clock milliseconds only order the owners of a partition (never a funnel decision):
+        # monotonic even if the previous owner died before its first checkpoint.
+        runtime.generation = max(int(meta.get("generation", 0)) + 1, round(time.time() * 1000))
         self.inputs.assign(partition, {str(k): int(v) for k, v in meta.get("fronts", {}).items()})
         log.info(
             "partition %d: restored %d sessions, %d open windows, watermark %s, offsets %s (%.2fs)",
@@ -436,9 +442,13 @@ class SessionsStage:
                 out = runtime.task.drain()
                 for notice in out.abandonments:
                     await self._publish_abandonment(notice)
-                # Input offsets and watermark version the partial: the merger keeps the newest,
-                # so a late copy from a partition's previous owner cannot replace it.
-                version = [sum(runtime.offsets.values()), runtime.task.watermark_ms]
+                # (owner generation, input offsets, watermark) version the partial: the merger
+                # keeps the newest, so a late copy from a previous owner cannot replace it.
+                version = [
+                    runtime.generation,
+                    sum(runtime.offsets.values()),
+                    runtime.task.watermark_ms,
+                ]
                 for partial in out.partials:
                     record = partial.to_json()
                     record["version"] = version
@@ -479,6 +489,7 @@ class SessionsStage:
             # One synchronous snapshot: state, offsets and the acks that go with them.
             saved = runtime.task.checkpoint()
             meta = {
+                "generation": runtime.generation,
                 "watermark": saved.watermark_ms,
                 "offsets": dict(runtime.offsets),
                 "fronts": self.inputs.fronts_of(partition),

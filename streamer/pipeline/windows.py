@@ -155,8 +155,8 @@ class WindowMerger:
         key = f"pending:{funnel.name}:{start:015d}"
         pending = self._get(key, {"start": start, "parts": {}, "versions": {}, "revision": -1})
         partition = str(record["partition"])
-        version = record.get("version", [0, 0])
-        if version < pending["versions"].get(partition, [-1, NEVER]):
+        version = record.get("version", [0, 0, 0])
+        if version < pending["versions"].get(partition, [-1, -1, NEVER]):
             self._metrics.late_partials.inc()  # an older view of the partition: kept the newer
             return []
         pending["parts"][partition] = record["counts"]  # replaces its previous
@@ -253,12 +253,15 @@ def install(
     )
 
     async def windows_agent(stream: Any) -> None:
-        async for value in stream:
+        # Acked only once handled: a worker stopped mid-record reads it again (the merger's
+        # state makes that harmless), it is never acked half done.
+        async for event in stream.noack().events():
             try:
-                await merger.process(value)
+                await merger.process(event.value)
             except Exception:  # a bad record must not stop the merger (and lose the rest)
                 metrics.merge_errors.inc()
                 log.exception("window merger could not process a record; skipped")
+            event.ack()
 
     app.agent(partials, name="windows")(windows_agent)
     return merger
