@@ -39,6 +39,7 @@ test: lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e ".[bench]"
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:

@@ -1,328 +1,234 @@
-"""``python -m benchmarks [--events N]``: ratios measured in one run on the same data.
+"""``python -m benchmarks [--events N]``: every figure in one run, the Kafka ones on the same
+pre-loaded data, written to ``docs/benchmarks.md``.
 
 1. ceiling: a bare aiokafka consumer (``getmany``) that runs streamer's ``decode_event``;
-2. Faust floor: a bare Faust agent that only decodes (best of per-event and ``take()``);
-3. the worker end to end (first message counted to the last), and its ratios to 1 and 2;
-4. the core alone: stored and in-memory bytes per open session, cost per event by session
-   length (must be flat);
-5. seconds from SIGKILL + restart of the worker to its next processed message.
+2. Faust floor: a bare Faust agent that only decodes (per-event iteration and ``take()``);
+3. the worker end to end (first event counted to the last; then to the last window final);
+4. a peer written with Quix Streams doing the same job in spirit;
+5. the core alone: bytes per open session (1M sessions), cost per event by session length;
+6. seconds from SIGKILL + restart of the worker to its first handled message (3 tries).
 
-Starts its own broker on free loopback ports (or uses ``STREAMER_KAFKA_BOOTSTRAP``) and writes
-``docs/benchmarks.md``. Timings on a shared 2-core machine are noisy: read the ratios.
+Starts its own broker on free loopback ports in a temporary folder (or uses
+``STREAMER_KAFKA_BOOTSTRAP``); every process it starts is stopped on the way out, also on
+Ctrl-C. Timings on a shared 2-core machine are noisy: read the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import gc
+import importlib.util
 import os
-import platform
-import statistics
-import subprocess
+import shutil
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
-from importlib import metadata
+import uuid
 from pathlib import Path
-from typing import Any
 
 import orjson
 
-from streamer.app import topic_plan
-from streamer.decode import DecodeLimits, decode_event
-from streamer.funnel.definition import load_funnel
-from streamer.funnel.session import CompiledFunnel, StoredEvent
-from streamer.funnel.task import Task
-from streamer.kafka_io import ensure_topic_plan, make_consumer, stop_consumer
 from streamer.kafka_local import LocalKafka
 from streamer.settings import Settings
-from streamer.simulate import TrafficModel, topic_for
-from streamer.testing import WorkerProcess, free_port, produce, scrape_metrics
+from streamer.testing import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
-CHECKOUT = ROOT / "deploy/funnels/checkout.yaml"
+from . import core, kafka_runs
+from .data import load
+from .procs import ROOT, Children, terminate_on_sigterm
+from .report import Results, machine_facts, now, write_report
 
-
-def dataset(settings: Settings, events: int) -> list[tuple[str, bytes, bytes]]:
-    """Shop traffic of a few hours ago, in time order, keyed by session id."""
-    model = TrafficModel()
-    per_session = model.mean_events_per_session(500)
-    start = datetime.now(UTC) - timedelta(hours=6)
-    sessions = model.sessions(seed=1, count=int(events / per_session) + 1, start=start,
-                              sessions_per_second=20)  # fmt: skip
-    flat = sorted((e for s in sessions for e in s), key=lambda e: e["occurred_at"])[:events]
-    return [(topic_for(settings, e["event_type"]), e["session_id"].encode(), orjson.dumps(e))
-            for e in flat]  # fmt: skip
+PARTS = ("ceiling", "floor", "quix", "worker", "restart", "core")
+KAFKA_PARTS = {"ceiling", "floor", "quix", "worker", "restart"}
 
 
-async def ceiling(settings: Settings, total: int) -> float:
-    consumer = make_consumer(
-        settings,
-        settings.clickstream_topic,
-        settings.checkout_topic,
-        group_id=None,
-        auto_offset_reset="earliest",
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.split("\n")[0]
     )
-    await consumer.start()
-    limits = DecodeLimits(max_age=DecodeLimits().max_age * 1000)
-    seen, started = 0, 0.0
-    try:
-        while seen < total:
-            batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
-            for records in batches.values():
-                if not started:
-                    started = time.perf_counter()
-                for record in records:
-                    decode_event(record.value, received_at=datetime.now(UTC), limits=limits)
-                    seen += 1
-        return seen / (time.perf_counter() - started)
-    finally:
-        await stop_consumer(consumer)
-
-
-def faust_floor(settings: Settings, total: int, mode: str, workdir: Path) -> float:
-    out = workdir / f"floor-{mode}.json"
-    topics = f"{settings.clickstream_topic},{settings.checkout_topic}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.faust_floor", settings.bootstrap_servers, topics,
-         str(total), str(out), mode],
-        cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        process.wait(timeout=600)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    result = orjson.loads(out.read_bytes())
-    return float(result["events"]) / float(result["seconds"])
-
-
-def _processed(values: dict[Any, float]) -> float:
-    return sum(
-        value
-        for (name, _), value in values.items()
-        if name in ("streamer_events_total", "streamer_replayed_messages_total")
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=200_000,
+        help="shop events pre-loaded on the input topics (default 200000)",
     )
-
-
-def worker_run(settings: Settings, total: int, workdir: Path) -> tuple[float, list[float]]:
-    """Events/s of a real worker from its first message to the last; then three SIGKILL +
-    restart latencies measured on a second pass of a fresh group."""
-    own = settings.model_copy(update={"web_port": free_port(), "data_dir": workdir / "worker"})
-    with WorkerProcess(own, workdir / "worker.log") as worker:
-        started = finished = 0.0
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline:
-            seen = _processed(scrape_metrics(worker.metrics_url))
-            now = time.perf_counter()
-            if seen and not started:
-                started = now
-            if seen >= total:
-                finished = now
-                break
-            time.sleep(0.05)
-    rate = total / (finished - started)
-    restarts = []
-    again = own.model_copy(
-        update={"app_id": own.app_id + "-restart", "data_dir": workdir / "restart"}
+    parser.add_argument(
+        "--sessions",
+        type=int,
+        default=1_000_000,
+        help="open sessions for the core memory figure (default 1000000)",
     )
-    worker = WorkerProcess(again, workdir / "restart.log").start()
-    try:
-        for _ in range(3):
-            time.sleep(1.5)
-            worker.kill()
-            killed = time.monotonic()
-            worker.start()
-            while _processed(scrape_metrics(worker.metrics_url)) == 0:
-                time.sleep(0.05)
-            restarts.append(time.monotonic() - killed)
-    finally:
-        worker.stop()
-    return rate, restarts
-
-
-def _rss_bytes() -> int:
-    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def core_memory(sessions: int) -> tuple[float, float]:
-    """(bytes of resident memory, bytes stored) per open session."""
-    funnel = (CompiledFunnel(load_funnel(CHECKOUT)),)
-    task = Task(funnel, 0, retention_ms=10**12)
-    gc.collect()
-    before = _rss_bytes()
-    for index in range(sessions):
-        sid = f"sess-{index:08d}-{index * 7919 % 100000:05d}"
-        task.offer(sid, StoredEvent(index, f"{sid}-1", "page_view",
-                                    {"landing": True, "context.device": "ios"}))  # fmt: skip
-        task.offer(sid, StoredEvent(index + 1, f"{sid}-2", "product_view",
-                                    {"context.device": "ios"}))  # fmt: skip
-    task.advance(sessions + 10)  # buffers drained; every attempt open at product_view
-    task.drain()
-    task.checkpoint()
-    gc.collect()
-    after = _rss_bytes()
-    stored = statistics.mean(
-        len(orjson.dumps(state.to_json())) for state in list(task.sessions.values())[:1000]
+    parser.add_argument(
+        "--only",
+        default=",".join(PARTS),
+        help=f"comma-separated parts to run (default all: {','.join(PARTS)})",
     )
-    return (after - before) / sessions, stored
-
-
-def core_cost_per_event(lengths: tuple[int, ...], events: int = 100_000) -> dict[int, float]:
-    """Microseconds per event (offer + advance) for sessions of each length."""
-    funnel = (CompiledFunnel(load_funnel(CHECKOUT)),)
-    out = {}
-    for length in lengths:
-        task = Task(funnel, 0, retention_ms=10**12)
-        count = max(1, events // length)
-        at = 0
-        started = time.perf_counter()
-        for session in range(count):
-            sid = f"s{length}-{session}"
-            for seq in range(length):
-                kind = "page_view" if seq == 0 else "product_view"
-                at += 1
-                task.offer(sid, StoredEvent(at, f"{sid}-{seq}", kind, {"landing": seq == 0}))
-                task.advance(at - 1000)
-        elapsed = time.perf_counter() - started
-        out[length] = elapsed / (count * length) * 1e6
-    return out
-
-
-def versions() -> str:
-    kafka = Settings().kafka_version
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (
-        f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB; Python {platform.python_version()}, "
-        f"faust-streaming {metadata.version('faust-streaming')}, "
-        f"aiokafka {metadata.version('aiokafka')}, Kafka {kafka}"
+    parser.add_argument(
+        "--floor-modes",
+        default="each,take",
+        help="Faust floor variants: each, take, noack (default each,take)",
     )
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks")
-    parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--sessions", type=int, default=1_000_000, help="core memory test")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks.md")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary folder (logs, state) after the run"
+    )
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="streamer-bench-"))
-    given = os.environ.get("STREAMER_KAFKA_BOOTSTRAP")
-    broker = None
-    if not given:
-        broker = LocalKafka(Settings(kafka_port=free_port(), kafka_controller_port=free_port(),
-                                     kafka_data_dir=workdir / "kafka"))  # fmt: skip
-        broker.up()
-    try:
-        bootstrap = given or broker.bootstrap  # type: ignore[union-attr]
-        suffix = str(os.getpid())
-        settings = Settings(
-            kafka_bootstrap=bootstrap,
-            app_id=f"bench-{suffix}",
-            clickstream_topic=f"bench-clickstream-{suffix}",
-            checkout_topic=f"bench-checkout-{suffix}",
-            dlq_topic=f"bench-dlq-{suffix}",
-            partials_topic=f"bench-partials-{suffix}",
-            windows_topic=f"bench-windows-{suffix}",
-            abandonments_topic=f"bench-abandonments-{suffix}",
-            alerts_topic=f"bench-alerts-{suffix}",
-            failed_alerts_topic=f"bench-failed-{suffix}",
-            topic_partitions=4,
+    args.parts = [p.strip() for p in args.only.split(",") if p.strip()]
+    unknown = set(args.parts) - set(PARTS)
+    if unknown:
+        parser.error(f"unknown parts {sorted(unknown)}; choose from {','.join(PARTS)}")
+    if args.events < 100:
+        parser.error("--events must be at least 100")
+    return args
+
+
+def _say(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def _bench_settings(bootstrap: str) -> Settings:
+    """Default settings with names of this run's own: topics, app id (consumer groups)."""
+    run = uuid.uuid4().hex[:8]
+    return Settings(
+        kafka_bootstrap=bootstrap,
+        app_id=f"bench-{run}",
+        clickstream_topic=f"bench-{run}-clickstream",
+        checkout_topic=f"bench-{run}-checkout",
+        dlq_topic=f"bench-{run}-funnel.dlq",
+        partials_topic=f"bench-{run}-funnel.partials",
+        windows_topic=f"bench-{run}-funnel.windows",
+        abandonments_topic=f"bench-{run}-funnel.abandonments",
+        alerts_topic=f"bench-{run}-funnel.alerts",
+        failed_alerts_topic=f"bench-{run}-funnel.alerts.failed",
+        topic_partitions=4,
+    )
+
+
+def _has_quix() -> bool:
+    return importlib.util.find_spec("quixstreams") is not None
+
+
+def _kafka_parts(
+    args: argparse.Namespace, results: Results, children: Children, workdir: Path, bootstrap: str
+) -> None:
+    settings = _bench_settings(bootstrap)
+    _say(f"generating and producing {args.events:,} events to {bootstrap}")
+    loaded = results.loaded = load(settings, args.events)
+    total = loaded.total
+    _say(
+        f"pre-loaded {total:,} messages ({loaded.sessions:,} sessions, "
+        f"{loaded.minutes:.0f} min of event time) on 2 topics x 4 partitions"
+    )
+    if "ceiling" in args.parts:
+        results.ceiling = kafka_runs.ceiling(settings, total)
+        _say(f"ceiling: {results.ceiling:,.0f} events/s")
+    if "floor" in args.parts:
+        for mode in [m.strip() for m in args.floor_modes.split(",") if m.strip()]:
+            rate = kafka_runs.faust_floor(children, settings, total, mode, workdir)
+            results.floors[mode] = rate
+            _say(f"Faust floor ({mode}): {rate:,.0f} events/s")
+    if "quix" in args.parts:
+        if _has_quix():
+            results.quix = kafka_runs.quix_peer(children, settings, total, workdir)
+            _say(f"Quix peer: {results.quix:,.0f} events/s")
+        else:
+            results.quix_note = (
+                "The Quix peer was not measured: quixstreams is not installed "
+                "(`pip install -e '.[bench]'`)."
+            )
+            _say("Quix peer skipped: quixstreams is not installed")
+    if "worker" in args.parts:
+        w = results.worker = kafka_runs.worker_run(children, settings, loaded, workdir)
+        final = f"{w.to_final_s:.1f} s" if w.to_final_s is not None else "not reached"
+        _say(
+            f"worker: {w.rate:,.0f} events/s ({w.seconds:.1f} s), last window final "
+            f"after {final}; {w.outcomes}"
         )
-        messages = dataset(settings, args.events)
-        asyncio.run(ensure_topic_plan(settings, topic_plan(settings)))
-        asyncio.run(produce(settings, messages))
-        total = len(messages)
-        print(f"pre-loaded {total} events on 2 topics x 4 partitions", flush=True)
-        top = asyncio.run(ceiling(settings, total))
-        print(f"ceiling {top:,.0f}/s", flush=True)
-        floors = {mode: faust_floor(settings, total, mode, workdir) for mode in ("each", "take")}
-        print(f"faust floor {floors}", flush=True)
-        rate, restarts = worker_run(settings, total, workdir)
-        print(f"worker {rate:,.0f}/s, restarts {restarts}", flush=True)
-        in_memory, stored = core_memory(args.sessions)
-        costs = core_cost_per_event((10, 100, 1000, 2000))
-        print(f"memory {in_memory:.0f} B, stored {stored:.0f} B, costs {costs}", flush=True)
+    if "restart" in args.parts:
+        results.restart = kafka_runs.restarts(children, settings, loaded, workdir)
+        _say(
+            f"restart: {[round(s, 2) for s in results.restart.seconds]} s, "
+            f"mid-run {results.restart.mid_run}"
+        )
+
+
+def _core_parts(
+    args: argparse.Namespace, results: Results, children: Children, workdir: Path
+) -> None:
+    _say(f"core: bytes per open session at {args.sessions:,} sessions (a process of its own)")
+    out = workdir / "memory.json"
+    process = children.spawn(
+        ["-m", "benchmarks.core", str(args.sessions), "100000", str(out)], workdir / "core.log"
+    )
+    try:
+        process.wait(timeout=120 + args.sessions / 1000)
     finally:
+        children.end(process)
+    if process.returncode != 0 or not out.exists():
+        raise RuntimeError(f"core memory run failed ({workdir / 'core.log'})")
+    results.memory = core.MemoryResult(**orjson.loads(out.read_bytes()))
+    m = results.memory
+    _say(
+        f"core: {m.rss_per_session:,.0f} B resident, {m.live_per_session:,.0f} B allocated, "
+        f"{m.stored_per_session:,.0f} B stored per session ({m.seconds:.0f} s)"
+    )
+    results.costs = core.cost_per_event()
+    _say(
+        "core: µs per event by session length "
+        + ", ".join(f"{n}: {us:.1f}" for n, us in results.costs.items())
+    )
+
+
+def main() -> int:
+    args = _parse()
+    terminate_on_sigterm()
+    started = time.monotonic()
+    given = os.environ.get("STREAMER_KAFKA_BOOTSTRAP")
+    kafka = f"{Settings().kafka_version} (local single-node KRaft broker, 512 MiB heap)"
+    if given:
+        kafka = f"the cluster at {given} (STREAMER_KAFKA_BOOTSTRAP)"
+    command = "python -m benchmarks" + "".join(
+        f" {flag}" for flag in sys.argv[1:] if not flag.startswith("--out")
+    )
+    results = Results(command=command, started=now(), kafka=kafka, load_before=os.getloadavg())
+    workdir = Path(tempfile.mkdtemp(prefix="streamer-bench-"))
+    children = Children()
+    broker: LocalKafka | None = None
+    ok = False
+    try:
+        if KAFKA_PARTS & set(args.parts):
+            bootstrap = given
+            if not bootstrap:
+                broker = LocalKafka(
+                    Settings(
+                        kafka_port=free_port(),
+                        kafka_controller_port=free_port(),
+                        kafka_data_dir=workdir / "kafka",
+                        topic_partitions=4,
+                    )
+                )
+                _say(f"starting a local Kafka broker in {workdir / 'kafka'}")
+                broker.up()
+                bootstrap = broker.bootstrap
+            _kafka_parts(args, results, children, workdir, bootstrap)
+        if "core" in args.parts:
+            _core_parts(args, results, children, workdir)
+        ok = True
+    except KeyboardInterrupt:
+        _say("interrupted: stopping everything this run started")
+        return 130
+    finally:
+        children.stop_all()
         if broker is not None:
             broker.destroy()
-    write_report(args.out, args.events, top, floors, rate, restarts, in_memory, stored, costs,
-                 args.sessions)  # fmt: skip
-
-
-def write_report(
-    out: Path,
-    events: int,
-    top: float,
-    floors: dict[str, float],
-    rate: float,
-    restarts: list[float],
-    in_memory: float,
-    stored: float,
-    costs: dict[int, float],
-    sessions: int,
-) -> None:
-    floor = max(floors.values())
-    lines = [
-        "# Benchmarks",
-        "",
-        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `make bench` "
-        f"(`python -m benchmarks --events {events}`), all in one run on the same pre-loaded "
-        "data: shop traffic from `streamer.simulate`, in time order, keyed by session id, "
-        "2 topics x 4 partitions, on a local single-node Kafka.",
-        "",
-        f"Machine: {versions()}.",
-        "",
-        "Timings on this shared machine are noisy; compare the ratios, measured in one run.",
-        "",
-        "## Throughput",
-        "",
-        "| what | events/s | vs ceiling | vs Faust floor |",
-        "|---|---:|---:|---:|",
-        f"| ceiling: aiokafka `getmany` + `decode_event` | {top:,.0f} | 1.00 | |",
-        f"| Faust floor, per-event iteration (decode only) | {floors['each']:,.0f} | "
-        f"{floors['each'] / top:.2f} | |",
-        f"| Faust floor, `take(500)` (decode only) | {floors['take']:,.0f} | "
-        f"{floors['take'] / top:.2f} | |",
-        f"| **streamer worker**, end to end | **{rate:,.0f}** | {rate / top:.2f} | "
-        f"**{rate / floor:.2f}** |",
-        "",
-        "The worker's figure counts every message from the first to the last it applied (decode,"
-        " validate, reorder buffer, state machine, cohort windows, checkpoints every 2 s with "
-        "their table writes and outputs, metrics).",
-        "",
-        "## The core alone",
-        "",
-        f"- {sessions:,} open sessions (a landing and a product view each, buffers drained): "
-        f"**{in_memory:,.0f} bytes per session in memory** (resident set growth), "
-        f"{stored:,.0f} bytes per session stored in a checkpoint.",
-        "- Cost per event (offer + watermark advance) by session length:",
-        "",
-        "| events per session | µs per event |",
-        "|---:|---:|",
-        *[f"| {length} | {micros:.1f} |" for length, micros in costs.items()],
-        "",
-        "## Restart",
-        "",
-        f"SIGKILL mid-run, then restart (same static member id): first message processed after "
-        f"{', '.join(f'{s:.1f}' for s in restarts)} s (median "
-        f"{statistics.median(restarts):.1f} s).",
-        "",
-    ]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
-    print(f"wrote {out}")
+        if ok and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            _say(f"logs and state kept in {workdir}")
+    results.load_after = os.getloadavg()
+    results.seconds = time.monotonic() - started
+    write_report(args.out, results, machine_facts(kafka))
+    _say(f"wrote {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

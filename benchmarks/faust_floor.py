@@ -1,8 +1,10 @@
 """The Faust floor: a bare Faust agent on the same topics that only decodes each message.
 
 Run as a subprocess by the harness: ``python -m benchmarks.faust_floor BOOTSTRAP TOPICS TOTAL
-OUT MODE`` (MODE ``each`` iterates per event, ``take`` in batches of 500). Writes
-``{"events": n, "seconds": s}`` to OUT once it has seen TOTAL messages, then stops.
+OUT MODE`` with MODE ``each`` (per-event iteration), ``take`` (``stream.take(500, within=1)``)
+or ``noack`` (the worker's way: ``stream.noack().events()``, acked in bulk). Its own app id and
+consumer group, memory store, no tables. Writes ``{"events": n, "seconds": s}`` to OUT once it
+has seen TOTAL messages (seconds from the first message to the last), then stops itself.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def main() -> None:
     bootstrap, topics, total_text, out, mode = sys.argv[1:6]
     total = int(total_text)
     app = faust.App(
-        f"floor-{os.getpid()}",
+        f"bench-floor-{mode}-{os.getpid()}",
         broker=f"kafka://{bootstrap}",
         store="memory://",
         web_enabled=False,
@@ -33,10 +35,13 @@ def main() -> None:
         topic_disable_leader=True,
     )
     source = app.topic(
-        *topics.split(","), key_type=bytes, value_type=bytes,
-        key_serializer="raw", value_serializer="raw",
-    )  # fmt: skip
-    limits = DecodeLimits(max_age=DecodeLimits().max_age * 1000)
+        *topics.split(","),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    limits = DecodeLimits()
     seen = 0
     started = 0.0
 
@@ -50,10 +55,10 @@ def main() -> None:
             elapsed = time.perf_counter() - started
             with open(out, "wb") as handle:
                 handle.write(orjson.dumps({"events": seen, "seconds": elapsed, "mode": mode}))
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)  # Faust's own clean shutdown
 
     async def agent(stream: Any) -> None:
-        if mode == "noack":  # the worker's way: events without acks, acked in bulk later
+        if mode == "noack":
             held: list[Any] = []
             async for event in stream.noack().events():
                 count(event.value)
@@ -62,8 +67,7 @@ def main() -> None:
                     for waiting in held:
                         waiting.ack()
                     held = []
-            return
-        if mode == "take":
+        elif mode == "take":
             async for values in stream.take(500, within=1):
                 for value in values:
                     count(value)

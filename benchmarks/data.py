@@ -1,0 +1,83 @@
+"""The data every Kafka measurement reads: shop traffic pre-loaded once on both topics.
+
+``tests.traffic.generate`` gives realistic sessions in arrival order (up to a minute of
+disorder, 1% producer retries), keyed by session id; cut to exactly ``events`` messages, then
+one closing event per partition of both topics moves every watermark past every window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from streamer.funnel.definition import load_funnel
+from streamer.funnel.session import CompiledFunnel, StoredEvent
+from streamer.settings import Settings
+from streamer.simulate import TrafficModel
+from tests.integration.pipeline_run import preload
+from tests.traffic import Dataset, at_ms, generate
+
+from .procs import ROOT
+
+__all__ = ["SESSIONS_PER_SECOND", "Loaded", "load", "make_dataset"]
+
+CHECKOUT = ROOT / "deploy/funnels/checkout.yaml"
+# A busy shop: 20 new sessions a second (72k an hour), ~4.8 events each.
+SESSIONS_PER_SECOND = 20.0
+
+
+@dataclass(frozen=True)
+class Loaded:
+    events: int  # shop events produced (the closing events not included)
+    closing: int  # closing events produced after them
+    sessions: int
+    minutes: float  # event-time span of the traffic
+    last_window_end_ms: int  # end of the latest cohort window the checkout funnel can have
+
+    @property
+    def total(self) -> int:
+        """Every message on the two input topics."""
+        return self.events + self.closing
+
+
+def make_dataset(events: int, seed: int = 7) -> Dataset:
+    per_session = TrafficModel().mean_events_per_session(2000)
+    minutes = events / (per_session * SESSIONS_PER_SECOND * 60) * 1.05 + 0.5
+    data = generate(seed=seed, minutes=minutes, sessions_per_second=SESSIONS_PER_SECOND)
+    while len(data.arrivals) < events:  # the model's mean is an estimate: top up
+        minutes *= 1.1
+        data = generate(seed=seed, minutes=minutes, sessions_per_second=SESSIONS_PER_SECOND)
+    arrivals = data.arrivals[:events]
+    return Dataset(
+        arrivals=arrivals,
+        closing_ms=data.closing_ms,
+        sessions=len({e["session_id"] for e in arrivals}),
+    )
+
+
+def last_window_end_ms(data: Dataset) -> int:
+    """The end of the latest 1-minute cohort window: the window of the latest event that
+    enters a stage of the checkout funnel (every such event's session has an attempt)."""
+    funnel = CompiledFunnel(load_funnel(CHECKOUT))
+    window = funnel.definition.window_ms
+    latest = 0
+    for event in data.arrivals:
+        fields = {k: v for k, v in event.items() if not isinstance(v, dict)}
+        stored = StoredEvent(at_ms(event), event["event_id"], event["event_type"], fields)
+        if funnel.stage_of(stored) >= 0:
+            latest = max(latest, stored.at_ms)
+    return latest - latest % window + window
+
+
+def load(settings: Settings, events: int) -> Loaded:
+    """Generate the traffic and produce it (then the closing events) to the input topics."""
+    data = make_dataset(events)
+    times = [at_ms(e) for e in data.arrivals]
+    asyncio.run(preload(settings, data))
+    return Loaded(
+        events=len(data.arrivals),
+        closing=len(data.closing(settings)),
+        sessions=data.sessions,
+        minutes=(max(times) - min(times)) / 60_000,
+        last_window_end_ms=last_window_end_ms(data),
+    )

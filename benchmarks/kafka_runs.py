@@ -1,0 +1,271 @@
+"""The measurements that read the pre-loaded topics: ceiling, Faust floor, Quix peer, worker,
+restart. Each reads with a consumer group of its own, from the beginning."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+
+from streamer.decode import DecodeLimits, decode_event
+from streamer.kafka_io import make_consumer, stop_consumer
+from streamer.settings import Settings
+from streamer.testing import MetricValues, WorkerProcess, free_port, scrape_metrics
+
+from .data import Loaded
+from .procs import Children, Timeout, deadline_loop
+
+__all__ = [
+    "RestartResult",
+    "WorkerResult",
+    "ceiling",
+    "faust_floor",
+    "quix_peer",
+    "restarts",
+    "worker_run",
+]
+
+COUNTED = ("accepted", "duplicate", "dead_lettered")
+
+
+def budget(total: int) -> float:
+    """Seconds any one reader may take for ``total`` messages (at 200/s, plus start-up)."""
+    return 180.0 + total / 200
+
+
+def limits_of(settings: Settings) -> DecodeLimits:
+    """The worker's decode limits (streamer.pipeline.sessions.install)."""
+    return DecodeLimits(
+        max_bytes=settings.max_event_bytes,
+        max_future_skew=timedelta(seconds=settings.max_clock_skew_seconds),
+        max_age=timedelta(seconds=settings.max_event_age_seconds),
+    )
+
+
+# --- 1. ceiling -------------------------------------------------------------------------------
+async def _ceiling_once(settings: Settings, total: int) -> float:
+    consumer = make_consumer(
+        settings,
+        settings.clickstream_topic,
+        settings.checkout_topic,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    limits = limits_of(settings)
+    seen, started = 0, 0.0
+    deadline = time.monotonic() + budget(total)
+    try:
+        while seen < total:
+            if time.monotonic() > deadline:
+                raise Timeout(f"ceiling: {seen} of {total} messages read")
+            batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            for records in batches.values():
+                if not started:
+                    started = time.perf_counter()
+                for record in records:
+                    received = datetime.fromtimestamp(record.timestamp / 1000, tz=UTC)
+                    decode_event(record.value, received_at=received, limits=limits)
+                    seen += 1
+        return seen / (time.perf_counter() - started)
+    finally:
+        await stop_consumer(consumer)
+
+
+def ceiling(settings: Settings, total: int, tries: int = 2) -> float:
+    """A bare aiokafka consumer (``getmany``) running ``decode_event`` on every message:
+    events/s from the first batch to the last message, best of ``tries``."""
+    return max(asyncio.run(_ceiling_once(settings, total)) for _ in range(tries))
+
+
+# --- 2 and 4. subprocess peers ----------------------------------------------------------------
+def _run_reader(
+    children: Children, module: str, args: list[str], total: int, out: Path, log: Path
+) -> float:
+    process = children.spawn(["-m", module, *args], log)
+    try:
+        for _ in deadline_loop(budget(total), f"{module} ({log})", interval=0.2):
+            if out.exists() or process.poll() is not None:
+                break
+        for _ in deadline_loop(60, f"{module} result ({log})", interval=0.2):
+            if out.exists() and out.stat().st_size:
+                break
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"{module} exited with {process.returncode} without a result (see {log})"
+                )
+    finally:
+        children.end(process, grace=20)
+    result = orjson.loads(out.read_bytes())
+    return float(result["events"]) / float(result["seconds"])
+
+
+def faust_floor(
+    children: Children, settings: Settings, total: int, mode: str, workdir: Path
+) -> float:
+    """A bare Faust agent that only decodes (``mode``: each, take, noack): events/s."""
+    out = workdir / f"floor-{mode}.json"
+    topics = f"{settings.clickstream_topic},{settings.checkout_topic}"
+    args = [settings.bootstrap_servers, topics, str(total), str(out), mode]
+    return _run_reader(
+        children, "benchmarks.faust_floor", args, total, out, workdir / f"floor-{mode}.log"
+    )
+
+
+def quix_peer(children: Children, settings: Settings, total: int, workdir: Path) -> float:
+    """The Quix Streams peer (furthest stage per session, 1-minute stage counts): events/s."""
+    out = workdir / "quix.json"
+    topics = f"{settings.clickstream_topic},{settings.checkout_topic}"
+    args = [settings.bootstrap_servers, topics, str(total), str(out), str(workdir / "quix-state")]
+    return _run_reader(children, "benchmarks.quix_peer", args, total, out, workdir / "quix.log")
+
+
+# --- 3. the worker ----------------------------------------------------------------------------
+def _sum(values: MetricValues, name: str, **labels: str) -> float:
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in values.items() if n == name and wanted <= ls)
+
+
+def counted(values: MetricValues) -> float:
+    """Input messages the worker applied: streamer_events_total over its outcomes."""
+    return sum(_sum(values, "streamer_events_total", outcome=o) for o in COUNTED)
+
+
+def processed(values: MetricValues) -> float:
+    """Input messages handled at all (applied, or skipped as applied before a restart)."""
+    return counted(values) + _sum(values, "streamer_replayed_messages_total")
+
+
+def _scrape(worker: WorkerProcess) -> MetricValues | None:
+    worker.assert_running()
+    try:
+        return scrape_metrics(worker.metrics_url)
+    except OSError:
+        return None
+
+
+@dataclass
+class WorkerResult:
+    rate: float  # events/s from the first event counted to the last
+    seconds: float
+    to_final_s: float | None  # from the first event counted to the last window final
+    outcomes: dict[str, float] = field(default_factory=dict)
+    checkpoints: float = 0.0
+    windows_closed: float = 0.0
+
+
+def worker_settings(settings: Settings, workdir: Path, name: str) -> Settings:
+    """Default settings but for names: own app id (group), web port and state folder."""
+    return settings.model_copy(
+        update={
+            "app_id": f"{settings.app_id}-{name}",
+            "web_port": free_port(),
+            "data_dir": workdir / f"state-{name}",
+        }
+    )
+
+
+def worker_run(
+    children: Children, settings: Settings, loaded: Loaded, workdir: Path
+) -> WorkerResult:
+    """A real ``streamer worker`` on the pre-loaded topics: events/s from the first event it
+    counted to the last, then the time until the last cohort window is published final."""
+    own = worker_settings(settings, workdir, "worker")
+    worker = children.track(WorkerProcess(own, workdir / "worker.log"))
+    total = loaded.total
+    worker.start(ready_timeout=120)
+    try:
+        first_at = first_count = last_at = 0.0
+        for _ in deadline_loop(budget(total), f"worker counting {total} ({worker.log_path})"):
+            values = _scrape(worker)
+            if values is None:
+                continue
+            now = time.perf_counter()
+            seen = counted(values)
+            if seen and not first_at:
+                first_at, first_count = now, seen
+            if seen >= total:
+                last_at = now
+                break
+        # Counters reach /metrics once a second (the stage tallies per publish): the rate is
+        # taken between two such moments, so it is exact to within one of them.
+        rate = (total - first_count) / (last_at - first_at) if last_at > first_at else 0.0
+        to_final: float | None = None
+        wanted = loaded.last_window_end_ms / 1000
+        with contextlib.suppress(Timeout):
+            for _ in deadline_loop(180, "last window final", interval=0.1):
+                values = _scrape(worker)
+                if values is None:
+                    continue
+                end = _sum(
+                    values, "streamer_funnel_last_window_end_timestamp_seconds", funnel="checkout"
+                )
+                if end >= wanted:
+                    to_final = time.perf_counter() - first_at
+                    break
+        values = _scrape(worker) or {}
+        return WorkerResult(
+            rate=rate,
+            seconds=last_at - first_at,
+            to_final_s=to_final,
+            outcomes={o: _sum(values, "streamer_events_total", outcome=o) for o in COUNTED},
+            checkpoints=_sum(values, "streamer_checkpoints_total"),
+            windows_closed=_sum(values, "streamer_funnel_windows_closed_total"),
+        )
+    finally:
+        worker.stop(timeout=30)
+
+
+# --- 6. restart -------------------------------------------------------------------------------
+@dataclass
+class RestartResult:
+    seconds: list[float]
+    mid_run: list[bool]  # whether the input still had a backlog when the worker was killed
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+
+def restarts(
+    children: Children, settings: Settings, loaded: Loaded, workdir: Path, tries: int = 3
+) -> RestartResult:
+    """A fresh worker group reads the topics from the start; ``tries`` times, while it works
+    through the backlog: SIGKILL, restart with the same settings (same static member id),
+    seconds until it handled its first message (counted or skipped as replayed)."""
+    own = worker_settings(settings, workdir, "restart")
+    worker = children.track(WorkerProcess(own, workdir / "restart.log"))
+    worker.start(ready_timeout=120)
+    seconds: list[float] = []
+    mid_run: list[bool] = []
+    try:
+        for attempt in range(tries):
+            for _ in deadline_loop(120, f"restart {attempt}: first message ({worker.log_path})"):
+                values = _scrape(worker)
+                if values is not None and processed(values) > 0:
+                    break
+            time.sleep(1.5)  # a little work, at least one checkpoint
+            values = _scrape(worker) or {}
+            lag = sum(
+                _sum(values, "streamer_consumer_lag_messages", topic=topic)
+                for topic in (own.clickstream_topic, own.checkout_topic)
+            )
+            mid_run.append(lag > 0)
+            worker.kill()
+            killed = time.monotonic()
+            worker.start(ready_timeout=120)
+            for _ in deadline_loop(120, f"restart {attempt} ({worker.log_path})", interval=0.02):
+                values = _scrape(worker)
+                if values is not None and processed(values) > 0:
+                    seconds.append(time.monotonic() - killed)
+                    break
+    finally:
+        worker.stop(timeout=30)
+    return RestartResult(seconds, mid_run)

@@ -1,0 +1,274 @@
+"""Machine facts and ``docs/benchmarks.md``."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+from .core import MemoryResult
+from .data import SESSIONS_PER_SECOND, Loaded
+from .kafka_runs import RestartResult, WorkerResult
+
+__all__ = ["Results", "machine_facts", "write_report"]
+
+NOT_MEASURED = "not measured"
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_facts(kafka: str) -> list[tuple[str, str]]:
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    librdkafka = ""
+    try:
+        import confluent_kafka
+
+        librdkafka = f" (librdkafka {confluent_kafka.libversion()[0]})"
+    except ImportError:
+        pass
+    return [
+        ("CPU", _cpu_model()),
+        ("cores", str(os.cpu_count())),
+        ("RAM", f"{memory:.1f} GiB"),
+        ("OS", f"{platform.system()} {platform.release()}"),
+        ("Python", f"{platform.python_implementation()} {platform.python_version()}"),
+        ("faust-streaming", _version("faust-streaming")),
+        ("aiokafka", _version("aiokafka")),
+        ("quixstreams", _version("quixstreams")),
+        ("confluent-kafka", _version("confluent-kafka") + librdkafka),
+        ("pydantic", _version("pydantic")),
+        ("orjson", _version("orjson")),
+        ("Kafka", kafka),
+    ]
+
+
+@dataclass
+class Results:
+    command: str
+    started: datetime
+    kafka: str
+    load_before: tuple[float, float, float]
+    loaded: Loaded | None = None
+    ceiling: float | None = None
+    floors: dict[str, float] = field(default_factory=dict)
+    quix: float | None = None
+    quix_note: str = ""
+    worker: WorkerResult | None = None
+    restart: RestartResult | None = None
+    memory: MemoryResult | None = None
+    costs: dict[int, float] = field(default_factory=dict)
+    load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    seconds: float = 0.0
+
+    @property
+    def floor(self) -> float | None:
+        return max(self.floors.values()) if self.floors else None
+
+
+def _rate(value: float | None) -> str:
+    return f"{value:,.0f}" if value else NOT_MEASURED
+
+
+def _ratio(part: float | None, whole: float | None) -> str:
+    return f"{part / whole:.2f}" if part and whole else ""
+
+
+def _load(values: tuple[float, float, float]) -> str:
+    return " / ".join(f"{v:.2f}" for v in values)
+
+
+def _throughput(r: Results) -> list[str]:
+    floor_label = {
+        "each": "Faust floor: bare agent, per-event iteration, decode only",
+        "take": "Faust floor: bare agent, `stream.take(500, within=1)`, decode only",
+        "noack": "Faust: bare agent, `stream.noack().events()` (the worker's way), decode only",
+    }
+    rows = [("ceiling: aiokafka `getmany` + `decode_event`", r.ceiling)]
+    rows += [(floor_label.get(mode, mode), rate) for mode, rate in r.floors.items()]
+    rows.append(("Quix Streams peer: furthest stage per session + 1-minute stage counts", r.quix))
+    worker = r.worker.rate if r.worker else None
+    rows.append(("**streamer worker**, end to end (default settings)", worker))
+    lines = [
+        "| reader (each its own consumer group, from the beginning) | events/s | x ceiling "
+        "| x Faust floor |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, rate in rows:
+        lines.append(
+            f"| {label} | {_rate(rate)} | {_ratio(rate, r.ceiling)} | {_ratio(rate, r.floor)} |"
+        )
+    lines.append("")
+    lines.append(
+        f"**Worker / Faust floor: {_ratio(worker, r.floor) or NOT_MEASURED}** (target ≥ 0.7); "
+        f"worker / ceiling: {_ratio(worker, r.ceiling) or NOT_MEASURED}; "
+        f"worker / Quix peer: {_ratio(worker, r.quix) or NOT_MEASURED}. "
+        "The Faust floor is the better of its rows."
+    )
+    if r.quix_note:
+        lines += ["", r.quix_note]
+    if r.worker and r.loaded:
+        w = r.worker
+        final = (
+            f"{w.to_final_s:.1f} s"
+            if w.to_final_s is not None
+            else "not reached within 180 s of the last event"
+        )
+        outcomes = ", ".join(f"{name} {count:,.0f}" for name, count in w.outcomes.items())
+        lines += [
+            "",
+            f"The worker counted all {r.loaded.total:,} input messages in {w.seconds:.1f} s "
+            f"({outcomes}; {w.checkpoints:,.0f} checkpoints). From its first counted event to "
+            f"the **last cohort window published final: {final}** "
+            f"({w.windows_closed:,.0f} windows closed).",
+        ]
+    return lines
+
+
+def _core(r: Results) -> list[str]:
+    lines: list[str] = []
+    if r.memory:
+        m = r.memory
+        lines += [
+            "Open sessions (a landing page view and a product view each, through "
+            "`decode_event` and `stored_event` as in the worker; buffers drained, every attempt "
+            "open at product_view; 36-character session ids), target ≤ 1 KB per session:",
+            "",
+            "| measure | sessions | bytes per session |",
+            "|---|---:|---:|",
+            f"| resident set growth | {m.sessions:,} | {m.rss_per_session:,.0f} |",
+            f"| still allocated (tracemalloc) | {m.live_sample:,} | {m.live_per_session:,.0f} |",
+            f"| stored in a checkpoint (key + JSON) | 1,000 | {m.stored_per_session:,.0f} |",
+            "",
+        ]
+    else:
+        lines += [f"Bytes per open session: {NOT_MEASURED}.", ""]
+    if r.costs:
+        base = next(iter(r.costs.values()))
+        lines += [
+            "Cost per event by session length (offer + watermark advance, best of 3; a landing "
+            "page view then product views 1 s apart, watermark 120 s behind): must be flat.",
+            "",
+            "| events per session | µs per event | x the shortest |",
+            "|---:|---:|---:|",
+            *[f"| {n:,} | {us:.1f} | {us / base:.2f} |" for n, us in r.costs.items()],
+        ]
+    else:
+        lines.append(f"Cost per event by session length: {NOT_MEASURED}.")
+    return lines
+
+
+def _restart(r: Results) -> list[str]:
+    if not r.restart or not r.restart.seconds:
+        return [f"Restart: {NOT_MEASURED}."]
+    x = r.restart
+    lines = [
+        "| try | seconds from SIGKILL to the first message handled | backlog left at the kill |",
+        "|---:|---:|---|",
+    ]
+    for index, (seconds, mid) in enumerate(zip(x.seconds, x.mid_run, strict=False), 1):
+        lines.append(f"| {index} | {seconds:.1f} | {'yes' if mid else 'no (caught up)'} |")
+    lines += ["", f"**Median: {x.median:.1f} s.**"]
+    return lines
+
+
+def write_report(out: Path, r: Results, facts: list[tuple[str, str]]) -> None:
+    data = "no Kafka measurement in this run"
+    if r.loaded:
+        d = r.loaded
+        data = (
+            f"{d.events:,} shop events ({d.sessions:,} sessions over {d.minutes:.0f} minutes of "
+            f"event time, {SESSIONS_PER_SECOND:g} new sessions/s, up to 60 s of arrival "
+            f"disorder, 1% producer retries) then {d.closing} closing events, all produced "
+            "before any reader starts, on 2 topics (clickstream, checkout) x 4 partitions, keyed "
+            "by session id (`tests/traffic.py`)"
+        )
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured {r.started:%Y-%m-%d %H:%M} UTC by `{r.command}` in {r.seconds / 60:.0f} "
+        f"minutes: every figure below comes from this one run, the Kafka ones from the same "
+        f"pre-loaded data: {data}.",
+        "",
+        "| machine | |",
+        "|---|---|",
+        *[f"| {name} | {value} |" for name, value in facts],
+        f"| load average (1/5/15 min) before / after | {_load(r.load_before)} / "
+        f"{_load(r.load_after)} |",
+        "",
+        "## How to read",
+        "",
+        "- One shared 2-core machine runs the broker, the reader under test and whatever else "
+        "is running (see the load average): absolute rates move from run to run, the ratios "
+        "of one run much less. Compare ratios.",
+        "- **ceiling**: what Python can read and decode here at all (`decode_event`: orjson + "
+        "pydantic validation); no framework, no state, no output.",
+        "- **Faust floor**: a Faust agent that does nothing but decode. Faust's per-message "
+        "machinery sets it; the worker cannot beat it while it runs on Faust. "
+        "`DESIGN.md` (cost budget) targets the worker at ≥ 0.7x of it.",
+        "- **worker**: `python -m streamer worker` as shipped (default settings: RocksDB "
+        "store, checkpoints every 2 s, 120 s lateness), from the first input event it counts "
+        "to the last (`streamer_events_total` over accepted, duplicate and dead-lettered equal "
+        "to the messages produced). Its counters reach `/metrics` about once a second, so "
+        "short runs carry up to ~1 s of error. Everything counts: decoding and validation, "
+        "reorder buffer, state machine, cohort windows, checkpoints with their table writes "
+        "and outputs, and the windows stage merging partials in the same process.",
+        "- **Quix peer**: the same job in spirit with Quix Streams (`benchmarks/quix_peer.py`):"
+        " less work per event than the worker (no schema validation, no abandonments, no "
+        "dead letters), more Kafka traffic (a repartition topic for the stage counts).",
+        "- **core alone**: the funnel core without Kafka; memory at rest should stay under "
+        "1 KB per open session, the cost per event flat in the session's length.",
+        "- **restart**: SIGKILL while the worker works through the backlog, restart at once "
+        "with the same settings (same static group member id); seconds until `/metrics` shows "
+        "a handled message (Python and Faust start-up, rejoining the group, restoring state, "
+        "plus up to ~1 s of counter publishing).",
+        "",
+        "## Throughput",
+        "",
+        *_throughput(r),
+        "",
+        "## The core alone (no Kafka)",
+        "",
+        *_core(r),
+        "",
+        "## Restart after SIGKILL",
+        "",
+        *_restart(r),
+        "",
+        "## Reproduce",
+        "",
+        "```",
+        "make bench                                   # python -m benchmarks (200k events)",
+        "python -m benchmarks --events 20000          # a quick run",
+        "python -m benchmarks --only ceiling,floor,worker",
+        "STREAMER_KAFKA_BOOTSTRAP=host:9092 python -m benchmarks   # an existing cluster",
+        "```",
+        "",
+        "It needs the `bench` extra (`pip install -e '.[bench]'`, Quix Streams), Java 17+ "
+        "and Maven (the broker is started on free loopback ports in a temporary folder unless "
+        "`STREAMER_KAFKA_BOOTSTRAP` is set) and writes this file (`--out` to write elsewhere).",
+        "",
+    ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
