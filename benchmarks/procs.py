@@ -24,7 +24,7 @@ class Timeout(RuntimeError):
     """A bounded wait ran out."""
 
 
-def deadline_loop(seconds: float, what: str, interval: float = 0.05) -> Iterator[float]:
+def deadline_loop(seconds: float, what: str, interval: float = 0.25) -> Iterator[float]:
     """Yield the elapsed seconds every ``interval`` until ``seconds`` have passed, then raise
     :class:`Timeout` naming ``what``. The caller breaks out when its condition holds."""
     started = time.monotonic()

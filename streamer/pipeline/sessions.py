@@ -171,6 +171,15 @@ class _Runtime:
     generation: int = 0
 
 
+@dataclass(frozen=True)
+class _Snapshot:
+    partition: int
+    runtime: _Runtime
+    writes: dict[str, bytes]  # table key -> value, the partition's meta last
+    deletes: list[str]
+    acks: list[Any]
+
+
 class SessionsStage:
     def __init__(
         self,
@@ -216,6 +225,8 @@ class SessionsStage:
         self._in_flight: list[Awaitable[Any]] = []
         self._publish_lock = asyncio.Lock()
         self._checkpoint_lock = asyncio.Lock()
+        self._write_outs: set[asyncio.Future[None]] = set()
+        self._failed_write_out: BaseException | None = None
         self._counters = {
             (topic, outcome): metrics.events.labels(topic=topic, outcome=outcome)
             for topic in topics
@@ -242,9 +253,21 @@ class SessionsStage:
         ours any more (Faust may still deliver some it fetched before the rebalance)."""
         self.assigned = set(partitions)
         for partition in set(self.runtimes) - self.assigned:
-            if self.runtimes.pop(partition, None) is not None:
-                self.inputs.revoke(partition)
-                log.info("partition %d: released", partition)
+            self._release(partition)
+
+    async def revoke(self, partitions: set[int]) -> None:
+        """Partitions are being taken away: apply nothing more of them, let the write-outs
+        under way finish (the next owner must find our last checkpoint whole), release them."""
+        if self.assigned is not None:
+            self.assigned -= partitions
+        await self.drain_write_outs()
+        for partition in partitions:
+            self._release(partition)
+
+    def _release(self, partition: int) -> None:
+        if self.runtimes.pop(partition, None) is not None:
+            self.inputs.revoke(partition)
+            log.info("partition %d: released", partition)
 
     def ensure(self, partition: int) -> None:
         """Restore task ``partition`` now (after an assignment, before its first message)."""
@@ -332,7 +355,7 @@ class SessionsStage:
         runtime.offsets[topic] = message.offset + 1
         runtime.unacked.append(ack)
         if time.monotonic() - runtime.checkpointed_at >= self._interval:
-            await self.checkpoint(message.partition)
+            self._start_write_out(message.partition)
         return outcome
 
     async def _rewind(self, runtime: _Runtime, message: SourceMessage, expected: int) -> bool:
@@ -478,42 +501,90 @@ class SessionsStage:
         )
         counter.labels(funnel=record.funnel, stage=record.stage).inc()
 
-    async def checkpoint(self, partition: int) -> None:
-        """Store task ``partition``'s changes with the input offsets they reflect, publish
-        every output, wait for the broker (changelog and outputs), then ack that input."""
+    def _snapshot(self, partition: int) -> _Snapshot | None:
+        """One synchronous snapshot of task ``partition``: its changes (encoded now: the task
+        goes on changing while they are written), the input offsets they reflect and the acks
+        that go with them."""
+        runtime = self.runtimes.get(partition)
+        if runtime is None:
+            return None  # revoked meanwhile
+        saved = runtime.task.checkpoint()
+        name = [funnel.name for funnel in self.funnels]
+        writes = {
+            f"s:{partition}:{sid}": orjson.dumps(state) for sid, state in saved.sessions.items()
+        }
+        writes.update(
+            (f"w:{partition}:{name[funnel]}:{start}", orjson.dumps(counts))
+            for (funnel, start), counts in saved.windows.items()
+        )
+        deletes = [f"s:{partition}:{sid}" for sid in saved.deleted_sessions]
+        deletes.extend(f"w:{partition}:{name[f]}:{start}" for f, start in saved.deleted_windows)
+        meta = {
+            "generation": runtime.generation,
+            "watermark": saved.watermark_ms,
+            "offsets": dict(runtime.offsets),
+            "fronts": self.inputs.fronts_of(partition),
+        }
+        writes[_meta_key(partition)] = orjson.dumps(meta)  # last: it says what the rest reflects
+        acks, runtime.unacked = runtime.unacked, []
+        runtime.checkpointed_at = time.monotonic()
+        return _Snapshot(partition, runtime, writes, deletes, acks)
+
+    async def _write_out(self, snapshot: _Snapshot) -> None:
+        """Publish every output of the snapshot (and maybe a little more), store its state,
+        wait for the broker (outputs and changelog), then ack its input. In snapshot order."""
         async with self._checkpoint_lock:
-            runtime = self.runtimes.get(partition)
-            if runtime is None:
-                return  # revoked meanwhile
             started = time.perf_counter()
-            # One synchronous snapshot: state, offsets and the acks that go with them.
-            saved = runtime.task.checkpoint()
-            meta = {
-                "generation": runtime.generation,
-                "watermark": saved.watermark_ms,
-                "offsets": dict(runtime.offsets),
-                "fronts": self.inputs.fronts_of(partition),
-            }
-            acks, runtime.unacked = runtime.unacked, []
-            runtime.checkpointed_at = time.monotonic()
-            await self.publish()  # every output of the snapshot (and maybe a little more)
+            await self.publish()
+            partition = snapshot.partition
+            if self.runtimes.get(partition) is not snapshot.runtime:
+                return  # revoked while publishing: the next owner resumes from our last one
             table = self._table
             with self._partition_scope(partition):  # writes go to this partition's changelog
-                for session_id, state in saved.sessions.items():
-                    table[f"s:{partition}:{session_id}"] = orjson.dumps(state)
-                for session_id in saved.deleted_sessions:
-                    table.pop(f"s:{partition}:{session_id}", None)
-                for (funnel_index, start), counts in saved.windows.items():
-                    key = f"w:{partition}:{self.funnels[funnel_index].name}:{start}"
-                    table[key] = orjson.dumps(counts)
-                for funnel_index, start in saved.deleted_windows:
-                    table.pop(f"w:{partition}:{self.funnels[funnel_index].name}:{start}", None)
-                table[_meta_key(partition)] = orjson.dumps(meta)
+                for key in snapshot.deletes:
+                    table.pop(key, None)
+                for key, value in snapshot.writes.items():
+                    table[key] = value
             await self._flush_producer()
-            for ack in acks:
+            for ack in snapshot.acks:
                 ack()
             self._metrics.checkpoints.inc()
             self._metrics.checkpoint_seconds.observe(time.perf_counter() - started)
+
+    def _start_write_out(self, partition: int) -> None:
+        """Snapshot now; write it out beside the processing of later messages (the agent does
+        not wait for the broker). A write-out that fails is raised by the next message."""
+        self._raise_failed_write_out()
+        snapshot = self._snapshot(partition)
+        if snapshot is None:
+            return
+        writer = asyncio.ensure_future(self._write_out(snapshot))
+        self._write_outs.add(writer)
+        writer.add_done_callback(self._write_out_done)
+
+    def _write_out_done(self, writer: asyncio.Future[None]) -> None:
+        self._write_outs.discard(writer)
+        if not writer.cancelled() and writer.exception() is not None:
+            self._failed_write_out = writer.exception()
+
+    def _raise_failed_write_out(self) -> None:
+        failed, self._failed_write_out = self._failed_write_out, None
+        if failed is not None:
+            raise failed  # nothing of it was acked: the worker stops, a restart resumes
+
+    async def drain_write_outs(self) -> None:
+        """Wait for every write-out under way (before partitions are revoked); one that
+        failed is raised by the next message."""
+        while self._write_outs:
+            await asyncio.gather(*list(self._write_outs), return_exceptions=True)
+
+    async def checkpoint(self, partition: int) -> None:
+        """Store task ``partition``'s changes with the input offsets they reflect, publish
+        every output, wait for the broker (changelog and outputs), then ack that input."""
+        self._raise_failed_write_out()
+        snapshot = self._snapshot(partition)
+        if snapshot is not None:
+            await self._write_out(snapshot)
 
     async def checkpoint_due(self) -> None:
         """Checkpoint every task whose input went quiet with events not acked yet (the
@@ -640,6 +711,11 @@ def install(
         stage.assign({tp.partition for tp in assigned if tp.topic in topics})
 
     app.on_partitions_assigned.connect(on_assigned)
+
+    async def on_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
+        await stage.revoke({tp.partition for tp in revoked if tp.topic in topics})
+
+    app.on_partitions_revoked.connect(on_revoked)
 
     async def keep_time() -> None:
         if app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set():

@@ -12,6 +12,7 @@ State lives in the ``window-merge`` table; a window published final is never pub
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
@@ -120,13 +121,42 @@ class WindowMerger:
         table: MutableMapping[str, bytes],
         metrics: Metrics,
         send_window: SendFn,
+        revision_interval_s: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._funnels = {funnel.name: funnel for funnel in funnels}
         self._source_partitions = source_partitions
         self._table = table
         self._metrics = metrics
         self._send_window = send_window
-        self._changed: set[str] = set()  # pending keys with a partial since the last publish
+        self._revision_interval = revision_interval_s
+        self._monotonic = monotonic
+        self._changed: set[str] = set()  # pending keys with a partial since their last revision
+        # In memory, rebuilt from the table after every assignment: which windows are pending
+        # (key -> funnel, start), the partitions' progress, the watermark last published at.
+        self._pending: dict[str, tuple[FunnelDefinition, int]] | None = None
+        self._progress: dict[str, int] = {}
+        self._published_watermark = NEVER
+        self._revised_at = -float("inf")
+
+    def reset(self) -> None:
+        """Forget the in-memory view (a rebalance may have changed the table under us)."""
+        self._pending = None
+        self._changed.clear()
+
+    def _load(self) -> dict[str, tuple[FunnelDefinition, int]]:
+        if self._pending is None:
+            pending = {}
+            for key in list(self._table.keys()):
+                if key.startswith("pending:"):
+                    _, funnel_name, start = key.split(":", 2)
+                    funnel = self._funnels.get(funnel_name)
+                    if funnel is not None:
+                        pending[key] = (funnel, int(start))
+            self._pending = pending
+            self._progress = self._get("progress", {})
+            self._published_watermark = NEVER  # re-examine every window once
+        return self._pending
 
     def _get(self, key: str, default: Any) -> Any:
         raw = self._table.get(key)
@@ -136,14 +166,14 @@ class WindowMerger:
         self._table[key] = orjson.dumps(value)
 
     async def process(self, value: bytes) -> list[WindowStats]:
+        pending_windows = self._load()
         record = orjson.loads(value)
         if record.get("kind") == "progress":
-            progress = self._get("progress", {})
             partition = str(record["partition"])
-            if int(record["watermark"]) > int(progress.get(partition, NEVER)):
-                progress[partition] = int(record["watermark"])
-                self._put("progress", progress)
-            return await self._publish(progress)
+            if int(record["watermark"]) > int(self._progress.get(partition, NEVER)):
+                self._progress[partition] = int(record["watermark"])
+                self._put("progress", self._progress)
+            return await self._publish()
         funnel = self._funnels.get(str(record.get("funnel")))
         if funnel is None:
             log.warning("partial for unknown funnel %r ignored", record.get("funnel"))
@@ -162,25 +192,40 @@ class WindowMerger:
         pending["parts"][partition] = record["counts"]  # replaces its previous
         pending["versions"][partition] = version
         self._put(key, pending)
+        pending_windows[key] = (funnel, start)
         self._changed.add(key)
         return []
 
-    async def _publish(self, progress: dict[str, int]) -> list[WindowStats]:
+    def _watermark(self) -> int:
+        progress = self._progress
         if len(progress) < self._source_partitions:
-            watermark = NEVER  # a partition never reported: nothing is final yet
-        else:
-            watermark = min(progress[str(p)] for p in range(self._source_partitions))
-        published = []
-        keys = sorted(k for k in list(self._table.keys()) if k.startswith("pending:"))
-        for key in keys:
-            _, funnel_name, _ = key.split(":", 2)
-            funnel = self._funnels.get(funnel_name)
-            pending = self._get(key, None)
-            if funnel is None or pending is None:
-                continue
-            start = int(pending["start"])
+            return NEVER  # a partition never reported: nothing is final yet
+        return min(progress.get(str(p), NEVER) for p in range(self._source_partitions))
+
+    async def _publish(self) -> list[WindowStats]:
+        """Final records of the windows every partition has decided; revisions of changed
+        ones at most once per ``revision_interval_s`` (a progress record comes several times
+        a second per partition, and a revision is for people watching, not for correctness)."""
+        pending_windows = self._load()
+        watermark = self._watermark()
+        now = self._monotonic()
+        revise = bool(self._changed) and now - self._revised_at >= self._revision_interval
+        if watermark == self._published_watermark and not revise:
+            return []
+        self._published_watermark = watermark
+        if revise:
+            self._revised_at = now
+        due = []
+        for key, (funnel, start) in pending_windows.items():
             final = start + funnel.window_ms + funnel.finality_lag_ms <= watermark
-            if not final and key not in self._changed:
+            if final or (revise and key in self._changed):
+                due.append(key)
+        published = []
+        for key in sorted(due):
+            funnel, start = pending_windows[key]
+            pending = self._get(key, None)
+            if pending is None:
+                pending_windows.pop(key, None)
                 continue
             counts = merge_partials(
                 len(funnel.stages),
@@ -197,8 +242,10 @@ class WindowMerger:
             )
             await self._send_window(stats.window_id.encode(), stats.model_dump_json().encode())
             published.append(stats)
+            self._changed.discard(key)
             if stats.final:
                 del self._table[key]
+                del pending_windows[key]
                 self._put(
                     f"final:{funnel.name}", max(start + 1, self._get(f"final:{funnel.name}", NEVER))
                 )
@@ -206,7 +253,6 @@ class WindowMerger:
             else:
                 pending["revision"] = revision
                 self._put(key, pending)
-        self._changed.clear()
         return published
 
     def _record(self, funnel: FunnelDefinition, stats: WindowStats, counts: WindowCounts) -> None:
@@ -264,4 +310,9 @@ def install(
             event.ack()
 
     app.agent(partials, name="windows")(windows_agent)
+
+    async def on_assigned(sender: Any, assigned: set[Any], **kwargs: Any) -> None:
+        merger.reset()
+
+    app.on_partitions_assigned.connect(on_assigned)
     return merger

@@ -1,0 +1,120 @@
+"""The window merger on a plain dict table: partials replace by version, a window is published
+final once every partition's progress is past its finality, revisions are rate-limited, and
+its in-memory view is rebuilt from the table after a reset (a rebalance)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry
+
+from streamer.funnel.definition import load_funnel
+from streamer.funnel.session import Kind, Outcome
+from streamer.funnel.windows import WindowCounts
+from streamer.metrics import Metrics
+from streamer.pipeline.windows import WindowMerger
+
+from .helpers import CHECKOUT
+
+FUNNEL = load_funnel(CHECKOUT)
+START = 1_700_000_040_000 - 1_700_000_040_000 % FUNNEL.window_ms
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def partial(partition: int, entered: int, version: list[int]) -> bytes:
+    counts = WindowCounts.empty(len(FUNNEL.stages))
+    for _ in range(entered):
+        counts.apply(Outcome(Kind.ENTERED, 0, START, START, (None,) * len(FUNNEL.segments)))
+    record: dict[str, Any] = {
+        "kind": "partial",
+        "funnel": FUNNEL.name,
+        "start": START,
+        "end": START + FUNNEL.window_ms,
+        "partition": partition,
+        "counts": counts.to_json(),
+        "version": version,
+    }
+    return orjson.dumps(record)
+
+
+def progress(partition: int, watermark: int) -> bytes:
+    return orjson.dumps({"kind": "progress", "partition": partition, "watermark": watermark})
+
+
+def merger(table: dict[str, bytes], clock: Clock) -> tuple[WindowMerger, list[bytes]]:
+    sent: list[bytes] = []
+
+    async def send(key: bytes | None, value: bytes) -> None:
+        sent.append(value)
+
+    made = WindowMerger(
+        funnels=(FUNNEL,),
+        source_partitions=2,
+        table=table,
+        metrics=Metrics.create(CollectorRegistry()),
+        send_window=send,
+        monotonic=clock,
+    )
+    return made, sent
+
+
+FINAL_AT = START + FUNNEL.window_ms + FUNNEL.finality_lag_ms
+
+
+async def test_final_once_every_partition_is_past_finality_with_the_newest_partials() -> None:
+    table: dict[str, bytes] = {}
+    clock = Clock()
+    merge, sent = merger(table, clock)
+    await merge.process(partial(0, 3, [1, 10, 0]))
+    await merge.process(partial(0, 5, [1, 20, 0]))  # replaces the first
+    await merge.process(partial(0, 4, [1, 15, 0]))  # older view of partition 0: ignored
+    await merge.process(partial(1, 2, [7, 3, 0]))
+    assert await merge.process(progress(0, FINAL_AT)) != []  # a revision (not final)
+    revision = orjson.loads(sent[-1])
+    assert (revision["final"], revision["stages"][0]["entered"]) == (False, 7)
+    assert await merge.process(progress(0, FINAL_AT)) == []  # nothing new: nothing sent
+    final = await merge.process(progress(1, FINAL_AT))
+    assert [(w.final, w.stages[0].entered, w.revision) for w in final] == [(True, 7, 1)]
+    assert not any(key.startswith("pending:") for key in table)
+    await merge.process(partial(1, 9, [8, 0, 0]))  # a re-send after a restart: already final
+    assert await merge.process(progress(1, FINAL_AT + 1)) == []
+
+
+async def test_revisions_at_most_once_per_interval() -> None:
+    table: dict[str, bytes] = {}
+    clock = Clock()
+    merge, sent = merger(table, clock)
+    await merge.process(partial(0, 1, [1, 1, 0]))
+    await merge.process(progress(0, START))
+    assert len(sent) == 1
+    await merge.process(partial(0, 2, [1, 2, 0]))
+    await merge.process(progress(0, START + 1))
+    assert len(sent) == 1  # changed, but revised less than a second ago
+    clock.now += 1.0
+    await merge.process(progress(1, START))
+    assert len(sent) == 2
+    assert orjson.loads(sent[-1])["stages"][0]["entered"] == 2
+
+
+async def test_a_reset_rebuilds_the_view_from_the_table() -> None:
+    table: dict[str, bytes] = {}
+    clock = Clock()
+    first, _ = merger(table, clock)
+    await first.process(partial(0, 3, [1, 1, 0]))
+    await first.process(partial(1, 4, [1, 1, 0]))
+    await first.process(progress(0, START))
+    second, sent = merger(table, clock)  # another worker took the partition over
+    second.reset()
+    final = await second.process(progress(1, FINAL_AT))
+    assert final == []
+    assert sent == []
+    final = await second.process(progress(0, FINAL_AT))
+    assert [(w.final, w.stages[0].entered) for w in final] == [(True, 7)]
