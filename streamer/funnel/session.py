@@ -17,9 +17,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from streamer.funnel.definition import FunnelDefinition
+
+_T = TypeVar("_T")
+_SHARED_MAX = 65_536  # distinct shared segment values and tuples per funnel
 
 __all__ = [
     "NEVER",
@@ -84,7 +87,7 @@ class Attempt:
     stage: int
     reached_ms: int
     deadline_ms: int
-    segments: list[str | None]  # first-touch values so far
+    segments: tuple[str | None, ...]  # first-touch values so far (shared, see share())
     stage_segments: tuple[str | None, ...]  # the values at the entry into ``stage``
     cart_value: float = 0.0
     last_activity_ms: int = 0
@@ -96,7 +99,7 @@ class Attempt:
             self.stage,
             self.reached_ms,
             self.deadline_ms,
-            self.segments,
+            list(self.segments),
             list(self.stage_segments),
             self.cart_value,
             self.last_activity_ms,
@@ -110,7 +113,7 @@ class Attempt:
             int(raw[1]),
             int(raw[2]),
             int(raw[3]),
-            list(raw[4]),
+            tuple(raw[4]),
             tuple(raw[5]),
             float(raw[6]),
             int(raw[7]),
@@ -219,6 +222,17 @@ class CompiledFunnel:
         self._filters = tuple(stage.where for stage in definition.stages)
         self._segment_fields = tuple(_segment_field(s.source) for s in definition.segments)
         self._segment_values = tuple(frozenset(s.values) for s in definition.segments)
+        self._shared: dict[Any, Any] = {}
+
+    def share(self, value: _T) -> _T:
+        """One object for equal segment values and tuples: millions of open sessions hold a
+        few distinct ones (bounded, so a high-cardinality segment cannot grow it forever)."""
+        shared = self._shared.get(value)
+        if shared is not None:
+            return shared  # type: ignore[no-any-return]
+        if len(self._shared) < _SHARED_MAX:
+            self._shared[value] = value
+        return value
 
     def stage_of(self, event: StoredEvent) -> int:
         """The stage ``event`` matches, or -1."""
@@ -237,7 +251,7 @@ class CompiledFunnel:
                 out.append(None)
                 continue
             text = str(raw)[:64]
-            out.append("other" if allowed and text not in allowed else text)
+            out.append("other" if allowed and text not in allowed else self.share(text))
         return out
 
     @property
@@ -345,7 +359,7 @@ def apply_instant(
     if attempt is None:
         if 0 not in stages or at_ms <= progress.ended_ms:
             return result
-        attempt = Attempt(at_ms, 0, at_ms, 0, [None] * funnel.segment_count, ())
+        attempt = Attempt(at_ms, 0, at_ms, 0, funnel.share((None,) * funnel.segment_count), ())
         attempt.deadline_ms = _deadline(funnel, attempt)
         progress.attempt = attempt
         started = True
@@ -354,20 +368,22 @@ def apply_instant(
         touched = [
             funnel.segment_values(e) for e, stage in zip(events, stages, strict=True) if stage >= 0
         ]
-        for dim, current in enumerate(attempt.segments):
+        segments = list(attempt.segments)
+        for dim, current in enumerate(segments):
             if current is None:
                 candidates = [text for seen in touched if (text := seen[dim]) is not None]
                 if candidates:
-                    attempt.segments[dim] = min(candidates)
+                    segments[dim] = min(candidates)
+        attempt.segments = funnel.share(tuple(segments))
     amounts = [amount for event in events if (amount := _cart_value(event)) > 0]
     if amounts:
         attempt.cart_value = max(amounts)
     currencies = sorted(str(c) for event in events if (c := event.fields.get("currency")))
     if currencies:
-        attempt.currency = currencies[-1]
+        attempt.currency = funnel.share(currencies[-1])
     attempt.last_activity_ms = at_ms
     if started:
-        attempt.stage_segments = tuple(attempt.segments)
+        attempt.stage_segments = attempt.segments
         out.append(Outcome(Kind.ENTERED, 0, at_ms, at_ms, attempt.stage_segments))
     # Advance while this instant holds the next stage's event (inclusive deadline: step 1).
     while attempt.stage < funnel.last_stage and attempt.stage + 1 in stages:
@@ -383,7 +399,7 @@ def apply_instant(
         )
         attempt.stage += 1
         attempt.reached_ms = at_ms
-        attempt.stage_segments = tuple(attempt.segments)
+        attempt.stage_segments = attempt.segments
         attempt.deadline_ms = _deadline(funnel, attempt)
         out.append(Outcome(Kind.ENTERED, attempt.stage, at_ms, at_ms, attempt.stage_segments))
     if attempt.stage == funnel.last_stage:
