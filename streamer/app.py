@@ -17,7 +17,7 @@ from streamer.errors import ConfigError
 from streamer.funnel.definition import FunnelDefinition, FunnelDefinitionError, load_funnels
 from streamer.metrics import Metrics
 from streamer.notify import Notifier, SlackNotifier
-from streamer.pipeline import detector, notifier, sessions, web, windows
+from streamer.pipeline import detector, notifier, rekey, sessions, web, windows
 from streamer.pipeline.messages import DLQ_MAX_MESSAGE_BYTES
 from streamer.settings import Settings
 
@@ -68,6 +68,7 @@ def topic_plan(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
         settings.abandonments_topic: (per_session, {}),
         settings.alerts_topic: (1, {}),
         settings.failed_alerts_topic: (1, {}),
+        **({} if settings.source_keyed_by_session else {settings.rekeyed_topic: (per_session, {})}),
     }
 
 
@@ -124,6 +125,8 @@ def create_app(
         # wait for those acks (the next owner resumes from the checkpoint instead).
         stream_wait_empty=False,
     )
+    if not settings.source_keyed_by_session:
+        rekey.install(app, settings, metrics)
     stage = sessions.install(app, settings, metrics, funnels)
     merger = windows.install(app, settings, metrics, funnels)
     judge = detector.install(app, settings, metrics, funnels)

@@ -441,18 +441,38 @@ def worker(ctx: click.Context) -> None:
 
 
 def _check_source_partitions(settings: Settings) -> None:
-    """Faust needs every source topic to have as many partitions as the table changelogs."""
+    """One hop needs co-partitioned sources: the same partition count on both topics (and
+    on the state table's changelog). Says which path the worker runs."""
     from streamer.errors import ConfigError
     from streamer.kafka_io import topic_partitions
 
-    for topic in (settings.clickstream_topic, settings.checkout_topic):
-        count = len(run_sync(topic_partitions(settings, topic)))
+    log = logging.getLogger("streamer.worker")
+    topics = (settings.clickstream_topic, settings.checkout_topic)
+    counts = {topic: len(run_sync(topic_partitions(settings, topic))) for topic in topics}
+    if not settings.source_keyed_by_session:
+        log.info(
+            "re-key path: events of %s are validated and re-keyed by session id through %s "
+            "(%d partitions), event-time fronts in-band (STREAMER_SOURCE_KEYED_BY_SESSION=false)",
+            ", ".join(f"{t} ({n} partitions)" for t, n in counts.items()),
+            settings.rekeyed_topic,
+            settings.topic_partitions,
+        )
+        return
+    for topic, count in counts.items():
         if count != settings.topic_partitions:
             raise ConfigError(
-                f"topic {topic} has {count} partitions but topic_partitions is "
-                f"{settings.topic_partitions}: set STREAMER_TOPIC_PARTITIONS={count} "
-                "(all source topics need the same count)"
+                f"topics are not co-partitioned: {topic} has {count} partitions but "
+                f"topic_partitions is {settings.topic_partitions} "
+                f"({', '.join(f'{t}: {n}' for t, n in counts.items())}). One hop needs both "
+                "topics keyed by session_id with the same partition count: set "
+                "STREAMER_TOPIC_PARTITIONS to it, or STREAMER_SOURCE_KEYED_BY_SESSION=false to "
+                "re-key through an internal topic"
             )
+    log.info(
+        "one hop: %s are keyed by session id with %d partitions each, processed in place",
+        " and ".join(topics),
+        settings.topic_partitions,
+    )
 
 
 # --- simulate ----------------------------------------------------------------------------

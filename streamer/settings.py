@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     dlq_topic: str = "funnel.dlq"
     topic_partitions: int = Field(default=4, ge=1, le=1024)
     topic_replication: int = Field(default=1, ge=1)
+    source_keyed_by_session: bool = Field(
+        default=True,
+        description="producers key clickstream and checkout by session_id and both topics "
+        "have topic_partitions partitions (one hop); false: any keys and partition counts, "
+        "events are re-keyed through rekeyed_topic first",
+    )
+    rekeyed_topic: str = "funnel.rekeyed"
 
     # --- Ingest ----------------------------------------------------------------------------
     max_event_bytes: int = Field(default=64 * 1024, ge=256, le=1024 * 1024)

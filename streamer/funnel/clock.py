@@ -12,6 +12,10 @@ over every active input the worker reads, as Flink does with idle splits); when 
 idle, everything there is has been read and the watermark may reach the newest event time
 read (minus the lateness), never further: a paused producer decides no session whose timeout
 has not passed in event time.
+
+On the re-key path every task reads events of every source partition, so its inputs are the
+source partitions themselves (named ``topic/partition``), added as their fronts arrive in-band
+(:meth:`add_inputs`); a task that knows no input yet holds its watermark.
 """
 
 from __future__ import annotations
@@ -31,13 +35,27 @@ class InputClock:
         self.lateness_ms = allowed_lateness_ms
         self.fronts: dict[Input, int] = {}
         self.idle: set[Input] = set()
+        self.partitions: set[int] = set()
 
     def assign(self, partition: int, fronts: dict[str, int] | None = None) -> None:
+        self.add_inputs(fronts or ())
+        self.partitions.add(partition)
         for topic in self.topics:
             self.fronts[(topic, partition)] = (fronts or {}).get(topic, NEVER)
             self.idle.discard((topic, partition))
 
+    def add_inputs(self, names: Iterable[str]) -> None:
+        """More inputs for every task (unknown fronts hold their watermark until observed)."""
+        new = [name for name in names if name not in self.topics]
+        if not new:
+            return
+        self.topics = (*self.topics, *new)
+        for name in new:
+            for partition in self.partitions:
+                self.fronts.setdefault((name, partition), NEVER)
+
     def revoke(self, partition: int) -> None:
+        self.partitions.discard(partition)
         for topic in self.topics:
             self.fronts.pop((topic, partition), None)
             self.idle.discard((topic, partition))

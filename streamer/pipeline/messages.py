@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -10,11 +11,29 @@ from typing import Any
 from streamer.decode import Rejection
 from streamer.events import DeadLetter
 
-__all__ = ["DLQ_MAX_MESSAGE_BYTES", "SourceMessage", "dead_letter_for", "source_message"]
+__all__ = [
+    "DLQ_MAX_MESSAGE_BYTES",
+    "REKEY_FRONT",
+    "REKEY_KEY_HEADER",
+    "REKEY_KIND_HEADER",
+    "REKEY_SOURCE_HEADER",
+    "REKEY_TIMESTAMP_HEADER",
+    "SourceMessage",
+    "dead_letter_for",
+    "source_message",
+]
 
 # A dead letter carries the original value base64-encoded (4/3 of its size) plus metadata, so
 # the DLQ accepts larger messages than the broker's 1 MiB default for source topics.
 DLQ_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+# Headers of the re-keyed topic (the re-key path): a forwarded event keeps its original bytes
+# and says where it came from; a front marker carries a source partition's event-time front.
+REKEY_KIND_HEADER = "streamer-kind"
+REKEY_FRONT = b"front"
+REKEY_SOURCE_HEADER = "streamer-source"  # "topic/partition/offset" of the original
+REKEY_TIMESTAMP_HEADER = "streamer-timestamp"  # the original's broker timestamp (ms)
+REKEY_KEY_HEADER = "streamer-key"  # the original's key, when it had one
 
 
 @dataclass(frozen=True)
@@ -25,10 +44,20 @@ class SourceMessage:
     timestamp_ms: int | None
     key: bytes | None
     value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    def header(self, name: str) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
 
 
 def source_message(raw: Any) -> SourceMessage:
     """A Faust message as the stages see it (Faust's timestamps are float seconds)."""
+    headers = raw.headers or ()
+    if isinstance(headers, Mapping):
+        headers = headers.items()
     return SourceMessage(
         topic=raw.topic,
         partition=raw.partition,
@@ -36,6 +65,7 @@ def source_message(raw: Any) -> SourceMessage:
         timestamp_ms=round(raw.timestamp * 1000) if raw.timestamp else None,
         key=raw.key,
         value=raw.value,
+        headers=tuple((str(k), bytes(v or b"")) for k, v in headers),
     )
 
 

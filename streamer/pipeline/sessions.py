@@ -41,6 +41,11 @@ from streamer.funnel.task import AbandonmentNotice, Offer, Task
 from streamer.metrics import Metrics
 from streamer.pipeline.messages import (
     DLQ_MAX_MESSAGE_BYTES,
+    REKEY_FRONT,
+    REKEY_KEY_HEADER,
+    REKEY_KIND_HEADER,
+    REKEY_SOURCE_HEADER,
+    REKEY_TIMESTAMP_HEADER,
     SourceMessage,
     dead_letter_for,
     source_message,
@@ -166,6 +171,8 @@ class _Runtime:
     created_at: float = field(default_factory=time.monotonic)
     last_read: dict[str, float] = field(default_factory=dict)  # topic -> monotonic time
     rewinding: dict[str, int] = field(default_factory=dict)  # topic -> offset sought back to
+    # Re-key path: "topic/partition" of a source -> its next offset to apply.
+    source_offsets: dict[str, int] = field(default_factory=dict)
     # Grows with every restore (new owner, restart): this owner's partials supersede those of
     # earlier owners of the partition, whatever their input offsets.
     generation: int = 0
@@ -200,6 +207,7 @@ class SessionsStage:
         earliest: Callable[[str, int], Awaitable[int]] = _from_zero,
         partition_scope: Callable[[int], AbstractContextManager[None]] = _any_partition,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        rekeyed_from: tuple[str, ...] = (),
     ) -> None:
         self.definitions = funnels
         self.funnels = tuple(CompiledFunnel(f) for f in funnels)
@@ -219,7 +227,10 @@ class SessionsStage:
         self._partition_scope = partition_scope
         self._clock = clock
         self._keep = needed_fields(funnels)
-        self.inputs = InputClock(topics, allowed_lateness_ms)
+        # Re-key path: ``topics`` is the re-keyed topic, events come from ``rekeyed_from`` and
+        # the clock's inputs are their partitions, learnt from the in-band front markers.
+        self.rekeyed_from = rekeyed_from
+        self.inputs = InputClock(() if rekeyed_from else topics, allowed_lateness_ms)
         self.runtimes: dict[int, _Runtime] = {}
         self.assigned: set[int] | None = None  # None: not told yet (tests drive it directly)
         self._in_flight: list[Awaitable[Any]] = []
@@ -229,7 +240,7 @@ class SessionsStage:
         self._failed_write_out: BaseException | None = None
         self._counters = {
             (topic, outcome): metrics.events.labels(topic=topic, outcome=outcome)
-            for topic in topics
+            for topic in (*topics, *rekeyed_from)
             for outcome in ("accepted", "dead_lettered", "duplicate")
         }
         self._bytes = {topic: metrics.event_bytes.labels(topic=topic) for topic in topics}
@@ -300,6 +311,7 @@ class SessionsStage:
                         windows[(names[funnel_name], int(start))] = orjson.loads(value)
         task.restore(int(meta.get("watermark", NEVER)), sessions, windows)
         runtime.offsets = {str(k): int(v) for k, v in meta.get("offsets", {}).items()}
+        runtime.source_offsets = {str(k): int(v) for k, v in meta.get("source_offsets", {}).items()}
         # Wall-clock milliseconds only order the owners of a partition (never a funnel decision):
         # monotonic even if the previous owner died before its first checkpoint.
         runtime.generation = max(int(meta.get("generation", 0)) + 1, round(time.time() * 1000))
@@ -342,7 +354,10 @@ class SessionsStage:
         self._tally(self._bytes[topic], len(message.value) if message.value is not None else 0)
         outcome: Offer | None = None
         try:
-            outcome = await self._apply(runtime, message)
+            if self.rekeyed_from:
+                outcome = await self._apply_rekeyed(runtime, message)
+            else:
+                outcome = await self._apply(runtime, message, message.topic)
         except Exception as exc:  # a bug must not stop the worker or lose the message
             log.exception(
                 "sessions stage failed on %s[%d]@%d", topic, message.partition, message.offset
@@ -391,7 +406,42 @@ class SessionsStage:
         await self._seek(topic, partition, expected)
         return False
 
-    async def _apply(self, runtime: _Runtime, message: SourceMessage) -> Offer | None:
+    async def _apply_rekeyed(self, runtime: _Runtime, message: SourceMessage) -> Offer | None:
+        """A message of the re-keyed topic: a source partition's front, or a forwarded event
+        (applied once: a re-key stage restarted mid-way forwards some again)."""
+        if message.header(REKEY_KIND_HEADER) == REKEY_FRONT:
+            marker = orjson.loads(message.value or b"{}")
+            source, partition = str(marker["source"]), message.partition
+            self.inputs.add_inputs(str(name) for name in marker["sources"])
+            self.inputs.observe(source, partition, int(marker["front"]))
+            self.inputs.set_idle(source, partition, bool(marker["idle"]))
+            watermark = self.inputs.watermark(partition)
+            if watermark is not None:
+                runtime.task.advance(watermark)
+            return None
+        origin = (message.header(REKEY_SOURCE_HEADER) or b"").decode()
+        topic, source_partition, source_offset = origin.rsplit("/", 2)
+        source = f"{topic}/{source_partition}"
+        if int(source_offset) < runtime.source_offsets.get(source, 0):
+            self._tally(self._replayed[message.topic])
+            return None
+        runtime.source_offsets[source] = int(source_offset) + 1
+        timestamp = message.header(REKEY_TIMESTAMP_HEADER)
+        original = SourceMessage(
+            topic=topic,
+            partition=int(source_partition),
+            offset=int(source_offset),
+            timestamp_ms=int(timestamp) if timestamp else None,
+            key=message.header(REKEY_KEY_HEADER),
+            value=message.value,
+        )
+        return await self._apply(runtime, original, None)
+
+    async def _apply(
+        self, runtime: _Runtime, message: SourceMessage, clock_input: str | None
+    ) -> Offer | None:
+        """Decode, validate and offer one event; ``clock_input`` names the input whose front
+        it moves (None on the re-key path, where fronts arrive in-band)."""
         if message.timestamp_ms is not None and message.timestamp_ms >= 0:
             received_at = datetime.fromtimestamp(message.timestamp_ms / 1000, tz=UTC)
         else:
@@ -421,10 +471,11 @@ class SessionsStage:
         if outcome is Offer.ACCEPTED:
             for counter in self._type_counters[result.event_type]:
                 self._tally(counter)
-            self.inputs.observe(message.topic, message.partition, event.at_ms)
-            watermark = self.inputs.watermark(message.partition)
-            if watermark is not None:
-                task.advance(watermark)
+            if clock_input is not None:
+                self.inputs.observe(clock_input, message.partition, event.at_ms)
+                watermark = self.inputs.watermark(message.partition)
+                if watermark is not None:
+                    task.advance(watermark)
         return outcome
 
     # --- time without input -----------------------------------------------------------------
@@ -433,6 +484,8 @@ class SessionsStage:
         the watermark back; then tasks whose inputs are all idle follow the others."""
         now = time.monotonic()
         for partition, runtime in self.runtimes.items():
+            if self.rekeyed_from:
+                break  # the re-key stage says which source partitions are idle, in-band
             for topic in self.topics:
                 end = highwaters.get((topic, partition))
                 read_at = runtime.last_read.get(topic, runtime.created_at)
@@ -461,27 +514,28 @@ class SessionsStage:
         the broker has it. Called by checkpoints and by the worker's timer."""
         self.flush_metrics()
         async with self._publish_lock:
+            # Drained and encoded in one synchronous step: a progress record must carry the
+            # watermark of the counts drained with it (the agent moves on while we send, and a
+            # later watermark would let the merger finalise a window on stale counts).
+            partials: list[bytes] = []
+            notices: list[AbandonmentNotice] = []
             for partition, runtime in sorted(self.runtimes.items()):
                 out = runtime.task.drain()
-                for notice in out.abandonments:
-                    await self._publish_abandonment(notice)
+                notices.extend(out.abandonments)
+                watermark = runtime.task.watermark_ms
                 # (owner generation, input offsets, watermark) version the partial: the merger
                 # keeps the newest, so a late copy from a previous owner cannot replace it.
-                version = [
-                    runtime.generation,
-                    sum(runtime.offsets.values()),
-                    runtime.task.watermark_ms,
-                ]
+                version = [runtime.generation, sum(runtime.offsets.values()), watermark]
                 for partial in out.partials:
                     record = partial.to_json()
                     record["version"] = version
-                    self._in_flight.append(await self._send_partial(None, orjson.dumps(record), 0))
-                progress = {
-                    "kind": "progress",
-                    "partition": partition,
-                    "watermark": runtime.task.watermark_ms,
-                }
-                self._in_flight.append(await self._send_partial(None, orjson.dumps(progress), 0))
+                    partials.append(orjson.dumps(record))
+                progress = {"kind": "progress", "partition": partition, "watermark": watermark}
+                partials.append(orjson.dumps(progress))
+            for notice in notices:
+                await self._publish_abandonment(notice)
+            for value in partials:
+                self._in_flight.append(await self._send_partial(None, value, 0))
             in_flight, self._in_flight = self._in_flight, []
             for future in in_flight:
                 await future  # raises if the broker refused: nothing gets acked
@@ -524,6 +578,7 @@ class SessionsStage:
             "watermark": saved.watermark_ms,
             "offsets": dict(runtime.offsets),
             "fronts": self.inputs.fronts_of(partition),
+            "source_offsets": dict(runtime.source_offsets),
         }
         writes[_meta_key(partition)] = orjson.dumps(meta)  # last: it says what the rest reflects
         acks, runtime.unacked = runtime.unacked, []
@@ -637,9 +692,18 @@ def install(
 ) -> SessionsStage:
     """Wire the sessions stage into ``app``: source topics, outputs, state table, agent, and
     the timer that marks idle inputs and publishes without input."""
-    topics = (settings.clickstream_topic, settings.checkout_topic)
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
-    source = app.topic(*topics, key_type=bytes, value_type=bytes, **raw)
+    sources = (settings.clickstream_topic, settings.checkout_topic)
+    topics: tuple[str, ...]
+    rekeyed_from: tuple[str, ...]
+    if settings.source_keyed_by_session:
+        topics, rekeyed_from = sources, ()
+        source = app.topic(*topics, key_type=bytes, value_type=bytes, **raw)
+    else:  # the re-key stage (streamer.pipeline.rekey) forwards every event to one topic
+        topics, rekeyed_from = (settings.rekeyed_topic,), sources
+        source = app.topic(
+            *topics, partitions=settings.topic_partitions, key_type=bytes, value_type=bytes, **raw
+        )
     dlq = app.topic(
         settings.dlq_topic, config={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)}, **raw
     )
@@ -699,6 +763,7 @@ def install(
         seek=seek,
         earliest=earliest,
         partition_scope=partition_scope,
+        rekeyed_from=rekeyed_from,
     )
 
     async def sessions_agent(stream: Any) -> None:

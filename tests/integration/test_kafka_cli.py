@@ -129,6 +129,8 @@ def test_worker_refuses_source_topics_with_another_partition_count(
     result = _run(env, "worker")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        f"error: topic {topic} has 3 partitions but topic_partitions is 4: "
-        "set STREAMER_TOPIC_PARTITIONS=3 (all source topics need the same count)"
+        f"error: topics are not co-partitioned: {topic} has 3 partitions but topic_partitions "
+        f"is 4 ({topic}: 3, checkout-{unique}: 4). One hop needs both topics keyed by "
+        "session_id with the same partition count: set STREAMER_TOPIC_PARTITIONS to it, or "
+        "STREAMER_SOURCE_KEYED_BY_SESSION=false to re-key through an internal topic"
     )

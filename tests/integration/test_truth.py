@@ -13,14 +13,17 @@ import time
 from functools import cache
 from pathlib import Path
 
+import orjson
 import pytest
 
+from streamer.app import topic_plan
 from streamer.dlq import parse_dead_letters
 from streamer.events import ReasonCode
 from streamer.funnel.definition import load_funnel
-from streamer.kafka_io import read_topic
+from streamer.kafka_io import ensure_topic_plan, ensure_topics, make_producer, read_topic
 from streamer.kafka_local import LocalKafka
 from streamer.settings import Settings
+from streamer.testing import produce
 from tests.compare import assert_same
 from tests.integration.pipeline_run import (
     Published,
@@ -165,3 +168,53 @@ def test_the_dataset_is_what_the_tests_claim() -> None:
     assert span_ms >= 30 * 60_000
     ids = [e["event_id"] for e in data.arrivals]
     assert len(ids) - len(set(ids)) > 100, "producer retries are in the data"
+
+
+async def test_producers_not_keying_by_session_go_through_the_rekey_path(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Events keyed by event id (a session's events spread over every partition) on topics
+    of 3 and 2 partitions: the re-key path gives the oracle's numbers, none late."""
+    config = settings.model_copy(update={"topic_partitions": 4, "source_keyed_by_session": False})
+    counts = {config.clickstream_topic: 3, config.checkout_topic: 2}
+    for topic, count in counts.items():
+        await ensure_topics(config, [topic], partitions=count)
+    await ensure_topic_plan(config, topic_plan(config))
+    data = dataset()
+    await produce(config, [(topic, orjson.loads(value)["event_id"].encode(), value)
+                           for topic, _, value in data.messages(config)])  # fmt: skip
+    closing = []
+    for topic, count in counts.items():
+        for partition in range(count):
+            event = {
+                "event_id": f"closing-{topic}-{partition}",
+                "event_type": "page_view"
+                if topic == config.clickstream_topic
+                else "shipping_submitted",
+                "session_id": f"closing-{topic}-{partition}",
+                "occurred_at": data.closing_ms,
+                **(
+                    {"page": "/closing"}
+                    if topic == config.clickstream_topic
+                    else {"shipping_method": "none"}
+                ),
+            }
+            closing.append((topic, partition, orjson.dumps(event)))
+    await produce_to_partitions(config, closing)
+    process = worker(config, tmp_path, "w0").start()
+    try:
+        published = await wait_published(config, oracle(), [process])
+    finally:
+        process.stop()
+    await assert_equals_oracle(config, published)
+    assert "re-key path" in process.log_path.read_text()
+
+
+async def produce_to_partitions(settings: Settings, messages: list[tuple[str, int, bytes]]) -> None:
+    producer = make_producer(settings, acks="all")
+    await producer.start()
+    try:
+        for topic, partition, value in messages:
+            await producer.send_and_wait(topic, value=value, partition=partition)
+    finally:
+        await producer.stop()

@@ -1,0 +1,222 @@
+"""Re-key stage: the path for producers that do not key events by session id.
+
+One hop is the contract's recommendation (clickstream and checkout keyed by ``session_id`` on
+topics with the same partition count). When producers key by something else, or the topics'
+partition counts differ, set ``STREAMER_SOURCE_KEYED_BY_SESSION=false`` and this stage runs
+first: it reads both topics (any keys, any partition counts), validates every event (rejections
+go to the dead-letter topic here, with the original bytes) and forwards the original bytes to
+``rekeyed_topic`` keyed by session id, saying in headers where each came from.
+
+Event time travels in-band so that a backlog on any source partition still holds every
+watermark back: once a second the stage sends every partition of the re-keyed topic a *front
+marker* per source partition it reads (the newest event time forwarded from it, whether it is
+idle: caught up with its log end and silent for ``idle_timeout_seconds``, and the list of all
+source partitions). A marker follows the events it covers (one producer, ordered per
+partition), and only this stage writes the re-keyed topic, so no outside producer can move a
+watermark. Input is acked once what was forwarded is confirmed by the broker; a restart
+forwards some events again, which the sessions tasks skip by source offset.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from faust.types import TP
+
+from streamer.decode import DecodeLimits, Rejection, decode_event
+from streamer.events import to_epoch_ms
+from streamer.funnel.session import NEVER
+from streamer.metrics import Metrics
+from streamer.pipeline.messages import (
+    DLQ_MAX_MESSAGE_BYTES,
+    REKEY_FRONT,
+    REKEY_KEY_HEADER,
+    REKEY_KIND_HEADER,
+    REKEY_SOURCE_HEADER,
+    REKEY_TIMESTAMP_HEADER,
+    SourceMessage,
+    dead_letter_for,
+    source_message,
+)
+from streamer.settings import Settings
+
+__all__ = ["RekeyStage", "install"]
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
+ForwardFn = Callable[[bytes | None, bytes, int | None, Headers], Awaitable[Awaitable[Any]]]
+SendFn = Callable[[bytes | None, bytes], Awaitable[Awaitable[Any]]]
+
+
+class RekeyStage:
+    def __init__(
+        self,
+        *,
+        topics: tuple[str, ...],
+        out_partitions: int,
+        metrics: Metrics,
+        limits: DecodeLimits,
+        forward: ForwardFn,
+        send_dead_letter: SendFn,
+        flush_producer: Callable[[], Awaitable[None]],
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.topics = topics
+        self._out_partitions = out_partitions
+        self._metrics = metrics
+        self._limits = limits
+        self._forward = forward
+        self._send_dead_letter = send_dead_letter
+        self._flush_producer = flush_producer
+        self._clock = clock
+        self.assigned: set[tuple[str, int]] = set()
+        self.fronts: dict[str, int] = {}  # "topic/partition" -> newest event time forwarded
+        self._read_to: dict[str, int] = {}  # "topic/partition" -> next offset
+        self._last_read: dict[str, float] = {}
+        self._assigned_at = time.monotonic()
+        self._unacked: list[Callable[[], Any]] = []
+        self._in_flight: list[Awaitable[Any]] = []
+
+    def assign(self, partitions: set[tuple[str, int]]) -> None:
+        self.assigned = set(partitions)
+        self._assigned_at = time.monotonic()
+
+    async def process(self, message: SourceMessage, ack: Callable[[], Any]) -> None:
+        if (message.topic, message.partition) not in self.assigned and self.assigned:
+            self._metrics.revoked_messages.inc()  # its new owner reads it again
+            return
+        source = f"{message.topic}/{message.partition}"
+        self._read_to[source] = message.offset + 1
+        self._last_read[source] = time.monotonic()
+        if message.timestamp_ms is not None and message.timestamp_ms >= 0:
+            received_at = datetime.fromtimestamp(message.timestamp_ms / 1000, tz=UTC)
+        else:
+            received_at = self._clock()
+        result = decode_event(message.value, received_at=received_at, limits=self._limits)
+        if isinstance(result, Rejection):
+            letter = dead_letter_for(message, result, self._clock())
+            self._metrics.events.labels(topic=message.topic, outcome="dead_lettered").inc()
+            self._metrics.dead_letters.labels(topic=message.topic, reason=result.reason.value).inc()
+            log.info("dead-lettered %s: %s", letter.dead_letter_id, result.reason.value)
+            self._in_flight.append(
+                await self._send_dead_letter(message.key, letter.model_dump_json().encode())
+            )
+        else:
+            headers: Headers = [
+                (REKEY_SOURCE_HEADER, f"{source}/{message.offset}".encode()),
+                (REKEY_TIMESTAMP_HEADER, str(message.timestamp_ms or "").encode()),
+            ]
+            if message.key is not None:
+                headers.append((REKEY_KEY_HEADER, message.key))
+            self._in_flight.append(
+                await self._forward(result.session_id.encode(), message.value or b"", None, headers)
+            )
+            at_ms = to_epoch_ms(result.occurred_at)
+            if at_ms > self.fronts.get(source, NEVER):
+                self.fronts[source] = at_ms
+        self._unacked.append(ack)
+
+    async def publish_fronts(
+        self,
+        layout: dict[str, int],
+        highwaters: dict[tuple[str, int], int],
+        idle_timeout_s: float,
+    ) -> None:
+        """Send every re-keyed partition the front of each source partition read here, wait
+        for the broker, then ack what was forwarded before."""
+        sources = [f"{topic}/{p}" for topic in self.topics for p in range(layout[topic])]
+        now = time.monotonic()
+        for topic, partition in sorted(self.assigned):
+            source = f"{topic}/{partition}"
+            end = highwaters.get((topic, partition))
+            caught_up = end is not None and self._read_to.get(source, 0) >= end
+            silent = now - self._last_read.get(source, self._assigned_at) >= idle_timeout_s
+            marker = orjson.dumps(
+                {
+                    "source": source,
+                    "front": self.fronts.get(source, NEVER),
+                    "idle": caught_up and silent,
+                    "sources": sources,
+                }
+            )
+            for out in range(self._out_partitions):
+                self._in_flight.append(
+                    await self._forward(None, marker, out, [(REKEY_KIND_HEADER, REKEY_FRONT)])
+                )
+        acks, self._unacked = self._unacked, []
+        in_flight, self._in_flight = self._in_flight, []
+        for future in in_flight:
+            await future  # raises if the broker refused: nothing gets acked
+        await self._flush_producer()
+        for ack in acks:
+            ack()
+
+
+def install(app: Any, settings: Settings, metrics: Metrics) -> RekeyStage:
+    """Wire the re-key stage: source topics -> validated events -> ``rekeyed_topic``."""
+    topics = (settings.clickstream_topic, settings.checkout_topic)
+    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    source = app.topic(*topics, key_type=bytes, value_type=bytes, **raw)
+    rekeyed = app.topic(settings.rekeyed_topic, partitions=settings.topic_partitions, **raw)
+    dlq = app.topic(
+        settings.dlq_topic, config={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)}, **raw
+    )
+
+    async def forward(
+        key: bytes | None, value: bytes, partition: int | None, headers: Sequence[Any]
+    ) -> Any:
+        return await rekeyed.send(key=key, value=value, partition=partition, headers=headers)
+
+    async def send_dead_letter(key: bytes | None, value: bytes) -> Any:
+        return await dlq.send(key=key, value=value)
+
+    async def flush_producer() -> None:
+        await app.producer.flush()
+
+    stage = RekeyStage(
+        topics=topics,
+        out_partitions=settings.topic_partitions,
+        metrics=metrics,
+        limits=DecodeLimits(
+            max_bytes=settings.max_event_bytes,
+            max_future_skew=timedelta(seconds=settings.max_clock_skew_seconds),
+            max_age=timedelta(seconds=settings.max_event_age_seconds),
+        ),
+        forward=forward,
+        send_dead_letter=send_dead_letter,
+        flush_producer=flush_producer,
+    )
+
+    async def rekey_agent(stream: Any) -> None:
+        async for event in stream.noack().events():
+            await stage.process(source_message(event.message), event.ack)
+
+    app.agent(source, name="rekey")(rekey_agent)
+
+    async def on_assigned(sender: Any, assigned: set[Any], **kwargs: Any) -> None:
+        stage.assign({(tp.topic, tp.partition) for tp in assigned if tp.topic in topics})
+
+    app.on_partitions_assigned.connect(on_assigned)
+
+    async def send_fronts() -> None:
+        if app.rebalancing or not stage.assigned:
+            return
+        layout = {topic: app.consumer.topic_partitions(topic) for topic in topics}
+        if any(count is None for count in layout.values()):
+            return  # metadata not there yet: a marker must name every source partition
+        tps = [TP(topic, partition) for topic, partition in stage.assigned]
+        highwaters = await app.consumer.highwaters(*tps)
+        await stage.publish_fronts(
+            {topic: int(count) for topic, count in layout.items()},
+            {(tp.topic, tp.partition): int(end) for tp, end in highwaters.items()},
+            settings.idle_timeout_seconds,
+        )
+
+    app.timer(1.0)(send_fronts)
+    return stage
