@@ -36,8 +36,8 @@ from .data import load
 from .procs import ROOT, Children, terminate_on_sigterm
 from .report import Results, machine_facts, now, write_report
 
-PARTS = ("ceiling", "floor", "quix", "worker", "restart", "core")
-KAFKA_PARTS = {"ceiling", "floor", "quix", "worker", "restart"}
+PARTS = ("ceiling", "floor", "quix", "worker", "rekey", "restart", "core")
+KAFKA_PARTS = {"ceiling", "floor", "quix", "worker", "rekey", "restart"}
 
 
 def _parse() -> argparse.Namespace:
@@ -143,6 +143,15 @@ def _kafka_parts(
             f"worker: {w.rate:,.0f} events/s ({w.seconds:.1f} s), last window final "
             f"after {final}; {w.outcomes}"
         )
+    if "rekey" in args.parts:
+        own_outputs = {  # its own outputs: nothing of the first worker's run is read again
+            name: f"{getattr(settings, name)}-rekey"
+            for name in Settings.model_fields
+            if name.endswith("_topic") and name not in ("clickstream_topic", "checkout_topic")
+        }
+        rekeyed = settings.model_copy(update={**own_outputs, "source_keyed_by_session": False})
+        r = results.rekey = kafka_runs.worker_run(children, rekeyed, loaded, workdir, "rekey")
+        _say(f"worker, re-key path: {r.rate:,.0f} events/s ({r.seconds:.1f} s)")
     if "restart" in args.parts:
         results.restart = kafka_runs.restarts(children, settings, loaded, workdir)
         _say(

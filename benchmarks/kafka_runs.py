@@ -173,12 +173,12 @@ def worker_settings(settings: Settings, workdir: Path, name: str) -> Settings:
 
 
 def worker_run(
-    children: Children, settings: Settings, loaded: Loaded, workdir: Path
+    children: Children, settings: Settings, loaded: Loaded, workdir: Path, name: str = "worker"
 ) -> WorkerResult:
     """A real ``streamer worker`` on the pre-loaded topics: events/s from the first event it
     counted to the last, then the time until the last cohort window is published final."""
-    own = worker_settings(settings, workdir, "worker")
-    worker = children.track(WorkerProcess(own, workdir / "worker.log"))
+    own = worker_settings(settings, workdir, name)
+    worker = children.track(WorkerProcess(own, workdir / f"{name}.log"))
     total = loaded.total
     worker.start(ready_timeout=120)
     try:

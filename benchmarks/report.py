@@ -72,6 +72,7 @@ class Results:
     quix: float | None = None
     quix_note: str = ""
     worker: WorkerResult | None = None
+    rekey: WorkerResult | None = None
     restart: RestartResult | None = None
     memory: MemoryResult | None = None
     costs: dict[int, float] = field(default_factory=dict)
@@ -106,6 +107,10 @@ def _throughput(r: Results) -> list[str]:
     rows.append(("Quix Streams peer: furthest stage per session + 1-minute stage counts", r.quix))
     worker = r.worker.rate if r.worker else None
     rows.append(("**streamer worker**, end to end (default settings)", worker))
+    if r.rekey:
+        rows.append(
+            ("streamer worker, re-key path (`source_keyed_by_session=false`)", r.rekey.rate)
+        )
     lines = [
         "| reader (each its own consumer group, from the beginning) | events/s | x ceiling "
         "| x Faust floor |",

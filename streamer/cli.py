@@ -273,15 +273,17 @@ def funnel_check(ctx: click.Context, files: tuple[Path, ...]) -> None:
 def _print_summary(summary: dict[str, Any]) -> None:
     if not summary:
         console.print(
-            "no closed window yet (windows close once every partition's watermark has passed them)"
+            "no window yet (a window is published once a partition has counted a session in it)"
         )
         return
     for name, parts in summary.items():
         for label in ("last_window", "last_hour"):
             part = parts[label]
-            title = f"{name}: {label.replace('_', ' ')} ({part['start']} .. {part['end']})"
+            state = "final" if part.get("final") else "still open: revised until final"
+            title = f"{name}: {label.replace('_', ' ')} ({part['start']} .. {part['end']}, {state})"
             table = Table(title=title)
-            for column in ("stage", "entered", "converted", "dropped", "conversion", "drop-off"):
+            columns = ("stage", "entered", "converted", "dropped", "open", "conversion", "drop-off")
+            for column in columns:
                 table.add_column(column, justify="left" if column == "stage" else "right")
             for row in part["stages"]:
                 ratio = row.get("conversion_ratio")
@@ -291,6 +293,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
                     str(row["entered"]),
                     str(row.get("converted", "")),
                     str(row.get("dropped", "")),
+                    str(row.get("open", "")),
                     f"{ratio:.1%}" if ratio is not None else "",
                     f"{drop:.1%}" if drop is not None else "",
                 )

@@ -1,6 +1,8 @@
 """The current funnel, for people: the last closed window and the last hour, per funnel.
 
-:class:`FunnelView` keeps the recent final windows (from ``funnel.windows``); every worker
+:class:`FunnelView` keeps the recent windows (from ``funnel.windows``: the final record of a
+window once there is one, else its newest revision, whose ``open`` sessions are not decided
+yet; ``final`` says which it is); every worker
 tails that topic (:func:`tail_windows`) so any worker's ``/funnel`` answers the same, and
 ``streamer funnel show`` prints the same data as a table.
 """
@@ -42,6 +44,7 @@ def _aggregate(windows: list[WindowStats]) -> list[dict[str, Any]]:
                 step=f"{name}->{names[index + 1]}",
                 converted=converted,
                 dropped=dropped,
+                open=sum(w.stages[index].open for w in windows),
                 conversion_ratio=_ratio(converted, converted + dropped),
                 drop_off_ratio=_ratio(dropped, converted + dropped),
             )
@@ -78,12 +81,14 @@ class FunnelView:
                 "last_window": {
                     "start": last.window_start.isoformat(),
                     "end": last.window_end.isoformat(),
+                    "final": last.final,
                     "stages": _aggregate([last]),
                 },
                 "last_hour": {
                     "start": last_hour[0].window_start.isoformat(),
                     "end": last.window_end.isoformat(),
                     "windows": len(last_hour),
+                    "final": all(w.final for w in last_hour),
                     "stages": _aggregate(last_hour),
                 },
             }

@@ -74,6 +74,8 @@ async def test_idle_partitions_keep_up_and_every_view_agrees(
             await asyncio.sleep(0.5)
         shown = summary["checkout"]["last_window"]["stages"]
         assert [row["entered"] for row in shown] == [s.entered for s in last.stages]
+        assert [row["open"] for row in shown[:-1]] == [s.open for s in last.stages[:-1]]
+        assert summary["checkout"]["last_window"]["final"] is last.final
         hour = summary["checkout"]["last_hour"]
         assert hour["windows"] == len({w.window_id for w in windows})
         assert hour["stages"][0]["entered"] == len(sessions)
@@ -91,6 +93,7 @@ async def test_idle_partitions_keep_up_and_every_view_agrees(
         assert printed.returncode == 0, printed.stderr
         assert "checkout: last hour" in printed.stdout
         assert "landing" in printed.stdout
+        assert "open" in printed.stdout
         assert "order" in printed.stdout
 
         values = scrape_metrics(worker.metrics_url)

@@ -14,6 +14,7 @@ from streamer.funnel.session import Kind, Outcome
 from streamer.funnel.windows import WindowCounts
 from streamer.metrics import Metrics
 from streamer.pipeline.windows import WindowMerger
+from streamer.query import FunnelView
 
 from .helpers import CHECKOUT
 
@@ -118,3 +119,20 @@ async def test_a_reset_rebuilds_the_view_from_the_table() -> None:
     assert sent == []
     final = await second.process(progress(0, FINAL_AT))
     assert [(w.final, w.stages[0].entered) for w in final] == [(True, 7)]
+
+
+async def test_the_funnel_view_shows_open_sessions_until_the_final_record() -> None:
+    table: dict[str, bytes] = {}
+    merge, _ = merger(table, Clock())
+    await merge.process(partial(0, 3, [1, 1, 0]))
+    await merge.process(partial(1, 4, [1, 1, 0]))
+    view = FunnelView()
+    for stats in await merge.process(progress(0, START)):
+        view.add(stats)
+    shown = view.summary()[FUNNEL.name]["last_window"]
+    assert shown["final"] is False
+    assert shown["stages"][0]["open"] == 7  # entered, neither converted nor dropped yet
+    await merge.process(progress(1, FINAL_AT))
+    for stats in await merge.process(progress(0, FINAL_AT)):
+        view.add(stats)
+    assert view.summary()[FUNNEL.name]["last_window"]["final"] is True
