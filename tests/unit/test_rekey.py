@@ -1,0 +1,177 @@
+"""The re-key path without a broker: the re-key stage forwards validated events by session id
+with their origin and sends source fronts in-band; a sessions stage reading the re-keyed
+topic holds its watermark until every source partition has a front, applies a re-forwarded
+event once, and dead-letters a late one under its original coordinates."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry
+
+from streamer.decode import DecodeLimits
+from streamer.events import DeadLetter
+from streamer.funnel.definition import load_funnel
+from streamer.funnel.task import Offer
+from streamer.metrics import Metrics
+from streamer.pipeline.messages import REKEY_KIND_HEADER, SourceMessage
+from streamer.pipeline.rekey import RekeyStage
+from streamer.pipeline.sessions import SessionsStage
+
+from .helpers import CHECKOUT, NOW, NOW_MS, Recorder, valid_event
+
+SOURCES = ("clickstream", "checkout")
+
+
+class Forwarded:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes | None, bytes, int | None, list[tuple[str, bytes]]]] = []
+
+    async def __call__(
+        self, key: bytes | None, value: bytes, partition: int | None, headers: Any
+    ) -> Any:
+        self.sent.append((key, value, partition, list(headers)))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+async def _flush() -> None:
+    return None
+
+
+def metrics() -> Metrics:
+    return Metrics.create(
+        CollectorRegistry(), source_topics=SOURCES, funnels=(load_funnel(CHECKOUT),)
+    )
+
+
+def rekey_stage(forwarded: Forwarded, letters: Recorder) -> RekeyStage:
+    async def send_letter(key: bytes | None, value: bytes) -> Any:
+        return await letters(key, value, None)
+
+    stage = RekeyStage(
+        topics=SOURCES,
+        out_partitions=2,
+        metrics=metrics(),
+        limits=DecodeLimits(),
+        forward=forward_to(forwarded),
+        send_dead_letter=send_letter,
+        flush_producer=_flush,
+        clock=lambda: NOW,
+    )
+    stage.assign({("clickstream", 0), ("clickstream", 1), ("checkout", 0)})
+    return stage
+
+
+def forward_to(forwarded: Forwarded) -> Any:
+    return forwarded
+
+
+def sessions_stage(letters: Recorder) -> SessionsStage:
+    return SessionsStage(
+        funnels=(load_funnel(CHECKOUT),),
+        topics=("rekeyed",),
+        table={},
+        metrics=metrics(),
+        limits=DecodeLimits(),
+        allowed_lateness_ms=120_000,
+        retention_ms=600_000,
+        checkpoint_interval_s=3600,
+        send_partial=Recorder(),
+        send_dead_letter=letters,
+        send_abandonment=Recorder(),
+        flush_producer=_flush,
+        clock=lambda: NOW,
+        rekeyed_from=SOURCES,
+    )
+
+
+def source(topic: str, partition: int, offset: int, event: dict[str, Any]) -> SourceMessage:
+    return SourceMessage(topic, partition, offset, NOW_MS, b"not-the-session", orjson.dumps(event))
+
+
+def as_rekeyed(offset: int, sent: tuple[Any, ...]) -> SourceMessage:
+    key, value, partition, headers = sent
+    return SourceMessage("rekeyed", partition or 0, offset, NOW_MS, key, value, tuple(headers))
+
+
+async def test_events_are_forwarded_by_session_and_bad_bytes_dead_lettered_at_the_source() -> None:
+    forwarded, letters, acked = Forwarded(), Recorder(), []
+    stage = rekey_stage(forwarded, letters)
+    await stage.process(source("clickstream", 1, 7, valid_event()), lambda: acked.append(7))
+    await stage.process(
+        SourceMessage("checkout", 0, 3, NOW_MS, None, b"{not json"), lambda: acked.append(3)
+    )
+    [(key, value, partition, headers)] = forwarded.sent
+    assert (key, partition) == (b"s-1", None)
+    assert value == orjson.dumps(valid_event())  # the original bytes
+    assert dict(headers)["streamer-source"] == b"clickstream/1/7"
+    assert dict(headers)["streamer-key"] == b"not-the-session"
+    letter = DeadLetter.model_validate_json(letters.sent[0][1])
+    assert (letter.source_topic, letter.source_offset, letter.reason.value) == (
+        "checkout",
+        3,
+        "not_json",
+    )
+    assert acked == []  # acked only once the broker has what was forwarded
+    await stage.publish_fronts({"clickstream": 2, "checkout": 1}, {}, idle_timeout_s=30)
+    assert sorted(acked) == [3, 7]
+    markers = [orjson.loads(v) for _, v, _, h in forwarded.sent[1:]]
+    assert len(markers) == 3 * 2  # every source partition read here, to every output partition
+    front = next(m for m in markers if m["source"] == "clickstream/1")
+    assert front["front"] == round(NOW.timestamp() * 1000) - 60_000  # valid_event's time
+    assert front["sources"] == ["clickstream/0", "clickstream/1", "checkout/0"]
+    assert front["idle"] is False
+
+
+async def test_the_sessions_task_holds_time_until_every_source_has_a_front() -> None:
+    forwarded, letters = Forwarded(), Recorder()
+    rekey = rekey_stage(forwarded, letters)
+    sessions = sessions_stage(letters)
+    new = valid_event(event_id="new", occurred_at="2026-11-22T11:59:30Z")
+    old = valid_event(event_id="old", occurred_at="2026-11-22T11:50:00Z")
+    await rekey.process(source("clickstream", 0, 1, new), lambda: None)
+    await rekey.publish_fronts({"clickstream": 2, "checkout": 1}, {}, idle_timeout_s=30)
+    await rekey.process(source("clickstream", 1, 1, old), lambda: None)
+    to_partition_0 = [sent for sent in forwarded.sent if sent[2] in (None, 0)]
+    outcomes = [
+        await sessions.process(as_rekeyed(offset, sent), lambda: None)
+        for offset, sent in enumerate(to_partition_0)
+    ]
+    # clickstream/1 and checkout/0 have no front yet: the old event is not late.
+    assert outcomes[0] is Offer.ACCEPTED
+    assert outcomes[-1] is Offer.ACCEPTED
+    assert letters.sent == []
+    # The same event forwarded again (the re-key stage restarted) is applied once.
+    again = as_rekeyed(len(to_partition_0), forwarded.sent[-1])
+    assert await sessions.process(again, lambda: None) is None
+    assert sessions.runtimes[0].source_offsets == {"clickstream/0": 2, "clickstream/1": 2}
+
+
+async def test_a_late_event_is_dead_lettered_under_its_original_coordinates() -> None:
+    forwarded, letters = Forwarded(), Recorder()
+    rekey = rekey_stage(forwarded, letters)
+    rekey.assign({("clickstream", 0)})
+    sessions = sessions_stage(letters)
+    await rekey.process(source("clickstream", 0, 1, valid_event(event_id="a")), lambda: None)
+    await rekey.publish_fronts({"clickstream": 1, "checkout": 0}, {}, idle_timeout_s=30)
+    late = valid_event(event_id="late", occurred_at="2026-11-22T11:00:00Z")
+    await rekey.process(source("clickstream", 0, 2, late), lambda: None)
+    to_partition_0 = [sent for sent in forwarded.sent if sent[2] in (None, 0)]
+    assert [dict(sent[3]).get(REKEY_KIND_HEADER) for sent in to_partition_0] == [
+        None,
+        b"front",
+        None,
+    ]
+    for offset, sent in enumerate(to_partition_0):
+        await sessions.process(as_rekeyed(offset, sent), lambda: None)
+    letter = DeadLetter.model_validate_json(letters.sent[-1][1])
+    assert letter.reason.value == "late"
+    assert (letter.source_topic, letter.source_partition, letter.source_offset) == (
+        "clickstream",
+        0,
+        2,
+    )
