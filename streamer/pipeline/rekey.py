@@ -127,15 +127,19 @@ class RekeyStage:
         layout: dict[str, int],
         highwaters: dict[tuple[str, int], int],
         idle_timeout_s: float,
+        positions: dict[tuple[str, int], int] | None = None,
     ) -> None:
         """Send every re-keyed partition the front of each source partition read here, wait
-        for the broker, then ack what was forwarded before."""
+        for the broker, then ack what was forwarded before. ``positions`` (the consumer's)
+        say how far a source is read when nothing came since the assignment (a restart
+        with nothing new to read is caught up)."""
         sources = [f"{topic}/{p}" for topic in self.topics for p in range(layout[topic])]
         now = time.monotonic()
         for topic, partition in sorted(self.assigned):
             source = f"{topic}/{partition}"
             end = highwaters.get((topic, partition))
-            caught_up = end is not None and self._read_to.get(source, 0) >= end
+            read_to = self._read_to.get(source, (positions or {}).get((topic, partition), 0))
+            caught_up = end is not None and read_to >= end
             silent = now - self._last_read.get(source, self._assigned_at) >= idle_timeout_s
             marker = orjson.dumps(
                 {
@@ -205,17 +209,32 @@ def install(app: Any, settings: Settings, metrics: Metrics) -> RekeyStage:
     app.on_partitions_assigned.connect(on_assigned)
 
     async def send_fronts() -> None:
-        if app.rebalancing or not stage.assigned:
+        if app.rebalancing:
+            return
+        # The consumer's assignment is the truth (a static member rejoining after a restart
+        # may get its partitions back without the signal above).
+        current = {
+            (tp.topic, tp.partition) for tp in app.consumer.assignment() if tp.topic in topics
+        }
+        if current != stage.assigned:
+            stage.assign(current)
+        if not stage.assigned:
             return
         layout = {topic: app.consumer.topic_partitions(topic) for topic in topics}
         if any(count is None for count in layout.values()):
             return  # metadata not there yet: a marker must name every source partition
         tps = [TP(topic, partition) for topic, partition in stage.assigned]
         highwaters = await app.consumer.highwaters(*tps)
+        positions = {}
+        for tp in tps:
+            position = await app.consumer.position(tp)
+            if position is not None:
+                positions[(tp.topic, tp.partition)] = int(position)
         await stage.publish_fronts(
             {topic: int(count) for topic, count in layout.items()},
             {(tp.topic, tp.partition): int(end) for tp, end in highwaters.items()},
             settings.idle_timeout_seconds,
+            positions,
         )
 
     app.timer(1.0)(send_fronts)
