@@ -31,6 +31,7 @@ from faust.types import TP
 from streamer.decode import DecodeLimits, Rejection, decode_event
 from streamer.events import to_epoch_ms
 from streamer.funnel.session import NEVER
+from streamer.kafka_io import topic_partitions
 from streamer.metrics import Metrics
 from streamer.pipeline.messages import (
     DLQ_MAX_MESSAGE_BYTES,
@@ -48,6 +49,8 @@ from streamer.settings import Settings
 __all__ = ["RekeyStage", "install"]
 
 log = logging.getLogger(__name__)
+
+LAYOUT_REFRESH_S = 60.0
 
 Headers = list[tuple[str, bytes]]
 ForwardFn = Callable[[bytes | None, bytes, int | None, Headers], Awaitable[Awaitable[Any]]]
@@ -208,6 +211,9 @@ def install(app: Any, settings: Settings, metrics: Metrics) -> RekeyStage:
 
     app.on_partitions_assigned.connect(on_assigned)
 
+    layout: dict[str, int] = {}  # source topic -> partitions (re-read now and then: they grow)
+    layout_read_at = [0.0]
+
     async def send_fronts() -> None:
         if app.rebalancing:
             return
@@ -220,9 +226,13 @@ def install(app: Any, settings: Settings, metrics: Metrics) -> RekeyStage:
             stage.assign(current)
         if not stage.assigned:
             return
-        layout = {topic: app.consumer.topic_partitions(topic) for topic in topics}
-        if any(count is None for count in layout.values()):
-            return  # metadata not there yet: a marker must name every source partition
+        if not layout or time.monotonic() - layout_read_at[0] > LAYOUT_REFRESH_S:
+            counts = {topic: len(await topic_partitions(settings, topic)) for topic in topics}
+            if not all(counts.values()):
+                return  # metadata not there yet: a marker must name every source partition
+            layout.clear()
+            layout.update(counts)
+            layout_read_at[0] = time.monotonic()
         tps = [TP(topic, partition) for topic, partition in stage.assigned]
         highwaters = await app.consumer.highwaters(*tps)
         positions = {}
@@ -231,7 +241,7 @@ def install(app: Any, settings: Settings, metrics: Metrics) -> RekeyStage:
             if position is not None:
                 positions[(tp.topic, tp.partition)] = int(position)
         await stage.publish_fronts(
-            {topic: int(count) for topic, count in layout.items()},
+            dict(layout),
             {(tp.topic, tp.partition): int(end) for tp, end in highwaters.items()},
             settings.idle_timeout_seconds,
             positions,
