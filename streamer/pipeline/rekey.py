@@ -229,7 +229,10 @@ def install(app: Any, settings: Settings, metrics: Metrics) -> RekeyStage:
         if not layout or time.monotonic() - layout_read_at[0] > LAYOUT_REFRESH_S:
             counts = {topic: len(await topic_partitions(settings, topic)) for topic in topics}
             if not all(counts.values()):
-                return  # metadata not there yet: a marker must name every source partition
+                # A marker must name every source partition: no fronts until they are known
+                # (the watermark holds meanwhile; nothing turns late).
+                log.warning("re-key: no partition metadata yet for %s; fronts wait", counts)
+                return
             layout.clear()
             layout.update(counts)
             layout_read_at[0] = time.monotonic()
