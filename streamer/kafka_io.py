@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -22,6 +22,7 @@ __all__ = [
     "make_consumer",
     "make_producer",
     "metadata_ready",
+    "read_range",
     "read_topic",
     "run_sync",
     "stop_consumer",
@@ -141,6 +142,35 @@ async def ensure_topic_plan(
         await ensure_topics(
             settings, names, partitions, configs={name: plan[name][1] for name in names}
         )
+
+
+async def read_range(
+    settings: Settings, topic: str, partition: int, start: int, end: int, timeout: float = 60.0
+) -> tuple[int, list[ConsumerRecord[bytes, bytes]]]:
+    """The log start offset of ``topic[partition]`` and its records with offsets in
+    ``[start, end)``, read outside any consumer group. Raises :class:`TimeoutError` when the
+    range cannot be read within ``timeout`` seconds (broker unreachable)."""
+    tp = TopicPartition(topic, partition)
+    consumer = make_consumer(settings, enable_auto_commit=False, group_id=None)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        earliest = int((await consumer.beginning_offsets([tp]))[tp])
+        consumer.seek(tp, max(start, earliest))
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        while await consumer.position(tp) < end:
+            if loop.time() > deadline:
+                raise TimeoutError(
+                    f"could not read {topic}[{partition}] offsets {start}..{end - 1} "
+                    f"within {timeout:.0f}s"
+                )
+            batch = await consumer.getmany(tp, timeout_ms=1000)
+            records.extend(r for r in batch.get(tp, ()) if r.offset < end)
+        return earliest, records
+    finally:
+        await stop_consumer(consumer)
 
 
 async def read_topic(settings: Settings, topic: str) -> list[tuple[bytes | None, bytes | None]]:

@@ -20,6 +20,7 @@ __all__ = [
     "REKEY_TIMESTAMP_HEADER",
     "SourceMessage",
     "dead_letter_for",
+    "record_message",
     "source_message",
 ]
 
@@ -66,6 +67,19 @@ def source_message(raw: Any) -> SourceMessage:
         key=raw.key,
         value=raw.value,
         headers=tuple((str(k), bytes(v or b"")) for k, v in headers),
+    )
+
+
+def record_message(record: Any) -> SourceMessage:
+    """An aiokafka ``ConsumerRecord`` as the stages see it (its timestamps are ms)."""
+    return SourceMessage(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        timestamp_ms=record.timestamp if record.timestamp and record.timestamp > 0 else None,
+        key=record.key,
+        value=record.value,
+        headers=tuple((str(k), bytes(v or b"")) for k, v in record.headers or ()),
     )
 
 

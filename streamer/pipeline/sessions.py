@@ -29,7 +29,6 @@ from typing import Any
 
 import orjson
 from faust import streams as faust_streams
-from faust.types import TP
 
 from streamer.decode import DecodeLimits, Rejection, decode_event
 from streamer.events import EVENT_MODELS, Abandonment, Event, ReasonCode
@@ -38,6 +37,7 @@ from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.session import NEVER, VALUE_FIELDS, CompiledFunnel, StoredEvent
 from streamer.funnel.stages import lifecycle_stage
 from streamer.funnel.task import AbandonmentNotice, Offer, Task
+from streamer.kafka_io import read_range
 from streamer.metrics import Metrics
 from streamer.pipeline.messages import (
     DLQ_MAX_MESSAGE_BYTES,
@@ -48,6 +48,7 @@ from streamer.pipeline.messages import (
     REKEY_TIMESTAMP_HEADER,
     SourceMessage,
     dead_letter_for,
+    record_message,
     source_message,
 )
 from streamer.settings import Settings
@@ -148,12 +149,15 @@ def abandonment_record(funnel: FunnelDefinition, notice: AbandonmentNotice) -> A
     )
 
 
-async def _no_seek(topic: str, partition: int, offset: int) -> None:
-    raise RuntimeError("this stage cannot seek its input")
+# Reads ``topic[partition]`` offsets [start, end) outside the consumer group: returns the log
+# start offset and the messages found.
+ReadRange = Callable[[str, int, int, int], Awaitable[tuple[int, list[SourceMessage]]]]
 
 
-async def _from_zero(topic: str, partition: int) -> int:
-    return 0
+async def _cannot_read(
+    topic: str, partition: int, start: int, end: int
+) -> tuple[int, list[SourceMessage]]:
+    raise RuntimeError("this stage cannot read its input directly")
 
 
 def _any_partition(partition: int) -> AbstractContextManager[None]:
@@ -170,7 +174,6 @@ class _Runtime:
     checkpointed_at: float = field(default_factory=time.monotonic)
     created_at: float = field(default_factory=time.monotonic)
     last_read: dict[str, float] = field(default_factory=dict)  # topic -> monotonic time
-    rewinding: dict[str, int] = field(default_factory=dict)  # topic -> offset sought back to
     # Re-key path: "topic/partition" of a source -> its next offset to apply.
     source_offsets: dict[str, int] = field(default_factory=dict)
     # Grows with every restore (new owner, restart): this owner's partials supersede those of
@@ -203,8 +206,7 @@ class SessionsStage:
         send_dead_letter: SendFn,
         send_abandonment: SendFn,
         flush_producer: Callable[[], Awaitable[None]],
-        seek: Callable[[str, int, int], Awaitable[None]] = _no_seek,
-        earliest: Callable[[str, int], Awaitable[int]] = _from_zero,
+        read_range: ReadRange = _cannot_read,
         partition_scope: Callable[[int], AbstractContextManager[None]] = _any_partition,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         rekeyed_from: tuple[str, ...] = (),
@@ -222,8 +224,7 @@ class SessionsStage:
         self._send_dead_letter = send_dead_letter
         self._send_abandonment = send_abandonment
         self._flush_producer = flush_producer
-        self._seek = seek
-        self._earliest = earliest
+        self._read_range = read_range
         self._partition_scope = partition_scope
         self._clock = clock
         self._keep = needed_fields(funnels)
@@ -343,13 +344,16 @@ class SessionsStage:
             self._tally(self._replayed[topic])
             return None
         expected = runtime.offsets.get(topic)
-        if (
-            expected is not None
-            and message.offset > expected
-            and not await self._rewind(runtime, message, expected)
-        ):
-            return None  # not applied, not acked: read again from the checkpoint's offset
-        runtime.rewinding.pop(topic, None)
+        if expected is not None and message.offset > expected:
+            await self._fill_gap(runtime, message, expected)
+        outcome = await self._apply_one(runtime, message)
+        runtime.unacked.append(ack)
+        if time.monotonic() - runtime.checkpointed_at >= self._interval:
+            self._start_write_out(message.partition)
+        return outcome
+
+    async def _apply_one(self, runtime: _Runtime, message: SourceMessage) -> Offer | None:
+        topic = message.topic
         runtime.last_read[topic] = time.monotonic()
         self._tally(self._bytes[topic], len(message.value) if message.value is not None else 0)
         outcome: Offer | None = None
@@ -368,20 +372,27 @@ class SessionsStage:
         # Only now does a checkpoint count this message as applied (a checkpoint taken by the
         # timer meanwhile leaves it to the next one).
         runtime.offsets[topic] = message.offset + 1
-        runtime.unacked.append(ack)
-        if time.monotonic() - runtime.checkpointed_at >= self._interval:
-            self._start_write_out(message.partition)
         return outcome
 
-    async def _rewind(self, runtime: _Runtime, message: SourceMessage, expected: int) -> bool:
-        """The input went past what the checkpoint reflects (the group committed offsets a
-        previous owner acked after its last checkpoint we restored, or a rebalance raced a
-        checkpoint): read again from the checkpoint's offset. Returns True when the gap is
-        real data loss (retention deleted it) and processing must go on."""
+    async def _fill_gap(self, runtime: _Runtime, message: SourceMessage, expected: int) -> None:
+        """The input went past what the checkpoint reflects: the group committed offsets that
+        a previous owner acked after the checkpoint we restored (Faust's commit on revoke can
+        run ahead of our acks). The missing offsets are read directly, outside the group, and
+        applied before ``message``. (Seeking the group consumer back does not work reliably:
+        Faust drops re-fetched offsets below the newest it has handed out.)"""
         topic, partition = message.topic, message.partition
-        if runtime.rewinding.get(topic) == expected:
-            return False  # fetched before the seek took effect: dropped, it comes again
-        earliest = await self._earliest(topic, partition)
+        log.warning(
+            "partition %d: %s delivered offset %d but the checkpoint reflects input up to %d: "
+            "reading offsets %d..%d directly",
+            partition,
+            topic,
+            message.offset,
+            expected,
+            expected,
+            message.offset - 1,
+        )
+        self._metrics.rewinds.inc()
+        earliest, missing = await self._read_range(topic, partition, expected, message.offset)
         if earliest > expected:
             log.error(
                 "partition %d: %s offsets %d..%d were deleted by retention before this worker "
@@ -389,22 +400,14 @@ class SessionsStage:
                 partition,
                 topic,
                 expected,
-                earliest - 1,
+                min(earliest, message.offset) - 1,
             )
-            self._metrics.input_lost.labels(topic=topic).inc(earliest - expected)
-            return True
-        log.warning(
-            "partition %d: %s delivered offset %d but the checkpoint reflects input up to %d: "
-            "reading again from there",
-            partition,
-            topic,
-            message.offset,
-            expected,
-        )
-        self._metrics.rewinds.inc()
-        runtime.rewinding[topic] = expected
-        await self._seek(topic, partition, expected)
-        return False
+            self._metrics.input_lost.labels(topic=topic).inc(
+                min(earliest, message.offset) - expected
+            )
+        for gap_message in missing:
+            await self._apply_one(runtime, gap_message)
+        log.info("partition %d: %s read %d messages of the gap", partition, topic, len(missing))
 
     async def _apply_rekeyed(self, runtime: _Runtime, message: SourceMessage) -> Offer | None:
         """A message of the re-keyed topic: a source partition's front, or a forwarded event
@@ -724,9 +727,6 @@ def install(
     async def flush_producer() -> None:
         await app.producer.flush()
 
-    async def seek(topic: str, partition: int, offset: int) -> None:
-        await app.consumer.seek(TP(topic, partition), offset)
-
     @contextmanager
     def partition_scope(partition: int) -> Iterator[None]:
         # Faust routes a table write to the changelog partition (and RocksDB store) of the
@@ -739,9 +739,11 @@ def install(
         finally:
             faust_streams._current_event.reset(token)
 
-    async def earliest(topic: str, partition: int) -> int:
-        tp = TP(topic, partition)
-        return int((await app.consumer.earliest_offsets(tp)).get(tp, 0))
+    async def read_input(
+        topic: str, partition: int, start: int, end: int
+    ) -> tuple[int, list[SourceMessage]]:
+        earliest, records = await read_range(settings, topic, partition, start, end)
+        return earliest, [record_message(record) for record in records]
 
     stage = SessionsStage(
         funnels=funnels,
@@ -760,8 +762,7 @@ def install(
         send_dead_letter=sender(dlq),
         send_abandonment=sender(abandonments),
         flush_producer=flush_producer,
-        seek=seek,
-        earliest=earliest,
+        read_range=read_input,
         partition_scope=partition_scope,
         rekeyed_from=rekeyed_from,
     )

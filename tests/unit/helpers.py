@@ -16,7 +16,7 @@ from streamer.funnel.definition import load_funnel
 from streamer.funnel.task import Offer
 from streamer.metrics import Metrics
 from streamer.pipeline.messages import SourceMessage
-from streamer.pipeline.sessions import SessionsStage
+from streamer.pipeline.sessions import ReadRange, SessionsStage, _cannot_read
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 NOW_MS = round(NOW.timestamp() * 1000)
@@ -85,7 +85,11 @@ class Harness:
 
 
 def make_harness(
-    limits: DecodeLimits | None = None, *, lateness_ms: int = 120_000, interval_s: float = 3600
+    limits: DecodeLimits | None = None,
+    *,
+    lateness_ms: int = 120_000,
+    interval_s: float = 3600,
+    read_range: ReadRange = _cannot_read,
 ) -> Harness:
     funnels = (load_funnel(CHECKOUT),)
     metrics = Metrics.create(
@@ -110,6 +114,7 @@ def make_harness(
         send_dead_letter=dead_letters,
         send_abandonment=abandonments,
         flush_producer=flush,
+        read_range=read_range,
         clock=lambda: NOW,
     )
     return Harness(stage, dead_letters, partials, abandonments, metrics, table)

@@ -1,0 +1,79 @@
+"""The sessions stage handed an offset past what its checkpoint reflects (the group committed
+offsets a previous owner acked after that checkpoint): it reads the missing offsets directly
+and applies them first, in order; offsets deleted by retention are counted as lost."""
+
+from __future__ import annotations
+
+import orjson
+
+from streamer.pipeline.messages import SourceMessage
+from tests.unit.helpers import NOW_MS, Harness, make_harness, valid_event
+
+
+def event_message(offset: int, event_type: str = "page_view") -> SourceMessage:
+    event = valid_event(
+        event_id=f"e-{offset}",
+        event_type=event_type,
+        occurred_at=f"2026-11-22T11:59:{offset:02d}Z",
+    )
+    if event_type == "page_view":
+        for name in ("product_id", "quantity", "price", "cart_value", "currency"):
+            event.pop(name)
+        event["page"] = "/"
+    return SourceMessage("clickstream", 0, offset, NOW_MS, b"s-1", orjson.dumps(event))
+
+
+class Log:
+    """The stage's direct reads, answered from a log whose first ``earliest`` offsets were
+    deleted by retention."""
+
+    def __init__(self, messages: list[SourceMessage], earliest: int = 0) -> None:
+        self.messages, self.earliest = messages, earliest
+        self.reads: list[tuple[str, int, int, int]] = []
+
+    async def __call__(
+        self, topic: str, partition: int, start: int, end: int
+    ) -> tuple[int, list[SourceMessage]]:
+        self.reads.append((topic, partition, start, end))
+        found = [m for m in self.messages if max(start, self.earliest) <= m.offset < end]
+        return self.earliest, found
+
+
+async def run(harness: Harness, offsets: list[int]) -> list[int]:
+    acked: list[int] = []
+    for offset in offsets:
+        await harness.stage.process(event_message(offset), lambda o=offset: acked.append(o))
+    return acked
+
+
+async def test_missing_offsets_are_read_directly_and_applied_before_the_message() -> None:
+    log = Log([event_message(offset) for offset in range(10)])
+    harness = make_harness(read_range=log)
+    await run(harness, [0, 1, 2, 7, 8])
+    assert log.reads == [("clickstream", 0, 3, 7)]
+    runtime = harness.stage.runtimes[0]
+    assert runtime.offsets["clickstream"] == 9
+    [state] = runtime.task.sessions.values()
+    assert len(state.buffered()) == 9  # offsets 0..8, none skipped
+    assert harness.metrics.rewinds._value.get() == 1
+    lost = harness.metrics.input_lost.labels(topic="clickstream")._value.get()
+    assert lost == 0
+
+
+async def test_offsets_deleted_by_retention_are_counted_lost_and_the_rest_applied() -> None:
+    log = Log([event_message(offset) for offset in range(10)], earliest=5)
+    harness = make_harness(read_range=log)
+    await run(harness, [0, 1, 8])
+    [state] = harness.stage.runtimes[0].task.sessions.values()
+    applied = sorted(int(event.event_id.removeprefix("e-")) for event in state.buffered())
+    assert applied == [0, 1, 5, 6, 7, 8]  # 5..7 read directly, 2..4 gone
+    assert harness.metrics.input_lost.labels(topic="clickstream")._value.get() == 3  # 2, 3, 4
+
+
+async def test_no_direct_read_when_the_input_is_contiguous() -> None:
+    log = Log([])
+    harness = make_harness(read_range=log)
+    acked = await run(harness, [0, 1, 2, 3])
+    assert log.reads == []
+    assert harness.stage.runtimes[0].offsets["clickstream"] == 4
+    assert acked == []  # acked by the next checkpoint, not before
