@@ -142,8 +142,10 @@ def memory_per_session(sessions: int, live_sample: int = 100_000) -> MemoryResul
     rss = (_rss_bytes() - rss_before) / sessions
     _check(task, sessions)
     states = list(task.sessions.values())[:1000]
+    # As a delta record holds a session: '"<id>":<state>,'
     stored = statistics.mean(
-        len(f"s:0:{state.session_id}") + len(orjson.dumps(state.to_json())) for state in states
+        len(orjson.dumps(state.session_id)) + 2 + len(orjson.dumps(state.to_json()))
+        for state in states
     )
     del task, build, states
     gc.collect()

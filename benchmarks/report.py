@@ -160,7 +160,8 @@ def _core(r: Results) -> list[str]:
             "|---|---:|---:|",
             f"| resident set growth | {m.sessions:,} | {m.rss_per_session:,.0f} |",
             f"| still allocated (tracemalloc) | {m.live_sample:,} | {m.live_per_session:,.0f} |",
-            f"| stored in a checkpoint (key + JSON) | 1,000 | {m.stored_per_session:,.0f} |",
+            "| stored in a checkpoint (entry in a delta record) | 1,000 "
+            f"| {m.stored_per_session:,.0f} |",
             "",
         ]
     else:

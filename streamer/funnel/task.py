@@ -312,15 +312,20 @@ class Task:
             and key[1] + definition.window_ms + definition.finality_lag_ms <= self.watermark_ms
         )
 
-    def checkpoint(self) -> Checkpoint:
-        """What changed since the last checkpoint (the adapter stores it, then acks input)."""
+    def checkpoint(self, *, full: bool = False) -> Checkpoint:
+        """What changed since the last checkpoint (the adapter stores it, then acks input);
+        with ``full``, every session and window instead (the adapter compacts its log)."""
         saved = Checkpoint(watermark_ms=self.watermark_ms)
-        for session_id in self._dirty_sessions:
-            saved.sessions[session_id] = self.sessions[session_id].to_json()
-        saved.deleted_sessions = self._deleted_sessions
-        for key in self._unsaved_windows:
-            saved.windows[key] = self.windows[key].to_json()
-        saved.deleted_windows = self._deleted_windows
+        if full:
+            saved.sessions = {sid: state.to_json() for sid, state in self.sessions.items()}
+            saved.windows = {key: counts.to_json() for key, counts in self.windows.items()}
+        else:
+            for session_id in self._dirty_sessions:
+                saved.sessions[session_id] = self.sessions[session_id].to_json()
+            saved.deleted_sessions = self._deleted_sessions
+            for key in self._unsaved_windows:
+                saved.windows[key] = self.windows[key].to_json()
+            saved.deleted_windows = self._deleted_windows
         self._dirty_sessions = set()
         self._deleted_sessions = set()
         self._unsaved_windows = set()

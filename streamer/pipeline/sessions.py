@@ -8,6 +8,12 @@ Exactly-once effects with at-least-once Kafka:
 - every ``checkpoint_interval_seconds`` a task stores what changed (dirty sessions, changed
   windows) and the input offsets that state reflects in the ``funnel-state`` table, publishes
   its outputs, waits for the producer (changelog and outputs) and only then acks its events;
+- the table holds, per partition, a *log*: delta records (``d:<p>:<seq>``, each at most
+  ``DELTA_CHUNK_BYTES`` of changed sessions and windows, one or a few per checkpoint rather
+  than one write per session) and a meta record (``t:<p>``, written last) naming the live
+  range of deltas with the offsets they reflect. Once the deltas written since the last full
+  record outweigh it, the next checkpoint writes every session and window again as the new
+  start of the log and deletes the older deltas (compaction, amortized under 1x);
 - after a crash, Faust re-delivers from the committed offsets and the task skips every message
   below the offsets in its checkpoint; outputs carry deterministic ids or replace earlier ones.
 A produce that fails raises out of the checkpoint: nothing is acked, the worker stops, and a
@@ -36,7 +42,7 @@ from streamer.funnel.clock import InputClock
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.session import NEVER, VALUE_FIELDS, CompiledFunnel, StoredEvent
 from streamer.funnel.stages import lifecycle_stage
-from streamer.funnel.task import AbandonmentNotice, Offer, Task
+from streamer.funnel.task import AbandonmentNotice, Checkpoint, Offer, Task
 from streamer.kafka_io import read_range
 from streamer.metrics import Metrics
 from streamer.pipeline.messages import (
@@ -151,6 +157,11 @@ def abandonment_record(funnel: FunnelDefinition, notice: AbandonmentNotice) -> A
 
 # Reads ``topic[partition]`` offsets [start, end) outside the consumer group: returns the log
 # start offset and the messages found.
+# A checkpoint's delta records stay well under the broker's 1 MiB message limit; the log is
+# compacted once the deltas written since its full start outweigh it (and this much at least).
+DELTA_CHUNK_BYTES = 256 * 1024
+MIN_COMPACTION_BYTES = 4 * 1024 * 1024
+
 ReadRange = Callable[[str, int, int, int], Awaitable[tuple[int, list[SourceMessage]]]]
 
 
@@ -176,6 +187,14 @@ class _Runtime:
     last_read: dict[str, float] = field(default_factory=dict)  # topic -> monotonic time
     # Re-key path: "topic/partition" of a source -> its next offset to apply.
     source_offsets: dict[str, int] = field(default_factory=dict)
+    # The partition's log of delta records: live range [log_first, log_next), size of its
+    # full start, bytes of deltas since, and stale keys for the next write-out to drop.
+    log_first: int = 0
+    log_next: int = 0
+    full_bytes: int = 0
+    delta_bytes: int = 0
+    compact_next: bool = False
+    stale_keys: list[str] = field(default_factory=list)
     # Grows with every restore (new owner, restart): this owner's partials supersede those of
     # earlier owners of the partition, whatever their input offsets.
     generation: int = 0
@@ -298,19 +317,49 @@ class SessionsStage:
         runtime = _Runtime(task)
         meta_raw = self._table.get(_meta_key(partition))
         meta = orjson.loads(meta_raw) if meta_raw is not None else {}
-        session_prefix, window_prefix = f"s:{partition}:", f"w:{partition}:"
-        sessions: list[tuple[str, list[Any]]] = []
+        sessions: dict[str, list[Any]] = {}
         windows: dict[tuple[int, int], dict[str, Any]] = {}
         names = {f.name: i for i, f in enumerate(self.funnels)}
-        if meta:
-            for key, value in list(self._table.items()):
-                if key.startswith(session_prefix):
-                    sessions.append((key[len(session_prefix) :], orjson.loads(value)))
-                elif key.startswith(window_prefix):
-                    funnel_name, start = key[len(window_prefix) :].rsplit(":", 1)
-                    if funnel_name in names:
-                        windows[(names[funnel_name], int(start))] = orjson.loads(value)
-        task.restore(int(meta.get("watermark", NEVER)), sessions, windows)
+        first, next_seq = (int(seq) for seq in meta.get("log", (0, 0)))
+        live = {_delta_key(partition, seq) for seq in range(first, next_seq)}
+        stale = [key for key in list(self._table.keys()) if _owned(key, partition, live)]
+        log_bytes = 0
+        for key in sorted(live):
+            raw = self._table.get(key)
+            if raw is None:
+                raise RuntimeError(f"partition {partition}: checkpoint record {key} is missing")
+            log_bytes += len(raw)
+            delta = orjson.loads(raw)
+            for session_id in delta["ds"]:
+                sessions.pop(session_id, None)
+            sessions.update(delta["s"])
+            for window in delta["dw"]:
+                if (window_key := _window_id(window, names)) is not None:
+                    windows.pop(window_key, None)
+            for window, counts in delta["w"].items():
+                if (window_key := _window_id(window, names)) is not None:
+                    windows[window_key] = counts
+        if meta and "log" not in meta:
+            # Stored by the first edition (one key per session and window): loaded, written
+            # again as a log by the first checkpoint, then deleted.
+            for key in stale:
+                kind, _, rest = key.split(":", 2)
+                if kind == "s":
+                    sessions[rest] = orjson.loads(self._table[key])
+                elif kind == "w" and (window_key := _window_id(rest, names)) is not None:
+                    windows[window_key] = orjson.loads(self._table[key])
+            runtime.compact_next = True
+        runtime.log_first, runtime.log_next = first, next_seq
+        cut_short = [int(key.rsplit(":", 1)[1]) for key in stale if key.startswith("d:")]
+        if cut_short:
+            # Deltas of a write-out cut short before its meta: new records must not reuse
+            # their keys (the deletes would drop them), and the log must stay one range.
+            runtime.log_next = max(next_seq, max(cut_short) + 1)
+            runtime.compact_next = True
+        # The restored log counts as the full start: compaction once deltas outweigh it.
+        runtime.full_bytes, runtime.delta_bytes = log_bytes, 0
+        runtime.stale_keys = stale
+        task.restore(int(meta.get("watermark", NEVER)), sessions.items(), windows)
         runtime.offsets = {str(k): int(v) for k, v in meta.get("offsets", {}).items()}
         runtime.source_offsets = {str(k): int(v) for k, v in meta.get("source_offsets", {}).items()}
         # Wall-clock milliseconds only order the owners of a partition (never a funnel decision):
@@ -318,10 +367,13 @@ class SessionsStage:
         runtime.generation = max(int(meta.get("generation", 0)) + 1, round(time.time() * 1000))
         self.inputs.assign(partition, {str(k): int(v) for k, v in meta.get("fronts", {}).items()})
         log.info(
-            "partition %d: restored %d sessions, %d open windows, watermark %s, offsets %s (%.2fs)",
+            "partition %d: restored %d sessions, %d open windows from %d records (%d bytes), "
+            "watermark %s, offsets %s (%.2fs)",
             partition,
             len(sessions),
             len(windows),
+            next_seq - first,
+            log_bytes,
             _fmt_ms(task.watermark_ms),
             runtime.offsets or "none (first start)",
             time.perf_counter() - started,
@@ -565,23 +617,34 @@ class SessionsStage:
         runtime = self.runtimes.get(partition)
         if runtime is None:
             return None  # revoked meanwhile
-        saved = runtime.task.checkpoint()
-        name = [funnel.name for funnel in self.funnels]
-        writes = {
-            f"s:{partition}:{sid}": orjson.dumps(state) for sid, state in saved.sessions.items()
-        }
-        writes.update(
-            (f"w:{partition}:{name[funnel]}:{start}", orjson.dumps(counts))
-            for (funnel, start), counts in saved.windows.items()
+        full = runtime.compact_next or runtime.delta_bytes > max(
+            runtime.full_bytes, MIN_COMPACTION_BYTES
         )
-        deletes = [f"s:{partition}:{sid}" for sid in saved.deleted_sessions]
-        deletes.extend(f"w:{partition}:{name[f]}:{start}" for f, start in saved.deleted_windows)
+        runtime.compact_next = False
+        saved = runtime.task.checkpoint(full=full)
+        records = _encode_delta(saved, [funnel.name for funnel in self.funnels])
+        if full:
+            old = range(runtime.log_first, runtime.log_next)
+            deletes = [_delta_key(partition, seq) for seq in old] + runtime.stale_keys
+            runtime.stale_keys = []
+            runtime.log_first = runtime.log_next
+            runtime.full_bytes = sum(len(record) for record in records)
+            runtime.delta_bytes = 0
+        else:
+            deletes = runtime.stale_keys
+            runtime.stale_keys = []
+            runtime.delta_bytes += sum(len(record) for record in records)
+        writes: dict[str, bytes] = {}
+        for record in records:
+            writes[_delta_key(partition, runtime.log_next)] = record
+            runtime.log_next += 1
         meta = {
             "generation": runtime.generation,
             "watermark": saved.watermark_ms,
             "offsets": dict(runtime.offsets),
             "fronts": self.inputs.fronts_of(partition),
             "source_offsets": dict(runtime.source_offsets),
+            "log": [runtime.log_first, runtime.log_next],
         }
         writes[_meta_key(partition)] = orjson.dumps(meta)  # last: it says what the rest reflects
         acks, runtime.unacked = runtime.unacked, []
@@ -599,10 +662,12 @@ class SessionsStage:
                 return  # revoked while publishing: the next owner resumes from our last one
             table = self._table
             with self._partition_scope(partition):  # writes go to this partition's changelog
-                for key in snapshot.deletes:
-                    table.pop(key, None)
+                # Deletes after the meta record: a write-out cut short anywhere leaves a meta
+                # whose records all exist (stale ones are dropped after the next restore).
                 for key, value in snapshot.writes.items():
                     table[key] = value
+                for key in snapshot.deletes:
+                    table.pop(key, None)
             await self._flush_producer()
             for ack in snapshot.acks:
                 ack()
@@ -682,6 +747,55 @@ class _MarkerMessage:
 
 def _meta_key(partition: int) -> str:
     return f"t:{partition}"
+
+
+def _delta_key(partition: int, seq: int) -> str:
+    return f"d:{partition}:{seq:012d}"  # zero-padded: keys sort in log order
+
+
+def _owned(key: str, partition: int, live: set[str]) -> bool:
+    """A key of ``partition`` that its log does not name: a delta left over from a write-out
+    cut short, or a record of the first edition's one-key-per-session layout."""
+    if key in live or key == _meta_key(partition):
+        return False
+    kind, _, rest = key.partition(":")
+    return kind in ("d", "s", "w") and rest.startswith(f"{partition}:")
+
+
+def _window_id(window: str, names: dict[str, int]) -> tuple[int, int] | None:
+    funnel_name, start = window.rsplit(":", 1)
+    index = names.get(funnel_name)
+    return None if index is None else (index, int(start))
+
+
+def _encode_delta(saved: Checkpoint, names: list[str]) -> list[bytes]:
+    """``saved`` as delta records of at most about ``DELTA_CHUNK_BYTES`` each (a session
+    larger than that gets a record of its own): ``{"s": {session id: state}, "ds": [deleted
+    session ids], "w": {"funnel:start": counts}, "dw": [deleted windows]}``; deletions and
+    windows travel in the first record. Nothing changed: no record."""
+    head = orjson.dumps(
+        {
+            "ds": sorted(saved.deleted_sessions),
+            "w": {f"{names[f]}:{start}": counts for (f, start), counts in saved.windows.items()},
+            "dw": sorted(f"{names[f]}:{start}" for f, start in saved.deleted_windows),
+        }
+    )[1:-1]
+    if not saved.sessions and head == b'"ds":[],"w":{},"dw":[]':
+        return []
+    chunks: list[list[bytes]] = [[]]
+    size = len(head)
+    for session_id, state in saved.sessions.items():
+        entry = orjson.dumps(session_id) + b":" + orjson.dumps(state)
+        if chunks[-1] and size + len(entry) > DELTA_CHUNK_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(entry)
+        size += len(entry) + 1
+    empty_head = b'"ds":[],"w":{},"dw":[]'
+    return [
+        b'{"s":{' + b",".join(chunk) + b"}," + (head if i == 0 else empty_head) + b"}"
+        for i, chunk in enumerate(chunks)
+    ]
 
 
 def _fmt_ms(ms: int) -> str:

@@ -225,7 +225,9 @@ async def test_a_checkpoint_stores_state_with_offsets_then_acks() -> None:
     assert harness.acked == [1, 2, 3]
     meta = orjson.loads(harness.table["t:0"])
     assert meta["offsets"] == {"clickstream": 4}
-    assert orjson.loads(harness.table["s:0:s-1"])[1]  # the buffered events are in the state
+    assert meta["log"] == [0, 1]  # one delta record holds every change of the checkpoint
+    delta = orjson.loads(harness.table["d:0:000000000000"])
+    assert delta["s"]["s-1"][1]  # the buffered events are in the state
     # A fresh stage on the same table resumes: the stored offsets skip what was applied.
     again = make_harness()
     again.table.update(harness.table)
