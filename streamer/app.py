@@ -128,8 +128,8 @@ def create_app(
     if not settings.source_keyed_by_session:
         rekey.install(app, settings, metrics)
     stage = sessions.install(app, settings, metrics, funnels)
-    merger = windows.install(app, settings, metrics, funnels)
     judge = detector.install(app, settings, metrics, funnels)
+    merger = windows.install(app, settings, metrics, funnels, judge=judge.judge)
     delivery = notifier.install(
         app,
         settings,
@@ -143,7 +143,7 @@ def create_app(
             min_interval=settings.slack_min_interval_seconds,
         ),
     )
-    web.install(app, settings, active_registry, metrics, funnels, stage)
+    web.install(app, settings, active_registry, metrics, funnels, stage, judge)
     return StreamerApp(
         faust=app,
         settings=settings,

@@ -298,6 +298,13 @@ def _print_summary(summary: dict[str, Any]) -> None:
                     f"{drop:.1%}" if drop is not None else "",
                 )
             console.print(table)
+        warming = parts.get("warming_up")
+        if warming:
+            console.print(
+                f"{name}: the detector is warming up (no alert yet) for: {', '.join(warming)}"
+            )
+        elif warming is not None:
+            console.print(f"{name}: the detector is warm for every step")
 
 
 @funnel.command("show")

@@ -389,10 +389,15 @@ class Alert(_Strict):
     """A drop-off spike on one funnel step (``funnel.alerts``), written before any delivery."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
-    event_id: str = Field(description="alert_id/state/window start ms: one per notification")
-    alert_id: str = Field(description="funnel/step/start ms of the first spiking window")
+    event_id: str = Field(description="alert_id/state/watermark ms: one per notification")
+    alert_id: str = Field(description="funnel/step/watermark ms of the evaluation that fired")
     state: Literal["firing", "repeat", "resolved"]
     severity: Literal["page", "warning"]
+    basis: Literal["final", "matched_age"] = Field(
+        default="final",
+        description="final: drop-off of final cohorts; matched_age: young cohorts converting "
+        "less than the baseline by the same age",
+    )
     funnel: str
     step: str
     window_start: datetime

@@ -147,6 +147,7 @@ class Metrics:
     input_lost: Counter
     abandonments: Counter
     alerts: Counter
+    detector_warming_up: Gauge
     alert_deliveries: Counter
     alert_delivery_seconds: Histogram
     retractions: Counter
@@ -255,6 +256,12 @@ class Metrics:
                 "streamer_alerts",
                 "Alert notifications decided (firing, repeat, resolved)",
                 ["funnel", "step", "state", "severity"],
+                registry=registry,
+            ),
+            detector_warming_up=Gauge(
+                "streamer_detector_warming_up",
+                "1 while a step's baseline holds too few final sessions to alert on it",
+                ["funnel", "step"],
                 registry=registry,
             ),
             alert_deliveries=Counter(

@@ -180,16 +180,38 @@ class StepAlerting(_Frozen):
 
 
 class AlertPolicy(_Frozen):
-    """When a step's drop-off in one window is a spike worth telling people about."""
+    """When a step's drop-off is worth telling people about (``streamer.funnel.detect``)."""
 
-    min_decided: int = Field(default=30, ge=1, description="decided sessions a window needs")
-    min_baseline_decided: int = Field(default=200, ge=1, description="... and the baseline")
-    baseline_windows: int = Field(default=30, ge=1, le=1440)
-    # One-sided binomial test of the window's drop count against the baseline rate.
-    significance: float = Field(default=1e-4, gt=0, lt=0.5)
-    min_increase: float = Field(default=0.10, gt=0, lt=1, description="absolute rate increase")
+    min_decided: int = Field(
+        default=30, ge=1, description="sessions a final-cohort test needs (step or segment)"
+    )
+    min_baseline_decided: int = Field(
+        default=500,
+        ge=1,
+        description="final sessions a step's baseline needs before it may alert (warm-up)",
+    )
+    baseline_half_life: float = Field(
+        default=2000,
+        ge=50,
+        description="sessions after which a final cohort weighs half in the baseline",
+    )
+    # Family-wise: every test of one evaluation (steps x segments x final/young) shares it.
+    significance: float = Field(default=1e-6, gt=0, lt=0.5)
+    min_increase: float = Field(
+        default=0.10, gt=0, lt=1, description="absolute rise of the drop (or not-converted) rate"
+    )
+    young_span_ms: Duration = Field(
+        default=900_000,
+        validation_alias="young_span",
+        description="how far back young cohorts are tested at matched age",
+    )
+    min_age_ms: Duration = Field(
+        default=60_000,
+        validation_alias="min_age",
+        description="a cohort younger than this is not tested yet",
+    )
     cooldown_ms: Duration = Field(default=1_800_000, validation_alias="cooldown")
-    resolve_after_windows: int = Field(default=2, ge=1)
+    resolve_after_windows: int = Field(default=3, ge=1)
     severity: Literal["page", "warning"] = "warning"
     abandonment_severity: Literal["page", "warning"] = "page"
     steps: dict[str, StepAlerting] = Field(default_factory=dict)

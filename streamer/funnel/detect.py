@@ -1,78 +1,244 @@
-"""Drop-off spike detection on final windows, with explanations. Pure: windows in, alerts out.
+"""Drop-off detection on cohort windows, with explanations. Pure: cohorts in, decisions out.
 
-For every step of a funnel the detector keeps a baseline: the decided and dropped sessions of
-the last ``baseline_windows`` windows that were not part of an alert. A window is a *spike*
-when it has enough decided sessions, its drop rate is at least ``min_increase`` above the
-baseline rate, and a one-sided exact binomial test says that many drops would happen by chance
-with probability below ``significance``. So 2 of 4 sessions dropping at night says nothing,
-while a 30% jump at normal volume fires within the window it happens in.
+A step's *cohort* is the set of sessions that reached the step's stage in one window. Until the
+step's timeout has passed the watermark for every one of them, some are still undecided, so
+its drop-off is not known yet. The detector never reads a cohort that is not final as
+drop-off. It asks two questions instead, each at every evaluation (one per window of watermark):
 
-Lifecycle of an alert on one step: **firing** on the first spike; **repeat** if it is still a
-spike after ``cooldown``; **resolved** after ``resolve_after_windows`` windows at baseline. Its
-id is ``funnel/step/start of the first window``, so a replay of the same windows gives the same
-alerts.
+- **Final cohorts on final numbers.** The cohorts that became final since the last evaluation:
+  is their drop rate above the baseline's (one-sided exact binomial tail)?
+- **Young cohorts at matched age.** The cohorts of the last ``young_span`` that are not final
+  yet: each is ``a`` old (watermark minus its window's end, so every member is at least that
+  old). The baseline says which share of a cohort converts within ``a`` (its time-to-convert
+  distribution); fewer conversions than that, beyond chance (lower binomial tail, pooled
+  over the young cohorts), means the step broke now, long before its timeout expires.
+
+Both questions are asked of the step and of every segment value (device=ios,
+payment_method=paypal, ...) with enough sessions, so a failure confined to one segment is
+found by testing that segment. Tests of one evaluation are one family: each is held to
+``significance / number of tests`` (Bonferroni), so the false-alert rate is a property of the
+detector, not of a test. A test also needs an effect worth telling (``min_increase``: the drop
+rate ``min_increase`` above the baseline's, or the matched-age conversion share that much
+below it).
+
+The **baseline** of a step is learned from final cohorts only (not those of an alert): sums of
+entered and converted sessions, conversions within each time-to-convert bound, and per segment
+value, each decayed with a half-life counted in sessions (``baseline_half_life``). Counting in
+sessions, not time, keeps it volume-aware (the night's few sessions do not wash out the day)
+and lets it follow the slow drift of conversion with the hour of day. A step is **warming up**
+until its baseline holds ``min_baseline_decided`` sessions: no alert before.
+
+An alert on a step: **firing** on the first evaluation with a significant test, ``repeat``
+every ``cooldown`` while it lasts, **resolved** after ``resolve_after_windows`` evaluations
+without one. Its id is ``funnel/step/watermark of the firing evaluation``, so a replay of the
+same cohorts gives the same alerts.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from streamer.funnel.definition import AlertPolicy, FunnelDefinition
+from streamer.funnel.windows import TIME_TO_CONVERT_BUCKETS_MS, WindowCounts
 
 __all__ = [
     "AlertDecision",
+    "Cohort",
     "Explanation",
-    "StepDetector",
-    "StepWindow",
+    "FunnelDetector",
+    "StepBaseline",
+    "binomial_lower_tail",
     "binomial_tail",
-    "explain",
+    "bound_index",
+    "cohorts_of",
 ]
 
 State = Literal["firing", "repeat", "resolved"]
-_SMOOTHING = 20.0  # pseudo-sessions pulling a small segment's baseline toward the step's
+Basis = Literal["final", "matched_age"]
+SegmentKey = tuple[str, str]
+_SMOOTHING = 50.0  # pseudo-sessions pulling a small segment's baseline toward the step's
+_MIN_EXPECTED = 5.0  # a test needs this many expected conversions (or drops) to say anything
+# Young cohorts are tested over the newest ones (a sudden break shows in the first minutes)
+# and over longer spans up to ``young_span`` (a partial one builds up).
+YOUNG_SPANS_MS = (180_000, 360_000)
+
+
+def _far_tail(k: int, trials: int, rate: float, upward: bool) -> float:
+    """P(X >= k) (``upward``) or P(X <= k), for ``k`` beyond the mode on that side: the terms
+    shrink monotonically from ``pmf(k)``, so the sum stops once they no longer count."""
+    log_first = (
+        math.lgamma(trials + 1)
+        - math.lgamma(k + 1)
+        - math.lgamma(trials - k + 1)
+        + k * math.log(rate)
+        + (trials - k) * math.log1p(-rate)
+    )
+    odds = rate / (1.0 - rate)
+    total, term, j = 1.0, 1.0, k
+    while True:
+        if upward:
+            if j >= trials:
+                break
+            term *= (trials - j) / (j + 1) * odds
+            j += 1
+        else:
+            if j <= 0:
+                break
+            term *= j / (trials - j + 1) / odds
+            j -= 1
+        total += term
+        if term < total * 1e-17:
+            break
+    return min(1.0, math.exp(log_first + math.log(total)))
 
 
 def binomial_tail(successes: int, trials: int, rate: float) -> float:
-    """P(X >= successes) for X ~ Binomial(trials, rate), exact (log space)."""
+    """P(X >= successes) for X ~ Binomial(trials, rate), exact to double precision."""
     if successes <= 0:
         return 1.0
-    if successes > trials:
-        return 0.0
-    if rate <= 0.0:
+    if successes > trials or rate <= 0.0:
         return 0.0
     if rate >= 1.0:
         return 1.0
-    log_rate, log_rest = math.log(rate), math.log1p(-rate)
-    log_n = math.lgamma(trials + 1)
-    terms = [
-        log_n
-        - math.lgamma(k + 1)
-        - math.lgamma(trials - k + 1)
-        + k * log_rate
-        + (trials - k) * log_rest
-        for k in range(successes, trials + 1)
-    ]
-    top = max(terms)
-    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+    if successes > math.floor((trials + 1) * rate):
+        return _far_tail(successes, trials, rate, upward=True)
+    return max(0.0, 1.0 - _far_tail(successes - 1, trials, rate, upward=False))
+
+
+def binomial_lower_tail(successes: int, trials: int, rate: float) -> float:
+    """P(X <= successes) for X ~ Binomial(trials, rate), exact to double precision."""
+    if successes >= trials or rate <= 0.0:
+        return 1.0
+    if successes < 0:
+        return 0.0
+    if rate >= 1.0:
+        return 0.0
+    if successes < math.floor((trials + 1) * rate):
+        return _far_tail(successes, trials, rate, upward=False)
+    return max(0.0, 1.0 - _far_tail(successes + 1, trials, rate, upward=True))
 
 
 @dataclass(frozen=True)
-class StepWindow:
-    """One window of one step: decided sessions, drops, and the same per segment value."""
+class Cohort:
+    """One cohort window of one step, as counted so far."""
 
     start_ms: int
     end_ms: int
-    decided: int
+    entered: int
+    converted: int
     dropped: int
+    converted_within: tuple[int, ...]  # conversions within each time-to-convert bound
     dropped_value: float = 0.0
-    segments: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    # (dimension, value) -> (entered, converted, dropped, conversions within each bound)
+    segments: Mapping[SegmentKey, tuple[int, int, int, tuple[int, ...]]] = field(
+        default_factory=dict
+    )
+
+
+def _cumulative(buckets: Sequence[int]) -> tuple[int, ...]:
+    out, running = [], 0
+    for bucket in buckets[: len(TIME_TO_CONVERT_BUCKETS_MS)]:
+        running += bucket
+        out.append(running)
+    return tuple(out)
+
+
+def bound_index(age_ms: int) -> int:
+    """How many time-to-convert bounds are within ``age_ms``: conversions counted below
+    that index happened before the watermark for every member of a cohort that old."""
+    index = 0
+    while index < len(TIME_TO_CONVERT_BUCKETS_MS) and TIME_TO_CONVERT_BUCKETS_MS[index] <= age_ms:
+        index += 1
+    return index
+
+
+def cohorts_of(
+    funnel: FunnelDefinition, start_ms: int, counts: WindowCounts, step_index: int
+) -> Cohort:
+    """Step ``step_index``'s cohort in the window at ``start_ms`` of ``funnel``."""
+    step = counts.stages[step_index]
+    names = [segment.name for segment in funnel.segments]
+    segments = {}
+    for (dim, value), per_stage in counts.segments.items():
+        s = per_stage[step_index]
+        if s.entered and dim < len(names):
+            segments[(names[dim], value)] = (
+                s.entered,
+                s.converted,
+                s.dropped,
+                _cumulative(s.time_to_convert_buckets),
+            )
+    return Cohort(
+        start_ms=start_ms,
+        end_ms=start_ms + funnel.window_ms,
+        entered=step.entered,
+        converted=step.converted,
+        dropped=step.dropped,
+        converted_within=_cumulative(step.time_to_convert_buckets),
+        dropped_value=step.dropped_value,
+        segments=segments,
+    )
+
+
+@dataclass
+class StepBaseline:
+    """What a step's final cohorts look like, decayed by a half-life counted in sessions."""
+
+    half_life: float
+    entered: float = 0.0
+    converted: float = 0.0
+    within: list[float] = field(default_factory=lambda: [0.0] * len(TIME_TO_CONVERT_BUCKETS_MS))
+    segments: dict[SegmentKey, list[float]] = field(default_factory=dict)  # [entered, converted]
+
+    def learn(self, cohort: Cohort) -> None:
+        if not cohort.entered:
+            return
+        keep = 0.5 ** (cohort.entered / self.half_life)
+        self.entered = self.entered * keep + cohort.entered
+        self.converted = self.converted * keep + cohort.converted
+        self.within = [
+            w * keep + c for w, c in zip(self.within, cohort.converted_within, strict=True)
+        ]
+        for sums in self.segments.values():
+            sums[0] *= keep
+            sums[1] *= keep
+        for key, (entered, converted, _, _) in cohort.segments.items():
+            sums = self.segments.setdefault(key, [0.0, 0.0])
+            sums[0] += entered
+            sums[1] += converted
+        if len(self.segments) > 512:  # values long gone: forget the smallest
+            for key in sorted(self.segments, key=lambda k: self.segments[k][0])[:256]:
+                del self.segments[key]
 
     @property
-    def rate(self) -> float:
-        return self.dropped / self.decided if self.decided else 0.0
+    def conversion(self) -> float:
+        return self.converted / self.entered if self.entered else 0.0
+
+    def segment_conversion(self, key: SegmentKey) -> float:
+        entered, converted = self.segments.get(key, (0.0, 0.0))
+        return (converted + _SMOOTHING * self.conversion) / (entered + _SMOOTHING)
+
+    def converted_within(self, index: int) -> float:
+        """Share of a cohort converted within bound ``index - 1`` (0: none yet)."""
+        if index == 0 or not self.entered:
+            return 0.0
+        return self.within[index - 1] / self.entered
+
+    def to_json(self) -> list[Any]:
+        return [
+            self.entered,
+            self.converted,
+            self.within,
+            [[d, v, e, c] for (d, v), (e, c) in sorted(self.segments.items())],
+        ]
+
+    def load_json(self, raw: list[Any]) -> None:
+        self.entered, self.converted = float(raw[0]), float(raw[1])
+        self.within = [float(x) for x in raw[2]]
+        self.segments = {(str(d), str(v)): [float(e), float(c)] for d, v, e, c in raw[3]}
 
 
 @dataclass(frozen=True)
@@ -80,10 +246,11 @@ class Explanation:
     dimension: str
     value: str
     share_of_excess: float
-    observed_rate: float
+    observed_rate: float  # drop rate (final) or share not converted yet (matched age)
     expected_rate: float
     decided: int
     dropped: int
+    p_value: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -91,167 +258,348 @@ class AlertDecision:
     state: State
     alert_id: str
     severity: str
-    window: StepWindow
+    basis: Basis
+    start_ms: int  # the cohorts tested: first window's start .. last window's end
+    end_ms: int
+    evaluated_at_ms: int  # the watermark of the evaluation
+    decided: int  # sessions tested
+    dropped: int  # of those, dropped (final) or not converted yet (matched age)
+    observed_rate: float
     expected_rate: float
     p_value: float
     excess_dropped: float
+    dropped_value: float
     explanations: tuple[Explanation, ...]
 
 
-def explain(
-    window: StepWindow, baseline: list[StepWindow], expected_rate: float, top: int = 3
-) -> tuple[Explanation, ...]:
-    """Segment values that hold most of the window's excess drops, biggest share first.
+@dataclass(frozen=True)
+class _Test:
+    """One test of one evaluation: the step (segment None) or one segment value."""
 
-    Each dimension splits the same sessions, so shares are per dimension; a value whose sessions
-    drop as usual has a share near its size times nothing, and the broken one near 100%."""
-    excess = window.dropped - window.decided * expected_rate
-    if excess <= 0:
-        return ()
-    base: dict[tuple[str, str], list[int]] = {}
-    for past in baseline:
-        for key, (decided, dropped) in past.segments.items():
-            entry = base.setdefault(key, [0, 0])
-            entry[0] += decided
-            entry[1] += dropped
-    found = []
-    for (dimension, value), (decided, dropped) in window.segments.items():
-        if value == "unknown" or decided == 0:
-            continue
-        past_decided, past_dropped = base.get((dimension, value), [0, 0])
-        rate = (past_dropped + _SMOOTHING * expected_rate) / (past_decided + _SMOOTHING)
-        segment_excess = dropped - decided * rate
-        if segment_excess <= 0:
-            continue
-        found.append(
-            Explanation(
-                dimension,
-                value,
-                min(1.0, segment_excess / excess),
-                dropped / decided,
-                rate,
-                decided,
-                dropped,
-            )
-        )
-    found.sort(key=lambda e: (-e.share_of_excess, e.dimension, e.value))
-    return tuple(found[:top])
+    segment: SegmentKey | None
+    basis: Basis
+    trials: int
+    failures: int  # dropped (final) or not converted yet (matched age)
+    expected_rate: float  # of failures
+    p_value: float
+    effect: float  # observed failure rate minus expected
+    start_ms: int = 0  # the cohorts tested: first window's start .. last window's end
+    end_ms: int = 0
+
+    @property
+    def excess(self) -> float:
+        return self.failures - self.trials * self.expected_rate
 
 
-class StepDetector:
-    """The detector of one funnel step; ``to_json`` / ``from_json`` persist it in a table."""
-
-    def __init__(self, funnel: FunnelDefinition, step_index: int) -> None:
-        self.funnel = funnel
-        self.step_index = step_index
-        self.step = funnel.step_names[step_index]
-        policy: AlertPolicy = funnel.alerting
-        override = policy.steps.get(self.step)
+class _StepState:
+    def __init__(self, funnel: FunnelDefinition, step_index: int, policy: AlertPolicy) -> None:
+        self.index = step_index
+        self.name = funnel.step_names[step_index]
+        override = policy.steps.get(self.name)
         abandoning = step_index in funnel.abandonment_stage_indexes
         self.severity = (override.severity if override and override.severity else None) or (
             policy.abandonment_severity if abandoning else policy.severity
         )
         self.min_increase = (override.min_increase if override else None) or policy.min_increase
         self.min_decided = (override.min_decided if override else None) or policy.min_decided
-        self.policy = policy
-        self.baseline: deque[StepWindow] = deque(maxlen=policy.baseline_windows)
+        self.timeout_ms = funnel.step_timeout_ms(step_index)
+        self.baseline = StepBaseline(policy.baseline_half_life)
+        self.learned_until_ms = -(2**62)  # start of the newest final cohort seen
         self.alert_id: str | None = None
         self.last_notified_ms = 0
-        self.quiet_windows = 0
+        self.quiet = 0
 
-    def expected_rate(self) -> float | None:
-        decided = sum(w.decided for w in self.baseline)
-        if decided < self.policy.min_baseline_decided:
-            return None
-        return sum(w.dropped for w in self.baseline) / decided
-
-    def _is_spike(self, window: StepWindow, expected: float) -> tuple[bool, float]:
-        if window.decided < self.min_decided:
-            return False, 1.0
-        p_value = binomial_tail(window.dropped, window.decided, expected)
-        spike = window.rate - expected >= self.min_increase and p_value < self.policy.significance
-        return spike, p_value
-
-    def observe(self, window: StepWindow) -> AlertDecision | None:
-        """Feed the step's next window (in window order); return what to tell people, if any."""
-        if self.severity == "off":
-            self.baseline.append(window)
-            return None
-        expected = self.expected_rate()
-        if expected is None:  # still learning what normal looks like
-            self.baseline.append(window)
-            return None
-        spike, p_value = self._is_spike(window, expected)
-        if self.alert_id is None:
-            if not spike:
-                self.baseline.append(window)
-                return None
-            self.alert_id = f"{self.funnel.name}/{self.step}/{window.start_ms}"
-            self.last_notified_ms = window.end_ms
-            self.quiet_windows = 0
-            return self._decision("firing", window, expected, p_value)
-        if spike:
-            self.quiet_windows = 0
-            if window.end_ms - self.last_notified_ms >= self.policy.cooldown_ms:
-                self.last_notified_ms = window.end_ms
-                return self._decision("repeat", window, expected, p_value)
-            return None
-        if window.decided < self.min_decided:
-            return None  # too few sessions to say it is over
-        if window.rate - expected >= self.min_increase / 2:
-            self.quiet_windows = 0  # better, not back to normal
-            return None
-        self.quiet_windows += 1
-        if self.quiet_windows < self.policy.resolve_after_windows:
-            return None
-        decision = self._decision("resolved", window, expected, p_value)
-        self.alert_id = None
-        self.baseline.append(window)
-        return decision
-
-    def _decision(
-        self, state: State, window: StepWindow, expected: float, p_value: float
-    ) -> AlertDecision:
-        assert self.alert_id is not None
-        explanations = explain(window, list(self.baseline), expected) if state != "resolved" else ()
-        return AlertDecision(
-            state=state,
-            alert_id=self.alert_id,
-            severity=self.severity,
-            window=window,
-            expected_rate=expected,
-            p_value=p_value,
-            excess_dropped=max(0.0, window.dropped - window.decided * expected),
-            explanations=explanations,
-        )
-
-    # --- persistence -----------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         return {
-            "baseline": [
-                [
-                    w.start_ms,
-                    w.end_ms,
-                    w.decided,
-                    w.dropped,
-                    w.dropped_value,
-                    [[d, v, n, x] for (d, v), (n, x) in sorted(w.segments.items())],
-                ]
-                for w in self.baseline
-            ],
+            "baseline": self.baseline.to_json(),
+            "learned_until_ms": self.learned_until_ms,
             "alert_id": self.alert_id,
             "last_notified_ms": self.last_notified_ms,
-            "quiet_windows": self.quiet_windows,
+            "quiet": self.quiet,
         }
 
     def load_json(self, raw: dict[str, Any]) -> None:
-        self.baseline.clear()
-        for start, end, decided, dropped, value, segments in raw["baseline"]:
-            self.baseline.append(
-                StepWindow(
-                    start, end, decided, dropped, value, {(d, v): (n, x) for d, v, n, x in segments}
-                )
-            )
+        self.baseline.load_json(raw["baseline"])
+        self.learned_until_ms = int(raw["learned_until_ms"])
         self.alert_id = raw["alert_id"]
         self.last_notified_ms = int(raw["last_notified_ms"])
-        self.quiet_windows = int(raw["quiet_windows"])
+        self.quiet = int(raw["quiet"])
+
+
+class FunnelDetector:
+    """The detector of one funnel's steps; ``to_json`` / ``load_json`` persist it."""
+
+    def __init__(self, funnel: FunnelDefinition) -> None:
+        self.funnel = funnel
+        self.policy = funnel.alerting
+        self.steps = [_StepState(funnel, k, self.policy) for k in range(len(funnel.step_names))]
+        self.evaluated_ms = -(2**62)
+
+    def warming_up(self) -> dict[str, bool]:
+        """Per step: True while its baseline holds too few final sessions to judge."""
+        return {s.name: s.baseline.entered < self.policy.min_baseline_decided for s in self.steps}
+
+    def evaluate(
+        self, watermark_ms: int, windows: Mapping[int, WindowCounts]
+    ) -> list[AlertDecision]:
+        """Judge the funnel as of ``watermark_ms`` from its cohort windows (window start ->
+        counts; every window not final yet and those that became final since the last call).
+        Call once per window of watermark, in watermark order."""
+        if watermark_ms <= self.evaluated_ms:
+            return []
+        self.evaluated_ms = watermark_ms
+        tests: dict[int, list[_Test]] = {}
+        fresh: dict[int, list[Cohort]] = {}
+        young_from = watermark_ms - self.policy.young_span_ms
+        size = self.funnel.window_ms
+        ordered = sorted(windows.items())
+        for step in self.steps:
+            # Only the windows a test reads: final since the last evaluation, or young.
+            final, young = [], []
+            for start, counts in ordered:
+                end = start + size
+                if end + step.timeout_ms <= watermark_ms:
+                    if start > step.learned_until_ms:
+                        final.append(cohorts_of(self.funnel, start, counts, step.index))
+                elif start >= young_from and watermark_ms - end >= self.policy.min_age_ms:
+                    young.append(cohorts_of(self.funnel, start, counts, step.index))
+            fresh[step.index] = final
+            if step.severity == "off" or step.baseline.entered < self.policy.min_baseline_decided:
+                continue
+            tests[step.index] = self._tests(step, final, young, watermark_ms)
+        family = sum(len(t) for t in tests.values())
+        threshold = self.policy.significance / max(1, family)
+        decisions = []
+        for step in self.steps:
+            step_tests = tests.get(step.index, [])
+            firing = [
+                t for t in step_tests if t.p_value < threshold and t.effect >= step.min_increase
+            ]
+            decision = self._decide(step, firing, step_tests, fresh[step.index], watermark_ms)
+            if decision is not None:
+                decisions.append(decision)
+            if step.alert_id is None:  # an incident's cohorts are not what normal looks like
+                for cohort in fresh[step.index]:
+                    step.baseline.learn(cohort)
+            if fresh[step.index]:
+                step.learned_until_ms = fresh[step.index][-1].start_ms
+        return decisions
+
+    # --- tests -------------------------------------------------------------------------------
+    def _tests(
+        self, step: _StepState, final: list[Cohort], young: list[Cohort], watermark_ms: int
+    ) -> list[_Test]:
+        baseline = step.baseline
+        out: list[_Test] = []
+        segment_keys = sorted({key for c in final + young for key in c.segments})
+        # Final cohorts: drops against the baseline's drop rate.
+        if final:
+            drop_rate = 1.0 - baseline.conversion
+            trials = sum(c.entered for c in final)
+            dropped = sum(c.dropped for c in final)
+            span = (final[0].start_ms, final[-1].end_ms)
+            out.extend(self._upper(None, trials, dropped, drop_rate, step, span))
+            for key in segment_keys:
+                parts = [c.segments[key] for c in final if key in c.segments]
+                seg_rate = 1.0 - baseline.segment_conversion(key)
+                seg_entered = sum(part[0] for part in parts)
+                seg_dropped = sum(part[2] for part in parts)
+                out.extend(self._upper(key, seg_entered, seg_dropped, seg_rate, step, span))
+        # Young cohorts: conversions within the largest time-to-convert bound their age
+        # reaches (all of them happened before the watermark, so every revision from this
+        # watermark on gives the same count) against the baseline's share within that bound.
+        # Over the newest few cohorts (a sudden break) and the whole young span (a slow one).
+        conversion = baseline.conversion or 1.0
+        ratios = {key: baseline.segment_conversion(key) / conversion for key in segment_keys}
+        full = self.policy.young_span_ms
+        seen = 0
+        for span_ms in sorted({s for s in YOUNG_SPANS_MS if s < full} | {full}):
+            recent = [c for c in young if c.start_ms >= watermark_ms - span_ms]
+            if len(recent) == seen:
+                continue  # the same cohorts as the shorter span: the same test
+            seen = len(recent)
+            indexes = [bound_index(watermark_ms - c.end_ms) for c in recent]
+            shares = [baseline.converted_within(i) for i in indexes]
+            trials = sum(c.entered for c in recent)
+            converted = sum(
+                c.converted_within[i - 1] if i else 0 for c, i in zip(recent, indexes, strict=True)
+            )
+            expected = sum(c.entered * e for c, e in zip(recent, shares, strict=True))
+            span = (recent[0].start_ms, recent[-1].end_ms)
+            out.extend(self._lower(None, trials, converted, expected, step, span))
+            for key in segment_keys:
+                ratio = ratios[key]
+                seg_trials = seg_converted = 0
+                seg_expected = 0.0
+                for c, i, e in zip(recent, indexes, shares, strict=True):
+                    part = c.segments.get(key)
+                    if part is None:
+                        continue
+                    seg_trials += part[0]
+                    seg_converted += part[3][i - 1] if i else 0
+                    seg_expected += part[0] * min(1.0, e * ratio)
+                out.extend(self._lower(key, seg_trials, seg_converted, seg_expected, step, span))
+        return out
+
+    def _upper(
+        self,
+        key: SegmentKey | None,
+        trials: int,
+        dropped: int,
+        rate: float,
+        step: _StepState,
+        span: tuple[int, int],
+    ) -> list[_Test]:
+        if trials < step.min_decided:
+            return []
+        p_value = binomial_tail(dropped, trials, rate)
+        effect = dropped / trials - rate
+        return [_Test(key, "final", trials, dropped, rate, p_value, effect, *span)]
+
+    def _lower(
+        self,
+        key: SegmentKey | None,
+        trials: int,
+        converted: int,
+        expected_conversions: float,
+        step: _StepState,
+        span: tuple[int, int],
+    ) -> list[_Test]:
+        if expected_conversions < _MIN_EXPECTED:
+            return []
+        share = expected_conversions / trials
+        p_value = binomial_lower_tail(converted, trials, share)
+        not_converted = trials - converted
+        return [
+            _Test(
+                key,
+                "matched_age",
+                trials,
+                not_converted,
+                1.0 - share,
+                p_value,
+                not_converted / trials - (1.0 - share),
+                *span,
+            )
+        ]
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def _decide(
+        self,
+        step: _StepState,
+        firing: list[_Test],
+        tests: list[_Test],
+        final: list[Cohort],
+        watermark_ms: int,
+    ) -> AlertDecision | None:
+        if step.alert_id is None:
+            if not firing:
+                return None
+            step.alert_id = f"{self.funnel.name}/{step.name}/{watermark_ms}"
+            step.last_notified_ms = watermark_ms
+            step.quiet = 0
+            return self._decision("firing", step, firing, tests, final, watermark_ms)
+        if firing:
+            step.quiet = 0
+            if watermark_ms - step.last_notified_ms >= self.policy.cooldown_ms:
+                step.last_notified_ms = watermark_ms
+                return self._decision("repeat", step, firing, tests, final, watermark_ms)
+            return None
+        step.quiet += 1
+        if step.quiet < self.policy.resolve_after_windows:
+            return None
+        decision = self._decision("resolved", step, firing, tests, final, watermark_ms)
+        step.alert_id = None
+        return decision
+
+    def _decision(
+        self,
+        state: State,
+        step: _StepState,
+        firing: list[_Test],
+        tests: list[_Test],
+        final: list[Cohort],
+        watermark_ms: int,
+    ) -> AlertDecision:
+        assert step.alert_id is not None
+        # The headline: the step's own test if it fired, else the strongest segment's; when
+        # resolved, the step's tests as they are now.
+        pool = firing or [t for t in tests if t.segment is None]
+        head = min(pool, key=lambda t: (t.segment is not None, t.p_value)) if pool else None
+        explanations: tuple[Explanation, ...] = ()
+        if state != "resolved" and head is not None:
+            explanations = _explain(head, firing, tests, step.min_increase / 2)
+        return AlertDecision(
+            state=state,
+            alert_id=step.alert_id,
+            severity=step.severity,
+            basis=head.basis if head else "final",
+            start_ms=head.start_ms if head else watermark_ms,
+            end_ms=head.end_ms if head else watermark_ms,
+            evaluated_at_ms=watermark_ms,
+            decided=head.trials if head else 0,
+            dropped=head.failures if head else 0,
+            observed_rate=head.failures / head.trials if head and head.trials else 0.0,
+            expected_rate=head.expected_rate if head else 0.0,
+            p_value=head.p_value if head else 1.0,
+            excess_dropped=max(0.0, head.excess) if head else 0.0,
+            dropped_value=sum(c.dropped_value for c in final),
+            explanations=explanations,
+        )
+
+    # --- persistence -------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {"evaluated_ms": self.evaluated_ms, "steps": [s.to_json() for s in self.steps]}
+
+    def load_json(self, raw: dict[str, Any]) -> None:
+        self.evaluated_ms = int(raw["evaluated_ms"])
+        for step, saved in zip(self.steps, raw["steps"], strict=False):
+            step.load_json(saved)
+
+
+def _explain(
+    head: _Test, firing: Sequence[_Test], tests: Sequence[_Test], min_gap: float
+) -> tuple[Explanation, ...]:
+    """Segment values carrying the excess, those whose own test fired first (by excess),
+    then the others of the same basis by their share of the step's excess."""
+    step_excess = next(
+        (t.excess for t in tests if t.segment is None and t.basis == head.basis), 0.0
+    )
+    fired = {id(t) for t in firing}
+    step_effect = max(
+        (t.effect for t in tests if t.segment is None and t.basis == head.basis), default=0.0
+    )
+    # A segment explains the alert only if it fares clearly worse than the step as a whole
+    # (a step broken for everyone has no explanation: it is everywhere).
+    candidates = [
+        t
+        for t in tests
+        if t.segment is not None
+        and t.basis == head.basis
+        and t.excess > 0
+        and t.effect >= step_effect + min_gap
+    ]
+    candidates.sort(key=lambda t: (id(t) not in fired, -t.excess, t.segment))
+    out: list[Explanation] = []
+    named: set[SegmentKey] = set()
+    for t in candidates:
+        assert t.segment is not None
+        if t.segment in named:
+            continue  # the same value tested over a longer span
+        named.add(t.segment)
+        if len(out) == 3:
+            break
+        denominator = step_excess if step_excess > 0 else t.excess
+        out.append(
+            Explanation(
+                dimension=t.segment[0],
+                value=t.segment[1],
+                share_of_excess=min(1.0, t.excess / denominator),
+                observed_rate=t.failures / t.trials,
+                expected_rate=t.expected_rate,
+                decided=t.trials,
+                dropped=t.failures,
+                p_value=t.p_value,
+            )
+        )
+    return tuple(out)

@@ -117,16 +117,18 @@ class WindowCounts:
         return cls([StepCounts() for _ in range(stage_count)])
 
     def apply(self, outcome: Outcome) -> None:
-        self._apply_to(self.stages[outcome.stage], outcome, with_histogram=True)
+        self._apply_to(self.stages[outcome.stage], outcome)
         for dim, value in enumerate(outcome.segments):
             key = (dim, value if value is not None else UNKNOWN)
             per_stage = self.segments.get(key)
             if per_stage is None:
                 per_stage = self.segments[key] = [StepCounts() for _ in self.stages]
-            self._apply_to(per_stage[outcome.stage], outcome, with_histogram=False)
+            # Segments keep the time-to-convert histogram too: the detector tests a segment's
+            # young cohorts at matched age.
+            self._apply_to(per_stage[outcome.stage], outcome)
 
     @staticmethod
-    def _apply_to(counts: StepCounts, outcome: Outcome, *, with_histogram: bool) -> None:
+    def _apply_to(counts: StepCounts, outcome: Outcome) -> None:
         if outcome.kind is Kind.ENTERED:
             counts.entered += 1
         elif outcome.kind is Kind.DROPPED:
@@ -134,9 +136,8 @@ class WindowCounts:
             counts.dropped_value = round(counts.dropped_value + outcome.value, 2)
         else:
             counts.converted += 1
-            if with_histogram:
-                counts.time_to_convert_ms_sum += outcome.time_to_convert_ms
-                counts.time_to_convert_buckets[_bucket(outcome.time_to_convert_ms)] += 1
+            counts.time_to_convert_ms_sum += outcome.time_to_convert_ms
+            counts.time_to_convert_buckets[_bucket(outcome.time_to_convert_ms)] += 1
 
     def merge(self, other: WindowCounts) -> None:
         for mine, theirs in zip(self.stages, other.stages, strict=True):

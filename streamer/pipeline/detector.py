@@ -1,49 +1,35 @@
-"""Detector stage: final cohort windows -> drop-off spike alerts (``funnel.alerts``).
+"""Detector stage: cohort windows as the merger holds them -> drop-off alerts (``funnel.alerts``).
 
-Reads ``funnel.windows`` in window order, keeps every step's detector state in the ``detector``
-table, and writes each decision as an :class:`Alert` before anything tries to deliver it. A
-window seen before (re-published after a restore) is skipped, so a replay gives the same alerts.
+Runs inside the windows stage's agent: once per window of watermark the merger calls
+:meth:`DetectorStage.judge` with every cohort window it holds (merged from all partitions,
+each reflecting at least that watermark), and the funnel's detector
+(:class:`streamer.funnel.detect.FunnelDetector`) judges final cohorts on final numbers and
+young ones at matched age. The detector's state lives in the ``detector`` table; each decision
+is written as an :class:`Alert` before anything tries to deliver it, with a deterministic id, so
+a replay of the same data gives the same alerts and a repeat after a restart is harmless.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from streamer.events import Alert, AlertExplanation, WindowStats
+from streamer.events import Alert, AlertExplanation
 from streamer.funnel.definition import FunnelDefinition
-from streamer.funnel.detect import AlertDecision, StepDetector, StepWindow
+from streamer.funnel.detect import AlertDecision, FunnelDetector
+from streamer.funnel.windows import WindowCounts
 from streamer.metrics import Metrics
 from streamer.settings import Settings
 
-__all__ = ["DetectorStage", "alert_record", "install", "step_window"]
+__all__ = ["DetectorStage", "alert_record", "install"]
 
 log = logging.getLogger(__name__)
 
 SendFn = Callable[[bytes | None, bytes], Awaitable[Any]]
-
-
-def step_window(stats: WindowStats, step_index: int) -> StepWindow:
-    stage = stats.stages[step_index]
-    return StepWindow(
-        start_ms=round(stats.window_start.timestamp() * 1000),
-        end_ms=round(stats.window_end.timestamp() * 1000),
-        decided=stage.converted + stage.dropped,
-        dropped=stage.dropped,
-        dropped_value=stage.dropped_value,
-        segments={
-            (segment.dimension, segment.value): (
-                segment.stages[step_index].converted + segment.stages[step_index].dropped,
-                segment.stages[step_index].dropped,
-            )
-            for segment in stats.segments
-            if segment.stages[step_index].converted + segment.stages[step_index].dropped
-        },
-    )
 
 
 def _pct(rate: float) -> str:
@@ -57,45 +43,52 @@ def alert_record(
     dashboard_url: str | None,
     runbook_url: str | None,
 ) -> Alert:
-    window = decision.window
+    observed, expected = decision.observed_rate, decision.expected_rate
     if decision.state == "resolved":
-        summary = (
-            f"{step} drop-off is back to {_pct(window.rate)} (baseline "
-            f"{_pct(decision.expected_rate)}, {window.decided} decided sessions)."
-        )
+        summary = f"{step} is back to normal: no test of the step or its segments fires any more."
     else:
         where = ""
         if decision.explanations:
             where = (
                 " Most of the excess: "
                 + ", ".join(
-                    f"{e.dimension}={e.value} ({e.share_of_excess:.0%})"
+                    f"{e.dimension}={e.value} ({_pct(e.observed_rate)} vs "
+                    f"{_pct(e.expected_rate)}, {e.share_of_excess:.0%})"
                     for e in decision.explanations
                 )
                 + "."
             )
-        summary = (
-            f"{step} drop-off is {_pct(window.rate)} against {_pct(decision.expected_rate)} "
-            f"expected: {window.dropped} of {window.decided} decided sessions dropped, "
-            f"{decision.excess_dropped:.0f} more than usual, carts worth "
-            f"{window.dropped_value:,.2f}.{where}"
-        )
+        if decision.basis == "matched_age":
+            summary = (
+                f"{step}: {_pct(observed)} of the sessions that reached it in the last minutes "
+                f"have not converted yet, against {_pct(expected)} usually by the same age "
+                f"({decision.dropped} of {decision.decided}, {decision.excess_dropped:.0f} more "
+                f"than usual). The step looks broken now, before its timeout decides them.{where}"
+            )
+        else:
+            summary = (
+                f"{step} drop-off is {_pct(observed)} against {_pct(expected)} expected: "
+                f"{decision.dropped} of {decision.decided} decided sessions dropped, "
+                f"{decision.excess_dropped:.0f} more than usual, carts worth "
+                f"{decision.dropped_value:,.2f}.{where}"
+            )
     return Alert(
-        event_id=f"{decision.alert_id}/{decision.state}/{window.start_ms}",
+        event_id=f"{decision.alert_id}/{decision.state}/{decision.evaluated_at_ms}",
         alert_id=decision.alert_id,
         state=decision.state,
         severity="page" if decision.severity == "page" else "warning",
+        basis=decision.basis,
         funnel=funnel.name,
         step=step,
-        window_start=datetime.fromtimestamp(window.start_ms / 1000, tz=UTC),
-        window_end=datetime.fromtimestamp(window.end_ms / 1000, tz=UTC),
-        observed_rate=round(window.rate, 6),
-        expected_rate=round(decision.expected_rate, 6),
+        window_start=datetime.fromtimestamp(decision.start_ms / 1000, tz=UTC),
+        window_end=datetime.fromtimestamp(decision.end_ms / 1000, tz=UTC),
+        observed_rate=round(observed, 6),
+        expected_rate=round(expected, 6),
         p_value=decision.p_value,
-        decided=window.decided,
-        dropped=window.dropped,
+        decided=decision.decided,
+        dropped=decision.dropped,
         excess_dropped=round(decision.excess_dropped, 2),
-        dropped_value=round(window.dropped_value, 2),
+        dropped_value=round(decision.dropped_value, 2),
         explanations=[
             AlertExplanation(
                 dimension=e.dimension,
@@ -130,28 +123,28 @@ class DetectorStage:
         self._metrics = metrics
         self._send_alert = send_alert
         self._links = (dashboard_url, runbook_url)
+        self.warming_up: dict[str, dict[str, bool]] = {
+            funnel.name: FunnelDetector(funnel).warming_up() for funnel in funnels
+        }
+        for funnel in funnels:
+            self._show_warm_up(funnel.name)
 
-    async def process(self, value: bytes) -> list[Alert]:
-        stats = WindowStats.model_validate_json(value)
-        funnel = self._funnels.get(stats.funnel)
-        if funnel is None or not stats.final:
-            return []  # revisions of a window still deciding are never judged
-        start_ms = round(stats.window_start.timestamp() * 1000)
-        last_key = f"last:{funnel.name}"
-        last = self._table.get(last_key)
-        if last is not None and int(orjson.loads(last)) >= start_ms:
-            return []  # this window was judged already
+    def _show_warm_up(self, funnel: str) -> None:
+        for step, warming in self.warming_up[funnel].items():
+            self._metrics.detector_warming_up.labels(funnel=funnel, step=step).set(int(warming))
+
+    async def judge(
+        self, funnel: FunnelDefinition, watermark_ms: int, windows: Mapping[int, WindowCounts]
+    ) -> list[Alert]:
+        """Judge ``funnel`` as of ``watermark_ms``; send and return the alerts it decides."""
+        detector = FunnelDetector(funnel)
+        key = f"funnel:{funnel.name}"
+        raw = self._table.get(key)
+        if raw is not None:
+            detector.load_json(orjson.loads(raw))
         alerts = []
-        for step_index, step in enumerate(funnel.step_names):
-            detector = StepDetector(funnel, step_index)
-            key = f"step:{funnel.name}:{step}"
-            raw = self._table.get(key)
-            if raw is not None:
-                detector.load_json(orjson.loads(raw))
-            decision = detector.observe(step_window(stats, step_index))
-            self._table[key] = orjson.dumps(detector.to_json())
-            if decision is None:
-                continue
+        for decision in detector.evaluate(watermark_ms, windows):
+            step = decision.alert_id.split("/")[1]
             alert = alert_record(funnel, step, decision, *self._links)
             await self._send_alert(alert.alert_id.encode(), alert.model_dump_json().encode())
             self._metrics.alerts.labels(
@@ -159,22 +152,28 @@ class DetectorStage:
             ).inc()
             log.warning("alert %s %s: %s", alert.state, alert.alert_id, alert.summary)
             alerts.append(alert)
-        self._table[last_key] = orjson.dumps(start_ms)
+        self._table[key] = orjson.dumps(detector.to_json())
+        was = self.warming_up.get(funnel.name)
+        self.warming_up[funnel.name] = detector.warming_up()
+        if was != self.warming_up[funnel.name]:
+            for step, warming in self.warming_up[funnel.name].items():
+                if was is not None and was.get(step) and not warming:
+                    log.info("detector %s %s: warmed up, alerts enabled", funnel.name, step)
+            self._show_warm_up(funnel.name)
         return alerts
 
 
 def install(
     app: Any, settings: Settings, metrics: Metrics, funnels: tuple[FunnelDefinition, ...]
 ) -> DetectorStage:
-    """Wire the detector: final records of ``funnel.windows`` -> ``funnel.alerts``."""
+    """The detector's table and output topic; the windows stage calls :meth:`judge`."""
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
-    windows = app.topic(settings.windows_topic, partitions=1, **raw)
     alerts = app.topic(settings.alerts_topic, partitions=1, **raw)
 
     async def send_alert(key: bytes | None, value: bytes) -> None:
         await alerts.send(key=key, value=value)
 
-    detector = DetectorStage(
+    return DetectorStage(
         funnels=funnels,
         table=app.Table("detector", key_type=str, value_type=bytes, partitions=1),
         metrics=metrics,
@@ -182,16 +181,3 @@ def install(
         dashboard_url=settings.dashboard_url,
         runbook_url=settings.runbook_url,
     )
-
-    async def detector_agent(stream: Any) -> None:
-        # Acked only once judged: a window judged already is skipped when read again.
-        async for event in stream.noack().events():
-            try:
-                await detector.process(event.value)
-            except Exception:  # a bad window must not stop alerting on the next ones
-                metrics.merge_errors.inc()
-                log.exception("detector could not process a window; skipped")
-            event.ack()
-
-    app.agent(windows, name="detector")(detector_agent)
-    return detector

@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.session import NEVER
 from streamer.metrics import LiveSnapshot, Metrics
+from streamer.pipeline.detector import DetectorStage
 from streamer.pipeline.sessions import SessionsStage
 from streamer.query import FunnelView, tail_windows
 from streamer.settings import Settings
@@ -26,6 +27,7 @@ def install(
     metrics: Metrics,
     funnels: tuple[FunnelDefinition, ...],
     sessions: SessionsStage,
+    detector: DetectorStage | None = None,
 ) -> None:
     def live_snapshot() -> LiveSnapshot:
         snapshot = LiveSnapshot()
@@ -73,6 +75,11 @@ def install(
 
     class FunnelPage(View):
         async def get(self, request: Request) -> Response:
-            return self.json(view.summary())
+            summary = view.summary()
+            if detector is not None:  # as this worker's detector knows it
+                for name, parts in summary.items():
+                    steps = detector.warming_up.get(name, {})
+                    parts["warming_up"] = [step for step, warming in steps.items() if warming]
+            return self.json(summary)
 
     app.page("/funnel")(FunnelPage)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,6 +37,10 @@ __all__ = ["WindowMerger", "install", "window_stats"]
 log = logging.getLogger(__name__)
 
 SendFn = Callable[[bytes | None, bytes], Awaitable[Any]]
+# The detector: a funnel, a watermark (a window boundary) and every cohort window held.
+JudgeFn = Callable[[FunnelDefinition, int, Mapping[int, WindowCounts]], Awaitable[Any]]
+# At most this many boundaries are judged after a jump of the watermark (a long outage).
+MAX_JUDGED_PER_JUMP = 1440
 
 
 def _ratio(part: int, whole: int) -> float | None:
@@ -123,6 +127,7 @@ class WindowMerger:
         send_window: SendFn,
         revision_interval_s: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
+        judge: JudgeFn | None = None,
     ) -> None:
         self._funnels = {funnel.name: funnel for funnel in funnels}
         self._source_partitions = source_partitions
@@ -131,6 +136,7 @@ class WindowMerger:
         self._send_window = send_window
         self._revision_interval = revision_interval_s
         self._monotonic = monotonic
+        self._judge = judge
         self._changed: set[str] = set()  # pending keys with a partial since their last revision
         # In memory, rebuilt from the table after every assignment: which windows are pending
         # (key -> funnel, start), the partitions' progress, the watermark last published at.
@@ -215,6 +221,8 @@ class WindowMerger:
         self._published_watermark = watermark
         if revise:
             self._revised_at = now
+        if self._judge is not None and watermark > NEVER:
+            await self._judge_up_to(watermark, pending_windows)
         due = []
         for key, (funnel, start) in pending_windows.items():
             final = start + funnel.window_ms + funnel.finality_lag_ms <= watermark
@@ -255,6 +263,36 @@ class WindowMerger:
                 self._put(key, pending)
         return published
 
+    async def _judge_up_to(
+        self, watermark: int, pending_windows: dict[str, tuple[FunnelDefinition, int]]
+    ) -> None:
+        """Let the detector judge every window boundary the watermark passed since the last
+        time, with every window held (each partition's counts reflect at least this
+        watermark). Before final windows are dropped: the detector reads them once."""
+        assert self._judge is not None
+        for funnel in self._funnels.values():
+            size = funnel.window_ms
+            latest = watermark - watermark % size
+            judged_key = f"judged:{funnel.name}"
+            last = int(self._get(judged_key, NEVER))
+            if latest <= last:
+                continue
+            earliest = latest - MAX_JUDGED_PER_JUMP * size
+            first = latest if last == NEVER else max(last + size, earliest)
+            windows: dict[int, WindowCounts] = {}
+            caps = [segment.cap for segment in funnel.segments]
+            for key, (owner, start) in pending_windows.items():
+                pending = self._get(key, None) if owner is funnel else None
+                if pending is not None:
+                    merged = merge_partials(
+                        len(funnel.stages),
+                        (WindowCounts.from_json(part) for part in pending["parts"].values()),
+                    )
+                    windows[start] = fold_segments(merged, caps)
+            for boundary in range(first, latest + 1, size):
+                await self._judge(funnel, boundary, windows)
+            self._put(judged_key, latest)
+
     def _record(self, funnel: FunnelDefinition, stats: WindowStats, counts: WindowCounts) -> None:
         metrics = self._metrics
         metrics.windows_closed.labels(funnel=funnel.name).inc()
@@ -280,9 +318,14 @@ class WindowMerger:
 
 
 def install(
-    app: Any, settings: Settings, metrics: Metrics, funnels: tuple[FunnelDefinition, ...]
+    app: Any,
+    settings: Settings,
+    metrics: Metrics,
+    funnels: tuple[FunnelDefinition, ...],
+    judge: JudgeFn | None = None,
 ) -> WindowMerger:
-    """Wire the merger: ``funnel.partials`` -> ``window-merge`` table -> ``funnel.windows``."""
+    """Wire the merger: ``funnel.partials`` -> ``window-merge`` table -> ``funnel.windows``,
+    and the detector (``judge``) once per window of watermark."""
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
     partials = app.topic(settings.partials_topic, partitions=1, **raw)
     windows = app.topic(settings.windows_topic, partitions=1, **raw)
@@ -296,6 +339,7 @@ def install(
         table=app.Table("window-merge", key_type=str, value_type=bytes, partitions=1),
         metrics=metrics,
         send_window=send_window,
+        judge=judge,
     )
 
     async def windows_agent(stream: Any) -> None:

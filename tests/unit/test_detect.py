@@ -1,147 +1,201 @@
-"""Spike detection, lifecycle and explanations with explicit windows."""
+"""The detector with explicit cohort windows: exact tails, warm-up, matched-age and final
+tests, a failure confined to one segment, the alert lifecycle, persistence."""
 
 from __future__ import annotations
 
 import math
-import random
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamer.funnel.detect import StepDetector, StepWindow, binomial_tail, explain
-from tests.unit.funnel_helpers import MIN, funnel
+from streamer.funnel.definition import FunnelDefinition, load_funnel
+from streamer.funnel.detect import (
+    FunnelDetector,
+    binomial_lower_tail,
+    binomial_tail,
+    bound_index,
+)
+from streamer.funnel.windows import WindowCounts
 
-PAYMENT_STEP = 2  # checkout -> order in the test funnel: landing, cart, checkout, order
-
-
-def detector(**alerting: Any) -> StepDetector:
-    spec = {
-        "min_decided": 30,
-        "min_baseline_decided": 200,
-        "significance": 1e-4,
-        "min_increase": 0.1,
-        "cooldown": "30m",
-        "resolve_after_windows": 2,
-        **alerting,
-    }
-    return StepDetector(funnel(abandonment=["cart", "checkout"], alerting=spec), PAYMENT_STEP)
+CHECKOUT = Path(__file__).resolve().parents[2] / "deploy/funnels/checkout.yaml"
+MIN = 60_000
+PAYMENT = 4  # payment -> order, timeout 10 minutes
+FIVE_SECONDS = 1  # the time-to-convert bucket of conversions within 5 s
+METHODS = ("card", "paypal", "klarna", "apple_pay")
 
 
-def window(index: int, decided: int, dropped: int, segments: dict | None = None) -> StepWindow:
-    return StepWindow(
-        index * MIN, (index + 1) * MIN, decided, dropped, dropped * 50.0, segments or {}
+def checkout(**alerting: Any) -> FunnelDefinition:
+    funnel = load_funnel(CHECKOUT)
+    if not alerting:
+        return funnel
+    policy = funnel.alerting.model_copy(update=alerting)
+    return funnel.model_copy(update={"alerting": policy})
+
+
+def window(funnel: FunnelDefinition, per_method: dict[str, tuple[int, int]]) -> WindowCounts:
+    """Payment-step counts: method -> (entered, converted within 5 s); the rest not converted
+    yet (young) or dropped (final, see ``decided``)."""
+    counts = WindowCounts.empty(len(funnel.stages))
+    dim = [s.name for s in funnel.segments].index("payment_method")
+    stage = counts.stages[PAYMENT]
+    for method, (entered, converted) in per_method.items():
+        segment = counts.segments.setdefault((dim, method), [type(stage)() for _ in funnel.stages])
+        for target in (stage, segment[PAYMENT]):
+            target.entered += entered
+            target.converted += converted
+            target.time_to_convert_buckets[FIVE_SECONDS] += converted
+    return counts
+
+
+def decided(counts: WindowCounts) -> WindowCounts:
+    """Every session of the window decided: the unconverted dropped."""
+    for steps in [counts.stages, *counts.segments.values()]:
+        steps[PAYMENT].dropped = steps[PAYMENT].entered - steps[PAYMENT].converted
+    return counts
+
+
+def healthy(funnel: FunnelDefinition, entered: int = 40) -> WindowCounts:
+    share = {"card": 0.45, "paypal": 0.3, "klarna": 0.15, "apple_pay": 0.1}
+    return window(
+        funnel, {m: (round(entered * s), round(entered * s * 0.9)) for m, s in share.items()}
     )
 
 
-@given(n=st.integers(0, 60), k=st.integers(0, 61), p=st.floats(0.001, 0.999))
+def warm(detector: FunnelDetector, windows: int = 20) -> int:
+    """Feed ``windows`` final healthy windows, one per evaluation; returns the watermark."""
+    funnel = detector.funnel
+    lag = funnel.window_ms + funnel.step_timeout_ms(PAYMENT)
+    watermark = 0
+    for index in range(windows):
+        watermark = index * MIN + lag
+        assert detector.evaluate(watermark, {index * MIN: decided(healthy(funnel))}) == []
+    return watermark
+
+
+@given(n=st.integers(0, 60), k=st.integers(-1, 61), p=st.floats(0.001, 0.999))
 @settings(max_examples=300, deadline=None)
-def test_binomial_tail_matches_a_direct_sum(n: int, k: int, p: float) -> None:
-    direct = sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1))
-    assert binomial_tail(k, n, p) == pytest.approx(min(1.0, direct), rel=1e-9, abs=1e-12)
+def test_binomial_tails_match_direct_sums(n: int, k: int, p: float) -> None:
+    def pmf(i: int) -> float:
+        return math.comb(n, i) * p**i * (1 - p) ** (n - i)
+
+    upper = sum(pmf(i) for i in range(max(k, 0), n + 1)) if k <= n else 0.0
+    lower = sum(pmf(i) for i in range(min(k, n) + 1)) if k >= 0 else 0.0
+    if k > 0:
+        assert binomial_tail(k, n, p) == pytest.approx(min(1.0, upper), rel=1e-9, abs=1e-12)
+    assert binomial_lower_tail(k, n, p) == pytest.approx(min(1.0, lower), rel=1e-9, abs=1e-12)
 
 
-def test_no_alert_while_learning_the_baseline() -> None:
-    d = detector()
-    assert all(d.observe(window(i, 40, 30)) is None for i in range(5))  # 200 decided: learned
-    assert d.expected_rate() == pytest.approx(0.75)
+def test_bounds_reached_by_an_age() -> None:
+    assert [bound_index(ms) for ms in (0, 999, 1_000, 59_999, 60_000, 10**9)] == [
+        0, 0, 1, 4, 5, 12
+    ]  # fmt: skip
 
 
-def test_false_positive_rate_on_stable_traffic_is_tiny() -> None:
-    rng = random.Random(7)
-    fired = 0
-    windows = 0
-    for run in range(20):
-        d = detector()
-        rate = rng.uniform(0.05, 0.4)
-        for i in range(250):
-            decided = rng.randint(20, 200)
-            dropped = sum(rng.random() < rate for _ in range(decided))
-            decision = d.observe(window(run * 1000 + i, decided, dropped))
-            windows += 1
-            fired += decision is not None and decision.state == "firing"
-    assert windows == 5000
-    assert fired / windows < 0.001, f"{fired} false alerts in {windows} windows"
+def test_a_step_stays_warming_up_until_its_baseline_holds_enough_final_sessions() -> None:
+    detector = FunnelDetector(checkout(min_baseline_decided=500))
+    assert all(detector.warming_up().values())
+    warm(detector, windows=12)  # 480 final sessions of the payment step
+    assert detector.warming_up()["payment->order"] is True
+    warm(detector, windows=14)
+    assert detector.warming_up()["payment->order"] is False
+    assert detector.warming_up()["landing->product_view"] is True  # never fed
 
 
-def test_quiet_nights_do_not_page() -> None:
-    d = detector()
-    for i in range(10):
-        d.observe(window(i, 100, 10))
-    assert d.observe(window(10, 4, 2)) is None  # 50% of 4: too few sessions
-    assert d.observe(window(11, 12, 6)) is None
+def test_a_broken_step_fires_at_matched_age_long_before_its_timeout_then_resolves() -> None:
+    funnel = checkout()
+    detector = FunnelDetector(funnel)
+    watermark = warm(detector)
+    onset = watermark + 5 * MIN  # young windows from here on, the timeout is 10 minutes
+    broken = window(funnel, dict.fromkeys(METHODS, (10, 0)))
+    decisions = []
+    for age in range(1, 4):
+        young = {onset + i * MIN: broken for i in range(age)}
+        decisions += detector.evaluate(onset + age * MIN, young)
+    [firing] = decisions
+    assert (firing.state, firing.basis, firing.severity) == ("firing", "matched_age", "page")
+    # The first cohort after the onset is a minute old two minutes after it.
+    assert firing.alert_id == f"checkout/payment->order/{onset + 2 * MIN}"
+    assert firing.expected_rate == pytest.approx(0.1, abs=0.01)  # 90% convert within 60 s
+    assert firing.observed_rate == 1.0
+    # Fixed: healthy young cohorts for the next windows, the alert resolves once.
+    later = onset + 10 * MIN
+    states = [
+        d.state
+        for step in range(6)
+        for d in detector.evaluate(later + step * MIN, {later + (step - 1) * MIN: healthy(funnel)})
+    ]
+    assert states == ["resolved"]
 
 
-def test_a_real_jump_fires_within_one_window_then_resolves_once() -> None:
-    d = detector()
-    for i in range(10):
-        assert d.observe(window(i, 100, 10)) is None  # 10% normal
-    first = d.observe(window(10, 100, 40))  # 40%: a 30 point jump
-    assert first is not None
+def test_a_failure_confined_to_one_segment_is_found_and_named_first() -> None:
+    funnel = checkout()
+    detector = FunnelDetector(funnel)
+    watermark = warm(detector)
+    onset = watermark + 5 * MIN
+
+    # apple_pay (10% of the step) stops converting; the step as a whole barely moves.
+    def minute() -> WindowCounts:
+        return window(
+            funnel, {"card": (18, 16), "paypal": (12, 11), "klarna": (6, 5), "apple_pay": (4, 0)}
+        )
+
+    decisions = []
+    for age in range(1, 6):
+        young = {onset + i * MIN: minute() for i in range(age)}
+        decisions += detector.evaluate(onset + age * MIN, young)
+    assert decisions, "the segment's failure was not detected"
+    first = decisions[0]
     assert first.state == "firing"
-    assert first.alert_id == f"shop/checkout->order/{10 * MIN}"
-    assert first.expected_rate == pytest.approx(0.10)
-    assert first.excess_dropped == pytest.approx(30.0)
-    assert first.severity == "page"  # it leaves checkout, an abandonment stage
-    assert [d.observe(window(i, 100, 45)) for i in range(11, 15)] == [None] * 4  # in cooldown
-    assert d.observe(window(15, 100, 10)) is None  # one quiet window is not enough
-    resolved = d.observe(window(16, 100, 11))
-    assert resolved is not None
-    assert (resolved.state, resolved.alert_id) == ("resolved", first.alert_id)
-    assert d.observe(window(17, 100, 10)) is None
-    assert d.expected_rate() == pytest.approx(0.1, abs=0.01)  # the incident is not baseline
+    assert (first.explanations[0].dimension, first.explanations[0].value) == (
+        "payment_method",
+        "apple_pay",
+    )
+    assert first.evaluated_at_ms - onset <= 5 * MIN
 
 
-def test_a_long_incident_repeats_after_the_cooldown() -> None:
-    d = detector(cooldown="5m")
-    for i in range(10):
-        d.observe(window(i, 100, 10))
-    states = [getattr(d.observe(window(i, 100, 50)), "state", None) for i in range(10, 22)]
-    assert states == ["firing", None, None, None, None, "repeat"] + [None] * 4 + ["repeat", None]
+def test_stable_traffic_with_noise_fires_nothing() -> None:
+    import random
 
-
-def test_abandonment_steps_page_and_steps_can_be_overridden() -> None:
-    f = funnel(abandonment=["cart"], alerting={"steps": {"landing->cart": {"severity": "off"}}})
-    assert StepDetector(f, 1).severity == "page"  # cart -> checkout leaves an abandonment stage
-    assert StepDetector(f, 2).severity == "warning"
-    off = StepDetector(f, 0)
-    for i in range(10):
-        off.observe(window(i, 100, 10))
-    assert off.observe(window(10, 100, 90)) is None
-
-
-def test_the_broken_segment_is_named_first() -> None:
-    def segments(paypal_drop: int, card_drop: int) -> dict[tuple[str, str], tuple[int, int]]:
-        return {
-            ("payment_method", "paypal"): (30, paypal_drop),
-            ("payment_method", "card"): (70, card_drop),
-            ("device", "ios"): (40, (paypal_drop + card_drop) * 4 // 10),
-            ("device", "desktop"): (60, (paypal_drop + card_drop) * 6 // 10),
-        }
-
-    d = detector()
-    for i in range(10):
-        d.observe(window(i, 100, 10, segments(3, 7)))
-    decision = d.observe(window(10, 100, 31, segments(24, 7)))
-    assert decision is not None
-    top = decision.explanations[0]
-    assert (top.dimension, top.value) == ("payment_method", "paypal")
-    assert top.share_of_excess > 0.8
-    assert top.observed_rate == pytest.approx(0.8)
-    assert all(e.value != "card" for e in decision.explanations)
-
-
-def test_explain_is_empty_without_excess() -> None:
-    assert explain(window(0, 100, 5), [], 0.1) == ()
+    funnel = checkout()
+    detector = FunnelDetector(funnel)
+    rng = random.Random(3)
+    lag = funnel.window_ms + funnel.step_timeout_ms(PAYMENT)
+    fired = []
+    for index in range(600):
+        per_method = {}
+        for method, share in (
+            ("card", 0.45),
+            ("paypal", 0.3),
+            ("klarna", 0.15),
+            ("apple_pay", 0.1),
+        ):
+            entered = sum(rng.random() < share for _ in range(rng.randint(5, 80)))
+            per_method[method] = (entered, sum(rng.random() < 0.9 for _ in range(entered)))
+        counts = window(funnel, per_method)
+        young = {index * MIN: counts}
+        fired += detector.evaluate(index * MIN + 2 * MIN, young)
+        fired += detector.evaluate(index * MIN + lag, {index * MIN: decided(counts)})
+    assert fired == []
 
 
 def test_state_survives_a_round_trip() -> None:
-    d = detector()
-    for i in range(10):
-        d.observe(window(i, 100, 10, {("device", "ios"): (50, 5)}))
-    fired = d.observe(window(10, 100, 40))
-    restored = detector()
-    restored.load_json(d.to_json())
-    assert restored.alert_id == fired.alert_id  # type: ignore[union-attr]
-    assert restored.observe(window(11, 100, 10)) == d.observe(window(11, 100, 10))
+    funnel = checkout()
+    detector = FunnelDetector(funnel)
+    watermark = warm(detector)
+    again = FunnelDetector(funnel)
+    again.load_json(detector.to_json())
+    assert again.to_json() == detector.to_json()
+    young = {watermark + 5 * MIN: window(funnel, dict.fromkeys(METHODS, (10, 0)))}
+    assert detector.evaluate(watermark + 7 * MIN, young) == again.evaluate(
+        watermark + 7 * MIN, young
+    )
+
+
+def test_abandonment_steps_page_and_steps_can_be_overridden() -> None:
+    funnel = load_funnel(CHECKOUT)
+    steps = {s.name: s.severity for s in FunnelDetector(funnel).steps}
+    assert steps["payment->order"] == "page"
+    assert steps["landing->product_view"] == "warning"

@@ -136,3 +136,41 @@ async def test_the_funnel_view_shows_open_sessions_until_the_final_record() -> N
     for stats in await merge.process(progress(0, FINAL_AT)):
         view.add(stats)
     assert view.summary()[FUNNEL.name]["last_window"]["final"] is True
+
+
+async def test_the_detector_judges_every_boundary_once_with_the_merged_windows() -> None:
+    table: dict[str, bytes] = {}
+    calls: list[tuple[int, dict[int, int]]] = []
+
+    async def judge(funnel: Any, watermark: int, windows: Any) -> None:
+        calls.append((watermark, {s: c.stages[0].entered for s, c in windows.items()}))
+
+    made = WindowMerger(
+        funnels=(FUNNEL,),
+        source_partitions=2,
+        table=table,
+        metrics=Metrics.create(CollectorRegistry()),
+        send_window=_discard,
+        monotonic=Clock(),
+        judge=judge,
+    )
+    size = FUNNEL.window_ms
+    await made.process(partial(0, 5, [1, 1, 0]))
+    await made.process(partial(1, 2, [1, 1, 0]))
+    await made.process(progress(0, START + 3 * size))
+    assert calls == []  # partition 1 never reported: nothing is known yet
+    await made.process(progress(1, START + 2 * size + 10))
+    await made.process(progress(1, START + 2 * size + 20))  # same boundary: judged once
+    await made.process(progress(1, START + 4 * size + 5))  # partition 0 holds it at 3
+    assert calls == [
+        (START + 2 * size, {START: 7}),
+        (START + 3 * size, {START: 7}),
+    ]
+    # After a rebalance (reset), the boundary judged last is remembered in the table.
+    made.reset()
+    await made.process(progress(0, START + 4 * size))
+    assert [watermark for watermark, _ in calls[2:]] == [START + 4 * size]
+
+
+async def _discard(key: bytes | None, value: bytes) -> None:
+    return None
