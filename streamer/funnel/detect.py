@@ -562,22 +562,20 @@ def _explain(
 ) -> tuple[Explanation, ...]:
     """Segment values carrying the excess, those whose own test fired first (by excess),
     then the others of the same basis by their share of the step's excess."""
-    step_excess = next(
-        (t.excess for t in tests if t.segment is None and t.basis == head.basis), 0.0
-    )
+
+    def same(t: _Test) -> bool:  # the head's cohorts: the same basis and span
+        return t.basis == head.basis and (t.start_ms, t.end_ms) == (head.start_ms, head.end_ms)
+
+    step_test = next((t for t in tests if t.segment is None and same(t)), None)
+    step_excess = step_test.excess if step_test else 0.0
+    step_effect = step_test.effect if step_test else 0.0
     fired = {id(t) for t in firing}
-    step_effect = max(
-        (t.effect for t in tests if t.segment is None and t.basis == head.basis), default=0.0
-    )
     # A segment explains the alert only if it fares clearly worse than the step as a whole
     # (a step broken for everyone has no explanation: it is everywhere).
     candidates = [
         t
         for t in tests
-        if t.segment is not None
-        and t.basis == head.basis
-        and t.excess > 0
-        and t.effect >= step_effect + min_gap
+        if t.segment is not None and same(t) and t.excess > 0 and t.effect >= step_effect + min_gap
     ]
     candidates.sort(key=lambda t: (id(t) not in fired, -t.excess, t.segment))
     out: list[Explanation] = []
