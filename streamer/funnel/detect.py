@@ -560,8 +560,8 @@ class FunnelDetector:
 def _explain(
     head: _Test, firing: Sequence[_Test], tests: Sequence[_Test], min_gap: float
 ) -> tuple[Explanation, ...]:
-    """Segment values carrying the excess, those whose own test fired first (by excess),
-    then the others of the same basis by their share of the step's excess."""
+    """Segment values carrying the excess over the head test's cohorts: those whose own test
+    fired first, then the others, most significant first."""
 
     def same(t: _Test) -> bool:  # the head's cohorts: the same basis and span
         return t.basis == head.basis and (t.start_ms, t.end_ms) == (head.start_ms, head.end_ms)
@@ -577,7 +577,9 @@ def _explain(
         for t in tests
         if t.segment is not None and same(t) and t.excess > 0 and t.effect >= step_effect + min_gap
     ]
-    candidates.sort(key=lambda t: (id(t) not in fired, -t.excess, t.segment))
+    # Most significant first: a value where the failure concentrates beats a big value that
+    # merely holds many of the failing sessions (country=DE next to payment_method=paypal).
+    candidates.sort(key=lambda t: (id(t) not in fired, t.p_value, -t.excess, t.segment))
     out: list[Explanation] = []
     named: set[SegmentKey] = set()
     for t in candidates:
