@@ -64,6 +64,9 @@ _MIN_EXPECTED = 5.0  # a test needs this many expected conversions (or drops) to
 # Young cohorts are tested over the newest ones (a sudden break shows in the first minutes)
 # and over longer spans up to ``young_span`` (a partial one builds up).
 YOUNG_SPANS_MS = (180_000, 360_000)
+# A segment value explains an alert when its failures would be this unlikely at the step's
+# own current rate (it fares worse than the rest of the step, not merely holds many sessions).
+_WORSE_THAN_STEP = 0.01
 
 
 def _far_tail(k: int, trials: int, rate: float, upward: bool) -> float:
@@ -528,7 +531,7 @@ class FunnelDetector:
         head = min(pool, key=lambda t: (t.segment is not None, t.p_value)) if pool else None
         explanations: tuple[Explanation, ...] = ()
         if state != "resolved" and head is not None:
-            explanations = _explain(head, firing, tests, step.min_increase / 2)
+            explanations = _explain(head, firing, tests)
         return AlertDecision(
             state=state,
             alert_id=step.alert_id,
@@ -558,7 +561,7 @@ class FunnelDetector:
 
 
 def _explain(
-    head: _Test, firing: Sequence[_Test], tests: Sequence[_Test], min_gap: float
+    head: _Test, firing: Sequence[_Test], tests: Sequence[_Test]
 ) -> tuple[Explanation, ...]:
     """Segment values carrying the excess over the head test's cohorts: those whose own test
     fired first, then the others, most significant first."""
@@ -568,18 +571,21 @@ def _explain(
 
     step_test = next((t for t in tests if t.segment is None and same(t)), None)
     step_excess = step_test.excess if step_test else 0.0
-    step_effect = step_test.effect if step_test else 0.0
+    step_rate = step_test.failures / step_test.trials if step_test and step_test.trials else 0.0
     fired = {id(t) for t in firing}
-    # A segment explains the alert only if it fares clearly worse than the step as a whole
-    # (a step broken for everyone has no explanation: it is everywhere).
-    candidates = [
-        t
-        for t in tests
-        if t.segment is not None and same(t) and t.excess > 0 and t.effect >= step_effect + min_gap
+
+    def against_step(t: _Test) -> float:  # how unlikely this value's failures are at the
+        return binomial_tail(t.failures, t.trials, step_rate)  # step's own rate right now
+
+    # A value explains the alert only if it fares worse than the step as a whole right now
+    # (a step broken for everyone has no explanation: it is everywhere), most unlikely first:
+    # a value where the failure concentrates beats a big value that merely holds many of the
+    # failing sessions (country=DE next to payment_method=paypal).
+    scored = [
+        (against_step(t), t) for t in tests if t.segment is not None and same(t) and t.excess > 0
     ]
-    # Most significant first: a value where the failure concentrates beats a big value that
-    # merely holds many of the failing sessions (country=DE next to payment_method=paypal).
-    candidates.sort(key=lambda t: (id(t) not in fired, t.p_value, -t.excess, t.segment))
+    candidates = [t for p, t in sorted(scored, key=lambda pair: pair[0]) if p < _WORSE_THAN_STEP]
+    candidates.sort(key=lambda t: id(t) not in fired)  # stable: fired ones first
     out: list[Explanation] = []
     named: set[SegmentKey] = set()
     for t in candidates:
