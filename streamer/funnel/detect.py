@@ -64,9 +64,9 @@ _MIN_EXPECTED = 5.0  # a test needs this many expected conversions (or drops) to
 # Young cohorts are tested over the newest ones (a sudden break shows in the first minutes)
 # and over longer spans up to ``young_span`` (a partial one builds up).
 YOUNG_SPANS_MS = (180_000, 360_000)
-# A segment value explains an alert when its failures would be this unlikely at the step's
-# own current rate (it fares worse than the rest of the step, not merely holds many sessions).
-_WORSE_THAN_STEP = 0.01
+# A segment value explains an alert when its failures would be this unlikely at the rate of
+# the rest of the step (it fares worse than the rest, not merely holds many sessions).
+_WORSE_THAN_STEP = 0.05
 
 
 def _far_tail(k: int, trials: int, rate: float, upward: bool) -> float:
@@ -571,11 +571,14 @@ def _explain(
 
     step_test = next((t for t in tests if t.segment is None and same(t)), None)
     step_excess = step_test.excess if step_test else 0.0
-    step_rate = step_test.failures / step_test.trials if step_test and step_test.trials else 0.0
     fired = {id(t) for t in firing}
 
-    def against_step(t: _Test) -> float:  # how unlikely this value's failures are at the
-        return binomial_tail(t.failures, t.trials, step_rate)  # step's own rate right now
+    def against_step(t: _Test) -> float:
+        """How unlikely this value's failures are at the rate of the rest of the step now."""
+        if step_test is None or step_test.trials <= t.trials:
+            return 0.0 if step_test is None else 1.0
+        rest = (step_test.failures - t.failures) / (step_test.trials - t.trials)
+        return binomial_tail(t.failures, t.trials, max(rest, 1e-9))
 
     # A value explains the alert only if it fares worse than the step as a whole right now
     # (a step broken for everyone has no explanation: it is everywhere), most unlikely first:
