@@ -67,6 +67,9 @@ YOUNG_SPANS_MS = (180_000, 360_000)
 # A segment value explains an alert when its failures would be this unlikely at the rate of
 # the rest of the step (it fares worse than the rest, not merely holds many sessions).
 _WORSE_THAN_STEP = 0.05
+# A segment value's final-cohort test needs this many sessions (the step's needs
+# ``min_decided``): small values are tested too, the Bonferroni threshold keeps them honest.
+_MIN_SEGMENT_DECIDED = 10
 
 
 def _far_tail(k: int, trials: int, rate: float, upward: bool) -> float:
@@ -453,7 +456,7 @@ class FunnelDetector:
         step: _StepState,
         span: tuple[int, int],
     ) -> list[_Test]:
-        if trials < step.min_decided:
+        if trials < (step.min_decided if key is None else _MIN_SEGMENT_DECIDED):
             return []
         p_value = binomial_tail(dropped, trials, rate)
         effect = dropped / trials - rate
