@@ -6,7 +6,7 @@
   daytime peak ``--peak`` sessions/min entering the funnel, a tenth of it at night, conversion
   drifting a few points with the hour, one or two 3x surges of 20 minutes a day at random
   times. Every alert is a false alert.
-- **incidents** at 14:00 of day 1 (after a day of warm-up), one run each per seed: one payment
+- **incidents** at 14:00 of day 0 (after the night's warm-up), one run each per seed: one payment
   method (apple_pay, 10% of the payment step) failing 90% of payments; payments failing for
   everyone; the checkout topic silent for 15 minutes (tracking broke, conversion did not).
 
@@ -42,7 +42,8 @@ MINUTE = 60_000
 DAY = 1_440 * MINUTE
 LATENESS_MS = 120_000  # the worker's default allowed lateness
 EPOCH_MS = round(datetime(2026, 3, 2, tzinfo=UTC).timestamp() * 1000)  # a Monday, 00:00
-INCIDENT_AT = DAY + 14 * 60 * MINUTE
+INCIDENT_AT = 14 * 60 * MINUTE  # 14:00 of day 0: every step is warm by ~01:30
+INCIDENT_RUN_DAYS = 0.75  # to 18:00 of day 0
 CHECKOUT_TOPIC_TYPES = frozenset(
     {"checkout_started", "shipping_submitted", "payment_submitted", "payment_failed",
      "order_placed"}
@@ -299,9 +300,10 @@ def _run(job: tuple[int, str, float, float]) -> RunResult:
 def run_all(seeds: int, days: float, peak: float, workers: int) -> list[RunResult]:
     jobs = [(seed, "healthy", days, peak) for seed in range(1, seeds + 1)]
     jobs += [
-        (seed, kind, 1.75, peak) for seed in range(1, seeds + 1) for kind in ("segment", "step")
+        (seed, kind, INCIDENT_RUN_DAYS, peak)
+        for seed in range(1, seeds + 1)
+        for kind in ("segment", "step", "silence")
     ]
-    jobs += [(seed, "silence", 1.75, peak) for seed in range(1, seeds + 1)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(_run, jobs))
 
@@ -364,7 +366,7 @@ def report(results: list[RunResult], command: str, elapsed: float) -> str:
             lines.append(f"- seed {r.seed}: {_describe(alert)}")
     lines += [
         "",
-        "## Incidents (at 14:00 of day 1)",
+        "## Incidents (at 14:00 of day 0, runs end at 18:00)",
         "",
         "| incident | runs | detected | latency median / worst (min) | segment named first "
         "| false alerts |",
