@@ -79,6 +79,10 @@ async def test_idle_partitions_keep_up_and_every_view_agrees(
         hour = summary["checkout"]["last_hour"]
         assert hour["windows"] == len({w.window_id for w in windows})
         assert hour["stages"][0]["entered"] == len(sessions)
+        # Three sessions: no step's baseline can hold enough final sessions to alert yet.
+        warming = summary["checkout"]["warming_up"]
+        assert warming
+        assert warming[-1] == "payment->order"
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
         env.update(settings_env(config))
@@ -95,6 +99,7 @@ async def test_idle_partitions_keep_up_and_every_view_agrees(
         assert "landing" in printed.stdout
         assert "open" in printed.stdout
         assert "order" in printed.stdout
+        assert "the detector is warming up (no alert yet) for: " in printed.stdout
 
         values = scrape_metrics(worker.metrics_url)
         # Counters and ratio gauges take final windows only; the last one is not final yet
@@ -105,6 +110,9 @@ async def test_idle_partitions_keep_up_and_every_view_agrees(
             values, "streamer_funnel_last_window_end_timestamp_seconds", funnel="checkout"
         )
         assert shown_end == (max(final_ends) if final_ends else 0.0)
+        for step in warming:
+            gauge = metric(values, "streamer_detector_warming_up", funnel="checkout", step=step)
+            assert gauge == 1.0
         lag_series = {
             labels
             for (name, labels), _ in values.items()
