@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from streamer.funnel.definition import AlertPolicy, FunnelDefinition
-from streamer.funnel.windows import TIME_TO_CONVERT_BUCKETS_MS, WindowCounts
+from streamer.funnel.windows import TIME_TO_CONVERT_BUCKETS_MS, UNKNOWN, WindowCounts
 
 __all__ = [
     "AlertDecision",
@@ -397,7 +397,10 @@ class FunnelDetector:
     ) -> list[_Test]:
         baseline = step.baseline
         out: list[_Test] = []
-        segment_keys = sorted({key for c in final + young for key in c.segments})
+        # "unknown" (no value at stage entry) explains nothing; "other" folds rare values.
+        segment_keys = sorted(
+            {key for c in final + young for key in c.segments if key[1] != UNKNOWN}
+        )
         # Final cohorts: drops against the baseline's drop rate.
         if final:
             drop_rate = 1.0 - baseline.conversion

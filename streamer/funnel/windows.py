@@ -17,6 +17,7 @@ from streamer.funnel.session import Kind, Outcome
 
 __all__ = [
     "TIME_TO_CONVERT_BUCKETS_MS",
+    "UNKNOWN",
     "Partial",
     "StepCounts",
     "WindowCounts",
