@@ -12,7 +12,7 @@ a replay of the same data gives the same alerts and a repeat after a restart is 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -134,16 +134,21 @@ class DetectorStage:
             self._metrics.detector_warming_up.labels(funnel=funnel, step=step).set(int(warming))
 
     async def judge(
-        self, funnel: FunnelDefinition, watermark_ms: int, windows: Mapping[int, WindowCounts]
+        self,
+        funnel: FunnelDefinition,
+        watermarks: Sequence[int],
+        windows: Mapping[int, WindowCounts],
     ) -> list[Alert]:
-        """Judge ``funnel`` as of ``watermark_ms``; send and return the alerts it decides."""
+        """Judge ``funnel`` as of each of ``watermarks`` (in order); send and return the
+        alerts it decides. The detector's state is read and stored once per call."""
         detector = FunnelDetector(funnel)
         key = f"funnel:{funnel.name}"
         raw = self._table.get(key)
         if raw is not None:
             detector.load_json(orjson.loads(raw))
+        decisions = [d for w in watermarks for d in detector.evaluate(w, windows)]
         alerts = []
-        for decision in detector.evaluate(watermark_ms, windows):
+        for decision in decisions:
             step = decision.alert_id.split("/")[1]
             alert = alert_record(funnel, step, decision, *self._links)
             await self._send_alert(alert.alert_id.encode(), alert.model_dump_json().encode())

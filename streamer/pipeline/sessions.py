@@ -623,17 +623,17 @@ class SessionsStage:
         runtime.compact_next = False
         saved = runtime.task.checkpoint(full=full)
         records = _encode_delta(saved, [funnel.name for funnel in self.funnels])
+        written = sum(len(record) for record in records)
         if full:
             old = range(runtime.log_first, runtime.log_next)
             deletes = [_delta_key(partition, seq) for seq in old] + runtime.stale_keys
             runtime.stale_keys = []
             runtime.log_first = runtime.log_next
-            runtime.full_bytes = sum(len(record) for record in records)
-            runtime.delta_bytes = 0
+            runtime.full_bytes, runtime.delta_bytes = written, 0
         else:
             deletes = runtime.stale_keys
             runtime.stale_keys = []
-            runtime.delta_bytes += sum(len(record) for record in records)
+            runtime.delta_bytes += written
         writes: dict[str, bytes] = {}
         for record in records:
             writes[_delta_key(partition, runtime.log_next)] = record
@@ -768,6 +768,9 @@ def _window_id(window: str, names: dict[str, int]) -> tuple[int, int] | None:
     return None if index is None else (index, int(start))
 
 
+_EMPTY_HEAD = b'"ds":[],"w":{},"dw":[]'  # a delta record's head when nothing was deleted
+
+
 def _encode_delta(saved: Checkpoint, names: list[str]) -> list[bytes]:
     """``saved`` as delta records of at most about ``DELTA_CHUNK_BYTES`` each (a session
     larger than that gets a record of its own): ``{"s": {session id: state}, "ds": [deleted
@@ -780,7 +783,7 @@ def _encode_delta(saved: Checkpoint, names: list[str]) -> list[bytes]:
             "dw": sorted(f"{names[f]}:{start}" for f, start in saved.deleted_windows),
         }
     )[1:-1]
-    if not saved.sessions and head == b'"ds":[],"w":{},"dw":[]':
+    if not saved.sessions and head == _EMPTY_HEAD:
         return []
     chunks: list[list[bytes]] = [[]]
     size = len(head)
@@ -791,9 +794,8 @@ def _encode_delta(saved: Checkpoint, names: list[str]) -> list[bytes]:
             size = 0
         chunks[-1].append(entry)
         size += len(entry) + 1
-    empty_head = b'"ds":[],"w":{},"dw":[]'
     return [
-        b'{"s":{' + b",".join(chunk) + b"}," + (head if i == 0 else empty_head) + b"}"
+        b'{"s":{' + b",".join(chunk) + b"}," + (head if i == 0 else _EMPTY_HEAD) + b"}"
         for i, chunk in enumerate(chunks)
     ]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,8 +37,9 @@ __all__ = ["WindowMerger", "install", "window_stats"]
 log = logging.getLogger(__name__)
 
 SendFn = Callable[[bytes | None, bytes], Awaitable[Any]]
-# The detector: a funnel, a watermark (a window boundary) and every cohort window held.
-JudgeFn = Callable[[FunnelDefinition, int, Mapping[int, WindowCounts]], Awaitable[Any]]
+# The detector: a funnel, the watermarks to judge it at (window boundaries, in order) and
+# every cohort window held.
+JudgeFn = Callable[[FunnelDefinition, Sequence[int], Mapping[int, WindowCounts]], Awaitable[Any]]
 # At most this many boundaries are judged after a jump of the watermark (a long outage).
 MAX_JUDGED_PER_JUMP = 1440
 
@@ -70,6 +71,13 @@ def _stage_stats(
         drop_off_ratio=_ratio(counts.dropped, decided),
         dropped_value=round(counts.dropped_value, 2),
         time_to_convert=time_to_convert,
+    )
+
+
+def _merged(funnel: FunnelDefinition, pending: dict[str, Any]) -> WindowCounts:
+    """A pending window's counts: the latest partial of every partition, merged."""
+    return merge_partials(
+        len(funnel.stages), (WindowCounts.from_json(part) for part in pending["parts"].values())
     )
 
 
@@ -235,10 +243,7 @@ class WindowMerger:
             if pending is None:
                 pending_windows.pop(key, None)
                 continue
-            counts = merge_partials(
-                len(funnel.stages),
-                (WindowCounts.from_json(part) for part in pending["parts"].values()),
-            )
+            counts = _merged(funnel, pending)
             revision = int(pending["revision"]) + 1
             stats = window_stats(
                 funnel,
@@ -284,13 +289,8 @@ class WindowMerger:
             for key, (owner, start) in pending_windows.items():
                 pending = self._get(key, None) if owner is funnel else None
                 if pending is not None:
-                    merged = merge_partials(
-                        len(funnel.stages),
-                        (WindowCounts.from_json(part) for part in pending["parts"].values()),
-                    )
-                    windows[start] = fold_segments(merged, caps)
-            for boundary in range(first, latest + 1, size):
-                await self._judge(funnel, boundary, windows)
+                    windows[start] = fold_segments(_merged(funnel, pending), caps)
+            await self._judge(funnel, range(first, latest + 1, size), windows)
             self._put(judged_key, latest)
 
     def _record(self, funnel: FunnelDefinition, stats: WindowStats, counts: WindowCounts) -> None:

@@ -4,6 +4,7 @@ its in-memory view is rebuilt from the table after a reset (a rebalance)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -13,7 +14,7 @@ from streamer.funnel.definition import load_funnel
 from streamer.funnel.session import Kind, Outcome
 from streamer.funnel.windows import WindowCounts
 from streamer.metrics import Metrics
-from streamer.pipeline.windows import WindowMerger
+from streamer.pipeline.windows import JudgeFn, WindowMerger
 from streamer.query import FunnelView
 
 from .helpers import CHECKOUT
@@ -50,7 +51,9 @@ def progress(partition: int, watermark: int) -> bytes:
     return orjson.dumps({"kind": "progress", "partition": partition, "watermark": watermark})
 
 
-def merger(table: dict[str, bytes], clock: Clock) -> tuple[WindowMerger, list[bytes]]:
+def merger(
+    table: dict[str, bytes], clock: Clock, judge: JudgeFn | None = None
+) -> tuple[WindowMerger, list[bytes]]:
     sent: list[bytes] = []
 
     async def send(key: bytes | None, value: bytes) -> None:
@@ -63,6 +66,7 @@ def merger(table: dict[str, bytes], clock: Clock) -> tuple[WindowMerger, list[by
         metrics=Metrics.create(CollectorRegistry()),
         send_window=send,
         monotonic=clock,
+        judge=judge,
     )
     return made, sent
 
@@ -142,18 +146,11 @@ async def test_the_detector_judges_every_boundary_once_with_the_merged_windows()
     table: dict[str, bytes] = {}
     calls: list[tuple[int, dict[int, int]]] = []
 
-    async def judge(funnel: Any, watermark: int, windows: Any) -> None:
-        calls.append((watermark, {s: c.stages[0].entered for s, c in windows.items()}))
+    async def judge(funnel: Any, watermarks: Sequence[int], windows: Any) -> None:
+        entered = {s: c.stages[0].entered for s, c in windows.items()}
+        calls.extend((watermark, entered) for watermark in watermarks)
 
-    made = WindowMerger(
-        funnels=(FUNNEL,),
-        source_partitions=2,
-        table=table,
-        metrics=Metrics.create(CollectorRegistry()),
-        send_window=_discard,
-        monotonic=Clock(),
-        judge=judge,
-    )
+    made, _ = merger(table, Clock(), judge)
     size = FUNNEL.window_ms
     await made.process(partial(0, 5, [1, 1, 0]))
     await made.process(partial(1, 2, [1, 1, 0]))
@@ -170,7 +167,3 @@ async def test_the_detector_judges_every_boundary_once_with_the_merged_windows()
     made.reset()
     await made.process(progress(0, START + 4 * size))
     assert [watermark for watermark, _ in calls[2:]] == [START + 4 * size]
-
-
-async def _discard(key: bytes | None, value: bytes) -> None:
-    return None
