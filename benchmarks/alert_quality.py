@@ -8,7 +8,8 @@
   times. Every alert is a false alert.
 - **incidents** at 14:00 of day 0 (after the night's warm-up), one run each per seed: one payment
   method (apple_pay, 10% of the payment step) failing 90% of payments; payments failing for
-  everyone; the checkout topic silent for 15 minutes (tracking broke, conversion did not).
+  everyone; the checkout topic silent for 15 minutes (tracking broke, conversion did not: the
+  data-quality alert must name the topic, and no drop-off alert may fire).
 
 and writes ``docs/alert-quality.md``: false alerts per simulated day, detection latency per
 incident kind (watermark time from onset to the first alert naming the right step, and for
@@ -31,9 +32,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from streamer.funnel.definition import FunnelDefinition, load_funnel
-from streamer.funnel.detect import AlertDecision, FunnelDetector
+from streamer.funnel.detect import AlertDecision, Decision, FunnelDetector
 from streamer.funnel.session import CompiledFunnel, StoredEvent
 from streamer.funnel.task import Task
+from streamer.funnel.tracking import TrackingDecision
 from streamer.funnel.windows import WindowCounts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -199,7 +201,7 @@ class RunResult:
     scenario: str
     days: float
     sessions: int
-    alerts: list[AlertDecision]
+    alerts: list[Decision]
     warm_at_ms: dict[str, int | None]
     seconds: float
 
@@ -218,7 +220,7 @@ def simulate(
     detector = FunnelDetector(definition)
     windows: dict[int, WindowCounts] = {}
     pending: list[tuple[int, int, str, StoredEvent]] = []
-    alerts: list[AlertDecision] = []
+    alerts: list[Decision] = []
     warm_at: dict[str, int | None] = dict.fromkeys(definition.step_names)
     order, sessions = 0, 0
     horizon = definition.window_ms + definition.finality_lag_ms
@@ -238,7 +240,8 @@ def simulate(
                 and stored.event_type in CHECKOUT_TOPIC_TYPES
             )
             if not silenced:
-                task.offer(session_id, stored)
+                checkout = stored.event_type in CHECKOUT_TOPIC_TYPES
+                task.offer(session_id, stored, None, "checkout" if checkout else "clickstream")
         watermark = end_ms - LATENESS_MS
         if watermark <= 0:
             continue
@@ -256,10 +259,9 @@ def simulate(
 
 @dataclass
 class Verdict:
-    false_alerts: list[AlertDecision]
+    false_alerts: list[Decision]
     latency_ms: int | None = None  # incident runs: onset to the first right alert
     segment_named_first: bool | None = None
-    data_quality_alert: bool | None = None
 
 
 def judge(result: RunResult) -> Verdict:
@@ -269,22 +271,21 @@ def judge(result: RunResult) -> Verdict:
     if incident is None:
         return Verdict(false_alerts=firing)
     onset = EPOCH_MS + incident.start_ms
-    right = [
-        a
-        for a in firing
-        if incident.step
-        and a.alert_id.split("/")[1] == incident.step
-        and onset <= a.evaluated_at_ms <= onset + (incident.end_ms - incident.start_ms)
-    ]
-    false_alerts = [a for a in firing if a not in right]
-    verdict = Verdict(false_alerts=false_alerts)
-    if incident.kind == "silence":
-        verdict.data_quality_alert = False  # not built yet: every alert here is a false page
-        return verdict
+    during = range(onset, onset + (incident.end_ms - incident.start_ms) + 1)
+
+    def right_one(a: Decision) -> bool:
+        if a.evaluated_at_ms not in during:
+            return False
+        if incident.kind == "silence":  # the topic named, and nothing else
+            return isinstance(a, TrackingDecision) and (a.subject, a.name) == ("topic", "checkout")
+        return isinstance(a, AlertDecision) and a.alert_id.split("/")[1] == incident.step
+
+    right = [a for a in firing if right_one(a)]
+    verdict = Verdict(false_alerts=[a for a in firing if a not in right])
     if right:
         first = right[0]
         verdict.latency_ms = first.evaluated_at_ms - onset
-        if incident.kind == "segment":
+        if incident.kind == "segment" and isinstance(first, AlertDecision):
             named = first.explanations[0] if first.explanations else None
             verdict.segment_named_first = named is not None and (named.dimension, named.value) == (
                 "payment_method",
@@ -312,10 +313,16 @@ def _fmt_min(ms: float) -> str:
     return f"{ms / MINUTE:.1f}"
 
 
-def _describe(alert: AlertDecision) -> str:
+def _describe(alert: Decision) -> str:
     at = datetime.fromtimestamp(alert.evaluated_at_ms / 1000, tz=UTC) - datetime.fromtimestamp(
         EPOCH_MS / 1000, tz=UTC
     )
+    if isinstance(alert, TrackingDecision):
+        return (
+            f"data quality `{alert.subject} {alert.name}` day {at.days} "
+            f"{at.seconds // 3600:02d}:{at.seconds % 3600 // 60:02d} (expected "
+            f"{alert.expected_events:.0f} events)"
+        )
     why = ", ".join(f"{e.dimension}={e.value}" for e in alert.explanations[:2])
     return (
         f"`{alert.alert_id.split('/')[1]}` day {at.days} {at.seconds // 3600:02d}:"
@@ -382,16 +389,12 @@ def report(results: list[RunResult], command: str, elapsed: float, peak: float) 
         latencies = [v.latency_ms for v in verdicts if v.latency_ms is not None]
         named = [v.segment_named_first for v in verdicts if v.segment_named_first is not None]
         false_count = sum(len(v.false_alerts) for v in verdicts)
-        if kind == "silence":
-            detected = "data-quality alert not built"
-            latency = "-"
-        else:
-            detected = f"{len(latencies)} of {len(runs)}"
-            latency = (
-                f"{_fmt_min(statistics.median(latencies))} / {_fmt_min(max(latencies))}"
-                if latencies
-                else "-"
-            )
+        detected = f"{len(latencies)} of {len(runs)}"
+        latency = (
+            f"{_fmt_min(statistics.median(latencies))} / {_fmt_min(max(latencies))}"
+            if latencies
+            else "-"
+        )
         named_text = f"{sum(named)} of {len(named)}" if kind == "segment" else "-"
         lines.append(
             f"| {names[kind]} | {len(runs)} | {detected} | {latency} | {named_text} "
@@ -399,10 +402,10 @@ def report(results: list[RunResult], command: str, elapsed: float, peak: float) 
         )
     lines += [
         "",
-        "Detected: a firing alert on the broken step between the onset and the incident's end; "
-        "latency in watermark time. The silence row counts the conversion alerts raised "
-        "while the checkout topic was silent: the data-quality alert that should replace "
-        "them is not built yet.",
+        "Detected: a firing alert on the broken step (for the silence: a data-quality alert "
+        "naming the checkout topic) between the onset and the incident's end; latency in "
+        "watermark time. False alerts: any other firing alert of the run (for the silence, "
+        "every drop-off alert: tracking broke, conversion did not).",
         "",
     ]
     for r in results:

@@ -386,11 +386,21 @@ class AlertExplanation(_Strict):
 
 
 class Alert(_Strict):
-    """A drop-off spike on one funnel step (``funnel.alerts``), written before any delivery."""
+    """A drop-off spike on one funnel step, or broken tracking (``funnel.alerts``), written
+    before any delivery."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
     event_id: str = Field(description="alert_id/state/watermark ms: one per notification")
-    alert_id: str = Field(description="funnel/step/watermark ms of the evaluation that fired")
+    alert_id: str = Field(
+        description="funnel/step/watermark ms of the evaluation that fired; data quality: "
+        "funnel/tracking/topic:<name> or event_type:<name>/watermark ms"
+    )
+    kind: Literal["drop_off", "data_quality"] = Field(
+        default="drop_off",
+        description="drop_off: a step converts less than its baseline; data_quality: an input "
+        "topic or event type went silent while the rest flows (tracking broke, conversion may "
+        "not have): the steps it feeds are not judged meanwhile",
+    )
     state: Literal["firing", "repeat", "resolved"]
     severity: Literal["page", "warning"]
     basis: Literal["final", "matched_age"] = Field(
@@ -413,3 +423,14 @@ class Alert(_Strict):
     summary: str
     dashboard_url: str | None = None
     runbook_url: str | None = None
+    silent_topic: str | None = Field(default=None, description="data quality: the topic")
+    silent_event_types: list[str] = Field(
+        default_factory=list, description="data quality: the event types missing"
+    )
+    held_steps: list[str] = Field(
+        default_factory=list,
+        description="data quality: steps whose conversion tests skip the silent span",
+    )
+    expected_events: float | None = Field(
+        default=None, description="data quality: events expected over the silent windows"
+    )

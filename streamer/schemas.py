@@ -156,6 +156,36 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         dashboard_url="https://grafana.example.com/d/streamer-funnel",
         runbook_url="https://wiki.example.com/runbooks/checkout-drop-off",
     ).model_dump(mode="json"),
+    "alert_data_quality": Alert(
+        event_id="checkout/tracking/topic:checkout/1795343460000/firing/1795343460000",
+        alert_id="checkout/tracking/topic:checkout/1795343460000",
+        kind="data_quality",
+        state="firing",
+        severity="warning",
+        funnel="checkout",
+        step="tracking",
+        window_start=datetime(2026, 11, 22, 9, 30, tzinfo=UTC),
+        window_end=datetime(2026, 11, 22, 9, 31, tzinfo=UTC),
+        observed_rate=0.0,
+        expected_rate=0.0,
+        p_value=8.3e-57,
+        decided=0,
+        dropped=0,
+        excess_dropped=0.0,
+        dropped_value=0.0,
+        summary="Tracking broke, not necessarily conversion: no topic checkout events since "
+        "09:30 UTC, where about 129 were expected at its usual share of the traffic that "
+        "still flows. Check the producer of these events. Meanwhile the conversion tests of "
+        "cart->checkout, checkout->payment, payment->order skip the sessions whose "
+        "conversions were due in the silence (no drop-off page from it).",
+        dashboard_url="https://grafana.example.com/d/streamer-funnel",
+        runbook_url="https://wiki.example.com/runbooks/checkout-drop-off",
+        silent_topic="checkout",
+        silent_event_types=["checkout_started", "order_placed", "payment_failed",
+                            "payment_submitted"],
+        held_steps=["cart->checkout", "checkout->payment", "payment->order"],
+        expected_events=129.4,
+    ).model_dump(mode="json"),
 }  # fmt: skip
 
 

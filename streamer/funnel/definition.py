@@ -214,6 +214,21 @@ class AlertPolicy(_Frozen):
     resolve_after_windows: int = Field(default=3, ge=1)
     severity: Literal["page", "warning"] = "warning"
     abandonment_severity: Literal["page", "warning"] = "page"
+    data_quality_severity: Literal["page", "warning", "off"] = Field(
+        default="warning",
+        description="tracking alerts (an input topic or event type went silent); 'off' still "
+        "holds the conversion tests it would blind, it only sends nothing",
+    )
+    min_baseline_events: int = Field(
+        default=5000,
+        ge=100,
+        description="accepted events the tracking check learns from before it may alert",
+    )
+    volume_half_life: float = Field(
+        default=50_000,
+        ge=1000,
+        description="events after which a window weighs half in the volume baseline",
+    )
     steps: dict[str, StepAlerting] = Field(default_factory=dict)
 
 

@@ -28,6 +28,11 @@ sessions, not time, keeps it volume-aware (the night's few sessions do not wash 
 and lets it follow the slow drift of conversion with the hour of day. A step is **warming up**
 until its baseline holds ``min_baseline_decided`` sessions: no alert before.
 
+Before any of that, the **tracking check** (:mod:`streamer.funnel.tracking`) reads the input's
+volume: a topic or event type gone silent is a data-quality alert of its own, and the cohorts
+whose conversions it would have carried are not tested or learned from (tracking broke, not
+conversion).
+
 An alert on a step: **firing** on the first evaluation with a significant test, ``repeat``
 every ``cooldown`` while it lasts, **resolved** after ``resolve_after_windows`` evaluations
 without one. Its id is ``funnel/step/watermark of the firing evaluation``, so a replay of the
@@ -42,11 +47,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from streamer.funnel.definition import AlertPolicy, FunnelDefinition
+from streamer.funnel.tracking import TrackingCheck, TrackingDecision
 from streamer.funnel.windows import TIME_TO_CONVERT_BUCKETS_MS, UNKNOWN, WindowCounts
 
 __all__ = [
     "AlertDecision",
     "Cohort",
+    "Decision",
     "Explanation",
     "FunnelDetector",
     "StepBaseline",
@@ -54,6 +61,7 @@ __all__ = [
     "binomial_tail",
     "bound_index",
     "cohorts_of",
+    "held_steps",
 ]
 
 State = Literal["firing", "repeat", "resolved"]
@@ -278,6 +286,19 @@ class AlertDecision:
     explanations: tuple[Explanation, ...]
 
 
+Decision = AlertDecision | TrackingDecision
+
+
+def held_steps(funnel: FunnelDefinition, event_types: Sequence[str]) -> list[str]:
+    """The steps converted by ``event_types``: those a silence of them blinds."""
+    types = set(event_types)
+    return [
+        name
+        for index, name in enumerate(funnel.step_names)
+        if types & set(funnel.stages[index + 1].event_types)
+    ]
+
+
 @dataclass(frozen=True)
 class _Test:
     """One test of one evaluation: the step (segment None) or one segment value."""
@@ -309,6 +330,8 @@ class _StepState:
         self.min_increase = (override.min_increase if override else None) or policy.min_increase
         self.min_decided = (override.min_decided if override else None) or policy.min_decided
         self.timeout_ms = funnel.step_timeout_ms(step_index)
+        # The events that convert the step (strictly ordered: only the next stage's).
+        self.converting_types = funnel.stages[step_index + 1].event_types
         self.baseline = StepBaseline(policy.baseline_half_life)
         self.learned_until_ms = -(2**62)  # start of the newest final cohort seen
         self.alert_id: str | None = None
@@ -340,20 +363,28 @@ class FunnelDetector:
         self.policy = funnel.alerting
         self.steps = [_StepState(funnel, k, self.policy) for k in range(len(funnel.step_names))]
         self.evaluated_ms = -(2**62)
+        self.tracking = TrackingCheck(
+            funnel.name,
+            funnel.window_ms,
+            funnel.window_ms + funnel.finality_lag_ms + self.policy.young_span_ms,
+            significance=self.policy.significance,
+            min_baseline_events=self.policy.min_baseline_events,
+            half_life=self.policy.volume_half_life,
+        )
 
     def warming_up(self) -> dict[str, bool]:
         """Per step: True while its baseline holds too few final sessions to judge."""
         return {s.name: s.baseline.entered < self.policy.min_baseline_decided for s in self.steps}
 
-    def evaluate(
-        self, watermark_ms: int, windows: Mapping[int, WindowCounts]
-    ) -> list[AlertDecision]:
+    def evaluate(self, watermark_ms: int, windows: Mapping[int, WindowCounts]) -> list[Decision]:
         """Judge the funnel as of ``watermark_ms`` from its cohort windows (window start ->
         counts; every window not final yet and those that became final since the last call).
         Call once per window of watermark, in watermark order."""
         if watermark_ms <= self.evaluated_ms:
             return []
         self.evaluated_ms = watermark_ms
+        decisions: list[Decision] = list(self.tracking.evaluate(watermark_ms, windows))
+        blinds = self.tracking.blinds
         tests: dict[int, list[_Test]] = {}
         fresh: dict[int, list[Cohort]] = {}
         young_from = watermark_ms - self.policy.young_span_ms
@@ -361,13 +392,22 @@ class FunnelDetector:
         ordered = sorted(windows.items())
         for step in self.steps:
             # Only the windows a test reads: final since the last evaluation, or young.
+            # Cohorts whose conversions were due while their events' tracking was (or may
+            # be) broken are skipped: neither tested nor learned from.
             final, young = [], []
+            needs = step.converting_types
             for start, counts in ordered:
                 end = start + size
                 if end + step.timeout_ms <= watermark_ms:
                     if start > step.learned_until_ms:
-                        final.append(cohorts_of(self.funnel, start, counts, step.index))
-                elif start >= young_from and watermark_ms - end >= self.policy.min_age_ms:
+                        step.learned_until_ms = start
+                        if not blinds(needs, start, end + step.timeout_ms):
+                            final.append(cohorts_of(self.funnel, start, counts, step.index))
+                elif (
+                    start >= young_from
+                    and watermark_ms - end >= self.policy.min_age_ms
+                    and not blinds(needs, start, watermark_ms)
+                ):
                     young.append(cohorts_of(self.funnel, start, counts, step.index))
             fresh[step.index] = final
             if step.severity == "off" or step.baseline.entered < self.policy.min_baseline_decided:
@@ -375,7 +415,6 @@ class FunnelDetector:
             tests[step.index] = self._tests(step, final, young, watermark_ms)
         family = sum(len(t) for t in tests.values())
         threshold = self.policy.significance / max(1, family)
-        decisions = []
         for step in self.steps:
             step_tests = tests.get(step.index, [])
             firing = [
@@ -387,8 +426,6 @@ class FunnelDetector:
             if step.alert_id is None:  # an incident's cohorts are not what normal looks like
                 for cohort in fresh[step.index]:
                     step.baseline.learn(cohort)
-            if fresh[step.index]:
-                step.learned_until_ms = fresh[step.index][-1].start_ms
         return decisions
 
     # --- tests -------------------------------------------------------------------------------
@@ -558,12 +595,18 @@ class FunnelDetector:
 
     # --- persistence -------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
-        return {"evaluated_ms": self.evaluated_ms, "steps": [s.to_json() for s in self.steps]}
+        return {
+            "evaluated_ms": self.evaluated_ms,
+            "steps": [s.to_json() for s in self.steps],
+            "tracking": self.tracking.to_json(),
+        }
 
     def load_json(self, raw: dict[str, Any]) -> None:
         self.evaluated_ms = int(raw["evaluated_ms"])
         for step, saved in zip(self.steps, raw["steps"], strict=False):
             step.load_json(saved)
+        if "tracking" in raw:  # absent in state stored before the tracking check
+            self.tracking.load_json(raw["tracking"])
 
 
 def _explain(

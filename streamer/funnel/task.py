@@ -158,8 +158,11 @@ class Task:
         self._notices: list[AbandonmentNotice] = []
 
     # --- input ---------------------------------------------------------------------------
-    def offer(self, session_id: str, event: StoredEvent, user_id: str | None = None) -> Offer:
-        """Take one event of ``session_id``: buffered until the watermark passes it."""
+    def offer(
+        self, session_id: str, event: StoredEvent, user_id: str | None = None, source: str = ""
+    ) -> Offer:
+        """Take one event of ``session_id``: buffered until the watermark passes it. It counts
+        at once in the volume of its event-time window (``source``: the input it came from)."""
         digest = event_digest(event.event_id)
         state = self.sessions.get(session_id)
         if state is not None and state.seen(digest):
@@ -182,6 +185,15 @@ class Task:
             state.user_id = user_id
         heapq.heappush(self._pending, (event.at_ms, self._sequence, session_id))
         self._dirty_sessions.add(session_id)
+        volume_key = (source, event.event_type)
+        for index, funnel in enumerate(self.funnels):
+            key = (index, window_start(event.at_ms, funnel.definition.window_ms))
+            counts = self.windows.get(key)
+            if counts is None:
+                counts = self.windows[key] = WindowCounts.empty(funnel.last_stage + 1)
+            counts.volume[volume_key] = counts.volume.get(volume_key, 0) + 1
+            self._dirty_windows.add(key)
+            self._unsaved_windows.add(key)
         return Offer.ACCEPTED
 
     def advance(self, watermark_ms: int) -> None:

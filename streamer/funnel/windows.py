@@ -107,11 +107,14 @@ class StepCounts:
 
 @dataclass
 class WindowCounts:
-    """One funnel's counts in one window: per stage, and per segment value per stage."""
+    """One funnel's counts in one window: per stage, per segment value per stage, and the
+    input's volume (accepted events by source and event type, by *event* time: the tracking
+    check of :mod:`streamer.funnel.tracking` reads it once the watermark passed the window)."""
 
     stages: list[StepCounts]
     # (segment dimension index, value) -> per-stage counts (entered/converted/dropped only)
     segments: dict[tuple[int, str], list[StepCounts]] = field(default_factory=dict)
+    volume: dict[tuple[str, str], int] = field(default_factory=dict)  # (source, type) -> n
 
     @classmethod
     def empty(cls, stage_count: int) -> WindowCounts:
@@ -147,9 +150,11 @@ class WindowCounts:
             target = self.segments.setdefault(key, [StepCounts() for _ in self.stages])
             for mine, theirs in zip(target, per_stage, strict=True):
                 mine.add(theirs)
+        for pair, count in other.volume.items():
+            self.volume[pair] = self.volume.get(pair, 0) + count
 
     def is_empty(self) -> bool:
-        return all(step.is_empty() for step in self.stages)
+        return not self.volume and all(step.is_empty() for step in self.stages)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -158,6 +163,7 @@ class WindowCounts:
                 [dim, value, [s.to_json() for s in steps]]
                 for (dim, value), steps in sorted(self.segments.items())
             ],
+            "volume": [[source, kind, n] for (source, kind), n in sorted(self.volume.items())],
         }
 
     @classmethod
@@ -165,6 +171,8 @@ class WindowCounts:
         counts = cls([StepCounts.from_json(step) for step in raw["stages"]])
         for dim, value, steps in raw["segments"]:
             counts.segments[(int(dim), str(value))] = [StepCounts.from_json(s) for s in steps]
+        for source, kind, n in raw.get("volume", ()):  # absent before the tracking check
+            counts.volume[(str(source), str(kind))] = int(n)
         return counts
 
 
@@ -209,7 +217,7 @@ def merge_partials(stage_count: int, partials: Iterable[WindowCounts]) -> Window
 def fold_segments(counts: WindowCounts, caps: list[int]) -> WindowCounts:
     """Keep the ``caps[dim]`` values of each dimension with the most stage entries (ties by
     name); fold the rest into ``other``. Done on the merged window, so it is deterministic."""
-    folded = WindowCounts(counts.stages, {})
+    folded = WindowCounts(counts.stages, {}, counts.volume)
     by_dim: dict[int, list[tuple[str, list[StepCounts]]]] = {}
     for (dim, value), steps in counts.segments.items():
         by_dim.setdefault(dim, []).append((value, steps))

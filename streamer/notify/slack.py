@@ -48,14 +48,27 @@ def _pct(rate: float) -> str:
 def slack_message(alert: Alert) -> dict[str, Any]:
     """``text`` (fallback) and Block Kit ``blocks`` for one alert."""
     state = {"firing": "FIRING", "repeat": "STILL FIRING", "resolved": "RESOLVED"}[alert.state]
-    head = f"{_EMOJI[alert.state]} [{state}] {alert.funnel}: {alert.step} drop-off"
+    if alert.kind == "data_quality":
+        what = (
+            f"topic {alert.silent_topic}"
+            if alert.silent_topic
+            else ", ".join(alert.silent_event_types)
+        )
+        head = f"{_EMOJI[alert.state]} [{state}] {alert.funnel}: tracking, {what} silent"
+        fields = [
+            f"*Silent*\n{', '.join(alert.silent_event_types)}",
+            f"*Expected meanwhile*\n{alert.expected_events or 0:.0f} events",
+            f"*Steps not judged*\n{', '.join(alert.held_steps) or 'none'}",
+        ]
+    else:
+        head = f"{_EMOJI[alert.state]} [{state}] {alert.funnel}: {alert.step} drop-off"
+        fields = [
+            f"*Observed*\n{_pct(alert.observed_rate)} of {alert.decided} decided sessions",
+            f"*Expected*\n{_pct(alert.expected_rate)}",
+            f"*Excess drops*\n{alert.excess_dropped:.0f} (p={alert.p_value:.1e})",
+            f"*Cart value dropped*\n{alert.dropped_value:,.2f}",
+        ]
     text = f"{head}. {alert.summary}"
-    fields = [
-        f"*Observed*\n{_pct(alert.observed_rate)} of {alert.decided} decided sessions",
-        f"*Expected*\n{_pct(alert.expected_rate)}",
-        f"*Excess drops*\n{alert.excess_dropped:.0f} (p={alert.p_value:.1e})",
-        f"*Cart value dropped*\n{alert.dropped_value:,.2f}",
-    ]
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": head[:150], "emoji": True}},
         {"type": "section", "text": {"type": "mrkdwn", "text": alert.summary[:2900]}},

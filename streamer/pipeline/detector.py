@@ -12,6 +12,7 @@ a replay of the same data gives the same alerts and a repeat after a restart is 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -20,12 +21,13 @@ import orjson
 
 from streamer.events import Alert, AlertExplanation
 from streamer.funnel.definition import FunnelDefinition
-from streamer.funnel.detect import AlertDecision, FunnelDetector
+from streamer.funnel.detect import AlertDecision, FunnelDetector, held_steps
+from streamer.funnel.tracking import EVENT_TYPE_RESIDUAL, TrackingDecision
 from streamer.funnel.windows import WindowCounts
 from streamer.metrics import Metrics
 from streamer.settings import Settings
 
-__all__ = ["DetectorStage", "alert_record", "install"]
+__all__ = ["DetectorStage", "alert_record", "install", "tracking_alert_record"]
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,59 @@ def alert_record(
     )
 
 
+def tracking_alert_record(
+    funnel: FunnelDefinition,
+    decision: TrackingDecision,
+    dashboard_url: str | None,
+    runbook_url: str | None,
+) -> Alert:
+    """A data-quality alert: a topic or event type went silent while the rest flows."""
+    held = held_steps(funnel, decision.event_types)
+    what = f"topic {decision.name}" if decision.subject == "topic" else decision.name
+    since = datetime.fromtimestamp(decision.silent_since_ms / 1000, tz=UTC)
+    if decision.state == "resolved":
+        summary = (
+            f"Tracking is back: {what} events arrive again (silent since "
+            f"{since:%H:%M} UTC). The steps it feeds are judged again; cohorts whose "
+            "conversions were due while it was silent stay unjudged."
+        )
+    else:
+        held_text = ", ".join(held) if held else "none of this funnel's steps"
+        summary = (
+            f"Tracking broke, not necessarily conversion: no {what} events since "
+            f"{since:%H:%M} UTC, where about {decision.expected_events:.0f} were expected "
+            f"at its usual share of the traffic that still flows. Check the producer of "
+            f"these events. Meanwhile the conversion tests of {held_text} skip the "
+            "sessions whose conversions were due in the silence (no drop-off page from it)."
+        )
+    residual = 1.0 if decision.subject == "topic" else EVENT_TYPE_RESIDUAL
+    return Alert(
+        event_id=f"{decision.alert_id}/{decision.state}/{decision.evaluated_at_ms}",
+        alert_id=decision.alert_id,
+        kind="data_quality",
+        state=decision.state,
+        severity="page" if funnel.alerting.data_quality_severity == "page" else "warning",
+        funnel=funnel.name,
+        step="tracking",
+        window_start=since,
+        window_end=datetime.fromtimestamp(decision.evaluated_at_ms / 1000, tz=UTC),
+        observed_rate=0.0,
+        expected_rate=0.0,
+        p_value=math.exp(-decision.expected_events * residual),
+        decided=0,
+        dropped=0,
+        excess_dropped=0.0,
+        dropped_value=0.0,
+        summary=summary,
+        dashboard_url=dashboard_url,
+        runbook_url=runbook_url,
+        silent_topic=decision.name if decision.subject == "topic" else None,
+        silent_event_types=list(decision.event_types),
+        held_steps=held,
+        expected_events=round(decision.expected_events, 1),
+    )
+
+
 class DetectorStage:
     def __init__(
         self,
@@ -150,7 +205,13 @@ class DetectorStage:
         alerts = []
         for decision in decisions:
             step = decision.alert_id.split("/")[1]
-            alert = alert_record(funnel, step, decision, *self._links)
+            if isinstance(decision, TrackingDecision):
+                if funnel.alerting.data_quality_severity == "off":
+                    log.warning("tracking %s %s (not sent: off)", decision.state, decision.alert_id)
+                    continue
+                alert = tracking_alert_record(funnel, decision, *self._links)
+            else:
+                alert = alert_record(funnel, step, decision, *self._links)
             await self._send_alert(alert.alert_id.encode(), alert.model_dump_json().encode())
             self._metrics.alerts.labels(
                 funnel=funnel.name, step=step, state=alert.state, severity=alert.severity

@@ -507,7 +507,7 @@ class SessionsStage:
             return None
         event = stored_event(result, self._keep)
         task = runtime.task
-        outcome = task.offer(result.session_id, event, result.user_id)
+        outcome = task.offer(result.session_id, event, result.user_id, message.topic)
         if outcome is Offer.LATE:
             self._metrics.late_events.inc()
             lag_s = (task.watermark_ms - event.at_ms) / 1000

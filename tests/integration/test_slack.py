@@ -65,6 +65,23 @@ async def test_message_has_text_and_blocks_and_is_delivered(
     assert "very-secret-token" not in caplog.text
 
 
+async def test_a_data_quality_alert_says_tracking_broke_and_which_steps_wait(
+    slack: FakeSlack,
+) -> None:
+    sender = notifier(slack)
+    tracking = Alert.model_validate(EXAMPLES["alert_data_quality"])
+    result = await sender.deliver(tracking)
+    await sender.close()
+    assert result.outcome is DeliveryOutcome.DELIVERED
+    [payload] = slack.accepted
+    assert payload["text"].startswith(
+        ":rotating_light: [FIRING] checkout: tracking, topic checkout silent"
+    )
+    blocks = str(payload["blocks"])
+    assert "Steps not judged" in blocks and "payment->order" in blocks
+    assert "drop-off" not in payload["blocks"][0]["text"]["text"]
+
+
 async def test_pages_go_to_the_on_call_webhook(slack: FakeSlack) -> None:
     sender = notifier(slack, page_webhook_url=SecretStr(slack.url("T1/B2/oncall")))
     assert (await sender.deliver(alert(1, "page"))).outcome is DeliveryOutcome.DELIVERED

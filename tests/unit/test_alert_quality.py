@@ -1,6 +1,7 @@
 """The short version of ``benchmarks.alert_quality``: the pure core and detector over simulated
 shop traffic (cold start, day and night, drift, surges, end of input) raise no false alert, and
-injected incidents are found within their bounds, the broken segment named first."""
+injected incidents are found within their bounds, the broken segment named first; a silent
+checkout topic raises the data-quality alert and no drop-off alert."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ RUNS = {
     "healthy": (1, "healthy", 1.5, 300.0),
     "segment": (2, "segment", INCIDENT_RUN_DAYS, 300.0),
     "step": (3, "step", INCIDENT_RUN_DAYS, 300.0),
+    "silence": (4, "silence", INCIDENT_RUN_DAYS, 300.0),
 }
 
 
@@ -35,7 +37,9 @@ def test_healthy_traffic_from_a_cold_start_raises_no_alert(results: dict[str, Ru
     assert all(at is not None for at in result.warm_at_ms.values()), "every step warms up"
 
 
-@pytest.mark.parametrize(("kind", "bound_minutes"), [("segment", 5), ("step", 2)])
+@pytest.mark.parametrize(
+    ("kind", "bound_minutes"), [("segment", 5), ("step", 2), ("silence", 5)]
+)
 def test_an_incident_is_found_within_its_bound(
     results: dict[str, RunResult], kind: str, bound_minutes: int
 ) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from streamer.events import EVENT_MODELS, DeadLetter, event_adapter
+from streamer.events import EVENT_MODELS, Alert, DeadLetter, event_adapter
 from streamer.schemas import EXAMPLES, check_schemas, write_schemas
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
@@ -44,6 +44,14 @@ def test_every_event_example_validates_against_model_and_schema(event_type: str)
     jsonschema.validate(example, _load(f"events/{event_type}.schema.json"))
     jsonschema.validate(example, _load("event.schema.json"))
     assert event_adapter.validate_python(example).event_type == event_type
+
+
+@pytest.mark.parametrize("name", ["alert", "alert_data_quality"])
+def test_alert_examples_validate(name: str) -> None:
+    example = _load(f"examples/{name}.json")
+    jsonschema.validate(example, _load("records/alert.schema.json"))
+    alert = Alert.model_validate(example)
+    assert alert.kind == ("data_quality" if name == "alert_data_quality" else "drop_off")
 
 
 def test_dead_letter_example_validates() -> None:

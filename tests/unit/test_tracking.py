@@ -1,0 +1,184 @@
+"""The tracking check (data-quality alerts): a silent topic or event type is told apart from a
+conversion failure, named once, resolved when events return, and blinds the conversion tests
+of the steps it feeds; thinned-out events (a real failure) and quiet nights raise nothing."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import orjson
+
+from streamer.funnel.definition import load_funnel
+from streamer.funnel.detect import AlertDecision, FunnelDetector, held_steps
+from streamer.funnel.tracking import TrackingCheck, TrackingDecision
+from streamer.funnel.windows import WindowCounts
+
+CHECKOUT = Path(__file__).resolve().parents[2] / "deploy/funnels/checkout.yaml"
+MIN = 60_000
+# Per minute at full traffic: (topic, event type) -> mean events.
+TRAFFIC = {
+    ("clickstream", "page_view"): 300.0,
+    ("clickstream", "product_view"): 250.0,
+    ("clickstream", "add_to_cart"): 90.0,
+    ("checkout", "checkout_started"): 50.0,
+    ("checkout", "payment_submitted"): 38.0,
+    ("checkout", "order_placed"): 35.0,
+    ("checkout", "payment_failed"): 3.0,
+}
+
+
+def _poisson(rng: random.Random, mean: float) -> int:
+    # Normal approximation is plenty for these means; never negative.
+    return max(0, round(rng.gauss(mean, mean**0.5)))
+
+
+def volume_window(
+    rng: random.Random,
+    scale: float = 1.0,
+    silent: frozenset[str] = frozenset(),
+    thin: dict[str, float] | None = None,
+) -> WindowCounts:
+    """One minute of traffic at ``scale``: keys whose topic or type is in ``silent`` absent,
+    event types in ``thin`` kept at that share."""
+    counts = WindowCounts.empty(6)
+    for (topic, event_type), mean in TRAFFIC.items():
+        if topic in silent or event_type in silent:
+            continue
+        n = _poisson(rng, mean * scale * (thin or {}).get(event_type, 1.0))
+        if n:
+            counts.volume[(topic, event_type)] = n
+    return counts
+
+
+def check() -> TrackingCheck:
+    return TrackingCheck(
+        "checkout",
+        MIN,
+        30 * MIN,
+        significance=1e-6,
+        min_baseline_events=5000,
+        half_life=50_000,
+    )
+
+
+def run(
+    tracker: TrackingCheck, minutes: range, make: object, rng: random.Random
+) -> list[TrackingDecision]:
+    decisions = []
+    for minute in minutes:
+        window = make(minute)  # type: ignore[operator]
+        decisions += tracker.evaluate((minute + 1) * MIN, {minute * MIN: window})
+    return decisions
+
+
+def test_a_silent_topic_is_named_once_blinds_its_span_and_resolves() -> None:
+    rng = random.Random(1)
+    tracker = check()
+    assert run(tracker, range(60), lambda m: volume_window(rng), rng) == []
+    assert not tracker.warming_up
+    silent = frozenset({"checkout"})
+    decisions = run(tracker, range(60, 75), lambda m: volume_window(rng, silent=silent), rng)
+    [firing] = decisions
+    assert (firing.state, firing.subject, firing.name) == ("firing", "topic", "checkout")
+    assert firing.evaluated_at_ms == 61 * MIN  # its first empty minute was enough
+    assert firing.alert_id == f"checkout/tracking/topic:checkout/{61 * MIN}"
+    assert set(firing.event_types) == {t for s, t in TRAFFIC if s == "checkout"}
+    # The steps whose next stage these events lead to are blind from a minute before the
+    # first empty window (the silence began within it) for as long as it lasts.
+    assert tracker.blinds(["order_placed"], 59 * MIN + 1, 61 * MIN)
+    assert not tracker.blinds(["order_placed"], 50 * MIN, 59 * MIN)
+    assert not tracker.blinds(["add_to_cart"], 50 * MIN, 75 * MIN)  # clickstream flows
+    [resolved] = run(tracker, range(75, 80), lambda m: volume_window(rng), rng)
+    assert (resolved.state, resolved.alert_id) == ("resolved", firing.alert_id)
+    assert tracker.blinds(["order_placed"], 70 * MIN, 71 * MIN)  # the span stays blind
+    assert not tracker.blinds(["order_placed"], 76 * MIN, 90 * MIN)
+
+
+def test_an_event_type_silent_while_its_topic_flows_is_named_alone() -> None:
+    rng = random.Random(2)
+    tracker = check()
+    run(tracker, range(60), lambda m: volume_window(rng), rng)
+    silent = frozenset({"order_placed"})
+    decisions = run(tracker, range(60, 80), lambda m: volume_window(rng, silent=silent), rng)
+    [firing] = decisions
+    assert (firing.subject, firing.name, firing.event_types) == (
+        "event_type",
+        "order_placed",
+        ("order_placed",),
+    )
+    # Only at 5% of its usual volume is silence sure: 35/min, so several empty minutes.
+    assert 62 * MIN <= firing.evaluated_at_ms <= 72 * MIN
+    assert tracker.blinds(["order_placed"], 60 * MIN, 61 * MIN)
+
+
+def test_thinned_events_and_quiet_nights_are_not_silence() -> None:
+    """A payment step failing for 95% leaves 5% of the orders; the night has a tenth of the
+    traffic: neither is an outage, over many hours of noise."""
+    rng = random.Random(3)
+    tracker = check()
+    run(tracker, range(60), lambda m: volume_window(rng), rng)
+
+    def evening(minute: int) -> WindowCounts:
+        scale = max(0.1, 1.0 - (minute - 60) / 300)
+        thin = {"order_placed": 0.05} if 200 <= minute < 260 else None
+        return volume_window(rng, scale=scale, thin=thin)
+
+    assert run(tracker, range(60, 600), evening, rng) == []
+
+
+def test_state_survives_a_round_trip() -> None:
+    rng = random.Random(4)
+    tracker = check()
+    run(tracker, range(60), lambda m: volume_window(rng), rng)
+    run(tracker, range(60, 62), lambda m: volume_window(rng, silent=frozenset({"checkout"})), rng)
+    copy = check()
+    copy.load_json(orjson.loads(orjson.dumps(tracker.to_json())))
+    assert copy.to_json() == tracker.to_json()
+    same = random.Random(5)
+    after = [volume_window(same) for _ in range(3)]
+    assert run(copy, range(62, 65), lambda m: after[m - 62], rng) == run(
+        tracker, range(62, 65), lambda m: after[m - 62], rng
+    )
+
+
+def test_a_silent_topic_raises_a_data_quality_alert_and_no_drop_off_alert() -> None:
+    """The detector: payment -> order is warm; the checkout topic goes silent, so no young
+    cohort converts. The tracking alert fires, the step's tests are held, nothing pages."""
+    funnel = load_funnel(CHECKOUT)
+    detector = FunnelDetector(funnel)
+    rng = random.Random(6)
+    payment = 4
+    lag = funnel.window_ms + funnel.step_timeout_ms(payment)
+
+    def cohort(converted_share: float, silent: frozenset[str] = frozenset()) -> WindowCounts:
+        counts = volume_window(rng, silent=silent)
+        step = counts.stages[payment]
+        step.entered = 40
+        step.converted = round(40 * converted_share)
+        step.time_to_convert_buckets[1] = step.converted
+        return counts
+
+    windows: dict[int, WindowCounts] = {}
+    for minute in range(40):  # every minute a cohort, final ones decided
+        windows[minute * MIN] = cohort(0.9)
+    for minute in range(40):
+        final = windows[minute * MIN]
+        final.stages[payment].dropped = 40 - final.stages[payment].converted
+    decisions = []
+    for minute in range(40):
+        decisions += detector.evaluate(minute * MIN + lag, windows)
+    assert not detector.warming_up()["payment->order"]
+    assert not detector.tracking.warming_up
+    assert decisions == []
+    start = 40 * MIN + lag  # the watermark; new cohorts from here on, silent and unconverted
+    silent = frozenset({"checkout"})
+    for minute in range(10):
+        at = start - lag + 30 * MIN + minute * MIN
+        windows[at] = cohort(0.0, silent)
+    found = []
+    for minute in range(1, 11):
+        found += detector.evaluate(start - lag + 30 * MIN + minute * MIN, windows)
+    assert [type(d) for d in found] == [TrackingDecision], found
+    assert not any(isinstance(d, AlertDecision) for d in found)
+    assert "payment->order" in held_steps(funnel, found[0].event_types)
