@@ -16,7 +16,8 @@ drop-off. It asks two questions instead, each at every evaluation (one per windo
 Both questions are asked of the step and of every segment value (device=ios,
 payment_method=paypal, ...) with enough sessions, so a failure confined to one segment is
 found by testing that segment. Tests of one evaluation are one family: each is held to
-``significance / number of tests`` (Bonferroni), so the false-alert rate is a property of the
+``significance / K`` (Bonferroni, with Tarone's refinement: ``K`` counts only the tests whose
+trials could reach that threshold at all), so the false-alert rate is a property of the
 detector, not of a test. A test also needs an effect worth telling (``min_increase``: the drop
 rate ``min_increase`` above the baseline's, or the matched-age conversion share that much
 below it).
@@ -41,6 +42,7 @@ same cohorts gives the same alerts.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +63,7 @@ __all__ = [
     "binomial_tail",
     "bound_index",
     "cohorts_of",
+    "family_threshold",
     "held_steps",
 ]
 
@@ -289,6 +292,22 @@ class AlertDecision:
 Decision = AlertDecision | TrackingDecision
 
 
+def family_threshold(significance: float, min_p_values: Sequence[float]) -> float:
+    """The per-test threshold that holds the family's false-alert rate at ``significance``
+    (Tarone's refinement of Bonferroni): a test whose trials cannot reach the threshold even
+    if every one failed cannot raise a false alert, so it does not count. The threshold is
+    ``significance / K`` for the smallest ``K`` with at most ``K`` tests able to reach it."""
+    ordered = sorted(min_p_values)
+    low, high = 1, max(1, len(ordered))
+    while low < high:  # the count able to reach significance / K only falls as K grows
+        middle = (low + high) // 2
+        if bisect.bisect_right(ordered, significance / middle) <= middle:
+            high = middle
+        else:
+            low = middle + 1
+    return significance / low
+
+
 def held_steps(funnel: FunnelDefinition, event_types: Sequence[str]) -> list[str]:
     """The steps converted by ``event_types``: those a silence of them blinds."""
     types = set(event_types)
@@ -312,6 +331,7 @@ class _Test:
     effect: float  # observed failure rate minus expected
     start_ms: int = 0  # the cohorts tested: first window's start .. last window's end
     end_ms: int = 0
+    min_p: float = 0.0  # the smallest p-value its trials could give (all failed)
 
     @property
     def excess(self) -> float:
@@ -413,8 +433,9 @@ class FunnelDetector:
             if step.severity == "off" or step.baseline.entered < self.policy.min_baseline_decided:
                 continue
             tests[step.index] = self._tests(step, final, young, watermark_ms)
-        family = sum(len(t) for t in tests.values())
-        threshold = self.policy.significance / max(1, family)
+        threshold = family_threshold(
+            self.policy.significance, [t.min_p for ts in tests.values() for t in ts]
+        )
         for step in self.steps:
             step_tests = tests.get(step.index, [])
             firing = [
@@ -500,7 +521,8 @@ class FunnelDetector:
             return []
         p_value = binomial_tail(dropped, trials, rate)
         effect = dropped / trials - rate
-        return [_Test(key, "final", trials, dropped, rate, p_value, effect, *span)]
+        min_p = rate**trials
+        return [_Test(key, "final", trials, dropped, rate, p_value, effect, *span, min_p)]
 
     def _lower(
         self,
@@ -526,6 +548,7 @@ class FunnelDetector:
                 p_value,
                 not_converted / trials - (1.0 - share),
                 *span,
+                (1.0 - share) ** trials,
             )
         ]
 

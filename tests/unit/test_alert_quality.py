@@ -37,9 +37,7 @@ def test_healthy_traffic_from_a_cold_start_raises_no_alert(results: dict[str, Ru
     assert all(at is not None for at in result.warm_at_ms.values()), "every step warms up"
 
 
-@pytest.mark.parametrize(
-    ("kind", "bound_minutes"), [("segment", 5), ("step", 2), ("silence", 5)]
-)
+@pytest.mark.parametrize(("kind", "bound_minutes"), [("segment", 5), ("step", 2), ("silence", 5)])
 def test_an_incident_is_found_within_its_bound(
     results: dict[str, RunResult], kind: str, bound_minutes: int
 ) -> None:

@@ -17,6 +17,7 @@ from streamer.funnel.detect import (
     binomial_lower_tail,
     binomial_tail,
     bound_index,
+    family_threshold,
 )
 from streamer.funnel.windows import WindowCounts
 
@@ -199,3 +200,13 @@ def test_abandonment_steps_page_and_steps_can_be_overridden() -> None:
     steps = {s.name: s.severity for s in FunnelDetector(funnel).steps}
     assert steps["payment->order"] == "page"
     assert steps["landing->product_view"] == "warning"
+
+
+def test_the_family_counts_only_tests_that_could_reach_the_threshold() -> None:
+    # 100 tests, 98 of them too small to ever reach 0.01 / K: the threshold is 0.01 / 2.
+    assert family_threshold(0.01, [1e-9, 1e-8] + [0.5] * 98) == pytest.approx(0.005)
+    # Every test able to reach it: plain Bonferroni.
+    assert family_threshold(0.01, [1e-12] * 100) == pytest.approx(0.0001)
+    assert family_threshold(0.01, []) == pytest.approx(0.01)
+    # The smallest K with at most K tests able to reach 0.01 / K: 3 reach 0.01/3, 4 do not.
+    assert family_threshold(0.01, [1e-9, 1e-9, 1e-9, 0.004, 0.5]) == pytest.approx(0.01 / 3)
