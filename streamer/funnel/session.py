@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, TypeVar
 
+import orjson
+
 from streamer.funnel.definition import FunnelDefinition
 
 _T = TypeVar("_T")
@@ -53,9 +55,20 @@ class StoredEvent:
     event_id: str
     event_type: str
     fields: Mapping[str, Any] = field(default_factory=dict)
+    # Its JSON, once encoded: a buffered event is stored again by every checkpoint that
+    # finds its session changed, and encoding it each time was most of a checkpoint's cost.
+    _encoded: bytes | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> list[Any]:
         return [self.at_ms, self.event_id, self.event_type, dict(self.fields)]
+
+    def json_fragment(self) -> orjson.Fragment:
+        """Its JSON (the same as :meth:`to_json`'s), encoded once."""
+        encoded = self._encoded
+        if encoded is None:
+            encoded = orjson.dumps(self.to_json())
+            object.__setattr__(self, "_encoded", encoded)  # a cache, not state
+        return orjson.Fragment(encoded)
 
     @classmethod
     def from_json(cls, raw: Sequence[Any]) -> StoredEvent:

@@ -95,6 +95,17 @@ class SessionState:
             self.user_id,
         ]
 
+    def encodable(self) -> list[Any]:
+        """:meth:`to_json` for ``orjson.dumps`` only: buffered events as their JSON encoded
+        once (a session is stored by every checkpoint that finds it changed)."""
+        return [
+            [p.to_json() for p in self.progress],
+            [e.json_fragment() for e in self.buffered()],
+            self.recent_ids.hex(),
+            self.last_event_ms,
+            self.user_id,
+        ]
+
     @classmethod
     def from_json(cls, session_id: str, raw: list[Any]) -> SessionState:
         events = [StoredEvent.from_json(e) for e in raw[1]]
@@ -127,7 +138,8 @@ class TaskOutput:
 
 @dataclass
 class Checkpoint:
-    """What changed since the last checkpoint, as values to store and keys to delete."""
+    """What changed since the last checkpoint, as values to store and keys to delete (the
+    sessions' values are for ``orjson.dumps``: they hold pre-encoded fragments)."""
 
     sessions: dict[str, list[Any]] = field(default_factory=dict)
     deleted_sessions: set[str] = field(default_factory=set)
@@ -329,11 +341,11 @@ class Task:
         with ``full``, every session and window instead (the adapter compacts its log)."""
         saved = Checkpoint(watermark_ms=self.watermark_ms)
         if full:
-            saved.sessions = {sid: state.to_json() for sid, state in self.sessions.items()}
+            saved.sessions = {sid: state.encodable() for sid, state in self.sessions.items()}
             saved.windows = {key: counts.to_json() for key, counts in self.windows.items()}
         else:
             for session_id in self._dirty_sessions:
-                saved.sessions[session_id] = self.sessions[session_id].to_json()
+                saved.sessions[session_id] = self.sessions[session_id].encodable()
             saved.deleted_sessions = self._deleted_sessions
             for key in self._unsaved_windows:
                 saved.windows[key] = self.windows[key].to_json()

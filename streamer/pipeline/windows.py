@@ -152,11 +152,15 @@ class WindowMerger:
         self._progress: dict[str, int] = {}
         self._published_watermark = NEVER
         self._revised_at = -float("inf")
+        # Decoded table values: a window's pending record is read and rewritten for every
+        # partial, and decoding it each time cost more than the merge.
+        self._decoded: dict[str, Any] = {}
 
     def reset(self) -> None:
         """Forget the in-memory view (a rebalance may have changed the table under us)."""
         self._pending = None
         self._changed.clear()
+        self._decoded.clear()
 
     def _load(self) -> dict[str, tuple[FunnelDefinition, int]]:
         if self._pending is None:
@@ -173,11 +177,21 @@ class WindowMerger:
         return self._pending
 
     def _get(self, key: str, default: Any) -> Any:
+        if key in self._decoded:
+            return self._decoded[key]
         raw = self._table.get(key)
-        return orjson.loads(raw) if raw is not None else default
+        if raw is None:
+            return default
+        value = self._decoded[key] = orjson.loads(raw)
+        return value
 
     def _put(self, key: str, value: Any) -> None:
         self._table[key] = orjson.dumps(value)
+        self._decoded[key] = value
+
+    def _delete(self, key: str) -> None:
+        del self._table[key]
+        self._decoded.pop(key, None)
 
     async def process(self, value: bytes) -> list[WindowStats]:
         pending_windows = self._load()
@@ -257,7 +271,7 @@ class WindowMerger:
             published.append(stats)
             self._changed.discard(key)
             if stats.final:
-                del self._table[key]
+                self._delete(key)
                 del pending_windows[key]
                 self._put(
                     f"final:{funnel.name}", max(start + 1, self._get(f"final:{funnel.name}", NEVER))
