@@ -148,6 +148,7 @@ class Metrics:
     abandonments: Counter
     alerts: Counter
     detector_warming_up: Gauge
+    tracking_silent: Gauge
     alert_deliveries: Counter
     alert_delivery_seconds: Histogram
     retractions: Counter
@@ -262,6 +263,12 @@ class Metrics:
                 "streamer_detector_warming_up",
                 "1 while a step's baseline holds too few final sessions to alert on it",
                 ["funnel", "step"],
+                registry=registry,
+            ),
+            tracking_silent=Gauge(
+                "streamer_tracking_silent",
+                "1 while a data-quality alert says this input topic or event type is silent",
+                ["funnel", "subject", "name"],
                 registry=registry,
             ),
             alert_deliveries=Counter(

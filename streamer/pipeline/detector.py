@@ -206,6 +206,9 @@ class DetectorStage:
         for decision in decisions:
             step = decision.alert_id.split("/")[1]
             if isinstance(decision, TrackingDecision):
+                self._metrics.tracking_silent.labels(
+                    funnel=funnel.name, subject=decision.subject, name=decision.name
+                ).set(int(decision.state == "firing"))
                 if funnel.alerting.data_quality_severity == "off":
                     log.warning("tracking %s %s (not sent: off)", decision.state, decision.alert_id)
                     continue

@@ -8,11 +8,15 @@ import random
 from pathlib import Path
 
 import orjson
+from prometheus_client import CollectorRegistry
 
+from streamer.events import Alert
 from streamer.funnel.definition import load_funnel
 from streamer.funnel.detect import AlertDecision, FunnelDetector, held_steps
 from streamer.funnel.tracking import TrackingCheck, TrackingDecision
 from streamer.funnel.windows import WindowCounts
+from streamer.metrics import Metrics
+from streamer.pipeline.detector import DetectorStage
 
 CHECKOUT = Path(__file__).resolve().parents[2] / "deploy/funnels/checkout.yaml"
 MIN = 60_000
@@ -182,3 +186,40 @@ def test_a_silent_topic_raises_a_data_quality_alert_and_no_drop_off_alert() -> N
     assert [type(d) for d in found] == [TrackingDecision], found
     assert not any(isinstance(d, AlertDecision) for d in found)
     assert "payment->order" in held_steps(funnel, found[0].event_types)
+
+
+async def test_the_detector_stage_writes_the_data_quality_alert_and_sets_its_gauge() -> None:
+    funnel = load_funnel(CHECKOUT)
+    sent: list[tuple[bytes | None, bytes]] = []
+
+    async def send(key: bytes | None, value: bytes) -> None:
+        sent.append((key, value))
+
+    registry = CollectorRegistry()
+    stage = DetectorStage(
+        funnels=(funnel,), table={}, metrics=Metrics.create(registry), send_alert=send
+    )
+    rng = random.Random(7)
+    windows = {m * MIN: volume_window(rng) for m in range(60)}
+    windows.update(
+        {m * MIN: volume_window(rng, silent=frozenset({"checkout"})) for m in range(60, 63)}
+    )
+    alerts = await stage.judge(funnel, [m * MIN for m in range(1, 64)], windows)
+    [alert] = alerts
+    assert (alert.kind, alert.state, alert.severity, alert.step) == (
+        "data_quality",
+        "firing",
+        "warning",
+        "tracking",
+    )
+    assert alert.silent_topic == "checkout"
+    assert alert.held_steps == ["cart->checkout", "checkout->payment", "payment->order"]
+    assert "no topic checkout events since" in alert.summary
+    assert [Alert.model_validate_json(value) for _, value in sent] == alerts
+    labels = {"funnel": "checkout", "subject": "topic", "name": "checkout"}
+    assert registry.get_sample_value("streamer_tracking_silent", labels) == 1.0
+    # Stored with the detector's state: the next call resolves it once events are back.
+    windows.update({m * MIN: volume_window(rng) for m in range(63, 65)})
+    [resolved] = await stage.judge(funnel, [64 * MIN, 65 * MIN], windows)
+    assert (resolved.state, resolved.alert_id) == ("resolved", alert.alert_id)
+    assert registry.get_sample_value("streamer_tracking_silent", labels) == 0.0
