@@ -342,24 +342,131 @@ def funnel_show(ctx: click.Context, url: str | None, from_topic: bool, as_json: 
         _print_summary(summary)
 
 
-@cli.group()
-def replay() -> None:
-    """Replay recorded events through Kafka."""
+def _utc(value: str, flag: str) -> Any:
+    from datetime import UTC, datetime
+
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not an ISO 8601 time (e.g. 2026-11-20T14:00Z)", param_hint=flag
+        ) from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)  # no offset given: UTC
 
 
-@replay.command("otto")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@cli.group(invoke_without_command=True)
+@click.option("--from", "start", metavar="TIME", help="start of the range (ISO 8601, UTC if bare)")
+@click.option("--to", "end", metavar="TIME", help="end of the range, exclusive")
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="write the JSON report here (default: stdout)",
+)
+@click.option(
+    "--funnels",
+    "funnel_paths",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="funnel files or folders instead of the configured ones",
+)
+@click.option("--no-run-info", is_flag=True, help="leave out the run block (wall-clock facts)")
 @click.pass_context
 @_fail_cleanly
-def replay_otto(ctx: click.Context, path: Path) -> None:
-    """Produce the OTTO session sample (JSONL) in event-time order."""
+def replay(
+    ctx: click.Context,
+    start: str | None,
+    end: str | None,
+    report: Path | None,
+    funnel_paths: tuple[Path, ...],
+    no_run_info: bool,
+) -> None:
+    """Replay a time range of the input topics through the same core as the worker, read-only:
+    `streamer replay --from 2026-11-20T14:00Z --to 2026-11-20T18:00Z --report out.json`.
+    Nothing is written to Kafka and nothing is sent to Slack."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if start is None or end is None:
+        raise click.UsageError("give --from and --to (or a subcommand: otto)")
+    range_from, range_to = _utc(start, "--from"), _utc(end, "--to")
+    if range_to <= range_from:
+        raise click.BadParameter(f"--to {end} is not after --from {start}", param_hint="--to")
+    from rich.progress import Progress
+
+    from streamer.funnel.definition import load_funnels
+    from streamer.history import replay_range
+
+    settings = _settings(ctx)
+    funnels = load_funnels(funnel_paths or settings.funnels)
+    per_input: dict[str, tuple[int, int]] = {}
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(name: str, read: int, total: int) -> None:
+            per_input[name] = (read, total)
+            topic = name.rsplit("/", 1)[0]
+            done = sum(r for n, (r, _) in per_input.items() if n.rsplit("/", 1)[0] == topic)
+            whole = sum(t for n, (_, t) in per_input.items() if n.rsplit("/", 1)[0] == topic)
+            if topic not in tasks:
+                tasks[topic] = bar.add_task(topic, total=whole)
+            bar.update(tasks[topic], completed=done, total=whole)
+
+        result = asyncio.run(
+            replay_range(
+                settings, funnels, range_from, range_to, progress=progress, run_info=not no_run_info
+            )
+        )
+    text = json.dumps(result.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+    if report is None:
+        click.echo(text, nl=False)
+    else:
+        report.write_text(text)
+    err = Console(stderr=True)
+    events = result.events
+    err.print(
+        f"replayed {events.read} messages: {events.in_range} events in range, "
+        f"{events.out_of_range} outside, {events.late} late, {events.rejected} rejected"
+        + (f"; report in {report}" if report else "")
+    )
+    for item in result.funnels:
+        firing = [a for a in item.alerts if a.state == "firing"]
+        err.print(
+            f"{item.funnel}: {len(item.windows)} windows, {len(firing)} alerts would fire"
+            + (f"; warming up at the end: {', '.join(item.warming_up)}" if item.warming_up else "")
+        )
+
+
+def _load_otto(ctx: click.Context, path: Path) -> None:
     from streamer.replay import otto_events, replay_events
 
     events = sorted(otto_events(path), key=lambda e: (e["occurred_at"], e["event_id"]))
     count = asyncio.run(replay_events(_settings(ctx), events))
     click.echo(
-        f"replayed {count} OTTO events; sessions are decided as their timeouts pass the watermark"
+        f"loaded {count} OTTO events into the input topics; sessions are decided as their "
+        "timeouts pass the watermark"
     )
+
+
+@cli.group()
+def load() -> None:
+    """Load a recorded dataset into the input topics (the live worker processes it)."""
+
+
+@load.command("otto")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+@_fail_cleanly
+def load_otto(ctx: click.Context, path: Path) -> None:
+    """Produce the OTTO session sample (JSONL) in event-time order."""
+    _load_otto(ctx, path)
+
+
+@replay.command("otto", hidden=True)
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+@_fail_cleanly
+def replay_otto(ctx: click.Context, path: Path) -> None:
+    """The former name of `streamer load otto`."""
+    _load_otto(ctx, path)
 
 
 # --- alerts ------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ __all__ = [
     "ConfigError",
     "MissingToolError",
     "PortInUseError",
+    "RangeNotHeldError",
     "StreamerError",
 ]
 
@@ -34,3 +35,7 @@ class BrokerError(StreamerError):
 
 class PortInUseError(BrokerError):
     """A port the local broker needs is taken by another process."""
+
+
+class RangeNotHeldError(StreamerError):
+    """A replay range starts before what the input topics still hold (retention)."""

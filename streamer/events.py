@@ -44,6 +44,11 @@ __all__ = [
     "ReasonCode",
     "ReferralSent",
     "RemoveFromCart",
+    "ReplayAbandonments",
+    "ReplayEvents",
+    "ReplayFunnel",
+    "ReplayReport",
+    "ReplayRun",
     "ReviewSubmitted",
     "Search",
     "SegmentStats",
@@ -434,3 +439,54 @@ class Alert(_Strict):
     expected_events: float | None = Field(
         default=None, description="data quality: events expected over the silent windows"
     )
+
+
+# --- replay report (streamer replay --from --to) ------------------------------------------
+class ReplayAbandonments(_Strict):
+    stage: str
+    abandoned: int = Field(description="sessions that timed out at this abandonment stage")
+    retracted: int = Field(description="of those, the ones that ordered later in the range")
+
+
+class ReplayFunnel(_Strict):
+    funnel: str
+    totals: WindowStats = Field(
+        description="every cohort window of the range summed (window_id funnel/range)"
+    )
+    windows: list[WindowStats] = Field(
+        description="per cohort window: final ones as they became final, the rest as of --to"
+    )
+    abandonments: list[ReplayAbandonments]
+    alerts: list[Alert] = Field(description="what the detector would have written, in order")
+    warming_up: list[str] = Field(description="steps whose baseline was still warming up at --to")
+
+
+class ReplayEvents(_Strict):
+    read: int = Field(description="messages read from the input topics")
+    in_range: int = Field(description="accepted events whose occurred_at is in [from, to)")
+    out_of_range: int = Field(description="valid events before --from or at/after --to")
+    duplicate: int
+    late: int = Field(description="behind the watermark (as the live worker would drop them)")
+    rejected: int = Field(description="not decodable or not valid (the live worker's dead letters)")
+
+
+class ReplayRun(_Strict):
+    """Facts of the run, not of the data: dropped by ``--no-run-info``."""
+
+    started_at: datetime
+    seconds: float
+    events_per_second: float
+
+
+class ReplayReport(_Strict):
+    """What ``streamer replay --from --to`` found: the same core as the live worker, over a
+    time range of the input topics. The same range and settings give the same bytes."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    range_from: datetime
+    range_to: datetime
+    allowed_lateness_seconds: float
+    topics: list[str]
+    events: ReplayEvents
+    funnels: list[ReplayFunnel]
+    run: ReplayRun | None = None

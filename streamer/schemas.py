@@ -23,6 +23,7 @@ from streamer.events import (
     AlertExplanation,
     DeadLetter,
     ReasonCode,
+    ReplayReport,
     SegmentStats,
     StageStats,
     WindowStats,
@@ -39,6 +40,7 @@ RECORD_MODELS: dict[str, type[BaseModel]] = {
     "window_stats": WindowStats,
     "abandonment": Abandonment,
     "alert": Alert,
+    "replay_report": ReplayReport,
 }
 
 _CONTEXT = {"device": "ios", "channel": "email", "utm_source": "newsletter", "country": "DE",

@@ -1,0 +1,373 @@
+"""Replaying a time range of the input topics (``streamer replay --from --to``): the live
+worker's core, read-only and deterministic.
+
+:func:`replay_range` reads clickstream and checkout directly (partition assignment, no consumer
+group, nothing written to Kafka: live topics, groups and state are untouched, and nothing is
+sent to Slack), from the offsets whose broker time is one allowed lateness (and the allowed
+clock skew) before ``--from``, up to each partition's first event one lateness past ``--to``
+(or its end), and keeps the events whose ``occurred_at`` is in ``[from, to)``. Events of any
+age are accepted (no max-age horizon).
+
+:class:`RangeReplay` is the engine, without Kafka: one task holds every session (a task per
+partition gives the same numbers: windows merge by summation). Its watermark is, as live, the
+minimum of the input partitions' fronts minus the allowed lateness, and reaches ``to`` once
+every partition is read: sessions still inside their timeouts at ``to`` stay open and are
+reported open, never dropped. Each funnel's detector judges every window boundary up to ``to``
+with the windows folded as the live merger folds them, so for a range that starts where the
+live worker's history starts, the alerts are the live ones, with the same ids.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from aiokafka import TopicPartition
+
+from streamer.decode import DecodeLimits, Rejection, decode_event
+from streamer.errors import RangeNotHeldError
+from streamer.events import (
+    Alert,
+    Event,
+    ReplayAbandonments,
+    ReplayEvents,
+    ReplayFunnel,
+    ReplayReport,
+    ReplayRun,
+    WindowStats,
+)
+from streamer.funnel.definition import FunnelDefinition
+from streamer.funnel.detect import AlertDecision, FunnelDetector
+from streamer.funnel.session import NEVER, CompiledFunnel
+from streamer.funnel.task import Offer, Task
+from streamer.funnel.windows import WindowCounts, fold_segments, merge_partials
+from streamer.kafka_io import make_consumer, stop_consumer, topic_partitions
+from streamer.pipeline.detector import alert_record, tracking_alert_record
+from streamer.pipeline.sessions import needed_fields, stored_event
+from streamer.pipeline.windows import window_stats
+from streamer.settings import Settings
+
+__all__ = ["RangeReplay", "replay_range"]
+
+# Events of any age are replayed; the live worker's other limits apply.
+_ANY_AGE = timedelta(days=365 * 100)
+
+
+def _ms(at: datetime) -> int:
+    return round(at.timestamp() * 1000)
+
+
+def _at(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+@dataclass
+class _FunnelRun:
+    funnel: FunnelDefinition
+    index: int
+    detector: FunnelDetector
+    windows: dict[int, WindowCounts] = field(default_factory=dict)  # not final yet
+    finals: dict[int, WindowStats] = field(default_factory=dict)
+    final_counts: dict[int, WindowCounts] = field(default_factory=dict)
+    alerts: list[Alert] = field(default_factory=list)
+    abandoned: Counter[str] = field(default_factory=Counter)
+    retracted: Counter[str] = field(default_factory=Counter)
+    judged_ms: int = NEVER
+
+
+class RangeReplay:
+    """The replay engine: offer decoded events with the input they came from, close inputs
+    read to their end, then :meth:`report`. Pure: no Kafka, time is the data's."""
+
+    def __init__(
+        self,
+        funnels: Iterable[FunnelDefinition],
+        *,
+        start: datetime,
+        end: datetime,
+        inputs: Iterable[str],
+        allowed_lateness_ms: int,
+        retention_ms: int,
+        partitions: int,
+        dashboard_url: str | None = None,
+        runbook_url: str | None = None,
+    ) -> None:
+        self.funnels = tuple(funnels)
+        self.start_ms, self.end_ms = _ms(start), _ms(end)
+        self.lateness_ms = allowed_lateness_ms
+        self.partitions = partitions
+        self._links = (dashboard_url, runbook_url)
+        self.task = Task(
+            tuple(CompiledFunnel(f) for f in self.funnels), 0, retention_ms=retention_ms
+        )
+        self.runs = [
+            _FunnelRun(funnel, index, FunnelDetector(funnel))
+            for index, funnel in enumerate(self.funnels)
+        ]
+        self._keep = needed_fields(self.funnels)
+        self._grid_ms = math.gcd(*(f.window_ms for f in self.funnels))  # every boundary
+        self.fronts: dict[str, int] = dict.fromkeys(inputs, NEVER)
+        self.finished: set[str] = set()
+        self.counts: Counter[str] = Counter()
+
+    # --- input ---------------------------------------------------------------------------
+    def offer(self, input_name: str, topic: str, event: Event | Rejection) -> None:
+        """One message of ``input_name`` (``topic/partition``), decoded as the worker does."""
+        self.counts["read"] += 1
+        if isinstance(event, Rejection):
+            self.counts["rejected"] += 1
+            return
+        stored = stored_event(event, self._keep)
+        if stored.at_ms > self.fronts.get(input_name, NEVER):
+            self.fronts[input_name] = stored.at_ms
+        if not self.start_ms <= stored.at_ms < self.end_ms:
+            self.counts["out_of_range"] += 1
+            return
+        outcome = self.task.offer(event.session_id, stored, event.user_id, topic)
+        self.counts[
+            {Offer.ACCEPTED: "in_range", Offer.DUPLICATE: "duplicate", Offer.LATE: "late"}[outcome]
+        ] += 1
+
+    def finish(self, input_name: str) -> None:
+        """``input_name`` is read up to ``to`` (plus the lateness): it holds nothing back."""
+        self.finished.add(input_name)
+
+    @property
+    def watermark_ms(self) -> int:
+        active = [front for name, front in self.fronts.items() if name not in self.finished]
+        if not active:
+            return self.end_ms
+        low = min(active)
+        return NEVER if low == NEVER else min(self.end_ms, low - self.lateness_ms)
+
+    def advance(self) -> None:
+        """Move the watermark as far as the inputs allow, one window boundary at a time (the
+        detector judges each, as the live merger does)."""
+        watermark = self.watermark_ms
+        if watermark == NEVER or watermark <= self.task.watermark_ms:
+            return
+        grid, current = self._grid_ms, self.task.watermark_ms
+        first = self.start_ms - self.start_ms % grid if current == NEVER else current
+        for boundary in range((first // grid + 1) * grid, watermark + 1, grid):
+            self._step(boundary)
+        if watermark > self.task.watermark_ms:
+            self._step(watermark)
+
+    def _step(self, watermark_ms: int) -> None:
+        self.task.advance(watermark_ms)
+        out = self.task.drain()
+        for partial in out.partials:
+            run = next(r for r in self.runs if r.funnel.name == partial.funnel)
+            if partial.window_start_ms not in run.finals:
+                run.windows[partial.window_start_ms] = partial.counts
+        for notice in out.abandonments:
+            run = self.runs[notice.funnel]
+            stage = run.funnel.stages[notice.abandoned.stage].name
+            (run.retracted if notice.order_ms is not None else run.abandoned)[stage] += 1
+        for run in self.runs:
+            self._judge(run, watermark_ms)
+
+    def _judge(self, run: _FunnelRun, watermark_ms: int) -> None:
+        funnel = run.funnel
+        if watermark_ms % funnel.window_ms == 0 and watermark_ms > run.judged_ms:
+            run.judged_ms = watermark_ms
+            caps = [segment.cap for segment in funnel.segments]
+            folded = {start: fold_segments(c, caps) for start, c in run.windows.items()}
+            for decision in run.detector.evaluate(watermark_ms, folded):
+                if isinstance(decision, AlertDecision):
+                    step = decision.alert_id.split("/")[1]
+                    run.alerts.append(alert_record(funnel, step, decision, *self._links))
+                else:
+                    run.alerts.append(tracking_alert_record(funnel, decision, *self._links))
+        horizon = funnel.window_ms + funnel.finality_lag_ms
+        for start in [s for s in run.windows if s + horizon <= watermark_ms]:
+            counts = run.final_counts[start] = run.windows.pop(start)
+            run.finals[start] = self._stats(run, start, counts, watermark_ms)
+
+    def _stats(
+        self, run: _FunnelRun, start: int, counts: WindowCounts, watermark_ms: int
+    ) -> WindowStats:
+        return window_stats(run.funnel, start, self.partitions, counts, watermark_ms=watermark_ms)
+
+    # --- output ----------------------------------------------------------------------------
+    def report(self, run_info: ReplayRun | None = None) -> ReplayReport:
+        """Once every input is finished: the numbers as of ``to``."""
+        self.advance()
+        funnels = []
+        for run in self.runs:
+            funnel = run.funnel
+            windows = dict(run.finals)
+            for start, counts in run.windows.items():
+                windows[start] = self._stats(run, start, counts, self.end_ms)
+            total = merge_partials(
+                len(funnel.stages), [*run.final_counts.values(), *run.windows.values()]
+            )
+            totals = window_stats(
+                funnel, self.start_ms, self.partitions, total, watermark_ms=self.end_ms
+            ).model_copy(
+                update={
+                    "window_id": f"{funnel.name}/{self.start_ms}-{self.end_ms}",
+                    "window_end": _at(self.end_ms),
+                    "final": not run.windows,
+                }
+            )
+            funnels.append(
+                ReplayFunnel(
+                    funnel=funnel.name,
+                    totals=totals,
+                    windows=[windows[s] for s in sorted(windows)],
+                    abandonments=[
+                        ReplayAbandonments(
+                            stage=stage,
+                            abandoned=run.abandoned[stage],
+                            retracted=run.retracted[stage],
+                        )
+                        for stage in funnel.abandonment
+                    ],
+                    alerts=run.alerts,
+                    warming_up=sorted(
+                        step for step, warm in run.detector.warming_up().items() if warm
+                    ),
+                )
+            )
+        seen = self.counts
+        return ReplayReport(
+            range_from=_at(self.start_ms),
+            range_to=_at(self.end_ms),
+            allowed_lateness_seconds=self.lateness_ms / 1000,
+            topics=sorted({name.rsplit("/", 1)[0] for name in self.fronts}),
+            events=ReplayEvents(
+                read=seen["read"],
+                in_range=seen["in_range"],
+                out_of_range=seen["out_of_range"],
+                duplicate=seen["duplicate"],
+                late=seen["late"],
+                rejected=seen["rejected"],
+            ),
+            funnels=funnels,
+            run=run_info,
+        )
+
+
+ProgressFn = Callable[[str, int, int], None]  # (input, offsets read, offsets to read)
+
+
+async def replay_range(
+    settings: Settings,
+    funnels: Iterable[FunnelDefinition],
+    start: datetime,
+    end: datetime,
+    *,
+    progress: ProgressFn | None = None,
+    run_info: bool = True,
+) -> ReplayReport:
+    """Replay ``[start, end)`` of the input topics through :class:`RangeReplay`, reading each
+    partition directly (no consumer group, nothing written). Raises
+    :class:`RangeNotHeldError` when a topic no longer holds the start of the range."""
+    if end <= start:
+        raise ValueError("--to must be after --from")
+    began, started_at = time.perf_counter(), datetime.now(UTC)
+    lateness_ms = round(settings.allowed_lateness_seconds * 1000)
+    topics = (settings.clickstream_topic, settings.checkout_topic)
+    assignment = [
+        TopicPartition(topic, p)
+        for topic in topics
+        for p in await topic_partitions(settings, topic)
+    ]
+    names = {tp: f"{tp.topic}/{tp.partition}" for tp in assignment}
+    engine = RangeReplay(
+        funnels,
+        start=start,
+        end=end,
+        inputs=names.values(),
+        allowed_lateness_ms=lateness_ms,
+        retention_ms=round(settings.session_retention_seconds * 1000),
+        partitions=settings.topic_partitions,
+        dashboard_url=settings.dashboard_url,
+        runbook_url=settings.runbook_url,
+    )
+    limits = DecodeLimits(
+        max_bytes=settings.max_event_bytes,
+        max_future_skew=timedelta(seconds=settings.max_clock_skew_seconds),
+        max_age=_ANY_AGE,
+    )
+    consumer = make_consumer(settings, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        consumer.assign(assignment)
+        first = await consumer.beginning_offsets(assignment)
+        last = await consumer.end_offsets(assignment)
+        earliest = await consumer.offsets_for_times(dict.fromkeys(assignment, 0))
+        # Broker time is at or after event time (up to the clock skew the worker allows):
+        # nothing in the range was written before this.
+        from_ms = _ms(start) - lateness_ms - round(settings.max_clock_skew_seconds * 1000)
+        found = await consumer.offsets_for_times({tp: max(0, from_ms) for tp in assignment})
+        _check_held(assignment, first, earliest, from_ms)
+        begin: dict[TopicPartition, int] = {}
+        for tp in assignment:
+            at = found.get(tp)
+            if at is None or at.offset >= last[tp]:
+                engine.finish(names[tp])  # nothing from the range on (or nothing at all)
+                continue
+            begin[tp] = at.offset
+            consumer.seek(tp, at.offset)
+        reading = set(begin)
+        stop_ms = _ms(end) + lateness_ms
+        while reading:
+            batch = await consumer.getmany(*reading, timeout_ms=1000, max_records=5000)
+            for tp, records in batch.items():
+                done = False
+                for record in records:
+                    received = _at(record.timestamp) if record.timestamp > 0 else started_at
+                    event = decode_event(record.value, received_at=received, limits=limits)
+                    engine.offer(names[tp], tp.topic, event)
+                    # An event one lateness past --to: no later one of this partition can be
+                    # in the range (its disorder is within the lateness, as live).
+                    past = not isinstance(event, Rejection) and _ms(event.occurred_at) > stop_ms
+                    if past or record.offset + 1 >= last[tp]:
+                        done = True
+                        break
+                if progress is not None and records:
+                    read = records[-1].offset + 1 - begin[tp]
+                    progress(names[tp], read, last[tp] - begin[tp])
+                if done:
+                    reading.discard(tp)
+                    engine.finish(names[tp])
+            engine.advance()
+    finally:
+        await stop_consumer(consumer)
+    seconds = time.perf_counter() - began
+    info = ReplayRun(
+        started_at=started_at,
+        seconds=round(seconds, 3),
+        events_per_second=round(engine.counts["read"] / seconds, 1) if seconds else 0.0,
+    )
+    return engine.report(info if run_info else None)
+
+
+def _check_held(
+    assignment: list[TopicPartition],
+    first: dict[TopicPartition, int],
+    earliest: dict[TopicPartition, object],
+    from_ms: int,
+) -> None:
+    """The range must start where every partition still holds data (or where nothing was
+    ever deleted): else name each topic's earliest time."""
+    lost: dict[str, int] = {}
+    for tp in assignment:
+        held = earliest.get(tp)
+        held_ms = getattr(held, "timestamp", None)
+        if first[tp] > 0 and held_ms is not None and held_ms > from_ms:
+            lost[tp.topic] = max(lost.get(tp.topic, 0), int(held_ms))
+    if lost:
+        since = ", ".join(
+            f"{topic} from {_at(ms).isoformat()}" for topic, ms in sorted(lost.items())
+        )
+        raise RangeNotHeldError(
+            f"the range starts before what the topics still hold (retention deleted the rest): "
+            f"{since}; choose --from at or after that"
+        )
