@@ -369,6 +369,14 @@ def _utc(value: str, flag: str) -> Any:
     type=click.Path(exists=True, path_type=Path),
     help="funnel files or folders instead of the configured ones",
 )
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="what-if: override a funnel setting by its path in the file, e.g. "
+    "alerting.min_increase=0.05 (every funnel; repeatable)",
+)
 @click.option("--no-run-info", is_flag=True, help="leave out the run block (wall-clock facts)")
 @click.pass_context
 @_fail_cleanly
@@ -378,6 +386,7 @@ def replay(
     end: str | None,
     report: Path | None,
     funnel_paths: tuple[Path, ...],
+    overrides: tuple[str, ...],
     no_run_info: bool,
 ) -> None:
     """Replay a time range of the input topics through the same core as the worker, read-only:
@@ -396,7 +405,13 @@ def replay(
     from streamer.history import replay_range
 
     settings = _settings(ctx)
-    funnels = load_funnels(funnel_paths or settings.funnels)
+    changes: dict[str, str] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r}: use KEY=VALUE", param_hint="--set")
+        changes[key.strip()] = value.strip()
+    funnels = load_funnels(funnel_paths or settings.funnels, changes)
     per_input: dict[str, tuple[int, int]] = {}
     with Progress(console=Console(stderr=True), transient=True) as bar:
         tasks: dict[str, Any] = {}
@@ -412,7 +427,13 @@ def replay(
 
         result = asyncio.run(
             replay_range(
-                settings, funnels, range_from, range_to, progress=progress, run_info=not no_run_info
+                settings,
+                funnels,
+                range_from,
+                range_to,
+                progress=progress,
+                run_info=not no_run_info,
+                overrides=changes,
             )
         )
     text = json.dumps(result.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
@@ -427,12 +448,67 @@ def replay(
         f"{events.out_of_range} outside, {events.late} late, {events.rejected} rejected"
         + (f"; report in {report}" if report else "")
     )
-    for item in result.funnels:
-        firing = [a for a in item.alerts if a.state == "firing"]
+    for replayed in result.funnels:
+        firing = [a for a in replayed.alerts if a.state == "firing"]
+        warming = ", ".join(replayed.warming_up)
         err.print(
-            f"{item.funnel}: {len(item.windows)} windows, {len(firing)} alerts would fire"
-            + (f"; warming up at the end: {', '.join(item.warming_up)}" if item.warming_up else "")
+            f"{replayed.funnel}: {len(replayed.windows)} windows, {len(firing)} alerts would fire"
+            + (f"; warming up at the end: {warming}" if warming else "")
         )
+
+
+@replay.command("diff")
+@click.argument("before", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("after", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="print the difference as JSON")
+@_fail_cleanly
+def replay_diff(before: Path, after: Path, as_json: bool) -> None:
+    """What a what-if changed: alerts added and removed, conversion per step (two reports)."""
+    from streamer.events import ReplayReport
+    from streamer.history import diff_reports
+
+    reports = []
+    for path in (before, after):
+        try:
+            reports.append(ReplayReport.model_validate_json(path.read_bytes()))
+        except ValueError as exc:
+            raise click.BadParameter(f"{path}: not a replay report: {exc}") from None
+    diff = diff_reports(*reports)
+    if as_json:
+        click.echo(json.dumps(diff, indent=2, sort_keys=True))
+        return
+    for item in diff["funnels"]:
+        table = Table(title=f"{item['funnel']}: alerts")
+        for column in ("", "alert", "state", "step", "severity", "window", "explanation"):
+            table.add_column(column)
+        for sign, key in (("+", "alerts_added"), ("-", "alerts_removed")):
+            for alert in item[key]:
+                table.add_row(
+                    sign,
+                    alert["event_id"].rsplit("/", 2)[0],
+                    alert["state"],
+                    alert["step"],
+                    alert["severity"],
+                    alert["window_start"],
+                    ", ".join(alert["explanation"]),
+                )
+        console.print(table)
+        steps = Table(title=f"{item['funnel']}: conversion per step over the range")
+        for column in ("stage", "before", "after", "entered before", "entered after"):
+            steps.add_column(column)
+
+        def pct(value: float | None) -> str:
+            return "-" if value is None else f"{value * 100:.2f}%"
+
+        for step in item["steps"]:
+            steps.add_row(
+                step["stage"],
+                pct(step["conversion_before"]),
+                pct(step["conversion_after"]),
+                str(step["entered_before"]),
+                str(step["entered_after"]),
+            )
+        console.print(steps)
 
 
 def _load_otto(ctx: click.Context, path: Path) -> None:

@@ -486,6 +486,9 @@ class ReplayReport(_Strict):
     range_from: datetime
     range_to: datetime
     allowed_lateness_seconds: float
+    overrides: dict[str, str] = Field(
+        default_factory=dict, description="--set KEY=VALUE applied to every funnel (what-if)"
+    )
     topics: list[str]
     events: ReplayEvents
     funnels: list[ReplayFunnel]

@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from aiokafka import TopicPartition
 
@@ -51,7 +52,7 @@ from streamer.pipeline.sessions import needed_fields, stored_event
 from streamer.pipeline.windows import window_stats
 from streamer.settings import Settings
 
-__all__ = ["RangeReplay", "replay_range"]
+__all__ = ["RangeReplay", "diff_reports", "replay_range"]
 
 # Events of any age are replayed; the live worker's other limits apply.
 _ANY_AGE = timedelta(days=365 * 100)
@@ -264,6 +265,7 @@ async def replay_range(
     *,
     progress: ProgressFn | None = None,
     run_info: bool = True,
+    overrides: dict[str, str] | None = None,
 ) -> ReplayReport:
     """Replay ``[start, end)`` of the input topics through :class:`RangeReplay`, reading each
     partition directly (no consumer group, nothing written). Raises
@@ -346,7 +348,8 @@ async def replay_range(
         seconds=round(seconds, 3),
         events_per_second=round(engine.counts["read"] / seconds, 1) if seconds else 0.0,
     )
-    return engine.report(info if run_info else None)
+    report = engine.report(info if run_info else None)
+    return report.model_copy(update={"overrides": dict(sorted((overrides or {}).items()))})
 
 
 def _check_held(
@@ -371,3 +374,62 @@ def _check_held(
             f"the range starts before what the topics still hold (retention deleted the rest): "
             f"{since}; choose --from at or after that"
         )
+
+
+def diff_reports(before: ReplayReport, after: ReplayReport) -> dict[str, Any]:
+    """What changed from ``before`` to ``after`` (a what-if): alert records added and removed
+    (by event id), and per step the conversion over the range on both sides."""
+    funnels = sorted({f.funnel for f in before.funnels} | {f.funnel for f in after.funnels})
+    by_name = {
+        side: {f.funnel: f for f in report.funnels}
+        for side, report in (("before", before), ("after", after))
+    }
+    out: dict[str, Any] = {
+        "before": {"range": [before.range_from.isoformat(), before.range_to.isoformat()],
+                   "overrides": before.overrides},
+        "after": {"range": [after.range_from.isoformat(), after.range_to.isoformat()],
+                  "overrides": after.overrides},
+        "funnels": [],
+    }  # fmt: skip
+    for name in funnels:
+        old, new = by_name["before"].get(name), by_name["after"].get(name)
+        old_alerts = {a.event_id: a for a in (old.alerts if old else [])}
+        new_alerts = {a.event_id: a for a in (new.alerts if new else [])}
+
+        def brief(alert: Alert) -> dict[str, Any]:
+            return {
+                "event_id": alert.event_id,
+                "state": alert.state,
+                "kind": alert.kind,
+                "step": alert.step,
+                "severity": alert.severity,
+                "window_start": alert.window_start.isoformat(),
+                "explanation": [f"{e.dimension}={e.value}" for e in alert.explanations],
+            }
+
+        steps = []
+        old_stages = {s.stage: s for s in (old.totals.stages if old else [])}
+        for stage in new.totals.stages[:-1] if new else []:  # the last stage has no step
+            previous = old_stages.get(stage.stage)
+            steps.append(
+                {
+                    "stage": stage.stage,
+                    "conversion_before": previous.conversion_ratio if previous else None,
+                    "conversion_after": stage.conversion_ratio,
+                    "entered_before": previous.entered if previous else None,
+                    "entered_after": stage.entered,
+                }
+            )
+        out["funnels"].append(
+            {
+                "funnel": name,
+                "alerts_added": [
+                    brief(new_alerts[i]) for i in sorted(new_alerts.keys() - old_alerts.keys())
+                ],
+                "alerts_removed": [
+                    brief(old_alerts[i]) for i in sorted(old_alerts.keys() - new_alerts.keys())
+                ],
+                "steps": steps,
+            }
+        )
+    return out

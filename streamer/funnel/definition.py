@@ -7,6 +7,7 @@ dimensions it breaks down by. See the README's "Funnel semantics" for what the n
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,6 +30,7 @@ __all__ = [
     "FunnelDefinitionError",
     "Segment",
     "Stage",
+    "apply_overrides",
     "load_funnel",
     "load_funnels",
     "parse_duration_ms",
@@ -381,7 +383,35 @@ def _line_index(node: yaml.Node, path: tuple[Any, ...] = ()) -> dict[tuple[Any, 
     return lines
 
 
-def load_funnel(path: Path | str) -> FunnelDefinition:
+def _scalar(text: str) -> Any:
+    """A ``--set`` value as YAML reads it (numbers, durations as strings, lists), except that
+    words YAML 1.1 turns into booleans (off, no, yes) stay words."""
+    value = yaml.safe_load(text)
+    if isinstance(value, bool) and text.strip().lower() not in ("true", "false"):
+        return text
+    return value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Mapping[str, str]) -> dict[str, Any]:
+    """``{"alerting.min_increase": "0.05"}`` applied to a funnel file's mapping (a copy)."""
+    data = copy.deepcopy(data)
+    for dotted, text in overrides.items():
+        target = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            child = target.get(part)
+            if child is None:
+                child = target[part] = {}
+            if not isinstance(child, dict):
+                raise FunnelDefinitionError(f"--set {dotted}: {part} is not a mapping")
+            target = child
+        target[leaf] = _scalar(text)
+    return data
+
+
+def load_funnel(path: Path | str, overrides: Mapping[str, str] | None = None) -> FunnelDefinition:
+    """A funnel file, validated; ``overrides`` (``--set`` keys as dotted paths of the file's
+    own names) are applied first. Errors name the file, the line and the field."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -397,6 +427,8 @@ def load_funnel(path: Path | str) -> FunnelDefinition:
         raise FunnelDefinitionError(f"{path}{where}: not valid YAML: {problem}") from None
     if not isinstance(data, dict) or node is None:
         raise FunnelDefinitionError(f"{path}:1: a funnel file must be a mapping")
+    if overrides:
+        data = apply_overrides(data, overrides)
     try:
         return FunnelDefinition.model_validate(data)
     except ValidationError as exc:
@@ -416,13 +448,16 @@ def load_funnel(path: Path | str) -> FunnelDefinition:
         raise FunnelDefinitionError(f"{path}:1: {exc}") from None
 
 
-def load_funnels(paths: Sequence[Path | str]) -> tuple[FunnelDefinition, ...]:
-    """Load several funnel files (a folder means every *.yaml in it); names must be unique."""
+def load_funnels(
+    paths: Sequence[Path | str], overrides: Mapping[str, str] | None = None
+) -> tuple[FunnelDefinition, ...]:
+    """Load several funnel files (a folder means every *.yaml in it); names must be unique.
+    ``overrides`` apply to every one of them."""
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
         files.extend(sorted(path.glob("*.yaml")) if path.is_dir() else [path])
-    funnels = tuple(load_funnel(file) for file in files)
+    funnels = tuple(load_funnel(file, overrides) for file in files)
     names = [funnel.name for funnel in funnels]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

@@ -4,7 +4,11 @@ detector -> notifier -> a local server that behaves like Slack."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import random
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -30,7 +34,7 @@ from streamer.pipeline.detector import alert_record, tracking_alert_record
 from streamer.pipeline.sessions import needed_fields, stored_event
 from streamer.replay import replay_events
 from streamer.schemas import EXAMPLES
-from streamer.settings import Settings
+from streamer.settings import Settings, settings_env
 from streamer.simulate import Incident, StepRates, TrafficModel, topic_for
 from streamer.testing import WorkerProcess, metric, produce, scrape_metrics
 from streamer.testing_slack import FakeSlack
@@ -200,6 +204,22 @@ def core_alerts(config: Settings, events: list[dict[str, Any]]) -> list[Alert]:
     return alerts
 
 
+def cli(config: Settings, *args: str) -> str:
+    """Run ``streamer ARGS`` with ``config`` as its environment; its stdout."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
+    env.update(settings_env(config))
+    done = subprocess.run(
+        [sys.executable, "-m", "streamer", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def _ms(at: datetime) -> int:
     return round(at.timestamp() * 1000)
 
@@ -280,6 +300,22 @@ async def test_a_payment_incident_pages_once_and_resolves_once(
         assert replay_finals[window_id].model_dump(exclude={"revision"}) == live.model_dump(
             exclude={"revision"}
         )
+    # The command, and a what-if: an effect threshold no incident reaches removes the alerts.
+    base, what_if = tmp_path / "base.json", tmp_path / "what-if.json"
+    cli(config, "replay", "--from", START.isoformat(), "--to", CLOSING.isoformat(),
+        "--report", str(base), "--no-run-info")  # fmt: skip
+    assert (
+        base.read_text()
+        == json.dumps(report.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+    )
+    cli(config, "replay", "--from", START.isoformat(), "--to", CLOSING.isoformat(),
+        "--report", str(what_if), "--set", "alerting.min_increase=0.95")  # fmt: skip
+    diff = json.loads(cli(config, "replay", "diff", str(base), str(what_if), "--json"))
+    [changes] = diff["funnels"]
+    assert changes["alerts_added"] == []
+    assert [a["event_id"] for a in changes["alerts_removed"]] == sorted(a.event_id for a in alerts)
+    assert diff["after"]["overrides"] == {"alerting.min_increase": "0.95"}
+    assert all(s["conversion_before"] == s["conversion_after"] for s in changes["steps"])
     firing, resolved = alerts
     assert firing.alert_id == resolved.alert_id
     assert firing.severity == "page"
