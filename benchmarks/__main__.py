@@ -36,8 +36,8 @@ from .data import load
 from .procs import ROOT, Children, terminate_on_sigterm
 from .report import Results, machine_facts, now, write_report
 
-PARTS = ("ceiling", "floor", "quix", "worker", "rekey", "restart", "core")
-KAFKA_PARTS = {"ceiling", "floor", "quix", "worker", "rekey", "restart"}
+PARTS = ("ceiling", "floor", "quix", "worker", "rekey", "replay", "restart", "core")
+KAFKA_PARTS = {"ceiling", "floor", "quix", "worker", "rekey", "replay", "restart"}
 
 
 def _parse() -> argparse.Namespace:
@@ -152,6 +152,9 @@ def _kafka_parts(
         rekeyed = settings.model_copy(update={**own_outputs, "source_keyed_by_session": False})
         r = results.rekey = kafka_runs.worker_run(children, rekeyed, loaded, workdir, "rekey")
         _say(f"worker, re-key path: {r.rate:,.0f} events/s ({r.seconds:.1f} s)")
+    if "replay" in args.parts:
+        results.replay = kafka_runs.replay_run(settings, loaded)
+        _say(f"streamer replay: {results.replay:,.0f} events/s")
     if "restart" in args.parts:
         results.restart = kafka_runs.restarts(children, settings, loaded, workdir)
         _say(

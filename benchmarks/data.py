@@ -33,6 +33,8 @@ class Loaded:
     sessions: int
     minutes: float  # event-time span of the traffic
     last_window_end_ms: int  # end of the latest cohort window the checkout funnel can have
+    first_ms: int = 0  # the earliest event time
+    closing_ms: int = 0  # the closing events' time (the latest)
 
     @property
     def total(self) -> int:
@@ -80,4 +82,6 @@ def load(settings: Settings, events: int) -> Loaded:
         sessions=data.sessions,
         minutes=(max(times) - min(times)) / 60_000,
         last_window_end_ms=last_window_end_ms(data),
+        first_ms=min(times),
+        closing_ms=data.closing_ms,
     )

@@ -27,6 +27,7 @@ __all__ = [
     "ceiling",
     "faust_floor",
     "quix_peer",
+    "replay_run",
     "restarts",
     "worker_run",
 ]
@@ -269,3 +270,20 @@ def restarts(
     finally:
         worker.stop(timeout=30)
     return RestartResult(seconds, mid_run)
+
+
+# --- streamer replay --------------------------------------------------------------------------
+def replay_run(settings: Settings, loaded: Loaded) -> float:
+    """``streamer replay`` over the whole pre-loaded range (the closing events included):
+    messages read per second, from the call to the report."""
+    from streamer.funnel.definition import load_funnels
+    from streamer.history import replay_range
+
+    start = datetime.fromtimestamp(loaded.first_ms / 1000, tz=UTC)
+    end = datetime.fromtimestamp((loaded.closing_ms + 1) / 1000, tz=UTC)
+    began = time.perf_counter()
+    report = asyncio.run(replay_range(settings, load_funnels(settings.funnels), start, end))
+    seconds = time.perf_counter() - began
+    if report.events.read < loaded.total:
+        raise RuntimeError(f"replay read {report.events.read} of {loaded.total} messages")
+    return report.events.read / seconds

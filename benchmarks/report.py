@@ -73,6 +73,7 @@ class Results:
     quix_note: str = ""
     worker: WorkerResult | None = None
     rekey: WorkerResult | None = None
+    replay: float | None = None  # streamer replay over the same data, events/s
     restart: RestartResult | None = None
     memory: MemoryResult | None = None
     costs: dict[int, float] = field(default_factory=dict)
@@ -111,6 +112,10 @@ def _throughput(r: Results) -> list[str]:
         rows.append(
             ("streamer worker, re-key path (`source_keyed_by_session=false`)", r.rekey.rate)
         )
+    if r.replay:
+        rows.append(
+            ("`streamer replay --from --to` (read-only: no group, one task, no Faust)", r.replay)
+        )
     lines = [
         "| reader (each its own consumer group, from the beginning) | events/s | x ceiling "
         "| x Faust floor |",
@@ -127,6 +132,11 @@ def _throughput(r: Results) -> list[str]:
         f"worker / Quix peer: {_ratio(worker, r.quix) or NOT_MEASURED}. "
         "The Faust floor is the better of its rows."
     )
+    if r.replay and worker:
+        lines.append(
+            f"Replay of the same data / worker: {_ratio(r.replay, worker)} (the same core, "
+            "read directly instead of through Faust; target ≥ 1)."
+        )
     if r.quix_note:
         lines += ["", r.quix_note]
     if r.worker and r.loaded:

@@ -399,7 +399,13 @@ def replay(
     range_from, range_to = _utc(start, "--from"), _utc(end, "--to")
     if range_to <= range_from:
         raise click.BadParameter(f"--to {end} is not after --from {start}", param_hint="--to")
-    from rich.progress import Progress
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     from streamer.funnel.definition import load_funnels
     from streamer.history import replay_range
@@ -413,17 +419,27 @@ def replay(
         changes[key.strip()] = value.strip()
     funnels = load_funnels(funnel_paths or settings.funnels, changes)
     per_input: dict[str, tuple[int, int]] = {}
-    with Progress(console=Console(stderr=True), transient=True) as bar:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:,.0f} messages/s"),
+        TimeRemainingColumn(),
+    )
+    began = time.monotonic()
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         tasks: dict[str, Any] = {}
 
         def progress(name: str, read: int, total: int) -> None:
+            """Offsets read per topic (all its partitions), their rate and the time left."""
             per_input[name] = (read, total)
             topic = name.rsplit("/", 1)[0]
             done = sum(r for n, (r, _) in per_input.items() if n.rsplit("/", 1)[0] == topic)
             whole = sum(t for n, (_, t) in per_input.items() if n.rsplit("/", 1)[0] == topic)
+            rate = done / max(1e-3, time.monotonic() - began)
             if topic not in tasks:
-                tasks[topic] = bar.add_task(topic, total=whole)
-            bar.update(tasks[topic], completed=done, total=whole)
+                tasks[topic] = bar.add_task(topic, total=whole, rate=rate)
+            bar.update(tasks[topic], completed=done, total=whole, rate=rate)
 
         result = asyncio.run(
             replay_range(
