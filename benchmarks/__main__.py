@@ -98,6 +98,7 @@ def _bench_settings(bootstrap: str) -> Settings:
         abandonments_topic=f"bench-{run}-funnel.abandonments",
         alerts_topic=f"bench-{run}-funnel.alerts",
         failed_alerts_topic=f"bench-{run}-funnel.alerts.failed",
+        baselines_topic=f"bench-{run}-funnel.baselines",
         rekeyed_topic=f"bench-{run}-funnel.rekeyed",
         topic_partitions=4,
     )

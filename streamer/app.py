@@ -68,6 +68,7 @@ def topic_plan(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
         settings.abandonments_topic: (per_session, {}),
         settings.alerts_topic: (1, {}),
         settings.failed_alerts_topic: (1, {}),
+        settings.baselines_topic: (1, {"cleanup.policy": "compact"}),
         **({} if settings.source_keyed_by_session else {settings.rekeyed_topic: (per_session, {})}),
     }
 

@@ -527,6 +527,43 @@ def replay_diff(before: Path, after: Path, as_json: bool) -> None:
         console.print(steps)
 
 
+@cli.command("backfill")
+@click.option(
+    "--funnel",
+    "funnel_paths",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="the funnel file(s) to start warm (a folder: every *.yaml in it)",
+)
+@click.option("--from", "start", required=True, metavar="TIME", help="start of the history")
+@click.option("--to", "end", required=True, metavar="TIME", help="end of the history, exclusive")
+@click.pass_context
+@_fail_cleanly
+def backfill_command(
+    ctx: click.Context, funnel_paths: tuple[Path, ...], start: str, end: str
+) -> None:
+    """Compute funnels' detector baselines from a range of history and hand them to the live
+    worker (the baselines topic): a funnel the worker has no detector state for starts warm,
+    with no cold-start period. Read-only on the input topics."""
+    from streamer.funnel.definition import load_funnels
+    from streamer.history import backfill
+
+    range_from, range_to = _utc(start, "--from"), _utc(end, "--to")
+    if range_to <= range_from:
+        raise click.BadParameter(f"--to {end} is not after --from {start}", param_hint="--to")
+    settings = _settings(ctx)
+    asyncio.run(ensure_topic_plan(settings, _topic_plan(settings)))
+    records = asyncio.run(backfill(settings, load_funnels(funnel_paths), range_from, range_to))
+    for record in records:
+        cold = record["warming_up"]
+        click.echo(
+            f"{record['funnel']}: baselines over {range_from.isoformat()}..{range_to.isoformat()} "
+            f"published to {settings.baselines_topic}; "
+            + (f"still warming up: {', '.join(cold)}" if cold else "every step warm")
+        )
+
+
 def _load_otto(ctx: click.Context, path: Path) -> None:
     from streamer.replay import otto_events, replay_events
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from aiokafka import TopicPartition
 
 from streamer.decode import DecodeLimits, Rejection, decode_event
@@ -46,13 +47,13 @@ from streamer.funnel.detect import AlertDecision, FunnelDetector
 from streamer.funnel.session import NEVER, CompiledFunnel
 from streamer.funnel.task import Offer, Task
 from streamer.funnel.windows import WindowCounts, fold_segments, merge_partials
-from streamer.kafka_io import make_consumer, stop_consumer, topic_partitions
+from streamer.kafka_io import make_consumer, make_producer, stop_consumer, topic_partitions
 from streamer.pipeline.detector import alert_record, tracking_alert_record
 from streamer.pipeline.sessions import needed_fields, stored_event
 from streamer.pipeline.windows import window_stats
 from streamer.settings import Settings
 
-__all__ = ["RangeReplay", "diff_reports", "replay_range"]
+__all__ = ["RangeReplay", "backfill", "diff_reports", "replay_range"]
 
 # Events of any age are replayed; the live worker's other limits apply.
 _ANY_AGE = timedelta(days=365 * 100)
@@ -270,9 +271,67 @@ async def replay_range(
     """Replay ``[start, end)`` of the input topics through :class:`RangeReplay`, reading each
     partition directly (no consumer group, nothing written). Raises
     :class:`RangeNotHeldError` when a topic no longer holds the start of the range."""
+    began, started_at = time.perf_counter(), datetime.now(UTC)
+    engine = await _replayed(settings, funnels, start, end, progress)
+    seconds = time.perf_counter() - began
+    info = ReplayRun(
+        started_at=started_at,
+        seconds=round(seconds, 3),
+        events_per_second=round(engine.counts["read"] / seconds, 1) if seconds else 0.0,
+    )
+    report = engine.report(info if run_info else None)
+    return report.model_copy(update={"overrides": dict(sorted((overrides or {}).items()))})
+
+
+async def backfill(
+    settings: Settings,
+    funnels: Iterable[FunnelDefinition],
+    start: datetime,
+    end: datetime,
+    *,
+    progress: ProgressFn | None = None,
+) -> list[dict[str, Any]]:
+    """Replay ``[start, end)`` for ``funnels`` and publish each one's detector baselines to
+    the baselines topic (keyed by funnel): a live worker judging a funnel it has no detector
+    state for starts from them, warm. Returns the records published."""
+    engine = await _replayed(settings, funnels, start, end, progress)
+    engine.report()  # the watermark to --to: every cohort final by then is learned
+    records = []
+    for run in engine.runs:
+        records.append(
+            {
+                "funnel": run.funnel.name,
+                "step_names": run.funnel.step_names,
+                "range": [start.isoformat(), end.isoformat()],
+                "warming_up": sorted(s for s, w in run.detector.warming_up().items() if w),
+                "detector": run.detector.seed(),
+            }
+        )
+    producer = make_producer(settings, acks="all")
+    await producer.start()
+    try:
+        for record in records:
+            await producer.send_and_wait(
+                settings.baselines_topic,
+                key=str(record["funnel"]).encode(),
+                value=orjson.dumps(record),
+            )
+    finally:
+        await producer.stop()
+    return records
+
+
+async def _replayed(
+    settings: Settings,
+    funnels: Iterable[FunnelDefinition],
+    start: datetime,
+    end: datetime,
+    progress: ProgressFn | None,
+) -> RangeReplay:
+    """The engine after reading ``[start, end)`` of the input topics."""
     if end <= start:
         raise ValueError("--to must be after --from")
-    began, started_at = time.perf_counter(), datetime.now(UTC)
+    started_at = datetime.now(UTC)
     lateness_ms = round(settings.allowed_lateness_seconds * 1000)
     topics = (settings.clickstream_topic, settings.checkout_topic)
     assignment = [
@@ -342,14 +401,7 @@ async def replay_range(
             engine.advance()
     finally:
         await stop_consumer(consumer)
-    seconds = time.perf_counter() - began
-    info = ReplayRun(
-        started_at=started_at,
-        seconds=round(seconds, 3),
-        events_per_second=round(engine.counts["read"] / seconds, 1) if seconds else 0.0,
-    )
-    report = engine.report(info if run_info else None)
-    return report.model_copy(update={"overrides": dict(sorted((overrides or {}).items()))})
+    return engine
 
 
 def _check_held(

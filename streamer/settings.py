@@ -109,6 +109,11 @@ class Settings(BaseSettings):
     abandonments_topic: str = "funnel.abandonments"
     alerts_topic: str = "funnel.alerts"
     failed_alerts_topic: str = "funnel.alerts.failed"
+    baselines_topic: str = Field(
+        default="funnel.baselines",
+        description="detector baselines computed from history by `streamer backfill` (compacted, "
+        "keyed by funnel): a funnel without detector state starts from its entry",
+    )
     slack_webhook_url: SecretStr | None = Field(
         default=None, description="incoming webhook for warnings (and pages without their own)"
     )

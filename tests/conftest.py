@@ -64,6 +64,7 @@ def settings(kafka_bootstrap: str, unique: str, tmp_path: Path) -> Settings:
         abandonments_topic=f"funnel.abandonments-{unique}",
         alerts_topic=f"funnel.alerts-{unique}",
         failed_alerts_topic=f"funnel.alerts.failed-{unique}",
+        baselines_topic=f"funnel.baselines-{unique}",
         rekeyed_topic=f"funnel.rekeyed-{unique}",
         web_port=free_port(),
         data_dir=tmp_path / "worker",

@@ -624,6 +624,17 @@ class FunnelDetector:
             "tracking": self.tracking.to_json(),
         }
 
+    def seed(self) -> dict[str, Any]:
+        """What a backfill hands to the live worker: the baselines learned from history,
+        without the history's alerts or tracking outages (an incident of the past is not
+        one of now)."""
+        state = self.to_json()
+        for step in state["steps"]:
+            step.update(alert_id=None, last_notified_ms=0, quiet=0)
+        tracking = state["tracking"]
+        tracking.update(runs=[], closed=[])
+        return state
+
     def load_json(self, raw: dict[str, Any]) -> None:
         self.evaluated_ms = int(raw["evaluated_ms"])
         for step, saved in zip(self.steps, raw["steps"], strict=False):

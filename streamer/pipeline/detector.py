@@ -24,10 +24,11 @@ from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.detect import AlertDecision, FunnelDetector, held_steps
 from streamer.funnel.tracking import EVENT_TYPE_RESIDUAL, TrackingDecision
 from streamer.funnel.windows import WindowCounts
+from streamer.kafka_io import read_topic
 from streamer.metrics import Metrics
 from streamer.settings import Settings
 
-__all__ = ["DetectorStage", "alert_record", "install", "tracking_alert_record"]
+__all__ = ["DetectorStage", "alert_record", "install", "read_seeds", "tracking_alert_record"]
 
 log = logging.getLogger(__name__)
 
@@ -172,12 +173,15 @@ class DetectorStage:
         send_alert: SendFn,
         dashboard_url: str | None = None,
         runbook_url: str | None = None,
+        read_seeds: Callable[[], Awaitable[Mapping[str, Any]]] | None = None,
     ) -> None:
         self._funnels = {funnel.name: funnel for funnel in funnels}
         self._table = table
         self._metrics = metrics
         self._send_alert = send_alert
         self._links = (dashboard_url, runbook_url)
+        self._read_seeds = read_seeds
+        self._seeds: Mapping[str, Any] | None = None  # read once, when first needed
         self.warming_up: dict[str, dict[str, bool]] = {
             funnel.name: FunnelDetector(funnel).warming_up() for funnel in funnels
         }
@@ -201,6 +205,8 @@ class DetectorStage:
         raw = self._table.get(key)
         if raw is not None:
             detector.load_json(orjson.loads(raw))
+        else:
+            await self._start_warm(funnel, detector)
         decisions = [d for w in watermarks for d in detector.evaluate(w, windows)]
         alerts = []
         for decision in decisions:
@@ -231,6 +237,51 @@ class DetectorStage:
             self._show_warm_up(funnel.name)
         return alerts
 
+    async def _start_warm(self, funnel: FunnelDefinition, detector: FunnelDetector) -> None:
+        """A funnel without detector state starts from the baselines `streamer backfill`
+        computed from its history, if there are any that fit its steps."""
+        if self._read_seeds is None:
+            return
+        if self._seeds is None:
+            self._seeds = await self._read_seeds()
+        seed = self._seeds.get(funnel.name)
+        if seed is None:
+            log.info("detector %s: no backfilled baselines, warming up from live data", funnel.name)
+            return
+        if seed.get("step_names") != funnel.step_names:
+            log.warning(
+                "detector %s: the backfilled baselines are for steps %s, the funnel has %s: "
+                "warming up from live data instead (run streamer backfill again)",
+                funnel.name,
+                seed.get("step_names"),
+                funnel.step_names,
+            )
+            return
+        detector.load_json(seed["detector"])
+        warm = [step for step, warming in detector.warming_up().items() if not warming]
+        log.info(
+            "detector %s: starting from the baselines backfilled over %s..%s (warm: %s)",
+            funnel.name,
+            *seed["range"],
+            ", ".join(warm) or "no step",
+        )
+
+
+async def read_seeds(settings: Settings) -> dict[str, Any]:
+    """The latest backfill record per funnel on the baselines topic."""
+    seeds: dict[str, Any] = {}
+    for _, value in await read_topic(settings, settings.baselines_topic):
+        if not value:
+            continue
+        try:
+            record = orjson.loads(value)
+            seeds[str(record["funnel"])] = record
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            log.warning(
+                "a record of %s is not a backfill baseline: ignored", settings.baselines_topic
+            )
+    return seeds
+
 
 def install(
     app: Any, settings: Settings, metrics: Metrics, funnels: tuple[FunnelDefinition, ...]
@@ -249,4 +300,5 @@ def install(
         send_alert=send_alert,
         dashboard_url=settings.dashboard_url,
         runbook_url=settings.runbook_url,
+        read_seeds=lambda: read_seeds(settings),
     )

@@ -229,9 +229,10 @@ def _links(config: Settings) -> tuple[str | None, str | None]:
 
 
 async def run_pipeline(
-    config: Settings, events: list[dict[str, Any]], worker: WorkerProcess
+    config: Settings, events: list[dict[str, Any]], worker: WorkerProcess, min_finals: int = 20
 ) -> int:
-    """Replay, close every window, and wait until every window is final; returns how many."""
+    """Replay, close every window, and wait until every window is final (at least
+    ``min_finals`` of them); returns how many."""
     await replay_events(config, events)
     deadline = time.monotonic() + 180
     while processed(scrape_metrics(worker.metrics_url), config) < len(events):
@@ -245,7 +246,7 @@ async def run_pipeline(
         await asyncio.sleep(2)
         records = await read_topic(config, config.windows_topic)
         finals = sum(1 for _, v in records if v and WindowStats.model_validate_json(v).final)
-        if finals == published and finals > 20:
+        if finals == published and finals >= min_finals:
             return finals
         published = finals
         assert time.monotonic() < deadline, worker.log_tail()
