@@ -73,6 +73,17 @@ def topic_plan(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
     }
 
 
+def slack_notifier(settings: Settings) -> SlackNotifier:
+    """The Slack notifier the settings describe (webhooks, timeout, retries, pace)."""
+    return SlackNotifier(
+        webhook_url=settings.slack_webhook_url,
+        page_webhook_url=settings.slack_page_webhook_url,
+        timeout=settings.slack_timeout_seconds,
+        max_attempts=settings.slack_max_attempts,
+        min_interval=settings.slack_min_interval_seconds,
+    )
+
+
 def faust_broker_options(settings: Settings) -> dict[str, Any]:
     options: dict[str, Any] = {
         "broker": [f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
@@ -135,14 +146,7 @@ def create_app(
         app,
         settings,
         metrics,
-        notifier_override
-        or SlackNotifier(
-            webhook_url=settings.slack_webhook_url,
-            page_webhook_url=settings.slack_page_webhook_url,
-            timeout=settings.slack_timeout_seconds,
-            max_attempts=settings.slack_max_attempts,
-            min_interval=settings.slack_min_interval_seconds,
-        ),
+        notifier_override or slack_notifier(settings),
     )
     web.install(app, settings, active_registry, metrics, funnels, stage, judge)
     return StreamerApp(

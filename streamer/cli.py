@@ -378,6 +378,11 @@ def _utc(value: str, flag: str) -> Any:
     "alerting.min_increase=0.05 (every funnel; repeatable)",
 )
 @click.option("--no-run-info", is_flag=True, help="leave out the run block (wall-clock facts)")
+@click.option(
+    "--notify",
+    is_flag=True,
+    help="send the alerts it finds to Slack, marked as a replay (muted by default)",
+)
 @click.pass_context
 @_fail_cleanly
 def replay(
@@ -388,6 +393,7 @@ def replay(
     funnel_paths: tuple[Path, ...],
     overrides: tuple[str, ...],
     no_run_info: bool,
+    notify: bool,
 ) -> None:
     """Replay a time range of the input topics through the same core as the worker, read-only:
     `streamer replay --from 2026-11-20T14:00Z --to 2026-11-20T18:00Z --report out.json`.
@@ -464,6 +470,14 @@ def replay(
         f"{events.out_of_range} outside, {events.late} late, {events.rejected} rejected"
         + (f"; report in {report}" if report else "")
     )
+    if notify:
+        from streamer.history import notify_alerts
+
+        outcomes = asyncio.run(notify_alerts(settings, result))
+        err.print(
+            "sent to Slack: "
+            + (", ".join(f"{n} {outcome}" for outcome, n in sorted(outcomes.items())) or "nothing")
+        )
     for replayed in result.funnels:
         firing = [a for a in replayed.alerts if a.state == "firing"]
         warming = ", ".join(replayed.warming_up)

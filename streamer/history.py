@@ -53,7 +53,7 @@ from streamer.pipeline.sessions import needed_fields, stored_event
 from streamer.pipeline.windows import window_stats
 from streamer.settings import Settings
 
-__all__ = ["RangeReplay", "backfill", "diff_reports", "replay_range"]
+__all__ = ["RangeReplay", "backfill", "diff_reports", "notify_alerts", "replay_range"]
 
 # Events of any age are replayed; the live worker's other limits apply.
 _ANY_AGE = timedelta(days=365 * 100)
@@ -485,3 +485,21 @@ def diff_reports(before: ReplayReport, after: ReplayReport) -> dict[str, Any]:
             }
         )
     return out
+
+
+async def notify_alerts(settings: Settings, report: ReplayReport) -> Counter[str]:
+    """``--notify``: send the report's alerts to Slack as the live notifier would, each summary
+    marked as a replay (nobody should take it for a live incident). Outcomes counted."""
+    from streamer.app import slack_notifier
+
+    notifier = slack_notifier(settings)
+    outcomes: Counter[str] = Counter()
+    mark = f"[replay {report.range_from.isoformat()}..{report.range_to.isoformat()}] "
+    try:
+        for replayed in report.funnels:
+            for alert in replayed.alerts:
+                marked = alert.model_copy(update={"summary": mark + alert.summary})
+                outcomes[(await notifier.deliver(marked)).outcome.value] += 1
+    finally:
+        await notifier.close()
+    return outcomes

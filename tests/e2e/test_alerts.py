@@ -336,6 +336,12 @@ async def test_a_payment_incident_pages_once_and_resolves_once(
     assert texts[1].startswith(":white_check_mark: [RESOLVED] checkout: payment->order")
     assert {r.token for r in slack.requests if r.status == 200} == {"T0/B1/oncall"}
     assert metric(values, "streamer_alert_deliveries_total", outcome="delivered") == 2
+    # The replays above sent nothing; with --notify one sends its alerts, marked as a replay.
+    cli(config, "replay", "--from", START.isoformat(), "--to", CLOSING.isoformat(),
+        "--report", str(tmp_path / "notified.json"), "--notify")  # fmt: skip
+    replayed_texts = [m["text"] for m in slack.accepted[2:]]
+    assert len(replayed_texts) == 2
+    assert all("[replay " in text for text in replayed_texts)
 
     records = [
         Abandonment.model_validate_json(v or b"")
