@@ -379,6 +379,12 @@ def _utc(value: str, flag: str) -> Any:
 )
 @click.option("--no-run-info", is_flag=True, help="leave out the run block (wall-clock facts)")
 @click.option(
+    "--drain",
+    is_flag=True,
+    help="read on past --to (events of sessions already seen) until every cohort window of the "
+    "range is final, instead of reporting sessions open at --to as open",
+)
+@click.option(
     "--notify",
     is_flag=True,
     help="send the alerts it finds to Slack, marked as a replay (muted by default)",
@@ -393,6 +399,7 @@ def replay(
     funnel_paths: tuple[Path, ...],
     overrides: tuple[str, ...],
     no_run_info: bool,
+    drain: bool,
     notify: bool,
 ) -> None:
     """Replay a time range of the input topics through the same core as the worker, read-only:
@@ -456,6 +463,7 @@ def replay(
                 progress=progress,
                 run_info=not no_run_info,
                 overrides=changes,
+                drain=drain,
             )
         )
     text = json.dumps(result.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"

@@ -464,6 +464,9 @@ class ReplayFunnel(_Strict):
 class ReplayEvents(_Strict):
     read: int = Field(description="messages read from the input topics")
     in_range: int = Field(description="accepted events whose occurred_at is in [from, to)")
+    drained: int = Field(
+        default=0, description="--drain: accepted events after --to of sessions seen before it"
+    )
     out_of_range: int = Field(description="valid events before --from or at/after --to")
     duplicate: int
     late: int = Field(description="behind the watermark (as the live worker would drop them)")
@@ -485,6 +488,10 @@ class ReplayReport(_Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     range_from: datetime
     range_to: datetime
+    drained_to: datetime | None = Field(
+        default=None,
+        description="--drain: read on to here (every cohort window of the range final)",
+    )
     allowed_lateness_seconds: float
     overrides: dict[str, str] = Field(
         default_factory=dict, description="--set KEY=VALUE applied to every funnel (what-if)"

@@ -97,9 +97,14 @@ class RangeReplay:
         partitions: int,
         dashboard_url: str | None = None,
         runbook_url: str | None = None,
+        drain: bool = False,
     ) -> None:
         self.funnels = tuple(funnels)
         self.start_ms, self.end_ms = _ms(start), _ms(end)
+        # With ``drain``, read on past ``to`` (events of sessions already seen only) until
+        # every cohort window of the range is final.
+        lag = max(f.window_ms + f.finality_lag_ms for f in self.funnels)
+        self.until_ms = self.end_ms + lag if drain else self.end_ms
         self.lateness_ms = allowed_lateness_ms
         self.partitions = partitions
         self._links = (dashboard_url, runbook_url)
@@ -126,13 +131,20 @@ class RangeReplay:
         stored = stored_event(event, self._keep)
         if stored.at_ms > self.fronts.get(input_name, NEVER):
             self.fronts[input_name] = stored.at_ms
-        if not self.start_ms <= stored.at_ms < self.end_ms:
+        in_range = self.start_ms <= stored.at_ms < self.end_ms
+        drained = (
+            not in_range
+            and self.end_ms <= stored.at_ms < self.until_ms
+            and event.session_id in self.task.sessions
+        )
+        if not (in_range or drained):
             self.counts["out_of_range"] += 1
             return
         outcome = self.task.offer(event.session_id, stored, event.user_id, topic)
-        self.counts[
-            {Offer.ACCEPTED: "in_range", Offer.DUPLICATE: "duplicate", Offer.LATE: "late"}[outcome]
-        ] += 1
+        if outcome is Offer.ACCEPTED:
+            self.counts["in_range" if in_range else "drained"] += 1
+        else:
+            self.counts["duplicate" if outcome is Offer.DUPLICATE else "late"] += 1
 
     def finish(self, input_name: str) -> None:
         """``input_name`` is read up to ``to`` (plus the lateness): it holds nothing back."""
@@ -142,9 +154,9 @@ class RangeReplay:
     def watermark_ms(self) -> int:
         active = [front for name, front in self.fronts.items() if name not in self.finished]
         if not active:
-            return self.end_ms
+            return self.until_ms
         low = min(active)
-        return NEVER if low == NEVER else min(self.end_ms, low - self.lateness_ms)
+        return NEVER if low == NEVER else min(self.until_ms, low - self.lateness_ms)
 
     def advance(self) -> None:
         """Move the watermark as far as the inputs allow, one window boundary at a time (the
@@ -164,8 +176,9 @@ class RangeReplay:
         out = self.task.drain()
         for partial in out.partials:
             run = next(r for r in self.runs if r.funnel.name == partial.funnel)
-            if partial.window_start_ms not in run.finals:
-                run.windows[partial.window_start_ms] = partial.counts
+            start = partial.window_start_ms
+            if start not in run.finals and start < self.end_ms:  # drained: no new cohorts
+                run.windows[start] = partial.counts
         for notice in out.abandonments:
             run = self.runs[notice.funnel]
             stage = run.funnel.stages[notice.abandoned.stage].name
@@ -175,7 +188,10 @@ class RangeReplay:
 
     def _judge(self, run: _FunnelRun, watermark_ms: int) -> None:
         funnel = run.funnel
-        if watermark_ms % funnel.window_ms == 0 and watermark_ms > run.judged_ms:
+        if (
+            watermark_ms % funnel.window_ms == 0
+            and run.judged_ms < watermark_ms <= self.end_ms  # alerts as of --to
+        ):
             run.judged_ms = watermark_ms
             caps = [segment.cap for segment in funnel.segments]
             folded = {start: fold_segments(c, caps) for start, c in run.windows.items()}
@@ -204,12 +220,12 @@ class RangeReplay:
             funnel = run.funnel
             windows = dict(run.finals)
             for start, counts in run.windows.items():
-                windows[start] = self._stats(run, start, counts, self.end_ms)
+                windows[start] = self._stats(run, start, counts, self.until_ms)
             total = merge_partials(
                 len(funnel.stages), [*run.final_counts.values(), *run.windows.values()]
             )
             totals = window_stats(
-                funnel, self.start_ms, self.partitions, total, watermark_ms=self.end_ms
+                funnel, self.start_ms, self.partitions, total, watermark_ms=self.until_ms
             ).model_copy(
                 update={
                     "window_id": f"{funnel.name}/{self.start_ms}-{self.end_ms}",
@@ -240,11 +256,13 @@ class RangeReplay:
         return ReplayReport(
             range_from=_at(self.start_ms),
             range_to=_at(self.end_ms),
+            drained_to=_at(self.until_ms) if self.until_ms > self.end_ms else None,
             allowed_lateness_seconds=self.lateness_ms / 1000,
             topics=sorted({name.rsplit("/", 1)[0] for name in self.fronts}),
             events=ReplayEvents(
                 read=seen["read"],
                 in_range=seen["in_range"],
+                drained=seen["drained"],
                 out_of_range=seen["out_of_range"],
                 duplicate=seen["duplicate"],
                 late=seen["late"],
@@ -267,12 +285,13 @@ async def replay_range(
     progress: ProgressFn | None = None,
     run_info: bool = True,
     overrides: dict[str, str] | None = None,
+    drain: bool = False,
 ) -> ReplayReport:
     """Replay ``[start, end)`` of the input topics through :class:`RangeReplay`, reading each
     partition directly (no consumer group, nothing written). Raises
     :class:`RangeNotHeldError` when a topic no longer holds the start of the range."""
     began, started_at = time.perf_counter(), datetime.now(UTC)
-    engine = await _replayed(settings, funnels, start, end, progress)
+    engine = await _replayed(settings, funnels, start, end, progress, drain=drain)
     seconds = time.perf_counter() - began
     info = ReplayRun(
         started_at=started_at,
@@ -327,6 +346,8 @@ async def _replayed(
     start: datetime,
     end: datetime,
     progress: ProgressFn | None,
+    *,
+    drain: bool = False,
 ) -> RangeReplay:
     """The engine after reading ``[start, end)`` of the input topics."""
     if end <= start:
@@ -350,6 +371,7 @@ async def _replayed(
         partitions=settings.topic_partitions,
         dashboard_url=settings.dashboard_url,
         runbook_url=settings.runbook_url,
+        drain=drain,
     )
     limits = DecodeLimits(
         max_bytes=settings.max_event_bytes,
@@ -377,7 +399,7 @@ async def _replayed(
             begin[tp] = at.offset
             consumer.seek(tp, at.offset)
         reading = set(begin)
-        stop_ms = _ms(end) + lateness_ms
+        stop_ms = engine.until_ms + lateness_ms
         while reading:
             batch = await consumer.getmany(*reading, timeout_ms=1000, max_records=5000)
             for tp, records in batch.items():
