@@ -18,18 +18,25 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka import TopicPartition
 from pydantic import SecretStr
 
 from streamer.app import topic_plan
 from streamer.decode import DecodeLimits, Rejection, decode_event
-from streamer.events import Abandonment, Alert, Event, WindowStats
+from streamer.events import Abandonment, Alert, Event, ReplayReport, WindowStats
 from streamer.funnel.definition import FunnelDefinition, load_funnel
 from streamer.funnel.detect import AlertDecision, FunnelDetector
 from streamer.funnel.session import CompiledFunnel
 from streamer.funnel.task import Task
 from streamer.funnel.windows import WindowCounts, fold_segments
 from streamer.history import replay_range
-from streamer.kafka_io import ensure_topic_plan, read_topic
+from streamer.kafka_io import (
+    ensure_topic_plan,
+    make_consumer,
+    read_topic,
+    stop_consumer,
+    topic_partitions,
+)
 from streamer.pipeline.detector import alert_record, tracking_alert_record
 from streamer.pipeline.sessions import needed_fields, stored_event
 from streamer.replay import replay_events
@@ -220,6 +227,21 @@ def cli(config: Settings, *args: str) -> str:
     return done.stdout
 
 
+async def input_messages(config: Settings) -> int:
+    """Messages on the two input topics now."""
+    assignment = [
+        TopicPartition(topic, p)
+        for topic in (config.clickstream_topic, config.checkout_topic)
+        for p in await topic_partitions(config, topic)
+    ]
+    consumer = make_consumer(config, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return sum((await consumer.end_offsets(assignment)).values())
+    finally:
+        await stop_consumer(consumer)
+
+
 def _ms(at: datetime) -> int:
     return round(at.timestamp() * 1000)
 
@@ -258,8 +280,18 @@ async def test_a_payment_incident_pages_once_and_resolves_once(
     config = configure(settings, tmp_path, slack)
     await ensure_topic_plan(config, topic_plan(config))
     events = traffic(incident=True)
+    funnel = load_funnel(config.funnels[0])
+
+    async def replay_beside() -> ReplayReport:
+        """A replay while the worker works through the same input: it must change nothing
+        the worker publishes (checked below against the pure core) and send nothing."""
+        while await input_messages(config) < len(events):
+            await asyncio.sleep(0.2)
+        return await replay_range(config, (funnel,), START, CLOSING, run_info=False)
+
     with WorkerProcess(config, tmp_path / "worker.log") as worker:
-        await run_pipeline(config, events, worker)
+        _, beside = await asyncio.gather(run_pipeline(config, events, worker), replay_beside())
+        assert beside.events.in_range == len(events)
         deadline = time.monotonic() + 60
         while len(slack.accepted) < 2 and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
@@ -278,7 +310,6 @@ async def test_a_payment_incident_pages_once_and_resolves_once(
     assert [a.model_dump() for a in alerts] == [a.model_dump() for a in core_alerts(config, events)]
     # `streamer replay` of the same range, read-only from the same topics: the same alerts,
     # the same final windows, and the same bytes when run twice.
-    funnel = load_funnel(config.funnels[0])
     report = await replay_range(config, (funnel,), START, CLOSING, run_info=False)
     again = await replay_range(config, (funnel,), START, CLOSING, run_info=False)
     assert report.model_dump_json() == again.model_dump_json()
