@@ -314,6 +314,11 @@ class TimeToConvert(_Strict):
     buckets: list[tuple[float | None, int]] = Field(
         description="(upper bound in seconds or null for +Inf, conversions in that bucket)"
     )
+    median_at_most_seconds: float | None = Field(
+        default=None,
+        description="the upper bound of the bucket that holds the median conversion (null: "
+        "beyond the last bound)",
+    )
 
 
 class StageStats(_Strict):

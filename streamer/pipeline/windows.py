@@ -55,10 +55,18 @@ def _stage_stats(
     time_to_convert = None
     if histogram and counts.converted:
         bounds: list[float | None] = [ms / 1000 for ms in TIME_TO_CONVERT_BUCKETS_MS]
+        buckets = list(zip([*bounds, None], counts.time_to_convert_buckets, strict=True))
+        running, median = 0, None
+        for bound, n in buckets:
+            running += n
+            if 2 * running >= counts.converted:
+                median = bound
+                break
         time_to_convert = TimeToConvert(
             sum_seconds=counts.time_to_convert_ms_sum / 1000,
             count=counts.converted,
-            buckets=list(zip([*bounds, None], counts.time_to_convert_buckets, strict=True)),
+            buckets=buckets,
+            median_at_most_seconds=median,
         )
     return StageStats(
         stage=name,

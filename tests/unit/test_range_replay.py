@@ -104,3 +104,18 @@ def test_drain_decides_the_sessions_open_at_to_with_their_own_later_events() -> 
     assert sum(s["converted"] for s in decided.values()) > sum(
         s["converted"] for s in opened.values()
     )
+
+
+def test_the_median_time_to_convert_is_the_bound_of_the_bucket_holding_it() -> None:
+    report = orjson.loads(run(traffic(), seed=1, drain=True))
+    checked = 0
+    for stage in report["funnels"][0]["totals"]["stages"]:
+        histogram = stage["time_to_convert"]
+        if not histogram:
+            continue
+        bounds = [bound for bound, _ in histogram["buckets"]]
+        index = bounds.index(histogram["median_at_most_seconds"])
+        below = sum(n for _, n in histogram["buckets"][:index])
+        assert 2 * below < histogram["count"] <= 2 * (below + histogram["buckets"][index][1])
+        checked += 1
+    assert checked >= 3
