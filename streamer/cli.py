@@ -52,6 +52,9 @@ def _configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # The Kafka client's routine chatter (subscriptions, coordinators) is not news on the
+    # command line; its warnings and errors still are.
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 @click.group()
@@ -490,7 +493,8 @@ def replay(
         firing = [a for a in replayed.alerts if a.state == "firing"]
         warming = ", ".join(replayed.warming_up)
         err.print(
-            f"{replayed.funnel}: {len(replayed.windows)} windows, {len(firing)} alerts would fire"
+            f"{replayed.funnel}: {len(replayed.windows)} windows, "
+            f"{len(firing)} alert{'' if len(firing) == 1 else 's'} would fire"
             + (f"; warming up at the end: {warming}" if warming else "")
         )
 
