@@ -308,6 +308,12 @@ def _print_summary(summary: dict[str, Any]) -> None:
             )
         elif warming is not None:
             console.print(f"{name}: the detector is warm for every step")
+        for silent in parts.get("silent_inputs") or ():
+            what = "topic" if silent["subject"] == "topic" else "event type"
+            console.print(
+                f"{name}: tracking broke: {what} {silent['name']} silent since {silent['since']} "
+                f"(data-quality alert {silent['alert_id']}); the steps it feeds are not judged"
+            )
 
 
 @funnel.command("show")

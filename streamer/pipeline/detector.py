@@ -22,7 +22,7 @@ import orjson
 from streamer.events import Alert, AlertExplanation
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.detect import AlertDecision, FunnelDetector, held_steps
-from streamer.funnel.tracking import EVENT_TYPE_RESIDUAL, TrackingDecision
+from streamer.funnel.tracking import EVENT_TYPE_RESIDUAL, TrackingDecision, key_name
 from streamer.funnel.windows import WindowCounts
 from streamer.kafka_io import read_topic
 from streamer.metrics import Metrics
@@ -187,6 +187,8 @@ class DetectorStage:
         }
         for funnel in funnels:
             self._show_warm_up(funnel.name)
+        # Per funnel: the inputs a data-quality alert says are silent now.
+        self.silent_inputs: dict[str, list[dict[str, str]]] = {f.name: [] for f in funnels}
 
     def _show_warm_up(self, funnel: str) -> None:
         for step, warming in self.warming_up[funnel].items():
@@ -228,6 +230,17 @@ class DetectorStage:
             log.warning("alert %s %s: %s", alert.state, alert.alert_id, alert.summary)
             alerts.append(alert)
         self._table[key] = orjson.dumps(detector.to_json())
+        self.silent_inputs[funnel.name] = [
+            {
+                "subject": subject,
+                "name": name,
+                "since": datetime.fromtimestamp(run.first_ms / 1000, tz=UTC).isoformat(),
+                "alert_id": run.alert_id or "",
+            }
+            for tracked, run in sorted(detector.tracking.runs.items())
+            if run.reported
+            for subject, name in [key_name(tracked)]
+        ]
         was = self.warming_up.get(funnel.name)
         self.warming_up[funnel.name] = detector.warming_up()
         if was != self.warming_up[funnel.name]:

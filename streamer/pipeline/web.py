@@ -80,6 +80,7 @@ def install(
                 for name, parts in summary.items():
                     steps = detector.warming_up.get(name, {})
                     parts["warming_up"] = [step for step, warming in steps.items() if warming]
+                    parts["silent_inputs"] = detector.silent_inputs.get(name, [])
             return self.json(summary)
 
     app.page("/funnel")(FunnelPage)

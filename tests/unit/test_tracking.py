@@ -218,8 +218,15 @@ async def test_the_detector_stage_writes_the_data_quality_alert_and_sets_its_gau
     assert [Alert.model_validate_json(value) for _, value in sent] == alerts
     labels = {"funnel": "checkout", "subject": "topic", "name": "checkout"}
     assert registry.get_sample_value("streamer_tracking_silent", labels) == 1.0
+    [silent] = stage.silent_inputs["checkout"]  # what /funnel and `funnel show` report
+    assert (silent["subject"], silent["name"], silent["alert_id"]) == (
+        "topic",
+        "checkout",
+        alert.alert_id,
+    )
     # Stored with the detector's state: the next call resolves it once events are back.
     windows.update({m * MIN: volume_window(rng) for m in range(63, 65)})
     [resolved] = await stage.judge(funnel, [64 * MIN, 65 * MIN], windows)
     assert (resolved.state, resolved.alert_id) == ("resolved", alert.alert_id)
     assert registry.get_sample_value("streamer_tracking_silent", labels) == 0.0
+    assert stage.silent_inputs["checkout"] == []
