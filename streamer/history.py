@@ -221,6 +221,8 @@ class RangeReplay:
             windows = dict(run.finals)
             for start, counts in run.windows.items():
                 windows[start] = self._stats(run, start, counts, self.until_ms)
+            for start in [s for s, w in windows.items() if not any(x.entered for x in w.stages)]:
+                del windows[start]  # input volume only: nothing to show (as live)
             total = merge_partials(
                 len(funnel.stages), [*run.final_counts.values(), *run.windows.values()]
             )

@@ -33,7 +33,7 @@ from streamer.funnel.session import (
     apply_instant,
     expire_attempt,
 )
-from streamer.funnel.windows import Partial, WindowCounts, window_start
+from streamer.funnel.windows import NEW_SESSIONS, Partial, WindowCounts, window_start
 
 __all__ = [
     "RECENT_IDS",
@@ -181,6 +181,7 @@ class Task:
             return Offer.DUPLICATE
         if event.at_ms < self.watermark_ms:
             return Offer.LATE
+        new = state is None
         if state is None:
             state = SessionState(session_id, [Progress() for _ in self.funnels])
             self.sessions[session_id] = state
@@ -204,6 +205,8 @@ class Task:
             if counts is None:
                 counts = self.windows[key] = WindowCounts.empty(funnel.last_stage + 1)
             counts.volume[volume_key] = counts.volume.get(volume_key, 0) + 1
+            if new:
+                counts.volume[NEW_SESSIONS] = counts.volume.get(NEW_SESSIONS, 0) + 1
             self._dirty_windows.add(key)
             self._unsaved_windows.add(key)
         return Offer.ACCEPTED

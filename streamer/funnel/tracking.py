@@ -19,6 +19,9 @@ tracking check tells the two apart before the conversion tests read the gap:
   type can nearly: a payment step failing for 95% of customers still records 5% of its orders.
   So an event type's run must be empty even at ``EVENT_TYPE_RESIDUAL`` of its usual volume
   (``exp(-0.05 * expected)`` below the threshold): minutes longer than a topic's.
+- **New traffic.** Silence counts only while new sessions keep arriving (at least half their
+  usual share): at the end of a burst or a replay, the last sessions' checkout events still
+  flow after the clickstream has stopped, and that is not broken tracking.
 - **Suspicion.** A run of empty windows that is not significant yet (the same evidence at least
   ``SUSPECT_EVIDENCE``: chance gives it 5% of the time) already holds the conversion tests that
   depend on it, so they cannot fire on a gap that may turn out to be tracking during the
@@ -39,7 +42,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from streamer.funnel.windows import WindowCounts
+from streamer.funnel.windows import NEW_SESSIONS, WindowCounts
 
 __all__ = [
     "EVENT_TYPE_RESIDUAL",
@@ -86,6 +89,13 @@ class _Run:
     alert_id: str | None = None  # an outage declared on it
     reported: bool = False  # its firing was sent (not covered by its silent topic)
     suspect: bool = False  # it held dependent tests (so its span stays blind once it ends)
+    new_seen: int = 0  # sessions seen for the first time during the run
+    new_expected: float = 0.0  # ... and how many the rest of the traffic usually brings
+
+    @property
+    def new_traffic(self) -> bool:
+        """New sessions keep coming: not the tail of a finished burst."""
+        return self.new_seen >= 0.5 * self.new_expected
 
 
 class TrackingCheck:
@@ -107,6 +117,7 @@ class TrackingCheck:
         self._half_life = half_life
         self.learned: dict[tuple[str, str], float] = {}  # (source, event type) -> decayed n
         self.learned_total = 0.0
+        self.learned_new = 0.0  # decayed sessions seen for the first time
         self.tracked_until_ms = _NEVER  # end of the newest complete window consumed
         self.runs: dict[Key, _Run] = {}
         self.closed: list[tuple[Key, int, int]] = []  # (key, blind from, blind until)
@@ -168,8 +179,11 @@ class TrackingCheck:
         return {key: n / total for key, n in totals.items()}
 
     def _window(
-        self, start: int, volume: Mapping[tuple[str, str], int], watermark_ms: int
+        self, start: int, counted: Mapping[tuple[str, str], int], watermark_ms: int
     ) -> list[TrackingDecision]:
+        new = counted.get(NEW_SESSIONS, 0)
+        volume = {pair: n for pair, n in counted.items() if pair != NEW_SESSIONS}
+        new_share = self.learned_new / self.learned_total if self.learned_total else 0.0
         observed: dict[Key, int] = {}
         for (source, event_type), n in volume.items():
             if source:
@@ -190,7 +204,9 @@ class TrackingCheck:
                 continue  # nothing else flows to compare with: not this check's question
             run = self.runs.setdefault(key, _Run(start))
             run.expected += share / (1.0 - share) * total
-            if not self.warming_up and _evidence(key, run) >= SUSPECT_EVIDENCE:
+            run.new_seen += new
+            run.new_expected += new_share * total
+            if not self.warming_up and _evidence(key, run) >= SUSPECT_EVIDENCE and run.new_traffic:
                 run.suspect = True
         holding = any(r.suspect for r in self.runs.values())
         if not holding and total:  # an incident's windows are not what normal looks like
@@ -200,6 +216,7 @@ class TrackingCheck:
             for pair, n in volume.items():
                 self.learned[pair] = self.learned.get(pair, 0.0) + n
             self.learned_total = self.learned_total * keep + total
+            self.learned_new = self.learned_new * keep + new
             if len(self.learned) > 1024:  # types long gone: forget the rarest
                 for pair in sorted(self.learned, key=self.learned.__getitem__)[:512]:
                     del self.learned[pair]
@@ -212,7 +229,11 @@ class TrackingCheck:
         silent_topics = set()
         fresh = []
         for key, run in sorted(self.runs.items()):
-            if run.alert_id is None and math.exp(-_evidence(key, run)) < threshold:
+            if (
+                run.alert_id is None
+                and run.new_traffic
+                and math.exp(-_evidence(key, run)) < threshold
+            ):
                 run.alert_id = f"{self._funnel}/tracking/{key}/{watermark_ms}"
                 fresh.append(key)
             if run.alert_id is not None and key.startswith("topic:"):
@@ -257,9 +278,19 @@ class TrackingCheck:
         return {
             "learned": [[s, t, n] for (s, t), n in sorted(self.learned.items())],
             "learned_total": self.learned_total,
+            "learned_new": self.learned_new,
             "tracked_until_ms": self.tracked_until_ms,
             "runs": [
-                [k, r.first_ms, r.expected, r.alert_id, r.reported, r.suspect]
+                [
+                    k,
+                    r.first_ms,
+                    r.expected,
+                    r.alert_id,
+                    r.reported,
+                    r.suspect,
+                    r.new_seen,
+                    r.new_expected,
+                ]
                 for k, r in sorted(self.runs.items())
             ],
             "closed": [list(c) for c in self.closed],
@@ -268,9 +299,11 @@ class TrackingCheck:
     def load_json(self, raw: Mapping[str, Any]) -> None:
         self.learned = {(str(s), str(t)): float(n) for s, t, n in raw["learned"]}
         self.learned_total = float(raw["learned_total"])
+        self.learned_new = float(raw.get("learned_new", 0.0))
         self.tracked_until_ms = int(raw["tracked_until_ms"])
         self.runs = {
-            str(k): _Run(int(f), float(e), a, bool(r), bool(s)) for k, f, e, a, r, s in raw["runs"]
+            str(k): _Run(int(f), float(e), a, bool(r), bool(s), int(n), float(x))
+            for k, f, e, a, r, s, n, x in raw["runs"]
         }
         self.closed = [(str(k), int(b), int(u)) for k, b, u in raw["closed"]]
 

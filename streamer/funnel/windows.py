@@ -16,6 +16,7 @@ from typing import Any
 from streamer.funnel.session import Kind, Outcome
 
 __all__ = [
+    "NEW_SESSIONS",
     "TIME_TO_CONVERT_BUCKETS_MS",
     "UNKNOWN",
     "Partial",
@@ -40,6 +41,9 @@ TIME_TO_CONVERT_BUCKETS_MS = (
     86_400_000,
 )
 UNKNOWN = "unknown"
+# The volume entry counting sessions seen for the first time (not an input's event type): the
+# tracking check tells a silent input from the tail of a finished burst with it.
+NEW_SESSIONS: tuple[str, str] = ("", "")
 
 
 def window_start(at_ms: int, size_ms: int) -> int:

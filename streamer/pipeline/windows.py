@@ -266,6 +266,18 @@ class WindowMerger:
                 pending_windows.pop(key, None)
                 continue
             counts = _merged(funnel, pending)
+            if all(step.is_empty() for step in counts.stages):
+                # Input volume only (events that moved no session into or out of a stage):
+                # nothing to publish; the tracking check has read it.
+                self._changed.discard(key)
+                if start + funnel.window_ms + funnel.finality_lag_ms <= watermark:
+                    self._delete(key)
+                    del pending_windows[key]
+                    self._put(
+                        f"final:{funnel.name}",
+                        max(start + 1, self._get(f"final:{funnel.name}", NEVER)),
+                    )
+                continue
             revision = int(pending["revision"]) + 1
             stats = window_stats(
                 funnel,

@@ -14,7 +14,7 @@ from streamer.events import Alert
 from streamer.funnel.definition import load_funnel
 from streamer.funnel.detect import AlertDecision, FunnelDetector, held_steps
 from streamer.funnel.tracking import TrackingCheck, TrackingDecision
-from streamer.funnel.windows import WindowCounts
+from streamer.funnel.windows import NEW_SESSIONS, WindowCounts
 from streamer.metrics import Metrics
 from streamer.pipeline.detector import DetectorStage
 
@@ -29,6 +29,7 @@ TRAFFIC = {
     ("checkout", "payment_submitted"): 38.0,
     ("checkout", "order_placed"): 35.0,
     ("checkout", "payment_failed"): 3.0,
+    NEW_SESSIONS: 300.0,  # sessions seen for the first time
 }
 
 
@@ -129,6 +130,17 @@ def test_thinned_events_and_quiet_nights_are_not_silence() -> None:
         return volume_window(rng, scale=scale, thin=thin)
 
     assert run(tracker, range(60, 600), evening, rng) == []
+
+
+def test_the_tail_of_a_finished_burst_is_not_a_silent_topic() -> None:
+    """No new sessions: the last sessions' checkout events still flow after the clickstream
+    stopped (the end of a replay or a test dataset). Nothing is silent, nothing is held."""
+    rng = random.Random(8)
+    tracker = check()
+    run(tracker, range(60), lambda m: volume_window(rng), rng)
+    tail = frozenset({"clickstream", ""})  # no clickstream event, no new session
+    assert run(tracker, range(60, 70), lambda m: volume_window(rng, silent=tail), rng) == []
+    assert not tracker.blinds(["add_to_cart", "order_placed"], 55 * MIN, 70 * MIN)
 
 
 def test_state_survives_a_round_trip() -> None:
