@@ -363,6 +363,14 @@ def _utc(value: str, flag: str) -> Any:
     return at if at.tzinfo else at.replace(tzinfo=UTC)  # no offset given: UTC
 
 
+def _time_range(start: str, end: str) -> tuple[Any, Any]:
+    """``--from`` and ``--to`` as UTC times, ``--to`` after ``--from``."""
+    range_from, range_to = _utc(start, "--from"), _utc(end, "--to")
+    if range_to <= range_from:
+        raise click.BadParameter(f"--to {end} is not after --from {start}", param_hint="--to")
+    return range_from, range_to
+
+
 @cli.group(invoke_without_command=True)
 @click.option("--from", "start", metavar="TIME", help="start of the range (ISO 8601, UTC if bare)")
 @click.option("--to", "end", metavar="TIME", help="end of the range, exclusive")
@@ -418,9 +426,7 @@ def replay(
         return
     if start is None or end is None:
         raise click.UsageError("give --from and --to (or a subcommand: otto)")
-    range_from, range_to = _utc(start, "--from"), _utc(end, "--to")
-    if range_to <= range_from:
-        raise click.BadParameter(f"--to {end} is not after --from {start}", param_hint="--to")
+    range_from, range_to = _time_range(start, end)
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -581,9 +587,7 @@ def backfill_command(
     from streamer.funnel.definition import load_funnels
     from streamer.history import backfill
 
-    range_from, range_to = _utc(start, "--from"), _utc(end, "--to")
-    if range_to <= range_from:
-        raise click.BadParameter(f"--to {end} is not after --from {start}", param_hint="--to")
+    range_from, range_to = _time_range(start, end)
     settings = _settings(ctx)
     asyncio.run(ensure_topic_plan(settings, _topic_plan(settings)))
     records = asyncio.run(backfill(settings, load_funnels(funnel_paths), range_from, range_to))

@@ -41,6 +41,7 @@ from streamer.events import (
     ReplayReport,
     ReplayRun,
     WindowStats,
+    to_epoch_ms,
 )
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.detect import AlertDecision, FunnelDetector
@@ -57,10 +58,6 @@ __all__ = ["RangeReplay", "backfill", "diff_reports", "notify_alerts", "replay_r
 
 # Events of any age are replayed; the live worker's other limits apply.
 _ANY_AGE = timedelta(days=365 * 100)
-
-
-def _ms(at: datetime) -> int:
-    return round(at.timestamp() * 1000)
 
 
 def _at(ms: int) -> datetime:
@@ -100,7 +97,7 @@ class RangeReplay:
         drain: bool = False,
     ) -> None:
         self.funnels = tuple(funnels)
-        self.start_ms, self.end_ms = _ms(start), _ms(end)
+        self.start_ms, self.end_ms = to_epoch_ms(start), to_epoch_ms(end)
         # With ``drain``, read on past ``to`` (events of sessions already seen only) until
         # every cohort window of the range is final.
         lag = max(f.window_ms + f.finality_lag_ms for f in self.funnels)
@@ -389,7 +386,7 @@ async def _replayed(
         earliest = await consumer.offsets_for_times(dict.fromkeys(assignment, 0))
         # Broker time is at or after event time (up to the clock skew the worker allows):
         # nothing in the range was written before this.
-        from_ms = _ms(start) - lateness_ms - round(settings.max_clock_skew_seconds * 1000)
+        from_ms = to_epoch_ms(start) - lateness_ms - round(settings.max_clock_skew_seconds * 1000)
         found = await consumer.offsets_for_times({tp: max(0, from_ms) for tp in assignment})
         _check_held(assignment, first, earliest, from_ms)
         begin: dict[TopicPartition, int] = {}
@@ -412,7 +409,10 @@ async def _replayed(
                     engine.offer(names[tp], tp.topic, event)
                     # An event one lateness past --to: no later one of this partition can be
                     # in the range (its disorder is within the lateness, as live).
-                    past = not isinstance(event, Rejection) and _ms(event.occurred_at) > stop_ms
+                    past = (
+                        not isinstance(event, Rejection)
+                        and to_epoch_ms(event.occurred_at) > stop_ms
+                    )
                     if past or record.offset + 1 >= last[tp]:
                         done = True
                         break
