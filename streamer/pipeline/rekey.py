@@ -44,6 +44,7 @@ from streamer.pipeline.messages import (
     dead_letter_for,
     source_message,
 )
+from streamer.pipeline.timers import install_timer
 from streamer.settings import Settings
 
 __all__ = ["RekeyStage", "install"]
@@ -250,5 +251,5 @@ def install(app: Any, settings: Settings, metrics: Metrics) -> RekeyStage:
             positions,
         )
 
-    app.timer(1.0)(send_fronts)
+    install_timer(app, 1.0, send_fronts, "rekey.send_fronts")
     return stage

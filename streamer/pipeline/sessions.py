@@ -57,6 +57,7 @@ from streamer.pipeline.messages import (
     record_message,
     source_message,
 )
+from streamer.pipeline.timers import install_timer
 from streamer.settings import Settings
 
 __all__ = [
@@ -913,5 +914,5 @@ def install(
         await stage.publish()
         await stage.checkpoint_due()
 
-    app.timer(1.0)(keep_time)
+    install_timer(app, 1.0, keep_time, "sessions.keep_time")
     return stage
