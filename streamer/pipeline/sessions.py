@@ -162,6 +162,8 @@ def abandonment_record(funnel: FunnelDefinition, notice: AbandonmentNotice) -> A
 # compacted once the deltas written since its full start outweigh it (and this much at least).
 DELTA_CHUNK_BYTES = 256 * 1024
 MIN_COMPACTION_BYTES = 4 * 1024 * 1024
+# An input whose consumer position is past what was applied, silent this long, is stalled.
+STALL_REPAIR_S = 10.0
 
 ReadRange = Callable[[str, int, int, int], Awaitable[tuple[int, list[SourceMessage]]]]
 
@@ -257,6 +259,7 @@ class SessionsStage:
         self._in_flight: list[Awaitable[Any]] = []
         self._publish_lock = asyncio.Lock()
         self._checkpoint_lock = asyncio.Lock()
+        self._apply_lock = asyncio.Lock()
         self._write_outs: set[asyncio.Future[None]] = set()
         self._failed_write_out: BaseException | None = None
         self._counters = {
@@ -390,20 +393,21 @@ class SessionsStage:
             # again from the committed offset. Not acked, not applied, nothing published.
             self._metrics.revoked_messages.inc()
             return None
-        runtime = self._runtime(message.partition)
-        topic = message.topic
-        if message.offset < runtime.offsets.get(topic, 0):
-            ack()  # applied before the last checkpoint: re-delivered after a restart
-            self._tally(self._replayed[topic])
-            return None
-        expected = runtime.offsets.get(topic)
-        if expected is not None and message.offset > expected:
-            await self._fill_gap(runtime, message, expected)
-        outcome = await self._apply_one(runtime, message)
-        runtime.unacked.append(ack)
-        if time.monotonic() - runtime.checkpointed_at >= self._interval:
-            self._start_write_out(message.partition)
-        return outcome
+        async with self._apply_lock:  # the timer's stall repair applies messages too
+            runtime = self._runtime(message.partition)
+            topic = message.topic
+            if message.offset < runtime.offsets.get(topic, 0):
+                ack()  # applied before the last checkpoint: re-delivered after a restart
+                self._tally(self._replayed[topic])
+                return None
+            expected = runtime.offsets.get(topic)
+            if expected is not None and message.offset > expected:
+                await self._fill_gap(runtime, topic, message.partition, expected, message.offset)
+            outcome = await self._apply_one(runtime, message)
+            runtime.unacked.append(ack)
+            if time.monotonic() - runtime.checkpointed_at >= self._interval:
+                self._start_write_out(message.partition)
+            return outcome
 
     async def _apply_one(self, runtime: _Runtime, message: SourceMessage) -> Offer | None:
         topic = message.topic
@@ -427,25 +431,28 @@ class SessionsStage:
         runtime.offsets[topic] = message.offset + 1
         return outcome
 
-    async def _fill_gap(self, runtime: _Runtime, message: SourceMessage, expected: int) -> None:
-        """The input went past what the checkpoint reflects: the group committed offsets that
-        a previous owner acked after the checkpoint we restored (Faust's commit on revoke can
-        run ahead of our acks). The missing offsets are read directly, outside the group, and
-        applied before ``message``. (Seeking the group consumer back does not work reliably:
-        Faust drops re-fetched offsets below the newest it has handed out.)"""
-        topic, partition = message.topic, message.partition
+    async def _fill_gap(
+        self, runtime: _Runtime, topic: str, partition: int, expected: int, until: int
+    ) -> None:
+        """The input went past what the checkpoint reflects: offsets ``expected..until-1``
+        will not come from the group consumer. Either the group committed offsets that a
+        previous owner acked after the checkpoint we restored (Faust's commit on revoke can
+        run ahead of our acks), or Faust's fetcher skipped them (it marks messages fetched
+        while a rebalance suspends the flow as read). They are read directly, outside the
+        group, and applied in order. (Seeking the group consumer back does not work
+        reliably: Faust drops re-fetched offsets below the newest it has handed out.)"""
         log.warning(
-            "partition %d: %s delivered offset %d but the checkpoint reflects input up to %d: "
+            "partition %d: %s is at offset %d but the checkpoint reflects input up to %d: "
             "reading offsets %d..%d directly",
             partition,
             topic,
-            message.offset,
+            until,
             expected,
             expected,
-            message.offset - 1,
+            until - 1,
         )
         self._metrics.rewinds.inc()
-        earliest, missing = await self._read_range(topic, partition, expected, message.offset)
+        earliest, missing = await self._read_range(topic, partition, expected, until)
         if earliest > expected:
             log.error(
                 "partition %d: %s offsets %d..%d were deleted by retention before this worker "
@@ -453,14 +460,35 @@ class SessionsStage:
                 partition,
                 topic,
                 expected,
-                min(earliest, message.offset) - 1,
+                min(earliest, until) - 1,
             )
-            self._metrics.input_lost.labels(topic=topic).inc(
-                min(earliest, message.offset) - expected
-            )
+            self._metrics.input_lost.labels(topic=topic).inc(min(earliest, until) - expected)
         for gap_message in missing:
             await self._apply_one(runtime, gap_message)
+        runtime.offsets[topic] = max(runtime.offsets.get(topic, 0), until)
         log.info("partition %d: %s read %d messages of the gap", partition, topic, len(missing))
+
+    async def repair_stalls(self, positions: dict[tuple[str, int], int]) -> None:
+        """An input whose group consumer is past what this task applied, with nothing of it
+        delivered for ``STALL_REPAIR_S``, is stalled: the offsets in between will never be
+        delivered (see ``_fill_gap``) and would hold the watermark back for good. They are
+        read directly. (Read twice by chance, a message is skipped as already applied.)"""
+        now = time.monotonic()
+        for (topic, partition), position in sorted(positions.items()):
+            runtime = self.runtimes.get(partition)
+            if runtime is None or topic not in self.topics:
+                continue
+            applied = runtime.offsets.get(topic)
+            read_at = runtime.last_read.get(topic, runtime.created_at)
+            if applied is None or position <= applied or now - read_at < STALL_REPAIR_S:
+                continue
+            async with self._apply_lock:
+                if self.runtimes.get(partition) is not runtime:
+                    continue  # revoked meanwhile
+                applied = runtime.offsets.get(topic, 0)
+                if position > applied:
+                    await self._fill_gap(runtime, topic, partition, applied, position)
+                    runtime.last_read[topic] = time.monotonic()
 
     async def _apply_rekeyed(self, runtime: _Runtime, message: SourceMessage) -> Offer | None:
         """A message of the re-keyed topic: a source partition's front, or a forwarded event
@@ -907,6 +935,12 @@ def install(
         for partition in sorted({tp.partition for tp in assigned} - set(stage.runtimes)):
             stage.ensure(partition)  # a partition with no input yet still reports progress
         highwaters = await app.consumer.highwaters(*assigned) if assigned else {}
+        positions = {}
+        for tp in assigned:
+            position = await app.consumer.position(tp)
+            if position is not None:
+                positions[(tp.topic, tp.partition)] = int(position)
+        await stage.repair_stalls(positions)
         stage.mark_idle(
             {(tp.topic, tp.partition): int(end) for tp, end in highwaters.items()},
             settings.idle_timeout_seconds,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import orjson
 
 from streamer.pipeline.messages import SourceMessage
+from streamer.pipeline.sessions import STALL_REPAIR_S
 from tests.unit.helpers import NOW_MS, Harness, make_harness, valid_event
 
 
@@ -77,3 +78,27 @@ async def test_no_direct_read_when_the_input_is_contiguous() -> None:
     assert log.reads == []
     assert harness.stage.runtimes[0].offsets["clickstream"] == 4
     assert acked == []  # acked by the next checkpoint, not before
+
+
+async def test_a_stalled_input_is_read_directly_up_to_the_consumer_position() -> None:
+    """The group consumer is past what the task applied and delivers nothing more (its
+    committed offset ran ahead of the checkpoint, with no message left after it): the
+    missing offsets are read directly, so the input catches up and can turn idle."""
+    log = Log([event_message(offset) for offset in range(10)])
+    harness = make_harness(read_range=log)
+    await run(harness, [0, 1, 2])
+    stage = harness.stage
+    runtime = stage.runtimes[0]
+    await stage.repair_stalls({("clickstream", 0): 10})
+    assert log.reads == []  # delivered a moment ago: not stalled yet
+    runtime.last_read["clickstream"] -= STALL_REPAIR_S
+    await stage.repair_stalls({("clickstream", 0): 10, ("clickstream", 3): 5})
+    assert log.reads == [("clickstream", 0, 3, 10)]  # partition 3 is not this worker's
+    assert runtime.offsets["clickstream"] == 10
+    [state] = runtime.task.sessions.values()
+    assert len(state.buffered()) == 10
+    acked = await run(harness, [8, 9])  # Faust delivers them after all: already applied
+    assert acked == [8, 9]
+    assert len(state.buffered()) == 10
+    await stage.repair_stalls({("clickstream", 0): 10})
+    assert len(log.reads) == 1  # caught up: nothing more to read
