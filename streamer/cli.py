@@ -517,7 +517,8 @@ def replay(
 @click.option("--json", "as_json", is_flag=True, help="print the difference as JSON")
 @_fail_cleanly
 def replay_diff(before: Path, after: Path, as_json: bool) -> None:
-    """What a what-if changed: alerts added and removed, conversion per step (two reports)."""
+    """What a what-if changed: alerts added, removed and changed (~, as they are in AFTER),
+    conversion per step (two reports)."""
     from streamer.events import ReplayReport
     from streamer.history import diff_reports
 
@@ -535,7 +536,8 @@ def replay_diff(before: Path, after: Path, as_json: bool) -> None:
         table = Table(title=f"{item['funnel']}: alerts")
         for column in ("", "alert", "state", "step", "severity", "window", "explanation"):
             table.add_column(column)
-        for sign, key in (("+", "alerts_added"), ("-", "alerts_removed")):
+        marks = (("+", "alerts_added"), ("-", "alerts_removed"), ("~", "alerts_changed"))
+        for sign, key in marks:
             for alert in item[key]:
                 table.add_row(
                     sign,

@@ -454,7 +454,8 @@ def _check_held(
 
 def diff_reports(before: ReplayReport, after: ReplayReport) -> dict[str, Any]:
     """What changed from ``before`` to ``after`` (a what-if): alert records added and removed
-    (by event id), and per step the conversion over the range on both sides."""
+    (by event id), those on both sides that say something else (severity, kind, explanation:
+    listed as they are after), and per step the conversion over the range on both sides."""
     funnels = sorted({f.funnel for f in before.funnels} | {f.funnel for f in after.funnels})
     by_name = {
         side: {f.funnel: f for f in report.funnels}
@@ -504,6 +505,11 @@ def diff_reports(before: ReplayReport, after: ReplayReport) -> dict[str, Any]:
                 ],
                 "alerts_removed": [
                     brief(old_alerts[i]) for i in sorted(old_alerts.keys() - new_alerts.keys())
+                ],
+                "alerts_changed": [
+                    brief(new_alerts[i])
+                    for i in sorted(new_alerts.keys() & old_alerts.keys())
+                    if brief(new_alerts[i]) != brief(old_alerts[i])
                 ],
                 "steps": steps,
             }

@@ -13,8 +13,9 @@ from typing import Any
 import orjson
 
 from streamer.decode import DecodeLimits, decode_event
+from streamer.events import Alert, ReplayReport
 from streamer.funnel.definition import load_funnel
-from streamer.history import RangeReplay
+from streamer.history import RangeReplay, diff_reports
 from streamer.simulate import TrafficModel
 
 CHECKOUT = Path(__file__).resolve().parents[2] / "deploy/funnels/checkout.yaml"
@@ -119,3 +120,29 @@ def test_the_median_time_to_convert_is_the_bound_of_the_bucket_holding_it() -> N
         assert 2 * below < histogram["count"] <= 2 * (below + histogram["buckets"][index][1])
         checked += 1
     assert checked >= 3
+
+
+def test_diff_lists_alerts_added_removed_and_changed_on_the_same_id() -> None:
+    base = ReplayReport.model_validate_json(run(traffic(), seed=1))
+    example = Path(__file__).resolve().parents[2] / "schemas/examples/alert.json"
+    alert = Alert.model_validate_json(example.read_bytes()).model_copy(
+        update={"funnel": base.funnels[0].funnel}
+    )
+    other = alert.model_copy(update={"event_id": alert.event_id + "-other"})
+    paged = alert.model_copy(update={"severity": "page" if alert.severity != "page" else "warning"})
+
+    def with_alerts(*alerts: Alert) -> ReplayReport:
+        funnel = base.funnels[0].model_copy(update={"alerts": list(alerts)})
+        return base.model_copy(update={"funnels": [funnel]})
+
+    [changes] = diff_reports(with_alerts(alert, other), with_alerts(paged))["funnels"]
+    assert changes["alerts_added"] == []
+    assert [a["event_id"] for a in changes["alerts_removed"]] == [other.event_id]
+    assert [(a["event_id"], a["severity"]) for a in changes["alerts_changed"]] == [
+        (alert.event_id, paged.severity)
+    ]
+    [same] = diff_reports(with_alerts(alert), with_alerts(alert))["funnels"]
+    assert same["alerts_added"] == same["alerts_removed"] == same["alerts_changed"] == []
+    assert [s["conversion_before"] for s in same["steps"]] == [
+        s["conversion_after"] for s in same["steps"]
+    ]
