@@ -480,11 +480,8 @@ class FunnelDetector:
         ratios = {key: baseline.segment_conversion(key) / conversion for key in segment_keys}
         full = self.policy.young_span_ms
         seen = 0
-        # A cohort younger than the first bound has no conversion it must have made yet: its
-        # sessions would count as trials that cannot convert and only dilute the test.
-        judged = [c for c in young if bound_index(watermark_ms - c.end_ms) > 0]
         for span_ms in sorted({s for s in YOUNG_SPANS_MS if s < full} | {full}):
-            recent = [c for c in judged if c.start_ms >= watermark_ms - span_ms]
+            recent = [c for c in young if c.start_ms >= watermark_ms - span_ms]
             if len(recent) == seen:
                 continue  # the same cohorts as the shorter span: the same test
             seen = len(recent)
