@@ -74,6 +74,9 @@ class SessionState:
     last_event_ms: int = NEVER
     user_id: str | None = None
     wake_ms: int = NEVER  # the live entry of this session in the task's wake heap
+    # Event time of the first event the watermark released: the session counts as new in
+    # that window (by event time, so whatever order its events arrived in).
+    started_ms: int = NEVER
 
     def seen(self, digest: bytes) -> bool:
         ids = self.recent_ids
@@ -93,6 +96,7 @@ class SessionState:
             self.recent_ids.hex(),
             self.last_event_ms,
             self.user_id,
+            self.started_ms,
         ]
 
     def encodable(self) -> list[Any]:
@@ -104,6 +108,7 @@ class SessionState:
             self.recent_ids.hex(),
             self.last_event_ms,
             self.user_id,
+            self.started_ms,
         ]
 
     @classmethod
@@ -116,6 +121,8 @@ class SessionState:
             bytes.fromhex(raw[2]),
             int(raw[3]),
             raw[4],
+            # A session stored before this field existed was counted when first offered.
+            started_ms=int(raw[5]) if len(raw) > 5 else 0,
         )
 
 
@@ -181,7 +188,6 @@ class Task:
             return Offer.DUPLICATE
         if event.at_ms < self.watermark_ms:
             return Offer.LATE
-        new = state is None
         if state is None:
             state = SessionState(session_id, [Progress() for _ in self.funnels])
             self.sessions[session_id] = state
@@ -205,8 +211,6 @@ class Task:
             if counts is None:
                 counts = self.windows[key] = WindowCounts.empty(funnel.last_stage + 1)
             counts.volume[volume_key] = counts.volume.get(volume_key, 0) + 1
-            if new:
-                counts.volume[NEW_SESSIONS] = counts.volume.get(NEW_SESSIONS, 0) + 1
             self._dirty_windows.add(key)
             self._unsaved_windows.add(key)
         return Offer.ACCEPTED
@@ -239,6 +243,9 @@ class Task:
         while buffer and buffer[0][0] < watermark_ms:
             ready.append(heapq.heappop(buffer)[2])
         state.pending = buffer or None
+        if ready and state.started_ms == NEVER:
+            state.started_ms = ready[0].at_ms
+            self._count_new_session(state.started_ms)
         outcomes: list[Outcome] = []
         for at_ms, group in groupby(ready, key=_at):
             instant = list(group)
@@ -254,6 +261,16 @@ class Task:
                     )
         self._dirty_sessions.add(state.session_id)
         self._schedule(state)
+
+    def _count_new_session(self, at_ms: int) -> None:
+        for index, funnel in enumerate(self.funnels):
+            key = (index, window_start(at_ms, funnel.definition.window_ms))
+            counts = self.windows.get(key)
+            if counts is None:
+                counts = self.windows[key] = WindowCounts.empty(funnel.last_stage + 1)
+            counts.volume[NEW_SESSIONS] = counts.volume.get(NEW_SESSIONS, 0) + 1
+            self._dirty_windows.add(key)
+            self._unsaved_windows.add(key)
 
     def _wake(self, state: SessionState, watermark_ms: int) -> None:
         outcomes: list[Outcome] = []

@@ -317,7 +317,14 @@ class WindowMerger:
             if latest <= last:
                 continue
             earliest = latest - MAX_JUDGED_PER_JUMP * size
-            first = latest if last == NEVER else max(last + size, earliest)
+            if last == NEVER:
+                # A first start judges from the end of the first window it holds, not from
+                # wherever the watermark stands when this runs (how far a first burst of
+                # input got by then is chance): the same boundaries as a replay of its input.
+                starts = [start for owner, start in pending_windows.values() if owner is funnel]
+                first = max(min(starts) + size, earliest) if starts else latest
+            else:
+                first = max(last + size, earliest)
             windows: dict[int, WindowCounts] = {}
             caps = [segment.cap for segment in funnel.segments]
             for key, (owner, start) in pending_windows.items():

@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry
 from streamer.events import Alert
 from streamer.funnel.definition import load_funnel
 from streamer.funnel.detect import AlertDecision, FunnelDetector, held_steps
+from streamer.funnel.session import CompiledFunnel, StoredEvent
+from streamer.funnel.task import Task
 from streamer.funnel.tracking import TrackingCheck, TrackingDecision
 from streamer.funnel.windows import NEW_SESSIONS, WindowCounts
 from streamer.metrics import Metrics
@@ -242,3 +244,28 @@ async def test_the_detector_stage_writes_the_data_quality_alert_and_sets_its_gau
     assert (resolved.state, resolved.alert_id) == ("resolved", alert.alert_id)
     assert registry.get_sample_value("streamer_tracking_silent", labels) == 0.0
     assert stage.silent_inputs["checkout"] == []
+
+
+def test_a_new_session_counts_in_the_window_of_its_first_event_whatever_the_arrival_order() -> None:
+    """A backlog read checkout-first (or a partition's new owner) offers a session's later
+    events before its first: it still counts as new where it started, as in event order."""
+    funnel = CompiledFunnel(load_funnel(CHECKOUT))
+    start = 1_795_000_000_000 - 1_795_000_000_000 % MIN
+    events = [
+        (StoredEvent(start + 10_000, "e1", "page_view", {"landing": True}), "clickstream"),
+        (StoredEvent(start + 70_000, "e2", "product_view", {}), "clickstream"),
+        (StoredEvent(start + 190_000, "e3", "checkout_started", {}), "checkout"),
+    ]
+
+    def volumes(order: list[int]) -> dict[int, dict[tuple[str, str], int]]:
+        task = Task((funnel,), 0, retention_ms=3_600_000)
+        for index in order:
+            event, source = events[index]
+            task.offer("s-1", event, None, source)
+        task.advance(start + 10 * MIN)
+        return {p.window_start_ms: dict(p.counts.volume) for p in task.drain().partials}
+
+    in_order = volumes([0, 1, 2])
+    assert volumes([2, 1, 0]) == volumes([1, 2, 0]) == in_order
+    assert in_order[start][NEW_SESSIONS] == 1
+    assert all(NEW_SESSIONS not in v for s, v in in_order.items() if s != start)
