@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+from aiokafka.errors import IllegalStateError
 from faust.types import TP
 
 from streamer.decode import DecodeLimits, Rejection, decode_event
@@ -238,10 +239,16 @@ def install(app: Any, settings: Settings, metrics: Metrics) -> RekeyStage:
             layout.update(counts)
             layout_read_at[0] = time.monotonic()
         tps = [TP(topic, partition) for topic, partition in stage.assigned]
-        highwaters = await app.consumer.highwaters(*tps)
+        try:
+            highwaters = await app.consumer.highwaters(*tps)
+        except IllegalStateError:
+            return  # a rebalance under way: the next tick reads the new assignment
         positions = {}
         for tp in tps:
-            position = await app.consumer.position(tp)
+            try:
+                position = await app.consumer.position(tp)
+            except IllegalStateError:  # revoked since the assignment was read
+                continue
             if position is not None:
                 positions[(tp.topic, tp.partition)] = int(position)
         await stage.publish_fronts(

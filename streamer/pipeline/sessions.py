@@ -34,6 +34,7 @@ from functools import cache
 from typing import Any
 
 import orjson
+from aiokafka.errors import IllegalStateError
 from faust import streams as faust_streams
 
 from streamer.decode import DecodeLimits, Rejection, decode_event
@@ -934,10 +935,16 @@ def install(
         assigned = [tp for tp in app.consumer.assignment() if tp.topic in topics]
         for partition in sorted({tp.partition for tp in assigned} - set(stage.runtimes)):
             stage.ensure(partition)  # a partition with no input yet still reports progress
-        highwaters = await app.consumer.highwaters(*assigned) if assigned else {}
+        try:
+            highwaters = await app.consumer.highwaters(*assigned) if assigned else {}
+        except IllegalStateError:
+            return  # a rebalance under way: the next tick reads the new assignment
         positions = {}
         for tp in assigned:
-            position = await app.consumer.position(tp)
+            try:
+                position = await app.consumer.position(tp)
+            except IllegalStateError:  # revoked since the assignment was read
+                continue
             if position is not None:
                 positions[(tp.topic, tp.partition)] = int(position)
         await stage.repair_stalls(positions)
