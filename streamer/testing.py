@@ -4,6 +4,7 @@
 - :class:`WorkerProcess`: a real ``streamer worker`` subprocess with its own settings.
 - :func:`scrape_metrics`: ``/metrics`` parsed into ``{(name, labels): value}``.
 - :func:`produce`: send raw messages with aiokafka and wait for the broker's acks.
+- :func:`run_cli`: ``python -m streamer ARGS`` with the settings as its only environment.
 """
 
 from __future__ import annotations
@@ -31,11 +32,29 @@ __all__ = [
     "WorkerProcess",
     "free_port",
     "produce",
+    "run_cli",
     "scrape_metrics",
     "settings_env",
 ]
 
 MetricValues = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def run_cli(
+    settings: Settings, *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run ``streamer ARGS`` as a user would, with ``settings`` as its environment (every
+    other ``STREAMER_`` variable of ours removed); stdout and stderr captured as text."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    env.update(settings_env(settings))
+    return subprocess.run(
+        [sys.executable, "-m", "streamer", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def free_port() -> int:

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -41,9 +38,9 @@ from streamer.pipeline.detector import alert_record, tracking_alert_record
 from streamer.pipeline.sessions import needed_fields, stored_event
 from streamer.replay import replay_events
 from streamer.schemas import EXAMPLES
-from streamer.settings import Settings, settings_env
+from streamer.settings import Settings
 from streamer.simulate import Incident, StepRates, TrafficModel, topic_for
-from streamer.testing import WorkerProcess, metric, produce, scrape_metrics
+from streamer.testing import WorkerProcess, metric, produce, run_cli, scrape_metrics
 from streamer.testing_slack import FakeSlack
 from tests.integration.conftest import processed
 from tests.integration.pipeline_run import send_closing
@@ -213,16 +210,7 @@ def core_alerts(config: Settings, events: list[dict[str, Any]]) -> list[Alert]:
 
 def cli(config: Settings, *args: str) -> str:
     """Run ``streamer ARGS`` with ``config`` as its environment; its stdout."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
-    env.update(settings_env(config))
-    done = subprocess.run(
-        [sys.executable, "-m", "streamer", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = run_cli(config, *args)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -461,11 +449,6 @@ async def test_every_alert_arrives_once_through_outages_and_a_restart(
 async def test_a_refused_alert_is_kept_and_redelivered_after_the_fix(
     settings: Settings, tmp_path: Path, slack: FakeSlack
 ) -> None:
-    import os
-    import subprocess
-    import sys
-
-    from streamer.settings import settings_env
 
     config = configure(settings, tmp_path, slack)
     archived = config.model_copy(
@@ -491,23 +474,14 @@ async def test_a_refused_alert_is_kept_and_redelivered_after_the_fix(
     assert metric(values, "streamer_alert_deliveries_total", outcome="failed") == 1
     assert [r.body for r in slack.requests] == ["channel_is_archived"]
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
-    env.update(settings_env(config))
-
-    def cli(*args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "streamer", "alerts", "redeliver", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
+    def redeliver(*args: str) -> str:
+        done = run_cli(config, "alerts", "redeliver", *args, timeout=60)
+        assert done.returncode == 0, done.stderr
         return done.stdout
 
     with WorkerProcess(config, tmp_path / "fixed.log"):  # the webhook is fixed
-        assert "redelivered 1 of 1 parked alert(s); 0 redelivered before" in cli()
-        assert "redelivered 0 of 1 parked alert(s); 1 redelivered before" in cli()
+        assert "redelivered 1 of 1 parked alert(s); 0 redelivered before" in redeliver()
+        assert "redelivered 0 of 1 parked alert(s); 1 redelivered before" in redeliver()
         deadline = time.monotonic() + 60
         while len(slack.accepted) < 1:
             assert time.monotonic() < deadline

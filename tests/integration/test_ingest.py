@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import random
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,8 +20,8 @@ from streamer.testing import (
     WorkerProcess,
     metric,
     produce,
+    run_cli,
     scrape_metrics,
-    settings_env,
 )
 from tests.integration.conftest import read_exactly, wait_processed
 
@@ -152,15 +150,6 @@ async def test_duplicates_are_caught_after_a_worker_restart(
         assert duplicates == len(retries), worker.log_tail()
 
 
-def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    import os
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
-    env.update(settings_env(settings))
-    return subprocess.run([sys.executable, "-m", "streamer", *args], env=env,
-                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
-
-
 async def test_dlq_inspect_and_replay_after_a_fix(settings: Settings, tmp_path: Path) -> None:
     events = _valid_events(40, seed=21)
     messages: list[Message] = [
@@ -183,23 +172,23 @@ async def test_dlq_inspect_and_replay_after_a_fix(settings: Settings, tmp_path: 
         await produce(settings, messages)
         wait_processed(worker, settings, len(messages))
 
-    inspect = _cli(settings, "dlq", "inspect", "--limit", "3")
+    inspect = run_cli(settings, "dlq", "inspect", "--limit", "3")
     assert inspect.returncode == 0, inspect.stderr
     assert f"3 of {len(too_big)} dead letters" in inspect.stdout
     assert f"by reason: too_large={len(too_big)}" in inspect.stdout
-    as_json = _cli(settings, "dlq", "inspect", "--json", "--limit", "0")
+    as_json = run_cli(settings, "dlq", "inspect", "--json", "--limit", "0")
     assert len(as_json.stdout.splitlines()) == len(too_big)
 
-    dry = _cli(settings, "dlq", "replay", "--dry-run")
+    dry = run_cli(settings, "dlq", "replay", "--dry-run")
     assert f"would replay {len(too_big)} dead letter(s)" in dry.stdout, dry.stderr
 
     # The fix: the limit goes back to its default; the worker restarts, then the replay.
     with WorkerProcess(settings, tmp_path / "fixed.log") as worker:
-        replay = _cli(settings, "dlq", "replay", "--reason", "too_large")
+        replay = run_cli(settings, "dlq", "replay", "--reason", "too_large")
         assert replay.returncode == 0, replay.stderr
         assert f"replayed {len(too_big)} dead letter(s)" in replay.stdout
         # (Replayed events older than the allowed lateness come back as new `late` letters.)
-        again = _cli(settings, "dlq", "replay", "--reason", "too_large")
+        again = run_cli(settings, "dlq", "replay", "--reason", "too_large")
         assert f"replayed 0 dead letter(s) ; {len(too_big)} already replayed" in again.stdout
         values = wait_processed(worker, settings, len(too_big))
         duplicate_count = sum(

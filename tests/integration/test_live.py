@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -18,7 +15,7 @@ from streamer.kafka_io import ensure_topic_plan, read_topic
 from streamer.replay import replay_events
 from streamer.settings import Settings
 from streamer.simulate import TrafficModel
-from streamer.testing import WorkerProcess, metric, scrape_metrics, settings_env
+from streamer.testing import WorkerProcess, metric, run_cli, scrape_metrics
 from tests.compare import latest_windows
 
 DEMO_FUNNELS = Path(__file__).resolve().parents[2] / "deploy/funnels/demo"
@@ -84,16 +81,7 @@ async def test_idle_partitions_keep_up_and_every_view_agrees(
         assert warming
         assert warming[-1] == "payment->order"
 
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
-        env.update(settings_env(config))
-        printed = subprocess.run(
-            [sys.executable, "-m", "streamer", "funnel", "show"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        printed = run_cli(config, "funnel", "show", timeout=60)
         assert printed.returncode == 0, printed.stderr
         assert "checkout: last hour" in printed.stdout
         assert "landing" in printed.stdout
