@@ -233,8 +233,10 @@ class SessionsStage:
         partition_scope: Callable[[int], AbstractContextManager[None]] = _any_partition,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         rekeyed_from: tuple[str, ...] = (),
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self.definitions = funnels
+        self._stopping = stopping
         self.funnels = tuple(CompiledFunnel(f) for f in funnels)
         self.topics = topics
         self._table = table
@@ -690,6 +692,11 @@ class SessionsStage:
             partition = snapshot.partition
             if self.runtimes.get(partition) is not snapshot.runtime:
                 return  # revoked while publishing: the next owner resumes from our last one
+            if self._stopping():
+                # Faust stops its producer under the changelog writes of a checkpoint begun
+                # as the worker stops (the buffer then crashes the clean stop). Not written,
+                # not acked: the next start resumes from the last one, as after a SIGKILL.
+                return
             table = self._table
             with self._partition_scope(partition):  # writes go to this partition's changelog
                 # Deletes after the meta record: a write-out cut short anywhere leaves a meta
@@ -911,6 +918,7 @@ def install(
         read_range=read_input,
         partition_scope=partition_scope,
         rekeyed_from=rekeyed_from,
+        stopping=lambda: bool(app.should_stop),
     )
 
     async def sessions_agent(stream: Any) -> None:

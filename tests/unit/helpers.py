@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -90,6 +91,7 @@ def make_harness(
     lateness_ms: int = 120_000,
     interval_s: float = 3600,
     read_range: ReadRange = _cannot_read,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> Harness:
     funnels = (load_funnel(CHECKOUT),)
     metrics = Metrics.create(
@@ -116,5 +118,6 @@ def make_harness(
         flush_producer=flush,
         read_range=read_range,
         clock=lambda: NOW,
+        stopping=stopping,
     )
     return Harness(stage, dead_letters, partials, abandonments, metrics, table)

@@ -102,3 +102,15 @@ async def test_a_stalled_input_is_read_directly_up_to_the_consumer_position() ->
     assert len(state.buffered()) == 10
     await stage.repair_stalls({("clickstream", 0): 10})
     assert len(log.reads) == 1  # caught up: nothing more to read
+
+
+async def test_a_checkpoint_begun_as_the_worker_stops_writes_and_acks_nothing() -> None:
+    """Faust stops its producer under a checkpoint's changelog writes: such a checkpoint is
+    dropped whole (the next start resumes from the last one, as after a SIGKILL)."""
+    stopping = [False]
+    harness = make_harness(read_range=Log([]), stopping=lambda: stopping[0])
+    acked = await run(harness, [0, 1, 2])
+    stopping[0] = True
+    await harness.stage.checkpoint(0)
+    assert acked == []
+    assert harness.table == {}  # a restart re-reads offsets 0..2 from the group's offset
