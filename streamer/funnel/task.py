@@ -204,15 +204,7 @@ class Task:
             state.user_id = user_id
         heapq.heappush(self._pending, (event.at_ms, self._sequence, session_id))
         self._dirty_sessions.add(session_id)
-        volume_key = (source, event.event_type)
-        for index, funnel in enumerate(self.funnels):
-            key = (index, window_start(event.at_ms, funnel.definition.window_ms))
-            counts = self.windows.get(key)
-            if counts is None:
-                counts = self.windows[key] = WindowCounts.empty(funnel.last_stage + 1)
-            counts.volume[volume_key] = counts.volume.get(volume_key, 0) + 1
-            self._dirty_windows.add(key)
-            self._unsaved_windows.add(key)
+        self._count_volume(event.at_ms, (source, event.event_type))
         return Offer.ACCEPTED
 
     def advance(self, watermark_ms: int) -> None:
@@ -245,7 +237,7 @@ class Task:
         state.pending = buffer or None
         if ready and state.started_ms == NEVER:
             state.started_ms = ready[0].at_ms
-            self._count_new_session(state.started_ms)
+            self._count_volume(state.started_ms, NEW_SESSIONS)
         outcomes: list[Outcome] = []
         for at_ms, group in groupby(ready, key=_at):
             instant = list(group)
@@ -262,13 +254,15 @@ class Task:
         self._dirty_sessions.add(state.session_id)
         self._schedule(state)
 
-    def _count_new_session(self, at_ms: int) -> None:
+    def _count_volume(self, at_ms: int, volume_key: tuple[str, str]) -> None:
+        """One more of ``volume_key`` (an input's event type, or NEW_SESSIONS) in the window
+        of ``at_ms``, for every funnel."""
         for index, funnel in enumerate(self.funnels):
             key = (index, window_start(at_ms, funnel.definition.window_ms))
             counts = self.windows.get(key)
             if counts is None:
                 counts = self.windows[key] = WindowCounts.empty(funnel.last_stage + 1)
-            counts.volume[NEW_SESSIONS] = counts.volume.get(NEW_SESSIONS, 0) + 1
+            counts.volume[volume_key] = counts.volume.get(volume_key, 0) + 1
             self._dirty_windows.add(key)
             self._unsaved_windows.add(key)
 

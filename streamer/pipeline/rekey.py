@@ -26,7 +26,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from aiokafka.errors import IllegalStateError
 from faust.types import TP
 
 from streamer.decode import DecodeLimits, Rejection, decode_event
@@ -45,7 +44,7 @@ from streamer.pipeline.messages import (
     dead_letter_for,
     source_message,
 )
-from streamer.pipeline.timers import install_timer
+from streamer.pipeline.timers import consumer_offsets, install_timer
 from streamer.settings import Settings
 
 __all__ = ["RekeyStage", "install"]
@@ -239,21 +238,13 @@ def install(app: Any, settings: Settings, metrics: Metrics) -> RekeyStage:
             layout.update(counts)
             layout_read_at[0] = time.monotonic()
         tps = [TP(topic, partition) for topic, partition in stage.assigned]
-        try:
-            highwaters = await app.consumer.highwaters(*tps)
-        except IllegalStateError:
-            return  # a rebalance under way: the next tick reads the new assignment
-        positions = {}
-        for tp in tps:
-            try:
-                position = await app.consumer.position(tp)
-            except IllegalStateError:  # revoked since the assignment was read
-                continue
-            if position is not None:
-                positions[(tp.topic, tp.partition)] = int(position)
+        offsets = await consumer_offsets(app, tps)
+        if offsets is None:
+            return
+        highwaters, positions = offsets
         await stage.publish_fronts(
             dict(layout),
-            {(tp.topic, tp.partition): int(end) for tp, end in highwaters.items()},
+            highwaters,
             settings.idle_timeout_seconds,
             positions,
         )

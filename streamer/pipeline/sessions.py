@@ -34,7 +34,6 @@ from functools import cache
 from typing import Any
 
 import orjson
-from aiokafka.errors import IllegalStateError
 from faust import streams as faust_streams
 
 from streamer.decode import DecodeLimits, Rejection, decode_event
@@ -58,7 +57,7 @@ from streamer.pipeline.messages import (
     record_message,
     source_message,
 )
-from streamer.pipeline.timers import install_timer
+from streamer.pipeline.timers import consumer_offsets, install_timer
 from streamer.settings import Settings
 
 __all__ = [
@@ -943,21 +942,13 @@ def install(
         assigned = [tp for tp in app.consumer.assignment() if tp.topic in topics]
         for partition in sorted({tp.partition for tp in assigned} - set(stage.runtimes)):
             stage.ensure(partition)  # a partition with no input yet still reports progress
-        try:
-            highwaters = await app.consumer.highwaters(*assigned) if assigned else {}
-        except IllegalStateError:
-            return  # a rebalance under way: the next tick reads the new assignment
-        positions = {}
-        for tp in assigned:
-            try:
-                position = await app.consumer.position(tp)
-            except IllegalStateError:  # revoked since the assignment was read
-                continue
-            if position is not None:
-                positions[(tp.topic, tp.partition)] = int(position)
+        offsets = await consumer_offsets(app, assigned)
+        if offsets is None:
+            return
+        highwaters, positions = offsets
         await stage.repair_stalls(positions)
         stage.mark_idle(
-            {(tp.topic, tp.partition): int(end) for tp, end in highwaters.items()},
+            highwaters,
             settings.idle_timeout_seconds,
         )
         await stage.publish()

@@ -1,4 +1,5 @@
-"""Periodic work of a stage, which must not turn a clean stop into a crash."""
+"""Periodic work of a stage: a timer that does not turn a clean stop into a crash, and the
+consumer offsets its ticks read."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["install_timer"]
+from aiokafka.errors import IllegalStateError
+
+__all__ = ["consumer_offsets", "install_timer"]
 
 log = logging.getLogger(__name__)
 
@@ -35,3 +38,24 @@ def install_timer(
 
     tick.__name__ = tick.__qualname__ = name  # Faust names the timer (and its logs) after it
     app.timer(interval_s)(tick)
+
+
+async def consumer_offsets(
+    app: Any, tps: list[Any]
+) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], int]] | None:
+    """The log end and the consumer's position of each of ``tps`` ((topic, partition) ->
+    offset), or None while a rebalance takes partitions away (the next tick reads the new
+    assignment). A partition revoked between the two questions has no position."""
+    try:
+        highwaters = await app.consumer.highwaters(*tps) if tps else {}
+    except IllegalStateError:
+        return None
+    positions = {}
+    for tp in tps:
+        try:
+            position = await app.consumer.position(tp)
+        except IllegalStateError:  # revoked since the assignment was read
+            continue
+        if position is not None:
+            positions[(tp.topic, tp.partition)] = int(position)
+    return {(tp.topic, tp.partition): int(end) for tp, end in highwaters.items()}, positions
