@@ -73,8 +73,11 @@ SegmentKey = tuple[str, str]
 _SMOOTHING = 50.0  # pseudo-sessions pulling a small segment's baseline toward the step's
 _MIN_EXPECTED = 5.0  # a test needs this many expected conversions (or drops) to say anything
 # Young cohorts are tested over the newest ones (a sudden break shows in the first minutes)
-# and over longer spans up to ``young_span`` (a partial one builds up).
-YOUNG_SPANS_MS = (180_000, 360_000)
+# and over longer spans up to ``young_span`` (a partial one builds up). A span every minute
+# up to 6 min: one of them starts near any onset, so a small segment's few failing sessions
+# are not diluted by the healthy cohorts before it (the Bonferroni family grows; Tarone's
+# refinement keeps the price small).
+YOUNG_SPANS_MS = (120_000, 180_000, 240_000, 300_000, 360_000, 600_000)
 # A segment value explains an alert when its failures would be this unlikely at the rate of
 # the rest of the step (it fares worse than the rest, not merely holds many sessions).
 _WORSE_THAN_STEP = 0.05
