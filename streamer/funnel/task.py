@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from itertools import groupby
@@ -376,12 +376,21 @@ class Task:
         watermark_ms: int,
         sessions: Iterable[tuple[str, list[Any]]],
         windows: Mapping[tuple[int, int], dict[str, Any]],
+        stored_funnels: Sequence[str] | None = None,
     ) -> None:
-        """Load what :meth:`checkpoint` stored; memory indexes are rebuilt from it."""
+        """Load what :meth:`checkpoint` stored; memory indexes are rebuilt from it.
+        ``stored_funnels`` names the funnels of the stored sessions' progress, in order (None:
+        this task's): a funnel added since starts fresh, a removed one's progress is dropped."""
         self.watermark_ms = watermark_ms
         for key, counts in windows.items():
             self.windows[key] = WindowCounts.from_json(counts)
+        names = [compiled.definition.name for compiled in self.funnels]
+        where = {name: i for i, name in enumerate(stored_funnels or names)}
         for session_id, saved in sessions:
+            progress = saved[0]
+            if len(progress) != len(names) or stored_funnels is not None:
+                aligned = [where.get(name, len(progress)) for name in names]
+                saved = [[progress[i] if i < len(progress) else None for i in aligned], *saved[1:]]
             state = SessionState.from_json(session_id, saved)
             self.sessions[session_id] = state
             for at_ms, _, _ in state.pending or ():

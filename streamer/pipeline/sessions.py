@@ -365,7 +365,20 @@ class SessionsStage:
         # The restored log counts as the full start: compaction once deltas outweigh it.
         runtime.full_bytes, runtime.delta_bytes = log_bytes, 0
         runtime.stale_keys = stale
-        task.restore(int(meta.get("watermark", NEVER)), sessions.items(), windows)
+        stored_funnels = meta.get("funnels")  # absent before funnels were recorded
+        if stored_funnels is not None and stored_funnels != list(names):
+            # Sessions stored their progress per funnel in the old order: realigned by name
+            # and all written again (the deltas still hold the old layout).
+            log.warning(
+                "partition %d: the funnels changed since the checkpoint (%s -> %s): sessions "
+                "open now start added funnels at their next entry; removed funnels' progress "
+                "is dropped",
+                partition,
+                ", ".join(stored_funnels),
+                ", ".join(names),
+            )
+            runtime.compact_next = True
+        task.restore(int(meta.get("watermark", NEVER)), sessions.items(), windows, stored_funnels)
         runtime.offsets = {str(k): int(v) for k, v in meta.get("offsets", {}).items()}
         runtime.source_offsets = {str(k): int(v) for k, v in meta.get("source_offsets", {}).items()}
         # Wall-clock milliseconds only order the owners of a partition (never a funnel decision):
@@ -676,6 +689,7 @@ class SessionsStage:
             "fronts": self.inputs.fronts_of(partition),
             "source_offsets": dict(runtime.source_offsets),
             "log": [runtime.log_first, runtime.log_next],
+            "funnels": [funnel.name for funnel in self.funnels],  # the sessions' progress order
         }
         writes[_meta_key(partition)] = orjson.dumps(meta)  # last: it says what the rest reflects
         acks, runtime.unacked = runtime.unacked, []

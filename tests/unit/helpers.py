@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from streamer.decode import DecodeLimits
 from streamer.events import DeadLetter
-from streamer.funnel.definition import load_funnel
+from streamer.funnel.definition import FunnelDefinition, load_funnel
 from streamer.funnel.task import Offer
 from streamer.metrics import Metrics
 from streamer.pipeline.messages import SourceMessage
@@ -92,8 +92,9 @@ def make_harness(
     interval_s: float = 3600,
     read_range: ReadRange = _cannot_read,
     stopping: Callable[[], bool] = lambda: False,
+    funnels: tuple[FunnelDefinition, ...] | None = None,
 ) -> Harness:
-    funnels = (load_funnel(CHECKOUT),)
+    funnels = funnels or (load_funnel(CHECKOUT),)
     metrics = Metrics.create(
         CollectorRegistry(), source_topics=("clickstream", "checkout"), funnels=funnels
     )

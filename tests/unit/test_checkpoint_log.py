@@ -9,8 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
+from streamer.funnel.definition import FunnelDefinition, load_funnel
 from streamer.pipeline import sessions as sessions_module
-from tests.unit.helpers import Harness, make_harness, valid_event
+from tests.unit.helpers import CHECKOUT, NOW_MS, Harness, make_harness, valid_event
 
 STEPS = ("page_view", "product_view", "add_to_cart", "checkout_started")
 
@@ -26,10 +27,14 @@ def event(session: int, step: int, second: int) -> bytes:
     if STEPS[step] in ("page_view", "product_view", "checkout_started"):
         for name in ("quantity", "price"):
             body.pop(name)
+    if STEPS[step] == "product_view":
+        body.pop("cart_value")
+    if STEPS[step] == "checkout_started":
+        body.pop("product_id")
     if STEPS[step] == "page_view":
         for name in ("product_id", "cart_value", "currency"):
             body.pop(name)
-        body["page"] = "/"
+        body.update(page="/", landing=True)
     return orjson.dumps(body)
 
 
@@ -41,8 +46,10 @@ def state_of(harness: Harness) -> tuple[dict[str, Any], dict[Any, Any]]:
     )
 
 
-def restored(table: dict[str, bytes]) -> Harness:
-    again = make_harness()
+def restored(
+    table: dict[str, bytes], funnels: tuple[FunnelDefinition, ...] | None = None
+) -> Harness:
+    again = make_harness(funnels=funnels)
     again.table.update(table)
     again.stage.ensure(0)
     return again
@@ -108,3 +115,37 @@ async def test_the_first_editions_layout_is_read_then_rewritten_as_a_log() -> No
     await again.stage.checkpoint(0)
     assert not [key for key in again.table if key.startswith("s:")]
     assert state_of(restored(again.table))[0] == sessions
+
+
+async def test_a_funnel_added_or_removed_between_restarts_keeps_the_other_funnels_sessions() -> (
+    None
+):
+    checkout = load_funnel(CHECKOUT)
+    browse = checkout.model_copy(update={"name": "browse"})
+    harness = make_harness(lateness_ms=0)
+    for step in range(3):
+        await feed(harness, range(6), step)
+        harness.stage.inputs.observe("checkout", 0, NOW_MS)  # the watermark follows clickstream
+    assert not harness.dead_letters.sent
+    await harness.stage.checkpoint(0)
+    before, windows = state_of(harness)
+    assert all(state[0][0] is not None for state in before.values())  # checkout progress
+
+    # A funnel added in front: the sessions keep their checkout progress, browse starts fresh.
+    grown = restored(harness.table, (browse, checkout))
+    expected = {sid: [[None, state[0][0]], *state[1:]] for sid, state in before.items()}
+    assert state_of(grown)[0] == expected
+    assert set(state_of(grown)[1]) == {(1, start) for _, start in windows}
+    grown.offset = harness.offset  # the input goes on where the checkpoint left it
+    await feed(grown, range(6), 3)  # the sessions go on in checkout, and enter nothing new
+    assert not grown.dead_letters.sent
+    await grown.stage.checkpoint(0)
+    assert orjson.loads(grown.table["t:0"])["funnels"] == ["browse", "checkout"]
+    assert state_of(restored(grown.table, (browse, checkout))) == state_of(grown)
+    after = state_of(grown)[0]
+    assert all(state[0][0] is None for state in after.values())  # never entered browse
+    assert after != expected  # checkout moved on
+
+    # The funnel removed again: checkout's progress is what it was with both.
+    shrunk = state_of(restored(grown.table, (checkout,)))[0]
+    assert shrunk == {sid: [[state[0][1]], *state[1:]] for sid, state in after.items()}
