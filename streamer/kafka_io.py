@@ -22,6 +22,7 @@ __all__ = [
     "make_consumer",
     "make_producer",
     "metadata_ready",
+    "offset_at",
     "read_range",
     "read_topic",
     "run_sync",
@@ -169,6 +170,21 @@ async def read_range(
             batch = await consumer.getmany(tp, timeout_ms=1000)
             records.extend(r for r in batch.get(tp, ()) if r.offset < end)
         return earliest, records
+    finally:
+        await stop_consumer(consumer)
+
+
+async def offset_at(settings: Settings, topic: str, partition: int, at_ms: int) -> int:
+    """The first offset of ``topic[partition]`` written at or after ``at_ms`` (broker time),
+    else its log end; never below its log start."""
+    tp = TopicPartition(topic, partition)
+    consumer = make_consumer(settings, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        found = (await consumer.offsets_for_times({tp: max(0, at_ms)})).get(tp)
+        if found is not None:
+            return int(found.offset)
+        return int((await consumer.end_offsets([tp]))[tp])
     finally:
         await stop_consumer(consumer)
 

@@ -401,6 +401,45 @@ class Task:
                     self.open_sessions[(index, progress.attempt.stage)] += 1
             self._schedule(state)
 
+    def adopt(self, other: Task, funnel_indexes: Sequence[int]) -> None:
+        """Take funnel ``j`` of ``other`` as this task's funnel ``funnel_indexes[j]``: its
+        sessions' progress and its windows not final yet. ``other`` read the same input up to
+        the same offsets for funnels added since this task's checkpoint, and stands at the
+        same watermark: afterwards this task is what it would be had they always been here."""
+        assert other.watermark_ms == self.watermark_ms, "the catch-up must stop at our watermark"
+        other.drain()  # history's outputs were published long ago; final windows go
+        for key, counts in other.windows.items():
+            ours = (funnel_indexes[key[0]], key[1])
+            self.windows[ours] = counts
+            self._dirty_windows.add(ours)
+            self._unsaved_windows.add(ours)
+            self._deleted_windows.discard(ours)
+        for session_id, theirs in other.sessions.items():
+            state = self.sessions.get(session_id)
+            if state is None:
+                if all(p.at_rest for p in theirs.progress) and theirs.pending is None:
+                    continue  # nothing of it is open: forgotten here already
+                state = SessionState(
+                    session_id,
+                    [Progress() for _ in self.funnels],
+                    list(theirs.pending) if theirs.pending else None,
+                    theirs.recent_ids,
+                    theirs.last_event_ms,
+                    theirs.user_id,
+                    started_ms=theirs.started_ms,
+                )
+                self.sessions[session_id] = state
+                self._deleted_sessions.discard(session_id)
+                for at_ms, _, _ in state.pending or ():
+                    self._sequence += 1
+                    heapq.heappush(self._pending, (at_ms, self._sequence, session_id))
+            for j, index in enumerate(funnel_indexes):
+                progress = state.progress[index] = theirs.progress[j]
+                if progress.attempt is not None:
+                    self.open_sessions[(index, progress.attempt.stage)] += 1
+            self._dirty_sessions.add(session_id)
+            self._schedule(state)
+
     @property
     def buffered_events(self) -> int:
         return len(self._pending)

@@ -43,7 +43,8 @@ from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.session import NEVER, VALUE_FIELDS, CompiledFunnel, StoredEvent
 from streamer.funnel.stages import lifecycle_stage
 from streamer.funnel.task import AbandonmentNotice, Checkpoint, Offer, Task
-from streamer.kafka_io import read_range
+from streamer.funnel.windows import window_start
+from streamer.kafka_io import offset_at, read_range
 from streamer.metrics import Metrics
 from streamer.pipeline.messages import (
     DLQ_MAX_MESSAGE_BYTES,
@@ -166,12 +167,18 @@ MIN_COMPACTION_BYTES = 4 * 1024 * 1024
 STALL_REPAIR_S = 10.0
 
 ReadRange = Callable[[str, int, int, int], Awaitable[tuple[int, list[SourceMessage]]]]
+# (topic, partition, broker time ms) -> the first offset written at or after it (else log end)
+FindOffset = Callable[[str, int, int], Awaitable[int]]
 
 
 async def _cannot_read(
     topic: str, partition: int, start: int, end: int
 ) -> tuple[int, list[SourceMessage]]:
     raise RuntimeError("this stage cannot read its input directly")
+
+
+async def _cannot_find(topic: str, partition: int, at_ms: int) -> int:
+    raise RuntimeError("this stage cannot look up offsets of its input")
 
 
 def _any_partition(partition: int) -> AbstractContextManager[None]:
@@ -201,6 +208,11 @@ class _Runtime:
     # Grows with every restore (new owner, restart): this owner's partials supersede those of
     # earlier owners of the partition, whatever their input offsets.
     generation: int = 0
+    # Funnels added since the checkpoint, whose open sessions are still to be rebuilt from
+    # the input the checkpoint reflects (see ``SessionsStage._catch_up``).
+    catch_up: tuple[int, ...] = ()
+    # Records for the merger to send before this task's next partials (see ``_catch_up``).
+    announce: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -229,6 +241,7 @@ class SessionsStage:
         send_abandonment: SendFn,
         flush_producer: Callable[[], Awaitable[None]],
         read_range: ReadRange = _cannot_read,
+        find_offset: FindOffset = _cannot_find,
         partition_scope: Callable[[int], AbstractContextManager[None]] = _any_partition,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         rekeyed_from: tuple[str, ...] = (),
@@ -249,6 +262,7 @@ class SessionsStage:
         self._send_abandonment = send_abandonment
         self._flush_producer = flush_producer
         self._read_range = read_range
+        self._find_offset = find_offset
         self._partition_scope = partition_scope
         self._clock = clock
         self._keep = needed_fields(funnels)
@@ -378,6 +392,9 @@ class SessionsStage:
                 ", ".join(names),
             )
             runtime.compact_next = True
+            runtime.catch_up = tuple(
+                index for name, index in names.items() if name not in stored_funnels
+            )
         task.restore(int(meta.get("watermark", NEVER)), sessions.items(), windows, stored_funnels)
         runtime.offsets = {str(k): int(v) for k, v in meta.get("offsets", {}).items()}
         runtime.source_offsets = {str(k): int(v) for k, v in meta.get("source_offsets", {}).items()}
@@ -410,6 +427,8 @@ class SessionsStage:
             return None
         async with self._apply_lock:  # the timer's stall repair applies messages too
             runtime = self._runtime(message.partition)
+            if runtime.catch_up:
+                await self._catch_up(runtime, message.partition)
             topic = message.topic
             if message.offset < runtime.offsets.get(topic, 0):
                 ack()  # applied before the last checkpoint: re-delivered after a restart
@@ -482,6 +501,105 @@ class SessionsStage:
             await self._apply_one(runtime, gap_message)
         runtime.offsets[topic] = max(runtime.offsets.get(topic, 0), until)
         log.info("partition %d: %s read %d messages of the gap", partition, topic, len(missing))
+
+    async def catch_up_added_funnels(self) -> None:
+        """Run the catch-up of every task that still has one (the timer calls this: a
+        partition with no new input must not wait for a message)."""
+        for partition, runtime in sorted(self.runtimes.items()):
+            if runtime.catch_up:
+                async with self._apply_lock:
+                    if self.runtimes.get(partition) is runtime and runtime.catch_up:
+                        await self._catch_up(runtime, partition)
+
+    async def _catch_up(self, runtime: _Runtime, partition: int) -> None:
+        """Funnels added since the checkpoint: rebuild their open sessions and windows from
+        the input the checkpoint reflects, as if they had always been here. A separate task
+        with only those funnels reads each input from far enough back that every attempt
+        still open, and every window not final yet, starts inside it (the conversion window,
+        a window and its finality lag, before the watermark), up to the checkpoint's offsets,
+        stops at the checkpoint's watermark, and hands its state over."""
+        indexes, runtime.catch_up = runtime.catch_up, ()
+        task = runtime.task
+        if self.rekeyed_from:
+            log.warning(
+                "partition %d: funnels added on the re-key path start from the next sessions "
+                "(open sessions are rebuilt on the one-hop path only)",
+                partition,
+            )
+            self._announce_start(runtime, partition, indexes)
+            return
+        if task.watermark_ms == NEVER:
+            return  # nothing was released yet: the added funnels see everything from now on
+        funnels = tuple(self.funnels[i] for i in indexes)
+        lookback = max(
+            f.definition.conversion_window_ms + f.definition.window_ms
+            + f.definition.finality_lag_ms
+            for f in funnels
+        )  # fmt: skip
+        from_ms = task.watermark_ms - lookback - self._lateness_ms
+        skew_ms = round(self._limits.max_future_skew.total_seconds() * 1000)
+        started = time.perf_counter()
+        history = Task(funnels, partition, retention_ms=self._retention_ms)
+        read = 0
+        for topic in self.topics:
+            end = runtime.offsets.get(topic, 0)
+            start = min(end, await self._find_offset(topic, partition, from_ms - skew_ms))
+            _, messages = (
+                await self._read_range(topic, partition, start, end) if end > start else (0, [])
+            )
+            for message in messages:
+                result = decode_event(
+                    message.value,
+                    received_at=(
+                        datetime.fromtimestamp(message.timestamp_ms / 1000, tz=UTC)
+                        if message.timestamp_ms is not None and message.timestamp_ms >= 0
+                        else self._clock()
+                    ),
+                    limits=self._limits,
+                )
+                if isinstance(result, Rejection):
+                    continue  # dead-lettered when it was first read
+                event = stored_event(result, self._keep)
+                history.offer(result.session_id, event, result.user_id, topic)
+                read += 1
+        history.advance(task.watermark_ms)
+        task.adopt(history, indexes)
+        runtime.compact_next = True
+        self._announce_start(runtime, partition, indexes)
+        log.info(
+            "partition %d: added funnel(s) %s caught up from %d events read back to %s: "
+            "%d open sessions (%.2fs)",
+            partition,
+            ", ".join(f.name for f in funnels),
+            read,
+            _fmt_ms(from_ms),
+            sum(
+                1
+                for state in task.sessions.values()
+                if any(state.progress[i].attempt is not None for i in indexes)
+            ),
+            time.perf_counter() - started,
+        )
+
+    def _announce_start(self, runtime: _Runtime, partition: int, indexes: tuple[int, ...]) -> None:
+        """Tell the merger from which window on this partition's counts of each added funnel
+        are whole: the windows already final here at the hand-over were never counted here,
+        and a window another partition still held open then would be merged without them. The
+        merger starts the funnel at the latest of these over every partition."""
+        watermark = runtime.task.watermark_ms
+        for index in indexes:
+            funnel = self.definitions[index]
+            open_from = watermark - funnel.window_ms - funnel.finality_lag_ms + 1
+            runtime.announce.append(
+                {
+                    "kind": "start",
+                    "partition": partition,
+                    "funnel": funnel.name,
+                    "from": window_start(open_from, funnel.window_ms) + funnel.window_ms
+                    if watermark != NEVER
+                    else NEVER,
+                }
+            )
 
     async def repair_stalls(self, positions: dict[tuple[str, int], int]) -> None:
         """An input whose group consumer is past what this task applied, with nothing of it
@@ -593,7 +711,7 @@ class SessionsStage:
                 self.inputs.set_idle(topic, partition, caught_up and silent)
         for partition, runtime in self.runtimes.items():
             watermark = self.inputs.watermark(partition)
-            if watermark is not None:
+            if watermark is not None and not runtime.catch_up:  # it stops at the checkpoint's
                 runtime.task.advance(watermark)
 
     # --- metrics -----------------------------------------------------------------------------
@@ -619,6 +737,8 @@ class SessionsStage:
             partials: list[bytes] = []
             notices: list[AbandonmentNotice] = []
             for partition, runtime in sorted(self.runtimes.items()):
+                partials.extend(orjson.dumps(record) for record in runtime.announce)
+                runtime.announce = []
                 out = runtime.task.drain()
                 notices.extend(out.abandonments)
                 watermark = runtime.task.watermark_ms
@@ -629,7 +749,12 @@ class SessionsStage:
                     record = partial.to_json()
                     record["version"] = version
                     partials.append(orjson.dumps(record))
-                progress = {"kind": "progress", "partition": partition, "watermark": watermark}
+                progress = {
+                    "kind": "progress",
+                    "partition": partition,
+                    "watermark": watermark,
+                    "generation": runtime.generation,
+                }
                 partials.append(orjson.dumps(progress))
             for notice in notices:
                 await self._publish_abandonment(notice)
@@ -661,6 +786,8 @@ class SessionsStage:
         runtime = self.runtimes.get(partition)
         if runtime is None:
             return None  # revoked meanwhile
+        if runtime.catch_up:
+            return None  # its state is not whole yet
         full = runtime.compact_next or runtime.delta_bytes > max(
             runtime.full_bytes, MIN_COMPACTION_BYTES
         )
@@ -908,8 +1035,12 @@ def install(
     async def read_input(
         topic: str, partition: int, start: int, end: int
     ) -> tuple[int, list[SourceMessage]]:
-        earliest, records = await read_range(settings, topic, partition, start, end)
+        # A catch-up of added funnels reads hours of input: a generous bound.
+        earliest, records = await read_range(settings, topic, partition, start, end, 600.0)
         return earliest, [record_message(record) for record in records]
+
+    async def find_input_offset(topic: str, partition: int, at_ms: int) -> int:
+        return await offset_at(settings, topic, partition, at_ms)
 
     stage = SessionsStage(
         funnels=funnels,
@@ -929,6 +1060,7 @@ def install(
         send_abandonment=sender(abandonments),
         flush_producer=flush_producer,
         read_range=read_input,
+        find_offset=find_input_offset,
         partition_scope=partition_scope,
         rekeyed_from=rekeyed_from,
         stopping=lambda: bool(app.should_stop),
@@ -956,6 +1088,7 @@ def install(
         assigned = [tp for tp in app.consumer.assignment() if tp.topic in topics]
         for partition in sorted({tp.partition for tp in assigned} - set(stage.runtimes)):
             stage.ensure(partition)  # a partition with no input yet still reports progress
+        await stage.catch_up_added_funnels()
         offsets = await consumer_offsets(app, assigned)
         if offsets is None:
             return

@@ -158,6 +158,7 @@ class WindowMerger:
         # (key -> funnel, start), the partitions' progress, the watermark last published at.
         self._pending: dict[str, tuple[FunnelDefinition, int]] | None = None
         self._progress: dict[str, int] = {}
+        self._generations: dict[str, int] = {}  # partition -> owner generation of its progress
         self._published_watermark = NEVER
         self._revised_at = -float("inf")
         # Decoded table values: a window's pending record is read and rewritten for every
@@ -181,6 +182,7 @@ class WindowMerger:
                         pending[key] = (funnel, int(start))
             self._pending = pending
             self._progress = self._get("progress", {})
+            self._generations = self._get("generations", {})
             self._published_watermark = NEVER  # re-examine every window once
         return self._pending
 
@@ -204,11 +206,24 @@ class WindowMerger:
     async def process(self, value: bytes) -> list[WindowStats]:
         pending_windows = self._load()
         record = orjson.loads(value)
+        if record.get("kind") == "start":
+            self._start_funnel(record, pending_windows)
+            return []
         if record.get("kind") == "progress":
             partition = str(record["partition"])
-            if int(record["watermark"]) > int(self._progress.get(partition, NEVER)):
-                self._progress[partition] = int(record["watermark"])
+            watermark, generation = int(record["watermark"]), int(record.get("generation", 0))
+            known = int(self._generations.get(partition, 0))
+            # A new owner (restart, rebalance) restarts from its checkpoint, which may be
+            # behind what the previous owner reported: its windows are final only once it
+            # has got there again (a funnel it took up counts them only from there).
+            if generation > known or (
+                generation == known and watermark > int(self._progress.get(partition, NEVER))
+            ):
+                self._progress[partition] = watermark
                 self._put("progress", self._progress)
+                if generation > known:
+                    self._generations[partition] = generation
+                    self._put("generations", self._generations)
             return await self._publish()
         funnel = self._funnels.get(str(record.get("funnel")))
         if funnel is None:
@@ -231,6 +246,42 @@ class WindowMerger:
         pending_windows[key] = (funnel, start)
         self._changed.add(key)
         return []
+
+    def _start_funnel(
+        self, record: dict[str, Any], pending_windows: dict[str, tuple[FunnelDefinition, int]]
+    ) -> None:
+        """A partition took up a funnel added to a running worker: its counts of that funnel
+        are whole from window ``from`` on (the windows already final there at the hand-over
+        were never counted). The funnel is held until every partition has said so, then
+        starts at the latest of their windows: an earlier window would lack some partition's
+        sessions (the detector has history's cohorts from ``streamer backfill``)."""
+        funnel = self._funnels.get(str(record.get("funnel")))
+        if funnel is None:
+            return
+        key = f"start:{funnel.name}"
+        starts = self._get(key, {})
+        starts[str(record["partition"])] = int(record["from"])
+        self._put(key, starts)
+        if len(starts) < self._source_partitions:
+            return
+        begin = max(starts.values())
+        for pending_key, (owner, start) in list(pending_windows.items()):
+            if owner is funnel and start < begin:
+                self._delete(pending_key)
+                del pending_windows[pending_key]
+                self._changed.discard(pending_key)
+        self._put(f"final:{funnel.name}", max(begin, self._get(f"final:{funnel.name}", NEVER)))
+        self._delete(key)
+        log.info(
+            "funnel %s: every partition took it up; its windows start at %s", funnel.name, begin
+        )
+
+    def _held(self, funnel: FunnelDefinition) -> bool:
+        """A funnel some partitions have taken up and others not yet (see ``_start_funnel``)."""
+        return (
+            f"start:{funnel.name}" in self._decoded
+            or self._table.get(f"start:{funnel.name}") is not None
+        )
 
     def _watermark(self) -> int:
         progress = self._progress
@@ -255,6 +306,8 @@ class WindowMerger:
             await self._judge_up_to(watermark, pending_windows)
         due = []
         for key, (funnel, start) in pending_windows.items():
+            if self._held(funnel):
+                continue
             final = start + funnel.window_ms + funnel.finality_lag_ms <= watermark
             if final or (revise and key in self._changed):
                 due.append(key)
@@ -310,6 +363,8 @@ class WindowMerger:
         watermark). Before final windows are dropped: the detector reads them once."""
         assert self._judge is not None
         for funnel in self._funnels.values():
+            if self._held(funnel):
+                continue
             size = funnel.window_ms
             latest = watermark - watermark % size
             judged_key = f"judged:{funnel.name}"

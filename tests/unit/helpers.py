@@ -17,7 +17,13 @@ from streamer.funnel.definition import FunnelDefinition, load_funnel
 from streamer.funnel.task import Offer
 from streamer.metrics import Metrics
 from streamer.pipeline.messages import SourceMessage
-from streamer.pipeline.sessions import ReadRange, SessionsStage, _cannot_read
+from streamer.pipeline.sessions import (
+    FindOffset,
+    ReadRange,
+    SessionsStage,
+    _cannot_find,
+    _cannot_read,
+)
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 NOW_MS = round(NOW.timestamp() * 1000)
@@ -91,6 +97,7 @@ def make_harness(
     lateness_ms: int = 120_000,
     interval_s: float = 3600,
     read_range: ReadRange = _cannot_read,
+    find_offset: FindOffset = _cannot_find,
     stopping: Callable[[], bool] = lambda: False,
     funnels: tuple[FunnelDefinition, ...] | None = None,
 ) -> Harness:
@@ -118,6 +125,7 @@ def make_harness(
         send_abandonment=abandonments,
         flush_producer=flush,
         read_range=read_range,
+        find_offset=find_offset,
         clock=lambda: NOW,
         stopping=stopping,
     )
