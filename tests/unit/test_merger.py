@@ -170,3 +170,43 @@ async def test_the_detector_judges_every_boundary_once_with_the_merged_windows()
     made.reset()
     await made.process(progress(0, START + 4 * size))
     assert [watermark for watermark, _ in calls[3:]] == [START + 4 * size]
+
+
+def progress_of(partition: int, watermark: int, generation: int) -> bytes:
+    record = {"kind": "progress", "partition": partition, "watermark": watermark}
+    return orjson.dumps({**record, "generation": generation})
+
+
+async def test_a_new_owners_progress_replaces_its_predecessors_even_when_behind() -> None:
+    """A restarted partition resumes from its checkpoint, behind what its previous owner had
+    reported: its windows are final only once it is past them again."""
+    merge, sent = merger({}, Clock())
+    await merge.process(progress_of(0, FINAL_AT + 60_000, generation=1))
+    await merge.process(partial(0, 3, [2, 10, FINAL_AT - 60_000]))
+    await merge.process(progress_of(0, FINAL_AT - 60_000, generation=2))  # the new owner
+    await merge.process(progress_of(0, FINAL_AT + 90_000, generation=1))  # a late zombie
+    assert await merge.process(progress_of(1, FINAL_AT, generation=1)) == []
+    [published] = await merge.process(progress_of(0, FINAL_AT, generation=2))
+    assert published.final
+    assert published.stages[0].entered == 3
+    assert [orjson.loads(value)["final"] for value in sent] == [False, True]  # a revision first
+
+
+def start_of(partition: int, first_window: int) -> bytes:
+    return orjson.dumps(
+        {"kind": "start", "partition": partition, "funnel": FUNNEL.name, "from": first_window}
+    )
+
+
+async def test_an_added_funnel_starts_where_every_partition_counted_it_whole() -> None:
+    """Partition 1 had the window final at its hand-over: never counted there. The funnel is
+    held until both partitions took it up, and starts at the next window."""
+    merge, sent = merger({}, Clock())
+    await merge.process(start_of(0, START))
+    await merge.process(partial(0, 3, [1, 10, START]))
+    for partition in (0, 1):
+        assert await merge.process(progress_of(partition, FINAL_AT, generation=1)) == []
+    await merge.process(start_of(1, START + FUNNEL.window_ms))
+    assert await merge.process(progress_of(0, FINAL_AT + 1, generation=1)) == []
+    assert sent == []  # the window short of partition 1's sessions was dropped
+    assert await merge.process(partial(0, 4, [1, 11, START])) == []  # and stays dropped
