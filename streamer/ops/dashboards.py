@@ -476,6 +476,13 @@ PIPELINE = DashboardSpec(
                     stacked=True,
                 ),
                 PanelSpec(
+                    "Dead-letter share per topic",
+                    "Recorded streamer:dead_letter:ratio_rate5m: the share of each topic's "
+                    "input dead-lettered (StreamerDeadLetterRateHigh fires above 5 %).",
+                    (Query("streamer:dead_letter:ratio_rate5m", "{{topic}}"),),
+                    unit="percentunit",
+                ),
+                PanelSpec(
                     "Late events",
                     "Events behind their partition's watermark by more than the allowed "
                     "lateness, per second (dead-lettered late, never applied).",
