@@ -33,6 +33,8 @@ from grafana_foundation_sdk.models.common import (
 )
 from grafana_foundation_sdk.models.dashboard import VariableRefresh, VariableSort
 
+from streamer.metrics import TRACKING_STEP
+
 __all__ = ["DASHBOARDS", "DATASOURCE_UID", "DashboardSpec", "PanelSpec", "Query", "render_all"]
 
 # The provisioned Prometheus datasource (deploy/grafana/provisioning/datasources/).
@@ -352,7 +354,9 @@ ALERTS = DashboardSpec(
                         Query(
                             "sum by (step, state, severity) ("
                             + _increase(
-                                "streamer_alerts_total", RANGE, FUNNEL + ', step!="tracking"'
+                                "streamer_alerts_total",
+                                RANGE,
+                                FUNNEL + f', step!="{TRACKING_STEP}"',
                             )
                             + ")",
                             "{{step}} {{state}} ({{severity}})",
@@ -385,7 +389,7 @@ ALERTS = DashboardSpec(
                         Query(
                             "sum by (state, severity) ("
                             + _increase(
-                                "streamer_alerts_total", RANGE, FUNNEL + ', step="tracking"'
+                                "streamer_alerts_total", RANGE, FUNNEL + f', step="{TRACKING_STEP}"'
                             )
                             + ")",
                             "{{state}} ({{severity}})",

@@ -111,3 +111,23 @@ def test_every_rule_names_only_real_metrics() -> None:
                 name = rule.get("record") or rule["alert"]
                 assert names, f"{path.name} / {name}: no metric"
                 assert names <= known, f"{path.name} / {name}: unknown {names - known}"
+
+
+def test_alert_and_abandonment_series_exist_before_their_first_event() -> None:
+    """increase() over a counter born at 1 says 0: the panels would miss the first alert."""
+    [funnel] = load_funnels([ROOT / "deploy/funnels/demo"])
+    registry = CollectorRegistry()
+    Metrics.create(registry, ["clickstream", "checkout"], (funnel,))
+    zero = registry.get_sample_value
+    for step in funnel.step_names:
+        labels = {"funnel": funnel.name, "step": step, "state": "firing", "severity": "page"}
+        assert zero("streamer_alerts_total", labels) == 0.0
+    tracking = {"funnel": funnel.name, "step": "tracking", "state": "firing"}
+    assert zero("streamer_alerts_total", {**tracking, "severity": "warning"}) == 0.0
+    for stage in funnel.abandonment:
+        labels = {"funnel": funnel.name, "stage": stage}
+        assert zero("streamer_abandonments_total", labels) == 0.0
+        assert zero("streamer_abandonment_retractions_total", labels) == 0.0
+    for subject, name in [("topic", "clickstream"), ("event_type", "add_to_cart")]:
+        labels = {"funnel": funnel.name, "subject": subject, "name": name}
+        assert zero("streamer_tracking_silent", labels) == 0.0
