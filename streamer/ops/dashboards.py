@@ -503,6 +503,7 @@ PIPELINE = DashboardSpec(
                         ),
                     ),
                     unit="Bps",
+                    width=24,
                 ),
             ),
         ),
@@ -571,7 +572,7 @@ PIPELINE = DashboardSpec(
                     "Workers Prometheus scraped successfully (up).",
                     (Query('sum(up{job="streamer"})', "workers up"),),
                     kind="stat",
-                    width=6,
+                    width=8,
                 ),
                 PanelSpec(
                     "Restarts over the chosen range",
@@ -585,7 +586,21 @@ PIPELINE = DashboardSpec(
                         ),
                     ),
                     kind="stat",
-                    width=6,
+                    width=8,
+                ),
+                PanelSpec(
+                    "Rebalances over the chosen range",
+                    "Changes of the partitions each worker consumes, summed over workers "
+                    "(streamer has no rebalance counter of its own).",
+                    (
+                        Query(
+                            f"sum(changes(streamer_assigned_partitions[{RANGE}]))",
+                            "assignment changes",
+                            instant=True,
+                        ),
+                    ),
+                    kind="stat",
+                    width=8,
                 ),
                 PanelSpec(
                     "Assigned partitions per worker",

@@ -287,14 +287,22 @@ def test_every_panel_query_and_recording_rule_returns_data(stack: OpsStack) -> N
         + f"\nworker log:\n{stack.worker.log_tail()}"
     )
     assert not missing, missing
-    nonzero = [
-        source
-        for source, result in results.items()
-        if any(value != 0 for value in series_values(result).values())
-    ]
+    # For the record: which queries saw a non-zero number, which only zeros (nothing of the
+    # kind happened in the run: no alert, no dead letter...), which only NaN (0/0, a quantile
+    # of no observation).
+    kinds: dict[str, list[str]] = {"non-zero": [], "zero": [], "NaN": []}
+    for source, result in results.items():
+        numbers = list(series_values(result).values())
+        if any(n == n and n != 0 for n in numbers):
+            kinds["non-zero"].append(source)
+        elif any(n == 0 for n in numbers):
+            kinds["zero"].append(source)
+        else:
+            kinds["NaN"].append(source)
     print(
         f"\n{len(panels)} panels ({len(queries) - rule_count} queries) and {rule_count} "
-        f"recording rules: all {len(queries)} returned data, {len(nonzero)} of them non-zero"
+        f"recording rules: all {len(queries)} returned data; "
+        + "; ".join(f"{kind} {len(sources)}: {sorted(sources)}" for kind, sources in kinds.items())
     )
     # Grafana's funnel variable lists the funnel (label_values on the same metric).
     names = stack.prometheus.get_json(
