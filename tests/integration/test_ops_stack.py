@@ -28,6 +28,8 @@ from streamer.testing import WorkerProcess, free_port
 from streamer.testing_slack import FakeSlack
 from tests.integration.ops_servers import Alertmanager, Prometheus
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 
