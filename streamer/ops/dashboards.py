@@ -13,12 +13,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from grafana_foundation_sdk.builders.bargauge import Panel as BarGaugePanel
-from grafana_foundation_sdk.builders.common import ReduceDataOptions, VizLegendOptions
+from grafana_foundation_sdk.builders.common import (
+    ReduceDataOptions,
+    StackingConfig,
+    VizLegendOptions,
+)
 from grafana_foundation_sdk.builders.dashboard import Dashboard, QueryVariable, Row
 from grafana_foundation_sdk.builders.prometheus import Dataquery
 from grafana_foundation_sdk.builders.stat import Panel as StatPanel
@@ -29,6 +33,7 @@ from grafana_foundation_sdk.models.common import (
     DataSourceRef,
     LegendDisplayMode,
     LegendPlacement,
+    StackingMode,
     VizOrientation,
 )
 from grafana_foundation_sdk.models.dashboard import VariableRefresh, VariableSort
@@ -72,7 +77,7 @@ class DashboardSpec:
     question: str  # what the dashboard answers (its description, and the README's)
     rows: tuple[tuple[str, tuple[PanelSpec, ...]], ...]
     per_funnel: bool = True
-    tags: tuple[str, ...] = field(default=("streamer",))
+    tags: tuple[str, ...] = ("streamer",)
 
     @property
     def filename(self) -> str:
@@ -695,8 +700,8 @@ def _panel(spec: PanelSpec, panel_id: int) -> TimeseriesPanel | BarGaugePanel | 
             .placement(LegendPlacement.BOTTOM)
             .show_legend(True)
         )
-        if spec.stacked:
-            panel = panel.fill_opacity(30)
+        if spec.stacked:  # parts of one whole (stages, reasons): stacked areas
+            panel = panel.stacking(StackingConfig().mode(StackingMode.NORMAL)).fill_opacity(30)
     panel = (
         panel.id(panel_id)
         .title(spec.title)
@@ -753,7 +758,8 @@ def render_all() -> dict[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m streamer.ops.dashboards", description=__doc__.split("\n")[0]
+        prog="python -m streamer.ops.dashboards",
+        description="Write the Grafana dashboards as JSON, or check the committed ones.",
     )
     parser.add_argument("--out", type=Path, default=DASHBOARDS_DIR, help="folder to write to")
     parser.add_argument(
