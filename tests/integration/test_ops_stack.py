@@ -24,8 +24,9 @@ from streamer.app import topic_plan
 from streamer.kafka_io import ensure_topic_plan, run_sync
 from streamer.ops.dashboards import DASHBOARDS, DASHBOARDS_DIR
 from streamer.settings import ENV_PREFIX, Settings, settings_env
-from streamer.testing import WorkerProcess, free_port
+from streamer.testing import WorkerProcess
 from streamer.testing_slack import FakeSlack
+from tests.conftest import isolated_settings
 from tests.integration.ops_servers import Alertmanager, Prometheus
 
 pytestmark = pytest.mark.integration
@@ -162,28 +163,20 @@ class OpsStack:
         return self.simulator_ended_at[0]
 
 
+def note_exit(process: subprocess.Popen[bytes], ended_at: list[float]) -> None:
+    process.wait()
+    ended_at.append(time.time())
+
+
 @pytest.fixture(scope="module")
 def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpsStack]:
     folder = tmp_path_factory.mktemp("ops")
-    unique = os.urandom(5).hex()
     (folder / "funnels").mkdir()
     (folder / "funnels/checkout.yaml").write_text(FUNNEL)
-    settings = Settings(
-        kafka_bootstrap=kafka_bootstrap,
-        app_id=f"test-ops-{unique}",
-        clickstream_topic=f"clickstream-{unique}",
-        checkout_topic=f"checkout-{unique}",
-        dlq_topic=f"funnel.dlq-{unique}",
-        partials_topic=f"funnel.partials-{unique}",
-        windows_topic=f"funnel.windows-{unique}",
-        abandonments_topic=f"funnel.abandonments-{unique}",
-        alerts_topic=f"funnel.alerts-{unique}",
-        failed_alerts_topic=f"funnel.alerts.failed-{unique}",
-        baselines_topic=f"funnel.baselines-{unique}",
-        rekeyed_topic=f"funnel.rekeyed-{unique}",
-        web_port=free_port(),
-        data_dir=folder / "worker",
-        topic_partitions=4,
+    settings = isolated_settings(
+        kafka_bootstrap,
+        f"ops-{os.urandom(5).hex()}",
+        folder,
         funnels=(folder / "funnels",),
         allowed_lateness_seconds=2.0,
         idle_timeout_seconds=2.0,
@@ -207,6 +200,7 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     env.update(settings_env(settings))
     simulator_log = folder / "simulator.log"
     ended_at: list[float] = []
+    simulator: subprocess.Popen[bytes] | None = None
     try:
         alertmanager.start()
         worker.start()
@@ -217,17 +211,13 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
                 env=env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
 
-        def note_exit() -> None:
-            simulator.wait()
-            ended_at.append(time.time())
-
-        threading.Thread(target=note_exit, daemon=True).start()
+        threading.Thread(target=note_exit, args=(simulator, ended_at), daemon=True).start()
         prometheus.start()
         yield OpsStack(
             settings, worker, prometheus, alertmanager, slack, simulator, simulator_log, ended_at
         )
     finally:
-        if "simulator" in locals() and simulator.poll() is None:
+        if simulator is not None and simulator.poll() is None:
             simulator.kill()
             simulator.wait()
         prometheus.stop()
