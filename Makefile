@@ -1,14 +1,16 @@
 # The two commands of the README:
 #   make demo   install everything, then a live demo on a local Kafka broker
-#   make test   install everything, then lint, type-check and run the whole test suite
-# Needs python3 >= 3.11, Java 17+ and Maven (the broker is resolved from Maven Central once).
+#   make test   install everything, then lint, type-check, check the Prometheus rules and the
+#               Alertmanager route, and run the whole test suite
+# Needs python3 >= 3.11, Java 17+ and Maven (the broker is resolved from Maven Central once);
+# Prometheus and Alertmanager come from Debian's packages (`make ops-tools`, as root or sudo).
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install demo test lint typecheck unit bench clean
+.PHONY: install demo test lint typecheck unit bench clean ops-tools ops-check dashboards
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "streamer needs Python >= 3.11, found " + sys.version.split()[0])'
@@ -35,7 +37,25 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q
 
-test: lint typecheck
+# promtool, prometheus, amtool and prometheus-alertmanager, when missing.
+ops-tools:
+	@bash deploy/install-ops-tools.sh
+
+# The Grafana dashboards, from streamer/ops/dashboards.py (commit the JSON it writes).
+dashboards: $(STAMP)
+	$(BIN)/python -m streamer.ops.dashboards
+
+ops-check: ops-tools
+	promtool check config deploy/prometheus/prometheus.yml
+	promtool check rules deploy/prometheus/rules/*.yml
+	promtool test rules deploy/prometheus/tests/*.yml
+	amtool check-config deploy/alertmanager/alertmanager.yml
+	amtool config routes test --config.file=deploy/alertmanager/alertmanager.yml \
+		--verify.receivers=slack-pages severity=page alertname=StreamerWorkerDown
+	amtool config routes test --config.file=deploy/alertmanager/alertmanager.yml \
+		--verify.receivers=slack-warnings severity=warning alertname=StreamerNoInputEvents
+
+test: lint typecheck ops-check
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: $(STAMP)

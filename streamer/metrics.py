@@ -23,6 +23,9 @@ from streamer.funnel.windows import TIME_TO_CONVERT_BUCKETS_MS
 __all__ = ["OUTCOMES", "LiveSnapshot", "Metrics"]
 
 OUTCOMES = ("accepted", "dead_lettered", "duplicate")
+ALERT_STATES = ("firing", "repeat", "resolved")
+ALERT_SEVERITIES = ("page", "warning")
+TRACKING_STEP = "tracking"  # the step label of data-quality alerts (funnel/tracking/<key>/...)
 
 
 @dataclass
@@ -170,6 +173,7 @@ class Metrics:
         source_topics: Iterable[str] = (),
         funnels: tuple[FunnelDefinition, ...] = (),
     ) -> Metrics:
+        source_topics = tuple(source_topics)  # read once per funnel and once for the inputs
         metrics = cls(
             registry=registry,
             events=Counter(
@@ -348,6 +352,27 @@ class Metrics:
             for step in funnel.step_names:
                 metrics.funnel_converted.labels(funnel=funnel.name, step=step)
                 metrics.funnel_dropped.labels(funnel=funnel.name, step=step)
+            # A counter born at 1 hides its first increase from increase(): the first alert
+            # or abandonment of a step would never show on a dashboard.
+            for stage_name in funnel.abandonment:
+                metrics.abandonments.labels(funnel=funnel.name, stage=stage_name)
+                metrics.retractions.labels(funnel=funnel.name, stage=stage_name)
+            for step, states in [(s, ALERT_STATES) for s in funnel.step_names] + [
+                (TRACKING_STEP, ("firing", "resolved"))
+            ]:
+                for state in states:
+                    for severity in ALERT_SEVERITIES:
+                        metrics.alerts.labels(
+                            funnel=funnel.name, step=step, state=state, severity=severity
+                        )
+            # The inputs the tracking check watches are not silent until it says so.
+            tracked = [("topic", topic) for topic in source_topics] + [
+                ("event_type", event_type)
+                for stage in funnel.stages
+                for event_type in stage.event_types
+            ]
+            for subject, name in tracked:
+                metrics.tracking_silent.labels(funnel=funnel.name, subject=subject, name=name)
         for outcome in ("delivered", "retry", "failed", "no_route", "duplicate"):
             metrics.alert_deliveries.labels(outcome=outcome)
         for topic in source_topics:

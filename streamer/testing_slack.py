@@ -3,7 +3,8 @@
 - ``POST /services/<token>`` with JSON that has ``text``: 200 ``ok``, recorded.
 - More than one message a second on a webhook: 429 with ``Retry-After`` (seconds), body
   ``rate_limited``, not recorded.
-- Broken JSON or no ``text``: 400 ``invalid_payload``. Token ``archived``: 410
+- Broken JSON, or neither ``text`` nor legacy ``attachments`` (each with ``text`` or
+  ``fallback``, as Alertmanager sends them): 400 ``invalid_payload``. Token ``archived``: 410
   ``channel_is_archived``; ``missing``: 404 ``channel_not_found``; ``revoked``: 403
   ``invalid_token``.
 - :meth:`FakeSlack.fail_next` scripts outages: the next N requests get a status and body
@@ -32,6 +33,20 @@ _PERMANENT = {
     "missing": (404, "channel_not_found"),
     "revoked": (403, "invalid_token"),
 }
+
+
+def _has_text(payload: Any) -> bool:
+    """A message Slack can show: ``text``, or attachments that each carry a text."""
+    if not isinstance(payload, dict):
+        return False
+    if payload.get("text"):
+        return True
+    attachments = payload.get("attachments")
+    return (
+        isinstance(attachments, list)
+        and bool(attachments)
+        and all(isinstance(a, dict) and (a.get("text") or a.get("fallback")) for a in attachments)
+    )
 
 
 @dataclass
@@ -88,7 +103,7 @@ class FakeSlack:
                 status, body = self._script.pop(0)
             elif token.split("/")[-1] in _PERMANENT:
                 status, body = _PERMANENT[token.split("/")[-1]]
-            elif not isinstance(payload, dict) or not payload.get("text"):
+            elif not _has_text(payload):
                 status, body = 400, "invalid_payload"
             elif now - self._last_accepted.get(token, -1e9) < self.min_interval:
                 status, body = 429, "rate_limited"

@@ -11,6 +11,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,6 +54,11 @@ def unique() -> str:
 @pytest.fixture
 def settings(kafka_bootstrap: str, unique: str, tmp_path: Path) -> Settings:
     """Settings for one test: the session broker, topics and group id of its own."""
+    return isolated_settings(kafka_bootstrap, unique, tmp_path)
+
+
+def isolated_settings(kafka_bootstrap: str, unique: str, folder: Path, **extra: Any) -> Settings:
+    """The session broker, and topics, group id, web port and data dir no other test uses."""
     return Settings(
         kafka_bootstrap=kafka_bootstrap,
         app_id=f"test-{unique}",
@@ -67,6 +73,7 @@ def settings(kafka_bootstrap: str, unique: str, tmp_path: Path) -> Settings:
         baselines_topic=f"funnel.baselines-{unique}",
         rekeyed_topic=f"funnel.rekeyed-{unique}",
         web_port=free_port(),
-        data_dir=tmp_path / "worker",
+        data_dir=folder / "worker",
         topic_partitions=4,
+        **extra,
     )
