@@ -155,6 +155,8 @@ class Metrics:
     alert_deliveries: Counter
     alert_delivery_seconds: Histogram
     retractions: Counter
+    abandoned_value: Counter
+    retracted_value: Counter
     merge_errors: Counter
     funnel_entered: Counter
     funnel_converted: Counter
@@ -291,6 +293,18 @@ class Metrics:
                 "streamer_abandonment_retractions",
                 "Abandonments retracted because the session ordered afterwards",
                 ["funnel", "stage"],
+                registry=registry,
+            ),
+            abandoned_value=Counter(
+                "streamer_abandoned_cart_value",
+                "Cart value of abandonment events (the revenue at risk), in the cart's currency",
+                ["funnel", "stage", "currency"],
+                registry=registry,
+            ),
+            retracted_value=Counter(
+                "streamer_retracted_cart_value",
+                "Cart value of abandonments retracted because the session ordered afterwards",
+                ["funnel", "stage", "currency"],
                 registry=registry,
             ),
             merge_errors=Counter(

@@ -294,8 +294,9 @@ ABANDONMENTS = DashboardSpec(
     uid="streamer-abandonments",
     title="streamer / Abandonments",
     question=(
-        "Where do sessions abandon the funnel (timed out at an abandonment stage), and how "
-        "many of those abandonments were retracted because the session ordered afterwards?"
+        "Where do sessions abandon the funnel (timed out at an abandonment stage), how much "
+        "cart value is at risk, and how many abandonments were retracted because the session "
+        "ordered afterwards?"
     ),
     rows=(
         (
@@ -329,6 +330,29 @@ ABANDONMENTS = DashboardSpec(
                             + _increase("streamer_abandonment_retractions_total", RANGE)
                             + ")",
                             "retracted {{stage}}",
+                            instant=True,
+                        ),
+                    ),
+                    kind="bargauge",
+                ),
+                PanelSpec(
+                    "Cart value at risk over the chosen range",
+                    "Cart value of the abandonments per stage and currency "
+                    "(streamer_abandoned_cart_value_total), and of those retracted because "
+                    "the session ordered after all (streamer_retracted_cart_value_total).",
+                    (
+                        Query(
+                            "sum by (stage, currency) ("
+                            + _increase("streamer_abandoned_cart_value_total", RANGE)
+                            + ")",
+                            "{{stage}} {{currency}}",
+                            instant=True,
+                        ),
+                        Query(
+                            "sum by (stage, currency) ("
+                            + _increase("streamer_retracted_cart_value_total", RANGE)
+                            + ")",
+                            "retracted {{stage}} {{currency}}",
                             instant=True,
                         ),
                     ),

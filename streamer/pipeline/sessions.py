@@ -772,12 +772,14 @@ class SessionsStage:
                 notice.session_id.encode(), record.model_dump_json().encode(), None
             )
         )
-        counter = (
-            self._metrics.retractions
-            if record.kind == "retracted"
-            else (self._metrics.abandonments)
-        )
+        retracted = record.kind == "retracted"
+        counter = self._metrics.retractions if retracted else self._metrics.abandonments
         counter.labels(funnel=record.funnel, stage=record.stage).inc()
+        if record.cart_value:
+            value = self._metrics.retracted_value if retracted else self._metrics.abandoned_value
+            value.labels(
+                funnel=record.funnel, stage=record.stage, currency=record.currency or "unknown"
+            ).inc(record.cart_value)
 
     def _snapshot(self, partition: int) -> _Snapshot | None:
         """One synchronous snapshot of task ``partition``: its changes (encoded now: the task
