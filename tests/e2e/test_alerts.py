@@ -15,13 +15,14 @@ from typing import Any
 
 import orjson
 import pytest
+import yaml
 from aiokafka import TopicPartition
 from pydantic import SecretStr
 
 from streamer.app import topic_plan
 from streamer.decode import DecodeLimits, Rejection, decode_event
 from streamer.events import Abandonment, Alert, Event, ReplayReport, WindowStats
-from streamer.funnel.definition import FunnelDefinition, load_funnel
+from streamer.funnel.definition import FunnelDefinition, apply_overrides, load_funnel
 from streamer.funnel.detect import AlertDecision, FunnelDetector
 from streamer.funnel.session import CompiledFunnel
 from streamer.funnel.task import Task
@@ -341,6 +342,26 @@ async def test_a_payment_incident_pages_once_and_resolves_once(
     assert [a["event_id"] for a in changes["alerts_removed"]] == sorted(a.event_id for a in alerts)
     assert diff["after"]["overrides"] == {"alerting.min_increase": "0.95"}
     assert all(s["conversion_before"] == s["conversion_after"] for s in changes["steps"])
+    # A looser policy (re-notify every 30 s while an alert lasts) adds exactly the repeats the
+    # pure core fires with that setting.
+    loose = tmp_path / "loose.json"
+    cli(config, "replay", "--from", RANGE_FROM.isoformat(), "--to", CLOSING.isoformat(),
+        "--report", str(loose), "--set", "alerting.cooldown=30s")  # fmt: skip
+    diff = json.loads(cli(config, "replay", "diff", str(base), str(loose), "--json"))
+    [changes] = diff["funnels"]
+    loose_funnel = tmp_path / "loose.yaml"
+    loose_funnel.write_text(
+        yaml.safe_dump(apply_overrides(yaml.safe_load(FUNNEL), {"alerting.cooldown": "30s"}))
+    )
+    live_ids = {a.event_id for a in alerts}
+    added = [
+        a.event_id
+        for a in core_alerts(config.model_copy(update={"funnels": (loose_funnel,)}), events)
+        if a.event_id not in live_ids
+    ]
+    assert added, "repeats while the incident lasts"
+    assert [a["event_id"] for a in changes["alerts_added"]] == sorted(added)
+    assert changes["alerts_removed"] == []
     firing, resolved = alerts
     assert firing.alert_id == resolved.alert_id
     assert firing.severity == "page"
