@@ -395,6 +395,11 @@ class SessionsStage:
             runtime.catch_up = tuple(
                 index for name, index in names.items() if name not in stored_funnels
             )
+        if not meta:
+            # No checkpoint (a first start, or a partition that never had input): its counts
+            # of every funnel are whole from the start. Said to the merger, which waits for
+            # every partition before it starts a funnel new to it (see ``_announce_start``).
+            self._announce_start(runtime, partition, tuple(range(len(self.funnels))))
         task.restore(int(meta.get("watermark", NEVER)), sessions.items(), windows, stored_funnels)
         runtime.offsets = {str(k): int(v) for k, v in meta.get("offsets", {}).items()}
         runtime.source_offsets = {str(k): int(v) for k, v in meta.get("source_offsets", {}).items()}
@@ -529,7 +534,9 @@ class SessionsStage:
             self._announce_start(runtime, partition, indexes)
             return
         if task.watermark_ms == NEVER:
-            return  # nothing was released yet: the added funnels see everything from now on
+            # Nothing was released yet: the added funnels see everything from now on.
+            self._announce_start(runtime, partition, indexes)
+            return
         funnels = tuple(self.funnels[i] for i in indexes)
         lookback = max(
             f.definition.conversion_window_ms + f.definition.window_ms

@@ -256,8 +256,11 @@ class WindowMerger:
         starts at the latest of their windows: an earlier window would lack some partition's
         sessions (the detector has history's cohorts from ``streamer backfill``)."""
         funnel = self._funnels.get(str(record.get("funnel")))
-        if funnel is None:
-            return
+        if funnel is None or any(
+            self._get(f"{state}:{funnel.name}", None) is not None
+            for state in ("started", "final", "judged")
+        ):
+            return  # a funnel this merger already runs: a partition restarting, nothing new
         key = f"start:{funnel.name}"
         starts = self._get(key, {})
         starts[str(record["partition"])] = int(record["from"])
@@ -271,6 +274,7 @@ class WindowMerger:
                 del pending_windows[pending_key]
                 self._changed.discard(pending_key)
         self._put(f"final:{funnel.name}", max(begin, self._get(f"final:{funnel.name}", NEVER)))
+        self._put(f"started:{funnel.name}", begin)
         self._delete(key)
         log.info(
             "funnel %s: every partition took it up; its windows start at %s", funnel.name, begin

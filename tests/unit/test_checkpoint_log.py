@@ -11,6 +11,7 @@ import pytest
 
 from streamer.funnel.definition import FunnelDefinition, load_funnel
 from streamer.pipeline import sessions as sessions_module
+from streamer.pipeline.messages import SourceMessage
 from tests.unit.helpers import CHECKOUT, NOW_MS, Harness, make_harness, valid_event
 
 STEPS = ("page_view", "product_view", "add_to_cart", "checkout_started")
@@ -121,8 +122,10 @@ async def test_a_funnel_added_or_removed_between_restarts_keeps_the_other_funnel
     None
 ):
     checkout = load_funnel(CHECKOUT)
-    browse = checkout.model_copy(update={"name": "browse"})
+    browse = checkout.model_copy(update={"name": "browse"})  # the same shape: easy to compare
     harness = make_harness(lateness_ms=0)
+    sent: list[SourceMessage] = []
+    harness.stage.process = recording(harness.stage.process, sent)  # type: ignore[method-assign]
     for step in range(3):
         await feed(harness, range(6), step)
         harness.stage.inputs.observe("checkout", 0, NOW_MS)  # the watermark follows clickstream
@@ -131,21 +134,40 @@ async def test_a_funnel_added_or_removed_between_restarts_keeps_the_other_funnel
     before, windows = state_of(harness)
     assert all(state[0][0] is not None for state in before.values())  # checkout progress
 
-    # A funnel added in front: the sessions keep their checkout progress, browse starts fresh.
-    grown = restored(harness.table, (browse, checkout))
+    async def read_range(
+        topic: str, partition: int, start: int, end: int
+    ) -> tuple[int, list[SourceMessage]]:
+        return 0, [m for m in sent if m.topic == topic and start <= m.offset < end]
+
+    async def find_offset(topic: str, partition: int, at_ms: int) -> int:
+        return 0
+
+    # A funnel added in front: restored, the sessions keep their checkout progress ...
+    grown = make_harness(funnels=(browse, checkout), read_range=read_range, find_offset=find_offset)
+    grown.table.update(harness.table)
+    grown.stage.ensure(0)
     expected = {sid: [[None, state[0][0]], *state[1:]] for sid, state in before.items()}
     assert state_of(grown)[0] == expected
     assert set(state_of(grown)[1]) == {(1, start) for _, start in windows}
+    # ... and browse catches up from the input the checkpoint reflects before the next event.
     grown.offset = harness.offset  # the input goes on where the checkpoint left it
-    await feed(grown, range(6), 3)  # the sessions go on in checkout, and enter nothing new
+    await feed(grown, range(6), 3)
     assert not grown.dead_letters.sent
     await grown.stage.checkpoint(0)
     assert orjson.loads(grown.table["t:0"])["funnels"] == ["browse", "checkout"]
     assert state_of(restored(grown.table, (browse, checkout))) == state_of(grown)
     after = state_of(grown)[0]
-    assert all(state[0][0] is None for state in after.values())  # never entered browse
+    assert all(state[0][0] == state[0][1] for state in after.values())  # as if always there
     assert after != expected  # checkout moved on
 
     # The funnel removed again: checkout's progress is what it was with both.
     shrunk = state_of(restored(grown.table, (checkout,)))[0]
     assert shrunk == {sid: [[state[0][1]], *state[1:]] for sid, state in after.items()}
+
+
+def recording(process: Any, sent: list[SourceMessage]) -> Any:
+    async def wrapped(message: SourceMessage, ack: Any) -> Any:
+        sent.append(message)
+        return await process(message, ack)
+
+    return wrapped

@@ -11,7 +11,7 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from streamer.funnel.definition import load_funnel
-from streamer.funnel.session import Kind, Outcome
+from streamer.funnel.session import NEVER, Kind, Outcome
 from streamer.funnel.windows import WindowCounts
 from streamer.metrics import Metrics
 from streamer.pipeline.windows import JudgeFn, WindowMerger
@@ -210,3 +210,16 @@ async def test_an_added_funnel_starts_where_every_partition_counted_it_whole() -
     assert await merge.process(progress_of(0, FINAL_AT + 1, generation=1)) == []
     assert sent == []  # the window short of partition 1's sessions was dropped
     assert await merge.process(partial(0, 4, [1, 11, START])) == []  # and stays dropped
+
+
+async def test_a_start_for_a_funnel_already_running_changes_nothing() -> None:
+    """A partition with no checkpoint (it never had input) says so at every restart: for a
+    funnel the merger runs already, that holds nothing back."""
+    merge, _ = merger({}, Clock())
+    for partition in (0, 1):
+        await merge.process(start_of(partition, NEVER))  # a first start: whole from the start
+    await merge.process(partial(0, 3, [1, 10, START]))
+    await merge.process(progress_of(0, FINAL_AT, generation=1))
+    await merge.process(start_of(1, NEVER))  # partition 1 restarts, still without input
+    [published] = await merge.process(progress_of(1, FINAL_AT, generation=1))
+    assert (published.final, published.stages[0].entered) == (True, 3)
