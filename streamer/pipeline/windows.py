@@ -258,7 +258,7 @@ class WindowMerger:
         funnel = self._funnels.get(str(record.get("funnel")))
         if funnel is None or any(
             self._get(f"{state}:{funnel.name}", None) is not None
-            for state in ("started", "final", "judged")
+            for state in ("started", "final")
         ):
             return  # a funnel this merger already runs: a partition restarting, nothing new
         key = f"start:{funnel.name}"
@@ -381,7 +381,9 @@ class WindowMerger:
                 # wherever the watermark stands when this runs (how far a first burst of
                 # input got by then is chance): the same boundaries as a replay of its input.
                 starts = [start for owner, start in pending_windows.values() if owner is funnel]
-                first = max(min(starts) + size, earliest) if starts else latest
+                if not starts:
+                    continue  # nothing of it yet (a funnel just added may be held back soon)
+                first = max(min(starts) + size, earliest)
             else:
                 first = max(last + size, earliest)
             windows: dict[int, WindowCounts] = {}

@@ -167,10 +167,18 @@ async def test_a_funnel_added_to_a_running_worker_goes_on_with_its_open_sessions
     spanning = [w for w in live.values() if w.window_start < HANDOVER]
     assert spanning
     assert len(live) >= 10
-    for window_id, window in live.items():
-        assert window.model_dump(exclude={"revision"}) == replayed[window_id].model_dump(
-            exclude={"revision"}
-        ), window_id
+
+    def counts(w: WindowStats) -> list[tuple[int, int, int, int]]:
+        return [(s.entered, s.converted, s.dropped, s.open) for s in w.stages]
+
+    differ = [
+        f"{key} ({live[key].window_start:%H:%M:%S}): live {counts(live[key])} "
+        f"replay {counts(replayed[key])}"
+        for key in sorted(live)
+        if live[key].model_dump(exclude={"revision"})
+        != replayed[key].model_dump(exclude={"revision"})
+    ]
+    assert not differ, "\n".join([*differ, (tmp_path / "added.log").read_text()[-3000:]])
     assert sum(s.entered for w in spanning for s in w.stages) > 0
     # The other funnel sees the incident too (it ran throughout); checkout fires exactly
     # what it would have fired had it run throughout.
