@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from streamer.errors import ConfigError
 from streamer.funnel.definition import FunnelDefinition, FunnelDefinitionError, load_funnels
+from streamer.kafka_io import client_options
 from streamer.metrics import Metrics
 from streamer.notify import Notifier, SlackNotifier
 from streamer.pipeline import detector, notifier, rekey, sessions, web, windows
@@ -85,17 +86,23 @@ def slack_notifier(settings: Settings) -> SlackNotifier:
 
 
 def faust_broker_options(settings: Settings) -> dict[str, Any]:
+    """Faust's broker and credentials, derived from the options every aiokafka client of
+    streamer uses (``kafka_io.client_options``), so that the worker connects as they do."""
+    client = client_options(settings)
     options: dict[str, Any] = {
         "broker": [f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
     }
-    if settings.kafka_sasl_mechanism:
-        password = settings.kafka_sasl_password
+    context = client.get("ssl_context")
+    if "sasl_mechanism" in client:
+        # Faust picks SASL_SSL when given a context, SASL_PLAINTEXT without one.
         options["broker_credentials"] = faust.SASLCredentials(
-            username=settings.kafka_sasl_username,
-            password=password.get_secret_value() if password is not None else None,
-            mechanism=settings.kafka_sasl_mechanism,
-            ssl_context=None,
+            username=client["sasl_plain_username"],
+            password=client.get("sasl_plain_password"),
+            mechanism=client["sasl_mechanism"],
+            ssl_context=context,
         )
+    elif context is not None:
+        options["broker_credentials"] = faust.SSLCredentials(context)
     return options
 
 
