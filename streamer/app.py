@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from streamer.errors import ConfigError
 from streamer.funnel.definition import FunnelDefinition, FunnelDefinitionError, load_funnels
+from streamer.kafka_access import AccessNeeds
 from streamer.kafka_io import client_options
 from streamer.metrics import Metrics
 from streamer.notify import Notifier, SlackNotifier
@@ -27,8 +28,10 @@ __all__ = [
     "StreamerApp",
     "create_app",
     "faust_broker_options",
+    "internal_topics",
     "load_configured_funnels",
     "topic_plan",
+    "worker_access",
 ]
 
 
@@ -72,6 +75,34 @@ def topic_plan(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
         settings.baselines_topic: (1, {"cleanup.policy": "compact"}),
         **({} if settings.source_keyed_by_session else {settings.rekeyed_topic: (per_session, {})}),
     }
+
+
+def internal_topics(app: StreamerApp) -> tuple[str, ...]:
+    """The topics Faust makes for itself, all named ``{app_id}-...``: one changelog per table
+    and the leader assignor's topic."""
+    changelogs = sorted(
+        table.changelog_topic.get_topic_name() for table in app.faust.tables.values()
+    )
+    return (*changelogs, f"{app.settings.app_id}-__assignor-__leader")
+
+
+def worker_access(app: StreamerApp) -> AccessNeeds:
+    """The ACLs a worker needs (the README's "Secure Kafka" table says the same): the topics it
+    reads and writes, Faust's internal topics, its consumer group. No transactional id: the
+    worker runs at-least-once with idempotent outputs."""
+    settings = app.settings
+    sources = (settings.clickstream_topic, settings.checkout_topic)
+    rekeyed = () if settings.source_keyed_by_session else (settings.rekeyed_topic,)
+    internal = internal_topics(app)
+    return AccessNeeds(
+        read=(*sources, *rekeyed, settings.partials_topic, settings.alerts_topic,
+              settings.baselines_topic, *internal),
+        write=(*rekeyed, settings.dlq_topic, settings.partials_topic, settings.windows_topic,
+               settings.abandonments_topic, settings.alerts_topic, settings.failed_alerts_topic,
+               *internal),
+        create=internal,
+        groups=(settings.app_id,),
+    )  # fmt: skip
 
 
 def slack_notifier(settings: Settings) -> SlackNotifier:
