@@ -286,6 +286,8 @@ class LocalKafka:
             f"ssl.keystore.location={self.tls_dir / 'broker-keystore.pem'}",
             "ssl.truststore.type=PEM",
             f"ssl.truststore.location={self.ca_file}",
+            # Clients may present a certificate (mutual TLS); SASL still names the principal.
+            "ssl.client.auth=requested",
             f"authorizer.class.name={_AUTHORIZER}",
             f"super.users={supers}",
             "allow.everyone.if.no.acl.found=false",

@@ -37,16 +37,22 @@ def _write_private(path: Path, data: bytes) -> None:
         handle.write(data)
 
 
-def _key_pem(key: rsa.RSAPrivateKey) -> bytes:
+def _key_pem(key: rsa.RSAPrivateKey, password: str | None = None) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,  # Kafka's PEM keystore reads PKCS#8 only
-        serialization.NoEncryption(),
+        serialization.NoEncryption()
+        if password is None
+        else serialization.BestAvailableEncryption(password.encode()),
     )
 
 
 def _write(
-    name: str, folder: Path, cert: x509.Certificate, key: rsa.RSAPrivateKey
+    name: str,
+    folder: Path,
+    cert: x509.Certificate,
+    key: rsa.RSAPrivateKey,
+    key_password: str | None = None,
 ) -> CertificateFiles:
     files = CertificateFiles(
         certificate=folder / f"{name}.pem",
@@ -54,9 +60,10 @@ def _write(
         chain=folder / f"{name}-keystore.pem",
     )
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = _key_pem(key, key_password)
     _write_private(files.certificate, cert_pem)
-    _write_private(files.key, _key_pem(key))
-    _write_private(files.chain, _key_pem(key) + cert_pem)
+    _write_private(files.key, key_pem)
+    _write_private(files.chain, key_pem + cert_pem)
     return files
 
 
@@ -100,10 +107,15 @@ def write_ca(folder: Path, common_name: str = "streamer local CA") -> Certificat
 
 
 def write_signed_certificate(
-    ca: CertificateFiles, folder: Path, name: str, hosts: tuple[str, ...]
+    ca: CertificateFiles,
+    folder: Path,
+    name: str,
+    hosts: tuple[str, ...],
+    key_password: str | None = None,
 ) -> CertificateFiles:
     """A certificate for ``hosts`` (IP addresses or DNS names) signed by ``ca``, usable by a
-    server and as a client certificate (mutual TLS)."""
+    server and as a client certificate (mutual TLS); its key encrypted with ``key_password``
+    when one is given."""
     ca_cert = x509.load_pem_x509_certificate(ca.certificate.read_bytes())
     ca_key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
     assert isinstance(ca_key, rsa.RSAPrivateKey)
@@ -136,4 +148,4 @@ def write_signed_certificate(
         )
         .sign(ca_key, hashes.SHA256())
     )
-    return _write(name, folder, cert, key)
+    return _write(name, folder, cert, key, key_password)
