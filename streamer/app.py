@@ -95,8 +95,9 @@ def worker_access(app: StreamerApp) -> AccessNeeds:
     rekeyed = () if settings.source_keyed_by_session else (settings.rekeyed_topic,)
     internal = internal_topics(app)
     return AccessNeeds(
-        read=(*sources, *rekeyed, settings.partials_topic, settings.alerts_topic,
-              settings.baselines_topic, *internal),
+        # windows: the /funnel page tails it (streamer.query.tail_windows).
+        read=(*sources, *rekeyed, settings.partials_topic, settings.windows_topic,
+              settings.alerts_topic, settings.baselines_topic, *internal),
         write=(*rekeyed, settings.dlq_topic, settings.partials_topic, settings.windows_topic,
                settings.abandonments_topic, settings.alerts_topic, settings.failed_alerts_topic,
                *internal),
