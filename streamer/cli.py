@@ -57,17 +57,10 @@ def _fail_cleanly(func: F) -> F:
 
 
 def _kafka_ready(settings: Settings, needs: AccessNeeds | None = None) -> None:
-    """Before a command touches Kafka: does a broker answer, does it let us in (TLS, SASL),
-    and may we do what the command needs (ACLs)? Otherwise one line naming what to fix."""
-    from streamer.kafka_access import check_login, require_access
+    """Does a broker answer, let us in, and allow what the command needs? (one line if not)"""
+    from streamer.kafka_access import ready
 
-    if not run_sync(check_login(settings)):
-        raise StreamerError(
-            f"no Kafka broker answers at {settings.bootstrap_servers}: start one with "
-            "`streamer kafka up` or set STREAMER_KAFKA_BOOTSTRAP"
-        )
-    if needs is not None:
-        run_sync(require_access(settings, needs))
+    run_sync(ready(settings, needs))
 
 
 def _sources(settings: Settings) -> tuple[str, str]:

@@ -45,7 +45,14 @@ from streamer.errors import (
 from streamer.kafka_io import client_options, make_admin, make_client, principal, run_sync
 from streamer.settings import ENV_PREFIX, Settings
 
-__all__ = ["AccessNeeds", "check_login", "explain_kafka_error", "require_access"]
+__all__ = [
+    "AccessNeeds",
+    "check_login",
+    "explain_kafka_error",
+    "no_broker",
+    "ready",
+    "require_access",
+]
 
 _SEE_README = "see README, Secure Kafka"
 _UNKNOWN_TOPIC = 3
@@ -299,8 +306,21 @@ def explain_kafka_error(settings: Settings, exc: Exception) -> StreamerError:
     except KafkaAccessError as access:
         return access
     if not reachable:
-        return StreamerError(
-            f"no Kafka broker answers at {settings.bootstrap_servers}: start one with "
-            "`streamer kafka up` or set STREAMER_KAFKA_BOOTSTRAP"
-        )
+        return no_broker(settings)
     return StreamerError(f"Kafka: {type(exc).__name__}: {exc}")
+
+
+def no_broker(settings: Settings) -> StreamerError:
+    return StreamerError(
+        f"no Kafka broker answers at {settings.bootstrap_servers}: start one with "
+        "`streamer kafka up` or set STREAMER_KAFKA_BOOTSTRAP"
+    )
+
+
+async def ready(settings: Settings, needs: AccessNeeds | None = None) -> None:
+    """Before a command touches Kafka: a broker answers, lets this client in (TLS, SASL) and
+    allows what ``needs`` lists (ACLs); otherwise a :class:`StreamerError` naming what to fix."""
+    if not await check_login(settings):
+        raise no_broker(settings)
+    if needs is not None:
+        await require_access(settings, needs)

@@ -343,20 +343,24 @@ class LocalKafka:
             *args,
         ]
 
+    def _check_formatted_for(self) -> None:
+        """Refuse data formatted for the other listener (users exist from format time only)."""
+        wanted = self.settings.kafka_security_protocol
+        if not (self.log_dirs / "meta.properties").exists():
+            return
+        formatted_for = (
+            self.security_file.read_text().strip() if self.security_file.exists() else "PLAINTEXT"
+        )
+        if formatted_for != wanted:
+            raise BrokerError(
+                f"the local broker data in {self.data_dir} was made for {formatted_for}, "
+                f"not kafka_security_protocol={wanted} (its users are created once, at "
+                "format time): run `streamer kafka reset` first"
+            )
+
     def _format(self) -> None:
         wanted = self.settings.kafka_security_protocol
         if (self.log_dirs / "meta.properties").exists():
-            formatted_for = (
-                self.security_file.read_text().strip()
-                if self.security_file.exists()
-                else "PLAINTEXT"
-            )
-            if formatted_for != wanted:
-                raise BrokerError(
-                    f"the local broker data in {self.data_dir} was made for {formatted_for}, "
-                    f"not kafka_security_protocol={wanted} (its users are created once, at "
-                    "format time): run `streamer kafka reset` first"
-                )
             return
         self.log_dirs.mkdir(parents=True, exist_ok=True)
         users: list[str] = []
@@ -399,6 +403,7 @@ class LocalKafka:
                 )
         self.resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._check_formatted_for()
         if self.secured:
             self._write_certificates()
         self._write_properties()

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import faust
 import pytest
+from aiokafka.errors import GroupAuthorizationFailedError, TopicAuthorizationFailedError
 
 from streamer.app import create_app, faust_broker_options, internal_topics, worker_access
-from streamer.errors import ConfigError
+from streamer.errors import ConfigError, KafkaAuthorizationError
+from streamer.kafka_access import explain_kafka_error
 from streamer.kafka_io import client_options, ssl_context
+from streamer.kafka_local import LocalKafka
 from streamer.settings import Settings, load_settings
 from streamer.tls import CertificateFiles, write_ca, write_signed_certificate
 from tests.acl_table import readme_worker_acls
@@ -159,3 +162,38 @@ def test_the_readme_acl_table_is_what_the_worker_checks(keyed: bool) -> None:
     assert groups == set(needs.groups) == {"shop"}
     if not keyed:  # the re-key row counts only on that path
         assert {(settings.rekeyed_topic, "Read"), (settings.rekeyed_topic, "Write")} <= documented
+
+
+def test_authorization_errors_met_mid_command_name_the_topic_or_group() -> None:
+    settings = _sasl_ssl()
+    topic = explain_kafka_error(settings, TopicAuthorizationFailedError("funnel.windows"))
+    assert isinstance(topic, KafkaAuthorizationError)
+    assert "Kafka user 'svc' may not use topic funnel.windows" in str(topic)
+    group = explain_kafka_error(settings, GroupAuthorizationFailedError("streamer"))
+    assert "may not join group streamer" in str(group)
+    assert "pw-secret-0815" not in str(topic) + str(group)
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"kafka_security_protocol": "SSL", "kafka_ssl_cafile": "ca.pem"}, "serves PLAINTEXT or"),
+        ({"kafka_sasl_mechanism": "PLAIN"}, "takes SCRAM-SHA-256 or SCRAM-SHA-512"),
+        ({"kafka_sasl_password": "a,b=c"}, "without spaces, quotes"),
+    ],
+)
+def test_the_local_broker_refuses_what_it_cannot_serve(
+    values: dict[str, str], named: str, tmp_path: Path
+) -> None:
+    secured = {
+        "kafka_data_dir": tmp_path,
+        "kafka_security_protocol": "SASL_SSL",
+        "kafka_sasl_mechanism": "SCRAM-SHA-512",
+        "kafka_sasl_username": "admin",
+        "kafka_sasl_password": "pw",
+    }
+    if values.get("kafka_security_protocol") == "SSL":
+        secured = {"kafka_data_dir": tmp_path}
+    with pytest.raises(ConfigError, match=named) as caught:
+        LocalKafka(load_settings(**{**secured, **values}))
+    assert "a,b=c" not in str(caught.value)
