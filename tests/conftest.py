@@ -50,9 +50,8 @@ def unique() -> str:
     return uuid.uuid4().hex[:10]
 
 
-@pytest.fixture
-def settings(kafka_bootstrap: str, unique: str, tmp_path: Path) -> Settings:
-    """Settings for one test: the session broker, topics and group id of its own."""
+def settings_of_own(kafka_bootstrap: str, unique: str, data_dir: Path) -> Settings:
+    """Settings with topics, group id and web port of their own (names end in ``unique``)."""
     return Settings(
         kafka_bootstrap=kafka_bootstrap,
         app_id=f"test-{unique}",
@@ -67,6 +66,12 @@ def settings(kafka_bootstrap: str, unique: str, tmp_path: Path) -> Settings:
         baselines_topic=f"funnel.baselines-{unique}",
         rekeyed_topic=f"funnel.rekeyed-{unique}",
         web_port=free_port(),
-        data_dir=tmp_path / "worker",
+        data_dir=data_dir,
         topic_partitions=4,
     )
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, unique: str, tmp_path: Path) -> Settings:
+    """Settings for one test: the session broker, topics and group id of its own."""
+    return settings_of_own(kafka_bootstrap, unique, tmp_path / "worker")

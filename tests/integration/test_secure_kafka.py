@@ -33,6 +33,7 @@ from streamer.testing import WorkerProcess, free_port, produce, run_cli
 from streamer.tls import CertificateFiles, write_ca, write_signed_certificate
 from tests.acl_table import Acl, grant, readme_worker_acls
 from tests.compare import assert_same
+from tests.conftest import settings_of_own
 from tests.integration.pipeline_run import Published, preload, wait_published
 from tests.oracle import OracleResult, compute
 from tests.traffic import Dataset, at_ms, generate
@@ -41,6 +42,7 @@ pytestmark = pytest.mark.integration
 
 CHECKOUT = Path(__file__).resolve().parents[2] / "deploy/funnels/checkout.yaml"
 MALFORMED = b'{"event_type": "page_view", "session_id": '  # one dead letter per run
+WRONG_PASSWORD = "wrong-" + secrets.token_hex(8)
 
 
 @cache
@@ -62,19 +64,22 @@ class SecureBroker:
     client_cert: Path
     client_key: Path
     key_password: str
-    tmp: Path
+
+    @property
+    def admin_password(self) -> str:
+        password = self.admin.kafka_sasl_password
+        assert password is not None
+        return password.get_secret_value()
 
     def secrets(self) -> list[str]:
         """Every secret of the module: passwords and the client key's encrypted body."""
-        admin_password = self.admin.kafka_sasl_password
-        assert admin_password is not None
         key_lines = [
             line
             for line in self.client_key.read_text().splitlines()
             if line and not line.startswith("-----")
         ]
         return [
-            admin_password.get_secret_value(),
+            self.admin_password,
             *self.passwords.values(),
             self.key_password,
             WRONG_PASSWORD,
@@ -90,7 +95,7 @@ class SecureBroker:
             "kafka_security_protocol": "SASL_SSL",
             "kafka_sasl_mechanism": "SCRAM-SHA-512",
             "kafka_sasl_username": user,
-            "kafka_sasl_password": SecretStr(self.passwords.get(user) or _admin_pw(self)),
+            "kafka_sasl_password": SecretStr(self.passwords.get(user) or self.admin_password),
             "kafka_ssl_cafile": self.broker.ca_file,
             "kafka_ssl_certfile": self.client_cert,
             "kafka_ssl_keyfile": self.client_key,
@@ -98,15 +103,6 @@ class SecureBroker:
             **update,
         }
         return Settings.model_validate(values)
-
-
-WRONG_PASSWORD = "wrong-" + secrets.token_hex(8)
-
-
-def _admin_pw(secure: SecureBroker) -> str:
-    password = secure.admin.kafka_sasl_password
-    assert password is not None
-    return password.get_secret_value()
 
 
 def assert_no_secret(secure: SecureBroker, *outputs: str) -> None:
@@ -147,29 +143,14 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
             client_cert=client.certificate,
             client_key=client.key,
             key_password=key_password,
-            tmp=tmp,
         )
     finally:
         broker.destroy()
 
 
 def _names(bootstrap: str, tag: str, tmp: Path) -> Settings:
-    return Settings(
-        kafka_bootstrap=bootstrap,
-        app_id=f"sec-{tag}",
-        clickstream_topic=f"clickstream-{tag}",
-        checkout_topic=f"checkout-{tag}",
-        dlq_topic=f"funnel.dlq-{tag}",
-        partials_topic=f"funnel.partials-{tag}",
-        windows_topic=f"funnel.windows-{tag}",
-        abandonments_topic=f"funnel.abandonments-{tag}",
-        alerts_topic=f"funnel.alerts-{tag}",
-        failed_alerts_topic=f"funnel.alerts.failed-{tag}",
-        baselines_topic=f"funnel.baselines-{tag}",
-        web_port=free_port(),
-        data_dir=tmp / f"state-{tag}",
-        funnels=(CHECKOUT,),
-    )
+    own = settings_of_own(bootstrap, tag, tmp / f"state-{tag}")
+    return own.model_copy(update={"funnels": (CHECKOUT,)})
 
 
 async def _run_scenario(settings: Settings, reader: Settings, log: Path) -> tuple[Published, str]:

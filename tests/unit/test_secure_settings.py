@@ -40,6 +40,16 @@ def _sasl_ssl(**extra: object) -> Settings:
     )
 
 
+def _with_client_key(pki: tuple[CertificateFiles, CertificateFiles], key_password: str) -> Settings:
+    ca, client = pki
+    return _sasl_ssl(
+        kafka_ssl_cafile=ca.certificate,
+        kafka_ssl_certfile=client.certificate,
+        kafka_ssl_keyfile=client.key,
+        kafka_ssl_key_password=key_password,
+    )
+
+
 @pytest.mark.parametrize(
     ("values", "named"),
     [
@@ -62,13 +72,7 @@ def test_inconsistent_security_settings_are_refused_by_name(
 def test_tls_context_trusts_the_ca_and_loads_an_encrypted_client_key(
     pki: tuple[CertificateFiles, CertificateFiles],
 ) -> None:
-    ca, client = pki
-    settings = _sasl_ssl(
-        kafka_ssl_cafile=ca.certificate,
-        kafka_ssl_certfile=client.certificate,
-        kafka_ssl_keyfile=client.key,
-        kafka_ssl_key_password=KEY_PASSWORD,
-    )
+    settings = _with_client_key(pki, KEY_PASSWORD)
     context = ssl_context(settings)
     assert context is not None
     assert context.check_hostname
@@ -87,13 +91,7 @@ def test_tls_context_trusts_the_ca_and_loads_an_encrypted_client_key(
 def test_a_wrong_key_password_names_the_setting_not_the_password(
     pki: tuple[CertificateFiles, CertificateFiles],
 ) -> None:
-    ca, client = pki
-    settings = _sasl_ssl(
-        kafka_ssl_cafile=ca.certificate,
-        kafka_ssl_certfile=client.certificate,
-        kafka_ssl_keyfile=client.key,
-        kafka_ssl_key_password="not-the-key-password",
-    )
+    settings = _with_client_key(pki, "not-the-key-password")
     with pytest.raises(ConfigError, match="kafka_ssl_key_password") as caught:
         ssl_context(settings)
     assert "not-the-key-password" not in str(caught.value)
