@@ -226,7 +226,7 @@ class LocalKafka:
             data_dir=self.data_dir,
             version=self.version,
             log_file=self.log_file,
-            security=self.settings.kafka_security_protocol,
+            security=self._formatted_for() or self.settings.kafka_security_protocol,
         )
 
     # --- start ---------------------------------------------------------------------------
@@ -343,15 +343,19 @@ class LocalKafka:
             *args,
         ]
 
+    def _formatted_for(self) -> str | None:
+        """The listener protocol the data folder was formatted for; None before a format."""
+        if not (self.log_dirs / "meta.properties").exists():
+            return None
+        if not self.security_file.exists():  # formatted before SASL_SSL existed
+            return "PLAINTEXT"
+        return self.security_file.read_text().strip()
+
     def _check_formatted_for(self) -> None:
         """Refuse data formatted for the other listener (users exist from format time only)."""
         wanted = self.settings.kafka_security_protocol
-        if not (self.log_dirs / "meta.properties").exists():
-            return
-        formatted_for = (
-            self.security_file.read_text().strip() if self.security_file.exists() else "PLAINTEXT"
-        )
-        if formatted_for != wanted:
+        formatted_for = self._formatted_for()
+        if formatted_for is not None and formatted_for != wanted:
             raise BrokerError(
                 f"the local broker data in {self.data_dir} was made for {formatted_for}, "
                 f"not kafka_security_protocol={wanted} (its users are created once, at "

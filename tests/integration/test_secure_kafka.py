@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -105,11 +107,11 @@ class SecureBroker:
         return Settings.model_validate(values)
 
 
-def assert_no_secret(secure: SecureBroker, *outputs: str) -> None:
+def assert_no_secret(secure: SecureBroker | list[str], *outputs: str) -> None:
     """No line of any output holds a password or a line of the key."""
     lines = [line for output in outputs for line in output.splitlines()]
     assert lines, "nothing to search"
-    for secret in secure.secrets():
+    for secret in secure if isinstance(secure, list) else secure.secrets():
         leaks = [line for line in lines if secret in line]
         assert not leaks, f"a secret leaked in: {leaks[0][:200]}"
 
@@ -350,3 +352,49 @@ def test_config_show_masks_every_secret(secure: SecureBroker, tmp_path: Path) ->
     assert "kafka_sasl_password = '**********'" in shown.stdout
     assert "kafka_ssl_key_password = '**********'" in shown.stdout
     assert_no_secret(secure, shown.stdout, shown.stderr)
+
+
+def test_kafka_up_serves_sasl_ssl_and_its_clients_trust_its_ca_unasked(tmp_path: Path) -> None:
+    """`streamer kafka up` as a user runs it: SASL_SSL from the environment, no CA setting."""
+    password = secrets.token_hex(12)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
+    env.update(
+        STREAMER_KAFKA_PORT=str(free_port()),
+        STREAMER_KAFKA_CONTROLLER_PORT=str(free_port()),
+        STREAMER_KAFKA_DATA_DIR=str(tmp_path / "kafka"),
+        STREAMER_KAFKA_SECURITY_PROTOCOL="SASL_SSL",
+        STREAMER_KAFKA_SASL_MECHANISM="SCRAM-SHA-256",
+        STREAMER_KAFKA_SASL_USERNAME="ops",
+        STREAMER_KAFKA_SASL_PASSWORD=password,
+    )
+
+    def streamer(*args: str, **override: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "streamer", *args], env={**env, **override},
+            capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+
+    outputs: list[str] = []
+    try:
+        up = streamer("kafka", "up")
+        outputs += [up.stdout, up.stderr]
+        assert up.returncode == 0, up.stderr
+        assert f"(SASL_SSL, CA {tmp_path / 'kafka' / 'tls' / 'ca.pem'}" in up.stdout
+        topics = streamer("topics")
+        outputs += [topics.stdout, topics.stderr]
+        assert topics.returncode == 0, topics.stderr
+        assert "clickstream: 4 partition(s)" in topics.stdout
+    finally:
+        down = streamer("kafka", "down")
+        outputs += [down.stdout, down.stderr]
+    assert "stopped local Kafka" in down.stdout
+    plaintext = {k: v for k, v in env.items() if "SASL" not in k}
+    switched = subprocess.run(
+        [sys.executable, "-m", "streamer", "kafka", "up"],
+        env={**plaintext, "STREAMER_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"},
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert "was made for SASL_SSL" in _one_error_line(switched)
+    assert "streamer kafka reset" in switched.stderr
+    log = (tmp_path / "kafka" / "broker.log").read_text(errors="replace")
+    assert_no_secret([password], *outputs, switched.stderr, log)
