@@ -752,7 +752,8 @@ def worker(ctx: click.Context) -> None:
     run_sync(ensure_topic_plan(settings, _topic_plan(settings)))
     _check_source_partitions(settings)
     app = create_app(settings)
-    # Faust meets a missing ACL as a crash loop deep in its consumer or producer: check first.
+    # Faust meets a missing ACL only when it first uses that topic, as a crash with a
+    # traceback: check every ACL the worker needs before it starts.
     run_sync(require_access(settings, worker_access(app)))
     log.info("metrics on http://%s:%d/metrics", settings.web_host, settings.web_port)
     faust.Worker(
