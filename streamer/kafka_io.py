@@ -209,8 +209,26 @@ async def ensure_topics(
                             "Create on the topic, or create the topics first with `streamer "
                             "topics` as an admin (see README, Secure Kafka)"
                         )
+            await _wait_until_listed(settings, [topic.name for topic in wanted])
     finally:
         await admin.close()
+
+
+async def _wait_until_listed(settings: Settings, names: list[str], timeout: float = 10.0) -> None:
+    """A topic just created reaches the brokers' metadata a moment after CreateTopics returns
+    (KRaft); a partition count read before that is 0 (seen by the worker's co-partitioning
+    check on a loaded machine)."""
+    client = make_client(settings)
+    await client.bootstrap()
+    deadline = asyncio.get_running_loop().time() + timeout
+    try:
+        while asyncio.get_running_loop().time() < deadline:
+            cluster = await client.fetch_all_metadata()
+            if all(cluster.partitions_for_topic(name) for name in names):
+                return
+            await asyncio.sleep(0.1)
+    finally:
+        await client.close()
 
 
 async def ensure_topic_plan(
