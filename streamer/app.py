@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from streamer.errors import ConfigError
 from streamer.funnel.definition import FunnelDefinition, FunnelDefinitionError, load_funnels
+from streamer.kafka_access import AccessNeeds
+from streamer.kafka_io import client_options
 from streamer.metrics import Metrics
 from streamer.notify import Notifier, SlackNotifier
 from streamer.pipeline import detector, notifier, rekey, sessions, web, windows
@@ -26,8 +28,10 @@ __all__ = [
     "StreamerApp",
     "create_app",
     "faust_broker_options",
+    "internal_topics",
     "load_configured_funnels",
     "topic_plan",
+    "worker_access",
 ]
 
 
@@ -73,6 +77,35 @@ def topic_plan(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
     }
 
 
+def internal_topics(app: StreamerApp) -> tuple[str, ...]:
+    """The topics Faust makes for itself, all named ``{app_id}-...``: one changelog per table
+    and the leader assignor's topic."""
+    changelogs = sorted(
+        table.changelog_topic.get_topic_name() for table in app.faust.tables.values()
+    )
+    return (*changelogs, f"{app.settings.app_id}-__assignor-__leader")
+
+
+def worker_access(app: StreamerApp) -> AccessNeeds:
+    """The ACLs a worker needs (the README's "Secure Kafka" table says the same): the topics it
+    reads and writes, Faust's internal topics, its consumer group. No transactional id: the
+    worker runs at-least-once with idempotent outputs."""
+    settings = app.settings
+    sources = (settings.clickstream_topic, settings.checkout_topic)
+    rekeyed = () if settings.source_keyed_by_session else (settings.rekeyed_topic,)
+    internal = internal_topics(app)
+    return AccessNeeds(
+        # windows: the /funnel page tails it (streamer.query.tail_windows).
+        read=(*sources, *rekeyed, settings.partials_topic, settings.windows_topic,
+              settings.alerts_topic, settings.baselines_topic, *internal),
+        write=(*rekeyed, settings.dlq_topic, settings.partials_topic, settings.windows_topic,
+               settings.abandonments_topic, settings.alerts_topic, settings.failed_alerts_topic,
+               *internal),
+        create=internal,
+        groups=(settings.app_id,),
+    )  # fmt: skip
+
+
 def slack_notifier(settings: Settings) -> SlackNotifier:
     """The Slack notifier the settings describe (webhooks, timeout, retries, pace)."""
     return SlackNotifier(
@@ -85,17 +118,23 @@ def slack_notifier(settings: Settings) -> SlackNotifier:
 
 
 def faust_broker_options(settings: Settings) -> dict[str, Any]:
+    """Faust's broker and credentials, derived from the options every aiokafka client of
+    streamer uses (``kafka_io.client_options``), so that the worker connects as they do."""
+    client = client_options(settings)
     options: dict[str, Any] = {
         "broker": [f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
     }
-    if settings.kafka_sasl_mechanism:
-        password = settings.kafka_sasl_password
+    context = client.get("ssl_context")
+    if "sasl_mechanism" in client:
+        # Faust picks SASL_SSL when given a context, SASL_PLAINTEXT without one.
         options["broker_credentials"] = faust.SASLCredentials(
-            username=settings.kafka_sasl_username,
-            password=password.get_secret_value() if password is not None else None,
-            mechanism=settings.kafka_sasl_mechanism,
-            ssl_context=None,
+            username=client["sasl_plain_username"],
+            password=client.get("sasl_plain_password"),
+            mechanism=client["sasl_mechanism"],
+            ssl_context=context,
         )
+    elif context is not None:
+        options["broker_credentials"] = faust.SSLCredentials(context)
     return options
 
 

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
 
 from streamer.errors import StreamerError
+from streamer.kafka_access import AccessNeeds
 from streamer.kafka_io import ensure_topic_plan, metadata_ready, run_sync
 from streamer.settings import Settings, load_settings
 from streamer.testing import MetricValues, WorkerProcess, scrape_metrics
@@ -44,8 +46,25 @@ def _fail_cleanly(func: F) -> F:
         except StreamerError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except KafkaError as exc:  # met mid-command: named, with the setting or topic to fix
+            from streamer.kafka_access import explain_kafka_error
+
+            explained = explain_kafka_error(click.get_current_context().obj, exc)
+            click.echo(f"error: {explained}", err=True)
+            sys.exit(2)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _kafka_ready(settings: Settings, needs: AccessNeeds | None = None) -> None:
+    """Does a broker answer, let us in, and allow what the command needs? (one line if not)"""
+    from streamer.kafka_access import ready
+
+    run_sync(ready(settings, needs))
+
+
+def _sources(settings: Settings) -> tuple[str, str]:
+    return (settings.clickstream_topic, settings.checkout_topic)
 
 
 def _configure_logging(level: str) -> None:
@@ -160,6 +179,7 @@ def topics(ctx: click.Context) -> None:
     """Create streamer's topics that do not exist yet."""
     settings = _settings(ctx)
     plan = _topic_plan(settings)
+    _kafka_ready(settings)
     run_sync(ensure_topic_plan(settings, plan))
     for name, (partitions, _) in plan.items():
         click.echo(f"{name}: {partitions} partition(s)")
@@ -200,6 +220,7 @@ def dlq_inspect(ctx: click.Context, limit: int, reasons: tuple[str, ...], as_jso
     from streamer.kafka_io import read_topic
 
     settings = _settings(ctx)
+    _kafka_ready(settings, AccessNeeds(read=(settings.dlq_topic,)))
     letters, unreadable = parse_dead_letters(asyncio.run(read_topic(settings, settings.dlq_topic)))
     if reasons:
         letters = [letter for letter in letters if letter.reason.value in reasons]
@@ -238,6 +259,15 @@ def dlq_replay(ctx: click.Context, reasons: tuple[str, ...], dry_run: bool) -> N
     from streamer.dlq import ledger_topic, replay_dead_letters
 
     settings = _settings(ctx)
+    ledger = ledger_topic(settings)
+    _kafka_ready(
+        settings,
+        AccessNeeds(
+            read=(settings.dlq_topic, ledger),
+            write=() if dry_run else (*_sources(settings), ledger),
+            create=(ledger,),
+        ),
+    )
     report = asyncio.run(
         replay_dead_letters(settings, frozenset(reasons) if reasons else None, dry_run)
     )
@@ -331,6 +361,7 @@ def funnel_show(ctx: click.Context, url: str | None, from_topic: bool, as_json: 
         from streamer.kafka_io import read_topic
         from streamer.query import FunnelView
 
+        _kafka_ready(settings, AccessNeeds(read=(settings.windows_topic,)))
         view = FunnelView()
         for _, value in asyncio.run(read_topic(settings, settings.windows_topic)):
             view.add(WindowStats.model_validate_json(value or b""))
@@ -439,6 +470,7 @@ def replay(
     from streamer.history import replay_range
 
     settings = _settings(ctx)
+    _kafka_ready(settings, AccessNeeds(read=_sources(settings)))  # read-only: writes nothing
     changes: dict[str, str] = {}
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -591,6 +623,7 @@ def backfill_command(
 
     range_from, range_to = _time_range(start, end)
     settings = _settings(ctx)
+    _kafka_ready(settings, AccessNeeds(read=_sources(settings), write=(settings.baselines_topic,)))
     asyncio.run(ensure_topic_plan(settings, _topic_plan(settings)))
     records = asyncio.run(backfill(settings, load_funnels(funnel_paths), range_from, range_to))
     for record in records:
@@ -606,7 +639,9 @@ def _load_otto(ctx: click.Context, path: Path) -> None:
     from streamer.replay import otto_events, replay_events
 
     events = sorted(otto_events(path), key=lambda e: (e["occurred_at"], e["event_id"]))
-    count = asyncio.run(replay_events(_settings(ctx), events))
+    settings = _settings(ctx)
+    _kafka_ready(settings, AccessNeeds(write=_sources(settings)))
+    count = asyncio.run(replay_events(settings, events))
     click.echo(
         f"loaded {count} OTTO events into the input topics; sessions are decided as their "
         "timeouts pass the watermark"
@@ -650,7 +685,9 @@ def alerts_redeliver(ctx: click.Context, dry_run: bool) -> None:
     """Send alerts that Slack refused (4xx) back to the notifier, each once (after a fix)."""
     from streamer.alerts import redeliver_failed_alerts
 
-    report = asyncio.run(redeliver_failed_alerts(_settings(ctx), dry_run))
+    settings = _settings(ctx)
+    _kafka_ready(settings)
+    report = asyncio.run(redeliver_failed_alerts(settings, dry_run))
     verb = "would redeliver" if dry_run else "redelivered"
     click.echo(
         f"{verb} {report.redelivered} of {report.parked} parked alert(s); "
@@ -705,19 +742,19 @@ def worker(ctx: click.Context) -> None:
     """Run a streamer worker (Faust): ingest, funnel state, /metrics on the web port."""
     import faust
 
-    from streamer.app import create_app
+    from streamer.app import create_app, worker_access
+    from streamer.kafka_access import require_access
 
     settings = _settings(ctx)
     log = logging.getLogger("streamer.worker")
     log.info("settings: %s", settings.masked())
-    if not run_sync(metadata_ready(settings, timeout=10)):
-        raise StreamerError(
-            f"no Kafka broker answers at {settings.bootstrap_servers}: start one with "
-            "`streamer kafka up` or set STREAMER_KAFKA_BOOTSTRAP"
-        )
+    _kafka_ready(settings)
     run_sync(ensure_topic_plan(settings, _topic_plan(settings)))
     _check_source_partitions(settings)
     app = create_app(settings)
+    # Faust meets a missing ACL only when it first uses that topic, as a crash with a
+    # traceback: check every ACL the worker needs before it starts.
+    run_sync(require_access(settings, worker_access(app)))
     log.info("metrics on http://%s:%d/metrics", settings.web_host, settings.web_port)
     faust.Worker(
         app.faust, loglevel=settings.log_level, redirect_stdouts=False
@@ -771,6 +808,7 @@ def simulate(ctx: click.Context, rate: float, duration: float, seed: int) -> Non
     from streamer.simulate import run_live
 
     settings = _settings(ctx)
+    _kafka_ready(settings, AccessNeeds(write=_sources(settings), create=_sources(settings)))
     report = asyncio.run(run_live(settings, rate=rate, duration=duration, seed=seed))
     click.echo(f"produced {report.events} events in {report.sessions} sessions: {report.by_type}")
 

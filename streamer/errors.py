@@ -10,6 +10,10 @@ from __future__ import annotations
 __all__ = [
     "BrokerError",
     "ConfigError",
+    "KafkaAccessError",
+    "KafkaAuthenticationError",
+    "KafkaAuthorizationError",
+    "KafkaTLSError",
     "MissingToolError",
     "PortInUseError",
     "RangeNotHeldError",
@@ -39,3 +43,20 @@ class PortInUseError(BrokerError):
 
 class RangeNotHeldError(StreamerError):
     """A replay range starts before what the input topics still hold (retention)."""
+
+
+class KafkaAccessError(StreamerError):
+    """The broker answered but would not let this client in or act: TLS, SASL or an ACL."""
+
+
+class KafkaTLSError(KafkaAccessError):
+    """The TLS handshake failed (an untrusted or mismatched certificate, a bad client key); the
+    message names the kafka_ssl_* setting to fix."""
+
+
+class KafkaAuthenticationError(KafkaAccessError):
+    """The broker refused the SASL login; the message names the kafka_sasl_* settings."""
+
+
+class KafkaAuthorizationError(KafkaAccessError):
+    """An ACL is missing; the message names the principal, the operation and the topic or group."""

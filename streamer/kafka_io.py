@@ -5,27 +5,34 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import ssl
 from collections.abc import Coroutine, Iterable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, TopicAuthorizationFailedError
 
+from streamer.errors import ConfigError, KafkaAuthorizationError
 from streamer.settings import Settings
 
 __all__ = [
     "client_options",
     "ensure_topic_plan",
     "ensure_topics",
+    "make_admin",
+    "make_client",
     "make_consumer",
     "make_producer",
     "metadata_ready",
     "offset_at",
+    "principal",
     "read_range",
     "read_topic",
     "run_sync",
+    "ssl_context",
     "stop_consumer",
     "topic_partitions",
 ]
@@ -33,18 +40,76 @@ __all__ = [
 T = TypeVar("T")
 
 
+def _readable_file(setting: str, path: Path, settings: Settings) -> str:
+    if path.is_file():
+        return str(path)
+    hint = (
+        ": start the local broker with `streamer kafka up` (it writes its CA there) or set it"
+        if setting == "kafka_ssl_cafile" and settings.kafka_ssl_cafile is None
+        else f": set STREAMER_{setting.upper()} to a PEM file"
+    )
+    raise ConfigError(f"{setting}: {path} does not exist{hint}")
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context of every client (None for PLAINTEXT and SASL_PLAINTEXT): verifies the
+    broker against ``settings.ssl_cafile`` (or the system store), checks its host name unless
+    turned off, and presents a client certificate when one is set (mutual TLS)."""
+    if not settings.kafka_security_protocol.endswith("SSL"):
+        return None
+    cafile = settings.ssl_cafile
+    try:
+        context = ssl.create_default_context(
+            cafile=None if cafile is None else _readable_file("kafka_ssl_cafile", cafile, settings)
+        )
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"kafka_ssl_cafile: {cafile} is not a PEM CA certificate ({exc.reason})"
+        ) from None
+    context.check_hostname = settings.kafka_ssl_check_hostname
+    if settings.kafka_ssl_certfile is not None:
+        certfile = _readable_file("kafka_ssl_certfile", settings.kafka_ssl_certfile, settings)
+        keyfile = settings.kafka_ssl_keyfile
+        password = settings.kafka_ssl_key_password
+        try:
+            context.load_cert_chain(
+                certfile,
+                None if keyfile is None else _readable_file("kafka_ssl_keyfile", keyfile, settings),
+                password=None if password is None else password.get_secret_value(),
+            )
+        except ssl.SSLError as exc:
+            # The reason is OpenSSL's (e.g. "bad decrypt"), never the password itself.
+            raise ConfigError(
+                f"kafka_ssl_certfile/kafka_ssl_keyfile: cannot load the client certificate and "
+                f"key ({exc.reason}); check the files and kafka_ssl_key_password"
+            ) from None
+    return context
+
+
 def client_options(settings: Settings) -> dict[str, Any]:
-    """Connection options shared by every aiokafka client."""
+    """Connection and security options shared by every client streamer makes: each aiokafka
+    client below, and the Faust app (``streamer.app.faust_broker_options`` derives its
+    credentials from these)."""
     options: dict[str, Any] = {
         "bootstrap_servers": settings.bootstrap_servers,
         "security_protocol": settings.kafka_security_protocol,
     }
+    context = ssl_context(settings)
+    if context is not None:
+        options["ssl_context"] = context
     if settings.kafka_sasl_mechanism:
         options["sasl_mechanism"] = settings.kafka_sasl_mechanism
         options["sasl_plain_username"] = settings.kafka_sasl_username
         if settings.kafka_sasl_password is not None:
             options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
     return options
+
+
+def principal(settings: Settings) -> str:
+    """Who the broker sees, for messages: ``User:name`` under SASL, else the protocol."""
+    if settings.kafka_sasl_username:
+        return f"Kafka user {settings.kafka_sasl_username!r}"
+    return f"this client ({settings.kafka_security_protocol})"
 
 
 async def _any_port_open(servers: str, timeout: float) -> bool:
@@ -68,6 +133,14 @@ def make_consumer(settings: Settings, *topics: str, **extra: Any) -> AIOKafkaCon
     return AIOKafkaConsumer(*topics, **client_options(settings), **extra)
 
 
+def make_admin(settings: Settings, **extra: Any) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**client_options(settings), **extra)
+
+
+def make_client(settings: Settings, **extra: Any) -> AIOKafkaClient:
+    return AIOKafkaClient(**client_options(settings), **extra)
+
+
 async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
     """Stop a consumer, tolerating aiokafka#647: a consumer without a group stopped soon after
     start re-raises the cancellation of its own internal task. A real cancellation of the
@@ -84,7 +157,7 @@ async def metadata_ready(settings: Settings, timeout: float = 5.0) -> bool:
     """True when a broker at the bootstrap address answers a metadata request."""
     if not await _any_port_open(settings.bootstrap_servers, timeout):
         return False  # nothing listens yet: skip aiokafka, which logs every refused connect
-    client = AIOKafkaClient(**client_options(settings), request_timeout_ms=int(timeout * 1000))
+    client = make_client(settings, request_timeout_ms=int(timeout * 1000))
     try:
         await asyncio.wait_for(client.bootstrap(), timeout)
     except (KafkaError, OSError, TimeoutError):
@@ -96,7 +169,7 @@ async def metadata_ready(settings: Settings, timeout: float = 5.0) -> bool:
 
 async def topic_partitions(settings: Settings, topic: str) -> list[int]:
     """Partition ids of ``topic``; empty when it does not exist."""
-    client = AIOKafkaClient(**client_options(settings))
+    client = make_client(settings)
     await client.bootstrap()
     try:
         cluster = await client.fetch_all_metadata()
@@ -112,7 +185,7 @@ async def ensure_topics(
     configs: dict[str, dict[str, str]] | None = None,
 ) -> None:
     """Create the topics that do not exist yet (existing ones are left as they are)."""
-    admin = AIOKafkaAdminClient(**client_options(settings))
+    admin = make_admin(settings)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -129,9 +202,34 @@ async def ensure_topics(
         if wanted:
             # Another process may create one between list and create: that is fine.
             with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(wanted)
+                response = await admin.create_topics(wanted)
+                for topic, code, *_ in response.topic_errors:
+                    if code == TopicAuthorizationFailedError.errno:
+                        raise KafkaAuthorizationError(
+                            f"{principal(settings)} may not create topic {topic}: grant it "
+                            "Create on the topic, or create the topics first with `streamer "
+                            "topics` as an admin (see README, Secure Kafka)"
+                        )
+            await _wait_until_listed(settings, [topic.name for topic in wanted])
     finally:
         await admin.close()
+
+
+async def _wait_until_listed(settings: Settings, names: list[str], timeout: float = 10.0) -> None:
+    """A topic just created reaches the brokers' metadata a moment after CreateTopics returns
+    (KRaft); a partition count read before that is 0 (seen by the worker's co-partitioning
+    check on a loaded machine)."""
+    client = make_client(settings)
+    await client.bootstrap()
+    deadline = asyncio.get_running_loop().time() + timeout
+    try:
+        while asyncio.get_running_loop().time() < deadline:
+            cluster = await client.fetch_all_metadata()
+            if all(cluster.partitions_for_topic(name) for name in names):
+                return
+            await asyncio.sleep(0.1)
+    finally:
+        await client.close()
 
 
 async def ensure_topic_plan(

@@ -14,20 +14,22 @@ import contextlib
 import errno
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamer.errors import BrokerError, MissingToolError, PortInUseError
+from streamer.errors import BrokerError, ConfigError, MissingToolError, PortInUseError
 from streamer.kafka_io import metadata_ready, run_sync
 from streamer.settings import Settings
 
-__all__ = ["BrokerStatus", "LocalKafka", "deploy_dir"]
+__all__ = ["BROKER_USER", "BrokerStatus", "LocalKafka", "deploy_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +50,15 @@ class BrokerStatus:
     data_dir: Path
     version: str
     log_file: Path
+    security: str = "PLAINTEXT"
 
     def describe(self) -> str:
         if not self.running:
             return f"local Kafka {self.version} is not running (data {self.data_dir})"
+        tls = f", CA {self.data_dir / 'tls' / 'ca.pem'}" if self.security == "SASL_SSL" else ""
         return (
-            f"local Kafka {self.version} running at {self.bootstrap} "
-            f"(pid {self.pid}, data {self.data_dir}, log {self.log_file})"
+            f"local Kafka {self.version} running at {self.bootstrap} ({self.security}{tls}; "
+            f"pid {self.pid}, data {self.data_dir}, log {self.log_file})"
         )
 
 
@@ -101,11 +105,56 @@ def _new_cluster_id() -> str:
             return text
 
 
-class LocalKafka:
-    """Manage one local single-node KRaft broker described by ``settings``."""
+# The broker's own principal: it logs in to its controller listener (SASL PLAIN) and to its
+# SASL_SSL listener (SCRAM, inter-broker) as this super user, with a password of its own.
+BROKER_USER = "streamer-broker"
+_SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+_AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
 
-    def __init__(self, settings: Settings) -> None:
+
+def _scram_safe(password: str) -> bool:
+    # kafka-storage's --add-scram value is `MECH=[name=...,password=...]`: no quoting.
+    return bool(password) and not any(char in password for char in ',]["\\ =')
+
+
+class LocalKafka:
+    """Manage one local single-node KRaft broker described by ``settings``.
+
+    ``kafka_security_protocol`` picks its client listener: PLAINTEXT (the default), or SASL_SSL
+    with a throwaway CA and certificate (``tls/`` in the data folder), SCRAM users created when
+    the storage is formatted (``kafka_sasl_username`` as super user, plus ``scram_users``), and
+    the StandardAuthorizer on: every other user needs ACLs."""
+
+    def __init__(self, settings: Settings, scram_users: Mapping[str, str] | None = None) -> None:
         self.settings = settings
+        self.secured = settings.kafka_security_protocol == "SASL_SSL"
+        if settings.kafka_security_protocol not in ("PLAINTEXT", "SASL_SSL"):
+            raise ConfigError(
+                f"kafka_security_protocol={settings.kafka_security_protocol}: the local broker "
+                "serves PLAINTEXT or SASL_SSL; use one of them, or an existing cluster "
+                "(STREAMER_KAFKA_BOOTSTRAP)"
+            )
+        if self.secured and settings.kafka_sasl_mechanism not in _SCRAM_MECHANISMS:
+            raise ConfigError(
+                f"kafka_sasl_mechanism={settings.kafka_sasl_mechanism}: the local broker's "
+                "SASL_SSL listener takes SCRAM-SHA-256 or SCRAM-SHA-512"
+            )
+        self.scram_users: dict[str, str] = {}
+        if self.secured:
+            # Settings validation guarantees both for SASL_SSL.
+            assert settings.kafka_sasl_username is not None
+            assert settings.kafka_sasl_password is not None
+            self.scram_users[settings.kafka_sasl_username] = (
+                settings.kafka_sasl_password.get_secret_value()
+            )
+            self.scram_users.update(scram_users or {})
+            for user, password in self.scram_users.items():
+                if not _scram_safe(password) or not _scram_safe(user):
+                    raise ConfigError(
+                        f"kafka_sasl_username/kafka_sasl_password of local user {user!r}: the "
+                        "local broker takes names and passwords without spaces, quotes, "
+                        "backslashes or any of , [ ] ="
+                    )
         self.version = settings.kafka_version
         self.data_dir = settings.kafka_data_dir.resolve()
         self.libs_dir = settings.kafka_cache_dir.expanduser().resolve() / self.version / "libs"
@@ -114,6 +163,10 @@ class LocalKafka:
         self.properties_file = self.data_dir / "server.properties"
         self.log_dirs = self.data_dir / "kraft-logs"
         self.bootstrap = f"127.0.0.1:{settings.kafka_port}"
+        self.tls_dir = self.data_dir / "tls"
+        self.ca_file = self.tls_dir / "ca.pem"
+        self.security_file = self.data_dir / "security"
+        self.broker_secret_file = self.data_dir / "broker-secret"
 
     # --- resolve -------------------------------------------------------------------------
     def resolve(self) -> Path:
@@ -173,13 +226,80 @@ class LocalKafka:
             data_dir=self.data_dir,
             version=self.version,
             log_file=self.log_file,
+            security=self._formatted_for() or self.settings.kafka_security_protocol,
         )
 
     # --- start ---------------------------------------------------------------------------
+    def _broker_secret(self) -> str:
+        """The broker's own password (BROKER_USER), made once per data folder."""
+        if not self.broker_secret_file.exists():
+            descriptor = os.open(self.broker_secret_file, os.O_WRONLY | os.O_CREAT, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(secrets.token_urlsafe(24).replace("-", "x").replace("_", "y"))
+        return self.broker_secret_file.read_text().strip()
+
+    def _write_certificates(self) -> None:
+        from streamer.tls import write_ca, write_signed_certificate
+
+        if (self.tls_dir / "broker-keystore.pem").exists():
+            return
+        ca = write_ca(self.tls_dir)
+        write_signed_certificate(ca, self.tls_dir, "broker", hosts=("127.0.0.1", "localhost"))
+
+    def _security_lines(self, port: int, controller: int) -> list[str]:
+        if not self.secured:
+            return [
+                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+                "controller.listener.names=CONTROLLER",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            ]
+        secret = self._broker_secret()
+        scram_login = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{BROKER_USER}" password="{secret}";'
+        )
+        plain_login = (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'username="{BROKER_USER}" password="{secret}" user_{BROKER_USER}="{secret}";'
+        )
+        supers = ";".join(
+            f"User:{name}" for name in (BROKER_USER, self.settings.kafka_sasl_username)
+        )
+        return [
+            f"listeners=SASL_SSL://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}",
+            f"advertised.listeners=SASL_SSL://127.0.0.1:{port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=SASL_SSL",
+            "listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:SASL_PLAINTEXT",
+            # SCRAM users live in the metadata log, which the controller cannot read before it
+            # runs: its own listener authenticates with PLAIN against this file instead.
+            "sasl.mechanism.controller.protocol=PLAIN",
+            "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
+            f"listener.name.controller.plain.sasl.jaas.config={plain_login}",
+            "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
+            f"listener.name.sasl_ssl.sasl.enabled.mechanisms={','.join(_SCRAM_MECHANISMS)}",
+            f"listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram_login}",
+            f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram_login}",
+            "ssl.keystore.type=PEM",
+            f"ssl.keystore.location={self.tls_dir / 'broker-keystore.pem'}",
+            "ssl.truststore.type=PEM",
+            f"ssl.truststore.location={self.ca_file}",
+            # Clients may present a certificate (mutual TLS); SASL still names the principal.
+            "ssl.client.auth=requested",
+            f"authorizer.class.name={_AUTHORIZER}",
+            f"super.users={supers}",
+            "allow.everyone.if.no.acl.found=false",
+        ]
+
     def _write_properties(self) -> None:
         port = self.settings.kafka_port
         controller = self.settings.kafka_controller_port
         partitions = self.settings.topic_partitions
+        # The file may hold the broker's own password: readable by the owner only.
+        descriptor = os.open(self.properties_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.close(descriptor)
         self.properties_file.write_text(
             "\n".join(
                 [
@@ -187,11 +307,7 @@ class LocalKafka:
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.voters=1@127.0.0.1:{controller}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
-                    "controller.listener.names=CONTROLLER",
-                    "inter.broker.listener.name=PLAINTEXT",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    *self._security_lines(port, controller),
                     f"log.dirs={self.log_dirs}",
                     f"num.partitions={partitions}",
                     "auto.create.topics.enable=true",
@@ -227,10 +343,38 @@ class LocalKafka:
             *args,
         ]
 
+    def _formatted_for(self) -> str | None:
+        """The listener protocol the data folder was formatted for; None before a format."""
+        if not (self.log_dirs / "meta.properties").exists():
+            return None
+        if not self.security_file.exists():  # formatted before SASL_SSL existed
+            return "PLAINTEXT"
+        return self.security_file.read_text().strip()
+
+    def _check_formatted_for(self) -> None:
+        """Refuse data formatted for the other listener (users exist from format time only)."""
+        wanted = self.settings.kafka_security_protocol
+        formatted_for = self._formatted_for()
+        if formatted_for is not None and formatted_for != wanted:
+            raise BrokerError(
+                f"the local broker data in {self.data_dir} was made for {formatted_for}, "
+                f"not kafka_security_protocol={wanted} (its users are created once, at "
+                "format time): run `streamer kafka reset` first"
+            )
+
     def _format(self) -> None:
+        wanted = self.settings.kafka_security_protocol
         if (self.log_dirs / "meta.properties").exists():
             return
         self.log_dirs.mkdir(parents=True, exist_ok=True)
+        users: list[str] = []
+        secrets_used: list[str] = []
+        if self.secured:
+            accounts = {BROKER_USER: self._broker_secret(), **self.scram_users}
+            for user, password in accounts.items():
+                secrets_used.append(password)
+                for mechanism in _SCRAM_MECHANISMS:
+                    users += ["--add-scram", f"{mechanism}=[name={user},password={password}]"]
         command = self._java_command(
             "kafka.tools.StorageTool",
             "format",
@@ -239,13 +383,15 @@ class LocalKafka:
             _new_cluster_id(),
             "-c",
             str(self.properties_file),
+            *users,
         )
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            raise BrokerError(
-                f"formatting KRaft storage in {self.log_dirs} failed: "
-                + (result.stdout + result.stderr).strip().replace("\n", " | ")
-            )
+            output = (result.stdout + result.stderr).strip().replace("\n", " | ")
+            for secret in secrets_used:  # the tool may echo its arguments
+                output = output.replace(secret, "**********")
+            raise BrokerError(f"formatting KRaft storage in {self.log_dirs} failed: {output}")
+        self.security_file.write_text(f"{wanted}\n")
 
     def up(self) -> tuple[BrokerStatus, bool]:
         """Start the broker unless it runs; return its status and whether this call started it."""
@@ -261,6 +407,9 @@ class LocalKafka:
                 )
         self.resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._check_formatted_for()
+        if self.secured:
+            self._write_certificates()
         self._write_properties()
         self._format()
         command = self._java_command("kafka.Kafka", str(self.properties_file))
@@ -286,10 +435,7 @@ class LocalKafka:
                     f"Kafka exited with code {process.returncode} while starting; "
                     f"last lines of {self.log_file}: {self._log_tail()}"
                 )
-            if run_sync(metadata_ready(self.settings.model_copy(
-                update={"kafka_bootstrap": self.bootstrap,
-                        "kafka_security_protocol": "PLAINTEXT",
-                        "kafka_sasl_mechanism": None}), timeout=2.0)):  # fmt: skip
+            if run_sync(metadata_ready(self.client_settings(), timeout=2.0)):
                 return
             time.sleep(_READY_POLL_SECONDS)
         self.down()
@@ -297,6 +443,13 @@ class LocalKafka:
             f"Kafka did not answer metadata requests within "
             f"{self.settings.kafka_start_timeout_seconds:.0f}s; see {self.log_file}"
         )
+
+    def client_settings(self) -> Settings:
+        """The settings of a client of this broker as its super user (PLAINTEXT: anyone)."""
+        update: dict[str, object] = {"kafka_bootstrap": self.bootstrap}
+        if self.secured:
+            update["kafka_ssl_cafile"] = self.ca_file
+        return self.settings.model_copy(update=update)
 
     def _log_tail(self, lines: int = 5) -> str:
         try:

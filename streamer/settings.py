@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from streamer.errors import ConfigError
@@ -52,6 +52,23 @@ class Settings(BaseSettings):
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = Field(
+        default=None,
+        description="PEM file of the CA that signed the brokers' certificates (SSL, SASL_SSL); "
+        "unset = the system trust store, or the local broker's own CA",
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        default=None, description="PEM client certificate for mutual TLS (optional)"
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        default=None, description="PEM private key of kafka_ssl_certfile (unset: in the certfile)"
+    )
+    kafka_ssl_key_password: SecretStr | None = Field(
+        default=None, description="password of an encrypted kafka_ssl_keyfile"
+    )
+    kafka_ssl_check_hostname: bool = Field(
+        default=True, description="the broker certificate must name the host connected to"
+    )
 
     # --- Topics ----------------------------------------------------------------------------
     clickstream_topic: str = "clickstream"
@@ -159,6 +176,48 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected host:port[,host:port], got {server.strip()!r}")
         return value.strip()
 
+    @model_validator(mode="after")
+    def _security_is_consistent(self) -> Settings:
+        # A setting that the chosen protocol would silently ignore is a mistake worth a stop.
+        protocol = self.kafka_security_protocol
+        uses_sasl = protocol.startswith("SASL_")
+        uses_tls = protocol.endswith("SSL")
+        if uses_sasl:
+            missing = [
+                name
+                for name in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
+                if getattr(self, name) is None
+            ]
+            if missing:
+                raise ValueError(f"kafka_security_protocol={protocol} needs {', '.join(missing)}")
+        elif self.kafka_sasl_mechanism is not None:
+            raise ValueError(
+                f"kafka_sasl_mechanism is set but kafka_security_protocol={protocol} does not "
+                "use SASL: set it to SASL_SSL (or SASL_PLAINTEXT)"
+            )
+        tls_files = ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+        given = [name for name in tls_files if getattr(self, name) is not None]
+        if given and not uses_tls:
+            raise ValueError(
+                f"{', '.join(given)} set but kafka_security_protocol={protocol} does not use "
+                "TLS: set it to SSL or SASL_SSL"
+            )
+        if self.kafka_ssl_certfile is None and (
+            self.kafka_ssl_keyfile is not None or self.kafka_ssl_key_password is not None
+        ):
+            raise ValueError("kafka_ssl_keyfile and kafka_ssl_key_password need kafka_ssl_certfile")
+        return self
+
+    @property
+    def ssl_cafile(self) -> Path | None:
+        """The CA file clients trust: the configured one, else the local broker's own CA
+        (written by `streamer kafka up`), else None (the system trust store)."""
+        if self.kafka_ssl_cafile is not None:
+            return self.kafka_ssl_cafile
+        if self.uses_local_broker and self.kafka_security_protocol.endswith("SSL"):
+            return self.kafka_data_dir / "tls" / "ca.pem"
+        return None
+
     @property
     def group_instance_id(self) -> str:
         return self.instance_id or f"{self.app_id}-{socket.gethostname()}-{self.web_port}"
@@ -231,7 +290,10 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            field = ".".join(str(part) for part in error["loc"]) or "<settings>"
+            if not error["loc"]:  # a rule across several settings names them itself
+                problems.append(str(error["msg"]).removeprefix("Value error, "))
+                continue
+            field = ".".join(str(part) for part in error["loc"])
             top = str(error["loc"][0]) if error["loc"] else ""
             if top in overrides:
                 source = "argument"

@@ -58,7 +58,8 @@ def settings(kafka_bootstrap: str, unique: str, tmp_path: Path) -> Settings:
 
 
 def isolated_settings(kafka_bootstrap: str, unique: str, folder: Path, **extra: Any) -> Settings:
-    """The session broker, and topics, group id, web port and data dir no other test uses."""
+    """The broker, and topics, group id, web port and data dir (``folder/worker``) no other
+    test uses (names end in ``unique``)."""
     return Settings(
         kafka_bootstrap=kafka_bootstrap,
         app_id=f"test-{unique}",

@@ -7,14 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.records_to_delete import RecordsToDelete
 
 from streamer.app import topic_plan
 from streamer.errors import RangeNotHeldError
 from streamer.funnel.definition import load_funnels
 from streamer.history import replay_range
-from streamer.kafka_io import client_options, ensure_topic_plan, read_topic, topic_partitions
+from streamer.kafka_io import ensure_topic_plan, make_admin, read_topic, topic_partitions
 from streamer.replay import replay_events
 from streamer.settings import Settings
 from streamer.simulate import TrafficModel
@@ -40,7 +39,7 @@ async def test_a_range_older_than_retention_is_refused_naming_each_topics_earlie
     assert held.events.in_range == len(events)
     # Retention moves the log start of one clickstream partition past the range's start.
     tp = TopicPartition(settings.clickstream_topic, 0)
-    admin = AIOKafkaAdminClient(**client_options(settings))
+    admin = make_admin(settings)
     await admin.start()
     try:
         await admin.delete_records({tp: RecordsToDelete(before_offset=50)}, timeout_ms=10_000)

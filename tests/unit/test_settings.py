@@ -63,8 +63,12 @@ def test_missing_and_broken_files_are_named(tmp_path: Path) -> None:
 
 
 def test_secrets_are_masked_everywhere() -> None:
-    settings = Settings(kafka_sasl_mechanism="PLAIN", kafka_sasl_username="svc",
-                        kafka_sasl_password=SecretStr("hunter2"))  # fmt: skip
+    settings = Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="PLAIN",
+                        kafka_sasl_username="svc", kafka_sasl_password=SecretStr("hunter2"),
+                        kafka_ssl_key_password=SecretStr("swordfish"),
+                        kafka_ssl_certfile=Path("client.pem"))  # fmt: skip
     assert "hunter2" not in repr(settings)
     assert "hunter2" not in str(settings.masked())
     assert settings.masked()["kafka_sasl_password"] == "**********"
+    assert "swordfish" not in repr(settings)
+    assert "swordfish" not in str(settings.masked())
