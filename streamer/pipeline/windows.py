@@ -257,8 +257,7 @@ class WindowMerger:
         sessions (the detector has history's cohorts from ``streamer backfill``)."""
         funnel = self._funnels.get(str(record.get("funnel")))
         if funnel is None or any(
-            self._get(f"{state}:{funnel.name}", None) is not None
-            for state in ("started", "final")
+            self._get(f"{state}:{funnel.name}", None) is not None for state in ("started", "final")
         ):
             return  # a funnel this merger already runs: a partition restarting, nothing new
         key = f"start:{funnel.name}"
