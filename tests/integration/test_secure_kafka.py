@@ -151,7 +151,9 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
 
 
 def _names(bootstrap: str, tag: str, tmp: Path) -> Settings:
-    own = isolated_settings(bootstrap, tag, tmp / f"state-{tag}")
+    folder = tmp / f"state-{tag}"
+    folder.mkdir(exist_ok=True)
+    own = isolated_settings(bootstrap, tag, folder)
     return own.model_copy(update={"funnels": (CHECKOUT,)})
 
 
