@@ -393,13 +393,17 @@ class Task:
                 saved = [[progress[i] if i < len(progress) else None for i in aligned], *saved[1:]]
             state = SessionState.from_json(session_id, saved)
             self.sessions[session_id] = state
-            for at_ms, _, _ in state.pending or ():
-                self._sequence += 1
-                heapq.heappush(self._pending, (at_ms, self._sequence, session_id))
+            self._index_pending(state)
             for index, progress in enumerate(state.progress):
                 if progress.attempt is not None:
                     self.open_sessions[(index, progress.attempt.stage)] += 1
             self._schedule(state)
+
+    def _index_pending(self, state: SessionState) -> None:
+        """Put a loaded session's buffered events in the task's release heap."""
+        for at_ms, _, _ in state.pending or ():
+            self._sequence += 1
+            heapq.heappush(self._pending, (at_ms, self._sequence, state.session_id))
 
     def adopt(self, other: Task, funnel_indexes: Sequence[int]) -> None:
         """Take funnel ``j`` of ``other`` as this task's funnel ``funnel_indexes[j]``: its
@@ -430,9 +434,7 @@ class Task:
                 )
                 self.sessions[session_id] = state
                 self._deleted_sessions.discard(session_id)
-                for at_ms, _, _ in state.pending or ():
-                    self._sequence += 1
-                    heapq.heappush(self._pending, (at_ms, self._sequence, session_id))
+                self._index_pending(state)
             for j, index in enumerate(funnel_indexes):
                 progress = state.progress[index] = theirs.progress[j]
                 if progress.attempt is not None:

@@ -384,9 +384,9 @@ class SessionsStage:
             # Sessions stored their progress per funnel in the old order: realigned by name
             # and all written again (the deltas still hold the old layout).
             log.warning(
-                "partition %d: the funnels changed since the checkpoint (%s -> %s): sessions "
-                "open now start added funnels at their next entry; removed funnels' progress "
-                "is dropped",
+                "partition %d: the funnels changed since the checkpoint (%s -> %s): added "
+                "funnels catch up from the input the checkpoint reflects; removed funnels' "
+                "progress is dropped",
                 partition,
                 ", ".join(stored_funnels),
                 ", ".join(names),
@@ -556,13 +556,7 @@ class SessionsStage:
             )
             for message in messages:
                 result = decode_event(
-                    message.value,
-                    received_at=(
-                        datetime.fromtimestamp(message.timestamp_ms / 1000, tz=UTC)
-                        if message.timestamp_ms is not None and message.timestamp_ms >= 0
-                        else self._clock()
-                    ),
-                    limits=self._limits,
+                    message.value, received_at=self._received_at(message), limits=self._limits
                 )
                 if isinstance(result, Rejection):
                     continue  # dead-lettered when it was first read
@@ -661,16 +655,20 @@ class SessionsStage:
         )
         return await self._apply(runtime, original, None)
 
+    def _received_at(self, message: SourceMessage) -> datetime:
+        """When the broker took the message (its timestamp), else now."""
+        if message.timestamp_ms is not None and message.timestamp_ms >= 0:
+            return datetime.fromtimestamp(message.timestamp_ms / 1000, tz=UTC)
+        return self._clock()
+
     async def _apply(
         self, runtime: _Runtime, message: SourceMessage, clock_input: str | None
     ) -> Offer | None:
         """Decode, validate and offer one event; ``clock_input`` names the input whose front
         it moves (None on the re-key path, where fronts arrive in-band)."""
-        if message.timestamp_ms is not None and message.timestamp_ms >= 0:
-            received_at = datetime.fromtimestamp(message.timestamp_ms / 1000, tz=UTC)
-        else:
-            received_at = self._clock()
-        result = decode_event(message.value, received_at=received_at, limits=self._limits)
+        result = decode_event(
+            message.value, received_at=self._received_at(message), limits=self._limits
+        )
         if isinstance(result, Rejection):
             await self._dead_letter(message, result)
             return None
