@@ -192,6 +192,7 @@ class _Runtime:
     task: Task
     offsets: dict[str, int] = field(default_factory=dict)  # topic -> next offset to apply
     unacked: list[Any] = field(default_factory=list)  # Faust events awaiting the checkpoint
+    storing: int = 0  # events of write-outs under way: applied, not stored yet
     checkpointed_at: float = field(default_factory=time.monotonic)
     created_at: float = field(default_factory=time.monotonic)
     last_read: dict[str, float] = field(default_factory=dict)  # topic -> monotonic time
@@ -245,10 +246,8 @@ class SessionsStage:
         partition_scope: Callable[[int], AbstractContextManager[None]] = _any_partition,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         rekeyed_from: tuple[str, ...] = (),
-        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self.definitions = funnels
-        self._stopping = stopping
         self.funnels = tuple(CompiledFunnel(f) for f in funnels)
         self.topics = topics
         self._table = table
@@ -278,6 +277,9 @@ class SessionsStage:
         self._apply_lock = asyncio.Lock()
         self._write_outs: set[asyncio.Future[None]] = set()
         self._failed_write_out: BaseException | None = None
+        # Set by close() and by a write-out that failed: write-outs chain their deltas, so
+        # after one is lost or the producer is going away no later one may be written.
+        self._sealed = False
         self._counters = {
             (topic, outcome): metrics.events.labels(topic=topic, outcome=outcome)
             for topic in (*topics, *rekeyed_from)
@@ -827,22 +829,30 @@ class SessionsStage:
         }
         writes[_meta_key(partition)] = orjson.dumps(meta)  # last: it says what the rest reflects
         acks, runtime.unacked = runtime.unacked, []
+        runtime.storing += len(acks)
         runtime.checkpointed_at = time.monotonic()
         return _Snapshot(partition, runtime, writes, deletes, acks)
 
     async def _write_out(self, snapshot: _Snapshot) -> None:
         """Publish every output of the snapshot (and maybe a little more), store its state,
         wait for the broker (outputs and changelog), then ack its input. In snapshot order."""
+        try:
+            await self._write_out_in_order(snapshot)
+        finally:
+            snapshot.runtime.storing -= len(snapshot.acks)
+
+    async def _write_out_in_order(self, snapshot: _Snapshot) -> None:
         async with self._checkpoint_lock:
             started = time.perf_counter()
             await self.publish()
             partition = snapshot.partition
             if self.runtimes.get(partition) is not snapshot.runtime:
                 return  # revoked while publishing: the next owner resumes from our last one
-            if self._stopping():
-                # Faust stops its producer under the changelog writes of a checkpoint begun
-                # as the worker stops (the buffer then crashes the clean stop). Not written,
-                # not acked: the next start resumes from the last one, as after a SIGKILL.
+            if self._sealed:
+                # The worker is stopping (Faust stops its producer under the changelog writes
+                # of a checkpoint begun then, and the buffer crashes the clean stop) or a
+                # write-out failed. Not written, not acked: the next start resumes from the
+                # last checkpoint, as after a SIGKILL.
                 return
             table = self._table
             with self._partition_scope(partition):  # writes go to this partition's changelog
@@ -873,6 +883,7 @@ class SessionsStage:
         self._write_outs.discard(writer)
         if not writer.cancelled() and writer.exception() is not None:
             self._failed_write_out = writer.exception()
+            self._sealed = True
 
     def _raise_failed_write_out(self) -> None:
         failed, self._failed_write_out = self._failed_write_out, None
@@ -892,6 +903,33 @@ class SessionsStage:
         snapshot = self._snapshot(partition)
         if snapshot is not None:
             await self._write_out(snapshot)
+
+    async def close(self, timeout_s: float = 30.0) -> None:
+        """The worker stops politely: checkpoint every partition's last changes and ack them
+        (so the next start goes on from here instead of re-reading since the last interval),
+        then write nothing more. Called while the producer and the table still work."""
+        if self._sealed:
+            log.warning("stopping without a last checkpoint: a write-out failed")
+            return
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout_s), self._apply_lock:
+                await self.drain_write_outs()
+                partitions = [p for p, r in self.runtimes.items() if r.unacked]
+                for partition in partitions:
+                    await self.checkpoint(partition)
+        except Exception:  # the input is not acked: the next start re-reads it
+            log.exception(
+                "stopping: the last checkpoint failed; the next start resumes from the one before"
+            )
+        else:
+            log.info(
+                "stopping: last checkpoint of partition(s) %s written (%.2fs)",
+                ",".join(map(str, sorted(partitions))) or "none (nothing new)",
+                time.perf_counter() - started,
+            )
+        finally:
+            self._sealed = True
 
     async def checkpoint_due(self) -> None:
         """Checkpoint every task whose input went quiet with events not acked yet (the
@@ -1070,8 +1108,8 @@ def install(
         find_offset=find_input_offset,
         partition_scope=partition_scope,
         rekeyed_from=rekeyed_from,
-        stopping=lambda: bool(app.should_stop),
     )
+    app.before_stop.append(stage.close)
 
     async def sessions_agent(stream: Any) -> None:
         async for event in stream.noack().events():

@@ -23,7 +23,7 @@ from streamer.testing import (
     run_cli,
     scrape_metrics,
 )
-from tests.integration.conftest import read_exactly, wait_processed
+from tests.integration.conftest import processed, read_exactly, wait_for, wait_processed
 
 Message = tuple[str, bytes | None, bytes | None]
 
@@ -42,6 +42,10 @@ def _accepted(values: MetricValues, settings: Settings) -> float:
         metric(values, "streamer_events_total", topic=t, outcome="accepted")
         for t in (settings.clickstream_topic, settings.checkout_topic)
     )
+
+
+def _applied(worker: WorkerProcess, settings: Settings) -> float:
+    return processed(scrape_metrics(worker.metrics_url), settings)
 
 
 def _invalid(settings: Settings, now_ms: int) -> list[tuple[Message, ReasonCode]]:
@@ -203,3 +207,50 @@ async def test_dlq_inspect_and_replay_after_a_fix(settings: Settings, tmp_path: 
             for t in (settings.clickstream_topic, settings.checkout_topic)
         )
         assert _accepted(values, settings) + late >= len(too_big) - 1
+
+
+async def test_a_polite_stop_stores_what_was_applied_and_a_restart_reads_none_of_it_again(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """SIGTERM right after the last message is applied, long before the next checkpoint is
+    due (the interval raised to an hour so that only the stop can store it): the worker writes
+    a last checkpoint and acks it, so the restarted worker resumes after it."""
+    hourly = settings.model_copy(update={"checkpoint_interval_seconds": 3600.0})
+    events = _valid_events(30, seed=5)
+    messages: list[Message] = [
+        (topic_for(settings, str(e["event_type"])), str(e["session_id"]).encode(), orjson.dumps(e))
+        for e in events
+    ]
+    await ensure_topics(settings, [settings.clickstream_topic, settings.checkout_topic])
+    worker = WorkerProcess(hourly, tmp_path / "first.log").start()
+    try:
+        await produce(settings, messages)
+        wait_for(lambda: _applied(worker, settings) >= len(messages), worker)
+        values = scrape_metrics(worker.metrics_url)
+        unacked = sum(v for (name, _), v in values.items() if name == "streamer_unacked_messages")
+        assert unacked == len(messages)  # nothing stored yet: only the stop can store it
+    finally:
+        assert worker.stop() == 0, worker.log_tail()
+    first_log = (tmp_path / "first.log").read_text()
+    assert "stopping: last checkpoint of partition(s) 0,1,2,3 written" in first_log
+
+    late_session = _valid_events(1, seed=6, hours_ago=0.1)
+    with WorkerProcess(hourly, tmp_path / "second.log") as worker:
+        await produce(settings, [
+            (topic_for(settings, str(e["event_type"])), str(e["session_id"]).encode(),
+             orjson.dumps(e)) for e in late_session
+        ])  # fmt: skip
+        wait_for(lambda: _applied(worker, settings) >= len(late_session), worker)
+        await asyncio.sleep(2)  # anything of the first run read again would show by now
+        values = scrape_metrics(worker.metrics_url)
+        assert _accepted(values, settings) == len(late_session)  # none of the first run's
+        replayed = sum(
+            metric(values, "streamer_replayed_messages_total", topic=t)
+            for t in (settings.clickstream_topic, settings.checkout_topic)
+        )
+        assert replayed == 0
+    restored = [
+        line for line in (tmp_path / "second.log").read_text().splitlines() if ": restored " in line
+    ]
+    assert len(restored) == 4
+    assert not any("first start" in line for line in restored)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -98,7 +97,6 @@ def make_harness(
     interval_s: float = 3600,
     read_range: ReadRange = _cannot_read,
     find_offset: FindOffset = _cannot_find,
-    stopping: Callable[[], bool] = lambda: False,
     funnels: tuple[FunnelDefinition, ...] | None = None,
 ) -> Harness:
     funnels = funnels or (load_funnel(CHECKOUT),)
@@ -127,6 +125,5 @@ def make_harness(
         read_range=read_range,
         find_offset=find_offset,
         clock=lambda: NOW,
-        stopping=stopping,
     )
     return Harness(stage, dead_letters, partials, abandonments, metrics, table)

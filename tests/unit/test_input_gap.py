@@ -4,7 +4,10 @@ and applies them first, in order; offsets deleted by retention are counted as lo
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
+import pytest
 
 from streamer.pipeline.messages import SourceMessage
 from streamer.pipeline.sessions import STALL_REPAIR_S
@@ -104,13 +107,56 @@ async def test_a_stalled_input_is_read_directly_up_to_the_consumer_position() ->
     assert len(log.reads) == 1  # caught up: nothing more to read
 
 
-async def test_a_checkpoint_begun_as_the_worker_stops_writes_and_acks_nothing() -> None:
-    """Faust stops its producer under a checkpoint's changelog writes: such a checkpoint is
-    dropped whole (the next start resumes from the last one, as after a SIGKILL)."""
-    stopping = [False]
-    harness = make_harness(read_range=Log([]), stopping=lambda: stopping[0])
+async def test_a_polite_stop_checkpoints_and_acks_what_was_applied_then_writes_nothing() -> None:
+    """close() (the worker stopping) writes each partition's last changes and acks them, so the
+    next start goes on from there; after it no checkpoint is written (Faust stops its producer
+    under the changelog writes of one begun then)."""
+    harness = make_harness(read_range=Log([]))
     acked = await run(harness, [0, 1, 2])
-    stopping[0] = True
+    assert acked == []  # the interval has not passed
+    await harness.stage.close()
+    assert acked == [0, 1, 2]
+    meta = orjson.loads(harness.table["t:0"])
+    assert meta["offsets"] == {"clickstream": 3}
+    written = dict(harness.table)
+    later = await run(harness, [3])
     await harness.stage.checkpoint(0)
+    assert later == []
+    assert harness.table == written  # a restart re-reads offset 3 from the group's offset
+
+
+async def test_after_a_failed_write_out_nothing_more_is_written() -> None:
+    """Write-outs chain their deltas: once one failed, a later one (and the last checkpoint of
+    the stop that follows) would leave a state with a hole, so none is written."""
+    harness = make_harness(read_range=Log([]))
+    acked = await run(harness, [0, 1])
+    broken = asyncio.get_running_loop().create_future()
+    broken.set_exception(RuntimeError("the broker refused the changelog write"))
+    harness.stage._write_out_done(broken)
+    await run(harness, [2])
+    with pytest.raises(RuntimeError, match="refused"):
+        await harness.stage.checkpoint(0)
+    await harness.stage.close()
     assert acked == []
-    assert harness.table == {}  # a restart re-reads offsets 0..2 from the group's offset
+    assert harness.table == {}
+
+
+async def test_a_write_out_under_way_counts_its_input_as_not_stored_until_it_is() -> None:
+    """streamer_unacked_messages (and tests waiting for it to reach 0) must not read a
+    checkpoint as stored while its changelog writes still wait for the broker."""
+    harness = make_harness(read_range=Log([]))
+    stage = harness.stage
+    acked = await run(harness, [0, 1, 2])
+    broker_has_it = asyncio.Event()
+
+    async def slow_flush() -> None:
+        await broker_has_it.wait()
+
+    stage._flush_producer = slow_flush
+    stage._start_write_out(0)
+    await asyncio.sleep(0)
+    runtime = stage.runtimes[0]
+    assert (len(runtime.unacked), runtime.storing) == (0, 3)
+    broker_has_it.set()
+    await stage.drain_write_outs()
+    assert (runtime.storing, acked) == (0, [0, 1, 2])
