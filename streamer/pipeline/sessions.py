@@ -26,8 +26,8 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -423,6 +423,17 @@ class SessionsStage:
         )
         return runtime
 
+    @asynccontextmanager
+    async def _sealed_on_failure(self) -> AsyncIterator[None]:
+        """An error out of applying or publishing stops the worker, and it may have left the
+        tasks without outputs the broker never got, or half applied: nothing more may be
+        checkpointed, not even by the stop (the next start resumes from the last one)."""
+        try:
+            yield
+        except Exception:  # (not a cancellation: Faust cancels agents on a rebalance)
+            self._sealed = True
+            raise
+
     # --- per message ---------------------------------------------------------------------
     async def process(self, message: SourceMessage, ack: Callable[[], Any]) -> Offer | None:
         """Handle one source message. Nothing a producer sends can raise out of here; a
@@ -432,7 +443,8 @@ class SessionsStage:
             # again from the committed offset. Not acked, not applied, nothing published.
             self._metrics.revoked_messages.inc()
             return None
-        async with self._apply_lock:  # the timer's stall repair applies messages too
+        # the timer's stall repair applies messages too
+        async with self._apply_lock, self._sealed_on_failure():
             runtime = self._runtime(message.partition)
             if runtime.catch_up:
                 await self._catch_up(runtime, message.partition)
@@ -737,7 +749,7 @@ class SessionsStage:
         """Send what every task has to say (partials, progress, abandonments) and wait until
         the broker has it. Called by checkpoints and by the worker's timer."""
         self.flush_metrics()
-        async with self._publish_lock:
+        async with self._publish_lock, self._sealed_on_failure():
             # Drained and encoded in one synchronous step: a progress record must carry the
             # watermark of the counts drained with it (the agent moves on while we send, and a
             # later watermark would let the merger finalise a window on stale counts).
@@ -909,7 +921,10 @@ class SessionsStage:
         (so the next start goes on from here instead of re-reading since the last interval),
         then write nothing more. Called while the producer and the table still work."""
         if self._sealed:
-            log.warning("stopping without a last checkpoint: a write-out failed")
+            log.warning(
+                "stopping without a last checkpoint: a produce or state write failed; the next "
+                "start resumes from the last checkpoint written"
+            )
             return
         started = time.perf_counter()
         try:
@@ -1112,8 +1127,16 @@ def install(
     app.before_stop.append(stage.close)
 
     async def sessions_agent(stream: Any) -> None:
-        async for event in stream.noack().events():
-            await stage.process(source_message(event.message), event.ack)
+        try:
+            async for event in stream.noack().events():
+                await stage.process(source_message(event.message), event.ack)
+        except Exception as exc:
+            # A produce or state write the broker refused. Faust would restart the agent and
+            # go on; the worker stops instead (exit 1), having acked nothing it could not
+            # write, and its next start resumes from the last checkpoint.
+            log.critical("sessions stage failed, stopping the worker: %r", exc)
+            await app.crash(exc)
+            raise
 
     app.agent(source, name="sessions")(sessions_agent)
 

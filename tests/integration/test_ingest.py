@@ -9,10 +9,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from streamer.dlq import parse_dead_letters
 from streamer.events import ReasonCode
-from streamer.kafka_io import ensure_topics
+from streamer.kafka_io import ensure_topics, make_admin, read_topic
+from streamer.pipeline.messages import DLQ_MAX_MESSAGE_BYTES
 from streamer.settings import Settings
 from streamer.simulate import TrafficModel, topic_for
 from streamer.testing import (
@@ -254,3 +256,64 @@ async def test_a_polite_stop_stores_what_was_applied_and_a_restart_reads_none_of
     ]
     assert len(restored) == 4
     assert not any("first start" in line for line in restored)
+
+
+async def test_a_dead_letter_the_broker_refuses_stops_the_worker_and_is_written_after_the_fix(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The dead-letter topic was created by hand with a 1 KB message limit: the broker refuses
+    the dead letter of a 2 KB message. The worker stops (exit 1) rather than ack it; once the
+    topic's limit is raised, the restarted worker writes it, and nothing is lost or doubled."""
+    await ensure_topics(
+        settings,
+        [settings.dlq_topic],
+        partitions=1,
+        configs={settings.dlq_topic: {"max.message.bytes": "1024"}},
+    )
+    await ensure_topics(settings, [settings.clickstream_topic, settings.checkout_topic])
+    events = _valid_events(10, seed=12)
+    valid: list[Message] = [
+        (topic_for(settings, str(e["event_type"])), str(e["session_id"]).encode(), orjson.dumps(e))
+        for e in events
+    ]
+    hostile: Message = (settings.clickstream_topic, b"k-big", b"{" + b"x" * 2048)
+    worker = WorkerProcess(settings, tmp_path / "refused.log").start()
+    try:
+        await produce(settings, [*valid, hostile])
+        assert worker.process is not None
+        for _ in range(180):
+            if worker.process.poll() is not None:
+                break
+            await asyncio.sleep(0.5)
+        assert worker.process.returncode == 1, worker.log_tail()
+    finally:
+        worker.stop()
+    refused_log = (tmp_path / "refused.log").read_text()
+    assert "MessageSizeTooLargeError" in refused_log
+    assert "stopping without a last checkpoint: a produce or state write failed" in refused_log
+    assert await read_topic(settings, settings.dlq_topic) == []
+
+    admin = make_admin(settings)
+    await admin.start()
+    try:
+        await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, settings.dlq_topic,
+                            {"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)})]
+        )  # fmt: skip
+    finally:
+        await admin.close()
+    with WorkerProcess(settings, tmp_path / "fixed.log") as worker:
+        [(key, value)] = await read_exactly(settings, settings.dlq_topic, 1)
+        values = wait_processed(worker, settings, 1)
+        [letter], unreadable = parse_dead_letters([(key, value)])
+        assert unreadable == 0
+        assert base64.b64decode(letter.payload_base64) == hostile[2]
+        assert letter.reason is ReasonCode.NOT_JSON
+        # What the stopped worker had not checkpointed is applied once, not twice.
+        assert metric(values, "streamer_dead_letters_total", topic=settings.clickstream_topic,
+                      reason="not_json") == 1  # fmt: skip
+        duplicates = sum(
+            metric(values, "streamer_events_total", topic=t, outcome="duplicate")
+            for t in (settings.clickstream_topic, settings.checkout_topic)
+        )
+        assert duplicates == 0

@@ -160,3 +160,21 @@ async def test_a_write_out_under_way_counts_its_input_as_not_stored_until_it_is(
     broker_has_it.set()
     await stage.drain_write_outs()
     assert (runtime.storing, acked) == (0, [0, 1, 2])
+
+
+async def test_a_produce_the_broker_refused_leaves_nothing_for_the_stop_to_checkpoint() -> None:
+    """A dead letter the broker refused: the message raises out of the stage (the worker
+    stops) and the stop writes no last checkpoint, so the next start reads it again."""
+    harness = make_harness(read_range=Log([]))
+    acked = await run(harness, [0, 1])
+
+    async def refuse(key: bytes | None, value: bytes, partition: int | None) -> object:
+        raise RuntimeError("the broker refused the dead letter")
+
+    harness.stage._send_dead_letter = refuse
+    hostile = SourceMessage("clickstream", 0, 2, NOW_MS, b"s-1", b"{not json")
+    with pytest.raises(RuntimeError, match="refused"):
+        await harness.stage.process(hostile, lambda: acked.append(2))
+    await harness.stage.close()
+    assert acked == []
+    assert harness.table == {}
