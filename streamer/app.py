@@ -50,7 +50,13 @@ class _FaustApp(faust.App):
         self.before_stop: list[Callable[[], Awaitable[None]]] = []
 
     async def on_stop(self) -> None:
-        for hook in self.before_stop:
+        if self.crashed:  # the producer may be gone already, and the stage may be sealed
+            log.warning(
+                "stopping after a crash (%r): no last checkpoint; the next start resumes "
+                "from the last one written",
+                self.crash_reason,
+            )
+        for hook in [] if self.crashed else self.before_stop:
             try:
                 await hook()
             except Exception:  # one stage's failure must not keep the others from stopping

@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
+import faust
 import orjson
 from faust import streams as faust_streams
 
@@ -314,6 +315,8 @@ class SessionsStage:
         if self.assigned is not None:
             self.assigned -= partitions
         await self.drain_write_outs()
+        async with self._checkpoint_lock:
+            pass  # and the one the timer may be writing (not among the tracked ones)
         for partition in partitions:
             self._release(partition)
 
@@ -438,6 +441,8 @@ class SessionsStage:
     async def process(self, message: SourceMessage, ack: Callable[[], Any]) -> Offer | None:
         """Handle one source message. Nothing a producer sends can raise out of here; a
         failing produce does (the worker must stop rather than ack what it could not write)."""
+        if self._sealed:
+            return None  # stopping: not applied, not acked, nothing sent (the next start reads it)
         if self.assigned is not None and message.partition not in self.assigned:
             # Fetched before a rebalance took the partition away: its new owner reads it
             # again from the committed offset. Not acked, not applied, nothing published.
@@ -855,35 +860,44 @@ class SessionsStage:
 
     async def _write_out_in_order(self, snapshot: _Snapshot) -> None:
         async with self._checkpoint_lock:
-            started = time.perf_counter()
-            await self.publish()
-            partition = snapshot.partition
-            if self.runtimes.get(partition) is not snapshot.runtime:
-                return  # revoked while publishing: the next owner resumes from our last one
             if self._sealed:
                 # The worker is stopping (Faust stops its producer under the changelog writes
                 # of a checkpoint begun then, and the buffer crashes the clean stop) or a
                 # write-out failed. Not written, not acked: the next start resumes from the
                 # last checkpoint, as after a SIGKILL.
                 return
-            table = self._table
-            with self._partition_scope(partition):  # writes go to this partition's changelog
-                # Deletes after the meta record: a write-out cut short anywhere leaves a meta
-                # whose records all exist (stale ones are dropped after the next restore).
-                for key, value in snapshot.writes.items():
-                    table[key] = value
-                for key in snapshot.deletes:
-                    table.pop(key, None)
-            await self._flush_producer()
-            for ack in snapshot.acks:
-                ack()
-            self._metrics.checkpoints.inc()
-            self._metrics.checkpoint_seconds.observe(time.perf_counter() - started)
+            try:
+                await self._write_out_now(snapshot)
+            except BaseException:  # its delta is lost: a later one would leave a hole
+                self._sealed = True
+                raise
+
+    async def _write_out_now(self, snapshot: _Snapshot) -> None:
+        started = time.perf_counter()
+        await self.publish()
+        partition = snapshot.partition
+        if self.runtimes.get(partition) is not snapshot.runtime:
+            return  # revoked while publishing: the next owner resumes from our last one
+        table = self._table
+        with self._partition_scope(partition):  # writes go to this partition's changelog
+            # Deletes after the meta record: a write-out cut short anywhere leaves a meta
+            # whose records all exist (stale ones are dropped after the next restore).
+            for key, value in snapshot.writes.items():
+                table[key] = value
+            for key in snapshot.deletes:
+                table.pop(key, None)
+        await self._flush_producer()
+        for ack in snapshot.acks:
+            ack()
+        self._metrics.checkpoints.inc()
+        self._metrics.checkpoint_seconds.observe(time.perf_counter() - started)
 
     def _start_write_out(self, partition: int) -> None:
         """Snapshot now; write it out beside the processing of later messages (the agent does
         not wait for the broker). A write-out that fails is raised by the next message."""
-        self._raise_failed_write_out()
+        self.raise_failed_write_out()
+        if self._sealed:
+            return
         snapshot = self._snapshot(partition)
         if snapshot is None:
             return
@@ -897,7 +911,7 @@ class SessionsStage:
             self._failed_write_out = writer.exception()
             self._sealed = True
 
-    def _raise_failed_write_out(self) -> None:
+    def raise_failed_write_out(self) -> None:
         failed, self._failed_write_out = self._failed_write_out, None
         if failed is not None:
             raise failed  # nothing of it was acked: the worker stops, a restart resumes
@@ -911,12 +925,12 @@ class SessionsStage:
     async def checkpoint(self, partition: int) -> None:
         """Store task ``partition``'s changes with the input offsets they reflect, publish
         every output, wait for the broker (changelog and outputs), then ack that input."""
-        self._raise_failed_write_out()
+        self.raise_failed_write_out()
         snapshot = self._snapshot(partition)
         if snapshot is not None:
             await self._write_out(snapshot)
 
-    async def close(self, timeout_s: float = 30.0) -> None:
+    async def close(self, timeout_s: float = 10.0) -> None:
         """The worker stops politely: checkpoint every partition's last changes and ack them
         (so the next start goes on from here instead of re-reading since the last interval),
         then write nothing more. Called while the producer and the table still work."""
@@ -930,6 +944,8 @@ class SessionsStage:
         try:
             async with asyncio.timeout(timeout_s), self._apply_lock:
                 await self.drain_write_outs()
+                async with self._checkpoint_lock:
+                    pass  # and the one the timer may be writing (not among the tracked ones)
                 partitions = [p for p, r in self.runtimes.items() if r.unacked]
                 for partition in partitions:
                     await self.checkpoint(partition)
@@ -967,6 +983,28 @@ class SessionsStage:
         self._in_flight.append(
             await self._send_dead_letter(message.key, letter.model_dump_json().encode(), None)
         )
+
+
+class _ConfirmedTable(faust.Table[str, bytes]):
+    """faust.Table whose changelog sends a checkpoint can wait for. Through the dict API
+    Faust drops each send's future: a record the broker refuses is only logged, and the
+    producer's flush returns after 0.1 s without a send, so input could be acked before (or
+    without) the state that reflects it. ``confirm_sent`` waits for every send made so far
+    and raises the broker's refusal."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._unconfirmed: list[Any] = []
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
+        sent = super().send_changelog(*args, **kwargs)
+        self._unconfirmed.append(sent)
+        return sent
+
+    async def confirm_sent(self) -> None:
+        unconfirmed, self._unconfirmed = self._unconfirmed, []
+        for sent in unconfirmed:
+            await sent  # the record's metadata once the broker has it; raises if refused
 
 
 class _PartitionMarker:
@@ -1067,8 +1105,17 @@ def install(
     abandonments = app.topic(settings.abandonments_topic, **raw)
     # Changelogged with as many partitions as the sources (Faust requires it); written only
     # while processing a message of the same partition (see SessionsStage.checkpoint).
-    table = app.Table(
-        "funnel-state", key_type=str, value_type=bytes, partitions=settings.topic_partitions
+    table = app.tables.add(
+        _ConfirmedTable(
+            app,
+            name="funnel-state",
+            beacon=app.tables.beacon,
+            key_type=str,
+            value_type=bytes,
+            partitions=settings.topic_partitions,
+            # A session's own delta record can be larger than the broker's 1 MiB default.
+            extra_topic_configs={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)},
+        )
     )
 
     def sender(topic: Any) -> SendFn:
@@ -1079,6 +1126,7 @@ def install(
 
     async def flush_producer() -> None:
         await app.producer.flush()
+        await table.confirm_sent()
 
     @contextmanager
     def partition_scope(partition: int) -> Iterator[None]:
@@ -1151,6 +1199,7 @@ def install(
     app.on_partitions_revoked.connect(on_revoked)
 
     async def keep_time() -> None:
+        stage.raise_failed_write_out()  # stops the worker even when no message comes to raise it
         if app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set():
             return
         assigned = [tp for tp in app.consumer.assignment() if tp.topic in topics]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import base64
 import random
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -258,6 +260,34 @@ async def test_a_polite_stop_stores_what_was_applied_and_a_restart_reads_none_of
     assert not any("first start" in line for line in restored)
 
 
+async def _limit_message_bytes(settings: Settings, topic: str, limit: int) -> None:
+    admin = make_admin(settings)
+    await admin.start()
+    try:
+        await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": str(limit)})]
+        )
+    finally:
+        await admin.close()
+
+
+async def _runs_until_it_exits(worker: WorkerProcess) -> int:
+    assert worker.process is not None
+    for _ in range(180):
+        if worker.process.poll() is not None:
+            break
+        await asyncio.sleep(0.5)
+    assert worker.process.returncode is not None, worker.log_tail()
+    return worker.process.returncode
+
+
+def _applied_twice(values: MetricValues, settings: Settings) -> float:
+    return sum(
+        metric(values, "streamer_events_total", topic=t, outcome="duplicate")
+        for t in (settings.clickstream_topic, settings.checkout_topic)
+    )
+
+
 async def test_a_dead_letter_the_broker_refuses_stops_the_worker_and_is_written_after_the_fix(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -271,37 +301,23 @@ async def test_a_dead_letter_the_broker_refuses_stops_the_worker_and_is_written_
         configs={settings.dlq_topic: {"max.message.bytes": "1024"}},
     )
     await ensure_topics(settings, [settings.clickstream_topic, settings.checkout_topic])
-    events = _valid_events(10, seed=12)
     valid: list[Message] = [
         (topic_for(settings, str(e["event_type"])), str(e["session_id"]).encode(), orjson.dumps(e))
-        for e in events
+        for e in _valid_events(10, seed=12)
     ]
     hostile: Message = (settings.clickstream_topic, b"k-big", b"{" + b"x" * 2048)
     worker = WorkerProcess(settings, tmp_path / "refused.log").start()
     try:
         await produce(settings, [*valid, hostile])
-        assert worker.process is not None
-        for _ in range(180):
-            if worker.process.poll() is not None:
-                break
-            await asyncio.sleep(0.5)
-        assert worker.process.returncode == 1, worker.log_tail()
+        assert await _runs_until_it_exits(worker) == 1, worker.log_tail()
     finally:
         worker.stop()
     refused_log = (tmp_path / "refused.log").read_text()
     assert "MessageSizeTooLargeError" in refused_log
-    assert "stopping without a last checkpoint: a produce or state write failed" in refused_log
+    assert "stopping after a crash (MessageSizeTooLargeError())" in refused_log
     assert await read_topic(settings, settings.dlq_topic) == []
 
-    admin = make_admin(settings)
-    await admin.start()
-    try:
-        await admin.alter_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, settings.dlq_topic,
-                            {"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)})]
-        )  # fmt: skip
-    finally:
-        await admin.close()
+    await _limit_message_bytes(settings, settings.dlq_topic, DLQ_MAX_MESSAGE_BYTES)
     with WorkerProcess(settings, tmp_path / "fixed.log") as worker:
         [(key, value)] = await read_exactly(settings, settings.dlq_topic, 1)
         values = wait_processed(worker, settings, 1)
@@ -312,8 +328,53 @@ async def test_a_dead_letter_the_broker_refuses_stops_the_worker_and_is_written_
         # What the stopped worker had not checkpointed is applied once, not twice.
         assert metric(values, "streamer_dead_letters_total", topic=settings.clickstream_topic,
                       reason="not_json") == 1  # fmt: skip
-        duplicates = sum(
-            metric(values, "streamer_events_total", topic=t, outcome="duplicate")
-            for t in (settings.clickstream_topic, settings.checkout_topic)
-        )
-        assert duplicates == 0
+        assert _applied_twice(values, settings) == 0
+
+
+async def test_a_state_write_the_broker_refuses_stops_the_worker_and_acks_nothing(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The state table's changelog topic was created by hand with a 1 KB message limit: the
+    broker refuses the first checkpoint's delta record. Faust only logs such a refusal; the
+    worker stops (exit 1) having acked nothing, and after the fix the restarted worker applies
+    every event once."""
+    changelog = f"{settings.app_id}-funnel-state-changelog"
+    await ensure_topics(settings, [changelog], configs={changelog: {"max.message.bytes": "1024"}})
+    await ensure_topics(settings, [settings.clickstream_topic, settings.checkout_topic])
+    valid: list[Message] = [
+        (topic_for(settings, str(e["event_type"])), str(e["session_id"]).encode(), orjson.dumps(e))
+        for e in _valid_events(20, seed=13)
+    ]
+    worker = WorkerProcess(settings, tmp_path / "refused.log").start()
+    try:
+        await produce(settings, valid)
+        assert await _runs_until_it_exits(worker) == 1, worker.log_tail()
+    finally:
+        worker.stop()
+    refused_log = (tmp_path / "refused.log").read_text()
+    assert "MessageSizeTooLargeError" in refused_log
+    assert "stopping after a crash (MessageSizeTooLargeError())" in refused_log
+
+    await _limit_message_bytes(settings, changelog, DLQ_MAX_MESSAGE_BYTES)
+    with WorkerProcess(settings, tmp_path / "fixed.log") as worker:
+        # Checkpoints the broker took before the refusal are restored; every event is either
+        # in one of them or applied now, once.
+        wait_for(lambda: len(_restored_offsets(tmp_path / "fixed.log")) == 4, worker)
+        stored = sum(_restored_offsets(tmp_path / "fixed.log").values())
+        assert stored < len(valid)  # the refused checkpoint's input was not acked
+        values = wait_processed(worker, settings, len(valid) - stored)
+        assert _accepted(values, settings) == len(valid) - stored
+        assert _applied_twice(values, settings) == 0
+
+
+def _restored_offsets(log: Path) -> dict[int, int]:
+    """partition -> input messages its restored checkpoint reflects, from the worker's log."""
+    found: dict[int, int] = {}
+    for line in log.read_text().splitlines():
+        restored = re.search(r"partition (\d+): restored .* offsets (none|\{[^}]*\})", line)
+        if restored:
+            offsets = restored.group(2)
+            found[int(restored.group(1))] = (
+                0 if offsets == "none" else sum(ast.literal_eval(offsets).values())
+            )
+    return found

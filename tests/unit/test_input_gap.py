@@ -178,3 +178,23 @@ async def test_a_produce_the_broker_refused_leaves_nothing_for_the_stop_to_check
     await harness.stage.close()
     assert acked == []
     assert harness.table == {}
+
+
+async def test_a_checkpoint_whose_state_write_failed_leaves_nothing_for_the_stop() -> None:
+    """The timer's own checkpoint (not a background write-out) fails at its state write: its
+    delta is lost, so the stop must not write a meta that names it."""
+    harness = make_harness(read_range=Log([]))
+    acked = await run(harness, [0, 1])
+
+    class Refusing(dict[str, bytes]):
+        def __setitem__(self, key: str, value: bytes) -> None:
+            raise RuntimeError("the broker refused the state write")
+
+    harness.stage._table = Refusing()
+    with pytest.raises(RuntimeError, match="refused"):
+        await harness.stage.checkpoint(0)
+    harness.stage._table = harness.table
+    await run(harness, [2])
+    await harness.stage.close()
+    assert acked == []
+    assert harness.table == {}
