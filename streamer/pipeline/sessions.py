@@ -543,6 +543,15 @@ class SessionsStage:
         a window and its finality lag, before the watermark), up to the checkpoint's offsets,
         stops at the checkpoint's watermark, and hands its state over."""
         indexes, runtime.catch_up = runtime.catch_up, ()
+        try:
+            await self._catch_up_now(runtime, partition, indexes)
+        except BaseException:  # e.g. the agent cancelled by a rebalance: the next one retries
+            runtime.catch_up = indexes
+            raise
+
+    async def _catch_up_now(
+        self, runtime: _Runtime, partition: int, indexes: tuple[int, ...]
+    ) -> None:
         task = runtime.task
         if self.rekeyed_from:
             log.warning(

@@ -5,12 +5,14 @@ funnels' sessions go on untouched)."""
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import pytest
 
 from streamer.funnel.definition import FunnelDefinition, load_funnel
 from streamer.pipeline.messages import SourceMessage
@@ -119,3 +121,34 @@ async def test_an_added_funnel_catches_up_as_if_it_had_always_been_there() -> No
     assert state(restarted) == state(always)
     assert browse_abandonments(restarted, sent[1]) == browse_abandonments(always, sent[0])
     assert browse_abandonments(always, sent[0]), "browse sessions were abandoned after it"
+
+
+async def test_a_catch_up_cut_short_is_done_again_by_the_next_message() -> None:
+    """Faust cancels the agent on a rebalance, maybe in the middle of a catch-up's reads: the
+    partition keeps its funnels to catch up (and writes no checkpoint) until one completes."""
+    log = InputLog()
+    handover = len(log.arrivals) * 3 // 5
+    running = harness_for(log, (CHECKOUT_FUNNEL,))
+    await feed(running, log.arrivals[:handover])
+    await running.stage.checkpoint(0)
+
+    restarted = harness_for(log, (BROWSE, CHECKOUT_FUNNEL))
+    restarted.table.update(running.table)
+    restarted.stage.ensure(0)
+    reads = 0
+
+    async def cut_short(topic: str, partition: int, start: int, end: int) -> Any:
+        nonlocal reads
+        reads += 1
+        if reads == 1:
+            raise asyncio.CancelledError  # the rebalance
+        return await log.read_range(topic, partition, start, end)
+
+    restarted.stage._read_range = cut_short
+    with pytest.raises(asyncio.CancelledError):
+        await restarted.stage.catch_up_added_funnels()
+    assert restarted.stage.runtimes[0].catch_up == (0,)
+    await restarted.stage.checkpoint(0)
+    assert restarted.table == running.table  # nothing stored while browse is not whole
+    await restarted.stage.catch_up_added_funnels()
+    assert restarted.stage.runtimes[0].catch_up == ()
