@@ -50,17 +50,18 @@ class _FaustApp(faust.App):
         self.before_stop: list[Callable[[], Awaitable[None]]] = []
 
     async def on_stop(self) -> None:
-        if self.crashed:  # the producer may be gone already, and the stage may be sealed
+        if self.crashed:  # the producer may be gone already: the hooks do not run
             log.warning(
                 "stopping after a crash (%r): no last checkpoint; the next start resumes "
                 "from the last one written",
                 self.crash_reason,
             )
-        for hook in [] if self.crashed else self.before_stop:
-            try:
-                await hook()
-            except Exception:  # one stage's failure must not keep the others from stopping
-                log.exception("stopping: %r failed", hook)
+        else:
+            for hook in self.before_stop:
+                try:
+                    await hook()
+                except Exception:  # one stage's failure must not keep the others from stopping
+                    log.exception("stopping: %r failed", hook)
         await super().on_stop()
 
 

@@ -315,8 +315,6 @@ class SessionsStage:
         if self.assigned is not None:
             self.assigned -= partitions
         await self.drain_write_outs()
-        async with self._checkpoint_lock:
-            pass  # and the one the timer may be writing (not among the tracked ones)
         for partition in partitions:
             self._release(partition)
 
@@ -863,23 +861,21 @@ class SessionsStage:
         """Publish every output of the snapshot (and maybe a little more), store its state,
         wait for the broker (outputs and changelog), then ack its input. In snapshot order."""
         try:
-            await self._write_out_in_order(snapshot)
+            async with self._checkpoint_lock:
+                if self._sealed:
+                    # The worker is stopping (Faust stops its producer under the changelog
+                    # writes of a checkpoint begun then, and the buffer crashes the clean stop)
+                    # or a write-out failed. Not written, not acked: the next start resumes
+                    # from the last checkpoint, as after a SIGKILL.
+                    return
+                await self._write_out_now(snapshot)
+        except BaseException:
+            # Its delta is lost (also when cancelled while waiting its turn): a later write-out
+            # would leave a hole in the partition's log, so none is written.
+            self._sealed = True
+            raise
         finally:
             snapshot.runtime.storing -= len(snapshot.acks)
-
-    async def _write_out_in_order(self, snapshot: _Snapshot) -> None:
-        async with self._checkpoint_lock:
-            if self._sealed:
-                # The worker is stopping (Faust stops its producer under the changelog writes
-                # of a checkpoint begun then, and the buffer crashes the clean stop) or a
-                # write-out failed. Not written, not acked: the next start resumes from the
-                # last checkpoint, as after a SIGKILL.
-                return
-            try:
-                await self._write_out_now(snapshot)
-            except BaseException:  # its delta is lost: a later one would leave a hole
-                self._sealed = True
-                raise
 
     async def _write_out_now(self, snapshot: _Snapshot) -> None:
         started = time.perf_counter()
@@ -917,8 +913,7 @@ class SessionsStage:
     def _write_out_done(self, writer: asyncio.Future[None]) -> None:
         self._write_outs.discard(writer)
         if not writer.cancelled() and writer.exception() is not None:
-            self._failed_write_out = writer.exception()
-            self._sealed = True
+            self._failed_write_out = writer.exception()  # (the write-out sealed the stage)
 
     def raise_failed_write_out(self) -> None:
         failed, self._failed_write_out = self._failed_write_out, None
@@ -926,10 +921,12 @@ class SessionsStage:
             raise failed  # nothing of it was acked: the worker stops, a restart resumes
 
     async def drain_write_outs(self) -> None:
-        """Wait for every write-out under way (before partitions are revoked); one that
-        failed is raised by the next message."""
+        """Wait for every write-out under way (before partitions are revoked, or the last
+        checkpoint); one that failed is raised by the next message."""
         while self._write_outs:
             await asyncio.gather(*list(self._write_outs), return_exceptions=True)
+        async with self._checkpoint_lock:
+            pass  # and the timer's own, which is not among the tracked ones
 
     async def checkpoint(self, partition: int) -> None:
         """Store task ``partition``'s changes with the input offsets they reflect, publish
@@ -953,8 +950,6 @@ class SessionsStage:
         try:
             async with asyncio.timeout(timeout_s), self._apply_lock:
                 await self.drain_write_outs()
-                async with self._checkpoint_lock:
-                    pass  # and the one the timer may be writing (not among the tracked ones)
                 partitions = [p for p, r in self.runtimes.items() if r.unacked]
                 for partition in partitions:
                     await self.checkpoint(partition)

@@ -43,6 +43,13 @@ class Log:
         return self.earliest, found
 
 
+class RefusingTable(dict[str, bytes]):
+    """A state table whose every write the broker refuses."""
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        raise RuntimeError("the broker refused the state write")
+
+
 async def run(harness: Harness, offsets: list[int]) -> list[int]:
     acked: list[int] = []
     for offset in offsets:
@@ -130,9 +137,10 @@ async def test_after_a_failed_write_out_nothing_more_is_written() -> None:
     the stop that follows) would leave a state with a hole, so none is written."""
     harness = make_harness(read_range=Log([]))
     acked = await run(harness, [0, 1])
-    broken = asyncio.get_running_loop().create_future()
-    broken.set_exception(RuntimeError("the broker refused the changelog write"))
-    harness.stage._write_out_done(broken)
+    harness.stage._table = RefusingTable()
+    harness.stage._start_write_out(0)  # in the background, as the agent starts them
+    await harness.stage.drain_write_outs()
+    harness.stage._table = harness.table
     await run(harness, [2])
     with pytest.raises(RuntimeError, match="refused"):
         await harness.stage.checkpoint(0)
@@ -186,11 +194,7 @@ async def test_a_checkpoint_whose_state_write_failed_leaves_nothing_for_the_stop
     harness = make_harness(read_range=Log([]))
     acked = await run(harness, [0, 1])
 
-    class Refusing(dict[str, bytes]):
-        def __setitem__(self, key: str, value: bytes) -> None:
-            raise RuntimeError("the broker refused the state write")
-
-    harness.stage._table = Refusing()
+    harness.stage._table = RefusingTable()
     with pytest.raises(RuntimeError, match="refused"):
         await harness.stage.checkpoint(0)
     harness.stage._table = harness.table
