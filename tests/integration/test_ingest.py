@@ -41,6 +41,14 @@ def _valid_events(
     return sorted((e for session in sessions for e in session), key=lambda e: str(e["occurred_at"]))
 
 
+def _as_messages(settings: Settings, events: list[dict[str, object]]) -> list[Message]:
+    """Events as a shop's producers send them: to their topic, keyed by session id."""
+    return [
+        (topic_for(settings, str(e["event_type"])), str(e["session_id"]).encode(), orjson.dumps(e))
+        for e in events
+    ]
+
+
 def _accepted(values: MetricValues, settings: Settings) -> float:
     return sum(
         metric(values, "streamer_events_total", topic=t, outcome="accepted")
@@ -81,10 +89,7 @@ async def test_valid_invalid_and_duplicates_land_where_they_belong(
 ) -> None:
     rng = random.Random(11)
     events = _valid_events(120, seed=5)
-    valid: list[Message] = [
-        (topic_for(settings, str(e["event_type"])), str(e["session_id"]).encode(), orjson.dumps(e))
-        for e in events
-    ]
+    valid = _as_messages(settings, events)
     duplicates = rng.sample(valid, 25)  # producer retries: the same bytes, same key
     now_ms = round(datetime.now(UTC).timestamp() * 1000)
     invalid_cases = _invalid(settings, now_ms)
@@ -122,9 +127,7 @@ async def test_valid_invalid_and_duplicates_land_where_they_belong(
 
         # Still running and processing: a new batch goes through.
         later = _valid_events(10, seed=99, hours_ago=1.0)
-        await produce(settings, [(topic_for(settings, str(e["event_type"])),
-                                  str(e["session_id"]).encode(), orjson.dumps(e))
-                                 for e in later])  # fmt: skip
+        await produce(settings, _as_messages(settings, later))
         values = wait_processed(worker, settings, len(mixed) + len(later))
         assert _accepted(values, settings) == len(valid) + len(later)
 
@@ -133,10 +136,7 @@ async def test_duplicates_are_caught_after_a_worker_restart(
     settings: Settings, tmp_path: Path
 ) -> None:
     events = _valid_events(30, seed=8)
-    messages: list[Message] = [
-        (topic_for(settings, str(e["event_type"])), str(e["session_id"]).encode(), orjson.dumps(e))
-        for e in events
-    ]
+    messages = _as_messages(settings, events)
     await ensure_topics(settings, [settings.clickstream_topic, settings.checkout_topic])
     with WorkerProcess(settings, tmp_path / "first.log") as worker:
         await produce(settings, messages)
@@ -160,10 +160,7 @@ async def test_duplicates_are_caught_after_a_worker_restart(
 
 async def test_dlq_inspect_and_replay_after_a_fix(settings: Settings, tmp_path: Path) -> None:
     events = _valid_events(40, seed=21)
-    messages: list[Message] = [
-        (topic_for(settings, str(e["event_type"])), str(e["session_id"]).encode(), orjson.dumps(e))
-        for e in events
-    ]
+    messages = _as_messages(settings, events)
     strict = settings.model_copy(update={"max_event_bytes": 290})
     too_big = [m for m in messages if len(m[2] or b"") > 290]
     assert 5 < len(too_big) < len(messages)
@@ -221,10 +218,7 @@ async def test_a_polite_stop_stores_what_was_applied_and_a_restart_reads_none_of
     a last checkpoint and acks it, so the restarted worker resumes after it."""
     hourly = settings.model_copy(update={"checkpoint_interval_seconds": 3600.0})
     events = _valid_events(30, seed=5)
-    messages: list[Message] = [
-        (topic_for(settings, str(e["event_type"])), str(e["session_id"]).encode(), orjson.dumps(e))
-        for e in events
-    ]
+    messages = _as_messages(settings, events)
     await ensure_topics(settings, [settings.clickstream_topic, settings.checkout_topic])
     worker = WorkerProcess(hourly, tmp_path / "first.log").start()
     try:
@@ -240,10 +234,7 @@ async def test_a_polite_stop_stores_what_was_applied_and_a_restart_reads_none_of
 
     late_session = _valid_events(1, seed=6, hours_ago=0.1)
     with WorkerProcess(hourly, tmp_path / "second.log") as worker:
-        await produce(settings, [
-            (topic_for(settings, str(e["event_type"])), str(e["session_id"]).encode(),
-             orjson.dumps(e)) for e in late_session
-        ])  # fmt: skip
+        await produce(settings, _as_messages(settings, late_session))
         wait_for(lambda: _applied(worker, settings) >= len(late_session), worker)
         await asyncio.sleep(2)  # anything of the first run read again would show by now
         values = scrape_metrics(worker.metrics_url)
@@ -271,14 +262,25 @@ async def _limit_message_bytes(settings: Settings, topic: str, limit: int) -> No
         await admin.close()
 
 
-async def _runs_until_it_exits(worker: WorkerProcess) -> int:
-    assert worker.process is not None
-    for _ in range(180):
-        if worker.process.poll() is not None:
-            break
-        await asyncio.sleep(0.5)
-    assert worker.process.returncode is not None, worker.log_tail()
-    return worker.process.returncode
+async def _run_until_the_broker_refuses(
+    settings: Settings, log: Path, messages: list[Message]
+) -> None:
+    """A worker fed ``messages`` meets a record the broker refuses (too large): it exits 1,
+    and its log names the refusal and that it stopped without a last checkpoint."""
+    worker = WorkerProcess(settings, log).start()
+    try:
+        await produce(settings, messages)
+        assert worker.process is not None
+        for _ in range(180):
+            if worker.process.poll() is not None:
+                break
+            await asyncio.sleep(0.5)
+        assert worker.process.returncode == 1, worker.log_tail()
+    finally:
+        worker.stop()
+    text = worker.log_tail(lines=100_000)
+    assert "MessageSizeTooLargeError" in text
+    assert "stopping after a crash (MessageSizeTooLargeError())" in text
 
 
 def _applied_twice(values: MetricValues, settings: Settings) -> float:
@@ -301,20 +303,9 @@ async def test_a_dead_letter_the_broker_refuses_stops_the_worker_and_is_written_
         configs={settings.dlq_topic: {"max.message.bytes": "1024"}},
     )
     await ensure_topics(settings, [settings.clickstream_topic, settings.checkout_topic])
-    valid: list[Message] = [
-        (topic_for(settings, str(e["event_type"])), str(e["session_id"]).encode(), orjson.dumps(e))
-        for e in _valid_events(10, seed=12)
-    ]
+    valid = _as_messages(settings, _valid_events(10, seed=12))
     hostile: Message = (settings.clickstream_topic, b"k-big", b"{" + b"x" * 2048)
-    worker = WorkerProcess(settings, tmp_path / "refused.log").start()
-    try:
-        await produce(settings, [*valid, hostile])
-        assert await _runs_until_it_exits(worker) == 1, worker.log_tail()
-    finally:
-        worker.stop()
-    refused_log = (tmp_path / "refused.log").read_text()
-    assert "MessageSizeTooLargeError" in refused_log
-    assert "stopping after a crash (MessageSizeTooLargeError())" in refused_log
+    await _run_until_the_broker_refuses(settings, tmp_path / "refused.log", [*valid, hostile])
     assert await read_topic(settings, settings.dlq_topic) == []
 
     await _limit_message_bytes(settings, settings.dlq_topic, DLQ_MAX_MESSAGE_BYTES)
@@ -341,19 +332,8 @@ async def test_a_state_write_the_broker_refuses_stops_the_worker_and_acks_nothin
     changelog = f"{settings.app_id}-funnel-state-changelog"
     await ensure_topics(settings, [changelog], configs={changelog: {"max.message.bytes": "1024"}})
     await ensure_topics(settings, [settings.clickstream_topic, settings.checkout_topic])
-    valid: list[Message] = [
-        (topic_for(settings, str(e["event_type"])), str(e["session_id"]).encode(), orjson.dumps(e))
-        for e in _valid_events(20, seed=13)
-    ]
-    worker = WorkerProcess(settings, tmp_path / "refused.log").start()
-    try:
-        await produce(settings, valid)
-        assert await _runs_until_it_exits(worker) == 1, worker.log_tail()
-    finally:
-        worker.stop()
-    refused_log = (tmp_path / "refused.log").read_text()
-    assert "MessageSizeTooLargeError" in refused_log
-    assert "stopping after a crash (MessageSizeTooLargeError())" in refused_log
+    valid = _as_messages(settings, _valid_events(20, seed=13))
+    await _run_until_the_broker_refuses(settings, tmp_path / "refused.log", valid)
 
     await _limit_message_bytes(settings, changelog, DLQ_MAX_MESSAGE_BYTES)
     with WorkerProcess(settings, tmp_path / "fixed.log") as worker:
