@@ -26,8 +26,8 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
-from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -278,8 +278,11 @@ class SessionsStage:
         self._apply_lock = asyncio.Lock()
         self._write_outs: set[asyncio.Future[None]] = set()
         self._failed_write_out: BaseException | None = None
-        # Set by close() and by a write-out that failed: write-outs chain their deltas, so
-        # after one is lost or the producer is going away no later one may be written.
+        # Sealed: nothing more is applied or checkpointed. Set by close() (the producer is
+        # going away) and by any failure of a write-out (write-outs chain their deltas: after
+        # one is lost a later one would leave a hole), of a publish (outputs drained from the
+        # tasks the broker may not have) or of applying a message (maybe half applied). The
+        # next start resumes from the last checkpoint written.
         self._sealed = False
         self._counters = {
             (topic, outcome): metrics.events.labels(topic=topic, outcome=outcome)
@@ -424,17 +427,6 @@ class SessionsStage:
         )
         return runtime
 
-    @asynccontextmanager
-    async def _sealed_on_failure(self) -> AsyncIterator[None]:
-        """An error out of applying or publishing stops the worker, and it may have left the
-        tasks without outputs the broker never got, or half applied: nothing more may be
-        checkpointed, not even by the stop (the next start resumes from the last one)."""
-        try:
-            yield
-        except Exception:  # (not a cancellation: Faust cancels agents on a rebalance)
-            self._sealed = True
-            raise
-
     # --- per message ---------------------------------------------------------------------
     async def process(self, message: SourceMessage, ack: Callable[[], Any]) -> Offer | None:
         """Handle one source message. Nothing a producer sends can raise out of here; a
@@ -446,24 +438,28 @@ class SessionsStage:
             # again from the committed offset. Not acked, not applied, nothing published.
             self._metrics.revoked_messages.inc()
             return None
-        # the timer's stall repair applies messages too
-        async with self._apply_lock, self._sealed_on_failure():
-            runtime = self._runtime(message.partition)
-            if runtime.catch_up:
-                await self._catch_up(runtime, message.partition)
-            topic = message.topic
-            if message.offset < runtime.offsets.get(topic, 0):
-                ack()  # applied before the last checkpoint: re-delivered after a restart
-                self._tally(self._replayed[topic])
-                return None
-            expected = runtime.offsets.get(topic)
-            if expected is not None and message.offset > expected:
-                await self._fill_gap(runtime, topic, message.partition, expected, message.offset)
-            outcome = await self._apply_one(runtime, message)
-            runtime.unacked.append(ack)
-            if time.monotonic() - runtime.checkpointed_at >= self._interval:
-                self._start_write_out(message.partition)
-            return outcome
+        async with self._apply_lock:  # the timer's stall repair applies messages too
+            try:
+                runtime = self._runtime(message.partition)
+                if runtime.catch_up:
+                    await self._catch_up(runtime, message.partition)
+                topic = message.topic
+                if message.offset < runtime.offsets.get(topic, 0):
+                    ack()  # applied before the last checkpoint: re-delivered after a restart
+                    self._tally(self._replayed[topic])
+                    return None
+                expected = runtime.offsets.get(topic)
+                if expected is not None and message.offset > expected:
+                    partition = message.partition
+                    await self._fill_gap(runtime, topic, partition, expected, message.offset)
+                outcome = await self._apply_one(runtime, message)
+                runtime.unacked.append(ack)
+                if time.monotonic() - runtime.checkpointed_at >= self._interval:
+                    self._start_write_out(message.partition)
+                return outcome
+            except Exception:  # (not a cancellation: Faust cancels agents on a rebalance)
+                self._sealed = True  # maybe half applied: see ``_sealed``
+                raise
 
     async def _apply_one(self, runtime: _Runtime, message: SourceMessage) -> Offer | None:
         topic = message.topic
@@ -761,7 +757,7 @@ class SessionsStage:
         """Send what every task has to say (partials, progress, abandonments) and wait until
         the broker has it. Called by checkpoints and by the worker's timer."""
         self.flush_metrics()
-        async with self._publish_lock, self._sealed_on_failure():
+        async with self._publish_lock:
             # Drained and encoded in one synchronous step: a progress record must carry the
             # watermark of the counts drained with it (the agent moves on while we send, and a
             # later watermark would let the merger finalise a window on stale counts).
@@ -787,13 +783,17 @@ class SessionsStage:
                     "generation": runtime.generation,
                 }
                 partials.append(orjson.dumps(progress))
-            for notice in notices:
-                await self._publish_abandonment(notice)
-            for value in partials:
-                self._in_flight.append(await self._send_partial(None, value, 0))
-            in_flight, self._in_flight = self._in_flight, []
-            for future in in_flight:
-                await future  # raises if the broker refused: nothing gets acked
+            try:
+                for notice in notices:
+                    await self._publish_abandonment(notice)
+                for value in partials:
+                    self._in_flight.append(await self._send_partial(None, value, 0))
+                in_flight, self._in_flight = self._in_flight, []
+                for future in in_flight:
+                    await future  # raises if the broker refused: nothing gets acked
+            except Exception:  # drained outputs the broker may not have: see ``_sealed``
+                self._sealed = True
+                raise
 
     async def _publish_abandonment(self, notice: AbandonmentNotice) -> None:
         funnel = self.definitions[notice.funnel]
