@@ -59,6 +59,9 @@ _UNKNOWN_TOPIC = 3
 _TOPIC_ALREADY_EXISTS = 36
 _TOPIC_AUTHORIZATION_FAILED = TopicAuthorizationFailedError.errno
 _GROUP_AUTHORIZATION_FAILED = GroupAuthorizationFailedError.errno
+# Two workers starting together race to create the same topics.
+_TOPIC_RACE_ATTEMPTS = 20
+_TOPIC_RACE_PAUSE_S = 0.5
 
 
 def _env(setting: str) -> str:
@@ -198,7 +201,18 @@ async def require_access(settings: Settings, needs: AccessNeeds, timeout: float 
     client = make_client(settings, request_timeout_ms=int(timeout * 1000))
     await client.bootstrap()
     try:
-        await _check_topics(settings, needs, client)
+        for attempt in range(_TOPIC_RACE_ATTEMPTS):
+            try:
+                await _check_topics(settings, needs, client)
+                break
+            except _TopicAppeared as appeared:
+                if attempt == _TOPIC_RACE_ATTEMPTS - 1:
+                    raise KafkaAccessError(
+                        f"topic {appeared.topic} exists, yet the broker has not described it "
+                        f"for {_TOPIC_RACE_ATTEMPTS * _TOPIC_RACE_PAUSE_S:.0f}s: is a broker's "
+                        "metadata behind? try again"
+                    ) from None
+                await asyncio.sleep(_TOPIC_RACE_PAUSE_S)
     finally:
         await client.close()
     if needs.groups:
@@ -225,6 +239,15 @@ async def _find_coordinator(settings: Settings, admin: AIOKafkaAdminClient, grou
             await asyncio.sleep(0.5)
 
 
+class _TopicAppeared(Exception):
+    """A topic the metadata called unknown existed a moment later: another worker (or an admin)
+    created it in between, or the broker's metadata lagged its creation. Ask again."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__(topic)
+        self.topic = topic
+
+
 async def _check_topics(settings: Settings, needs: AccessNeeds, client: AIOKafkaClient) -> None:
     topics = list(needs.operations)
     if not topics:
@@ -232,7 +255,7 @@ async def _check_topics(settings: Settings, needs: AccessNeeds, client: AIOKafka
     node = client.get_random_node()
     metadata = await client.send(node, MetadataRequest(topics, allow_auto_topic_creation=False))
     leaders: dict[str, int] = {}
-    missing: list[str] = []
+    missing: dict[str, int] = {}  # topic -> the metadata's error code for it
     for error_code, topic, _internal, partitions, *_ in metadata.topics:
         creatable = "Create" in needs.operations[topic]
         if error_code == _TOPIC_AUTHORIZATION_FAILED and not creatable:
@@ -240,7 +263,7 @@ async def _check_topics(settings: Settings, needs: AccessNeeds, client: AIOKafka
         if error_code in (_UNKNOWN_TOPIC, _TOPIC_AUTHORIZATION_FAILED):
             # A topic one may create but not (yet) describe reads as unauthorized too: the
             # validate-only create below tells them apart.
-            missing.append(topic)
+            missing[topic] = error_code
         elif partitions:
             first = min(partitions, key=lambda entry: entry[1])
             leaders[topic] = first[2]
@@ -259,7 +282,10 @@ async def _check_topics(settings: Settings, needs: AccessNeeds, client: AIOKafka
         for topic, code, *_ in response.topic_errors:
             if code == _TOPIC_AUTHORIZATION_FAILED:
                 raise _denied(settings, "create", "topic", topic, needs.grant_hint(topic))
-            if code == _TOPIC_ALREADY_EXISTS:  # exists, yet metadata would not describe it
+            if code == _TOPIC_ALREADY_EXISTS:
+                if missing[topic] == _UNKNOWN_TOPIC:  # created since the metadata request
+                    raise _TopicAppeared(topic)
+                # exists, yet the metadata would not describe it: no Describe ACL
                 raise _denied(settings, "describe", "topic", topic, needs.grant_hint(topic))
     for topic, leader in leaders.items():
         wanted = needs.operations[topic]
