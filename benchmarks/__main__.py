@@ -2,7 +2,8 @@
 pre-loaded data, written to ``docs/benchmarks.md``.
 
 1. ceiling: a bare aiokafka consumer (``getmany``) that runs streamer's ``decode_event``;
-2. Faust floor: a bare Faust agent that only decodes (per-event iteration and ``take()``);
+2. Faust floor: a bare Faust agent that only decodes (per-event iteration and ``take()``),
+   on Faust's consumer and on the worker's (``streamer.faust_consumer``, "lifted");
 3. the worker end to end (first event counted to the last; then to the last window final);
 4. a peer written with Quix Streams doing the same job in spirit;
 5. the core alone: bytes per open session (1M sessions), cost per event by session length;
@@ -63,8 +64,9 @@ def _parse() -> argparse.Namespace:
     )
     parser.add_argument(
         "--floor-modes",
-        default="each,take",
-        help="Faust floor variants: each, take, noack (default each,take)",
+        default="each,take,each-lifted,take-lifted",
+        help="Faust floor variants: each, take, noack, each suffixed -lifted to run on the "
+        "worker's consumer (default each,take,each-lifted,take-lifted)",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks.md")
     parser.add_argument(

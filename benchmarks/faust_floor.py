@@ -2,9 +2,11 @@
 
 Run as a subprocess by the harness: ``python -m benchmarks.faust_floor BOOTSTRAP TOPICS TOTAL
 OUT MODE`` with MODE ``each`` (per-event iteration), ``take`` (``stream.take(500, within=1)``)
-or ``noack`` (the worker's way: ``stream.noack().events()``, acked in bulk). Its own app id and
-consumer group, memory store, no tables. Writes ``{"events": n, "seconds": s}`` to OUT once it
-has seen TOTAL messages (seconds from the first message to the last), then stops itself.
+or ``noack`` (the worker's way: ``stream.noack().events()``, acked in bulk), each optionally
+suffixed ``-lifted``: the same agent on the consumer the worker runs
+(``streamer.faust_consumer``: Faust's, with a cheaper hand-over of each message). Its own app
+id and consumer group, memory store, no tables. Writes ``{"events": n, "seconds": s}`` to OUT
+once it has seen TOTAL messages (seconds from the first message to the last), then stops.
 """
 
 from __future__ import annotations
@@ -19,14 +21,23 @@ from typing import Any
 import faust
 import orjson
 
+from streamer import faust_consumer
 from streamer.decode import DecodeLimits, decode_event
 
 
+class _LiftedApp(faust.App):
+    """A bare faust.App on the worker's consumer (see ``streamer.faust_consumer``)."""
+
+    def _new_transport(self) -> Any:
+        return faust_consumer.Transport(self.conf.broker_consumer, self)
+
+
 def main() -> None:
-    bootstrap, topics, total_text, out, mode = sys.argv[1:6]
+    bootstrap, topics, total_text, out, variant = sys.argv[1:6]
     total = int(total_text)
-    app = faust.App(
-        f"bench-floor-{mode}-{os.getpid()}",
+    mode, lifted = variant.removesuffix("-lifted"), variant.endswith("-lifted")
+    app = (_LiftedApp if lifted else faust.App)(
+        f"bench-floor-{variant}-{os.getpid()}",
         broker=f"kafka://{bootstrap}",
         store="memory://",
         web_enabled=False,
@@ -54,7 +65,7 @@ def main() -> None:
         if seen == total:
             elapsed = time.perf_counter() - started
             with open(out, "wb") as handle:
-                handle.write(orjson.dumps({"events": seen, "seconds": elapsed, "mode": mode}))
+                handle.write(orjson.dumps({"events": seen, "seconds": elapsed, "mode": variant}))
             os.kill(os.getpid(), signal.SIGTERM)  # Faust's own clean shutdown
 
     async def agent(stream: Any) -> None:

@@ -1,0 +1,94 @@
+"""Faust's Kafka consumer with a cheaper hand-over of each message to the streams.
+
+Faust's fetcher hands every message to the conductor inside ``Service.wait_first(delivery,
+suspend_flow.wait())``, which also watches the consumer's stopped and crashed events: four
+tasks created, an ``asyncio.wait`` and three cancellations per message, so that a delivery
+that has to *wait* (flow control suspended for a rebalance, a stream buffer full, the
+producer buffer over its limit) gives up when the flow is suspended or the consumer stops.
+On a busy worker that bookkeeping cost more than our whole session state machine.
+
+A delivery waits only in those cases, and each is visible before it starts. So this consumer
+delivers directly when none holds (the conductor then runs to the end without suspending:
+nothing can change under it) and takes Faust's own path, unchanged, when any does. Acks,
+commits, gaps, offsets, pausing of full partitions and rebalances are Faust's: only the
+hand-over differs. The Faust floor benchmark measures both (``benchmarks/faust_floor.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+__all__ = ["Transport"]
+
+_YIELD_EVERY = 100  # messages handed over before the loop lets other tasks run (as Faust)
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    def _delivery_may_wait(self) -> bool:
+        """Whether the conductor could suspend on this message (see the module's doc)."""
+        app: Any = self.app
+        return (
+            self.suspend_flow.is_set()
+            or not app.flow_control.is_active()
+            or app.in_recovery  # full buffers are not tracked then
+            or bool(self._buffered_partitions)  # some stream buffer is (nearly) full
+            or app.producer.buffer.size > app.producer.buffer.max_messages
+            or app.topics._tp_to_callback_lock.locked()  # subscriptions being changed
+            or self.should_stop
+        )
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # the fetcher's loop
+        deliver = self.callback
+        read_offsets = self._read_offset
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        since_yield = 0
+        try:
+            while not (self._stopped.is_set() or fetcher._stopped.is_set()):
+                self.diag.set_flag(CONSUMER_FETCHING)
+                batch = self.getmany(timeout=1.0)
+                await asyncio.sleep(0)  # getmany may return at once, again and again
+                if self.should_stop:
+                    continue
+                async for tp, message in batch:
+                    since_yield += 1
+                    if since_yield > _YIELD_EVERY:
+                        since_yield = 0
+                        await asyncio.sleep(0)
+                    offset = message.offset
+                    read = read_offsets[tp]
+                    if read is not None and offset < read:
+                        continue  # read before (Faust drops it the same way)
+                    if read and offset - read > 1 and acks_enabled_for(message.topic):
+                        await self._add_gap(tp, read + 1, offset)
+                    if self._commit_every is not None and self._n_acked >= self._commit_every:
+                        self._n_acked = 0
+                        await self.commit()
+                    if self._delivery_may_wait():
+                        await self.wait_first(deliver(message), self.suspend_flow.wait())
+                    else:
+                        await deliver(message)
+                    read_offsets[tp] = offset
+                self.diag.unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if not self.transport.app.should_stop:
+                raise
+            self.log.info("Broker stopped consumer, shutting down...")
+        except asyncio.CancelledError:
+            if not self.transport.app.should_stop:
+                raise
+            self.log.info("Consumer shutting down for user cancel.")
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            self.diag.unset_flag(CONSUMER_FETCHING)
+
+
+class Transport(faust_aiokafka.Transport):
+    """Faust's aiokafka transport with the consumer above."""
+
+    Consumer = _Consumer

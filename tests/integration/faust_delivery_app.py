@@ -1,0 +1,73 @@
+"""A bare Faust agent on streamer's consumer, for ``test_faust_consumer.py``.
+
+``python -m tests.integration.faust_delivery_app BOOTSTRAP TOPIC TOTAL OUT``: reads TOPIC
+with a stream buffer of 8 messages and an agent that sleeps now and then, so buffers fill,
+partitions pause and the consumer takes both hand-over paths. Writes what it saw
+(partition, offset, value) and how often each path ran to OUT once TOTAL messages came.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import faust
+import orjson
+
+from streamer import faust_consumer
+
+paths = {"direct": 0, "faust": 0}
+
+
+class _CountingConsumer(faust_consumer.Transport.Consumer):  # type: ignore[misc,valid-type]
+    def _delivery_may_wait(self) -> bool:
+        may_wait: bool = super()._delivery_may_wait()
+        paths["faust" if may_wait else "direct"] += 1
+        return may_wait
+
+
+class _Transport(faust_consumer.Transport):
+    Consumer = _CountingConsumer
+
+
+class _App(faust.App):
+    def _new_transport(self) -> Any:
+        return _Transport(self.conf.broker_consumer, self)
+
+
+def main() -> None:
+    bootstrap, topic, total_text, out = sys.argv[1:5]
+    total = int(total_text)
+    app = _App(
+        f"delivery-test-{os.getpid()}",
+        broker=f"kafka://{bootstrap}",
+        store="memory://",
+        web_enabled=False,
+        autodiscover=False,
+        consumer_auto_offset_reset="earliest",
+        topic_disable_leader=True,
+        stream_buffer_maxsize=8,
+    )
+    source = app.topic(topic, key_type=bytes, value_type=bytes, value_serializer="raw")
+    seen: list[tuple[int, int, str]] = []
+
+    async def agent(stream: Any) -> None:
+        async for event in stream.events():
+            message = event.message
+            seen.append((message.partition, message.offset, event.value.decode()))
+            if len(seen) % 50 == 0:
+                await asyncio.sleep(0.05)  # a slow moment: the buffers fill meanwhile
+            if len(seen) == total:
+                Path(out).write_bytes(orjson.dumps({"seen": seen, "paths": paths}))  # noqa: ASYNC240
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    app.agent(source, name="delivery")(agent)
+    faust.Worker(app, loglevel="warning", redirect_stdouts=False).execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main()
