@@ -262,7 +262,7 @@ def write_report(out: Path, r: Results, facts: list[tuple[str, str]]) -> None:
         "hand-over cannot wait (no rebalance, no full buffer). It is the floor the worker "
         "really stands on.",
         "- **worker**: `python -m streamer worker` as shipped (default settings: RocksDB "
-        "store, checkpoints every 2 s, 120 s lateness), from the first input event it counts "
+        "store, checkpoints every 5 s, 120 s lateness), from the first input event it counts "
         "to the last (`streamer_events_total` over accepted, duplicate and dead-lettered equal "
         "to the messages produced). Its counters reach `/metrics` about once a second, so "
         "short runs carry up to ~1 s of error. Everything counts: decoding and validation, "
