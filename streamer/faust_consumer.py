@@ -28,16 +28,18 @@ _YIELD_EVERY = 100  # messages handed over before the loop lets other tasks run 
 
 
 class _Consumer(faust_aiokafka.Consumer):
-    def _delivery_may_wait(self) -> bool:
-        """Whether the conductor could suspend on this message (see the module's doc)."""
+    def _delivery_may_wait(self, tp: Any) -> bool:
+        """Whether the conductor could suspend on a message of ``tp`` (see the module's doc).
+        On a backlog the stream buffers stay near full, so a buffer counts only when it is
+        full: under that, the conductor puts without waiting."""
         app: Any = self.app
+        conductor = app.topics
         return (
             self.suspend_flow.is_set()
             or not app.flow_control.is_active()
-            or app.in_recovery  # full buffers are not tracked then
-            or bool(self._buffered_partitions)  # some stream buffer is (nearly) full
+            or conductor._tp_to_callback_lock.locked()  # subscriptions being changed
             or app.producer.buffer.size > app.producer.buffer.max_messages
-            or app.topics._tp_to_callback_lock.locked()  # subscriptions being changed
+            or any(channel.queue.full() for channel in conductor._tp_index.get(tp, ()))
             or self.should_stop
         )
 
@@ -67,7 +69,7 @@ class _Consumer(faust_aiokafka.Consumer):
                     if self._commit_every is not None and self._n_acked >= self._commit_every:
                         self._n_acked = 0
                         await self.commit()
-                    if self._delivery_may_wait():
+                    if self._delivery_may_wait(tp):
                         await self.wait_first(deliver(message), self.suspend_flow.wait())
                     else:
                         await deliver(message)

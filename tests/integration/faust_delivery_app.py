@@ -24,8 +24,8 @@ paths = {"direct": 0, "faust": 0}
 
 
 class _CountingConsumer(faust_consumer.Transport.Consumer):  # type: ignore[misc,valid-type]
-    def _delivery_may_wait(self) -> bool:
-        may_wait: bool = super()._delivery_may_wait()
+    def _delivery_may_wait(self, tp: Any) -> bool:
+        may_wait: bool = super()._delivery_may_wait(tp)
         paths["faust" if may_wait else "direct"] += 1
         return may_wait
 
