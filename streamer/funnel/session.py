@@ -388,12 +388,20 @@ def apply_instant(
                 if candidates:
                     segments[dim] = min(candidates)
         attempt.segments = funnel.share(tuple(segments))
-    amounts = [amount for event in events if (amount := _cart_value(event)) > 0]
-    if amounts:
-        attempt.cart_value = max(amounts)
-    currencies = sorted(str(c) for event in events if (c := event.fields.get("currency")))
-    if currencies:
-        attempt.currency = funnel.share(currencies[-1])
+    if len(events) == 1:  # nearly every instant: the general rule below, without the lists
+        amount = _cart_value(events[0])
+        if amount > 0:
+            attempt.cart_value = amount
+        currency = events[0].fields.get("currency")
+        if currency:
+            attempt.currency = funnel.share(str(currency))
+    else:
+        amounts = [amount for event in events if (amount := _cart_value(event)) > 0]
+        if amounts:
+            attempt.cart_value = max(amounts)
+        currencies = sorted(str(c) for event in events if (c := event.fields.get("currency")))
+        if currencies:
+            attempt.currency = funnel.share(currencies[-1])
     attempt.last_activity_ms = at_ms
     if started:
         attempt.stage_segments = attempt.segments

@@ -80,7 +80,12 @@ class SessionState:
 
     def seen(self, digest: bytes) -> bool:
         ids = self.recent_ids
-        return any(ids[i : i + _DIGEST] == digest for i in range(0, len(ids), _DIGEST))
+        at = ids.find(digest)  # one C search; a hit must start on a digest's boundary
+        while at >= 0:
+            if at % _DIGEST == 0:
+                return True
+            at = ids.find(digest, at + 1)
+        return False
 
     def remember(self, digest: bytes) -> None:
         self.recent_ids = (self.recent_ids + digest)[-RECENT_IDS * _DIGEST :]
@@ -257,12 +262,15 @@ class Task:
     def _count_volume(self, at_ms: int, volume_key: tuple[str, str]) -> None:
         """One more of ``volume_key`` (an input's event type, or NEW_SESSIONS) in the window
         of ``at_ms``, for every funnel."""
+        windows = self.windows
         for index, funnel in enumerate(self.funnels):
-            key = (index, window_start(at_ms, funnel.definition.window_ms))
-            counts = self.windows.get(key)
+            size = funnel.definition.window_ms
+            key = (index, at_ms - at_ms % size)  # window_start, inlined: this runs per event
+            counts = windows.get(key)
             if counts is None:
-                counts = self.windows[key] = WindowCounts.empty(funnel.last_stage + 1)
-            counts.volume[volume_key] = counts.volume.get(volume_key, 0) + 1
+                counts = windows[key] = WindowCounts.empty(funnel.last_stage + 1)
+            volume = counts.volume
+            volume[volume_key] = volume.get(volume_key, 0) + 1
             self._dirty_windows.add(key)
             self._unsaved_windows.add(key)
 

@@ -125,27 +125,32 @@ class WindowCounts:
         return cls([StepCounts() for _ in range(stage_count)])
 
     def apply(self, outcome: Outcome) -> None:
-        self._apply_to(self.stages[outcome.stage], outcome)
+        stage = outcome.stage
+        # The step's counts, then each segment's: segments keep the time-to-convert histogram
+        # too (the detector tests a segment's young cohorts at matched age).
+        targets = [self.stages[stage]]
+        segments = self.segments
         for dim, value in enumerate(outcome.segments):
             key = (dim, value if value is not None else UNKNOWN)
-            per_stage = self.segments.get(key)
+            per_stage = segments.get(key)
             if per_stage is None:
-                per_stage = self.segments[key] = [StepCounts() for _ in self.stages]
-            # Segments keep the time-to-convert histogram too: the detector tests a segment's
-            # young cohorts at matched age.
-            self._apply_to(per_stage[outcome.stage], outcome)
-
-    @staticmethod
-    def _apply_to(counts: StepCounts, outcome: Outcome) -> None:
-        if outcome.kind is Kind.ENTERED:
-            counts.entered += 1
-        elif outcome.kind is Kind.DROPPED:
-            counts.dropped += 1
-            counts.dropped_value = round(counts.dropped_value + outcome.value, 2)
+                per_stage = segments[key] = [StepCounts() for _ in self.stages]
+            targets.append(per_stage[stage])
+        kind = outcome.kind
+        if kind is Kind.ENTERED:
+            for counts in targets:
+                counts.entered += 1
+        elif kind is Kind.DROPPED:
+            for counts in targets:
+                counts.dropped += 1
+                counts.dropped_value = round(counts.dropped_value + outcome.value, 2)
         else:
-            counts.converted += 1
-            counts.time_to_convert_ms_sum += outcome.time_to_convert_ms
-            counts.time_to_convert_buckets[_bucket(outcome.time_to_convert_ms)] += 1
+            took = outcome.time_to_convert_ms
+            bucket = _bucket(took)
+            for counts in targets:
+                counts.converted += 1
+                counts.time_to_convert_ms_sum += took
+                counts.time_to_convert_buckets[bucket] += 1
 
     def merge(self, other: WindowCounts) -> None:
         for mine, theirs in zip(self.stages, other.stages, strict=True):
