@@ -60,11 +60,15 @@ class InputClock:
             self.fronts.pop((topic, partition), None)
             self.idle.discard((topic, partition))
 
-    def observe(self, topic: str, partition: int, at_ms: int) -> None:
+    def observe(self, topic: str, partition: int, at_ms: int) -> bool:
+        """Note an event read; True if it moved the input's front (only then can the task's
+        watermark rise: an input leaving idleness can only lower it)."""
         key = (topic, partition)
+        self.idle.discard(key)
         if at_ms > self.fronts.get(key, NEVER):
             self.fronts[key] = at_ms
-        self.idle.discard(key)
+            return True
+        return False
 
     def set_idle(self, topic: str, partition: int, idle: bool) -> None:
         key = (topic, partition)

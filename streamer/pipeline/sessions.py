@@ -715,8 +715,9 @@ class SessionsStage:
         if outcome is Offer.ACCEPTED:
             for counter in self._type_counters[result.event_type]:
                 self._tally(counter)
-            if clock_input is not None:
-                self.inputs.observe(clock_input, message.partition, event.at_ms)
+            if clock_input is not None and self.inputs.observe(
+                clock_input, message.partition, event.at_ms
+            ):
                 watermark = self.inputs.watermark(message.partition)
                 if watermark is not None:
                     task.advance(watermark)
