@@ -164,12 +164,16 @@ class WindowMerger:
         # Decoded table values: a window's pending record is read and rewritten for every
         # partial, and decoding it each time cost more than the merge.
         self._decoded: dict[str, Any] = {}
+        # Merged and folded pending windows for the detector, until their record changes: the
+        # detector reads every pending window at each window boundary the watermark passes.
+        self._folded: dict[str, WindowCounts] = {}
 
     def reset(self) -> None:
         """Forget the in-memory view (a rebalance may have changed the table under us)."""
         self._pending = None
         self._changed.clear()
         self._decoded.clear()
+        self._folded.clear()
 
     def _load(self) -> dict[str, tuple[FunnelDefinition, int]]:
         if self._pending is None:
@@ -198,10 +202,12 @@ class WindowMerger:
     def _put(self, key: str, value: Any) -> None:
         self._table[key] = orjson.dumps(value)
         self._decoded[key] = value
+        self._folded.pop(key, None)
 
     def _delete(self, key: str) -> None:
         del self._table[key]
         self._decoded.pop(key, None)
+        self._folded.pop(key, None)
 
     async def process(self, value: bytes) -> list[WindowStats]:
         pending_windows = self._load()
@@ -390,7 +396,10 @@ class WindowMerger:
             for key, (owner, start) in pending_windows.items():
                 pending = self._get(key, None) if owner is funnel else None
                 if pending is not None:
-                    windows[start] = fold_segments(_merged(funnel, pending), caps)
+                    folded = self._folded.get(key)
+                    if folded is None:
+                        folded = self._folded[key] = fold_segments(_merged(funnel, pending), caps)
+                    windows[start] = folded
             await self._judge(funnel, range(first, latest + 1, size), windows)
             self._put(judged_key, latest)
 
