@@ -24,19 +24,14 @@ import orjson
 from streamer import faust_consumer
 from streamer.decode import DecodeLimits, decode_event
 
-
-class _LiftedApp(faust.App):
-    """A bare faust.App on the worker's consumer (see ``streamer.faust_consumer``)."""
-
-    def _new_transport(self) -> Any:
-        return faust_consumer.Transport(self.conf.broker_consumer, self)
+LIFTED = "-lifted"  # a mode's suffix: the same agent on the worker's consumer
 
 
 def main() -> None:
     bootstrap, topics, total_text, out, variant = sys.argv[1:6]
     total = int(total_text)
-    mode, lifted = variant.removesuffix("-lifted"), variant.endswith("-lifted")
-    app = (_LiftedApp if lifted else faust.App)(
+    mode, lifted = variant.removesuffix(LIFTED), variant.endswith(LIFTED)
+    app = (faust_consumer.App if lifted else faust.App)(
         f"bench-floor-{variant}-{os.getpid()}",
         broker=f"kafka://{bootstrap}",
         store="memory://",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .core import MemoryResult
 from .data import SESSIONS_PER_SECOND, Loaded
+from .faust_floor import LIFTED
 from .kafka_runs import RestartResult, WorkerResult
 
 __all__ = ["Results", "machine_facts", "write_report"]
@@ -80,17 +81,19 @@ class Results:
     load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
     seconds: float = 0.0
 
+    def _best_floor(self, lifted: bool) -> float | None:
+        rates = [rate for mode, rate in self.floors.items() if mode.endswith(LIFTED) == lifted]
+        return max(rates) if rates else None
+
     @property
     def floor(self) -> float | None:
         """Faust's own floor: the best bare agent on Faust's stock consumer."""
-        stock = [rate for mode, rate in self.floors.items() if not mode.endswith("-lifted")]
-        return max(stock) if stock else None
+        return self._best_floor(lifted=False)
 
     @property
     def lifted_floor(self) -> float | None:
         """The best bare agent on the worker's consumer (``streamer.faust_consumer``)."""
-        lifted = [rate for mode, rate in self.floors.items() if mode.endswith("-lifted")]
-        return max(lifted) if lifted else None
+        return self._best_floor(lifted=True)
 
 
 def _rate(value: float | None) -> str:
@@ -113,9 +116,9 @@ def _throughput(r: Results) -> list[str]:
     }
 
     def floor_row(mode: str) -> str:
-        base = mode.removesuffix("-lifted")
+        base = mode.removesuffix(LIFTED)
         label = floor_label.get(base, base)
-        if mode.endswith("-lifted"):
+        if mode.endswith(LIFTED):
             return f"lifted floor: {label}, on the worker's consumer (`streamer.faust_consumer`)"
         return f"Faust floor: {label}"
 

@@ -55,19 +55,15 @@ def _exit_after_crash_stop_hung() -> None:
     os._exit(1)
 
 
-class _FaustApp(faust.App):
-    """faust.App plus one hook, ``before_stop``: what must run as a polite stop begins.
+class _FaustApp(faust_consumer.App):
+    """faust.App on streamer's consumer (``streamer.faust_consumer.App``) plus one hook,
+    ``before_stop``: what must run as a polite stop begins.
     Faust's own ``on_stop`` first stops the consumer and the tables, then the producer; a
     stage's last checkpoint needs all three, so it runs before."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.before_stop: list[Callable[[], Awaitable[None]]] = []
-
-    def _new_transport(self) -> Any:
-        # Faust's aiokafka transport, but for a cheaper hand-over of each message to the
-        # streams (see streamer.faust_consumer).
-        return faust_consumer.Transport(self.conf.broker_consumer, self)
 
     async def on_stop(self) -> None:
         if self.crashed:  # the producer may be gone already: the hooks do not run

@@ -17,12 +17,13 @@ hand-over differs. The Faust floor benchmark measures both (``benchmarks/faust_f
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, ClassVar
 
+import faust
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-__all__ = ["Transport"]
+__all__ = ["App", "Transport"]
 
 _YIELD_EVERY = 100  # messages handed over before the loop lets other tasks run (as Faust)
 
@@ -94,3 +95,12 @@ class Transport(faust_aiokafka.Transport):
     """Faust's aiokafka transport with the consumer above."""
 
     Consumer = _Consumer
+
+
+class App(faust.App):
+    """faust.App on ``transport_class`` (Faust builds its consumer's transport here)."""
+
+    transport_class: ClassVar[type[Transport]] = Transport
+
+    def _new_transport(self) -> Any:
+        return self.transport_class(self.conf.broker_consumer, self)

@@ -388,20 +388,17 @@ def apply_instant(
                 if candidates:
                     segments[dim] = min(candidates)
         attempt.segments = funnel.share(tuple(segments))
-    if len(events) == 1:  # nearly every instant: the general rule below, without the lists
-        amount = _cart_value(events[0])
-        if amount > 0:
-            attempt.cart_value = amount
-        currency = events[0].fields.get("currency")
-        if currency:
-            attempt.currency = funnel.share(str(currency))
-    else:
-        amounts = [amount for event in events if (amount := _cart_value(event)) > 0]
-        if amounts:
-            attempt.cart_value = max(amounts)
-        currencies = sorted(str(c) for event in events if (c := event.fields.get("currency")))
-        if currencies:
-            attempt.currency = funnel.share(currencies[-1])
+    # Cart value: the largest positive one of the instant; currency: the greatest code.
+    amount, currency = 0.0, ""
+    for event in events:
+        amount = max(amount, _cart_value(event))
+        code = event.fields.get("currency")
+        if code:
+            currency = max(currency, str(code))
+    if amount > 0:
+        attempt.cart_value = amount
+    if currency:
+        attempt.currency = funnel.share(currency)
     attempt.last_activity_ms = at_ms
     if started:
         attempt.stage_segments = attempt.segments

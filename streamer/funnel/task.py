@@ -264,8 +264,7 @@ class Task:
         of ``at_ms``, for every funnel."""
         windows = self.windows
         for index, funnel in enumerate(self.funnels):
-            size = funnel.definition.window_ms
-            key = (index, at_ms - at_ms % size)  # window_start, inlined: this runs per event
+            key = (index, window_start(at_ms, funnel.definition.window_ms))
             counts = windows.get(key)
             if counts is None:
                 counts = windows[key] = WindowCounts.empty(funnel.last_stage + 1)

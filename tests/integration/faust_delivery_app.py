@@ -34,9 +34,8 @@ class _Transport(faust_consumer.Transport):
     Consumer = _CountingConsumer
 
 
-class _App(faust.App):
-    def _new_transport(self) -> Any:
-        return _Transport(self.conf.broker_consumer, self)
+class _App(faust_consumer.App):
+    transport_class = _Transport
 
 
 def main() -> None:
