@@ -6,7 +6,9 @@ order): partials carry a partition's whole counts for a window and *replace* its
 watermark. After each progress record the merger publishes a revision of every window that
 changed, and the final record of every window whose cohorts are all decided in every
 partition (window end + the funnel's longest step timeout behind every partition's watermark).
-State lives in the ``window-merge`` table; a window published final is never published again.
+State lives in the ``window-merge`` table, one record per window and partition (the partial as
+received) plus a small one per window for its revision: a partial is stored once, not the
+whole window again. A window published final is never published again.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -82,13 +85,6 @@ def _stage_stats(
     )
 
 
-def _merged(funnel: FunnelDefinition, pending: dict[str, Any]) -> WindowCounts:
-    """A pending window's counts: the latest partial of every partition, merged."""
-    return merge_partials(
-        len(funnel.stages), (WindowCounts.from_json(part) for part in pending["parts"].values())
-    )
-
-
 def window_stats(
     funnel: FunnelDefinition,
     start_ms: int,
@@ -132,6 +128,41 @@ def window_stats(
     )
 
 
+@dataclass
+class _Window:
+    """A pending window in memory: every partition's latest partial, and the merge of them
+    (kept until a part changes: revisions and the detector read it)."""
+
+    funnel: FunnelDefinition
+    start: int
+    revision: int = -1
+    parts: dict[str, tuple[list[Any], WindowCounts]] = field(default_factory=dict)
+    stored_revision: bool = False  # its revision record exists in the table
+    _merged: WindowCounts | None = None
+    _folded: WindowCounts | None = None
+
+    def replace(self, partition: str, version: list[Any], counts: WindowCounts) -> None:
+        self.parts[partition] = (version, counts)
+        self._merged = self._folded = None
+
+    def merged(self) -> WindowCounts:
+        if self._merged is None:
+            self._merged = merge_partials(
+                len(self.funnel.stages), (counts for _, counts in self.parts.values())
+            )
+        return self._merged
+
+    def folded(self) -> WindowCounts:
+        if self._folded is None:
+            caps = [segment.cap for segment in self.funnel.segments]
+            self._folded = fold_segments(self.merged(), caps)
+        return self._folded
+
+
+def _window_key(funnel: str, start: int) -> str:
+    return f"{funnel}:{start:015d}"
+
+
 class WindowMerger:
     def __init__(
         self,
@@ -153,42 +184,75 @@ class WindowMerger:
         self._revision_interval = revision_interval_s
         self._monotonic = monotonic
         self._judge = judge
-        self._changed: set[str] = set()  # pending keys with a partial since their last revision
-        # In memory, rebuilt from the table after every assignment: which windows are pending
-        # (key -> funnel, start), the partitions' progress, the watermark last published at.
-        self._pending: dict[str, tuple[FunnelDefinition, int]] | None = None
+        self._changed: set[str] = set()  # windows with a partial since their last revision
+        # In memory, rebuilt from the table after every assignment: the pending windows
+        # ("funnel:start" -> window), the partitions' progress, the watermark last published at.
+        self._windows: dict[str, _Window] | None = None
         self._progress: dict[str, int] = {}
         self._generations: dict[str, int] = {}  # partition -> owner generation of its progress
         self._published_watermark = NEVER
         self._revised_at = -float("inf")
-        # Decoded table values: a window's pending record is read and rewritten for every
-        # partial, and decoding it each time cost more than the merge.
-        self._decoded: dict[str, Any] = {}
-        # Merged and folded pending windows for the detector, until their record changes: the
-        # detector reads every pending window at each window boundary the watermark passes.
-        self._folded: dict[str, WindowCounts] = {}
+        self._decoded: dict[str, Any] = {}  # the small records (progress, marks), decoded
 
     def reset(self) -> None:
         """Forget the in-memory view (a rebalance may have changed the table under us)."""
-        self._pending = None
+        self._windows = None
         self._changed.clear()
         self._decoded.clear()
-        self._folded.clear()
 
-    def _load(self) -> dict[str, tuple[FunnelDefinition, int]]:
-        if self._pending is None:
-            pending = {}
+    def _load(self) -> dict[str, _Window]:
+        if self._windows is None:
+            self._windows = {}
             for key in list(self._table.keys()):
-                if key.startswith("pending:"):
-                    _, funnel_name, start = key.split(":", 2)
-                    funnel = self._funnels.get(funnel_name)
-                    if funnel is not None:
-                        pending[key] = (funnel, int(start))
-            self._pending = pending
+                kind, _, rest = key.partition(":")
+                if kind == "part":
+                    window_key, partition = rest.rsplit(":", 1)
+                    raw = self._table.get(key)
+                    window = self._window(window_key)
+                    if raw is not None and window is not None:
+                        record = orjson.loads(raw)
+                        window.replace(
+                            partition,
+                            record.get("version", [0, 0, 0]),
+                            WindowCounts.from_json(record["counts"]),
+                        )
+                elif kind == "pending":
+                    self._load_revision(key, rest)
             self._progress = self._get("progress", {})
             self._generations = self._get("generations", {})
             self._published_watermark = NEVER  # re-examine every window once
-        return self._pending
+        return self._windows
+
+    def _window(self, window_key: str) -> _Window | None:
+        """The pending window ``window_key``, made if new (None: a funnel not run any more)."""
+        assert self._windows is not None
+        window = self._windows.get(window_key)
+        if window is None:
+            funnel_name, start = window_key.rsplit(":", 1)
+            funnel = self._funnels.get(funnel_name)
+            if funnel is None:
+                return None
+            window = self._windows[window_key] = _Window(funnel, int(start))
+        return window
+
+    def _load_revision(self, key: str, window_key: str) -> None:
+        raw = self._table.get(key)
+        window = self._window(window_key)
+        if raw is None or window is None:
+            return
+        pending = orjson.loads(raw)
+        window.revision, window.stored_revision = int(pending["revision"]), True
+        # Stored before partials had records of their own: every partition's counts were in
+        # this one record. Split into the new layout once.
+        for partition, counts in pending.pop("parts", {}).items():
+            version = pending.get("versions", {}).get(partition, [0, 0, 0])
+            self._table[f"part:{window_key}:{partition}"] = orjson.dumps(
+                {"kind": "partial", "funnel": window.funnel.name, "start": window.start,
+                 "partition": int(partition), "counts": counts, "version": version}
+            )  # fmt: skip
+            window.replace(partition, version, WindowCounts.from_json(counts))
+        if "versions" in pending:
+            self._table[key] = orjson.dumps({"start": window.start, "revision": window.revision})
 
     def _get(self, key: str, default: Any) -> Any:
         if key in self._decoded:
@@ -202,18 +266,31 @@ class WindowMerger:
     def _put(self, key: str, value: Any) -> None:
         self._table[key] = orjson.dumps(value)
         self._decoded[key] = value
-        self._folded.pop(key, None)
 
     def _delete(self, key: str) -> None:
         del self._table[key]
         self._decoded.pop(key, None)
-        self._folded.pop(key, None)
+
+    def _drop(self, window_key: str) -> None:
+        """Forget a pending window: its partition records and its revision record."""
+        assert self._windows is not None
+        window = self._windows.pop(window_key)
+        self._changed.discard(window_key)
+        for partition in window.parts:
+            del self._table[f"part:{window_key}:{partition}"]
+        if window.stored_revision:
+            del self._table[f"pending:{window_key}"]
+
+    def _mark_final(self, window: _Window) -> None:
+        """Windows of the funnel up to this one are done: a partial for one is a late copy."""
+        key = f"final:{window.funnel.name}"
+        self._put(key, max(window.start + 1, self._get(key, NEVER)))
 
     async def process(self, value: bytes) -> list[WindowStats]:
-        pending_windows = self._load()
+        windows = self._load()
         record = orjson.loads(value)
         if record.get("kind") == "start":
-            self._start_funnel(record, pending_windows)
+            self._start_funnel(record)
             return []
         if record.get("kind") == "progress":
             partition = str(record["partition"])
@@ -239,28 +316,27 @@ class WindowMerger:
         if start < int(self._get(f"final:{funnel.name}", NEVER)):
             self._metrics.late_partials.inc()  # re-sent after a restart: already final here
             return []
-        key = f"pending:{funnel.name}:{start:015d}"
-        pending = self._get(key, {"start": start, "parts": {}, "versions": {}, "revision": -1})
+        window_key = _window_key(funnel.name, start)
+        window = windows.get(window_key) or self._window(window_key)
+        assert window is not None
         partition = str(record["partition"])
         version = record.get("version", [0, 0, 0])
-        if version < pending["versions"].get(partition, [-1, -1, NEVER]):
+        held = window.parts.get(partition)
+        if held is not None and version < held[0]:
             self._metrics.late_partials.inc()  # an older view of the partition: kept the newer
             return []
-        pending["parts"][partition] = record["counts"]  # replaces its previous
-        pending["versions"][partition] = version
-        self._put(key, pending)
-        pending_windows[key] = (funnel, start)
-        self._changed.add(key)
+        self._table[f"part:{window_key}:{partition}"] = value  # replaces its previous
+        window.replace(partition, version, WindowCounts.from_json(record["counts"]))
+        self._changed.add(window_key)
         return []
 
-    def _start_funnel(
-        self, record: dict[str, Any], pending_windows: dict[str, tuple[FunnelDefinition, int]]
-    ) -> None:
+    def _start_funnel(self, record: dict[str, Any]) -> None:
         """A partition took up a funnel added to a running worker: its counts of that funnel
         are whole from window ``from`` on (the windows already final there at the hand-over
         were never counted). The funnel is held until every partition has said so, then
         starts at the latest of their windows: an earlier window would lack some partition's
         sessions (the detector has history's cohorts from ``streamer backfill``)."""
+        windows = self._load()
         funnel = self._funnels.get(str(record.get("funnel")))
         if funnel is None or any(
             self._get(f"{state}:{funnel.name}", None) is not None for state in ("started", "final")
@@ -273,11 +349,9 @@ class WindowMerger:
         if len(starts) < self._source_partitions:
             return
         begin = max(starts.values())
-        for pending_key, (owner, start) in list(pending_windows.items()):
-            if owner is funnel and start < begin:
-                self._delete(pending_key)
-                del pending_windows[pending_key]
-                self._changed.discard(pending_key)
+        for window_key, window in list(windows.items()):
+            if window.funnel is funnel and window.start < begin:
+                self._drop(window_key)
         self._put(f"final:{funnel.name}", max(begin, self._get(f"final:{funnel.name}", NEVER)))
         self._put(f"started:{funnel.name}", begin)
         self._delete(key)
@@ -302,7 +376,7 @@ class WindowMerger:
         """Final records of the windows every partition has decided; revisions of changed
         ones at most once per ``revision_interval_s`` (a progress record comes several times
         a second per partition, and a revision is for people watching, not for correctness)."""
-        pending_windows = self._load()
+        windows = self._load()
         watermark = self._watermark()
         now = self._monotonic()
         revise = bool(self._changed) and now - self._revised_at >= self._revision_interval
@@ -312,35 +386,30 @@ class WindowMerger:
         if revise:
             self._revised_at = now
         if self._judge is not None and watermark > NEVER:
-            await self._judge_up_to(watermark, pending_windows)
+            await self._judge_up_to(watermark, windows)
+        held = {name: self._held(funnel) for name, funnel in self._funnels.items()}
         due = []
-        for key, (funnel, start) in pending_windows.items():
-            if self._held(funnel):
+        for key, window in windows.items():
+            funnel = window.funnel
+            if held[funnel.name]:
                 continue
-            final = start + funnel.window_ms + funnel.finality_lag_ms <= watermark
+            final = window.start + funnel.window_ms + funnel.finality_lag_ms <= watermark
             if final or (revise and key in self._changed):
                 due.append(key)
         published = []
         for key in sorted(due):
-            funnel, start = pending_windows[key]
-            pending = self._get(key, None)
-            if pending is None:
-                pending_windows.pop(key, None)
-                continue
-            counts = _merged(funnel, pending)
+            window = windows[key]
+            funnel, start = window.funnel, window.start
+            counts = window.merged()
             if all(step.is_empty() for step in counts.stages):
                 # Input volume only (events that moved no session into or out of a stage):
                 # nothing to publish; the tracking check has read it.
                 self._changed.discard(key)
                 if start + funnel.window_ms + funnel.finality_lag_ms <= watermark:
-                    self._delete(key)
-                    del pending_windows[key]
-                    self._put(
-                        f"final:{funnel.name}",
-                        max(start + 1, self._get(f"final:{funnel.name}", NEVER)),
-                    )
+                    self._drop(key)
+                    self._mark_final(window)
                 continue
-            revision = int(pending["revision"]) + 1
+            revision = window.revision + 1
             stats = window_stats(
                 funnel,
                 start,
@@ -353,20 +422,15 @@ class WindowMerger:
             published.append(stats)
             self._changed.discard(key)
             if stats.final:
-                self._delete(key)
-                del pending_windows[key]
-                self._put(
-                    f"final:{funnel.name}", max(start + 1, self._get(f"final:{funnel.name}", NEVER))
-                )
+                self._drop(key)
+                self._mark_final(window)
                 self._record(funnel, stats, counts)
             else:
-                pending["revision"] = revision
-                self._put(key, pending)
+                window.revision, window.stored_revision = revision, True
+                self._table[f"pending:{key}"] = orjson.dumps({"start": start, "revision": revision})
         return published
 
-    async def _judge_up_to(
-        self, watermark: int, pending_windows: dict[str, tuple[FunnelDefinition, int]]
-    ) -> None:
+    async def _judge_up_to(self, watermark: int, windows: dict[str, _Window]) -> None:
         """Let the detector judge every window boundary the watermark passed since the last
         time, with every window held (each partition's counts reflect at least this
         watermark). Before final windows are dropped: the detector reads them once."""
@@ -381,26 +445,18 @@ class WindowMerger:
             if latest <= last:
                 continue
             earliest = latest - MAX_JUDGED_PER_JUMP * size
+            held = {w.start: w for w in windows.values() if w.funnel is funnel}
             if last == NEVER:
                 # A first start judges from the end of the first window it holds, not from
                 # wherever the watermark stands when this runs (how far a first burst of
                 # input got by then is chance): the same boundaries as a replay of its input.
-                starts = [start for owner, start in pending_windows.values() if owner is funnel]
-                if not starts:
+                if not held:
                     continue  # nothing of it yet (a funnel just added may be held back soon)
-                first = max(min(starts) + size, earliest)
+                first = max(min(held) + size, earliest)
             else:
                 first = max(last + size, earliest)
-            windows: dict[int, WindowCounts] = {}
-            caps = [segment.cap for segment in funnel.segments]
-            for key, (owner, start) in pending_windows.items():
-                pending = self._get(key, None) if owner is funnel else None
-                if pending is not None:
-                    folded = self._folded.get(key)
-                    if folded is None:
-                        folded = self._folded[key] = fold_segments(_merged(funnel, pending), caps)
-                    windows[start] = folded
-            await self._judge(funnel, range(first, latest + 1, size), windows)
+            folded = {start: window.folded() for start, window in held.items()}
+            await self._judge(funnel, range(first, latest + 1, size), folded)
             self._put(judged_key, latest)
 
     def _record(self, funnel: FunnelDefinition, stats: WindowStats, counts: WindowCounts) -> None:

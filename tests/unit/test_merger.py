@@ -88,7 +88,7 @@ async def test_final_once_every_partition_is_past_finality_with_the_newest_parti
     assert await merge.process(progress(0, FINAL_AT)) == []  # nothing new: nothing sent
     final = await merge.process(progress(1, FINAL_AT))
     assert [(w.final, w.stages[0].entered, w.revision) for w in final] == [(True, 7, 1)]
-    assert not any(key.startswith("pending:") for key in table)
+    assert not any(key.startswith(("pending:", "part:")) for key in table)
     await merge.process(partial(1, 9, [8, 0, 0]))  # a re-send after a restart: already final
     assert await merge.process(progress(1, FINAL_AT + 1)) == []
 
@@ -122,7 +122,45 @@ async def test_a_reset_rebuilds_the_view_from_the_table() -> None:
     assert final == []
     assert sent == []
     final = await second.process(progress(0, FINAL_AT))
-    assert [(w.final, w.stages[0].entered) for w in final] == [(True, 7)]
+    # The revision number goes on from the table's (the first merger published revision 0).
+    assert [(w.final, w.stages[0].entered, w.revision) for w in final] == [(True, 7, 1)]
+
+
+async def test_each_partial_is_stored_once_as_received_not_the_whole_window_again() -> None:
+    table: dict[str, bytes] = {}
+    merge, _ = merger(table, Clock())
+    first, second = partial(0, 3, [1, 1, 0]), partial(1, 4, [1, 1, 0])
+    await merge.process(first)
+    await merge.process(second)
+    window = f"{FUNNEL.name}:{START:015d}"
+    assert table[f"part:{window}:0"] == first
+    assert table[f"part:{window}:1"] == second
+    newer = partial(0, 5, [1, 2, 0])
+    await merge.process(newer)
+    assert table[f"part:{window}:0"] == newer
+    assert not any(key.startswith("pending:") for key in table)  # no revision published yet
+
+
+async def test_a_table_written_before_partials_had_records_of_their_own_is_read() -> None:
+    # The earlier layout: one record per window with every partition's counts in it.
+    counts = [orjson.loads(partial(p, n, [1, 1, 0]))["counts"] for p, n in ((0, 3), (1, 4))]
+    window = f"{FUNNEL.name}:{START:015d}"
+    table: dict[str, bytes] = {
+        f"pending:{window}": orjson.dumps(
+            {
+                "start": START,
+                "parts": {"0": counts[0], "1": counts[1]},
+                "versions": {"0": [1, 1, 0], "1": [1, 1, 0]},
+                "revision": 2,
+            }
+        )
+    }
+    merge, _ = merger(table, Clock())
+    await merge.process(partial(1, 6, [1, 0, 0]))  # older than the stored view: ignored
+    await merge.process(progress(0, FINAL_AT))
+    final = await merge.process(progress(1, FINAL_AT))
+    assert [(w.final, w.stages[0].entered, w.revision) for w in final] == [(True, 7, 3)]
+    assert not any(key.startswith(("pending:", "part:")) for key in table)
 
 
 async def test_the_funnel_view_shows_open_sessions_until_the_final_record() -> None:
