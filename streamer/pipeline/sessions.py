@@ -26,7 +26,7 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, MutableMapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -195,6 +195,7 @@ class _Runtime:
     unacked: list[Any] = field(default_factory=list)  # Faust events awaiting the checkpoint
     storing: int = 0  # events of write-outs under way: applied, not stored yet
     checkpointed_at: float = field(default_factory=time.monotonic)
+    published_at: float = field(default_factory=time.monotonic)
     created_at: float = field(default_factory=time.monotonic)
     last_read: dict[str, float] = field(default_factory=dict)  # topic -> monotonic time
     # Re-key path: "topic/partition" of a source -> its next offset to apply.
@@ -754,9 +755,26 @@ class SessionsStage:
             counter.inc(amount)
 
     # --- output ------------------------------------------------------------------------------
-    async def publish(self) -> None:
-        """Send what every task has to say (partials, progress, abandonments) and wait until
-        the broker has it. Called by checkpoints and by the worker's timer."""
+    def publish_due(self, highwaters: dict[tuple[str, int], int]) -> list[int]:
+        """The partitions the timer publishes now. One caught up with its input is watched
+        live: every tick. One behind its log end (a backlog) publishes with its checkpoints,
+        at most a checkpoint interval apart: a publish sends every window its events touched,
+        whole, and on a backlog, where event time runs fast, that is every open window."""
+        now = time.monotonic()
+        return [
+            partition
+            for partition, runtime in self.runtimes.items()
+            if now - runtime.published_at >= self._interval
+            or all(
+                runtime.offsets.get(topic, 0) >= highwaters.get((topic, partition), 0)
+                for topic in self.topics
+            )
+        ]
+
+    async def publish(self, partitions: Collection[int] | None = None) -> None:
+        """Send what the tasks of ``partitions`` (default: every task) have to say (partials,
+        progress, abandonments) and wait until the broker has it, with every send under way.
+        Called by a partition's checkpoint and by the worker's timer."""
         self.flush_metrics()
         async with self._publish_lock:
             # Drained and encoded in one synchronous step: a progress record must carry the
@@ -764,7 +782,11 @@ class SessionsStage:
             # later watermark would let the merger finalise a window on stale counts).
             partials: list[bytes] = []
             notices: list[AbandonmentNotice] = []
+            now = time.monotonic()
             for partition, runtime in sorted(self.runtimes.items()):
+                if partitions is not None and partition not in partitions:
+                    continue
+                runtime.published_at = now
                 partials.extend(orjson.dumps(record) for record in runtime.announce)
                 runtime.announce = []
                 out = runtime.task.drain()
@@ -880,8 +902,8 @@ class SessionsStage:
 
     async def _write_out_now(self, snapshot: _Snapshot) -> None:
         started = time.perf_counter()
-        await self.publish()
         partition = snapshot.partition
+        await self.publish((partition,))
         if self.runtimes.get(partition) is not snapshot.runtime:
             return  # revoked while publishing: the next owner resumes from our last one
         table = self._table
@@ -954,6 +976,7 @@ class SessionsStage:
                 partitions = [p for p, r in self.runtimes.items() if r.unacked]
                 for partition in partitions:
                     await self.checkpoint(partition)
+                await self.publish()  # what the other tasks have (an idle input's progress)
         except Exception:  # the input is not acked: the next start re-reads it
             log.exception(
                 "stopping: the last checkpoint failed; the next start resumes from the one before"
@@ -1220,7 +1243,7 @@ def install(
             highwaters,
             settings.idle_timeout_seconds,
         )
-        await stage.publish()
+        await stage.publish(stage.publish_due(highwaters))
         await stage.checkpoint_due()
 
     install_timer(app, 1.0, keep_time, "sessions.keep_time")
