@@ -401,7 +401,8 @@ class FunnelDetector:
 
     def evaluate(self, watermark_ms: int, windows: Mapping[int, WindowCounts]) -> list[Decision]:
         """Judge the funnel as of ``watermark_ms`` from its cohort windows (window start ->
-        counts; every window not final yet and those that became final since the last call).
+        counts; every window not final yet and those that became final since the last call;
+        only those a test reads are looked up, so the mapping may compute them on demand).
         Call once per window of watermark, in watermark order."""
         if watermark_ms <= self.evaluated_ms:
             return []
@@ -412,26 +413,26 @@ class FunnelDetector:
         fresh: dict[int, list[Cohort]] = {}
         young_from = watermark_ms - self.policy.young_span_ms
         size = self.funnel.window_ms
-        ordered = sorted(windows.items())
+        ordered = sorted(windows)  # counts are read only for the windows a test reads
         for step in self.steps:
             # Only the windows a test reads: final since the last evaluation, or young.
             # Cohorts whose conversions were due while their events' tracking was (or may
             # be) broken are skipped: neither tested nor learned from.
             final, young = [], []
             needs = step.converting_types
-            for start, counts in ordered:
+            for start in ordered:
                 end = start + size
                 if end + step.timeout_ms <= watermark_ms:
                     if start > step.learned_until_ms:
                         step.learned_until_ms = start
                         if not blinds(needs, start, end + step.timeout_ms):
-                            final.append(cohorts_of(self.funnel, start, counts, step.index))
+                            final.append(cohorts_of(self.funnel, start, windows[start], step.index))
                 elif (
                     start >= young_from
                     and watermark_ms - end >= self.policy.min_age_ms
                     and not blinds(needs, start, watermark_ms)
                 ):
-                    young.append(cohorts_of(self.funnel, start, counts, step.index))
+                    young.append(cohorts_of(self.funnel, start, windows[start], step.index))
             fresh[step.index] = final
             if step.severity == "off" or step.baseline.entered < self.policy.min_baseline_decided:
                 continue

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -157,6 +157,23 @@ class _Window:
             caps = [segment.cap for segment in self.funnel.segments]
             self._folded = fold_segments(self.merged(), caps)
         return self._folded
+
+
+class _FoldedView(Mapping[int, WindowCounts]):
+    """Window start -> merged and folded counts, computed when the detector reads a window
+    (it reads the young and the newly final ones, not every window held)."""
+
+    def __init__(self, windows: dict[int, _Window]) -> None:
+        self._windows = windows
+
+    def __getitem__(self, start: int) -> WindowCounts:
+        return self._windows[start].folded()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._windows)
+
+    def __len__(self) -> int:
+        return len(self._windows)
 
 
 def _window_key(funnel: str, start: int) -> str:
@@ -455,8 +472,7 @@ class WindowMerger:
                 first = max(min(held) + size, earliest)
             else:
                 first = max(last + size, earliest)
-            folded = {start: window.folded() for start, window in held.items()}
-            await self._judge(funnel, range(first, latest + 1, size), folded)
+            await self._judge(funnel, range(first, latest + 1, size), _FoldedView(held))
             self._put(judged_key, latest)
 
     def _record(self, funnel: FunnelDefinition, stats: WindowStats, counts: WindowCounts) -> None:
