@@ -43,6 +43,10 @@ SendFn = Callable[[bytes | None, bytes], Awaitable[Any]]
 # The detector: a funnel, the watermarks to judge it at (window boundaries, in order) and
 # every cohort window held.
 JudgeFn = Callable[[FunnelDefinition, Sequence[int], Mapping[int, WindowCounts]], Awaitable[Any]]
+# Revisions of windows not final yet are for people watching (a panel refreshes every 15-30 s):
+# at most one per this interval. On a backlog every open window changes every second, and
+# building each one's record every second cost 4% of the worker.
+REVISION_INTERVAL_S = 5.0
 # At most this many boundaries are judged after a jump of the watermark (a long outage).
 MAX_JUDGED_PER_JUMP = 1440
 
@@ -189,7 +193,7 @@ class WindowMerger:
         table: MutableMapping[str, bytes],
         metrics: Metrics,
         send_window: SendFn,
-        revision_interval_s: float = 1.0,
+        revision_interval_s: float = REVISION_INTERVAL_S,
         monotonic: Callable[[], float] = time.monotonic,
         judge: JudgeFn | None = None,
     ) -> None:

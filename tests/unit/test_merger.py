@@ -14,7 +14,7 @@ from streamer.funnel.definition import load_funnel
 from streamer.funnel.session import NEVER, Kind, Outcome
 from streamer.funnel.windows import WindowCounts
 from streamer.metrics import Metrics
-from streamer.pipeline.windows import JudgeFn, WindowMerger
+from streamer.pipeline.windows import REVISION_INTERVAL_S, JudgeFn, WindowMerger
 from streamer.query import FunnelView
 
 from .helpers import CHECKOUT
@@ -102,8 +102,10 @@ async def test_revisions_at_most_once_per_interval() -> None:
     assert len(sent) == 1
     await merge.process(partial(0, 2, [1, 2, 0]))
     await merge.process(progress(0, START + 1))
-    assert len(sent) == 1  # changed, but revised less than a second ago
-    clock.now += 1.0
+    clock.now += REVISION_INTERVAL_S - 0.1
+    await merge.process(progress(0, START + 2))
+    assert len(sent) == 1  # changed, but revised less than an interval ago
+    clock.now += 0.1
     await merge.process(progress(1, START))
     assert len(sent) == 2
     assert orjson.loads(sent[-1])["stages"][0]["entered"] == 2
