@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import json
 import logging
 import sys
@@ -756,9 +757,22 @@ def worker(ctx: click.Context) -> None:
     # traceback: check every ACL the worker needs before it starts.
     run_sync(require_access(settings, worker_access(app)))
     log.info("metrics on http://%s:%d/metrics", settings.web_host, settings.web_port)
+    _tune_garbage_collector()
     faust.Worker(
         app.faust, loglevel=settings.log_level, redirect_stdouts=False
     ).execute_from_commandline()
+
+
+# The worker holds every open session's state, hundreds of thousands of objects, and Python's
+# cyclic collector with its default thresholds (700, 10, 10) walked them again and again: 17 s
+# of a 90 s run on a 200k-event backlog (measured with gc.callbacks). Collections 70 times
+# rarer, with start-up's objects left out of them (gc.freeze): 2.3 s in the same run.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def _tune_garbage_collector() -> None:
+    gc.set_threshold(*GC_THRESHOLDS)
+    gc.freeze()  # what exists now (modules, the app) lives as long as the process
 
 
 def _check_source_partitions(settings: Settings) -> None:
