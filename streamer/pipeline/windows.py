@@ -223,13 +223,13 @@ class WindowMerger:
 
     def _load(self) -> dict[str, _Window]:
         if self._windows is None:
-            self._windows = {}
+            windows: dict[str, _Window] = {}
             for key in list(self._table.keys()):
                 kind, _, rest = key.partition(":")
                 if kind == "part":
                     window_key, partition = rest.rsplit(":", 1)
                     raw = self._table.get(key)
-                    window = self._window(window_key)
+                    window = self._window(windows, window_key)
                     if raw is not None and window is not None:
                         record = orjson.loads(raw)
                         window.replace(
@@ -238,27 +238,28 @@ class WindowMerger:
                             WindowCounts.from_json(record["counts"]),
                         )
                 elif kind == "pending":
-                    self._load_revision(key, rest)
+                    self._load_revision(windows, key, rest)
+            self._windows = windows
             self._progress = self._get("progress", {})
             self._generations = self._get("generations", {})
             self._published_watermark = NEVER  # re-examine every window once
         return self._windows
 
-    def _window(self, window_key: str) -> _Window | None:
-        """The pending window ``window_key``, made if new (None: a funnel not run any more)."""
-        assert self._windows is not None
-        window = self._windows.get(window_key)
+    def _window(self, windows: dict[str, _Window], window_key: str) -> _Window | None:
+        """The pending window ``window_key`` of ``windows``, made if new (None: a funnel not
+        run any more)."""
+        window = windows.get(window_key)
         if window is None:
             funnel_name, start = window_key.rsplit(":", 1)
             funnel = self._funnels.get(funnel_name)
             if funnel is None:
                 return None
-            window = self._windows[window_key] = _Window(funnel, int(start))
+            window = windows[window_key] = _Window(funnel, int(start))
         return window
 
-    def _load_revision(self, key: str, window_key: str) -> None:
+    def _load_revision(self, windows: dict[str, _Window], key: str, window_key: str) -> None:
         raw = self._table.get(key)
-        window = self._window(window_key)
+        window = self._window(windows, window_key)
         if raw is None or window is None:
             return
         pending = orjson.loads(raw)
@@ -292,10 +293,11 @@ class WindowMerger:
         del self._table[key]
         self._decoded.pop(key, None)
 
-    def _drop(self, window_key: str) -> None:
-        """Forget a pending window: its partition records and its revision record."""
-        assert self._windows is not None
-        window = self._windows.pop(window_key)
+    def _drop(self, windows: dict[str, _Window], window_key: str) -> None:
+        """Forget a pending window: its partition records and its revision record. From the
+        view ``windows`` the caller works on (a rebalance may reset the merger while it
+        awaits, and the next record reloads the view from the table)."""
+        window = windows.pop(window_key)
         self._changed.discard(window_key)
         for partition in window.parts:
             del self._table[f"part:{window_key}:{partition}"]
@@ -338,7 +340,7 @@ class WindowMerger:
             self._metrics.late_partials.inc()  # re-sent after a restart: already final here
             return []
         window_key = _window_key(funnel.name, start)
-        window = windows.get(window_key) or self._window(window_key)
+        window = self._window(windows, window_key)
         assert window is not None
         partition = str(record["partition"])
         version = record.get("version", [0, 0, 0])
@@ -372,7 +374,7 @@ class WindowMerger:
         begin = max(starts.values())
         for window_key, window in list(windows.items()):
             if window.funnel is funnel and window.start < begin:
-                self._drop(window_key)
+                self._drop(windows, window_key)
         self._put(f"final:{funnel.name}", max(begin, self._get(f"final:{funnel.name}", NEVER)))
         self._put(f"started:{funnel.name}", begin)
         self._delete(key)
@@ -427,7 +429,7 @@ class WindowMerger:
                 # nothing to publish; the tracking check has read it.
                 self._changed.discard(key)
                 if start + funnel.window_ms + funnel.finality_lag_ms <= watermark:
-                    self._drop(key)
+                    self._drop(windows, key)
                     self._mark_final(window)
                 continue
             revision = window.revision + 1
@@ -443,7 +445,7 @@ class WindowMerger:
             published.append(stats)
             self._changed.discard(key)
             if stats.final:
-                self._drop(key)
+                self._drop(windows, key)
                 self._mark_final(window)
                 self._record(funnel, stats, counts)
             else:

@@ -263,3 +263,31 @@ async def test_a_start_for_a_funnel_already_running_changes_nothing() -> None:
     await merge.process(start_of(1, NEVER))  # partition 1 restarts, still without input
     [published] = await merge.process(progress_of(1, FINAL_AT, generation=1))
     assert (published.final, published.stages[0].entered) == (True, 3)
+
+
+async def test_a_reset_while_a_final_record_is_being_sent_loses_nothing() -> None:
+    # A rebalance resets the merger while it awaits the broker in the middle of publishing.
+    table: dict[str, bytes] = {}
+    sent: list[bytes] = []
+    made: list[WindowMerger] = []
+
+    async def send(key: bytes | None, value: bytes) -> None:
+        sent.append(value)
+        made[0].reset()
+
+    merge = WindowMerger(
+        funnels=(FUNNEL,),
+        source_partitions=2,
+        table=table,
+        metrics=Metrics.create(CollectorRegistry()),
+        send_window=send,
+        monotonic=Clock(),
+    )
+    made.append(merge)
+    await merge.process(partial(0, 3, [1, 1, 0]))
+    await merge.process(partial(1, 4, [1, 1, 0]))
+    await merge.process(progress(0, FINAL_AT))
+    final = await merge.process(progress(1, FINAL_AT))
+    assert [(w.final, w.stages[0].entered) for w in final] == [(True, 7)]
+    assert not any(key.startswith(("pending:", "part:")) for key in table)
+    assert await merge.process(progress(1, FINAL_AT + 1)) == []  # reloaded: nothing pending
