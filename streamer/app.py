@@ -233,7 +233,7 @@ def create_app(
         # Faust pauses a partition once its stream buffer is 80% full, but hands over every
         # message of the fetch under way: with no cap on a fetch (Faust's default) the buffer
         # overflowed, and each message delivered into a full buffer takes the slow path of
-        # streamer.faust_consumer (a quarter of a backlog's messages with the agent taking
+        # streamer.faust_consumer (a quarter of a backlog's messages when the agent took
         # batches). The headroom now holds a whole fetch.
         stream_buffer_maxsize=AGENT_BUFFER,
         broker_max_poll_records=AGENT_BUFFER // 8,
