@@ -43,9 +43,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-# Messages a stream buffers (Faust's stream_buffer_maxsize); a fetch hands over at most an
-# eighth of it, less than the fifth Faust leaves free when it pauses a partition.
-AGENT_BUFFER = 8192
 CRASH_STOP_DEADLINE_S = 20.0  # after a crash, exit 1 at the latest this long into the stop
 
 
@@ -230,13 +227,6 @@ def create_app(
         # The sessions stage acks its input only after a checkpoint; a rebalance must not
         # wait for those acks (the next owner resumes from the checkpoint instead).
         stream_wait_empty=False,
-        # Faust pauses a partition once its stream buffer is 80% full, but hands over every
-        # message of the fetch under way: with no cap on a fetch (Faust's default) the buffer
-        # overflowed, and each message delivered into a full buffer takes the slow path of
-        # streamer.faust_consumer (a quarter of a backlog's messages when the agent took
-        # batches). The headroom now holds a whole fetch.
-        stream_buffer_maxsize=AGENT_BUFFER,
-        broker_max_poll_records=AGENT_BUFFER // 8,
     )
     if not settings.source_keyed_by_session:
         rekey.install(app, settings, metrics)
