@@ -145,8 +145,15 @@ class _Window:
     _merged: WindowCounts | None = None
     _folded: WindowCounts | None = None
 
-    def replace(self, partition: str, version: list[Any], counts: WindowCounts) -> None:
-        self.parts[partition] = (version, counts)
+    @property
+    def final_at(self) -> int:
+        """The watermark at which every cohort of the window is decided."""
+        return self.start + self.funnel.window_ms + self.funnel.finality_lag_ms
+
+    def take(self, partition: str, record: dict[str, Any]) -> None:
+        """Partition ``partition``'s partial record replaces its previous one."""
+        counts = WindowCounts.from_json(record["counts"])
+        self.parts[partition] = (_version(record), counts)
         self._merged = self._folded = None
 
     def merged(self) -> WindowCounts:
@@ -182,6 +189,19 @@ class _FoldedView(Mapping[int, WindowCounts]):
 
 def _window_key(funnel: str, start: int) -> str:
     return f"{funnel}:{start:015d}"
+
+
+def _part_key(window_key: str, partition: str) -> str:
+    return f"part:{window_key}:{partition}"
+
+
+def _revision_key(window_key: str) -> str:
+    return f"pending:{window_key}"
+
+
+def _version(record: dict[str, Any]) -> list[Any]:
+    """A partial's (owner generation, input offsets, watermark); absent before versions."""
+    return list(record.get("version", [0, 0, 0]))
 
 
 class WindowMerger:
@@ -231,12 +251,7 @@ class WindowMerger:
                     raw = self._table.get(key)
                     window = self._window(windows, window_key)
                     if raw is not None and window is not None:
-                        record = orjson.loads(raw)
-                        window.replace(
-                            partition,
-                            record.get("version", [0, 0, 0]),
-                            WindowCounts.from_json(record["counts"]),
-                        )
+                        window.take(partition, orjson.loads(raw))
                 elif kind == "pending":
                     self._load_revision(windows, key, rest)
             self._windows = windows
@@ -266,15 +281,20 @@ class WindowMerger:
         window.revision, window.stored_revision = int(pending["revision"]), True
         # Stored before partials had records of their own: every partition's counts were in
         # this one record. Split into the new layout once.
-        for partition, counts in pending.pop("parts", {}).items():
-            version = pending.get("versions", {}).get(partition, [0, 0, 0])
-            self._table[f"part:{window_key}:{partition}"] = orjson.dumps(
-                {"kind": "partial", "funnel": window.funnel.name, "start": window.start,
-                 "partition": int(partition), "counts": counts, "version": version}
-            )  # fmt: skip
-            window.replace(partition, version, WindowCounts.from_json(counts))
+        for partition, counts in pending.get("parts", {}).items():
+            record = {"kind": "partial", "funnel": window.funnel.name, "start": window.start,
+                      "partition": int(partition), "counts": counts,
+                      "version": pending.get("versions", {}).get(partition, [0, 0, 0])}  # fmt: skip
+            self._table[_part_key(window_key, partition)] = orjson.dumps(record)
+            window.take(partition, record)
         if "versions" in pending:
-            self._table[key] = orjson.dumps({"start": window.start, "revision": window.revision})
+            self._store_revision(window_key, window)
+
+    def _store_revision(self, window_key: str, window: _Window) -> None:
+        self._table[_revision_key(window_key)] = orjson.dumps(
+            {"start": window.start, "revision": window.revision}
+        )
+        window.stored_revision = True
 
     def _get(self, key: str, default: Any) -> Any:
         if key in self._decoded:
@@ -300,9 +320,9 @@ class WindowMerger:
         window = windows.pop(window_key)
         self._changed.discard(window_key)
         for partition in window.parts:
-            del self._table[f"part:{window_key}:{partition}"]
+            del self._table[_part_key(window_key, partition)]
         if window.stored_revision:
-            del self._table[f"pending:{window_key}"]
+            del self._table[_revision_key(window_key)]
 
     def _mark_final(self, window: _Window) -> None:
         """Windows of the funnel up to this one are done: a partial for one is a late copy."""
@@ -343,13 +363,12 @@ class WindowMerger:
         window = self._window(windows, window_key)
         assert window is not None
         partition = str(record["partition"])
-        version = record.get("version", [0, 0, 0])
         held = window.parts.get(partition)
-        if held is not None and version < held[0]:
+        if held is not None and _version(record) < held[0]:
             self._metrics.late_partials.inc()  # an older view of the partition: kept the newer
             return []
-        self._table[f"part:{window_key}:{partition}"] = value  # replaces its previous
-        window.replace(partition, version, WindowCounts.from_json(record["counts"]))
+        self._table[_part_key(window_key, partition)] = value  # replaces its previous
+        window.take(partition, record)
         self._changed.add(window_key)
         return []
 
@@ -413,11 +432,9 @@ class WindowMerger:
         held = {name: self._held(funnel) for name, funnel in self._funnels.items()}
         due = []
         for key, window in windows.items():
-            funnel = window.funnel
-            if held[funnel.name]:
+            if held[window.funnel.name]:
                 continue
-            final = window.start + funnel.window_ms + funnel.finality_lag_ms <= watermark
-            if final or (revise and key in self._changed):
+            if window.final_at <= watermark or (revise and key in self._changed):
                 due.append(key)
         published = []
         for key in sorted(due):
@@ -428,7 +445,7 @@ class WindowMerger:
                 # Input volume only (events that moved no session into or out of a stage):
                 # nothing to publish; the tracking check has read it.
                 self._changed.discard(key)
-                if start + funnel.window_ms + funnel.finality_lag_ms <= watermark:
+                if window.final_at <= watermark:
                     self._drop(windows, key)
                     self._mark_final(window)
                 continue
@@ -449,8 +466,8 @@ class WindowMerger:
                 self._mark_final(window)
                 self._record(funnel, stats, counts)
             else:
-                window.revision, window.stored_revision = revision, True
-                self._table[f"pending:{key}"] = orjson.dumps({"start": start, "revision": revision})
+                window.revision = revision
+                self._store_revision(key, window)
         return published
 
     async def _judge_up_to(self, watermark: int, windows: dict[str, _Window]) -> None:

@@ -4,7 +4,7 @@ its in-memory view is rebuilt from the table after a reset (a rebalance)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -52,12 +52,16 @@ def progress(partition: int, watermark: int) -> bytes:
 
 
 def merger(
-    table: dict[str, bytes], clock: Clock, judge: JudgeFn | None = None
+    table: dict[str, bytes],
+    clock: Clock,
+    judge: JudgeFn | None = None,
+    on_send: Callable[[], None] = lambda: None,
 ) -> tuple[WindowMerger, list[bytes]]:
     sent: list[bytes] = []
 
     async def send(key: bytes | None, value: bytes) -> None:
         sent.append(value)
+        on_send()
 
     made = WindowMerger(
         funnels=(FUNNEL,),
@@ -268,21 +272,8 @@ async def test_a_start_for_a_funnel_already_running_changes_nothing() -> None:
 async def test_a_reset_while_a_final_record_is_being_sent_loses_nothing() -> None:
     # A rebalance resets the merger while it awaits the broker in the middle of publishing.
     table: dict[str, bytes] = {}
-    sent: list[bytes] = []
     made: list[WindowMerger] = []
-
-    async def send(key: bytes | None, value: bytes) -> None:
-        sent.append(value)
-        made[0].reset()
-
-    merge = WindowMerger(
-        funnels=(FUNNEL,),
-        source_partitions=2,
-        table=table,
-        metrics=Metrics.create(CollectorRegistry()),
-        send_window=send,
-        monotonic=Clock(),
-    )
+    merge, _ = merger(table, Clock(), on_send=lambda: made[0].reset())
     made.append(merge)
     await merge.process(partial(0, 3, [1, 1, 0]))
     await merge.process(partial(1, 4, [1, 1, 0]))
