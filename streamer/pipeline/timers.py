@@ -3,6 +3,7 @@ consumer offsets its ticks read."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -12,6 +13,12 @@ from aiokafka.errors import IllegalStateError
 __all__ = ["consumer_offsets", "install_timer"]
 
 log = logging.getLogger(__name__)
+
+# How long a tick waits for the consumer's answer about its partitions. aiokafka's
+# ``position()`` waits until a partition has a valid fetch position, with no bound: a tick
+# waiting there would hold the timer (progress records, checkpoints of quiet partitions, the
+# stall repair) for as long. A partition without an answer in time is asked again next tick.
+OFFSETS_TIMEOUT_S = 2.0
 
 
 def install_timer(
@@ -47,14 +54,27 @@ async def consumer_offsets(
     offset), or None while a rebalance takes partitions away (the next tick reads the new
     assignment). A partition revoked between the two questions has no position."""
     try:
-        highwaters = await app.consumer.highwaters(*tps) if tps else {}
+        highwaters = (
+            await asyncio.wait_for(app.consumer.highwaters(*tps), OFFSETS_TIMEOUT_S) if tps else {}
+        )
     except IllegalStateError:
+        return None
+    except TimeoutError:
+        log.warning("the consumer gave no log end offsets within %gs: next tick", OFFSETS_TIMEOUT_S)
         return None
     positions = {}
     for tp in tps:
         try:
-            position = await app.consumer.position(tp)
+            position = await asyncio.wait_for(app.consumer.position(tp), OFFSETS_TIMEOUT_S)
         except IllegalStateError:  # revoked since the assignment was read
+            continue
+        except TimeoutError:  # no valid fetch position yet (being reset): asked again next tick
+            log.warning(
+                "%s[%d]: the consumer gave no fetch position within %gs: next tick",
+                tp.topic,
+                tp.partition,
+                OFFSETS_TIMEOUT_S,
+            )
             continue
         if position is not None:
             positions[(tp.topic, tp.partition)] = int(position)
