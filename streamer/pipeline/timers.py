@@ -14,10 +14,11 @@ __all__ = ["consumer_offsets", "install_timer"]
 
 log = logging.getLogger(__name__)
 
-# How long a tick waits for the consumer's answer about its partitions. aiokafka's
-# ``position()`` waits until a partition has a valid fetch position, with no bound: a tick
-# waiting there would hold the timer (progress records, checkpoints of quiet partitions, the
-# stall repair) for as long. A partition without an answer in time is asked again next tick.
+# How long a tick waits for each answer of the consumer (the log ends, then each partition's
+# position). aiokafka's ``position()`` waits until a partition has a valid fetch position,
+# with no bound: a tick waiting there would hold the timer (progress records, checkpoints of
+# quiet partitions, the stall repair) for as long. A partition without an answer in time is
+# asked again next tick.
 OFFSETS_TIMEOUT_S = 2.0
 
 

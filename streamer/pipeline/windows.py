@@ -287,7 +287,7 @@ class WindowMerger:
                       "version": pending.get("versions", {}).get(partition, [0, 0, 0])}  # fmt: skip
             self._table[_part_key(window_key, partition)] = orjson.dumps(record)
             window.take(partition, record)
-        if "versions" in pending:
+        if "parts" in pending:  # stored again without them: split once, not at every load
             self._store_revision(window_key, window)
 
     def _store_revision(self, window_key: str, window: _Window) -> None:

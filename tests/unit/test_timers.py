@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
 
 from streamer.pipeline import timers
 from streamer.pipeline.timers import install_timer
@@ -57,19 +58,14 @@ async def test_a_tick_failing_while_running_raises() -> None:
         await app.ticks[0]()
 
 
-class _TP:
-    def __init__(self, topic: str, partition: int) -> None:
-        self.topic, self.partition = topic, partition
-
-
 class _Consumer:
     """aiokafka's ``position()`` waits until a partition has a valid fetch position, without a
     bound: partition 1 here never gets one."""
 
-    async def highwaters(self, *tps: _TP) -> dict[_TP, int]:
+    async def highwaters(self, *tps: TopicPartition) -> dict[TopicPartition, int]:
         return dict.fromkeys(tps, 10)
 
-    async def position(self, tp: _TP) -> int:
+    async def position(self, tp: TopicPartition) -> int:
         if tp.partition == 1:
             await asyncio.Event().wait()
         return 7
@@ -81,7 +77,7 @@ async def test_a_partition_without_a_fetch_position_does_not_hold_the_tick(
     monkeypatch.setattr(timers, "OFFSETS_TIMEOUT_S", 0.05)
     app = App()
     app.consumer = _Consumer()  # type: ignore[attr-defined]
-    tps = [_TP("clickstream", 0), _TP("clickstream", 1)]
+    tps = [TopicPartition("clickstream", 0), TopicPartition("clickstream", 1)]
     with caplog.at_level("WARNING"):
         offsets = await asyncio.wait_for(timers.consumer_offsets(app, tps), timeout=5)
     assert offsets is not None
