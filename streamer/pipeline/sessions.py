@@ -409,6 +409,12 @@ class SessionsStage:
             self._announce_start(runtime, partition, tuple(range(len(self.funnels))))
         task.restore(int(meta.get("watermark", NEVER)), sessions.items(), windows, stored_funnels)
         runtime.offsets = {str(k): int(v) for k, v in meta.get("offsets", {}).items()}
+        for topic in self.topics:
+            # Nothing of this input applied yet: it starts at the log's start (the group
+            # reads from the earliest offset). Said, not assumed: Faust may deliver from
+            # further on (what it fetched before a rebalance is cleared from its buffers and
+            # never handed over again), and the gap is then read directly like any other.
+            runtime.offsets.setdefault(topic, 0)
         runtime.source_offsets = {str(k): int(v) for k, v in meta.get("source_offsets", {}).items()}
         # Wall-clock milliseconds only order the owners of a partition (never a funnel decision):
         # monotonic even if the previous owner died before its first checkpoint.
@@ -423,7 +429,7 @@ class SessionsStage:
             next_seq - first,
             log_bytes,
             _fmt_ms(task.watermark_ms),
-            runtime.offsets or "none (first start)",
+            meta.get("offsets") or "none (first start)",
             time.perf_counter() - started,
         )
         return runtime
@@ -495,18 +501,20 @@ class SessionsStage:
         group, and applied in order. (Seeking the group consumer back does not work
         reliably: Faust drops re-fetched offsets below the newest it has handed out.)"""
         log.warning(
-            "partition %d: %s is at offset %d but the checkpoint reflects input up to %d: "
-            "reading offsets %d..%d directly",
+            "partition %d: %s is at offset %d but %s: reading offsets %d..%d directly",
             partition,
             topic,
             until,
-            expected,
+            f"the checkpoint reflects input up to {expected}" if expected else "none is applied",
             expected,
             until - 1,
         )
         self._metrics.rewinds.inc()
         earliest, missing = await self._read_range(topic, partition, expected, until)
-        if earliest > expected:
+        if earliest > expected and expected == 0:
+            # Nothing of this input was ever applied: retention had moved the log's start.
+            log.info("partition %d: %s starts at offset %d", partition, topic, earliest)
+        elif earliest > expected:
             log.error(
                 "partition %d: %s offsets %d..%d were deleted by retention before this worker "
                 "applied them; their events are lost",
@@ -635,9 +643,9 @@ class SessionsStage:
             runtime = self.runtimes.get(partition)
             if runtime is None or topic not in self.topics:
                 continue
-            applied = runtime.offsets.get(topic)
+            applied = runtime.offsets.get(topic, 0)
             read_at = runtime.last_read.get(topic, runtime.created_at)
-            if applied is None or position <= applied or now - read_at < STALL_REPAIR_S:
+            if position <= applied or now - read_at < STALL_REPAIR_S:
                 continue
             async with self._apply_lock:
                 if self.runtimes.get(partition) is not runtime:

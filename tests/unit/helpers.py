@@ -66,7 +66,7 @@ class Harness:
     metrics: Metrics
     table: dict[str, bytes]
     acked: list[int] = field(default_factory=list)
-    offset: int = 0
+    offset: int = -1  # the first message is offset 0: a task without a checkpoint starts there
 
     def message(
         self,

@@ -81,6 +81,41 @@ async def test_offsets_deleted_by_retention_are_counted_lost_and_the_rest_applie
     assert harness.metrics.input_lost.labels(topic="clickstream")._value.get() == 3  # 2, 3, 4
 
 
+async def test_a_task_without_a_checkpoint_reads_from_the_log_start() -> None:
+    """Faust cleared what it fetched before a rebalance and hands the restored task (no
+    checkpoint yet) a later offset first: the offsets before it are read directly."""
+    log = Log([event_message(offset) for offset in range(10)])
+    harness = make_harness(read_range=log)
+    await run(harness, [6, 7])
+    assert log.reads == [("clickstream", 0, 0, 6)]
+    [state] = harness.stage.runtimes[0].task.sessions.values()
+    assert len(state.buffered()) == 8  # offsets 0..7
+    assert harness.metrics.input_lost.labels(topic="clickstream")._value.get() == 0
+
+
+async def test_a_log_start_moved_by_retention_is_not_a_loss_for_a_task_that_never_read() -> None:
+    log = Log([event_message(offset) for offset in range(10)], earliest=4)
+    harness = make_harness(read_range=log)
+    await run(harness, [4, 5])
+    [state] = harness.stage.runtimes[0].task.sessions.values()
+    assert len(state.buffered()) == 2
+    assert harness.metrics.input_lost.labels(topic="clickstream")._value.get() == 0
+
+
+async def test_a_task_that_was_handed_nothing_is_repaired_up_to_the_consumer_position() -> None:
+    """Restored without a checkpoint and delivered nothing (the consumer's position is at the
+    log end: Faust read it all before a rebalance cleared its buffers): the stall repair
+    reads the input directly, so the watermark moves."""
+    log = Log([event_message(offset) for offset in range(5)])
+    harness = make_harness(read_range=log)
+    stage = harness.stage
+    stage.ensure(0)
+    stage.runtimes[0].created_at -= STALL_REPAIR_S
+    await stage.repair_stalls({("clickstream", 0): 5})
+    assert log.reads == [("clickstream", 0, 0, 5)]
+    assert stage.runtimes[0].offsets["clickstream"] == 5
+
+
 async def test_no_direct_read_when_the_input_is_contiguous() -> None:
     log = Log([])
     harness = make_harness(read_range=log)
@@ -124,7 +159,7 @@ async def test_a_polite_stop_checkpoints_and_acks_what_was_applied_then_writes_n
     await harness.stage.close()
     assert acked == [0, 1, 2]
     meta = orjson.loads(harness.table["t:0"])
-    assert meta["offsets"] == {"clickstream": 3}
+    assert meta["offsets"] == {"clickstream": 3, "checkout": 0}
     written = dict(harness.table)
     later = await run(harness, [3])
     await harness.stage.checkpoint(0)
