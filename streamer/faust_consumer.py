@@ -39,10 +39,22 @@ class _Consumer(faust_aiokafka.Consumer):
             self.suspend_flow.is_set()
             or not app.flow_control.is_active()
             or conductor._tp_to_callback_lock.locked()  # subscriptions being changed
-            or app.producer.buffer.size > app.producer.buffer.max_messages
+            or self._producer_backlog() > app.producer.buffer.max_messages
             or any(channel.queue.full() for channel in conductor._tp_index.get(tp, ()))
             or self.should_stop
         )
+
+    def _producer_backlog(self) -> int:
+        """``ProducerBuffer.size`` without its per-call settings lookup (Faust's settings
+        registry made it a tenth of this consumer's hand-over): the buffer's own queue unless
+        the producer runs in its own thread."""
+        app: Any = self.app
+        buffer = app.producer.buffer
+        if self._threaded_producer is None:
+            self._threaded_producer = bool(app.conf.producer_threaded)
+        return int(buffer.size) if self._threaded_producer else int(buffer.pending.qsize())
+
+    _threaded_producer: bool | None = None
 
     async def _drain_messages(self, fetcher: Any) -> None:  # the fetcher's loop
         deliver = self.callback
