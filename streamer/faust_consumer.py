@@ -29,6 +29,8 @@ _YIELD_EVERY = 100  # messages handed over before the loop lets other tasks run 
 
 
 class _Consumer(faust_aiokafka.Consumer):
+    _threaded_producer: bool | None = None  # Faust's producer_threaded, read once
+
     def _delivery_may_wait(self, tp: Any) -> bool:
         """Whether the conductor could suspend on a message of ``tp`` (see the module's doc).
         On a backlog the stream buffers stay near full, so a buffer counts only when it is
@@ -45,16 +47,14 @@ class _Consumer(faust_aiokafka.Consumer):
         )
 
     def _producer_backlog(self) -> int:
-        """``ProducerBuffer.size`` without its per-call settings lookup (Faust's settings
-        registry made it a tenth of this consumer's hand-over): the buffer's own queue unless
-        the producer runs in its own thread."""
+        """``ProducerBuffer.size`` without its per-call lookup in Faust's settings registry
+        (slow, and this runs per message): the buffer's own queue, unless the producer runs
+        in its own thread."""
         app: Any = self.app
         buffer = app.producer.buffer
         if self._threaded_producer is None:
             self._threaded_producer = bool(app.conf.producer_threaded)
         return int(buffer.size) if self._threaded_producer else int(buffer.pending.qsize())
-
-    _threaded_producer: bool | None = None
 
     async def _drain_messages(self, fetcher: Any) -> None:  # the fetcher's loop
         deliver = self.callback
