@@ -451,12 +451,12 @@ class SessionsStage:
                 if runtime.catch_up:
                     await self._catch_up(runtime, message.partition)
                 topic = message.topic
-                if message.offset < runtime.offsets.get(topic, 0):
+                expected = runtime.offsets.get(topic, 0)  # every input has one since restore
+                if message.offset < expected:
                     ack()  # applied before the last checkpoint: re-delivered after a restart
                     self._tally(self._replayed[topic])
                     return None
-                expected = runtime.offsets.get(topic)
-                if expected is not None and message.offset > expected:
+                if message.offset > expected:
                     partition = message.partition
                     await self._fill_gap(runtime, topic, partition, expected, message.offset)
                 outcome = await self._apply_one(runtime, message)
