@@ -232,7 +232,7 @@ def create_app(
         rekey.install(app, settings, metrics)
     stage = sessions.install(app, settings, metrics, funnels)
     judge = detector.install(app, settings, metrics, funnels)
-    merger = windows.install(app, settings, metrics, funnels, judge=judge.judge)
+    merger = windows.install(app, settings, metrics, funnels, detector=judge)
     delivery = notifier.install(
         app,
         settings,

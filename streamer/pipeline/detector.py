@@ -26,6 +26,7 @@ from streamer.funnel.tracking import EVENT_TYPE_RESIDUAL, TrackingDecision, key_
 from streamer.funnel.windows import WindowCounts
 from streamer.kafka_io import read_topic
 from streamer.metrics import Metrics
+from streamer.pipeline.tables import confirmed_table
 from streamer.settings import Settings
 
 __all__ = ["DetectorStage", "alert_record", "install", "read_seeds", "tracking_alert_record"]
@@ -174,9 +175,11 @@ class DetectorStage:
         dashboard_url: str | None = None,
         runbook_url: str | None = None,
         read_seeds: Callable[[], Awaitable[Mapping[str, Any]]] | None = None,
+        confirm_table: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._funnels = {funnel.name: funnel for funnel in funnels}
         self._table = table
+        self._confirm_table = confirm_table
         self._metrics = metrics
         self._send_alert = send_alert
         self._links = (dashboard_url, runbook_url)
@@ -189,6 +192,12 @@ class DetectorStage:
             self._show_warm_up(funnel.name)
         # Per funnel: the inputs a data-quality alert says are silent now.
         self.silent_inputs: dict[str, list[dict[str, str]]] = {f.name: [] for f in funnels}
+
+    async def confirm_sent(self) -> None:
+        """Wait until the state the last judgements wrote is on the broker: the windows stage
+        acks its input only then."""
+        if self._confirm_table is not None:
+            await self._confirm_table()
 
     def _show_warm_up(self, funnel: str) -> None:
         for step, warming in self.warming_up[funnel].items():
@@ -306,9 +315,11 @@ def install(
     async def send_alert(key: bytes | None, value: bytes) -> None:
         await alerts.send(key=key, value=value)
 
+    table = confirmed_table(app, "detector", partitions=1)
     return DetectorStage(
         funnels=funnels,
-        table=app.Table("detector", key_type=str, value_type=bytes, partitions=1),
+        table=table,
+        confirm_table=table.confirm_sent,
         metrics=metrics,
         send_alert=send_alert,
         dashboard_url=settings.dashboard_url,

@@ -21,6 +21,7 @@ import orjson
 from streamer.events import Alert
 from streamer.metrics import Metrics
 from streamer.notify.base import DeliveryOutcome, Notifier
+from streamer.pipeline.tables import confirmed_table
 from streamer.settings import Settings
 
 __all__ = ["NotifierStage", "install"]
@@ -101,22 +102,31 @@ def install(app: Any, settings: Settings, metrics: Metrics, notifier: Notifier) 
     async def send_failed(key: bytes | None, value: bytes) -> None:
         await failed.send(key=key, value=value)
 
+    table = confirmed_table(app, "delivered-alerts", partitions=1)
     stage = NotifierStage(
         notifier=notifier,
-        table=app.Table("delivered-alerts", key_type=str, value_type=bytes, partitions=1),
+        table=table,
         metrics=metrics,
         send_failed=send_failed,
     )
 
     async def notifier_agent(stream: Any) -> None:
         # Acked only once delivered (or parked): a worker stopped during a delivery's retries
-        # delivers that alert after its restart (the delivered table drops a second copy).
+        # delivers that alert after its restart (the delivered table drops a second copy,
+        # once its write is on the broker: confirmed before the ack, as the offset commit
+        # does not wait for it).
         async for event in stream.noack().events():
             try:
                 await stage.process(event.message.value, event.message.timestamp)
             except Exception:  # an unreadable alert record: counted, logged, skipped
                 metrics.alert_deliveries.labels(outcome="failed").inc()
                 log.exception("notifier could not process an alert record; skipped")
+            try:
+                await table.confirm_sent()
+            except Exception as exc:  # the broker refused the write: stop, ack nothing
+                log.critical("notifier could not write its state, stopping: %r", exc)
+                await app.crash(exc)
+                raise
             event.ack()
 
     app.agent(alerts, name="notifier")(notifier_agent)

@@ -33,7 +33,6 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
-import faust
 import orjson
 from faust import streams as faust_streams
 
@@ -59,6 +58,7 @@ from streamer.pipeline.messages import (
     record_message,
     source_message,
 )
+from streamer.pipeline.tables import confirmed_table
 from streamer.pipeline.timers import consumer_offsets, install_timer
 from streamer.settings import Settings
 
@@ -1021,28 +1021,6 @@ class SessionsStage:
         )
 
 
-class _ConfirmedTable(faust.Table[str, bytes]):
-    """faust.Table whose changelog sends a checkpoint can wait for. Through the dict API
-    Faust drops each send's future: a record the broker refuses is only logged, and the
-    producer's flush returns after 0.1 s without a send, so input could be acked before (or
-    without) the state that reflects it. ``confirm_sent`` waits for every send made so far
-    and raises the broker's refusal."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._unconfirmed: list[Any] = []
-
-    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
-        sent = super().send_changelog(*args, **kwargs)
-        self._unconfirmed.append(sent)
-        return sent
-
-    async def confirm_sent(self) -> None:
-        unconfirmed, self._unconfirmed = self._unconfirmed, []
-        for sent in unconfirmed:
-            await sent  # the record's metadata once the broker has it; raises if refused
-
-
 class _PartitionMarker:
     """Stands for "an event of this partition" while a checkpoint writes the state table."""
 
@@ -1141,17 +1119,12 @@ def install(
     abandonments = app.topic(settings.abandonments_topic, **raw)
     # Changelogged with as many partitions as the sources (Faust requires it); written only
     # while processing a message of the same partition (see SessionsStage.checkpoint).
-    table = app.tables.add(
-        _ConfirmedTable(
-            app,
-            name="funnel-state",
-            beacon=app.tables.beacon,
-            key_type=str,
-            value_type=bytes,
-            partitions=settings.topic_partitions,
-            # A session's own delta record can be larger than the broker's 1 MiB default.
-            extra_topic_configs={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)},
-        )
+    table = confirmed_table(
+        app,
+        "funnel-state",
+        partitions=settings.topic_partitions,
+        # A session's own delta record can be larger than the broker's 1 MiB default.
+        extra_topic_configs={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)},
     )
 
     def sender(topic: Any) -> SendFn:

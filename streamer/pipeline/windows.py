@@ -33,6 +33,8 @@ from streamer.funnel.windows import (
     merge_partials,
 )
 from streamer.metrics import Metrics
+from streamer.pipeline.detector import DetectorStage
+from streamer.pipeline.tables import confirmed_table
 from streamer.settings import Settings
 
 __all__ = ["WindowMerger", "install", "window_stats"]
@@ -527,10 +529,10 @@ def install(
     settings: Settings,
     metrics: Metrics,
     funnels: tuple[FunnelDefinition, ...],
-    judge: JudgeFn | None = None,
+    detector: DetectorStage | None = None,
 ) -> WindowMerger:
     """Wire the merger: ``funnel.partials`` -> ``window-merge`` table -> ``funnel.windows``,
-    and the detector (``judge``) once per window of watermark."""
+    and the detector once per window of watermark."""
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
     partials = app.topic(settings.partials_topic, partitions=1, **raw)
     windows = app.topic(settings.windows_topic, partitions=1, **raw)
@@ -538,24 +540,36 @@ def install(
     async def send_window(key: bytes | None, value: bytes) -> None:
         await windows.send(key=key, value=value)
 
+    table = confirmed_table(app, "window-merge", partitions=1)
     merger = WindowMerger(
         funnels=funnels,
         source_partitions=settings.topic_partitions,
-        table=app.Table("window-merge", key_type=str, value_type=bytes, partitions=1),
+        table=table,
         metrics=metrics,
         send_window=send_window,
-        judge=judge,
+        judge=detector.judge if detector is not None else None,
     )
 
     async def windows_agent(stream: Any) -> None:
-        # Acked only once handled: a worker stopped mid-record reads it again (the merger's
-        # state makes that harmless), it is never acked half done.
+        # Acked only once handled and its state writes are on the broker: a commit flushes
+        # Faust's send buffer for at most 0.1 s, so a worker killed after the commit could
+        # otherwise lose a partition's part of a window, which no one sends again (the
+        # chaos test saw the last window never final). A worker stopped mid-record reads it
+        # again (the merger's state makes that harmless); it is never acked half done.
         async for event in stream.noack().events():
             try:
                 await merger.process(event.value)
             except Exception:  # a bad record must not stop the merger (and lose the rest)
                 metrics.merge_errors.inc()
                 log.exception("window merger could not process a record; skipped")
+            try:
+                await table.confirm_sent()
+                if detector is not None:
+                    await detector.confirm_sent()
+            except Exception as exc:  # the broker refused a state write: stop, ack nothing
+                log.critical("windows stage could not write its state, stopping: %r", exc)
+                await app.crash(exc)
+                raise
             event.ack()
 
     app.agent(partials, name="windows")(windows_agent)
