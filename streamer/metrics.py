@@ -245,7 +245,8 @@ class Metrics:
             ),
             revoked_messages=Counter(
                 "streamer_revoked_partition_messages",
-                "Messages of a partition no longer assigned to this worker, left to its new owner",
+                "Messages of a partition taken away by a rebalance, or fetched before one: "
+                "left to the partition's owner to read again",
                 registry=registry,
             ),
             late_partials=Counter(
