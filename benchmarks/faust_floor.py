@@ -3,8 +3,9 @@
 Run as a subprocess by the harness: ``python -m benchmarks.faust_floor BOOTSTRAP TOPICS TOTAL
 OUT MODE`` with MODE ``each`` (per-event iteration), ``take`` (``stream.take(500, within=1)``)
 or ``noack`` (the worker's way: ``stream.noack().events()``, acked in bulk), each optionally
-suffixed ``-lifted``: the same agent on the consumer the worker runs
-(``streamer.faust_consumer``: Faust's, with a cheaper hand-over of each message). Its own app
+suffixed ``-lifted``: the same agent on the consumer and source schema the worker runs
+(``streamer.faust_consumer``: Faust's consumer with a cheaper hand-over of each message, and
+raw bytes without Faust's codec lookups). Its own app
 id and consumer group, memory store, no tables. Writes ``{"events": n, "seconds": s}`` to OUT
 once it has seen TOTAL messages (seconds from the first message to the last), then stops.
 """
@@ -40,13 +41,18 @@ def main() -> None:
         consumer_auto_offset_reset="earliest",
         topic_disable_leader=True,
     )
-    source = app.topic(
-        *topics.split(","),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
+    # Lifted: the worker's consumer and its raw schema; stock: Faust's own raw codecs.
+    raw: dict[str, Any] = (
+        {"schema": faust_consumer.RawSchema()}
+        if lifted
+        else {
+            "key_type": bytes,
+            "value_type": bytes,
+            "key_serializer": "raw",
+            "value_serializer": "raw",
+        }
     )
+    source = app.topic(*topics.split(","), **raw)
     limits = DecodeLimits()
     seen = 0
     started = 0.0

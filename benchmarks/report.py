@@ -119,7 +119,8 @@ def _throughput(r: Results) -> list[str]:
         base = mode.removesuffix(LIFTED)
         label = floor_label.get(base, base)
         if mode.endswith(LIFTED):
-            return f"lifted floor: {label}, on the worker's consumer (`streamer.faust_consumer`)"
+            where = "the worker's consumer and schema (`streamer.faust_consumer`)"
+            return f"lifted floor: {label}, on {where}"
         return f"Faust floor: {label}"
 
     rows = [("ceiling: aiokafka `getmany` + `decode_event`", r.ceiling)]
@@ -262,8 +263,9 @@ def write_report(out: Path, r: Results, facts: list[tuple[str, str]]) -> None:
         "- **lifted floor**: the same bare agent on the consumer the worker runs "
         "(`streamer/faust_consumer.py`): Faust's consumer, except that a message is handed to "
         "the streams directly instead of inside a `wait_first` of four tasks whenever that "
-        "hand-over cannot wait (no rebalance, no full buffer). It is the floor the worker "
-        "really stands on.",
+        "hand-over cannot wait (no rebalance, no full buffer), and its source topics' raw "
+        "schema makes each event from the message's bytes without Faust's codec lookups. "
+        "It is the floor the worker really stands on.",
         "- **worker**: `python -m streamer worker` as shipped (default settings: RocksDB "
         "store, checkpoints every 5 s, 120 s lateness), from the first input event it counts "
         "to the last (`streamer_events_total` over accepted, duplicate and dead-lettered equal "

@@ -30,6 +30,7 @@ from faust.types import TP
 
 from streamer.decode import DecodeLimits, Rejection, decode_event
 from streamer.events import to_epoch_ms
+from streamer.faust_consumer import RawSchema
 from streamer.funnel.session import NEVER
 from streamer.kafka_io import topic_partitions
 from streamer.metrics import Metrics
@@ -170,7 +171,7 @@ def install(app: Any, settings: Settings, metrics: Metrics) -> RekeyStage:
     """Wire the re-key stage: source topics -> validated events -> ``rekeyed_topic``."""
     topics = (settings.clickstream_topic, settings.checkout_topic)
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
-    source = app.topic(*topics, key_type=bytes, value_type=bytes, **raw)
+    source = app.topic(*topics, schema=RawSchema())
     rekeyed = app.topic(settings.rekeyed_topic, partitions=settings.topic_partitions, **raw)
     dlq = app.topic(
         settings.dlq_topic, config={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)}, **raw

@@ -38,6 +38,7 @@ from faust import streams as faust_streams
 
 from streamer.decode import DecodeLimits, Rejection, decode_event
 from streamer.events import EVENT_MODELS, Abandonment, Event, ReasonCode
+from streamer.faust_consumer import RawSchema
 from streamer.funnel.clock import InputClock
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.session import NEVER, VALUE_FIELDS, CompiledFunnel, StoredEvent
@@ -1111,12 +1112,10 @@ def install(
     rekeyed_from: tuple[str, ...]
     if settings.source_keyed_by_session:
         topics, rekeyed_from = sources, ()
-        source = app.topic(*topics, key_type=bytes, value_type=bytes, **raw)
+        source = app.topic(*topics, schema=RawSchema())
     else:  # the re-key stage (streamer.pipeline.rekey) forwards every event to one topic
         topics, rekeyed_from = (settings.rekeyed_topic,), sources
-        source = app.topic(
-            *topics, partitions=settings.topic_partitions, key_type=bytes, value_type=bytes, **raw
-        )
+        source = app.topic(*topics, partitions=settings.topic_partitions, schema=RawSchema())
     dlq = app.topic(
         settings.dlq_topic, config={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)}, **raw
     )
