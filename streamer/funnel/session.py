@@ -225,6 +225,7 @@ class CompiledFunnel:
         self.name = definition.name
         self.last_stage = len(definition.stages) - 1
         self.conversion_window_ms = definition.conversion_window_ms
+        self.window_ms = definition.window_ms
         steps = range(self.last_stage)
         self.timeouts_ms = (*(definition.step_timeout_ms(k) for k in steps), 0)
         self.abandonment_stages = definition.abandonment_stage_indexes
@@ -387,6 +388,7 @@ def apply_instant(
     if None in attempt.segments:
         touched = [e for e, stage in zip(events, stages, strict=True) if stage >= 0]
         segments = list(attempt.segments)
+        found = False
         for dim, current in enumerate(segments):
             if current is None:
                 candidates = [
@@ -394,7 +396,9 @@ def apply_instant(
                 ]
                 if candidates:
                     segments[dim] = min(candidates)
-        attempt.segments = funnel.share(tuple(segments))
+                    found = True
+        if found:
+            attempt.segments = funnel.share(tuple(segments))
     # Cart value: the largest positive one of the instant; currency: the greatest code.
     amount, currency = 0.0, ""
     for event in events:
@@ -404,7 +408,7 @@ def apply_instant(
             currency = max(currency, str(code))
     if amount > 0:
         attempt.cart_value = amount
-    if currency:
+    if currency and currency != attempt.currency:
         attempt.currency = funnel.share(currency)
     attempt.last_activity_ms = at_ms
     if started:

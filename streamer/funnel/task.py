@@ -270,16 +270,16 @@ class Task:
     def _count_volume(self, at_ms: int, volume_key: tuple[str, str]) -> None:
         """One more of ``volume_key`` (an input's event type, or NEW_SESSIONS) in the window
         of ``at_ms``, for every funnel."""
-        windows = self.windows
+        windows, dirty, unsaved = self.windows, self._dirty_windows, self._unsaved_windows
         for index, funnel in enumerate(self.funnels):
-            key = (index, window_start(at_ms, funnel.definition.window_ms))
+            key = (index, window_start(at_ms, funnel.window_ms))
             counts = windows.get(key)
             if counts is None:
                 counts = windows[key] = WindowCounts.empty(funnel.last_stage + 1)
             volume = counts.volume
             volume[volume_key] = volume.get(volume_key, 0) + 1
-            self._dirty_windows.add(key)
-            self._unsaved_windows.add(key)
+            dirty.add(key)
+            unsaved.add(key)
 
     def _wake(self, state: SessionState, watermark_ms: int) -> None:
         outcomes: list[Outcome] = []
@@ -320,7 +320,7 @@ class Task:
         abandoned: Abandoned | None,
     ) -> None:
         funnel = self.funnels[funnel_index]
-        size = funnel.definition.window_ms
+        size = funnel.window_ms
         for outcome in outcomes:
             key = (funnel_index, window_start(outcome.cohort_ms, size))
             counts = self.windows.get(key)
