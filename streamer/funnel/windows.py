@@ -57,7 +57,7 @@ def _bucket(ms: int) -> int:
     return len(TIME_TO_CONVERT_BUCKETS_MS)
 
 
-@dataclass
+@dataclass(slots=True)  # slots: outcomes update several per step, windows hold many
 class StepCounts:
     """Counts for one stage (entered) and the step that leaves it (converted, dropped)."""
 

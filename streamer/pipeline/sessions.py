@@ -101,17 +101,19 @@ def _field_plan(
 
 
 @cache
-def _own_properties(model: type[Any], keep: frozenset[str]) -> tuple[str, ...]:
-    """The properties of ``keep`` that ``model`` has, in ``_field_plan``'s order."""
-    return tuple(name for name in _field_plan(keep)[0] if name in model.model_fields)
+def _model_plan(
+    model: type[Any], keep: frozenset[str]
+) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+    """``_field_plan`` with only the properties ``model`` has (in the same order)."""
+    properties, context, experiments = _field_plan(keep)
+    return tuple(n for n in properties if n in model.model_fields), context, experiments
 
 
 def stored_event(event: Event, keep: frozenset[str]) -> StoredEvent:
     """A validated event -> what the core keeps of it (read from the models' __dict__:
     pydantic's attribute lookup for names a model lacks is slow, and this runs per event;
     only the model's own properties are looked up)."""
-    _, context_names, experiment_names = _field_plan(keep)
-    properties = _own_properties(type(event), keep)
+    properties, context_names, experiment_names = _model_plan(type(event), keep)
     values = event.__dict__
     fields: dict[str, Any] = {}
     for name in properties:
