@@ -13,7 +13,6 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -67,18 +66,13 @@ _ID = Field(min_length=1, max_length=128)
 _SHORT = Field(min_length=1, max_length=256)
 
 
+_NUMBER = (int, float)  # built once: ``int | float`` in isinstance makes a union per call
+
+
 def _parse_event_time(value: Any) -> Any:
-    """Accept RFC 3339 with an offset, or epoch milliseconds; everything else is an error."""
-    if isinstance(value, bool):
-        raise ValueError("a timestamp must be RFC 3339 text with an offset or epoch milliseconds")
-    if isinstance(value, int | float):
-        if not math.isfinite(value):
-            raise ValueError("epoch milliseconds must be a finite number")
-        # 1e15 ms is year 33658: anything above it is a unit mistake (micro/nanoseconds).
-        if not 0 <= value < 1e15:
-            raise ValueError("epoch milliseconds out of range (0 .. 1e15)")
-        return datetime.fromtimestamp(value / 1000.0, tz=UTC)
-    if isinstance(value, str):
+    """Accept RFC 3339 with an offset, or epoch milliseconds; everything else is an error.
+    Returned in UTC (here rather than in an after-validator: one Python call less per event)."""
+    if isinstance(value, str):  # the usual case first
         text = value.strip()
         try:
             parsed = datetime.fromisoformat(text.replace("z", "Z"))
@@ -86,18 +80,20 @@ def _parse_event_time(value: Any) -> Any:
             raise ValueError("not an RFC 3339 timestamp") from None
         if parsed.tzinfo is None or parsed.utcoffset() is None:
             raise ValueError("timestamp has no UTC offset (add 'Z' or '+hh:mm')")
-        return parsed
+        return parsed.astimezone(UTC)
+    if isinstance(value, _NUMBER) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ValueError("epoch milliseconds must be a finite number")
+        # 1e15 ms is year 33658: anything above it is a unit mistake (micro/nanoseconds).
+        if not 0 <= value < 1e15:
+            raise ValueError("epoch milliseconds out of range (0 .. 1e15)")
+        return datetime.fromtimestamp(value / 1000.0, tz=UTC)
     raise ValueError("a timestamp must be RFC 3339 text with an offset or epoch milliseconds")
-
-
-def _to_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
 
 
 EventTime = Annotated[
     datetime,
     BeforeValidator(_parse_event_time),
-    AfterValidator(_to_utc),
     WithJsonSchema(
         {
             "anyOf": [

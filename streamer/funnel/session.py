@@ -81,7 +81,8 @@ class Kind(IntEnum):
     DROPPED = 2  # step ``stage`` -> ``stage + 1`` timed out
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ is slow, and one is made per step of an attempt.
+@dataclass(slots=True)
 class Outcome:
     kind: Kind
     stage: int
@@ -184,12 +185,12 @@ class Progress:
 
     def wake_ms(self) -> int | None:
         """The next time at which the watermark alone changes this state."""
-        times = []
-        if self.attempt is not None:
-            times.append(self.attempt.deadline_ms)
-        if self.abandoned is not None:
-            times.append(self.abandoned.retractable_until_ms)
-        return min(times) if times else None
+        attempt, abandoned = self.attempt, self.abandoned
+        if abandoned is None:
+            return None if attempt is None else attempt.deadline_ms
+        if attempt is None:
+            return abandoned.retractable_until_ms
+        return min(attempt.deadline_ms, abandoned.retractable_until_ms)
 
     @property
     def at_rest(self) -> bool:
@@ -224,6 +225,7 @@ class CompiledFunnel:
         self.name = definition.name
         self.last_stage = len(definition.stages) - 1
         self.conversion_window_ms = definition.conversion_window_ms
+        self.window_ms = definition.window_ms
         steps = range(self.last_stage)
         self.timeouts_ms = (*(definition.step_timeout_ms(k) for k in steps), 0)
         self.abandonment_stages = definition.abandonment_stage_indexes
@@ -256,16 +258,14 @@ class CompiledFunnel:
                     return -1
         return stage
 
-    def segment_values(self, event: StoredEvent) -> list[str | None]:
-        out: list[str | None] = []
-        for name, allowed in zip(self._segment_fields, self._segment_values, strict=True):
-            raw = event.fields.get(name)
-            if raw is None or raw == "":
-                out.append(None)
-                continue
-            text = str(raw)[:64]
-            out.append("other" if allowed and text not in allowed else self.share(text))
-        return out
+    def segment_value(self, event: StoredEvent, dim: int) -> str | None:
+        """``event``'s value of segment dimension ``dim``, or None."""
+        raw = event.fields.get(self._segment_fields[dim])
+        if raw is None or raw == "":
+            return None
+        text = str(raw)[:64]
+        allowed = self._segment_values[dim]
+        return "other" if allowed and text not in allowed else self.share(text)
 
     @property
     def segment_count(self) -> int:
@@ -278,10 +278,13 @@ def _segment_field(source: str) -> str:
     return name if kind == "property" else source
 
 
+_NUMBER = (int, float)  # built once: ``int | float`` in the call makes a union per event
+
+
 def _cart_value(event: StoredEvent) -> float:
     for name in VALUE_FIELDS:
         value = event.fields.get(name)
-        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        if isinstance(value, _NUMBER) and not isinstance(value, bool) and value > 0:
             return float(value)
     return 0.0
 
@@ -336,10 +339,13 @@ def _drop(
     return progress.abandoned
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class InstantResult:
     abandoned: Abandoned | None = None
     retracted: tuple[Abandoned, int] | None = None  # (abandonment, order time)
+
+
+_UNDECIDED = InstantResult()  # most instants decide neither: one shared result
 
 
 def apply_instant(
@@ -352,11 +358,12 @@ def apply_instant(
     """Apply one instant (all of a session's events at ``at_ms``) to one funnel's progress.
 
     The caller guarantees ascending instants and that ``at_ms`` is below the watermark."""
-    result = InstantResult()
+    dropped: Abandoned | None = None
+    retracted: tuple[Abandoned, int] | None = None
     attempt = progress.attempt
     # 1. Drop: this instant is past the deadline, so nothing came in time.
     if attempt is not None and at_ms > attempt.deadline_ms:
-        result.abandoned = _drop(funnel, progress, attempt, out)
+        dropped = _drop(funnel, progress, attempt, out)
         attempt = None
     stages = [funnel.stage_of(event) for event in events]
     # Retraction: an order after the latest abandonment, within its attempt's window.
@@ -365,29 +372,33 @@ def apply_instant(
         if at_ms > abandoned.retractable_until_ms:
             progress.abandoned = None
         elif funnel.last_stage in stages and at_ms > abandoned.abandoned_ms:
-            result.retracted = (abandoned, at_ms)
+            retracted = (abandoned, at_ms)
             progress.abandoned = None
     # 2. Start: an idle session's S0 event, strictly after the previous attempt ended.
     started = False
     if attempt is None:
         if 0 not in stages or at_ms <= progress.ended_ms:
-            return result
+            return _result(dropped, retracted)
         attempt = Attempt(at_ms, 0, at_ms, 0, funnel.share((None,) * funnel.segment_count), ())
         attempt.deadline_ms = _deadline(funnel, attempt)
         progress.attempt = attempt
         started = True
     # 3. Segments (first touch; ties at one instant: smallest text), cart value, activity.
+    # Only the dimensions still unknown are read, and only from events of a stage.
     if None in attempt.segments:
-        touched = [
-            funnel.segment_values(e) for e, stage in zip(events, stages, strict=True) if stage >= 0
-        ]
+        touched = [e for e, stage in zip(events, stages, strict=True) if stage >= 0]
         segments = list(attempt.segments)
+        found = False
         for dim, current in enumerate(segments):
             if current is None:
-                candidates = [text for seen in touched if (text := seen[dim]) is not None]
+                candidates = [
+                    text for e in touched if (text := funnel.segment_value(e, dim)) is not None
+                ]
                 if candidates:
                     segments[dim] = min(candidates)
-        attempt.segments = funnel.share(tuple(segments))
+                    found = True
+        if found:
+            attempt.segments = funnel.share(tuple(segments))
     # Cart value: the largest positive one of the instant; currency: the greatest code.
     amount, currency = 0.0, ""
     for event in events:
@@ -397,7 +408,7 @@ def apply_instant(
             currency = max(currency, str(code))
     if amount > 0:
         attempt.cart_value = amount
-    if currency:
+    if currency and currency != attempt.currency:
         attempt.currency = funnel.share(currency)
     attempt.last_activity_ms = at_ms
     if started:
@@ -423,4 +434,10 @@ def apply_instant(
     if attempt.stage == funnel.last_stage:
         progress.attempt = None
         progress.ended_ms = at_ms
-    return result
+    return _result(dropped, retracted)
+
+
+def _result(dropped: Abandoned | None, retracted: tuple[Abandoned, int] | None) -> InstantResult:
+    if dropped is None and retracted is None:
+        return _UNDECIDED
+    return InstantResult(dropped, retracted)

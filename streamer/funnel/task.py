@@ -187,29 +187,31 @@ class Task:
     ) -> Offer:
         """Take one event of ``session_id``: buffered until the watermark passes it. It counts
         at once in the volume of its event-time window (``source``: the input it came from)."""
+        at_ms = event.at_ms  # (each field is read once: this runs per event)
         digest = event_digest(event.event_id)
         state = self.sessions.get(session_id)
         if state is not None and state.seen(digest):
             return Offer.DUPLICATE
-        if event.at_ms < self.watermark_ms:
+        if at_ms < self.watermark_ms:
             return Offer.LATE
         if state is None:
             state = SessionState(session_id, [Progress() for _ in self.funnels])
             self.sessions[session_id] = state
             self._deleted_sessions.discard(session_id)
         state.remember(digest)
-        self._sequence += 1
-        if state.pending is None:
-            state.pending = [(event.at_ms, self._sequence, event)]
+        self._sequence = sequence = self._sequence + 1
+        pending = state.pending
+        if pending is None:
+            state.pending = [(at_ms, sequence, event)]
         else:
-            heapq.heappush(state.pending, (event.at_ms, self._sequence, event))
-        if event.at_ms > state.last_event_ms:
-            state.last_event_ms = event.at_ms
+            heapq.heappush(pending, (at_ms, sequence, event))
+        if at_ms > state.last_event_ms:
+            state.last_event_ms = at_ms
         if user_id:
             state.user_id = user_id
-        heapq.heappush(self._pending, (event.at_ms, self._sequence, session_id))
+        heapq.heappush(self._pending, (at_ms, sequence, session_id))
         self._dirty_sessions.add(session_id)
-        self._count_volume(event.at_ms, (source, event.event_type))
+        self._count_volume(at_ms, (source, event.event_type))
         return Offer.ACCEPTED
 
     def advance(self, watermark_ms: int) -> None:
@@ -244,34 +246,40 @@ class Task:
             state.started_ms = ready[0].at_ms
             self._count_volume(state.started_ms, NEW_SESSIONS)
         outcomes: list[Outcome] = []
-        for at_ms, group in groupby(ready, key=_at):
-            instant = list(group)
-            for index, funnel in enumerate(self.funnels):
-                result = apply_instant(funnel, state.progress[index], at_ms, instant, outcomes)
-                self._record(index, state, outcomes, result.abandoned)
-                if result.retracted is not None:
-                    abandoned, order_ms = result.retracted
-                    self._notices.append(
-                        AbandonmentNotice(
-                            index, state.session_id, state.user_id, abandoned, order_ms
-                        )
-                    )
+        if len(ready) == 1:  # the usual case: one event, one instant, nothing to group
+            self._apply_instant(state, ready[0].at_ms, ready, outcomes)
+        else:
+            for at_ms, group in groupby(ready, key=_at):
+                self._apply_instant(state, at_ms, list(group), outcomes)
         self._dirty_sessions.add(state.session_id)
         self._schedule(state)
+
+    def _apply_instant(
+        self, state: SessionState, at_ms: int, instant: list[StoredEvent], outcomes: list[Outcome]
+    ) -> None:
+        for index, funnel in enumerate(self.funnels):
+            result = apply_instant(funnel, state.progress[index], at_ms, instant, outcomes)
+            if outcomes or result.abandoned is not None:  # else nothing to record
+                self._record(index, state, outcomes, result.abandoned)
+            if result.retracted is not None:
+                abandoned, order_ms = result.retracted
+                self._notices.append(
+                    AbandonmentNotice(index, state.session_id, state.user_id, abandoned, order_ms)
+                )
 
     def _count_volume(self, at_ms: int, volume_key: tuple[str, str]) -> None:
         """One more of ``volume_key`` (an input's event type, or NEW_SESSIONS) in the window
         of ``at_ms``, for every funnel."""
-        windows = self.windows
+        windows, dirty, unsaved = self.windows, self._dirty_windows, self._unsaved_windows
         for index, funnel in enumerate(self.funnels):
-            key = (index, window_start(at_ms, funnel.definition.window_ms))
+            key = (index, window_start(at_ms, funnel.window_ms))
             counts = windows.get(key)
             if counts is None:
                 counts = windows[key] = WindowCounts.empty(funnel.last_stage + 1)
             volume = counts.volume
             volume[volume_key] = volume.get(volume_key, 0) + 1
-            self._dirty_windows.add(key)
-            self._unsaved_windows.add(key)
+            dirty.add(key)
+            unsaved.add(key)
 
     def _wake(self, state: SessionState, watermark_ms: int) -> None:
         outcomes: list[Outcome] = []
@@ -291,13 +299,14 @@ class Task:
         self._schedule(state)
 
     def _schedule(self, state: SessionState) -> None:
-        times = [t for p in state.progress if (t := p.wake_ms()) is not None]
-        if times:
-            wake = min(times)
-        elif state.pending is None:
-            wake = state.last_event_ms + self.retention_ms  # then the session is forgotten
-        else:
-            wake = NEVER  # its buffered events will release it
+        wake: int | None = None  # the earliest of the funnels' (no list: this runs per event)
+        for progress in state.progress:
+            at = progress.wake_ms()
+            if at is not None and (wake is None or at < wake):
+                wake = at
+        if wake is None:
+            # Then the session is forgotten; or its buffered events will release it.
+            wake = state.last_event_ms + self.retention_ms if state.pending is None else NEVER
         if wake != state.wake_ms:
             state.wake_ms = wake
             if wake != NEVER:
@@ -311,7 +320,7 @@ class Task:
         abandoned: Abandoned | None,
     ) -> None:
         funnel = self.funnels[funnel_index]
-        size = funnel.definition.window_ms
+        size = funnel.window_ms
         for outcome in outcomes:
             key = (funnel_index, window_start(outcome.cohort_ms, size))
             counts = self.windows.get(key)

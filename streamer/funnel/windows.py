@@ -57,7 +57,7 @@ def _bucket(ms: int) -> int:
     return len(TIME_TO_CONVERT_BUCKETS_MS)
 
 
-@dataclass
+@dataclass(slots=True)  # slots: outcomes update several per step, windows hold many
 class StepCounts:
     """Counts for one stage (entered) and the step that leaves it (converted, dropped)."""
 
@@ -109,6 +109,23 @@ class StepCounts:
         )
 
 
+_KEYS_MAX = 65_536  # distinct segment tuples whose keys are kept (as CompiledFunnel.share)
+_keys: dict[tuple[str | None, ...], tuple[tuple[int, str], ...]] = {}
+
+
+def _segment_keys(segments: tuple[str | None, ...]) -> tuple[tuple[int, str], ...]:
+    """The counts keys of an outcome's segment values, made once per distinct tuple (open
+    sessions share a few)."""
+    keys = _keys.get(segments)
+    if keys is None:
+        keys = tuple(
+            (dim, value if value is not None else UNKNOWN) for dim, value in enumerate(segments)
+        )
+        if len(_keys) < _KEYS_MAX:
+            _keys[segments] = keys
+    return keys
+
+
 @dataclass
 class WindowCounts:
     """One funnel's counts in one window: per stage, per segment value per stage, and the
@@ -130,8 +147,7 @@ class WindowCounts:
         # too (the detector tests a segment's young cohorts at matched age).
         targets = [self.stages[stage]]
         segments = self.segments
-        for dim, value in enumerate(outcome.segments):
-            key = (dim, value if value is not None else UNKNOWN)
+        for key in _segment_keys(outcome.segments):
             per_stage = segments.get(key)
             if per_stage is None:
                 per_stage = segments[key] = [StepCounts() for _ in self.stages]

@@ -101,10 +101,20 @@ def _field_plan(
     return properties, context, experiments
 
 
+@cache
+def _model_plan(
+    model: type[Any], keep: frozenset[str]
+) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+    """``_field_plan`` with only the properties ``model`` has (in the same order)."""
+    properties, context, experiments = _field_plan(keep)
+    return tuple(n for n in properties if n in model.model_fields), context, experiments
+
+
 def stored_event(event: Event, keep: frozenset[str]) -> StoredEvent:
     """A validated event -> what the core keeps of it (read from the models' __dict__:
-    pydantic's attribute lookup for names a model lacks is slow, and this runs per event)."""
-    properties, context_names, experiment_names = _field_plan(keep)
+    pydantic's attribute lookup for names a model lacks is slow, and this runs per event;
+    only the model's own properties are looked up)."""
+    properties, context_names, experiment_names = _model_plan(type(event), keep)
     values = event.__dict__
     fields: dict[str, Any] = {}
     for name in properties:
@@ -299,6 +309,9 @@ class SessionsStage:
         self._bytes = {topic: metrics.event_bytes.labels(topic=topic) for topic in topics}
         self._replayed = {topic: metrics.replayed.labels(topic=topic) for topic in topics}
         self._tallies: dict[Any, float] = {}
+        # Accepted events per (input, event type): one tally per event, spread over their
+        # counters (the input's, the type's, its lifecycle stage's) when the metrics flush.
+        self._accepted: dict[tuple[str, str], int] = {}
         # Per event type: its own counter and its lifecycle stage's (bound once, not per event).
         self._type_counters = {
             event_type: [metrics.events_by_type.labels(event_type=event_type)]
@@ -726,16 +739,18 @@ class SessionsStage:
                 ),
             )
             return outcome
-        self._tally(self._counters[(message.topic, outcome.value)])
         if outcome is Offer.ACCEPTED:
-            for counter in self._type_counters[result.event_type]:
-                self._tally(counter)
+            accepted = self._accepted
+            key = (message.topic, result.event_type)
+            accepted[key] = accepted.get(key, 0) + 1
             if clock_input is not None and self.inputs.observe(
                 clock_input, message.partition, event.at_ms
             ):
                 watermark = self.inputs.watermark(message.partition)
                 if watermark is not None:
                     task.advance(watermark)
+        else:
+            self._tally(self._counters[(message.topic, outcome.value)])
         return outcome
 
     # --- time without input -----------------------------------------------------------------
@@ -767,6 +782,11 @@ class SessionsStage:
         tallies, self._tallies = self._tallies, {}
         for counter, amount in tallies.items():
             counter.inc(amount)
+        accepted, self._accepted = self._accepted, {}
+        for (topic, event_type), count in accepted.items():
+            self._counters[(topic, "accepted")].inc(count)
+            for counter in self._type_counters[event_type]:
+                counter.inc(count)
 
     # --- output ------------------------------------------------------------------------------
     def publish_due(self, highwaters: dict[tuple[str, int], int]) -> list[int]:
