@@ -144,7 +144,7 @@ def _kafka_parts(
         final = f"{w.to_final_s:.1f} s" if w.to_final_s is not None else "not reached"
         _say(
             f"worker: {w.rate:,.0f} events/s ({w.seconds:.1f} s), last window final "
-            f"after {final}; {w.outcomes}"
+            f"after {final}; peak RSS {w.peak_rss_mb or 0:,.0f} MiB; {w.outcomes}"
         )
     if "rekey" in args.parts:
         own_outputs = {  # its own outputs: nothing of the first worker's run is read again

@@ -3,9 +3,9 @@
 Run as a subprocess by the harness: ``python -m benchmarks.faust_floor BOOTSTRAP TOPICS TOTAL
 OUT MODE`` with MODE ``each`` (per-event iteration), ``take`` (``stream.take(500, within=1)``)
 or ``noack`` (the worker's way: ``stream.noack().events()``, acked in bulk), each optionally
-suffixed ``-lifted``: the same agent on the consumer and source schema the worker runs
-(``streamer.faust_consumer``: Faust's consumer with a cheaper hand-over of each message, and
-raw bytes without Faust's codec lookups). Its own app
+suffixed ``-lifted``: the same agent on the consumer, source schema and stream buffer the
+worker runs (``streamer.faust_consumer``: Faust's consumer with a cheaper hand-over of each
+message, and raw bytes without Faust's codec lookups; ``stream_buffer_messages``). Its own app
 id and consumer group, memory store, no tables. Writes ``{"events": n, "seconds": s}`` to OUT
 once it has seen TOTAL messages (seconds from the first message to the last), then stops.
 """
@@ -24,8 +24,10 @@ import orjson
 
 from streamer import faust_consumer
 from streamer.decode import DecodeLimits, decode_event
+from streamer.settings import Settings
 
 LIFTED = "-lifted"  # a mode's suffix: the same agent on the worker's consumer
+WORKER_STREAM_BUFFER = Settings.model_fields["stream_buffer_messages"].default
 
 
 def main() -> None:
@@ -40,6 +42,7 @@ def main() -> None:
         autodiscover=False,
         consumer_auto_offset_reset="earliest",
         topic_disable_leader=True,
+        **({"stream_buffer_maxsize": WORKER_STREAM_BUFFER} if lifted else {}),
     )
     # Lifted: the worker's consumer and its raw schema; stock: Faust's own raw codecs.
     raw: dict[str, Any] = (

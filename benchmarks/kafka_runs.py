@@ -160,6 +160,7 @@ class WorkerResult:
     outcomes: dict[str, float] = field(default_factory=dict)
     checkpoints: float = 0.0
     windows_closed: float = 0.0
+    peak_rss_mb: float | None = None  # the worker process's high-water mark (VmHWM)
 
 
 def worker_settings(settings: Settings, workdir: Path, name: str) -> Settings:
@@ -215,6 +216,7 @@ def worker_run(
                     to_final = time.perf_counter() - first_at
                     break
         values = _scrape(worker) or {}
+        peak_rss_mb = _peak_rss_mb(worker)
         return WorkerResult(
             rate=rate,
             seconds=last_at - first_at,
@@ -222,9 +224,24 @@ def worker_run(
             outcomes={o: _sum(values, "streamer_events_total", outcome=o) for o in COUNTED},
             checkpoints=_sum(values, "streamer_checkpoints_total"),
             windows_closed=_sum(values, "streamer_funnel_windows_closed_total"),
+            peak_rss_mb=peak_rss_mb,
         )
     finally:
         worker.stop(timeout=30)
+
+
+def _peak_rss_mb(worker: WorkerProcess) -> float | None:
+    """The worker's peak resident memory so far (Linux /proc), in MiB."""
+    if worker.process is None:
+        return None
+    try:
+        status = Path(f"/proc/{worker.process.pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    return None
 
 
 # --- 6. restart -------------------------------------------------------------------------------

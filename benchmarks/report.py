@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .core import MemoryResult
 from .data import SESSIONS_PER_SECOND, Loaded
-from .faust_floor import LIFTED
+from .faust_floor import LIFTED, WORKER_STREAM_BUFFER
 from .kafka_runs import RestartResult, WorkerResult
 
 __all__ = ["Results", "machine_facts", "write_report"]
@@ -174,7 +174,8 @@ def _throughput(r: Results) -> list[str]:
             f"The worker counted all {r.loaded.total:,} input messages in {w.seconds:.1f} s "
             f"({outcomes}; {w.checkpoints:,.0f} checkpoints). From its first counted event to "
             f"the **last cohort window published final: {final}** "
-            f"({w.windows_closed:,.0f} windows closed).",
+            f"({w.windows_closed:,.0f} windows closed). Peak resident memory: "
+            f"{f'{w.peak_rss_mb:,.0f} MiB' if w.peak_rss_mb is not None else 'not measured'}.",
         ]
     return lines
 
@@ -263,9 +264,11 @@ def write_report(out: Path, r: Results, facts: list[tuple[str, str]]) -> None:
         "- **lifted floor**: the same bare agent on the consumer the worker runs "
         "(`streamer/faust_consumer.py`): Faust's consumer, except that a message is handed to "
         "the streams directly instead of inside a `wait_first` of four tasks whenever that "
-        "hand-over cannot wait (no rebalance, no full buffer), and its source topics' raw "
-        "schema makes each event from the message's bytes without Faust's codec lookups. "
-        "It is the floor the worker really stands on.",
+        "hand-over cannot wait (no rebalance, no full buffer); its source topics' raw "
+        "schema makes each event from the message's bytes without Faust's codec lookups; "
+        f"and its stream buffer holds the worker's `stream_buffer_messages` "
+        f"({WORKER_STREAM_BUFFER:,}), not Faust's 4,096. It is the floor the worker really "
+        "stands on.",
         "- **worker**: `python -m streamer worker` as shipped (default settings: RocksDB "
         "store, checkpoints every 5 s, 120 s lateness), from the first input event it counts "
         "to the last (`streamer_events_total` over accepted, duplicate and dead-lettered equal "

@@ -227,6 +227,7 @@ def create_app(
         # The sessions stage acks its input only after a checkpoint; a rebalance must not
         # wait for those acks (the next owner resumes from the checkpoint instead).
         stream_wait_empty=False,
+        stream_buffer_maxsize=settings.stream_buffer_messages,
     )
     if not settings.source_keyed_by_session:
         rekey.install(app, settings, metrics)

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from streamer.app import create_app
 from streamer.errors import ConfigError
 from streamer.settings import Settings, load_settings
 
@@ -72,3 +73,12 @@ def test_secrets_are_masked_everywhere() -> None:
     assert settings.masked()["kafka_sasl_password"] == "**********"
     assert "swordfish" not in repr(settings)
     assert "swordfish" not in str(settings.masked())
+
+
+def test_the_stream_buffer_reaches_faust() -> None:
+    # The default is the worker's own (Faust's 4,096 left it idle on a backlog).
+    assert create_app(Settings(store="memory")).faust.conf.stream_buffer_maxsize == 65536
+    small = create_app(Settings(store="memory", stream_buffer_messages=4096))
+    assert small.faust.conf.stream_buffer_maxsize == 4096
+    with pytest.raises(ValueError, match="stream_buffer_messages"):
+        Settings(stream_buffer_messages=0)
