@@ -119,7 +119,7 @@ def _throughput(r: Results) -> list[str]:
         base = mode.removesuffix(LIFTED)
         label = floor_label.get(base, base)
         if mode.endswith(LIFTED):
-            where = "the worker's consumer and schema (`streamer.faust_consumer`)"
+            where = "the worker's consumer, schema and stream buffer (`streamer.faust_consumer`)"
             return f"lifted floor: {label}, on {where}"
         return f"Faust floor: {label}"
 

@@ -123,13 +123,13 @@ class Settings(BaseSettings):
         gt=0,
         description="how often a partition stores its state and offsets, then acks its input",
     )
-    # Faust's default (4096) stops fetching a partition whenever the buffer passes 80%, and
-    # aiokafka then holds back the next fetch of every partition for up to 0.1 s: on a
-    # 200k-event backlog the worker ran 1.4-1.8x faster with 16k-64k (docs/benchmarks.md).
+    # With Faust's default (4,096) the worker sat idle 30% of the time on a backlog, most
+    # likely as Faust paused partitions at 80% of the buffer and aiokafka then held back its
+    # fetches; on a 200k-event backlog it ran 1.4-1.8x faster with 16k-64k (README).
     stream_buffer_messages: int = Field(
         default=65536,
         ge=1,
-        description="messages the worker buffers ahead of its sessions stage (about 1 KB each)",
+        description="messages the worker buffers ahead of its sessions stage (in memory)",
     )
 
     # --- Alerts and Slack --------------------------------------------------------------------
