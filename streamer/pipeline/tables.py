@@ -26,11 +26,6 @@ class ConfirmedTable(faust.Table[str, bytes]):
         self._unconfirmed.append(sent)
         return sent
 
-    @property
-    def unconfirmed(self) -> int:
-        """How many changelog sends are not confirmed yet."""
-        return len(self._unconfirmed)
-
     async def confirm_sent(self) -> None:
         unconfirmed, self._unconfirmed = self._unconfirmed, []
         for sent in unconfirmed:
