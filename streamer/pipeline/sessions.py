@@ -519,6 +519,15 @@ class SessionsStage:
         while a rebalance suspends the flow as read). They are read directly, outside the
         group, and applied in order. (Seeking the group consumer back does not work
         reliably: Faust drops re-fetched offsets below the newest it has handed out.)"""
+        found: tuple[int, list[SourceMessage]] | None = None
+        if expected == 0:
+            # Nothing applied yet: a first start on a log whose start retention moved is
+            # handed that start first, and nothing was skipped (no rewind to warn about).
+            found = await self._read_range(topic, partition, expected, until)
+            if found[0] >= until:
+                log.info("partition %d: %s starts at offset %d", partition, topic, found[0])
+                runtime.offsets[topic] = max(runtime.offsets.get(topic, 0), until)
+                return
         log.warning(
             "partition %d: %s is at offset %d but %s: reading offsets %d..%d directly",
             partition,
@@ -529,7 +538,9 @@ class SessionsStage:
             until - 1,
         )
         self._metrics.rewinds.inc()
-        earliest, missing = await self._read_range(topic, partition, expected, until)
+        if found is None:
+            found = await self._read_range(topic, partition, expected, until)
+        earliest, missing = found
         if earliest > expected and expected == 0:
             # Nothing of this input was ever applied: retention had moved the log's start.
             log.info("partition %d: %s starts at offset %d", partition, topic, earliest)

@@ -100,6 +100,8 @@ async def test_a_log_start_moved_by_retention_is_not_a_loss_for_a_task_that_neve
     [state] = harness.stage.runtimes[0].task.sessions.values()
     assert len(state.buffered()) == 2
     assert harness.metrics.input_lost.labels(topic="clickstream")._value.get() == 0
+    assert harness.metrics.rewinds._value.get() == 0  # a normal first start: nothing skipped
+    assert log.reads == [("clickstream", 0, 0, 4)]
 
 
 async def test_a_task_that_was_handed_nothing_is_repaired_up_to_the_consumer_position() -> None:
