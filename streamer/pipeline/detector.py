@@ -175,11 +175,11 @@ class DetectorStage:
         dashboard_url: str | None = None,
         runbook_url: str | None = None,
         read_seeds: Callable[[], Awaitable[Mapping[str, Any]]] | None = None,
-        confirm_table: Callable[[], Awaitable[None]] | None = None,
+        confirm_writes: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._funnels = {funnel.name: funnel for funnel in funnels}
         self._table = table
-        self._confirm_table = confirm_table
+        self._confirm_writes = confirm_writes
         self._metrics = metrics
         self._send_alert = send_alert
         self._links = (dashboard_url, runbook_url)
@@ -194,10 +194,10 @@ class DetectorStage:
         self.silent_inputs: dict[str, list[dict[str, str]]] = {f.name: [] for f in funnels}
 
     async def confirm_sent(self) -> None:
-        """Wait until the state the last judgements wrote is on the broker: the windows stage
-        acks its input only then."""
-        if self._confirm_table is not None:
-            await self._confirm_table()
+        """Wait until the state and the alerts the last judgements wrote are on the broker
+        (raises the broker's refusal): the windows stage acks its input only then."""
+        if self._confirm_writes is not None:
+            await self._confirm_writes()
 
     def _show_warm_up(self, funnel: str) -> None:
         for step, warming in self.warming_up[funnel].items():
@@ -312,14 +312,22 @@ def install(
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
     alerts = app.topic(settings.alerts_topic, partitions=1, **raw)
 
-    async def send_alert(key: bytes | None, value: bytes) -> None:
-        await alerts.send(key=key, value=value)
-
     table = confirmed_table(app, "detector", partitions=1)
+    unconfirmed: list[Any] = []  # alert records handed to the producer, not yet confirmed
+
+    async def send_alert(key: bytes | None, value: bytes) -> None:
+        unconfirmed.append(await alerts.send(key=key, value=value))
+
+    async def confirm_writes() -> None:
+        await table.confirm_sent()
+        sent, unconfirmed[:] = list(unconfirmed), []
+        for delivery in sent:
+            await delivery  # the record's metadata once the broker has it; raises if refused
+
     return DetectorStage(
         funnels=funnels,
         table=table,
-        confirm_table=table.confirm_sent,
+        confirm_writes=confirm_writes,
         metrics=metrics,
         send_alert=send_alert,
         dashboard_url=settings.dashboard_url,

@@ -99,8 +99,16 @@ def install(app: Any, settings: Settings, metrics: Metrics, notifier: Notifier) 
     alerts = app.topic(settings.alerts_topic, partitions=1, **raw)
     failed = app.topic(settings.failed_alerts_topic, partitions=1, **raw)
 
+    unconfirmed: list[Any] = []  # parked alerts handed to the producer, not yet confirmed
+
     async def send_failed(key: bytes | None, value: bytes) -> None:
-        await failed.send(key=key, value=value)
+        unconfirmed.append(await failed.send(key=key, value=value))
+
+    async def confirm_writes() -> None:
+        await table.confirm_sent()
+        sent, unconfirmed[:] = list(unconfirmed), []
+        for delivery in sent:
+            await delivery  # the record's metadata once the broker has it; raises if refused
 
     table = confirmed_table(app, "delivered-alerts", partitions=1)
     stage = NotifierStage(
@@ -114,7 +122,7 @@ def install(app: Any, settings: Settings, metrics: Metrics, notifier: Notifier) 
         # Acked only once delivered (or parked): a worker stopped during a delivery's retries
         # delivers that alert after its restart (the delivered table drops a second copy,
         # once its write is on the broker: confirmed before the ack, as the offset commit
-        # does not wait for it).
+        # does not wait for it; so is a parked alert's record).
         async for event in stream.noack().events():
             try:
                 await stage.process(event.message.value, event.message.timestamp)
@@ -122,8 +130,8 @@ def install(app: Any, settings: Settings, metrics: Metrics, notifier: Notifier) 
                 metrics.alert_deliveries.labels(outcome="failed").inc()
                 log.exception("notifier could not process an alert record; skipped")
             try:
-                await table.confirm_sent()
-            except Exception as exc:  # the broker refused the write: stop, ack nothing
+                await confirm_writes()
+            except Exception as exc:  # the broker refused a write: stop, ack nothing
                 log.critical("notifier could not write its state, stopping: %r", exc)
                 await app.crash(exc)
                 raise

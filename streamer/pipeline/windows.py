@@ -537,8 +537,18 @@ def install(
     partials = app.topic(settings.partials_topic, partitions=1, **raw)
     windows = app.topic(settings.windows_topic, partitions=1, **raw)
 
+    unconfirmed: list[Any] = []  # window records handed to the producer, not yet confirmed
+
     async def send_window(key: bytes | None, value: bytes) -> None:
-        await windows.send(key=key, value=value)
+        unconfirmed.append(await windows.send(key=key, value=value))
+
+    async def confirm_writes() -> None:
+        await table.confirm_sent()
+        sent, unconfirmed[:] = list(unconfirmed), []
+        for delivery in sent:
+            await delivery  # the record's metadata once the broker has it; raises if refused
+        if detector is not None:
+            await detector.confirm_sent()
 
     table = confirmed_table(app, "window-merge", partitions=1)
     merger = WindowMerger(
@@ -551,10 +561,11 @@ def install(
     )
 
     async def windows_agent(stream: Any) -> None:
-        # Acked only once handled and its state writes are on the broker: a commit flushes
-        # Faust's send buffer for at most 0.1 s, so a worker killed after the commit could
-        # otherwise lose a partition's part of a window, which no one sends again (the
-        # chaos test saw the last window never final). A worker stopped mid-record reads it
+        # Acked only once handled and its state writes and output records are on the
+        # broker: a commit flushes Faust's send buffer for at most 0.1 s, so a worker killed
+        # after the commit could otherwise lose a partition's part of a window, which no one
+        # sends again (the chaos test saw the last window never final), and a record the
+        # broker refused would be lost without a trace. A worker stopped mid-record reads it
         # again (the merger's state makes that harmless); it is never acked half done.
         async for event in stream.noack().events():
             try:
@@ -563,11 +574,9 @@ def install(
                 metrics.merge_errors.inc()
                 log.exception("window merger could not process a record; skipped")
             try:
-                await table.confirm_sent()
-                if detector is not None:
-                    await detector.confirm_sent()
-            except Exception as exc:  # the broker refused a state write: stop, ack nothing
-                log.critical("windows stage could not write its state, stopping: %r", exc)
+                await confirm_writes()
+            except Exception as exc:  # the broker refused a write: stop, ack nothing
+                log.critical("windows stage could not write its outputs, stopping: %r", exc)
                 await app.crash(exc)
                 raise
             event.ack()

@@ -358,3 +358,33 @@ def _restored_offsets(log: Path) -> dict[int, int]:
                 0 if offsets == "none" else sum(ast.literal_eval(offsets).values())
             )
     return found
+
+
+async def test_a_window_record_the_broker_refuses_stops_the_worker_and_is_published_after_the_fix(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The windows topic was created by hand with a 100-byte message limit: the broker refuses
+    the merger's first window record. Faust would leave that refusal in a future nobody reads;
+    the worker stops (exit 1) with the partial that caused it unacked, and once the topic's
+    limit is raised, the restarted worker publishes the window."""
+    await ensure_topics(
+        settings,
+        [settings.windows_topic],
+        partitions=1,
+        configs={settings.windows_topic: {"max.message.bytes": "100"}},
+    )
+    await ensure_topics(settings, [settings.clickstream_topic, settings.checkout_topic])
+    valid = _as_messages(settings, _valid_events(10, seed=14))
+    await _run_until_the_broker_refuses(settings, tmp_path / "refused.log", valid)
+    assert "windows stage could not write its outputs" in (tmp_path / "refused.log").read_text()
+    assert await read_topic(settings, settings.windows_topic) == []
+
+    await _limit_message_bytes(settings, settings.windows_topic, DLQ_MAX_MESSAGE_BYTES)
+    with WorkerProcess(settings, tmp_path / "fixed.log"):
+        deadline = asyncio.get_running_loop().time() + 60
+        records = await read_topic(settings, settings.windows_topic)
+        while not records and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.5)
+            records = await read_topic(settings, settings.windows_topic)
+    assert records, "the restarted worker published no window"
+    assert all(orjson.loads(value or b"{}")["funnel"] == "checkout" for _, value in records)
