@@ -26,7 +26,7 @@ from streamer.funnel.tracking import EVENT_TYPE_RESIDUAL, TrackingDecision, key_
 from streamer.funnel.windows import WindowCounts
 from streamer.kafka_io import read_topic
 from streamer.metrics import Metrics
-from streamer.pipeline.tables import confirmed_table
+from streamer.pipeline.tables import Deliveries, confirmed_table
 from streamer.settings import Settings
 
 __all__ = ["DetectorStage", "alert_record", "install", "read_seeds", "tracking_alert_record"]
@@ -313,23 +313,18 @@ def install(
     alerts = app.topic(settings.alerts_topic, partitions=1, **raw)
 
     table = confirmed_table(app, "detector", partitions=1)
-    unconfirmed: list[Any] = []  # alert records handed to the producer, not yet confirmed
-
-    async def send_alert(key: bytes | None, value: bytes) -> None:
-        unconfirmed.append(await alerts.send(key=key, value=value))
+    sent_alerts = Deliveries()
 
     async def confirm_writes() -> None:
         await table.confirm_sent()
-        sent, unconfirmed[:] = list(unconfirmed), []
-        for delivery in sent:
-            await delivery  # the record's metadata once the broker has it; raises if refused
+        await sent_alerts.confirm()
 
     return DetectorStage(
         funnels=funnels,
         table=table,
         confirm_writes=confirm_writes,
         metrics=metrics,
-        send_alert=send_alert,
+        send_alert=sent_alerts.sender(alerts),
         dashboard_url=settings.dashboard_url,
         runbook_url=settings.runbook_url,
         read_seeds=lambda: read_seeds(settings),

@@ -21,7 +21,7 @@ import orjson
 from streamer.events import Alert
 from streamer.metrics import Metrics
 from streamer.notify.base import DeliveryOutcome, Notifier
-from streamer.pipeline.tables import confirmed_table
+from streamer.pipeline.tables import Deliveries, confirmed_table
 from streamer.settings import Settings
 
 __all__ = ["NotifierStage", "install"]
@@ -99,23 +99,18 @@ def install(app: Any, settings: Settings, metrics: Metrics, notifier: Notifier) 
     alerts = app.topic(settings.alerts_topic, partitions=1, **raw)
     failed = app.topic(settings.failed_alerts_topic, partitions=1, **raw)
 
-    unconfirmed: list[Any] = []  # parked alerts handed to the producer, not yet confirmed
-
-    async def send_failed(key: bytes | None, value: bytes) -> None:
-        unconfirmed.append(await failed.send(key=key, value=value))
+    table = confirmed_table(app, "delivered-alerts", partitions=1)
+    parked = Deliveries()
 
     async def confirm_writes() -> None:
         await table.confirm_sent()
-        sent, unconfirmed[:] = list(unconfirmed), []
-        for delivery in sent:
-            await delivery  # the record's metadata once the broker has it; raises if refused
+        await parked.confirm()
 
-    table = confirmed_table(app, "delivered-alerts", partitions=1)
     stage = NotifierStage(
         notifier=notifier,
         table=table,
         metrics=metrics,
-        send_failed=send_failed,
+        send_failed=parked.sender(failed),
     )
 
     async def notifier_agent(stream: Any) -> None:

@@ -1,13 +1,39 @@
-"""A Faust table whose changelog writes can be waited for, for stages whose input offsets
-must not be committed before the state that reflects them is on the broker."""
+"""Sends a stage can wait for: a Faust table whose changelog writes are confirmed, and the
+records a stage sends to its output topics, for stages whose input offsets must not be
+committed before the state and outputs that reflect them are on the broker."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
 
-__all__ = ["ConfirmedTable", "confirmed_table"]
+__all__ = ["ConfirmedTable", "Deliveries", "confirmed_table"]
+
+
+class Deliveries:
+    """Produce futures not confirmed yet. ``confirm`` waits for every one added so far and
+    raises the broker's refusal (Faust only logs it, and the offset commit does not wait)."""
+
+    def __init__(self) -> None:
+        self._pending: list[Any] = []
+
+    def add(self, sent: Any) -> None:
+        self._pending.append(sent)
+
+    def sender(self, topic: Any) -> Callable[[bytes | None, bytes], Awaitable[None]]:
+        """A send to ``topic`` whose delivery this confirms."""
+
+        async def send(key: bytes | None, value: bytes) -> None:
+            self.add(await topic.send(key=key, value=value))
+
+        return send
+
+    async def confirm(self) -> None:
+        pending, self._pending = self._pending, []
+        for sent in pending:
+            await sent  # the record's metadata once the broker has it; raises if refused
 
 
 class ConfirmedTable(faust.Table[str, bytes]):
@@ -19,17 +45,15 @@ class ConfirmedTable(faust.Table[str, bytes]):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._unconfirmed: list[Any] = []
+        self._changelog_sends = Deliveries()
 
     def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
         sent = super().send_changelog(*args, **kwargs)
-        self._unconfirmed.append(sent)
+        self._changelog_sends.add(sent)
         return sent
 
     async def confirm_sent(self) -> None:
-        unconfirmed, self._unconfirmed = self._unconfirmed, []
-        for sent in unconfirmed:
-            await sent  # the record's metadata once the broker has it; raises if refused
+        await self._changelog_sends.confirm()
 
 
 def confirmed_table(app: Any, name: str, *, partitions: int, **options: Any) -> ConfirmedTable:

@@ -34,7 +34,7 @@ from streamer.funnel.windows import (
 )
 from streamer.metrics import Metrics
 from streamer.pipeline.detector import DetectorStage
-from streamer.pipeline.tables import confirmed_table
+from streamer.pipeline.tables import Deliveries, confirmed_table
 from streamer.settings import Settings
 
 __all__ = ["WindowMerger", "install", "window_stats"]
@@ -537,26 +537,21 @@ def install(
     partials = app.topic(settings.partials_topic, partitions=1, **raw)
     windows = app.topic(settings.windows_topic, partitions=1, **raw)
 
-    unconfirmed: list[Any] = []  # window records handed to the producer, not yet confirmed
-
-    async def send_window(key: bytes | None, value: bytes) -> None:
-        unconfirmed.append(await windows.send(key=key, value=value))
+    table = confirmed_table(app, "window-merge", partitions=1)
+    sent_windows = Deliveries()
 
     async def confirm_writes() -> None:
         await table.confirm_sent()
-        sent, unconfirmed[:] = list(unconfirmed), []
-        for delivery in sent:
-            await delivery  # the record's metadata once the broker has it; raises if refused
+        await sent_windows.confirm()
         if detector is not None:
             await detector.confirm_sent()
 
-    table = confirmed_table(app, "window-merge", partitions=1)
     merger = WindowMerger(
         funnels=funnels,
         source_partitions=settings.topic_partitions,
         table=table,
         metrics=metrics,
-        send_window=send_window,
+        send_window=sent_windows.sender(windows),
         judge=detector.judge if detector is not None else None,
     )
 

@@ -40,16 +40,25 @@ def wait_processed(worker: WorkerProcess, settings: Settings, count: int) -> Met
     return scrape_metrics(worker.metrics_url)
 
 
+async def read_at_least(
+    settings: Settings, topic: str, minimum: int, timeout: float = 30
+) -> list[tuple[bytes | None, bytes | None]]:
+    """The records of ``topic`` once there are ``minimum`` of them, or when ``timeout`` is
+    over (the caller checks how many came)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    records = await read_topic(settings, topic)
+    while len(records) < minimum and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.3)
+        records = await read_topic(settings, topic)
+    return records
+
+
 async def read_exactly(
     settings: Settings, topic: str, expected: int, timeout: float = 30, grace: float = 1.0
 ) -> list[tuple[bytes | None, bytes | None]]:
     """The records of ``topic`` once there are ``expected`` of them, checked again after
     ``grace`` seconds so that a surplus is seen (the worker's producer sends asynchronously)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    records = await read_topic(settings, topic)
-    while len(records) < expected and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.3)
-        records = await read_topic(settings, topic)
+    await read_at_least(settings, topic, expected, timeout)
     await asyncio.sleep(grace)
     records = await read_topic(settings, topic)
     assert len(records) == expected, f"{topic}: {len(records)} records, expected {expected}"

@@ -27,7 +27,13 @@ from streamer.testing import (
     run_cli,
     scrape_metrics,
 )
-from tests.integration.conftest import processed, read_exactly, wait_for, wait_processed
+from tests.integration.conftest import (
+    processed,
+    read_at_least,
+    read_exactly,
+    wait_for,
+    wait_processed,
+)
 
 Message = tuple[str, bytes | None, bytes | None]
 
@@ -381,10 +387,6 @@ async def test_a_window_record_the_broker_refuses_stops_the_worker_and_is_publis
 
     await _limit_message_bytes(settings, settings.windows_topic, DLQ_MAX_MESSAGE_BYTES)
     with WorkerProcess(settings, tmp_path / "fixed.log"):
-        deadline = asyncio.get_running_loop().time() + 60
-        records = await read_topic(settings, settings.windows_topic)
-        while not records and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.5)
-            records = await read_topic(settings, settings.windows_topic)
+        records = await read_at_least(settings, settings.windows_topic, 1, timeout=60)
     assert records, "the restarted worker published no window"
     assert all(orjson.loads(value or b"{}")["funnel"] == "checkout" for _, value in records)
