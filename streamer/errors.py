@@ -15,6 +15,7 @@ __all__ = [
     "KafkaAuthorizationError",
     "KafkaTLSError",
     "MissingToolError",
+    "OutputRefusedError",
     "PortInUseError",
     "RangeNotHeldError",
     "StreamerError",
@@ -39,6 +40,11 @@ class BrokerError(StreamerError):
 
 class PortInUseError(BrokerError):
     """A port the local broker needs is taken by another process."""
+
+
+class OutputRefusedError(StreamerError):
+    """The broker refused a stage's state write or output record: the stage stops with its
+    input unacked, so a restart does the work again instead of losing it."""
 
 
 class RangeNotHeldError(StreamerError):

@@ -210,7 +210,8 @@ class DetectorStage:
         windows: Mapping[int, WindowCounts],
     ) -> list[Alert]:
         """Judge ``funnel`` as of each of ``watermarks`` (in order); send and return the
-        alerts it decides. The detector's state is read and stored once per call."""
+        alerts it decides. The detector's state is read and stored once per call, and is on
+        the broker when this returns (raises :class:`OutputRefusedError` if refused)."""
         detector = FunnelDetector(funnel)
         key = f"funnel:{funnel.name}"
         raw = self._table.get(key)
@@ -238,7 +239,15 @@ class DetectorStage:
             ).inc()
             log.warning("alert %s %s: %s", alert.state, alert.alert_id, alert.summary)
             alerts.append(alert)
+        # In this order, each on the broker before the next is written: the alerts, the
+        # detector's state, then (the merger's) the boundaries judged. A worker killed
+        # between two of them judges these boundaries again from the older state and sends
+        # the same alerts again (same ids: the notifier delivers them once); a state written
+        # before its alerts could lose them, a mark before the state would skip judgements.
+        if alerts:
+            await self.confirm_sent()
         self._table[key] = orjson.dumps(detector.to_json())
+        await self.confirm_sent()
         self.silent_inputs[funnel.name] = [
             {
                 "subject": subject,

@@ -9,12 +9,15 @@ from typing import Any
 
 import faust
 
+from streamer.errors import OutputRefusedError
+
 __all__ = ["ConfirmedTable", "Deliveries", "confirmed_table"]
 
 
 class Deliveries:
     """Produce futures not confirmed yet. ``confirm`` waits for every one added so far and
-    raises the broker's refusal (Faust only logs it, and the offset commit does not wait)."""
+    raises the broker's refusal as :class:`OutputRefusedError` (Faust only logs it, and the
+    offset commit does not wait)."""
 
     def __init__(self) -> None:
         self._pending: list[Any] = []
@@ -33,7 +36,10 @@ class Deliveries:
     async def confirm(self) -> None:
         pending, self._pending = self._pending, []
         for sent in pending:
-            await sent  # the record's metadata once the broker has it; raises if refused
+            try:
+                await sent  # the record's metadata once the broker has it
+            except Exception as exc:
+                raise OutputRefusedError(f"the broker refused a record: {exc!r}") from exc
 
 
 class ConfirmedTable(faust.Table[str, bytes]):

@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from streamer.errors import OutputRefusedError
 from streamer.events import SegmentStats, StageStats, TimeToConvert, WindowStats
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.session import NEVER
@@ -564,14 +565,16 @@ def install(
         # again (the merger's state makes that harmless); it is never acked half done.
         async for event in stream.noack().events():
             try:
-                await merger.process(event.value)
-            except Exception:  # a bad record must not stop the merger (and lose the rest)
-                metrics.merge_errors.inc()
-                log.exception("window merger could not process a record; skipped")
-            try:
+                try:
+                    await merger.process(event.value)
+                except OutputRefusedError:
+                    raise
+                except Exception:  # a bad record must not stop the merger (and lose the rest)
+                    metrics.merge_errors.inc()
+                    log.exception("window merger could not process a record; skipped")
                 await confirm_writes()
-            except Exception as exc:  # the broker refused a write: stop, ack nothing
-                log.critical("windows stage could not write its outputs, stopping: %r", exc)
+            except OutputRefusedError as exc:  # stop, ack nothing
+                log.critical("windows stage could not write its outputs, stopping: %s", exc)
                 await app.crash(exc)
                 raise
             event.ack()

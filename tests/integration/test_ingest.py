@@ -286,7 +286,8 @@ async def _run_until_the_broker_refuses(
         worker.stop()
     text = worker.log_tail(lines=100_000)
     assert "MessageSizeTooLargeError" in text
-    assert "stopping after a crash (MessageSizeTooLargeError())" in text
+    refused = "OutputRefusedError('the broker refused a record: MessageSizeTooLargeError()')"
+    assert f"stopping after a crash ({refused})" in text
 
 
 def _applied_twice(values: MetricValues, settings: Settings) -> float:

@@ -269,3 +269,47 @@ def test_a_new_session_counts_in_the_window_of_its_first_event_whatever_the_arri
     assert volumes([2, 1, 0]) == volumes([1, 2, 0]) == in_order
     assert in_order[start][NEW_SESSIONS] == 1
     assert all(NEW_SESSIONS not in v for s, v in in_order.items() if s != start)
+
+
+class _JournalTable(dict[str, bytes]):
+    """A detector table that writes what happens to it into the stage's journal."""
+
+    def __init__(self, journal: list[str]) -> None:
+        super().__init__()
+        self._journal = journal
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        self._journal.append(f"state {key}")
+        super().__setitem__(key, value)
+
+
+async def test_alerts_are_on_the_broker_before_the_state_that_decided_them() -> None:
+    """A worker killed mid-judgement must send an alert again, never lose it: the alert is
+    confirmed before the detector state that remembers it is written, and that state is
+    confirmed before judge returns (the merger then marks the boundaries judged)."""
+    funnel = load_funnel(CHECKOUT)
+    journal: list[str] = []
+
+    async def send(key: bytes | None, value: bytes) -> None:
+        journal.append(f"alert {Alert.model_validate_json(value).state}")
+
+    async def confirm() -> None:
+        journal.append("confirmed")
+
+    stage = DetectorStage(
+        funnels=(funnel,),
+        table=_JournalTable(journal),
+        metrics=Metrics.create(CollectorRegistry()),
+        send_alert=send,
+        confirm_writes=confirm,
+    )
+    rng = random.Random(7)
+    windows = {m * MIN: volume_window(rng) for m in range(60)}
+    windows.update(
+        {m * MIN: volume_window(rng, silent=frozenset({"checkout"})) for m in range(60, 63)}
+    )
+    await stage.judge(funnel, [m * MIN for m in range(1, 64)], windows)
+    assert journal == ["alert firing", "confirmed", "state funnel:checkout", "confirmed"]
+    journal.clear()
+    await stage.judge(funnel, [64 * MIN], windows)  # nothing to send: the state only
+    assert journal == ["state funnel:checkout", "confirmed"]
