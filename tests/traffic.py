@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from streamer.events import CHECKOUT_EVENT_TYPES
 from streamer.settings import Settings
 from streamer.simulate import TrafficModel, topic_for
 
@@ -92,7 +93,10 @@ def generate(
     disorder_s: float = 60.0,
     duplicate_share: float = 0.01,
     start: datetime | None = None,
+    checkout_silent_minutes: tuple[float, float] | None = None,
 ) -> Dataset:
+    """``checkout_silent_minutes``: from and to, in minutes after the start, the checkout
+    topic's producer sends nothing (its events of that time are lost: broken tracking)."""
     rng = random.Random(seed)
     # History ending a few hours ago: the closing events must not be in the future.
     begin = start or datetime.now(UTC) - timedelta(minutes=minutes) - timedelta(hours=4)
@@ -102,9 +106,17 @@ def generate(
             seed=seed, count=count, start=begin, sessions_per_second=sessions_per_second
         )
     )
+    silent = range(0)
+    if checkout_silent_minutes is not None:
+        since, until = (
+            round(begin.timestamp() * 1000 + m * 60_000) for m in checkout_silent_minutes
+        )
+        silent = range(since, until)
     timed: list[tuple[float, dict[str, Any]]] = []
     for session in sessions:
         for event in session:
+            if event["event_type"] in CHECKOUT_EVENT_TYPES and at_ms(event) in silent:
+                continue
             arrival = at_ms(event) + rng.uniform(0, disorder_s * 1000)
             timed.append((arrival, event))
             if rng.random() < duplicate_share:
