@@ -45,6 +45,7 @@ from streamer.pipeline.messages import (
     dead_letter_for,
     source_message,
 )
+from streamer.pipeline.tables import Deliveries
 from streamer.pipeline.timers import consumer_offsets, install_timer
 from streamer.settings import Settings
 
@@ -86,7 +87,7 @@ class RekeyStage:
         self._last_read: dict[str, float] = {}
         self._assigned_at = time.monotonic()
         self._unacked: list[Callable[[], Any]] = []
-        self._in_flight: list[Awaitable[Any]] = []
+        self._in_flight = Deliveries()
 
     def assign(self, partitions: set[tuple[str, int]]) -> None:
         self.assigned = set(partitions)
@@ -109,7 +110,7 @@ class RekeyStage:
             self._metrics.events.labels(topic=message.topic, outcome="dead_lettered").inc()
             self._metrics.dead_letters.labels(topic=message.topic, reason=result.reason.value).inc()
             log.info("dead-lettered %s: %s", letter.dead_letter_id, result.reason.value)
-            self._in_flight.append(
+            self._in_flight.add(
                 await self._send_dead_letter(message.key, letter.model_dump_json().encode())
             )
         else:
@@ -119,7 +120,7 @@ class RekeyStage:
             ]
             if message.key is not None:
                 headers.append((REKEY_KEY_HEADER, message.key))
-            self._in_flight.append(
+            self._in_flight.add(
                 await self._forward(result.session_id.encode(), message.value or b"", None, headers)
             )
             at_ms = to_epoch_ms(result.occurred_at)
@@ -155,13 +156,11 @@ class RekeyStage:
                 }
             )
             for out in range(self._out_partitions):
-                self._in_flight.append(
+                self._in_flight.add(
                     await self._forward(None, marker, out, [(REKEY_KIND_HEADER, REKEY_FRONT)])
                 )
         acks, self._unacked = self._unacked, []
-        in_flight, self._in_flight = self._in_flight, []
-        for future in in_flight:
-            await future  # raises if the broker refused: nothing gets acked
+        await self._in_flight.confirm()  # raises if the broker refused: nothing gets acked
         await self._flush_producer()
         for ack in acks:
             ack()

@@ -59,7 +59,7 @@ from streamer.pipeline.messages import (
     record_message,
     source_message,
 )
-from streamer.pipeline.tables import confirmed_table
+from streamer.pipeline.tables import Deliveries, confirmed_table
 from streamer.pipeline.timers import consumer_offsets, install_timer
 from streamer.settings import Settings
 
@@ -289,7 +289,7 @@ class SessionsStage:
         self.inputs = InputClock(() if rekeyed_from else topics, allowed_lateness_ms)
         self.runtimes: dict[int, _Runtime] = {}
         self.assigned: set[int] | None = None  # None: not told yet (tests drive it directly)
-        self._in_flight: list[Awaitable[Any]] = []
+        self._in_flight = Deliveries()
         self._publish_lock = asyncio.Lock()
         self._checkpoint_lock = asyncio.Lock()
         self._apply_lock = asyncio.Lock()
@@ -855,10 +855,8 @@ class SessionsStage:
                 for notice in notices:
                     await self._publish_abandonment(notice)
                 for value in partials:
-                    self._in_flight.append(await self._send_partial(None, value, 0))
-                in_flight, self._in_flight = self._in_flight, []
-                for future in in_flight:
-                    await future  # raises if the broker refused: nothing gets acked
+                    self._in_flight.add(await self._send_partial(None, value, 0))
+                await self._in_flight.confirm()  # raises if the broker refused: nothing acked
             except Exception:  # drained outputs the broker may not have: see ``_sealed``
                 self._sealed = True
                 raise
@@ -866,7 +864,7 @@ class SessionsStage:
     async def _publish_abandonment(self, notice: AbandonmentNotice) -> None:
         funnel = self.definitions[notice.funnel]
         record = abandonment_record(funnel, notice)
-        self._in_flight.append(
+        self._in_flight.add(
             await self._send_abandonment(
                 notice.session_id.encode(), record.model_dump_json().encode(), None
             )
@@ -1053,7 +1051,7 @@ class SessionsStage:
             rejection.reason.value,
             rejection.message[:200],
         )
-        self._in_flight.append(
+        self._in_flight.add(
             await self._send_dead_letter(message.key, letter.model_dump_json().encode(), None)
         )
 
