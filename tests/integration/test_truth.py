@@ -25,6 +25,7 @@ from streamer.kafka_local import LocalKafka
 from streamer.settings import Settings
 from streamer.testing import produce
 from tests.compare import assert_same
+from tests.conftest import isolated_settings
 from tests.integration.pipeline_run import (
     Published,
     first_event_after,
@@ -88,13 +89,13 @@ async def test_a_backlog_on_both_topics_gives_the_oracles_numbers(
             process.stop()
     await assert_equals_oracle(config, published)
     expected = oracle()
+    alerts = alerts_by_id(config, published.alerts)
     print(
         f"\n{partitions} partition(s) x {workers} worker(s): {len(dataset().arrivals)} events, "
         f"{len(expected.windows)} window stages, {len(expected.segments)} segment rows, "
-        f"{len(expected.abandonments)} abandonments: equal to the oracle; "
-        f"{len(alerts_by_id(config, published.alerts))} alerts"
+        f"{len(expected.abandonments)} abandonments: equal to the oracle; {len(alerts)} alerts"
     )
-    _undisturbed_alerts[partitions] = alerts_by_id(config, published.alerts)
+    _undisturbed_alerts[partitions] = alerts
 
 
 # Alerts of an undisturbed run by partition count, for the disturbed runs to compare with.
@@ -116,18 +117,13 @@ def alerts_by_id(settings: Settings, records: list[bytes]) -> dict[str, bytes]:
     return by_id
 
 
-async def undisturbed_alerts(config: Settings, tmp_path: Path) -> dict[str, bytes]:
+async def undisturbed_alerts(config: Settings, unique: str, tmp_path: Path) -> dict[str, bytes]:
     """The alerts one undisturbed worker publishes on the dataset (from the backlog test
     when it ran in this session, else from a run of its own on topics of its own)."""
     partitions = config.topic_partitions
     if partitions not in _undisturbed_alerts:
-        suffix = "-undisturbed"
-        own = config.model_copy(
-            update={
-                name: getattr(config, name) + suffix
-                for name in Settings.model_fields
-                if name.endswith("_topic") or name == "app_id"
-            }
+        own = isolated_settings(
+            config.kafka_bootstrap, f"{unique}-undisturbed", tmp_path, topic_partitions=partitions
         )
         await preload(own, dataset())
         process = worker(own, tmp_path, "undisturbed")
@@ -141,7 +137,7 @@ async def undisturbed_alerts(config: Settings, tmp_path: Path) -> dict[str, byte
 
 
 async def test_sigkill_at_random_moments_loses_and_repeats_nothing(
-    settings: Settings, tmp_path: Path
+    settings: Settings, unique: str, tmp_path: Path
 ) -> None:
     config = settings_for(settings, 4)
     await preload(config, dataset())
@@ -162,7 +158,7 @@ async def test_sigkill_at_random_moments_loses_and_repeats_nothing(
     await assert_equals_oracle(config, published)
     assert max(restarts) < 30, f"seconds from SIGKILL to the first event: {restarts}"
     alerts = alerts_by_id(config, published.alerts)
-    expected_alerts = await undisturbed_alerts(config, tmp_path)
+    expected_alerts = await undisturbed_alerts(config, unique, tmp_path)
     differ = [k for k in alerts.keys() & expected_alerts.keys() if alerts[k] != expected_alerts[k]]
     assert alerts == expected_alerts, (
         f"alerts: {sorted(alerts.keys() - expected_alerts.keys())} only after SIGKILLs, "
