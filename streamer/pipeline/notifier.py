@@ -21,6 +21,12 @@ import orjson
 from streamer.events import Alert
 from streamer.metrics import Metrics
 from streamer.notify.base import DeliveryOutcome, Notifier
+from streamer.pipeline.input_order import (
+    ContiguousInput,
+    InputMessage,
+    broker_reader,
+    install_stall_repair,
+)
 from streamer.pipeline.tables import Deliveries, confirmed_table
 from streamer.settings import Settings
 
@@ -113,24 +119,41 @@ def install(app: Any, settings: Settings, metrics: Metrics, notifier: Notifier) 
         send_failed=parked.sender(failed),
     )
 
+    async def apply(message: InputMessage) -> None:
+        written_at = message.timestamp_ms / 1000 if message.timestamp_ms else None
+        try:
+            await stage.process(message.value or b"", written_at)
+        except Exception:  # an unreadable alert record: counted, logged, skipped
+            metrics.alert_deliveries.labels(outcome="failed").inc()
+            log.exception("notifier could not process an alert record; skipped")
+        try:
+            await confirm_writes()
+        except Exception as exc:  # the broker refused a write: stop, ack nothing
+            log.critical("notifier could not write its state, stopping: %r", exc)
+            await app.crash(exc)
+            raise
+
+    ordered = ContiguousInput(
+        table=table,
+        topic=settings.alerts_topic,
+        stage="notifier",
+        apply=apply,
+        read_range=broker_reader(settings),
+        metrics=metrics,
+    )
+
     async def notifier_agent(stream: Any) -> None:
         # Acked only once delivered (or parked): a worker stopped during a delivery's retries
         # delivers that alert after its restart (the delivered table drops a second copy,
         # once its write is on the broker: confirmed before the ack, as the offset commit
-        # does not wait for it; so is a parked alert's record).
+        # does not wait for it; so is a parked alert's record). Alerts Faust skipped are
+        # read directly: none is left undelivered.
         async for event in stream.noack().events():
-            try:
-                await stage.process(event.message.value, event.message.timestamp)
-            except Exception:  # an unreadable alert record: counted, logged, skipped
-                metrics.alert_deliveries.labels(outcome="failed").inc()
-                log.exception("notifier could not process an alert record; skipped")
-            try:
-                await confirm_writes()
-            except Exception as exc:  # the broker refused a write: stop, ack nothing
-                log.critical("notifier could not write its state, stopping: %r", exc)
-                await app.crash(exc)
-                raise
+            message = event.message
+            timestamp_ms = round(message.timestamp * 1000) if message.timestamp else None
+            await ordered.deliver(InputMessage(message.offset, message.value, timestamp_ms))
             event.ack()
 
     app.agent(alerts, name="notifier")(notifier_agent)
+    install_stall_repair(app, ordered, settings.alerts_topic, "notifier.repair_stalls")
     return stage

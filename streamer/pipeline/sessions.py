@@ -25,16 +25,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
-from collections.abc import Awaitable, Callable, Collection, Iterator, MutableMapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Awaitable, Callable, Collection, MutableMapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
 import orjson
-from faust import streams as faust_streams
 
 from streamer.decode import DecodeLimits, Rejection, decode_event
 from streamer.events import EVENT_MODELS, Abandonment, Event, ReasonCode
@@ -47,6 +45,7 @@ from streamer.funnel.task import AbandonmentNotice, Checkpoint, Offer, Task
 from streamer.funnel.windows import window_start
 from streamer.kafka_io import offset_at, read_range
 from streamer.metrics import Metrics
+from streamer.pipeline.input_order import STALL_REPAIR_S
 from streamer.pipeline.messages import (
     DLQ_MAX_MESSAGE_BYTES,
     REKEY_FRONT,
@@ -59,7 +58,7 @@ from streamer.pipeline.messages import (
     record_message,
     source_message,
 )
-from streamer.pipeline.tables import Deliveries, confirmed_table
+from streamer.pipeline.tables import Deliveries, confirmed_table, in_partition
 from streamer.pipeline.timers import consumer_offsets, install_timer
 from streamer.settings import Settings
 
@@ -175,8 +174,6 @@ def abandonment_record(funnel: FunnelDefinition, notice: AbandonmentNotice) -> A
 # compacted once the deltas written since its full start outweigh it (and this much at least).
 DELTA_CHUNK_BYTES = 256 * 1024
 MIN_COMPACTION_BYTES = 4 * 1024 * 1024
-# An input whose consumer position is past what was applied, silent this long, is stalled.
-STALL_REPAIR_S = 10.0
 # The agent takes its input in batches of at most this many messages, or what came within
 # this long: a batch pays Faust's per-message wake-ups once, and stays short beside the 1 s
 # timer and a checkpoint's interval.
@@ -1056,19 +1053,6 @@ class SessionsStage:
         )
 
 
-class _PartitionMarker:
-    """Stands for "an event of this partition" while a checkpoint writes the state table."""
-
-    def __init__(self, topic: str, partition: int) -> None:
-        self.message = _MarkerMessage(topic, partition)
-
-
-@dataclass(frozen=True)
-class _MarkerMessage:
-    topic: str  # a source topic: Faust checks its partition count against the changelog's
-    partition: int
-
-
 def _meta_key(partition: int) -> str:
     return f"t:{partition}"
 
@@ -1170,17 +1154,11 @@ def install(
         await app.producer.flush()
         await table.confirm_sent()
 
-    @contextmanager
-    def partition_scope(partition: int) -> Iterator[None]:
+    def partition_scope(partition: int) -> AbstractContextManager[None]:
         # Faust routes a table write to the changelog partition (and RocksDB store) of the
         # event being processed; a checkpoint names its partition itself, so that it can
-        # also run from the timer. The marker has what Faust reads: .message.partition.
-        marker = _PartitionMarker(topics[0], partition)
-        token = faust_streams._current_event.set(weakref.ref(marker))  # type: ignore[arg-type]
-        try:
-            yield
-        finally:
-            faust_streams._current_event.reset(token)
+        # also run from the timer.
+        return in_partition(topics[0], partition)
 
     async def read_input(
         topic: str, partition: int, start: int, end: int

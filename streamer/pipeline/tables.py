@@ -4,14 +4,18 @@ committed before the state and outputs that reflect them are on the broker."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import faust
+from faust import streams as faust_streams
 
 from streamer.errors import OutputRefusedError
 
-__all__ = ["ConfirmedTable", "Deliveries", "confirmed_table"]
+__all__ = ["ConfirmedTable", "Deliveries", "confirmed_table", "in_partition"]
 
 
 class Deliveries:
@@ -75,3 +79,30 @@ def confirmed_table(app: Any, name: str, *, partitions: int, **options: Any) -> 
     )
     app.tables.add(table)
     return table
+
+
+@dataclass(frozen=True)
+class _MarkerMessage:
+    topic: str  # an input topic: Faust checks its partition count against the changelog's
+    partition: int
+
+
+class _PartitionMarker:
+    """Stands for "an event of this partition" while a stage writes a table outside its
+    agent's iteration (a timer, a read outside the group)."""
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.message = _MarkerMessage(topic, partition)
+
+
+@contextmanager
+def in_partition(topic: str, partition: int) -> Iterator[None]:
+    """Table writes in this block go to ``partition``'s changelog (and RocksDB store): Faust
+    routes a write by the event being processed, read from a context variable that the
+    block sets to a marker with what Faust reads (``.message.topic/.partition``)."""
+    marker = _PartitionMarker(topic, partition)
+    token = faust_streams._current_event.set(weakref.ref(marker))  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        faust_streams._current_event.reset(token)

@@ -1,0 +1,128 @@
+"""ContiguousInput: a one-partition stage applies its input in order, once each, no holes."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from streamer.metrics import Metrics
+from streamer.pipeline.input_order import (
+    NEXT_OFFSET_KEY,
+    STALL_REPAIR_S,
+    ContiguousInput,
+    InputMessage,
+)
+
+LOG = {
+    offset: InputMessage(offset, f"record {offset}".encode(), 1000 + offset) for offset in range(20)
+}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Stage:
+    """A stage behind a ContiguousInput: what it applied, and what was read outside Faust."""
+
+    def __init__(self, table: dict[str, bytes] | None = None, log_start: int = 0) -> None:
+        self.table: dict[str, bytes] = table if table is not None else {}
+        self.applied: list[int] = []
+        self.reads: list[tuple[int, int]] = []
+        self.clock = Clock()
+        self.metrics = Metrics.create(
+            CollectorRegistry(), source_topics=("clickstream",), funnels=()
+        )
+        self.log_start = log_start
+
+        async def apply(message: InputMessage) -> None:
+            assert message == LOG[message.offset]
+            self.applied.append(message.offset)
+
+        async def read(
+            topic: str, partition: int, start: int, end: int
+        ) -> tuple[int, list[InputMessage]]:
+            assert (topic, partition) == ("funnel.partials", 0)
+            self.reads.append((start, end))
+            return log_start, [LOG[o] for o in range(max(start, log_start), end)]
+
+        self.input = ContiguousInput(
+            table=self.table,
+            topic="funnel.partials",
+            stage="windows",
+            apply=apply,
+            read_range=read,
+            metrics=self.metrics,
+            monotonic=self.clock,
+        )
+
+    async def deliver(self, *offsets: int) -> None:
+        for offset in offsets:
+            await self.input.deliver(LOG[offset])
+
+    @property
+    def rewinds(self) -> float:
+        return self.metrics.rewinds._value.get()  # type: ignore[attr-defined]
+
+
+async def test_in_order_nothing_is_read_and_copies_of_applied_messages_are_skipped() -> None:
+    stage = Stage()
+    await stage.deliver(0, 1, 2, 1, 2, 3)  # 1 and 2 again, as after a restart
+    assert stage.applied == [0, 1, 2, 3]
+    assert stage.table[NEXT_OFFSET_KEY] == b"4"
+    assert stage.reads == []
+    assert stage.rewinds == 0
+
+
+async def test_a_hole_faust_skipped_is_read_and_applied_first(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stage = Stage()
+    await stage.deliver(0, 1, 2, 3, 4)
+    with caplog.at_level(logging.WARNING):
+        await stage.deliver(9, 10)
+    assert stage.applied == list(range(11))
+    assert stage.reads == [(5, 9)]
+    assert stage.rewinds == 1
+    assert "funnel.partials is at offset 9 but it applied input up to 5" in caplog.text
+
+
+async def test_a_first_start_past_the_log_start_reads_from_there() -> None:
+    stage = Stage()
+    await stage.deliver(2)  # nothing applied, nothing stored: Faust began at 2
+    assert stage.applied == [0, 1, 2]
+
+
+async def test_retention_past_the_hole_is_not_a_rewind() -> None:
+    stage = Stage(log_start=6)
+    await stage.deliver(6)
+    assert stage.applied == [6]
+    assert stage.reads == [(0, 6)]
+    assert stage.rewinds == 0
+
+
+async def test_a_table_kept_before_offsets_were_recorded_starts_where_faust_does() -> None:
+    stage = Stage(table={"progress": b"{}"})
+    await stage.deliver(7, 8)
+    assert stage.applied == [7, 8]
+    assert stage.reads == []
+
+
+async def test_a_hole_at_the_end_of_the_log_is_read_once_the_input_went_quiet() -> None:
+    stage = Stage()
+    await stage.deliver(0, 1)
+    await stage.input.repair_stall(5)  # Faust's position is past 1..4, just delivered: wait
+    assert stage.applied == [0, 1]
+    stage.clock.now += STALL_REPAIR_S
+    await stage.input.repair_stall(2)  # caught up
+    assert stage.reads == []
+    await stage.input.repair_stall(5)
+    assert stage.applied == [0, 1, 2, 3, 4]
+    await stage.deliver(4, 5)  # Faust delivers after all: 4 is a copy
+    assert stage.applied == [0, 1, 2, 3, 4, 5]
