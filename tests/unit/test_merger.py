@@ -282,3 +282,45 @@ async def test_a_reset_while_a_final_record_is_being_sent_loses_nothing() -> Non
     assert [(w.final, w.stages[0].entered) for w in final] == [(True, 7)]
     assert not any(key.startswith(("pending:", "part:")) for key in table)
     assert await merge.process(progress(1, FINAL_AT + 1)) == []  # reloaded: nothing pending
+
+
+class _JournalTable(dict[str, bytes]):
+    """A table that notes its deletes in a journal shared with the sends."""
+
+    def __init__(self, journal: list[str]) -> None:
+        super().__init__()
+        self.journal = journal
+
+    def __delitem__(self, key: str) -> None:
+        self.journal.append(f"delete {key.split(':')[0]}")
+        super().__delitem__(key)
+
+
+async def test_a_final_record_is_on_the_broker_before_its_window_is_forgotten() -> None:
+    journal: list[str] = []
+    table = _JournalTable(journal)
+
+    async def send(key: bytes | None, value: bytes) -> None:
+        journal.append("final" if orjson.loads(value)["final"] else "revision")
+
+    async def confirm() -> None:
+        journal.append("confirmed")
+
+    merge = WindowMerger(
+        funnels=(FUNNEL,),
+        source_partitions=2,
+        table=table,
+        metrics=Metrics.create(CollectorRegistry()),
+        send_window=send,
+        confirm_windows=confirm,
+        monotonic=Clock(),
+    )
+    await merge.process(partial(0, 3, [1, 1, 0]))
+    await merge.process(partial(1, 2, [1, 1, 0]))
+    await merge.process(progress(0, FINAL_AT))
+    journal.clear()
+    await merge.process(progress(1, FINAL_AT))
+    # Killed before the confirmation, the state still holds the window: published again.
+    assert journal[:2] == ["final", "confirmed"]
+    assert journal[2:]
+    assert all(entry.startswith("delete") for entry in journal[2:])
