@@ -14,8 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiokafka import TopicPartition
+
 from streamer.app import topic_plan
-from streamer.kafka_io import ensure_topic_plan, make_producer, read_topic
+from streamer.kafka_io import (
+    ensure_topic_plan,
+    make_consumer,
+    make_producer,
+    read_topic,
+    stop_consumer,
+)
 from streamer.settings import Settings
 from streamer.testing import WorkerProcess, free_port, produce
 from tests.compare import abandonment_numbers, latest_windows, window_numbers
@@ -109,10 +117,32 @@ async def wait_published(
     )
 
 
-async def first_event_after(process: WorkerProcess, since: float, timeout: float = 60) -> float:
-    """Seconds from ``since`` until the restarted worker counted its first input message."""
+async def unread_input(settings: Settings) -> int:
+    """Source messages past the group's committed offsets (what a restarted worker reads)."""
+    tps = [
+        TopicPartition(topic, partition)
+        for topic in (settings.clickstream_topic, settings.checkout_topic)
+        for partition in range(settings.topic_partitions)
+    ]
+    consumer = make_consumer(settings, group_id=settings.app_id, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(tps)
+        return sum(ends[tp] - ((await consumer.committed(tp)) or 0) for tp in tps)
+    finally:
+        await stop_consumer(consumer)
+
+
+async def first_event_after(
+    process: WorkerProcess, since: float, unread: int = 1, timeout: float = 60
+) -> float:
+    """Seconds from ``since`` until the restarted worker counted its first input message,
+    or, with nothing ``unread`` (a worker killed after it stored everything), until it
+    consumes its source partitions again."""
     from streamer.testing import scrape_metrics
 
+    settings = process.settings
+    partitions = {settings.clickstream_topic, settings.checkout_topic}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         process.assert_running()
@@ -126,7 +156,12 @@ async def first_event_after(process: WorkerProcess, since: float, timeout: float
             for (name, _), v in values.items()
             if name in ("streamer_events_total", "streamer_replayed_messages_total")
         )
-        if seen > 0:
+        assigned = sum(
+            v
+            for (name, labels), v in values.items()
+            if name == "streamer_assigned_partitions" and dict(labels).get("topic") in partitions
+        )
+        if seen > 0 or (not unread and assigned == settings.topic_partitions * 2):
             return time.monotonic() - since
         await asyncio.sleep(0.1)
     raise AssertionError(f"no event processed {timeout}s after the restart\n{process.log_tail()}")

@@ -31,6 +31,7 @@ from tests.integration.pipeline_run import (
     Published,
     first_event_after,
     preload,
+    unread_input,
     wait_published,
     worker,
 )
@@ -157,8 +158,9 @@ async def test_sigkill_at_random_moments_loses_and_repeats_nothing(
             killed_at = time.monotonic()
             if kill == 1:
                 shutil.rmtree(process.settings.data_dir)
+            unread = await unread_input(config)  # none: killed after it stored everything
             process.start()
-            restarts.append(await first_event_after(process, killed_at))
+            restarts.append(await first_event_after(process, killed_at, unread))
         published = await wait_published(config, oracle(), [process])
     finally:
         process.stop()
