@@ -128,7 +128,10 @@ async def unread_input(settings: Settings) -> int:
     await consumer.start()
     try:
         ends = await consumer.end_offsets(tps)
-        return sum(ends[tp] - ((await consumer.committed(tp)) or 0) for tp in tps)
+        unread = 0
+        for tp in tps:
+            unread += ends[tp] - ((await consumer.committed(tp)) or 0)
+        return unread
     finally:
         await stop_consumer(consumer)
 
