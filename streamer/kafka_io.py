@@ -272,6 +272,19 @@ async def read_range(
         await stop_consumer(consumer)
 
 
+async def committed_offset(settings: Settings, topic: str, partition: int) -> int | None:
+    """The committed offset of the worker's consumer group (``app_id``) on a partition, or
+    None when it has none. Asked outside the group (an offset fetch joins nothing)."""
+    tp = TopicPartition(topic, partition)
+    consumer = make_consumer(settings, group_id=settings.app_id, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        offset = await consumer.committed(tp)
+        return int(offset) if offset is not None and offset >= 0 else None
+    finally:
+        await stop_consumer(consumer)
+
+
 async def offset_at(settings: Settings, topic: str, partition: int, at_ms: int) -> int:
     """The first offset of ``topic[partition]`` written at or after ``at_ms`` (broker time),
     else its log end; never below its log start."""

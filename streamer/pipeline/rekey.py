@@ -19,6 +19,7 @@ forwards some events again, which the sessions tasks skip by source offset.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,8 +33,9 @@ from streamer.decode import DecodeLimits, Rejection, decode_event
 from streamer.events import to_epoch_ms
 from streamer.faust_consumer import RawSchema
 from streamer.funnel.session import NEVER
-from streamer.kafka_io import topic_partitions
+from streamer.kafka_io import committed_offset, read_range, topic_partitions
 from streamer.metrics import Metrics
+from streamer.pipeline.input_order import STALL_REPAIR_S
 from streamer.pipeline.messages import (
     DLQ_MAX_MESSAGE_BYTES,
     REKEY_FRONT,
@@ -43,6 +45,7 @@ from streamer.pipeline.messages import (
     REKEY_TIMESTAMP_HEADER,
     SourceMessage,
     dead_letter_for,
+    record_message,
     source_message,
 )
 from streamer.pipeline.tables import Deliveries
@@ -58,6 +61,10 @@ LAYOUT_REFRESH_S = 60.0
 Headers = list[tuple[str, bytes]]
 ForwardFn = Callable[[bytes | None, bytes, int | None, Headers], Awaitable[Awaitable[Any]]]
 SendFn = Callable[[bytes | None, bytes], Awaitable[Awaitable[Any]]]
+# (topic, partition, start, end) -> its messages with start <= offset < end, outside the group
+ReadFn = Callable[[str, int, int, int], Awaitable[list[SourceMessage]]]
+# (topic, partition) -> the group's committed offset (None: none yet)
+CommittedFn = Callable[[str, int], Awaitable[int | None]]
 
 
 class RekeyStage:
@@ -71,6 +78,8 @@ class RekeyStage:
         forward: ForwardFn,
         send_dead_letter: SendFn,
         flush_producer: Callable[[], Awaitable[None]],
+        read_range: ReadFn | None = None,
+        committed: CommittedFn | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.topics = topics
@@ -88,8 +97,13 @@ class RekeyStage:
         self._assigned_at = time.monotonic()
         self._unacked: list[Callable[[], Any]] = []
         self._in_flight = Deliveries()
+        self._read_range = read_range
+        self._committed = committed
+        self._lock = asyncio.Lock()  # the agent and the stall repair forward in turn
 
     def assign(self, partitions: set[tuple[str, int]]) -> None:
+        for topic, partition in self.assigned - partitions:
+            self._read_to.pop(f"{topic}/{partition}", None)  # its next owner reads on
         self.assigned = set(partitions)
         self._assigned_at = time.monotonic()
 
@@ -97,8 +111,67 @@ class RekeyStage:
         if (message.topic, message.partition) not in self.assigned and self.assigned:
             self._metrics.revoked_messages.inc()  # its new owner reads it again
             return
+        async with self._lock:
+            expected = await self._expected(message.topic, message.partition)
+            if expected is not None and message.offset > expected:
+                await self._fill_hole(message.topic, message.partition, expected, message.offset)
+            await self._forward_one(message)
+        self._unacked.append(ack)
+
+    async def _expected(self, topic: str, partition: int) -> int | None:
+        """The next offset of a source partition to forward: the one after the last read
+        here, else (first message since the assignment) the group's committed offset."""
+        source = f"{topic}/{partition}"
+        if source not in self._read_to and self._committed is not None:
+            self._read_to[source] = await self._committed(topic, partition) or 0
+        return self._read_to.get(source)
+
+    async def _fill_hole(self, topic: str, partition: int, expected: int, until: int) -> None:
+        """Offsets ``expected..until-1`` will not come from the group consumer (Faust drops
+        what it fetched while the worker restores its tables, and commits past it): read
+        them directly and forward them first. Nothing reads them again if not now: the
+        re-key stage keeps no state of its own."""
+        if self._read_range is None:
+            return
+        missing = await self._read_range(topic, partition, expected, until)
+        if missing:  # none: retention moved the log's start
+            log.warning(
+                "re-key: %s[%d] is at offset %d but it forwarded up to %d: reading offsets "
+                "%d..%d directly (%d messages)",
+                topic,
+                partition,
+                until,
+                expected,
+                expected,
+                until - 1,
+                len(missing),
+            )
+            self._metrics.rewinds.inc()
+        for message in missing:
+            await self._forward_one(message)
+        source = f"{topic}/{partition}"
+        self._read_to[source] = max(self._read_to.get(source, 0), until)
+
+    async def repair_stalls(self, positions: dict[tuple[str, int], int]) -> None:
+        """A source partition whose consumer position is past what was forwarded, with
+        nothing delivered for ``STALL_REPAIR_S`` (a hole at the end of its log): read the
+        rest directly. Before its front could be said idle (``idle_timeout_seconds``)."""
+        now = time.monotonic()
+        for (topic, partition), position in sorted(positions.items()):
+            source = f"{topic}/{partition}"
+            if (topic, partition) not in self.assigned:
+                continue
+            if now - self._last_read.get(source, self._assigned_at) < STALL_REPAIR_S:
+                continue
+            async with self._lock:
+                expected = await self._expected(topic, partition)
+                if expected is not None and position > expected:
+                    await self._fill_hole(topic, partition, expected, position)
+                    self._last_read[source] = time.monotonic()
+
+    async def _forward_one(self, message: SourceMessage) -> None:
         source = f"{message.topic}/{message.partition}"
-        self._read_to[source] = message.offset + 1
+        self._read_to[source] = max(self._read_to.get(source, 0), message.offset + 1)
         self._last_read[source] = time.monotonic()
         if message.timestamp_ms is not None and message.timestamp_ms >= 0:
             received_at = datetime.fromtimestamp(message.timestamp_ms / 1000, tz=UTC)
@@ -126,7 +199,6 @@ class RekeyStage:
             at_ms = to_epoch_ms(result.occurred_at)
             if at_ms > self.fronts.get(source, NEVER):
                 self.fronts[source] = at_ms
-        self._unacked.append(ack)
 
     async def publish_fronts(
         self,
@@ -187,6 +259,13 @@ def install(app: Any, settings: Settings, metrics: Metrics) -> RekeyStage:
     async def flush_producer() -> None:
         await app.producer.flush()
 
+    async def read_input(topic: str, partition: int, start: int, end: int) -> list[SourceMessage]:
+        _, records = await read_range(settings, topic, partition, start, end)
+        return [record_message(record) for record in records]
+
+    async def committed(topic: str, partition: int) -> int | None:
+        return await committed_offset(settings, topic, partition)
+
     stage = RekeyStage(
         topics=topics,
         out_partitions=settings.topic_partitions,
@@ -199,6 +278,8 @@ def install(app: Any, settings: Settings, metrics: Metrics) -> RekeyStage:
         forward=forward,
         send_dead_letter=send_dead_letter,
         flush_producer=flush_producer,
+        read_range=read_input,
+        committed=committed,
     )
 
     async def rekey_agent(stream: Any) -> None:
@@ -242,6 +323,7 @@ def install(app: Any, settings: Settings, metrics: Metrics) -> RekeyStage:
         if offsets is None:
             return
         highwaters, positions = offsets
+        await stage.repair_stalls(positions)
         await stage.publish_fronts(
             dict(layout),
             highwaters,

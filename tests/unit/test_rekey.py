@@ -16,6 +16,7 @@ from streamer.events import DeadLetter
 from streamer.funnel.definition import load_funnel
 from streamer.funnel.task import Offer
 from streamer.metrics import Metrics
+from streamer.pipeline.input_order import STALL_REPAIR_S
 from streamer.pipeline.messages import REKEY_KIND_HEADER, SourceMessage
 from streamer.pipeline.rekey import RekeyStage
 from streamer.pipeline.sessions import SessionsStage
@@ -48,7 +49,9 @@ def metrics() -> Metrics:
     )
 
 
-def rekey_stage(forwarded: Forwarded, letters: Recorder) -> RekeyStage:
+def rekey_stage(
+    forwarded: Forwarded, letters: Recorder, source_log: SourceLog | None = None
+) -> RekeyStage:
     async def send_letter(key: bytes | None, value: bytes) -> Any:
         return await letters(key, value, None)
 
@@ -60,6 +63,8 @@ def rekey_stage(forwarded: Forwarded, letters: Recorder) -> RekeyStage:
         forward=forward_to(forwarded),
         send_dead_letter=send_letter,
         flush_producer=_flush,
+        read_range=source_log.read if source_log else None,
+        committed=source_log.committed_offset if source_log else None,
         clock=lambda: NOW,
     )
     stage.assign({("clickstream", 0), ("clickstream", 1), ("checkout", 0)})
@@ -175,3 +180,59 @@ async def test_a_late_event_is_dead_lettered_under_its_original_coordinates() ->
         0,
         2,
     )
+
+
+class SourceLog:
+    """A source partition's log read outside the group, and the group's committed offset."""
+
+    def __init__(self, committed: int | None = None) -> None:
+        self.reads: list[tuple[str, int, int, int]] = []
+        self.committed = committed
+
+    async def read(self, topic: str, partition: int, start: int, end: int) -> list[SourceMessage]:
+        self.reads.append((topic, partition, start, end))
+        return [
+            source(topic, partition, offset, valid_event(event_id=f"e{offset}"))
+            for offset in range(start, end)
+        ]
+
+    async def committed_offset(self, topic: str, partition: int) -> int | None:
+        return self.committed
+
+
+def guarded_stage(log: SourceLog) -> tuple[RekeyStage, Forwarded]:
+    forwarded = Forwarded()
+    return rekey_stage(forwarded, Recorder(), log), forwarded
+
+
+def forwarded_offsets(forwarded: Forwarded) -> list[int]:
+    return [int(dict(h)["streamer-source"].rsplit(b"/", 1)[1]) for _, _, _, h in forwarded.sent]
+
+
+async def test_offsets_faust_skipped_are_read_directly_and_forwarded_first() -> None:
+    log = SourceLog(committed=None)
+    stage, forwarded = guarded_stage(log)
+    for offset in (0, 1, 5):
+        await stage.process(source("clickstream", 0, offset, valid_event()), lambda: None)
+    assert log.reads == [("clickstream", 0, 2, 5)]
+    assert forwarded_offsets(forwarded) == [0, 1, 2, 3, 4, 5]
+
+
+async def test_a_first_message_past_the_committed_offset_reads_the_hole() -> None:
+    log = SourceLog(committed=3)
+    stage, forwarded = guarded_stage(log)
+    await stage.process(source("clickstream", 1, 6, valid_event()), lambda: None)
+    assert log.reads == [("clickstream", 1, 3, 6)]
+    assert forwarded_offsets(forwarded) == [3, 4, 5, 6]
+
+
+async def test_a_hole_at_the_end_of_the_log_is_read_once_the_partition_went_quiet() -> None:
+    log = SourceLog(committed=0)
+    stage, forwarded = guarded_stage(log)
+    await stage.process(source("checkout", 0, 0, valid_event()), lambda: None)
+    await stage.repair_stalls({("checkout", 0): 3})  # just read: the rest may be on its way
+    assert log.reads == []
+    stage._last_read["checkout/0"] -= STALL_REPAIR_S
+    await stage.repair_stalls({("checkout", 0): 3, ("clickstream", 5): 9})  # 5: not ours
+    assert log.reads == [("checkout", 0, 1, 3)]
+    assert forwarded_offsets(forwarded) == [0, 1, 2]
