@@ -148,15 +148,16 @@ async def test_sigkill_at_random_moments_loses_and_repeats_nothing(
     process.start()
     restarts = []
     try:
-        # Moments before, around and after the first checkpoint (5 s); the second restart is
-        # on an empty state folder, like a worker rescheduled to another machine: its tables
-        # come back from their changelogs (Faust's recovery path, where it can drop input it
-        # fetched meanwhile: see streamer.pipeline.input_order).
-        for kill, (earliest, latest) in enumerate([(1.0, 3.0), (6.0, 9.0), (3.0, 7.0)]):
+        # Two moments in the middle of the backlog, before the first checkpoint (5 s), then
+        # one after it. The first restart is on an empty state folder, like a worker
+        # rescheduled to another machine: its tables come back from their changelogs with
+        # the backlog waiting (Faust's recovery path, where it can drop input it fetched
+        # meanwhile: see streamer.pipeline.input_order).
+        for kill, (earliest, latest) in enumerate([(1.0, 3.0), (1.0, 3.0), (6.0, 9.0)]):
             await asyncio.sleep(rng.uniform(earliest, latest))
             process.kill()
             killed_at = time.monotonic()
-            if kill == 1:
+            if kill == 0:
                 shutil.rmtree(process.settings.data_dir)
             unread = await unread_input(config)  # none: killed after it stored everything
             process.start()
