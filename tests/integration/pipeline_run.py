@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import TopicPartition
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from streamer.app import topic_plan
 from streamer.kafka_io import (
     ensure_topic_plan,
+    make_admin,
     make_consumer,
     make_producer,
     read_topic,
@@ -115,6 +117,18 @@ async def wait_published(
         ),
         alerts=alerts,
     )
+
+
+async def limit_message_bytes(settings: Settings, topic: str, limit: int) -> None:
+    """Set ``topic``'s ``max.message.bytes`` (to make the broker refuse a record, or not)."""
+    admin = make_admin(settings)
+    await admin.start()
+    try:
+        await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": str(limit)})]
+        )
+    finally:
+        await admin.close()
 
 
 async def unread_input(settings: Settings) -> int:

@@ -11,11 +11,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from streamer.dlq import parse_dead_letters
 from streamer.events import ReasonCode
-from streamer.kafka_io import ensure_topics, make_admin, read_topic
+from streamer.kafka_io import ensure_topics, read_topic
 from streamer.pipeline.messages import DLQ_MAX_MESSAGE_BYTES
 from streamer.settings import Settings
 from streamer.simulate import TrafficModel, topic_for
@@ -34,6 +33,7 @@ from tests.integration.conftest import (
     wait_for,
     wait_processed,
 )
+from tests.integration.pipeline_run import limit_message_bytes
 
 Message = tuple[str, bytes | None, bytes | None]
 
@@ -257,17 +257,6 @@ async def test_a_polite_stop_stores_what_was_applied_and_a_restart_reads_none_of
     assert not any("first start" in line for line in restored)
 
 
-async def _limit_message_bytes(settings: Settings, topic: str, limit: int) -> None:
-    admin = make_admin(settings)
-    await admin.start()
-    try:
-        await admin.alter_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": str(limit)})]
-        )
-    finally:
-        await admin.close()
-
-
 async def _run_until_the_broker_refuses(
     settings: Settings, log: Path, messages: list[Message]
 ) -> None:
@@ -315,7 +304,7 @@ async def test_a_dead_letter_the_broker_refuses_stops_the_worker_and_is_written_
     await _run_until_the_broker_refuses(settings, tmp_path / "refused.log", [*valid, hostile])
     assert await read_topic(settings, settings.dlq_topic) == []
 
-    await _limit_message_bytes(settings, settings.dlq_topic, DLQ_MAX_MESSAGE_BYTES)
+    await limit_message_bytes(settings, settings.dlq_topic, DLQ_MAX_MESSAGE_BYTES)
     with WorkerProcess(settings, tmp_path / "fixed.log") as worker:
         [(key, value)] = await read_exactly(settings, settings.dlq_topic, 1)
         values = wait_processed(worker, settings, 1)
@@ -342,7 +331,7 @@ async def test_a_state_write_the_broker_refuses_stops_the_worker_and_acks_nothin
     valid = _as_messages(settings, _valid_events(20, seed=13))
     await _run_until_the_broker_refuses(settings, tmp_path / "refused.log", valid)
 
-    await _limit_message_bytes(settings, changelog, DLQ_MAX_MESSAGE_BYTES)
+    await limit_message_bytes(settings, changelog, DLQ_MAX_MESSAGE_BYTES)
     with WorkerProcess(settings, tmp_path / "fixed.log") as worker:
         # Checkpoints the broker took before the refusal are restored; every event is either
         # in one of them or applied now, once.
@@ -386,7 +375,7 @@ async def test_a_window_record_the_broker_refuses_stops_the_worker_and_is_publis
     assert "windows stage could not write its outputs" in (tmp_path / "refused.log").read_text()
     assert await read_topic(settings, settings.windows_topic) == []
 
-    await _limit_message_bytes(settings, settings.windows_topic, DLQ_MAX_MESSAGE_BYTES)
+    await limit_message_bytes(settings, settings.windows_topic, DLQ_MAX_MESSAGE_BYTES)
     with WorkerProcess(settings, tmp_path / "fixed.log"):
         records = await read_at_least(settings, settings.windows_topic, 1, timeout=60)
     assert records, "the restarted worker published no window"

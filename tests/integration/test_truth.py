@@ -30,6 +30,7 @@ from tests.conftest import isolated_settings
 from tests.integration.pipeline_run import (
     Published,
     first_event_after,
+    limit_message_bytes,
     preload,
     unread_input,
     wait_published,
@@ -179,6 +180,49 @@ async def test_sigkill_at_random_moments_loses_and_repeats_nothing(
         f"{len(alerts)} alerts ({len(published.alerts) - len(alerts)} copies) equal to the "
         "undisturbed run's"
     )
+
+
+async def test_an_alert_the_broker_refuses_stops_the_worker_and_is_published_after_the_fix(
+    settings: Settings, unique: str, tmp_path: Path
+) -> None:
+    """The alerts topic was created by hand with a 100-byte message limit: the broker refuses
+    the tracking alert. The worker stops (exit 1) before the detector's state or the merger's
+    judged mark says the boundary was judged; once the limit is raised, the restarted worker
+    judges it again and publishes the undisturbed run's alerts, and the numbers are whole."""
+    config = settings_for(settings, 4)
+    await ensure_topics(
+        config,
+        [config.alerts_topic],
+        partitions=1,
+        configs={config.alerts_topic: {"max.message.bytes": "100"}},
+    )
+    await preload(config, dataset())
+    refused = worker(config, tmp_path, "refused")
+    refused.start()
+    try:
+        assert refused.process is not None
+        deadline = time.monotonic() + 120
+        while refused.process.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        assert refused.process.returncode == 1, refused.log_tail()
+    finally:
+        refused.stop()
+    log = refused.log_path.read_text()
+    assert "windows stage could not write its outputs" in log
+    assert "MessageSizeTooLargeError" in log
+    assert [value for _, value in await read_topic(config, config.alerts_topic) if value] == []
+
+    await limit_message_bytes(config, config.alerts_topic, 1024 * 1024)
+    fixed = worker(config, tmp_path, "refused")  # the same state folder: a restart
+    fixed.start()
+    try:
+        published = await wait_published(config, oracle(), [fixed])
+    finally:
+        fixed.stop()
+    await assert_equals_oracle(config, published)
+    alerts = alerts_by_id(config, published.alerts)
+    assert alerts == await undisturbed_alerts(config, unique, tmp_path)
+    print(f"\nrefused alert: worker stopped; after the fix {len(alerts)} alerts as undisturbed")
 
 
 async def test_a_worker_joining_and_leaving_changes_nothing(
