@@ -3,8 +3,9 @@
 Faust can hand a stage a message past ones it never delivered (what its fetcher buffered
 while the worker restored a table is dropped when the streams resume; the chaos test saw a
 window made final without three partitions' counts). Here the group's committed offset is
-moved past alerts the notifier never saw, the way such a skip leaves it, and the worker must
-read them directly: every alert reaches Slack, once.
+moved past alerts the notifier never saw, and past partials the merger never saw, the way
+such a skip leaves it, and the worker must read them directly: every alert reaches Slack,
+once, and the window counts every partition.
 """
 
 from __future__ import annotations
@@ -21,14 +22,25 @@ from pydantic import SecretStr
 
 from streamer.app import topic_plan
 from streamer.events import Alert
-from streamer.kafka_io import ensure_topic_plan, make_consumer, make_producer, stop_consumer
+from streamer.funnel.definition import load_funnel
+from streamer.funnel.session import Kind, Outcome
+from streamer.funnel.windows import WindowCounts
+from streamer.kafka_io import (
+    ensure_topic_plan,
+    make_consumer,
+    make_producer,
+    read_topic,
+    stop_consumer,
+)
 from streamer.schemas import EXAMPLES
 from streamer.settings import Settings
 from streamer.testing import metric, scrape_metrics
 from streamer.testing_slack import FakeSlack
+from tests.compare import latest_windows
 from tests.integration.pipeline_run import worker
 
 pytestmark = pytest.mark.integration
+CHECKOUT = load_funnel(Path(__file__).resolve().parents[2] / "deploy/funnels/checkout.yaml")
 
 
 def alert(number: int) -> bytes:
@@ -46,20 +58,24 @@ def alert(number: int) -> bytes:
     )
 
 
-async def send_alerts(settings: Settings, numbers: range) -> None:
+async def send(settings: Settings, topic: str, values: list[bytes]) -> None:
     producer = make_producer(settings, acks="all")
     await producer.start()
     try:
-        for number in numbers:
-            await producer.send_and_wait(settings.alerts_topic, alert(number), partition=0)
+        for value in values:
+            await producer.send_and_wait(topic, value, partition=0)
     finally:
         await producer.stop()
 
 
-async def commit_past(settings: Settings, offset: int) -> None:
-    """The worker's group commits ``offset`` on the alerts topic, as Faust does after
-    dropping what it fetched."""
-    tp = TopicPartition(settings.alerts_topic, 0)
+async def send_alerts(settings: Settings, numbers: range) -> None:
+    await send(settings, settings.alerts_topic, [alert(number) for number in numbers])
+
+
+async def commit_past(settings: Settings, offset: int, topic: str | None = None) -> None:
+    """The worker's group commits ``offset`` on the alerts topic (or ``topic``), as Faust
+    does after dropping what it fetched."""
+    tp = TopicPartition(topic or settings.alerts_topic, 0)
     deadline = time.monotonic() + 60
     while True:
         consumer = make_consumer(settings, group_id=settings.app_id, enable_auto_commit=False)
@@ -124,3 +140,60 @@ async def test_alerts_the_group_committed_past_are_delivered_once(
     assert "reading offsets 0..1 directly (2 messages)" in log
     assert "reading offsets 2..3 directly (2 messages)" in log
     assert rewinds == 1  # the restarted process read one hole
+
+
+def partial(start: int, partition: int, entered: int, generation: int) -> bytes:
+    """A partition's whole counts of one window, as the sessions stage sends them."""
+    counts = WindowCounts.empty(len(CHECKOUT.stages))
+    for _ in range(entered):
+        counts.apply(Outcome(Kind.ENTERED, 0, start, start, (None,) * len(CHECKOUT.segments)))
+    return orjson.dumps(
+        {
+            "kind": "partial",
+            "funnel": CHECKOUT.name,
+            "start": start,
+            "end": start + CHECKOUT.window_ms,
+            "partition": partition,
+            "counts": counts.to_json(),
+            "version": [generation, 1, start],
+        }
+    )
+
+
+async def test_partials_the_group_committed_past_are_merged(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Four partitions' partials of one window and their progress past its finality; the
+    group's committed offset skips the first two partials. The merger reads them directly:
+    the window is published final with every partition's sessions (1+2+3+4), not 7 of 10."""
+    start = 1_700_000_040_000 - 1_700_000_040_000 % CHECKOUT.window_ms
+    final_at = start + CHECKOUT.window_ms + CHECKOUT.finality_lag_ms
+    generation = 2**62  # newer than the worker's own (empty) partitions' progress
+    records = [partial(start, p, p + 1, generation) for p in range(4)] + [
+        orjson.dumps(
+            {"kind": "progress", "partition": p, "watermark": final_at, "generation": generation}
+        )
+        for p in range(4)
+    ]
+    await ensure_topic_plan(settings, topic_plan(settings))
+    await send(settings, settings.partials_topic, records)
+    await commit_past(settings, 2, settings.partials_topic)
+    process = worker(settings, tmp_path, "merger")
+    process.start()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            process.assert_running()
+            latest = latest_windows(
+                value for _, value in await read_topic(settings, settings.windows_topic)
+            )
+            finals = [w for w in latest.values() if w.final and w.funnel == CHECKOUT.name]
+            if finals or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+    finally:
+        process.stop()
+    assert [w.stages[0].entered for w in finals] == [10]
+    log = process.log_path.read_text()
+    assert "windows stage:" in log
+    assert "reading offsets 0..1 directly (2 messages)" in log
