@@ -126,7 +126,7 @@ class ContiguousInput:
                 return  # a delivery came meanwhile (its position was in Faust's buffers)
             with in_partition(self._topic, 0):
                 if self._table.get(NEXT_OFFSET_KEY) is None:
-                    self._record_start(0)
+                    self._record_start(position)
                 expected = self._next()
                 if position > expected:
                     await self._fill(expected, position)
@@ -134,8 +134,9 @@ class ContiguousInput:
 
     def _record_start(self, offset: int) -> None:
         """Nothing applied yet: read from the log's start, or, for a table kept by a version
-        that did not record offsets, from where Faust begins. Recorded at once: written before
-        the first message's effects, it is on the changelog whenever they are."""
+        that did not record offsets, from where Faust is (``offset``: the first message
+        delivered, or the consumer's position). Recorded at once: written before the first
+        message's effects, it is on the changelog whenever they are."""
         start = 0 if next(iter(self._table), None) is None else offset
         self._table[NEXT_OFFSET_KEY] = str(start).encode()
 

@@ -126,3 +126,11 @@ async def test_a_hole_at_the_end_of_the_log_is_read_once_the_input_went_quiet() 
     assert stage.applied == [0, 1, 2, 3, 4]
     await stage.deliver(4, 5)  # Faust delivers after all: 4 is a copy
     assert stage.applied == [0, 1, 2, 3, 4, 5]
+
+
+async def test_a_quiet_table_kept_before_offsets_were_recorded_is_not_read_from_the_start() -> None:
+    stage = Stage(table={"progress": b"{}"})
+    stage.clock.now += STALL_REPAIR_S
+    await stage.input.repair_stall(12)  # Faust is at 12: where this table's input stands
+    assert stage.reads == []
+    assert stage.table[NEXT_OFFSET_KEY] == b"12"
