@@ -39,6 +39,7 @@ from .report import Results, machine_facts, now, write_report
 
 PARTS = ("ceiling", "floor", "quix", "worker", "rekey", "replay", "restart", "core")
 KAFKA_PARTS = {"ceiling", "floor", "quix", "worker", "rekey", "replay", "restart"}
+PARTIAL_REPORT = Path(tempfile.gettempdir()) / "streamer-benchmarks-partial.md"
 
 
 def _parse() -> argparse.Namespace:
@@ -68,7 +69,13 @@ def _parse() -> argparse.Namespace:
         help="Faust floor variants: each, take, noack, each suffixed -lifted to run on the "
         "worker's consumer (default each,take,each-lifted,take-lifted)",
     )
-    parser.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks.md")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="the report (default docs/benchmarks.md for a run of every part; a run of some "
+        f"parts writes {PARTIAL_REPORT} instead, so it never replaces the committed one)",
+    )
     parser.add_argument(
         "--keep", action="store_true", help="keep the temporary folder (logs, state) after the run"
     )
@@ -77,6 +84,8 @@ def _parse() -> argparse.Namespace:
     unknown = set(args.parts) - set(PARTS)
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}; choose from {','.join(PARTS)}")
+    if args.out is None:
+        args.out = ROOT / "docs/benchmarks.md" if set(args.parts) == set(PARTS) else PARTIAL_REPORT
     if args.events < 100:
         parser.error("--events must be at least 100")
     return args
