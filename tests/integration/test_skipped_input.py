@@ -114,14 +114,14 @@ async def test_alerts_the_group_committed_past_are_delivered_once(
     settings: Settings, tmp_path: Path
 ) -> None:
     slack = FakeSlack().start()
+    config = settings.model_copy(
+        update={"slack_webhook_url": SecretStr(slack.url("T1/B1/skip-test"))}
+    )
+    process = worker(config, tmp_path, "notifier")
     try:
-        config = settings.model_copy(
-            update={"slack_webhook_url": SecretStr(slack.url("T1/B1/skip-test"))}
-        )
         await ensure_topic_plan(config, topic_plan(config))
         await send_alerts(config, range(1, 3))  # offsets 0, 1
         await commit_past(config, 2)  # a first start that never saw them
-        process = worker(config, tmp_path, "notifier")
         process.start()
         await wait_delivered(slack, 2, process)
         process.kill()
@@ -132,8 +132,8 @@ async def test_alerts_the_group_committed_past_are_delivered_once(
         await wait_delivered(slack, 5, process)
         await asyncio.sleep(3)  # a second delivery of any would show now
         rewinds = metric(scrape_metrics(process.metrics_url), "streamer_input_rewinds_total")
-        process.stop()
     finally:
+        process.stop()  # also when the test failed: no worker outlives it
         slack.stop()
     assert sorted(delivered(slack)) == [1, 2, 3, 4, 5]
     log = process.log_path.read_text()
@@ -179,8 +179,8 @@ async def test_partials_the_group_committed_past_are_merged(
     await send(settings, settings.partials_topic, records)
     await commit_past(settings, 2, settings.partials_topic)
     process = worker(settings, tmp_path, "merger")
-    process.start()
     try:
+        process.start()
         deadline = time.monotonic() + 60
         while True:
             process.assert_running()

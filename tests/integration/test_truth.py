@@ -83,9 +83,9 @@ async def test_a_backlog_on_both_topics_gives_the_oracles_numbers(
     config = settings_for(settings, partitions)
     await preload(config, dataset())
     processes = [worker(config, tmp_path, f"w{i}") for i in range(workers)]
-    for process in processes:
-        process.start()
     try:
+        for process in processes:
+            process.start()
         published = await wait_published(config, oracle(), processes)
     finally:
         for process in processes:
@@ -146,9 +146,9 @@ async def test_sigkill_at_random_moments_loses_and_repeats_nothing(
     await preload(config, dataset())
     rng = random.Random(7)
     process = worker(config, tmp_path, "chaos")
-    process.start()
     restarts = []
     try:
+        process.start()
         # Two moments in the middle of the backlog, before the first checkpoint (5 s), then
         # one after it. The first restart is on an empty state folder, like a worker
         # rescheduled to another machine: its tables come back from their changelogs with
@@ -198,8 +198,8 @@ async def test_an_alert_the_broker_refuses_stops_the_worker_and_is_published_aft
     )
     await preload(config, dataset())
     refused = worker(config, tmp_path, "refused")
-    refused.start()
     try:
+        refused.start()
         assert refused.process is not None
         deadline = time.monotonic() + 120
         while refused.process.poll() is None and time.monotonic() < deadline:
@@ -214,8 +214,8 @@ async def test_an_alert_the_broker_refuses_stops_the_worker_and_is_published_aft
 
     await limit_message_bytes(config, config.alerts_topic, 1024 * 1024)
     fixed = worker(config, tmp_path, "refused")  # the same state folder: a restart
-    fixed.start()
     try:
+        fixed.start()
         published = await wait_published(config, oracle(), [fixed])
     finally:
         fixed.stop()
@@ -232,8 +232,8 @@ async def test_a_worker_joining_and_leaving_changes_nothing(
     await preload(config, dataset())
     first = worker(config, tmp_path, "first")
     second = worker(config, tmp_path, "second")
-    first.start()
     try:
+        first.start()
         await asyncio.sleep(2)
         second.start()
         await asyncio.sleep(8)
@@ -252,8 +252,8 @@ async def test_a_broker_restart_mid_run_loses_nothing(
     config = settings_for(settings, 4)
     await preload(config, dataset())
     process = worker(config, tmp_path, "survivor")
-    process.start()
     try:
+        process.start()
         await asyncio.sleep(2)
         local_broker.down()
         await asyncio.sleep(3)
@@ -307,9 +307,10 @@ async def test_producers_not_keying_by_session_go_through_the_rekey_path(
             }
             closing.append((topic, partition, orjson.dumps(event)))
     await produce_to_partitions(config, closing)
-    process = worker(config, tmp_path, "w0").start()
+    process = worker(config, tmp_path, "w0")
     rng = random.Random(11)
     try:
+        process.start()
         for _ in range(2):  # exact recovery holds on this path too
             await asyncio.sleep(rng.uniform(2.0, 5.0))
             process.kill()
