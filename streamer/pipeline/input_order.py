@@ -31,8 +31,8 @@ __all__ = [
     "ContiguousInput",
     "InputMessage",
     "ReadRangeFn",
-    "broker_reader",
-    "install_stall_repair",
+    "install_contiguous_input",
+    "report_hole",
 ]
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,31 @@ class InputMessage:
     offset: int
     value: bytes | None
     timestamp_ms: int | None
+
+    @classmethod
+    def of(cls, message: Any) -> InputMessage:
+        """A Faust message (its timestamp in float seconds)."""
+        timestamp = message.timestamp
+        return cls(message.offset, message.value, round(timestamp * 1000) if timestamp else None)
+
+
+def report_hole(
+    metrics: Metrics, who: str, source: str, at: int, applied_to: int, found: int
+) -> None:
+    """Log and count a hole read directly: ``source`` is at offset ``at`` but ``who`` applied
+    (or forwarded) input up to ``applied_to``; ``found`` messages were read in between."""
+    log.warning(
+        "%s: %s is at offset %d but it applied input up to %d: reading offsets %d..%d "
+        "directly (%d messages)",
+        who,
+        source,
+        at,
+        applied_to,
+        applied_to,
+        at - 1,
+        found,
+    )
+    metrics.rewinds.inc()
 
 
 # (topic, partition, start, end) -> (the log's start offset, messages with start <= offset < end)
@@ -88,11 +113,17 @@ class ContiguousInput:
         self._lock = asyncio.Lock()  # the agent and the stall repair apply in turn
         self._delivered_at = monotonic()
 
-    def _next(self) -> int:
+    def _expected(self, faust_at: int) -> int:
+        """The next offset to apply. None recorded yet: read from the log's start, or, for a
+        table kept by a version that did not record offsets, from where Faust is
+        (``faust_at``: the message delivered, or the consumer's position). Recorded at once:
+        written before the first message's effects, it is on the changelog whenever they are."""
         raw = self._table.get(NEXT_OFFSET_KEY)
-        if raw is not None:
-            return int(raw)
-        return 0
+        if raw is None:
+            start = 0 if next(iter(self._table), None) is None else faust_at
+            self._table[NEXT_OFFSET_KEY] = str(start).encode()
+            return start
+        return int(raw)
 
     async def deliver(self, message: InputMessage) -> None:
         """Apply a message Faust delivered, after the hole before it if there is one."""
@@ -100,9 +131,7 @@ class ContiguousInput:
             self._delivered_at = self._monotonic()
             try:
                 with in_partition(self._topic, 0):
-                    if self._table.get(NEXT_OFFSET_KEY) is None:
-                        self._record_start(message.offset)
-                    expected = self._next()
+                    expected = self._expected(message.offset)
                     if message.offset < expected:
                         return  # applied and confirmed before a restart: delivered again
                     if message.offset > expected:
@@ -125,47 +154,38 @@ class ContiguousInput:
             if not self.quiet:
                 return  # a delivery came meanwhile (its position was in Faust's buffers)
             with in_partition(self._topic, 0):
-                if self._table.get(NEXT_OFFSET_KEY) is None:
-                    self._record_start(position)
-                expected = self._next()
+                expected = self._expected(position)
                 if position > expected:
                     await self._fill(expected, position)
                     self._delivered_at = self._monotonic()
 
-    def _record_start(self, offset: int) -> None:
-        """Nothing applied yet: read from the log's start, or, for a table kept by a version
-        that did not record offsets, from where Faust is (``offset``: the first message
-        delivered, or the consumer's position). Recorded at once: written before the first
-        message's effects, it is on the changelog whenever they are."""
-        start = 0 if next(iter(self._table), None) is None else offset
-        self._table[NEXT_OFFSET_KEY] = str(start).encode()
-
     async def _fill(self, expected: int, until: int) -> None:
         _, missing = await self._read_range(self._topic, 0, expected, until)
         if missing:  # none: retention moved the log's start, or compaction left the hole
-            log.warning(
-                "%s stage: %s is at offset %d but it applied input up to %d: reading offsets "
-                "%d..%d directly (%d messages)",
-                self._stage,
-                self._topic,
-                until,
-                expected,
-                expected,
-                until - 1,
-                len(missing),
-            )
-            self._metrics.rewinds.inc()
+            report_hole(self._metrics, f"{self._stage} stage", self._topic, until, expected,
+                        len(missing))  # fmt: skip
         for message in missing:
             await self._apply_one(message)
-        self._table[NEXT_OFFSET_KEY] = str(max(self._next(), until)).encode()
+        if not missing or missing[-1].offset + 1 < until:
+            self._table[NEXT_OFFSET_KEY] = str(until).encode()
 
     async def _apply_one(self, message: InputMessage) -> None:
         await self._apply(message)
         self._table[NEXT_OFFSET_KEY] = str(message.offset + 1).encode()
 
 
-def broker_reader(settings: Settings) -> ReadRangeFn:
-    """Reads a range of a topic from the broker, outside the consumer group."""
+def install_contiguous_input(
+    app: Any,
+    settings: Settings,
+    *,
+    table: MutableMapping[str, bytes],
+    topic: str,
+    stage: str,
+    apply: ApplyFn,
+    metrics: Metrics,
+) -> ContiguousInput:
+    """A :class:`ContiguousInput` for partition 0 of ``topic``, reading holes from the broker,
+    with a timer that hands it the consumer's position once it went quiet."""
 
     async def read(
         topic: str, partition: int, start: int, end: int
@@ -173,11 +193,9 @@ def broker_reader(settings: Settings) -> ReadRangeFn:
         earliest, records = await read_range(settings, topic, partition, start, end)
         return earliest, [InputMessage(r.offset, r.value, r.timestamp) for r in records]
 
-    return read
-
-
-def install_stall_repair(app: Any, guard: ContiguousInput, topic: str, name: str) -> None:
-    """A timer that hands ``guard`` the consumer's position of ``topic`` once it went quiet."""
+    guard = ContiguousInput(
+        table=table, topic=topic, stage=stage, apply=apply, read_range=read, metrics=metrics
+    )
     tp = TP(topic, 0)
 
     async def repair() -> None:
@@ -189,4 +207,5 @@ def install_stall_repair(app: Any, guard: ContiguousInput, topic: str, name: str
         if offsets is not None:
             await guard.repair_stall(offsets[1].get((topic, 0)))
 
-    install_timer(app, 2.0, repair, name)
+    install_timer(app, 2.0, repair, f"{stage}.repair_stalls")
+    return guard

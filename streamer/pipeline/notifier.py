@@ -21,12 +21,7 @@ import orjson
 from streamer.events import Alert
 from streamer.metrics import Metrics
 from streamer.notify.base import DeliveryOutcome, Notifier
-from streamer.pipeline.input_order import (
-    ContiguousInput,
-    InputMessage,
-    broker_reader,
-    install_stall_repair,
-)
+from streamer.pipeline.input_order import InputMessage, install_contiguous_input
 from streamer.pipeline.tables import Deliveries, confirmed_table
 from streamer.settings import Settings
 
@@ -133,12 +128,13 @@ def install(app: Any, settings: Settings, metrics: Metrics, notifier: Notifier) 
             await app.crash(exc)
             raise
 
-    ordered = ContiguousInput(
+    ordered = install_contiguous_input(
+        app,
+        settings,
         table=table,
         topic=settings.alerts_topic,
         stage="notifier",
         apply=apply,
-        read_range=broker_reader(settings),
         metrics=metrics,
     )
 
@@ -149,11 +145,8 @@ def install(app: Any, settings: Settings, metrics: Metrics, notifier: Notifier) 
         # does not wait for it; so is a parked alert's record). Alerts Faust skipped are
         # read directly: none is left undelivered.
         async for event in stream.noack().events():
-            message = event.message
-            timestamp_ms = round(message.timestamp * 1000) if message.timestamp else None
-            await ordered.deliver(InputMessage(message.offset, message.value, timestamp_ms))
+            await ordered.deliver(InputMessage.of(event.message))
             event.ack()
 
     app.agent(alerts, name="notifier")(notifier_agent)
-    install_stall_repair(app, ordered, settings.alerts_topic, "notifier.repair_stalls")
     return stage

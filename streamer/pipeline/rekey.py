@@ -35,7 +35,7 @@ from streamer.faust_consumer import RawSchema
 from streamer.funnel.session import NEVER
 from streamer.kafka_io import committed_offset, read_range, topic_partitions
 from streamer.metrics import Metrics
-from streamer.pipeline.input_order import STALL_REPAIR_S
+from streamer.pipeline.input_order import STALL_REPAIR_S, report_hole
 from streamer.pipeline.messages import (
     DLQ_MAX_MESSAGE_BYTES,
     REKEY_FRONT,
@@ -135,18 +135,8 @@ class RekeyStage:
             return
         missing = await self._read_range(topic, partition, expected, until)
         if missing:  # none: retention moved the log's start
-            log.warning(
-                "re-key: %s[%d] is at offset %d but it forwarded up to %d: reading offsets "
-                "%d..%d directly (%d messages)",
-                topic,
-                partition,
-                until,
-                expected,
-                expected,
-                until - 1,
-                len(missing),
-            )
-            self._metrics.rewinds.inc()
+            report_hole(self._metrics, "re-key", f"{topic}[{partition}]", until, expected,
+                        len(missing))  # fmt: skip
         for message in missing:
             await self._forward_one(message)
         source = f"{topic}/{partition}"

@@ -35,12 +35,7 @@ from streamer.funnel.windows import (
 )
 from streamer.metrics import Metrics
 from streamer.pipeline.detector import DetectorStage
-from streamer.pipeline.input_order import (
-    ContiguousInput,
-    InputMessage,
-    broker_reader,
-    install_stall_repair,
-)
+from streamer.pipeline.input_order import InputMessage, install_contiguous_input
 from streamer.pipeline.tables import Deliveries, confirmed_table
 from streamer.settings import Settings
 
@@ -585,12 +580,13 @@ def install(
             log.exception("window merger could not process a record; skipped")
         await confirm_writes()
 
-    ordered = ContiguousInput(
+    ordered = install_contiguous_input(
+        app,
+        settings,
         table=table,
         topic=settings.partials_topic,
         stage="windows",
         apply=apply,
-        read_range=broker_reader(settings),
         metrics=metrics,
     )
 
@@ -604,9 +600,8 @@ def install(
         # Faust skipped are read directly (a missing partial would make a window final
         # without a partition's counts: the chaos test saw one).
         async for event in stream.noack().events():
-            message = event.message
             try:
-                await ordered.deliver(InputMessage(message.offset, message.value, None))
+                await ordered.deliver(InputMessage.of(event.message))
             except OutputRefusedError as exc:  # stop, ack nothing
                 log.critical("windows stage could not write its outputs, stopping: %s", exc)
                 await app.crash(exc)
@@ -614,7 +609,6 @@ def install(
             event.ack()
 
     app.agent(partials, name="windows")(windows_agent)
-    install_stall_repair(app, ordered, settings.partials_topic, "windows.repair_stalls")
 
     async def on_assigned(sender: Any, assigned: set[Any], **kwargs: Any) -> None:
         merger.reset()
