@@ -19,8 +19,10 @@ import click
 from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from streamer.errors import StreamerError
+from streamer.escaping import install_inert_log_records, terminal_text
 from streamer.kafka_access import AccessNeeds
 from streamer.kafka_io import ensure_topic_plan, metadata_ready, run_sync
 from streamer.settings import Settings, load_settings
@@ -69,6 +71,9 @@ def _sources(settings: Settings) -> tuple[str, str]:
 
 
 def _configure_logging(level: str) -> None:
+    # Log messages quote event values (dead-letter reasons, ids): every record of the process,
+    # Faust's included, shows control characters escaped, so a value cannot forge a line.
+    install_inert_log_records()
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -198,13 +203,17 @@ def dlq() -> None:
     """Inspect and replay the dead-letter topic."""
 
 
-def _preview(payload_base64: str, width: int = 60) -> str:
+def _preview(payload_base64: str, width: int = 60) -> Text:
+    """The start of a dead letter's original bytes, inert on a terminal (:func:`terminal_text`:
+    escape sequences and rich markup shown as written)."""
     import base64
 
     raw = base64.b64decode(payload_base64)
-    text = raw.decode("utf-8", errors="replace").replace("\n", "\\n")
-    suffix = f"... ({len(raw)} bytes)" if len(text) > width else ""
-    return text[:width] + suffix
+    text = raw.decode("utf-8", errors="replace")
+    preview = terminal_text(text[:width])
+    if len(text) > width:
+        preview.append(f"... ({len(raw)} bytes)")
+    return preview
 
 
 @dlq.command("inspect")
@@ -235,10 +244,10 @@ def dlq_inspect(ctx: click.Context, limit: int, reasons: tuple[str, ...], as_jso
         table.add_column(column, overflow="fold")
     for letter in shown:
         table.add_row(
-            letter.dead_letter_id,
+            terminal_text(letter.dead_letter_id),
             letter.reason.value,
-            letter.field or "",
-            letter.message,
+            terminal_text(letter.field or ""),
+            terminal_text(letter.message),
             _preview(letter.payload_base64),
         )
     console.print(table)
@@ -579,7 +588,7 @@ def replay_diff(before: Path, after: Path, as_json: bool) -> None:
                     alert["step"],
                     alert["severity"],
                     alert["window_start"],
-                    ", ".join(alert["explanation"]),
+                    terminal_text(", ".join(alert["explanation"])),
                 )
         console.print(table)
         steps = Table(title=f"{item['funnel']}: conversion per step over the range")

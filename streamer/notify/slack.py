@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import Any
 
@@ -26,10 +27,18 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
+from streamer.escaping import (
+    SLACK_TEXT_CHARS,
+    cut,
+    slack_code,
+    slack_link,
+    slack_mrkdwn,
+    slack_plain,
+)
 from streamer.events import Alert
 from streamer.notify.base import Delivery, DeliveryOutcome
 
-__all__ = ["SlackNotifier", "slack_message"]
+__all__ = ["SlackNotifier", "slack_message", "summary_mrkdwn"]
 
 log = logging.getLogger(__name__)
 # slack_sdk formats request URLs into its debug messages whenever its logger's *own* level is
@@ -46,19 +55,22 @@ def _pct(rate: float) -> str:
 
 
 def slack_message(alert: Alert) -> dict[str, Any]:
-    """``text`` (fallback) and Block Kit ``blocks`` for one alert."""
+    """``text`` (fallback) and Block Kit ``blocks`` for one alert.
+
+    Event values (segment values, and the summary that quotes them) are untrusted: they reach
+    Slack only as ``plain_text`` or inside code spans (:mod:`streamer.escaping`), never as
+    markup, a mention or a link; ``mrkdwn`` texts are sent ``verbatim`` (no automatic links);
+    links come from settings only. The fallback ``text``, which Slack parses as ``mrkdwn``
+    and shows in notifications, is the same escaped summary."""
     state = {"firing": "FIRING", "repeat": "STILL FIRING", "resolved": "RESOLVED"}[alert.state]
     if alert.kind == "data_quality":
-        what = (
-            f"topic {alert.silent_topic}"
-            if alert.silent_topic
-            else ", ".join(alert.silent_event_types)
-        )
+        silent = ", ".join(alert.silent_event_types)
+        what = f"topic {alert.silent_topic}" if alert.silent_topic else silent
         head = f"{_EMOJI[alert.state]} [{state}] {alert.funnel}: tracking, {what} silent"
         fields = [
-            f"*Silent*\n{', '.join(alert.silent_event_types)}",
+            f"*Silent*\n{slack_mrkdwn(silent)}",
             f"*Expected meanwhile*\n{alert.expected_events or 0:.0f} events",
-            f"*Steps not judged*\n{', '.join(alert.held_steps) or 'none'}",
+            f"*Steps not judged*\n{slack_mrkdwn(', '.join(alert.held_steps) or 'none')}",
         ]
     else:
         head = f"{_EMOJI[alert.state]} [{state}] {alert.funnel}: {alert.step} drop-off"
@@ -68,34 +80,56 @@ def slack_message(alert: Alert) -> dict[str, Any]:
             f"*Excess drops*\n{alert.excess_dropped:.0f} (p={alert.p_value:.1e})",
             f"*Cart value dropped*\n{alert.dropped_value:,.2f}",
         ]
-    text = f"{head}. {alert.summary}"
+    summary = summary_mrkdwn(alert)
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": head[:150], "emoji": True}},
-        {"type": "section", "text": {"type": "mrkdwn", "text": alert.summary[:2900]}},
-        {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in fields]},
+        {
+            "type": "header",
+            "text": {"type": "plain_text", "text": slack_plain(head, 150), "emoji": True},
+        },
+        {"type": "section", "text": _mrkdwn(summary)},
+        {"type": "section", "fields": [_mrkdwn(f) for f in fields]},
     ]
     if alert.explanations:
         lines = [
-            f"• `{e.dimension}={e.value}`: {e.share_of_excess:.0%} of excess "
+            f"• {slack_code(f'{e.dimension}={e.value}')}: {e.share_of_excess:.0%} of excess "
             f"({_pct(e.observed_rate)} vs {_pct(e.expected_rate)}, {e.decided} sessions)"
             for e in alert.explanations
         ]
-        blocks.append(
-            {"type": "section", "text": {"type": "mrkdwn", "text": "*Where*\n" + "\n".join(lines)}}
-        )
+        blocks.append({"type": "section", "text": _mrkdwn("*Where*\n" + "\n".join(lines))})
     links = [
-        f"<{url}|{name}>"
+        slack_link(url, name)
         for name, url in (("Dashboard", alert.dashboard_url), ("Runbook", alert.runbook_url))
         if url
     ]
     context = (
-        f"alert `{alert.alert_id}` · severity {alert.severity} · window "
+        f"alert {slack_code(alert.alert_id, 200)} · severity {alert.severity} · window "
         f"{alert.window_start:%Y-%m-%d %H:%M} to {alert.window_end:%H:%M} UTC"
     )
-    blocks.append(
-        {"type": "context", "elements": [{"type": "mrkdwn", "text": " · ".join([context, *links])}]}
-    )
-    return {"text": text, "blocks": blocks}
+    blocks.append({"type": "context", "elements": [_mrkdwn(" · ".join([context, *links]))]})
+    return {"text": f"{slack_mrkdwn(head)}. {summary}", "blocks": blocks}
+
+
+def summary_mrkdwn(alert: Alert) -> str:
+    """The alert's summary for ``mrkdwn``: the segment values it quotes (``dimension=value``,
+    from ``explanations``) as code spans (:func:`slack_code`), the rest, names and numbers
+    written by streamer and the operator, escaped as operator text (:func:`slack_mrkdwn`)."""
+    quoted = sorted({f"{e.dimension}={e.value}" for e in alert.explanations}, key=len)
+    if not quoted:
+        return slack_mrkdwn(alert.summary)
+    # longest first, so that a value containing another one is quoted whole
+    pattern = re.compile("|".join(re.escape(q) for q in reversed(quoted)))
+    parts: list[str] = []
+    at = 0
+    for match in pattern.finditer(alert.summary):
+        parts += [slack_mrkdwn(alert.summary[at : match.start()]), slack_code(match.group())]
+        at = match.end()
+    parts.append(slack_mrkdwn(alert.summary[at:]))
+    return cut("".join(parts), SLACK_TEXT_CHARS)
+
+
+def _mrkdwn(text: str) -> dict[str, Any]:
+    # verbatim: Slack turns no URL-like or channel-like name into a link by itself
+    return {"type": "mrkdwn", "text": text, "verbatim": True}
 
 
 class _Route:

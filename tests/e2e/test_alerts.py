@@ -21,6 +21,7 @@ from pydantic import SecretStr
 
 from streamer.app import topic_plan
 from streamer.decode import DecodeLimits, Rejection, decode_event
+from streamer.escaping import slack_code
 from streamer.events import Abandonment, Alert, Event, ReplayReport, WindowStats
 from streamer.funnel.definition import FunnelDefinition, apply_overrides, load_funnel
 from streamer.funnel.detect import AlertDecision, FunnelDetector
@@ -376,9 +377,9 @@ async def test_a_payment_incident_pages_once_and_resolves_once(
     assert incident_start < firing.window_end <= incident_start + timedelta(minutes=3)
     texts = [m["text"] for m in slack.accepted]
     assert len(texts) == 2
-    assert texts[0].startswith(":rotating_light: [FIRING] checkout: payment->order drop-off")
+    assert texts[0].startswith(":rotating_light: [FIRING] checkout: payment-&gt;order drop-off")
     assert "payment_method=paypal" in texts[0]
-    assert texts[1].startswith(":white_check_mark: [RESOLVED] checkout: payment->order")
+    assert texts[1].startswith(":white_check_mark: [RESOLVED] checkout: payment-&gt;order")
     assert {r.token for r in slack.requests if r.status == 200} == {"T0/B1/oncall"}
     assert metric(values, "streamer_alert_deliveries_total", outcome="delivered") == 2
     # The replays above sent nothing; with --notify one sends its alerts, marked as a replay.
@@ -459,7 +460,7 @@ async def test_every_alert_arrives_once_through_outages_and_a_restart(
         alert.alert_id
         for alert in alerts
         for message in slack.accepted
-        if f"`{alert.alert_id}`" in str(message["blocks"])
+        if slack_code(alert.alert_id, 200) in str(message["blocks"])
     )
     assert delivered == {alert.alert_id: 1 for alert in alerts}
     statuses = slack.statuses()
@@ -510,4 +511,4 @@ async def test_a_refused_alert_is_kept_and_redelivered_after_the_fix(
             await asyncio.sleep(0.3)
         await asyncio.sleep(2)
     assert len(slack.accepted) == 1
-    assert alert.alert_id in str(slack.accepted[0]["blocks"])
+    assert slack_code(alert.alert_id, 200) in str(slack.accepted[0]["blocks"])

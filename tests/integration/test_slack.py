@@ -60,7 +60,10 @@ async def test_message_has_text_and_blocks_and_is_delivered(
     assert result.outcome is DeliveryOutcome.DELIVERED
     [payload] = slack.accepted
     assert payload == slack_message(alert())
-    assert payload["text"].startswith(":rotating_light: [FIRING] checkout: payment->order drop-off")
+    # Slack's rule: "&", "<" and ">" escaped in mrkdwn text (it shows "payment->order")
+    assert payload["text"].startswith(
+        ":rotating_light: [FIRING] checkout: payment-&gt;order drop-off"
+    )
     assert "payment_method=paypal" in str(payload["blocks"])
     assert "very-secret-token" not in caplog.text
 
@@ -79,7 +82,7 @@ async def test_a_data_quality_alert_says_tracking_broke_and_which_steps_wait(
     )
     blocks = str(payload["blocks"])
     assert "Steps not judged" in blocks
-    assert "payment->order" in blocks
+    assert "payment-&gt;order" in blocks
     assert "drop-off" not in payload["blocks"][0]["text"]["text"]
 
 
