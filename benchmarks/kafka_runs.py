@@ -41,7 +41,7 @@ def budget(total: int) -> float:
 
 
 def limits_of(settings: Settings) -> DecodeLimits:
-    """The worker's decode limits (streamer.pipeline.sessions.install)."""
+    """The worker's decode limits (streamer.pipeline.sessions.wiring.install)."""
     return DecodeLimits(
         max_bytes=settings.max_event_bytes,
         max_future_skew=timedelta(seconds=settings.max_clock_skew_seconds),

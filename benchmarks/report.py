@@ -260,7 +260,7 @@ def write_report(out: Path, r: Results, facts: list[tuple[str, str]]) -> None:
         "- **ceiling**: what Python can read and decode here at all (`decode_event`: orjson + "
         "pydantic validation); no framework, no state, no output.",
         "- **Faust floor**: a Faust agent that does nothing but decode. Faust's per-message "
-        "machinery sets it. `DESIGN.md` (cost budget) targets the worker at ≥ 0.7x of it.",
+        "machinery sets it. The cost budget targets the worker at ≥ 0.7x of it.",
         "- **lifted floor**: the same bare agent on the consumer the worker runs "
         "(`streamer/faust_consumer.py`): Faust's consumer, except that a message is handed to "
         "the streams directly instead of inside a `wait_first` of four tasks whenever that "

@@ -36,8 +36,8 @@ from unittest import mock
 import orjson
 
 import tests.traffic
-from streamer.pipeline import sessions
 from streamer.pipeline.messages import SourceMessage
+from streamer.pipeline.sessions import stage as sessions
 from streamer.settings import Settings
 from streamer.simulate import topic_for
 from tests.traffic import at_ms

@@ -43,6 +43,7 @@ from streamer.events import (
     WindowStats,
     to_epoch_ms,
 )
+from streamer.formatting import utc_datetime
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.detect import AlertDecision, FunnelDetector
 from streamer.funnel.session import NEVER, CompiledFunnel
@@ -58,10 +59,6 @@ __all__ = ["RangeReplay", "backfill", "diff_reports", "notify_alerts", "replay_r
 
 # Events of any age are replayed; the live worker's other limits apply.
 _ANY_AGE = timedelta(days=365 * 100)
-
-
-def _at(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 @dataclass
@@ -228,7 +225,7 @@ class RangeReplay:
             ).model_copy(
                 update={
                     "window_id": f"{funnel.name}/{self.start_ms}-{self.end_ms}",
-                    "window_end": _at(self.end_ms),
+                    "window_end": utc_datetime(self.end_ms),
                     "final": not run.windows,
                 }
             )
@@ -253,9 +250,9 @@ class RangeReplay:
             )
         seen = self.counts
         return ReplayReport(
-            range_from=_at(self.start_ms),
-            range_to=_at(self.end_ms),
-            drained_to=_at(self.until_ms) if self.until_ms > self.end_ms else None,
+            range_from=utc_datetime(self.start_ms),
+            range_to=utc_datetime(self.end_ms),
+            drained_to=utc_datetime(self.until_ms) if self.until_ms > self.end_ms else None,
             allowed_lateness_seconds=self.lateness_ms / 1000,
             topics=sorted({name.rsplit("/", 1)[0] for name in self.fronts}),
             events=ReplayEvents(
@@ -404,7 +401,9 @@ async def _replayed(
             for tp, records in batch.items():
                 done = False
                 for record in records:
-                    received = _at(record.timestamp) if record.timestamp > 0 else started_at
+                    received = (
+                        utc_datetime(record.timestamp) if record.timestamp > 0 else started_at
+                    )
                     event = decode_event(record.value, received_at=received, limits=limits)
                     engine.offer(names[tp], tp.topic, event)
                     # An event one lateness past --to: no later one of this partition can be
@@ -444,7 +443,7 @@ def _check_held(
             lost[tp.topic] = max(lost.get(tp.topic, 0), int(held_ms))
     if lost:
         since = ", ".join(
-            f"{topic} from {_at(ms).isoformat()}" for topic, ms in sorted(lost.items())
+            f"{topic} from {utc_datetime(ms).isoformat()}" for topic, ms in sorted(lost.items())
         )
         raise RangeNotHeldError(
             f"the range starts before what the topics still hold (retention deleted the rest): "

@@ -36,6 +36,7 @@ from streamer.escaping import (
     slack_plain,
 )
 from streamer.events import Alert
+from streamer.formatting import percent
 from streamer.notify.base import Delivery, DeliveryOutcome
 
 __all__ = ["SlackNotifier", "slack_message", "summary_mrkdwn"]
@@ -48,10 +49,6 @@ _SDK_LOG.setLevel(logging.WARNING)
 logging.getLogger("slack_sdk").setLevel(logging.WARNING)
 
 _EMOJI = {"firing": ":rotating_light:", "repeat": ":warning:", "resolved": ":white_check_mark:"}
-
-
-def _pct(rate: float) -> str:
-    return f"{rate * 100:.1f}%"
 
 
 def slack_message(alert: Alert) -> dict[str, Any]:
@@ -75,8 +72,8 @@ def slack_message(alert: Alert) -> dict[str, Any]:
     else:
         head = f"{_EMOJI[alert.state]} [{state}] {alert.funnel}: {alert.step} drop-off"
         fields = [
-            f"*Observed*\n{_pct(alert.observed_rate)} of {alert.decided} decided sessions",
-            f"*Expected*\n{_pct(alert.expected_rate)}",
+            f"*Observed*\n{percent(alert.observed_rate)} of {alert.decided} decided sessions",
+            f"*Expected*\n{percent(alert.expected_rate)}",
             f"*Excess drops*\n{alert.excess_dropped:.0f} (p={alert.p_value:.1e})",
             f"*Cart value dropped*\n{alert.dropped_value:,.2f}",
         ]
@@ -92,7 +89,7 @@ def slack_message(alert: Alert) -> dict[str, Any]:
     if alert.explanations:
         lines = [
             f"• {slack_code(f'{e.dimension}={e.value}')}: {e.share_of_excess:.0%} of excess "
-            f"({_pct(e.observed_rate)} vs {_pct(e.expected_rate)}, {e.decided} sessions)"
+            f"({percent(e.observed_rate)} vs {percent(e.expected_rate)}, {e.decided} sessions)"
             for e in alert.explanations
         ]
         blocks.append({"type": "section", "text": _mrkdwn("*Where*\n" + "\n".join(lines))})

@@ -20,24 +20,20 @@ from typing import Any
 import orjson
 
 from streamer.events import Alert, AlertExplanation
+from streamer.formatting import percent
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.detect import AlertDecision, FunnelDetector, held_steps
 from streamer.funnel.tracking import EVENT_TYPE_RESIDUAL, TrackingDecision, key_name
 from streamer.funnel.windows import WindowCounts
 from streamer.kafka_io import read_topic
 from streamer.metrics import Metrics
+from streamer.pipeline.messages import SendFn
 from streamer.pipeline.tables import Deliveries, confirmed_table
 from streamer.settings import Settings
 
 __all__ = ["DetectorStage", "alert_record", "install", "read_seeds", "tracking_alert_record"]
 
 log = logging.getLogger(__name__)
-
-SendFn = Callable[[bytes | None, bytes], Awaitable[Any]]
-
-
-def _pct(rate: float) -> str:
-    return f"{rate * 100:.1f}%"
 
 
 def alert_record(
@@ -56,22 +52,22 @@ def alert_record(
             where = (
                 " Most of the excess: "
                 + ", ".join(
-                    f"{e.dimension}={e.value} ({_pct(e.observed_rate)} vs "
-                    f"{_pct(e.expected_rate)}, {e.share_of_excess:.0%})"
+                    f"{e.dimension}={e.value} ({percent(e.observed_rate)} vs "
+                    f"{percent(e.expected_rate)}, {e.share_of_excess:.0%})"
                     for e in decision.explanations
                 )
                 + "."
             )
         if decision.basis == "matched_age":
             summary = (
-                f"{step}: {_pct(observed)} of the sessions that reached it in the last minutes "
-                f"have not converted yet, against {_pct(expected)} usually by the same age "
+                f"{step}: {percent(observed)} of the sessions that reached it in the last minutes "
+                f"have not converted yet, against {percent(expected)} usually by the same age "
                 f"({decision.dropped} of {decision.decided}, {decision.excess_dropped:.0f} more "
                 f"than usual). The step looks broken now, before its timeout decides them.{where}"
             )
         else:
             summary = (
-                f"{step} drop-off is {_pct(observed)} against {_pct(expected)} expected: "
+                f"{step} drop-off is {percent(observed)} against {percent(expected)} expected: "
                 f"{decision.dropped} of {decision.decided} decided sessions dropped, "
                 f"{decision.excess_dropped:.0f} more than usual, carts worth "
                 f"{decision.dropped_value:,.2f}.{where}"

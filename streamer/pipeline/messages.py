@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -17,11 +17,19 @@ __all__ = [
     "REKEY_KIND_HEADER",
     "REKEY_SOURCE_HEADER",
     "REKEY_TIMESTAMP_HEADER",
+    "PartitionSendFn",
+    "SendFn",
     "SourceMessage",
     "dead_letter_for",
     "record_message",
     "source_message",
 ]
+
+# A stage's send of one output record, ``(key, value)``: awaited, the produce is under way
+# (what it returns, if anything, is the produce's future for ``Deliveries``).
+SendFn = Callable[[bytes | None, bytes], Awaitable[Any]]
+# The same to a chosen partition (``None``: the key's), returning the produce's future.
+PartitionSendFn = Callable[[bytes | None, bytes, int | None], Awaitable[Awaitable[Any]]]
 
 # A dead letter carries the original value base64-encoded (4/3 of its size) plus metadata, so
 # the DLQ accepts larger messages than the broker's 1 MiB default for source topics.

@@ -22,14 +22,13 @@ from streamer.events import Alert
 from streamer.metrics import Metrics
 from streamer.notify.base import DeliveryOutcome, Notifier
 from streamer.pipeline.input_order import InputMessage, install_contiguous_input
+from streamer.pipeline.messages import SendFn
 from streamer.pipeline.tables import Deliveries, confirmed_table
 from streamer.settings import Settings
 
 __all__ = ["NotifierStage", "install"]
 
 log = logging.getLogger(__name__)
-
-SendFn = Callable[[bytes | None, bytes], Awaitable[Any]]
 
 
 class NotifierStage:

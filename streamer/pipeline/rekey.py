@@ -43,6 +43,7 @@ from streamer.pipeline.messages import (
     REKEY_KIND_HEADER,
     REKEY_SOURCE_HEADER,
     REKEY_TIMESTAMP_HEADER,
+    SendFn,
     SourceMessage,
     dead_letter_for,
     record_message,
@@ -60,7 +61,6 @@ LAYOUT_REFRESH_S = 60.0
 
 Headers = list[tuple[str, bytes]]
 ForwardFn = Callable[[bytes | None, bytes, int | None, Headers], Awaitable[Awaitable[Any]]]
-SendFn = Callable[[bytes | None, bytes], Awaitable[Awaitable[Any]]]
 # (topic, partition, start, end) -> its messages with start <= offset < end, outside the group
 ReadFn = Callable[[str, int, int, int], Awaitable[list[SourceMessage]]]
 # (topic, partition) -> the group's committed offset (None: none yet)

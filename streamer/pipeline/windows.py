@@ -36,6 +36,7 @@ from streamer.funnel.windows import (
 from streamer.metrics import Metrics
 from streamer.pipeline.detector import DetectorStage
 from streamer.pipeline.input_order import InputMessage, install_contiguous_input
+from streamer.pipeline.messages import SendFn
 from streamer.pipeline.tables import Deliveries, confirmed_table
 from streamer.settings import Settings
 
@@ -43,7 +44,6 @@ __all__ = ["WindowMerger", "install", "window_stats"]
 
 log = logging.getLogger(__name__)
 
-SendFn = Callable[[bytes | None, bytes], Awaitable[Any]]
 # The detector: a funnel, the watermarks to judge it at (window boundaries, in order) and
 # every cohort window held.
 JudgeFn = Callable[[FunnelDefinition, Sequence[int], Mapping[int, WindowCounts]], Awaitable[Any]]

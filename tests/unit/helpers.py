@@ -16,7 +16,7 @@ from streamer.funnel.definition import FunnelDefinition, load_funnel
 from streamer.funnel.task import Offer
 from streamer.metrics import Metrics
 from streamer.pipeline.messages import SourceMessage
-from streamer.pipeline.sessions import (
+from streamer.pipeline.sessions.stage import (
     FindOffset,
     ReadRange,
     SessionsStage,

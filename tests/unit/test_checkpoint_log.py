@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from streamer.funnel.definition import FunnelDefinition, load_funnel
-from streamer.pipeline import sessions as sessions_module
 from streamer.pipeline.messages import SourceMessage
+from streamer.pipeline.sessions import checkpoint_log
 from tests.unit.helpers import CHECKOUT, NOW_MS, Harness, make_harness, valid_event
 
 STEPS = ("page_view", "product_view", "add_to_cart", "checkout_started")
@@ -69,7 +69,7 @@ async def feed(harness: Harness, sessions: range, step: int) -> None:
 async def test_restore_replays_the_deltas_and_compaction_keeps_the_log_short(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(sessions_module, "MIN_COMPACTION_BYTES", 4_000)
+    monkeypatch.setattr(checkpoint_log, "MIN_COMPACTION_BYTES", 4_000)
     harness = make_harness()
     for step in range(len(STEPS)):
         for batch in range(3):
@@ -171,3 +171,42 @@ def recording(process: Any, sent: list[SourceMessage]) -> Any:
         return await process(message, ack)
 
     return wrapped
+
+
+# --- the log as pure code over a mapping (no stage, no Faust) --------------------------------
+def test_read_log_replays_deltas_in_order_and_names_what_it_does_not_own() -> None:
+    names = {"checkout": 0}
+    table = {
+        "d:0:000000000001": orjson.dumps(
+            {"s": {"a": [1], "b": [2]}, "ds": [], "w": {"checkout:60000": {"n": 1}}, "dw": []}
+        ),
+        "d:0:000000000002": orjson.dumps(
+            {"s": {"b": [3]}, "ds": ["a"], "w": {"gone:0": {"n": 9}}, "dw": ["checkout:60000"]}
+        ),
+        "d:0:000000000003": b"{}",  # a write-out cut short before its meta
+        "d:1:000000000001": b"{}",  # another partition's
+        "t:0": orjson.dumps({"log": [1, 3], "offsets": {"clickstream": 7}}),
+    }
+    log = checkpoint_log.read_log(table, 0, names)
+    assert log.sessions == {"b": [3]}
+    assert log.windows == {}  # deleted by the second delta; a removed funnel's is left out
+    assert (log.first, log.next_seq) == (1, 3)
+    assert log.stale == ["d:0:000000000003"]
+    assert log.cut_short == [3]
+    assert not log.first_edition
+    assert log.log_bytes == len(table["d:0:000000000001"]) + len(table["d:0:000000000002"])
+
+
+def test_read_log_loads_the_first_editions_layout_and_refuses_a_missing_delta() -> None:
+    first_edition = {
+        "t:0": orjson.dumps({"offsets": {"clickstream": 3}}),
+        "s:0:x": orjson.dumps([5]),
+        "w:0:checkout:0": orjson.dumps({"n": 2}),
+    }
+    log = checkpoint_log.read_log(first_edition, 0, {"checkout": 0})
+    assert log.first_edition
+    assert log.sessions == {"x": [5]}
+    assert log.windows == {(0, 0): {"n": 2}}
+    with pytest.raises(RuntimeError, match="checkpoint record d:0:000000000000 is missing"):
+        checkpoint_log.read_log({"t:0": orjson.dumps({"log": [0, 1]})}, 0, {})
+    assert checkpoint_log.read_log({}, 0, {}).meta == {}

@@ -173,7 +173,7 @@ async def test_sent_at_corrects_a_device_clock_that_is_off() -> None:
 
 
 async def test_a_decoder_bug_becomes_a_processing_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    import streamer.pipeline.sessions as sessions
+    import streamer.pipeline.sessions.stage as sessions
 
     def broken(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("bug")

@@ -9,8 +9,8 @@ import asyncio
 import orjson
 import pytest
 
+from streamer.pipeline.input_order import STALL_REPAIR_S
 from streamer.pipeline.messages import SourceMessage
-from streamer.pipeline.sessions import STALL_REPAIR_S
 from tests.unit.helpers import NOW_MS, Harness, make_harness, valid_event
 
 

@@ -1,23 +1,27 @@
-"""Sessions stage: source messages -> validated events -> tasks -> partials and abandonments.
+"""The sessions stage itself: source messages -> events -> tasks -> partials and abandonments.
 
 One hop: producers key clickstream and checkout by session id on co-partitioned topics, so
 partition N of both is one *task* (:class:`streamer.funnel.task.Task`) processed in place.
 
-Exactly-once effects with at-least-once Kafka:
-- events are read without acks (``stream.noack()``);
-- every ``checkpoint_interval_seconds`` a task stores what changed (dirty sessions, changed
-  windows) and the input offsets that state reflects in the ``funnel-state`` table, publishes
-  its outputs, waits for the producer (changelog and outputs) and only then acks its events;
-- the table holds, per partition, a *log*: delta records (``d:<p>:<seq>``, each at most
-  ``DELTA_CHUNK_BYTES`` of changed sessions and windows, one or a few per checkpoint rather
-  than one write per session) and a meta record (``t:<p>``, written last) naming the live
-  range of deltas with the offsets they reflect. Once the deltas written since the last full
-  record outweigh it, the next checkpoint writes every session and window again as the new
-  start of the log and deletes the older deltas (compaction, amortized under 1x);
-- after a crash, Faust re-delivers from the committed offsets and the task skips every message
-  below the offsets in its checkpoint; outputs carry deterministic ids or replace earlier ones.
-A produce that fails raises out of the checkpoint: nothing is acked, the worker stops, and a
-restart resumes from the last checkpoint.
+Exactly-once effects with at-least-once Kafka: events are read without acks
+(``stream.noack()``), and a *checkpoint* of a task is this recipe, in this order:
+
+1. snapshot (synchronous, ``_snapshot``): the task's changes since the last checkpoint encoded
+   as delta records (``checkpoint_log``), the input offsets they reflect in the partition's
+   meta record, and the acks of the events they reflect; the task goes on meanwhile;
+2. outputs (``_write_out_now`` -> ``publish``): the task's partials and abandonments sent,
+   their delivery confirmed (``Deliveries``);
+3. state writes: the delta records, then the meta record (it says what the rest reflects),
+   then the deletes of a compacted log, into the ``funnel-state`` table;
+4. producer flush: changelog and outputs on the broker (``flush_producer``);
+5. ack: the snapshot's events acked, so Faust may commit past them.
+
+Write-outs run in snapshot order under one lock; one that fails *seals* the stage (nothing
+more is checkpointed, not even by a polite stop) and is raised by the next message, so the
+worker stops with nothing acked that was not written. After a crash Faust re-delivers from the
+committed offsets and the task skips every message below the offsets in its checkpoint;
+outputs carry deterministic ids or replace earlier ones. Checkpoints come every
+``checkpoint_interval_seconds`` from the agent, or from the 1 s timer for a quiet partition.
 """
 
 from __future__ import annotations
@@ -28,158 +32,44 @@ import time
 from collections.abc import Awaitable, Callable, Collection, MutableMapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from functools import cache
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from streamer.decode import DecodeLimits, Rejection, decode_event
-from streamer.events import EVENT_MODELS, Abandonment, Event, ReasonCode
-from streamer.faust_consumer import RawSchema
+from streamer.events import EVENT_MODELS, ReasonCode
 from streamer.funnel.clock import InputClock
 from streamer.funnel.definition import FunnelDefinition
-from streamer.funnel.session import NEVER, VALUE_FIELDS, CompiledFunnel, StoredEvent
+from streamer.funnel.session import NEVER, CompiledFunnel
 from streamer.funnel.stages import lifecycle_stage
-from streamer.funnel.task import AbandonmentNotice, Checkpoint, Offer, Task
+from streamer.funnel.task import AbandonmentNotice, Offer, Task
 from streamer.funnel.windows import window_start
-from streamer.kafka_io import offset_at, read_range
 from streamer.metrics import Metrics
 from streamer.pipeline.input_order import STALL_REPAIR_S
 from streamer.pipeline.messages import (
-    DLQ_MAX_MESSAGE_BYTES,
     REKEY_FRONT,
     REKEY_KEY_HEADER,
     REKEY_KIND_HEADER,
     REKEY_SOURCE_HEADER,
     REKEY_TIMESTAMP_HEADER,
+    PartitionSendFn,
     SourceMessage,
     dead_letter_for,
-    record_message,
-    source_message,
 )
-from streamer.pipeline.tables import Deliveries, confirmed_table, in_partition
-from streamer.pipeline.timers import consumer_offsets, install_timer
-from streamer.settings import Settings
+from streamer.pipeline.sessions import checkpoint_log
+from streamer.pipeline.sessions.checkpoint_log import delta_key, encode_delta, meta_key, read_log
+from streamer.pipeline.sessions.projection import needed_fields, stored_event
+from streamer.pipeline.sessions.records import abandonment_record
+from streamer.pipeline.tables import Deliveries
 
-__all__ = [
-    "SessionsStage",
-    "abandonment_record",
-    "install",
-    "needed_fields",
-    "stored_event",
-]
+__all__ = ["FindOffset", "ReadRange", "SessionsStage"]
 
 log = logging.getLogger(__name__)
-
-SendFn = Callable[[bytes | None, bytes, int | None], Awaitable[Awaitable[Any]]]
-
-
-def needed_fields(funnels: tuple[FunnelDefinition, ...]) -> frozenset[str]:
-    """The flattened fields the funnels read (stage filters, segments, cart value)."""
-    names: set[str] = {*VALUE_FIELDS, "currency"}
-    for funnel in funnels:
-        for stage in funnel.stages:
-            names.update(condition.property for condition in stage.where)
-        for segment in funnel.segments:
-            kind, _, name = segment.source.partition(".")
-            names.add(name if kind == "property" else segment.source)
-    return frozenset(names)
-
-
-@cache
-def _field_plan(
-    keep: frozenset[str],
-) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
-    """``keep`` split once: properties, (stored name, context field), (stored, experiment)."""
-    properties = tuple(sorted(n for n in keep if "." not in n))
-    context = tuple(sorted((n, n[len("context.") :]) for n in keep if n.startswith("context.")))
-    experiments = tuple(
-        sorted((n, n[len("experiment.") :]) for n in keep if n.startswith("experiment."))
-    )
-    return properties, context, experiments
-
-
-@cache
-def _model_plan(
-    model: type[Any], keep: frozenset[str]
-) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
-    """``_field_plan`` with only the properties ``model`` has (in the same order)."""
-    properties, context, experiments = _field_plan(keep)
-    return tuple(n for n in properties if n in model.model_fields), context, experiments
-
-
-def stored_event(event: Event, keep: frozenset[str]) -> StoredEvent:
-    """A validated event -> what the core keeps of it (read from the models' __dict__:
-    pydantic's attribute lookup for names a model lacks is slow, and this runs per event;
-    only the model's own properties are looked up)."""
-    properties, context_names, experiment_names = _model_plan(type(event), keep)
-    values = event.__dict__
-    fields: dict[str, Any] = {}
-    for name in properties:
-        value = values.get(name)
-        if value is not None:
-            fields[name] = value
-    context = event.context.__dict__
-    for stored, name in context_names:
-        value = context.get(name)
-        if value is not None:
-            fields[stored] = value
-    if experiment_names:
-        variants = event.context.experiments
-        for stored, name in experiment_names:
-            value = variants.get(name)
-            if value is not None:
-                fields[stored] = value
-    return StoredEvent(
-        round(event.occurred_at.timestamp() * 1000), event.event_id, event.event_type, fields
-    )
-
-
-def _at(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
-def abandonment_record(funnel: FunnelDefinition, notice: AbandonmentNotice) -> Abandonment:
-    """The record of an abandoned attempt (or of its retraction, with ``order_ms``)."""
-    abandoned = notice.abandoned
-    stage = funnel.stages[abandoned.stage].name
-    abandonment_id = f"{funnel.name}/{notice.session_id}/{abandoned.attempt_ms}/{stage}"
-    retracted = notice.order_ms is not None
-    return Abandonment(
-        record_id=f"{abandonment_id}/retracted" if retracted else abandonment_id,
-        abandonment_id=abandonment_id,
-        kind="retracted" if retracted else "abandoned",
-        funnel=funnel.name,
-        stage=stage,
-        session_id=notice.session_id,
-        user_id=notice.user_id,
-        attempt_started_at=_at(abandoned.attempt_ms),
-        last_activity_at=_at(abandoned.last_activity_ms),
-        abandoned_at=_at(abandoned.abandoned_ms),
-        cart_value=abandoned.cart_value or None,
-        currency=abandoned.currency,
-        segments={
-            funnel.segments[i].name: value
-            for i, value in enumerate(abandoned.segments)
-            if value is not None
-        },
-        ordered_at=_at(notice.order_ms) if notice.order_ms is not None else None,
-    )
 
 
 # Reads ``topic[partition]`` offsets [start, end) outside the consumer group: returns the log
 # start offset and the messages found.
-# A checkpoint's delta records stay well under the broker's 1 MiB message limit; the log is
-# compacted once the deltas written since its full start outweigh it (and this much at least).
-DELTA_CHUNK_BYTES = 256 * 1024
-MIN_COMPACTION_BYTES = 4 * 1024 * 1024
-# The agent takes its input in batches of at most this many messages, or what came within
-# this long: a batch pays Faust's per-message wake-ups once, and stays short beside the 1 s
-# timer and a checkpoint's interval.
-BATCH_MAX_MESSAGES = 500
-BATCH_WITHIN_S = 0.1
-
 ReadRange = Callable[[str, int, int, int], Awaitable[tuple[int, list[SourceMessage]]]]
 # (topic, partition, broker time ms) -> the first offset written at or after it (else log end)
 FindOffset = Callable[[str, int, int], Awaitable[int]]
@@ -252,9 +142,9 @@ class SessionsStage:
         allowed_lateness_ms: int,
         retention_ms: int,
         checkpoint_interval_s: float,
-        send_partial: SendFn,
-        send_dead_letter: SendFn,
-        send_abandonment: SendFn,
+        send_partial: PartitionSendFn,
+        send_dead_letter: PartitionSendFn,
+        send_abandonment: PartitionSendFn,
         flush_producer: Callable[[], Awaitable[None]],
         read_range: ReadRange = _cannot_read,
         find_offset: FindOffset = _cannot_find,
@@ -358,42 +248,13 @@ class SessionsStage:
         started = time.perf_counter()
         task = Task(self.funnels, partition, retention_ms=self._retention_ms)
         runtime = _Runtime(task)
-        meta_raw = self._table.get(_meta_key(partition))
-        meta = orjson.loads(meta_raw) if meta_raw is not None else {}
-        sessions: dict[str, list[Any]] = {}
-        windows: dict[tuple[int, int], dict[str, Any]] = {}
         names = {f.name: i for i, f in enumerate(self.funnels)}
-        first, next_seq = (int(seq) for seq in meta.get("log", (0, 0)))
-        live = {_delta_key(partition, seq) for seq in range(first, next_seq)}
-        stale = [key for key in list(self._table.keys()) if _owned(key, partition, live)]
-        log_bytes = 0
-        for key in sorted(live):
-            raw = self._table.get(key)
-            if raw is None:
-                raise RuntimeError(f"partition {partition}: checkpoint record {key} is missing")
-            log_bytes += len(raw)
-            delta = orjson.loads(raw)
-            for session_id in delta["ds"]:
-                sessions.pop(session_id, None)
-            sessions.update(delta["s"])
-            for window in delta["dw"]:
-                if (window_key := _window_id(window, names)) is not None:
-                    windows.pop(window_key, None)
-            for window, counts in delta["w"].items():
-                if (window_key := _window_id(window, names)) is not None:
-                    windows[window_key] = counts
-        if meta and "log" not in meta:
-            # Stored by the first edition (one key per session and window): loaded, written
-            # again as a log by the first checkpoint, then deleted.
-            for key in stale:
-                kind, _, rest = key.split(":", 2)
-                if kind == "s":
-                    sessions[rest] = orjson.loads(self._table[key])
-                elif kind == "w" and (window_key := _window_id(rest, names)) is not None:
-                    windows[window_key] = orjson.loads(self._table[key])
-            runtime.compact_next = True
+        stored = read_log(self._table, partition, names)
+        meta, sessions, windows = stored.meta, stored.sessions, stored.windows
+        first, next_seq, log_bytes = stored.first, stored.next_seq, stored.log_bytes
+        stale, cut_short = stored.stale, stored.cut_short
+        runtime.compact_next = stored.first_edition
         runtime.log_first, runtime.log_next = first, next_seq
-        cut_short = [int(key.rsplit(":", 1)[1]) for key in stale if key.startswith("d:")]
         if cut_short:
             # Deltas of a write-out cut short before its meta: new records must not reuse
             # their keys (the deletes would drop them), and the log must stay one range.
@@ -885,15 +746,15 @@ class SessionsStage:
         if runtime.catch_up:
             return None  # its state is not whole yet
         full = runtime.compact_next or runtime.delta_bytes > max(
-            runtime.full_bytes, MIN_COMPACTION_BYTES
+            runtime.full_bytes, checkpoint_log.MIN_COMPACTION_BYTES
         )
         runtime.compact_next = False
         saved = runtime.task.checkpoint(full=full)
-        records = _encode_delta(saved, [funnel.name for funnel in self.funnels])
+        records = encode_delta(saved, [funnel.name for funnel in self.funnels])
         written = sum(len(record) for record in records)
         if full:
             old = range(runtime.log_first, runtime.log_next)
-            deletes = [_delta_key(partition, seq) for seq in old] + runtime.stale_keys
+            deletes = [delta_key(partition, seq) for seq in old] + runtime.stale_keys
             runtime.stale_keys = []
             runtime.log_first = runtime.log_next
             runtime.full_bytes, runtime.delta_bytes = written, 0
@@ -903,7 +764,7 @@ class SessionsStage:
             runtime.delta_bytes += written
         writes: dict[str, bytes] = {}
         for record in records:
-            writes[_delta_key(partition, runtime.log_next)] = record
+            writes[delta_key(partition, runtime.log_next)] = record
             runtime.log_next += 1
         meta = {
             "generation": runtime.generation,
@@ -914,7 +775,7 @@ class SessionsStage:
             "log": [runtime.log_first, runtime.log_next],
             "funnels": [funnel.name for funnel in self.funnels],  # the sessions' progress order
         }
-        writes[_meta_key(partition)] = orjson.dumps(meta)  # last: it says what the rest reflects
+        writes[meta_key(partition)] = orjson.dumps(meta)  # last: it says what the rest reflects
         acks, runtime.unacked = runtime.unacked, []
         runtime.storing += len(acks)
         runtime.checkpointed_at = time.monotonic()
@@ -1053,201 +914,7 @@ class SessionsStage:
         )
 
 
-def _meta_key(partition: int) -> str:
-    return f"t:{partition}"
-
-
-def _delta_key(partition: int, seq: int) -> str:
-    return f"d:{partition}:{seq:012d}"  # zero-padded: keys sort in log order
-
-
-def _owned(key: str, partition: int, live: set[str]) -> bool:
-    """A key of ``partition`` that its log does not name: a delta left over from a write-out
-    cut short, or a record of the first edition's one-key-per-session layout."""
-    if key in live or key == _meta_key(partition):
-        return False
-    kind, _, rest = key.partition(":")
-    return kind in ("d", "s", "w") and rest.startswith(f"{partition}:")
-
-
-def _window_id(window: str, names: dict[str, int]) -> tuple[int, int] | None:
-    funnel_name, start = window.rsplit(":", 1)
-    index = names.get(funnel_name)
-    return None if index is None else (index, int(start))
-
-
-_EMPTY_HEAD = b'"ds":[],"w":{},"dw":[]'  # a delta record's head when nothing was deleted
-
-
-def _encode_delta(saved: Checkpoint, names: list[str]) -> list[bytes]:
-    """``saved`` as delta records of at most about ``DELTA_CHUNK_BYTES`` each (a session
-    larger than that gets a record of its own): ``{"s": {session id: state}, "ds": [deleted
-    session ids], "w": {"funnel:start": counts}, "dw": [deleted windows]}``; deletions and
-    windows travel in the first record. Nothing changed: no record."""
-    head = orjson.dumps(
-        {
-            "ds": sorted(saved.deleted_sessions),
-            "w": {f"{names[f]}:{start}": counts for (f, start), counts in saved.windows.items()},
-            "dw": sorted(f"{names[f]}:{start}" for f, start in saved.deleted_windows),
-        }
-    )[1:-1]
-    if not saved.sessions and head == _EMPTY_HEAD:
-        return []
-    chunks: list[list[bytes]] = [[]]
-    size = len(head)
-    for session_id, state in saved.sessions.items():
-        entry = orjson.dumps(session_id) + b":" + orjson.dumps(state)
-        if chunks[-1] and size + len(entry) > DELTA_CHUNK_BYTES:
-            chunks.append([])
-            size = 0
-        chunks[-1].append(entry)
-        size += len(entry) + 1
-    return [
-        b'{"s":{' + b",".join(chunk) + b"}," + (head if i == 0 else _EMPTY_HEAD) + b"}"
-        for i, chunk in enumerate(chunks)
-    ]
-
-
 def _fmt_ms(ms: int) -> str:
     if ms <= NEVER:
         return "none yet"
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
-
-
-def install(
-    app: Any, settings: Settings, metrics: Metrics, funnels: tuple[FunnelDefinition, ...]
-) -> SessionsStage:
-    """Wire the sessions stage into ``app``: source topics, outputs, state table, agent, and
-    the timer that marks idle inputs and publishes without input."""
-    raw = {"key_serializer": "raw", "value_serializer": "raw"}
-    sources = (settings.clickstream_topic, settings.checkout_topic)
-    topics: tuple[str, ...]
-    rekeyed_from: tuple[str, ...]
-    if settings.source_keyed_by_session:
-        topics, rekeyed_from = sources, ()
-        source = app.topic(*topics, schema=RawSchema())
-    else:  # the re-key stage (streamer.pipeline.rekey) forwards every event to one topic
-        topics, rekeyed_from = (settings.rekeyed_topic,), sources
-        source = app.topic(*topics, partitions=settings.topic_partitions, schema=RawSchema())
-    dlq = app.topic(
-        settings.dlq_topic, config={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)}, **raw
-    )
-    partials = app.topic(settings.partials_topic, partitions=1, **raw)
-    abandonments = app.topic(settings.abandonments_topic, **raw)
-    # Changelogged with as many partitions as the sources (Faust requires it); written only
-    # while processing a message of the same partition (see SessionsStage.checkpoint).
-    table = confirmed_table(
-        app,
-        "funnel-state",
-        partitions=settings.topic_partitions,
-        # A session's own delta record can be larger than the broker's 1 MiB default.
-        extra_topic_configs={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)},
-    )
-
-    def sender(topic: Any) -> SendFn:
-        async def send(key: bytes | None, value: bytes, partition: int | None) -> Any:
-            return await topic.send(key=key, value=value, partition=partition)
-
-        return send
-
-    async def flush_producer() -> None:
-        await app.producer.flush()
-        await table.confirm_sent()
-
-    def partition_scope(partition: int) -> AbstractContextManager[None]:
-        # Faust routes a table write to the changelog partition (and RocksDB store) of the
-        # event being processed; a checkpoint names its partition itself, so that it can
-        # also run from the timer.
-        return in_partition(topics[0], partition)
-
-    async def read_input(
-        topic: str, partition: int, start: int, end: int
-    ) -> tuple[int, list[SourceMessage]]:
-        # A catch-up of added funnels reads hours of input: a generous bound.
-        earliest, records = await read_range(settings, topic, partition, start, end, 600.0)
-        return earliest, [record_message(record) for record in records]
-
-    async def find_input_offset(topic: str, partition: int, at_ms: int) -> int:
-        return await offset_at(settings, topic, partition, at_ms)
-
-    stage = SessionsStage(
-        funnels=funnels,
-        topics=topics,
-        table=table,
-        metrics=metrics,
-        limits=DecodeLimits(
-            max_bytes=settings.max_event_bytes,
-            max_future_skew=timedelta(seconds=settings.max_clock_skew_seconds),
-            max_age=timedelta(seconds=settings.max_event_age_seconds),
-        ),
-        allowed_lateness_ms=round(settings.allowed_lateness_seconds * 1000),
-        retention_ms=round(settings.session_retention_seconds * 1000),
-        checkpoint_interval_s=settings.checkpoint_interval_seconds,
-        send_partial=sender(partials),
-        send_dead_letter=sender(dlq),
-        send_abandonment=sender(abandonments),
-        flush_producer=flush_producer,
-        read_range=read_input,
-        find_offset=find_input_offset,
-        partition_scope=partition_scope,
-        rekeyed_from=rekeyed_from,
-    )
-    app.before_stop.append(stage.close)
-
-    async def sessions_agent(stream: Any) -> None:
-        try:
-            # In batches: Faust's per-message hand-over costs about as much as processing a
-            # message, and a batch pays its wake-ups once. A batch collected across a
-            # rebalance may hold messages fetched before it (Faust clears a stream's buffer
-            # then, not a take's list): those are refused, neither applied nor acked, and
-            # their partition's new owner reads them from the committed offset, or this
-            # worker's gap read does when it keeps the partition.
-            async for events in stream.noack_take(BATCH_MAX_MESSAGES, within=BATCH_WITHIN_S):
-                for event in events:
-                    message = event.message
-                    if message.generation_id != app.consumer_generation_id:
-                        metrics.revoked_messages.inc()
-                        continue
-                    await stage.process(source_message(message), event.ack)
-        except Exception as exc:
-            # A produce or state write the broker refused. Faust would restart the agent and
-            # go on; the worker stops instead (exit 1), having acked nothing it could not
-            # write, and its next start resumes from the last checkpoint.
-            log.critical("sessions stage failed, stopping the worker: %r", exc)
-            await app.crash(exc)
-            raise
-
-    app.agent(source, name="sessions")(sessions_agent)
-
-    async def on_assigned(sender: Any, assigned: set[Any], **kwargs: Any) -> None:
-        stage.assign({tp.partition for tp in assigned if tp.topic in topics})
-
-    app.on_partitions_assigned.connect(on_assigned)
-
-    async def on_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
-        await stage.revoke({tp.partition for tp in revoked if tp.topic in topics})
-
-    app.on_partitions_revoked.connect(on_revoked)
-
-    async def keep_time() -> None:
-        stage.raise_failed_write_out()  # stops the worker even when no message comes to raise it
-        if app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set():
-            return
-        assigned = [tp for tp in app.consumer.assignment() if tp.topic in topics]
-        for partition in sorted({tp.partition for tp in assigned} - set(stage.runtimes)):
-            stage.ensure(partition)  # a partition with no input yet still reports progress
-        await stage.catch_up_added_funnels()
-        offsets = await consumer_offsets(app, assigned)
-        if offsets is None:
-            return
-        highwaters, positions = offsets
-        await stage.repair_stalls(positions)
-        stage.mark_idle(
-            highwaters,
-            settings.idle_timeout_seconds,
-        )
-        await stage.publish(stage.publish_due(highwaters))
-        await stage.checkpoint_due()
-
-    install_timer(app, 1.0, keep_time, "sessions.keep_time")
-    return stage

@@ -1,0 +1,145 @@
+"""The checkpoint log of one partition, as pure code over a mapping (the ``funnel-state``
+table; no Faust here).
+
+Per partition the table holds a *log*: delta records (``d:<p>:<seq>``, each at most
+``DELTA_CHUNK_BYTES`` of changed sessions and windows, one or a few per checkpoint) and a meta
+record (``t:<p>``, written last) naming the live range of deltas with the input offsets they
+reflect. Once the deltas written since the last full record outweigh it (and at least
+``MIN_COMPACTION_BYTES``), the next checkpoint writes every session and window again as the new
+start of the log and deletes the older deltas (compaction, amortized under 1x).
+:func:`read_log` reads it back, with the first edition's layout (one key per session and window)
+and the deltas of a write-out cut short before its meta.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from streamer.funnel.task import Checkpoint
+
+__all__ = [
+    "DELTA_CHUNK_BYTES",
+    "MIN_COMPACTION_BYTES",
+    "StoredLog",
+    "delta_key",
+    "encode_delta",
+    "meta_key",
+    "read_log",
+]
+
+# A checkpoint's delta records stay well under the broker's 1 MiB message limit; the log is
+# compacted once the deltas written since its full start outweigh it (and this much at least).
+DELTA_CHUNK_BYTES = 256 * 1024
+MIN_COMPACTION_BYTES = 4 * 1024 * 1024
+
+
+def meta_key(partition: int) -> str:
+    return f"t:{partition}"
+
+
+def delta_key(partition: int, seq: int) -> str:
+    return f"d:{partition}:{seq:012d}"  # zero-padded: keys sort in log order
+
+
+def _owned(key: str, partition: int, live: set[str]) -> bool:
+    """A key of ``partition`` that its log does not name: a delta left over from a write-out
+    cut short, or a record of the first edition's one-key-per-session layout."""
+    if key in live or key == meta_key(partition):
+        return False
+    kind, _, rest = key.partition(":")
+    return kind in ("d", "s", "w") and rest.startswith(f"{partition}:")
+
+
+def _window_id(window: str, names: dict[str, int]) -> tuple[int, int] | None:
+    funnel_name, start = window.rsplit(":", 1)
+    index = names.get(funnel_name)
+    return None if index is None else (index, int(start))
+
+
+_EMPTY_HEAD = b'"ds":[],"w":{},"dw":[]'  # a delta record's head when nothing was deleted
+
+
+def encode_delta(saved: Checkpoint, names: list[str]) -> list[bytes]:
+    """``saved`` as delta records of at most about ``DELTA_CHUNK_BYTES`` each (a session
+    larger than that gets a record of its own): ``{"s": {session id: state}, "ds": [deleted
+    session ids], "w": {"funnel:start": counts}, "dw": [deleted windows]}``; deletions and
+    windows travel in the first record. Nothing changed: no record."""
+    head = orjson.dumps(
+        {
+            "ds": sorted(saved.deleted_sessions),
+            "w": {f"{names[f]}:{start}": counts for (f, start), counts in saved.windows.items()},
+            "dw": sorted(f"{names[f]}:{start}" for f, start in saved.deleted_windows),
+        }
+    )[1:-1]
+    if not saved.sessions and head == _EMPTY_HEAD:
+        return []
+    chunks: list[list[bytes]] = [[]]
+    size = len(head)
+    for session_id, state in saved.sessions.items():
+        entry = orjson.dumps(session_id) + b":" + orjson.dumps(state)
+        if chunks[-1] and size + len(entry) > DELTA_CHUNK_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(entry)
+        size += len(entry) + 1
+    return [
+        b'{"s":{' + b",".join(chunk) + b"}," + (head if i == 0 else _EMPTY_HEAD) + b"}"
+        for i, chunk in enumerate(chunks)
+    ]
+
+
+@dataclass
+class StoredLog:
+    """What a partition's log holds: its meta record, the sessions and windows it reflects,
+    the live range of deltas and the keys of the partition it does not name."""
+
+    meta: dict[str, Any]
+    sessions: dict[str, list[Any]] = field(default_factory=dict)
+    windows: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
+    first: int = 0  # the live range of delta sequence numbers [first, next_seq)
+    next_seq: int = 0
+    log_bytes: int = 0
+    stale: list[str] = field(default_factory=list)  # keys to delete at the next write-out
+    first_edition: bool = False  # stored one key per session and window: write a full log
+    cut_short: list[int] = field(default_factory=list)  # deltas of a write-out cut short
+
+
+def read_log(table: Mapping[str, bytes], partition: int, names: dict[str, int]) -> StoredLog:
+    """The log of ``partition`` in ``table``, replayed: deltas in order (deletions, then
+    updates); a window of a funnel not in ``names`` (funnel name -> index) is left out."""
+    meta_raw = table.get(meta_key(partition))
+    log = StoredLog(orjson.loads(meta_raw) if meta_raw is not None else {})
+    log.first, log.next_seq = (int(seq) for seq in log.meta.get("log", (0, 0)))
+    live = {delta_key(partition, seq) for seq in range(log.first, log.next_seq)}
+    log.stale = [key for key in list(table.keys()) if _owned(key, partition, live)]
+    for key in sorted(live):
+        raw = table.get(key)
+        if raw is None:
+            raise RuntimeError(f"partition {partition}: checkpoint record {key} is missing")
+        log.log_bytes += len(raw)
+        delta = orjson.loads(raw)
+        for session_id in delta["ds"]:
+            log.sessions.pop(session_id, None)
+        log.sessions.update(delta["s"])
+        for window in delta["dw"]:
+            if (window_key := _window_id(window, names)) is not None:
+                log.windows.pop(window_key, None)
+        for window, counts in delta["w"].items():
+            if (window_key := _window_id(window, names)) is not None:
+                log.windows[window_key] = counts
+    if log.meta and "log" not in log.meta:
+        # Stored by the first edition (one key per session and window): loaded, written
+        # again as a log by the first checkpoint, then deleted.
+        for key in log.stale:
+            kind, _, rest = key.split(":", 2)
+            if kind == "s":
+                log.sessions[rest] = orjson.loads(table[key])
+            elif kind == "w" and (window_key := _window_id(rest, names)) is not None:
+                log.windows[window_key] = orjson.loads(table[key])
+        log.first_edition = True
+    log.cut_short = [int(key.rsplit(":", 1)[1]) for key in log.stale if key.startswith("d:")]
+    return log

@@ -1,0 +1,175 @@
+"""The sessions stage wired into a Faust app: source topics, outputs, the ``funnel-state``
+table, the batching agent, rebalance callbacks and the 1 s timer that keeps time without input."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AbstractContextManager
+from datetime import timedelta
+from typing import Any
+
+from streamer.decode import DecodeLimits
+from streamer.faust_consumer import RawSchema
+from streamer.funnel.definition import FunnelDefinition
+from streamer.kafka_io import offset_at, read_range
+from streamer.metrics import Metrics
+from streamer.pipeline.messages import (
+    DLQ_MAX_MESSAGE_BYTES,
+    PartitionSendFn,
+    SourceMessage,
+    record_message,
+    source_message,
+)
+from streamer.pipeline.sessions.stage import SessionsStage
+from streamer.pipeline.tables import confirmed_table, in_partition
+from streamer.pipeline.timers import consumer_offsets, install_timer
+from streamer.settings import Settings
+
+__all__ = ["install"]
+
+log = logging.getLogger(__name__)
+
+# The agent takes its input in batches of at most this many messages, or what came within
+# this long: a batch pays Faust's per-message wake-ups once, and stays short beside the 1 s
+# timer and a checkpoint's interval.
+BATCH_MAX_MESSAGES = 500
+BATCH_WITHIN_S = 0.1
+
+
+def install(
+    app: Any, settings: Settings, metrics: Metrics, funnels: tuple[FunnelDefinition, ...]
+) -> SessionsStage:
+    """Wire the sessions stage into ``app``: source topics, outputs, state table, agent, and
+    the timer that marks idle inputs and publishes without input."""
+    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    sources = (settings.clickstream_topic, settings.checkout_topic)
+    topics: tuple[str, ...]
+    rekeyed_from: tuple[str, ...]
+    if settings.source_keyed_by_session:
+        topics, rekeyed_from = sources, ()
+        source = app.topic(*topics, schema=RawSchema())
+    else:  # the re-key stage (streamer.pipeline.rekey) forwards every event to one topic
+        topics, rekeyed_from = (settings.rekeyed_topic,), sources
+        source = app.topic(*topics, partitions=settings.topic_partitions, schema=RawSchema())
+    dlq = app.topic(
+        settings.dlq_topic, config={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)}, **raw
+    )
+    partials = app.topic(settings.partials_topic, partitions=1, **raw)
+    abandonments = app.topic(settings.abandonments_topic, **raw)
+    # Changelogged with as many partitions as the sources (Faust requires it); written only
+    # while processing a message of the same partition (see SessionsStage.checkpoint).
+    table = confirmed_table(
+        app,
+        "funnel-state",
+        partitions=settings.topic_partitions,
+        # A session's own delta record can be larger than the broker's 1 MiB default.
+        extra_topic_configs={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)},
+    )
+
+    def sender(topic: Any) -> PartitionSendFn:
+        async def send(key: bytes | None, value: bytes, partition: int | None) -> Any:
+            return await topic.send(key=key, value=value, partition=partition)
+
+        return send
+
+    async def flush_producer() -> None:
+        await app.producer.flush()
+        await table.confirm_sent()
+
+    def partition_scope(partition: int) -> AbstractContextManager[None]:
+        # Faust routes a table write to the changelog partition (and RocksDB store) of the
+        # event being processed; a checkpoint names its partition itself, so that it can
+        # also run from the timer.
+        return in_partition(topics[0], partition)
+
+    async def read_input(
+        topic: str, partition: int, start: int, end: int
+    ) -> tuple[int, list[SourceMessage]]:
+        # A catch-up of added funnels reads hours of input: a generous bound.
+        earliest, records = await read_range(settings, topic, partition, start, end, 600.0)
+        return earliest, [record_message(record) for record in records]
+
+    async def find_input_offset(topic: str, partition: int, at_ms: int) -> int:
+        return await offset_at(settings, topic, partition, at_ms)
+
+    stage = SessionsStage(
+        funnels=funnels,
+        topics=topics,
+        table=table,
+        metrics=metrics,
+        limits=DecodeLimits(
+            max_bytes=settings.max_event_bytes,
+            max_future_skew=timedelta(seconds=settings.max_clock_skew_seconds),
+            max_age=timedelta(seconds=settings.max_event_age_seconds),
+        ),
+        allowed_lateness_ms=round(settings.allowed_lateness_seconds * 1000),
+        retention_ms=round(settings.session_retention_seconds * 1000),
+        checkpoint_interval_s=settings.checkpoint_interval_seconds,
+        send_partial=sender(partials),
+        send_dead_letter=sender(dlq),
+        send_abandonment=sender(abandonments),
+        flush_producer=flush_producer,
+        read_range=read_input,
+        find_offset=find_input_offset,
+        partition_scope=partition_scope,
+        rekeyed_from=rekeyed_from,
+    )
+    app.before_stop.append(stage.close)
+
+    async def sessions_agent(stream: Any) -> None:
+        try:
+            # In batches: Faust's per-message hand-over costs about as much as processing a
+            # message, and a batch pays its wake-ups once. A batch collected across a
+            # rebalance may hold messages fetched before it (Faust clears a stream's buffer
+            # then, not a take's list): those are refused, neither applied nor acked, and
+            # their partition's new owner reads them from the committed offset, or this
+            # worker's gap read does when it keeps the partition.
+            async for events in stream.noack_take(BATCH_MAX_MESSAGES, within=BATCH_WITHIN_S):
+                for event in events:
+                    message = event.message
+                    if message.generation_id != app.consumer_generation_id:
+                        metrics.revoked_messages.inc()
+                        continue
+                    await stage.process(source_message(message), event.ack)
+        except Exception as exc:
+            # A produce or state write the broker refused. Faust would restart the agent and
+            # go on; the worker stops instead (exit 1), having acked nothing it could not
+            # write, and its next start resumes from the last checkpoint.
+            log.critical("sessions stage failed, stopping the worker: %r", exc)
+            await app.crash(exc)
+            raise
+
+    app.agent(source, name="sessions")(sessions_agent)
+
+    async def on_assigned(sender: Any, assigned: set[Any], **kwargs: Any) -> None:
+        stage.assign({tp.partition for tp in assigned if tp.topic in topics})
+
+    app.on_partitions_assigned.connect(on_assigned)
+
+    async def on_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
+        await stage.revoke({tp.partition for tp in revoked if tp.topic in topics})
+
+    app.on_partitions_revoked.connect(on_revoked)
+
+    async def keep_time() -> None:
+        stage.raise_failed_write_out()  # stops the worker even when no message comes to raise it
+        if app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set():
+            return
+        assigned = [tp for tp in app.consumer.assignment() if tp.topic in topics]
+        for partition in sorted({tp.partition for tp in assigned} - set(stage.runtimes)):
+            stage.ensure(partition)  # a partition with no input yet still reports progress
+        await stage.catch_up_added_funnels()
+        offsets = await consumer_offsets(app, assigned)
+        if offsets is None:
+            return
+        highwaters, positions = offsets
+        await stage.repair_stalls(positions)
+        stage.mark_idle(
+            highwaters,
+            settings.idle_timeout_seconds,
+        )
+        await stage.publish(stage.publish_due(highwaters))
+        await stage.checkpoint_due()
+
+    install_timer(app, 1.0, keep_time, "sessions.keep_time")
+    return stage
