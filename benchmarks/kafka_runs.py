@@ -8,7 +8,7 @@ import contextlib
 import statistics
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -42,11 +42,7 @@ def budget(total: int) -> float:
 
 def limits_of(settings: Settings) -> DecodeLimits:
     """The worker's decode limits (streamer.pipeline.sessions.wiring.install)."""
-    return DecodeLimits(
-        max_bytes=settings.max_event_bytes,
-        max_future_skew=timedelta(seconds=settings.max_clock_skew_seconds),
-        max_age=timedelta(seconds=settings.max_event_age_seconds),
-    )
+    return DecodeLimits.of(settings)
 
 
 # --- 1. ceiling -------------------------------------------------------------------------------

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import ValidationError
 
 from streamer.events import EVENT_MODELS, Event, ReasonCode
+
+if TYPE_CHECKING:
+    from streamer.settings import Settings
 
 __all__ = ["DecodeLimits", "Rejection", "decode_event"]
 
@@ -29,6 +32,15 @@ class DecodeLimits:
     # When the producer sends ``sent_at`` and it differs from the broker time by more than
     # this, the device clock is taken to be off by that much and ``occurred_at`` is corrected.
     skew_correction_threshold: timedelta = timedelta(seconds=2)
+
+    @classmethod
+    def of(cls, settings: Settings) -> DecodeLimits:
+        """The limits a worker applies, from its settings."""
+        return cls(
+            max_bytes=settings.max_event_bytes,
+            max_future_skew=timedelta(seconds=settings.max_clock_skew_seconds),
+            max_age=timedelta(seconds=settings.max_event_age_seconds),
+        )
 
 
 @dataclass(frozen=True)

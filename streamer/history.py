@@ -19,6 +19,7 @@ live worker's history starts, the alerts are the live ones, with the same ids.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import Counter
@@ -369,11 +370,7 @@ async def _replayed(
         runbook_url=settings.runbook_url,
         drain=drain,
     )
-    limits = DecodeLimits(
-        max_bytes=settings.max_event_bytes,
-        max_future_skew=timedelta(seconds=settings.max_clock_skew_seconds),
-        max_age=_ANY_AGE,
-    )
+    limits = dataclasses.replace(DecodeLimits.of(settings), max_age=_ANY_AGE)
     consumer = make_consumer(settings, enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:

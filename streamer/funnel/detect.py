@@ -1,4 +1,6 @@
 """Drop-off detection on cohort windows, with explanations. Pure: cohorts in, decisions out.
+(Its statistics are in :mod:`streamer.funnel.statistics`, its cohorts and baselines in
+:mod:`streamer.funnel.baselines`.)
 
 A step's *cohort* is the set of sessions that reached the step's stage in one window. Until the
 step's timeout has passed the watermark for every one of them, some are still undecided, so
@@ -42,15 +44,15 @@ same cohorts gives the same alerts.
 
 from __future__ import annotations
 
-import bisect
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
+from streamer.funnel.baselines import Cohort, SegmentKey, StepBaseline, bound_index, cohorts_of
 from streamer.funnel.definition import AlertPolicy, FunnelDefinition
+from streamer.funnel.statistics import binomial_lower_tail, binomial_tail, family_threshold
 from streamer.funnel.tracking import TrackingCheck, TrackingDecision
-from streamer.funnel.windows import TIME_TO_CONVERT_BUCKETS_MS, UNKNOWN, WindowCounts
+from streamer.funnel.windows import UNKNOWN, WindowCounts
 
 __all__ = [
     "AlertDecision",
@@ -69,8 +71,6 @@ __all__ = [
 
 State = Literal["firing", "repeat", "resolved"]
 Basis = Literal["final", "matched_age"]
-SegmentKey = tuple[str, str]
-_SMOOTHING = 50.0  # pseudo-sessions pulling a small segment's baseline toward the step's
 _MIN_EXPECTED = 5.0  # a test needs this many expected conversions (or drops) to say anything
 # Young cohorts are tested over the newest ones (a sudden break shows in the first minutes)
 # and over longer spans up to ``young_span`` (a partial one builds up). A span every minute
@@ -84,181 +84,6 @@ _WORSE_THAN_STEP = 0.05
 # A segment value's final-cohort test needs this many sessions (the step's needs
 # ``min_decided``): small values are tested too, the Bonferroni threshold keeps them honest.
 _MIN_SEGMENT_DECIDED = 10
-
-
-def _far_tail(k: int, trials: int, rate: float, upward: bool) -> float:
-    """P(X >= k) (``upward``) or P(X <= k), for ``k`` beyond the mode on that side: the terms
-    shrink monotonically from ``pmf(k)``, so the sum stops once they no longer count."""
-    log_first = (
-        math.lgamma(trials + 1)
-        - math.lgamma(k + 1)
-        - math.lgamma(trials - k + 1)
-        + k * math.log(rate)
-        + (trials - k) * math.log1p(-rate)
-    )
-    odds = rate / (1.0 - rate)
-    total, term, j = 1.0, 1.0, k
-    while True:
-        if upward:
-            if j >= trials:
-                break
-            term *= (trials - j) / (j + 1) * odds
-            j += 1
-        else:
-            if j <= 0:
-                break
-            term *= j / (trials - j + 1) / odds
-            j -= 1
-        total += term
-        if term < total * 1e-17:
-            break
-    return min(1.0, math.exp(log_first + math.log(total)))
-
-
-def binomial_tail(successes: int, trials: int, rate: float) -> float:
-    """P(X >= successes) for X ~ Binomial(trials, rate), exact to double precision."""
-    if successes <= 0:
-        return 1.0
-    if successes > trials or rate <= 0.0:
-        return 0.0
-    if rate >= 1.0:
-        return 1.0
-    if successes > math.floor((trials + 1) * rate):
-        return _far_tail(successes, trials, rate, upward=True)
-    return max(0.0, 1.0 - _far_tail(successes - 1, trials, rate, upward=False))
-
-
-def binomial_lower_tail(successes: int, trials: int, rate: float) -> float:
-    """P(X <= successes) for X ~ Binomial(trials, rate), exact to double precision."""
-    if successes >= trials or rate <= 0.0:
-        return 1.0
-    if successes < 0:
-        return 0.0
-    if rate >= 1.0:
-        return 0.0
-    if successes < math.floor((trials + 1) * rate):
-        return _far_tail(successes, trials, rate, upward=False)
-    return max(0.0, 1.0 - _far_tail(successes + 1, trials, rate, upward=True))
-
-
-@dataclass(frozen=True)
-class Cohort:
-    """One cohort window of one step, as counted so far."""
-
-    start_ms: int
-    end_ms: int
-    entered: int
-    converted: int
-    dropped: int
-    converted_within: tuple[int, ...]  # conversions within each time-to-convert bound
-    dropped_value: float = 0.0
-    # (dimension, value) -> (entered, converted, dropped, conversions within each bound)
-    segments: Mapping[SegmentKey, tuple[int, int, int, tuple[int, ...]]] = field(
-        default_factory=dict
-    )
-
-
-def _cumulative(buckets: Sequence[int]) -> tuple[int, ...]:
-    out, running = [], 0
-    for bucket in buckets[: len(TIME_TO_CONVERT_BUCKETS_MS)]:
-        running += bucket
-        out.append(running)
-    return tuple(out)
-
-
-def bound_index(age_ms: int) -> int:
-    """How many time-to-convert bounds are within ``age_ms``: conversions counted below
-    that index happened before the watermark for every member of a cohort that old."""
-    index = 0
-    while index < len(TIME_TO_CONVERT_BUCKETS_MS) and TIME_TO_CONVERT_BUCKETS_MS[index] <= age_ms:
-        index += 1
-    return index
-
-
-def cohorts_of(
-    funnel: FunnelDefinition, start_ms: int, counts: WindowCounts, step_index: int
-) -> Cohort:
-    """Step ``step_index``'s cohort in the window at ``start_ms`` of ``funnel``."""
-    step = counts.stages[step_index]
-    names = [segment.name for segment in funnel.segments]
-    segments = {}
-    for (dim, value), per_stage in counts.segments.items():
-        s = per_stage[step_index]
-        if s.entered and dim < len(names):
-            segments[(names[dim], value)] = (
-                s.entered,
-                s.converted,
-                s.dropped,
-                _cumulative(s.time_to_convert_buckets),
-            )
-    return Cohort(
-        start_ms=start_ms,
-        end_ms=start_ms + funnel.window_ms,
-        entered=step.entered,
-        converted=step.converted,
-        dropped=step.dropped,
-        converted_within=_cumulative(step.time_to_convert_buckets),
-        dropped_value=step.dropped_value,
-        segments=segments,
-    )
-
-
-@dataclass
-class StepBaseline:
-    """What a step's final cohorts look like, decayed by a half-life counted in sessions."""
-
-    half_life: float
-    entered: float = 0.0
-    converted: float = 0.0
-    within: list[float] = field(default_factory=lambda: [0.0] * len(TIME_TO_CONVERT_BUCKETS_MS))
-    segments: dict[SegmentKey, list[float]] = field(default_factory=dict)  # [entered, converted]
-
-    def learn(self, cohort: Cohort) -> None:
-        if not cohort.entered:
-            return
-        keep = 0.5 ** (cohort.entered / self.half_life)
-        self.entered = self.entered * keep + cohort.entered
-        self.converted = self.converted * keep + cohort.converted
-        self.within = [
-            w * keep + c for w, c in zip(self.within, cohort.converted_within, strict=True)
-        ]
-        for sums in self.segments.values():
-            sums[0] *= keep
-            sums[1] *= keep
-        for key, (entered, converted, _, _) in cohort.segments.items():
-            sums = self.segments.setdefault(key, [0.0, 0.0])
-            sums[0] += entered
-            sums[1] += converted
-        if len(self.segments) > 512:  # values long gone: forget the smallest
-            for key in sorted(self.segments, key=lambda k: self.segments[k][0])[:256]:
-                del self.segments[key]
-
-    @property
-    def conversion(self) -> float:
-        return self.converted / self.entered if self.entered else 0.0
-
-    def segment_conversion(self, key: SegmentKey) -> float:
-        entered, converted = self.segments.get(key, (0.0, 0.0))
-        return (converted + _SMOOTHING * self.conversion) / (entered + _SMOOTHING)
-
-    def converted_within(self, index: int) -> float:
-        """Share of a cohort converted within bound ``index - 1`` (0: none yet)."""
-        if index == 0 or not self.entered:
-            return 0.0
-        return self.within[index - 1] / self.entered
-
-    def to_json(self) -> list[Any]:
-        return [
-            self.entered,
-            self.converted,
-            self.within,
-            [[d, v, e, c] for (d, v), (e, c) in sorted(self.segments.items())],
-        ]
-
-    def load_json(self, raw: list[Any]) -> None:
-        self.entered, self.converted = float(raw[0]), float(raw[1])
-        self.within = [float(x) for x in raw[2]]
-        self.segments = {(str(d), str(v)): [float(e), float(c)] for d, v, e, c in raw[3]}
 
 
 @dataclass(frozen=True)
@@ -293,22 +118,6 @@ class AlertDecision:
 
 
 Decision = AlertDecision | TrackingDecision
-
-
-def family_threshold(significance: float, min_p_values: Sequence[float]) -> float:
-    """The per-test threshold that holds the family's false-alert rate at ``significance``
-    (Tarone's refinement of Bonferroni): a test whose trials cannot reach the threshold even
-    if every one failed cannot raise a false alert, so it does not count. The threshold is
-    ``significance / K`` for the smallest ``K`` with at most ``K`` tests able to reach it."""
-    ordered = sorted(min_p_values)
-    low, high = 1, max(1, len(ordered))
-    while low < high:  # the count able to reach significance / K only falls as K grows
-        middle = (low + high) // 2
-        if bisect.bisect_right(ordered, significance / middle) <= middle:
-            high = middle
-        else:
-            low = middle + 1
-    return significance / low
 
 
 def held_steps(funnel: FunnelDefinition, event_types: Sequence[str]) -> list[str]:

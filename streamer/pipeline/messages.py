@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import logging
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from streamer.decode import Rejection
 from streamer.events import DeadLetter
+from streamer.metrics import Metrics
 
 __all__ = [
     "DLQ_MAX_MESSAGE_BYTES",
@@ -22,8 +24,11 @@ __all__ = [
     "SourceMessage",
     "dead_letter_for",
     "record_message",
+    "send_rejected",
     "source_message",
 ]
+
+log = logging.getLogger(__name__)
 
 # A stage's send of one output record, ``(key, value)``: awaited, the produce is under way
 # (what it returns, if anything, is the produce's future for ``Deliveries``).
@@ -61,6 +66,28 @@ class SourceMessage(NamedTuple):
             if key == name:
                 return value
         return None
+
+    def received_at(self, otherwise: datetime) -> datetime:
+        """When the broker took the message (its timestamp), else ``otherwise``."""
+        if self.timestamp_ms is not None and self.timestamp_ms >= 0:
+            return datetime.fromtimestamp(self.timestamp_ms / 1000, tz=UTC)
+        return otherwise
+
+
+async def send_rejected(
+    message: SourceMessage, rejection: Rejection, now: datetime, send: SendFn, metrics: Metrics
+) -> Any:
+    """``message``'s dead letter, counted by reason, logged and sent (the sessions and re-key
+    stages both reject input this way); returns the produce's future for ``Deliveries``."""
+    letter = dead_letter_for(message, rejection, now)
+    metrics.dead_letters.labels(topic=message.topic, reason=rejection.reason.value).inc()
+    log.info(
+        "dead-lettered %s: %s (%s)",
+        letter.dead_letter_id,
+        rejection.reason.value,
+        rejection.message[:200],
+    )
+    return await send(message.key, letter.model_dump_json().encode())
 
 
 def source_message(raw: Any) -> SourceMessage:

@@ -23,7 +23,7 @@ from streamer.metrics import Metrics
 from streamer.notify.base import DeliveryOutcome, Notifier
 from streamer.pipeline.input_order import InputMessage, install_contiguous_input
 from streamer.pipeline.messages import SendFn
-from streamer.pipeline.tables import Deliveries, confirmed_table
+from streamer.pipeline.tables import Deliveries, confirmed_table, stopping_the_worker_on
 from streamer.settings import Settings
 
 __all__ = ["NotifierStage", "install"]
@@ -120,12 +120,8 @@ def install(app: Any, settings: Settings, metrics: Metrics, notifier: Notifier) 
         except Exception:  # an unreadable alert record: counted, logged, skipped
             metrics.alert_deliveries.labels(outcome="failed").inc()
             log.exception("notifier could not process an alert record; skipped")
-        try:
+        async with stopping_the_worker_on(app, "notifier could not write its state", Exception):
             await confirm_writes()
-        except Exception as exc:  # the broker refused a write: stop, ack nothing
-            log.critical("notifier could not write its state, stopping: %r", exc)
-            await app.crash(exc)
-            raise
 
     ordered = install_contiguous_input(
         app,

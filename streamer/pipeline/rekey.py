@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -45,8 +45,8 @@ from streamer.pipeline.messages import (
     REKEY_TIMESTAMP_HEADER,
     SendFn,
     SourceMessage,
-    dead_letter_for,
     record_message,
+    send_rejected,
     source_message,
 )
 from streamer.pipeline.tables import Deliveries
@@ -163,18 +163,14 @@ class RekeyStage:
         source = f"{message.topic}/{message.partition}"
         self._read_to[source] = max(self._read_to.get(source, 0), message.offset + 1)
         self._last_read[source] = time.monotonic()
-        if message.timestamp_ms is not None and message.timestamp_ms >= 0:
-            received_at = datetime.fromtimestamp(message.timestamp_ms / 1000, tz=UTC)
-        else:
-            received_at = self._clock()
+        received_at = message.received_at(otherwise=self._clock())
         result = decode_event(message.value, received_at=received_at, limits=self._limits)
         if isinstance(result, Rejection):
-            letter = dead_letter_for(message, result, self._clock())
             self._metrics.events.labels(topic=message.topic, outcome="dead_lettered").inc()
-            self._metrics.dead_letters.labels(topic=message.topic, reason=result.reason.value).inc()
-            log.info("dead-lettered %s: %s", letter.dead_letter_id, result.reason.value)
             self._in_flight.add(
-                await self._send_dead_letter(message.key, letter.model_dump_json().encode())
+                await send_rejected(
+                    message, result, self._clock(), self._send_dead_letter, self._metrics
+                )
             )
         else:
             headers: Headers = [
@@ -260,11 +256,7 @@ def install(app: Any, settings: Settings, metrics: Metrics) -> RekeyStage:
         topics=topics,
         out_partitions=settings.topic_partitions,
         metrics=metrics,
-        limits=DecodeLimits(
-            max_bytes=settings.max_event_bytes,
-            max_future_skew=timedelta(seconds=settings.max_clock_skew_seconds),
-            max_age=timedelta(seconds=settings.max_event_age_seconds),
-        ),
+        limits=DecodeLimits.of(settings),
         forward=forward,
         send_dead_letter=send_dead_letter,
         flush_producer=flush_producer,

@@ -4,9 +4,10 @@ committed before the state and outputs that reflect them are on the broker."""
 
 from __future__ import annotations
 
+import logging
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,30 @@ from faust import streams as faust_streams
 
 from streamer.errors import OutputRefusedError
 
-__all__ = ["ConfirmedTable", "Deliveries", "confirmed_table", "in_partition"]
+__all__ = [
+    "ConfirmedTable",
+    "Deliveries",
+    "confirmed_table",
+    "in_partition",
+    "stopping_the_worker_on",
+]
+
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def stopping_the_worker_on(
+    app: Any, what: str, errors: type[BaseException] | tuple[type[BaseException], ...]
+) -> AsyncIterator[None]:
+    """Stop the worker (exit 1) when ``errors`` escape the block, with the input unacked:
+    Faust would restart the agent and go on past a produce or state write the broker refused,
+    and the next start resumes from the last state written instead. Logged as ``what``."""
+    try:
+        yield
+    except errors as exc:
+        log.critical("%s, stopping the worker: %r", what, exc)
+        await app.crash(exc)
+        raise
 
 
 class Deliveries:

@@ -37,7 +37,7 @@ from streamer.metrics import Metrics
 from streamer.pipeline.detector import DetectorStage
 from streamer.pipeline.input_order import InputMessage, install_contiguous_input
 from streamer.pipeline.messages import SendFn
-from streamer.pipeline.tables import Deliveries, confirmed_table
+from streamer.pipeline.tables import Deliveries, confirmed_table, stopping_the_worker_on
 from streamer.settings import Settings
 
 __all__ = ["WindowMerger", "install", "window_stats"]
@@ -600,12 +600,10 @@ def install(
         # Faust skipped are read directly (a missing partial would make a window final
         # without a partition's counts: the chaos test saw one).
         async for event in stream.noack().events():
-            try:
+            async with stopping_the_worker_on(
+                app, "windows stage could not write its outputs", OutputRefusedError
+            ):
                 await ordered.deliver(InputMessage.of(event.message))
-            except OutputRefusedError as exc:  # stop, ack nothing
-                log.critical("windows stage could not write its outputs, stopping: %s", exc)
-                await app.crash(exc)
-                raise
             event.ack()
 
     app.agent(partials, name="windows")(windows_agent)

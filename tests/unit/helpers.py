@@ -50,7 +50,7 @@ def valid_event(**overrides: Any) -> dict[str, Any]:
 class Recorder:
     sent: list[tuple[bytes | None, bytes]] = field(default_factory=list)
 
-    async def __call__(self, key: bytes | None, value: bytes, partition: int | None) -> Any:
+    async def __call__(self, key: bytes | None, value: bytes, partition: int | None = None) -> Any:
         self.sent.append((key, value))
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)

@@ -213,7 +213,7 @@ async def test_a_produce_the_broker_refused_leaves_nothing_for_the_stop_to_check
     harness = make_harness(read_range=Log([]))
     acked = await run(harness, [0, 1])
 
-    async def refuse(key: bytes | None, value: bytes, partition: int | None) -> object:
+    async def refuse(key: bytes | None, value: bytes) -> object:
         raise RuntimeError("the broker refused the dead letter")
 
     harness.stage._send_dead_letter = refuse

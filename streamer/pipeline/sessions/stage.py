@@ -54,8 +54,9 @@ from streamer.pipeline.messages import (
     REKEY_SOURCE_HEADER,
     REKEY_TIMESTAMP_HEADER,
     PartitionSendFn,
+    SendFn,
     SourceMessage,
-    dead_letter_for,
+    send_rejected,
 )
 from streamer.pipeline.sessions import checkpoint_log
 from streamer.pipeline.sessions.checkpoint_log import delta_key, encode_delta, meta_key, read_log
@@ -143,7 +144,7 @@ class SessionsStage:
         retention_ms: int,
         checkpoint_interval_s: float,
         send_partial: PartitionSendFn,
-        send_dead_letter: PartitionSendFn,
+        send_dead_letter: SendFn,
         send_abandonment: PartitionSendFn,
         flush_producer: Callable[[], Awaitable[None]],
         read_range: ReadRange = _cannot_read,
@@ -475,7 +476,9 @@ class SessionsStage:
             )
             for message in messages:
                 result = decode_event(
-                    message.value, received_at=self._received_at(message), limits=self._limits
+                    message.value,
+                    received_at=message.received_at(otherwise=self._clock()),
+                    limits=self._limits,
                 )
                 if isinstance(result, Rejection):
                     continue  # dead-lettered when it was first read
@@ -574,19 +577,15 @@ class SessionsStage:
         )
         return await self._apply(runtime, original, None)
 
-    def _received_at(self, message: SourceMessage) -> datetime:
-        """When the broker took the message (its timestamp), else now."""
-        if message.timestamp_ms is not None and message.timestamp_ms >= 0:
-            return datetime.fromtimestamp(message.timestamp_ms / 1000, tz=UTC)
-        return self._clock()
-
     async def _apply(
         self, runtime: _Runtime, message: SourceMessage, clock_input: str | None
     ) -> Offer | None:
         """Decode, validate and offer one event; ``clock_input`` names the input whose front
         it moves (None on the re-key path, where fronts arrive in-band)."""
         result = decode_event(
-            message.value, received_at=self._received_at(message), limits=self._limits
+            message.value,
+            received_at=message.received_at(otherwise=self._clock()),
+            limits=self._limits,
         )
         if isinstance(result, Rejection):
             await self._dead_letter(message, result)
@@ -900,17 +899,11 @@ class SessionsStage:
                 await self.checkpoint(partition)
 
     async def _dead_letter(self, message: SourceMessage, rejection: Rejection) -> None:
-        letter = dead_letter_for(message, rejection, self._clock())
         self._counters[(message.topic, "dead_lettered")].inc()
-        self._metrics.dead_letters.labels(topic=message.topic, reason=rejection.reason.value).inc()
-        log.info(
-            "dead-lettered %s: %s (%s)",
-            letter.dead_letter_id,
-            rejection.reason.value,
-            rejection.message[:200],
-        )
         self._in_flight.add(
-            await self._send_dead_letter(message.key, letter.model_dump_json().encode(), None)
+            await send_rejected(
+                message, rejection, self._clock(), self._send_dead_letter, self._metrics
+            )
         )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from contextlib import AbstractContextManager
-from datetime import timedelta
 from typing import Any
 
 from streamer.decode import DecodeLimits
@@ -21,7 +20,7 @@ from streamer.pipeline.messages import (
     source_message,
 )
 from streamer.pipeline.sessions.stage import SessionsStage
-from streamer.pipeline.tables import confirmed_table, in_partition
+from streamer.pipeline.tables import confirmed_table, in_partition, stopping_the_worker_on
 from streamer.pipeline.timers import consumer_offsets, install_timer
 from streamer.settings import Settings
 
@@ -72,6 +71,9 @@ def install(
 
         return send
 
+    async def send_dead_letter(key: bytes | None, value: bytes) -> Any:
+        return await dlq.send(key=key, value=value)
+
     async def flush_producer() -> None:
         await app.producer.flush()
         await table.confirm_sent()
@@ -97,16 +99,12 @@ def install(
         topics=topics,
         table=table,
         metrics=metrics,
-        limits=DecodeLimits(
-            max_bytes=settings.max_event_bytes,
-            max_future_skew=timedelta(seconds=settings.max_clock_skew_seconds),
-            max_age=timedelta(seconds=settings.max_event_age_seconds),
-        ),
+        limits=DecodeLimits.of(settings),
         allowed_lateness_ms=round(settings.allowed_lateness_seconds * 1000),
         retention_ms=round(settings.session_retention_seconds * 1000),
         checkpoint_interval_s=settings.checkpoint_interval_seconds,
         send_partial=sender(partials),
-        send_dead_letter=sender(dlq),
+        send_dead_letter=send_dead_letter,
         send_abandonment=sender(abandonments),
         flush_producer=flush_producer,
         read_range=read_input,
@@ -117,7 +115,9 @@ def install(
     app.before_stop.append(stage.close)
 
     async def sessions_agent(stream: Any) -> None:
-        try:
+        # A produce or state write the broker refused stops the worker, having acked nothing
+        # it could not write.
+        async with stopping_the_worker_on(app, "sessions stage failed", Exception):
             # In batches: Faust's per-message hand-over costs about as much as processing a
             # message, and a batch pays its wake-ups once. A batch collected across a
             # rebalance may hold messages fetched before it (Faust clears a stream's buffer
@@ -131,13 +131,6 @@ def install(
                         metrics.revoked_messages.inc()
                         continue
                     await stage.process(source_message(message), event.ack)
-        except Exception as exc:
-            # A produce or state write the broker refused. Faust would restart the agent and
-            # go on; the worker stops instead (exit 1), having acked nothing it could not
-            # write, and its next start resumes from the last checkpoint.
-            log.critical("sessions stage failed, stopping the worker: %r", exc)
-            await app.crash(exc)
-            raise
 
     app.agent(source, name="sessions")(sessions_agent)
 
