@@ -293,7 +293,7 @@ def replay_run(settings: Settings, loaded: Loaded) -> float:
     """``streamer replay`` over the whole pre-loaded range (the closing events included):
     messages read per second, from the call to the report."""
     from streamer.funnel.definition import load_funnels
-    from streamer.history import replay_range
+    from streamer.range_replay import replay_range
 
     start = datetime.fromtimestamp(loaded.first_ms / 1000, tz=UTC)
     end = datetime.fromtimestamp((loaded.closing_ms + 1) / 1000, tz=UTC)

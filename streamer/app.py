@@ -24,7 +24,7 @@ from streamer.kafka_access import AccessNeeds
 from streamer.kafka_io import client_options
 from streamer.metrics import Metrics
 from streamer.notify import Notifier, SlackNotifier
-from streamer.pipeline import detector, notifier, rekey, sessions, web, windows
+from streamer.pipeline import detector, merger, notifier, rekey, sessions, web
 from streamer.pipeline.messages import DLQ_MAX_MESSAGE_BYTES
 from streamer.settings import Settings
 
@@ -95,7 +95,7 @@ class StreamerApp:
     settings: Settings
     metrics: Metrics
     sessions: sessions.SessionsStage
-    merger: windows.WindowMerger
+    merger: merger.WindowMerger
     detector: detector.DetectorStage
     notifier: notifier.NotifierStage
     funnels: tuple[FunnelDefinition, ...]
@@ -233,7 +233,7 @@ def create_app(
         rekey.install(app, settings, metrics)
     stage = sessions.install(app, settings, metrics, funnels)
     judge = detector.install(app, settings, metrics, funnels)
-    merger = windows.install(app, settings, metrics, funnels, detector=judge)
+    window_merger = merger.install(app, settings, metrics, funnels, detector=judge)
     delivery = notifier.install(
         app,
         settings,
@@ -246,7 +246,7 @@ def create_app(
         settings=settings,
         metrics=metrics,
         sessions=stage,
-        merger=merger,
+        merger=window_merger,
         detector=judge,
         notifier=delivery,
         funnels=funnels,

@@ -477,7 +477,7 @@ def replay(
     )
 
     from streamer.funnel.definition import load_funnels
-    from streamer.history import replay_range
+    from streamer.range_replay import replay_range
 
     settings = _settings(ctx)
     _kafka_ready(settings, AccessNeeds(read=_sources(settings)))  # read-only: writes nothing
@@ -536,7 +536,7 @@ def replay(
         + (f"; report in {report}" if report else "")
     )
     if notify:
-        from streamer.history import notify_alerts
+        from streamer.range_replay import notify_alerts
 
         outcomes = asyncio.run(notify_alerts(settings, result))
         err.print(
@@ -562,7 +562,7 @@ def replay_diff(before: Path, after: Path, as_json: bool) -> None:
     """What a what-if changed: alerts added, removed and changed (~, as they are in AFTER),
     conversion per step (two reports)."""
     from streamer.events import ReplayReport
-    from streamer.history import diff_reports
+    from streamer.range_replay import diff_reports
 
     reports = []
     for path in (before, after):
@@ -629,7 +629,7 @@ def backfill_command(
     worker (the baselines topic): a funnel the worker has no detector state for starts warm,
     with no cold-start period. Read-only on the input topics."""
     from streamer.funnel.definition import load_funnels
-    from streamer.history import backfill
+    from streamer.range_replay import backfill
 
     range_from, range_to = _time_range(start, end)
     settings = _settings(ctx)
@@ -646,7 +646,7 @@ def backfill_command(
 
 
 def _load_otto(ctx: click.Context, path: Path) -> None:
-    from streamer.replay import otto_events, replay_events
+    from streamer.loaders import otto_events, replay_events
 
     events = sorted(otto_events(path), key=lambda e: (e["occurred_at"], e["event_id"]))
     settings = _settings(ctx)

@@ -24,7 +24,7 @@ from streamer.settings import Settings
 
 __all__ = [
     "REPLAY_HEADER",
-    "ReplayReport",
+    "DeadLetterReplayReport",
     "ledger_topic",
     "parse_dead_letters",
     "replay_dead_letters",
@@ -52,7 +52,7 @@ def parse_dead_letters(
 
 
 @dataclass
-class ReplayReport:
+class DeadLetterReplayReport:
     selected: int = 0
     replayed: int = 0
     already_replayed: int = 0
@@ -63,12 +63,12 @@ class ReplayReport:
 
 async def replay_dead_letters(
     settings: Settings, reasons: frozenset[str] | None = None, dry_run: bool = False
-) -> ReplayReport:
+) -> DeadLetterReplayReport:
     ledger = ledger_topic(settings)
     await ensure_topics(settings, [ledger], configs={ledger: {"cleanup.policy": "compact"}})
     done = {key.decode() for key, value in await read_topic(settings, ledger) if key and value}
     letters, unreadable = parse_dead_letters(await read_topic(settings, settings.dlq_topic))
-    report = ReplayReport(unreadable=unreadable)
+    report = DeadLetterReplayReport(unreadable=unreadable)
     chosen: list[DeadLetter] = []
     for letter in letters:
         if letter.dead_letter_id in done:

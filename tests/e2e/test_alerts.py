@@ -28,7 +28,6 @@ from streamer.funnel.detect import AlertDecision, FunnelDetector
 from streamer.funnel.session import CompiledFunnel
 from streamer.funnel.task import Task
 from streamer.funnel.windows import WindowCounts, fold_segments
-from streamer.history import replay_range
 from streamer.kafka_io import (
     ensure_topic_plan,
     make_consumer,
@@ -36,9 +35,10 @@ from streamer.kafka_io import (
     stop_consumer,
     topic_partitions,
 )
+from streamer.loaders import replay_events
 from streamer.pipeline.detector import alert_record, tracking_alert_record
 from streamer.pipeline.sessions import needed_fields, stored_event
-from streamer.replay import replay_events
+from streamer.range_replay import replay_range
 from streamer.schemas import EXAMPLES
 from streamer.settings import Settings
 from streamer.simulate import Incident, StepRates, TrafficModel, topic_for

@@ -16,8 +16,8 @@ from aiokafka import TopicPartition
 from streamer.app import topic_plan
 from streamer.events import Alert, WindowStats
 from streamer.funnel.definition import load_funnel
-from streamer.history import backfill, replay_range
 from streamer.kafka_io import ensure_topic_plan, make_consumer, read_topic, topic_partitions
+from streamer.range_replay import backfill, replay_range
 from streamer.settings import Settings
 from streamer.simulate import Incident, TrafficModel
 from streamer.testing import WorkerProcess, metric, scrape_metrics
@@ -73,7 +73,7 @@ async def test_a_backfilled_funnel_starts_warm_and_fires_what_a_live_one_fires(
         await ensure_topic_plan(config, topic_plan(config))
         history = sessions(31, 1500, START, incident=False)
         live = sessions(32, 900, LIVE, incident=True)
-        from streamer.replay import replay_events
+        from streamer.loaders import replay_events
 
         await replay_events(config, history)
         funnel = load_funnel(config.funnels[0])
@@ -127,7 +127,7 @@ async def test_a_funnel_added_to_a_running_worker_goes_on_with_its_open_sessions
         events = sessions(33, 2400, START, incident=True, onset=HANDOVER + timedelta(minutes=1))
         cut = next(i for i, e in enumerate(events) if str(e["occurred_at"]) >= HANDOVER.isoformat())
         before, after = events[:cut], events[cut:]
-        from streamer.replay import replay_events
+        from streamer.loaders import replay_events
 
         await replay_events(config, before)
         with WorkerProcess(running, tmp_path / "running.log") as worker:

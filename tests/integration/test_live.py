@@ -12,7 +12,7 @@ from pathlib import Path
 
 from streamer.app import topic_plan
 from streamer.kafka_io import ensure_topic_plan, read_topic
-from streamer.replay import replay_events
+from streamer.loaders import replay_events
 from streamer.settings import Settings
 from streamer.simulate import TrafficModel
 from streamer.testing import WorkerProcess, metric, run_cli, scrape_metrics

@@ -12,7 +12,7 @@ import pytest
 from streamer.app import topic_plan
 from streamer.funnel.definition import load_funnel
 from streamer.kafka_io import ensure_topic_plan
-from streamer.replay import otto_events, replay_events
+from streamer.loaders import otto_events, replay_events
 from streamer.settings import Settings
 from tests.compare import assert_same
 from tests.integration.pipeline_run import send_closing, wait_published, worker

@@ -12,9 +12,9 @@ from aiokafka.admin.records_to_delete import RecordsToDelete
 from streamer.app import topic_plan
 from streamer.errors import RangeNotHeldError
 from streamer.funnel.definition import load_funnels
-from streamer.history import replay_range
 from streamer.kafka_io import ensure_topic_plan, make_admin, read_topic, topic_partitions
-from streamer.replay import replay_events
+from streamer.loaders import replay_events
+from streamer.range_replay import replay_range
 from streamer.settings import Settings
 from streamer.simulate import TrafficModel
 

@@ -14,7 +14,7 @@ from streamer.funnel.definition import load_funnel
 from streamer.funnel.session import NEVER, Kind, Outcome
 from streamer.funnel.windows import WindowCounts
 from streamer.metrics import Metrics
-from streamer.pipeline.windows import REVISION_INTERVAL_S, JudgeFn, WindowMerger
+from streamer.pipeline.merger import REVISION_INTERVAL_S, JudgeFn, WindowMerger
 from streamer.query import FunnelView
 
 from .helpers import CHECKOUT

@@ -15,7 +15,7 @@ import orjson
 from streamer.decode import DecodeLimits, decode_event
 from streamer.events import Alert, ReplayReport
 from streamer.funnel.definition import load_funnel
-from streamer.history import RangeReplay, diff_reports
+from streamer.range_replay import RangeReplay, diff_reports
 from streamer.simulate import TrafficModel
 
 CHECKOUT = Path(__file__).resolve().parents[2] / "deploy/funnels/checkout.yaml"

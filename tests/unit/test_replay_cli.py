@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from streamer.cli import cli
 from streamer.errors import RangeNotHeldError
-from streamer.history import _check_held
+from streamer.range_replay import _check_held
 
 
 def test_a_range_that_ends_before_it_starts_is_refused_naming_the_flag() -> None:

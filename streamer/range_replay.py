@@ -52,8 +52,8 @@ from streamer.funnel.task import Offer, Task
 from streamer.funnel.windows import WindowCounts, fold_segments, merge_partials
 from streamer.kafka_io import make_consumer, make_producer, stop_consumer, topic_partitions
 from streamer.pipeline.detector import alert_record, tracking_alert_record
+from streamer.pipeline.merger import window_stats
 from streamer.pipeline.sessions import needed_fields, stored_event
-from streamer.pipeline.windows import window_stats
 from streamer.settings import Settings
 
 __all__ = ["RangeReplay", "backfill", "diff_reports", "notify_alerts", "replay_range"]
