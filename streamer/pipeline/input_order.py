@@ -1,11 +1,26 @@
-"""Holes in a one-partition input that Faust skipped, read directly.
+"""Input positions: every stage applies each input partition in offset order, each message
+once, without holes. One component, :class:`InputPositions`, used by the sessions stage, the
+re-key stage, the merger and the notifier. Its rules:
 
-Faust can hand an agent a message past ones it never delivered: what its fetcher had buffered
-while the worker restored a table from its changelog is dropped when the streams resume, the
-fetch goes on after it, and the group's commit then moves past the dropped offsets. The
-sessions stage finds such holes through the offsets in its checkpoint (see
-``SessionsStage._fill_gap``); the windows and notifier stages, which read one partition each,
-keep the next offset they applied in their own table with :class:`ContiguousInput`.
+1. Per (topic, partition) a stage keeps the **next offset** it applied, in a place of its own
+   (a :class:`PositionStore`): the sessions stage in its checkpoint's meta record, the merger
+   and the notifier in a key of their table (:class:`TableStore`), the re-key stage in memory
+   (:class:`MemoryStore`, from the group's committed offset after an assignment).
+2. A delivered message **before** it is a copy of one applied: skipped (:meth:`admit` says so).
+3. A delivered message **past** it comes after a *hole*: Faust skipped offsets (what its fetcher
+   had buffered while the worker restored a table is dropped when the streams resume, and the
+   group's commit moves past it; a commit on revoke can run ahead of what the previous owner
+   stored). The hole is read directly, outside the group, and applied first.
+4. A consumer **position** past it while nothing is delivered is a hole at the log's end (no
+   later message reveals it): the stage's timer hands the position to :meth:`repair` once the
+   input was quiet for ``STALL_REPAIR_S``.
+5. Every hole read is logged at WARNING ("... is at offset N but it applied input up to M:
+   reading offsets M..N-1 directly (k messages)") and counted (``streamer_input_rewinds_total``).
+   Offsets that retention deleted before they were applied are logged at ERROR and counted as
+   lost (``streamer_input_lost_messages_total``), except on a first start (nothing applied yet), where a
+   log whose start moved is just where the input begins (INFO, no rewind).
+(Seeking the group consumer back does not work: Faust drops re-fetched offsets below the newest
+it has handed out.)
 """
 
 from __future__ import annotations
@@ -13,9 +28,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from faust.types import TP
 
@@ -30,9 +45,12 @@ __all__ = [
     "STALL_REPAIR_S",
     "ContiguousInput",
     "InputMessage",
+    "InputPositions",
+    "MemoryStore",
+    "PositionStore",
     "ReadRangeFn",
+    "TableStore",
     "install_contiguous_input",
-    "report_hole",
 ]
 
 log = logging.getLogger(__name__)
@@ -58,23 +76,160 @@ class InputMessage:
         return cls(message.offset, message.value, round(timestamp * 1000) if timestamp else None)
 
 
-def report_hole(
-    metrics: Metrics, who: str, source: str, at: int, applied_to: int, found: int
-) -> None:
-    """Log and count a hole read directly: ``source`` is at offset ``at`` but ``who`` applied
-    (or forwarded) input up to ``applied_to``; ``found`` messages were read in between."""
-    log.warning(
-        "%s: %s is at offset %d but it applied input up to %d: reading offsets %d..%d "
-        "directly (%d messages)",
-        who,
-        source,
-        at,
-        applied_to,
-        applied_to,
-        at - 1,
-        found,
-    )
-    metrics.rewinds.inc()
+class Positioned(Protocol):
+    @property
+    def offset(self) -> int: ...
+
+
+M = TypeVar("M", bound=Positioned)
+
+
+class PositionStore(Protocol):
+    """Where a stage keeps the next offset it applied of each input partition."""
+
+    def get(self, topic: str, partition: int) -> int | None: ...
+
+    def set(self, topic: str, partition: int, offset: int) -> None: ...
+
+
+class MemoryStore:
+    """Positions in memory (the re-key stage keeps no state)."""
+
+    def __init__(self) -> None:
+        self.offsets: dict[tuple[str, int], int] = {}
+
+    def get(self, topic: str, partition: int) -> int | None:
+        return self.offsets.get((topic, partition))
+
+    def set(self, topic: str, partition: int, offset: int) -> None:
+        self.offsets[(topic, partition)] = offset
+
+    def forget(self, topic: str, partition: int) -> None:
+        self.offsets.pop((topic, partition), None)  # revoked: its next owner reads on
+
+
+class TableStore:
+    """The position of a one-partition input, kept in the stage's changelogged table (written
+    in the same partition's changelog as the stage's state, so it is restored with it)."""
+
+    def __init__(self, table: MutableMapping[str, bytes]) -> None:
+        self._table = table
+
+    def get(self, topic: str, partition: int) -> int | None:
+        raw = self._table.get(NEXT_OFFSET_KEY)
+        return None if raw is None else int(raw)
+
+    def set(self, topic: str, partition: int, offset: int) -> None:
+        self._table[NEXT_OFFSET_KEY] = str(offset).encode()
+
+    def holds_state(self) -> bool:
+        return next(iter(self._table), None) is not None
+
+
+# (topic, partition, start, end) -> (the log's start offset, messages with start <= offset < end)
+ReadFn = Callable[[str, int, int, int], Awaitable[tuple[int, Sequence[M]]]]
+# Where a partition with no position yet starts: (topic, partition, where Faust is) -> offset
+StartFn = Callable[[str, int, int], Awaitable[int]]
+
+
+async def _from_log_start(topic: str, partition: int, faust_at: int) -> int:
+    return 0
+
+
+class InputPositions(Generic[M]):
+    """The rules of this module for one stage (``who``, as its log lines name it): holes are
+    read with ``read_range`` and applied with ``apply_hole``, positions kept in ``store``.
+
+    The caller serialises :meth:`admit`, :meth:`applied` and :meth:`repair` (its own lock:
+    the agent and the timer take turns), applies each admitted message itself and then calls
+    :meth:`applied`; ``apply_hole`` must record its message's position the same way."""
+
+    def __init__(
+        self,
+        *,
+        who: str,
+        store: PositionStore,
+        read_range: ReadFn[M],
+        apply_hole: Callable[[M], Awaitable[Any]],
+        metrics: Metrics,
+        start: StartFn = _from_log_start,
+    ) -> None:
+        self.who = who
+        self.store = store
+        self._read_range = read_range
+        self._apply_hole = apply_hole
+        self._metrics = metrics
+        self._start = start
+
+    async def next_offset(self, topic: str, partition: int, faust_at: int) -> int:
+        """The next offset to apply; with none kept yet, where this input starts (recorded at
+        once: it then travels with the first state written)."""
+        offset = self.store.get(topic, partition)
+        if offset is None:
+            offset = await self._start(topic, partition, faust_at)
+            self.store.set(topic, partition, offset)
+        return offset
+
+    async def admit(self, topic: str, partition: int, message: M) -> bool:
+        """False: ``message`` is a copy of one applied (skip it). True: apply it; a hole
+        before it was read and applied first."""
+        expected = await self.next_offset(topic, partition, message.offset)
+        if message.offset < expected:
+            return False
+        if message.offset > expected:
+            await self._fill(topic, partition, expected, message.offset)
+        return True
+
+    def applied(self, topic: str, partition: int, offset: int) -> None:
+        """``offset`` was applied: the position moves past it (never back: a copy the re-key
+        stage forwards again leaves it where it is)."""
+        current = self.store.get(topic, partition)
+        if current is None or current <= offset:
+            self.store.set(topic, partition, offset + 1)
+
+    async def repair(self, topic: str, partition: int, position: int) -> bool:
+        """The consumer is at ``position`` and the caller found the input quiet: read what
+        lies between (rule 4). True when there was a hole."""
+        expected = await self.next_offset(topic, partition, position)
+        if position <= expected:
+            return False
+        await self._fill(topic, partition, expected, position)
+        return True
+
+    async def _fill(self, topic: str, partition: int, expected: int, until: int) -> None:
+        earliest, missing = await self._read_range(topic, partition, expected, until)
+        source = f"{topic}[{partition}]"
+        if earliest > expected:
+            if expected == 0:  # nothing applied yet: the input begins here
+                log.info("%s: %s starts at offset %d", self.who, source, earliest)
+            else:
+                log.error(
+                    "%s: %s offsets %d..%d were deleted by retention before they were "
+                    "applied; their events are lost",
+                    self.who,
+                    source,
+                    expected,
+                    min(earliest, until) - 1,
+                )
+                self._metrics.input_lost.labels(topic=topic).inc(min(earliest, until) - expected)
+        if missing:
+            log.warning(
+                "%s: %s is at offset %d but it applied input up to %d: reading offsets "
+                "%d..%d directly (%d messages)",
+                self.who,
+                source,
+                until,
+                expected,
+                expected,
+                until - 1,
+                len(missing),
+            )
+            self._metrics.rewinds.inc()
+        for message in missing:
+            await self._apply_hole(message)
+        current = self.store.get(topic, partition)
+        if current is None or current < until:
+            self.store.set(topic, partition, until)
 
 
 # (topic, partition, start, end) -> (the log's start offset, messages with start <= offset < end)
@@ -84,13 +239,10 @@ ApplyFn = Callable[[InputMessage], Awaitable[None]]
 
 
 class ContiguousInput:
-    """Applies partition 0 of ``topic`` in offset order, each message once, without holes.
-
-    The next offset to apply is kept in the stage's table, written once a message's effects
-    are confirmed on the broker: a message before it is a copy of one applied (skipped); one
-    past it comes after a hole, which is read directly and applied first. A hole at the end
-    of the log (no later message to reveal it) is found by :meth:`repair_stall` from the
-    consumer's position."""
+    """Partition 0 of ``topic`` applied through :class:`InputPositions`, its position in the
+    stage's table (:class:`TableStore`), written once a message's effects are confirmed on the
+    broker; :meth:`repair_stall` is the timer's part (rule 4). For the merger and the
+    notifier, which read one partition each."""
 
     def __init__(
         self,
@@ -103,27 +255,27 @@ class ContiguousInput:
         metrics: Metrics,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._table = table
         self._topic = topic
-        self._stage = stage
         self._apply = apply
-        self._read_range = read_range
-        self._metrics = metrics
         self._monotonic = monotonic
         self._lock = asyncio.Lock()  # the agent and the stall repair apply in turn
         self._delivered_at = monotonic()
+        store = TableStore(table)
 
-    def _expected(self, faust_at: int) -> int:
-        """The next offset to apply. None recorded yet: read from the log's start, or, for a
-        table kept by a version that did not record offsets, from where Faust is
-        (``faust_at``: the message delivered, or the consumer's position). Recorded at once:
-        written before the first message's effects, it is on the changelog whenever they are."""
-        raw = self._table.get(NEXT_OFFSET_KEY)
-        if raw is None:
-            start = 0 if next(iter(self._table), None) is None else faust_at
-            self._table[NEXT_OFFSET_KEY] = str(start).encode()
-            return start
-        return int(raw)
+        async def start(topic: str, partition: int, faust_at: int) -> int:
+            # Nothing recorded yet: from the log's start; for a table kept by a version that
+            # did not record offsets, from where Faust is (the message delivered, or the
+            # consumer's position).
+            return faust_at if store.holds_state() else 0
+
+        self.positions: InputPositions[InputMessage] = InputPositions(
+            who=f"{stage} stage",
+            store=store,
+            read_range=read_range,
+            apply_hole=self._apply_one,
+            metrics=metrics,
+            start=start,
+        )
 
     async def deliver(self, message: InputMessage) -> None:
         """Apply a message Faust delivered, after the hole before it if there is one."""
@@ -131,12 +283,8 @@ class ContiguousInput:
             self._delivered_at = self._monotonic()
             try:
                 with in_partition(self._topic, 0):
-                    expected = self._expected(message.offset)
-                    if message.offset < expected:
-                        return  # applied and confirmed before a restart: delivered again
-                    if message.offset > expected:
-                        await self._fill(expected, message.offset)
-                    await self._apply_one(message)
+                    if await self.positions.admit(self._topic, 0, message):
+                        await self._apply_one(message)
             finally:
                 self._delivered_at = self._monotonic()
 
@@ -154,24 +302,12 @@ class ContiguousInput:
             if not self.quiet:
                 return  # a delivery came meanwhile (its position was in Faust's buffers)
             with in_partition(self._topic, 0):
-                expected = self._expected(position)
-                if position > expected:
-                    await self._fill(expected, position)
+                if await self.positions.repair(self._topic, 0, position):
                     self._delivered_at = self._monotonic()
 
-    async def _fill(self, expected: int, until: int) -> None:
-        _, missing = await self._read_range(self._topic, 0, expected, until)
-        if missing:  # none: retention moved the log's start, or compaction left the hole
-            report_hole(self._metrics, f"{self._stage} stage", self._topic, until, expected,
-                        len(missing))  # fmt: skip
-        for message in missing:
-            await self._apply_one(message)
-        if not missing or missing[-1].offset + 1 < until:
-            self._table[NEXT_OFFSET_KEY] = str(until).encode()
-
     async def _apply_one(self, message: InputMessage) -> None:
-        await self._apply(message)
-        self._table[NEXT_OFFSET_KEY] = str(message.offset + 1).encode()
+        await self._apply(message)  # its effects confirmed on the broker, then its position
+        self.positions.applied(self._topic, 0, message.offset)
 
 
 def install_contiguous_input(

@@ -35,7 +35,7 @@ from streamer.faust_consumer import RawSchema
 from streamer.funnel.session import NEVER
 from streamer.kafka_io import committed_offset, read_range, topic_partitions
 from streamer.metrics import Metrics
-from streamer.pipeline.input_order import STALL_REPAIR_S, report_hole
+from streamer.pipeline.input_order import STALL_REPAIR_S, InputPositions, MemoryStore
 from streamer.pipeline.messages import (
     DLQ_MAX_MESSAGE_BYTES,
     REKEY_FRONT,
@@ -61,10 +61,17 @@ LAYOUT_REFRESH_S = 60.0
 
 Headers = list[tuple[str, bytes]]
 ForwardFn = Callable[[bytes | None, bytes, int | None, Headers], Awaitable[Awaitable[Any]]]
-# (topic, partition, start, end) -> its messages with start <= offset < end, outside the group
-ReadFn = Callable[[str, int, int, int], Awaitable[list[SourceMessage]]]
+# (topic, partition, start, end) -> (the log start, its messages with start <= offset < end),
+# read outside the group
+ReadFn = Callable[[str, int, int, int], Awaitable[tuple[int, list[SourceMessage]]]]
 # (topic, partition) -> the group's committed offset (None: none yet)
 CommittedFn = Callable[[str, int], Awaitable[int | None]]
+
+
+async def _nothing_to_read(
+    topic: str, partition: int, start: int, end: int
+) -> tuple[int, list[SourceMessage]]:
+    return start, []  # a stage built without a reader (tests): holes are not read
 
 
 class RekeyStage:
@@ -92,18 +99,33 @@ class RekeyStage:
         self._clock = clock
         self.assigned: set[tuple[str, int]] = set()
         self.fronts: dict[str, int] = {}  # "topic/partition" -> newest event time forwarded
-        self._read_to: dict[str, int] = {}  # "topic/partition" -> next offset
+        # Per source partition the next offset to forward: in memory (this stage keeps no
+        # state), from the group's committed offset at the first message after an assignment.
+        self._read_to = MemoryStore()
         self._last_read: dict[str, float] = {}
         self._assigned_at = time.monotonic()
         self._unacked: list[Callable[[], Any]] = []
         self._in_flight = Deliveries()
-        self._read_range = read_range
-        self._committed = committed
+        read = read_range or _nothing_to_read
+
+        async def start(topic: str, partition: int, faust_at: int) -> int:
+            if committed is None:
+                return faust_at
+            return await committed(topic, partition) or 0
+
+        self._positions: InputPositions[SourceMessage] = InputPositions(
+            who="re-key",
+            store=self._read_to,
+            read_range=read,
+            apply_hole=self._forward_one,
+            metrics=metrics,
+            start=start,
+        )
         self._lock = asyncio.Lock()  # the agent and the stall repair forward in turn
 
     def assign(self, partitions: set[tuple[str, int]]) -> None:
         for topic, partition in self.assigned - partitions:
-            self._read_to.pop(f"{topic}/{partition}", None)  # its next owner reads on
+            self._read_to.forget(topic, partition)  # its next owner reads on
         self.assigned = set(partitions)
         self._assigned_at = time.monotonic()
 
@@ -112,35 +134,11 @@ class RekeyStage:
             self._metrics.revoked_messages.inc()  # its new owner reads it again
             return
         async with self._lock:
-            expected = await self._expected(message.topic, message.partition)
-            if expected is not None and message.offset > expected:
-                await self._fill_hole(message.topic, message.partition, expected, message.offset)
+            # A copy of one forwarded is forwarded again (the sessions stage skips it by its
+            # source offset); a hole before it is read and forwarded first.
+            await self._positions.admit(message.topic, message.partition, message)
             await self._forward_one(message)
         self._unacked.append(ack)
-
-    async def _expected(self, topic: str, partition: int) -> int | None:
-        """The next offset of a source partition to forward: the one after the last read
-        here, else (first message since the assignment) the group's committed offset."""
-        source = f"{topic}/{partition}"
-        if source not in self._read_to and self._committed is not None:
-            self._read_to[source] = await self._committed(topic, partition) or 0
-        return self._read_to.get(source)
-
-    async def _fill_hole(self, topic: str, partition: int, expected: int, until: int) -> None:
-        """Offsets ``expected..until-1`` will not come from the group consumer (Faust drops
-        what it fetched while the worker restores its tables, and commits past it): read
-        them directly and forward them first. Nothing reads them again if not now: the
-        re-key stage keeps no state of its own."""
-        if self._read_range is None:
-            return
-        missing = await self._read_range(topic, partition, expected, until)
-        if missing:  # none: retention moved the log's start
-            report_hole(self._metrics, "re-key", f"{topic}[{partition}]", until, expected,
-                        len(missing))  # fmt: skip
-        for message in missing:
-            await self._forward_one(message)
-        source = f"{topic}/{partition}"
-        self._read_to[source] = max(self._read_to.get(source, 0), until)
 
     async def repair_stalls(self, positions: dict[tuple[str, int], int]) -> None:
         """A source partition whose consumer position is past what was forwarded, with
@@ -154,14 +152,12 @@ class RekeyStage:
             if now - self._last_read.get(source, self._assigned_at) < STALL_REPAIR_S:
                 continue
             async with self._lock:
-                expected = await self._expected(topic, partition)
-                if expected is not None and position > expected:
-                    await self._fill_hole(topic, partition, expected, position)
+                if await self._positions.repair(topic, partition, position):
                     self._last_read[source] = time.monotonic()
 
     async def _forward_one(self, message: SourceMessage) -> None:
         source = f"{message.topic}/{message.partition}"
-        self._read_to[source] = max(self._read_to.get(source, 0), message.offset + 1)
+        self._positions.applied(message.topic, message.partition, message.offset)
         self._last_read[source] = time.monotonic()
         received_at = message.received_at(otherwise=self._clock())
         result = decode_event(message.value, received_at=received_at, limits=self._limits)
@@ -202,7 +198,9 @@ class RekeyStage:
         for topic, partition in sorted(self.assigned):
             source = f"{topic}/{partition}"
             end = highwaters.get((topic, partition))
-            read_to = self._read_to.get(source, (positions or {}).get((topic, partition), 0))
+            read_to = self._read_to.get(topic, partition)
+            if read_to is None:
+                read_to = (positions or {}).get((topic, partition), 0)
             caught_up = end is not None and read_to >= end
             silent = now - self._last_read.get(source, self._assigned_at) >= idle_timeout_s
             marker = orjson.dumps(
@@ -245,9 +243,11 @@ def install(app: Any, settings: Settings, metrics: Metrics) -> RekeyStage:
     async def flush_producer() -> None:
         await app.producer.flush()
 
-    async def read_input(topic: str, partition: int, start: int, end: int) -> list[SourceMessage]:
-        _, records = await read_range(settings, topic, partition, start, end)
-        return [record_message(record) for record in records]
+    async def read_input(
+        topic: str, partition: int, start: int, end: int
+    ) -> tuple[int, list[SourceMessage]]:
+        earliest, records = await read_range(settings, topic, partition, start, end)
+        return earliest, [record_message(record) for record in records]
 
     async def committed(topic: str, partition: int) -> int | None:
         return await committed_offset(settings, topic, partition)

@@ -1,4 +1,8 @@
-"""ContiguousInput: a one-partition stage applies its input in order, once each, no holes."""
+"""Input positions (streamer.pipeline.input_order): every stage applies each input partition in
+order, once each, without holes. The rules of InputPositions on their own (any store, several
+partitions, retention), then ContiguousInput, the merger's and the notifier's one-partition use
+of them. The sessions and re-key stages' own uses are tested in test_input_gap.py and
+test_rekey.py."""
 
 from __future__ import annotations
 
@@ -13,11 +17,100 @@ from streamer.pipeline.input_order import (
     STALL_REPAIR_S,
     ContiguousInput,
     InputMessage,
+    InputPositions,
+    MemoryStore,
 )
 
 LOG = {
     offset: InputMessage(offset, f"record {offset}".encode(), 1000 + offset) for offset in range(20)
 }
+
+
+class Positions:
+    """InputPositions over a MemoryStore, two partitions of one topic, and a log whose first
+    ``log_start`` offsets retention deleted."""
+
+    def __init__(self, log_start: int = 0) -> None:
+        self.applied: list[tuple[int, int]] = []
+        self.reads: list[tuple[int, int, int]] = []
+        self.store = MemoryStore()
+        self.metrics = Metrics.create(
+            CollectorRegistry(), source_topics=("clickstream",), funnels=()
+        )
+
+        async def read(
+            topic: str, partition: int, start: int, end: int
+        ) -> tuple[int, list[InputMessage]]:
+            self.reads.append((partition, start, end))
+            return log_start, [LOG[o] for o in range(max(start, log_start), end)]
+
+        async def apply_hole(message: InputMessage) -> None:
+            await self.apply(self.partition, message)
+
+        self.partition = 0
+        self.positions: InputPositions[InputMessage] = InputPositions(
+            who="test stage",
+            store=self.store,
+            read_range=read,
+            apply_hole=apply_hole,
+            metrics=self.metrics,
+        )
+
+    async def apply(self, partition: int, message: InputMessage) -> None:
+        self.applied.append((partition, message.offset))
+        self.positions.applied("clickstream", partition, message.offset)
+
+    async def deliver(self, partition: int, *offsets: int) -> None:
+        self.partition = partition
+        for offset in offsets:
+            if await self.positions.admit("clickstream", partition, LOG[offset]):
+                await self.apply(partition, LOG[offset])
+
+    def counted(self) -> tuple[float, float]:
+        lost = self.metrics.input_lost.labels(topic="clickstream")._value.get()
+        return self.metrics.rewinds._value.get(), lost  # type: ignore[attr-defined]
+
+
+async def test_positions_are_kept_per_partition_copies_skipped_holes_read_first() -> None:
+    positions = Positions()
+    await positions.deliver(0, 0, 1, 1, 2)  # 1 again: a copy
+    await positions.deliver(1, 0, 3)  # partition 1 skipped 1..2
+    assert positions.applied == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (1, 3)]
+    assert positions.reads == [(1, 1, 3)]
+    assert positions.store.offsets == {("clickstream", 0): 3, ("clickstream", 1): 4}
+    assert positions.counted() == (1, 0)
+
+
+async def test_a_position_past_the_last_applied_is_read_and_a_caught_up_one_is_not() -> None:
+    positions = Positions()
+    await positions.deliver(0, 0, 1)
+    assert not await positions.positions.repair("clickstream", 0, 2)  # caught up
+    assert await positions.positions.repair("clickstream", 0, 5)
+    assert positions.applied == [(0, o) for o in range(5)]
+    assert positions.reads == [(0, 2, 5)]
+
+
+async def test_offsets_retention_deleted_are_lost_but_a_first_start_begins_at_the_log_start(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first_start = Positions(log_start=4)
+    await first_start.deliver(0, 6)  # nothing applied yet: 0..3 are gone, 4..5 read
+    assert first_start.applied == [(0, 4), (0, 5), (0, 6)]
+    assert first_start.counted() == (1, 0)
+    later = Positions(log_start=4)
+    await later.deliver(0, 0, 1)
+    with caplog.at_level(logging.ERROR):
+        await later.deliver(0, 7)  # 2..3 deleted before they were applied, 4..6 read
+    assert later.applied == [(0, 0), (0, 1), (0, 4), (0, 5), (0, 6), (0, 7)]
+    assert later.counted() == (1, 2)
+    assert "clickstream[0] offsets 2..3 were deleted by retention" in caplog.text
+
+
+async def test_a_copy_applied_again_never_moves_the_position_back() -> None:
+    positions = Positions()
+    await positions.deliver(0, 0, 1, 2)
+    positions.positions.applied("clickstream", 0, 1)  # the re-key stage forwards copies again
+    assert positions.store.get("clickstream", 0) == 3
 
 
 class Clock:
@@ -90,7 +183,7 @@ async def test_a_hole_faust_skipped_is_read_and_applied_first(
     assert stage.applied == list(range(11))
     assert stage.reads == [(5, 9)]
     assert stage.rewinds == 1
-    assert "funnel.partials is at offset 9 but it applied input up to 5" in caplog.text
+    assert "funnel.partials[0] is at offset 9 but it applied input up to 5" in caplog.text
 
 
 async def test_a_first_start_past_the_log_start_reads_from_there() -> None:

@@ -189,9 +189,11 @@ class SourceLog:
         self.reads: list[tuple[str, int, int, int]] = []
         self.committed = committed
 
-    async def read(self, topic: str, partition: int, start: int, end: int) -> list[SourceMessage]:
+    async def read(
+        self, topic: str, partition: int, start: int, end: int
+    ) -> tuple[int, list[SourceMessage]]:
         self.reads.append((topic, partition, start, end))
-        return [
+        return 0, [
             source(topic, partition, offset, valid_event(event_id=f"e{offset}"))
             for offset in range(start, end)
         ]

@@ -46,7 +46,7 @@ from streamer.funnel.stages import lifecycle_stage
 from streamer.funnel.task import AbandonmentNotice, Offer, Task
 from streamer.funnel.windows import window_start
 from streamer.metrics import Metrics
-from streamer.pipeline.input_order import STALL_REPAIR_S
+from streamer.pipeline.input_order import STALL_REPAIR_S, InputPositions
 from streamer.pipeline.messages import (
     REKEY_FRONT,
     REKEY_KEY_HEADER,
@@ -131,6 +131,21 @@ class _Snapshot:
     acks: list[Any]
 
 
+class _CheckpointPositions:
+    """Input positions kept in each task's checkpoint (``_Runtime.offsets``, stored in the
+    partition's meta record with the state they reflect)."""
+
+    def __init__(self, runtimes: dict[int, _Runtime]) -> None:
+        self._runtimes = runtimes
+
+    def get(self, topic: str, partition: int) -> int | None:
+        runtime = self._runtimes.get(partition)
+        return None if runtime is None else runtime.offsets.get(topic)
+
+    def set(self, topic: str, partition: int, offset: int) -> None:
+        self._runtimes[partition].offsets[topic] = offset
+
+
 class SessionsStage:
     def __init__(
         self,
@@ -189,6 +204,15 @@ class SessionsStage:
         # tasks the broker may not have) or of applying a message (maybe half applied). The
         # next start resumes from the last checkpoint written.
         self._sealed = False
+        # Input positions (rules in streamer.pipeline.input_order): the next offset of each
+        # input is in the task's checkpoint; holes Faust skipped are read and applied first.
+        self._positions: InputPositions[SourceMessage] = InputPositions(
+            who="sessions stage",
+            store=_CheckpointPositions(self.runtimes),
+            read_range=read_range,
+            apply_hole=lambda message: self._apply_one(self.runtimes[message.partition], message),
+            metrics=metrics,
+        )
         self._counters = {
             (topic, outcome): metrics.events.labels(topic=topic, outcome=outcome)
             for topic in (*topics, *rekeyed_from)
@@ -329,14 +353,10 @@ class SessionsStage:
                 if runtime.catch_up:
                     await self._catch_up(runtime, message.partition)
                 topic = message.topic
-                expected = runtime.offsets.get(topic, 0)  # every input has one since restore
-                if message.offset < expected:
+                if not await self._positions.admit(topic, message.partition, message):
                     ack()  # applied before the last checkpoint: re-delivered after a restart
                     self._tally(self._replayed[topic])
                     return None
-                if message.offset > expected:
-                    partition = message.partition
-                    await self._fill_gap(runtime, topic, partition, expected, message.offset)
                 outcome = await self._apply_one(runtime, message)
                 runtime.unacked.append(ack)
                 if time.monotonic() - runtime.checkpointed_at >= self._interval:
@@ -367,56 +387,6 @@ class SessionsStage:
         # timer meanwhile leaves it to the next one).
         runtime.offsets[topic] = message.offset + 1
         return outcome
-
-    async def _fill_gap(
-        self, runtime: _Runtime, topic: str, partition: int, expected: int, until: int
-    ) -> None:
-        """The input went past what the checkpoint reflects: offsets ``expected..until-1``
-        will not come from the group consumer. Either the group committed offsets that a
-        previous owner acked after the checkpoint we restored (Faust's commit on revoke can
-        run ahead of our acks), or Faust's fetcher skipped them (it marks messages fetched
-        while a rebalance suspends the flow as read). They are read directly, outside the
-        group, and applied in order. (Seeking the group consumer back does not work
-        reliably: Faust drops re-fetched offsets below the newest it has handed out.)"""
-        found: tuple[int, list[SourceMessage]] | None = None
-        if expected == 0:
-            # Nothing applied yet: a first start on a log whose start retention moved is
-            # handed that start first, and nothing was skipped (no rewind to warn about).
-            found = await self._read_range(topic, partition, expected, until)
-            if found[0] >= until:
-                log.info("partition %d: %s starts at offset %d", partition, topic, found[0])
-                runtime.offsets[topic] = max(runtime.offsets.get(topic, 0), until)
-                return
-        log.warning(
-            "partition %d: %s is at offset %d but %s: reading offsets %d..%d directly",
-            partition,
-            topic,
-            until,
-            f"the checkpoint reflects input up to {expected}" if expected else "none is applied",
-            expected,
-            until - 1,
-        )
-        self._metrics.rewinds.inc()
-        if found is None:
-            found = await self._read_range(topic, partition, expected, until)
-        earliest, missing = found
-        if earliest > expected and expected == 0:
-            # Nothing of this input was ever applied: retention had moved the log's start.
-            log.info("partition %d: %s starts at offset %d", partition, topic, earliest)
-        elif earliest > expected:
-            log.error(
-                "partition %d: %s offsets %d..%d were deleted by retention before this worker "
-                "applied them; their events are lost",
-                partition,
-                topic,
-                expected,
-                min(earliest, until) - 1,
-            )
-            self._metrics.input_lost.labels(topic=topic).inc(min(earliest, until) - expected)
-        for gap_message in missing:
-            await self._apply_one(runtime, gap_message)
-        runtime.offsets[topic] = max(runtime.offsets.get(topic, 0), until)
-        log.info("partition %d: %s read %d messages of the gap", partition, topic, len(missing))
 
     async def catch_up_added_funnels(self) -> None:
         """Run the catch-up of every task that still has one (the timer calls this: a
@@ -527,7 +497,7 @@ class SessionsStage:
     async def repair_stalls(self, positions: dict[tuple[str, int], int]) -> None:
         """An input whose group consumer is past what this task applied, with nothing of it
         delivered for ``STALL_REPAIR_S``, is stalled: the offsets in between will never be
-        delivered (see ``_fill_gap``) and would hold the watermark back for good. They are
+        delivered (see streamer.pipeline.input_order) and would hold the watermark back for good. They are
         read directly. (Read twice by chance, a message is skipped as already applied.)"""
         now = time.monotonic()
         for (topic, partition), position in sorted(positions.items()):
@@ -541,9 +511,7 @@ class SessionsStage:
             async with self._apply_lock:
                 if self.runtimes.get(partition) is not runtime:
                     continue  # revoked meanwhile
-                applied = runtime.offsets.get(topic, 0)
-                if position > applied:
-                    await self._fill_gap(runtime, topic, partition, applied, position)
+                if await self._positions.repair(topic, partition, position):
                     runtime.last_read[topic] = time.monotonic()
 
     async def _apply_rekeyed(self, runtime: _Runtime, message: SourceMessage) -> Offer | None:
