@@ -17,8 +17,8 @@ re-key stage, the merger and the notifier. Its rules:
 5. Every hole read is logged at WARNING ("... is at offset N but it applied input up to M:
    reading offsets M..N-1 directly (k messages)") and counted (``streamer_input_rewinds_total``).
    Offsets that retention deleted before they were applied are logged at ERROR and counted as
-   lost (``streamer_input_lost_messages_total``), except on a first start (nothing applied yet), where a
-   log whose start moved is just where the input begins (INFO, no rewind).
+   lost (``streamer_input_lost_messages_total``), except on a first start (nothing applied
+   yet), where a log whose start moved is just where the input begins (INFO, no rewind).
 (Seeking the group consumer back does not work: Faust drops re-fetched offsets below the newest
 it has handed out.)
 """

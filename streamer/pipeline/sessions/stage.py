@@ -497,8 +497,9 @@ class SessionsStage:
     async def repair_stalls(self, positions: dict[tuple[str, int], int]) -> None:
         """An input whose group consumer is past what this task applied, with nothing of it
         delivered for ``STALL_REPAIR_S``, is stalled: the offsets in between will never be
-        delivered (see streamer.pipeline.input_order) and would hold the watermark back for good. They are
-        read directly. (Read twice by chance, a message is skipped as already applied.)"""
+        delivered (see :mod:`streamer.pipeline.input_order`) and would hold the watermark
+        back for good. They are read directly. (Read twice by chance, a message is skipped as
+        already applied.)"""
         now = time.monotonic()
         for (topic, partition), position in sorted(positions.items()):
             runtime = self.runtimes.get(partition)
