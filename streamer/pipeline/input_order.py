@@ -36,6 +36,7 @@ from faust.types import TP
 
 from streamer.kafka_io import read_range
 from streamer.metrics import Metrics
+from streamer.pipeline.messages import SourceMessage, record_message
 from streamer.pipeline.tables import in_partition
 from streamer.pipeline.timers import consumer_offsets, install_timer
 from streamer.settings import Settings
@@ -51,6 +52,7 @@ __all__ = [
     "ReadRangeFn",
     "TableStore",
     "install_contiguous_input",
+    "source_reader",
 ]
 
 log = logging.getLogger(__name__)
@@ -308,6 +310,20 @@ class ContiguousInput:
     async def _apply_one(self, message: InputMessage) -> None:
         await self._apply(message)  # its effects confirmed on the broker, then its position
         self.positions.applied(self._topic, 0, message.offset)
+
+
+def source_reader(
+    settings: Settings, timeout_s: float = 60.0
+) -> Callable[[str, int, int, int], Awaitable[tuple[int, list[SourceMessage]]]]:
+    """Reads a range of a source partition from the broker, outside the consumer group."""
+
+    async def read(
+        topic: str, partition: int, start: int, end: int
+    ) -> tuple[int, list[SourceMessage]]:
+        earliest, records = await read_range(settings, topic, partition, start, end, timeout_s)
+        return earliest, [record_message(record) for record in records]
+
+    return read
 
 
 def install_contiguous_input(

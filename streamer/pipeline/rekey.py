@@ -33,9 +33,9 @@ from streamer.decode import DecodeLimits, Rejection, decode_event
 from streamer.events import to_epoch_ms
 from streamer.faust_consumer import RawSchema
 from streamer.funnel.session import NEVER
-from streamer.kafka_io import committed_offset, read_range, topic_partitions
+from streamer.kafka_io import committed_offset, topic_partitions
 from streamer.metrics import Metrics
-from streamer.pipeline.input_order import STALL_REPAIR_S, InputPositions, MemoryStore
+from streamer.pipeline.input_order import STALL_REPAIR_S, InputPositions, MemoryStore, source_reader
 from streamer.pipeline.messages import (
     DLQ_MAX_MESSAGE_BYTES,
     REKEY_FRONT,
@@ -45,7 +45,6 @@ from streamer.pipeline.messages import (
     REKEY_TIMESTAMP_HEADER,
     SendFn,
     SourceMessage,
-    record_message,
     send_rejected,
     source_message,
 )
@@ -243,12 +242,6 @@ def install(app: Any, settings: Settings, metrics: Metrics) -> RekeyStage:
     async def flush_producer() -> None:
         await app.producer.flush()
 
-    async def read_input(
-        topic: str, partition: int, start: int, end: int
-    ) -> tuple[int, list[SourceMessage]]:
-        earliest, records = await read_range(settings, topic, partition, start, end)
-        return earliest, [record_message(record) for record in records]
-
     async def committed(topic: str, partition: int) -> int | None:
         return await committed_offset(settings, topic, partition)
 
@@ -260,7 +253,7 @@ def install(app: Any, settings: Settings, metrics: Metrics) -> RekeyStage:
         forward=forward,
         send_dead_letter=send_dead_letter,
         flush_producer=flush_producer,
-        read_range=read_input,
+        read_range=source_reader(settings),
         committed=committed,
     )
 
@@ -274,7 +267,15 @@ def install(app: Any, settings: Settings, metrics: Metrics) -> RekeyStage:
         stage.assign({(tp.topic, tp.partition) for tp in assigned if tp.topic in topics})
 
     app.on_partitions_assigned.connect(on_assigned)
+    _install_fronts_timer(app, settings, stage, topics)
+    return stage
 
+
+def _install_fronts_timer(
+    app: Any, settings: Settings, stage: RekeyStage, topics: tuple[str, str]
+) -> None:
+    """Every second: each source partition's front to every re-keyed partition (after the
+    stalls are repaired), then the acks of what was forwarded before."""
     layout: dict[str, int] = {}  # source topic -> partitions (re-read now and then: they grow)
     layout_read_at = [0.0]
 
@@ -314,4 +315,3 @@ def install(app: Any, settings: Settings, metrics: Metrics) -> RekeyStage:
         )
 
     install_timer(app, 1.0, send_fronts, "rekey.send_fronts")
-    return stage

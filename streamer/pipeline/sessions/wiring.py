@@ -10,13 +10,12 @@ from typing import Any
 from streamer.decode import DecodeLimits
 from streamer.faust_consumer import RawSchema
 from streamer.funnel.definition import FunnelDefinition
-from streamer.kafka_io import offset_at, read_range
+from streamer.kafka_io import offset_at
 from streamer.metrics import Metrics
+from streamer.pipeline.input_order import source_reader
 from streamer.pipeline.messages import (
     DLQ_MAX_MESSAGE_BYTES,
     PartitionSendFn,
-    SourceMessage,
-    record_message,
     source_message,
 )
 from streamer.pipeline.sessions.stage import SessionsStage
@@ -38,9 +37,8 @@ BATCH_WITHIN_S = 0.1
 def install(
     app: Any, settings: Settings, metrics: Metrics, funnels: tuple[FunnelDefinition, ...]
 ) -> SessionsStage:
-    """Wire the sessions stage into ``app``: source topics, outputs, state table, agent, and
-    the timer that marks idle inputs and publishes without input."""
-    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    """Wire the sessions stage into ``app``: source topics, outputs, state table, agent,
+    rebalance callbacks, and the timer that marks idle inputs and publishes without input."""
     sources = (settings.clickstream_topic, settings.checkout_topic)
     topics: tuple[str, ...]
     rekeyed_from: tuple[str, ...]
@@ -50,6 +48,24 @@ def install(
     else:  # the re-key stage (streamer.pipeline.rekey) forwards every event to one topic
         topics, rekeyed_from = (settings.rekeyed_topic,), sources
         source = app.topic(*topics, partitions=settings.topic_partitions, schema=RawSchema())
+    stage = _build_stage(app, settings, metrics, funnels, topics, rekeyed_from)
+    app.before_stop.append(stage.close)
+    _install_agent(app, source, stage, metrics)
+    _install_rebalance_callbacks(app, stage, topics)
+    _install_timer(app, settings, stage, topics)
+    return stage
+
+
+def _build_stage(
+    app: Any,
+    settings: Settings,
+    metrics: Metrics,
+    funnels: tuple[FunnelDefinition, ...],
+    topics: tuple[str, ...],
+    rekeyed_from: tuple[str, ...],
+) -> SessionsStage:
+    """The stage with its outputs, its state table and its direct reads of the input."""
+    raw = {"key_serializer": "raw", "value_serializer": "raw"}
     dlq = app.topic(
         settings.dlq_topic, config={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)}, **raw
     )
@@ -84,17 +100,10 @@ def install(
         # also run from the timer.
         return in_partition(topics[0], partition)
 
-    async def read_input(
-        topic: str, partition: int, start: int, end: int
-    ) -> tuple[int, list[SourceMessage]]:
-        # A catch-up of added funnels reads hours of input: a generous bound.
-        earliest, records = await read_range(settings, topic, partition, start, end, 600.0)
-        return earliest, [record_message(record) for record in records]
-
     async def find_input_offset(topic: str, partition: int, at_ms: int) -> int:
         return await offset_at(settings, topic, partition, at_ms)
 
-    stage = SessionsStage(
+    return SessionsStage(
         funnels=funnels,
         topics=topics,
         table=table,
@@ -107,13 +116,15 @@ def install(
         send_dead_letter=send_dead_letter,
         send_abandonment=sender(abandonments),
         flush_producer=flush_producer,
-        read_range=read_input,
+        # A catch-up of added funnels reads hours of input: a generous bound.
+        read_range=source_reader(settings, timeout_s=600.0),
         find_offset=find_input_offset,
         partition_scope=partition_scope,
         rekeyed_from=rekeyed_from,
     )
-    app.before_stop.append(stage.close)
 
+
+def _install_agent(app: Any, source: Any, stage: SessionsStage, metrics: Metrics) -> None:
     async def sessions_agent(stream: Any) -> None:
         # A produce or state write the broker refused stops the worker, having acked nothing
         # it could not write.
@@ -134,6 +145,8 @@ def install(
 
     app.agent(source, name="sessions")(sessions_agent)
 
+
+def _install_rebalance_callbacks(app: Any, stage: SessionsStage, topics: tuple[str, ...]) -> None:
     async def on_assigned(sender: Any, assigned: set[Any], **kwargs: Any) -> None:
         stage.assign({tp.partition for tp in assigned if tp.topic in topics})
 
@@ -143,6 +156,13 @@ def install(
         await stage.revoke({tp.partition for tp in revoked if tp.topic in topics})
 
     app.on_partitions_revoked.connect(on_revoked)
+
+
+def _install_timer(
+    app: Any, settings: Settings, stage: SessionsStage, topics: tuple[str, ...]
+) -> None:
+    """Every second: time moves without input (idle inputs, stalls repaired, progress
+    published, quiet partitions checkpointed)."""
 
     async def keep_time() -> None:
         stage.raise_failed_write_out()  # stops the worker even when no message comes to raise it
@@ -157,12 +177,8 @@ def install(
             return
         highwaters, positions = offsets
         await stage.repair_stalls(positions)
-        stage.mark_idle(
-            highwaters,
-            settings.idle_timeout_seconds,
-        )
+        stage.mark_idle(highwaters, settings.idle_timeout_seconds)
         await stage.publish(stage.publish_due(highwaters))
         await stage.checkpoint_due()
 
     install_timer(app, 1.0, keep_time, "sessions.keep_time")
-    return stage
