@@ -37,6 +37,7 @@ import orjson
 
 import tests.traffic
 from streamer.pipeline.messages import SourceMessage
+from streamer.pipeline.sessions import committer
 from streamer.pipeline.sessions import stage as sessions
 from streamer.settings import Settings
 from streamer.simulate import topic_for
@@ -97,7 +98,10 @@ class _Clock:
 async def run(messages: list[SourceMessage]) -> tuple[Harness, float, float]:
     """One pass over ``messages`` on a fresh stage: (harness, CPU seconds, wall seconds)."""
     clock = _Clock()
-    with mock.patch.object(sessions, "time", clock.module()):
+    with (
+        mock.patch.object(sessions, "time", clock.module()),
+        mock.patch.object(committer, "time", clock.module()),
+    ):
         harness = make_harness(interval_s=5.0)
         stage = harness.stage
         acked = harness.acked

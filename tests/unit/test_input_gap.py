@@ -174,10 +174,10 @@ async def test_after_a_failed_write_out_nothing_more_is_written() -> None:
     the stop that follows) would leave a state with a hole, so none is written."""
     harness = make_harness(read_range=Log([]))
     acked = await run(harness, [0, 1])
-    harness.stage._table = RefusingTable()
-    harness.stage._start_write_out(0)  # in the background, as the agent starts them
+    harness.stage.committer.table = RefusingTable()
+    harness.stage.committer.start(0)  # in the background, as the agent starts them
     await harness.stage.drain_write_outs()
-    harness.stage._table = harness.table
+    harness.stage.committer.table = harness.table
     await run(harness, [2])
     with pytest.raises(RuntimeError, match="refused"):
         await harness.stage.checkpoint(0)
@@ -197,8 +197,8 @@ async def test_a_write_out_under_way_counts_its_input_as_not_stored_until_it_is(
     async def slow_flush() -> None:
         await broker_has_it.wait()
 
-    stage._flush_producer = slow_flush
-    stage._start_write_out(0)
+    stage.committer.flush_producer = slow_flush
+    stage.committer.start(0)
     await asyncio.sleep(0)
     runtime = stage.runtimes[0]
     assert (len(runtime.unacked), runtime.storing) == (0, 3)
@@ -231,10 +231,10 @@ async def test_a_checkpoint_whose_state_write_failed_leaves_nothing_for_the_stop
     harness = make_harness(read_range=Log([]))
     acked = await run(harness, [0, 1])
 
-    harness.stage._table = RefusingTable()
+    harness.stage.committer.table = RefusingTable()
     with pytest.raises(RuntimeError, match="refused"):
         await harness.stage.checkpoint(0)
-    harness.stage._table = harness.table
+    harness.stage.committer.table = harness.table
     await run(harness, [2])
     await harness.stage.close()
     assert acked == []

@@ -8,8 +8,12 @@ One concern per module:
 - ``records``: output records built from the core's notices (abandonments);
 - ``checkpoint_log``: the per-partition log of delta records in the state table, read and
   written as pure code over a mapping;
-- ``stage``: :class:`SessionsStage`: decode, apply, gaps and stalls, idle inputs, publishing,
-  and the checkpoint recipe (snapshot -> state writes and outputs -> producer flush -> ack);
+- ``runtime``: what the stage keeps beside each task (offsets, acks waiting, the log's range);
+- ``committer``: the checkpoint, as one recipe (snapshot -> outputs -> state writes -> producer
+  flush -> ack), and the stage's seal;
+- ``catch_up``: funnels added to a running worker, rebuilt from the input already read;
+- ``stage``: :class:`SessionsStage`: assignment and restore, decode and apply, idle inputs,
+  publishing;
 - ``wiring``: :func:`install`, the Faust topics, table, agent, callbacks and timer.
 """
 

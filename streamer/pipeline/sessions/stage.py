@@ -4,24 +4,12 @@ One hop: producers key clickstream and checkout by session id on co-partitioned 
 partition N of both is one *task* (:class:`streamer.funnel.task.Task`) processed in place.
 
 Exactly-once effects with at-least-once Kafka: events are read without acks
-(``stream.noack()``), and a *checkpoint* of a task is this recipe, in this order:
-
-1. snapshot (synchronous, ``_snapshot``): the task's changes since the last checkpoint encoded
-   as delta records (``checkpoint_log``), the input offsets they reflect in the partition's
-   meta record, and the acks of the events they reflect; the task goes on meanwhile;
-2. outputs (``_write_out_now`` -> ``publish``): the task's partials and abandonments sent,
-   their delivery confirmed (``Deliveries``);
-3. state writes: the delta records, then the meta record (it says what the rest reflects),
-   then the deletes of a compacted log, into the ``funnel-state`` table;
-4. producer flush: changelog and outputs on the broker (``flush_producer``);
-5. ack: the snapshot's events acked, so Faust may commit past them.
-
-Write-outs run in snapshot order under one lock; one that fails *seals* the stage (nothing
-more is checkpointed, not even by a polite stop) and is raised by the next message, so the
-worker stops with nothing acked that was not written. After a crash Faust re-delivers from the
-committed offsets and the task skips every message below the offsets in its checkpoint;
-outputs carry deterministic ids or replace earlier ones. Checkpoints come every
-``checkpoint_interval_seconds`` from the agent, or from the 1 s timer for a quiet partition.
+(``stream.noack()``) and acked only once a checkpoint stored the state that reflects them (the
+commit recipe: :mod:`streamer.pipeline.sessions.committer`). After a crash Faust re-delivers
+from the committed offsets and the task skips every message below the offsets in its checkpoint
+(:mod:`streamer.pipeline.input_order`); outputs carry deterministic ids or replace earlier ones.
+Checkpoints come every ``checkpoint_interval_seconds`` from the agent, or from the 1 s timer for
+a quiet partition.
 """
 
 from __future__ import annotations
@@ -31,7 +19,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, MutableMapping
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,7 +31,6 @@ from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.session import NEVER, CompiledFunnel
 from streamer.funnel.stages import lifecycle_stage
 from streamer.funnel.task import AbandonmentNotice, Offer, Task
-from streamer.funnel.windows import window_start
 from streamer.metrics import Metrics
 from streamer.pipeline.input_order import STALL_REPAIR_S, InputPositions
 from streamer.pipeline.messages import (
@@ -58,10 +44,16 @@ from streamer.pipeline.messages import (
     SourceMessage,
     send_rejected,
 )
-from streamer.pipeline.sessions import checkpoint_log
-from streamer.pipeline.sessions.checkpoint_log import delta_key, encode_delta, meta_key, read_log
+from streamer.pipeline.sessions.catch_up import (
+    CatchUpInput,
+    rebuild_added_funnels,
+    start_announcements,
+)
+from streamer.pipeline.sessions.checkpoint_log import read_log
+from streamer.pipeline.sessions.committer import Committer
 from streamer.pipeline.sessions.projection import needed_fields, stored_event
 from streamer.pipeline.sessions.records import abandonment_record
+from streamer.pipeline.sessions.runtime import TaskRuntime
 from streamer.pipeline.tables import Deliveries
 
 __all__ = ["FindOffset", "ReadRange", "SessionsStage"]
@@ -90,52 +82,11 @@ def _any_partition(partition: int) -> AbstractContextManager[None]:
     return nullcontext()
 
 
-@dataclass
-class _Runtime:
-    """A task plus what the adapter keeps for it: offsets reflected and events to ack."""
-
-    task: Task
-    offsets: dict[str, int] = field(default_factory=dict)  # topic -> next offset to apply
-    unacked: list[Any] = field(default_factory=list)  # Faust events awaiting the checkpoint
-    storing: int = 0  # events of write-outs under way: applied, not stored yet
-    checkpointed_at: float = field(default_factory=time.monotonic)
-    published_at: float = field(default_factory=time.monotonic)
-    created_at: float = field(default_factory=time.monotonic)
-    last_read: dict[str, float] = field(default_factory=dict)  # topic -> monotonic time
-    # Re-key path: "topic/partition" of a source -> its next offset to apply.
-    source_offsets: dict[str, int] = field(default_factory=dict)
-    # The partition's log of delta records: live range [log_first, log_next), size of its
-    # full start, bytes of deltas since, and stale keys for the next write-out to drop.
-    log_first: int = 0
-    log_next: int = 0
-    full_bytes: int = 0
-    delta_bytes: int = 0
-    compact_next: bool = False
-    stale_keys: list[str] = field(default_factory=list)
-    # Grows with every restore (new owner, restart): this owner's partials supersede those of
-    # earlier owners of the partition, whatever their input offsets.
-    generation: int = 0
-    # Funnels added since the checkpoint, whose open sessions are still to be rebuilt from
-    # the input the checkpoint reflects (see ``SessionsStage._catch_up``).
-    catch_up: tuple[int, ...] = ()
-    # Records for the merger to send before this task's next partials (see ``_catch_up``).
-    announce: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class _Snapshot:
-    partition: int
-    runtime: _Runtime
-    writes: dict[str, bytes]  # table key -> value, the partition's meta last
-    deletes: list[str]
-    acks: list[Any]
-
-
 class _CheckpointPositions:
-    """Input positions kept in each task's checkpoint (``_Runtime.offsets``, stored in the
+    """Input positions kept in each task's checkpoint (``TaskRuntime.offsets``, stored in the
     partition's meta record with the state they reflect)."""
 
-    def __init__(self, runtimes: dict[int, _Runtime]) -> None:
+    def __init__(self, runtimes: dict[int, TaskRuntime]) -> None:
         self._runtimes = runtimes
 
     def get(self, topic: str, partition: int) -> int | None:
@@ -180,30 +131,32 @@ class SessionsStage:
         self._send_partial = send_partial
         self._send_dead_letter = send_dead_letter
         self._send_abandonment = send_abandonment
-        self._flush_producer = flush_producer
         self._read_range = read_range
         self._find_offset = find_offset
-        self._partition_scope = partition_scope
         self._clock = clock
         self._keep = needed_fields(funnels)
         # Re-key path: ``topics`` is the re-keyed topic, events come from ``rekeyed_from`` and
         # the clock's inputs are their partitions, learnt from the in-band front markers.
         self.rekeyed_from = rekeyed_from
         self.inputs = InputClock(() if rekeyed_from else topics, allowed_lateness_ms)
-        self.runtimes: dict[int, _Runtime] = {}
+        self.runtimes: dict[int, TaskRuntime] = {}
         self.assigned: set[int] | None = None  # None: not told yet (tests drive it directly)
         self._in_flight = Deliveries()
         self._publish_lock = asyncio.Lock()
-        self._checkpoint_lock = asyncio.Lock()
         self._apply_lock = asyncio.Lock()
-        self._write_outs: set[asyncio.Future[None]] = set()
-        self._failed_write_out: BaseException | None = None
-        # Sealed: nothing more is applied or checkpointed. Set by close() (the producer is
-        # going away) and by any failure of a write-out (write-outs chain their deltas: after
-        # one is lost a later one would leave a hole), of a publish (outputs drained from the
-        # tasks the broker may not have) or of applying a message (maybe half applied). The
-        # next start resumes from the last checkpoint written.
-        self._sealed = False
+        # Checkpoints (the commit recipe: streamer.pipeline.sessions.committer), and whether
+        # the stage is sealed (``committer.sealed``: nothing more is applied or stored).
+        self.committer = Committer(
+            runtimes=self.runtimes,
+            table=table,
+            funnel_names=[funnel.name for funnel in funnels],
+            fronts_of=self.inputs.fronts_of,
+            publish=self.publish,
+            flush_producer=flush_producer,
+            partition_scope=partition_scope,
+            metrics=metrics,
+            interval_s=checkpoint_interval_s,
+        )
         # Input positions (rules in streamer.pipeline.input_order): the next offset of each
         # input is in the task's checkpoint; holes Faust skipped are read and applied first.
         self._positions: InputPositions[SourceMessage] = InputPositions(
@@ -262,17 +215,17 @@ class SessionsStage:
         """Restore task ``partition`` now (after an assignment, before its first message)."""
         self._runtime(partition)
 
-    def _runtime(self, partition: int) -> _Runtime:
+    def _runtime(self, partition: int) -> TaskRuntime:
         runtime = self.runtimes.get(partition)
         if runtime is None:
             runtime = self._restore(partition)
             self.runtimes[partition] = runtime
         return runtime
 
-    def _restore(self, partition: int) -> _Runtime:
+    def _restore(self, partition: int) -> TaskRuntime:
         started = time.perf_counter()
         task = Task(self.funnels, partition, retention_ms=self._retention_ms)
-        runtime = _Runtime(task)
+        runtime = TaskRuntime(task)
         names = {f.name: i for i, f in enumerate(self.funnels)}
         stored = read_log(self._table, partition, names)
         meta, sessions, windows = stored.meta, stored.sessions, stored.windows
@@ -340,7 +293,7 @@ class SessionsStage:
     async def process(self, message: SourceMessage, ack: Callable[[], Any]) -> Offer | None:
         """Handle one source message. Nothing a producer sends can raise out of here; a
         failing produce does (the worker must stop rather than ack what it could not write)."""
-        if self._sealed:
+        if self.committer.sealed:
             return None  # stopping: not applied, not acked, nothing sent (the next start reads it)
         if self.assigned is not None and message.partition not in self.assigned:
             # Fetched before a rebalance took the partition away: its new owner reads it
@@ -359,14 +312,14 @@ class SessionsStage:
                     return None
                 outcome = await self._apply_one(runtime, message)
                 runtime.unacked.append(ack)
-                if time.monotonic() - runtime.checkpointed_at >= self._interval:
-                    self._start_write_out(message.partition)
+                if self.committer.due(runtime):
+                    self.committer.start(message.partition)
                 return outcome
             except Exception:  # (not a cancellation: Faust cancels agents on a rebalance)
-                self._sealed = True  # maybe half applied: see ``_sealed``
+                self.committer.sealed = True  # maybe half applied: see ``Committer.sealed``
                 raise
 
-    async def _apply_one(self, runtime: _Runtime, message: SourceMessage) -> Offer | None:
+    async def _apply_one(self, runtime: TaskRuntime, message: SourceMessage) -> Offer | None:
         topic = message.topic
         runtime.last_read[topic] = time.monotonic()
         self._tally(self._bytes[topic], len(message.value) if message.value is not None else 0)
@@ -397,7 +350,7 @@ class SessionsStage:
                     if self.runtimes.get(partition) is runtime and runtime.catch_up:
                         await self._catch_up(runtime, partition)
 
-    async def _catch_up(self, runtime: _Runtime, partition: int) -> None:
+    async def _catch_up(self, runtime: TaskRuntime, partition: int) -> None:
         """Funnels added since the checkpoint: rebuild their open sessions and windows from
         the input the checkpoint reflects, as if they had always been here. A separate task
         with only those funnels reads each input from far enough back that every attempt
@@ -412,87 +365,41 @@ class SessionsStage:
             raise
 
     async def _catch_up_now(
-        self, runtime: _Runtime, partition: int, indexes: tuple[int, ...]
+        self, runtime: TaskRuntime, partition: int, indexes: tuple[int, ...]
     ) -> None:
-        task = runtime.task
         if self.rekeyed_from:
             log.warning(
                 "partition %d: funnels added on the re-key path start from the next sessions "
                 "(open sessions are rebuilt on the one-hop path only)",
                 partition,
             )
-            self._announce_start(runtime, partition, indexes)
-            return
-        if task.watermark_ms == NEVER:
-            # Nothing was released yet: the added funnels see everything from now on.
-            self._announce_start(runtime, partition, indexes)
-            return
-        funnels = tuple(self.funnels[i] for i in indexes)
-        lookback = max(
-            f.definition.conversion_window_ms + f.definition.window_ms
-            + f.definition.finality_lag_ms
-            for f in funnels
-        )  # fmt: skip
-        from_ms = task.watermark_ms - lookback - self._lateness_ms
-        skew_ms = round(self._limits.max_future_skew.total_seconds() * 1000)
-        started = time.perf_counter()
-        history = Task(funnels, partition, retention_ms=self._retention_ms)
-        read = 0
-        for topic in self.topics:
-            end = runtime.offsets.get(topic, 0)
-            start = min(end, await self._find_offset(topic, partition, from_ms - skew_ms))
-            _, messages = (
-                await self._read_range(topic, partition, start, end) if end > start else (0, [])
-            )
-            for message in messages:
-                result = decode_event(
-                    message.value,
-                    received_at=message.received_at(otherwise=self._clock()),
+        elif runtime.task.watermark_ms != NEVER:  # else nothing was released: they see it all
+            await rebuild_added_funnels(
+                runtime.task,
+                indexes,
+                CatchUpInput(
+                    topics=self.topics,
+                    offsets=runtime.offsets,
+                    find_offset=self._find_offset,
+                    read_range=self._read_range,
                     limits=self._limits,
-                )
-                if isinstance(result, Rejection):
-                    continue  # dead-lettered when it was first read
-                event = stored_event(result, self._keep)
-                history.offer(result.session_id, event, result.user_id, topic)
-                read += 1
-        history.advance(task.watermark_ms)
-        task.adopt(history, indexes)
-        runtime.compact_next = True
-        self._announce_start(runtime, partition, indexes)
-        log.info(
-            "partition %d: added funnel(s) %s caught up from %d events read back to %s: "
-            "%d open sessions (%.2fs)",
-            partition,
-            ", ".join(f.name for f in funnels),
-            read,
-            _fmt_ms(from_ms),
-            sum(
-                1
-                for state in task.sessions.values()
-                if any(state.progress[i].attempt is not None for i in indexes)
-            ),
-            time.perf_counter() - started,
-        )
-
-    def _announce_start(self, runtime: _Runtime, partition: int, indexes: tuple[int, ...]) -> None:
-        """Tell the merger from which window on this partition's counts of each added funnel
-        are whole: the windows already final here at the hand-over were never counted here,
-        and a window another partition still held open then would be merged without them. The
-        merger starts the funnel at the latest of these over every partition."""
-        watermark = runtime.task.watermark_ms
-        for index in indexes:
-            funnel = self.definitions[index]
-            open_from = watermark - funnel.window_ms - funnel.finality_lag_ms + 1
-            runtime.announce.append(
-                {
-                    "kind": "start",
-                    "partition": partition,
-                    "funnel": funnel.name,
-                    "from": window_start(open_from, funnel.window_ms) + funnel.window_ms
-                    if watermark != NEVER
-                    else NEVER,
-                }
+                    clock=self._clock,
+                    keep=self._keep,
+                ),
+                lateness_ms=self._lateness_ms,
+                retention_ms=self._retention_ms,
             )
+            runtime.compact_next = True
+        self._announce_start(runtime, partition, indexes)
+
+    def _announce_start(
+        self, runtime: TaskRuntime, partition: int, indexes: tuple[int, ...]
+    ) -> None:
+        """Tell the merger from which window on this partition the added funnels' counts are
+        whole (see :func:`start_announcements`)."""
+        runtime.announce += start_announcements(
+            self.definitions, indexes, partition, runtime.task.watermark_ms
+        )
 
     async def repair_stalls(self, positions: dict[tuple[str, int], int]) -> None:
         """An input whose group consumer is past what this task applied, with nothing of it
@@ -515,7 +422,7 @@ class SessionsStage:
                 if await self._positions.repair(topic, partition, position):
                     runtime.last_read[topic] = time.monotonic()
 
-    async def _apply_rekeyed(self, runtime: _Runtime, message: SourceMessage) -> Offer | None:
+    async def _apply_rekeyed(self, runtime: TaskRuntime, message: SourceMessage) -> Offer | None:
         """A message of the re-keyed topic: a source partition's front, or a forwarded event
         (applied once: a re-key stage restarted mid-way forwards some again)."""
         if message.header(REKEY_KIND_HEADER) == REKEY_FRONT:
@@ -547,7 +454,7 @@ class SessionsStage:
         return await self._apply(runtime, original, None)
 
     async def _apply(
-        self, runtime: _Runtime, message: SourceMessage, clock_input: str | None
+        self, runtime: TaskRuntime, message: SourceMessage, clock_input: str | None
     ) -> Offer | None:
         """Decode, validate and offer one event; ``clock_input`` names the input whose front
         it moves (None on the re-key path, where fronts arrive in-band)."""
@@ -683,8 +590,8 @@ class SessionsStage:
                 for value in partials:
                     self._in_flight.add(await self._send_partial(None, value, 0))
                 await self._in_flight.confirm()  # raises if the broker refused: nothing acked
-            except Exception:  # drained outputs the broker may not have: see ``_sealed``
-                self._sealed = True
+            except Exception:  # drained outputs the broker may not have: see ``Committer.sealed``
+                self.committer.sealed = True
                 raise
 
     async def _publish_abandonment(self, notice: AbandonmentNotice) -> None:
@@ -704,135 +611,23 @@ class SessionsStage:
                 funnel=record.funnel, stage=record.stage, currency=record.currency or "unknown"
             ).inc(record.cart_value)
 
-    def _snapshot(self, partition: int) -> _Snapshot | None:
-        """One synchronous snapshot of task ``partition``: its changes (encoded now: the task
-        goes on changing while they are written), the input offsets they reflect and the acks
-        that go with them."""
-        runtime = self.runtimes.get(partition)
-        if runtime is None:
-            return None  # revoked meanwhile
-        if runtime.catch_up:
-            return None  # its state is not whole yet
-        full = runtime.compact_next or runtime.delta_bytes > max(
-            runtime.full_bytes, checkpoint_log.MIN_COMPACTION_BYTES
-        )
-        runtime.compact_next = False
-        saved = runtime.task.checkpoint(full=full)
-        records = encode_delta(saved, [funnel.name for funnel in self.funnels])
-        written = sum(len(record) for record in records)
-        if full:
-            old = range(runtime.log_first, runtime.log_next)
-            deletes = [delta_key(partition, seq) for seq in old] + runtime.stale_keys
-            runtime.stale_keys = []
-            runtime.log_first = runtime.log_next
-            runtime.full_bytes, runtime.delta_bytes = written, 0
-        else:
-            deletes = runtime.stale_keys
-            runtime.stale_keys = []
-            runtime.delta_bytes += written
-        writes: dict[str, bytes] = {}
-        for record in records:
-            writes[delta_key(partition, runtime.log_next)] = record
-            runtime.log_next += 1
-        meta = {
-            "generation": runtime.generation,
-            "watermark": saved.watermark_ms,
-            "offsets": dict(runtime.offsets),
-            "fronts": self.inputs.fronts_of(partition),
-            "source_offsets": dict(runtime.source_offsets),
-            "log": [runtime.log_first, runtime.log_next],
-            "funnels": [funnel.name for funnel in self.funnels],  # the sessions' progress order
-        }
-        writes[meta_key(partition)] = orjson.dumps(meta)  # last: it says what the rest reflects
-        acks, runtime.unacked = runtime.unacked, []
-        runtime.storing += len(acks)
-        runtime.checkpointed_at = time.monotonic()
-        return _Snapshot(partition, runtime, writes, deletes, acks)
+    async def checkpoint(self, partition: int) -> None:
+        await self.committer.checkpoint(partition)
 
-    async def _write_out(self, snapshot: _Snapshot) -> None:
-        """Publish every output of the snapshot (and maybe a little more), store its state,
-        wait for the broker (outputs and changelog), then ack its input. In snapshot order."""
-        try:
-            async with self._checkpoint_lock:
-                if self._sealed:
-                    # The worker is stopping (Faust stops its producer under the changelog
-                    # writes of a checkpoint begun then, and the buffer crashes the clean stop)
-                    # or a write-out failed. Not written, not acked: the next start resumes
-                    # from the last checkpoint, as after a SIGKILL.
-                    return
-                await self._write_out_now(snapshot)
-        except BaseException:
-            # Its delta is lost (also when cancelled while waiting its turn): a later write-out
-            # would leave a hole in the partition's log, so none is written.
-            self._sealed = True
-            raise
-        finally:
-            snapshot.runtime.storing -= len(snapshot.acks)
-
-    async def _write_out_now(self, snapshot: _Snapshot) -> None:
-        started = time.perf_counter()
-        partition = snapshot.partition
-        await self.publish((partition,))
-        if self.runtimes.get(partition) is not snapshot.runtime:
-            return  # revoked while publishing: the next owner resumes from our last one
-        table = self._table
-        with self._partition_scope(partition):  # writes go to this partition's changelog
-            # Deletes after the meta record: a write-out cut short anywhere leaves a meta
-            # whose records all exist (stale ones are dropped after the next restore).
-            for key, value in snapshot.writes.items():
-                table[key] = value
-            for key in snapshot.deletes:
-                table.pop(key, None)
-        await self._flush_producer()
-        for ack in snapshot.acks:
-            ack()
-        self._metrics.checkpoints.inc()
-        self._metrics.checkpoint_seconds.observe(time.perf_counter() - started)
-
-    def _start_write_out(self, partition: int) -> None:
-        """Snapshot now; write it out beside the processing of later messages (the agent does
-        not wait for the broker). A write-out that fails is raised by the next message."""
-        self.raise_failed_write_out()
-        if self._sealed:
-            return
-        snapshot = self._snapshot(partition)
-        if snapshot is None:
-            return
-        writer = asyncio.ensure_future(self._write_out(snapshot))
-        self._write_outs.add(writer)
-        writer.add_done_callback(self._write_out_done)
-
-    def _write_out_done(self, writer: asyncio.Future[None]) -> None:
-        self._write_outs.discard(writer)
-        if not writer.cancelled() and writer.exception() is not None:
-            self._failed_write_out = writer.exception()  # (the write-out sealed the stage)
+    async def checkpoint_due(self) -> None:
+        await self.committer.checkpoint_due()
 
     def raise_failed_write_out(self) -> None:
-        failed, self._failed_write_out = self._failed_write_out, None
-        if failed is not None:
-            raise failed  # nothing of it was acked: the worker stops, a restart resumes
+        self.committer.raise_failed()
 
     async def drain_write_outs(self) -> None:
-        """Wait for every write-out under way (before partitions are revoked, or the last
-        checkpoint); one that failed is raised by the next message."""
-        while self._write_outs:
-            await asyncio.gather(*list(self._write_outs), return_exceptions=True)
-        async with self._checkpoint_lock:
-            pass  # and the timer's own, which is not among the tracked ones
-
-    async def checkpoint(self, partition: int) -> None:
-        """Store task ``partition``'s changes with the input offsets they reflect, publish
-        every output, wait for the broker (changelog and outputs), then ack that input."""
-        self.raise_failed_write_out()
-        snapshot = self._snapshot(partition)
-        if snapshot is not None:
-            await self._write_out(snapshot)
+        await self.committer.drain()
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """The worker stops politely: checkpoint every partition's last changes and ack them
         (so the next start goes on from here instead of re-reading since the last interval),
         then write nothing more. Called while the producer and the table still work."""
-        if self._sealed:
+        if self.committer.sealed:
             log.warning(
                 "stopping without a last checkpoint: a produce or state write failed; the next "
                 "start resumes from the last checkpoint written"
@@ -857,15 +652,7 @@ class SessionsStage:
                 time.perf_counter() - started,
             )
         finally:
-            self._sealed = True
-
-    async def checkpoint_due(self) -> None:
-        """Checkpoint every task whose input went quiet with events not acked yet (the
-        timer's part: a partition's last burst is stored without waiting for more input)."""
-        now = time.monotonic()
-        for partition, runtime in list(self.runtimes.items()):
-            if runtime.unacked and now - runtime.checkpointed_at >= self._interval:
-                await self.checkpoint(partition)
+            self.committer.sealed = True
 
     async def _dead_letter(self, message: SourceMessage, rejection: Rejection) -> None:
         self._counters[(message.topic, "dead_lettered")].inc()

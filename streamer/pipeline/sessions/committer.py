@@ -1,0 +1,215 @@
+"""A task's checkpoint, the commit recipe of the sessions stage, in this order:
+
+1. snapshot (synchronous, :meth:`Committer.snapshot`): the task's changes since the last
+   checkpoint encoded as delta records (``checkpoint_log``), the input offsets they reflect in
+   the partition's meta record, and the acks of the events they reflect; the task goes on;
+2. outputs: the task's partials and abandonments published (the stage's ``publish``), their
+   delivery confirmed;
+3. state writes: the delta records, then the meta record (it says what the rest reflects),
+   then the deletes of a compacted log, into the ``funnel-state`` table;
+4. producer flush: changelog and outputs on the broker;
+5. ack: the snapshot's events acked, so Faust may commit past them.
+
+Write-outs run in snapshot order under one lock, beside the processing of later messages (the
+agent does not wait for the broker). One that fails *seals* the stage (:attr:`Committer.sealed`:
+nothing more is checkpointed, not even by a polite stop) and is raised by the next message, so
+the worker stops with nothing acked that was not written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Collection, MutableMapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from streamer.metrics import Metrics
+from streamer.pipeline.sessions import checkpoint_log
+from streamer.pipeline.sessions.checkpoint_log import delta_key, encode_delta, meta_key
+from streamer.pipeline.sessions.runtime import TaskRuntime
+
+__all__ = ["Committer", "Snapshot"]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    partition: int
+    runtime: TaskRuntime
+    writes: dict[str, bytes]  # table key -> value, the partition's meta last
+    deletes: list[str]
+    acks: list[Any]
+
+
+class Committer:
+    """The recipe above for every task of one stage (``runtimes``, shared with the stage)."""
+
+    def __init__(
+        self,
+        *,
+        runtimes: dict[int, TaskRuntime],
+        table: MutableMapping[str, bytes],
+        funnel_names: list[str],
+        fronts_of: Callable[[int], dict[str, int]],
+        publish: Callable[[Collection[int]], Awaitable[None]],
+        flush_producer: Callable[[], Awaitable[None]],
+        partition_scope: Callable[[int], AbstractContextManager[None]],
+        metrics: Metrics,
+        interval_s: float,
+    ) -> None:
+        self._runtimes = runtimes
+        self.table = table
+        self._funnel_names = funnel_names
+        self._fronts_of = fronts_of
+        self._publish = publish
+        self.flush_producer = flush_producer
+        self._partition_scope = partition_scope
+        self._metrics = metrics
+        self.interval_s = interval_s
+        self._lock = asyncio.Lock()
+        self._write_outs: set[asyncio.Future[None]] = set()
+        self._failed_write_out: BaseException | None = None
+        # Sealed: nothing more is applied or checkpointed. Set by the stage's close() (the
+        # producer is going away) and by any failure of a write-out (write-outs chain their
+        # deltas: after one is lost a later one would leave a hole), of a publish (outputs
+        # drained from the tasks the broker may not have) or of applying a message (maybe
+        # half applied). The next start resumes from the last checkpoint written.
+        self.sealed = False
+
+    def due(self, runtime: TaskRuntime) -> bool:
+        return time.monotonic() - runtime.checkpointed_at >= self.interval_s
+
+    def snapshot(self, partition: int) -> Snapshot | None:
+        """One synchronous snapshot of task ``partition``: its changes (encoded now: the task
+        goes on changing while they are written), the input offsets they reflect and the acks
+        that go with them."""
+        runtime = self._runtimes.get(partition)
+        if runtime is None:
+            return None  # revoked meanwhile
+        if runtime.catch_up:
+            return None  # its state is not whole yet
+        full = runtime.compact_next or runtime.delta_bytes > max(
+            runtime.full_bytes, checkpoint_log.MIN_COMPACTION_BYTES
+        )
+        runtime.compact_next = False
+        saved = runtime.task.checkpoint(full=full)
+        records = encode_delta(saved, self._funnel_names)
+        written = sum(len(record) for record in records)
+        if full:
+            old = range(runtime.log_first, runtime.log_next)
+            deletes = [delta_key(partition, seq) for seq in old] + runtime.stale_keys
+            runtime.stale_keys = []
+            runtime.log_first = runtime.log_next
+            runtime.full_bytes, runtime.delta_bytes = written, 0
+        else:
+            deletes = runtime.stale_keys
+            runtime.stale_keys = []
+            runtime.delta_bytes += written
+        writes: dict[str, bytes] = {}
+        for record in records:
+            writes[delta_key(partition, runtime.log_next)] = record
+            runtime.log_next += 1
+        meta = {
+            "generation": runtime.generation,
+            "watermark": saved.watermark_ms,
+            "offsets": dict(runtime.offsets),
+            "fronts": self._fronts_of(partition),
+            "source_offsets": dict(runtime.source_offsets),
+            "log": [runtime.log_first, runtime.log_next],
+            "funnels": self._funnel_names,  # the sessions' progress order
+        }
+        writes[meta_key(partition)] = orjson.dumps(meta)  # last: it says what the rest reflects
+        acks, runtime.unacked = runtime.unacked, []
+        runtime.storing += len(acks)
+        runtime.checkpointed_at = time.monotonic()
+        return Snapshot(partition, runtime, writes, deletes, acks)
+
+    async def _write_out(self, snapshot: Snapshot) -> None:
+        """Publish every output of the snapshot (and maybe a little more), store its state,
+        wait for the broker (outputs and changelog), then ack its input. In snapshot order."""
+        try:
+            async with self._lock:
+                if self.sealed:
+                    # The worker is stopping (Faust stops its producer under the changelog
+                    # writes of a checkpoint begun then, and the buffer crashes the clean stop)
+                    # or a write-out failed. Not written, not acked: the next start resumes
+                    # from the last checkpoint, as after a SIGKILL.
+                    return
+                await self._write_out_now(snapshot)
+        except BaseException:
+            # Its delta is lost (also when cancelled while waiting its turn): a later write-out
+            # would leave a hole in the partition's log, so none is written.
+            self.sealed = True
+            raise
+        finally:
+            snapshot.runtime.storing -= len(snapshot.acks)
+
+    async def _write_out_now(self, snapshot: Snapshot) -> None:
+        started = time.perf_counter()
+        partition = snapshot.partition
+        await self._publish((partition,))
+        if self._runtimes.get(partition) is not snapshot.runtime:
+            return  # revoked while publishing: the next owner resumes from our last one
+        table = self.table
+        with self._partition_scope(partition):  # writes go to this partition's changelog
+            # Deletes after the meta record: a write-out cut short anywhere leaves a meta
+            # whose records all exist (stale ones are dropped after the next restore).
+            for key, value in snapshot.writes.items():
+                table[key] = value
+            for key in snapshot.deletes:
+                table.pop(key, None)
+        await self.flush_producer()
+        for ack in snapshot.acks:
+            ack()
+        self._metrics.checkpoints.inc()
+        self._metrics.checkpoint_seconds.observe(time.perf_counter() - started)
+
+    def start(self, partition: int) -> None:
+        """Snapshot now; write it out beside the processing of later messages (the agent does
+        not wait for the broker). A write-out that fails is raised by the next message."""
+        self.raise_failed()
+        if self.sealed:
+            return
+        snapshot = self.snapshot(partition)
+        if snapshot is None:
+            return
+        writer = asyncio.ensure_future(self._write_out(snapshot))
+        self._write_outs.add(writer)
+        writer.add_done_callback(self._write_out_done)
+
+    def _write_out_done(self, writer: asyncio.Future[None]) -> None:
+        self._write_outs.discard(writer)
+        if not writer.cancelled() and writer.exception() is not None:
+            self._failed_write_out = writer.exception()  # (the write-out sealed the stage)
+
+    def raise_failed(self) -> None:
+        failed, self._failed_write_out = self._failed_write_out, None
+        if failed is not None:
+            raise failed  # nothing of it was acked: the worker stops, a restart resumes
+
+    async def drain(self) -> None:
+        """Wait for every write-out under way (before partitions are revoked, or the last
+        checkpoint); one that failed is raised by the next message."""
+        while self._write_outs:
+            await asyncio.gather(*list(self._write_outs), return_exceptions=True)
+        async with self._lock:
+            pass  # and the timer's own, which is not among the tracked ones
+
+    async def checkpoint(self, partition: int) -> None:
+        """Store task ``partition``'s changes with the input offsets they reflect, publish
+        every output, wait for the broker (changelog and outputs), then ack that input."""
+        self.raise_failed()
+        snapshot = self.snapshot(partition)
+        if snapshot is not None:
+            await self._write_out(snapshot)
+
+    async def checkpoint_due(self) -> None:
+        """Checkpoint every task whose input went quiet with events not acked yet (the
+        timer's part: a partition's last burst is stored without waiting for more input)."""
+        now = time.monotonic()
+        for partition, runtime in list(self._runtimes.items()):
+            if runtime.unacked and now - runtime.checkpointed_at >= self.interval_s:
+                await self.checkpoint(partition)
