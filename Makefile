@@ -10,7 +10,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install demo test lint typecheck unit bench clean ops-tools ops-check dashboards
+.PHONY: install demo test lint typecheck unit bench clean ops-tools ops-check dashboards docs
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "streamer needs Python >= 3.11, found " + sys.version.split()[0])'
@@ -44,6 +44,10 @@ ops-tools:
 # The Grafana dashboards, from streamer/ops/dashboards.py (commit the JSON it writes).
 dashboards: $(STAMP)
 	$(BIN)/python -m streamer.ops.dashboards
+
+# docs/configuration.md, from the settings' field descriptions (commit what it writes).
+docs: $(STAMP)
+	$(BIN)/python -m streamer.config_doc
 
 ops-check: ops-tools
 	promtool check config deploy/prometheus/prometheus.yml

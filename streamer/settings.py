@@ -41,17 +41,46 @@ class Settings(BaseSettings):
         default=None,
         description="host:port[,host:port] of an existing cluster; unset = the local broker",
     )
-    kafka_version: str = Field(default="4.1.1", pattern=r"^\d+\.\d+\.\d+$")
-    kafka_port: int = Field(default=9092, ge=1, le=65535)
-    kafka_controller_port: int = Field(default=9093, ge=1, le=65535)
-    kafka_cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache/streamer/kafka")
-    kafka_data_dir: Path = _STATE_DIR / "kafka"
-    kafka_heap: str = Field(default="512m", pattern=r"^\d+[mMgG]$")
-    kafka_start_timeout_seconds: float = Field(default=90.0, gt=0)
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
+    kafka_version: str = Field(
+        default="4.1.1",
+        pattern=r"^\d+\.\d+\.\d+$",
+        description="Apache Kafka version of the local broker (resolved from Maven Central)",
+    )
+    kafka_port: int = Field(
+        default=9092, ge=1, le=65535, description="port of the local broker (127.0.0.1)"
+    )
+    kafka_controller_port: int = Field(
+        default=9093, ge=1, le=65535, description="KRaft controller port of the local broker"
+    )
+    kafka_cache_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".cache/streamer/kafka",
+        description="where the local broker's jars are kept, one folder per version",
+    )
+    kafka_data_dir: Path = Field(
+        default=_STATE_DIR / "kafka",
+        description="the local broker's storage, log, pid file and (SASL_SSL) throwaway CA",
+    )
+    kafka_heap: str = Field(
+        default="512m", pattern=r"^\d+[mMgG]$", description="JVM heap of the local broker"
+    )
+    kafka_start_timeout_seconds: float = Field(
+        default=90.0, gt=0, description="how long `streamer kafka up` waits for the local broker"
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description="TLS for SSL and SASL_SSL, SASL for SASL_PLAINTEXT and SASL_SSL, "
+        "for every client streamer makes",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None,
+        description="required by the SASL protocols, refused by the others",
+    )
+    kafka_sasl_username: str | None = Field(
+        default=None, description="SASL user (required by the SASL protocols)"
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None, description="SASL password (required by the SASL protocols)"
+    )
     kafka_ssl_cafile: Path | None = Field(
         default=None,
         description="PEM file of the CA that signed the brokers' certificates (SSL, SASL_SSL); "
@@ -71,21 +100,37 @@ class Settings(BaseSettings):
     )
 
     # --- Topics ----------------------------------------------------------------------------
-    clickstream_topic: str = "clickstream"
-    checkout_topic: str = "checkout"
-    dlq_topic: str = "funnel.dlq"
-    topic_partitions: int = Field(default=4, ge=1, le=1024)
-    topic_replication: int = Field(default=1, ge=1)
+    clickstream_topic: str = Field(default="clickstream", description="input: browsing events")
+    checkout_topic: str = Field(default="checkout", description="input: checkout steps")
+    dlq_topic: str = Field(default="funnel.dlq", description="rejected and late messages")
+    topic_partitions: int = Field(
+        default=4,
+        ge=1,
+        le=1024,
+        description="partitions of the topics streamer creates; on the one-hop path the source "
+        "topics must have this many too (Faust's table changelogs follow them)",
+    )
+    topic_replication: int = Field(
+        default=1, ge=1, description="replication factor of the topics streamer creates"
+    )
     source_keyed_by_session: bool = Field(
         default=True,
         description="producers key clickstream and checkout by session_id and both topics "
         "have topic_partitions partitions (one hop); false: any keys and partition counts, "
         "events are re-keyed through rekeyed_topic first",
     )
-    rekeyed_topic: str = "funnel.rekeyed"
+    rekeyed_topic: str = Field(
+        default="funnel.rekeyed",
+        description="internal, the re-key path only (topic_partitions partitions)",
+    )
 
     # --- Ingest ----------------------------------------------------------------------------
-    max_event_bytes: int = Field(default=64 * 1024, ge=256, le=1024 * 1024)
+    max_event_bytes: int = Field(
+        default=64 * 1024,
+        ge=256,
+        le=1024 * 1024,
+        description="larger message values are dead-lettered too_large",
+    )
     max_clock_skew_seconds: float = Field(
         default=300.0, ge=0, description="how far ahead of broker time an event may be"
     )
@@ -98,8 +143,13 @@ class Settings(BaseSettings):
         default_factory=lambda: (Path(__file__).resolve().parent.parent / "deploy/funnels",),
         description="funnel definition files or folders (every *.yaml directly inside)",
     )
-    partials_topic: str = "funnel.partials"
-    windows_topic: str = "funnel.windows"
+    partials_topic: str = Field(
+        default="funnel.partials",
+        description="internal: each partition's counts per window, to the merger (1 partition)",
+    )
+    windows_topic: str = Field(
+        default="funnel.windows", description="published WindowStats records, keyed by window id"
+    )
     allowed_lateness_seconds: float = Field(
         default=120.0,
         ge=0,
@@ -121,21 +171,33 @@ class Settings(BaseSettings):
     checkpoint_interval_seconds: float = Field(
         default=5.0,
         gt=0,
-        description="how often a partition stores its state and offsets, then acks its input",
+        description="how often a partition stores its state and offsets, then acks its input; "
+        "shorter reads less input again after a crash, longer stores a busy session fewer times "
+        "(2 s cost the worker about 12% of its speed on a backlog); a partition behind its log "
+        "end also publishes its window counts at this pace (one caught up: every second)",
     )
     # With Faust's default (4,096) the worker sat idle 30% of the time on a backlog, most
     # likely as Faust paused partitions at 80% of the buffer and aiokafka then held back its
-    # fetches; on a 200k-event backlog it ran 1.4-1.8x faster with 16k-64k (README).
+    # fetches; on a 200k-event backlog it ran 1.4-1.8x faster with 16k-64k
+    # (docs/decisions/0003-stream-buffer.md).
     stream_buffer_messages: int = Field(
         default=65536,
         ge=1,
-        description="messages the worker buffers ahead of its sessions stage (in memory)",
+        description="messages the worker buffers ahead of its sessions stage (in memory); "
+        "Faust's default is 4,096 (docs/decisions/0003-stream-buffer.md)",
     )
 
     # --- Alerts and Slack --------------------------------------------------------------------
-    abandonments_topic: str = "funnel.abandonments"
-    alerts_topic: str = "funnel.alerts"
-    failed_alerts_topic: str = "funnel.alerts.failed"
+    abandonments_topic: str = Field(
+        default="funnel.abandonments", description="abandonment records and their retractions"
+    )
+    alerts_topic: str = Field(
+        default="funnel.alerts", description="alert records (firing, repeat, resolved)"
+    )
+    failed_alerts_topic: str = Field(
+        default="funnel.alerts.failed",
+        description="alerts Slack refused (4xx), parked for `streamer alerts redeliver`",
+    )
     baselines_topic: str = Field(
         default="funnel.baselines",
         description="detector baselines computed from history by `streamer backfill` (compacted, "
@@ -150,13 +212,24 @@ class Settings(BaseSettings):
     slack_min_interval_seconds: float = Field(
         default=1.1, ge=0, description="pace per webhook (Slack allows about 1 message/s)"
     )
-    slack_max_attempts: int = Field(default=8, ge=1, description="tries for 429/5xx/network")
-    slack_timeout_seconds: float = Field(default=10.0, gt=0)
+    slack_max_attempts: int = Field(
+        default=8,
+        ge=1,
+        description="tries for 429/5xx/network per delivery round; rounds repeat with backoff "
+        "up to 60 s",
+    )
+    slack_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="timeout of one webhook request"
+    )
     dashboard_url: str | None = Field(default=None, description="linked from every alert")
     runbook_url: str | None = Field(default=None, description="linked from every alert")
 
     # --- Worker ----------------------------------------------------------------------------
-    app_id: str = Field(default="streamer", pattern=r"^[A-Za-z0-9._-]+$")
+    app_id: str = Field(
+        default="streamer",
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="Faust app id = consumer group; prefix of the internal topics",
+    )
     instance_id: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9._-]+$",
@@ -169,11 +242,17 @@ class Settings(BaseSettings):
         le=300,
         description="how long the group waits for a worker that stopped heartbeating",
     )
-    web_host: str = "127.0.0.1"
-    web_port: int = Field(default=6066, ge=1, le=65535)
-    store: Literal["rocksdb", "memory"] = "rocksdb"
-    data_dir: Path = _STATE_DIR / "worker"
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    web_host: str = Field(default="127.0.0.1", description="address of /metrics and /funnel")
+    web_port: int = Field(default=6066, ge=1, le=65535, description="port of /metrics and /funnel")
+    store: Literal["rocksdb", "memory"] = Field(
+        default="rocksdb", description="table store (memory for tests)"
+    )
+    data_dir: Path = Field(
+        default=_STATE_DIR / "worker", description="the worker's Faust data (table stores)"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="log level of the process"
+    )
 
     @field_validator("kafka_bootstrap")
     @classmethod

@@ -1,4 +1,5 @@
-"""The README's table of the ACLs a worker needs, read as data (so tests grant what it says)."""
+"""The table of the ACLs a worker needs in docs/security-kafka.md, read as data (so tests grant
+what it says)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from aiokafka.protocol.admin import CreateAclsRequest
 from streamer.kafka_io import make_client
 from streamer.settings import Settings
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ACL_PAGE = Path(__file__).resolve().parents[1] / "docs" / "security-kafka.md"
 _TABLE_START = "**The ACLs a worker needs**"
 
 # Kafka's wire codes (org.apache.kafka.common.acl / resource).
@@ -30,9 +31,9 @@ class Acl:
 
 
 def readme_worker_acls(settings: Settings) -> list[Acl]:
-    """The rows of the README table with the settings' names filled in; a row marked "the
-    re-key path only" counts only when the settings take that path."""
-    text = README.read_text()
+    """The rows of the table in docs/security-kafka.md with the settings' names filled in; a
+    row marked "the re-key path only" counts only when the settings take that path."""
+    text = ACL_PAGE.read_text()
     rows = []
     for line in text[text.index(_TABLE_START) :].splitlines()[1:]:
         if rows and not line.startswith("|"):
@@ -48,7 +49,7 @@ def readme_worker_acls(settings: Settings) -> list[Acl]:
             name = token.format(**values) if "{" in token else str(values[token])
             for operation in operations.split(","):
                 acls.append(Acl(resource, pattern, name, operation.strip()))
-    assert acls, f"no ACL table after {_TABLE_START!r} in {README}"
+    assert acls, f"no ACL table after {_TABLE_START!r} in {ACL_PAGE}"
     return acls
 
 
