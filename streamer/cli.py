@@ -698,7 +698,7 @@ def alerts_redeliver(ctx: click.Context, dry_run: bool) -> None:
 
 # --- schemas -----------------------------------------------------------------------------
 def _default_schema_dir() -> Path:
-    from streamer.kafka_local import deploy_dir
+    from streamer.resources import deploy_dir
 
     return deploy_dir().parent / "schemas"
 
@@ -857,7 +857,7 @@ def _funnel_table(values: MetricValues) -> Table:
 @_fail_cleanly
 def demo(ctx: click.Context, rate: float, duration: float, keep_broker: bool) -> None:
     """Live demo: local broker up, a worker, the simulator feeding it, the funnel printed."""
-    from streamer.kafka_local import deploy_dir
+    from streamer.resources import deploy_dir
     from streamer.simulate import run_live
 
     # The simulator compresses sessions into seconds: the demo funnel has 10 s windows and

@@ -27,19 +27,15 @@ from pathlib import Path
 
 from streamer.errors import BrokerError, ConfigError, MissingToolError, PortInUseError
 from streamer.kafka_io import metadata_ready, run_sync
+from streamer.resources import deploy_dir
 from streamer.settings import Settings
 
-__all__ = ["BROKER_USER", "BrokerStatus", "LocalKafka", "deploy_dir"]
+__all__ = ["BROKER_USER", "BrokerStatus", "LocalKafka"]
 
 log = logging.getLogger(__name__)
 
 _READY_POLL_SECONDS = 0.5
 _STOP_GRACE_SECONDS = 30.0
-
-
-def deploy_dir() -> Path:
-    """``deploy/`` of the source checkout this package runs from."""
-    return Path(__file__).resolve().parent.parent / "deploy"
 
 
 @dataclass(frozen=True)

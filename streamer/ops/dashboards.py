@@ -39,13 +39,14 @@ from grafana_foundation_sdk.models.common import (
 from grafana_foundation_sdk.models.dashboard import VariableRefresh, VariableSort
 
 from streamer.metrics import TRACKING_STEP
+from streamer.resources import deploy_dir
 
 __all__ = ["DASHBOARDS", "DATASOURCE_UID", "DashboardSpec", "PanelSpec", "Query", "render_all"]
 
 # The provisioned Prometheus datasource (deploy/grafana/provisioning/datasources/).
 DATASOURCE_UID = "streamer-prometheus"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid=DATASOURCE_UID)
-DASHBOARDS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards"
+DASHBOARDS_DIR = deploy_dir() / "grafana" / "dashboards"
 
 FUNNEL = 'funnel="$funnel"'
 RATE = "$__rate_interval"
