@@ -8,14 +8,17 @@ delivered, so nothing reaches Slack twice.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
+from streamer.errors import ConfigError
 from streamer.events import Alert
 from streamer.kafka_io import ensure_topics, make_producer, read_topic
+from streamer.notify.base import Delivery
 from streamer.settings import Settings
 
-__all__ = ["RedeliveryReport", "redeliver_failed_alerts"]
+__all__ = ["RedeliveryReport", "redeliver_failed_alerts", "sample_alert", "send_test_alerts"]
 
 
 @dataclass
@@ -59,3 +62,48 @@ async def redeliver_failed_alerts(settings: Settings, dry_run: bool = False) -> 
     finally:
         await producer.stop()
     return report
+
+
+def sample_alert(severity: str, now: datetime) -> Alert:
+    """An alert that says it is a test, for ``streamer alerts test``: shaped as a live one."""
+    minute = now.astimezone(UTC).replace(second=0, microsecond=0)
+    stamp = int(minute.timestamp() * 1000)
+    return Alert(
+        event_id=f"test/{severity}/{stamp}/firing/{stamp}",
+        alert_id=f"test/{severity}/{stamp}",
+        state="firing",
+        severity="page" if severity == "page" else "warning",
+        funnel="test",
+        step="test",
+        window_start=minute - timedelta(minutes=1),
+        window_end=minute,
+        observed_rate=0.0,
+        expected_rate=0.0,
+        p_value=1.0,
+        decided=0,
+        dropped=0,
+        excess_dropped=0.0,
+        dropped_value=0.0,
+        summary=f"TEST ({severity}): `streamer alerts test` checks this route; nothing is wrong",
+    )
+
+
+async def send_test_alerts(settings: Settings) -> list[tuple[str, Delivery]]:
+    """Send one test alert per configured route (warning, and page when the on-call webhook is
+    set) through the live notifier's code; each route's outcome, never its URL."""
+    from streamer.app import slack_notifier
+
+    if settings.slack_webhook_url is None and settings.slack_page_webhook_url is None:
+        raise ConfigError(
+            "no alert route is configured: set STREAMER_SLACK_WEBHOOK_URL (and "
+            "STREAMER_SLACK_PAGE_WEBHOOK_URL for pages)"
+        )
+    severities = ["warning"] if settings.slack_webhook_url is not None else []
+    if settings.slack_page_webhook_url is not None:
+        severities.append("page")
+    notifier = slack_notifier(settings)
+    now = datetime.now(UTC)
+    try:
+        return [(s, await notifier.deliver(sample_alert(s, now))) for s in severities]
+    finally:
+        await notifier.close()

@@ -30,6 +30,8 @@ __all__ = ["main"]
 
 console = Console(stderr=False)
 F = TypeVar("F", bound=Callable[..., Any])
+# A rate or duration of zero or less divides by zero or never ends.
+_POSITIVE = click.FloatRange(min=0, min_open=True)
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -77,7 +79,8 @@ def _configure_logging(level: str) -> None:
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="streamer", prog_name="streamer")
 @click.option(
     "--config",
     "config_file",
@@ -368,7 +371,9 @@ def funnel_show(ctx: click.Context, url: str | None, from_topic: bool, as_json: 
             view.add(WindowStats.model_validate_json(value or b""))
         summary = view.summary()
     else:
-        base = url or f"http://{settings.web_host}:{settings.web_port}"
+        base = (url or f"{settings.web_host}:{settings.web_port}").rstrip("/")
+        if "://" not in base:
+            base = f"http://{base}"  # localhost:6066, as one writes it
         try:
             with urllib.request.urlopen(f"{base}/funnel", timeout=5) as response:
                 summary = json.loads(response.read())
@@ -383,28 +388,39 @@ def funnel_show(ctx: click.Context, url: str | None, from_topic: bool, as_json: 
         _print_summary(summary)
 
 
-def _utc(value: str, flag: str) -> Any:
-    from datetime import UTC, datetime
+def _utc(value: str, flag: str, now: Any) -> Any:
+    from streamer.times import parse_time
 
     try:
-        at = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(
-            f"{value!r} is not an ISO 8601 time (e.g. 2026-11-20T14:00Z)", param_hint=flag
-        ) from None
-    return at if at.tzinfo else at.replace(tzinfo=UTC)  # no offset given: UTC
+        return parse_time(value, now)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=flag) from None
 
 
 def _time_range(start: str, end: str) -> tuple[Any, Any]:
-    """``--from`` and ``--to`` as UTC times, ``--to`` after ``--from``."""
-    range_from, range_to = _utc(start, "--from"), _utc(end, "--to")
+    """``--from`` and ``--to`` as UTC times, ``--to`` after ``--from``; the resolved range is
+    printed (stderr) when either was not given as an exact time."""
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    range_from, range_to = _utc(start, "--from", now), _utc(end, "--to", now)
     if range_to <= range_from:
         raise click.BadParameter(f"--to {end} is not after --from {start}", param_hint="--to")
+    click.echo(
+        f"range: {range_from.isoformat(timespec='seconds')} .. "
+        f"{range_to.isoformat(timespec='seconds')} (UTC, --to exclusive)",
+        err=True,
+    )
     return range_from, range_to
 
 
 @cli.group(invoke_without_command=True)
-@click.option("--from", "start", metavar="TIME", help="start of the range (ISO 8601, UTC if bare)")
+@click.option(
+    "--from",
+    "start",
+    metavar="TIME",
+    help="start of the range: ISO 8601 (UTC if bare), -7d, '2h ago', yesterday, epoch ms",
+)
 @click.option("--to", "end", metavar="TIME", help="end of the range, exclusive")
 @click.option(
     "--report",
@@ -413,10 +429,11 @@ def _time_range(start: str, end: str) -> tuple[Any, Any]:
 )
 @click.option(
     "--funnels",
+    "--funnel",
     "funnel_paths",
     multiple=True,
     type=click.Path(exists=True, path_type=Path),
-    help="funnel files or folders instead of the configured ones",
+    help="funnel files or folders instead of the configured ones (repeatable)",
 )
 @click.option(
     "--set",
@@ -457,7 +474,10 @@ def replay(
     if ctx.invoked_subcommand is not None:
         return
     if start is None or end is None:
-        raise click.UsageError("give --from and --to (or a subcommand: otto)")
+        raise click.UsageError(
+            "give --from and --to, e.g. `streamer replay --from -1h --to now`, or compare two "
+            "reports with `streamer replay diff BEFORE.json AFTER.json`"
+        )
     range_from, range_to = _time_range(start, end)
     from rich.progress import (
         BarColumn,
@@ -552,6 +572,8 @@ def replay(
 def replay_diff(before: Path, after: Path, as_json: bool) -> None:
     """What a what-if changed: alerts added, removed and changed (~, as they are in AFTER),
     conversion per step (two reports)."""
+    from pydantic import ValidationError
+
     from streamer.events import ReplayReport
     from streamer.history import diff_reports
 
@@ -559,8 +581,14 @@ def replay_diff(before: Path, after: Path, as_json: bool) -> None:
     for path in (before, after):
         try:
             reports.append(ReplayReport.model_validate_json(path.read_bytes()))
-        except ValueError as exc:
-            raise click.BadParameter(f"{path}: not a replay report: {exc}") from None
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "the document"
+            more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+            raise StreamerError(
+                f"{path}: not a replay report: {where}: {first['msg']}{more}; "
+                "write one with `streamer replay --from ... --to ... --report FILE`"
+            ) from None
     diff = diff_reports(*reports)
     if as_json:
         click.echo(json.dumps(diff, indent=2, sort_keys=True))
@@ -602,12 +630,13 @@ def replay_diff(before: Path, after: Path, as_json: bool) -> None:
 
 @cli.command("backfill")
 @click.option(
+    "--funnels",
     "--funnel",
     "funnel_paths",
     multiple=True,
     required=True,
     type=click.Path(exists=True, path_type=Path),
-    help="the funnel file(s) to start warm (a folder: every *.yaml in it)",
+    help="the funnel files or folders to start warm (repeatable)",
 )
 @click.option("--from", "start", required=True, metavar="TIME", help="start of the history")
 @click.option("--to", "end", required=True, metavar="TIME", help="end of the history, exclusive")
@@ -675,7 +704,21 @@ def replay_otto(ctx: click.Context, path: Path) -> None:
 # --- alerts ------------------------------------------------------------------------------
 @cli.group()
 def alerts() -> None:
-    """Alerts that could not be delivered."""
+    """Test the alert routes; re-deliver alerts that could not be delivered."""
+
+
+@alerts.command("test")
+@click.pass_context
+@_fail_cleanly
+def alerts_test(ctx: click.Context) -> None:
+    """Send a test alert through each configured Slack route (warning, page); no Kafka."""
+    from streamer.alerts import send_test_alerts
+
+    outcomes = asyncio.run(send_test_alerts(_settings(ctx)))
+    for severity, delivery in outcomes:
+        click.echo(f"{severity}: {delivery.outcome.value} ({delivery.detail})")
+    if any(delivery.outcome.value != "delivered" for _, delivery in outcomes):
+        sys.exit(1)
 
 
 @alerts.command("redeliver")
@@ -812,8 +855,8 @@ def _check_source_partitions(settings: Settings) -> None:
 
 # --- simulate ----------------------------------------------------------------------------
 @cli.command("simulate")
-@click.option("--rate", default=50.0, show_default=True, help="events per second")
-@click.option("--duration", default=60.0, show_default=True, help="seconds to run")
+@click.option("--rate", default=50.0, show_default=True, type=_POSITIVE, help="events per second")
+@click.option("--duration", default=60.0, show_default=True, type=_POSITIVE, help="seconds to run")
 @click.option("--seed", default=1, show_default=True, help="random seed (same seed, same sessions)")
 @click.pass_context
 @_fail_cleanly
@@ -850,8 +893,10 @@ def _funnel_table(values: MetricValues) -> Table:
 
 
 @cli.command("demo")
-@click.option("--rate", default=40.0, show_default=True, help="events per second")
-@click.option("--duration", default=60.0, show_default=True, help="seconds of traffic")
+@click.option("--rate", default=40.0, show_default=True, type=_POSITIVE, help="events per second")
+@click.option(
+    "--duration", default=60.0, show_default=True, type=_POSITIVE, help="seconds of traffic"
+)
 @click.option("--keep-broker", is_flag=True, help="leave the local broker running afterwards")
 @click.pass_context
 @_fail_cleanly

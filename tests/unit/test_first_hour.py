@@ -4,6 +4,7 @@ command line, no broker needed)."""
 from __future__ import annotations
 
 import socket
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ from streamer.errors import ConfigError
 from streamer.kafka_io import ensure_topic_plan
 from streamer.resources import deploy_dir
 from streamer.settings import load_settings
+from streamer.testing_slack import FakeSlack
+from streamer.times import parse_time
 
 
 def _free_port() -> int:
@@ -135,3 +138,111 @@ async def test_one_replica_on_a_cluster_of_ones_own_is_warned_about(
     settings = load_settings(kafka_bootstrap=bootstrap)
     await ensure_topic_plan(settings, {})  # nothing to create: no broker needed
     assert ("STREAMER_TOPIC_REPLICATION" in caplog.text) is warned
+
+
+def test_replay_without_a_range_suggests_the_real_usage_and_diff() -> None:
+    result = CliRunner().invoke(cli, ["replay"])
+    assert result.exit_code == 2
+    assert "streamer replay --from -1h --to now" in result.output
+    assert "streamer replay diff BEFORE.json AFTER.json" in result.output
+    assert "otto" not in result.output
+
+
+NOW = datetime(2026, 12, 7, 10, 30, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("typed", "expected"),
+    [
+        ("-7d", NOW - timedelta(days=7)),
+        ("-10m", NOW - timedelta(minutes=10)),
+        ("2h ago", NOW - timedelta(hours=2)),
+        ("3 days ago", NOW - timedelta(days=3)),
+        ("yesterday", datetime(2026, 12, 6, tzinfo=UTC)),
+        ("now", NOW),
+        ("1764000000000", datetime.fromtimestamp(1_764_000_000, tz=UTC)),
+        ("2026-11-20T14:00", datetime(2026, 11, 20, 14, tzinfo=UTC)),
+    ],
+)
+def test_times_are_read_as_people_type_them(typed: str, expected: datetime) -> None:
+    assert parse_time(typed, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    ("typed", "reason"),
+    [("last tuesday", "is not a time; use ISO 8601"), ("1764000000", "looks like epoch seconds")],
+)
+def test_times_that_cannot_be_read_say_what_can(typed: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        parse_time(typed, NOW)
+
+
+def test_a_relative_range_is_printed_as_resolved(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMER_KAFKA_PORT", str(_free_port()))
+    result = CliRunner().invoke(cli, ["replay", "--from", "-10m", "--to", "now"])
+    assert result.exit_code == 2  # no broker
+    assert "range: 20" in result.output
+    assert "(UTC, --to exclusive)" in result.output
+
+
+@pytest.mark.parametrize("rate", ["0", "-5"])
+def test_a_rate_that_cannot_be_kept_is_refused(rate: str) -> None:
+    result = CliRunner().invoke(cli, ["simulate", "--rate", rate])
+    assert result.exit_code == 2
+    assert f"Invalid value for '--rate': {float(rate)} is not in the range x>0" in result.output
+
+
+def test_funnel_show_assumes_http(monkeypatch: pytest.MonkeyPatch) -> None:
+    port = _free_port()
+    result = CliRunner().invoke(cli, ["funnel", "show", "--url", f"localhost:{port}"])
+    assert result.exit_code == 2
+    assert f"no worker answers at http://localhost:{port}/funnel" in result.output
+    assert "unknown url type" not in result.output
+
+
+def test_replay_diff_of_something_else_is_one_line(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.json"
+    empty.write_text("{}")
+    result = CliRunner().invoke(cli, ["replay", "diff", str(empty), str(empty)])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1
+    assert result.output.startswith(f"error: {empty}: not a replay report: range_from: Field")
+
+
+def test_version_and_short_help() -> None:
+    version = CliRunner().invoke(cli, ["--version"])
+    assert version.exit_code == 0
+    assert version.output.startswith("streamer, version ")
+    for args in (["-h"], ["replay", "-h"], ["alerts", "test", "-h"]):
+        assert CliRunner().invoke(cli, args).exit_code == 0, args
+
+
+def test_backfill_and_replay_take_both_spellings_of_funnels() -> None:
+    for command in ("backfill", "replay"):
+        text = CliRunner().invoke(cli, [command, "--help"]).output
+        assert "--funnels, --funnel" in text, command
+
+
+def test_alerts_test_sends_one_alert_per_configured_route(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    slack = FakeSlack(min_interval=0).start()
+    try:
+        monkeypatch.setenv("STREAMER_SLACK_WEBHOOK_URL", slack.url("T/B/warn"))
+        monkeypatch.setenv("STREAMER_SLACK_PAGE_WEBHOOK_URL", slack.url("T/B/page"))
+        result = CliRunner().invoke(cli, ["alerts", "test"])
+    finally:
+        slack.stop()
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "warning: delivered (default webhook)",
+        "page: delivered (page webhook)",
+    ]
+    assert [request.token for request in slack.requests] == ["T/B/warn", "T/B/page"]
+    assert all("TEST" in str(payload) for payload in slack.accepted)
+
+
+def test_alerts_test_without_a_route_says_which_setting() -> None:
+    result = CliRunner().invoke(cli, ["alerts", "test"])
+    assert result.exit_code == 2
+    assert "set STREAMER_SLACK_WEBHOOK_URL" in result.output
