@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -296,15 +296,21 @@ def funnel() -> None:
 @_fail_cleanly
 def funnel_check(ctx: click.Context, files: tuple[Path, ...]) -> None:
     """Validate funnel definition files (default: the configured ones) and print them."""
+    for definition in _checked_funnels(files or _settings(ctx).funnels):
+        click.echo(definition.describe())
+
+
+def _checked_funnels(paths: Sequence[Path], overrides: dict[str, str] | None = None) -> Any:
+    """The funnel files, validated against the event types there are (today: the contract's,
+    streamer.events); a problem is one ConfigError line naming the file and line."""
     from streamer.errors import ConfigError
+    from streamer.events import EVENT_PROPERTIES
     from streamer.funnel.definition import FunnelDefinitionError, load_funnels
 
     try:
-        funnels = load_funnels(files or _settings(ctx).funnels)
+        return load_funnels(paths, overrides, known_events=EVENT_PROPERTIES)
     except FunnelDefinitionError as exc:
         raise ConfigError(str(exc)) from None
-    for definition in funnels:
-        click.echo(definition.describe())
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
@@ -487,18 +493,17 @@ def replay(
         TimeRemainingColumn,
     )
 
-    from streamer.funnel.definition import load_funnels
     from streamer.history import replay_range
 
     settings = _settings(ctx)
-    _kafka_ready(settings, AccessNeeds(read=_sources(settings)))  # read-only: writes nothing
     changes: dict[str, str] = {}
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"{item!r}: use KEY=VALUE", param_hint="--set")
         changes[key.strip()] = value.strip()
-    funnels = load_funnels(funnel_paths or settings.funnels, changes)
+    funnels = _checked_funnels(funnel_paths or settings.funnels, changes)
+    _kafka_ready(settings, AccessNeeds(read=_sources(settings)))  # read-only: writes nothing
     per_input: dict[str, tuple[int, int]] = {}
     columns = (
         TextColumn("{task.description}"),
@@ -648,14 +653,14 @@ def backfill_command(
     """Compute funnels' detector baselines from a range of history and hand them to the live
     worker (the baselines topic): a funnel the worker has no detector state for starts warm,
     with no cold-start period. Read-only on the input topics."""
-    from streamer.funnel.definition import load_funnels
     from streamer.history import backfill
 
     range_from, range_to = _time_range(start, end)
+    funnels = _checked_funnels(funnel_paths)
     settings = _settings(ctx)
     _kafka_ready(settings, AccessNeeds(read=_sources(settings), write=(settings.baselines_topic,)))
     asyncio.run(ensure_topic_plan(settings, _topic_plan(settings)))
-    records = asyncio.run(backfill(settings, load_funnels(funnel_paths), range_from, range_to))
+    records = asyncio.run(backfill(settings, funnels, range_from, range_to))
     for record in records:
         cold = record["warming_up"]
         click.echo(
@@ -792,6 +797,7 @@ def worker(ctx: click.Context) -> None:
     settings = _settings(ctx)
     log = logging.getLogger("streamer.worker")
     log.info("settings: %s", settings.masked())
+    _checked_funnels(settings.funnels)  # a typo in a funnel file stops it before any Kafka
     _kafka_ready(settings)
     run_sync(ensure_topic_plan(settings, _topic_plan(settings)))
     _check_source_partitions(settings)

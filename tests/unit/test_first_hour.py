@@ -8,10 +8,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from streamer.cli import cli
 from streamer.errors import ConfigError
+from streamer.events import EVENT_PROPERTIES
+from streamer.funnel.definition import check_known_events, load_funnel
 from streamer.kafka_io import ensure_topic_plan
 from streamer.resources import deploy_dir
 from streamer.settings import load_settings
@@ -246,3 +248,94 @@ def test_alerts_test_without_a_route_says_which_setting() -> None:
     result = CliRunner().invoke(cli, ["alerts", "test"])
     assert result.exit_code == 2
     assert "set STREAMER_SLACK_WEBHOOK_URL" in result.output
+
+
+FUNNEL = """name: shop
+conversion_window: 1h
+stages:
+  - name: landing
+    event_type: page_view
+    where: {landng: true}
+  - name: cart
+    event_types: [add_to_kart]
+  - name: order
+    event_types: [order_placed]
+"""
+
+
+def _check(*paths: Path) -> Result:
+    return CliRunner().invoke(cli, ["funnel", "check", *map(str, paths)])
+
+
+def test_funnel_check_refuses_what_can_never_match_with_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "shop.yaml"
+    path.write_text(FUNNEL)
+    result = _check(path)
+    assert result.exit_code == 2
+    assert (
+        f"{path}:6: stages.0.where.landng: no event of page_view has a property 'landng'; "
+        "did you mean 'landing'?" in result.output
+    )
+    assert (
+        f"{path}:8: stages.1.event_types: unknown event type 'add_to_kart'; "
+        "did you mean 'add_to_cart'?" in result.output
+    )
+
+
+def test_the_known_events_check_takes_any_plan() -> None:
+    definition = load_funnel(deploy_dir() / "funnels" / "checkout.yaml")
+    assert check_known_events(definition, EVENT_PROPERTIES) == []
+    plan = {"page_view": frozenset({"landing"}), "order_placed": frozenset({"value"})}
+    problems = dict(check_known_events(definition, plan))
+    assert problems[("stages", 1, "event_types")] == "unknown event type 'product_view'"
+
+
+def test_severity_off_as_the_readme_writes_it(tmp_path: Path) -> None:
+    path = tmp_path / "off.yaml"
+    path.write_text(
+        (deploy_dir() / "funnels" / "checkout.yaml").read_text()
+        + '  data_quality_severity: off\n  steps:\n    "payment->order": {severity: off}\n'
+    )
+    definition = load_funnel(path)
+    assert definition.alerting.data_quality_severity == "off"
+    assert definition.alerting.steps["payment->order"].severity == "off"
+
+
+def test_a_segment_without_a_source_says_how_to_write_it(tmp_path: Path) -> None:
+    path = tmp_path / "plan.yaml"
+    path.write_text(FUNNEL.replace("landng", "landing").replace("kart", "cart") + "segments:\n"
+                    "  device: {cap: 6}\n  plan: {cap: 5}\n")  # fmt: skip
+    result = _check(path)
+    assert result.exit_code == 2
+    assert (
+        f"{path}:13: segments.1: unknown segment 'plan'; write `plan: {{source: property.plan}}`"
+        in (result.output)
+    )
+    assert "pattern" not in result.output
+
+
+def test_a_folder_of_yml_files_is_read_and_an_empty_one_is_said(tmp_path: Path) -> None:
+    (tmp_path / "yml").mkdir()
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "yml" / "shop.yml").write_text(
+        FUNNEL.replace("landng", "landing").replace("kart", "cart")
+    )
+    found = _check(tmp_path / "yml")
+    assert found.exit_code == 0
+    assert found.output.startswith("funnel shop ")
+    empty = _check(tmp_path / "empty")
+    assert empty.exit_code == 2
+    assert f"no funnel files (*.yaml, *.yml) in {tmp_path / 'empty'}" in empty.output
+
+
+def test_the_worker_checks_its_funnels_before_it_looks_for_kafka(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "shop.yaml"
+    path.write_text(FUNNEL)
+    monkeypatch.setenv("STREAMER_FUNNELS", str(path))
+    monkeypatch.setenv("STREAMER_KAFKA_PORT", str(_free_port()))  # no broker there
+    result = CliRunner().invoke(cli, ["worker"])
+    assert result.exit_code == 2
+    assert "unknown event type 'add_to_kart'" in result.output
+    assert "no Kafka broker" not in result.output
