@@ -3,6 +3,7 @@ command line, no broker needed)."""
 
 from __future__ import annotations
 
+import json
 import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,8 +12,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from streamer.cli import cli
+from streamer.decode import DecodeLimits, Rejection, decode_event
 from streamer.errors import ConfigError
-from streamer.events import EVENT_PROPERTIES
+from streamer.events import EVENT_PROPERTIES, ReasonCode
 from streamer.funnel.definition import check_known_events, load_funnel
 from streamer.kafka_io import ensure_topic_plan
 from streamer.resources import deploy_dir
@@ -339,3 +341,37 @@ def test_the_worker_checks_its_funnels_before_it_looks_for_kafka(
     assert result.exit_code == 2
     assert "unknown event type 'add_to_kart'" in result.output
     assert "no Kafka broker" not in result.output
+
+
+def _event_at(occurred_at: object) -> bytes:
+    return json.dumps(
+        {
+            "event_type": "page_view",
+            "event_id": "e1",
+            "session_id": "s1",
+            "occurred_at": occurred_at,
+            "page": "/",
+        }
+    ).encode()
+
+
+def test_an_event_time_in_epoch_seconds_is_said_to_look_like_seconds() -> None:
+    received = datetime(2026, 12, 7, 10, 30, tzinfo=UTC)
+    rejected = decode_event(
+        _event_at(int(received.timestamp())), received_at=received, limits=DecodeLimits()
+    )
+    assert isinstance(rejected, Rejection)
+    assert rejected.reason is ReasonCode.TOO_OLD
+    assert "it looks like epoch seconds (2026-12-07T10:30:00+00:00 if so)" in rejected.message
+    assert "0:00:00" not in rejected.message
+
+
+def test_a_plainly_old_event_says_how_old_in_words() -> None:
+    received = datetime(2026, 12, 7, 10, 30, tzinfo=UTC)
+    old = int((received - timedelta(days=9)).timestamp() * 1000)
+    rejected = decode_event(_event_at(old), received_at=received, limits=DecodeLimits())
+    assert isinstance(rejected, Rejection)
+    assert rejected.message == (
+        "occurred_at is 9d before the broker time, older than the horizon of 7d "
+        "(max_event_age_seconds)"
+    )
