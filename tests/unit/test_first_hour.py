@@ -375,3 +375,24 @@ def test_a_plainly_old_event_says_how_old_in_words() -> None:
         "occurred_at is 9d before the broker time, older than the horizon of 7d "
         "(max_event_age_seconds)"
     )
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ('{"session": 1, "events": [{"aid": 2, "ts": "soon", "type": "clicks"}]}', "ValueError"),
+        ("[1, 2]", "TypeError"),
+        ("{not json", "not JSON"),
+    ],
+)
+def test_a_bad_otto_line_is_one_line_naming_file_and_line(
+    line: str, reason: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "sessions.jsonl"
+    path.write_text('{"session": 1, "events": []}\n' + line + "\n")
+    monkeypatch.setenv("STREAMER_KAFKA_PORT", str(_free_port()))
+    result = CliRunner().invoke(cli, ["load", "otto", str(path)])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: {path}:2: ")
+    assert reason in result.output
+    assert result.output.count("\n") == 1
