@@ -313,6 +313,26 @@ def _checked_funnels(paths: Sequence[Path], overrides: dict[str, str] | None = N
         raise ConfigError(str(exc)) from None
 
 
+def _provisional(ratio: float | None, still_open: int | None) -> str:
+    """A ratio of the decided sessions; while some are open (the open column) it is so far."""
+    if ratio is None:
+        return ""
+    return f"{ratio:.1%} so far" if still_open else f"{ratio:.1%}"
+
+
+def _span_label(label: str, part: dict[str, Any]) -> str:
+    """ "last window", or the span the "last hour" really covers when the data is younger."""
+    if label != "last_hour":
+        return label.replace("_", " ")
+    from datetime import datetime
+
+    span = datetime.fromisoformat(part["end"]) - datetime.fromisoformat(part["start"])
+    if span.total_seconds() >= 3600:
+        return "last hour"
+    minutes = span.total_seconds() / 60
+    return f"last {minutes:.3g} min (all the windows there are, up to an hour)"
+
+
 def _print_summary(summary: dict[str, Any]) -> None:
     if not summary:
         console.print(
@@ -323,22 +343,23 @@ def _print_summary(summary: dict[str, Any]) -> None:
         for label in ("last_window", "last_hour"):
             part = parts[label]
             state = "final" if part.get("final") else "still open: revised until final"
-            title = f"{name}: {label.replace('_', ' ')} ({part['start']} .. {part['end']}, {state})"
+            title = (
+                f"{name}: {_span_label(label, part)} ({part['start']} .. {part['end']}, {state})"
+            )
             table = Table(title=title)
             columns = ("stage", "entered", "converted", "dropped", "open", "conversion", "drop-off")
             for column in columns:
-                table.add_column(column, justify="left" if column == "stage" else "right")
+                right = column != "stage"
+                table.add_column(column, justify="right" if right else "left", no_wrap=right)
             for row in part["stages"]:
-                ratio = row.get("conversion_ratio")
-                drop = row.get("drop_off_ratio")
                 table.add_row(
                     row["stage"],
                     str(row["entered"]),
                     str(row.get("converted", "")),
                     str(row.get("dropped", "")),
                     str(row.get("open", "")),
-                    f"{ratio:.1%}" if ratio is not None else "",
-                    f"{drop:.1%}" if drop is not None else "",
+                    _provisional(row.get("conversion_ratio"), row.get("open")),
+                    _provisional(row.get("drop_off_ratio"), row.get("open")),
                 )
             console.print(table)
         warming = parts.get("warming_up")

@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from streamer.cli import cli
+from streamer.cli import _print_summary, cli
 from streamer.decode import DecodeLimits, Rejection, decode_event
 from streamer.errors import ConfigError
 from streamer.events import EVENT_PROPERTIES, ReasonCode
 from streamer.funnel.definition import check_known_events, load_funnel
+from streamer.funnel.session import NEVER
 from streamer.kafka_io import ensure_topic_plan
+from streamer.pipeline.windows import _start_text
 from streamer.resources import deploy_dir
 from streamer.settings import load_settings
 from streamer.testing_slack import FakeSlack
@@ -396,3 +398,26 @@ def test_a_bad_otto_line_is_one_line_naming_file_and_line(
     assert result.output.startswith(f"error: {path}:2: ")
     assert reason in result.output
     assert result.output.count("\n") == 1
+
+
+def test_the_funnel_table_marks_a_ratio_with_open_sessions_and_names_its_real_span(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    row = {"stage": "cart", "entered": 57, "step": "cart->checkout", "converted": 22}
+    row.update(dropped=0, open=35, conversion_ratio=1.0, drop_off_ratio=0.0)
+    part = {
+        "start": "2026-12-07T10:00:00+00:00",
+        "end": "2026-12-07T10:01:00+00:00",
+        "final": False,
+        "stages": [row, {"stage": "checkout", "entered": 22}],
+    }
+    _print_summary({"checkout": {"last_window": part, "last_hour": {**part, "windows": 1}}})
+    text = " ".join(capsys.readouterr().out.split())
+    assert "│ 100.0% so far │" in text
+    assert "checkout: last 1 min (all the windows there are, up to an hour)" in text
+    assert "last hour" not in text
+
+
+def test_a_funnel_taken_up_from_the_start_is_not_logged_as_a_huge_negative_number() -> None:
+    assert _start_text(NEVER) == "with the first event"
+    assert _start_text(1_765_103_400_000) == "at 2025-12-07T10:30:00+00:00"
