@@ -174,7 +174,9 @@ class LocalKafka:
         mvn = _require_tool("mvn", "install Apache Maven (Debian: apt-get install maven)")
         pom = deploy_dir() / "kafka" / "pom.xml"
         if not pom.exists():
-            raise BrokerError(f"{pom} is missing: run streamer from its source checkout")
+            raise BrokerError(
+                f"{pom} is missing: this streamer installation is incomplete (reinstall it)"
+            )
         staging = self.libs_dir.with_name("libs.partial")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
