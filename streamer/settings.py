@@ -191,6 +191,11 @@ class Settings(BaseSettings):
         le=300,
         description="how long the group waits for a worker that stopped heartbeating",
     )
+    ready_max_lag_messages: int = Field(
+        default=10_000,
+        ge=0,
+        description="/readyz: an assigned partition further behind its log end is not ready",
+    )
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=1, le=65535)
     store: Literal["rocksdb", "memory"] = "rocksdb"

@@ -18,6 +18,8 @@ from streamer.events import EVENT_PROPERTIES, ReasonCode
 from streamer.funnel.definition import check_known_events, load_funnel
 from streamer.funnel.session import NEVER
 from streamer.kafka_io import ensure_topic_plan
+from streamer.metrics import LiveSnapshot
+from streamer.pipeline.web import readiness
 from streamer.pipeline.windows import _start_text
 from streamer.resources import deploy_dir
 from streamer.settings import load_settings
@@ -421,3 +423,16 @@ def test_the_funnel_table_marks_a_ratio_with_open_sessions_and_names_its_real_sp
 def test_a_funnel_taken_up_from_the_start_is_not_logged_as_a_huge_negative_number() -> None:
     assert _start_text(NEVER) == "with the first event"
     assert _start_text(1_765_103_400_000) == "at 2025-12-07T10:30:00+00:00"
+
+
+def test_readiness_needs_partitions_a_caught_up_input_and_the_broker() -> None:
+    snapshot = LiveSnapshot(assigned={"clickstream": 4}, consumer_lag={("clickstream", 2): 50})
+    ready = readiness(snapshot, (True, "answers"), max_lag=100)
+    assert ready.ready
+    behind = readiness(snapshot, (True, "answers"), max_lag=10)
+    assert not behind.ready
+    assert behind.checks["caught_up"]["behind"] == {"clickstream/2": 50}
+    assert not readiness(LiveSnapshot(), (True, "answers"), max_lag=10).ready  # nothing assigned
+    unreachable = readiness(snapshot, (False, "no broker answers"), max_lag=100)
+    assert not unreachable.ready
+    assert unreachable.checks["broker"] == {"ok": False, "detail": "no broker answers"}
