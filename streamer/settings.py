@@ -19,7 +19,13 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from streamer.errors import ConfigError
 from streamer.resources import deploy_dir
@@ -390,6 +396,8 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
     init_values.update(overrides)
     try:
         return Settings(**init_values)
+    except SettingsError as exc:  # an environment value that cannot even be parsed
+        raise ConfigError(f"invalid configuration: {exc}") from None
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
