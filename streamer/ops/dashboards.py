@@ -23,7 +23,12 @@ from grafana_foundation_sdk.builders.common import (
     StackingConfig,
     VizLegendOptions,
 )
-from grafana_foundation_sdk.builders.dashboard import Dashboard, QueryVariable, Row
+from grafana_foundation_sdk.builders.dashboard import (
+    Dashboard,
+    DatasourceVariable,
+    QueryVariable,
+    Row,
+)
 from grafana_foundation_sdk.builders.prometheus import Dataquery
 from grafana_foundation_sdk.builders.stat import Panel as StatPanel
 from grafana_foundation_sdk.builders.timeseries import Panel as TimeseriesPanel
@@ -43,8 +48,12 @@ from streamer.resources import deploy_dir
 
 __all__ = ["DASHBOARDS", "DATASOURCE_UID", "DashboardSpec", "PanelSpec", "Query", "render_all"]
 
-# The provisioned Prometheus datasource (deploy/grafana/provisioning/datasources/).
-DATASOURCE_UID = "streamer-prometheus"
+# No datasource uid is hard-coded: every panel and query refers to the dashboard's
+# `datasource` variable (any Prometheus datasource; Grafana preselects the default one, in
+# docker-compose the provisioned `streamer-prometheus`), so the JSON imports into a Grafana
+# whose Prometheus has another uid.
+DATASOURCE_VARIABLE = "datasource"
+DATASOURCE_UID = "${" + DATASOURCE_VARIABLE + "}"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid=DATASOURCE_UID)
 DASHBOARDS_DIR = deploy_dir() / "grafana" / "dashboards"
 
@@ -751,6 +760,9 @@ def build_dashboard(spec: DashboardSpec) -> Dashboard:
         .refresh("30s")
         .timezone("browser")
         .editable()
+    )
+    dashboard = dashboard.with_variable(
+        DatasourceVariable(DATASOURCE_VARIABLE).label("Prometheus").type("prometheus")
     )
     if spec.per_funnel:
         dashboard = dashboard.with_variable(

@@ -89,7 +89,7 @@ def test_funnel_dashboards_filter_on_the_funnel_variable() -> None:
     for spec in DASHBOARDS:
         dashboard = json.loads((DASHBOARDS_DIR / spec.filename).read_text())
         variables = [v["name"] for v in dashboard["templating"].get("list", [])]
-        assert variables == (["funnel"] if spec.per_funnel else [])
+        assert variables == (["datasource", "funnel"] if spec.per_funnel else ["datasource"])
         for panel in dashboard["panels"]:
             if panel["type"] == "row":
                 continue
@@ -131,3 +131,14 @@ def test_alert_and_abandonment_series_exist_before_their_first_event() -> None:
     for subject, name in [("topic", "clickstream"), ("event_type", "add_to_cart")]:
         labels = {"funnel": funnel.name, "subject": subject, "name": name}
         assert zero("streamer_tracking_silent", labels) == 0.0
+
+
+def test_no_datasource_uid_is_hard_coded() -> None:
+    """Imported into a Grafana whose Prometheus has another uid, every panel, query and
+    variable follows the `datasource` variable (issue 30)."""
+    for spec in DASHBOARDS:
+        text = (DASHBOARDS_DIR / spec.filename).read_text()
+        assert "streamer-prometheus" not in text, spec.filename
+        dashboard = json.loads(text)
+        (source,) = [v for v in dashboard["templating"]["list"] if v["name"] == "datasource"]
+        assert (source["type"], source["query"]) == ("datasource", "prometheus")
