@@ -333,10 +333,17 @@ def _span_label(label: str, part: dict[str, Any]) -> str:
     return f"last {minutes:.3g} min (all the windows there are, up to an hour)"
 
 
-def _print_summary(summary: dict[str, Any]) -> None:
+def _print_summary(summary: dict[str, Any], lateness_seconds: float | None = None) -> None:
     if not summary:
+        wait = (
+            f"; events are counted as the watermark passes them, {lateness_seconds:g}s "
+            "(allowed_lateness_seconds) behind the newest event time"
+            if lateness_seconds
+            else ""
+        )
         console.print(
-            "no window yet (a window is published once a partition has counted a session in it)"
+            "no window yet (a window is published once a partition has counted a session in "
+            f"it{wait})"
         )
         return
     for name, parts in summary.items():
@@ -412,7 +419,7 @@ def funnel_show(ctx: click.Context, url: str | None, from_topic: bool, as_json: 
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
-        _print_summary(summary)
+        _print_summary(summary, settings.allowed_lateness_seconds)
 
 
 def _utc(value: str, flag: str, now: Any) -> Any:
