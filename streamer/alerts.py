@@ -15,7 +15,7 @@ import orjson
 from streamer.errors import ConfigError
 from streamer.events import Alert
 from streamer.kafka_io import ensure_topics, make_producer, read_topic
-from streamer.notify.base import Delivery
+from streamer.notify.base import Delivery, Notifier
 from streamer.settings import Settings
 
 __all__ = ["RedeliveryReport", "redeliver_failed_alerts", "sample_alert", "send_test_alerts"]
@@ -89,21 +89,26 @@ def sample_alert(severity: str, now: datetime) -> Alert:
 
 
 async def send_test_alerts(settings: Settings) -> list[tuple[str, Delivery]]:
-    """Send one test alert per configured route (warning, and page when the on-call webhook is
-    set) through the live notifier's code; each route's outcome, never its URL."""
-    from streamer.app import slack_notifier
+    """One test alert per configured route: Slack's warning webhook, its page webhook when
+    set, Alertmanager, the plain webhook; each route's outcome, never its URL."""
+    from streamer.app import alert_notifier
 
-    if settings.slack_webhook_url is None and settings.slack_page_webhook_url is None:
+    notifier = alert_notifier(settings)
+    routes = dict(notifier.routes)
+    now = datetime.now(UTC)
+    sends: list[tuple[str, str, Notifier]] = []
+    if settings.slack_webhook_url is not None:
+        sends.append(("slack warning", "warning", routes["slack"]))
+    if settings.slack_page_webhook_url is not None:
+        sends.append(("slack page", "page", routes["slack"]))
+    sends += [(name, "warning", route) for name, route in notifier.routes if name != "slack"]
+    if not sends:
         raise ConfigError(
             "no alert route is configured: set STREAMER_SLACK_WEBHOOK_URL (and "
-            "STREAMER_SLACK_PAGE_WEBHOOK_URL for pages)"
+            "STREAMER_SLACK_PAGE_WEBHOOK_URL for pages), STREAMER_ALERTMANAGER_URL or "
+            "STREAMER_ALERT_WEBHOOK_URL"
         )
-    severities = ["warning"] if settings.slack_webhook_url is not None else []
-    if settings.slack_page_webhook_url is not None:
-        severities.append("page")
-    notifier = slack_notifier(settings)
-    now = datetime.now(UTC)
     try:
-        return [(s, await notifier.deliver(sample_alert(s, now))) for s in severities]
+        return [(name, await route.deliver(sample_alert(s, now))) for name, s, route in sends]
     finally:
         await notifier.close()

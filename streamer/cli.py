@@ -744,12 +744,13 @@ def alerts() -> None:
 @click.pass_context
 @_fail_cleanly
 def alerts_test(ctx: click.Context) -> None:
-    """Send a test alert through each configured Slack route (warning, page); no Kafka."""
+    """Send a test alert through each configured route (Slack warning and page,
+    Alertmanager, webhook); no Kafka."""
     from streamer.alerts import send_test_alerts
 
     outcomes = asyncio.run(send_test_alerts(_settings(ctx)))
-    for severity, delivery in outcomes:
-        click.echo(f"{severity}: {delivery.outcome.value} ({delivery.detail})")
+    for route, delivery in outcomes:
+        click.echo(f"{route}: {delivery.outcome.value} ({delivery.detail})")
     if any(delivery.outcome.value != "delivered" for _, delivery in outcomes):
         sys.exit(1)
 

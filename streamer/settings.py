@@ -175,6 +175,14 @@ class Settings(BaseSettings):
     slack_page_webhook_url: SecretStr | None = Field(
         default=None, description="incoming webhook of the on-call channel (severity page)"
     )
+    alertmanager_url: str | None = Field(
+        default=None,
+        description="Alertmanager's base URL (http://host:9093): funnel alerts are also pushed "
+        "to its API, with labels funnel, step, severity, segment",
+    )
+    alert_webhook_url: SecretStr | None = Field(
+        default=None, description="a URL that receives each alert record as JSON (a secret)"
+    )
     slack_min_interval_seconds: float = Field(
         default=1.1, ge=0, description="pace per webhook (Slack allows about 1 message/s)"
     )
@@ -236,7 +244,17 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("slack_webhook_url", "slack_page_webhook_url")
+    @field_validator("alertmanager_url")
+    @classmethod
+    def _alertmanager_is_a_url(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        text = value.strip() if "://" in value else f"http://{value.strip()}"
+        if urlsplit(text).scheme not in ("https", "http") or not urlsplit(text).netloc:
+            raise ValueError(f"{value!r} is not an http(s) URL (e.g. http://alertmanager:9093)")
+        return text
+
+    @field_validator("slack_webhook_url", "slack_page_webhook_url", "alert_webhook_url")
     @classmethod
     def _webhook_is_a_url(cls, value: SecretStr | None) -> SecretStr | None:
         # The URL is a secret: the message describes it, never quotes it.
@@ -244,10 +262,7 @@ class Settings(BaseSettings):
             return None
         parts = urlsplit(value.get_secret_value().strip())
         if parts.scheme not in ("https", "http") or not parts.netloc:
-            raise ValueError(
-                "not an http(s) URL (expected https://hooks.slack.com/services/...; "
-                "the value is a secret and is not shown)"
-            )
+            raise ValueError("not an http(s) URL (the value is a secret and is not shown)")
         return value
 
     @model_validator(mode="after")

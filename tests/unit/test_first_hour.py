@@ -11,14 +11,18 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from streamer.alerts import sample_alert
+from streamer.app import alert_notifier
 from streamer.cli import _print_summary, cli
 from streamer.decode import DecodeLimits, Rejection, decode_event
 from streamer.errors import ConfigError
-from streamer.events import EVENT_PROPERTIES, ReasonCode
+from streamer.events import EVENT_PROPERTIES, AlertExplanation, ReasonCode
 from streamer.funnel.definition import check_known_events, load_funnel
 from streamer.funnel.session import NEVER
 from streamer.kafka_io import ensure_topic_plan
 from streamer.metrics import LiveSnapshot
+from streamer.notify.base import Delivery, DeliveryOutcome
+from streamer.notify.routes import FanOutNotifier, alertmanager_alert
 from streamer.pipeline.web import readiness
 from streamer.pipeline.windows import _start_text
 from streamer.resources import deploy_dir
@@ -243,8 +247,8 @@ def test_alerts_test_sends_one_alert_per_configured_route(
         slack.stop()
     assert result.exit_code == 0, result.output
     assert result.output.splitlines() == [
-        "warning: delivered (default webhook)",
-        "page: delivered (page webhook)",
+        "slack warning: delivered (default webhook)",
+        "slack page: delivered (page webhook)",
     ]
     assert [request.token for request in slack.requests] == ["T/B/warn", "T/B/page"]
     assert all("TEST" in str(payload) for payload in slack.accepted)
@@ -436,3 +440,78 @@ def test_readiness_needs_partitions_a_caught_up_input_and_the_broker() -> None:
     unreachable = readiness(snapshot, (False, "no broker answers"), max_lag=100)
     assert not unreachable.ready
     assert unreachable.checks["broker"] == {"ok": False, "detail": "no broker answers"}
+
+
+class _Scripted:
+    """A route that answers from a script and counts its calls."""
+
+    def __init__(self, *outcomes: DeliveryOutcome) -> None:
+        self.outcomes = list(outcomes)
+        self.calls = 0
+
+    async def deliver(self, alert: object) -> Delivery:
+        self.calls += 1
+        return Delivery(self.outcomes.pop(0), "scripted")
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_fan_out_sends_each_route_once_while_another_is_retried() -> None:
+    slack = _Scripted(DeliveryOutcome.NO_ROUTE, DeliveryOutcome.NO_ROUTE)
+    alertmanager = _Scripted(DeliveryOutcome.DELIVERED)
+    webhook = _Scripted(DeliveryOutcome.RETRY, DeliveryOutcome.DELIVERED)
+    fan_out = FanOutNotifier(
+        [("slack", slack), ("alertmanager", alertmanager), ("webhook", webhook)]
+    )
+    alert = sample_alert("page", NOW)
+    assert (await fan_out.deliver(alert)).outcome is DeliveryOutcome.RETRY
+    second = await fan_out.deliver(alert)
+    assert second.outcome is DeliveryOutcome.DELIVERED
+    assert second.detail == "alertmanager, webhook"
+    assert alertmanager.calls == 1  # not sent twice for the webhook's retry
+    nothing = FanOutNotifier([("slack", _Scripted(DeliveryOutcome.NO_ROUTE))])
+    assert (await nothing.deliver(alert)).outcome is DeliveryOutcome.NO_ROUTE
+
+
+def test_an_alert_for_alertmanager_carries_labels_annotations_and_its_end() -> None:
+    alert = sample_alert("page", NOW).model_copy(
+        update={
+            "runbook_url": "https://runbooks/x",
+            "dashboard_url": "https://grafana/d/x",
+            "explanations": [
+                AlertExplanation(dimension="payment_method", value="paypal",
+                                 share_of_excess=0.9, observed_rate=0.5,
+                                 expected_rate=0.1, decided=100, dropped=50),
+            ],
+        }
+    )  # fmt: skip
+    firing = alertmanager_alert(alert, NOW)
+    assert firing["labels"] == {
+        "alertname": "StreamerFunnelDropOff",
+        "funnel": "test",
+        "step": "test",
+        "severity": "page",
+        "kind": "drop_off",
+        "segment": "payment_method=paypal",
+    }
+    assert firing["annotations"]["runbook_url"] == "https://runbooks/x"
+    assert firing["annotations"]["dashboard_url"] == "https://grafana/d/x"
+    assert firing["endsAt"] > NOW.isoformat()
+    resolved = alertmanager_alert(alert.model_copy(update={"state": "resolved"}), NOW)
+    assert resolved["endsAt"] == NOW.isoformat()
+
+
+def test_alert_routes_are_settings_and_the_webhook_stays_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STREAMER_ALERTMANAGER_URL", "alertmanager:9093")
+    monkeypatch.setenv("STREAMER_ALERT_WEBHOOK_URL", "https://hooks.example/T/secret")
+    settings = load_settings()
+    assert settings.alertmanager_url == "http://alertmanager:9093"
+    assert settings.masked()["alert_webhook_url"] == "**********"
+    assert [name for name, _ in alert_notifier(settings).routes] == [
+        "slack",
+        "alertmanager",
+        "webhook",
+    ]
