@@ -356,8 +356,10 @@ def _print_summary(summary: dict[str, Any], lateness_seconds: float | None = Non
             table = Table(title=title)
             columns = ("stage", "entered", "converted", "dropped", "open", "conversion", "drop-off")
             for column in columns:
-                right = column != "stage"
-                table.add_column(column, justify="right" if right else "left", no_wrap=right)
+                if column == "stage":  # a long name wraps rather than ends in an ellipsis
+                    table.add_column(column, overflow="fold")
+                else:
+                    table.add_column(column, justify="right", no_wrap=True)
             for row in part["stages"]:
                 table.add_row(
                     row["stage"],
