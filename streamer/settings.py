@@ -358,6 +358,8 @@ class Settings(BaseSettings):
                 shown[name] = "**********" if value.get_secret_value() else ""
             elif isinstance(value, Path):
                 shown[name] = str(value)
+            elif isinstance(value, tuple) and all(isinstance(v, Path) for v in value):
+                shown[name] = [str(v) for v in value]  # funnels: as one writes them
             else:
                 shown[name] = value
         return shown
