@@ -339,6 +339,11 @@ def explain_kafka_error(settings: Settings, exc: Exception) -> StreamerError:
 
 
 def no_broker(settings: Settings) -> StreamerError:
+    if not settings.uses_local_broker:
+        return StreamerError(
+            f"no Kafka broker answers at {settings.bootstrap_servers} ({ENV_PREFIX}"
+            "KAFKA_BOOTSTRAP): is the cluster up and the address right?"
+        )
     return StreamerError(
         f"no Kafka broker answers at {settings.bootstrap_servers}; start one with "
         "`streamer kafka up` (or set STREAMER_KAFKA_BOOTSTRAP to your cluster)"

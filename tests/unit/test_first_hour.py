@@ -58,6 +58,16 @@ def test_no_broker_is_said_as_no_broker_not_a_protocol_mismatch(
     assert "security_protocol" not in result.output
 
 
+def test_no_broker_at_a_cluster_of_ones_own_does_not_suggest_kafka_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STREAMER_KAFKA_BOOTSTRAP", f"127.0.0.1:{_free_port()}")
+    result = CliRunner().invoke(cli, ["topics"])
+    assert result.exit_code == 2
+    assert "(STREAMER_KAFKA_BOOTSTRAP): is the cluster up and the address right?" in result.output
+    assert "kafka up" not in result.output
+
+
 def test_a_misspelt_variable_is_refused_naming_the_closest_setting(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
