@@ -60,6 +60,8 @@ GRAFANA_VARIABLES = {
     "$__range": "5m",
     "$__interval": "2s",
     "$funnel": FUNNEL_NAME,
+    "$job": "streamer",  # "All": the one job listed
+    "$instance": ".*",
 }
 NO_EVENTS_ALERT = "StreamerNoInputEvents"
 WARNINGS_TOKEN = "T000/B000/warnings"

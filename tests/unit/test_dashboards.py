@@ -89,7 +89,8 @@ def test_funnel_dashboards_filter_on_the_funnel_variable() -> None:
     for spec in DASHBOARDS:
         dashboard = json.loads((DASHBOARDS_DIR / spec.filename).read_text())
         variables = [v["name"] for v in dashboard["templating"].get("list", [])]
-        assert variables == (["datasource", "funnel"] if spec.per_funnel else ["datasource"])
+        scoping = ["datasource", "job", "instance"]
+        assert variables == ([*scoping, "funnel"] if spec.per_funnel else scoping)
         for panel in dashboard["panels"]:
             if panel["type"] == "row":
                 continue
@@ -142,3 +143,16 @@ def test_no_datasource_uid_is_hard_coded() -> None:
         dashboard = json.loads(text)
         (source,) = [v for v in dashboard["templating"]["list"] if v["name"] == "datasource"]
         assert (source["type"], source["query"]) == ("datasource", "prometheus")
+
+
+def test_every_raw_series_is_narrowed_to_the_job_and_instance_variables() -> None:
+    for spec in DASHBOARDS:
+        dashboard = json.loads((DASHBOARDS_DIR / spec.filename).read_text())
+        for panel in dashboard["panels"]:
+            for target in panel.get("targets", []):
+                for name in metric_names(target["expr"]):
+                    if ":" not in name:  # recorded series aggregate over instances
+                        assert f'{name}{{job=~"$job",instance=~"$instance"' in target["expr"], (
+                            panel["title"],
+                            target["expr"],
+                        )
