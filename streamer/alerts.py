@@ -8,14 +8,17 @@ delivered, so nothing reaches Slack twice.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
+from streamer.errors import ConfigError
 from streamer.events import Alert
 from streamer.kafka_io import ensure_topics, make_producer, read_topic
+from streamer.notify.base import Delivery, Notifier
 from streamer.settings import Settings
 
-__all__ = ["RedeliveryReport", "redeliver_failed_alerts"]
+__all__ = ["RedeliveryReport", "redeliver_failed_alerts", "sample_alert", "send_test_alerts"]
 
 
 @dataclass
@@ -59,3 +62,53 @@ async def redeliver_failed_alerts(settings: Settings, dry_run: bool = False) -> 
     finally:
         await producer.stop()
     return report
+
+
+def sample_alert(severity: str, now: datetime) -> Alert:
+    """An alert that says it is a test, for ``streamer alerts test``: shaped as a live one."""
+    minute = now.astimezone(UTC).replace(second=0, microsecond=0)
+    stamp = int(minute.timestamp() * 1000)
+    return Alert(
+        event_id=f"test/{severity}/{stamp}/firing/{stamp}",
+        alert_id=f"test/{severity}/{stamp}",
+        state="firing",
+        severity="page" if severity == "page" else "warning",
+        funnel="test",
+        step="test",
+        window_start=minute - timedelta(minutes=1),
+        window_end=minute,
+        observed_rate=0.0,
+        expected_rate=0.0,
+        p_value=1.0,
+        decided=0,
+        dropped=0,
+        excess_dropped=0.0,
+        dropped_value=0.0,
+        summary=f"TEST ({severity}): `streamer alerts test` checks this route; nothing is wrong",
+    )
+
+
+async def send_test_alerts(settings: Settings) -> list[tuple[str, Delivery]]:
+    """One test alert per configured route: Slack's warning webhook, its page webhook when
+    set, Alertmanager, the plain webhook; each route's outcome, never its URL."""
+    from streamer.app import alert_notifier
+
+    notifier = alert_notifier(settings)
+    routes = dict(notifier.routes)
+    now = datetime.now(UTC)
+    sends: list[tuple[str, str, Notifier]] = []
+    if settings.slack_webhook_url is not None:
+        sends.append(("slack warning", "warning", routes["slack"]))
+    if settings.slack_page_webhook_url is not None:
+        sends.append(("slack page", "page", routes["slack"]))
+    sends += [(name, "warning", route) for name, route in notifier.routes if name != "slack"]
+    if not sends:
+        raise ConfigError(
+            "no alert route is configured: set STREAMER_SLACK_WEBHOOK_URL (and "
+            "STREAMER_SLACK_PAGE_WEBHOOK_URL for pages), STREAMER_ALERTMANAGER_URL or "
+            "STREAMER_ALERT_WEBHOOK_URL"
+        )
+    try:
+        return [(name, await route.deliver(sample_alert(s, now))) for name, s, route in sends]
+    finally:
+        await notifier.close()

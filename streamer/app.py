@@ -24,6 +24,7 @@ from streamer.kafka_access import AccessNeeds
 from streamer.kafka_io import client_options
 from streamer.metrics import Metrics
 from streamer.notify import Notifier, SlackNotifier
+from streamer.notify.routes import AlertmanagerNotifier, FanOutNotifier, WebhookNotifier
 from streamer.pipeline import detector, merger, notifier, rekey, sessions, web
 from streamer.pipeline.messages import DLQ_MAX_MESSAGE_BYTES
 from streamer.settings import Settings
@@ -169,6 +170,24 @@ def slack_notifier(settings: Settings) -> SlackNotifier:
     )
 
 
+def alert_notifier(settings: Settings) -> FanOutNotifier:
+    """Every alert route the settings configure: Slack (always: it says "no route" when it has
+    no webhook), Alertmanager's API, a plain webhook."""
+    routes: list[tuple[str, Notifier]] = [("slack", slack_notifier(settings))]
+    if settings.alertmanager_url is not None:
+        routes.append(
+            (
+                "alertmanager",
+                AlertmanagerNotifier(settings.alertmanager_url, settings.slack_timeout_seconds),
+            )
+        )
+    if settings.alert_webhook_url is not None:
+        routes.append(
+            ("webhook", WebhookNotifier(settings.alert_webhook_url, settings.slack_timeout_seconds))
+        )
+    return FanOutNotifier(routes)
+
+
 def faust_broker_options(settings: Settings) -> dict[str, Any]:
     """Faust's broker and credentials, derived from the options every aiokafka client of
     streamer uses (``kafka_io.client_options``), so that the worker connects as they do."""
@@ -238,7 +257,7 @@ def create_app(
         app,
         settings,
         metrics,
-        notifier_override or slack_notifier(settings),
+        notifier_override or alert_notifier(settings),
     )
     web.install(app, settings, active_registry, metrics, funnels, stage, judge)
     return StreamerApp(

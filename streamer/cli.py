@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,6 +32,8 @@ __all__ = ["main"]
 
 console = Console(stderr=False)
 F = TypeVar("F", bound=Callable[..., Any])
+# A rate or duration of zero or less divides by zero or never ends.
+_POSITIVE = click.FloatRange(min=0, min_open=True)
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -82,7 +84,8 @@ def _configure_logging(level: str) -> None:
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="streamer", prog_name="streamer")
 @click.option(
     "--config",
     "config_file",
@@ -302,43 +305,79 @@ def funnel() -> None:
 @_fail_cleanly
 def funnel_check(ctx: click.Context, files: tuple[Path, ...]) -> None:
     """Validate funnel definition files (default: the configured ones) and print them."""
-    from streamer.errors import ConfigError
-    from streamer.funnel.definition import FunnelDefinitionError, load_funnels
-
-    try:
-        funnels = load_funnels(files or _settings(ctx).funnels)
-    except FunnelDefinitionError as exc:
-        raise ConfigError(str(exc)) from None
-    for definition in funnels:
+    for definition in _checked_funnels(files or _settings(ctx).funnels):
         click.echo(definition.describe())
 
 
-def _print_summary(summary: dict[str, Any]) -> None:
+def _checked_funnels(paths: Sequence[Path], overrides: dict[str, str] | None = None) -> Any:
+    """The funnel files, validated against the event types there are (today: the contract's,
+    streamer.events); a problem is one ConfigError line naming the file and line."""
+    from streamer.errors import ConfigError
+    from streamer.events import EVENT_PROPERTIES
+    from streamer.funnel.definition import FunnelDefinitionError, load_funnels
+
+    try:
+        return load_funnels(paths, overrides, known_events=EVENT_PROPERTIES)
+    except FunnelDefinitionError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _provisional(ratio: float | None, still_open: int | None) -> str:
+    """A ratio of the decided sessions; while some are open (the open column) it is so far."""
+    if ratio is None:
+        return ""
+    return f"{ratio:.1%} so far" if still_open else f"{ratio:.1%}"
+
+
+def _span_label(label: str, part: dict[str, Any]) -> str:
+    """ "last window", or the span the "last hour" really covers when the data is younger."""
+    if label != "last_hour":
+        return label.replace("_", " ")
+    from datetime import datetime
+
+    span = datetime.fromisoformat(part["end"]) - datetime.fromisoformat(part["start"])
+    if span.total_seconds() >= 3600:
+        return "last hour"
+    minutes = span.total_seconds() / 60
+    return f"last {minutes:.3g} min (all the windows there are, up to an hour)"
+
+
+def _print_summary(summary: dict[str, Any], lateness_seconds: float | None = None) -> None:
     if not summary:
+        wait = (
+            f"; events are counted as the watermark passes them, {lateness_seconds:g}s "
+            "(allowed_lateness_seconds) behind the newest event time"
+            if lateness_seconds
+            else ""
+        )
         console.print(
-            "no window yet (a window is published once a partition has counted a session in it)"
+            "no window yet (a window is published once a partition has counted a session in "
+            f"it{wait})"
         )
         return
     for name, parts in summary.items():
         for label in ("last_window", "last_hour"):
             part = parts[label]
             state = "final" if part.get("final") else "still open: revised until final"
-            title = f"{name}: {label.replace('_', ' ')} ({part['start']} .. {part['end']}, {state})"
+            title = (
+                f"{name}: {_span_label(label, part)} ({part['start']} .. {part['end']}, {state})"
+            )
             table = Table(title=title)
             columns = ("stage", "entered", "converted", "dropped", "open", "conversion", "drop-off")
             for column in columns:
-                table.add_column(column, justify="left" if column == "stage" else "right")
+                if column == "stage":  # a long name wraps rather than ends in an ellipsis
+                    table.add_column(column, overflow="fold")
+                else:
+                    table.add_column(column, justify="right", no_wrap=True)
             for row in part["stages"]:
-                ratio = row.get("conversion_ratio")
-                drop = row.get("drop_off_ratio")
                 table.add_row(
                     row["stage"],
                     str(row["entered"]),
                     str(row.get("converted", "")),
                     str(row.get("dropped", "")),
                     str(row.get("open", "")),
-                    f"{ratio:.1%}" if ratio is not None else "",
-                    f"{drop:.1%}" if drop is not None else "",
+                    _provisional(row.get("conversion_ratio"), row.get("open")),
+                    _provisional(row.get("drop_off_ratio"), row.get("open")),
                 )
             console.print(table)
         warming = parts.get("warming_up")
@@ -377,7 +416,9 @@ def funnel_show(ctx: click.Context, url: str | None, from_topic: bool, as_json: 
             view.add(WindowStats.model_validate_json(value or b""))
         summary = view.summary()
     else:
-        base = url or f"http://{settings.web_host}:{settings.web_port}"
+        base = (url or f"{settings.web_host}:{settings.web_port}").rstrip("/")
+        if "://" not in base:
+            base = f"http://{base}"  # localhost:6066, as one writes it
         try:
             with urllib.request.urlopen(f"{base}/funnel", timeout=5) as response:
                 summary = json.loads(response.read())
@@ -389,31 +430,42 @@ def funnel_show(ctx: click.Context, url: str | None, from_topic: bool, as_json: 
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
-        _print_summary(summary)
+        _print_summary(summary, settings.allowed_lateness_seconds)
 
 
-def _utc(value: str, flag: str) -> Any:
-    from datetime import UTC, datetime
+def _utc(value: str, flag: str, now: Any) -> Any:
+    from streamer.times import parse_time
 
     try:
-        at = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(
-            f"{value!r} is not an ISO 8601 time (e.g. 2026-11-20T14:00Z)", param_hint=flag
-        ) from None
-    return at if at.tzinfo else at.replace(tzinfo=UTC)  # no offset given: UTC
+        return parse_time(value, now)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=flag) from None
 
 
 def _time_range(start: str, end: str) -> tuple[Any, Any]:
-    """``--from`` and ``--to`` as UTC times, ``--to`` after ``--from``."""
-    range_from, range_to = _utc(start, "--from"), _utc(end, "--to")
+    """``--from`` and ``--to`` as UTC times, ``--to`` after ``--from``; the resolved range is
+    printed (stderr) when either was not given as an exact time."""
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    range_from, range_to = _utc(start, "--from", now), _utc(end, "--to", now)
     if range_to <= range_from:
         raise click.BadParameter(f"--to {end} is not after --from {start}", param_hint="--to")
+    click.echo(
+        f"range: {range_from.isoformat(timespec='seconds')} .. "
+        f"{range_to.isoformat(timespec='seconds')} (UTC, --to exclusive)",
+        err=True,
+    )
     return range_from, range_to
 
 
 @cli.group(invoke_without_command=True)
-@click.option("--from", "start", metavar="TIME", help="start of the range (ISO 8601, UTC if bare)")
+@click.option(
+    "--from",
+    "start",
+    metavar="TIME",
+    help="start of the range: ISO 8601 (UTC if bare), -7d, '2h ago', yesterday, epoch ms",
+)
 @click.option("--to", "end", metavar="TIME", help="end of the range, exclusive")
 @click.option(
     "--report",
@@ -422,10 +474,11 @@ def _time_range(start: str, end: str) -> tuple[Any, Any]:
 )
 @click.option(
     "--funnels",
+    "--funnel",
     "funnel_paths",
     multiple=True,
     type=click.Path(exists=True, path_type=Path),
-    help="funnel files or folders instead of the configured ones",
+    help="funnel files or folders instead of the configured ones (repeatable)",
 )
 @click.option(
     "--set",
@@ -466,7 +519,10 @@ def replay(
     if ctx.invoked_subcommand is not None:
         return
     if start is None or end is None:
-        raise click.UsageError("give --from and --to (or a subcommand: otto)")
+        raise click.UsageError(
+            "give --from and --to, e.g. `streamer replay --from -1h --to now`, or compare two "
+            "reports with `streamer replay diff BEFORE.json AFTER.json`"
+        )
     range_from, range_to = _time_range(start, end)
     from rich.progress import (
         BarColumn,
@@ -476,18 +532,17 @@ def replay(
         TimeRemainingColumn,
     )
 
-    from streamer.funnel.definition import load_funnels
     from streamer.range_replay import replay_range
 
     settings = _settings(ctx)
-    _kafka_ready(settings, AccessNeeds(read=_sources(settings)))  # read-only: writes nothing
     changes: dict[str, str] = {}
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"{item!r}: use KEY=VALUE", param_hint="--set")
         changes[key.strip()] = value.strip()
-    funnels = load_funnels(funnel_paths or settings.funnels, changes)
+    funnels = _checked_funnels(funnel_paths or settings.funnels, changes)
+    _kafka_ready(settings, AccessNeeds(read=_sources(settings)))  # read-only: writes nothing
     per_input: dict[str, tuple[int, int]] = {}
     columns = (
         TextColumn("{task.description}"),
@@ -561,6 +616,8 @@ def replay(
 def replay_diff(before: Path, after: Path, as_json: bool) -> None:
     """What a what-if changed: alerts added, removed and changed (~, as they are in AFTER),
     conversion per step (two reports)."""
+    from pydantic import ValidationError
+
     from streamer.events import ReplayReport
     from streamer.range_replay import diff_reports
 
@@ -568,8 +625,14 @@ def replay_diff(before: Path, after: Path, as_json: bool) -> None:
     for path in (before, after):
         try:
             reports.append(ReplayReport.model_validate_json(path.read_bytes()))
-        except ValueError as exc:
-            raise click.BadParameter(f"{path}: not a replay report: {exc}") from None
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "the document"
+            more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+            raise StreamerError(
+                f"{path}: not a replay report: {where}: {first['msg']}{more}; "
+                "write one with `streamer replay --from ... --to ... --report FILE`"
+            ) from None
     diff = diff_reports(*reports)
     if as_json:
         click.echo(json.dumps(diff, indent=2, sort_keys=True))
@@ -611,12 +674,13 @@ def replay_diff(before: Path, after: Path, as_json: bool) -> None:
 
 @cli.command("backfill")
 @click.option(
+    "--funnels",
     "--funnel",
     "funnel_paths",
     multiple=True,
     required=True,
     type=click.Path(exists=True, path_type=Path),
-    help="the funnel file(s) to start warm (a folder: every *.yaml in it)",
+    help="the funnel files or folders to start warm (repeatable)",
 )
 @click.option("--from", "start", required=True, metavar="TIME", help="start of the history")
 @click.option("--to", "end", required=True, metavar="TIME", help="end of the history, exclusive")
@@ -628,14 +692,14 @@ def backfill_command(
     """Compute funnels' detector baselines from a range of history and hand them to the live
     worker (the baselines topic): a funnel the worker has no detector state for starts warm,
     with no cold-start period. Read-only on the input topics."""
-    from streamer.funnel.definition import load_funnels
     from streamer.range_replay import backfill
 
     range_from, range_to = _time_range(start, end)
+    funnels = _checked_funnels(funnel_paths)
     settings = _settings(ctx)
     _kafka_ready(settings, AccessNeeds(read=_sources(settings), write=(settings.baselines_topic,)))
     asyncio.run(ensure_topic_plan(settings, _topic_plan(settings)))
-    records = asyncio.run(backfill(settings, load_funnels(funnel_paths), range_from, range_to))
+    records = asyncio.run(backfill(settings, funnels, range_from, range_to))
     for record in records:
         cold = record["warming_up"]
         click.echo(
@@ -684,7 +748,22 @@ def replay_otto(ctx: click.Context, path: Path) -> None:
 # --- alerts ------------------------------------------------------------------------------
 @cli.group()
 def alerts() -> None:
-    """Alerts that could not be delivered."""
+    """Test the alert routes; re-deliver alerts that could not be delivered."""
+
+
+@alerts.command("test")
+@click.pass_context
+@_fail_cleanly
+def alerts_test(ctx: click.Context) -> None:
+    """Send a test alert through each configured route (Slack warning and page,
+    Alertmanager, webhook); no Kafka."""
+    from streamer.alerts import send_test_alerts
+
+    outcomes = asyncio.run(send_test_alerts(_settings(ctx)))
+    for route, delivery in outcomes:
+        click.echo(f"{route}: {delivery.outcome.value} ({delivery.detail})")
+    if any(delivery.outcome.value != "delivered" for _, delivery in outcomes):
+        sys.exit(1)
 
 
 @alerts.command("redeliver")
@@ -707,7 +786,7 @@ def alerts_redeliver(ctx: click.Context, dry_run: bool) -> None:
 
 # --- schemas -----------------------------------------------------------------------------
 def _default_schema_dir() -> Path:
-    from streamer.kafka_local import deploy_dir
+    from streamer.resources import deploy_dir
 
     return deploy_dir().parent / "schemas"
 
@@ -758,6 +837,7 @@ def worker(ctx: click.Context) -> None:
     settings = _settings(ctx)
     log = logging.getLogger("streamer.worker")
     log.info("settings: %s", settings.masked())
+    _checked_funnels(settings.funnels)  # a typo in a funnel file stops it before any Kafka
     _kafka_ready(settings)
     run_sync(ensure_topic_plan(settings, _topic_plan(settings)))
     _check_source_partitions(settings)
@@ -821,8 +901,8 @@ def _check_source_partitions(settings: Settings) -> None:
 
 # --- simulate ----------------------------------------------------------------------------
 @cli.command("simulate")
-@click.option("--rate", default=50.0, show_default=True, help="events per second")
-@click.option("--duration", default=60.0, show_default=True, help="seconds to run")
+@click.option("--rate", default=50.0, show_default=True, type=_POSITIVE, help="events per second")
+@click.option("--duration", default=60.0, show_default=True, type=_POSITIVE, help="seconds to run")
 @click.option("--seed", default=1, show_default=True, help="random seed (same seed, same sessions)")
 @click.pass_context
 @_fail_cleanly
@@ -859,14 +939,16 @@ def _funnel_table(values: MetricValues) -> Table:
 
 
 @cli.command("demo")
-@click.option("--rate", default=40.0, show_default=True, help="events per second")
-@click.option("--duration", default=60.0, show_default=True, help="seconds of traffic")
+@click.option("--rate", default=40.0, show_default=True, type=_POSITIVE, help="events per second")
+@click.option(
+    "--duration", default=60.0, show_default=True, type=_POSITIVE, help="seconds of traffic"
+)
 @click.option("--keep-broker", is_flag=True, help="leave the local broker running afterwards")
 @click.pass_context
 @_fail_cleanly
 def demo(ctx: click.Context, rate: float, duration: float, keep_broker: bool) -> None:
     """Live demo: local broker up, a worker, the simulator feeding it, the funnel printed."""
-    from streamer.kafka_local import deploy_dir
+    from streamer.resources import deploy_dir
     from streamer.simulate import run_live
 
     # The simulator compresses sessions into seconds: the demo funnel has 10 s windows and

@@ -8,7 +8,7 @@ Order of checks (cheapest first, each with its own reason code): size, UTF-8 and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -120,9 +120,37 @@ def decode_event(
             field="occurred_at",
         )
     if event.occurred_at < received_at - limits.max_age:
+        return _too_old(event.occurred_at, received_at, limits)
+    return event
+
+
+# Epoch seconds of any time since 2001 read as milliseconds land in January 1970.
+_SECONDS_AS_MS = datetime(1970, 2, 1, tzinfo=UTC)
+
+
+def _too_old(occurred_at: datetime, received_at: datetime, limits: DecodeLimits) -> Rejection:
+    horizon = _span(limits.max_age)
+    if occurred_at < _SECONDS_AS_MS:
+        as_seconds = datetime.fromtimestamp(occurred_at.timestamp() * 1000, tz=UTC)
         return Rejection(
             ReasonCode.TOO_OLD,
-            f"occurred_at is older than the horizon of {limits.max_age}",
+            f"occurred_at is {occurred_at.isoformat()}, older than the horizon of {horizon}: "
+            f"it looks like epoch seconds ({as_seconds.isoformat()} if so); send epoch "
+            "milliseconds or RFC 3339",
             field="occurred_at",
         )
-    return event
+    return Rejection(
+        ReasonCode.TOO_OLD,
+        f"occurred_at is {_span(received_at - occurred_at)} before the broker time, older than "
+        f"the horizon of {horizon} (max_event_age_seconds)",
+        field="occurred_at",
+    )
+
+
+def _span(delta: timedelta) -> str:
+    """7d, 2h, 90s: a duration as a person reads it (not 7 days, 0:00:00)."""
+    seconds = delta.total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.4g}{unit}"
+    return f"{seconds:.4g}s"

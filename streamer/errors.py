@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "BrokerError",
     "ConfigError",
+    "InputFileError",
     "KafkaAccessError",
     "KafkaAuthenticationError",
     "KafkaAuthorizationError",
@@ -28,6 +29,11 @@ class StreamerError(Exception):
 
 class ConfigError(StreamerError):
     """Settings or a definition file are invalid; the message names the field and the source."""
+
+
+class InputFileError(StreamerError):
+    """A data file given to a command (a recording to load) is not in its format; the message
+    names the file, the line and what is wrong with it."""
 
 
 class MissingToolError(StreamerError):

@@ -31,6 +31,7 @@ __all__ = [
     "InertLogRecord",
     "alertmanager_annotation",
     "alertmanager_label",
+    "alertmanager_name",
     "cut",
     "install_inert_log_records",
     "log_text",
@@ -159,6 +160,13 @@ def alertmanager_label(value: str, limit: int = ALERTMANAGER_LABEL_CHARS) -> str
     receiver would render (``<``, ``>``, ``&`` and backticks as look-alikes), at most
     ``limit`` characters (labels group and route alerts: a long one is noise). Never a URL."""
     return cut(_markup_free(visible(value)), limit)
+
+
+def alertmanager_name(name: str, limit: int = ALERTMANAGER_LABEL_CHARS) -> str:
+    """An operator's name (funnel, step) as an Alertmanager label value: one line
+    (:func:`visible`), at most ``limit`` characters, its characters kept, so a silence or a
+    route matches the name as the funnel file writes it (``payment->order``)."""
+    return cut(visible(name), limit)
 
 
 def alertmanager_annotation(text: str, limit: int = ALERTMANAGER_ANNOTATION_CHARS) -> str:

@@ -25,6 +25,7 @@ __all__ = [
     "CHECKOUT_EVENT_TYPES",
     "CLICKSTREAM_EVENT_TYPES",
     "EVENT_MODELS",
+    "EVENT_PROPERTIES",
     "SCHEMA_VERSION",
     "Abandonment",
     "AddToCart",
@@ -253,6 +254,11 @@ CHECKOUT_MODELS: tuple[type[_Envelope], ...] = (
 EVENT_MODELS: dict[str, type[_Envelope]] = {
     model.model_fields["event_type"].annotation.__args__[0]: model  # type: ignore[union-attr]
     for model in (*CLICKSTREAM_MODELS, *CHECKOUT_MODELS)
+}
+# Each event type's properties (what a funnel's `where` and `property.<name>` segments read).
+EVENT_PROPERTIES: dict[str, frozenset[str]] = {
+    name: frozenset(model.model_fields) - frozenset(_Envelope.model_fields) - {"event_type"}
+    for name, model in EVENT_MODELS.items()
 }
 CLICKSTREAM_EVENT_TYPES = frozenset(
     name for name, model in EVENT_MODELS.items() if model in CLICKSTREAM_MODELS

@@ -133,6 +133,8 @@ def _login_error(settings: Settings, server: str, exc: Exception) -> KafkaAccess
             f"the broker at {server} does not accept {_env('kafka_sasl_mechanism')}="
             f"{settings.kafka_sasl_mechanism}: use a mechanism its listener enables"
         )
+    if isinstance(exc, ConnectionRefusedError):
+        return None  # nothing listens there: no broker, not a protocol mismatch
     if isinstance(exc, KafkaConnectionError | asyncio.IncompleteReadError | ConnectionError):
         # The port answered, then the broker hung up: typically a protocol mismatch (a
         # PLAINTEXT client on a TLS listener, or SASL expected and not spoken).
@@ -337,9 +339,14 @@ def explain_kafka_error(settings: Settings, exc: Exception) -> StreamerError:
 
 
 def no_broker(settings: Settings) -> StreamerError:
+    if not settings.uses_local_broker:
+        return StreamerError(
+            f"no Kafka broker answers at {settings.bootstrap_servers} ({ENV_PREFIX}"
+            "KAFKA_BOOTSTRAP): is the cluster up and the address right?"
+        )
     return StreamerError(
-        f"no Kafka broker answers at {settings.bootstrap_servers}: start one with "
-        "`streamer kafka up` or set STREAMER_KAFKA_BOOTSTRAP"
+        f"no Kafka broker answers at {settings.bootstrap_servers}; start one with "
+        "`streamer kafka up` (or set STREAMER_KAFKA_BOOTSTRAP to your cluster)"
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import ssl
 from collections.abc import Coroutine, Iterable
 from pathlib import Path
@@ -232,10 +233,22 @@ async def _wait_until_listed(settings: Settings, names: list[str], timeout: floa
         await client.close()
 
 
+def _is_local(settings: Settings) -> bool:
+    """The local broker, or a cluster on this machine (a development broker)."""
+    hosts = {server.strip().rpartition(":")[0] for server in settings.bootstrap_servers.split(",")}
+    return settings.uses_local_broker or hosts <= {"localhost", "127.0.0.1", "::1", "[::1]"}
+
+
 async def ensure_topic_plan(
     settings: Settings, plan: dict[str, tuple[int, dict[str, str]]]
 ) -> None:
     """Create missing topics of ``plan`` (name -> (partitions, config))."""
+    if settings.topic_replication == 1 and not _is_local(settings):
+        logging.getLogger(__name__).warning(
+            "topic_replication is 1: topics streamer creates on %s get one replica and lose data "
+            "with that broker; set STREAMER_TOPIC_REPLICATION (typically 3) for a shared cluster",
+            settings.bootstrap_servers,
+        )
     for partitions in sorted({count for count, _ in plan.values()}):
         names = [name for name, (count, _) in plan.items() if count == partitions]
         await ensure_topics(

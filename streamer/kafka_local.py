@@ -27,19 +27,15 @@ from pathlib import Path
 
 from streamer.errors import BrokerError, ConfigError, MissingToolError, PortInUseError
 from streamer.kafka_io import metadata_ready, run_sync
+from streamer.resources import deploy_dir
 from streamer.settings import Settings
 
-__all__ = ["BROKER_USER", "BrokerStatus", "LocalKafka", "deploy_dir"]
+__all__ = ["BROKER_USER", "BrokerStatus", "LocalKafka"]
 
 log = logging.getLogger(__name__)
 
 _READY_POLL_SECONDS = 0.5
 _STOP_GRACE_SECONDS = 30.0
-
-
-def deploy_dir() -> Path:
-    """``deploy/`` of the source checkout this package runs from."""
-    return Path(__file__).resolve().parent.parent / "deploy"
 
 
 @dataclass(frozen=True)
@@ -178,7 +174,9 @@ class LocalKafka:
         mvn = _require_tool("mvn", "install Apache Maven (Debian: apt-get install maven)")
         pom = deploy_dir() / "kafka" / "pom.xml"
         if not pom.exists():
-            raise BrokerError(f"{pom} is missing: run streamer from its source checkout")
+            raise BrokerError(
+                f"{pom} is missing: this streamer installation is incomplete (reinstall it)"
+            )
         staging = self.libs_dir.with_name("libs.partial")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)

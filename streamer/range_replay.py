@@ -516,9 +516,9 @@ def diff_reports(before: ReplayReport, after: ReplayReport) -> dict[str, Any]:
 async def notify_alerts(settings: Settings, report: ReplayReport) -> Counter[str]:
     """``--notify``: send the report's alerts to Slack as the live notifier would, each summary
     marked as a replay (nobody should take it for a live incident). Outcomes counted."""
-    from streamer.app import slack_notifier
+    from streamer.app import alert_notifier
 
-    notifier = slack_notifier(settings)
+    notifier = alert_notifier(settings)
     outcomes: Counter[str] = Counter()
     mark = f"[replay {report.range_from.isoformat()}..{report.range_to.isoformat()}] "
     try:

@@ -8,22 +8,49 @@ where its value came from (the file, or the environment variable).
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
+import re
 import socket
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from streamer.errors import ConfigError
+from streamer.resources import deploy_dir
 
 __all__ = ["ENV_PREFIX", "Settings", "load_settings", "settings_env"]
 
 ENV_PREFIX = "STREAMER_"
 _STATE_DIR = Path(".state")
+# STREAMER_ variables that are not settings: the config file's name, and the test suite's
+# folder of shared data.
+_NOT_SETTINGS = frozenset({"config", "shared_dir"})
+# Kafka's own rule for topic names (kafka.common.internals.Topic).
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_TOPIC_SETTINGS = (
+    "clickstream_topic",
+    "checkout_topic",
+    "dlq_topic",
+    "rekeyed_topic",
+    "partials_topic",
+    "windows_topic",
+    "abandonments_topic",
+    "alerts_topic",
+    "failed_alerts_topic",
+    "baselines_topic",
+)
 
 
 class Settings(BaseSettings):
@@ -139,9 +166,10 @@ class Settings(BaseSettings):
     )
 
     # --- Funnels ----------------------------------------------------------------------------
-    funnels: tuple[Path, ...] = Field(
-        default_factory=lambda: (Path(__file__).resolve().parent.parent / "deploy/funnels",),
-        description="funnel definition files or folders (every *.yaml directly inside)",
+    # NoDecode: the environment gives a path, a comma-separated list or a JSON list (below).
+    funnels: Annotated[tuple[Path, ...], NoDecode] = Field(
+        default_factory=lambda: (deploy_dir() / "funnels",),
+        description="funnel definition files or folders (every *.yaml and *.yml directly inside)",
     )
     partials_topic: str = Field(
         default="funnel.partials",
@@ -209,6 +237,14 @@ class Settings(BaseSettings):
     slack_page_webhook_url: SecretStr | None = Field(
         default=None, description="incoming webhook of the on-call channel (severity page)"
     )
+    alertmanager_url: str | None = Field(
+        default=None,
+        description="Alertmanager's base URL (http://host:9093): funnel alerts are also pushed "
+        "to its API, with labels funnel, step, severity, segment",
+    )
+    alert_webhook_url: SecretStr | None = Field(
+        default=None, description="a URL that receives each alert record as JSON (a secret)"
+    )
     slack_min_interval_seconds: float = Field(
         default=1.1, ge=0, description="pace per webhook (Slack allows about 1 message/s)"
     )
@@ -242,6 +278,11 @@ class Settings(BaseSettings):
         le=300,
         description="how long the group waits for a worker that stopped heartbeating",
     )
+    ready_max_lag_messages: int = Field(
+        default=10_000,
+        ge=0,
+        description="/readyz: an assigned partition further behind its log end is not ready",
+    )
     web_host: str = Field(default="127.0.0.1", description="address of /metrics and /funnel")
     web_port: int = Field(default=6066, ge=1, le=65535, description="port of /metrics and /funnel")
     store: Literal["rocksdb", "memory"] = Field(
@@ -253,6 +294,74 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="log level of the process"
     )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_any_case(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("funnels", mode="before")
+    @classmethod
+    def _funnels_from_text(cls, value: Any) -> Any:
+        """``deploy/funnels``, ``a.yaml,b.yaml`` or ``["a.yaml"]`` (the environment's forms)."""
+        if isinstance(value, str | Path):
+            text = str(value).strip()
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"not a JSON list of paths ({exc.msg})") from None
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator(*_TOPIC_SETTINGS)
+    @classmethod
+    def _kafka_topic_name(cls, value: str) -> str:
+        if not _TOPIC_NAME.match(value) or value in (".", ".."):
+            raise ValueError(
+                f"{value!r} is not a Kafka topic name (1-249 characters of A-Z a-z 0-9 . _ -)"
+            )
+        return value
+
+    @field_validator("alertmanager_url")
+    @classmethod
+    def _alertmanager_is_a_url(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        text = value.strip() if "://" in value else f"http://{value.strip()}"
+        if urlsplit(text).scheme not in ("https", "http") or not urlsplit(text).netloc:
+            raise ValueError(f"{value!r} is not an http(s) URL (e.g. http://alertmanager:9093)")
+        return text
+
+    @field_validator("slack_webhook_url", "slack_page_webhook_url", "alert_webhook_url")
+    @classmethod
+    def _webhook_is_a_url(cls, value: SecretStr | None) -> SecretStr | None:
+        # The URL is a secret: the message describes it, never quotes it.
+        if value is None or value.get_secret_value() == "":
+            return None
+        parts = urlsplit(value.get_secret_value().strip())
+        if parts.scheme not in ("https", "http") or not parts.netloc:
+            raise ValueError("not an http(s) URL (the value is a secret and is not shown)")
+        return value
+
+    @model_validator(mode="after")
+    def _topics_do_not_collide(self) -> Settings:
+        # Two roles on one topic mix records of different kinds; the dead-letter topic as an
+        # input loops every rejected message back in.
+        by_name: dict[str, list[str]] = {}
+        for name in _TOPIC_SETTINGS:
+            by_name.setdefault(getattr(self, name), []).append(name)
+        for topic, names in by_name.items():
+            if len(names) > 1:
+                loop = (
+                    " (a loop: rejected messages would be read again)"
+                    if "dlq_topic" in names and {"clickstream_topic", "checkout_topic"} & set(names)
+                    else ""
+                )
+                raise ValueError(
+                    f"{' and '.join(names)} are both {topic!r}{loop}: give each its own topic"
+                )
+        return self
 
     @field_validator("kafka_bootstrap")
     @classmethod
@@ -328,6 +437,8 @@ class Settings(BaseSettings):
                 shown[name] = "**********" if value.get_secret_value() else ""
             elif isinstance(value, Path):
                 shown[name] = str(value)
+            elif isinstance(value, tuple) and all(isinstance(v, Path) for v in value):
+                shown[name] = [str(v) for v in value]  # funnels: as one writes them
             else:
                 shown[name] = value
         return shown
@@ -352,6 +463,10 @@ def _read_config_file(path: Path) -> dict[str, Any]:
             data = tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder: name a TOML file") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     # Allow both a flat file and a [streamer] table.
@@ -372,10 +487,13 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
 
     # Environment beats the file: drop file keys that the environment sets.
     env_keys = {key[len(ENV_PREFIX) :].lower() for key in os.environ if key.startswith(ENV_PREFIX)}
+    _refuse_unknown_variables(env_keys)
     init_values = {k: v for k, v in file_values.items() if k not in env_keys}
     init_values.update(overrides)
     try:
         return Settings(**init_values)
+    except SettingsError as exc:  # an environment value that cannot even be parsed
+        raise ConfigError(f"invalid configuration: {exc}") from None
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
@@ -392,11 +510,24 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
                 source = f"environment variable {ENV_PREFIX}{top.upper()}"
             else:
                 source = "defaults"
-            message = error["msg"]
+            message = str(error["msg"]).removeprefix("Value error, ")
             if error["type"] == "extra_forbidden":
                 message = "unknown setting"
             problems.append(f"{field} ({source}): {message}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def _refuse_unknown_variables(env_keys: set[str]) -> None:
+    """A misspelt STREAMER_ variable would otherwise be ignored without a word."""
+    unknown = sorted(env_keys - set(Settings.model_fields) - _NOT_SETTINGS)
+    if not unknown:
+        return
+    problems = []
+    for key in unknown:
+        closest = difflib.get_close_matches(key, Settings.model_fields, n=1, cutoff=0.6)
+        hint = f"; did you mean {ENV_PREFIX}{closest[0].upper()}?" if closest else ""
+        problems.append(f"environment variable {ENV_PREFIX}{key.upper()}: unknown setting{hint}")
+    raise ConfigError("invalid configuration: " + "; ".join(problems))
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -8,8 +8,9 @@ dimensions it breaks down by. See the README's "Funnel semantics" for what the n
 from __future__ import annotations
 
 import copy
+import difflib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,17 +26,20 @@ from pydantic import (
 )
 
 __all__ = [
+    "FUNNEL_FILE_PATTERNS",
     "Condition",
     "FunnelDefinition",
     "FunnelDefinitionError",
     "Segment",
     "Stage",
     "apply_overrides",
+    "check_known_events",
     "load_funnel",
     "load_funnels",
     "parse_duration_ms",
 ]
 
+FUNNEL_FILE_PATTERNS = ("*.yaml", "*.yml")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
@@ -157,6 +161,18 @@ class Segment(_Frozen):
         default=(), description="if given, exactly these values are kept (others fold)"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _source_needed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "source" not in data and "name" in data:
+            name = data["name"]
+            raise ValueError(
+                f"unknown segment {name!r}; write `{name}: {{source: property.{name}}}` "
+                "(or context.<field>, experiment.<name>); built in: "
+                + ", ".join(_DEFAULT_SEGMENT_SOURCES)
+            )
+        return data
+
     def value_of(self, context: Mapping[str, Any], properties: Mapping[str, Any]) -> str | None:
         kind, _, name = self.source.partition(".")
         if kind == "context":
@@ -173,10 +189,18 @@ class Segment(_Frozen):
         return text
 
 
+def _off_is_a_word(value: Any) -> Any:
+    # YAML 1.1 reads an unquoted `off` (and `no`) as false; in a severity it means "off".
+    return "off" if value is False else value
+
+
+SeverityOrOff = Annotated[Literal["page", "warning", "off"], BeforeValidator(_off_is_a_word)]
+
+
 class StepAlerting(_Frozen):
     """Per-step overrides of the funnel's alert policy."""
 
-    severity: Literal["page", "warning", "off"] | None = None
+    severity: SeverityOrOff | None = None
     min_increase: float | None = Field(default=None, gt=0, lt=1)
     min_decided: int | None = Field(default=None, ge=1)
 
@@ -216,7 +240,7 @@ class AlertPolicy(_Frozen):
     resolve_after_windows: int = Field(default=3, ge=1)
     severity: Literal["page", "warning"] = "warning"
     abandonment_severity: Literal["page", "warning"] = "page"
-    data_quality_severity: Literal["page", "warning", "off"] = Field(
+    data_quality_severity: SeverityOrOff = Field(
         default="warning",
         description="tracking alerts (an input topic or event type went silent); 'off' still "
         "holds the conversion tests it would blind, it only sends nothing",
@@ -242,6 +266,11 @@ _DEFAULT_SEGMENT_SOURCES = {
     "app_version": "context.app_version",
     "payment_method": "property.payment_method",
 }
+
+
+def _default_source(name: str) -> dict[str, str]:
+    known = _DEFAULT_SEGMENT_SOURCES.get(name)
+    return {"source": known} if known else {}
 
 
 class FunnelDefinition(_Frozen):
@@ -271,7 +300,7 @@ class FunnelDefinition(_Frozen):
         segments = data.get("segments")
         if isinstance(segments, Mapping):  # {device: {cap: 5}} or {device: null}
             data["segments"] = [
-                {"name": name, "source": _DEFAULT_SEGMENT_SOURCES.get(name, ""), **(spec or {})}
+                {"name": name, **_default_source(name), **(spec or {})}
                 for name, spec in segments.items()
             ]
         return data
@@ -409,9 +438,71 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, str]) -> dict[
     return data
 
 
-def load_funnel(path: Path | str, overrides: Mapping[str, str] | None = None) -> FunnelDefinition:
+def check_known_events(
+    definition: FunnelDefinition, known: Mapping[str, frozenset[str]]
+) -> list[tuple[tuple[Any, ...], str]]:
+    """What in ``definition`` can never match the events there are: event types ``known`` does
+    not list, ``where`` properties and ``property.<name>`` segments that none of their event
+    types carries. ``known`` maps each event type to its properties (today: the contract's
+    twelve types, ``streamer.events``; later a tracking plan). Each problem is (the path in
+    the funnel file, a message); none means the funnel fits."""
+    problems: list[tuple[tuple[Any, ...], str]] = []
+    all_properties = frozenset().union(*known.values()) if known else frozenset()
+    for index, stage in enumerate(definition.stages):
+        unknown = [name for name in stage.event_types if name not in known]
+        for name in unknown:
+            hint = _closest(name, known)
+            problems.append(
+                (("stages", index, "event_types"), f"unknown event type {name!r}{hint}")
+            )
+        carried = frozenset().union(*(known[name] for name in stage.event_types if name in known))
+        if unknown:
+            continue  # its properties are unknown too: one problem is enough
+        for condition in stage.where:
+            if condition.property not in carried:
+                hint = _closest(condition.property, carried)
+                problems.append(
+                    (
+                        ("stages", index, "where", condition.property),
+                        f"no event of {' | '.join(stage.event_types)} has a property "
+                        f"{condition.property!r}{hint}",
+                    )
+                )
+    for index, segment in enumerate(definition.segments):
+        kind, _, name = segment.source.partition(".")
+        if kind == "property" and name not in all_properties:
+            hint = _closest(name, all_properties)
+            problems.append(
+                (("segments", index, "source"), f"no event has a property {name!r}{hint}")
+            )
+    return problems
+
+
+def _closest(name: str, choices: Iterable[str]) -> str:
+    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def _segment_lines(node: yaml.Node, data: Mapping[str, Any]) -> dict[tuple[Any, ...], int]:
+    """``segments`` written as a mapping ({plan: {cap: 5}}): index -> its key's line."""
+    lines: dict[tuple[Any, ...], int] = {}
+    if isinstance(data.get("segments"), Mapping) and isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if key_node.value == "segments" and isinstance(value_node, yaml.MappingNode):
+                for index, (name_node, _) in enumerate(value_node.value):
+                    lines[("segments", index)] = name_node.start_mark.line + 1
+    return lines
+
+
+def load_funnel(
+    path: Path | str,
+    overrides: Mapping[str, str] | None = None,
+    known_events: Mapping[str, frozenset[str]] | None = None,
+) -> FunnelDefinition:
     """A funnel file, validated; ``overrides`` (``--set`` keys as dotted paths of the file's
-    own names) are applied first. Errors name the file, the line and the field."""
+    own names) are applied first; with ``known_events`` (event type -> its properties) what
+    could never match is refused too (:func:`check_known_events`). Errors name the file, the
+    line and the field."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -429,35 +520,60 @@ def load_funnel(path: Path | str, overrides: Mapping[str, str] | None = None) ->
         raise FunnelDefinitionError(f"{path}:1: a funnel file must be a mapping")
     if overrides:
         data = apply_overrides(data, overrides)
+    lines = {**_line_index(node), **_segment_lines(node, data)}
     try:
-        return FunnelDefinition.model_validate(data)
+        definition = FunnelDefinition.model_validate(data)
     except ValidationError as exc:
-        lines = _line_index(node)
-        problems = []
-        for error in exc.errors(include_url=False):
-            loc = tuple(error["loc"])
-            line = None
-            for cut in range(len(loc), -1, -1):  # nearest enclosing node with a line
-                line = lines.get(loc[:cut])
-                if line is not None:
-                    break
-            field = ".".join(str(p) for p in loc) or "<funnel>"
-            problems.append(f"{path}:{line or 1}: {field}: {error['msg']}")
-        raise FunnelDefinitionError("; ".join(problems)) from None
+        problems = [
+            (tuple(error["loc"]), str(error["msg"]).removeprefix("Value error, "))
+            for error in exc.errors(include_url=False)
+        ]
+        raise FunnelDefinitionError(_located(path, lines, problems)) from None
     except ValueError as exc:  # raised by a before-validator outside pydantic's wrapping
         raise FunnelDefinitionError(f"{path}:1: {exc}") from None
+    if known_events is not None:
+        problems = check_known_events(definition, known_events)
+        if problems:
+            raise FunnelDefinitionError(_located(path, lines, problems))
+    return definition
+
+
+def _located(
+    path: Path, lines: Mapping[tuple[Any, ...], int], problems: list[tuple[tuple[Any, ...], str]]
+) -> str:
+    """``file:line: field: message`` for each problem, the line of the nearest enclosing node."""
+    out = []
+    for loc, message in problems:
+        line = None
+        for cut in range(len(loc), -1, -1):
+            line = lines.get(loc[:cut])
+            if line is not None:
+                break
+        field = ".".join(str(p) for p in loc) or "<funnel>"
+        out.append(f"{path}:{line or 1}: {field}: {message}")
+    return "; ".join(out)
 
 
 def load_funnels(
-    paths: Sequence[Path | str], overrides: Mapping[str, str] | None = None
+    paths: Sequence[Path | str],
+    overrides: Mapping[str, str] | None = None,
+    known_events: Mapping[str, frozenset[str]] | None = None,
 ) -> tuple[FunnelDefinition, ...]:
-    """Load several funnel files (a folder means every *.yaml in it); names must be unique.
-    ``overrides`` apply to every one of them."""
+    """Load several funnel files (a folder means every *.yaml and *.yml directly in it);
+    names must be unique. ``overrides`` and ``known_events`` apply to every one of them."""
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
-        files.extend(sorted(path.glob("*.yaml")) if path.is_dir() else [path])
-    funnels = tuple(load_funnel(file, overrides) for file in files)
+        if path.is_dir():
+            found = sorted({f for pattern in FUNNEL_FILE_PATTERNS for f in path.glob(pattern)})
+            if not found:
+                raise FunnelDefinitionError(f"no funnel files (*.yaml, *.yml) in {path}")
+            files.extend(found)
+        elif not path.exists():
+            raise FunnelDefinitionError(f"{path}: no such funnel file or folder")
+        else:
+            files.append(path)
+    funnels = tuple(load_funnel(file, overrides, known_events) for file in files)
     names = [funnel.name for funnel in funnels]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

@@ -11,6 +11,7 @@ worker that runs the window merger, gauges per worker: queries aggregate over in
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +24,12 @@ from grafana_foundation_sdk.builders.common import (
     StackingConfig,
     VizLegendOptions,
 )
-from grafana_foundation_sdk.builders.dashboard import Dashboard, QueryVariable, Row
+from grafana_foundation_sdk.builders.dashboard import (
+    Dashboard,
+    DatasourceVariable,
+    QueryVariable,
+    Row,
+)
 from grafana_foundation_sdk.builders.prometheus import Dataquery
 from grafana_foundation_sdk.builders.stat import Panel as StatPanel
 from grafana_foundation_sdk.builders.timeseries import Panel as TimeseriesPanel
@@ -39,14 +45,24 @@ from grafana_foundation_sdk.models.common import (
 from grafana_foundation_sdk.models.dashboard import VariableRefresh, VariableSort
 
 from streamer.metrics import TRACKING_STEP
+from streamer.resources import deploy_dir
 
 __all__ = ["DASHBOARDS", "DATASOURCE_UID", "DashboardSpec", "PanelSpec", "Query", "render_all"]
 
-# The provisioned Prometheus datasource (deploy/grafana/provisioning/datasources/).
-DATASOURCE_UID = "streamer-prometheus"
+# No datasource uid is hard-coded: every panel and query refers to the dashboard's
+# `datasource` variable (any Prometheus datasource; Grafana preselects the default one, in
+# docker-compose the provisioned `streamer-prometheus`), so the JSON imports into a Grafana
+# whose Prometheus has another uid.
+DATASOURCE_VARIABLE = "datasource"
+DATASOURCE_UID = "${" + DATASOURCE_VARIABLE + "}"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid=DATASOURCE_UID)
-DASHBOARDS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards"
+DASHBOARDS_DIR = deploy_dir() / "grafana" / "dashboards"
 
+# Every raw series is narrowed to the chosen scrape job(s) and instance(s) ("All" = every one),
+# so the dashboards fit a Prometheus that scrapes other jobs or several streamer deployments.
+# The recorded series (streamer:...) aggregate over instances and carry no job: not narrowed.
+SCOPE = 'job=~"$job",instance=~"$instance"'
+_RAW_SERIES = re.compile(r"\b(streamer_[a-z0-9_]+|up)\b(\{)?")
 FUNNEL = 'funnel="$funnel"'
 RATE = "$__rate_interval"
 RANGE = "$__range"
@@ -599,7 +615,7 @@ PIPELINE = DashboardSpec(
                 PanelSpec(
                     "Workers up",
                     "Workers Prometheus scraped successfully (up).",
-                    (Query('sum(up{job="streamer"})', "workers up"),),
+                    (Query("sum(up)", "workers up"),),
                     kind="stat",
                     width=8,
                 ),
@@ -696,8 +712,18 @@ PIPELINE = DashboardSpec(
 DASHBOARDS: tuple[DashboardSpec, ...] = (OVERVIEW, CONVERSION, ABANDONMENTS, ALERTS, PIPELINE)
 
 
+def scoped(expr: str) -> str:
+    """``expr`` with every raw series narrowed to the ``job`` and ``instance`` variables."""
+
+    def narrow(match: re.Match[str]) -> str:
+        name, brace = match.group(1), match.group(2)
+        return f"{name}{{{SCOPE}," if brace else f"{name}{{{SCOPE}}}"
+
+    return _RAW_SERIES.sub(narrow, expr)
+
+
 def _target(query: Query, ref_id: str) -> Dataquery:
-    target = Dataquery().expr(query.expr).ref_id(ref_id).datasource(DATASOURCE)
+    target = Dataquery().expr(scoped(query.expr)).ref_id(ref_id).datasource(DATASOURCE)
     if query.legend:
         target = target.legend_format(query.legend)
     return target.instant() if query.instant else target.range()
@@ -751,13 +777,32 @@ def build_dashboard(spec: DashboardSpec) -> Dashboard:
         .timezone("browser")
         .editable()
     )
+    dashboard = dashboard.with_variable(
+        DatasourceVariable(DATASOURCE_VARIABLE).label("Prometheus").type("prometheus")
+    )
+    for name, label, series in (
+        ("job", "Job", "streamer_events_total"),
+        ("instance", "Instance", 'streamer_events_total{job=~"$job"}'),
+    ):
+        values = f"label_values({series}, {name})"
+        dashboard = dashboard.with_variable(
+            QueryVariable(name)
+            .label(label)
+            .datasource(DATASOURCE)
+            .query(values)
+            .definition(values)
+            .include_all(True)  # "All": the values listed (only jobs with streamer series)
+            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(VariableSort.ALPHABETICAL_ASC)
+        )
     if spec.per_funnel:
+        funnels = "label_values(" + scoped("streamer_funnel_sessions_entered_total") + ", funnel)"
         dashboard = dashboard.with_variable(
             QueryVariable("funnel")
             .label("Funnel")
             .datasource(DATASOURCE)
-            .query("label_values(streamer_funnel_sessions_entered_total, funnel)")
-            .definition("label_values(streamer_funnel_sessions_entered_total, funnel)")
+            .query(funnels)
+            .definition(funnels)
             .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
             .sort(VariableSort.ALPHABETICAL_ASC)
         )

@@ -404,7 +404,9 @@ class WindowMerger:
         self._put(f"started:{funnel.name}", begin)
         self._delete(key)
         log.info(
-            "funnel %s: every partition took it up; its windows start at %s", funnel.name, begin
+            "funnel %s: every partition took it up; its windows start %s",
+            funnel.name,
+            _start_text(begin),
         )
 
     def _held(self, funnel: FunnelDefinition) -> bool:
@@ -613,3 +615,11 @@ def install(
 
     app.on_partitions_assigned.connect(on_assigned)
     return merger
+
+
+def _start_text(start_ms: int) -> str:
+    """Where a funnel's windows start, for a log line: a time, or "with the first event" for
+    the sentinel that means "from the beginning" (never a raw -2**62)."""
+    if start_ms <= NEVER:
+        return "with the first event"
+    return "at " + datetime.fromtimestamp(start_ms / 1000, tz=UTC).isoformat()

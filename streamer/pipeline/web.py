@@ -1,9 +1,12 @@
-"""The worker's web pages: ``/metrics`` (Prometheus) and ``/funnel`` (the current funnel)."""
+"""The worker's web pages: ``/metrics`` (Prometheus), ``/funnel`` (the current funnel),
+``/healthz`` (the process serves) and ``/readyz`` (partitions assigned, input caught up,
+broker reachable), the last two for Kubernetes probes (docs/operations.md)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from faust.web import Request, Response, View
@@ -17,7 +20,33 @@ from streamer.pipeline.sessions import SessionsStage
 from streamer.query import FunnelView, tail_windows
 from streamer.settings import Settings
 
-__all__ = ["install"]
+__all__ = ["Readiness", "install", "readiness"]
+
+# How long one broker probe answers /readyz: probes every few seconds cost one connection each.
+_BROKER_PROBE_TTL_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    checks: dict[str, dict[str, Any]]
+
+
+def readiness(snapshot: LiveSnapshot, broker: tuple[bool, str], max_lag: int) -> Readiness:
+    """Ready = partitions assigned, every assigned partition at most ``max_lag`` messages
+    behind its log end, and the broker answering (``broker``: reachable, why not)."""
+    assigned = sum(snapshot.assigned.values())
+    behind = {f"{t}/{p}": lag for (t, p), lag in snapshot.consumer_lag.items() if lag > max_lag}
+    checks: dict[str, dict[str, Any]] = {
+        "partitions_assigned": {"ok": assigned > 0, "partitions": assigned},
+        "caught_up": {
+            "ok": not behind,
+            "max_lag_messages": max_lag,
+            "behind": dict(sorted(behind.items())),
+        },
+        "broker": {"ok": broker[0], "detail": broker[1]},
+    }
+    return Readiness(all(check["ok"] for check in checks.values()), checks)
 
 
 def install(
@@ -84,3 +113,36 @@ def install(
             return self.json(summary)
 
     app.page("/funnel")(FunnelPage)
+
+    class Healthz(View):
+        async def get(self, request: Request) -> Response:
+            return self.json({"status": "ok"})  # the process serves: liveness only
+
+    app.page("/healthz")(Healthz)
+
+    probe: dict[str, Any] = {"at": -1e9, "result": (False, "not probed yet")}
+
+    async def broker_reachable() -> tuple[bool, str]:
+        from streamer.errors import StreamerError
+        from streamer.kafka_access import check_login
+
+        if time.monotonic() - probe["at"] > _BROKER_PROBE_TTL_SECONDS:
+            try:
+                ok = await check_login(settings, timeout=3.0)
+                result = (True, "answers") if ok else (False, "no broker answers")
+            except StreamerError as exc:
+                result = (False, str(exc))
+            probe.update(at=time.monotonic(), result=result)
+        answer: tuple[bool, str] = probe["result"]
+        return answer
+
+    class Readyz(View):
+        async def get(self, request: Request) -> Response:
+            state = readiness(
+                live_snapshot(), await broker_reachable(), settings.ready_max_lag_messages
+            )
+            return self.json(
+                {"ready": state.ready, "checks": state.checks}, status=200 if state.ready else 503
+            )
+
+    app.page("/readyz")(Readyz)

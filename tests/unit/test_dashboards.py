@@ -89,7 +89,8 @@ def test_funnel_dashboards_filter_on_the_funnel_variable() -> None:
     for spec in DASHBOARDS:
         dashboard = json.loads((DASHBOARDS_DIR / spec.filename).read_text())
         variables = [v["name"] for v in dashboard["templating"].get("list", [])]
-        assert variables == (["funnel"] if spec.per_funnel else [])
+        scoping = ["datasource", "job", "instance"]
+        assert variables == ([*scoping, "funnel"] if spec.per_funnel else scoping)
         for panel in dashboard["panels"]:
             if panel["type"] == "row":
                 continue
@@ -131,3 +132,27 @@ def test_alert_and_abandonment_series_exist_before_their_first_event() -> None:
     for subject, name in [("topic", "clickstream"), ("event_type", "add_to_cart")]:
         labels = {"funnel": funnel.name, "subject": subject, "name": name}
         assert zero("streamer_tracking_silent", labels) == 0.0
+
+
+def test_no_datasource_uid_is_hard_coded() -> None:
+    """Imported into a Grafana whose Prometheus has another uid, every panel, query and
+    variable follows the `datasource` variable (issue 30)."""
+    for spec in DASHBOARDS:
+        text = (DASHBOARDS_DIR / spec.filename).read_text()
+        assert "streamer-prometheus" not in text, spec.filename
+        dashboard = json.loads(text)
+        (source,) = [v for v in dashboard["templating"]["list"] if v["name"] == "datasource"]
+        assert (source["type"], source["query"]) == ("datasource", "prometheus")
+
+
+def test_every_raw_series_is_narrowed_to_the_job_and_instance_variables() -> None:
+    for spec in DASHBOARDS:
+        dashboard = json.loads((DASHBOARDS_DIR / spec.filename).read_text())
+        for panel in dashboard["panels"]:
+            for target in panel.get("targets", []):
+                for name in metric_names(target["expr"]):
+                    if ":" not in name:  # recorded series aggregate over instances
+                        assert f'{name}{{job=~"$job",instance=~"$instance"' in target["expr"], (
+                            panel["title"],
+                            target["expr"],
+                        )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from streamer.ops.dashboards import DASHBOARDS, DATASOURCE_UID
+from streamer.ops.dashboards import DASHBOARDS
 from streamer.settings import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,7 +88,8 @@ def test_compose_grafana_provisions_the_datasource_and_every_dashboard() -> None
     provisioning = ROOT / grafana_mounts["/etc/grafana/provisioning"]
     datasources = yaml.safe_load((provisioning / "datasources/prometheus.yml").read_text())
     [datasource] = datasources["datasources"]
-    assert datasource["uid"] == DATASOURCE_UID
+    # the dashboards name no uid: their datasource variable preselects the default Prometheus
+    assert (datasource["type"], datasource["isDefault"]) == ("prometheus", True)
     assert datasource["url"] == "http://prometheus:9090"
     providers = yaml.safe_load((provisioning / "dashboards/streamer.yml").read_text())
     [provider] = providers["providers"]

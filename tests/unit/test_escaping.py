@@ -33,6 +33,7 @@ from streamer.escaping import (
     visible,
 )
 from streamer.events import Alert
+from streamer.notify.routes import alertmanager_alert
 from streamer.notify.slack import slack_message
 from streamer.schemas import EXAMPLES
 
@@ -260,3 +261,25 @@ def test_the_issue_s_attack_reads_well_and_inert() -> None:
         ":rotating_light: [FIRING] checkout: payment-&gt;order drop-off. payment-&gt;order "
         "drop-off is 32.5% against 8.1% expected"
     )
+
+
+@given(hostile_text)
+@settings(max_examples=200, deadline=None)
+def test_an_alertmanager_alert_carries_a_hostile_value_only_as_inert_capped_text(
+    value: str,
+) -> None:
+    from datetime import UTC, datetime
+
+    pushed = alertmanager_alert(hostile_alert(value), datetime(2026, 12, 7, tzinfo=UTC))
+    assert pushed["labels"]["step"] == "payment->order"  # an operator's name, as written
+    for text in (pushed["labels"]["segment"], pushed["annotations"]["summary"]):
+        assert not set(text) & set("<>&`"), text
+        assert_one_inert_line(text)
+    assert len(pushed["labels"]["segment"]) <= ALERTMANAGER_LABEL_CHARS
+    assert len(pushed["annotations"]["summary"]) <= ALERTMANAGER_ANNOTATION_CHARS
+    # the only URLs are the settings' (runbook, dashboard)
+    assert (
+        pushed["annotations"]["runbook_url"]
+        == "https://wiki.example.com/runbooks/checkout-drop-off"
+    )
+    assert pushed["generatorURL"] == "https://grafana.example.com/d/streamer-funnel"
