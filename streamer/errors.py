@@ -16,6 +16,7 @@ __all__ = [
     "KafkaTLSError",
     "MissingToolError",
     "OutputRefusedError",
+    "PlanError",
     "PortInUseError",
     "RangeNotHeldError",
     "StreamerError",
@@ -28,6 +29,11 @@ class StreamerError(Exception):
 
 class ConfigError(StreamerError):
     """Settings or a definition file are invalid; the message names the field and the source."""
+
+
+class PlanError(ConfigError):
+    """A tracking plan is invalid or hostile; the message is one line naming ``file:line`` and
+    the field (``streamer.plan.load``)."""
 
 
 class MissingToolError(StreamerError):

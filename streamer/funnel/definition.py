@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from streamer.yaml_lines import YamlSourceError, line_index, read_yaml, validation_problems
+
 __all__ = [
     "Condition",
     "FunnelDefinition",
@@ -369,20 +371,6 @@ def _fmt(ms: int) -> str:
     return f"{ms}ms"
 
 
-def _line_index(node: yaml.Node, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], int]:
-    """YAML path -> 1-based line, for keys and list items."""
-    lines = {path: node.start_mark.line + 1}
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            child = (*path, key_node.value)
-            lines.update(_line_index(value_node, child))
-            lines[child] = key_node.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            lines.update(_line_index(item, (*path, index)))
-    return lines
-
-
 def _scalar(text: str) -> Any:
     """A ``--set`` value as YAML reads it (numbers, durations as strings, lists), except that
     words YAML 1.1 turns into booleans (off, no, yes) stay words."""
@@ -414,17 +402,9 @@ def load_funnel(path: Path | str, overrides: Mapping[str, str] | None = None) ->
     own names) are applied first. Errors name the file, the line and the field."""
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise FunnelDefinitionError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise FunnelDefinitionError(f"{path}{where}: not valid YAML: {problem}") from None
+        data, node = read_yaml(path)
+    except YamlSourceError as exc:
+        raise FunnelDefinitionError(str(exc)) from None
     if not isinstance(data, dict) or node is None:
         raise FunnelDefinitionError(f"{path}:1: a funnel file must be a mapping")
     if overrides:
@@ -432,17 +412,7 @@ def load_funnel(path: Path | str, overrides: Mapping[str, str] | None = None) ->
     try:
         return FunnelDefinition.model_validate(data)
     except ValidationError as exc:
-        lines = _line_index(node)
-        problems = []
-        for error in exc.errors(include_url=False):
-            loc = tuple(error["loc"])
-            line = None
-            for cut in range(len(loc), -1, -1):  # nearest enclosing node with a line
-                line = lines.get(loc[:cut])
-                if line is not None:
-                    break
-            field = ".".join(str(p) for p in loc) or "<funnel>"
-            problems.append(f"{path}:{line or 1}: {field}: {error['msg']}")
+        problems = validation_problems(path, line_index(node), exc, "<funnel>")
         raise FunnelDefinitionError("; ".join(problems)) from None
     except ValueError as exc:  # raised by a before-validator outside pydantic's wrapping
         raise FunnelDefinitionError(f"{path}:1: {exc}") from None
