@@ -65,16 +65,9 @@ class PlannedEvent:
     context: dict[str, Any]
     properties: dict[str, Any]
     stage: str | None = None
-
-    @property
-    def session_key(self) -> str:
-        """The session id, or ``"<identity>:<id>"`` that the plan's sessions rule sessionizes
-        by inactivity (the worker does, in the next step)."""
-        if self.session_id is not None:
-            return self.session_id
-        if self.anonymous_id is not None:
-            return f"anonymous_id:{self.anonymous_id}"
-        return f"user_id:{self.user_id}"
+    session_key: str = ""
+    """The session id, or ``"<identity>:<id>"`` of the first identity of the plan's sessions
+    rule present: the worker sessionizes those by inactivity (the next step)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,13 +94,17 @@ def _getter(path: tuple[str, ...]) -> Getter:
         (key,) = path
         return lambda document: document.get(key, MISSING)
     first, *rest = path
+    steps = tuple((key, int(key) if key.isdigit() else None) for key in rest)
 
     def get(document: Mapping[str, Any]) -> Any:
         value = document.get(first, MISSING)
-        for key in rest:
-            if not isinstance(value, dict):
+        for key, index in steps:
+            if isinstance(value, dict):
+                value = value.get(key, MISSING)
+            elif index is not None and isinstance(value, list) and index < len(value):
+                value = value[index]  # contexts_..._1.0: the first entity of a list
+            else:
                 return MISSING
-            value = value.get(key, MISSING)
         return value
 
     return get
@@ -385,11 +382,13 @@ class CompiledPlan:
         self._unplanned_events = plan.unplanned.events
         self._unplanned_properties = plan.unplanned.properties
         self._unplanned_where = loaded.where("unplanned")
-        reserved = self._top_level_keys(plan)
-        self._events = {name: self._compile_event(loaded, name, reserved) for name in plan.events}
+        self._events = {name: self._compile_event(loaded, name) for name in plan.events}
 
     @staticmethod
-    def _top_level_keys(plan: TrackingPlan) -> frozenset[str]:
+    def _envelope_keys(plan: TrackingPlan, prefix: tuple[str, ...]) -> frozenset[str]:
+        """The keys of the object at ``prefix`` that the envelope itself reads (the top-level
+        envelope fields when the properties are at the root; ``$session_id`` and the context
+        fields when they are inside ``properties``): not unplanned properties."""
         env = plan.envelope
         paths: list[str] = [*env.event_name, *env.event_id, *env.event_time.path]
         for group in (env.session_id, env.user_id, env.anonymous_id):
@@ -399,9 +398,14 @@ class CompiledPlan:
         paths.extend(spec.path for spec in env.context.values())
         if env.context_object:
             paths.append(env.context_object)
-        return frozenset(split_path(p)[0] for p in paths if p)
+        depth = len(prefix)
+        return frozenset(
+            parts[depth]
+            for parts in map(split_path, paths)
+            if len(parts) > depth and parts[:depth] == prefix
+        )
 
-    def _compile_event(self, loaded: LoadedPlan, name: str, reserved: frozenset[str]) -> _Event:
+    def _compile_event(self, loaded: LoadedPlan, name: str) -> _Event:
         plan = loaded.plan
         spec = plan.events[name]
         props_path = (
@@ -418,7 +422,7 @@ class CompiledPlan:
             )
             for prop, prop_spec in spec.properties.items()
         )
-        declared = frozenset(spec.properties) | (reserved if not prefix else frozenset())
+        declared = frozenset(spec.properties) | self._envelope_keys(plan, prefix)
         return _Event(
             name=name,
             stage=spec.stage.value if spec.stage else None,
@@ -508,13 +512,17 @@ class CompiledPlan:
                 return _violation(
                     self._identity[0][2] or "session_id", "is required", self._identity[0][3]
                 )
-            if not any(ids[by] is not None for by in self._sessions_by):
+            by = next((by for by in self._sessions_by if ids[by] is not None), None)
+            if by is None:
                 return _violation(
                     self._identity[0][2] or self._sessions_by[0],
                     f"no session id and no {' or '.join(self._sessions_by)} to make sessions "
                     "by (plan sessions rule)",
                     self.loaded.where("sessions"),
                 )
+            session_key = f"{by}:{ids[by]}"
+        else:
+            session_key = ids["session_id"]
         context: dict[str, Any] = {}
         for spec in self._context:
             outcome = _apply(spec, spec.get(document), context)
@@ -566,6 +574,7 @@ class CompiledPlan:
             context=context,
             properties=properties,
             stage=event.stage,
+            session_key=session_key,
         )
 
     def _unplanned(
