@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import ValidationError
 
 from streamer.errors import PlanError
@@ -37,6 +38,7 @@ MAX_PLAN_BYTES = 2 * 1024 * 1024  # every file of a plan together
 # values in one flow list are refused here in microseconds instead of parsed in seconds).
 MAX_PLAN_ITEMS = 60_000
 MAX_PLAN_FILES = 200
+MAX_YAML_DEPTH = 16  # a plan needs 7 (events.<name>.properties.<name>.values.<item>)
 _SHOWN_PROBLEMS = 3
 
 PRESETS = ("streamer", "segment", "posthog", "snowplow")
@@ -121,6 +123,33 @@ def _read(file: Path, budget: int) -> str:
     return text
 
 
+def _bounded_nodes(file: Path, root: yaml.Node) -> None:
+    """Refuse a node tree that is larger than the text suggests (YAML aliases repeat a node
+    wherever they are used: a few lines can stand for billions of nodes) or nested deeper than
+    any plan needs; counted without recursion, stopping at the limit."""
+    stack: list[tuple[yaml.Node, int]] = [(root, 1)]
+    seen = 0
+    while stack:
+        node, depth = stack.pop()
+        seen += 1
+        if seen > 2 * MAX_PLAN_ITEMS:
+            raise PlanError(
+                f"{file}:1: the plan expands to more than {2 * MAX_PLAN_ITEMS:,} YAML nodes "
+                "(aliases?)"
+            )
+        if depth > MAX_YAML_DEPTH:
+            raise PlanError(
+                f"{file}:{node.start_mark.line + 1}: the plan is nested deeper than "
+                f"{MAX_YAML_DEPTH} levels"
+            )
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                stack.append((key, depth + 1))
+                stack.append((value, depth + 1))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, depth + 1) for item in node.value)
+
+
 def load_plan(source: Path | str) -> LoadedPlan:
     """A plan file, a folder of plan files, or ``preset:NAME``; validated."""
     text_source = str(source)
@@ -137,6 +166,8 @@ def load_plan(source: Path | str) -> LoadedPlan:
         budget -= len(text.encode())
         try:
             data, node = read_yaml(file, text, fast=True)
+            if node is not None:
+                _bounded_nodes(file, node)
             file_lines = line_index(node) if node is not None else {}
         except YamlSourceError as exc:
             raise PlanError(str(exc)) from None
