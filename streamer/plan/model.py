@@ -64,10 +64,6 @@ TimeFormat = Literal["iso8601", "epoch_ms", "epoch_s"]
 Identity = Literal["anonymous_id", "user_id"]
 
 _PATH_PART = re.compile(r"^[A-Za-z0-9_$@\-]+$")
-# A quantified group that itself holds a quantifier: (a+)+, (a|aa)*, (\w+\s?)*, (x{2,})+ ...
-_NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*}](?:[^()\\]|\\.)*\)\s*[+*{]")
-# A quantified group with alternatives: (a|a)* backtracks as badly as a nested quantifier.
-_QUANTIFIED_ALTERNATION = re.compile(r"\((?:[^()\\]|\\.)*\|(?:[^()\\]|\\.)*\)\s*[+*{]")
 
 
 def split_path(path: str) -> tuple[str, ...]:
@@ -102,6 +98,44 @@ Paths = Annotated[
 ]
 
 
+def _repeats_a_varying_group(pattern: str) -> bool:
+    """Whether a group repeated by ``*``, ``+`` or ``{m,n}`` contains a quantifier or an
+    alternation, at any depth: the shape of every catastrophic backtracking pattern."""
+    varying = [False]  # per open group: holds a quantifier or an alternation
+    i, n = 0, len(pattern)
+    while i < n:
+        char = pattern[i]
+        if char == "\\":
+            i += 2
+            continue
+        if char == "[":  # a character class: its contents are no quantifiers
+            i += 2 if pattern[i + 1 : i + 2] in ("]", "^") else 1
+            if pattern[i - 1 : i + 1] == "^]":
+                i += 1
+            while i < n and pattern[i] != "]":
+                i += 2 if pattern[i] == "\\" else 1
+            i += 1
+            continue
+        if char == "(":
+            varying.append(False)
+            i += 2 if pattern[i + 1 : i + 2] == "?" else 1  # (?:  (?P<name>  (?=
+            continue
+        if char == ")":
+            inner = varying.pop() if len(varying) > 1 else False
+            i += 1
+            repeated = i < n and (
+                pattern[i] in "*+" or (pattern[i] == "{" and pattern[i + 1 : i + 2].isdigit())
+            )
+            if repeated and inner:
+                return True
+            varying[-1] = varying[-1] or inner or repeated
+            continue
+        if char in "*+?|" or (char == "{" and pattern[i + 1 : i + 2].isdigit()):
+            varying[-1] = True
+        i += 1
+    return False
+
+
 def check_pattern(pattern: str) -> re.Pattern[str]:
     """Compile a property pattern, refusing the shapes that backtrack catastrophically.
 
@@ -111,10 +145,10 @@ def check_pattern(pattern: str) -> re.Pattern[str]:
     are matched (``streamer.plan.compile``)."""
     if len(pattern) > MAX_PATTERN_LENGTH:
         raise ValueError(f"a pattern has at most {MAX_PATTERN_LENGTH} characters")
-    if _NESTED_QUANTIFIER.search(pattern) or _QUANTIFIED_ALTERNATION.search(pattern):
+    if _repeats_a_varying_group(pattern):
         raise ValueError(
-            "nested quantifier or quantified alternation (e.g. (a+)+ or (a|b)*) can backtrack "
-            "catastrophically; write it without a repeated group"
+            "a repeated group holds a quantifier or an alternation (e.g. (a+)+ or (a|aa)*): "
+            "it can backtrack catastrophically; write it without repeating such a group"
         )
     if re.search(r"\\[1-9]|\(\?P=", pattern):
         raise ValueError("backreferences are not allowed in a pattern")
