@@ -293,12 +293,33 @@ class _Field:
 
     name: str
     shown: str  # the field as the document names it (properties.price)
-    get: Getter
+    key: str  # its key in its holder object (the properties or the context object)
+    get: Getter | None  # a context field outside the context object: read from the document
     check: Checker
     required: bool
     nullable: bool
     default: Any
     where: str  # plan file:line
+
+
+@dataclass(frozen=True, slots=True)
+class _Fields:
+    """Declared fields, arranged for speed: the ones in a holder object by key (validation
+    walks the few keys an event has, not every declared field), the required or defaulted
+    ones again (to notice them missing), and the ones read from elsewhere in the document."""
+
+    by_key: dict[str, _Field]
+    must: tuple[_Field, ...]
+    outside: tuple[_Field, ...]
+
+    @classmethod
+    def of(cls, fields: tuple[_Field, ...]) -> _Fields:
+        inside = tuple(f for f in fields if f.get is None)
+        return cls(
+            by_key={f.key: f for f in inside},
+            must=tuple(f for f in inside if f.required or f.default is not None),
+            outside=tuple(f for f in fields if f.get is not None),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,18 +330,26 @@ class _Event:
     topics_where: str
     properties_get: Getter
     properties_shown: str
-    fields: tuple[_Field, ...]
+    fields: _Fields
     declared: frozenset[str]  # property names, plus the envelope's top-level keys at the root
     where: str
 
 
 def _compile_field(
-    name: str, spec: PropertySpec, path: tuple[str, ...], where: str, plan: TrackingPlan
+    name: str,
+    spec: PropertySpec,
+    path: tuple[str, ...],
+    where: str,
+    plan: TrackingPlan,
+    holder: tuple[str, ...] | None = None,
 ) -> _Field:
+    """``holder``: for a context field, the context object's path (None: there is none)."""
+    outside = isinstance(spec, ContextField) and (holder is None or path[:-1] != holder)
     return _Field(
         name=name,
         shown=".".join(path) or name,
-        get=_getter(path[-1:] if not isinstance(spec, ContextField) else path),
+        key=path[-1],
+        get=_getter(path) if outside else None,
         check=_value_checker(spec, strip=plan.strip_strings, lax=plan.coercion == "lax"),
         required=spec.required,
         nullable=spec.nullable,
@@ -365,11 +394,19 @@ class CompiledPlan:
             )
         ]
         self._sessions_by = plan.sessions.by if plan.sessions else ()
-        self._context = tuple(
-            _compile_field(
-                name, spec, split_path(spec.path), loaded.where("envelope", "context", name), plan
+        holder_path = split_path(env.context_object) if env.context_object else None
+        self._context = _Fields.of(
+            tuple(
+                _compile_field(
+                    name,
+                    spec,
+                    split_path(spec.path),
+                    loaded.where("envelope", "context", name),
+                    plan,
+                    holder_path,
+                )
+                for name, spec in env.context.items()
             )
-            for name, spec in env.context.items()
         )
         self._context_object = (
             _getter(split_path(env.context_object)) if env.context_object else None
@@ -414,15 +451,17 @@ class CompiledPlan:
             spec.properties_path if spec.properties_path is not None else plan.envelope.properties
         )
         prefix = split_path(props_path)
-        fields = tuple(
-            _compile_field(
-                prop,
-                prop_spec,
-                (*prefix, prop),
-                loaded.where("events", name, "properties", prop),
-                plan,
+        fields = _Fields.of(
+            tuple(
+                _compile_field(
+                    prop,
+                    prop_spec,
+                    (*prefix, prop),
+                    loaded.where("events", name, "properties", prop),
+                    plan,
+                )
+                for prop, prop_spec in spec.properties.items()
             )
-            for prop, prop_spec in spec.properties.items()
         )
         declared = frozenset(spec.properties) | self._envelope_keys(plan, prefix)
         return _Event(
@@ -526,26 +565,26 @@ class CompiledPlan:
         else:
             session_key = ids["session_id"]
         context: dict[str, Any] = {}
-        for spec in self._context:
-            outcome = _apply(spec, spec.get(document), context)
-            if outcome is not None:
-                return outcome
-        if self._context_object is not None:
-            holder = self._context_object(document)
-            if holder is not MISSING:
-                if not isinstance(holder, dict):
-                    return _violation(
-                        self._context_object_shown,
-                        f"is {_kind(holder)}, expected an object",
-                        self.loaded.where("envelope", "context_object"),
-                    )
-                extra = holder.keys() - self._context_declared
-                if extra:
-                    rejection = self._unplanned(
-                        holder, extra, self._context_object_shown, context, name
-                    )
-                    if rejection is not None:
-                        return rejection
+        holder = self._context_object(document) if self._context_object is not None else {}
+        if holder is MISSING:
+            holder = {}
+        elif not isinstance(holder, dict):
+            return _violation(
+                self._context_object_shown,
+                f"is {_kind(holder)}, expected an object",
+                self.loaded.where("envelope", "context_object"),
+            )
+        outcome = _check_fields(self._context, holder, document, context)
+        if outcome is not None:
+            return outcome
+        if self._context_object is not None and holder:
+            extra = holder.keys() - self._context_declared
+            if extra:
+                rejection = self._unplanned(
+                    holder, extra, self._context_object_shown, context, name
+                )
+                if rejection is not None:
+                    return rejection
         holder = event.properties_get(document)
         if holder is MISSING or holder is None:
             holder = {}
@@ -556,10 +595,9 @@ class CompiledPlan:
                 event.where,
             )
         properties: dict[str, Any] = {}
-        for spec in event.fields:
-            outcome = _apply(spec, spec.get(holder), properties)
-            if outcome is not None:
-                return outcome
+        outcome = _check_fields(event.fields, holder, document, properties)
+        if outcome is not None:
+            return outcome
         extra = holder.keys() - event.declared
         if extra:
             rejection = self._unplanned(holder, extra, event.properties_shown, properties, name)
@@ -630,19 +668,48 @@ def _violation(field: str, problem: str, where: str) -> Rejection:
     return Rejection(ReasonCode.SCHEMA_VIOLATION, f"{field}: {problem} (plan {where})", field)
 
 
-def _apply(spec: _Field, raw: Any, into: dict[str, Any]) -> Rejection | None:
-    if raw is MISSING or raw is None:
-        if spec.required:
-            return _violation(spec.shown, "is required", spec.where)
-        if raw is None and not spec.nullable:
-            return _violation(spec.shown, "must not be null", spec.where)
-        if spec.default is not None:
+def _check_fields(
+    fields: _Fields,
+    holder: Mapping[str, Any],
+    document: Mapping[str, Any],
+    into: dict[str, Any],
+) -> Rejection | None:
+    """Check the declared fields (read from ``holder``, or from the document for a context
+    field outside the context object) into ``into``; the first violation."""
+    by_key = fields.by_key
+    for key, raw in holder.items():
+        spec = by_key.get(key)
+        if spec is None:
+            continue
+        if raw is None:
+            if spec.required:
+                return _violation(spec.shown, "is required", spec.where)
+            if not spec.nullable:
+                return _violation(spec.shown, "must not be null", spec.where)
+            continue
+        try:
+            into[spec.name] = spec.check(raw)
+        except _Invalid as exc:
+            return _violation(spec.shown, str(exc), spec.where)
+    for spec in fields.must:
+        if holder.get(spec.key) is None:
+            if spec.required:
+                return _violation(spec.shown, "is required", spec.where)
             into[spec.name] = spec.default
-        return None
-    try:
-        into[spec.name] = spec.check(raw)
-    except _Invalid as exc:
-        return _violation(spec.shown, str(exc), spec.where)
+    for spec in fields.outside:
+        raw = spec.get(document)  # type: ignore[misc]
+        if raw is MISSING or raw is None:
+            if spec.required:
+                return _violation(spec.shown, "is required", spec.where)
+            if raw is None and not spec.nullable:
+                return _violation(spec.shown, "must not be null", spec.where)
+            if spec.default is not None:
+                into[spec.name] = spec.default
+            continue
+        try:
+            into[spec.name] = spec.check(raw)
+        except _Invalid as exc:
+            return _violation(spec.shown, str(exc), spec.where)
     return None
 
 
