@@ -62,7 +62,8 @@ class LoadedPlan:
         plan = self.plan
         topics = ", ".join(plan.topics) or "any"
         return (
-            f"{self.source}: plan version {plan.version}, {len(plan.events)} events, "
+            f"{self.source}: plan version {plan.version}, {len(plan.events)} "
+            f"event{'' if len(plan.events) == 1 else 's'}, "
             f"topics: {topics}; unplanned events {plan.unplanned.events}, properties "
             f"{plan.unplanned.properties}"
         )

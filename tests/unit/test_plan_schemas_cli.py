@@ -77,3 +77,21 @@ def test_plan_check_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert result.output.count("\n") == 1
     assert result.output.startswith(f"error: {plan}:2: envelope.event_id: Field required")
+
+
+def test_the_documented_plan_checks(tmp_path: Path) -> None:
+    """docs/tracking-plan.md's example plan loads, and its printed outputs are what runs."""
+    text = (ROOT / "docs/tracking-plan.md").read_text()
+    body = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "shop.yaml").write_text(body)
+    runner = CliRunner()
+    with runner.isolated_filesystem(temp_dir=tmp_path):
+        Path("shop.yaml").write_text(body)
+        result = runner.invoke(cli, ["plan", "check", "shop.yaml", "--schemas", "build/schemas"])
+        assert result.exit_code == 0, result.output
+        for line in result.output.splitlines():
+            assert line in text
+        Path("broken.yaml").write_text(body.replace("type: integer, min: 1", "type: int, min: 1"))
+        result = runner.invoke(cli, ["plan", "check", "broken.yaml"])
+        assert result.exit_code == 2
+        assert result.output.strip() in text
