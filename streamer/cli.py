@@ -1025,3 +1025,8 @@ async def _demo_loop(
 
 def main() -> None:
     cli(prog_name="streamer")
+
+
+from streamer.plan.cli import plan as plan_group  # noqa: E402  (issue 28: `streamer plan`)
+
+cli.add_command(plan_group)

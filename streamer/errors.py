@@ -17,6 +17,7 @@ __all__ = [
     "KafkaTLSError",
     "MissingToolError",
     "OutputRefusedError",
+    "PlanError",
     "PortInUseError",
     "RangeNotHeldError",
     "StreamerError",
@@ -34,6 +35,11 @@ class ConfigError(StreamerError):
 class InputFileError(StreamerError):
     """A data file given to a command (a recording to load) is not in its format; the message
     names the file, the line and what is wrong with it."""
+
+
+class PlanError(ConfigError):
+    """A tracking plan is invalid or hostile; the message is one line naming ``file:line`` and
+    the field (``streamer.plan.load``)."""
 
 
 class MissingToolError(StreamerError):

@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from streamer.yaml_lines import YamlSourceError, line_index, line_of, problem_message, read_yaml
+
 __all__ = [
     "FUNNEL_FILE_PATTERNS",
     "Condition",
@@ -398,20 +400,6 @@ def _fmt(ms: int) -> str:
     return f"{ms}ms"
 
 
-def _line_index(node: yaml.Node, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], int]:
-    """YAML path -> 1-based line, for keys and list items."""
-    lines = {path: node.start_mark.line + 1}
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            child = (*path, key_node.value)
-            lines.update(_line_index(value_node, child))
-            lines[child] = key_node.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            lines.update(_line_index(item, (*path, index)))
-    return lines
-
-
 def _scalar(text: str) -> Any:
     """A ``--set`` value as YAML reads it (numbers, durations as strings, lists), except that
     words YAML 1.1 turns into booleans (off, no, yes) stay words."""
@@ -505,28 +493,19 @@ def load_funnel(
     line and the field."""
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise FunnelDefinitionError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise FunnelDefinitionError(f"{path}{where}: not valid YAML: {problem}") from None
+        data, node = read_yaml(path)
+    except YamlSourceError as exc:
+        raise FunnelDefinitionError(str(exc)) from None
     if not isinstance(data, dict) or node is None:
         raise FunnelDefinitionError(f"{path}:1: a funnel file must be a mapping")
     if overrides:
         data = apply_overrides(data, overrides)
-    lines = {**_line_index(node), **_segment_lines(node, data)}
+    lines = {**line_index(node), **_segment_lines(node, data)}
     try:
         definition = FunnelDefinition.model_validate(data)
     except ValidationError as exc:
         problems = [
-            (tuple(error["loc"]), str(error["msg"]).removeprefix("Value error, "))
-            for error in exc.errors(include_url=False)
+            (tuple(error["loc"]), problem_message(error)) for error in exc.errors(include_url=False)
         ]
         raise FunnelDefinitionError(_located(path, lines, problems)) from None
     except ValueError as exc:  # raised by a before-validator outside pydantic's wrapping
@@ -542,16 +521,10 @@ def _located(
     path: Path, lines: Mapping[tuple[Any, ...], int], problems: list[tuple[tuple[Any, ...], str]]
 ) -> str:
     """``file:line: field: message`` for each problem, the line of the nearest enclosing node."""
-    out = []
-    for loc, message in problems:
-        line = None
-        for cut in range(len(loc), -1, -1):
-            line = lines.get(loc[:cut])
-            if line is not None:
-                break
-        field = ".".join(str(p) for p in loc) or "<funnel>"
-        out.append(f"{path}:{line or 1}: {field}: {message}")
-    return "; ".join(out)
+    return "; ".join(
+        f"{path}:{line_of(lines, loc)}: {'.'.join(str(p) for p in loc) or '<funnel>'}: {message}"
+        for loc, message in problems
+    )
 
 
 def load_funnels(
