@@ -26,7 +26,7 @@ from streamer.escaping import install_inert_log_records, terminal_text
 from streamer.kafka_access import AccessNeeds
 from streamer.kafka_io import ensure_topic_plan, metadata_ready, run_sync
 from streamer.settings import Settings, load_settings
-from streamer.testing import MetricValues, WorkerProcess, scrape_metrics
+from streamer.worker_process import MetricValues, WorkerProcess, scrape_metrics
 
 __all__ = ["main"]
 

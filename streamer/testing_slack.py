@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from streamer.testing import free_port
+from streamer.worker_process import free_port
 
 __all__ = ["FakeSlack", "SlackRequest"]
 

@@ -25,7 +25,13 @@ from pydantic import (
     model_validator,
 )
 
-from streamer.yaml_lines import YamlSourceError, line_index, line_of, problem_message, read_yaml
+from streamer.funnel.yaml_lines import (
+    YamlSourceError,
+    line_index,
+    line_of,
+    problem_message,
+    read_yaml,
+)
 
 __all__ = [
     "FUNNEL_FILE_PATTERNS",

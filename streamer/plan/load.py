@@ -1,7 +1,7 @@
 """Read a tracking plan: a YAML file, a folder of them, or a preset shipped with streamer.
 
 Errors are :class:`streamer.errors.PlanError`, one line naming ``file:line`` and the field, as
-funnel files report theirs (the same mechanism: ``streamer.yaml_lines``). A hostile plan is
+funnel files report theirs (the same mechanism: ``streamer.funnel.yaml_lines``). A hostile plan is
 refused before it costs much: the text is capped in bytes and in items before it is parsed,
 then every collection of the model is capped (``streamer.plan.model``'s ``MAX_*``).
 
@@ -21,8 +21,14 @@ import yaml
 from pydantic import ValidationError
 
 from streamer.errors import PlanError
+from streamer.funnel.yaml_lines import (
+    YamlSourceError,
+    line_index,
+    line_of,
+    problem_message,
+    read_yaml,
+)
 from streamer.plan.model import TrackingPlan
-from streamer.yaml_lines import YamlSourceError, line_index, line_of, problem_message, read_yaml
 
 __all__ = [
     "MAX_PLAN_BYTES",
