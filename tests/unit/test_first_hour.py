@@ -13,7 +13,8 @@ from click.testing import CliRunner, Result
 
 from streamer.alerts import sample_alert
 from streamer.app import alert_notifier
-from streamer.cli import _print_summary, cli
+from streamer.cli import cli
+from streamer.cli.funnels import print_summary
 from streamer.decode import DecodeLimits, Rejection, decode_event
 from streamer.errors import ConfigError
 from streamer.events import EVENT_PROPERTIES, AlertExplanation, ReasonCode
@@ -427,7 +428,7 @@ def test_the_funnel_table_marks_a_ratio_with_open_sessions_and_names_its_real_sp
         "final": False,
         "stages": [row, {"stage": "checkout", "entered": 22}],
     }
-    _print_summary({"checkout": {"last_window": part, "last_hour": {**part, "windows": 1}}})
+    print_summary({"checkout": {"last_window": part, "last_hour": {**part, "windows": 1}}})
     text = " ".join(capsys.readouterr().out.split())
     assert "│ 100.0% so far │" in text
     assert "checkout: last 1 min (all the windows there are, up to an hour)" in text

@@ -1,0 +1,158 @@
+"""`streamer funnel`: check funnel files, show the live funnel."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from streamer.cli._common import cli, console, fail_cleanly, kafka_ready, settings_of
+from streamer.errors import StreamerError
+from streamer.kafka_access import AccessNeeds
+
+
+# --- funnels and replay -----------------------------------------------------------------
+@cli.group()
+def funnel() -> None:
+    """Funnel definitions and live funnel numbers."""
+
+
+@funnel.command("check")
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
+@click.pass_context
+@fail_cleanly
+def funnel_check(ctx: click.Context, files: tuple[Path, ...]) -> None:
+    """Validate funnel definition files (default: the configured ones) and print them."""
+    for definition in checked_funnels(files or settings_of(ctx).funnels):
+        click.echo(definition.describe())
+
+
+def checked_funnels(paths: Sequence[Path], overrides: dict[str, str] | None = None) -> Any:
+    """The funnel files, validated against the event types there are (today: the contract's,
+    streamer.events); a problem is one ConfigError line naming the file and line."""
+    from streamer.errors import ConfigError
+    from streamer.events import EVENT_PROPERTIES
+    from streamer.funnel.definition import FunnelDefinitionError, load_funnels
+
+    try:
+        return load_funnels(paths, overrides, known_events=EVENT_PROPERTIES)
+    except FunnelDefinitionError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _provisional(ratio: float | None, still_open: int | None) -> str:
+    """A ratio of the decided sessions; while some are open (the open column) it is so far."""
+    if ratio is None:
+        return ""
+    return f"{ratio:.1%} so far" if still_open else f"{ratio:.1%}"
+
+
+def _span_label(label: str, part: dict[str, Any]) -> str:
+    """ "last window", or the span the "last hour" really covers when the data is younger."""
+    if label != "last_hour":
+        return label.replace("_", " ")
+    from datetime import datetime
+
+    span = datetime.fromisoformat(part["end"]) - datetime.fromisoformat(part["start"])
+    if span.total_seconds() >= 3600:
+        return "last hour"
+    minutes = span.total_seconds() / 60
+    return f"last {minutes:.3g} min (all the windows there are, up to an hour)"
+
+
+def print_summary(summary: dict[str, Any], lateness_seconds: float | None = None) -> None:
+    if not summary:
+        wait = (
+            f"; events are counted as the watermark passes them, {lateness_seconds:g}s "
+            "(allowed_lateness_seconds) behind the newest event time"
+            if lateness_seconds
+            else ""
+        )
+        console.print(
+            "no window yet (a window is published once a partition has counted a session in "
+            f"it{wait})"
+        )
+        return
+    for name, parts in summary.items():
+        for label in ("last_window", "last_hour"):
+            part = parts[label]
+            state = "final" if part.get("final") else "still open: revised until final"
+            title = (
+                f"{name}: {_span_label(label, part)} ({part['start']} .. {part['end']}, {state})"
+            )
+            table = Table(title=title)
+            columns = ("stage", "entered", "converted", "dropped", "open", "conversion", "drop-off")
+            for column in columns:
+                if column == "stage":  # a long name wraps rather than ends in an ellipsis
+                    table.add_column(column, overflow="fold")
+                else:
+                    table.add_column(column, justify="right", no_wrap=True)
+            for row in part["stages"]:
+                table.add_row(
+                    row["stage"],
+                    str(row["entered"]),
+                    str(row.get("converted", "")),
+                    str(row.get("dropped", "")),
+                    str(row.get("open", "")),
+                    _provisional(row.get("conversion_ratio"), row.get("open")),
+                    _provisional(row.get("drop_off_ratio"), row.get("open")),
+                )
+            console.print(table)
+        warming = parts.get("warming_up")
+        if warming:
+            console.print(
+                f"{name}: the detector is warming up (no alert yet) for: {', '.join(warming)}"
+            )
+        elif warming is not None:
+            console.print(f"{name}: the detector is warm for every step")
+        for silent in parts.get("silent_inputs") or ():
+            what = "topic" if silent["subject"] == "topic" else "event type"
+            console.print(
+                f"{name}: tracking broke: {what} {silent['name']} silent since {silent['since']} "
+                f"(data-quality alert {silent['alert_id']}); the steps it feeds are not judged"
+            )
+
+
+@funnel.command("show")
+@click.option("--url", default=None, help="a worker's base URL (default: web_host:web_port)")
+@click.option("--from-topic", is_flag=True, help="read the windows topic instead of a worker")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_context
+@fail_cleanly
+def funnel_show(ctx: click.Context, url: str | None, from_topic: bool, as_json: bool) -> None:
+    """The current funnel: stages, counts and conversion per step, last window and last hour."""
+
+    settings = settings_of(ctx)
+    if from_topic:
+        from streamer.events import WindowStats
+        from streamer.kafka_io import read_topic
+        from streamer.query import FunnelView
+
+        kafka_ready(settings, AccessNeeds(read=(settings.windows_topic,)))
+        view = FunnelView()
+        for _, value in asyncio.run(read_topic(settings, settings.windows_topic)):
+            view.add(WindowStats.model_validate_json(value or b""))
+        summary = view.summary()
+    else:
+        base = (url or f"{settings.web_host}:{settings.web_port}").rstrip("/")
+        if "://" not in base:
+            base = f"http://{base}"  # localhost:6066, as one writes it
+        try:
+            with urllib.request.urlopen(f"{base}/funnel", timeout=5) as response:
+                summary = json.loads(response.read())
+        except (urllib.error.URLError, OSError) as exc:
+            raise StreamerError(
+                f"no worker answers at {base}/funnel ({exc}); start one with `streamer worker`, "
+                "pass --url, or use --from-topic"
+            ) from None
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        print_summary(summary, settings.allowed_lateness_seconds)
