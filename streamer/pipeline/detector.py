@@ -29,6 +29,7 @@ from streamer.kafka_io import read_topic
 from streamer.metrics import Metrics
 from streamer.pipeline.messages import SendFn
 from streamer.pipeline.tables import Deliveries, confirmed_table
+from streamer.pipeline.topics import record_topic
 from streamer.settings import Settings
 
 __all__ = ["DetectorStage", "alert_record", "install", "read_seeds", "tracking_alert_record"]
@@ -314,8 +315,7 @@ def install(
     app: Any, settings: Settings, metrics: Metrics, funnels: tuple[FunnelDefinition, ...]
 ) -> DetectorStage:
     """The detector's table and output topic; the windows stage calls :meth:`judge`."""
-    raw = {"key_serializer": "raw", "value_serializer": "raw"}
-    alerts = app.topic(settings.alerts_topic, partitions=1, **raw)
+    alerts = record_topic(app, settings.alerts_topic, partitions=1)
 
     table = confirmed_table(app, "detector", partitions=1)
     sent_alerts = Deliveries()

@@ -38,6 +38,7 @@ from streamer.pipeline.detector import DetectorStage
 from streamer.pipeline.input_order import InputMessage, install_contiguous_input
 from streamer.pipeline.messages import SendFn
 from streamer.pipeline.tables import Deliveries, confirmed_table, stopping_the_worker_on
+from streamer.pipeline.topics import record_topic
 from streamer.settings import Settings
 
 __all__ = ["WindowMerger", "install", "window_stats"]
@@ -549,9 +550,8 @@ def install(
 ) -> WindowMerger:
     """Wire the merger: ``funnel.partials`` -> ``window-merge`` table -> ``funnel.windows``,
     and the detector once per window of watermark."""
-    raw = {"key_serializer": "raw", "value_serializer": "raw"}
-    partials = app.topic(settings.partials_topic, partitions=1, **raw)
-    windows = app.topic(settings.windows_topic, partitions=1, **raw)
+    partials = record_topic(app, settings.partials_topic, partitions=1)
+    windows = record_topic(app, settings.windows_topic, partitions=1)
 
     table = confirmed_table(app, "window-merge", partitions=1)
     sent_windows = Deliveries()

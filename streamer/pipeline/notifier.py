@@ -24,6 +24,7 @@ from streamer.notify.base import DeliveryOutcome, Notifier
 from streamer.pipeline.input_order import InputMessage, install_contiguous_input
 from streamer.pipeline.messages import SendFn
 from streamer.pipeline.tables import Deliveries, confirmed_table, stopping_the_worker_on
+from streamer.pipeline.topics import record_topic
 from streamer.settings import Settings
 
 __all__ = ["NotifierStage", "install"]
@@ -95,9 +96,8 @@ class NotifierStage:
 
 def install(app: Any, settings: Settings, metrics: Metrics, notifier: Notifier) -> NotifierStage:
     """Wire the notifier: ``funnel.alerts`` -> Slack, refused ones to the failed topic."""
-    raw = {"key_serializer": "raw", "value_serializer": "raw"}
-    alerts = app.topic(settings.alerts_topic, partitions=1, **raw)
-    failed = app.topic(settings.failed_alerts_topic, partitions=1, **raw)
+    alerts = record_topic(app, settings.alerts_topic, partitions=1)
+    failed = record_topic(app, settings.failed_alerts_topic, partitions=1)
 
     table = confirmed_table(app, "delivered-alerts", partitions=1)
     parked = Deliveries()

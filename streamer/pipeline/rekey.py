@@ -31,13 +31,11 @@ from faust.types import TP
 
 from streamer.decode import DecodeLimits, Rejection, decode_event
 from streamer.events import to_epoch_ms
-from streamer.faust_consumer import RawSchema
 from streamer.funnel.session import NEVER
 from streamer.kafka_io import committed_offset, topic_partitions
 from streamer.metrics import Metrics
 from streamer.pipeline.input_order import STALL_REPAIR_S, InputPositions, MemoryStore, source_reader
 from streamer.pipeline.messages import (
-    DLQ_MAX_MESSAGE_BYTES,
     REKEY_FRONT,
     REKEY_KEY_HEADER,
     REKEY_KIND_HEADER,
@@ -50,6 +48,7 @@ from streamer.pipeline.messages import (
 )
 from streamer.pipeline.tables import Deliveries
 from streamer.pipeline.timers import consumer_offsets, install_timer
+from streamer.pipeline.topics import dead_letter_topic, record_topic, source_topic
 from streamer.settings import Settings
 
 __all__ = ["RekeyStage", "install"]
@@ -224,12 +223,9 @@ class RekeyStage:
 def install(app: Any, settings: Settings, metrics: Metrics) -> RekeyStage:
     """Wire the re-key stage: source topics -> validated events -> ``rekeyed_topic``."""
     topics = (settings.clickstream_topic, settings.checkout_topic)
-    raw = {"key_serializer": "raw", "value_serializer": "raw"}
-    source = app.topic(*topics, schema=RawSchema())
-    rekeyed = app.topic(settings.rekeyed_topic, partitions=settings.topic_partitions, **raw)
-    dlq = app.topic(
-        settings.dlq_topic, config={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)}, **raw
-    )
+    source = source_topic(app, *topics)
+    rekeyed = record_topic(app, settings.rekeyed_topic, partitions=settings.topic_partitions)
+    dlq = dead_letter_topic(app, settings)
 
     async def forward(
         key: bytes | None, value: bytes, partition: int | None, headers: Sequence[Any]

@@ -8,7 +8,6 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from streamer.decode import DecodeLimits
-from streamer.faust_consumer import RawSchema
 from streamer.funnel.definition import FunnelDefinition
 from streamer.kafka_io import offset_at
 from streamer.metrics import Metrics
@@ -21,6 +20,7 @@ from streamer.pipeline.messages import (
 from streamer.pipeline.sessions.stage import SessionsStage
 from streamer.pipeline.tables import confirmed_table, in_partition, stopping_the_worker_on
 from streamer.pipeline.timers import consumer_offsets, install_timer
+from streamer.pipeline.topics import dead_letter_topic, record_topic, source_topic
 from streamer.settings import Settings
 
 __all__ = ["install"]
@@ -44,10 +44,10 @@ def install(
     rekeyed_from: tuple[str, ...]
     if settings.source_keyed_by_session:
         topics, rekeyed_from = sources, ()
-        source = app.topic(*topics, schema=RawSchema())
+        source = source_topic(app, *topics)
     else:  # the re-key stage (streamer.pipeline.rekey) forwards every event to one topic
         topics, rekeyed_from = (settings.rekeyed_topic,), sources
-        source = app.topic(*topics, partitions=settings.topic_partitions, schema=RawSchema())
+        source = source_topic(app, *topics, partitions=settings.topic_partitions)
     stage = _build_stage(app, settings, metrics, funnels, topics, rekeyed_from)
     app.before_stop.append(stage.close)
     _install_agent(app, source, stage, metrics)
@@ -65,12 +65,9 @@ def _build_stage(
     rekeyed_from: tuple[str, ...],
 ) -> SessionsStage:
     """The stage with its outputs, its state table and its direct reads of the input."""
-    raw = {"key_serializer": "raw", "value_serializer": "raw"}
-    dlq = app.topic(
-        settings.dlq_topic, config={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)}, **raw
-    )
-    partials = app.topic(settings.partials_topic, partitions=1, **raw)
-    abandonments = app.topic(settings.abandonments_topic, **raw)
+    dlq = dead_letter_topic(app, settings)
+    partials = record_topic(app, settings.partials_topic, partitions=1)
+    abandonments = record_topic(app, settings.abandonments_topic)
     # Changelogged with as many partitions as the sources (Faust requires it); written only
     # while processing a message of the same partition (see SessionsStage.checkpoint).
     table = confirmed_table(
