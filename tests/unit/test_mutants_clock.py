@@ -167,8 +167,12 @@ def test_a_revoked_partition_no_longer_holds_the_others_back() -> None:
     inputs.set_idle("clicks", 1, True)
     inputs.set_idle("orders", 1, True)
     assert inputs.watermark(1) == -20 * S  # follows partition 0, still assigned
+    inputs.set_idle("clicks", 0, True)
     inputs.revoke(0)
     assert inputs.partitions == {1}
+    # nothing of partition 0 is kept: neither its fronts nor its idleness
+    assert inputs.idle == {("clicks", 1), ("orders", 1)}
+    assert {partition for _, partition in inputs.fronts} == {1}
     assert inputs.fronts_of(0) == {"clicks": NEVER, "orders": NEVER}
     assert inputs.watermark(1) == 880 * S  # every input left is idle: the newest read
 
