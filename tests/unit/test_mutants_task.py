@@ -206,3 +206,22 @@ def test_a_catch_up_stopped_at_another_watermark_is_refused() -> None:
     task.advance(W - 1)
     with pytest.raises(AssertionError, match=r"^the catch-up must stop at our watermark$"):
         task.adopt(catch_up(), [1])
+
+
+def test_abandonment_and_retraction_notices_carry_the_user_and_the_cart() -> None:
+    task = Task((CompiledFunnel(funnel(abandonment=["cart"])),), 0, retention_ms=RETENTION)
+    task.offer("s", ev(0, "page_view"), "u1")
+    task.offer("s", ev(MIN, "add_to_cart", cart_value=30.0, currency="EUR"), "u1")
+    task.advance(11 * MIN + 1)  # cart's deadline: min(1m + 10m, 0 + 1h) = 11m
+    [notice] = task.drain().abandonments
+    assert (notice.session_id, notice.user_id, notice.order_ms) == ("s", "u1", None)
+    assert (notice.abandoned.abandoned_ms, notice.abandoned.retractable_until_ms) == (
+        11 * MIN,
+        60 * MIN,
+    )
+    assert (notice.abandoned.cart_value, notice.abandoned.currency) == (30.0, "EUR")
+    task.offer("s", ev(20 * MIN, "order_placed"))  # within the hour: retracts it
+    task.advance(20 * MIN + 1)
+    [retraction] = task.drain().abandonments
+    assert (retraction.session_id, retraction.user_id, retraction.order_ms) == ("s", "u1", 20 * MIN)
+    assert retraction.abandoned == notice.abandoned
