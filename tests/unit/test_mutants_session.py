@@ -89,3 +89,21 @@ def test_the_retraction_horizon_ends_once_the_watermark_is_past_it() -> None:
     assert expire_attempt(F, progress, 60 * S + 1, out) is None
     assert progress.abandoned is None
     assert progress.at_rest
+
+
+def test_an_event_of_no_stage_neither_starts_nor_advances_an_attempt() -> None:
+    progress, out = Progress(), []
+    at(progress, 0, "product_view", out)  # not a stage of F: the session stays idle
+    assert progress.attempt is None
+    assert out == []
+    at(progress, 1 * S, "page_view", out)
+    at(progress, 5 * S, "product_view", out)  # only activity
+    assert progress.attempt is not None
+    assert progress.attempt.stage == 0
+    assert progress.attempt.last_activity_ms == 5 * S
+    at(progress, 8 * S, "add_to_cart", out)
+    assert [(o.kind, o.stage, o.time_to_convert_ms) for o in out] == [
+        (Kind.ENTERED, 0, 0),
+        (Kind.CONVERTED, 0, 7 * S),
+        (Kind.ENTERED, 1, 0),
+    ]

@@ -45,6 +45,37 @@ def test_a_session_is_forgotten_once_at_rest_and_past_the_retention_after_its_la
     assert task.checkpoint().deleted_sessions == {"s"}
 
 
+def test_a_session_decided_when_the_watermark_is_at_the_end_of_its_retention_is_kept() -> None:
+    task = Task((LONG,), 0, retention_ms=31 * MIN)
+    task.offer("s", ev(0, "page_view"))
+    task.advance(1)
+    task.advance(31 * MIN)  # wakes for the landing deadline (30m): 0 + 31m is not past 31m
+    assert task.sessions["s"].progress[0].at_rest
+    assert "s" in task.sessions
+    task.advance(31 * MIN + 1)
+    assert "s" not in task.sessions
+
+
+def test_open_sessions_count_the_attempts_at_each_stage_but_the_last() -> None:
+    task = Task((LONG,), 0, retention_ms=RETENTION)
+    for sid in ("a", "b", "c"):
+        task.offer(sid, ev(0, "page_view"))
+    task.advance(1)
+    assert +task.open_sessions == Counter({(0, 0): 3})
+    task.offer("a", ev(MIN, "add_to_cart"))
+    task.offer("b", ev(MIN, "add_to_cart"))
+    task.offer("b", ev(2 * MIN, "checkout_started"))
+    task.advance(2 * MIN + 1)
+    assert +task.open_sessions == Counter({(0, 0): 1, (0, 1): 1, (0, 2): 1})
+    task.offer("b", ev(3 * MIN, "order_placed"))  # completed: the last stage holds nothing
+    task.advance(3 * MIN + 1)
+    assert +task.open_sessions == Counter({(0, 0): 1, (0, 1): 1})
+    task.advance(11 * MIN + 1)  # a's cart step dropped at 11m
+    assert +task.open_sessions == Counter({(0, 0): 1})
+    task.advance(30 * MIN + 1)  # c's landing step dropped at 30m
+    assert +task.open_sessions == Counter()
+
+
 def test_a_session_at_rest_with_events_still_buffered_is_not_forgotten() -> None:
     task = Task((LONG,), 0, retention_ms=MIN)
     task.offer("s", ev(0, "page_view", landing=False))  # no stage: the session stays at rest
