@@ -20,6 +20,7 @@ from streamer.funnel.session import (
     apply_instant,
     expire_attempt,
 )
+from tests.unit.funnel_helpers import MIN, ev, funnel
 
 S = 1000
 F = CompiledFunnel(
@@ -34,14 +35,18 @@ F = CompiledFunnel(
                 {"name": "pay", "event_type": "payment_submitted", "timeout": "10s"},
                 {"name": "order", "event_type": "order_placed"},
             ],
+            # device keeps two values (the rest is "other"); channel keeps any
+            "segments": {"device": {"values": ["ios", "android"]}, "channel": None},
             "abandonment": ["cart", "pay"],
         }
     )
 )
 
 
-def at(progress: Progress, at_ms: int, event_type: str, out: list[Outcome]) -> None:
-    event = StoredEvent(at_ms, f"{event_type}@{at_ms}", event_type, {})
+def at(
+    progress: Progress, at_ms: int, event_type: str, out: list[Outcome], **fields: object
+) -> None:
+    event = StoredEvent(at_ms, f"{event_type}@{at_ms}", event_type, fields)
     apply_instant(F, progress, at_ms, [event], out)
 
 
@@ -107,3 +112,63 @@ def test_an_event_of_no_stage_neither_starts_nor_advances_an_attempt() -> None:
         (Kind.CONVERTED, 0, 7 * S),
         (Kind.ENTERED, 1, 0),
     ]
+
+
+def test_segment_values_empty_ones_do_not_count_and_unlisted_ones_are_other() -> None:
+    progress, out = Progress(), []
+    at(progress, 0, "page_view", out, **{"context.device": "", "context.channel": ""})
+    at(
+        progress,
+        5 * S,
+        "add_to_cart",
+        out,
+        **{"context.device": "tv", "context.channel": "x" * 100},
+    )
+    # land entered with no value yet; cart with "tv" (not listed: other) and the channel cut
+    # to 64 characters (the bound of Segment.value_of)
+    assert [(o.kind, o.stage, o.segments) for o in out] == [
+        (Kind.ENTERED, 0, (None, None)),
+        (Kind.CONVERTED, 0, (None, None)),
+        (Kind.ENTERED, 1, ("other", "x" * 64)),
+    ]
+    listed, out = Progress(), []
+    at(listed, 0, "page_view", out, **{"context.device": "ios", "context.channel": "ads"})
+    assert out[0].segments == ("ios", "ads")
+
+
+def test_the_cart_value_is_the_first_positive_field_and_the_latest_instant_sets_it() -> None:
+    progress, out = Progress(), []
+    at(progress, 0, "page_view", out, cart_value=0, amount=25.0)  # 0 is not a value: amount
+    assert progress.attempt is not None
+    assert progress.attempt.cart_value == 25.0
+    at(progress, 5 * S, "add_to_cart", out, cart_value=0.5)  # positive, under 1: a value
+    assert progress.attempt.cart_value == 0.5
+
+
+def test_only_an_order_retracts_an_abandonment() -> None:
+    progress, out = Progress(), []
+    at(progress, 0, "page_view", out)
+    at(progress, 5 * S, "add_to_cart", out)
+    abandoned = expire_attempt(F, progress, 16 * S, out)  # cart dropped at 15s
+    assert abandoned is not None
+    view = StoredEvent(20 * S, "v", "page_view", {})
+    assert apply_instant(F, progress, 20 * S, [view], out).retracted is None  # a new attempt
+    assert progress.abandoned == abandoned
+    order = StoredEvent(30 * S, "o", "order_placed", {})
+    assert apply_instant(F, progress, 30 * S, [order], out).retracted == (abandoned, 30 * S)
+    assert progress.abandoned is None
+
+
+def test_an_event_failing_its_stage_filter_matches_no_stage() -> None:
+    shop = CompiledFunnel(funnel())  # landing: page_view where landing; order: value > 0
+    idle, out = Progress(), []
+    apply_instant(shop, idle, 0, [ev(0, "page_view", landing=False)], out)
+    assert idle.attempt is None
+    assert out == []
+    progress = Progress()
+    apply_instant(shop, progress, 0, [ev(0, "page_view")], out)
+    apply_instant(shop, progress, MIN, [ev(MIN, "page_view", landing=False)], out)
+    apply_instant(shop, progress, 2 * MIN, [ev(2 * MIN, "order_placed", value=0)], out)
+    assert progress.attempt is not None
+    assert progress.attempt.stage == 0
+    assert [(o.kind, o.stage) for o in out] == [(Kind.ENTERED, 0)]
