@@ -256,3 +256,16 @@ def test_abandonment_and_retraction_notices_carry_the_user_and_the_cart() -> Non
     [retraction] = task.drain().abandonments
     assert (retraction.session_id, retraction.user_id, retraction.order_ms) == ("s", "u1", 20 * MIN)
     assert retraction.abandoned == notice.abandoned
+
+
+def test_a_funnel_added_at_restore_counts_the_buffered_events_it_releases() -> None:
+    before = Task((SHORT,), 0, retention_ms=RETENTION)
+    before.advance(5 * MIN)
+    before.offer("s", ev(10 * MIN, "page_view"))  # buffered in the checkpoint
+    task = restored(before, Task((SHORT, LONG), 0, retention_ms=RETENTION), ["short"])
+    assert (1, 10 * MIN) not in task.windows  # long did not exist when the event was read
+    task.advance(10 * MIN + 1)
+    # the entry makes long's window, with long's four stages
+    counts = task.windows[(1, 10 * MIN)]
+    assert [s.entered for s in counts.stages] == [1, 0, 0, 0]
+    assert task.windows[(0, 10 * MIN)].stages[0].entered == 1
