@@ -172,3 +172,21 @@ def test_an_event_failing_its_stage_filter_matches_no_stage() -> None:
     assert progress.attempt is not None
     assert progress.attempt.stage == 0
     assert [(o.kind, o.stage) for o in out] == [(Kind.ENTERED, 0)]
+
+
+def test_the_currency_is_the_greatest_code_of_the_latest_instant_that_has_one() -> None:
+    progress, out = Progress(), []
+    at(progress, 0, "page_view", out)
+    assert progress.attempt is not None
+    assert progress.attempt.currency is None  # no code yet
+    at(progress, 1 * S, "add_to_cart", out, cart_value=10.0, currency="EUR")
+    assert progress.attempt.currency == "EUR"
+    at(progress, 2 * S, "product_view", out)  # no code: the attempt keeps its own
+    assert progress.attempt.currency == "EUR"
+    pay = [
+        StoredEvent(3 * S, "p1", "payment_submitted", {"amount": 12.0, "currency": "USD"}),
+        StoredEvent(3 * S, "p2", "product_view", {"currency": "CHF"}),
+    ]
+    apply_instant(F, progress, 3 * S, pay, out)
+    assert progress.attempt.currency == "USD"
+    assert progress.attempt.cart_value == 12.0
