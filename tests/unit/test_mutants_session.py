@@ -107,10 +107,11 @@ def test_an_event_of_no_stage_neither_starts_nor_advances_an_attempt() -> None:
     assert progress.attempt.stage == 0
     assert progress.attempt.last_activity_ms == 5 * S
     at(progress, 8 * S, "add_to_cart", out)
-    assert [(o.kind, o.stage, o.time_to_convert_ms) for o in out] == [
-        (Kind.ENTERED, 0, 0),
-        (Kind.CONVERTED, 0, 7 * S),
-        (Kind.ENTERED, 1, 0),
+    # (kind, stage, cohort, when, time to convert)
+    assert [(o.kind, o.stage, o.cohort_ms, o.at_ms, o.time_to_convert_ms) for o in out] == [
+        (Kind.ENTERED, 0, 1 * S, 1 * S, 0),
+        (Kind.CONVERTED, 0, 1 * S, 8 * S, 7 * S),
+        (Kind.ENTERED, 1, 8 * S, 8 * S, 0),
     ]
 
 
@@ -181,8 +182,9 @@ def test_the_currency_is_the_greatest_code_of_the_latest_instant_that_has_one() 
     assert progress.attempt.currency is None  # no code yet
     at(progress, 1 * S, "add_to_cart", out, cart_value=10.0, currency="EUR")
     assert progress.attempt.currency == "EUR"
-    at(progress, 2 * S, "product_view", out)  # no code: the attempt keeps its own
+    at(progress, 2 * S, "product_view", out)  # no code, no value: the attempt keeps its own
     assert progress.attempt.currency == "EUR"
+    assert progress.attempt.cart_value == 10.0
     pay = [
         StoredEvent(3 * S, "p1", "payment_submitted", {"amount": 12.0, "currency": "USD"}),
         StoredEvent(3 * S, "p2", "product_view", {"currency": "CHF"}),
