@@ -192,3 +192,19 @@ def test_the_currency_is_the_greatest_code_of_the_latest_instant_that_has_one() 
     apply_instant(F, progress, 3 * S, pay, out)
     assert progress.attempt.currency == "USD"
     assert progress.attempt.cart_value == 12.0
+
+
+def test_an_instant_that_drops_an_abandonment_and_starts_again_reports_the_abandonment() -> None:
+    progress, out = Progress(), []
+    at(progress, 0, "page_view", out)
+    at(progress, 5 * S, "add_to_cart", out)  # cart's deadline: 15s
+    out.clear()
+    land = StoredEvent(20 * S, "l", "page_view", {})
+    result = apply_instant(F, progress, 20 * S, [land], out)  # past 15s: drop, then a start
+    assert result.abandoned is not None
+    assert (result.abandoned.stage, result.abandoned.abandoned_ms) == (1, 15 * S)
+    assert result.abandoned == progress.abandoned
+    assert [(o.kind, o.stage, o.at_ms) for o in out] == [
+        (Kind.DROPPED, 1, 15 * S),
+        (Kind.ENTERED, 0, 20 * S),
+    ]
