@@ -269,3 +269,42 @@ def test_a_funnel_added_at_restore_counts_the_buffered_events_it_releases() -> N
     counts = task.windows[(1, 10 * MIN)]
     assert [s.entered for s in counts.stages] == [1, 0, 0, 0]
     assert task.windows[(0, 10 * MIN)].stages[0].entered == 1
+
+
+def test_drain_publishes_each_changed_window_and_releases_it_once_final() -> None:
+    task = Task((LONG,), 3, retention_ms=60 * MIN)
+    task.offer("s", ev(0, "page_view"))
+    task.advance(1)
+    [partial] = task.drain().partials
+    assert (partial.funnel, partial.window_start_ms, partial.window_end_ms) == ("long", 0, MIN)
+    assert partial.partition == 3
+    assert partial.counts.stages[0].entered == 1
+    # final once W >= s + w + the longest step timeout (spec, "Final"): 0 + 1m + 30m
+    task.advance(31 * MIN - 1)  # the landing step dropped at 30m: the window changed
+    assert [p.window_start_ms for p in task.drain().partials] == [0]
+    assert (0, 0) in task.windows
+    task.advance(31 * MIN)
+    assert task.drain().partials == []
+    assert (0, 0) not in task.windows
+    saved = task.checkpoint()
+    assert (0, 0) not in saved.windows
+    assert saved.deleted_windows == {(0, 0)}
+
+
+def test_a_session_wakes_at_the_earliest_wake_of_its_funnels() -> None:
+    views = CompiledFunnel(
+        funnel(
+            name="views",
+            stages=[
+                {"name": "view", "event_type": "product_view"},
+                {"name": "cart", "event_type": "add_to_cart"},
+            ],
+            segments={},
+        )
+    )
+    task = Task((LONG, views), 0, retention_ms=60 * MIN)
+    task.offer("s", ev(0, "page_view"))  # opens long only; views stays at rest
+    task.advance(1)
+    task.advance(30 * MIN + 1)
+    assert task.windows[(0, 0)].stages[0].dropped == 1
+    assert task.sessions["s"].progress[0].at_rest
