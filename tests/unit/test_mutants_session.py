@@ -208,3 +208,11 @@ def test_an_instant_that_drops_an_abandonment_and_starts_again_reports_the_aband
         (Kind.DROPPED, 1, 15 * S),
         (Kind.ENTERED, 0, 20 * S),
     ]
+
+
+def test_a_property_segment_is_read_from_the_property_by_its_name() -> None:
+    shop = CompiledFunnel(funnel())  # segments: device (context.device), payment_method
+    progress, out = Progress(), []
+    landing = ev(0, "page_view", **{"context.device": "ios", "payment_method": "card"})
+    apply_instant(shop, progress, 0, [landing], out)
+    assert out[0].segments == ("ios", "card")

@@ -308,3 +308,33 @@ def test_a_session_wakes_at_the_earliest_wake_of_its_funnels() -> None:
     task.advance(30 * MIN + 1)
     assert task.windows[(0, 0)].stages[0].dropped == 1
     assert task.sessions["s"].progress[0].at_rest
+
+
+def test_the_latest_sixteen_event_ids_of_a_session_are_remembered() -> None:
+    task = Task((LONG,), 0, retention_ms=60 * MIN)
+    for n in range(17):
+        assert task.offer("s", ev(MIN + n, "product_view", f"e{n}")) is Offer.ACCEPTED
+    for n in range(1, 17):  # e1..e16: the latest sixteen
+        assert task.offer("s", ev(MIN + n, "product_view", f"e{n}")) is Offer.DUPLICATE
+    assert task.offer("s", ev(MIN, "product_view", "e0")) is Offer.ACCEPTED  # forgotten
+
+
+def test_volume_counts_every_accepted_event_by_source_and_type() -> None:
+    task = Task((LONG,), 0, retention_ms=60 * MIN)
+    task.offer("a", ev(0, "page_view"))
+    task.offer("b", ev(1, "page_view"))
+    task.offer("a", ev(2, "add_to_cart"), source="checkout")
+    assert task.windows[(0, 0)].volume == {("", "page_view"): 2, ("checkout", "add_to_cart"): 1}
+
+
+def test_a_forgotten_session_offered_again_is_stored_not_deleted() -> None:
+    task = Task((LONG,), 0, retention_ms=MIN)
+    task.offer("s", ev(0, "page_view", landing=False))
+    task.advance(1)
+    task.checkpoint()
+    task.advance(MIN + 1)  # at rest and past the retention: forgotten
+    assert "s" not in task.sessions
+    task.offer("s", ev(2 * MIN, "page_view"))
+    saved = task.checkpoint()
+    assert "s" in saved.sessions
+    assert saved.deleted_sessions == set()
