@@ -260,15 +260,21 @@ def test_abandonment_and_retraction_notices_carry_the_user_and_the_cart() -> Non
 
 def test_a_funnel_added_at_restore_counts_the_buffered_events_it_releases() -> None:
     before = Task((SHORT,), 0, retention_ms=RETENTION)
+    before.offer("s", ev(0, "page_view"))
+    before.advance(1)  # s is released (counted as new at 0): not new any more
     before.advance(5 * MIN)
     before.offer("s", ev(10 * MIN, "page_view"))  # buffered in the checkpoint
     task = restored(before, Task((SHORT, LONG), 0, retention_ms=RETENTION), ["short"])
     assert (1, 10 * MIN) not in task.windows  # long did not exist when the event was read
     task.advance(10 * MIN + 1)
-    # the entry makes long's window, with long's four stages
+    # long's entry at 10m makes long's window, with long's four stages
     counts = task.windows[(1, 10 * MIN)]
     assert [s.entered for s in counts.stages] == [1, 0, 0, 0]
-    assert task.windows[(0, 10 * MIN)].stages[0].entered == 1
+    assert counts.volume == {}
+    # short: 10m is its attempt's deadline (inclusive): the event is only activity, and the
+    # step drops at 10m once the watermark is past it; no second entry
+    assert task.sessions["s"].progress[0].ended_ms == 10 * MIN
+    assert task.windows[(0, 0)].stages[0].dropped == 1
 
 
 def test_drain_publishes_each_changed_window_and_releases_it_once_final() -> None:
