@@ -1,8 +1,9 @@
 """A local HTTP server that behaves like Slack's incoming webhooks (for tests and demos).
 
 - ``POST /services/<token>`` with JSON that has ``text``: 200 ``ok``, recorded.
-- More than one message a second on a webhook: 429 with ``Retry-After`` (seconds), body
-  ``rate_limited``, not recorded.
+- More than one message a second on a webhook: 429 with ``Retry-After`` (seconds,
+  ``retry_after``: 3 unless set), body ``rate_limited``, not accepted (it is recorded with its
+  status, so a test can check that no request came before the ``Retry-After`` was over).
 - Broken JSON, or neither ``text`` nor legacy ``attachments`` (each with ``text`` or
   ``fallback``, as Alertmanager sends them): 400 ``invalid_payload``. Token ``archived``: 410
   ``channel_is_archived``; ``missing``: 404 ``channel_not_found``; ``revoked``: 403
@@ -61,7 +62,7 @@ class SlackRequest:
 @dataclass
 class FakeSlack:
     min_interval: float = 1.0
-    retry_after: int = 1
+    retry_after: int = 3
     requests: list[SlackRequest] = field(default_factory=list)
     port: int = field(default_factory=free_port)
 

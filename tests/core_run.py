@@ -1,11 +1,18 @@
 """Run the streaming core (one task) over events in a given arrival order, and report its
-numbers in the oracle's shape (``tests/oracle``), so the two engines can be compared."""
+numbers in the oracle's shape (``tests/oracle``), so the two engines can be compared.
+
+Which windows are final is read from the system's own records, not worked out here: a stage's
+``final`` is the flag of the window record the windows stage publishes
+(:func:`streamer.pipeline.windows.window_stats`), and ``released`` the windows the task itself
+let go of as decided (:meth:`Task.drain`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from streamer.pipeline.windows import window_stats
 
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.session import NEVER, CompiledFunnel, StoredEvent
@@ -19,8 +26,20 @@ class CoreResult:
     segments: dict[tuple[str, int, str, str, str], dict[str, int]] = field(default_factory=dict)
     abandonments: dict[str, dict[str, Any]] = field(default_factory=dict)
     final: dict[tuple[str, int, str], bool] = field(default_factory=dict)
+    # Per window: its published record says final (all stages), and the task released it.
+    window_final: dict[tuple[str, int], bool] = field(default_factory=dict)
+    released: set[tuple[str, int]] = field(default_factory=set)
     late: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
+
+
+def assert_final_consistent(result: CoreResult) -> None:
+    """The task releases exactly the windows whose published record is final."""
+    final = {key for key, is_final in result.window_final.items() if is_final}
+    assert final == result.released, (
+        f"windows final in their record but kept by the task: {sorted(final - result.released)}"
+        f"; released by the task but not final: {sorted(result.released - final)}"
+    )
 
 
 def stored(event: dict[str, Any]) -> StoredEvent:
@@ -60,6 +79,8 @@ def run_core(
         _collect(task, partials, result)
     task.advance(watermark_ms)
     _collect(task, partials, result)
+    held = {(compiled[funnel_index].name, start) for funnel_index, start in task.windows}
+    result.released = set(partials) - held
     for (funnel_index, start), counts in task.windows.items():
         partials[(compiled[funnel_index].name, start)] = counts
     by_name = {f.name: f for f in funnels}
@@ -105,6 +126,8 @@ def _shape(
     result: CoreResult,
 ) -> None:
     last = len(funnel.stages) - 1
+    record = window_stats(funnel, start, 1, counts, watermark_ms=watermark_ms)
+    result.window_final[(funnel.name, start)] = record.final
     for index, stage in enumerate(funnel.stages):
         step = counts.stages[index]
         if not step.entered:
@@ -119,8 +142,7 @@ def _shape(
             "ttc_buckets": list(step.time_to_convert_buckets),
             "dropped_value": round(step.dropped_value, 2),
         }
-        lag = funnel.step_timeout_ms(index) if index < last else 0
-        result.final[key] = start + funnel.window_ms + lag <= watermark_ms
+        result.final[key] = record.stages[index].final
     for (dim, value), steps in counts.segments.items():
         for index, stage in enumerate(funnel.stages):
             step = steps[index]

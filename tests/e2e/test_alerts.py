@@ -80,10 +80,11 @@ BUSY = StepRates(
 START = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
 
 
+INCIDENT = Incident(START + timedelta(minutes=4), START + timedelta(minutes=6))
+
+
 def traffic(incident: bool) -> list[dict[str, Any]]:
-    incidents = (
-        (Incident(START + timedelta(minutes=4), START + timedelta(minutes=6)),) if incident else ()
-    )
+    incidents = (INCIDENT,) if incident else ()
     model = TrafficModel(rates=BUSY, mean_gap_seconds=3.0, incidents=incidents)
     sessions = list(model.sessions(seed=11, count=1800, start=START, sessions_per_second=2.5))
     events = [event for session in sessions for event in session]
@@ -268,6 +269,66 @@ async def run_pipeline(
         )
 
 
+def assert_names_the_incident(alerts: list[Alert], incident: Incident) -> None:
+    """What the planted incident says, independent of the core and the detector that computed
+    the alerts: one firing alert, on the step its failing payments break (payment -> order),
+    naming its payment method first as carrying most of the excess, on cohorts reaching into
+    it and found within 3 minutes of its start; resolved (if it is) only after it ended."""
+    firing = [a for a in alerts if a.state == "firing"]
+    assert [a.step for a in firing] == ["payment->order"], firing
+    [alert] = firing
+    named = alert.explanations[0]
+    assert (named.dimension, named.value) == ("payment_method", incident.payment_method)
+    assert named.observed_rate > named.expected_rate
+    assert named.share_of_excess > 0.5
+    assert incident.start < alert.window_end <= incident.start + timedelta(minutes=3)
+    resolved = [a for a in alerts if a.state == "resolved"]
+    assert all(a.alert_id == alert.alert_id for a in resolved)
+    end_ms = incident.end.timestamp() * 1000
+    assert all(int(a.event_id.rsplit("/", 1)[1]) > end_ms for a in resolved)  # its watermark
+
+
+END_MARKER_ID = "end-marker"
+
+
+def is_marker(message: dict[str, Any]) -> bool:
+    return f"`{END_MARKER_ID}`" in str(message["blocks"])
+
+
+async def through_end_marker(
+    config: Settings, slack: FakeSlack, worker: WorkerProcess, severity: str = "warning"
+) -> list[dict[str, Any]]:
+    """Send an end-marker alert after everything on the alerts topic and wait until Slack
+    accepted it; the messages Slack accepted before it. The notifier delivers in topic
+    order, so anything else it would deliver (a copy, a late alert) is among them."""
+    marker = Alert.model_validate(EXAMPLES["alert"]).model_copy(
+        update={
+            "alert_id": END_MARKER_ID,
+            "event_id": f"{END_MARKER_ID}/firing",
+            "severity": severity,
+        }
+    )
+    await produce(
+        config, [(config.alerts_topic, END_MARKER_ID.encode(), marker.model_dump_json().encode())]
+    )
+    deadline = time.monotonic() + 60
+    while not any(is_marker(m) for m in slack.accepted):
+        worker.assert_running()
+        assert time.monotonic() < deadline, (
+            f"the end marker never reached Slack: {slack.statuses()}"
+        )
+        await asyncio.sleep(0.3)
+    accepted = slack.accepted
+    index = next(i for i, m in enumerate(accepted) if is_marker(m))
+    return accepted[:index]
+
+
+def alerts_on_topic(records: list[tuple[bytes | None, bytes | None]]) -> list[Alert]:
+    """The alert records, the end marker left out."""
+    alerts = [Alert.model_validate_json(v or b"") for _, v in records]
+    return [a for a in alerts if a.alert_id != END_MARKER_ID]
+
+
 @pytest.mark.timeout(600)  # the pipeline, then replays through the library and the command
 async def test_a_payment_incident_pages_once_and_resolves_once(
     settings: Settings, tmp_path: Path, slack: FakeSlack
@@ -290,12 +351,14 @@ async def test_a_payment_incident_pages_once_and_resolves_once(
         deadline = time.monotonic() + 60
         while len(slack.accepted) < 2 and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
-        await asyncio.sleep(3)  # nothing else may arrive
-        alerts = [
-            Alert.model_validate_json(v or b"")
-            for _, v in await read_topic(config, config.alerts_topic)
-        ]
+        # Nothing else may arrive: an end marker (paging, as the incident) comes after all.
+        before_marker = await through_end_marker(config, slack, worker, severity="page")
+        alerts = alerts_on_topic(await read_topic(config, config.alerts_topic))
         values = scrape_metrics(worker.metrics_url)
+        while metric(values, "streamer_alert_deliveries_total", outcome="delivered") < 3:
+            assert time.monotonic() < deadline + 60, "the marker's delivery is not counted"
+            await asyncio.sleep(0.3)  # (counted just after Slack accepted it)
+            values = scrape_metrics(worker.metrics_url)
     assert [(a.state, a.step) for a in alerts] == [
         ("firing", "payment->order"),
         ("resolved", "payment->order"),
@@ -363,6 +426,8 @@ async def test_a_payment_incident_pages_once_and_resolves_once(
     assert added, "repeats while the incident lasts"
     assert [a["event_id"] for a in changes["alerts_added"]] == sorted(added)
     assert changes["alerts_removed"] == []
+    # And what the planted incident (not the core) says the alerts must be.
+    assert_names_the_incident(alerts, INCIDENT)
     firing, resolved = alerts
     assert firing.alert_id == resolved.alert_id
     assert firing.severity == "page"
@@ -375,17 +440,18 @@ async def test_a_payment_incident_pages_once_and_resolves_once(
     incident_start = START + timedelta(minutes=4)
     # The cohorts tested reach into the incident, and it was found within minutes of it.
     assert incident_start < firing.window_end <= incident_start + timedelta(minutes=3)
-    texts = [m["text"] for m in slack.accepted]
+    texts = [m["text"] for m in before_marker]
     assert len(texts) == 2
+    assert len(slack.accepted) == 3  # and the marker
     assert texts[0].startswith(":rotating_light: [FIRING] checkout: payment-&gt;order drop-off")
     assert "payment_method=paypal" in texts[0]
     assert texts[1].startswith(":white_check_mark: [RESOLVED] checkout: payment-&gt;order")
     assert {r.token for r in slack.requests if r.status == 200} == {"T0/B1/oncall"}
-    assert metric(values, "streamer_alert_deliveries_total", outcome="delivered") == 2
+    assert metric(values, "streamer_alert_deliveries_total", outcome="delivered") == 2 + 1
     # The replays above sent nothing; with --notify one sends its alerts, marked as a replay.
     cli(config, "replay", "--from", RANGE_FROM.isoformat(), "--to", CLOSING.isoformat(),
         "--report", str(tmp_path / "notified.json"), "--notify")  # fmt: skip
-    replayed_texts = [m["text"] for m in slack.accepted[2:]]
+    replayed_texts = [m["text"] for m in slack.accepted[3:]]
     assert len(replayed_texts) == 2
     assert all("[replay " in text for text in replayed_texts)
 
@@ -411,12 +477,15 @@ async def test_a_quiet_stream_raises_no_alert(
     await ensure_topic_plan(config, topic_plan(config))
     with WorkerProcess(config, tmp_path / "worker.log") as worker:
         windows = await run_pipeline(config, traffic(incident=False), worker)
-        await asyncio.sleep(3)
-        assert await read_topic(config, config.alerts_topic) == []
+        before_marker = await through_end_marker(config, slack, worker)
+        records = await read_topic(config, config.alerts_topic)
+        assert alerts_on_topic(records) == []
+        assert len(records) == 1  # the marker alone
         values = scrape_metrics(worker.metrics_url)
     assert windows > 20
     assert metric(values, "streamer_funnel_windows_closed_total", funnel="checkout") == windows
-    assert slack.requests == []
+    assert before_marker == []
+    assert [r.status for r in slack.requests] == [200]  # the marker's
 
 
 async def test_every_alert_arrives_once_through_outages_and_a_restart(
@@ -454,12 +523,13 @@ async def test_every_alert_arrives_once_through_outages_and_a_restart(
             second.assert_running()
             assert time.monotonic() < deadline, second.log_tail()
             await asyncio.sleep(0.3)
-        await asyncio.sleep(3)
-    assert len(slack.accepted) == len(alerts)
+        before_marker = await through_end_marker(config, slack, second)
+    assert len(before_marker) == len(alerts)
+    assert len(slack.accepted) == len(alerts) + 1  # and the marker, last
     delivered = Counter(
         alert.alert_id
         for alert in alerts
-        for message in slack.accepted
+        for message in before_marker
         if slack_code(alert.alert_id, 200) in str(message["blocks"])
     )
     assert delivered == {alert.alert_id: 1 for alert in alerts}
@@ -502,13 +572,14 @@ async def test_a_refused_alert_is_kept_and_redelivered_after_the_fix(
         assert done.returncode == 0, done.stderr
         return done.stdout
 
-    with WorkerProcess(config, tmp_path / "fixed.log"):  # the webhook is fixed
+    with WorkerProcess(config, tmp_path / "fixed.log") as fixed:  # the webhook is fixed
         assert "redelivered 1 of 1 parked alert(s); 0 redelivered before" in redeliver()
         assert "redelivered 0 of 1 parked alert(s); 1 redelivered before" in redeliver()
         deadline = time.monotonic() + 60
         while len(slack.accepted) < 1:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.3)
-        await asyncio.sleep(2)
-    assert len(slack.accepted) == 1
+        before_marker = await through_end_marker(config, slack, fixed)
+    assert len(before_marker) == 1
+    assert len(slack.accepted) == 2  # and the marker
     assert slack_code(alert.alert_id, 200) in str(slack.accepted[0]["blocks"])

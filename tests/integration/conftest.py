@@ -4,7 +4,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from streamer.kafka_io import read_topic
+from streamer.kafka_io import make_producer, read_topic
 from streamer.settings import Settings
 from streamer.testing import MetricValues, WorkerProcess, metric, scrape_metrics
 
@@ -63,3 +63,33 @@ async def read_exactly(
     records = await read_topic(settings, topic)
     assert len(records) == expected, f"{topic}: {len(records)} records, expected {expected}"
     return records
+
+
+# The end marker of an input partition: not JSON, so the worker dead-letters it and counts it
+# apart from every real event (reason not_json). A partition is read in order: once its marker
+# is counted, everything before it on that partition has been applied.
+END_MARKER = b'{"end marker": '
+
+
+async def send_end_markers(settings: Settings) -> int:
+    """An end marker at the end of every partition of both input topics; how many."""
+    producer = make_producer(settings, acks="all")
+    await producer.start()
+    count = 0
+    try:
+        for topic in (settings.clickstream_topic, settings.checkout_topic):
+            for partition in range(settings.topic_partitions):
+                await producer.send_and_wait(
+                    topic, value=END_MARKER, key=b"end-marker", partition=partition
+                )
+                count += 1
+    finally:
+        await producer.stop()
+    return count
+
+
+def end_markers_read(values: MetricValues, settings: Settings) -> float:
+    return sum(
+        metric(values, "streamer_dead_letters_total", topic=topic, reason="not_json")
+        for topic in (settings.clickstream_topic, settings.checkout_topic)
+    )

@@ -27,9 +27,11 @@ from streamer.testing import (
     scrape_metrics,
 )
 from tests.integration.conftest import (
+    end_markers_read,
     processed,
     read_at_least,
     read_exactly,
+    send_end_markers,
     wait_for,
     wait_processed,
 )
@@ -241,10 +243,19 @@ async def test_a_polite_stop_stores_what_was_applied_and_a_restart_reads_none_of
     late_session = _valid_events(1, seed=6, hours_ago=0.1)
     with WorkerProcess(hourly, tmp_path / "second.log") as worker:
         await produce(settings, _as_messages(settings, late_session))
-        wait_for(lambda: _applied(worker, settings) >= len(late_session), worker)
-        await asyncio.sleep(2)  # anything of the first run read again would show by now
+        # Then an end marker on every input partition: once all are read, anything of the
+        # first run read again has been applied before them (a partition is read in order).
+        markers = await send_end_markers(settings)
+        wait_for(
+            lambda: end_markers_read(scrape_metrics(worker.metrics_url), settings) >= markers,
+            worker,
+        )
+        # (Per-event counts reach Prometheus at the worker's next publish, within a second.)
+        wait_for(lambda: _applied(worker, settings) >= len(late_session) + markers, worker)
         values = scrape_metrics(worker.metrics_url)
+        assert end_markers_read(values, settings) == markers
         assert _accepted(values, settings) == len(late_session)  # none of the first run's
+        assert processed(values, settings) == len(late_session) + markers  # nor duplicates
         replayed = sum(
             metric(values, "streamer_replayed_messages_total", topic=t)
             for t in (settings.clickstream_topic, settings.checkout_topic)

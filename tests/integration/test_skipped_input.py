@@ -130,12 +130,16 @@ async def test_alerts_the_group_committed_past_are_delivered_once(
         await commit_past(config, 4)  # a restart past two it never saw
         process.start()
         await wait_delivered(slack, 5, process)
-        await asyncio.sleep(3)  # a second delivery of any would show now
+        # An end marker: alert 6, after all the others on the topic. The notifier reads in
+        # offset order, so a second delivery of any of 1..5 would reach Slack before it.
+        await send_alerts(config, range(6, 7))
+        await wait_delivered(slack, 6, process)
         rewinds = metric(scrape_metrics(process.metrics_url), "streamer_input_rewinds_total")
     finally:
         process.stop()  # also when the test failed: no worker outlives it
         slack.stop()
-    assert sorted(delivered(slack)) == [1, 2, 3, 4, 5]
+    assert delivered(slack)[-1] == 6, delivered(slack)
+    assert sorted(delivered(slack)) == [1, 2, 3, 4, 5, 6]
     log = process.log_path.read_text()
     assert "reading offsets 0..1 directly (2 messages)" in log
     assert "reading offsets 2..3 directly (2 messages)" in log

@@ -6,8 +6,8 @@ import itertools
 import logging
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
+import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
@@ -109,10 +109,17 @@ async def test_429_is_honoured_with_retry_after(slack: FakeSlack) -> None:
     for number in range(3):
         assert (await sender.deliver(alert(number))).outcome is DeliveryOutcome.DELIVERED
     await sender.close()
+    assert slack.retry_after == 3  # longer than the server's 1 s limit: only honouring it passes
     assert 429 in slack.statuses()
     assert len(slack.accepted) == 3
     accepted_at = [r.at for r in slack.requests if r.status == 200]
     assert all(b - a >= 0.95 for a, b in itertools.pairwise(accepted_at))
+    for refused, following in itertools.pairwise(slack.requests):
+        if refused.status == 429:
+            waited = following.at - refused.at
+            assert waited >= slack.retry_after, (
+                f"a request came {waited:.2f}s after a 429 with Retry-After: {slack.retry_after}"
+            )
 
 
 async def test_5xx_is_retried_and_4xx_is_not(slack: FakeSlack) -> None:
@@ -172,10 +179,12 @@ async def test_notifier_stage_delivers_once_retries_and_parks_failures(slack: Fa
     async def park(key: bytes | None, value: bytes) -> None:
         failed.append(value)
 
+    registry = CollectorRegistry()
+    started = time.time()
     stage = NotifierStage(
         notifier=notifier(slack, max_attempts=1),
         table=table,
-        metrics=Metrics.create(CollectorRegistry()),
+        metrics=Metrics.create(registry),
         send_failed=park,
         sleep=fake_sleep,
     )
@@ -189,4 +198,16 @@ async def test_notifier_stage_delivers_once_retries_and_parks_failures(slack: Fa
     assert await stage.process(alert(2).model_dump_json().encode()) is DeliveryOutcome.FAILED
     assert b"no_service" in failed[0]
     assert list(table) == [alert(1).event_id]
-    assert datetime.now(UTC)
+    delivered_at = orjson.loads(table[alert(1).event_id])  # when it was delivered
+    [accepted_at] = [r.at for r in slack.requests if r.status == 200]
+    assert started <= delivered_at <= time.time()
+    assert abs(delivered_at - accepted_at) < 1.0
+    parked = orjson.loads(failed[0])
+    assert parked["outcome"] == "failed"
+    assert parked["alert"]["event_id"] == alert(2).event_id
+    assert parked["reason"] == "default webhook answered 404 no_service"
+    outcomes = {
+        outcome: registry.get_sample_value("streamer_alert_deliveries_total", {"outcome": outcome})
+        for outcome in ("retry", "delivered", "duplicate", "failed")
+    }
+    assert outcomes == {"retry": 3.0, "delivered": 1.0, "duplicate": 1.0, "failed": 1.0}

@@ -24,14 +24,16 @@ from streamer.funnel.definition import load_funnel
 from streamer.kafka_io import ensure_topic_plan, ensure_topics, make_producer, read_topic
 from streamer.kafka_local import LocalKafka
 from streamer.settings import Settings
-from streamer.testing import produce
+from streamer.testing import WorkerProcess, metric, produce, scrape_metrics
 from tests.compare import assert_same
 from tests.conftest import isolated_settings
+from tests.integration.conftest import processed
 from tests.integration.pipeline_run import (
     Published,
     first_event_after,
     limit_message_bytes,
     preload,
+    send_closing,
     unread_input,
     wait_published,
     worker,
@@ -228,21 +230,68 @@ async def test_an_alert_the_broker_refuses_stops_the_worker_and_is_published_aft
 async def test_a_worker_joining_and_leaving_changes_nothing(
     settings: Settings, tmp_path: Path
 ) -> None:
+    """The backlog arrives in thirds so that the disruption happens while input flows (a
+    worker reads the whole dataset in seconds, before a second one could join): the first
+    third, a worker; a second worker joins and is given input partitions; the second third,
+    which it reads some of; it leaves; the last third and the closing events."""
     config = settings_for(settings, 4)
-    await preload(config, dataset())
+    data = dataset()
+    await ensure_topic_plan(config, topic_plan(config))
+    messages = data.messages(config)
+    third = len(messages) // 3
+    await produce(config, messages[:third])
     first = worker(config, tmp_path, "first")
     second = worker(config, tmp_path, "second")
     try:
         first.start()
-        await asyncio.sleep(2)
+        read_by_first = await wait_reading(first, config)
         second.start()
-        await asyncio.sleep(8)
+        # The disruption must happen: the second worker is given input partitions and reads
+        # from them before it leaves, not merely started and stopped.
+        owned = await wait_assigned(second, config)
+        await produce(config, messages[third : 2 * third])
+        read_by_second = await wait_reading(second, config)
         second.stop()
+        await produce(config, messages[2 * third :])
+        await send_closing(config, data.closing_ms)
         published = await wait_published(config, oracle(), [first])
     finally:
         first.stop()
         second.stop()
     await assert_equals_oracle(config, published)
+    assert owned > 0, "the second worker never owned an input partition"
+    assert read_by_second > 0, "the second worker left without reading any input"
+    print(
+        f"\njoin/leave: the second worker owned {owned} input partition(s) and read "
+        f"{read_by_second:.0f} of {len(messages)} events ({read_by_first:.0f} read when it "
+        "started)"
+    )
+
+
+async def wait_reading(process: WorkerProcess, settings: Settings, timeout: float = 60) -> float:
+    """Until ``process`` has applied some input; how much (0 after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        process.assert_running()
+        count = processed(scrape_metrics(process.metrics_url), settings)
+        if count > 0 or time.monotonic() > deadline:
+            return count
+        await asyncio.sleep(0.2)
+
+
+async def wait_assigned(process: WorkerProcess, settings: Settings, timeout: float = 60) -> int:
+    """Until ``process`` holds input partitions (its assigned-partitions gauge); how many."""
+    deadline = time.monotonic() + timeout
+    while True:
+        process.assert_running()
+        values = scrape_metrics(process.metrics_url)
+        owned = sum(
+            metric(values, "streamer_assigned_partitions", topic=topic)
+            for topic in (settings.clickstream_topic, settings.checkout_topic)
+        )
+        if owned > 0 or time.monotonic() > deadline:
+            return int(owned)
+        await asyncio.sleep(0.3)
 
 
 async def test_a_broker_restart_mid_run_loses_nothing(
@@ -250,11 +299,12 @@ async def test_a_broker_restart_mid_run_loses_nothing(
 ) -> None:
     assert local_broker is not None, "this test restarts the suite's own broker"
     config = settings_for(settings, 4)
-    await preload(config, dataset())
+    sent = await preload(config, dataset())
     process = worker(config, tmp_path, "survivor")
     try:
         process.start()
-        await asyncio.sleep(2)
+        # The broker goes down while the backlog is being read: some of it read, not all.
+        read_before = await wait_reading(process, config)
         local_broker.down()
         await asyncio.sleep(3)
         local_broker.up()
@@ -262,6 +312,10 @@ async def test_a_broker_restart_mid_run_loses_nothing(
     finally:
         process.stop()
     await assert_equals_oracle(config, published)
+    assert 0 < read_before < sent, (
+        f"{read_before:.0f} of {sent} events read when the broker went down: not mid-backlog"
+    )
+    print(f"\nbroker restart: down after {read_before:.0f} of {sent} events were read")
 
 
 def test_the_dataset_is_what_the_tests_claim() -> None:

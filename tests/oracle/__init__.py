@@ -1,9 +1,10 @@
 """The SQL oracle: the numbers of `docs/funnel-semantics.md`, computed by DuckDB from raw events.
 
 Written from the specification, not from the streaming core (nothing of ``streamer.funnel`` is
-used but the definition model that loads the YAML). Python only generates SQL text from the
-funnel definition (stage predicates, the step timeouts as a list literal) and reshapes the
-query results; every decision is made by the SQL below:
+used but the definition model that loads the YAML; the step timeouts ``Tk`` are derived from
+its fields by the spec's rule here, not by the core's ``step_timeout_ms``). Python only
+generates SQL text from the funnel definition (stage predicates, the step timeouts as a list
+literal) and reshapes the query results; every decision is made by the SQL below:
 
 1. ``ev``: the events, de-duplicated by (session, event id), with the stage each matches
    (predicates over the JSON properties), the segment values and the cart value.
@@ -139,11 +140,20 @@ _CART = """CASE
     ELSE 0 END"""
 
 
+def _timeout_ms(funnel: FunnelDefinition, k: int) -> int:
+    """``Tk`` as the specification's Terms define it, not the core's ``step_timeout_ms``: the
+    stage's own ``timeout``, else the funnel's ``step_timeout`` (default 30m), capped at
+    ``CW``."""
+    own = funnel.stages[k].timeout_ms
+    timeout = funnel.default_step_timeout_ms if own is None else own
+    return min(timeout, funnel.conversion_window_ms)
+
+
 def _walk_sql(funnel: FunnelDefinition, watermark_ms: int) -> str:
     """The per-funnel query: events -> instants -> recursive walk -> outcomes."""
     n = len(funnel.stages) - 1
     dims = range(len(funnel.segments))
-    timeouts = "[" + ", ".join(str(funnel.step_timeout_ms(k)) for k in range(n)) + ", 0]"
+    timeouts = "[" + ", ".join(str(_timeout_ms(funnel, k)) for k in range(n)) + ", 0]"
     cw = funnel.conversion_window_ms
     seg_cols = "".join(f", {sql} AS g{d}" for d, sql in enumerate(_segment_sql(funnel)))
     has = "[" + ", ".join(f"bool_or(stage = {k})" for k in range(n + 1)) + "]"
@@ -331,7 +341,8 @@ FROM outcome GROUP BY ALL
             "ttc_buckets": buckets,
             "dropped_value": round(float(value), 2),
         }
-        lag = funnel.step_timeout_ms(stage) if stage < last else 0
+        # Final: stage k once W >= s + w + Tk; the last stage once W >= s + w.
+        lag = _timeout_ms(funnel, stage) if stage < last else 0
         result.final[key] = int(start) + w + lag <= watermark_ms
     for d in dims:
         rows = db.execute(f"""

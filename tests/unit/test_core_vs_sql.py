@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from streamer.funnel.definition import FunnelDefinition
 from tests.compare import assert_same
-from tests.core_run import run_core
+from tests.core_run import assert_final_consistent, run_core
 from tests.oracle import compute
 
 FUNNEL = FunnelDefinition.model_validate(
@@ -136,3 +136,4 @@ def test_core_equals_sql_before_everything_is_decided(
     assert_same("segments", sql.segments, core.segments)
     assert_same("abandonments", sql.abandonments, core.abandonments)
     assert_same("final", sql.final, core.final)
+    assert_final_consistent(core)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamer.funnel.definition import FunnelDefinition, load_funnel
+from streamer.funnel.definition import FunnelDefinition, StepAlerting, load_funnel
 from streamer.funnel.detect import (
     FunnelDetector,
     binomial_lower_tail,
@@ -195,11 +195,54 @@ def test_state_survives_a_round_trip() -> None:
     )
 
 
+def broken_payment_step(funnel: FunnelDefinition) -> list[Any]:
+    """Decisions of a warmed detector over three minutes of a payment step nobody passes."""
+    detector = FunnelDetector(funnel)
+    onset = warm(detector) + 5 * MIN
+    broken = window(funnel, dict.fromkeys(METHODS, (10, 0)))
+    decisions = []
+    for age in range(1, 4):
+        young = {onset + i * MIN: broken for i in range(age)}
+        decisions += detector.evaluate(onset + age * MIN, young)
+    return decisions
+
+
 def test_abandonment_steps_page_and_steps_can_be_overridden() -> None:
     funnel = load_funnel(CHECKOUT)
     steps = {s.name: s.severity for s in FunnelDetector(funnel).steps}
     assert steps["payment->order"] == "page"
     assert steps["landing->product_view"] == "warning"
+    overrides = {
+        "payment->order": StepAlerting(severity="warning"),
+        "landing->product_view": StepAlerting(severity="page"),
+        "cart->checkout": StepAlerting(severity="off"),
+        "product_view->cart": StepAlerting(min_increase=0.3, min_decided=100),
+    }
+    overridden = {s.name: s for s in FunnelDetector(checkout(steps=overrides)).steps}
+    assert {name: s.severity for name, s in overridden.items()} == {
+        "landing->product_view": "page",
+        "product_view->cart": "warning",  # not overridden: the funnel's
+        "cart->checkout": "off",
+        "checkout->payment": "page",  # an abandonment step, not overridden
+        "payment->order": "warning",
+    }
+    assert (overridden["product_view->cart"].min_increase,
+            overridden["product_view->cart"].min_decided) == (0.3, 100)  # fmt: skip
+    assert (overridden["checkout->payment"].min_increase,
+            overridden["checkout->payment"].min_decided) == (0.10, 30)  # fmt: skip
+    # And the detector acts on them: the broken step pages by default, warns when overridden,
+    # says nothing when off, and an effect (about 0.96) below its min_increase is not worth telling.
+    [paged] = broken_payment_step(checkout())
+    assert paged.severity == "page"
+    [warned] = broken_payment_step(
+        checkout(steps={"payment->order": StepAlerting(severity="warning")})
+    )
+    assert warned.severity == "warning"
+    assert (
+        broken_payment_step(checkout(steps={"payment->order": StepAlerting(severity="off")})) == []
+    )
+    high = {"payment->order": StepAlerting(min_increase=0.99)}
+    assert broken_payment_step(checkout(steps=high)) == []
 
 
 def test_the_family_counts_only_tests_that_could_reach_the_threshold() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from streamer.funnel.definition import FunnelDefinition
 from tests.compare import assert_same
-from tests.core_run import CoreResult, run_core
+from tests.core_run import CoreResult, assert_final_consistent, run_core
 from tests.oracle import OracleResult, compute
 
 S = 1000
@@ -63,6 +63,7 @@ def both(
     assert_same("segments", sql.segments, core.segments)
     assert_same("abandonments", sql.abandonments, core.abandonments)
     assert_same("final", sql.final, core.final)
+    assert_final_consistent(core)
     # The arrival order of the events never matters.
     reverse = run_core([definition], list(reversed(evs)), watermark_ms, lateness_ms=10**9)
     assert (reverse.windows, reverse.abandonments) == (core.windows, core.abandonments)
@@ -159,6 +160,24 @@ def test_12_open_until_the_watermark_is_past_the_deadline() -> None:
     assert not still.final[("f", 0, "cart")]
     decided, _ = both(events(("land", 0), ("cart", 5)), watermark_ms=15 * S + 1)
     assert counts(decided, 0, "cart") == (1, 0, 1, 0)
+
+
+def test_final_is_per_stage_by_its_own_timeout() -> None:
+    """Final: stage k's window once W >= s + w + Tk, the record once all its stages are. With
+    T(land) = 20s and T(cart) = 10s, window 0 (w = 10s) is final for cart at 20 s, for land
+    only at 30 s; the order stage at 10 s."""
+    evs = events(("land", 0), ("cart", 5), ("pay", 6), ("order", 7))
+    at_20, _ = both(evs, watermark_ms=20 * S)
+    assert at_20.final == {("f", 0, "land"): False, ("f", 0, "cart"): True,
+                           ("f", 0, "pay"): True, ("f", 0, "order"): True}  # fmt: skip
+    assert at_20.window_final == {("f", 0): False}
+    at_30, _ = both(evs, watermark_ms=30 * S)
+    assert all(at_30.final.values())
+    assert at_30.window_final == {("f", 0): True}
+    # Tk is capped at CW: with T(cart) = 90s, cart's window 0 is final at 10 + 60 = 70 s.
+    capped, _ = both(events(("land", 0), ("cart", 5)), 70 * S, funnel(cart_timeout="90s"))
+    assert capped.final[("f", 0, "cart")]
+    assert counts(capped, 0, "cart") == (1, 0, 1, 0)  # dropped at min(5 + 90, 0 + 60)
 
 
 def test_13_segments_are_first_touch_with_ties_by_text() -> None:
