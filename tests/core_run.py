@@ -3,7 +3,7 @@ numbers in the oracle's shape (``tests/oracle``), so the two engines can be comp
 
 Which windows are final is read from the system's own records, not worked out here: a stage's
 ``final`` is the flag of the window record the windows stage publishes
-(:func:`streamer.pipeline.windows.window_stats`), and ``released`` the windows the task itself
+(:func:`streamer.pipeline.merger.window_stats`), and ``released`` the windows the task itself
 let go of as decided (:meth:`Task.drain`)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamer.pipeline.windows import window_stats
+from streamer.pipeline.merger import window_stats
 
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.session import NEVER, CompiledFunnel, StoredEvent
