@@ -5,6 +5,10 @@ the folding of segment values into ``other``.
 
 from __future__ import annotations
 
+import pytest
+
+from streamer.funnel import windows
+from streamer.funnel.session import Kind, Outcome
 from streamer.funnel.windows import UNKNOWN, StepCounts, WindowCounts, fold_segments
 
 STAGES = 3
@@ -123,3 +127,15 @@ def test_folding_keeps_the_stage_counts_and_the_volume() -> None:
     assert folded.stages[0].converted == 1
     assert folded.stages[0].dropped == 1
     assert folded.volume == {("clickstream", "page_view"): 42}
+
+
+def test_an_outcome_counts_under_each_of_its_segment_values_and_unknown_for_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # an empty key cache: the keys are made here, not found from an earlier test
+    monkeypatch.setattr(windows, "_keys", {})
+    counts = WindowCounts.empty(STAGES)
+    counts.apply(Outcome(Kind.ENTERED, 0, 0, 0, ("ios", None)))
+    counts.apply(Outcome(Kind.ENTERED, 0, 0, 0, ("ios", None)))  # the second finds them kept
+    assert entered(counts) == {(0, "ios"): [2, 0, 0], (1, UNKNOWN): [2, 0, 0]}
+    assert [s.entered for s in counts.stages] == [2, 0, 0]
