@@ -27,6 +27,7 @@ from tests.e2e.test_alerts import (
     CLOSING,
     FUNNEL,
     START,
+    assert_names_the_incident,
     configure,
     core_alerts,
     run_pipeline,
@@ -37,10 +38,14 @@ LIVE = START + timedelta(minutes=30)  # the worker reads from here on
 ONSET = LIVE + timedelta(minutes=1)  # before a cold detector could be warm
 
 
+def planted(onset: Any) -> Incident:
+    return Incident(onset, onset + timedelta(minutes=3))
+
+
 def sessions(
     seed: int, count: int, start: Any, incident: bool, onset: Any = ONSET
 ) -> list[dict[str, Any]]:
-    incidents = (Incident(onset, onset + timedelta(minutes=3)),) if incident else ()
+    incidents = (planted(onset),) if incident else ()
     model = TrafficModel(rates=BUSY, mean_gap_seconds=3.0, incidents=incidents)
     events = [e for s in model.sessions(seed=seed, count=count, start=start,
                                         sessions_per_second=2.5) for e in s]  # fmt: skip
@@ -96,6 +101,8 @@ async def test_a_backfilled_funnel_starts_warm_and_fires_what_a_live_one_fires(
     firing = [a for a in alerts if a.state == "firing"]
     assert [(a.step, a.severity) for a in firing] == [("payment->order", "page")]
     assert ONSET < firing[0].window_end <= ONSET + timedelta(minutes=3)
+    # What the planted incident says, independent of the core and detector below.
+    assert_names_the_incident(alerts, planted(ONSET))
     # What a funnel that had run over the whole history fires, ids included ...
     assert [a.model_dump() for a in alerts] == [
         a.model_dump() for a in core_alerts(config, history + live)
@@ -184,6 +191,9 @@ async def test_a_funnel_added_to_a_running_worker_goes_on_with_its_open_sessions
     # what it would have fired had it run throughout.
     firing = [a for a in alerts if a.state == "firing" and a.funnel == "checkout"]
     assert [a.step for a in firing] == ["payment->order"]
+    assert_names_the_incident(
+        [a for a in alerts if a.funnel == "checkout"], planted(HANDOVER + timedelta(minutes=1))
+    )
     assert [a.model_dump() for a in alerts if a.funnel == "checkout"] == [
         a.model_dump() for a in core_alerts(added, events)
     ]
