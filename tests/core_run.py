@@ -12,12 +12,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamer.pipeline.merger import window_stats
-
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.session import NEVER, CompiledFunnel, StoredEvent
 from streamer.funnel.task import Offer, Task
 from streamer.funnel.windows import UNKNOWN, WindowCounts
+from streamer.pipeline.merger import window_stats
 
 
 @dataclass
