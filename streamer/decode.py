@@ -19,7 +19,7 @@ from streamer.events import EVENT_MODELS, Event, ReasonCode
 if TYPE_CHECKING:
     from streamer.settings import Settings
 
-__all__ = ["DecodeLimits", "Rejection", "decode_event"]
+__all__ = ["DecodeLimits", "Rejection", "decode_event", "parse_json"]
 
 
 @dataclass(frozen=True)
@@ -62,23 +62,30 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def decode_event(
-    raw: bytes | None, *, received_at: datetime, limits: DecodeLimits
-) -> Event | Rejection:
-    """Decode one message value. ``received_at`` is the broker timestamp (tz-aware)."""
+def parse_json(raw: bytes | None, max_bytes: int) -> Any | Rejection:
+    """A message value's JSON, or why not: a tombstone, over ``max_bytes``, not UTF-8 (lone
+    surrogates included), not JSON. The first checks of every decoder (the contract's and a
+    tracking plan's)."""
     if raw is None:
         return Rejection(ReasonCode.NOT_JSON, "message has no value (tombstone)")
-    if len(raw) > limits.max_bytes:
-        return Rejection(
-            ReasonCode.TOO_LARGE, f"payload is {len(raw)} bytes, limit is {limits.max_bytes}"
-        )
+    if len(raw) > max_bytes:
+        return Rejection(ReasonCode.TOO_LARGE, f"payload is {len(raw)} bytes, limit is {max_bytes}")
     try:
-        document = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         text = str(exc)
         if "UTF-8" in text or "surrogate" in text:
             return Rejection(ReasonCode.NOT_UTF8, f"payload is not valid UTF-8: {text}")
         return Rejection(ReasonCode.NOT_JSON, f"payload is not JSON: {text}")
+
+
+def decode_event(
+    raw: bytes | None, *, received_at: datetime, limits: DecodeLimits
+) -> Event | Rejection:
+    """Decode one message value. ``received_at`` is the broker timestamp (tz-aware)."""
+    document = parse_json(raw, limits.max_bytes)
+    if isinstance(document, Rejection):
+        return document
     if not isinstance(document, dict):
         return Rejection(
             ReasonCode.NOT_AN_OBJECT,

@@ -8,7 +8,7 @@ from typing import Protocol
 
 from streamer.events import Alert
 
-__all__ = ["Delivery", "DeliveryOutcome", "Notifier"]
+__all__ = ["Delivery", "DeliveryOutcome", "Notifier", "http_delivery"]
 
 
 class DeliveryOutcome(StrEnum):
@@ -22,6 +22,17 @@ class DeliveryOutcome(StrEnum):
 class Delivery:
     outcome: DeliveryOutcome
     detail: str = ""  # never contains a webhook URL
+
+
+def http_delivery(what: str, status: int, body: str, *, delivered: bool) -> Delivery:
+    """An HTTP answer as a delivery: a 429 or a 5xx is worth retrying; any other refusal cannot
+    succeed unchanged. ``what`` names the route (never its URL)."""
+    if delivered:
+        return Delivery(DeliveryOutcome.DELIVERED, what)
+    detail = f"{what} answered {status} {body}"
+    if status == 429 or status >= 500:
+        return Delivery(DeliveryOutcome.RETRY, detail)
+    return Delivery(DeliveryOutcome.FAILED, detail)
 
 
 class Notifier(Protocol):

@@ -19,7 +19,7 @@ from pydantic import SecretStr
 
 from streamer.escaping import alertmanager_annotation, alertmanager_label, alertmanager_name
 from streamer.events import Alert
-from streamer.notify.base import Delivery, DeliveryOutcome, Notifier
+from streamer.notify.base import Delivery, DeliveryOutcome, Notifier, http_delivery
 
 __all__ = ["AlertmanagerNotifier", "FanOutNotifier", "WebhookNotifier", "alertmanager_alert"]
 
@@ -80,12 +80,7 @@ class _HttpRoute:
                 text = (await response.text())[:100].strip()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return Delivery(DeliveryOutcome.RETRY, f"{self._name}: {type(exc).__name__}")
-        if 200 <= status < 300:
-            return Delivery(DeliveryOutcome.DELIVERED, self._name)
-        detail = f"{self._name} answered {status} {text}"
-        if status == 429 or status >= 500:
-            return Delivery(DeliveryOutcome.RETRY, detail)
-        return Delivery(DeliveryOutcome.FAILED, detail)
+        return http_delivery(self._name, status, text, delivered=200 <= status < 300)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -37,7 +37,7 @@ from streamer.escaping import (
 )
 from streamer.events import Alert
 from streamer.formatting import percent
-from streamer.notify.base import Delivery, DeliveryOutcome
+from streamer.notify.base import Delivery, DeliveryOutcome, http_delivery
 
 __all__ = ["SlackNotifier", "slack_message", "summary_mrkdwn"]
 
@@ -218,12 +218,8 @@ class SlackNotifier:
             finally:
                 route.last_sent = time.monotonic()
         body = (response.body or "").strip()[:100]
-        if response.status_code == 200:
-            return Delivery(DeliveryOutcome.DELIVERED, f"{route.name} webhook")
-        detail = f"{route.name} webhook answered {response.status_code} {body}"
-        if response.status_code == 429 or response.status_code >= 500:
-            return Delivery(DeliveryOutcome.RETRY, detail)
-        return Delivery(DeliveryOutcome.FAILED, detail)
+        status = response.status_code
+        return http_delivery(f"{route.name} webhook", status, body, delivered=status == 200)
 
     async def close(self) -> None:
         if self._session is not None:

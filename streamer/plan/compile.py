@@ -22,9 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-import orjson
-
-from streamer.decode import Rejection
+from streamer.decode import Rejection, parse_json
 from streamer.events import ReasonCode
 from streamer.plan.load import LoadedPlan
 from streamer.plan.model import ContextField, PropertySpec, TrackingPlan, split_path
@@ -623,19 +621,9 @@ class CompiledPlan:
         """One message value: ``decode_event``'s first checks (tombstone, size, UTF-8, JSON),
         then :meth:`validate`. The event-time bounds against the broker time stay with the
         caller, as the module docstring says."""
-        if raw is None:
-            return Rejection(ReasonCode.NOT_JSON, "message has no value (tombstone)")
-        if len(raw) > max_bytes:
-            return Rejection(
-                ReasonCode.TOO_LARGE, f"payload is {len(raw)} bytes, limit is {max_bytes}"
-            )
-        try:
-            document = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            text = str(exc)
-            if "UTF-8" in text or "surrogate" in text:
-                return Rejection(ReasonCode.NOT_UTF8, f"payload is not valid UTF-8: {text}")
-            return Rejection(ReasonCode.NOT_JSON, f"payload is not JSON: {text}")
+        document = parse_json(raw, max_bytes)
+        if isinstance(document, Rejection):
+            return document
         return self.validate(document, topic)
 
     def _unplanned(
