@@ -38,6 +38,7 @@ import orjson
 import tests.traffic
 from streamer.pipeline.messages import SourceMessage
 from streamer.pipeline.sessions import committer
+from streamer.pipeline.sessions import runtime as runtime_module
 from streamer.pipeline.sessions import stage as sessions
 from streamer.settings import Settings
 from streamer.simulate import topic_for
@@ -101,6 +102,7 @@ async def run(messages: list[SourceMessage]) -> tuple[Harness, float, float]:
     with (
         mock.patch.object(sessions, "time", clock.module()),
         mock.patch.object(committer, "time", clock.module()),
+        mock.patch.object(runtime_module, "time", clock.module()),
     ):
         harness = make_harness(interval_s=5.0)
         stage = harness.stage

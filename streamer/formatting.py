@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-__all__ = ["percent", "utc_datetime"]
+from streamer.funnel.session import NEVER
+
+__all__ = ["percent", "utc_datetime", "watermark_text"]
 
 
 def percent(rate: float) -> str:
@@ -15,3 +17,10 @@ def percent(rate: float) -> str:
 def utc_datetime(ms: int) -> datetime:
     """Epoch milliseconds as an aware UTC datetime."""
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def watermark_text(ms: int) -> str:
+    """An event time or watermark for a log line: ISO 8601 in milliseconds, or "none yet"."""
+    if ms <= NEVER:
+        return "none yet"
+    return utc_datetime(ms).isoformat(timespec="milliseconds")

@@ -1,15 +1,22 @@
 """What the sessions stage keeps beside each task (a partition): input offsets, acks waiting for a
-checkpoint, the state log's range, timings."""
+checkpoint, the state log's range, timings; and a task restored from its checkpoint log."""
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from streamer.formatting import watermark_text
+from streamer.funnel.session import NEVER, CompiledFunnel
 from streamer.funnel.task import Task
+from streamer.pipeline.sessions.checkpoint_log import read_log
 
-__all__ = ["TaskRuntime"]
+__all__ = ["TaskRuntime", "restore_runtime"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,3 +50,74 @@ class TaskRuntime:
     # Records for the merger to send before this task's next partials
     # (see ``catch_up.start_announcements``).
     announce: list[dict[str, Any]] = field(default_factory=list)
+
+
+def restore_runtime(
+    table: Mapping[str, bytes],
+    partition: int,
+    funnels: tuple[CompiledFunnel, ...],
+    *,
+    retention_ms: int,
+    topics: tuple[str, ...],
+) -> tuple[TaskRuntime, dict[str, Any]]:
+    """Task ``partition`` as its checkpoint log in ``table`` left it, and the log's meta record
+    (empty: no checkpoint yet)."""
+    started = time.perf_counter()
+    task = Task(funnels, partition, retention_ms=retention_ms)
+    runtime = TaskRuntime(task)
+    names = {f.name: i for i, f in enumerate(funnels)}
+    stored = read_log(table, partition, names)
+    meta, first, next_seq = stored.meta, stored.first, stored.next_seq
+    runtime.compact_next = stored.first_edition
+    runtime.log_first, runtime.log_next = first, next_seq
+    if stored.cut_short:
+        # Deltas of a write-out cut short before its meta: new records must not reuse
+        # their keys (the deletes would drop them), and the log must stay one range.
+        runtime.log_next = max(next_seq, max(stored.cut_short) + 1)
+        runtime.compact_next = True
+    # The restored log counts as the full start: compaction once deltas outweigh it.
+    runtime.full_bytes, runtime.delta_bytes = stored.log_bytes, 0
+    runtime.stale_keys = stored.stale
+    stored_funnels = meta.get("funnels")  # absent before funnels were recorded
+    if stored_funnels is not None and stored_funnels != list(names):
+        # Sessions stored their progress per funnel in the old order: realigned by name
+        # and all written again (the deltas still hold the old layout).
+        log.warning(
+            "partition %d: the funnels changed since the checkpoint (%s -> %s): added "
+            "funnels catch up from the input the checkpoint reflects; removed funnels' "
+            "progress is dropped",
+            partition,
+            ", ".join(stored_funnels),
+            ", ".join(names),
+        )
+        runtime.compact_next = True
+        runtime.catch_up = tuple(
+            index for name, index in names.items() if name not in stored_funnels
+        )
+    task.restore(
+        int(meta.get("watermark", NEVER)), stored.sessions.items(), stored.windows, stored_funnels
+    )
+    runtime.offsets = {str(k): int(v) for k, v in meta.get("offsets", {}).items()}
+    for topic in topics:
+        # Nothing of this input applied yet: it starts at the log's start (the group
+        # reads from the earliest offset). Said, not assumed: Faust may deliver from
+        # further on (what it fetched before a rebalance is cleared from its buffers and
+        # never handed over again), and the gap is then read directly like any other.
+        runtime.offsets.setdefault(topic, 0)
+    runtime.source_offsets = {str(k): int(v) for k, v in meta.get("source_offsets", {}).items()}
+    # Wall-clock milliseconds only order the owners of a partition (never a funnel decision):
+    # monotonic even if the previous owner died before its first checkpoint.
+    runtime.generation = max(int(meta.get("generation", 0)) + 1, round(time.time() * 1000))
+    log.info(
+        "partition %d: restored %d sessions, %d open windows from %d records (%d bytes), "
+        "watermark %s, offsets %s (%.2fs)",
+        partition,
+        len(stored.sessions),
+        len(stored.windows),
+        next_seq - first,
+        stored.log_bytes,
+        watermark_text(task.watermark_ms),
+        meta.get("offsets") or "none (first start)",
+        time.perf_counter() - started,
+    )
+    return runtime, meta

@@ -26,11 +26,12 @@ import orjson
 
 from streamer.decode import DecodeLimits, Rejection, decode_event
 from streamer.events import EVENT_MODELS, ReasonCode
+from streamer.formatting import watermark_text
 from streamer.funnel.clock import InputClock
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.session import NEVER, CompiledFunnel
 from streamer.funnel.stages import lifecycle_stage
-from streamer.funnel.task import AbandonmentNotice, Offer, Task
+from streamer.funnel.task import AbandonmentNotice, Offer
 from streamer.metrics import Metrics
 from streamer.pipeline.input_order import STALL_REPAIR_S, InputPositions
 from streamer.pipeline.messages import (
@@ -49,11 +50,10 @@ from streamer.pipeline.sessions.catch_up import (
     rebuild_added_funnels,
     start_announcements,
 )
-from streamer.pipeline.sessions.checkpoint_log import read_log
 from streamer.pipeline.sessions.committer import Committer
 from streamer.pipeline.sessions.projection import needed_fields, stored_event
 from streamer.pipeline.sessions.records import abandonment_record
-from streamer.pipeline.sessions.runtime import TaskRuntime
+from streamer.pipeline.sessions.runtime import TaskRuntime, restore_runtime
 from streamer.pipeline.tables import Deliveries
 
 __all__ = ["FindOffset", "ReadRange", "SessionsStage"]
@@ -223,70 +223,19 @@ class SessionsStage:
         return runtime
 
     def _restore(self, partition: int) -> TaskRuntime:
-        started = time.perf_counter()
-        task = Task(self.funnels, partition, retention_ms=self._retention_ms)
-        runtime = TaskRuntime(task)
-        names = {f.name: i for i, f in enumerate(self.funnels)}
-        stored = read_log(self._table, partition, names)
-        meta, sessions, windows = stored.meta, stored.sessions, stored.windows
-        first, next_seq, log_bytes = stored.first, stored.next_seq, stored.log_bytes
-        stale, cut_short = stored.stale, stored.cut_short
-        runtime.compact_next = stored.first_edition
-        runtime.log_first, runtime.log_next = first, next_seq
-        if cut_short:
-            # Deltas of a write-out cut short before its meta: new records must not reuse
-            # their keys (the deletes would drop them), and the log must stay one range.
-            runtime.log_next = max(next_seq, max(cut_short) + 1)
-            runtime.compact_next = True
-        # The restored log counts as the full start: compaction once deltas outweigh it.
-        runtime.full_bytes, runtime.delta_bytes = log_bytes, 0
-        runtime.stale_keys = stale
-        stored_funnels = meta.get("funnels")  # absent before funnels were recorded
-        if stored_funnels is not None and stored_funnels != list(names):
-            # Sessions stored their progress per funnel in the old order: realigned by name
-            # and all written again (the deltas still hold the old layout).
-            log.warning(
-                "partition %d: the funnels changed since the checkpoint (%s -> %s): added "
-                "funnels catch up from the input the checkpoint reflects; removed funnels' "
-                "progress is dropped",
-                partition,
-                ", ".join(stored_funnels),
-                ", ".join(names),
-            )
-            runtime.compact_next = True
-            runtime.catch_up = tuple(
-                index for name, index in names.items() if name not in stored_funnels
-            )
+        runtime, meta = restore_runtime(
+            self._table,
+            partition,
+            self.funnels,
+            retention_ms=self._retention_ms,
+            topics=self.topics,
+        )
         if not meta:
             # No checkpoint (a first start, or a partition that never had input): its counts
             # of every funnel are whole from the start. Said to the merger, which waits for
             # every partition before it starts a funnel new to it (see ``_announce_start``).
             self._announce_start(runtime, partition, tuple(range(len(self.funnels))))
-        task.restore(int(meta.get("watermark", NEVER)), sessions.items(), windows, stored_funnels)
-        runtime.offsets = {str(k): int(v) for k, v in meta.get("offsets", {}).items()}
-        for topic in self.topics:
-            # Nothing of this input applied yet: it starts at the log's start (the group
-            # reads from the earliest offset). Said, not assumed: Faust may deliver from
-            # further on (what it fetched before a rebalance is cleared from its buffers and
-            # never handed over again), and the gap is then read directly like any other.
-            runtime.offsets.setdefault(topic, 0)
-        runtime.source_offsets = {str(k): int(v) for k, v in meta.get("source_offsets", {}).items()}
-        # Wall-clock milliseconds only order the owners of a partition (never a funnel decision):
-        # monotonic even if the previous owner died before its first checkpoint.
-        runtime.generation = max(int(meta.get("generation", 0)) + 1, round(time.time() * 1000))
         self.inputs.assign(partition, {str(k): int(v) for k, v in meta.get("fronts", {}).items()})
-        log.info(
-            "partition %d: restored %d sessions, %d open windows from %d records (%d bytes), "
-            "watermark %s, offsets %s (%.2fs)",
-            partition,
-            len(sessions),
-            len(windows),
-            next_seq - first,
-            log_bytes,
-            _fmt_ms(task.watermark_ms),
-            meta.get("offsets") or "none (first start)",
-            time.perf_counter() - started,
-        )
         return runtime
 
     # --- per message ---------------------------------------------------------------------
@@ -477,7 +426,7 @@ class SessionsStage:
                 Rejection(
                     ReasonCode.LATE,
                     f"occurred_at is {lag_s:.3f}s behind the watermark "
-                    f"{_fmt_ms(task.watermark_ms)} of partition {message.partition} "
+                    f"{watermark_text(task.watermark_ms)} of partition {message.partition} "
                     f"(allowed lateness {self._lateness_ms / 1000:g}s)",
                     "occurred_at",
                 ),
@@ -661,9 +610,3 @@ class SessionsStage:
                 message, rejection, self._clock(), self._send_dead_letter, self._metrics
             )
         )
-
-
-def _fmt_ms(ms: int) -> str:
-    if ms <= NEVER:
-        return "none yet"
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
