@@ -74,7 +74,7 @@ mutation: $(STAMP)
 	$(BIN)/pip install --quiet -e ".[dev,mutation]"
 	rm -rf mutants
 	nice -n 19 $(BIN)/mutmut run --max-children 2 $(MUTATION_ARGS)
-	$(BIN)/python tests/mutation_summary.py
+	$(BIN)/python tests/support/mutation_summary.py
 
 clean:
 	-$(BIN)/streamer kafka down

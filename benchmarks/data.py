@@ -1,6 +1,6 @@
 """The data every Kafka measurement reads: shop traffic pre-loaded once on both topics.
 
-``tests.traffic.generate`` gives realistic sessions in arrival order (up to a minute of
+``tests.support.traffic.generate`` gives realistic sessions in arrival order (up to a minute of
 disorder, 1% producer retries), keyed by session id; cut to exactly ``events`` messages, then
 one closing event per partition of both topics moves every watermark past every window.
 """
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from streamer.funnel.definition import load_funnel
 from streamer.settings import Settings
 from streamer.simulate import TrafficModel
-from tests.core_run import run_core
-from tests.integration.pipeline_run import preload
-from tests.traffic import Dataset, at_ms, generate
+from tests.support.core_run import run_core
+from tests.support.pipeline_run import preload
+from tests.support.traffic import Dataset, at_ms, generate
 
 from .procs import ROOT
 
@@ -59,7 +59,7 @@ def make_dataset(events: int, seed: int = 7) -> Dataset:
 
 def last_window_end_ms(data: Dataset) -> int:
     """The end of the latest cohort window the worker publishes final, from the core run
-    offline on the same events (``tests.core_run``). The window of the latest event that can
+    offline on the same events (``tests.support.core_run``). The window of the latest event that can
     enter a stage is not it: the data is cut at N arrivals and a step can time out first, so
     that window may count no cohort and never be published (the benchmark then waited for
     it in about 1 run of 10)."""

@@ -237,7 +237,7 @@ def write_report(out: Path, r: Results, facts: list[tuple[str, str]]) -> None:
             f"event time, {SESSIONS_PER_SECOND:g} new sessions/s, up to 60 s of arrival "
             f"disorder, 1% producer retries) then {d.closing} closing events, all produced "
             "before any reader starts, on 2 topics (clickstream, checkout) x 4 partitions, keyed "
-            "by session id (`tests/traffic.py`)"
+            "by session id (`tests/support/traffic.py`)"
         )
     lines = [
         "# Benchmarks",

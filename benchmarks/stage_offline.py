@@ -1,22 +1,21 @@
 """The sessions stage alone, no Kafka: CPU microseconds per message of ``SessionsStage.process``.
 
 The messages are the Kafka benchmark's (``benchmarks.data.make_dataset``, then the closing
-events), keyed by session id, on partition ``crc32(key) % 4`` of their topic with offsets from
-0 and the broker time of the unit tests (the newest event time so far). They go through the
-unit tests' in-memory stage (``tests.unit.helpers.make_harness``, 5 s checkpoint interval) with
-a publish every 5000 messages, as the worker's timer publishes. Time is made deterministic so
-that two runs do the same work: the dataset is generated as of the helpers' ``NOW``, and the
+events), keyed by session id, on partition ``crc32(key) % 4`` of their topic with offsets from 0
+and the broker time of the unit tests (the newest event time so far). They go through the unit
+tests' in-memory stage (``tests.support.stage_harness.make_harness``, 5 s checkpoint interval)
+with a publish every 5000 messages, as the worker's timer publishes. Time is made deterministic
+so that two runs do the same work: the dataset is generated as of the helpers' ``NOW``, and the
 stage's monotonic clock advances 50 µs per message (about the worker's pace), so checkpoints
-fall on the same messages whatever the machine's speed. The messages themselves are kept out
-of the garbage collector's passes (``gc.freeze``): the worker does not hold them.
+fall on the same messages whatever the machine's speed. The messages themselves are kept out of
+the garbage collector's passes (``gc.freeze``): the worker does not hold them.
 
-    python -m benchmarks.stage_offline [--events N] [--repeat K] [--dump FILE]
+python -m benchmarks.stage_offline [--events N] [--repeat K] [--dump FILE]
 
 prints the process CPU time per message (and wall time) of each pass; ``--dump`` writes
 everything the stage produced (partials, abandonments, dead letters, the state table after a
 last checkpoint, each task's state, the counters) so that two versions of the code can be
-compared byte for byte (with the same ``PYTHONHASHSEED``).
-"""
+compared byte for byte (with the same ``PYTHONHASHSEED``)."""
 
 from __future__ import annotations
 
@@ -35,15 +34,15 @@ from unittest import mock
 
 import orjson
 
-import tests.traffic
+import tests.support.traffic
 from streamer.pipeline.messages import SourceMessage
 from streamer.pipeline.sessions import committer
 from streamer.pipeline.sessions import runtime as runtime_module
 from streamer.pipeline.sessions import stage as sessions
 from streamer.settings import Settings
 from streamer.simulate import topic_for
-from tests.traffic import at_ms
-from tests.unit.helpers import NOW, Harness, make_harness
+from tests.support.stage_harness import NOW, Harness, make_harness
+from tests.support.traffic import at_ms
 
 from .data import make_dataset
 
@@ -59,7 +58,7 @@ class _FrozenDatetime(datetime):
 
 
 def source_messages(events: int) -> list[SourceMessage]:
-    with mock.patch.object(tests.traffic, "datetime", _FrozenDatetime):
+    with mock.patch.object(tests.support.traffic, "datetime", _FrozenDatetime):
         data = make_dataset(events)
     settings = Settings()
     offsets: dict[tuple[str, int], int] = defaultdict(int)

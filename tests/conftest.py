@@ -11,13 +11,13 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from streamer.kafka_local import LocalKafka
 from streamer.settings import Settings
 from streamer.testing import free_port
+from tests.support.settings import isolated_settings
 
 
 @pytest.fixture(scope="session")
@@ -55,26 +55,3 @@ def unique() -> str:
 def settings(kafka_bootstrap: str, unique: str, tmp_path: Path) -> Settings:
     """Settings for one test: the session broker, topics and group id of its own."""
     return isolated_settings(kafka_bootstrap, unique, tmp_path)
-
-
-def isolated_settings(kafka_bootstrap: str, unique: str, folder: Path, **extra: Any) -> Settings:
-    """The broker, and topics, group id, web port and data dir (``folder/worker``) no other
-    test uses (names end in ``unique``); ``extra`` overrides any of them."""
-    fields: dict[str, Any] = {
-        "kafka_bootstrap": kafka_bootstrap,
-        "app_id": f"test-{unique}",
-        "clickstream_topic": f"clickstream-{unique}",
-        "checkout_topic": f"checkout-{unique}",
-        "dlq_topic": f"funnel.dlq-{unique}",
-        "partials_topic": f"funnel.partials-{unique}",
-        "windows_topic": f"funnel.windows-{unique}",
-        "abandonments_topic": f"funnel.abandonments-{unique}",
-        "alerts_topic": f"funnel.alerts-{unique}",
-        "failed_alerts_topic": f"funnel.alerts.failed-{unique}",
-        "baselines_topic": f"funnel.baselines-{unique}",
-        "rekeyed_topic": f"funnel.rekeyed-{unique}",
-        "web_port": free_port(),
-        "data_dir": folder / "worker",
-        "topic_partitions": 4,
-    }
-    return Settings(**(fields | extra))

@@ -22,7 +22,7 @@ from streamer.settings import Settings
 from streamer.simulate import Incident, TrafficModel
 from streamer.testing import WorkerProcess, metric, scrape_metrics
 from streamer.testing_slack import FakeSlack
-from tests.e2e.test_alerts import (
+from tests.support.alert_pipeline import (
     BUSY,
     CLOSING,
     FUNNEL,
@@ -32,7 +32,7 @@ from tests.e2e.test_alerts import (
     core_alerts,
     run_pipeline,
 )
-from tests.integration.conftest import processed
+from tests.support.kafka_waits import processed
 
 LIVE = START + timedelta(minutes=30)  # the worker reads from here on
 ONSET = LIVE + timedelta(minutes=1)  # before a cold detector could be warm

@@ -22,8 +22,7 @@ from streamer.kafka_io import ensure_topic_plan, read_topic
 from streamer.settings import Settings
 from streamer.testing import WorkerProcess
 from streamer.testing_slack import FakeSlack
-from tests.e2e.test_alerts import configure, run_pipeline, traffic
-from tests.e2e.test_alerts import slack as slack  # the fixture, used by name
+from tests.support.alert_pipeline import configure, run_pipeline, traffic
 
 # At most 64 characters: the contract's bound on payment_method (the worker strips the ends).
 HOSTILE_METHOD = "x` <!channel> <https://evil.example/reset|Payments down> `*b*"

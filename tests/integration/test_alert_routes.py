@@ -14,8 +14,8 @@ from streamer.app import alert_notifier
 from streamer.notify.base import DeliveryOutcome
 from streamer.settings import load_settings
 from streamer.testing_slack import FakeSlack
-from tests.integration.ops_servers import Alertmanager
 from tests.integration.test_ops_stack import PAGES_TOKEN, write_alertmanager_config
+from tests.support.ops_servers import Alertmanager
 
 
 def _texts(slack: FakeSlack, token: str) -> list[str]:

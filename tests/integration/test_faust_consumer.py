@@ -32,7 +32,7 @@ async def test_every_message_reaches_the_stream_once_in_order_by_both_hand_overs
     await produce(settings, messages)
     out = tmp_path / "seen.json"
     run = subprocess.run(
-        [sys.executable, "-m", "tests.integration.faust_delivery_app",
+        [sys.executable, "-m", "tests.support.faust_delivery_app",
          settings.bootstrap_servers, topic, str(total), str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=180,
     )  # fmt: skip

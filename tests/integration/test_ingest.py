@@ -26,7 +26,7 @@ from streamer.testing import (
     run_cli,
     scrape_metrics,
 )
-from tests.integration.conftest import (
+from tests.support.kafka_waits import (
     end_markers_read,
     processed,
     read_at_least,
@@ -35,7 +35,7 @@ from tests.integration.conftest import (
     wait_for,
     wait_processed,
 )
-from tests.integration.pipeline_run import limit_message_bytes
+from tests.support.pipeline_run import limit_message_bytes
 
 Message = tuple[str, bytes | None, bytes | None]
 

@@ -17,7 +17,7 @@ from streamer.loaders import replay_events
 from streamer.settings import Settings
 from streamer.simulate import TrafficModel
 from streamer.testing import WorkerProcess, metric, run_cli, scrape_metrics
-from tests.compare import latest_windows
+from tests.support.compare import latest_windows
 
 DEMO_FUNNELS = Path(__file__).resolve().parents[2] / "deploy/funnels/demo"
 

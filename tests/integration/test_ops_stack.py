@@ -26,8 +26,8 @@ from streamer.ops.dashboards import DASHBOARDS, DASHBOARDS_DIR
 from streamer.settings import ENV_PREFIX, Settings, settings_env
 from streamer.testing import WorkerProcess
 from streamer.testing_slack import FakeSlack
-from tests.conftest import isolated_settings
-from tests.integration.ops_servers import Alertmanager, Prometheus
+from tests.support.ops_servers import Alertmanager, Prometheus
+from tests.support.settings import isolated_settings
 
 pytestmark = pytest.mark.integration
 

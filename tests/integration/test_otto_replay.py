@@ -14,10 +14,10 @@ from streamer.funnel.definition import load_funnel
 from streamer.kafka_io import ensure_topic_plan
 from streamer.loaders import otto_events, replay_events
 from streamer.settings import Settings
-from tests.compare import assert_same
-from tests.integration.pipeline_run import send_closing, wait_published, worker
 from tests.oracle import compute
-from tests.traffic import oracle_event
+from tests.support.compare import assert_same
+from tests.support.pipeline_run import send_closing, wait_published, worker
+from tests.support.traffic import oracle_event
 
 ROOT = Path(__file__).resolve().parents[2]
 OTTO_FUNNEL = ROOT / "deploy/funnels/replay/otto.yaml"

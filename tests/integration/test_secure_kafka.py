@@ -33,12 +33,12 @@ from streamer.kafka_local import LocalKafka
 from streamer.settings import Settings
 from streamer.testing import WorkerProcess, free_port, produce, run_cli
 from streamer.tls import CertificateFiles, write_ca, write_signed_certificate
-from tests.acl_table import Acl, grant, readme_worker_acls
-from tests.compare import assert_same
-from tests.conftest import isolated_settings
-from tests.integration.pipeline_run import Published, preload, wait_published
 from tests.oracle import OracleResult, compute
-from tests.traffic import Dataset, at_ms, generate
+from tests.support.acl_table import Acl, grant, readme_worker_acls
+from tests.support.compare import assert_same
+from tests.support.pipeline_run import Published, preload, wait_published
+from tests.support.settings import isolated_settings
+from tests.support.traffic import Dataset, at_ms, generate
 
 pytestmark = pytest.mark.integration
 

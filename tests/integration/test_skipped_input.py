@@ -36,8 +36,8 @@ from streamer.schemas import EXAMPLES
 from streamer.settings import Settings
 from streamer.testing import metric, scrape_metrics
 from streamer.testing_slack import FakeSlack
-from tests.compare import latest_windows
-from tests.integration.pipeline_run import worker
+from tests.support.compare import latest_windows
+from tests.support.pipeline_run import worker
 
 pytestmark = pytest.mark.integration
 CHECKOUT = load_funnel(Path(__file__).resolve().parents[2] / "deploy/funnels/checkout.yaml")

@@ -25,10 +25,10 @@ from streamer.kafka_io import ensure_topic_plan, ensure_topics, make_producer, r
 from streamer.kafka_local import LocalKafka
 from streamer.settings import Settings
 from streamer.testing import WorkerProcess, metric, produce, scrape_metrics
-from tests.compare import assert_same
-from tests.conftest import isolated_settings
-from tests.integration.conftest import processed
-from tests.integration.pipeline_run import (
+from tests.oracle import OracleResult, compute
+from tests.support.compare import assert_same
+from tests.support.kafka_waits import processed
+from tests.support.pipeline_run import (
     Published,
     first_event_after,
     limit_message_bytes,
@@ -38,8 +38,8 @@ from tests.integration.pipeline_run import (
     wait_published,
     worker,
 )
-from tests.oracle import OracleResult, compute
-from tests.traffic import Dataset, generate
+from tests.support.settings import isolated_settings
+from tests.support.traffic import Dataset, generate
 
 CHECKOUT = Path(__file__).resolve().parents[2] / "deploy/funnels/checkout.yaml"
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ from streamer.kafka_io import ensure_topics
 from streamer.settings import Settings
 from streamer.simulate import TrafficModel, topic_for
 from streamer.testing import WorkerProcess, metric, produce, scrape_metrics
-from tests.integration.conftest import wait_for
+from tests.support.kafka_waits import wait_for
 
 
 def occurred(event: dict[str, object]) -> datetime:

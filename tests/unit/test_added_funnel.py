@@ -18,8 +18,8 @@ from streamer.funnel.definition import FunnelDefinition, load_funnel
 from streamer.pipeline.messages import SourceMessage
 from streamer.settings import Settings
 from streamer.simulate import topic_for
-from tests.traffic import at_ms, generate
-from tests.unit.helpers import CHECKOUT, Harness, make_harness
+from tests.support.stage_harness import CHECKOUT, Harness, make_harness
+from tests.support.traffic import at_ms, generate
 
 CHECKOUT_FUNNEL = load_funnel(CHECKOUT)
 # Another shape: 5-minute windows, so its cohorts are not the checkout funnel's.

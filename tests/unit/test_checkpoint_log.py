@@ -12,7 +12,7 @@ import pytest
 from streamer.funnel.definition import FunnelDefinition, load_funnel
 from streamer.pipeline.messages import SourceMessage
 from streamer.pipeline.sessions import checkpoint_log
-from tests.unit.helpers import CHECKOUT, NOW_MS, Harness, make_harness, valid_event
+from tests.support.stage_harness import CHECKOUT, NOW_MS, Harness, make_harness, valid_event
 
 STEPS = ("page_view", "product_view", "add_to_cart", "checkout_started")
 

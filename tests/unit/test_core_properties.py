@@ -17,7 +17,7 @@ from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.session import CompiledFunnel
 from streamer.funnel.task import Task
 from streamer.funnel.windows import window_start
-from tests.core_run import run_core, stored
+from tests.support.core_run import run_core, stored
 
 FUNNEL = FunnelDefinition.model_validate(
     {

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from streamer.funnel.definition import FunnelDefinition
-from tests.compare import assert_same
-from tests.core_run import assert_final_consistent, run_core
 from tests.oracle import compute
+from tests.support.compare import assert_same
+from tests.support.core_run import assert_final_consistent, run_core
 
 FUNNEL = FunnelDefinition.model_validate(
     {

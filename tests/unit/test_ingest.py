@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from streamer.events import DeadLetter, ReasonCode
 from streamer.funnel.task import Offer
-from tests.unit.helpers import NOW_MS, make_harness, valid_event
+from tests.support.stage_harness import NOW_MS, make_harness, valid_event
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

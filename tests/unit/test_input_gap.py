@@ -11,7 +11,7 @@ import pytest
 
 from streamer.pipeline.input_order import STALL_REPAIR_S
 from streamer.pipeline.messages import SourceMessage
-from tests.unit.helpers import NOW_MS, Harness, make_harness, valid_event
+from tests.support.stage_harness import NOW_MS, Harness, make_harness, valid_event
 
 
 def event_message(offset: int, event_type: str = "page_view") -> SourceMessage:

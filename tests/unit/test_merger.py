@@ -16,8 +16,7 @@ from streamer.funnel.windows import WindowCounts
 from streamer.metrics import Metrics
 from streamer.pipeline.merger import REVISION_INTERVAL_S, JudgeFn, WindowMerger
 from streamer.query import FunnelView
-
-from .helpers import CHECKOUT
+from tests.support.stage_harness import CHECKOUT
 
 FUNNEL = load_funnel(CHECKOUT)
 START = 1_700_000_040_000 - 1_700_000_040_000 % FUNNEL.window_ms

@@ -20,7 +20,7 @@ from streamer.funnel.session import (
     apply_instant,
     expire_attempt,
 )
-from tests.unit.funnel_helpers import MIN, ev, funnel
+from tests.support.funnels import MIN, ev, funnel
 
 S = 1000
 F = CompiledFunnel(

@@ -14,7 +14,7 @@ import pytest
 
 from streamer.funnel.session import NEVER, CompiledFunnel, Progress
 from streamer.funnel.task import Checkpoint, Offer, Task
-from tests.unit.funnel_helpers import MIN, ev, funnel
+from tests.support.funnels import MIN, ev, funnel
 
 LONG = CompiledFunnel(funnel(name="long"))
 # The same stages in a 10-minute conversion window: every step's deadline is capped at 10m.

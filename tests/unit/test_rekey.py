@@ -20,8 +20,7 @@ from streamer.pipeline.input_order import STALL_REPAIR_S
 from streamer.pipeline.messages import REKEY_KIND_HEADER, SourceMessage
 from streamer.pipeline.rekey import RekeyStage
 from streamer.pipeline.sessions import SessionsStage
-
-from .helpers import CHECKOUT, NOW, NOW_MS, Recorder, valid_event
+from tests.support.stage_harness import CHECKOUT, NOW, NOW_MS, Recorder, valid_event
 
 SOURCES = ("clickstream", "checkout")
 

@@ -16,7 +16,7 @@ from streamer.kafka_io import client_options, ssl_context
 from streamer.kafka_local import LocalKafka
 from streamer.settings import Settings, load_settings
 from streamer.tls import CertificateFiles, write_ca, write_signed_certificate
-from tests.acl_table import readme_worker_acls
+from tests.support.acl_table import readme_worker_acls
 
 KEY_PASSWORD = "key-secret-4711"
 

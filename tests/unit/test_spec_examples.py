@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from streamer.funnel.definition import FunnelDefinition
-from tests.compare import assert_same
-from tests.core_run import CoreResult, assert_final_consistent, run_core
 from tests.oracle import OracleResult, compute
+from tests.support.compare import assert_same
+from tests.support.core_run import CoreResult, assert_final_consistent, run_core
 
 S = 1000
 END = 10**12

@@ -28,8 +28,8 @@ from streamer.kafka_io import (
 )
 from streamer.settings import Settings
 from streamer.testing import WorkerProcess, free_port, produce
-from tests.compare import abandonment_numbers, latest_windows, window_numbers
-from tests.traffic import Dataset, closing_messages
+from tests.support.compare import abandonment_numbers, latest_windows, window_numbers
+from tests.support.traffic import Dataset, closing_messages
 
 
 @dataclass
@@ -51,7 +51,7 @@ async def preload(settings: Settings, dataset: Dataset) -> int:
 
 
 async def send_closing(settings: Settings, at_ms: int) -> None:
-    """Closing events at ``at_ms`` on every partition of both topics (see tests.traffic)."""
+    """Closing events at ``at_ms`` on every partition of both topics (see tests.support.traffic)."""
     producer = make_producer(settings, acks="all")
     await producer.start()
     try:

@@ -12,7 +12,7 @@ from aiokafka.protocol.admin import CreateAclsRequest
 from streamer.kafka_io import make_client
 from streamer.settings import Settings
 
-ACL_PAGE = Path(__file__).resolve().parents[1] / "docs" / "security-kafka.md"
+ACL_PAGE = Path(__file__).resolve().parents[2] / "docs" / "security-kafka.md"
 _TABLE_START = "**The ACLs a worker needs**"
 
 # Kafka's wire codes (org.apache.kafka.common.acl / resource).

@@ -1,6 +1,6 @@
 """A bare Faust agent on streamer's consumer, for ``test_faust_consumer.py``.
 
-``python -m tests.integration.faust_delivery_app BOOTSTRAP TOPIC TOTAL OUT``: reads TOPIC
+``python -m tests.support.faust_delivery_app BOOTSTRAP TOPIC TOTAL OUT``: reads TOPIC
 with a stream buffer of 8 messages and an agent that sleeps now and then, so buffers fill,
 partitions pause and the consumer takes both hand-over paths. Writes what it saw
 (partition, offset, value) and how often each path ran to OUT once TOTAL messages came.

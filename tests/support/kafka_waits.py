@@ -1,3 +1,6 @@
+"""Waiting on a worker without sleeping blind: metrics reached, topics read to a count,
+end markers sent and seen."""
+
 from __future__ import annotations
 
 import asyncio
