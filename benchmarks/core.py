@@ -24,10 +24,10 @@ from typing import Any
 import orjson
 
 from streamer.decode import DecodeLimits, Rejection, decode_event
+from streamer.decoders import needed_fields, stored_event
 from streamer.funnel.definition import load_funnel
 from streamer.funnel.session import CompiledFunnel, StoredEvent
 from streamer.funnel.task import Task
-from streamer.pipeline.sessions import needed_fields, stored_event
 
 from .data import CHECKOUT
 

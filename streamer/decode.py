@@ -19,7 +19,14 @@ from streamer.events import EVENT_MODELS, Event, ReasonCode
 if TYPE_CHECKING:
     from streamer.settings import Settings
 
-__all__ = ["DecodeLimits", "Rejection", "decode_event", "parse_json"]
+__all__ = [
+    "DecodeLimits",
+    "Rejection",
+    "corrected_time",
+    "decode_event",
+    "parse_json",
+    "time_bounds",
+]
 
 
 @dataclass(frozen=True)
@@ -114,43 +121,70 @@ def decode_event(
         return Rejection(
             ReasonCode.SCHEMA_VIOLATION, f"{field}: {first['msg']}{extra}", field=field or None
         )
-    if event.sent_at is not None:
-        skew = received_at - event.sent_at
+    occurred_at = corrected_time(event.occurred_at, event.sent_at, received_at, limits)
+    rejection = time_bounds(occurred_at, received_at, limits)
+    if rejection is not None:
+        return rejection
+    if occurred_at is not event.occurred_at:
+        event = event.model_copy(update={"occurred_at": occurred_at})
+    return event
+
+
+def corrected_time(
+    occurred_at: datetime, sent_at: datetime | None, received_at: datetime, limits: DecodeLimits
+) -> datetime:
+    """``occurred_at`` corrected by the device clock's error: when the producer sent
+    ``sent_at`` and it differs from the broker time by more than the threshold, the device
+    clock is taken to be off by that much (the same object when nothing is corrected)."""
+    if sent_at is not None:
+        skew = received_at - sent_at
         if abs(skew) > limits.skew_correction_threshold:
-            event = event.model_copy(update={"occurred_at": event.occurred_at + skew})
-    if event.occurred_at > received_at + limits.max_future_skew:
-        ahead = event.occurred_at - received_at
+            return occurred_at + skew
+    return occurred_at
+
+
+def time_bounds(
+    occurred_at: datetime,
+    received_at: datetime,
+    limits: DecodeLimits,
+    field: str = "occurred_at",
+) -> Rejection | None:
+    """Why an event time is refused against the broker time (too far ahead, too old), or
+    None: the last checks of every decoder (the contract's and a tracking plan's)."""
+    if occurred_at > received_at + limits.max_future_skew:
+        ahead = occurred_at - received_at
         return Rejection(
             ReasonCode.FUTURE_EVENT,
-            f"occurred_at is {ahead} ahead of the broker time (allowed skew "
-            f"{limits.max_future_skew})",
-            field="occurred_at",
+            f"{field} is {ahead} ahead of the broker time (allowed skew {limits.max_future_skew})",
+            field=field,
         )
-    if event.occurred_at < received_at - limits.max_age:
-        return _too_old(event.occurred_at, received_at, limits)
-    return event
+    if occurred_at < received_at - limits.max_age:
+        return _too_old(occurred_at, received_at, limits, field)
+    return None
 
 
 # Epoch seconds of any time since 2001 read as milliseconds land in January 1970.
 _SECONDS_AS_MS = datetime(1970, 2, 1, tzinfo=UTC)
 
 
-def _too_old(occurred_at: datetime, received_at: datetime, limits: DecodeLimits) -> Rejection:
+def _too_old(
+    occurred_at: datetime, received_at: datetime, limits: DecodeLimits, field: str
+) -> Rejection:
     horizon = _span(limits.max_age)
     if occurred_at < _SECONDS_AS_MS:
         as_seconds = datetime.fromtimestamp(occurred_at.timestamp() * 1000, tz=UTC)
         return Rejection(
             ReasonCode.TOO_OLD,
-            f"occurred_at is {occurred_at.isoformat()}, older than the horizon of {horizon}: "
+            f"{field} is {occurred_at.isoformat()}, older than the horizon of {horizon}: "
             f"it looks like epoch seconds ({as_seconds.isoformat()} if so); send epoch "
             "milliseconds or RFC 3339",
-            field="occurred_at",
+            field=field,
         )
     return Rejection(
         ReasonCode.TOO_OLD,
-        f"occurred_at is {_span(received_at - occurred_at)} before the broker time, older than "
+        f"{field} is {_span(received_at - occurred_at)} before the broker time, older than "
         f"the horizon of {horizon} (max_event_age_seconds)",
-        field="occurred_at",
+        field=field,
     )
 
 

@@ -32,6 +32,7 @@ import orjson
 from aiokafka import TopicPartition
 
 from streamer.decode import DecodeLimits, Rejection, decode_event
+from streamer.decoders import needed_fields, stored_event
 from streamer.errors import RangeNotHeldError
 from streamer.events import (
     Alert,
@@ -53,7 +54,6 @@ from streamer.funnel.windows import WindowCounts, fold_segments, merge_partials
 from streamer.kafka_io import make_consumer, make_producer, stop_consumer, topic_partitions
 from streamer.pipeline.detector import alert_record, tracking_alert_record
 from streamer.pipeline.merger import window_stats
-from streamer.pipeline.sessions import needed_fields, stored_event
 from streamer.settings import Settings
 
 __all__ = ["RangeReplay", "backfill", "diff_reports", "notify_alerts", "replay_range"]

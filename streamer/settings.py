@@ -171,6 +171,13 @@ class Settings(BaseSettings):
         default_factory=lambda: (deploy_dir() / "funnels",),
         description="funnel definition files or folders (every *.yaml and *.yml directly inside)",
     )
+    tracking_plan: str | None = Field(
+        default=None,
+        description="your events: a tracking plan (a YAML file, a folder of them, or "
+        "preset:segment, preset:posthog, preset:snowplow, preset:streamer; "
+        "docs/tracking-plan.md); unset: streamer's own twelve event types "
+        "(the contract in schemas/, the same as preset:streamer)",
+    )
     partials_topic: str = Field(
         default="funnel.partials",
         description="internal: each partition's counts per window, to the merger (1 partition)",

@@ -8,9 +8,8 @@ dimensions it breaks down by. See the README's "Funnel semantics" for what the n
 from __future__ import annotations
 
 import copy
-import difflib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from streamer.funnel.catalogue import EventCatalogue, check_known_events
 from streamer.funnel.yaml_lines import (
     YamlSourceError,
     line_index,
@@ -432,51 +432,6 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, str]) -> dict[
     return data
 
 
-def check_known_events(
-    definition: FunnelDefinition, known: Mapping[str, frozenset[str]]
-) -> list[tuple[tuple[Any, ...], str]]:
-    """What in ``definition`` can never match the events there are: event types ``known`` does
-    not list, ``where`` properties and ``property.<name>`` segments that none of their event
-    types carries. ``known`` maps each event type to its properties (today: the contract's
-    twelve types, ``streamer.events``; later a tracking plan). Each problem is (the path in
-    the funnel file, a message); none means the funnel fits."""
-    problems: list[tuple[tuple[Any, ...], str]] = []
-    all_properties = frozenset().union(*known.values()) if known else frozenset()
-    for index, stage in enumerate(definition.stages):
-        unknown = [name for name in stage.event_types if name not in known]
-        for name in unknown:
-            hint = _closest(name, known)
-            problems.append(
-                (("stages", index, "event_types"), f"unknown event type {name!r}{hint}")
-            )
-        carried = frozenset().union(*(known[name] for name in stage.event_types if name in known))
-        if unknown:
-            continue  # its properties are unknown too: one problem is enough
-        for condition in stage.where:
-            if condition.property not in carried:
-                hint = _closest(condition.property, carried)
-                problems.append(
-                    (
-                        ("stages", index, "where", condition.property),
-                        f"no event of {' | '.join(stage.event_types)} has a property "
-                        f"{condition.property!r}{hint}",
-                    )
-                )
-    for index, segment in enumerate(definition.segments):
-        kind, _, name = segment.source.partition(".")
-        if kind == "property" and name not in all_properties:
-            hint = _closest(name, all_properties)
-            problems.append(
-                (("segments", index, "source"), f"no event has a property {name!r}{hint}")
-            )
-    return problems
-
-
-def _closest(name: str, choices: Iterable[str]) -> str:
-    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {match[0]!r}?" if match else ""
-
-
 def _segment_lines(node: yaml.Node, data: Mapping[str, Any]) -> dict[tuple[Any, ...], int]:
     """``segments`` written as a mapping ({plan: {cap: 5}}): index -> its key's line."""
     lines: dict[tuple[Any, ...], int] = {}
@@ -491,7 +446,7 @@ def _segment_lines(node: yaml.Node, data: Mapping[str, Any]) -> dict[tuple[Any, 
 def load_funnel(
     path: Path | str,
     overrides: Mapping[str, str] | None = None,
-    known_events: Mapping[str, frozenset[str]] | None = None,
+    known_events: EventCatalogue | Mapping[str, frozenset[str]] | None = None,
 ) -> FunnelDefinition:
     """A funnel file, validated; ``overrides`` (``--set`` keys as dotted paths of the file's
     own names) are applied first; with ``known_events`` (event type -> its properties) what
@@ -536,7 +491,7 @@ def _located(
 def load_funnels(
     paths: Sequence[Path | str],
     overrides: Mapping[str, str] | None = None,
-    known_events: Mapping[str, frozenset[str]] | None = None,
+    known_events: EventCatalogue | Mapping[str, frozenset[str]] | None = None,
 ) -> tuple[FunnelDefinition, ...]:
     """Load several funnel files (a folder means every *.yaml and *.yml directly in it);
     names must be unique. ``overrides`` and ``known_events`` apply to every one of them."""

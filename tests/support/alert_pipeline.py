@@ -16,6 +16,7 @@ from aiokafka import TopicPartition
 from pydantic import SecretStr
 
 from streamer.decode import DecodeLimits, Rejection, decode_event
+from streamer.decoders import needed_fields, stored_event
 from streamer.events import Alert, Event, WindowStats
 from streamer.funnel.definition import FunnelDefinition, load_funnel
 from streamer.funnel.detect import AlertDecision, FunnelDetector
@@ -30,7 +31,6 @@ from streamer.kafka_io import (
 )
 from streamer.loaders import replay_events
 from streamer.pipeline.detector import alert_record, tracking_alert_record
-from streamer.pipeline.sessions import needed_fields, stored_event
 from streamer.schemas import EXAMPLES
 from streamer.settings import Settings
 from streamer.simulate import Incident, StepRates, TrafficModel, topic_for

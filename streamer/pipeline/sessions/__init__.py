@@ -4,7 +4,6 @@ One hop: producers key clickstream and checkout by session id on co-partitioned 
 partition N of both is one *task* (:class:`streamer.funnel.task.Task`) processed in place.
 One concern per module:
 
-- ``projection``: what the core keeps of an event (the fields the funnels read);
 - ``records``: output records built from the core's notices (abandonments);
 - ``checkpoint_log``: the per-partition log of delta records in the state table, read and
   written as pure code over a mapping;
@@ -12,14 +11,14 @@ One concern per module:
 - ``committer``: the checkpoint, as one recipe (snapshot -> outputs -> state writes -> producer
   flush -> ack), and the stage's seal;
 - ``catch_up``: funnels added to a running worker, rebuilt from the input already read;
-- ``stage``: :class:`SessionsStage`: assignment and restore, decode and apply, idle inputs,
+- ``stage``: :class:`SessionsStage`: assignment and restore, decode (``streamer.decoders``)
+  and apply, idle inputs,
   publishing;
 - ``wiring``: :func:`install`, the Faust topics, table, agent, callbacks and timer.
 """
 
-from streamer.pipeline.sessions.projection import needed_fields, stored_event
 from streamer.pipeline.sessions.records import abandonment_record
 from streamer.pipeline.sessions.stage import SessionsStage
 from streamer.pipeline.sessions.wiring import install
 
-__all__ = ["SessionsStage", "abandonment_record", "install", "needed_fields", "stored_event"]
+__all__ = ["SessionsStage", "abandonment_record", "install"]

@@ -12,13 +12,13 @@ from datetime import datetime
 from typing import Any
 
 from streamer.decode import DecodeLimits, Rejection, decode_event
+from streamer.decoders import stored_event
 from streamer.formatting import utc_datetime
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.session import NEVER
 from streamer.funnel.task import Task
 from streamer.funnel.windows import window_start
 from streamer.pipeline.messages import SourceMessage
-from streamer.pipeline.sessions.projection import stored_event
 
 __all__ = ["CatchUpInput", "rebuild_added_funnels", "start_announcements"]
 

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from streamer.decode import DecodeLimits, Rejection, decode_event
+from streamer.decoders import needed_fields, stored_event
 from streamer.events import EVENT_MODELS, ReasonCode
 from streamer.formatting import watermark_text
 from streamer.funnel.clock import InputClock
@@ -51,7 +52,6 @@ from streamer.pipeline.sessions.catch_up import (
     start_announcements,
 )
 from streamer.pipeline.sessions.committer import Committer
-from streamer.pipeline.sessions.projection import needed_fields, stored_event
 from streamer.pipeline.sessions.records import abandonment_record
 from streamer.pipeline.sessions.runtime import TaskRuntime, restore_runtime
 from streamer.pipeline.tables import Deliveries
