@@ -18,7 +18,16 @@ import faust
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from streamer import faust_consumer
-from streamer.errors import ConfigError
+from streamer.decode import DecodeLimits
+from streamer.decoders import (
+    EventDecoder,
+    catalogue_of,
+    event_decoder,
+    needed_fields,
+    tracking_plan,
+)
+from streamer.errors import ConfigError, PlanError
+from streamer.funnel.catalogue import EventCatalogue
 from streamer.funnel.definition import FunnelDefinition, FunnelDefinitionError, load_funnels
 from streamer.kafka_access import AccessNeeds
 from streamer.kafka_io import client_options
@@ -38,6 +47,7 @@ __all__ = [
     "load_configured_funnels",
     "topic_plan",
     "worker_access",
+    "worker_events",
 ]
 
 
@@ -102,14 +112,30 @@ class StreamerApp:
     funnels: tuple[FunnelDefinition, ...]
 
 
-def load_configured_funnels(settings: Settings) -> tuple[FunnelDefinition, ...]:
+def load_configured_funnels(
+    settings: Settings, catalogue: EventCatalogue | None = None
+) -> tuple[FunnelDefinition, ...]:
+    """The configured funnel files, checked against the events there are (``catalogue``: the
+    tracking plan's or the built-in contract's, from :func:`worker_events`)."""
     try:
-        funnels = load_funnels(settings.funnels)
+        funnels = load_funnels(settings.funnels, known_events=catalogue)
     except FunnelDefinitionError as exc:
         raise ConfigError(f"funnel definition: {exc}") from None
     if not funnels:
         raise ConfigError(f"no funnel definitions found in {[str(p) for p in settings.funnels]}")
     return funnels
+
+
+def worker_events(settings: Settings) -> tuple[tuple[FunnelDefinition, ...], EventDecoder]:
+    """The funnels and the decoder a worker runs with, both checked before it connects to
+    Kafka: the tracking plan compiles, and every funnel names only events, properties and
+    context fields it declares, with filters of the declared types."""
+    try:
+        plan = tracking_plan(settings)
+    except PlanError as exc:
+        raise ConfigError(f"tracking plan: {exc}") from None
+    funnels = load_configured_funnels(settings, catalogue_of(plan))
+    return funnels, event_decoder(plan, DecodeLimits.of(settings), needed_fields(funnels))
 
 
 def topic_plan(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
@@ -217,11 +243,12 @@ def create_app(
     # `_created` series double the scrape size and no dashboard of ours reads them.
     disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
     active_registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
-    funnels = load_configured_funnels(settings)
+    funnels, decoder = worker_events(settings)
     metrics = Metrics.create(
         active_registry,
         source_topics=(settings.clickstream_topic, settings.checkout_topic),
         funnels=funnels,
+        event_names=sorted(decoder.event_names),
     )
     app = _FaustApp(
         settings.app_id,
@@ -249,8 +276,8 @@ def create_app(
         stream_buffer_maxsize=settings.stream_buffer_messages,
     )
     if not settings.source_keyed_by_session:
-        rekey.install(app, settings, metrics)
-    stage = sessions.install(app, settings, metrics, funnels)
+        rekey.install(app, settings, metrics, decoder)
+    stage = sessions.install(app, settings, metrics, funnels, decoder)
     judge = detector.install(app, settings, metrics, funnels)
     window_merger = merger.install(app, settings, metrics, funnels, detector=judge)
     delivery = notifier.install(

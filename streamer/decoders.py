@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cache, cached_property
+from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol
 
 from streamer.decode import DecodeLimits, Rejection, corrected_time, decode_event, time_bounds
@@ -42,11 +42,13 @@ __all__ = [
     "EventDecoder",
     "Ignored",
     "PlanDecoder",
+    "catalogue_of",
     "contract_catalogue",
     "event_decoder",
     "needed_fields",
     "plan_catalogue",
     "stored_event",
+    "tracking_plan",
 ]
 
 
@@ -72,10 +74,6 @@ class EventDecoder(Protocol):
     @property
     def event_names(self) -> frozenset[str]:
         """Every name a decoded event can have (bounded: metric labels are made of them)."""
-
-    @property
-    def catalogue(self) -> EventCatalogue:
-        """What funnels may name (checked before the worker connects to Kafka)."""
 
     def stage_of(self, name: str) -> str | None:
         """The customer's-flow stage of an event name (awareness ... advocacy), if any."""
@@ -158,10 +156,6 @@ class ContractDecoder:
     def event_names(self) -> frozenset[str]:
         return frozenset(EVENT_MODELS)
 
-    @property
-    def catalogue(self) -> EventCatalogue:
-        return contract_catalogue()
-
     def stage_of(self, name: str) -> str | None:
         stage = lifecycle_stage(name)
         return stage.value if stage is not None else None
@@ -195,10 +189,6 @@ class PlanDecoder:
     @property
     def event_names(self) -> frozenset[str]:
         return self.plan.event_names
-
-    @cached_property
-    def catalogue(self) -> EventCatalogue:
-        return plan_catalogue(self.plan)
 
     def stage_of(self, name: str) -> str | None:
         return self._stages.get(name)
@@ -245,14 +235,28 @@ class PlanDecoder:
         return fields
 
 
-def event_decoder(settings: Settings, keep: frozenset[str]) -> EventDecoder:
-    """The worker's decoder: the tracking plan of ``settings`` if one is set (loaded and
-    compiled now: a plan error raises ``streamer.errors.PlanError`` naming file:line), else
-    the built-in contract. ``keep``: the fields the funnels read."""
-    limits = DecodeLimits.of(settings)
+def tracking_plan(settings: Settings) -> CompiledPlan | None:
+    """The tracking plan of ``settings``, loaded and compiled (once, at start), or None for
+    the built-in contract. A plan error raises ``streamer.errors.PlanError`` naming
+    file:line and the field."""
     if settings.tracking_plan is None:
+        return None
+    return compile_plan(load_plan(settings.tracking_plan))
+
+
+def catalogue_of(plan: CompiledPlan | None) -> EventCatalogue:
+    """What funnels may name: the plan's events, or the built-in contract's."""
+    return plan_catalogue(plan) if plan is not None else contract_catalogue()
+
+
+def event_decoder(
+    plan: CompiledPlan | None, limits: DecodeLimits, keep: frozenset[str]
+) -> EventDecoder:
+    """The worker's decoder: ``plan``'s (from :func:`tracking_plan`), else the built-in
+    contract's. ``keep``: the fields the funnels read (:func:`needed_fields`)."""
+    if plan is None:
         return ContractDecoder(limits, keep)
-    return PlanDecoder(compile_plan(load_plan(settings.tracking_plan)), limits, keep)
+    return PlanDecoder(plan, limits, keep)
 
 
 def _schema_type(schema: Mapping[str, Any]) -> tuple[str, frozenset[Any]]:

@@ -478,6 +478,10 @@ class ReplayEvents(_Strict):
     duplicate: int
     late: int = Field(description="behind the watermark (as the live worker would drop them)")
     rejected: int = Field(description="not decodable or not valid (the live worker's dead letters)")
+    ignored: int = Field(
+        default=0,
+        description="events the tracking plan does not declare (unplanned.events: ignore)",
+    )
 
 
 class ReplayRun(_Strict):

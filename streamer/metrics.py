@@ -8,6 +8,7 @@ before its first event (``rate()`` and absence alerts need that).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -20,9 +21,22 @@ from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.stages import LifecycleStage
 from streamer.funnel.windows import TIME_TO_CONVERT_BUCKETS_MS
 
-__all__ = ["OUTCOMES", "LiveSnapshot", "Metrics"]
+log = logging.getLogger(__name__)
 
-OUTCOMES = ("accepted", "dead_lettered", "duplicate")
+__all__ = [
+    "OUTCOMES",
+    "UNPLANNED_NAMES_CAP",
+    "UNPLANNED_OTHER",
+    "LiveSnapshot",
+    "Metrics",
+    "UnplannedCounter",
+]
+
+# Every input message ends in one: ignored is an event a tracking plan does not declare.
+OUTCOMES = ("accepted", "dead_lettered", "duplicate", "ignored")
+# Distinct unplanned event names labelled per process; later ones count as UNPLANNED_OTHER.
+UNPLANNED_NAMES_CAP = 100
+UNPLANNED_OTHER = "_other"
 ALERT_STATES = ("firing", "repeat", "resolved")
 ALERT_SEVERITIES = ("page", "warning")
 TRACKING_STEP = "tracking"  # the step label of data-quality alerts (funnel/tracking/<key>/...)
@@ -140,6 +154,7 @@ class Metrics:
     event_bytes: Counter
     events_by_type: Counter
     stage_events: Counter
+    unplanned_events: Counter
     late_events: Counter
     checkpoints: Counter
     checkpoint_seconds: Histogram
@@ -174,13 +189,17 @@ class Metrics:
         registry: CollectorRegistry,
         source_topics: Iterable[str] = (),
         funnels: tuple[FunnelDefinition, ...] = (),
+        event_names: Iterable[str] = EVENT_MODELS,
     ) -> Metrics:
+        """``event_names``: every name an accepted event can have (the built-in contract's,
+        or a tracking plan's), whose counters exist at 0 from the start."""
         source_topics = tuple(source_topics)  # read once per funnel and once for the inputs
         metrics = cls(
             registry=registry,
             events=Counter(
                 "streamer_events",
-                "Input messages by source topic and outcome (accepted, dead_lettered, duplicate)",
+                "Input messages by source topic and outcome (accepted, dead_lettered, duplicate, "
+                "ignored: an event the tracking plan does not declare)",
                 ["topic", "outcome"],
                 registry=registry,
             ),
@@ -206,6 +225,14 @@ class Metrics:
                 "streamer_stage_events",
                 "Accepted events by lifecycle stage (awareness, consideration, decision, ...)",
                 ["stage"],
+                registry=registry,
+            ),
+            unplanned_events=Counter(
+                "streamer_unplanned_events",
+                "Events the tracking plan does not declare, ignored (unplanned.events: ignore), "
+                f"by topic and event name (the first {UNPLANNED_NAMES_CAP} names; later ones as "
+                f"{UNPLANNED_OTHER})",
+                ["topic", "event"],
                 registry=registry,
             ),
             late_events=Counter(
@@ -398,8 +425,40 @@ class Metrics:
                 metrics.events.labels(topic=topic, outcome=outcome)
             for reason in ReasonCode:
                 metrics.dead_letters.labels(topic=topic, reason=reason.value)
-        for event_type in EVENT_MODELS:
+        for event_type in event_names:
             metrics.events_by_type.labels(event_type=event_type)
         for lifecycle in LifecycleStage:
             metrics.stage_events.labels(stage=lifecycle.value)
         return metrics
+
+
+class UnplannedCounter:
+    """Counts ignored unplanned events by topic and name, with a bounded label set: the first
+    ``UNPLANNED_NAMES_CAP`` names get a series of their own (each logged once, so an operator
+    sees what the plan is missing), later ones count as ``UNPLANNED_OTHER``."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._counter = metrics.unplanned_events
+        self._names: set[str] = set()
+        self._warned_cap = False
+
+    def count(self, topic: str, name: str) -> None:
+        if name not in self._names:
+            if len(self._names) >= UNPLANNED_NAMES_CAP:
+                if not self._warned_cap:
+                    self._warned_cap = True
+                    log.warning(
+                        "more than %d unplanned event names: later ones are counted as %s",
+                        UNPLANNED_NAMES_CAP,
+                        UNPLANNED_OTHER,
+                    )
+                name = UNPLANNED_OTHER
+            else:
+                self._names.add(name)
+                log.info(
+                    "unplanned event %r on %s ignored (the tracking plan does not declare it; "
+                    "unplanned.events: ignore): counted in streamer_unplanned_events_total",
+                    name,
+                    topic,
+                )
+        self._counter.labels(topic=topic, event=name).inc()

@@ -31,12 +31,19 @@ from typing import Any
 import orjson
 from aiokafka import TopicPartition
 
-from streamer.decode import DecodeLimits, Rejection, decode_event
-from streamer.decoders import needed_fields, stored_event
+from streamer.decode import DecodeLimits, Rejection
+from streamer.decoders import (
+    ContractDecoder,
+    DecodedEvent,
+    EventDecoder,
+    Ignored,
+    event_decoder,
+    needed_fields,
+    tracking_plan,
+)
 from streamer.errors import RangeNotHeldError
 from streamer.events import (
     Alert,
-    Event,
     ReplayAbandonments,
     ReplayEvents,
     ReplayFunnel,
@@ -59,7 +66,7 @@ from streamer.settings import Settings
 __all__ = ["RangeReplay", "backfill", "diff_reports", "notify_alerts", "replay_range"]
 
 # Events of any age are replayed; the live worker's other limits apply.
-_ANY_AGE = timedelta(days=365 * 100)
+ANY_AGE = timedelta(days=365 * 100)
 
 
 @dataclass
@@ -93,6 +100,7 @@ class RangeReplay:
         dashboard_url: str | None = None,
         runbook_url: str | None = None,
         drain: bool = False,
+        decoder: EventDecoder | None = None,
     ) -> None:
         self.funnels = tuple(funnels)
         self.start_ms, self.end_ms = to_epoch_ms(start), to_epoch_ms(end)
@@ -110,36 +118,47 @@ class RangeReplay:
             _FunnelRun(funnel, index, FunnelDetector(funnel))
             for index, funnel in enumerate(self.funnels)
         ]
-        self._keep = needed_fields(self.funnels)
+        # As the worker decodes, events of any age apart (the built-in contract by default).
+        self.decoder = decoder or ContractDecoder(
+            DecodeLimits(max_age=ANY_AGE), needed_fields(self.funnels)
+        )
         self._grid_ms = math.gcd(*(f.window_ms for f in self.funnels))  # every boundary
         self.fronts: dict[str, int] = dict.fromkeys(inputs, NEVER)
         self.finished: set[str] = set()
         self.counts: Counter[str] = Counter()
 
     # --- input ---------------------------------------------------------------------------
-    def offer(self, input_name: str, topic: str, event: Event | Rejection) -> None:
-        """One message of ``input_name`` (``topic/partition``), decoded as the worker does."""
+    def offer(
+        self, input_name: str, topic: str, raw: bytes | None, received_at: datetime
+    ) -> DecodedEvent | Rejection | Ignored:
+        """One message of ``input_name`` (``topic/partition``) received at ``received_at``,
+        decoded as the worker does; what it decoded to."""
         self.counts["read"] += 1
-        if isinstance(event, Rejection):
+        decoded = self.decoder.decode(raw, topic=topic, received_at=received_at)
+        if isinstance(decoded, Rejection):
             self.counts["rejected"] += 1
-            return
-        stored = stored_event(event, self._keep)
+            return decoded
+        if isinstance(decoded, Ignored):
+            self.counts["ignored"] += 1
+            return decoded
+        stored = decoded.event
         if stored.at_ms > self.fronts.get(input_name, NEVER):
             self.fronts[input_name] = stored.at_ms
         in_range = self.start_ms <= stored.at_ms < self.end_ms
         drained = (
             not in_range
             and self.end_ms <= stored.at_ms < self.until_ms
-            and event.session_id in self.task.sessions
+            and decoded.session_id in self.task.sessions
         )
         if not (in_range or drained):
             self.counts["out_of_range"] += 1
-            return
-        outcome = self.task.offer(event.session_id, stored, event.user_id, topic)
+            return decoded
+        outcome = self.task.offer(decoded.session_id, stored, decoded.user_id, topic)
         if outcome is Offer.ACCEPTED:
             self.counts["in_range" if in_range else "drained"] += 1
         else:
             self.counts["duplicate" if outcome is Offer.DUPLICATE else "late"] += 1
+        return decoded
 
     def finish(self, input_name: str) -> None:
         """``input_name`` is read up to ``to`` (plus the lateness): it holds nothing back."""
@@ -264,6 +283,7 @@ class RangeReplay:
                 duplicate=seen["duplicate"],
                 late=seen["late"],
                 rejected=seen["rejected"],
+                ignored=seen["ignored"],
             ),
             funnels=funnels,
             run=run_info,
@@ -358,6 +378,9 @@ async def _replayed(
         for p in await topic_partitions(settings, topic)
     ]
     names = {tp: f"{tp.topic}/{tp.partition}" for tp in assignment}
+    funnels = tuple(funnels)
+    plan = tracking_plan(settings)
+    limits = dataclasses.replace(DecodeLimits.of(settings), max_age=ANY_AGE)
     engine = RangeReplay(
         funnels,
         start=start,
@@ -369,8 +392,8 @@ async def _replayed(
         dashboard_url=settings.dashboard_url,
         runbook_url=settings.runbook_url,
         drain=drain,
+        decoder=event_decoder(plan, limits, needed_fields(funnels)),
     )
-    limits = dataclasses.replace(DecodeLimits.of(settings), max_age=_ANY_AGE)
     consumer = make_consumer(settings, enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:
@@ -401,14 +424,10 @@ async def _replayed(
                     received = (
                         utc_datetime(record.timestamp) if record.timestamp > 0 else started_at
                     )
-                    event = decode_event(record.value, received_at=received, limits=limits)
-                    engine.offer(names[tp], tp.topic, event)
+                    event = engine.offer(names[tp], tp.topic, record.value, received)
                     # An event one lateness past --to: no later one of this partition can be
                     # in the range (its disorder is within the lateness, as live).
-                    past = (
-                        not isinstance(event, Rejection)
-                        and to_epoch_ms(event.occurred_at) > stop_ms
-                    )
+                    past = isinstance(event, DecodedEvent) and event.event.at_ms > stop_ms
                     if past or record.offset + 1 >= last[tp]:
                         done = True
                         break

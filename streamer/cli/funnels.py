@@ -16,6 +16,7 @@ from rich.table import Table
 from streamer.cli._common import cli, console, fail_cleanly, kafka_ready, settings_of
 from streamer.errors import StreamerError
 from streamer.kafka_access import AccessNeeds
+from streamer.settings import Settings
 
 
 # --- funnels and replay -----------------------------------------------------------------
@@ -30,19 +31,27 @@ def funnel() -> None:
 @fail_cleanly
 def funnel_check(ctx: click.Context, files: tuple[Path, ...]) -> None:
     """Validate funnel definition files (default: the configured ones) and print them."""
-    for definition in checked_funnels(files or settings_of(ctx).funnels):
+    settings = settings_of(ctx)
+    for definition in checked_funnels(settings, files or settings.funnels):
         click.echo(definition.describe())
 
 
-def checked_funnels(paths: Sequence[Path], overrides: dict[str, str] | None = None) -> Any:
-    """The funnel files, validated against the event types there are (today: the contract's,
-    streamer.events); a problem is one ConfigError line naming the file and line."""
-    from streamer.errors import ConfigError
-    from streamer.events import EVENT_PROPERTIES
+def checked_funnels(
+    settings: Settings, paths: Sequence[Path], overrides: dict[str, str] | None = None
+) -> Any:
+    """The funnel files, validated against the events there are (the tracking plan of
+    ``settings``, else the built-in contract): a problem is one ConfigError line naming the
+    file and line (the plan's own errors too)."""
+    from streamer.decoders import catalogue_of, tracking_plan
+    from streamer.errors import ConfigError, PlanError
     from streamer.funnel.definition import FunnelDefinitionError, load_funnels
 
     try:
-        return load_funnels(paths, overrides, known_events=EVENT_PROPERTIES)
+        catalogue = catalogue_of(tracking_plan(settings))
+    except PlanError as exc:
+        raise ConfigError(f"tracking plan: {exc}") from None
+    try:
+        return load_funnels(paths, overrides, known_events=catalogue)
     except FunnelDefinitionError as exc:
         raise ConfigError(str(exc)) from None
 

@@ -129,7 +129,7 @@ def replay(
         if not sep or not key:
             raise click.BadParameter(f"{item!r}: use KEY=VALUE", param_hint="--set")
         changes[key.strip()] = value.strip()
-    funnels = checked_funnels(funnel_paths or settings.funnels, changes)
+    funnels = checked_funnels(settings, funnel_paths or settings.funnels, changes)
     kafka_ready(settings, AccessNeeds(read=input_topics(settings)))  # read-only: writes nothing
     per_input: dict[str, tuple[int, int]] = {}
     columns = (
@@ -283,8 +283,8 @@ def backfill_command(
     from streamer.range_replay import backfill
 
     range_from, range_to = _time_range(start, end)
-    funnels = checked_funnels(funnel_paths)
     settings = settings_of(ctx)
+    funnels = checked_funnels(settings, funnel_paths)
     kafka_ready(
         settings, AccessNeeds(read=input_topics(settings), write=(settings.baselines_topic,))
     )

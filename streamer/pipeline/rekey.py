@@ -29,11 +29,11 @@ from typing import Any
 import orjson
 from faust.types import TP
 
-from streamer.decode import DecodeLimits, Rejection, decode_event
-from streamer.events import to_epoch_ms
+from streamer.decode import DecodeLimits, Rejection
+from streamer.decoders import ContractDecoder, EventDecoder, Ignored
 from streamer.funnel.session import NEVER
 from streamer.kafka_io import committed_offset, topic_partitions
-from streamer.metrics import Metrics
+from streamer.metrics import Metrics, UnplannedCounter
 from streamer.pipeline.input_order import STALL_REPAIR_S, InputPositions, MemoryStore, source_reader
 from streamer.pipeline.messages import (
     REKEY_FRONT,
@@ -86,11 +86,14 @@ class RekeyStage:
         read_range: ReadFn | None = None,
         committed: CommittedFn | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        decoder: EventDecoder | None = None,
     ) -> None:
         self.topics = topics
         self._out_partitions = out_partitions
         self._metrics = metrics
-        self._limits = limits
+        # Only the session and the time are read here: nothing of the event is kept.
+        self._decoder = decoder or ContractDecoder(limits, frozenset())
+        self._unplanned = UnplannedCounter(metrics)
         self._forward = forward
         self._send_dead_letter = send_dead_letter
         self._flush_producer = flush_producer
@@ -158,8 +161,11 @@ class RekeyStage:
         self._positions.applied(message.topic, message.partition, message.offset)
         self._last_read[source] = time.monotonic()
         received_at = message.received_at(otherwise=self._clock())
-        result = decode_event(message.value, received_at=received_at, limits=self._limits)
-        if isinstance(result, Rejection):
+        result = self._decoder.decode(message.value, topic=message.topic, received_at=received_at)
+        if isinstance(result, Ignored):
+            self._metrics.events.labels(topic=message.topic, outcome="ignored").inc()
+            self._unplanned.count(message.topic, result.name)
+        elif isinstance(result, Rejection):
             self._metrics.events.labels(topic=message.topic, outcome="dead_lettered").inc()
             self._in_flight.add(
                 await send_rejected(
@@ -176,7 +182,7 @@ class RekeyStage:
             self._in_flight.add(
                 await self._forward(result.session_id.encode(), message.value or b"", None, headers)
             )
-            at_ms = to_epoch_ms(result.occurred_at)
+            at_ms = result.event.at_ms
             if at_ms > self.fronts.get(source, NEVER):
                 self.fronts[source] = at_ms
 
@@ -220,8 +226,11 @@ class RekeyStage:
             ack()
 
 
-def install(app: Any, settings: Settings, metrics: Metrics) -> RekeyStage:
-    """Wire the re-key stage: source topics -> validated events -> ``rekeyed_topic``."""
+def install(
+    app: Any, settings: Settings, metrics: Metrics, decoder: EventDecoder | None = None
+) -> RekeyStage:
+    """Wire the re-key stage: source topics -> validated events -> ``rekeyed_topic``
+    (``decoder``: the worker's, the built-in contract's if None)."""
     topics = (settings.clickstream_topic, settings.checkout_topic)
     source = source_topic(app, *topics)
     rekeyed = record_topic(app, settings.rekeyed_topic, partitions=settings.topic_partitions)
@@ -246,6 +255,7 @@ def install(app: Any, settings: Settings, metrics: Metrics) -> RekeyStage:
         out_partitions=settings.topic_partitions,
         metrics=metrics,
         limits=DecodeLimits.of(settings),
+        decoder=decoder,
         forward=forward,
         send_dead_letter=send_dead_letter,
         flush_producer=flush_producer,

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 from streamer.kafka_io import make_producer, read_topic
+from streamer.metrics import OUTCOMES
 from streamer.settings import Settings
 from streamer.testing import MetricValues, WorkerProcess, metric, scrape_metrics
 
@@ -16,7 +17,7 @@ def processed(values: MetricValues, settings: Settings) -> float:
     return sum(
         metric(values, "streamer_events_total", topic=topic, outcome=outcome)
         for topic in (settings.clickstream_topic, settings.checkout_topic)
-        for outcome in ("accepted", "dead_lettered", "duplicate")
+        for outcome in OUTCOMES
     )
 
 

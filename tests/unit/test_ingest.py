@@ -176,12 +176,12 @@ async def test_sent_at_corrects_a_device_clock_that_is_off() -> None:
 
 
 async def test_a_decoder_bug_becomes_a_processing_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    import streamer.pipeline.sessions.stage as sessions
+    import streamer.decoders as decoders
 
     def broken(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("bug")
 
-    monkeypatch.setattr(sessions, "decode_event", broken)
+    monkeypatch.setattr(decoders, "decode_event", broken)
     letter = await _reject(orjson.dumps(valid_event()))
     assert letter.reason is ReasonCode.PROCESSING_ERROR
     assert "ZeroDivisionError" in letter.message

@@ -12,7 +12,6 @@ from typing import Any
 
 import orjson
 
-from streamer.decode import DecodeLimits, decode_event
 from streamer.events import Alert, ReplayReport
 from streamer.funnel.definition import load_funnel
 from streamer.range_replay import RangeReplay, diff_reports
@@ -21,7 +20,6 @@ from streamer.simulate import TrafficModel
 CHECKOUT = Path(__file__).resolve().parents[2] / "deploy/funnels/checkout.yaml"
 START = datetime(2026, 11, 20, 14, 0, tzinfo=UTC)
 END = START + timedelta(minutes=20)
-LIMITS = DecodeLimits(max_age=timedelta(days=36500))
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
 
 
@@ -40,7 +38,7 @@ def engine(inputs: list[str], drain: bool = False) -> RangeReplay:
 
 def offer(replay: RangeReplay, name: str, event: dict[str, Any]) -> None:
     topic = name.rsplit("/", 1)[0]
-    replay.offer(name, topic, decode_event(orjson.dumps(event), received_at=NOW, limits=LIMITS))
+    replay.offer(name, topic, orjson.dumps(event), NOW)
     replay.advance()
 
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from streamer.decode import DecodeLimits, Rejection, decode_event
-from streamer.decoders import stored_event
+from streamer.decode import DecodeLimits
+from streamer.decoders import DecodedEvent, EventDecoder
 from streamer.formatting import utc_datetime
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.session import NEVER
@@ -37,7 +37,7 @@ class CatchUpInput:
     read_range: Callable[[str, int, int, int], Awaitable[tuple[int, list[SourceMessage]]]]
     limits: DecodeLimits
     clock: Callable[[], datetime]
-    keep: frozenset[str]
+    decoder: EventDecoder
 
 
 async def rebuild_added_funnels(
@@ -71,16 +71,14 @@ async def rebuild_added_funnels(
             await source.read_range(topic, partition, start, end) if end > start else (0, [])
         )
         for message in messages:
-            result = decode_event(
+            result = source.decoder.decode(
                 message.value,
+                topic=topic,
                 received_at=message.received_at(otherwise=source.clock()),
-                limits=source.limits,
             )
-            if isinstance(result, Rejection):
-                continue  # dead-lettered when it was first read
-            history.offer(
-                result.session_id, stored_event(result, source.keep), result.user_id, topic
-            )
+            if not isinstance(result, DecodedEvent):
+                continue  # dead-lettered or ignored when it was first read
+            history.offer(result.session_id, result.event, result.user_id, topic)
             read += 1
     history.advance(task.watermark_ms)
     task.adopt(history, indexes)

@@ -24,16 +24,15 @@ from typing import Any
 
 import orjson
 
-from streamer.decode import DecodeLimits, Rejection, decode_event
-from streamer.decoders import needed_fields, stored_event
-from streamer.events import EVENT_MODELS, ReasonCode
+from streamer.decode import DecodeLimits, Rejection
+from streamer.decoders import ContractDecoder, EventDecoder, Ignored, needed_fields
+from streamer.events import ReasonCode
 from streamer.formatting import watermark_text
 from streamer.funnel.clock import InputClock
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.session import NEVER, CompiledFunnel
-from streamer.funnel.stages import lifecycle_stage
 from streamer.funnel.task import AbandonmentNotice, Offer
-from streamer.metrics import Metrics
+from streamer.metrics import OUTCOMES, Metrics, UnplannedCounter
 from streamer.pipeline.input_order import STALL_REPAIR_S, InputPositions
 from streamer.pipeline.messages import (
     REKEY_FRONT,
@@ -118,6 +117,7 @@ class SessionsStage:
         partition_scope: Callable[[int], AbstractContextManager[None]] = _any_partition,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         rekeyed_from: tuple[str, ...] = (),
+        decoder: EventDecoder | None = None,
     ) -> None:
         self.definitions = funnels
         self.funnels = tuple(CompiledFunnel(f) for f in funnels)
@@ -134,7 +134,8 @@ class SessionsStage:
         self._read_range = read_range
         self._find_offset = find_offset
         self._clock = clock
-        self._keep = needed_fields(funnels)
+        # The built-in contract unless the worker was given a tracking plan's decoder.
+        self._decoder = decoder or ContractDecoder(limits, needed_fields(funnels))
         # Re-key path: ``topics`` is the re-keyed topic, events come from ``rekeyed_from`` and
         # the clock's inputs are their partitions, learnt from the in-band front markers.
         self.rekeyed_from = rekeyed_from
@@ -169,7 +170,7 @@ class SessionsStage:
         self._counters = {
             (topic, outcome): metrics.events.labels(topic=topic, outcome=outcome)
             for topic in (*topics, *rekeyed_from)
-            for outcome in ("accepted", "dead_lettered", "duplicate")
+            for outcome in OUTCOMES
         }
         self._bytes = {topic: metrics.event_bytes.labels(topic=topic) for topic in topics}
         self._replayed = {topic: metrics.replayed.labels(topic=topic) for topic in topics}
@@ -181,12 +182,13 @@ class SessionsStage:
         self._type_counters = {
             event_type: [metrics.events_by_type.labels(event_type=event_type)]
             + (
-                [metrics.stage_events.labels(stage=stage.value)]
-                if (stage := lifecycle_stage(event_type)) is not None
+                [metrics.stage_events.labels(stage=stage)]
+                if (stage := self._decoder.stage_of(event_type)) is not None
                 else []
             )
-            for event_type in EVENT_MODELS
+            for event_type in self._decoder.event_names
         }
+        self._unplanned = UnplannedCounter(metrics)
 
     # --- assignment ----------------------------------------------------------------------
     def assign(self, partitions: set[int]) -> None:
@@ -333,7 +335,7 @@ class SessionsStage:
                     read_range=self._read_range,
                     limits=self._limits,
                     clock=self._clock,
-                    keep=self._keep,
+                    decoder=self._decoder,
                 ),
                 lateness_ms=self._lateness_ms,
                 retention_ms=self._retention_ms,
@@ -407,15 +409,19 @@ class SessionsStage:
     ) -> Offer | None:
         """Decode, validate and offer one event; ``clock_input`` names the input whose front
         it moves (None on the re-key path, where fronts arrive in-band)."""
-        result = decode_event(
+        result = self._decoder.decode(
             message.value,
+            topic=message.topic,
             received_at=message.received_at(otherwise=self._clock()),
-            limits=self._limits,
         )
+        if isinstance(result, Ignored):
+            self._tally(self._counters[(message.topic, "ignored")])
+            self._unplanned.count(message.topic, result.name)
+            return None
         if isinstance(result, Rejection):
             await self._dead_letter(message, result)
             return None
-        event = stored_event(result, self._keep)
+        event = result.event
         task = runtime.task
         outcome = task.offer(result.session_id, event, result.user_id, message.topic)
         if outcome is Offer.LATE:
@@ -434,7 +440,7 @@ class SessionsStage:
             return outcome
         if outcome is Offer.ACCEPTED:
             accepted = self._accepted
-            key = (message.topic, result.event_type)
+            key = (message.topic, event.event_type)
             accepted[key] = accepted.get(key, 0) + 1
             if clock_input is not None and self.inputs.observe(
                 clock_input, message.partition, event.at_ms

@@ -8,6 +8,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from streamer.decode import DecodeLimits
+from streamer.decoders import EventDecoder
 from streamer.funnel.definition import FunnelDefinition
 from streamer.kafka_io import offset_at
 from streamer.metrics import Metrics
@@ -35,10 +36,15 @@ BATCH_WITHIN_S = 0.1
 
 
 def install(
-    app: Any, settings: Settings, metrics: Metrics, funnels: tuple[FunnelDefinition, ...]
+    app: Any,
+    settings: Settings,
+    metrics: Metrics,
+    funnels: tuple[FunnelDefinition, ...],
+    decoder: EventDecoder | None = None,
 ) -> SessionsStage:
     """Wire the sessions stage into ``app``: source topics, outputs, state table, agent,
-    rebalance callbacks, and the timer that marks idle inputs and publishes without input."""
+    rebalance callbacks, and the timer that marks idle inputs and publishes without input
+    (``decoder``: the worker's, the built-in contract's if None)."""
     sources = (settings.clickstream_topic, settings.checkout_topic)
     topics: tuple[str, ...]
     rekeyed_from: tuple[str, ...]
@@ -48,7 +54,7 @@ def install(
     else:  # the re-key stage (streamer.pipeline.rekey) forwards every event to one topic
         topics, rekeyed_from = (settings.rekeyed_topic,), sources
         source = source_topic(app, *topics, partitions=settings.topic_partitions)
-    stage = _build_stage(app, settings, metrics, funnels, topics, rekeyed_from)
+    stage = _build_stage(app, settings, metrics, funnels, topics, rekeyed_from, decoder)
     app.before_stop.append(stage.close)
     _install_agent(app, source, stage, metrics)
     _install_rebalance_callbacks(app, stage, topics)
@@ -63,6 +69,7 @@ def _build_stage(
     funnels: tuple[FunnelDefinition, ...],
     topics: tuple[str, ...],
     rekeyed_from: tuple[str, ...],
+    decoder: EventDecoder | None,
 ) -> SessionsStage:
     """The stage with its outputs, its state table and its direct reads of the input."""
     dlq = dead_letter_topic(app, settings)
@@ -118,6 +125,7 @@ def _build_stage(
         find_offset=find_input_offset,
         partition_scope=partition_scope,
         rekeyed_from=rekeyed_from,
+        decoder=decoder,
     )
 
 
