@@ -52,10 +52,17 @@ async def preload(settings: Settings, dataset: Dataset) -> int:
 
 async def send_closing(settings: Settings, at_ms: int) -> None:
     """Closing events at ``at_ms`` on every partition of both topics (see tests.support.traffic)."""
+    await send_to_partitions(settings, closing_messages(settings, at_ms))
+
+
+async def send_to_partitions(
+    settings: Settings, messages: list[tuple[str, int, bytes, bytes]]
+) -> None:
+    """(topic, partition, key, value) messages, each to its own partition."""
     producer = make_producer(settings, acks="all")
     await producer.start()
     try:
-        for topic, partition, key, value in closing_messages(settings, at_ms):
+        for topic, partition, key, value in messages:
             await producer.send_and_wait(topic, value=value, key=key, partition=partition)
     finally:
         await producer.stop()
