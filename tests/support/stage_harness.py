@@ -11,6 +11,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from streamer.decode import DecodeLimits
+from streamer.decoders import EventDecoder
 from streamer.events import DeadLetter
 from streamer.funnel.definition import FunnelDefinition, load_funnel
 from streamer.funnel.task import Offer
@@ -86,8 +87,7 @@ class Harness:
         outcome = await self.stage.process(message, lambda: self.acked.append(message.offset))
         if len(self.dead_letters.sent) > letters:
             return "dead_lettered", DeadLetter.model_validate_json(self.dead_letters.sent[-1][1])
-        assert outcome is not None
-        return outcome, None
+        return outcome if outcome is not None else "ignored", None
 
 
 def make_harness(
@@ -98,7 +98,10 @@ def make_harness(
     read_range: ReadRange = _cannot_read,
     find_offset: FindOffset = _cannot_find,
     funnels: tuple[FunnelDefinition, ...] | None = None,
+    decoder: EventDecoder | None = None,
 ) -> Harness:
+    """The stage with in-memory sinks (``decoder``: a tracking plan's; the contract's if
+    None)."""
     funnels = funnels or (load_funnel(CHECKOUT),)
     metrics = Metrics.create(
         CollectorRegistry(), source_topics=("clickstream", "checkout"), funnels=funnels
@@ -125,5 +128,6 @@ def make_harness(
         read_range=read_range,
         find_offset=find_offset,
         clock=lambda: NOW,
+        decoder=decoder,
     )
     return Harness(stage, dead_letters, partials, abandonments, metrics, table)
