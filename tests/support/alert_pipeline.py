@@ -36,7 +36,7 @@ from streamer.settings import Settings
 from streamer.simulate import Incident, StepRates, TrafficModel, topic_for
 from streamer.testing import WorkerProcess, produce, run_cli, scrape_metrics
 from streamer.testing_slack import FakeSlack
-from tests.support.kafka_waits import processed
+from tests.support.kafka_waits import outputs_settled, processed
 from tests.support.pipeline_run import send_closing
 from tests.support.traffic import closing_messages
 
