@@ -115,7 +115,7 @@ async def test_valid_invalid_and_duplicates_land_where_they_belong(
         values = wait_processed(worker, settings, len(mixed))
         assert _accepted(values, settings) == len(valid)
 
-        dead = await read_exactly(settings, settings.dlq_topic, len(invalid))
+        dead = await read_exactly(settings, settings.dlq_topic, len(invalid), [worker])
         letters, unreadable = parse_dead_letters(dead)
         assert unreadable == 0
         by_payload = {base64.b64decode(letter.payload_base64): letter for letter in letters}
@@ -317,7 +317,7 @@ async def test_a_dead_letter_the_broker_refuses_stops_the_worker_and_is_written_
 
     await limit_message_bytes(settings, settings.dlq_topic, DLQ_MAX_MESSAGE_BYTES)
     with WorkerProcess(settings, tmp_path / "fixed.log") as worker:
-        [(key, value)] = await read_exactly(settings, settings.dlq_topic, 1)
+        [(key, value)] = await read_exactly(settings, settings.dlq_topic, 1, [worker])
         values = wait_processed(worker, settings, 1)
         [letter], unreadable = parse_dead_letters([(key, value)])
         assert unreadable == 0

@@ -3,7 +3,8 @@ package is ``streamer.testing``; see CONTRIBUTING.md). Fixtures stay in ``confte
 where pytest finds them.
 
 - ``settings``: settings no other test shares (topics, group, port, data dir).
-- ``kafka_waits``: waiting on a worker by its metrics, topics read to a count, end markers.
+- ``kafka_waits``: waiting on a worker by its metrics, topics read to a count, end markers,
+  every stage's input committed to its end (its outputs then on the broker).
 - ``pipeline_run``: a worker run end to end (produce, close every window, read the outputs).
 - ``alert_pipeline``: the alert scenario of the end-to-end tests (planted payment incident).
 - ``stage_harness``: the sessions stage in memory, with in-memory sinks (unit tests, benchmarks).

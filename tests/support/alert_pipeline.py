@@ -36,7 +36,7 @@ from streamer.settings import Settings
 from streamer.simulate import Incident, StepRates, TrafficModel, topic_for
 from streamer.testing import WorkerProcess, produce, run_cli, scrape_metrics
 from streamer.testing_slack import FakeSlack
-from tests.support.kafka_waits import processed
+from tests.support.kafka_waits import outputs_settled, processed
 from tests.support.pipeline_run import send_closing
 from tests.support.traffic import closing_messages
 
@@ -136,16 +136,18 @@ def traffic(incident: bool) -> list[dict[str, Any]]:
 def configure(settings: Settings, tmp_path: Path, slack: FakeSlack) -> Settings:
     funnel = tmp_path / "checkout.yaml"
     funnel.write_text(FUNNEL)
-    return settings.model_copy(
-        update={
-            "funnels": (funnel,),
-            "store": "memory",
-            "slack_webhook_url": SecretStr(slack.url("T0/B0/warnings")),
-            "slack_page_webhook_url": SecretStr(slack.url("T0/B1/oncall")),
-            "dashboard_url": "https://grafana.example.com/d/funnel",
-            "runbook_url": "https://wiki.example.com/runbook/drop-off",
-        }
-    )
+    return settings.model_copy(update={"funnels": (funnel,), "store": "memory", **routes(slack)})
+
+
+def routes(slack: FakeSlack) -> dict[str, Any]:
+    """The settings that send alerts to ``slack`` (warnings and pages on webhooks of their
+    own), with the links an alert carries."""
+    return {
+        "slack_webhook_url": SecretStr(slack.url("T0/B0/warnings")),
+        "slack_page_webhook_url": SecretStr(slack.url("T0/B1/oncall")),
+        "dashboard_url": "https://grafana.example.com/d/funnel",
+        "runbook_url": "https://wiki.example.com/runbook/drop-off",
+    }
 
 
 CLOSING = START + timedelta(minutes=55)  # closing events: every window final
@@ -228,30 +230,29 @@ def _links(config: Settings) -> tuple[str | None, str | None]:
 
 
 async def run_pipeline(
-    config: Settings, events: list[dict[str, Any]], worker: WorkerProcess, min_finals: int = 20
+    config: Settings,
+    events: list[dict[str, Any]],
+    worker: WorkerProcess,
+    min_finals: int = 20,
+    closing: datetime = CLOSING,
 ) -> int:
-    """Replay, close every window, and wait until every window is final (at least
-    ``min_finals`` of them); returns how many."""
+    """Replay, close every window (closing events at ``closing``), and wait until the worker
+    has applied all of it and published what it makes final and alerts on (at least
+    ``min_finals`` final windows); returns how many final windows."""
     await replay_events(config, events)
     deadline = time.monotonic() + 300
     while processed(scrape_metrics(worker.metrics_url), config) < len(events):
         worker.assert_running()
         assert time.monotonic() < deadline, worker.log_tail()
         await asyncio.sleep(0.5)
-    # Closing events 40 minutes after the traffic (and before now): every window is final.
-    await send_closing(config, _ms(CLOSING))
-    published = -1
-    while True:  # final windows stop coming, and the detector has read all of them
-        await asyncio.sleep(2)
-        records = await read_topic(config, config.windows_topic)
-        finals = sum(1 for _, v in records if v and WindowStats.model_validate_json(v).final)
-        if finals == published and finals >= min_finals:
-            return finals
-        published = finals
-        assert time.monotonic() < deadline, (
-            f"{finals} final windows of {len(records)} records, wanted {min_finals} and "
-            f"stable\n{worker.log_tail()}"
-        )
+    await send_closing(config, _ms(closing))
+    # Every stage committed to the end of its input: the windows the closing events made
+    # final, and the detector's alerts on every boundary they passed, are on the broker.
+    await outputs_settled(config, [worker], timeout=max(30.0, deadline - time.monotonic()))
+    records = await read_topic(config, config.windows_topic)
+    finals = sum(1 for _, v in records if v and WindowStats.model_validate_json(v).final)
+    assert finals >= min_finals, f"{finals} final windows of {len(records)} records"
+    return finals
 
 
 def assert_names_the_incident(alerts: list[Alert], incident: Incident) -> None:
@@ -272,6 +273,10 @@ def assert_names_the_incident(alerts: list[Alert], incident: Incident) -> None:
     end_ms = incident.end.timestamp() * 1000
     assert all(int(a.event_id.rsplit("/", 1)[1]) > end_ms for a in resolved)  # its watermark
 
+
+# The alert-quality harness's detection bounds (benchmarks.alert_quality, its incidents):
+# watermark minutes from an incident's onset to the first alert that names it.
+DETECTION_BOUND_MINUTES = {"segment": 5, "step": 2, "silence": 5}
 
 END_MARKER_ID = "end-marker"
 

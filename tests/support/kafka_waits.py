@@ -1,13 +1,21 @@
 """Waiting on a worker without sleeping blind: metrics reached, topics read to a count,
-end markers sent and seen."""
+end markers sent and seen, the group's committed offsets at the end of its topics."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from streamer.kafka_io import make_producer, read_topic
+from aiokafka import TopicPartition
+
+from streamer.kafka_io import (
+    make_consumer,
+    make_producer,
+    read_topic,
+    stop_consumer,
+    topic_partitions,
+)
 from streamer.metrics import OUTCOMES
 from streamer.settings import Settings
 from streamer.testing import MetricValues, WorkerProcess, metric, scrape_metrics
@@ -58,12 +66,12 @@ async def read_at_least(
 
 
 async def read_exactly(
-    settings: Settings, topic: str, expected: int, timeout: float = 30, grace: float = 1.0
+    settings: Settings, topic: str, expected: int, workers: Sequence[WorkerProcess]
 ) -> list[tuple[bytes | None, bytes | None]]:
-    """The records of ``topic`` once there are ``expected`` of them, checked again after
-    ``grace`` seconds so that a surplus is seen (the worker's producer sends asynchronously)."""
-    await read_at_least(settings, topic, expected, timeout)
-    await asyncio.sleep(grace)
+    """The records of ``topic`` once every input record has gone through ``workers`` and its
+    outputs are on the broker (:func:`outputs_settled`): there must be ``expected`` of them,
+    a surplus included (a copy cannot arrive later)."""
+    await outputs_settled(settings, workers)
     records = await read_topic(settings, topic)
     assert len(records) == expected, f"{topic}: {len(records)} records, expected {expected}"
     return records
@@ -97,3 +105,58 @@ def end_markers_read(values: MetricValues, settings: Settings) -> float:
         metric(values, "streamer_dead_letters_total", topic=topic, reason="not_json")
         for topic in (settings.clickstream_topic, settings.checkout_topic)
     )
+
+
+async def committed_to_end(
+    settings: Settings, topics: Sequence[str], workers: Sequence[WorkerProcess], timeout: float
+) -> None:
+    """Until the worker group's committed offset on every partition of ``topics`` reaches
+    that partition's end offset as of this call (the end of the log is the end marker: no
+    record added, so no output changes). A stage commits an offset only once the outputs of
+    everything before it are on the broker (decision 0001; the windows stage once its window
+    records, alerts and state writes are confirmed), so they are readable when this returns."""
+    partitions = [
+        TopicPartition(topic, p)
+        for topic in topics
+        for p in await topic_partitions(settings, topic)
+    ]
+    consumer = make_consumer(settings, group_id=settings.app_id, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(partitions)
+        deadline = time.monotonic() + timeout
+        while True:
+            behind = {
+                f"{tp.topic}/{tp.partition}": (committed, ends[tp])
+                for tp in partitions
+                if (committed := (await consumer.committed(tp)) or 0) < ends[tp]
+            }
+            if not behind:
+                return
+            for worker in workers:
+                if worker.process is not None:
+                    worker.assert_running()
+            if time.monotonic() > deadline:
+                tails = "\n---\n".join(w.log_tail() for w in workers)
+                raise AssertionError(
+                    f"after {timeout}s the group's offsets (committed, end) are still {behind}"
+                    f"\n{tails}"
+                )
+            await asyncio.sleep(0.3)
+    finally:
+        await stop_consumer(consumer)
+
+
+async def outputs_settled(
+    settings: Settings, workers: Sequence[WorkerProcess], timeout: float = 120
+) -> None:
+    """Until every record on the input topics has gone through every stage and whatever it
+    makes the workers publish (partials, dead letters, abandonments, window records, alerts)
+    is on the broker: each stage's input committed to its end, in pipeline order, each end
+    taken once the stage before had committed (so it includes that stage's last outputs)."""
+    stages = [[settings.clickstream_topic, settings.checkout_topic]]
+    if not settings.source_keyed_by_session:
+        stages.append([settings.rekeyed_topic])
+    stages.append([settings.partials_topic])
+    for topics in stages:
+        await committed_to_end(settings, topics, workers, timeout)
