@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 import logging
 import math
 import random
@@ -78,35 +79,8 @@ class TrafficModel:
     def session(self, rng: random.Random, session_id: str, start: datetime) -> list[dict[str, Any]]:
         """One session's events in event-time order, as contract-valid JSON-ready dicts."""
         r = self.rates
-        context = {
-            "device": _pick(rng, _DEVICES),
-            "channel": _pick(rng, _CHANNELS),
-            "country": _pick(rng, _COUNTRIES),
-            "utm_source": rng.choice(("google", "newsletter", "instagram", None)),
-        }
-        context = {k: v for k, v in context.items() if v is not None}
-        user_id = f"u{rng.randrange(1_000_000)}" if rng.random() < 0.4 else None
-        clock = start
-        seq = 0
-        events: list[dict[str, Any]] = []
-
-        def emit(event_type: str, **props: Any) -> None:
-            nonlocal clock, seq
-            if events:
-                clock += timedelta(seconds=rng.expovariate(1.0 / self.mean_gap_seconds))
-            seq += 1
-            event: dict[str, Any] = {
-                "event_id": f"{session_id}-{seq}",
-                "event_type": event_type,
-                "session_id": session_id,
-                "occurred_at": clock.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-                "context": context,
-                **props,
-            }
-            if user_id is not None:
-                event["user_id"] = user_id
-            events.append(event)
-
+        written = _SessionEvents(rng, session_id, start, self.mean_gap_seconds)
+        emit, events = written.emit, written.events
         emit("page_view", page="/", landing=True, referrer="https://www.google.com/")
         if rng.random() >= r.view_after_landing:
             return events
@@ -136,6 +110,7 @@ class TrafficModel:
             return events
         method = _pick(rng, _PAYMENT_METHODS)
         emit("payment_submitted", payment_method=method, amount=cart_value, currency="EUR")
+        clock = written.clock
         broken = any(
             i.start <= clock < i.end and i.payment_method == method for i in self.incidents
         )
@@ -166,6 +141,43 @@ class TrafficModel:
             moment += timedelta(seconds=rng.expovariate(sessions_per_second))
 
 
+class _SessionEvents:
+    """One session's events as it emits them: its context and user drawn once, a random gap
+    before each event but the first."""
+
+    def __init__(
+        self, rng: random.Random, session_id: str, start: datetime, mean_gap_seconds: float
+    ) -> None:
+        context = {
+            "device": _pick(rng, _DEVICES),
+            "channel": _pick(rng, _CHANNELS),
+            "country": _pick(rng, _COUNTRIES),
+            "utm_source": rng.choice(("google", "newsletter", "instagram", None)),
+        }
+        self._context = {k: v for k, v in context.items() if v is not None}
+        self._user_id = f"u{rng.randrange(1_000_000)}" if rng.random() < 0.4 else None
+        self._rng = rng
+        self._session_id = session_id
+        self._mean_gap_seconds = mean_gap_seconds
+        self.clock = start
+        self.events: list[dict[str, Any]] = []
+
+    def emit(self, event_type: str, **props: Any) -> None:
+        if self.events:
+            self.clock += timedelta(seconds=self._rng.expovariate(1.0 / self._mean_gap_seconds))
+        event: dict[str, Any] = {
+            "event_id": f"{self._session_id}-{len(self.events) + 1}",
+            "event_type": event_type,
+            "session_id": self._session_id,
+            "occurred_at": self.clock.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "context": self._context,
+            **props,
+        }
+        if self._user_id is not None:
+            event["user_id"] = self._user_id
+        self.events.append(event)
+
+
 def _pick(rng: random.Random, weighted: tuple[tuple[str, float], ...]) -> str:
     return rng.choices([name for name, _ in weighted], [w for _, w in weighted])[0]
 
@@ -183,6 +195,22 @@ class SimulationReport:
     sessions: int = 0
     events: int = 0
     by_type: dict[str, int] = field(default_factory=dict)
+
+    def count(self, event: dict[str, Any]) -> None:
+        self.events += 1
+        self.by_type[event["event_type"]] = self.by_type.get(event["event_type"], 0) + 1
+
+
+def _schedule(
+    pending: list[tuple[float, int, dict[str, Any]]],
+    session: list[dict[str, Any]],
+    wall_start: datetime,
+    tiebreak: Iterator[int],
+) -> None:
+    """Queue a session's events at their seconds after ``wall_start``."""
+    for event in session:
+        offset = (datetime.fromisoformat(event["occurred_at"]) - wall_start).total_seconds()
+        heapq.heappush(pending, (offset, next(tiebreak), event))
 
 
 async def run_live(
@@ -208,23 +236,16 @@ async def run_live(
     await producer.start()
     report = SimulationReport()
     pending: list[tuple[float, int, dict[str, Any]]] = []
-    tiebreak = 0
+    tiebreak = itertools.count()  # equal times leave in the order queued (dicts never compared)
     began = time.monotonic()
     wall_start = datetime.now(UTC)
     next_session_at = 0.0
     try:
-        while True:
-            elapsed = time.monotonic() - began
-            if elapsed >= duration:
-                break
+        while (elapsed := time.monotonic() - began) < duration:
             while next_session_at <= elapsed:
                 start = wall_start + timedelta(seconds=next_session_at)
-                for event in model.session(rng, f"sim-{seed}-{report.sessions}", start):
-                    offset = (
-                        datetime.fromisoformat(event["occurred_at"]) - wall_start
-                    ).total_seconds()
-                    heapq.heappush(pending, (offset, tiebreak, event))
-                    tiebreak += 1
+                session = model.session(rng, f"sim-{seed}-{report.sessions}", start)
+                _schedule(pending, session, wall_start, tiebreak)
                 report.sessions += 1
                 next_session_at += rng.expovariate(session_rate)
             while pending and pending[0][0] <= elapsed:
@@ -234,8 +255,7 @@ async def run_live(
                     key=event["session_id"].encode(),
                     value=orjson.dumps(event),
                 )
-                report.events += 1
-                report.by_type[event["event_type"]] = report.by_type.get(event["event_type"], 0) + 1
+                report.count(event)
             wake = min(next_session_at, pending[0][0] if pending else math.inf, duration)
             await asyncio.sleep(max(0.0, min(0.05, wake - (time.monotonic() - began))))
     finally:

@@ -76,6 +76,30 @@ def _span_label(label: str, part: dict[str, Any]) -> str:
     return f"last {minutes:.3g} min (all the windows there are, up to an hour)"
 
 
+def _stages_table(name: str, label: str, part: dict[str, Any]) -> Table:
+    """One span of a funnel (``last_window`` or ``last_hour``): counts and ratios per stage."""
+    state = "final" if part.get("final") else "still open: revised until final"
+    title = f"{name}: {_span_label(label, part)} ({part['start']} .. {part['end']}, {state})"
+    table = Table(title=title)
+    columns = ("stage", "entered", "converted", "dropped", "open", "conversion", "drop-off")
+    for column in columns:
+        if column == "stage":  # a long name wraps rather than ends in an ellipsis
+            table.add_column(column, overflow="fold")
+        else:
+            table.add_column(column, justify="right", no_wrap=True)
+    for row in part["stages"]:
+        table.add_row(
+            row["stage"],
+            str(row["entered"]),
+            str(row.get("converted", "")),
+            str(row.get("dropped", "")),
+            str(row.get("open", "")),
+            _provisional(row.get("conversion_ratio"), row.get("open")),
+            _provisional(row.get("drop_off_ratio"), row.get("open")),
+        )
+    return table
+
+
 def print_summary(summary: dict[str, Any], lateness_seconds: float | None = None) -> None:
     if not summary:
         wait = (
@@ -91,29 +115,7 @@ def print_summary(summary: dict[str, Any], lateness_seconds: float | None = None
         return
     for name, parts in summary.items():
         for label in ("last_window", "last_hour"):
-            part = parts[label]
-            state = "final" if part.get("final") else "still open: revised until final"
-            title = (
-                f"{name}: {_span_label(label, part)} ({part['start']} .. {part['end']}, {state})"
-            )
-            table = Table(title=title)
-            columns = ("stage", "entered", "converted", "dropped", "open", "conversion", "drop-off")
-            for column in columns:
-                if column == "stage":  # a long name wraps rather than ends in an ellipsis
-                    table.add_column(column, overflow="fold")
-                else:
-                    table.add_column(column, justify="right", no_wrap=True)
-            for row in part["stages"]:
-                table.add_row(
-                    row["stage"],
-                    str(row["entered"]),
-                    str(row.get("converted", "")),
-                    str(row.get("dropped", "")),
-                    str(row.get("open", "")),
-                    _provisional(row.get("conversion_ratio"), row.get("open")),
-                    _provisional(row.get("drop_off_ratio"), row.get("open")),
-                )
-            console.print(table)
+            console.print(_stages_table(name, label, parts[label]))
         warming = parts.get("warming_up")
         if warming:
             console.print(

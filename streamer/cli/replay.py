@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -19,6 +20,12 @@ from streamer.errors import StreamerError
 from streamer.escaping import terminal_text
 from streamer.kafka_access import AccessNeeds
 from streamer.kafka_io import ensure_topic_plan
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from streamer.events import ReplayReport
+    from streamer.settings import Settings
 
 
 def _utc(value: str, flag: str, now: Any) -> Any:
@@ -112,55 +119,20 @@ def replay(
             "reports with `streamer replay diff BEFORE.json AFTER.json`"
         )
     range_from, range_to = _time_range(start, end)
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
     from streamer.range_replay import replay_range
 
     settings = settings_of(ctx)
-    changes: dict[str, str] = {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{item!r}: use KEY=VALUE", param_hint="--set")
-        changes[key.strip()] = value.strip()
+    changes = _what_if(overrides)
     funnels = checked_funnels(settings, funnel_paths or settings.funnels, changes)
     kafka_ready(settings, AccessNeeds(read=input_topics(settings)))  # read-only: writes nothing
-    per_input: dict[str, tuple[int, int]] = {}
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:,.0f} messages/s"),
-        TimeRemainingColumn(),
-    )
-    began = time.monotonic()
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        tasks: dict[str, Any] = {}
-
-        def progress(name: str, read: int, total: int) -> None:
-            """Offsets read per topic (all its partitions), their rate and the time left."""
-            per_input[name] = (read, total)
-            topic = name.rsplit("/", 1)[0]
-            done = sum(r for n, (r, _) in per_input.items() if n.rsplit("/", 1)[0] == topic)
-            whole = sum(t for n, (_, t) in per_input.items() if n.rsplit("/", 1)[0] == topic)
-            rate = done / max(1e-3, time.monotonic() - began)
-            if topic not in tasks:
-                tasks[topic] = bar.add_task(topic, total=whole, rate=rate)
-            bar.update(tasks[topic], completed=done, total=whole, rate=rate)
-
+    with _progress_bars() as bar:
         result = asyncio.run(
             replay_range(
                 settings,
                 funnels,
                 range_from,
                 range_to,
-                progress=progress,
+                progress=_progress_by_topic(bar),
                 run_info=not no_run_info,
                 overrides=changes,
                 drain=drain,
@@ -171,6 +143,65 @@ def replay(
         click.echo(text, nl=False)
     else:
         report.write_text(text)
+    _print_replay_summary(settings, result, report, notify)
+
+
+def _what_if(overrides: tuple[str, ...]) -> dict[str, str]:
+    """``--set KEY=VALUE`` options as a mapping of funnel settings to their new values."""
+    changes: dict[str, str] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r}: use KEY=VALUE", param_hint="--set")
+        changes[key.strip()] = value.strip()
+    return changes
+
+
+def _progress_bars() -> Progress:
+    """Progress bars on stderr, gone when the replay ends."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:,.0f} messages/s"),
+        TimeRemainingColumn(),
+    )
+    return Progress(*columns, console=Console(stderr=True), transient=True)
+
+
+def _progress_by_topic(bar: Progress) -> Callable[[str, int, int], None]:
+    """A replay's progress callback: one bar per topic."""
+    per_input: dict[str, tuple[int, int]] = {}
+    tasks: dict[str, Any] = {}
+    began = time.monotonic()
+
+    def progress(name: str, read: int, total: int) -> None:
+        """Offsets read per topic (all its partitions), their rate and the time left."""
+        per_input[name] = (read, total)
+        topic = name.rsplit("/", 1)[0]
+        done = sum(r for n, (r, _) in per_input.items() if n.rsplit("/", 1)[0] == topic)
+        whole = sum(t for n, (_, t) in per_input.items() if n.rsplit("/", 1)[0] == topic)
+        rate = done / max(1e-3, time.monotonic() - began)
+        if topic not in tasks:
+            tasks[topic] = bar.add_task(topic, total=whole, rate=rate)
+        bar.update(tasks[topic], completed=done, total=whole, rate=rate)
+
+    return progress
+
+
+def _print_replay_summary(
+    settings: Settings, result: ReplayReport, report: Path | None, notify: bool
+) -> None:
+    """On stderr: what was read, the alerts sent with ``--notify``, and per funnel its windows
+    and the alerts that would fire."""
     err = Console(stderr=True)
     events = result.events
     err.print(
@@ -204,24 +235,9 @@ def replay(
 def replay_diff(before: Path, after: Path, as_json: bool) -> None:
     """What a what-if changed: alerts added, removed and changed (~, as they are in AFTER),
     conversion per step (two reports)."""
-    from pydantic import ValidationError
-
-    from streamer.events import ReplayReport
     from streamer.range_replay import diff_reports
 
-    reports = []
-    for path in (before, after):
-        try:
-            reports.append(ReplayReport.model_validate_json(path.read_bytes()))
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "the document"
-            more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-            raise StreamerError(
-                f"{path}: not a replay report: {where}: {first['msg']}{more}; "
-                "write one with `streamer replay --from ... --to ... --report FILE`"
-            ) from None
-    diff = diff_reports(*reports)
+    diff = diff_reports(_read_replay_report(before), _read_replay_report(after))
     if as_json:
         click.echo(json.dumps(diff, indent=2, sort_keys=True))
         return
@@ -258,6 +274,25 @@ def replay_diff(before: Path, after: Path, as_json: bool) -> None:
                 str(step["entered_after"]),
             )
         console.print(steps)
+
+
+def _read_replay_report(path: Path) -> ReplayReport:
+    """A report written by ``streamer replay --report``; anything else is refused in one line
+    naming the first field that is wrong."""
+    from pydantic import ValidationError
+
+    from streamer.events import ReplayReport
+
+    try:
+        return ReplayReport.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the document"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise StreamerError(
+            f"{path}: not a replay report: {where}: {first['msg']}{more}; "
+            "write one with `streamer replay --from ... --to ... --report FILE`"
+        ) from None
 
 
 @cli.command("backfill")

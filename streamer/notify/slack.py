@@ -59,24 +59,7 @@ def slack_message(alert: Alert) -> dict[str, Any]:
     markup, a mention or a link; ``mrkdwn`` texts are sent ``verbatim`` (no automatic links);
     links come from settings only. The fallback ``text``, which Slack parses as ``mrkdwn``
     and shows in notifications, is the same escaped summary."""
-    state = {"firing": "FIRING", "repeat": "STILL FIRING", "resolved": "RESOLVED"}[alert.state]
-    if alert.kind == "data_quality":
-        silent = ", ".join(alert.silent_event_types)
-        what = f"topic {alert.silent_topic}" if alert.silent_topic else silent
-        head = f"{_EMOJI[alert.state]} [{state}] {alert.funnel}: tracking, {what} silent"
-        fields = [
-            f"*Silent*\n{slack_mrkdwn(silent)}",
-            f"*Expected meanwhile*\n{alert.expected_events or 0:.0f} events",
-            f"*Steps not judged*\n{slack_mrkdwn(', '.join(alert.held_steps) or 'none')}",
-        ]
-    else:
-        head = f"{_EMOJI[alert.state]} [{state}] {alert.funnel}: {alert.step} drop-off"
-        fields = [
-            f"*Observed*\n{percent(alert.observed_rate)} of {alert.decided} decided sessions",
-            f"*Expected*\n{percent(alert.expected_rate)}",
-            f"*Excess drops*\n{alert.excess_dropped:.0f} (p={alert.p_value:.1e})",
-            f"*Cart value dropped*\n{alert.dropped_value:,.2f}",
-        ]
+    head, fields = _head_and_fields(alert)
     summary = summary_mrkdwn(alert)
     blocks: list[dict[str, Any]] = [
         {
@@ -104,6 +87,28 @@ def slack_message(alert: Alert) -> dict[str, Any]:
     )
     blocks.append({"type": "context", "elements": [_mrkdwn(" · ".join([context, *links]))]})
     return {"text": f"{slack_mrkdwn(head)}. {summary}", "blocks": blocks}
+
+
+def _head_and_fields(alert: Alert) -> tuple[str, list[str]]:
+    """The header (plain text, before escaping) and the ``mrkdwn`` fields of the alert's kind:
+    what went silent for a data-quality alert, the rates and excess for a drop-off."""
+    state = {"firing": "FIRING", "repeat": "STILL FIRING", "resolved": "RESOLVED"}[alert.state]
+    if alert.kind == "data_quality":
+        silent = ", ".join(alert.silent_event_types)
+        what = f"topic {alert.silent_topic}" if alert.silent_topic else silent
+        head = f"{_EMOJI[alert.state]} [{state}] {alert.funnel}: tracking, {what} silent"
+        return head, [
+            f"*Silent*\n{slack_mrkdwn(silent)}",
+            f"*Expected meanwhile*\n{alert.expected_events or 0:.0f} events",
+            f"*Steps not judged*\n{slack_mrkdwn(', '.join(alert.held_steps) or 'none')}",
+        ]
+    head = f"{_EMOJI[alert.state]} [{state}] {alert.funnel}: {alert.step} drop-off"
+    return head, [
+        f"*Observed*\n{percent(alert.observed_rate)} of {alert.decided} decided sessions",
+        f"*Expected*\n{percent(alert.expected_rate)}",
+        f"*Excess drops*\n{alert.excess_dropped:.0f} (p={alert.p_value:.1e})",
+        f"*Cart value dropped*\n{alert.dropped_value:,.2f}",
+    ]
 
 
 def summary_mrkdwn(alert: Alert) -> str:

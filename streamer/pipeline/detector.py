@@ -14,13 +14,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
 
 from streamer.events import Alert, AlertExplanation
-from streamer.formatting import percent
+from streamer.formatting import percent, utc_datetime
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.detect import AlertDecision, FunnelDetector, held_steps
 from streamer.funnel.tracking import EVENT_TYPE_RESIDUAL, TrackingDecision, key_name
@@ -37,6 +37,38 @@ __all__ = ["DetectorStage", "alert_record", "install", "read_seeds", "tracking_a
 log = logging.getLogger(__name__)
 
 
+def _drop_off_summary(step: str, decision: AlertDecision) -> str:
+    """One paragraph for people: how far the step is off, on which basis, and where most of
+    the excess is."""
+    observed, expected = percent(decision.observed_rate), percent(decision.expected_rate)
+    if decision.state == "resolved":
+        return f"{step} is back to normal: no test of the step or its segments fires any more."
+    where = ""
+    if decision.explanations:
+        where = (
+            " Most of the excess: "
+            + ", ".join(
+                f"{e.dimension}={e.value} ({percent(e.observed_rate)} vs "
+                f"{percent(e.expected_rate)}, {e.share_of_excess:.0%})"
+                for e in decision.explanations
+            )
+            + "."
+        )
+    if decision.basis == "matched_age":
+        return (
+            f"{step}: {observed} of the sessions that reached it in the last minutes "
+            f"have not converted yet, against {expected} usually by the same age "
+            f"({decision.dropped} of {decision.decided}, {decision.excess_dropped:.0f} more "
+            f"than usual). The step looks broken now, before its timeout decides them.{where}"
+        )
+    return (
+        f"{step} drop-off is {observed} against {expected} expected: "
+        f"{decision.dropped} of {decision.decided} decided sessions dropped, "
+        f"{decision.excess_dropped:.0f} more than usual, carts worth "
+        f"{decision.dropped_value:,.2f}.{where}"
+    )
+
+
 def alert_record(
     funnel: FunnelDefinition,
     step: str,
@@ -44,35 +76,6 @@ def alert_record(
     dashboard_url: str | None,
     runbook_url: str | None,
 ) -> Alert:
-    observed, expected = decision.observed_rate, decision.expected_rate
-    if decision.state == "resolved":
-        summary = f"{step} is back to normal: no test of the step or its segments fires any more."
-    else:
-        where = ""
-        if decision.explanations:
-            where = (
-                " Most of the excess: "
-                + ", ".join(
-                    f"{e.dimension}={e.value} ({percent(e.observed_rate)} vs "
-                    f"{percent(e.expected_rate)}, {e.share_of_excess:.0%})"
-                    for e in decision.explanations
-                )
-                + "."
-            )
-        if decision.basis == "matched_age":
-            summary = (
-                f"{step}: {percent(observed)} of the sessions that reached it in the last minutes "
-                f"have not converted yet, against {percent(expected)} usually by the same age "
-                f"({decision.dropped} of {decision.decided}, {decision.excess_dropped:.0f} more "
-                f"than usual). The step looks broken now, before its timeout decides them.{where}"
-            )
-        else:
-            summary = (
-                f"{step} drop-off is {percent(observed)} against {percent(expected)} expected: "
-                f"{decision.dropped} of {decision.decided} decided sessions dropped, "
-                f"{decision.excess_dropped:.0f} more than usual, carts worth "
-                f"{decision.dropped_value:,.2f}.{where}"
-            )
     return Alert(
         event_id=f"{decision.alert_id}/{decision.state}/{decision.evaluated_at_ms}",
         alert_id=decision.alert_id,
@@ -81,10 +84,10 @@ def alert_record(
         basis=decision.basis,
         funnel=funnel.name,
         step=step,
-        window_start=datetime.fromtimestamp(decision.start_ms / 1000, tz=UTC),
-        window_end=datetime.fromtimestamp(decision.end_ms / 1000, tz=UTC),
-        observed_rate=round(observed, 6),
-        expected_rate=round(expected, 6),
+        window_start=utc_datetime(decision.start_ms),
+        window_end=utc_datetime(decision.end_ms),
+        observed_rate=round(decision.observed_rate, 6),
+        expected_rate=round(decision.expected_rate, 6),
         p_value=decision.p_value,
         decided=decision.decided,
         dropped=decision.dropped,
@@ -102,9 +105,29 @@ def alert_record(
             )
             for e in decision.explanations
         ],
-        summary=summary,
+        summary=_drop_off_summary(step, decision),
         dashboard_url=dashboard_url,
         runbook_url=runbook_url,
+    )
+
+
+def _tracking_summary(decision: TrackingDecision, since: datetime, held: list[str]) -> str:
+    """One paragraph for people: what went silent, ``since`` when, and the steps not judged
+    meanwhile (``held``)."""
+    what = f"topic {decision.name}" if decision.subject == "topic" else decision.name
+    if decision.state == "resolved":
+        return (
+            f"Tracking is back: {what} events arrive again (silent since "
+            f"{since:%H:%M} UTC). The steps it feeds are judged again; cohorts whose "
+            "conversions were due while it was silent stay unjudged."
+        )
+    held_text = ", ".join(held) if held else "none of this funnel's steps"
+    return (
+        f"Tracking broke, not necessarily conversion: no {what} events since "
+        f"{since:%H:%M} UTC, where about {decision.expected_events:.0f} were expected "
+        f"at its usual share of the traffic that still flows. Check the producer of "
+        f"these events. Meanwhile the conversion tests of {held_text} skip the "
+        "sessions whose conversions were due in the silence (no drop-off page from it)."
     )
 
 
@@ -116,23 +139,7 @@ def tracking_alert_record(
 ) -> Alert:
     """A data-quality alert: a topic or event type went silent while the rest flows."""
     held = held_steps(funnel, decision.event_types)
-    what = f"topic {decision.name}" if decision.subject == "topic" else decision.name
-    since = datetime.fromtimestamp(decision.silent_since_ms / 1000, tz=UTC)
-    if decision.state == "resolved":
-        summary = (
-            f"Tracking is back: {what} events arrive again (silent since "
-            f"{since:%H:%M} UTC). The steps it feeds are judged again; cohorts whose "
-            "conversions were due while it was silent stay unjudged."
-        )
-    else:
-        held_text = ", ".join(held) if held else "none of this funnel's steps"
-        summary = (
-            f"Tracking broke, not necessarily conversion: no {what} events since "
-            f"{since:%H:%M} UTC, where about {decision.expected_events:.0f} were expected "
-            f"at its usual share of the traffic that still flows. Check the producer of "
-            f"these events. Meanwhile the conversion tests of {held_text} skip the "
-            "sessions whose conversions were due in the silence (no drop-off page from it)."
-        )
+    since = utc_datetime(decision.silent_since_ms)
     residual = 1.0 if decision.subject == "topic" else EVENT_TYPE_RESIDUAL
     return Alert(
         event_id=f"{decision.alert_id}/{decision.state}/{decision.evaluated_at_ms}",
@@ -143,7 +150,7 @@ def tracking_alert_record(
         funnel=funnel.name,
         step="tracking",
         window_start=since,
-        window_end=datetime.fromtimestamp(decision.evaluated_at_ms / 1000, tz=UTC),
+        window_end=utc_datetime(decision.evaluated_at_ms),
         observed_rate=0.0,
         expected_rate=0.0,
         p_value=math.exp(-decision.expected_events * residual),
@@ -151,7 +158,7 @@ def tracking_alert_record(
         dropped=0,
         excess_dropped=0.0,
         dropped_value=0.0,
-        summary=summary,
+        summary=_tracking_summary(decision, since, held),
         dashboard_url=dashboard_url,
         runbook_url=runbook_url,
         silent_topic=decision.name if decision.subject == "topic" else None,
@@ -220,16 +227,9 @@ class DetectorStage:
         alerts = []
         for decision in decisions:
             step = decision.alert_id.split("/")[1]
-            if isinstance(decision, TrackingDecision):
-                self._metrics.tracking_silent.labels(
-                    funnel=funnel.name, subject=decision.subject, name=decision.name
-                ).set(int(decision.state == "firing"))
-                if funnel.alerting.data_quality_severity == "off":
-                    log.warning("tracking %s %s (not sent: off)", decision.state, decision.alert_id)
-                    continue
-                alert = tracking_alert_record(funnel, decision, *self._links)
-            else:
-                alert = alert_record(funnel, step, decision, *self._links)
+            alert = self._record(funnel, step, decision)
+            if alert is None:
+                continue
             await self._send_alert(alert.alert_id.encode(), alert.model_dump_json().encode())
             self._metrics.alerts.labels(
                 funnel=funnel.name, step=step, state=alert.state, severity=alert.severity
@@ -245,11 +245,32 @@ class DetectorStage:
             await self.confirm_sent()
         self._table[key] = orjson.dumps(detector.to_json())
         await self.confirm_sent()
+        self._show_state(funnel, detector)
+        return alerts
+
+    def _record(
+        self, funnel: FunnelDefinition, step: str, decision: AlertDecision | TrackingDecision
+    ) -> Alert | None:
+        """The alert a decision makes; None for a data-quality alert the funnel turned off
+        (its gauge is set all the same)."""
+        if not isinstance(decision, TrackingDecision):
+            return alert_record(funnel, step, decision, *self._links)
+        self._metrics.tracking_silent.labels(
+            funnel=funnel.name, subject=decision.subject, name=decision.name
+        ).set(int(decision.state == "firing"))
+        if funnel.alerting.data_quality_severity == "off":
+            log.warning("tracking %s %s (not sent: off)", decision.state, decision.alert_id)
+            return None
+        return tracking_alert_record(funnel, decision, *self._links)
+
+    def _show_state(self, funnel: FunnelDefinition, detector: FunnelDetector) -> None:
+        """What ``/funnel`` and the gauges show after a judgement: the inputs silent now and
+        the steps still warming up (a step that warmed up is logged once)."""
         self.silent_inputs[funnel.name] = [
             {
                 "subject": subject,
                 "name": name,
-                "since": datetime.fromtimestamp(run.first_ms / 1000, tz=UTC).isoformat(),
+                "since": utc_datetime(run.first_ms).isoformat(),
                 "alert_id": run.alert_id or "",
             }
             for tracked, run in sorted(detector.tracking.runs.items())
@@ -263,7 +284,6 @@ class DetectorStage:
                 if was is not None and was.get(step) and not warming:
                     log.info("detector %s %s: warmed up, alerts enabled", funnel.name, step)
             self._show_warm_up(funnel.name)
-        return alerts
 
     async def _start_warm(self, funnel: FunnelDefinition, detector: FunnelDetector) -> None:
         """A funnel without detector state starts from the baselines `streamer backfill`

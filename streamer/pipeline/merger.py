@@ -17,13 +17,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from streamer.errors import OutputRefusedError
 from streamer.events import SegmentStats, StageStats, TimeToConvert, WindowStats
+from streamer.formatting import utc_datetime
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.session import NEVER
 from streamer.funnel.windows import (
@@ -35,7 +35,7 @@ from streamer.funnel.windows import (
 )
 from streamer.metrics import Metrics
 from streamer.pipeline.detector import DetectorStage
-from streamer.pipeline.input_order import InputMessage, install_contiguous_input
+from streamer.pipeline.input_order import ContiguousInput, InputMessage, install_contiguous_input
 from streamer.pipeline.messages import SendFn
 from streamer.pipeline.tables import Deliveries, confirmed_table, stopping_the_worker_on
 from streamer.pipeline.topics import record_topic
@@ -124,8 +124,8 @@ def window_stats(
         revision=revision,
         final=all(final),
         funnel=funnel.name,
-        window_start=datetime.fromtimestamp(start_ms / 1000, tz=UTC),
-        window_end=datetime.fromtimestamp(end_ms / 1000, tz=UTC),
+        window_start=utc_datetime(start_ms),
+        window_end=utc_datetime(end_ms),
         partitions=partitions,
         stages=stages(folded.stages, True),
         segments=[
@@ -173,6 +173,11 @@ class _Window:
             caps = [segment.cap for segment in self.funnel.segments]
             self._folded = fold_segments(self.merged(), caps)
         return self._folded
+
+
+# A window final at a publish: its key, the window, its record (None: nothing was published,
+# its counts are input volume only) and its merged counts.
+_Final = tuple[str, _Window, WindowStats | None, WindowCounts]
 
 
 class _FoldedView(Mapping[int, WindowCounts]):
@@ -438,18 +443,11 @@ class WindowMerger:
             self._revised_at = now
         if self._judge is not None and watermark > NEVER:
             await self._judge_up_to(watermark, windows)
-        held = {name: self._held(funnel) for name, funnel in self._funnels.items()}
-        due = []
-        for key, window in windows.items():
-            if held[window.funnel.name]:
-                continue
-            if window.final_at <= watermark or (revise and key in self._changed):
-                due.append(key)
         published = []
         # Final windows to forget once their records are on the broker (stats None: nothing
         # to publish).
-        finals: list[tuple[str, _Window, WindowStats | None, WindowCounts]] = []
-        for key in sorted(due):
+        finals: list[_Final] = []
+        for key in self._due(windows, watermark, revise):
             window = windows[key]
             funnel, start = window.funnel, window.start
             counts = window.merged()
@@ -477,6 +475,25 @@ class WindowMerger:
             else:
                 window.revision = revision
                 self._store_revision(key, window)
+        await self._forget_finals(windows, finals, published=bool(published))
+        return published
+
+    def _due(self, windows: dict[str, _Window], watermark: int, revise: bool) -> list[str]:
+        """The windows to publish now, in key order: those final at ``watermark`` and, when
+        revising, those changed; none of a funnel held back (see ``_held``)."""
+        held = {name: self._held(funnel) for name, funnel in self._funnels.items()}
+        due = []
+        for key, window in windows.items():
+            if held[window.funnel.name]:
+                continue
+            if window.final_at <= watermark or (revise and key in self._changed):
+                due.append(key)
+        return sorted(due)
+
+    async def _forget_finals(
+        self, windows: dict[str, _Window], finals: list[_Final], *, published: bool
+    ) -> None:
+        """Drop the final windows from the state, each counted in the metrics once."""
         if published and finals and self._confirm_windows is not None:
             # A final record on the broker before the state that forgets its window: killed
             # in between, the window is published final again (same id and content), never
@@ -487,7 +504,6 @@ class WindowMerger:
             self._mark_final(window)
             if final_stats is not None:
                 self._record(window.funnel, final_stats, counts)
-        return published
 
     async def _judge_up_to(self, watermark: int, windows: dict[str, _Window]) -> None:
         """Let the detector judge every window boundary the watermark passed since the last
@@ -572,6 +588,30 @@ def install(
         judge=detector.judge if detector is not None else None,
     )
 
+    ordered = install_contiguous_input(
+        app,
+        settings,
+        table=table,
+        topic=settings.partials_topic,
+        stage="windows",
+        apply=_merging(merger, metrics, confirm_writes),
+        metrics=metrics,
+    )
+    app.agent(partials, name="windows")(_windows_agent(app, ordered))
+
+    async def on_assigned(sender: Any, assigned: set[Any], **kwargs: Any) -> None:
+        merger.reset()
+
+    app.on_partitions_assigned.connect(on_assigned)
+    return merger
+
+
+def _merging(
+    merger: WindowMerger, metrics: Metrics, confirm_writes: Callable[[], Awaitable[None]]
+) -> Callable[[InputMessage], Awaitable[None]]:
+    """Apply one partial record: merge it (a bad one counted and skipped), then wait until
+    the state writes and records it caused are on the broker."""
+
     async def apply(message: InputMessage) -> None:
         try:
             await merger.process(message.value or b"")
@@ -582,15 +622,11 @@ def install(
             log.exception("window merger could not process a record; skipped")
         await confirm_writes()
 
-    ordered = install_contiguous_input(
-        app,
-        settings,
-        table=table,
-        topic=settings.partials_topic,
-        stage="windows",
-        apply=apply,
-        metrics=metrics,
-    )
+    return apply
+
+
+def _windows_agent(app: Any, ordered: ContiguousInput) -> Callable[[Any], Awaitable[None]]:
+    """The windows stage's Faust agent over ``funnel.partials``."""
 
     async def windows_agent(stream: Any) -> None:
         # Acked only once handled and its state writes and output records are on the
@@ -608,13 +644,7 @@ def install(
                 await ordered.deliver(InputMessage.of(event.message))
             event.ack()
 
-    app.agent(partials, name="windows")(windows_agent)
-
-    async def on_assigned(sender: Any, assigned: set[Any], **kwargs: Any) -> None:
-        merger.reset()
-
-    app.on_partitions_assigned.connect(on_assigned)
-    return merger
+    return windows_agent
 
 
 def _start_text(start_ms: int) -> str:
@@ -622,4 +652,4 @@ def _start_text(start_ms: int) -> str:
     the sentinel that means "from the beginning" (never a raw -2**62)."""
     if start_ms <= NEVER:
         return "with the first event"
-    return "at " + datetime.fromtimestamp(start_ms / 1000, tz=UTC).isoformat()
+    return "at " + utc_datetime(start_ms).isoformat()

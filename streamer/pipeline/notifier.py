@@ -21,7 +21,7 @@ import orjson
 from streamer.events import Alert
 from streamer.metrics import Metrics
 from streamer.notify.base import DeliveryOutcome, Notifier
-from streamer.pipeline.input_order import InputMessage, install_contiguous_input
+from streamer.pipeline.input_order import ContiguousInput, InputMessage, install_contiguous_input
 from streamer.pipeline.messages import SendFn
 from streamer.pipeline.tables import Deliveries, confirmed_table, stopping_the_worker_on
 from streamer.pipeline.topics import record_topic
@@ -133,6 +133,13 @@ def install(app: Any, settings: Settings, metrics: Metrics, notifier: Notifier) 
         metrics=metrics,
     )
 
+    app.agent(alerts, name="notifier")(_notifier_agent(ordered))
+    return stage
+
+
+def _notifier_agent(ordered: ContiguousInput) -> Callable[[Any], Awaitable[None]]:
+    """The notifier's Faust agent over ``funnel.alerts``."""
+
     async def notifier_agent(stream: Any) -> None:
         # Acked only once delivered (or parked): a worker stopped during a delivery's retries
         # delivers that alert after its restart (the delivered table drops a second copy,
@@ -143,5 +150,4 @@ def install(app: Any, settings: Settings, metrics: Metrics, notifier: Notifier) 
             await ordered.deliver(InputMessage.of(event.message))
             event.ack()
 
-    app.agent(alerts, name="notifier")(notifier_agent)
-    return stage
+    return notifier_agent

@@ -20,7 +20,15 @@ from streamer.pipeline.sessions import SessionsStage
 from streamer.query import FunnelView, tail_windows
 from streamer.settings import Settings
 
-__all__ = ["Readiness", "install", "readiness"]
+__all__ = [
+    "BrokerProbe",
+    "Healthz",
+    "Readiness",
+    "funnel_summary",
+    "install",
+    "live_snapshot",
+    "readiness",
+]
 
 # How long one broker probe answers /readyz: probes every few seconds cost one connection each.
 _BROKER_PROBE_TTL_SECONDS = 5.0
@@ -49,6 +57,76 @@ def readiness(snapshot: LiveSnapshot, broker: tuple[bool, str], max_lag: int) ->
     return Readiness(all(check["ok"] for check in checks.values()), checks)
 
 
+def live_snapshot(
+    app: Any, sessions: SessionsStage, funnels: tuple[FunnelDefinition, ...]
+) -> LiveSnapshot:
+    """The gauges read at a scrape: the sessions stage's tasks, the consumer's assignment and
+    its lag per partition."""
+    snapshot = LiveSnapshot()
+    now_ms = time.time() * 1000
+    now = time.monotonic()
+    for runtime in list(sessions.runtimes.values()):
+        task = runtime.task
+        snapshot.unacked[task.partition] = len(runtime.unacked) + runtime.storing
+        snapshot.checkpoint_age_seconds[task.partition] = now - runtime.checkpointed_at
+        for (funnel_index, stage_index), count in task.open_sessions.items():
+            funnel = funnels[funnel_index]
+            key = (funnel.name, funnel.stages[stage_index].name)
+            snapshot.open_sessions[key] = snapshot.open_sessions.get(key, 0) + count
+        if task.watermark_ms > NEVER:
+            snapshot.watermark_lag_seconds[task.partition] = (now_ms - task.watermark_ms) / 1000
+    try:
+        for tp in app.consumer.assignment():
+            snapshot.assigned[tp.topic] = snapshot.assigned.get(tp.topic, 0) + 1
+    except Exception:  # the consumer is not started yet
+        pass
+    monitor = app.monitor
+    for tp, end in dict(getattr(monitor, "tp_end_offsets", {})).items():
+        read = getattr(monitor, "tp_read_offsets", {}).get(tp)
+        if read is not None:
+            snapshot.consumer_lag[(tp.topic, tp.partition)] = max(0, int(end) - int(read) - 1)
+    return snapshot
+
+
+class BrokerProbe:
+    """Whether a broker answers, asked at most once per ``_BROKER_PROBE_TTL_SECONDS``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._at = -1e9
+        self._result: tuple[bool, str] = (False, "not probed yet")
+
+    async def reachable(self) -> tuple[bool, str]:
+        from streamer.errors import StreamerError
+        from streamer.kafka_access import check_login
+
+        if time.monotonic() - self._at > _BROKER_PROBE_TTL_SECONDS:
+            try:
+                ok = await check_login(self._settings, timeout=3.0)
+                self._result = (True, "answers") if ok else (False, "no broker answers")
+            except StreamerError as exc:
+                self._result = (False, str(exc))
+            self._at = time.monotonic()
+        return self._result
+
+
+def funnel_summary(view: FunnelView, detector: DetectorStage | None) -> dict[str, Any]:
+    """``/funnel``: the newest windows per funnel, with the steps warming up and the silent
+    inputs as this worker's detector knows them."""
+    summary = view.summary()
+    if detector is not None:
+        for name, parts in summary.items():
+            steps = detector.warming_up.get(name, {})
+            parts["warming_up"] = [step for step, warming in steps.items() if warming]
+            parts["silent_inputs"] = detector.silent_inputs.get(name, [])
+    return summary
+
+
+class Healthz(View):
+    async def get(self, request: Request) -> Response:
+        return self.json({"status": "ok"})  # the process serves: liveness only
+
+
 def install(
     app: Any,
     settings: Settings,
@@ -58,33 +136,7 @@ def install(
     sessions: SessionsStage,
     detector: DetectorStage | None = None,
 ) -> None:
-    def live_snapshot() -> LiveSnapshot:
-        snapshot = LiveSnapshot()
-        now_ms = time.time() * 1000
-        now = time.monotonic()
-        for runtime in list(sessions.runtimes.values()):
-            task = runtime.task
-            snapshot.unacked[task.partition] = len(runtime.unacked) + runtime.storing
-            snapshot.checkpoint_age_seconds[task.partition] = now - runtime.checkpointed_at
-            for (funnel_index, stage_index), count in task.open_sessions.items():
-                funnel = funnels[funnel_index]
-                key = (funnel.name, funnel.stages[stage_index].name)
-                snapshot.open_sessions[key] = snapshot.open_sessions.get(key, 0) + count
-            if task.watermark_ms > NEVER:
-                snapshot.watermark_lag_seconds[task.partition] = (now_ms - task.watermark_ms) / 1000
-        try:
-            for tp in app.consumer.assignment():
-                snapshot.assigned[tp.topic] = snapshot.assigned.get(tp.topic, 0) + 1
-        except Exception:  # the consumer is not started yet
-            pass
-        monitor = app.monitor
-        for tp, end in dict(getattr(monitor, "tp_end_offsets", {})).items():
-            read = getattr(monitor, "tp_read_offsets", {}).get(tp)
-            if read is not None:
-                snapshot.consumer_lag[(tp.topic, tp.partition)] = max(0, int(end) - int(read) - 1)
-        return snapshot
-
-    metrics.live.provider = live_snapshot
+    metrics.live.provider = lambda: live_snapshot(app, sessions, funnels)
 
     class MetricsView(View):
         async def get(self, request: Request) -> Response:
@@ -104,42 +156,19 @@ def install(
 
     class FunnelPage(View):
         async def get(self, request: Request) -> Response:
-            summary = view.summary()
-            if detector is not None:  # as this worker's detector knows it
-                for name, parts in summary.items():
-                    steps = detector.warming_up.get(name, {})
-                    parts["warming_up"] = [step for step, warming in steps.items() if warming]
-                    parts["silent_inputs"] = detector.silent_inputs.get(name, [])
-            return self.json(summary)
+            return self.json(funnel_summary(view, detector))
 
     app.page("/funnel")(FunnelPage)
-
-    class Healthz(View):
-        async def get(self, request: Request) -> Response:
-            return self.json({"status": "ok"})  # the process serves: liveness only
-
     app.page("/healthz")(Healthz)
 
-    probe: dict[str, Any] = {"at": -1e9, "result": (False, "not probed yet")}
-
-    async def broker_reachable() -> tuple[bool, str]:
-        from streamer.errors import StreamerError
-        from streamer.kafka_access import check_login
-
-        if time.monotonic() - probe["at"] > _BROKER_PROBE_TTL_SECONDS:
-            try:
-                ok = await check_login(settings, timeout=3.0)
-                result = (True, "answers") if ok else (False, "no broker answers")
-            except StreamerError as exc:
-                result = (False, str(exc))
-            probe.update(at=time.monotonic(), result=result)
-        answer: tuple[bool, str] = probe["result"]
-        return answer
+    broker = BrokerProbe(settings)
 
     class Readyz(View):
         async def get(self, request: Request) -> Response:
             state = readiness(
-                live_snapshot(), await broker_reachable(), settings.ready_max_lag_messages
+                live_snapshot(app, sessions, funnels),
+                await broker.reachable(),
+                settings.ready_max_lag_messages,
             )
             return self.json(
                 {"ready": state.ready, "checks": state.checks}, status=200 if state.ready else 503

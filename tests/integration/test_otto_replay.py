@@ -1,9 +1,8 @@
-"""The real OTTO sample (../shared/datasets/otto-sample), replayed through Kafka in its own
-event time with the default lateness, gives the SQL oracle's numbers."""
+"""The real OTTO sample (tests/data/otto-sample, CC-BY 4.0: see its README), replayed through
+Kafka in its own event time with the default lateness, gives the SQL oracle's numbers."""
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -21,25 +20,15 @@ from tests.support.traffic import oracle_event
 
 ROOT = Path(__file__).resolve().parents[2]
 OTTO_FUNNEL = ROOT / "deploy/funnels/replay/otto.yaml"
+OTTO_SAMPLE = ROOT / "tests/data/otto-sample/sessions.jsonl"
 DAY_MS = 86_400_000
-
-
-def otto_file() -> Path:
-    shared = Path(os.environ.get("STREAMER_SHARED_DIR", ROOT.parent / "shared"))
-    path = shared / "datasets/otto-sample/sessions.jsonl"
-    if not path.is_file():
-        pytest.fail(
-            f"the OTTO sample is missing: expected {path} (the shared/ folder beside the "
-            "checkout, or STREAMER_SHARED_DIR). This test needs the real data and does not skip."
-        )
-    return path
 
 
 @pytest.mark.parametrize("partitions", [1, 4])
 async def test_otto_sample_gives_the_oracles_numbers(
     settings: Settings, tmp_path: Path, partitions: int
 ) -> None:
-    events = sorted(otto_events(otto_file()), key=lambda e: e["occurred_at"])
+    events = sorted(otto_events(OTTO_SAMPLE), key=lambda e: e["occurred_at"])
     assert len(events) == 862  # the file's README: 800 clicks, 52 carts, 10 orders
     assert Counter(e["event_type"] for e in events) == {
         "product_view": 800,
