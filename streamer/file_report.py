@@ -155,7 +155,7 @@ class _CsvDocuments:
         missing = sorted(set(mapping) - set(header))
         if missing:
             raise InputFileError(
-                f"line 1: --column maps {', '.join(map(repr, missing))}, which the header "
+                f"1: --column maps {', '.join(map(repr, missing))}, which the header "
                 f"does not have (columns: {', '.join(header)})"
             )
         self.paths = [split_path(mapping.get(column, column)) for column in header]
@@ -198,12 +198,12 @@ def _csv_messages(
             continue
         if len(row) != len(header):
             raise InputFileError(
-                f"line {reader.line_num}: {len(row)} cells, the header has {len(header)}"
+                f"{reader.line_num}: {len(row)} cells, the header has {len(header)}"
             )
         try:
             document = documents.document(row)
         except InputFileError as exc:
-            raise InputFileError(f"line {reader.line_num}: {exc}") from None
+            raise InputFileError(f"{reader.line_num}: {exc}") from None
         yield reader.line_num, orjson.dumps(document)
 
 
@@ -235,8 +235,8 @@ def file_messages(
                 if progress is not None and count % 1000 == 0:
                     progress(handle.tell(), total)
                 yield item
-        except InputFileError as exc:
-            raise InputFileError(f"{path}: {exc}") from None
+        except InputFileError as exc:  # "<line>: what is wrong"
+            raise InputFileError(f"{path}:{exc}") from None
         except (UnicodeDecodeError, csv.Error) as exc:
             raise InputFileError(f"{path}: not a {fmt.upper()} file ({exc})") from None
     if progress is not None:
