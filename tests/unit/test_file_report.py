@@ -264,3 +264,20 @@ def test_file_errors_are_one_line_naming_the_file_and_line(tmp_path: Path) -> No
     )
     assert mapped.exit_code == 2
     assert f"error: {path}:1: --column maps 'article', which the header" in mapped.stderr
+
+
+def test_streamers_own_events_need_no_plan(tmp_path: Path) -> None:
+    """No --plan and no STREAMER_TRACKING_PLAN: streamer's own contract (preset:streamer)."""
+    examples = sorted((ROOT / "schemas/examples").glob("*.json"))
+    documents = [orjson.loads(p.read_bytes()) for p in examples]
+    events = [d for d in documents if "event_type" in d and "occurred_at" in d]
+    assert len(events) == 12
+    path = write_jsonl(tmp_path / "events.jsonl", sorted(events, key=lambda d: d["occurred_at"]))
+    funnels = ROOT / "deploy/funnels/checkout.yaml"
+    args = (path, "--funnels", funnels, "--from", "2026-11-22T09:00Z", "--to", "2026-11-22T10:00Z")
+    result, _, stderr = report(*args)
+    assert result.events.in_range == 12
+    assert result.events.rejected == 0
+    assert "through preset:streamer" in stderr
+    stages = {s.stage: s.entered for s in result.funnels[0].totals.stages}
+    assert stages["landing"] == 1
