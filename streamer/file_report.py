@@ -186,7 +186,8 @@ def _csv_messages(
     handle: io.BufferedReader, plan: CompiledPlan, mapping: Mapping[str, str]
 ) -> Iterator[tuple[int, bytes]]:
     csv.field_size_limit(_CSV_FIELD_LIMIT)
-    text = io.TextIOWrapper(handle, encoding="utf-8", errors="strict", newline="")
+    # utf-8-sig: spreadsheet exports often start with a byte-order mark.
+    text = io.TextIOWrapper(handle, encoding="utf-8-sig", errors="strict", newline="")
     reader = csv.reader(text)
     try:
         header = next(reader)

@@ -3,7 +3,6 @@ event time with the default lateness, gives the SQL oracle's numbers."""
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from streamer.loaders import otto_events, replay_events
 from streamer.settings import Settings
 from tests.oracle import compute
 from tests.support.compare import assert_same
+from tests.support.datasets import otto_sample
 from tests.support.pipeline_run import send_closing, wait_published, worker
 from tests.support.traffic import oracle_event
 
@@ -24,22 +24,11 @@ OTTO_FUNNEL = ROOT / "deploy/funnels/replay/otto.yaml"
 DAY_MS = 86_400_000
 
 
-def otto_file() -> Path:
-    shared = Path(os.environ.get("STREAMER_SHARED_DIR", ROOT.parent / "shared"))
-    path = shared / "datasets/otto-sample/sessions.jsonl"
-    if not path.is_file():
-        pytest.fail(
-            f"the OTTO sample is missing: expected {path} (the shared/ folder beside the "
-            "checkout, or STREAMER_SHARED_DIR). This test needs the real data and does not skip."
-        )
-    return path
-
-
 @pytest.mark.parametrize("partitions", [1, 4])
 async def test_otto_sample_gives_the_oracles_numbers(
     settings: Settings, tmp_path: Path, partitions: int
 ) -> None:
-    events = sorted(otto_events(otto_file()), key=lambda e: e["occurred_at"])
+    events = sorted(otto_events(otto_sample()), key=lambda e: e["occurred_at"])
     assert len(events) == 862  # the file's README: 800 clicks, 52 carts, 10 orders
     assert Counter(e["event_type"] for e in events) == {
         "product_view": 800,

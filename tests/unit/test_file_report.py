@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 from click.testing import CliRunner
 
 from streamer.cli import cli
@@ -24,14 +22,9 @@ from streamer.plan.compile import CompiledPlan, PlannedEvent, compile_plan
 from streamer.plan.load import load_plan
 from tests.oracle import compute
 from tests.support.compare import assert_same, window_numbers
+from tests.support.datasets import otto_sample
 
 ROOT = Path(__file__).resolve().parents[2]
-# The real OTTO sample. Another change vendors it into tests/data/otto-sample; until then it
-# is read from the shared/ folder beside the checkout (or STREAMER_SHARED_DIR).
-OTTO_SAMPLE = (
-    Path(os.environ.get("STREAMER_SHARED_DIR", ROOT.parent / "shared"))
-    / "datasets/otto-sample/sessions.jsonl"
-)
 OTTO_PLAN = ROOT / "deploy/plans/otto.yaml"
 OTTO_FUNNEL = ROOT / "deploy/plans/funnels/otto.yaml"
 SEGMENT_EXAMPLE = ROOT / "tests/unit/plan_examples/segment.jsonl"
@@ -41,10 +34,8 @@ OTTO_FROM, OTTO_TO = "2022-07-31T00:00Z", "2022-10-01T00:00Z"  # every window fi
 def otto_rows() -> list[dict[str, Any]]:
     """The sample's events one per line (the export deploy/plans/otto.yaml describes), in the
     file's order: session by session."""
-    if not OTTO_SAMPLE.is_file():
-        pytest.fail(f"the OTTO sample is missing: expected {OTTO_SAMPLE} (does not skip)")
     rows = []
-    for line in OTTO_SAMPLE.read_bytes().splitlines():
+    for line in otto_sample().read_bytes().splitlines():
         session = orjson.loads(line)
         for index, event in enumerate(session["events"]):
             rows.append(
@@ -145,7 +136,7 @@ def test_a_csv_export_with_a_column_mapping_gives_the_jsonl_report(tmp_path: Pat
     path = tmp_path / "otto.csv"
     headers = {"id": "event_id", "session": "session_id", "aid": "article", "ts": "time_ms",
                "type": "event_type"}  # fmt: skip
-    with path.open("w", newline="") as handle:
+    with path.open("w", newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's BOM
         writer = csv.writer(handle)
         writer.writerow(headers.values())
         writer.writerows([[row[key] for key in headers] for row in rows])
