@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -12,6 +13,10 @@ from streamer.cli._common import cli, fail_cleanly, settings_of
 from streamer.cli.funnels import checked_funnels
 from streamer.cli.replay import _time_range
 from streamer.escaping import terminal_text
+
+if TYPE_CHECKING:
+    from streamer.events import ReplayReport
+    from streamer.file_report import FileRejection
 
 
 @cli.command("report")
@@ -95,7 +100,7 @@ def report_command(
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
     from streamer.decoders import tracking_plan
-    from streamer.file_report import FileRejection, column_mapping, file_format, report_file
+    from streamer.file_report import column_mapping, file_format, report_file
 
     range_from, range_to = _time_range(start, end)
     settings = settings_of(ctx)
@@ -134,6 +139,18 @@ def report_command(
         click.echo(text, nl=False)
     else:
         report.write_text(text)
+    _summary(err, path, source, result, report, rejected)
+
+
+def _summary(
+    err: Console,
+    path: Path,
+    source: str,
+    result: ReplayReport,
+    report: Path | None,
+    rejected: list[FileRejection],
+) -> None:
+    """stderr: the first rejected lines, what was read, and per funnel its windows and alerts."""
     events = result.events
     for line in rejected:
         err.print(terminal_text(f"{path}:{line}"), markup=False, highlight=False)
