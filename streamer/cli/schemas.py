@@ -17,11 +17,22 @@ def _default_schema_dir() -> Path:
     return deploy_dir().parent / "schemas"
 
 
-def _source(ctx: click.Context, plan: str | None) -> tuple[str | None, str]:
+def _source(
+    ctx: click.Context, plan: str | None, root: Path | None
+) -> tuple[str | None, str, Path]:
     """The plan the events' schemas come from (--plan, else STREAMER_TRACKING_PLAN, else the
-    models), and how to name it."""
+    models), how to name it, and the folder. A plan's schemas need a folder of their own:
+    schemas/ holds the built-in contract's."""
+    from streamer.schemas import DEFAULT_PLAN
+
     chosen = plan or settings_of(ctx).tracking_plan
-    return chosen, f"the tracking plan {chosen}" if chosen else "the models"
+    if chosen not in (None, DEFAULT_PLAN) and root is None:
+        raise click.UsageError(
+            f"the tracking plan {chosen} is set: give --dir (schemas/ holds the schemas of "
+            "streamer's own events)"
+        )
+    named = f"the tracking plan {chosen}" if chosen else "the models"
+    return chosen, named, root or _default_schema_dir()
 
 
 _DIR = click.option("--dir", "root", type=click.Path(file_okay=False, path_type=Path))
@@ -48,8 +59,7 @@ def schemas_write(ctx: click.Context, root: Path | None, plan: str | None) -> No
     """(Re)generate schemas/ from the tracking plan, else from streamer/events.py."""
     from streamer.schemas import check_schemas, write_schemas
 
-    source, named = _source(ctx, plan)
-    target = root or _default_schema_dir()
+    source, named, target = _source(ctx, plan, root)
     written = write_schemas(target, source)
     click.echo(f"{len(written)} file(s) updated in {target} from {named}")
     stale = [p for p in check_schemas(target, source) if p.endswith("(remove it)")]
@@ -66,8 +76,7 @@ def schemas_check(ctx: click.Context, root: Path | None, plan: str | None) -> No
     """Exit 1 when schemas/ differs from what the tracking plan (else the models) generates."""
     from streamer.schemas import check_schemas
 
-    source, named = _source(ctx, plan)
-    target = root or _default_schema_dir()
+    source, named, target = _source(ctx, plan, root)
     problems = check_schemas(target, source)
     for problem in problems:
         click.echo(f"drift: {problem}", err=True)
