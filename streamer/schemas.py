@@ -1,15 +1,21 @@
-"""Generate ``schemas/`` (the producer contract) from the pydantic models, and check for drift.
+"""Generate ``schemas/`` (the producer contract and the records streamer emits), and check for
+drift.
 
-Layout:
-- ``schemas/event.schema.json``: any input event (``oneOf`` on ``event_type``);
-- ``schemas/events/<event_type>.schema.json``: one per event type;
-- ``schemas/records/<record>.schema.json``: records streamer emits (dead letters, ...);
-- ``schemas/examples/<name>.json``: a valid example of each.
+Without a tracking plan (or with ``preset:streamer``, which is that contract) the input events'
+schemas come from the pydantic models of ``streamer/events.py``, as committed in ``schemas/``:
+
+- ``event.schema.json``: any input event (``oneOf`` on ``event_type``);
+- ``events/<event_type>.schema.json``: one per event type;
+- ``records/<record>.schema.json``: records streamer emits (dead letters, ...);
+- ``examples/<name>.json``: a valid example of each.
+
+With a tracking plan they come from the plan (``streamer.plan.schemas``):
+``envelope.schema.json`` and ``events/<event>.schema.json``, beside the same ``records/`` and
+the records' examples (the records do not depend on the plan).
 """
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,8 +35,20 @@ from streamer.events import (
     WindowStats,
     event_adapter,
 )
+from streamer.plan.load import load_plan
+from streamer.plan.schemas import dump_schema, render_plan_schemas
 
-__all__ = ["EXAMPLES", "RECORD_MODELS", "check_schemas", "render_schemas", "write_schemas"]
+__all__ = [
+    "DEFAULT_PLAN",
+    "EXAMPLES",
+    "RECORD_MODELS",
+    "check_schemas",
+    "render_schemas",
+    "write_schemas",
+]
+
+# The built-in contract as a plan: its schemas are the models' (the files committed in schemas/).
+DEFAULT_PLAN = "preset:streamer"
 
 _DIALECT = "https://json-schema.org/draft/2020-12/schema"
 _BASE_ID = "https://streamer.dev/schemas/"
@@ -195,31 +213,44 @@ def _with_header(schema: dict[str, Any], path: str, title: str) -> dict[str, Any
     return {"$schema": _DIALECT, "$id": _BASE_ID + path, "title": title, **schema}
 
 
-def _dump(document: Any) -> str:
-    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-
-
-def render_schemas() -> dict[str, str]:
-    """Every file of ``schemas/`` as ``relative path -> text``."""
+def render_schemas(plan: str | None = None) -> dict[str, str]:
+    """Every file of ``schemas/`` as ``relative path -> text``: the input events' schemas from
+    the tracking plan ``plan`` (a source as ``load_plan`` takes it), else from the models. A
+    plan error raises ``PlanError`` naming file:line and the field."""
     files: dict[str, str] = {}
-    union = event_adapter.json_schema(mode="validation")
-    files["event.schema.json"] = _dump(_with_header(union, "event.schema.json", "streamer event"))
-    for event_type, model in EVENT_MODELS.items():
-        path = f"events/{event_type}.schema.json"
-        schema = model.model_json_schema(mode="validation")
-        files[path] = _dump(_with_header(schema, path, event_type))
+    if plan is None or plan == DEFAULT_PLAN:
+        files.update(_contract_event_schemas())
+    else:
+        for relative, schema in render_plan_schemas(load_plan(plan)).items():
+            files[relative] = dump_schema(schema)
     for name, record in RECORD_MODELS.items():
         path = f"records/{name}.schema.json"
         schema = record.model_json_schema(mode="serialization")
-        files[path] = _dump(_with_header(schema, path, name))
+        files[path] = dump_schema(_with_header(schema, path, name))
+    contract = plan is None or plan == DEFAULT_PLAN
     for name, example in EXAMPLES.items():
-        files[f"examples/{name}.json"] = _dump(example)
+        if contract or name not in EVENT_MODELS:  # the records' examples hold for any plan
+            files[f"examples/{name}.json"] = dump_schema(example)
+    return dict(sorted(files.items()))
+
+
+def _contract_event_schemas() -> dict[str, str]:
+    files: dict[str, str] = {}
+    union = event_adapter.json_schema(mode="validation")
+    files["event.schema.json"] = dump_schema(
+        _with_header(union, "event.schema.json", "streamer event")
+    )
+    for event_type, model in EVENT_MODELS.items():
+        path = f"events/{event_type}.schema.json"
+        schema = model.model_json_schema(mode="validation")
+        files[path] = dump_schema(_with_header(schema, path, event_type))
     return files
 
 
-def write_schemas(root: Path) -> list[Path]:
+def write_schemas(root: Path, plan: str | None = None) -> list[Path]:
+    """Write what :func:`render_schemas` gives under ``root``; the paths that changed."""
     written = []
-    for relative, text in render_schemas().items():
+    for relative, text in render_schemas(plan).items():
         path = root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists() or path.read_text() != text:
@@ -228,9 +259,11 @@ def write_schemas(root: Path) -> list[Path]:
     return written
 
 
-def check_schemas(root: Path) -> list[str]:
-    """Paths under ``root`` that differ from what the models generate (missing, changed, extra)."""
-    expected = render_schemas()
+def check_schemas(root: Path, plan: str | None = None) -> list[str]:
+    """Paths under ``root`` that differ from what :func:`render_schemas` gives (missing,
+    changed, extra)."""
+    expected = render_schemas(plan)
+    origin = "by any model" if plan in (None, DEFAULT_PLAN) else "from the plan or a record model"
     problems = [
         f"{relative}: {'missing' if not (root / relative).exists() else 'out of date'}"
         for relative, text in expected.items()
@@ -239,5 +272,5 @@ def check_schemas(root: Path) -> list[str]:
     for path in sorted(root.rglob("*.json")):
         relative = path.relative_to(root).as_posix()
         if relative not in expected:
-            problems.append(f"{relative}: not generated by any model (remove it)")
+            problems.append(f"{relative}: not generated {origin} (remove it)")
     return problems

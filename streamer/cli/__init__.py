@@ -11,6 +11,7 @@ from streamer.cli import (  # noqa: F401 (they register their commands)
     funnels,
     kafka,
     replay,
+    report,
     schemas,
     simulate,
     worker,

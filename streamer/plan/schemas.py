@@ -4,8 +4,8 @@ envelope, for producers to validate against before they send.
 The schemas describe the strict JSON form of the plan (a plan with ``coercion: lax`` also
 accepts numeric text where a number is declared: the schemas do not). Where an envelope field
 has fallback paths (``event_name: [event, type]``), only the first path is described. A path
-through a list (``contexts_..._1.0``) describes every item of the list. ``schemas/`` and
-``streamer schemas`` are not generated from here yet (the next step does).
+through a list (``contexts_..._1.0``) describes every item of the list. ``streamer schemas
+write|check`` (``streamer.schemas``) uses these for a configured plan other than the default.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 from streamer.plan.load import LoadedPlan
 from streamer.plan.model import PropertySpec, TimeField, TrackingPlan, split_path
 
-__all__ = ["event_slug", "render_plan_schemas", "write_plan_schemas"]
+__all__ = ["dump_schema", "event_slug", "render_plan_schemas", "write_plan_schemas"]
 
 _DIALECT = "https://json-schema.org/draft/2020-12/schema"
 _BASE_ID = "https://streamer.dev/schemas/plan/"
@@ -29,6 +29,11 @@ def event_slug(name: str) -> str:
     """A file name for an event name: ``"Product Viewed"`` -> ``product_viewed``."""
     slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
     return slug or "event"
+
+
+def dump_schema(document: Any) -> str:
+    """A schema file's text (every generated schema file is written alike)."""
+    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
 def _time_schema(formats: tuple[str, ...]) -> dict[str, Any]:
@@ -198,6 +203,6 @@ def write_plan_schemas(loaded: LoadedPlan, root: Path) -> list[Path]:
     for relative, schema in render_plan_schemas(loaded).items():
         path = root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        path.write_text(dump_schema(schema))
         written.append(path)
     return written

@@ -15,12 +15,12 @@ from streamer.loaders import otto_events, replay_events
 from streamer.settings import Settings
 from tests.oracle import compute
 from tests.support.compare import assert_same
+from tests.support.datasets import otto_sample
 from tests.support.pipeline_run import send_closing, wait_published, worker
 from tests.support.traffic import oracle_event
 
 ROOT = Path(__file__).resolve().parents[2]
 OTTO_FUNNEL = ROOT / "deploy/funnels/replay/otto.yaml"
-OTTO_SAMPLE = ROOT / "tests/data/otto-sample/sessions.jsonl"
 DAY_MS = 86_400_000
 
 
@@ -28,7 +28,7 @@ DAY_MS = 86_400_000
 async def test_otto_sample_gives_the_oracles_numbers(
     settings: Settings, tmp_path: Path, partitions: int
 ) -> None:
-    events = sorted(otto_events(OTTO_SAMPLE), key=lambda e: e["occurred_at"])
+    events = sorted(otto_events(otto_sample()), key=lambda e: e["occurred_at"])
     assert len(events) == 862  # the file's README: 800 clicks, 52 carts, 10 orders
     assert Counter(e["event_type"] for e in events) == {
         "product_view": 800,
