@@ -179,6 +179,8 @@ class PlanDecoder:
             name: spec.stage.value if spec.stage else None for name, spec in tracking.events.items()
         }
         self._time_field = tracking.envelope.event_time.path[0]
+        sent_at = tracking.envelope.sent_at
+        self._sent_field = sent_at.path[0] if sent_at is not None else ""
         # The projection, worked out once: property names, and (stored name, context field).
         self._keep_properties = tuple(sorted(name for name in keep if "." not in name))
         self._keep_context = tuple(
@@ -206,6 +208,14 @@ class PlanDecoder:
         )
         rejection = time_bounds(occurred_at, received_at, self.limits, self._time_field)
         if rejection is not None:
+            if occurred_at.timestamp() * 1000 != result.event_time_ms:  # sent_at moved it
+                return Rejection(
+                    rejection.reason,
+                    f"{rejection.message}, after correcting the device clock by "
+                    f"{self._sent_field} (the producer's clock at send time, "
+                    f"{utc_datetime(result.sent_at_ms or 0).isoformat()})",
+                    rejection.field,
+                )
             return rejection
         return DecodedEvent(
             StoredEvent(

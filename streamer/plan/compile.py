@@ -25,7 +25,7 @@ from typing import Any, Final
 from streamer.decode import Rejection, parse_json
 from streamer.events import ReasonCode
 from streamer.plan.load import LoadedPlan
-from streamer.plan.model import ContextField, PropertySpec, TrackingPlan, split_path
+from streamer.plan.model import ContextField, PropertySpec, TrackingPlan, check_pattern, split_path
 
 __all__ = ["MAX_STRING_LENGTH", "CompiledPlan", "Ignored", "PlannedEvent", "compile_plan"]
 
@@ -183,7 +183,7 @@ def _value_checker(spec: PropertySpec, *, strip: bool, lax: bool) -> Checker:
     if kind == "string":
         low = spec.min_length or 0
         high = spec.max_length if spec.max_length is not None else MAX_STRING_LENGTH
-        matcher = re.compile(spec.pattern).search if spec.pattern is not None else None
+        matcher = check_pattern(spec.pattern).search if spec.pattern is not None else None
 
         def check_string(value: Any) -> Any:
             if not isinstance(value, str):
@@ -371,6 +371,7 @@ class CompiledPlan:
         self._name_where = loaded.where("envelope", "event_name")
         self._id_get = _first_of(env.event_id)
         self._id_field = env.event_id[0]
+        self._id_where = loaded.where("envelope", "event_id")
         self._time_get = _first_of(env.event_time.path)
         self._time_field = env.event_time.path[0]
         self._time_check = _time_checker(env.event_time.format)
@@ -518,7 +519,7 @@ class CompiledPlan:
                 f"{name} is planned on topics {sorted(event.topics)}, arrived on {topic!r}",
                 event.topics_where,
             )
-        event_id = self._id(self._id_get(document), self._id_field, self._name_where)
+        event_id = self._id(self._id_get(document), self._id_field, self._id_where)
         if isinstance(event_id, Rejection):
             return event_id
         try:
