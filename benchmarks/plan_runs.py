@@ -19,9 +19,10 @@ import yaml
 from streamer.kafka_io import ensure_topic_plan
 from streamer.plan.load import preset_path
 from streamer.settings import Settings
+from streamer.shapes import SHOP_EVENTS
 from streamer.testing import produce
 from tests.support.pipeline_run import send_to_partitions
-from tests.support.shapes import SHOP_EVENTS, shaped
+from tests.support.shapes import shaped
 
 from . import kafka_runs
 from .data import CHECKOUT, Loaded, make_dataset

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -25,8 +26,17 @@ import orjson
 from streamer.events import CHECKOUT_EVENT_TYPES
 from streamer.kafka_io import ensure_topics, make_producer
 from streamer.settings import Settings
+from streamer.shapes import shape_event
 
-__all__ = ["Incident", "SimulationReport", "StepRates", "TrafficModel", "run_live", "topic_for"]
+__all__ = [
+    "Incident",
+    "SimulationReport",
+    "StepRates",
+    "TrafficModel",
+    "run_live",
+    "topic_for",
+    "write_export",
+]
 
 log = logging.getLogger(__name__)
 
@@ -220,8 +230,10 @@ async def run_live(
     duration: float,
     seed: int = 1,
     model: TrafficModel | None = None,
+    shape: str = "streamer",
 ) -> SimulationReport:
-    """Produce ~``rate`` events per second for ``duration`` seconds, in real time.
+    """Produce ~``rate`` events per second for ``duration`` seconds, in real time, in
+    ``shape`` (streamer's own events, or ``segment``/``posthog``: ``streamer.shapes``).
 
     Sessions start as a Poisson process; each event is sent when its event time comes due, so
     sessions interleave as in a real shop. Sessions still under way at the end are cut short.
@@ -253,11 +265,43 @@ async def run_live(
                 await producer.send(
                     topic_for(settings, event["event_type"]),
                     key=event["session_id"].encode(),
-                    value=orjson.dumps(event),
+                    value=orjson.dumps(shape_event(shape, event)),
                 )
                 report.count(event)
             wake = min(next_session_at, pending[0][0] if pending else math.inf, duration)
             await asyncio.sleep(max(0.0, min(0.05, wake - (time.monotonic() - began))))
     finally:
         await producer.stop()  # flushes what is buffered
+    return report
+
+
+def write_export(
+    path: Path,
+    *,
+    rate: float,
+    duration: float,
+    seed: int = 1,
+    shape: str = "streamer",
+    end: datetime | None = None,
+) -> SimulationReport:
+    """Write ``duration`` seconds of history (ending at ``end``, default now) at ~``rate``
+    events per second to ``path`` as JSONL in ``shape``, in event-time order: an export to
+    try ``streamer report`` on. Same seed and end, same file."""
+    model = TrafficModel()
+    end = end or datetime.now(UTC).replace(microsecond=0)
+    sessions_per_second = rate / model.mean_events_per_session()
+    count = max(1, round(duration * sessions_per_second))
+    start = end - timedelta(seconds=duration)
+    events = [
+        event
+        for session in model.sessions(seed, count, start, sessions_per_second)
+        for event in session
+        if datetime.fromisoformat(event["occurred_at"]) < end
+    ]
+    events.sort(key=lambda event: str(event["occurred_at"]))
+    report = SimulationReport(sessions=count)
+    with path.open("wb") as out:
+        for event in events:
+            out.write(orjson.dumps(shape_event(shape, event)) + b"\n")
+            report.count(event)
     return report

@@ -21,6 +21,7 @@ from streamer.decoders import ContractDecoder, DecodedEvent, Ignored, PlanDecode
 from streamer.funnel.definition import load_funnel
 from streamer.plan.compile import compile_plan
 from streamer.plan.load import load_plan
+from streamer.simulate import write_export
 from tests.oracle.plan_events import plan_rows
 from tests.support.shapes import shaped
 from tests.support.traffic import generate
@@ -93,3 +94,22 @@ def test_the_built_in_contract_decodes_as_preset_streamer() -> None:
         assert not isinstance(
             preset.decode(raw, topic="clickstream", received_at=NOW), DecodedEvent
         )
+
+
+@pytest.mark.parametrize("shape", ["segment", "posthog"])
+def test_a_simulated_export_is_read_by_its_preset(shape: str, tmp_path: Path) -> None:
+    """`streamer simulate --shape S --export F` writes what `preset:S` decodes (the shop's own
+    events beside the preset's are ignored, never refused), the same file for the same seed."""
+    end = datetime(2026, 12, 7, 8, 0, tzinfo=UTC)
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    report = write_export(first, rate=20, duration=600, seed=3, shape=shape, end=end)
+    write_export(second, rate=20, duration=600, seed=3, shape=shape, end=end)
+    assert first.read_bytes() == second.read_bytes()
+    decoder = PlanDecoder(compile_plan(load_plan(f"preset:{shape}")), LIMITS, KEEP)
+    lines = first.read_bytes().splitlines()
+    assert len(lines) == report.events > 1000
+    decoded = [decoder.decode(line, topic="t", received_at=end) for line in lines]
+    assert [d for d in decoded if not isinstance(d, DecodedEvent | Ignored)] == []
+    kept = [d for d in decoded if isinstance(d, DecodedEvent)]
+    assert len(kept) > 0.9 * len(lines)
+    assert all(d.event.at_ms < end.timestamp() * 1000 for d in kept)
