@@ -32,13 +32,15 @@ from streamer.kafka_local import LocalKafka
 from streamer.settings import Settings
 from streamer.testing import free_port
 
-from . import core, kafka_runs
+from . import core, kafka_runs, plan_runs
 from .data import load
 from .procs import ROOT, Children, terminate_on_sigterm
 from .report import Results, machine_facts, now, write_report
 
-PARTS = ("ceiling", "floor", "quix", "worker", "rekey", "replay", "restart", "core")
-KAFKA_PARTS = {"ceiling", "floor", "quix", "worker", "rekey", "replay", "restart"}
+PARTS = (
+    "ceiling", "floor", "quix", "worker", "rekey", "plan", "segment", "replay", "restart", "core",
+)  # fmt: skip
+KAFKA_PARTS = set(PARTS) - {"core"}
 PARTIAL_REPORT = Path(tempfile.gettempdir()) / "streamer-benchmarks-partial.md"
 
 
@@ -164,6 +166,12 @@ def _kafka_parts(
         rekeyed = settings.model_copy(update={**own_outputs, "source_keyed_by_session": False})
         r = results.rekey = kafka_runs.worker_run(children, rekeyed, loaded, workdir, "rekey")
         _say(f"worker, re-key path: {r.rate:,.0f} events/s ({r.seconds:.1f} s)")
+    if "plan" in args.parts:
+        p = results.plan = plan_runs.plan_worker_run(children, settings, loaded, workdir)
+        _say(f"worker, tracking plan preset:streamer: {p.rate:,.0f} events/s ({p.seconds:.1f} s)")
+    if "segment" in args.parts:
+        g = results.segment = plan_runs.segment_worker_run(children, settings, loaded, workdir)
+        _say(f"worker, Segment calls through preset:segment: {g.rate:,.0f} events/s")
     if "replay" in args.parts:
         results.replay = kafka_runs.replay_run(settings, loaded)
         _say(f"streamer replay: {results.replay:,.0f} events/s")

@@ -74,6 +74,8 @@ class Results:
     quix_note: str = ""
     worker: WorkerResult | None = None
     rekey: WorkerResult | None = None
+    plan: WorkerResult | None = None  # the worker given the default tracking plan
+    segment: WorkerResult | None = None  # the same traffic as Segment calls, its preset
     replay: float | None = None  # streamer replay over the same data, events/s
     restart: RestartResult | None = None
     memory: MemoryResult | None = None
@@ -132,6 +134,12 @@ def _throughput(r: Results) -> list[str]:
         rows.append(
             ("streamer worker, re-key path (`source_keyed_by_session=false`)", r.rekey.rate)
         )
+    if r.plan:
+        rows.append(("streamer worker, tracking plan `preset:streamer` (same data)", r.plan.rate))
+    if r.segment:
+        rows.append(
+            ("streamer worker, the same traffic as Segment calls, `preset:segment`", r.segment.rate)
+        )
     if r.replay:
         rows.append(
             ("`streamer replay --from --to` (read-only: no group, one task, no Faust)", r.replay)
@@ -154,6 +162,14 @@ def _throughput(r: Results) -> list[str]:
         f"worker / Quix peer: {_ratio(worker, r.quix) or NOT_MEASURED}. "
         "Each floor is the better of its rows."
     )
+    if (r.plan or r.segment) and worker:
+        plan, segment = (r.plan.rate if r.plan else None), (r.segment.rate if r.segment else None)
+        lines.append(
+            f"With a tracking plan: `preset:streamer` / worker {_ratio(plan, worker)}, "
+            f"x Faust floor {_ratio(plan, r.floor)}; Segment preset / worker "
+            f"{_ratio(segment, worker)}, x Faust floor {_ratio(segment, r.floor)} (target: the "
+            "default plan at or above 1.0x the Faust floor)."
+        )
     if r.replay and worker:
         lines.append(
             f"Replay of the same data / worker: {_ratio(r.replay, worker)} (the same core, "
