@@ -21,9 +21,11 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from streamer.funnel.yaml_lines import (
     YamlSourceError,
@@ -284,7 +286,14 @@ def _default_source(name: str) -> dict[str, str]:
 class FunnelDefinition(_Frozen):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=40)
     follows: Literal["session"] = "session"
-    order: Literal["ordered"] = "ordered"
+    order: Literal["ordered", "strict", "unordered"] = Field(
+        default="ordered",
+        description="ordered: later steps at later instants, anything in between; strict: any "
+        "other event in between breaks the attempt; unordered: distinct steps in any order",
+    )
+    strict_ignore: tuple[str, ...] = Field(
+        default=(), description="strict funnels: event types that never break an attempt"
+    )
     stages: tuple[Stage, ...] = Field(min_length=2, max_length=20)
     conversion_window_ms: Duration = Field(validation_alias="conversion_window")
     window_ms: Duration = Field(default=60_000, validation_alias="window")
@@ -331,6 +340,44 @@ class FunnelDefinition(_Frozen):
                     )
                 owner[event_type] = stage.name
         return stages
+
+    @field_validator("strict_ignore")
+    @classmethod
+    def _ignore_only_when_strict(
+        cls, ignored: tuple[str, ...], info: ValidationInfo
+    ) -> tuple[str, ...]:
+        if ignored and info.data.get("order") != "strict":
+            raise ValueError("strict_ignore applies to order: strict only")
+        return ignored
+
+    @model_validator(mode="after")
+    def _order_fits(self) -> FunnelDefinition:
+        # Raised with the field's location, so the message names its line.
+        problems: list[InitErrorDetails] = []
+        stage_types = {t for stage in self.stages for t in stage.event_types}
+        for index, event_type in enumerate(self.strict_ignore):
+            if event_type in stage_types:
+                problems.append(_problem(
+                    ("strict_ignore", index),
+                    f"{event_type!r} is a stage's event type; a step never breaks its own attempt",
+                ))  # fmt: skip
+        if self.order == "unordered":
+            for index, stage in enumerate(self.stages):
+                if stage.timeout_ms is not None:
+                    problems.append(_problem(
+                        ("stages", index, "timeout"),
+                        "an unordered funnel's steps have no order, so no stage has a timeout of "
+                        "its own: use the funnel's step_timeout",
+                    ))  # fmt: skip
+            if self.abandonment:
+                problems.append(_problem(
+                    ("abandonment",),
+                    "an unordered funnel has no stage an attempt stops at (counts are by number "
+                    "of steps done): no abandonment",
+                ))  # fmt: skip
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
+        return self
 
     @model_validator(mode="after")
     def _names_exist(self) -> FunnelDefinition:
@@ -397,6 +444,10 @@ class FunnelDefinition(_Frozen):
                 + ", ".join(f"{s.name} ({s.source}, top {s.cap})" for s in self.segments)
             )
         return "\n".join(lines)
+
+
+def _problem(loc: tuple[str | int, ...], message: str) -> InitErrorDetails:
+    return {"type": PydanticCustomError("funnel", message), "loc": loc, "input": None}
 
 
 def _fmt(ms: int) -> str:

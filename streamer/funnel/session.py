@@ -106,9 +106,10 @@ class Attempt:
     cart_value: float = 0.0
     last_activity_ms: int = 0
     currency: str | None = None
+    done: int = 0  # unordered funnels: the steps done, one bit per stage index
 
     def to_json(self) -> list[Any]:
-        return [
+        raw = [
             self.start_ms,
             self.stage,
             self.reached_ms,
@@ -119,6 +120,9 @@ class Attempt:
             self.last_activity_ms,
             self.currency,
         ]
+        if self.done:  # only unordered funnels: other attempts are stored as before
+            raw.append(self.done)
+        return raw
 
     @classmethod
     def from_json(cls, raw: Sequence[Any]) -> Attempt:
@@ -132,6 +136,7 @@ class Attempt:
             float(raw[6]),
             int(raw[7]),
             raw[8],
+            int(raw[9]) if len(raw) > 9 else 0,
         )
 
 
@@ -229,6 +234,11 @@ class CompiledFunnel:
         steps = range(self.last_stage)
         self.timeouts_ms = (*(definition.step_timeout_ms(k) for k in steps), 0)
         self.abandonment_stages = definition.abandonment_stage_indexes
+        # Order modes (spec, "Order modes"): strict breaks an attempt on any other event at an
+        # instant between two steps; unordered counts distinct steps in any order.
+        self.strict = definition.order == "strict"
+        self.unordered = definition.order == "unordered"
+        self.strict_ignore = frozenset(definition.strict_ignore)
         self._stage_of_type = {
             event_type: index
             for index, stage in enumerate(definition.stages)
@@ -310,26 +320,33 @@ def expire_attempt(
 
 
 def _drop(
-    funnel: CompiledFunnel, progress: Progress, attempt: Attempt, out: list[Outcome]
+    funnel: CompiledFunnel,
+    progress: Progress,
+    attempt: Attempt,
+    out: list[Outcome],
+    broken_ms: int | None = None,
 ) -> Abandoned | None:
+    """Step ``attempt.stage`` dropped: at its deadline, or at ``broken_ms`` when a strict
+    funnel's attempt is broken (then it ended at its latest instant: a start may follow)."""
+    at_ms = attempt.deadline_ms if broken_ms is None else broken_ms
     out.append(
         Outcome(
             Kind.DROPPED,
             attempt.stage,
             attempt.reached_ms,
-            attempt.deadline_ms,
+            at_ms,
             attempt.stage_segments,
             value=attempt.cart_value,
         )
     )
     progress.attempt = None
-    progress.ended_ms = attempt.deadline_ms
+    progress.ended_ms = at_ms if broken_ms is None else attempt.last_activity_ms
     if attempt.stage not in funnel.abandonment_stages:
         return None
     progress.abandoned = Abandoned(
         attempt.stage,
         attempt.start_ms,
-        attempt.deadline_ms,
+        at_ms,
         attempt.last_activity_ms,
         attempt.start_ms + funnel.conversion_window_ms,
         attempt.cart_value,
@@ -366,7 +383,9 @@ def apply_instant(
         dropped = _drop(funnel, progress, attempt, out)
         attempt = None
     stages = [funnel.stage_of(event) for event in events]
-    # Retraction: an order after the latest abandonment, within its attempt's window.
+    # Retraction: an order after the latest abandonment, within its attempt's window (before a
+    # strict break of this instant, whose own abandonment an order at this instant never
+    # retracts).
     abandoned = progress.abandoned
     if abandoned is not None:
         if at_ms > abandoned.retractable_until_ms:
@@ -374,10 +393,21 @@ def apply_instant(
         elif funnel.last_stage in stages and at_ms > abandoned.abandoned_ms:
             retracted = (abandoned, at_ms)
             progress.abandoned = None
+    # 1b. Break (strict): no next stage at this instant, and an event that is not ignored.
+    if (
+        attempt is not None
+        and funnel.strict
+        and attempt.stage + 1 not in stages
+        and any(event.event_type not in funnel.strict_ignore for event in events)
+    ):
+        dropped = _drop(funnel, progress, attempt, out, broken_ms=at_ms)
+        attempt = None
     # 2. Start: an idle session's S0 event, strictly after the previous attempt ended.
     started = False
     if attempt is None:
-        if 0 not in stages or at_ms <= progress.ended_ms:
+        if at_ms <= progress.ended_ms:
+            return _result(dropped, retracted)
+        if 0 not in stages and not (funnel.unordered and max(stages) >= 0):
             return _result(dropped, retracted)
         attempt = Attempt(at_ms, 0, at_ms, 0, funnel.share((None,) * funnel.segment_count), ())
         attempt.deadline_ms = _deadline(funnel, attempt)
@@ -414,27 +444,57 @@ def apply_instant(
     if started:
         attempt.stage_segments = attempt.segments
         out.append(Outcome(Kind.ENTERED, 0, at_ms, at_ms, attempt.stage_segments))
-    # Advance while this instant holds the next stage's event (inclusive deadline: step 1).
-    while attempt.stage < funnel.last_stage and attempt.stage + 1 in stages:
-        out.append(
-            Outcome(
-                Kind.CONVERTED,
-                attempt.stage,
-                attempt.reached_ms,
-                at_ms,
-                attempt.stage_segments,
-                time_to_convert_ms=at_ms - attempt.reached_ms,
-            )
-        )
-        attempt.stage += 1
-        attempt.reached_ms = at_ms
-        attempt.stage_segments = attempt.segments
-        attempt.deadline_ms = _deadline(funnel, attempt)
-        out.append(Outcome(Kind.ENTERED, attempt.stage, at_ms, at_ms, attempt.stage_segments))
+    if funnel.unordered:
+        _advance_unordered(funnel, attempt, at_ms, stages, started, out)
+    else:
+        # Advance while this instant holds the next stage's event (inclusive deadline: step 1).
+        while attempt.stage < funnel.last_stage and attempt.stage + 1 in stages:
+            _convert(funnel, attempt, at_ms, out)
     if attempt.stage == funnel.last_stage:
         progress.attempt = None
         progress.ended_ms = at_ms
     return _result(dropped, retracted)
+
+
+def _advance_unordered(
+    funnel: CompiledFunnel,
+    attempt: Attempt,
+    at_ms: int,
+    stages: list[int],
+    started: bool,
+    out: list[Outcome],
+) -> None:
+    """Unordered: each step of this instant not done yet is one more step, by position (the
+    first step of a new attempt is its entry, not a conversion)."""
+    new = 0
+    for stage in stages:
+        if stage >= 0:
+            new |= 1 << stage
+    new &= ~attempt.done
+    if not new:
+        return
+    attempt.done |= new
+    for _ in range(new.bit_count() - (1 if started else 0)):
+        _convert(funnel, attempt, at_ms, out)
+
+
+def _convert(funnel: CompiledFunnel, attempt: Attempt, at_ms: int, out: list[Outcome]) -> None:
+    """Step ``attempt.stage`` converts at ``at_ms``; the attempt enters the next stage."""
+    out.append(
+        Outcome(
+            Kind.CONVERTED,
+            attempt.stage,
+            attempt.reached_ms,
+            at_ms,
+            attempt.stage_segments,
+            time_to_convert_ms=at_ms - attempt.reached_ms,
+        )
+    )
+    attempt.stage += 1
+    attempt.reached_ms = at_ms
+    attempt.stage_segments = attempt.segments
+    attempt.deadline_ms = _deadline(funnel, attempt)
+    out.append(Outcome(Kind.ENTERED, attempt.stage, at_ms, at_ms, attempt.stage_segments))
 
 
 def _result(dropped: Abandoned | None, retracted: tuple[Abandoned, int] | None) -> InstantResult:

@@ -11,8 +11,9 @@ literal) and reshapes the query results; every decision is made by the SQL below
 2. ``inst``: one row per session and instant (event time): which stages occur, the smallest
    segment value among its funnel events, the largest cart value.
 3. ``walk``: a recursive CTE that walks each session's instants in time order with the
-   spec's state (idle or an attempt: start, stage, reached, deadline, segments, cart value)
-   and records, per instant, the drop, start and advance that happened.
+   spec's state (idle or an attempt: start, stage, reached, deadline, segments, cart value,
+   and for unordered funnels the steps done as a bit mask) and records, per instant, the
+   drop (by timeout, or a strict funnel's break), start and advance that happened.
 4. ``outcome``: entries, conversions and drops (plus the drops the watermark decides), then
    grouped into cohort windows, per segment, and abandonments with their retractions.
 """
@@ -157,13 +158,23 @@ def _walk_sql(funnel: FunnelDefinition, watermark_ms: int) -> str:
     cw = funnel.conversion_window_ms
     seg_cols = "".join(f", {sql} AS g{d}" for d, sql in enumerate(_segment_sql(funnel)))
     has = "[" + ", ".join(f"bool_or(stage = {k})" for k in range(n + 1)) + "]"
+    strict = funnel.order == "strict"
+    unordered = funnel.order == "unordered"
+    ignored = ", ".join(_literal(t) for t in funnel.strict_ignore)
+    # Strict: an instant with an event of a type strict mode does not ignore (any event).
+    noise = f"bool_or(event_type NOT IN ({ignored}))" if ignored else "TRUE"
     mins = "".join(f", min(g{d}) FILTER (WHERE stage >= 0) AS m{d}" for d in dims)
     # The step's expressions, in the spec's order (names refer to the previous row r and the
     # instant i; each line builds on the ones before by textual substitution).
     drop = "(r.active AND i.t > r.deadline)"
-    still = f"(r.active AND NOT {drop})"
-    ended1 = f"(CASE WHEN {drop} THEN r.deadline ELSE r.ended END)"
-    start = f"((NOT {still}) AND i.has[1] AND i.t > {ended1})"
+    # Strict: broken when in time, no event of the next stage, and some event not ignored.
+    brk = f"(r.active AND NOT {drop} AND i.noise AND NOT i.has[r.k + 2])" if strict else "FALSE"
+    dropped = f"({drop} OR {brk})"
+    still = f"(r.active AND NOT {dropped})"
+    # A timed-out attempt ends at its deadline, a broken one at its latest instant.
+    ended1 = f"(CASE WHEN {drop} THEN r.deadline WHEN {brk} THEN r.lastact ELSE r.ended END)"
+    begins = "i.mask > 0" if unordered else "i.has[1]"
+    start = f"((NOT {still}) AND {begins} AND i.t > {ended1})"
     active2 = f"({still} OR {start})"
     a2 = f"(CASE WHEN {start} THEN i.t ELSE r.a END)"
     k1 = f"(CASE WHEN {start} THEN 0 ELSE r.k END)"
@@ -184,6 +195,15 @@ def _walk_sql(funnel: FunnelDefinition, watermark_ms: int) -> str:
         f"(CASE WHEN {active2} THEN coalesce(list_position({rest}, false) - 1, len({rest})) "
         f"ELSE 0 END)"
     )
+    # Unordered: the steps done so far (a bit per stage); each new one is one step further,
+    # except the first of a new attempt (its entry).
+    done1 = f"(CASE WHEN {still} THEN r.done ELSE 0 END)"
+    done2 = f"(CASE WHEN {active2} THEN {done1} | i.mask ELSE 0 END)"
+    if unordered:
+        run = (
+            f"(CASE WHEN {active2} THEN bit_count(i.mask & ~{done1}) "
+            f"- (CASE WHEN {start} THEN 1 ELSE 0 END) ELSE 0 END)"
+        )
     k2 = f"({k1} + {run})"
     reached2 = f"(CASE WHEN {run} > 0 THEN i.t ELSE {reached1} END)"
     snap2 = {d: f"(CASE WHEN {run} > 0 THEN {cur[d]} ELSE {snap1[d]} END)" for d in dims}
@@ -209,19 +229,20 @@ def _walk_sql(funnel: FunnelDefinition, watermark_ms: int) -> str:
     return f"""
 WITH RECURSIVE
 ev AS (
-    SELECT sid, at_ms AS t, {_stage_sql(funnel)} AS stage, {_CART} AS cart{seg_cols}
+    SELECT sid, at_ms AS t, event_type, {_stage_sql(funnel)} AS stage, {_CART} AS cart{seg_cols}
     FROM (SELECT DISTINCT ON (sid, eid) sid, eid, event_type, at_ms, p, c FROM raw)
     WHERE at_ms < {watermark_ms}
 ),
 inst AS (
     SELECT sid, t, row_number() OVER (PARTITION BY sid ORDER BY t) AS rn,
-           {has} AS has, max(cart) AS cart{mins}
+           {has} AS has, max(cart) AS cart{mins}, {noise} AS noise,
+           coalesce(bit_or(1::BIGINT << greatest(stage, 0)) FILTER (WHERE stage >= 0), 0) AS mask
     FROM ev GROUP BY sid, t
 ),
 walk AS (
     SELECT sid, 0::BIGINT AS rn, NULL::BIGINT AS t, FALSE AS active, NULL::BIGINT AS a,
            0 AS k, NULL::BIGINT AS reached, NULL::BIGINT AS deadline, {NEVER}::BIGINT AS ended,
-           0.0::DOUBLE AS cart, NULL::BIGINT AS lastact{base_cols},
+           0.0::DOUBLE AS cart, NULL::BIGINT AS lastact, 0::BIGINT AS done{base_cols},
            FALSE AS d_flag, NULL::INTEGER AS d_stage, NULL::BIGINT AS d_at,
            NULL::BIGINT AS d_cohort, NULL::DOUBLE AS d_value, NULL::BIGINT AS d_lastact,
            NULL::BIGINT AS d_a, FALSE AS o_start, NULL::INTEGER AS o_k1, NULL::INTEGER AS o_k2,
@@ -229,8 +250,9 @@ walk AS (
     FROM (SELECT DISTINCT sid FROM inst)
     UNION ALL
     SELECT r.sid, i.rn, i.t, {active3}, {a2}, {k2}, {reached2}, {deadline3}, {ended3},
-           {cart2}, {lastact2}{step_state},
-           {drop}, r.k, r.deadline, r.reached, r.cart, r.lastact, r.a,
+           {cart2}, {lastact2}, {done2}{step_state},
+           {dropped}, r.k, CASE WHEN {drop} THEN r.deadline ELSE i.t END, r.reached, r.cart,
+           r.lastact, r.a,
            {start}, {k1}, {k2}, {reached1}{step_out}
     FROM walk r JOIN inst i ON i.sid = r.sid AND i.rn = r.rn + 1
 ),

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.session import NEVER, CompiledFunnel, StoredEvent
 from streamer.funnel.task import Offer, Task
@@ -154,3 +156,38 @@ def _shape(
                 "dropped": step.dropped,
                 "open": 0 if index == last else step.open,
             }
+
+
+def restored_midway(
+    funnels: Sequence[FunnelDefinition],
+    arriving: Sequence[dict[str, Any]],
+    split: int,
+    *,
+    lateness_ms: int,
+    watermark_ms: int,
+) -> tuple[Task, Task]:
+    """Two tasks fed ``arriving`` (the watermark following the newest event time minus
+    ``lateness_ms``): one throughout, one checkpointed through JSON after ``split`` events
+    and restored into a new task, as the stage's table stores it. Both end at
+    ``watermark_ms``."""
+    compiled = tuple(CompiledFunnel(f) for f in funnels)
+    expected = Task(compiled, 0, retention_ms=10**12)
+    restored = Task(compiled, 0, retention_ms=10**12)
+    front = NEVER
+    store: dict[str, Any] = {}
+    windows: dict[tuple[int, int], Any] = {}
+    for index, event in enumerate(arriving):
+        front = max(front, int(event["at_ms"]))
+        for task in (expected, restored):
+            task.offer(event["session_id"], stored(event))
+            task.advance(front - lateness_ms)
+        if index + 1 == split:
+            saved = restored.checkpoint()
+            restored.drain()
+            store.update(orjson.loads(orjson.dumps(saved.sessions)))
+            windows.update(saved.windows)
+            restored = Task(compiled, 0, retention_ms=10**12)
+            restored.restore(saved.watermark_ms, list(store.items()), windows)
+    for task in (expected, restored):
+        task.advance(watermark_ms)
+    return expected, restored

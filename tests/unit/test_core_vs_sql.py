@@ -137,3 +137,90 @@ def test_core_equals_sql_before_everything_is_decided(
     assert_same("abandonments", sql.abandonments, core.abandonments)
     assert_same("final", sql.final, core.final)
     assert_final_consistent(core)
+
+
+# --- Order modes (docs/funnel-semantics.md, "Order modes") --------------------------------
+_STAGES: list[dict[str, Any]] = [
+    {"name": "landing", "event_type": "page_view", "where": {"landing": True}},
+    {"name": "cart", "event_type": "add_to_cart"},
+    {"name": "payment", "event_type": "payment_submitted", "where": {"amount": {"gt": 0}}},
+    {"name": "order", "event_type": "order_placed"},
+]
+
+
+def _mode(name: str, **changes: Any) -> FunnelDefinition:
+    raw = {
+        "name": name,
+        "conversion_window": "60s",
+        "window": "10s",
+        "step_timeout": "20s",
+        "stages": _STAGES,
+        "segments": {"device": {"cap": 5}, "payment_method": {"cap": 5}},
+    }
+    return FunnelDefinition.model_validate({**raw, **changes})
+
+
+STRICT_STAGES = [dict(s, timeout="10s") if s["name"] in ("cart", "payment") else s for s in _STAGES]
+MODES: dict[str, tuple[FunnelDefinition, ...]] = {
+    # Strict, with and without an ignored type; stage timeouts and abandonments as FUNNEL's.
+    "strict": (
+        _mode("strict", order="strict", stages=STRICT_STAGES, abandonment=["cart", "payment"]),
+        _mode(
+            "strict_ignoring",
+            order="strict",
+            strict_ignore=["product_view"],
+            abandonment=["cart"],
+        ),
+    ),
+    "unordered": (_mode("unordered", order="unordered"),),
+}
+MODE_BATCHES = settings(BATCHES, max_examples=40)
+
+
+@given(cases=batch(30), seed=st.integers(0, 2**32))
+@MODE_BATCHES
+def test_strict_core_equals_sql(cases: list[list[dict[str, Any]]], seed: int) -> None:
+    _compare(MODES["strict"], cases, seed)
+
+
+@given(cases=batch(30), seed=st.integers(0, 2**32))
+@MODE_BATCHES
+def test_unordered_core_equals_sql(cases: list[list[dict[str, Any]]], seed: int) -> None:
+    _compare(MODES["unordered"], cases, seed)
+
+
+def _compare(
+    funnels: tuple[FunnelDefinition, ...], cases: list[list[dict[str, Any]]], seed: int
+) -> None:
+    events = [event for events in cases for event in events]
+    note(f"arrival seed {seed}; {len(cases)} cases, {len(events)} events")
+    sql = compute(funnels, events, END)
+    core = run_core(funnels, arrival(events, seed), END, lateness_ms=LATENESS_MS)
+    assert core.late == []
+    assert_same("windows", sql.windows, core.windows)
+    assert_same("segments", sql.segments, core.segments)
+    assert_same("abandonments", sql.abandonments, core.abandonments)
+
+
+@given(
+    mode=st.sampled_from(sorted(MODES)),
+    events=case("c"),
+    seed=st.integers(0, 2**32),
+    cut_s=st.integers(0, 150),
+)
+@settings(max_examples=150, deadline=None, print_blob=True)
+def test_modes_core_equals_sql_before_everything_is_decided(
+    mode: str, events: list[dict[str, Any]], seed: int, cut_s: int
+) -> None:
+    watermark = cut_s * 1000
+    note(f"{mode}: arrival seed {seed}, watermark {watermark}")
+    funnels = MODES[mode]
+    arrived = [e for e in arrival(events, seed) if e["at_ms"] < watermark + LATENESS_MS]
+    sql = compute(funnels, arrived, watermark)
+    core = run_core(funnels, arrived, watermark, lateness_ms=LATENESS_MS)
+    assert core.late == []
+    assert_same("windows", sql.windows, core.windows)
+    assert_same("segments", sql.segments, core.segments)
+    assert_same("abandonments", sql.abandonments, core.abandonments)
+    assert_same("final", sql.final, core.final)
+    assert_final_consistent(core)

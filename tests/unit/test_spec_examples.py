@@ -16,9 +16,10 @@ S = 1000
 END = 10**12
 
 
-def funnel(cart_timeout: str = "10s") -> FunnelDefinition:
+def funnel(cart_timeout: str = "10s", **extra: Any) -> FunnelDefinition:
     return FunnelDefinition.model_validate(
         {
+            **extra,
             "name": "f",
             "conversion_window": "60s",
             "window": "10s",
@@ -198,3 +199,110 @@ def test_14_an_order_after_an_abandonment_retracts_it() -> None:
     assert abandonment["cart_value"] == 30.0
     assert abandonment["last_activity_ms"] == 2 * S
     assert abandonment["retracted_ms"] == 40 * S
+
+
+# --- Order modes (examples 15 to 21) ------------------------------------------------------
+
+
+def strict(ignore: tuple[str, ...] = ()) -> FunnelDefinition:
+    """``Fs``: ``F`` with ``order: strict`` (and ``strict_ignore``)."""
+    return funnel(order="strict", strict_ignore=ignore)
+
+
+def unordered(step_timeout: str = "20s") -> FunnelDefinition:
+    """``Fu``: ``F``'s stages in any order, one step timeout, no abandonment."""
+    return FunnelDefinition.model_validate(
+        {
+            "name": "f",
+            "order": "unordered",
+            "conversion_window": "60s",
+            "window": "10s",
+            "step_timeout": step_timeout,
+            "stages": [
+                {"name": name, "event_type": TYPES[name]}
+                for name in ("land", "cart", "pay", "order")
+            ],
+            "segments": {"device": None},
+        }
+    )
+
+
+def test_15_strict_an_event_in_between_breaks() -> None:
+    core, _ = both(events(("land", 0), ("view", 3), ("cart", 5)), definition=strict())
+    assert counts(core, 0, "land") == (1, 0, 1, 0)
+    assert ("f", 0, "cart") not in core.windows
+    ignored, _ = both(
+        events(("land", 0), ("view", 3), ("cart", 5)), definition=strict(("product_view",))
+    )
+    assert counts(ignored, 0, "land") == (1, 1, 0, 0)
+    assert ignored.windows[("f", 0, "land")]["ttc_sum_ms"] == 5000
+
+
+def test_16_strict_the_same_instant_is_exempt() -> None:
+    core, _ = both(events(("land", 0), ("view", 0), ("cart", 5), ("view", 5)), definition=strict())
+    assert counts(core, 0, "land") == (1, 1, 0, 0)
+    assert counts(core, 0, "cart") == (1, 0, 1, 0)
+    [abandonment] = core.abandonments.values()
+    assert (abandonment["abandoned_ms"], abandonment["last_activity_ms"]) == (15 * S, 5 * S)
+
+
+def test_17_strict_a_repeated_first_stage_event_breaks_and_starts_again() -> None:
+    core, _ = both(events(("land", 0), ("land", 3), ("cart", 5)), definition=strict())
+    assert counts(core, 0, "land") == (2, 1, 1, 0)
+    assert core.windows[("f", 0, "land")]["ttc_sum_ms"] == 2000
+
+
+def test_18_strict_a_break_out_of_an_abandonment_stage() -> None:
+    core, _ = both(
+        events(("land", 0), ("cart", 2), ("view", 4), ("order", 30)), definition=strict()
+    )
+    assert counts(core, 0, "cart") == (1, 0, 1, 0)
+    [abandonment] = core.abandonments.values()
+    assert abandonment["stage"] == "cart"
+    assert (abandonment["abandoned_ms"], abandonment["last_activity_ms"]) == (4 * S, 2 * S)
+    assert abandonment["retracted_ms"] == 30 * S
+
+
+def test_19_unordered_any_order_counted_by_position() -> None:
+    core, _ = both(
+        events(("cart", 0), ("land", 5), ("order", 8), ("pay", 30)), definition=unordered()
+    )
+    assert counts(core, 0, "land") == (1, 1, 0, 0)  # position 0: one step done
+    assert counts(core, 0, "cart") == (1, 1, 0, 0)  # position 1, entered at 5
+    assert counts(core, 0, "pay") == (1, 0, 1, 0)  # position 2, entered at 8, dropped at 28
+    assert [core.windows[("f", 0, n)]["ttc_sum_ms"] for n in ("land", "cart")] == [5000, 3000]
+    assert counts(core, 30, "land") == (1, 0, 1, 0)  # attempt 2 from pay@30
+
+
+def test_20_unordered_repeats_and_one_instant() -> None:
+    core, _ = both(
+        events(("cart", 0), ("cart", 2), ("land", 2), ("pay", 2)), definition=unordered()
+    )
+    assert counts(core, 0, "land") == (1, 1, 0, 0)
+    assert counts(core, 0, "cart") == (1, 1, 0, 0)
+    assert counts(core, 0, "pay") == (1, 0, 1, 0)
+    assert [core.windows[("f", 0, n)]["ttc_sum_ms"] for n in ("land", "cart")] == [2000, 0]
+
+
+def test_21_unordered_the_window_is_anchored_at_the_first_step() -> None:
+    core, _ = both(
+        events(("land", 0), ("cart", 25), ("pay", 50), ("order", 61), ("land", 70)),
+        definition=unordered("30s"),
+    )
+    assert counts(core, 0, "land") == (1, 1, 0, 0)
+    assert counts(core, 20, "cart") == (1, 1, 0, 0)
+    assert counts(core, 50, "pay") == (1, 0, 1, 0)  # 3 steps, dropped at 60
+    assert counts(core, 60, "land") == (1, 1, 0, 0)  # attempt 2 from order@61, land@70
+    assert counts(core, 70, "cart") == (1, 0, 1, 0)  # dropped at 100
+    assert not {("f", 60, "order"), ("f", 70, "order")} & set(core.windows)
+
+
+def test_18_strict_an_order_that_breaks_retracts_the_earlier_abandonment() -> None:
+    core, _ = both(
+        events(("land", 0), ("cart", 2), ("view", 4), ("land", 5), ("cart", 6), ("order", 8)),
+        definition=strict(),
+    )
+    by_drop = {a["abandoned_ms"]: a for a in core.abandonments.values()}
+    assert sorted(by_drop) == [4 * S, 8 * S]
+    assert by_drop[4 * S]["retracted_ms"] == 8 * S
+    assert by_drop[8 * S]["retracted_ms"] is None

@@ -1,0 +1,94 @@
+"""Order modes (docs/funnel-semantics.md, "Order modes") beyond the comparison with SQL: the
+funnel file's errors name the file, the line and the field; any arrival order within the
+lateness, and a checkpoint and restore anywhere, change nothing in strict and unordered
+funnels (an unordered attempt stores the steps it has done)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streamer.funnel.definition import FunnelDefinitionError, load_funnel
+from tests.support.core_run import restored_midway, run_core
+from tests.unit.test_core_properties import FAST, LATENESS_MS, arrival, sessions
+from tests.unit.test_core_vs_sql import MODES
+
+END = 10**12
+HEAD = "name: m\nconversion_window: 1h\n"
+STAGES = "stages:\n  - {name: a, event_type: page_view}\n  - name: b\n    event_type: search\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "says"),
+    [
+        (HEAD + "strict_ignore: [scroll]\n" + STAGES, ":3: strict_ignore: ",
+         "strict_ignore applies to order: strict only"),
+        (HEAD + "order: strict\nstrict_ignore:\n  - scroll\n  - search\n" + STAGES,
+         ":6: strict_ignore.1: ", "'search' is a stage's event type"),
+        (HEAD + "order: unordered\n" + STAGES + "    timeout: 5m\n",
+         ":8: stages.1.timeout: ", "use the funnel's step_timeout"),
+        (HEAD + "order: unordered\nabandonment: [a]\n" + STAGES,
+         ":4: abandonment: ", "no abandonment"),
+        (HEAD + "order: loose\n" + STAGES, ":3: order: ", "'ordered', 'strict' or 'unordered'"),
+    ],
+)  # fmt: skip
+def test_mode_errors_name_the_file_the_line_and_the_field(
+    tmp_path: Path, text: str, where: str, says: str
+) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(text)
+    with pytest.raises(FunnelDefinitionError) as caught:
+        load_funnel(path)
+    assert f"{path}{where}" in str(caught.value)
+    assert says in str(caught.value)
+
+
+def test_the_modes_load_from_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(HEAD + "order: strict\nstrict_ignore: [scroll]\n" + STAGES)
+    definition = load_funnel(path)
+    assert (definition.order, definition.strict_ignore) == ("strict", ("scroll",))
+    assert "(session, strict)" in definition.describe()
+
+
+@given(mode=st.sampled_from(sorted(MODES)), events=sessions(), seed=st.integers(0, 1000))
+@FAST
+def test_any_arrival_order_gives_the_same_numbers_in_every_mode(
+    mode: str, events: list[dict[str, Any]], seed: int
+) -> None:
+    by_time = sorted(events, key=lambda e: e["at_ms"])
+    expected = run_core(MODES[mode], by_time, END, lateness_ms=LATENESS_MS)
+    actual = run_core(MODES[mode], arrival(events, seed), END, lateness_ms=LATENESS_MS)
+    assert actual.late == []
+    assert (actual.windows, actual.segments, actual.abandonments) == (
+        expected.windows,
+        expected.segments,
+        expected.abandonments,
+    )
+
+
+@given(
+    mode=st.sampled_from(sorted(MODES)),
+    events=sessions(),
+    seed=st.integers(0, 1000),
+    cut=st.floats(0, 1),
+)
+@FAST
+def test_a_checkpoint_and_restore_anywhere_changes_nothing_in_every_mode(
+    mode: str, events: list[dict[str, Any]], seed: int, cut: float
+) -> None:
+    arriving = arrival(events, seed)
+    expected, restored = restored_midway(
+        MODES[mode],
+        arriving,
+        round(cut * len(arriving)),
+        lateness_ms=LATENESS_MS,
+        watermark_ms=END,
+    )
+    assert {k: v.to_json() for k, v in restored.windows.items()} == {
+        k: v.to_json() for k, v in expected.windows.items()
+    }
