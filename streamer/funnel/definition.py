@@ -38,6 +38,7 @@ from streamer.funnel.yaml_lines import (
 __all__ = [
     "FUNNEL_FILE_PATTERNS",
     "Condition",
+    "Exclusion",
     "FunnelDefinition",
     "FunnelDefinitionError",
     "Segment",
@@ -145,14 +146,38 @@ class Stage(_Frozen):
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        if "event_type" in data:
-            data["event_types"] = [data.pop("event_type")]
-        if "where" in data:
-            data["where"] = _conditions(data["where"])
+        return _matcher_shorthand(data)
+
+    def matches(self, event_type: str, properties: Mapping[str, Any]) -> bool:
+        return event_type in self.event_types and all(c.matches(properties) for c in self.where)
+
+
+def _matcher_shorthand(data: Any) -> Any:
+    """``event_type: x`` for ``event_types: [x]``, and ``where`` as conditions."""
+    if not isinstance(data, dict):
         return data
+    data = dict(data)
+    if "event_type" in data:
+        data["event_types"] = [data.pop("event_type")]
+    if "where" in data:
+        data["where"] = _conditions(data["where"])
+    return data
+
+
+class Exclusion(_Frozen):
+    """Events that take an attempt out of the funnel between two of its stages."""
+
+    event_types: tuple[str, ...] = Field(min_length=1)
+    where: tuple[Condition, ...] = ()
+    between: tuple[str, str] | None = Field(
+        default=None,
+        description="[from, to]: the stages it excludes at, from <= k < to (default: all)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return _matcher_shorthand(data)
 
     def matches(self, event_type: str, properties: Mapping[str, Any]) -> bool:
         return event_type in self.event_types and all(c.matches(properties) for c in self.where)
@@ -295,6 +320,9 @@ class FunnelDefinition(_Frozen):
         default=(), description="strict funnels: event types that never break an attempt"
     )
     stages: tuple[Stage, ...] = Field(min_length=2, max_length=20)
+    exclusions: tuple[Exclusion, ...] = Field(
+        default=(), description="events that take an attempt out between two stages"
+    )
     conversion_window_ms: Duration = Field(validation_alias="conversion_window")
     window_ms: Duration = Field(default=60_000, validation_alias="window")
     segments: tuple[Segment, ...] = ()
@@ -360,6 +388,35 @@ class FunnelDefinition(_Frozen):
                 problems.append(_problem(
                     ("strict_ignore", index),
                     f"{event_type!r} is a stage's event type; a step never breaks its own attempt",
+                ))  # fmt: skip
+        names = [stage.name for stage in self.stages]
+        for index, exclusion in enumerate(self.exclusions):
+            for event_type in exclusion.event_types:
+                if event_type in stage_types:
+                    problems.append(_problem(
+                        ("exclusions", index, "event_types"),
+                        f"{event_type!r} is a stage's event type; an event never both "
+                        "advances and excludes",
+                    ))  # fmt: skip
+            if exclusion.between is None:
+                continue
+            low, high = exclusion.between
+            unknown = [name for name in (low, high) if name not in names]
+            if unknown:
+                problems.append(_problem(
+                    ("exclusions", index, "between"),
+                    f"names unknown stages {unknown}; stages are {names}",
+                ))  # fmt: skip
+            elif names.index(low) >= names.index(high):
+                problems.append(_problem(
+                    ("exclusions", index, "between"),
+                    f"{low!r} must come before {high!r}",
+                ))  # fmt: skip
+            elif self.order == "unordered" and (low, high) != (names[0], names[-1]):
+                problems.append(_problem(
+                    ("exclusions", index, "between"),
+                    "an unordered funnel's exclusions span the whole funnel (positions are not "
+                    "stages): leave out between",
                 ))  # fmt: skip
         if self.order == "unordered":
             for index, stage in enumerate(self.stages):

@@ -8,8 +8,10 @@ once the watermark is past that time (the reorder buffer in :mod:`streamer.funne
 that). For each funnel it is idle or in one :class:`Attempt`, so the work per event is O(1) and
 the state of a session at rest is a few fields per funnel, whatever its length.
 
-Outcomes are :class:`Outcome` records (entered, converted, dropped), each carrying the time
-the attempt reached the stage (``cohort_ms``): counts belong to the window of that time.
+Outcomes are :class:`Outcome` records (entered, converted, dropped, excluded), each carrying
+the time the attempt reached the stage (``cohort_ms``): counts belong to the window of that
+time. The order modes (strict, unordered) and exclusions are the spec's "Order modes" and
+"Exclusion steps": the same walk, with a break, a set of steps done, and an exclusion check.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from streamer.funnel.definition import FunnelDefinition
+from streamer.funnel.definition import Condition, FunnelDefinition
 
 _T = TypeVar("_T")
 _SHARED_MAX = 65_536  # distinct shared segment values and tuples per funnel
@@ -78,7 +80,8 @@ class StoredEvent:
 class Kind(IntEnum):
     ENTERED = 0  # the attempt reached stage ``stage``
     CONVERTED = 1  # step ``stage`` -> ``stage + 1`` converted
-    DROPPED = 2  # step ``stage`` -> ``stage + 1`` timed out
+    DROPPED = 2  # step ``stage`` -> ``stage + 1`` timed out (or a strict attempt broke)
+    EXCLUDED = 3  # step ``stage`` -> ``stage + 1`` excluded (spec: "Exclusion steps")
 
 
 # Not frozen: a frozen dataclass's __init__ is slow, and one is made per step of an attempt.
@@ -239,6 +242,16 @@ class CompiledFunnel:
         self.strict = definition.order == "strict"
         self.unordered = definition.order == "unordered"
         self.strict_ignore = frozenset(definition.strict_ignore)
+        # Exclusions by event type: (filters, from, to) each; an event excludes at from <= k < to.
+        names = [stage.name for stage in definition.stages]
+        self._exclusions: dict[str, list[tuple[tuple[Condition, ...], int, int]]] = {}
+        for exclusion in definition.exclusions:
+            low, high = exclusion.between or (names[0], names[-1])
+            for event_type in exclusion.event_types:
+                self._exclusions.setdefault(event_type, []).append(
+                    (exclusion.where, names.index(low), names.index(high))
+                )
+        self.has_exclusions = bool(self._exclusions)
         self._stage_of_type = {
             event_type: index
             for index, stage in enumerate(definition.stages)
@@ -267,6 +280,15 @@ class CompiledFunnel:
                 if not condition.matches(event.fields):
                     return -1
         return stage
+
+    def excluded_stages(self, events: Sequence[StoredEvent]) -> frozenset[int]:
+        """The stages at which an event of this instant excludes an attempt."""
+        stages: set[int] = set()
+        for event in events:
+            for where, low, high in self._exclusions.get(event.event_type, ()):
+                if all(condition.matches(event.fields) for condition in where):
+                    stages.update(range(low, high))
+        return frozenset(stages)
 
     def segment_value(self, event: StoredEvent, dim: int) -> str | None:
         """``event``'s value of segment dimension ``dim``, or None."""
@@ -356,13 +378,23 @@ def _drop(
     return progress.abandoned
 
 
+def _exclude(progress: Progress, attempt: Attempt, at_ms: int, out: list[Outcome]) -> None:
+    """Step ``attempt.stage`` excluded at ``at_ms``: the attempt ends (no start at this instant)."""
+    out.append(
+        Outcome(Kind.EXCLUDED, attempt.stage, attempt.reached_ms, at_ms, attempt.stage_segments)
+    )
+    progress.attempt = None
+    progress.ended_ms = at_ms
+
+
 @dataclass(frozen=True, slots=True)
 class InstantResult:
     abandoned: Abandoned | None = None
     retracted: tuple[Abandoned, int] | None = None  # (abandonment, order time)
 
 
-_UNDECIDED = InstantResult()  # most instants decide neither: one shared result
+_UNDECIDED = InstantResult()
+_NONE: frozenset[int] = frozenset()  # most instants decide neither: one shared result
 
 
 def apply_instant(
@@ -393,6 +425,11 @@ def apply_instant(
         elif funnel.last_stage in stages and at_ms > abandoned.abandoned_ms:
             retracted = (abandoned, at_ms)
             progress.abandoned = None
+    # Exclusion: an event of this instant excludes at the attempt's stage (before a break).
+    excluding = funnel.excluded_stages(events) if funnel.has_exclusions else _NONE
+    if attempt is not None and attempt.stage in excluding:
+        _exclude(progress, attempt, at_ms, out)
+        attempt = None
     # 1b. Break (strict): no next stage at this instant, and an event that is not ignored.
     if (
         attempt is not None
@@ -444,12 +481,18 @@ def apply_instant(
     if started:
         attempt.stage_segments = attempt.segments
         out.append(Outcome(Kind.ENTERED, 0, at_ms, at_ms, attempt.stage_segments))
+        if 0 in excluding:  # an exclusion at the instant S0 is reached
+            _exclude(progress, attempt, at_ms, out)
+            return _result(dropped, retracted)
     if funnel.unordered:
         _advance_unordered(funnel, attempt, at_ms, stages, started, out)
     else:
         # Advance while this instant holds the next stage's event (inclusive deadline: step 1).
         while attempt.stage < funnel.last_stage and attempt.stage + 1 in stages:
             _convert(funnel, attempt, at_ms, out)
+            if attempt.stage in excluding:  # reached and excluded at once: the exclusion wins
+                _exclude(progress, attempt, at_ms, out)
+                return _result(dropped, retracted)
     if attempt.stage == funnel.last_stage:
         progress.attempt = None
         progress.ended_ms = at_ms

@@ -141,6 +141,21 @@ _CART = """CASE
     ELSE 0 END"""
 
 
+def _exclusion_sql(funnel: FunnelDefinition) -> list[str]:
+    """Per stage k < n: does the event match an exclusion whose ``between: [from, to]`` (the
+    first and last stage if absent) has from <= k < to."""
+    names = [stage.name for stage in funnel.stages]
+    n = len(names) - 1
+    per_stage: list[list[str]] = [[] for _ in range(n)]
+    for exclusion in funnel.exclusions:
+        low, high = exclusion.between or (names[0], names[-1])
+        types = ", ".join(_literal(t) for t in exclusion.event_types)
+        conditions = " AND ".join(_condition_sql(c) for c in exclusion.where) or "TRUE"
+        for k in range(names.index(low), names.index(high)):
+            per_stage[k].append(f"(event_type IN ({types}) AND {conditions})")
+    return [" OR ".join(found) or "FALSE" for found in per_stage]
+
+
 def _timeout_ms(funnel: FunnelDefinition, k: int) -> int:
     """``Tk`` as the specification's Terms define it, not the core's ``step_timeout_ms``: the
     stage's own ``timeout``, else the funnel's ``step_timeout`` (default 30m), capped at
@@ -163,16 +178,30 @@ def _walk_sql(funnel: FunnelDefinition, watermark_ms: int) -> str:
     ignored = ", ".join(_literal(t) for t in funnel.strict_ignore)
     # Strict: an instant with an event of a type strict mode does not ignore (any event).
     noise = f"bool_or(event_type NOT IN ({ignored}))" if ignored else "TRUE"
+    # Exclusions: x{k} is true for an event that excludes at stage k (spec: "Exclusion steps").
+    x_cols = "".join(f", {sql} AS x{k}" for k, sql in enumerate(_exclusion_sql(funnel)))
+    exc = "[" + "".join(f"bool_or(x{k}), " for k in range(n)) + "false]"
     mins = "".join(f", min(g{d}) FILTER (WHERE stage >= 0) AS m{d}" for d in dims)
     # The step's expressions, in the spec's order (names refer to the previous row r and the
     # instant i; each line builds on the ones before by textual substitution).
     drop = "(r.active AND i.t > r.deadline)"
+    # Excluded at the stage it is at, when in time (an exclusion wins over a strict break).
+    excluding = bool(funnel.exclusions)  # else the terms below are FALSE: a shorter query
+    excl1 = f"(r.active AND NOT {drop} AND i.exc[r.k + 1])" if excluding else "FALSE"
     # Strict: broken when in time, no event of the next stage, and some event not ignored.
-    brk = f"(r.active AND NOT {drop} AND i.noise AND NOT i.has[r.k + 2])" if strict else "FALSE"
+    brk = (
+        f"(r.active AND NOT {drop} AND NOT {excl1} AND i.noise AND NOT i.has[r.k + 2])"
+        if strict
+        else "FALSE"
+    )
     dropped = f"({drop} OR {brk})"
-    still = f"(r.active AND NOT {dropped})"
-    # A timed-out attempt ends at its deadline, a broken one at its latest instant.
-    ended1 = f"(CASE WHEN {drop} THEN r.deadline WHEN {brk} THEN r.lastact ELSE r.ended END)"
+    still = f"(r.active AND NOT {dropped} AND NOT {excl1})"
+    # A timed-out attempt ends at its deadline, an excluded one now, a broken one at its
+    # latest instant.
+    ended1 = (
+        f"(CASE WHEN {drop} THEN r.deadline WHEN {excl1} THEN i.t WHEN {brk} THEN r.lastact "
+        "ELSE r.ended END)"
+    )
     begins = "i.mask > 0" if unordered else "i.has[1]"
     start = f"((NOT {still}) AND {begins} AND i.t > {ended1})"
     active2 = f"({still} OR {start})"
@@ -204,12 +233,18 @@ def _walk_sql(funnel: FunnelDefinition, watermark_ms: int) -> str:
             f"(CASE WHEN {active2} THEN bit_count(i.mask & ~{done1}) "
             f"- (CASE WHEN {start} THEN 1 ELSE 0 END) ELSE 0 END)"
         )
+    # An exclusion at a stage the attempt is at during this instant (entered now included)
+    # stops it there: the first such stage among k1 .. k1 + run.
+    hit = f"list_position(list_slice(i.exc, {k1} + 1, {k1} + {run} + 1), true)"
+    excl2 = f"({active2} AND {hit} IS NOT NULL)" if excluding else "FALSE"
+    if excluding:
+        run = f"(CASE WHEN {excl2} THEN {hit} - 1 ELSE {run} END)"
     k2 = f"({k1} + {run})"
     reached2 = f"(CASE WHEN {run} > 0 THEN i.t ELSE {reached1} END)"
     snap2 = {d: f"(CASE WHEN {run} > 0 THEN {cur[d]} ELSE {snap1[d]} END)" for d in dims}
-    complete = f"({active2} AND {k2} = {n})"
-    active3 = f"({active2} AND NOT {complete})"
-    ended3 = f"(CASE WHEN {complete} THEN i.t ELSE {ended1} END)"
+    complete = f"({active2} AND NOT {excl2} AND {k2} = {n})"
+    active3 = f"({active2} AND NOT {complete} AND NOT {excl2})"
+    ended3 = f"(CASE WHEN {complete} OR {excl2} THEN i.t ELSE {ended1} END)"
     deadline3 = (
         f"(CASE WHEN {active3} THEN least({reached2} + {timeouts}[{k2} + 1], {a2} + {cw}) "
         "ELSE NULL END)"
@@ -226,16 +261,29 @@ def _walk_sql(funnel: FunnelDefinition, watermark_ms: int) -> str:
         f", r.snap{d} AS dsnap{d}, {snap1[d]} AS osnap{d}, {cur[d]} AS ocur{d}" for d in dims
     )
     out_names = "".join(f", dsnap{d}, osnap{d}, ocur{d}" for d in dims)
+    x_names = ", x_flag, x_stage, x_cohort" + "".join(f", xsnap{d}" for d in dims)
+    x_none = ", FALSE, NULL, NULL" + ", NULL" * len(dims)
+    x_out = (
+        f", {excl1} OR {excl2} AS x_flag, CASE WHEN {excl1} THEN r.k ELSE {k2} END AS x_stage, "
+        f"CASE WHEN {excl1} THEN r.reached ELSE {reached2} END AS x_cohort"
+        + "".join(
+            f", CASE WHEN {excl1} THEN r.snap{d} ELSE {snap2[d]} END AS xsnap{d}" for d in dims
+        )
+    )
+    x_base = ", FALSE AS x_flag, NULL::INTEGER AS x_stage, NULL::BIGINT AS x_cohort" + "".join(
+        f", NULL::VARCHAR AS xsnap{d}" for d in dims
+    )
     return f"""
 WITH RECURSIVE
 ev AS (
     SELECT sid, at_ms AS t, event_type, {_stage_sql(funnel)} AS stage, {_CART} AS cart{seg_cols}
+           {x_cols}
     FROM (SELECT DISTINCT ON (sid, eid) sid, eid, event_type, at_ms, p, c FROM raw)
     WHERE at_ms < {watermark_ms}
 ),
 inst AS (
     SELECT sid, t, row_number() OVER (PARTITION BY sid ORDER BY t) AS rn,
-           {has} AS has, max(cart) AS cart{mins}, {noise} AS noise,
+           {has} AS has, max(cart) AS cart{mins}, {noise} AS noise, {exc} AS exc,
            coalesce(bit_or(1::BIGINT << greatest(stage, 0)) FILTER (WHERE stage >= 0), 0) AS mask
     FROM ev GROUP BY sid, t
 ),
@@ -246,14 +294,14 @@ walk AS (
            FALSE AS d_flag, NULL::INTEGER AS d_stage, NULL::BIGINT AS d_at,
            NULL::BIGINT AS d_cohort, NULL::DOUBLE AS d_value, NULL::BIGINT AS d_lastact,
            NULL::BIGINT AS d_a, FALSE AS o_start, NULL::INTEGER AS o_k1, NULL::INTEGER AS o_k2,
-           NULL::BIGINT AS o_reached1{out_cols}
+           NULL::BIGINT AS o_reached1{out_cols}{x_base}
     FROM (SELECT DISTINCT sid FROM inst)
     UNION ALL
     SELECT r.sid, i.rn, i.t, {active3}, {a2}, {k2}, {reached2}, {deadline3}, {ended3},
            {cart2}, {lastact2}, {done2}{step_state},
            {dropped}, r.k, CASE WHEN {drop} THEN r.deadline ELSE i.t END, r.reached, r.cart,
            r.lastact, r.a,
-           {start}, {k1}, {k2}, {reached1}{step_out}
+           {start}, {k1}, {k2}, {reached1}{step_out}{x_out}
     FROM walk r JOIN inst i ON i.sid = r.sid AND i.rn = r.rn + 1
 ),
 final_state AS (
@@ -261,12 +309,12 @@ final_state AS (
 )
 SELECT 'step' AS src, sid, t, active, a, k, reached, deadline, cart, lastact,
        d_flag, d_stage, d_at, d_cohort, d_value, d_lastact, d_a, o_start, o_k1, o_k2,
-       o_reached1{out_names}{state_cols}
+       o_reached1{out_names}{x_names}{state_cols}
 FROM walk WHERE rn > 0
 UNION ALL
 SELECT 'end' AS src, sid, t, active, a, k, reached, deadline, cart, lastact,
        active AND deadline < {watermark_ms}, k, deadline, reached, cart, lastact, a,
-       FALSE, NULL, NULL, NULL{"".join(f", snap{d}, NULL, NULL" for d in dims)}{state_cols}
+       FALSE, NULL, NULL, NULL{"".join(f", snap{d}, NULL, NULL" for d in dims)}{x_none}{state_cols}
 FROM final_state WHERE rn > 0
 """
 
@@ -333,6 +381,9 @@ FROM (SELECT *, unnest(range(o_k1, o_k2)) AS j FROM walked WHERE src = 'step' AN
 UNION ALL
 SELECT 'dropped', d_stage, d_cohort, 0, d_value{seg_select("dsnap")}
 FROM walked WHERE d_flag
+UNION ALL
+SELECT 'excluded', x_stage, x_cohort, 0, 0.0{seg_select("xsnap")}
+FROM walked WHERE x_flag
 """)
     w = funnel.window_ms
     names = [stage.name for stage in funnel.stages]
@@ -344,10 +395,11 @@ SELECT cohort - cohort % {w} AS start, stage,
        count(*) FILTER (WHERE kind = 'dropped'),
        coalesce(sum(ttc) FILTER (WHERE kind = 'converted'), 0),
        coalesce(round(sum(value) FILTER (WHERE kind = 'dropped'), 2), 0),
-       list(ttc) FILTER (WHERE kind = 'converted')
+       list(ttc) FILTER (WHERE kind = 'converted'),
+       count(*) FILTER (WHERE kind = 'excluded')
 FROM outcome GROUP BY ALL
 """).fetchall()
-    for start, stage, entered, converted, dropped, ttc_sum, value, ttcs in stage_rows:
+    for start, stage, entered, converted, dropped, ttc_sum, value, ttcs, excluded in stage_rows:
         if not entered:
             continue
         buckets = [0] * (len(BUCKET_BOUNDS_MS) + 1)
@@ -358,7 +410,8 @@ FROM outcome GROUP BY ALL
             "entered": entered,
             "converted": converted,
             "dropped": dropped,
-            "open": 0 if stage == last else entered - converted - dropped,
+            "excluded": excluded,
+            "open": 0 if stage == last else entered - converted - dropped - excluded,
             "ttc_sum_ms": int(ttc_sum),
             "ttc_buckets": buckets,
             "dropped_value": round(float(value), 2),
@@ -371,10 +424,11 @@ FROM outcome GROUP BY ALL
 SELECT cohort - cohort % {w}, stage, coalesce(s{d}, 'unknown'),
        count(*) FILTER (WHERE kind = 'entered'),
        count(*) FILTER (WHERE kind = 'converted'),
-       count(*) FILTER (WHERE kind = 'dropped')
+       count(*) FILTER (WHERE kind = 'dropped'),
+       count(*) FILTER (WHERE kind = 'excluded')
 FROM outcome GROUP BY ALL
 """).fetchall()
-        for start, stage, value, entered, converted, dropped in rows:
+        for start, stage, value, entered, converted, dropped, excluded in rows:
             if not entered:
                 continue
             key5 = (funnel.name, int(start), names[stage], funnel.segments[d].name, str(value))
@@ -382,7 +436,8 @@ FROM outcome GROUP BY ALL
                 "entered": entered,
                 "converted": converted,
                 "dropped": dropped,
-                "open": 0 if stage == last else entered - converted - dropped,
+                "excluded": excluded,
+                "open": 0 if stage == last else entered - converted - dropped - excluded,
             }
     _abandonments(db, funnel, watermark_ms, result)
 

@@ -138,6 +138,7 @@ def _shape(
             "entered": step.entered,
             "converted": step.converted,
             "dropped": step.dropped,
+            "excluded": step.excluded,
             "open": 0 if index == last else step.open,
             "ttc_sum_ms": step.time_to_convert_ms_sum,
             "ttc_buckets": list(step.time_to_convert_buckets),
@@ -154,6 +155,7 @@ def _shape(
                 "entered": step.entered,
                 "converted": step.converted,
                 "dropped": step.dropped,
+                "excluded": step.excluded,
                 "open": 0 if index == last else step.open,
             }
 

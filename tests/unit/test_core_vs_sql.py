@@ -173,6 +173,20 @@ MODES: dict[str, tuple[FunnelDefinition, ...]] = {
         ),
     ),
     "unordered": (_mode("unordered", order="unordered"),),
+    # A product view takes the attempt out: between cart and payment (ordered), over the whole
+    # funnel (strict: where it would otherwise break; unordered: whole-funnel only).
+    "exclusions": (
+        _mode(
+            "excluding",
+            stages=STRICT_STAGES,
+            abandonment=["cart", "payment"],
+            exclusions=[{"event_type": "product_view", "between": ["cart", "payment"]}],
+        ),
+        _mode("excluding_strict", order="strict", exclusions=[{"event_type": "product_view"}]),
+        _mode(
+            "excluding_unordered", order="unordered", exclusions=[{"event_type": "product_view"}]
+        ),
+    ),
 }
 MODE_BATCHES = settings(BATCHES, max_examples=40)
 
@@ -187,6 +201,12 @@ def test_strict_core_equals_sql(cases: list[list[dict[str, Any]]], seed: int) ->
 @MODE_BATCHES
 def test_unordered_core_equals_sql(cases: list[list[dict[str, Any]]], seed: int) -> None:
     _compare(MODES["unordered"], cases, seed)
+
+
+@given(cases=batch(30), seed=st.integers(0, 2**32))
+@MODE_BATCHES
+def test_exclusions_core_equals_sql(cases: list[list[dict[str, Any]]], seed: int) -> None:
+    _compare(MODES["exclusions"], cases, seed)
 
 
 def _compare(

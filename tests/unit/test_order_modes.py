@@ -1,10 +1,12 @@
-"""Order modes (docs/funnel-semantics.md, "Order modes") beyond the comparison with SQL: the
-funnel file's errors name the file, the line and the field; any arrival order within the
-lateness, and a checkpoint and restore anywhere, change nothing in strict and unordered
-funnels (an unordered attempt stores the steps it has done)."""
+"""Order modes and exclusions (docs/funnel-semantics.md, "Order modes", "Exclusion steps")
+beyond the comparison with SQL: the funnel file's errors name the file, the line and the
+field; any arrival order within the lateness, and a checkpoint and restore anywhere, change
+nothing in strict and unordered funnels and funnels with exclusions (an unordered attempt
+stores the steps it has done, a window its excluded counts)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streamer.funnel.definition import FunnelDefinitionError, load_funnel
-from tests.support.core_run import restored_midway, run_core
+from streamer.funnel.session import CompiledFunnel
+from streamer.funnel.task import Task
+from streamer.funnel.windows import window_start
+from tests.support.core_run import restored_midway, run_core, stored
 from tests.unit.test_core_properties import FAST, LATENESS_MS, arrival, sessions
 from tests.unit.test_core_vs_sql import MODES
 
@@ -34,6 +39,15 @@ STAGES = "stages:\n  - {name: a, event_type: page_view}\n  - name: b\n    event_
         (HEAD + "order: unordered\nabandonment: [a]\n" + STAGES,
          ":4: abandonment: ", "no abandonment"),
         (HEAD + "order: loose\n" + STAGES, ":3: order: ", "'ordered', 'strict' or 'unordered'"),
+        (HEAD + "exclusions:\n  - {event_type: x, between: [a, z]}\n" + STAGES,
+         ":4: exclusions.0.between: ", "names unknown stages ['z']"),
+        (HEAD + "exclusions:\n  - {event_type: x, between: [b, a]}\n" + STAGES,
+         ":4: exclusions.0.between: ", "'b' must come before 'a'"),
+        (HEAD + "exclusions:\n  - event_types: [x, search]\n" + STAGES,
+         ":4: exclusions.0.event_types: ", "'search' is a stage's event type"),
+        (HEAD + "order: unordered\nexclusions:\n  - {event_type: x, between: [a, b]}\n"
+         + STAGES + "  - {name: c, event_type: add_to_cart}\n",
+         ":5: exclusions.0.between: ", "span the whole funnel"),
     ],
 )  # fmt: skip
 def test_mode_errors_name_the_file_the_line_and_the_field(
@@ -92,3 +106,36 @@ def test_a_checkpoint_and_restore_anywhere_changes_nothing_in_every_mode(
     assert {k: v.to_json() for k, v in restored.windows.items()} == {
         k: v.to_json() for k, v in expected.windows.items()
     }
+
+
+@given(mode=st.sampled_from(sorted(MODES)), events=sessions())
+@FAST
+def test_every_entry_is_converted_dropped_excluded_or_open_in_every_mode(
+    mode: str, events: list[dict[str, Any]]
+) -> None:
+    """The undecided entries of each window (entered - converted - dropped - excluded) are
+    exactly the attempts still waiting in the sessions, counted from their own state."""
+    by_time = sorted(events, key=lambda e: e["at_ms"])
+    watermark = max((e["at_ms"] for e in events), default=0)  # not everything decided yet
+    funnels = MODES[mode]
+    result = run_core(funnels, by_time, watermark)
+    task = Task(tuple(CompiledFunnel(f) for f in funnels), 0, retention_ms=END)
+    for event in by_time:
+        task.offer(event["session_id"], stored(event))
+    task.advance(watermark)
+    waiting: Counter[tuple[str, int, str]] = Counter()
+    for state in task.sessions.values():
+        for index, definition in enumerate(funnels):
+            attempt = state.progress[index].attempt
+            if attempt is not None:
+                start = window_start(attempt.reached_ms, definition.window_ms)
+                waiting[(definition.name, start, definition.stages[attempt.stage].name)] += 1
+    counted: Counter[tuple[str, int, str]] = Counter()
+    for key, numbers in result.windows.items():
+        undecided = (
+            numbers["entered"] - numbers["converted"] - numbers["dropped"] - numbers["excluded"]
+        )
+        if key[2] != "order":
+            assert numbers["open"] == undecided >= 0
+            counted[key] = undecided
+    assert +counted == +waiting

@@ -36,7 +36,7 @@ def funnel(cart_timeout: str = "10s", **extra: Any) -> FunnelDefinition:
 
 
 TYPES = {"land": "page_view", "cart": "add_to_cart", "pay": "payment_submitted",
-         "order": "order_placed", "view": "product_view"}  # fmt: skip
+         "order": "order_placed", "view": "product_view", "fail": "payment_failed"}  # fmt: skip
 
 
 def events(*spec: tuple[Any, ...]) -> list[dict[str, Any]]:
@@ -209,7 +209,7 @@ def strict(ignore: tuple[str, ...] = ()) -> FunnelDefinition:
     return funnel(order="strict", strict_ignore=ignore)
 
 
-def unordered(step_timeout: str = "20s") -> FunnelDefinition:
+def unordered(step_timeout: str = "20s", **extra: Any) -> FunnelDefinition:
     """``Fu``: ``F``'s stages in any order, one step timeout, no abandonment."""
     return FunnelDefinition.model_validate(
         {
@@ -223,6 +223,7 @@ def unordered(step_timeout: str = "20s") -> FunnelDefinition:
                 for name in ("land", "cart", "pay", "order")
             ],
             "segments": {"device": None},
+            **extra,
         }
     )
 
@@ -306,3 +307,67 @@ def test_18_strict_an_order_that_breaks_retracts_the_earlier_abandonment() -> No
     assert sorted(by_drop) == [4 * S, 8 * S]
     assert by_drop[4 * S]["retracted_ms"] == 8 * S
     assert by_drop[8 * S]["retracted_ms"] is None
+
+
+# --- Exclusion steps (examples 22 to 25) --------------------------------------------------
+FAILED_PAYMENT = {"event_type": "payment_failed", "between": ["cart", "order"]}
+
+
+def excluding(**extra: Any) -> FunnelDefinition:
+    """``Fx``: ``F`` with a payment_failed exclusion between cart and order."""
+    return funnel(exclusions=[FAILED_PAYMENT], **extra)
+
+
+def excluded(result: CoreResult | OracleResult, start_s: int, stage: str) -> int:
+    return int(result.windows[("f", start_s * S, stage)]["excluded"])
+
+
+def test_22_excluded_between_two_steps() -> None:
+    core, _ = both(
+        events(("land", 0), ("cart", 2), ("fail", 5), ("pay", 6)), definition=excluding()
+    )
+    assert counts(core, 0, "cart") == (1, 0, 0, 0)
+    assert excluded(core, 0, "cart") == 1
+    assert counts(core, 0, "land") == (1, 1, 0, 0)
+    assert ("f", 0, "pay") not in core.windows
+    assert core.abandonments == {}
+
+
+def test_23_an_exclusion_wins_a_same_instant_tie() -> None:
+    core, _ = both(
+        events(("land", 0), ("cart", 2), ("pay", 5), ("fail", 5)), definition=excluding()
+    )
+    assert excluded(core, 0, "cart") == 1
+    assert ("f", 0, "pay") not in core.windows
+    reached, _ = both(events(("land", 0), ("cart", 2), ("fail", 2)), definition=excluding())
+    assert counts(reached, 0, "cart") == (1, 0, 0, 0)
+    assert excluded(reached, 0, "cart") == 1
+    before, _ = both(events(("land", 0), ("fail", 0)), definition=excluding())
+    assert counts(before, 0, "land") == (1, 0, 1, 0)
+    assert excluded(before, 0, "land") == 0
+
+
+def test_24_outside_the_range_or_too_late() -> None:
+    core, _ = both(events(("land", 0), ("fail", 1), ("cart", 3)), definition=excluding())
+    assert counts(core, 0, "land") == (1, 1, 0, 0)
+    late, _ = both(events(("land", 0), ("cart", 2), ("fail", 12.001)), definition=excluding())
+    assert counts(late, 0, "cart") == (1, 0, 1, 0)
+    assert excluded(late, 0, "cart") == 0
+    [abandonment] = late.abandonments.values()
+    assert abandonment["abandoned_ms"] == 12 * S
+
+
+def test_25_exclusions_in_strict_and_unordered_funnels() -> None:
+    strict_core, _ = both(
+        events(("land", 0), ("cart", 2), ("fail", 5)), definition=excluding(order="strict")
+    )
+    assert counts(strict_core, 0, "cart") == (1, 0, 0, 0)
+    assert excluded(strict_core, 0, "cart") == 1
+    assert strict_core.abandonments == {}
+    any_order, _ = both(
+        events(("cart", 0), ("land", 3), ("fail", 4)),
+        definition=unordered(exclusions=[{"event_type": "payment_failed"}]),
+    )
+    assert counts(any_order, 0, "land") == (1, 1, 0, 0)
+    assert counts(any_order, 0, "cart") == (1, 0, 0, 0)  # position 1
+    assert excluded(any_order, 0, "cart") == 1
