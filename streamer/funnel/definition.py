@@ -142,6 +142,10 @@ class Stage(_Frozen):
         description="step timeout: no next stage this long after reaching this one = dropped "
         "(default: the funnel's step_timeout)",
     )
+    optional: bool = Field(
+        default=False,
+        description="attempts may skip it; the next required stage decides the drop",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -418,6 +422,26 @@ class FunnelDefinition(_Frozen):
                     "an unordered funnel's exclusions span the whole funnel (positions are not "
                     "stages): leave out between",
                 ))  # fmt: skip
+        for index, stage in enumerate(self.stages):
+            if not stage.optional:
+                continue
+            if index in (0, len(self.stages) - 1):
+                problems.append(_problem(
+                    ("stages", index, "optional"),
+                    "the first and the last stage cannot be optional (attempts start at the "
+                    "first; the last is the goal)",
+                ))  # fmt: skip
+            elif self.order != "ordered":
+                problems.append(_problem(
+                    ("stages", index, "optional"),
+                    f"optional stages are for ordered funnels only, not {self.order}",
+                ))  # fmt: skip
+            elif stage.timeout_ms is not None:
+                problems.append(_problem(
+                    ("stages", index, "timeout"),
+                    "an optional stage has the timeout of the required stage before it (the "
+                    "next required stage decides the drop)",
+                ))  # fmt: skip
         if self.order == "unordered":
             for index, stage in enumerate(self.stages):
                 if stage.timeout_ms is not None:
@@ -466,7 +490,10 @@ class FunnelDefinition(_Frozen):
 
     def step_timeout_ms(self, index: int) -> int:
         """``Tk``: how long after reaching stage ``index`` the next one may come (inclusive),
-        the stage's own timeout or the funnel's ``step_timeout``, capped by the window."""
+        the stage's own timeout or the funnel's ``step_timeout``, capped by the window. An
+        optional stage's is the required stage's before it (counted from that one's entry)."""
+        while self.stages[index].optional:
+            index -= 1
         timeout = self.stages[index].timeout_ms or self.default_step_timeout_ms
         return min(timeout, self.conversion_window_ms)
 

@@ -110,6 +110,7 @@ class Attempt:
     last_activity_ms: int = 0
     currency: str | None = None
     done: int = 0  # unordered funnels: the steps done, one bit per stage index
+    anchor_ms: int = 0  # funnels with optional stages: when the latest required stage was reached
 
     def to_json(self) -> list[Any]:
         raw = [
@@ -123,8 +124,8 @@ class Attempt:
             self.last_activity_ms,
             self.currency,
         ]
-        if self.done:  # only unordered funnels: other attempts are stored as before
-            raw.append(self.done)
+        if self.done or self.anchor_ms:  # only these modes: other attempts are stored as before
+            raw += [self.done, self.anchor_ms]
         return raw
 
     @classmethod
@@ -140,6 +141,7 @@ class Attempt:
             int(raw[7]),
             raw[8],
             int(raw[9]) if len(raw) > 9 else 0,
+            int(raw[10]) if len(raw) > 10 else 0,
         )
 
 
@@ -242,6 +244,15 @@ class CompiledFunnel:
         self.strict = definition.order == "strict"
         self.unordered = definition.order == "unordered"
         self.strict_ignore = frozenset(definition.strict_ignore)
+        # Optional stages (spec, "Optional steps"): from stage k an attempt may go to any stage
+        # up to the next required one; its deadline runs from the latest required stage.
+        stages = definition.stages
+        self.has_optional = any(stage.optional for stage in stages)
+        self.required = tuple(not stage.optional for stage in stages)
+        self.next_required = tuple(
+            next((j for j in range(k + 1, len(stages)) if self.required[j]), k)
+            for k in range(len(stages))
+        )
         # Exclusions by event type: (filters, from, to) each; an event excludes at from <= k < to.
         names = [stage.name for stage in definition.stages]
         self._exclusions: dict[str, list[tuple[tuple[Condition, ...], int, int]]] = {}
@@ -322,8 +333,10 @@ def _cart_value(event: StoredEvent) -> float:
 
 
 def _deadline(funnel: CompiledFunnel, attempt: Attempt) -> int:
+    # At an optional stage the time runs from the latest required one (its Tk is that one's).
+    since = attempt.anchor_ms if funnel.has_optional else attempt.reached_ms
     return min(
-        attempt.reached_ms + funnel.timeouts_ms[attempt.stage],
+        since + funnel.timeouts_ms[attempt.stage],
         attempt.start_ms + funnel.conversion_window_ms,
     )
 
@@ -447,6 +460,8 @@ def apply_instant(
         if 0 not in stages and not (funnel.unordered and max(stages) >= 0):
             return _result(dropped, retracted)
         attempt = Attempt(at_ms, 0, at_ms, 0, funnel.share((None,) * funnel.segment_count), ())
+        if funnel.has_optional:
+            attempt.anchor_ms = at_ms
         attempt.deadline_ms = _deadline(funnel, attempt)
         progress.attempt = attempt
         started = True
@@ -487,9 +502,18 @@ def apply_instant(
     if funnel.unordered:
         _advance_unordered(funnel, attempt, at_ms, stages, started, out)
     else:
-        # Advance while this instant holds the next stage's event (inclusive deadline: step 1).
-        while attempt.stage < funnel.last_stage and attempt.stage + 1 in stages:
-            _convert(funnel, attempt, at_ms, out)
+        # Advance while this instant holds the next stage's event (inclusive deadline: step 1);
+        # with optional stages, the nearest one up to the next required stage.
+        while attempt.stage < funnel.last_stage:
+            if funnel.has_optional:
+                target = _next_reached(funnel, attempt.stage, stages)
+                if target < 0:
+                    break
+                _convert(funnel, attempt, at_ms, out, target)
+            elif attempt.stage + 1 in stages:
+                _convert(funnel, attempt, at_ms, out)
+            else:
+                break
             if attempt.stage in excluding:  # reached and excluded at once: the exclusion wins
                 _exclude(progress, attempt, at_ms, out)
                 return _result(dropped, retracted)
@@ -521,8 +545,24 @@ def _advance_unordered(
         _convert(funnel, attempt, at_ms, out)
 
 
-def _convert(funnel: CompiledFunnel, attempt: Attempt, at_ms: int, out: list[Outcome]) -> None:
-    """Step ``attempt.stage`` converts at ``at_ms``; the attempt enters the next stage."""
+def _next_reached(funnel: CompiledFunnel, stage: int, stages: list[int]) -> int:
+    """The nearest stage after ``stage``, up to the next required one, that an event of this
+    instant matches; -1 if none."""
+    for target in range(stage + 1, funnel.next_required[stage] + 1):
+        if target in stages:
+            return target
+    return -1
+
+
+def _convert(
+    funnel: CompiledFunnel,
+    attempt: Attempt,
+    at_ms: int,
+    out: list[Outcome],
+    target: int | None = None,
+) -> None:
+    """Step ``attempt.stage`` converts at ``at_ms``; the attempt enters the next stage (or
+    ``target``, past optional stages)."""
     out.append(
         Outcome(
             Kind.CONVERTED,
@@ -533,9 +573,11 @@ def _convert(funnel: CompiledFunnel, attempt: Attempt, at_ms: int, out: list[Out
             time_to_convert_ms=at_ms - attempt.reached_ms,
         )
     )
-    attempt.stage += 1
+    attempt.stage = attempt.stage + 1 if target is None else target
     attempt.reached_ms = at_ms
     attempt.stage_segments = attempt.segments
+    if funnel.has_optional and funnel.required[attempt.stage]:
+        attempt.anchor_ms = at_ms
     attempt.deadline_ms = _deadline(funnel, attempt)
     out.append(Outcome(Kind.ENTERED, attempt.stage, at_ms, at_ms, attempt.stage_segments))
 

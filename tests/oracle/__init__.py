@@ -159,8 +159,10 @@ def _exclusion_sql(funnel: FunnelDefinition) -> list[str]:
 def _timeout_ms(funnel: FunnelDefinition, k: int) -> int:
     """``Tk`` as the specification's Terms define it, not the core's ``step_timeout_ms``: the
     stage's own ``timeout``, else the funnel's ``step_timeout`` (default 30m), capped at
-    ``CW``."""
-    own = funnel.stages[k].timeout_ms
+    ``CW``; an optional stage's is that of the nearest required stage before it ("Optional
+    steps")."""
+    required = max(j for j in range(k + 1) if not funnel.stages[j].optional)
+    own = funnel.stages[required].timeout_ms
     timeout = funnel.default_step_timeout_ms if own is None else own
     return min(timeout, funnel.conversion_window_ms)
 
@@ -181,6 +183,12 @@ def _walk_sql(funnel: FunnelDefinition, watermark_ms: int) -> str:
     # Exclusions: x{k} is true for an event that excludes at stage k (spec: "Exclusion steps").
     x_cols = "".join(f", {sql} AS x{k}" for k, sql in enumerate(_exclusion_sql(funnel)))
     exc = "[" + "".join(f"bool_or(x{k}), " for k in range(n)) + "false]"
+    # Optional stages: R(k), the next required stage after k (n for the last), and the latest
+    # required stage at or before k, as list literals indexed by k + 1.
+    optional = [stage.optional for stage in funnel.stages]
+    skipping = any(optional)
+    next_req = [next(j for j in range(k + 1, n + 1) if not optional[j]) for k in range(n)] + [n]
+    req_upto = [max(j for j in range(k + 1) if not optional[j]) for k in range(n + 1)]
     mins = "".join(f", min(g{d}) FILTER (WHERE stage >= 0) AS m{d}" for d in dims)
     # The step's expressions, in the spec's order (names refer to the previous row r and the
     # instant i; each line builds on the ones before by textual substitution).
@@ -224,6 +232,13 @@ def _walk_sql(funnel: FunnelDefinition, watermark_ms: int) -> str:
         f"(CASE WHEN {active2} THEN coalesce(list_position({rest}, false) - 1, len({rest})) "
         f"ELSE 0 END)"
     )
+    if skipping:
+        # The nearest stage up to R(k) that the instant holds, again and again: a fold.
+        reached_to = (
+            f"list_reduce(range({k1} + 1, {n + 1}), lambda acc, j: CASE WHEN j > acc AND "
+            f"j <= {next_req}[acc + 1] AND i.has[j + 1] THEN j ELSE acc END, {k1})"
+        )
+        run = f"(CASE WHEN {active2} THEN {reached_to} - {k1} ELSE 0 END)"
     # Unordered: the steps done so far (a bit per stage); each new one is one step further,
     # except the first of a new attempt (its entry).
     done1 = f"(CASE WHEN {still} THEN r.done ELSE 0 END)"
@@ -236,17 +251,26 @@ def _walk_sql(funnel: FunnelDefinition, watermark_ms: int) -> str:
     # An exclusion at a stage the attempt is at during this instant (entered now included)
     # stops it there: the first such stage among k1 .. k1 + run.
     hit = f"list_position(list_slice(i.exc, {k1} + 1, {k1} + {run} + 1), true)"
+    if skipping:  # only the stages reached: k1 and those of the instant's events
+        hit = (
+            f"list_position(list_transform(range({k1}, {k1} + {run} + 1), lambda j: "
+            f"i.exc[j + 1] AND (j = {k1} OR i.has[j + 1])), true)"
+        )
     excl2 = f"({active2} AND {hit} IS NOT NULL)" if excluding else "FALSE"
     if excluding:
         run = f"(CASE WHEN {excl2} THEN {hit} - 1 ELSE {run} END)"
     k2 = f"({k1} + {run})"
     reached2 = f"(CASE WHEN {run} > 0 THEN i.t ELSE {reached1} END)"
     snap2 = {d: f"(CASE WHEN {run} > 0 THEN {cur[d]} ELSE {snap1[d]} END)" for d in dims}
+    # The anchor: when the latest required stage was reached (the deadline runs from it).
+    anchor1 = f"(CASE WHEN {start} THEN i.t ELSE r.anchor END)"
+    anchor2 = f"(CASE WHEN {run} > 0 AND {req_upto}[{k2} + 1] > {k1} THEN i.t ELSE {anchor1} END)"
+    since = anchor2 if skipping else reached2
     complete = f"({active2} AND NOT {excl2} AND {k2} = {n})"
     active3 = f"({active2} AND NOT {complete} AND NOT {excl2})"
     ended3 = f"(CASE WHEN {complete} OR {excl2} THEN i.t ELSE {ended1} END)"
     deadline3 = (
-        f"(CASE WHEN {active3} THEN least({reached2} + {timeouts}[{k2} + 1], {a2} + {cw}) "
+        f"(CASE WHEN {active3} THEN least({since} + {timeouts}[{k2} + 1], {a2} + {cw}) "
         "ELSE NULL END)"
     )
 
@@ -290,7 +314,8 @@ inst AS (
 walk AS (
     SELECT sid, 0::BIGINT AS rn, NULL::BIGINT AS t, FALSE AS active, NULL::BIGINT AS a,
            0 AS k, NULL::BIGINT AS reached, NULL::BIGINT AS deadline, {NEVER}::BIGINT AS ended,
-           0.0::DOUBLE AS cart, NULL::BIGINT AS lastact, 0::BIGINT AS done{base_cols},
+           0.0::DOUBLE AS cart, NULL::BIGINT AS lastact, 0::BIGINT AS done,
+           NULL::BIGINT AS anchor, NULL::BOOLEAN[] AS o_has{base_cols},
            FALSE AS d_flag, NULL::INTEGER AS d_stage, NULL::BIGINT AS d_at,
            NULL::BIGINT AS d_cohort, NULL::DOUBLE AS d_value, NULL::BIGINT AS d_lastact,
            NULL::BIGINT AS d_a, FALSE AS o_start, NULL::INTEGER AS o_k1, NULL::INTEGER AS o_k2,
@@ -298,7 +323,7 @@ walk AS (
     FROM (SELECT DISTINCT sid FROM inst)
     UNION ALL
     SELECT r.sid, i.rn, i.t, {active3}, {a2}, {k2}, {reached2}, {deadline3}, {ended3},
-           {cart2}, {lastact2}, {done2}{step_state},
+           {cart2}, {lastact2}, {done2}, {anchor2}, i.has{step_state},
            {dropped}, r.k, CASE WHEN {drop} THEN r.deadline ELSE i.t END, r.reached, r.cart,
            r.lastact, r.a,
            {start}, {k1}, {k2}, {reached1}{step_out}{x_out}
@@ -309,12 +334,13 @@ final_state AS (
 )
 SELECT 'step' AS src, sid, t, active, a, k, reached, deadline, cart, lastact,
        d_flag, d_stage, d_at, d_cohort, d_value, d_lastact, d_a, o_start, o_k1, o_k2,
-       o_reached1{out_names}{x_names}{state_cols}
+       o_reached1{out_names}{x_names}, o_has{state_cols}
 FROM walk WHERE rn > 0
 UNION ALL
 SELECT 'end' AS src, sid, t, active, a, k, reached, deadline, cart, lastact,
        active AND deadline < {watermark_ms}, k, deadline, reached, cart, lastact, a,
-       FALSE, NULL, NULL, NULL{"".join(f", snap{d}, NULL, NULL" for d in dims)}{x_none}{state_cols}
+       FALSE, NULL, NULL, NULL{"".join(f", snap{d}, NULL, NULL" for d in dims)}{x_none},
+       NULL{state_cols}
 FROM final_state WHERE rn > 0
 """
 
@@ -363,6 +389,8 @@ def _funnel(
     dims = range(len(funnel.segments))
     db.execute(f"CREATE OR REPLACE TEMP TABLE walked AS {_walk_sql(funnel, watermark_ms)}")
     # Outcomes: (kind, stage, cohort reached time, ttc, value, segment values...).
+    # The stages an advance went through: all of k1 + 1 .. k2, but optional ones skipped.
+    reached = "o_has[j + 1]" if any(stage.optional for stage in funnel.stages) else "TRUE"
     seg_select = lambda prefix: "".join(f", {prefix}{d} AS s{d}" for d in dims)  # noqa: E731
     db.execute(f"""
 CREATE OR REPLACE TEMP TABLE outcome AS
@@ -373,11 +401,13 @@ UNION ALL
 SELECT 'entered', j, t, 0, 0.0{seg_select("ocur")}
 FROM (SELECT *, unnest(range(o_k1 + 1, o_k2 + 1)) AS j FROM walked
       WHERE src = 'step' AND o_k2 > o_k1)
+WHERE {reached}
 UNION ALL
 SELECT 'converted', j, CASE WHEN j = o_k1 THEN o_reached1 ELSE t END,
        CASE WHEN j = o_k1 THEN t - o_reached1 ELSE 0 END, 0.0
        {"".join(f", CASE WHEN j = o_k1 THEN osnap{d} ELSE ocur{d} END AS s{d}" for d in dims)}
 FROM (SELECT *, unnest(range(o_k1, o_k2)) AS j FROM walked WHERE src = 'step' AND o_k2 > o_k1)
+WHERE j = o_k1 OR {reached}
 UNION ALL
 SELECT 'dropped', d_stage, d_cohort, 0, d_value{seg_select("dsnap")}
 FROM walked WHERE d_flag

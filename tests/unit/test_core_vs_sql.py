@@ -187,6 +187,27 @@ MODES: dict[str, tuple[FunnelDefinition, ...]] = {
             "excluding_unordered", order="unordered", exclusions=[{"event_type": "product_view"}]
         ),
     ),
+    # Two optional stages in a row (either or both skipped); and one optional stage with an
+    # exclusion only there (an attempt that skipped it is never excluded).
+    "optional": (
+        _mode(
+            "optional",
+            stages=[
+                _STAGES[0],
+                {"name": "view", "event_type": "product_view", "optional": True},
+                {**_STAGES[1], "optional": True},
+                {**_STAGES[2], "timeout": "10s"},
+                _STAGES[3],
+            ],
+            abandonment=["view", "cart", "payment"],
+        ),
+        _mode(
+            "optional_excluding",
+            stages=[_STAGES[0], {**_STAGES[1], "optional": True}, *_STAGES[2:]],
+            exclusions=[{"event_type": "product_view", "between": ["cart", "payment"]}],
+            abandonment=["cart"],
+        ),
+    ),
 }
 MODE_BATCHES = settings(BATCHES, max_examples=40)
 
@@ -207,6 +228,12 @@ def test_unordered_core_equals_sql(cases: list[list[dict[str, Any]]], seed: int)
 @MODE_BATCHES
 def test_exclusions_core_equals_sql(cases: list[list[dict[str, Any]]], seed: int) -> None:
     _compare(MODES["exclusions"], cases, seed)
+
+
+@given(cases=batch(30), seed=st.integers(0, 2**32))
+@MODE_BATCHES
+def test_optional_core_equals_sql(cases: list[list[dict[str, Any]]], seed: int) -> None:
+    _compare(MODES["optional"], cases, seed)
 
 
 def _compare(

@@ -371,3 +371,57 @@ def test_25_exclusions_in_strict_and_unordered_funnels() -> None:
     assert counts(any_order, 0, "land") == (1, 1, 0, 0)
     assert counts(any_order, 0, "cart") == (1, 0, 0, 0)  # position 1
     assert excluded(any_order, 0, "cart") == 1
+
+
+# --- Optional steps (examples 26 to 29) ---------------------------------------------------
+
+
+def optional_cart() -> FunnelDefinition:
+    """``Fo``: ``F`` with ``cart`` optional and no timeout of its own."""
+    stages = [
+        {"name": "land", "event_type": "page_view", "timeout": "20s"},
+        {"name": "cart", "event_type": "add_to_cart", "optional": True},
+        {"name": "pay", "event_type": "payment_submitted", "timeout": "10s"},
+        {"name": "order", "event_type": "order_placed"},
+    ]
+    fields = {"name": "f", "conversion_window": "60s", "window": "10s", "stages": stages,
+              "segments": {"device": None}, "abandonment": ["cart", "pay"]}  # fmt: skip
+    return FunnelDefinition.model_validate(fields)
+
+
+def ttc(result: CoreResult | OracleResult, start_s: int, stage: str) -> int:
+    return int(result.windows[("f", start_s * S, stage)]["ttc_sum_ms"])
+
+
+def test_26_an_optional_step_skipped() -> None:
+    core, _ = both(events(("land", 0), ("pay", 5), ("order", 8)), definition=optional_cart())
+    assert counts(core, 0, "land") == (1, 1, 0, 0)
+    assert ttc(core, 0, "land") == 5000
+    assert ("f", 0, "cart") not in core.windows
+    assert counts(core, 0, "pay") == (1, 1, 0, 0)
+
+
+def test_27_an_optional_step_taken_keeps_the_required_stage_s_deadline() -> None:
+    core, _ = both(events(("land", 0), ("cart", 3), ("pay", 15)), definition=optional_cart())
+    assert counts(core, 0, "land") == (1, 1, 0, 0)
+    assert ttc(core, 0, "land") == 3000
+    assert counts(core, 0, "cart") == (1, 1, 0, 0)
+    assert ttc(core, 0, "cart") == 12_000
+
+
+def test_28_the_drop_is_decided_by_the_next_required_step() -> None:
+    core, _ = both(events(("land", 0), ("cart", 3), ("pay", 21)), definition=optional_cart())
+    assert counts(core, 0, "cart") == (1, 0, 1, 0)
+    assert ("f", 20 * S, "pay") not in core.windows
+    [abandonment] = core.abandonments.values()
+    assert (abandonment["stage"], abandonment["abandoned_ms"]) == ("cart", 20 * S)
+    assert abandonment["last_activity_ms"] == 3 * S
+
+
+def test_29_optional_and_required_stages_at_one_instant() -> None:
+    core, _ = both(
+        events(("land", 0), ("cart", 4), ("pay", 4), ("order", 4)), definition=optional_cart()
+    )
+    assert counts(core, 0, "cart") == (1, 1, 0, 0)
+    assert [ttc(core, 0, n) for n in ("land", "cart", "pay")] == [4000, 0, 0]
+    assert counts(core, 0, "order") == (1, 0, 0, 0)
