@@ -52,6 +52,7 @@ __all__ = [
 
 FUNNEL_FILE_PATTERNS = ("*.yaml", "*.yml")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_USER_WINDOW_MAX_MS = 90 * 86_400_000
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
@@ -314,7 +315,10 @@ def _default_source(name: str) -> dict[str, str]:
 
 class FunnelDefinition(_Frozen):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=40)
-    follows: Literal["session"] = "session"
+    follows: Literal["session", "user"] = Field(
+        default="session",
+        description="the counting unit: a session, or a user across sessions and devices",
+    )
     order: Literal["ordered", "strict", "unordered"] = Field(
         default="ordered",
         description="ordered: later steps at later instants, anything in between; strict: any "
@@ -346,6 +350,9 @@ class FunnelDefinition(_Frozen):
         if not isinstance(data, dict):
             return data
         data = dict(data)
+        if data.get("follows") == "user" and "step_timeout" not in data:
+            # A user's steps take days: by default a step may take the whole window.
+            data["step_timeout"] = data.get("conversion_window")
         segments = data.get("segments")
         if isinstance(segments, Mapping):  # {device: {cap: 5}} or {device: null}
             data["segments"] = [
@@ -442,6 +449,10 @@ class FunnelDefinition(_Frozen):
                     "an optional stage has the timeout of the required stage before it (the "
                     "next required stage decides the drop)",
                 ))  # fmt: skip
+        if self.follows == "user" and self.conversion_window_ms > _USER_WINDOW_MAX_MS:
+            problems.append(_problem(
+                ("conversion_window",), "a user funnel's conversion window is at most 90d"
+            ))  # fmt: skip
         if self.order == "unordered":
             for index, stage in enumerate(self.stages):
                 if stage.timeout_ms is not None:

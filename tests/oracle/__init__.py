@@ -6,7 +6,8 @@ its fields by the spec's rule here, not by the core's ``step_timeout_ms``). Pyth
 generates SQL text from the funnel definition (stage predicates, the step timeouts as a list
 literal) and reshapes the query results; every decision is made by the SQL below:
 
-1. ``ev``: the events, de-duplicated by (session, event id), with the stage each matches
+0. ``user_raw`` (user funnels): each event keyed by its unit (identity rules, in SQL).
+1. ``ev``: the events, de-duplicated by (session or unit, event id), with the stage each matches
    (predicates over the JSON properties), the segment values and the cart value.
 2. ``inst``: one row per session and instant (event time): which stages occur, the smallest
    segment value among its funnel events, the largest cart value.
@@ -167,7 +168,7 @@ def _timeout_ms(funnel: FunnelDefinition, k: int) -> int:
     return min(timeout, funnel.conversion_window_ms)
 
 
-def _walk_sql(funnel: FunnelDefinition, watermark_ms: int) -> str:
+def _walk_sql(funnel: FunnelDefinition, watermark_ms: int, source: str = "raw") -> str:
     """The per-funnel query: events -> instants -> recursive walk -> outcomes."""
     n = len(funnel.stages) - 1
     dims = range(len(funnel.segments))
@@ -302,7 +303,7 @@ WITH RECURSIVE
 ev AS (
     SELECT sid, at_ms AS t, event_type, {_stage_sql(funnel)} AS stage, {_CART} AS cart{seg_cols}
            {x_cols}
-    FROM (SELECT DISTINCT ON (sid, eid) sid, eid, event_type, at_ms, p, c FROM raw)
+    FROM (SELECT DISTINCT ON (sid, eid) sid, eid, event_type, at_ms, p, c FROM {source})
     WHERE at_ms < {watermark_ms}
 ),
 inst AS (
@@ -363,6 +364,7 @@ def compute(
             int(e["at_ms"]),
             orjson.dumps(e.get("properties") or {}).decode(),
             orjson.dumps(e.get("context") or {}).decode(),
+            e.get("user_id") or None,
         )
         for e in events
     ]
@@ -371,13 +373,35 @@ def compute(
         db = _db()
         db.execute(
             "CREATE OR REPLACE TEMP TABLE raw "
-            "(sid VARCHAR, eid VARCHAR, event_type VARCHAR, at_ms BIGINT, p JSON, c JSON)"
+            "(sid VARCHAR, eid VARCHAR, event_type VARCHAR, at_ms BIGINT, p JSON, c JSON, "
+            "uid VARCHAR)"
         )
         if rows:
-            db.executemany("INSERT INTO raw VALUES (?, ?, ?, ?, ?, ?)", rows)
+            db.executemany("INSERT INTO raw VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        db.execute(_USER_UNITS)
         for funnel in funnels:
             _funnel(db, funnel, watermark_ms, result)
     return result
+
+
+# A user funnel's events, keyed by their unit instead of their session (spec: "Counting unit",
+# identity rules 1 to 3): the event's own user id, else the smallest user id of its session's
+# latest instant at or before it that carries one, else the anonymous unit.
+_USER_UNITS = """
+CREATE OR REPLACE TEMP TABLE user_raw AS
+WITH per_instant AS (
+    SELECT sid, at_ms, min(uid) AS instant_uid FROM raw GROUP BY sid, at_ms
+),
+known AS (
+    SELECT sid, at_ms, last_value(instant_uid IGNORE NULLS) OVER (
+        PARTITION BY sid ORDER BY at_ms ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
+    ) AS known_uid
+    FROM per_instant
+)
+SELECT coalesce(r.uid, k.known_uid, 'anon:' || r.sid) AS sid, r.eid, r.event_type, r.at_ms,
+       r.p, r.c
+FROM raw r JOIN known k ON k.sid = r.sid AND k.at_ms = r.at_ms
+"""
 
 
 def _funnel(
@@ -387,7 +411,9 @@ def _funnel(
     result: OracleResult,
 ) -> None:
     dims = range(len(funnel.segments))
-    db.execute(f"CREATE OR REPLACE TEMP TABLE walked AS {_walk_sql(funnel, watermark_ms)}")
+    source = "user_raw" if funnel.follows == "user" else "raw"
+    walk = _walk_sql(funnel, watermark_ms, source)
+    db.execute(f"CREATE OR REPLACE TEMP TABLE walked AS {walk}")
     # Outcomes: (kind, stage, cohort reached time, ttc, value, segment values...).
     # The stages an advance went through: all of k1 + 1 .. k2, but optional ones skipped.
     reached = "o_has[j + 1]" if any(stage.optional for stage in funnel.stages) else "TRUE"
@@ -469,7 +495,7 @@ FROM outcome GROUP BY ALL
                 "excluded": excluded,
                 "open": 0 if stage == last else entered - converted - dropped - excluded,
             }
-    _abandonments(db, funnel, watermark_ms, result)
+    _abandonments(db, funnel, watermark_ms, result, source)
 
 
 def _abandonments(
@@ -477,6 +503,7 @@ def _abandonments(
     funnel: FunnelDefinition,
     watermark_ms: int,
     result: OracleResult,
+    source: str,
 ) -> None:
     stages = [i for i, s in enumerate(funnel.stages) if s.name in funnel.abandonment]
     if not stages:
@@ -493,7 +520,7 @@ WITH ab AS (
     FROM walked WHERE d_flag AND d_stage IN ({", ".join(map(str, stages))})
 ),
 orders AS (
-    SELECT DISTINCT sid, at_ms AS t FROM raw
+    SELECT DISTINCT sid, at_ms AS t FROM {source}
     WHERE event_type IN ({order_types}) AND {order_filter} AND at_ms < {watermark_ms}
 )
 SELECT ab.*,

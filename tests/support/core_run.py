@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
 from typing import Any
 
 import orjson
 
 from streamer.funnel.definition import FunnelDefinition
+from streamer.funnel.identity import instant_units
 from streamer.funnel.session import NEVER, CompiledFunnel, StoredEvent
 from streamer.funnel.task import Offer, Task
 from streamer.funnel.windows import UNKNOWN, WindowCounts
@@ -54,6 +56,26 @@ def stored(event: dict[str, Any]) -> StoredEvent:
     return StoredEvent(int(event["at_ms"]), str(event["event_id"]), event["event_type"], fields)
 
 
+def units(events: Sequence[dict[str, Any]]) -> list[str]:
+    """Each event's unit in a user funnel, as the pipeline's re-key by user decides it (per
+    session, instant by instant in event time: :func:`streamer.funnel.identity.instant_units`),
+    in the order of ``events``."""
+    by_session: dict[str, list[int]] = {}
+    for index, event in enumerate(events):
+        by_session.setdefault(str(event["session_id"]), []).append(index)
+    out = [""] * len(events)
+    for session_id, indexes in by_session.items():
+        indexes.sort(key=lambda i: int(events[i]["at_ms"]))
+        known: str | None = None
+        for _, group in groupby(indexes, key=lambda i: int(events[i]["at_ms"])):
+            instant = list(group)
+            carried = [events[i].get("user_id") or None for i in instant]
+            assigned, known = instant_units(session_id, known, carried)
+            for i, unit in zip(instant, assigned, strict=True):
+                out[i] = unit
+    return out
+
+
 def run_core(
     funnels: Sequence[FunnelDefinition],
     events: Iterable[dict[str, Any]],
@@ -67,10 +89,14 @@ def run_core(
     compiled = tuple(CompiledFunnel(f) for f in funnels)
     task = Task(compiled, 0, retention_ms=retention_ms)
     result = CoreResult()
+    events = list(events)
+    follows = {f.follows for f in funnels}
+    assert len(follows) <= 1, "one task counts one kind of unit: run session and user funnels apart"
+    keys = units(events) if follows == {"user"} else [str(e["session_id"]) for e in events]
     partials: dict[tuple[str, int], WindowCounts] = {}
     front = NEVER
-    for event in events:
-        outcome = task.offer(event["session_id"], stored(event))
+    for key, event in zip(keys, events, strict=True):
+        outcome = task.offer(key, stored(event))
         if outcome is Offer.LATE:
             result.late.append(event["event_id"])
         elif outcome is Offer.DUPLICATE:

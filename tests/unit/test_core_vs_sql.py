@@ -236,6 +236,53 @@ def test_optional_core_equals_sql(cases: list[list[dict[str, Any]]], seed: int) 
     _compare(MODES["optional"], cases, seed)
 
 
+USER_FUNNELS = (
+    _mode("users", follows="user", stages=STRICT_STAGES, abandonment=["cart", "payment"]),
+    _mode("users_strict", follows="user", order="strict", step_timeout="30s"),
+)
+
+
+MODES["users"] = USER_FUNNELS  # the watermark-inside comparison samples them too
+
+
+@st.composite
+def user_case(draw: Any, prefix: str) -> list[dict[str, Any]]:
+    """A case's sessions (up to 3, overlapping in time: two devices), each of a user of the
+    case (two at most) from its n-th event on (the events before it anonymous), sometimes
+    switching user mid-session; retries are copies, user id included."""
+    events = draw(case(prefix))
+    users = [f"{prefix}-u{draw(st.integers(0, 1))}" for _ in range(3)]
+    logins = [draw(st.integers(0, 4)) for _ in range(3)]
+    switch = draw(st.integers(0, 12))
+    carried: dict[str, str | None] = {}  # by event id: a retry carries what its original did
+    for event in events:
+        event_id = event["event_id"]
+        if event_id not in carried:
+            session, seq = (int(part) for part in event_id.split("-")[1:3])
+            identified = seq >= logins[session] and draw(st.integers(0, 3)) > 0
+            user = users[session] if seq < switch else f"{prefix}-u9"
+            carried[event_id] = user if identified else None
+        event["user_id"] = carried[event_id]
+    return events
+
+
+@st.composite
+def user_batch(draw: Any, size: int) -> list[list[dict[str, Any]]]:
+    cases = []
+    for index in range(size):
+        events = draw(user_case(f"c{index}"))
+        for event in events:
+            event["at_ms"] += index * CASE_SPAN_MS
+        cases.append(events)
+    return cases
+
+
+@given(cases=user_batch(30), seed=st.integers(0, 2**32))
+@MODE_BATCHES
+def test_user_units_core_equals_sql(cases: list[list[dict[str, Any]]], seed: int) -> None:
+    _compare(USER_FUNNELS, cases, seed)
+
+
 def _compare(
     funnels: tuple[FunnelDefinition, ...], cases: list[list[dict[str, Any]]], seed: int
 ) -> None:

@@ -45,6 +45,8 @@ STAGES = "stages:\n  - {name: a, event_type: page_view}\n  - name: b\n    event_
          ":8: stages.1.optional: ", "for ordered funnels only, not strict"),
         (HEAD + STAGES + "    optional: true\n    timeout: 1m\n  - {name: c, event_type: x}\n",
          ":8: stages.1.timeout: ", "the timeout of the required stage before it"),
+        ("name: m\nfollows: user\nconversion_window: 91d\n" + STAGES,
+         ":3: conversion_window: ", "at most 90d"),
         (HEAD + "exclusions:\n  - {event_type: x, between: [a, z]}\n" + STAGES,
          ":4: exclusions.0.between: ", "names unknown stages ['z']"),
         (HEAD + "exclusions:\n  - {event_type: x, between: [b, a]}\n" + STAGES,

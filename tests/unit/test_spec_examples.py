@@ -47,8 +47,9 @@ def events(*spec: tuple[Any, ...]) -> list[dict[str, Any]]:
         event_id = next((x for x in item[2:] if isinstance(x, str)), f"e{index}")
         fields = next((x for x in item[2:] if isinstance(x, dict)), {})
         context = {"device": fields.pop("device")} if "device" in fields else {}
+        identity = {"session_id": fields.pop("session", "s"), "user_id": fields.pop("user", None)}
         out.append({
-            "session_id": "s", "event_id": event_id, "event_type": TYPES[word],
+            **identity, "event_id": event_id, "event_type": TYPES[word],
             "at_ms": round(seconds * S), "properties": fields, "context": context,
         })  # fmt: skip
     return out
@@ -425,3 +426,52 @@ def test_29_optional_and_required_stages_at_one_instant() -> None:
     assert counts(core, 0, "cart") == (1, 1, 0, 0)
     assert [ttc(core, 0, n) for n in ("land", "cart", "pay")] == [4000, 0, 0]
     assert counts(core, 0, "order") == (1, 0, 0, 0)
+
+
+# --- Counting unit: user funnels (examples 30 to 32) --------------------------------------
+
+
+def by_user() -> FunnelDefinition:
+    """``Fp``: ``F`` with ``follows: user``."""
+    return funnel(follows="user")
+
+
+def test_30_one_user_on_two_devices() -> None:
+    core, _ = both(
+        events(
+            ("land", 0, {"session": "A", "user": "u"}), ("cart", 5, {"session": "B", "user": "u"})
+        ),
+        definition=by_user(),
+    )
+    assert counts(core, 0, "land") == (1, 1, 0, 0)
+    assert ttc(core, 0, "land") == 5000
+
+
+def test_31_before_and_after_login() -> None:
+    core, _ = both(
+        events(("land", 0), ("land", 2, {"user": "u"}), ("cart", 4)), definition=by_user()
+    )
+    assert counts(core, 0, "land") == (2, 1, 1, 0)  # anon:s dropped, u converted
+    assert ttc(core, 0, "land") == 2000
+    [abandonment] = core.abandonments.values()
+    assert abandonment["session_id"] == "u"  # the unit: cart drops at 14
+
+
+def test_32_two_users_on_one_session() -> None:
+    core, _ = both(
+        events(("land", 0, {"user": "u"}), ("land", 1, {"user": "v"}), ("cart", 2)),
+        definition=by_user(),
+    )
+    assert counts(core, 0, "land") == (2, 1, 1, 0)
+    assert ttc(core, 0, "land") == 1000
+    assert {a["session_id"] for a in core.abandonments.values()} == {"v"}
+
+
+def test_a_user_funnel_s_steps_may_take_the_whole_window_by_default() -> None:
+    days = FunnelDefinition.model_validate(
+        {"name": "f", "follows": "user", "conversion_window": "14d", "window": "1h",
+         "stages": [{"name": "land", "event_type": "page_view"},
+                    {"name": "order", "event_type": "order_placed"}]}
+    )  # fmt: skip
+    core, _ = both(events(("land", 0), ("order", 10 * 86_400)), definition=days)
+    assert core.windows[("f", 0, "land")]["converted"] == 1
