@@ -331,6 +331,10 @@ class StageStats(_Strict):
     entered: int
     converted: int = Field(description="of those entered, the ones that reached the next stage")
     dropped: int = Field(description="of those entered, the ones whose step timed out")
+    excluded: int = Field(
+        default=0,
+        description="of those entered, the ones an exclusion event took out of the funnel",
+    )
     open: int = Field(default=0, description="of those entered, the ones not decided yet")
     final: bool = Field(default=False, description="every outcome of this cohort is decided")
     conversion_ratio: float | None = Field(

@@ -20,9 +20,11 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from streamer.funnel.catalogue import EventCatalogue, check_known_events
 from streamer.funnel.yaml_lines import (
@@ -36,6 +38,7 @@ from streamer.funnel.yaml_lines import (
 __all__ = [
     "FUNNEL_FILE_PATTERNS",
     "Condition",
+    "Exclusion",
     "FunnelDefinition",
     "FunnelDefinitionError",
     "Segment",
@@ -49,6 +52,7 @@ __all__ = [
 
 FUNNEL_FILE_PATTERNS = ("*.yaml", "*.yml")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_USER_WINDOW_MAX_MS = 90 * 86_400_000
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
@@ -139,18 +143,46 @@ class Stage(_Frozen):
         description="step timeout: no next stage this long after reaching this one = dropped "
         "(default: the funnel's step_timeout)",
     )
+    optional: bool = Field(
+        default=False,
+        description="attempts may skip it; the next required stage decides the drop",
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        if "event_type" in data:
-            data["event_types"] = [data.pop("event_type")]
-        if "where" in data:
-            data["where"] = _conditions(data["where"])
+        return _matcher_shorthand(data)
+
+    def matches(self, event_type: str, properties: Mapping[str, Any]) -> bool:
+        return event_type in self.event_types and all(c.matches(properties) for c in self.where)
+
+
+def _matcher_shorthand(data: Any) -> Any:
+    """``event_type: x`` for ``event_types: [x]``, and ``where`` as conditions."""
+    if not isinstance(data, dict):
         return data
+    data = dict(data)
+    if "event_type" in data:
+        data["event_types"] = [data.pop("event_type")]
+    if "where" in data:
+        data["where"] = _conditions(data["where"])
+    return data
+
+
+class Exclusion(_Frozen):
+    """Events that take an attempt out of the funnel between two of its stages."""
+
+    event_types: tuple[str, ...] = Field(min_length=1)
+    where: tuple[Condition, ...] = ()
+    between: tuple[str, str] | None = Field(
+        default=None,
+        description="[from, to]: the stages it excludes at, from <= k < to (default: all)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return _matcher_shorthand(data)
 
     def matches(self, event_type: str, properties: Mapping[str, Any]) -> bool:
         return event_type in self.event_types and all(c.matches(properties) for c in self.where)
@@ -283,9 +315,22 @@ def _default_source(name: str) -> dict[str, str]:
 
 class FunnelDefinition(_Frozen):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=40)
-    follows: Literal["session"] = "session"
-    order: Literal["ordered"] = "ordered"
+    follows: Literal["session", "user"] = Field(
+        default="session",
+        description="the counting unit: a session, or a user across sessions and devices",
+    )
+    order: Literal["ordered", "strict", "unordered"] = Field(
+        default="ordered",
+        description="ordered: later steps at later instants, anything in between; strict: any "
+        "other event in between breaks the attempt; unordered: distinct steps in any order",
+    )
+    strict_ignore: tuple[str, ...] = Field(
+        default=(), description="strict funnels: event types that never break an attempt"
+    )
     stages: tuple[Stage, ...] = Field(min_length=2, max_length=20)
+    exclusions: tuple[Exclusion, ...] = Field(
+        default=(), description="events that take an attempt out between two stages"
+    )
     conversion_window_ms: Duration = Field(validation_alias="conversion_window")
     window_ms: Duration = Field(default=60_000, validation_alias="window")
     segments: tuple[Segment, ...] = ()
@@ -305,6 +350,9 @@ class FunnelDefinition(_Frozen):
         if not isinstance(data, dict):
             return data
         data = dict(data)
+        if data.get("follows") == "user" and "step_timeout" not in data:
+            # A user's steps take days: by default a step may take the whole window.
+            data["step_timeout"] = data.get("conversion_window")
         segments = data.get("segments")
         if isinstance(segments, Mapping):  # {device: {cap: 5}} or {device: null}
             data["segments"] = [
@@ -331,6 +379,97 @@ class FunnelDefinition(_Frozen):
                     )
                 owner[event_type] = stage.name
         return stages
+
+    @field_validator("strict_ignore")
+    @classmethod
+    def _ignore_only_when_strict(
+        cls, ignored: tuple[str, ...], info: ValidationInfo
+    ) -> tuple[str, ...]:
+        if ignored and info.data.get("order") != "strict":
+            raise ValueError("strict_ignore applies to order: strict only")
+        return ignored
+
+    @model_validator(mode="after")
+    def _order_fits(self) -> FunnelDefinition:
+        # Raised with the field's location, so the message names its line.
+        problems: list[InitErrorDetails] = []
+        stage_types = {t for stage in self.stages for t in stage.event_types}
+        for index, event_type in enumerate(self.strict_ignore):
+            if event_type in stage_types:
+                problems.append(_problem(
+                    ("strict_ignore", index),
+                    f"{event_type!r} is a stage's event type; a step never breaks its own attempt",
+                ))  # fmt: skip
+        names = [stage.name for stage in self.stages]
+        for index, exclusion in enumerate(self.exclusions):
+            for event_type in exclusion.event_types:
+                if event_type in stage_types:
+                    problems.append(_problem(
+                        ("exclusions", index, "event_types"),
+                        f"{event_type!r} is a stage's event type; an event never both "
+                        "advances and excludes",
+                    ))  # fmt: skip
+            if exclusion.between is None:
+                continue
+            low, high = exclusion.between
+            unknown = [name for name in (low, high) if name not in names]
+            if unknown:
+                problems.append(_problem(
+                    ("exclusions", index, "between"),
+                    f"names unknown stages {unknown}; stages are {names}",
+                ))  # fmt: skip
+            elif names.index(low) >= names.index(high):
+                problems.append(_problem(
+                    ("exclusions", index, "between"),
+                    f"{low!r} must come before {high!r}",
+                ))  # fmt: skip
+            elif self.order == "unordered" and (low, high) != (names[0], names[-1]):
+                problems.append(_problem(
+                    ("exclusions", index, "between"),
+                    "an unordered funnel's exclusions span the whole funnel (positions are not "
+                    "stages): leave out between",
+                ))  # fmt: skip
+        for index, stage in enumerate(self.stages):
+            if not stage.optional:
+                continue
+            if index in (0, len(self.stages) - 1):
+                problems.append(_problem(
+                    ("stages", index, "optional"),
+                    "the first and the last stage cannot be optional (attempts start at the "
+                    "first; the last is the goal)",
+                ))  # fmt: skip
+            elif self.order != "ordered":
+                problems.append(_problem(
+                    ("stages", index, "optional"),
+                    f"optional stages are for ordered funnels only, not {self.order}",
+                ))  # fmt: skip
+            elif stage.timeout_ms is not None:
+                problems.append(_problem(
+                    ("stages", index, "timeout"),
+                    "an optional stage has the timeout of the required stage before it (the "
+                    "next required stage decides the drop)",
+                ))  # fmt: skip
+        if self.follows == "user" and self.conversion_window_ms > _USER_WINDOW_MAX_MS:
+            problems.append(_problem(
+                ("conversion_window",), "a user funnel's conversion window is at most 90d"
+            ))  # fmt: skip
+        if self.order == "unordered":
+            for index, stage in enumerate(self.stages):
+                if stage.timeout_ms is not None:
+                    problems.append(_problem(
+                        ("stages", index, "timeout"),
+                        "an unordered funnel's steps have no order, so no stage has a timeout of "
+                        "its own: use the funnel's step_timeout",
+                    ))  # fmt: skip
+            if self.abandonment:
+                problems.append(_problem(
+                    ("abandonment",),
+                    "an unordered funnel has no stage an attempt stops at (counts are by number "
+                    "of steps done): no abandonment",
+                ))  # fmt: skip
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
+        return self
 
     @model_validator(mode="after")
     def _names_exist(self) -> FunnelDefinition:
@@ -362,7 +501,10 @@ class FunnelDefinition(_Frozen):
 
     def step_timeout_ms(self, index: int) -> int:
         """``Tk``: how long after reaching stage ``index`` the next one may come (inclusive),
-        the stage's own timeout or the funnel's ``step_timeout``, capped by the window."""
+        the stage's own timeout or the funnel's ``step_timeout``, capped by the window. An
+        optional stage's is the required stage's before it (counted from that one's entry)."""
+        while self.stages[index].optional:
+            index -= 1
         timeout = self.stages[index].timeout_ms or self.default_step_timeout_ms
         return min(timeout, self.conversion_window_ms)
 
@@ -397,6 +539,10 @@ class FunnelDefinition(_Frozen):
                 + ", ".join(f"{s.name} ({s.source}, top {s.cap})" for s in self.segments)
             )
         return "\n".join(lines)
+
+
+def _problem(loc: tuple[str | int, ...], message: str) -> InitErrorDetails:
+    return {"type": PydanticCustomError("funnel", message), "loc": loc, "input": None}
 
 
 def _fmt(ms: int) -> str:

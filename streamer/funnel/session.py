@@ -8,8 +8,10 @@ once the watermark is past that time (the reorder buffer in :mod:`streamer.funne
 that). For each funnel it is idle or in one :class:`Attempt`, so the work per event is O(1) and
 the state of a session at rest is a few fields per funnel, whatever its length.
 
-Outcomes are :class:`Outcome` records (entered, converted, dropped), each carrying the time
-the attempt reached the stage (``cohort_ms``): counts belong to the window of that time.
+Outcomes are :class:`Outcome` records (entered, converted, dropped, excluded), each carrying
+the time the attempt reached the stage (``cohort_ms``): counts belong to the window of that
+time. The order modes (strict, unordered) and exclusions are the spec's "Order modes" and
+"Exclusion steps": the same walk, with a break, a set of steps done, and an exclusion check.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from streamer.funnel.definition import FunnelDefinition
+from streamer.funnel.definition import Condition, FunnelDefinition
 
 _T = TypeVar("_T")
 _SHARED_MAX = 65_536  # distinct shared segment values and tuples per funnel
@@ -78,7 +80,8 @@ class StoredEvent:
 class Kind(IntEnum):
     ENTERED = 0  # the attempt reached stage ``stage``
     CONVERTED = 1  # step ``stage`` -> ``stage + 1`` converted
-    DROPPED = 2  # step ``stage`` -> ``stage + 1`` timed out
+    DROPPED = 2  # step ``stage`` -> ``stage + 1`` timed out (or a strict attempt broke)
+    EXCLUDED = 3  # step ``stage`` -> ``stage + 1`` excluded (spec: "Exclusion steps")
 
 
 # Not frozen: a frozen dataclass's __init__ is slow, and one is made per step of an attempt.
@@ -106,9 +109,11 @@ class Attempt:
     cart_value: float = 0.0
     last_activity_ms: int = 0
     currency: str | None = None
+    done: int = 0  # unordered funnels: the steps done, one bit per stage index
+    anchor_ms: int = 0  # funnels with optional stages: when the latest required stage was reached
 
     def to_json(self) -> list[Any]:
-        return [
+        raw = [
             self.start_ms,
             self.stage,
             self.reached_ms,
@@ -119,6 +124,9 @@ class Attempt:
             self.last_activity_ms,
             self.currency,
         ]
+        if self.done or self.anchor_ms:  # only these modes: other attempts are stored as before
+            raw += [self.done, self.anchor_ms]
+        return raw
 
     @classmethod
     def from_json(cls, raw: Sequence[Any]) -> Attempt:
@@ -132,6 +140,8 @@ class Attempt:
             float(raw[6]),
             int(raw[7]),
             raw[8],
+            int(raw[9]) if len(raw) > 9 else 0,
+            int(raw[10]) if len(raw) > 10 else 0,
         )
 
 
@@ -229,6 +239,30 @@ class CompiledFunnel:
         steps = range(self.last_stage)
         self.timeouts_ms = (*(definition.step_timeout_ms(k) for k in steps), 0)
         self.abandonment_stages = definition.abandonment_stage_indexes
+        # Order modes (spec, "Order modes"): strict breaks an attempt on any other event at an
+        # instant between two steps; unordered counts distinct steps in any order.
+        self.strict = definition.order == "strict"
+        self.unordered = definition.order == "unordered"
+        self.strict_ignore = frozenset(definition.strict_ignore)
+        # Optional stages (spec, "Optional steps"): from stage k an attempt may go to any stage
+        # up to the next required one; its deadline runs from the latest required stage.
+        stages = definition.stages
+        self.has_optional = any(stage.optional for stage in stages)
+        self.required = tuple(not stage.optional for stage in stages)
+        self.next_required = tuple(
+            next((j for j in range(k + 1, len(stages)) if self.required[j]), k)
+            for k in range(len(stages))
+        )
+        # Exclusions by event type: (filters, from, to) each; an event excludes at from <= k < to.
+        names = [stage.name for stage in definition.stages]
+        self._exclusions: dict[str, list[tuple[tuple[Condition, ...], int, int]]] = {}
+        for exclusion in definition.exclusions:
+            low, high = exclusion.between or (names[0], names[-1])
+            for event_type in exclusion.event_types:
+                self._exclusions.setdefault(event_type, []).append(
+                    (exclusion.where, names.index(low), names.index(high))
+                )
+        self.has_exclusions = bool(self._exclusions)
         self._stage_of_type = {
             event_type: index
             for index, stage in enumerate(definition.stages)
@@ -257,6 +291,15 @@ class CompiledFunnel:
                 if not condition.matches(event.fields):
                     return -1
         return stage
+
+    def excluded_stages(self, events: Sequence[StoredEvent]) -> frozenset[int]:
+        """The stages at which an event of this instant excludes an attempt."""
+        stages: set[int] = set()
+        for event in events:
+            for where, low, high in self._exclusions.get(event.event_type, ()):
+                if all(condition.matches(event.fields) for condition in where):
+                    stages.update(range(low, high))
+        return frozenset(stages)
 
     def segment_value(self, event: StoredEvent, dim: int) -> str | None:
         """``event``'s value of segment dimension ``dim``, or None."""
@@ -290,8 +333,10 @@ def _cart_value(event: StoredEvent) -> float:
 
 
 def _deadline(funnel: CompiledFunnel, attempt: Attempt) -> int:
+    # At an optional stage the time runs from the latest required one (its Tk is that one's).
+    since = attempt.anchor_ms if funnel.has_optional else attempt.reached_ms
     return min(
-        attempt.reached_ms + funnel.timeouts_ms[attempt.stage],
+        since + funnel.timeouts_ms[attempt.stage],
         attempt.start_ms + funnel.conversion_window_ms,
     )
 
@@ -310,26 +355,33 @@ def expire_attempt(
 
 
 def _drop(
-    funnel: CompiledFunnel, progress: Progress, attempt: Attempt, out: list[Outcome]
+    funnel: CompiledFunnel,
+    progress: Progress,
+    attempt: Attempt,
+    out: list[Outcome],
+    broken_ms: int | None = None,
 ) -> Abandoned | None:
+    """Step ``attempt.stage`` dropped: at its deadline, or at ``broken_ms`` when a strict
+    funnel's attempt is broken (then it ended at its latest instant: a start may follow)."""
+    at_ms = attempt.deadline_ms if broken_ms is None else broken_ms
     out.append(
         Outcome(
             Kind.DROPPED,
             attempt.stage,
             attempt.reached_ms,
-            attempt.deadline_ms,
+            at_ms,
             attempt.stage_segments,
             value=attempt.cart_value,
         )
     )
     progress.attempt = None
-    progress.ended_ms = attempt.deadline_ms
+    progress.ended_ms = at_ms if broken_ms is None else attempt.last_activity_ms
     if attempt.stage not in funnel.abandonment_stages:
         return None
     progress.abandoned = Abandoned(
         attempt.stage,
         attempt.start_ms,
-        attempt.deadline_ms,
+        at_ms,
         attempt.last_activity_ms,
         attempt.start_ms + funnel.conversion_window_ms,
         attempt.cart_value,
@@ -339,13 +391,23 @@ def _drop(
     return progress.abandoned
 
 
+def _exclude(progress: Progress, attempt: Attempt, at_ms: int, out: list[Outcome]) -> None:
+    """Step ``attempt.stage`` excluded at ``at_ms``: the attempt ends (no start at this instant)."""
+    out.append(
+        Outcome(Kind.EXCLUDED, attempt.stage, attempt.reached_ms, at_ms, attempt.stage_segments)
+    )
+    progress.attempt = None
+    progress.ended_ms = at_ms
+
+
 @dataclass(frozen=True, slots=True)
 class InstantResult:
     abandoned: Abandoned | None = None
     retracted: tuple[Abandoned, int] | None = None  # (abandonment, order time)
 
 
-_UNDECIDED = InstantResult()  # most instants decide neither: one shared result
+_UNDECIDED = InstantResult()
+_NONE: frozenset[int] = frozenset()  # most instants decide neither: one shared result
 
 
 def apply_instant(
@@ -366,7 +428,9 @@ def apply_instant(
         dropped = _drop(funnel, progress, attempt, out)
         attempt = None
     stages = [funnel.stage_of(event) for event in events]
-    # Retraction: an order after the latest abandonment, within its attempt's window.
+    # Retraction: an order after the latest abandonment, within its attempt's window (before a
+    # strict break of this instant, whose own abandonment an order at this instant never
+    # retracts).
     abandoned = progress.abandoned
     if abandoned is not None:
         if at_ms > abandoned.retractable_until_ms:
@@ -374,12 +438,30 @@ def apply_instant(
         elif funnel.last_stage in stages and at_ms > abandoned.abandoned_ms:
             retracted = (abandoned, at_ms)
             progress.abandoned = None
+    # Exclusion: an event of this instant excludes at the attempt's stage (before a break).
+    excluding = funnel.excluded_stages(events) if funnel.has_exclusions else _NONE
+    if attempt is not None and attempt.stage in excluding:
+        _exclude(progress, attempt, at_ms, out)
+        attempt = None
+    # 1b. Break (strict): no next stage at this instant, and an event that is not ignored.
+    if (
+        attempt is not None
+        and funnel.strict
+        and attempt.stage + 1 not in stages
+        and any(event.event_type not in funnel.strict_ignore for event in events)
+    ):
+        dropped = _drop(funnel, progress, attempt, out, broken_ms=at_ms)
+        attempt = None
     # 2. Start: an idle session's S0 event, strictly after the previous attempt ended.
     started = False
     if attempt is None:
-        if 0 not in stages or at_ms <= progress.ended_ms:
+        if at_ms <= progress.ended_ms:
+            return _result(dropped, retracted)
+        if 0 not in stages and not (funnel.unordered and max(stages) >= 0):
             return _result(dropped, retracted)
         attempt = Attempt(at_ms, 0, at_ms, 0, funnel.share((None,) * funnel.segment_count), ())
+        if funnel.has_optional:
+            attempt.anchor_ms = at_ms
         attempt.deadline_ms = _deadline(funnel, attempt)
         progress.attempt = attempt
         started = True
@@ -414,27 +496,90 @@ def apply_instant(
     if started:
         attempt.stage_segments = attempt.segments
         out.append(Outcome(Kind.ENTERED, 0, at_ms, at_ms, attempt.stage_segments))
-    # Advance while this instant holds the next stage's event (inclusive deadline: step 1).
-    while attempt.stage < funnel.last_stage and attempt.stage + 1 in stages:
-        out.append(
-            Outcome(
-                Kind.CONVERTED,
-                attempt.stage,
-                attempt.reached_ms,
-                at_ms,
-                attempt.stage_segments,
-                time_to_convert_ms=at_ms - attempt.reached_ms,
-            )
-        )
-        attempt.stage += 1
-        attempt.reached_ms = at_ms
-        attempt.stage_segments = attempt.segments
-        attempt.deadline_ms = _deadline(funnel, attempt)
-        out.append(Outcome(Kind.ENTERED, attempt.stage, at_ms, at_ms, attempt.stage_segments))
+        if 0 in excluding:  # an exclusion at the instant S0 is reached
+            _exclude(progress, attempt, at_ms, out)
+            return _result(dropped, retracted)
+    if funnel.unordered:
+        _advance_unordered(funnel, attempt, at_ms, stages, started, out)
+    else:
+        # Advance while this instant holds the next stage's event (inclusive deadline: step 1);
+        # with optional stages, the nearest one up to the next required stage.
+        while attempt.stage < funnel.last_stage:
+            if funnel.has_optional:
+                target = _next_reached(funnel, attempt.stage, stages)
+                if target < 0:
+                    break
+                _convert(funnel, attempt, at_ms, out, target)
+            elif attempt.stage + 1 in stages:
+                _convert(funnel, attempt, at_ms, out)
+            else:
+                break
+            if attempt.stage in excluding:  # reached and excluded at once: the exclusion wins
+                _exclude(progress, attempt, at_ms, out)
+                return _result(dropped, retracted)
     if attempt.stage == funnel.last_stage:
         progress.attempt = None
         progress.ended_ms = at_ms
     return _result(dropped, retracted)
+
+
+def _advance_unordered(
+    funnel: CompiledFunnel,
+    attempt: Attempt,
+    at_ms: int,
+    stages: list[int],
+    started: bool,
+    out: list[Outcome],
+) -> None:
+    """Unordered: each step of this instant not done yet is one more step, by position (the
+    first step of a new attempt is its entry, not a conversion)."""
+    new = 0
+    for stage in stages:
+        if stage >= 0:
+            new |= 1 << stage
+    new &= ~attempt.done
+    if not new:
+        return
+    attempt.done |= new
+    for _ in range(new.bit_count() - (1 if started else 0)):
+        _convert(funnel, attempt, at_ms, out)
+
+
+def _next_reached(funnel: CompiledFunnel, stage: int, stages: list[int]) -> int:
+    """The nearest stage after ``stage``, up to the next required one, that an event of this
+    instant matches; -1 if none."""
+    for target in range(stage + 1, funnel.next_required[stage] + 1):
+        if target in stages:
+            return target
+    return -1
+
+
+def _convert(
+    funnel: CompiledFunnel,
+    attempt: Attempt,
+    at_ms: int,
+    out: list[Outcome],
+    target: int | None = None,
+) -> None:
+    """Step ``attempt.stage`` converts at ``at_ms``; the attempt enters the next stage (or
+    ``target``, past optional stages)."""
+    out.append(
+        Outcome(
+            Kind.CONVERTED,
+            attempt.stage,
+            attempt.reached_ms,
+            at_ms,
+            attempt.stage_segments,
+            time_to_convert_ms=at_ms - attempt.reached_ms,
+        )
+    )
+    attempt.stage = attempt.stage + 1 if target is None else target
+    attempt.reached_ms = at_ms
+    attempt.stage_segments = attempt.segments
+    if funnel.has_optional and funnel.required[attempt.stage]:
+        attempt.anchor_ms = at_ms
+    attempt.deadline_ms = _deadline(funnel, attempt)
+    out.append(Outcome(Kind.ENTERED, attempt.stage, at_ms, at_ms, attempt.stage_segments))
 
 
 def _result(dropped: Abandoned | None, retracted: tuple[Abandoned, int] | None) -> InstantResult:

@@ -69,6 +69,7 @@ class StepCounts:
         default_factory=lambda: [0] * (len(TIME_TO_CONVERT_BUCKETS_MS) + 1)
     )
     dropped_value: float = 0.0  # cart value of the sessions that dropped
+    excluded: int = 0  # attempts whose step an exclusion event ended
 
     def add(self, other: StepCounts, sign: int = 1) -> None:
         self.entered += sign * other.entered
@@ -78,17 +79,18 @@ class StepCounts:
         for index, value in enumerate(other.time_to_convert_buckets):
             self.time_to_convert_buckets[index] += sign * value
         self.dropped_value = round(self.dropped_value + sign * other.dropped_value, 2)
+        self.excluded += sign * other.excluded
 
     def is_empty(self) -> bool:
-        return not (self.entered or self.converted or self.dropped)
+        return not (self.entered or self.converted or self.dropped or self.excluded)
 
     @property
     def open(self) -> int:
         """Entered and not decided yet (0 for the last stage, which has no step)."""
-        return self.entered - self.converted - self.dropped
+        return self.entered - self.converted - self.dropped - self.excluded
 
     def to_json(self) -> list[Any]:
-        return [
+        raw = [
             self.entered,
             self.converted,
             self.dropped,
@@ -96,6 +98,9 @@ class StepCounts:
             list(self.time_to_convert_buckets),
             self.dropped_value,
         ]
+        if self.excluded:  # only funnels with exclusions: others are stored as before
+            raw.append(self.excluded)
+        return raw
 
     @classmethod
     def from_json(cls, raw: list[Any]) -> StepCounts:
@@ -106,6 +111,7 @@ class StepCounts:
             int(raw[3]),
             [int(x) for x in raw[4]],
             float(raw[5]),
+            int(raw[6]) if len(raw) > 6 else 0,
         )
 
 
@@ -160,6 +166,9 @@ class WindowCounts:
             for counts in targets:
                 counts.dropped += 1
                 counts.dropped_value = round(counts.dropped_value + outcome.value, 2)
+        elif kind is Kind.EXCLUDED:
+            for counts in targets:
+                counts.excluded += 1
         else:
             took = outcome.time_to_convert_ms
             bucket = _bucket(took)

@@ -85,6 +85,7 @@ def _stage_stats(
         entered=counts.entered,
         converted=counts.converted,
         dropped=counts.dropped,
+        excluded=counts.excluded,
         open=0 if last else counts.open,
         final=final,
         conversion_ratio=_ratio(counts.converted, decided),

@@ -6,13 +6,15 @@ its fields by the spec's rule here, not by the core's ``step_timeout_ms``). Pyth
 generates SQL text from the funnel definition (stage predicates, the step timeouts as a list
 literal) and reshapes the query results; every decision is made by the SQL below:
 
-1. ``ev``: the events, de-duplicated by (session, event id), with the stage each matches
+0. ``user_raw`` (user funnels): each event keyed by its unit (identity rules, in SQL).
+1. ``ev``: the events, de-duplicated by (session or unit, event id), with the stage each matches
    (predicates over the JSON properties), the segment values and the cart value.
 2. ``inst``: one row per session and instant (event time): which stages occur, the smallest
    segment value among its funnel events, the largest cart value.
 3. ``walk``: a recursive CTE that walks each session's instants in time order with the
-   spec's state (idle or an attempt: start, stage, reached, deadline, segments, cart value)
-   and records, per instant, the drop, start and advance that happened.
+   spec's state (idle or an attempt: start, stage, reached, deadline, segments, cart value,
+   and for unordered funnels the steps done as a bit mask) and records, per instant, the
+   drop (by timeout, or a strict funnel's break), start and advance that happened.
 4. ``outcome``: entries, conversions and drops (plus the drops the watermark decides), then
    grouped into cohort windows, per segment, and abandonments with their retractions.
 """
@@ -140,16 +142,33 @@ _CART = """CASE
     ELSE 0 END"""
 
 
+def _exclusion_sql(funnel: FunnelDefinition) -> list[str]:
+    """Per stage k < n: does the event match an exclusion whose ``between: [from, to]`` (the
+    first and last stage if absent) has from <= k < to."""
+    names = [stage.name for stage in funnel.stages]
+    n = len(names) - 1
+    per_stage: list[list[str]] = [[] for _ in range(n)]
+    for exclusion in funnel.exclusions:
+        low, high = exclusion.between or (names[0], names[-1])
+        types = ", ".join(_literal(t) for t in exclusion.event_types)
+        conditions = " AND ".join(_condition_sql(c) for c in exclusion.where) or "TRUE"
+        for k in range(names.index(low), names.index(high)):
+            per_stage[k].append(f"(event_type IN ({types}) AND {conditions})")
+    return [" OR ".join(found) or "FALSE" for found in per_stage]
+
+
 def _timeout_ms(funnel: FunnelDefinition, k: int) -> int:
     """``Tk`` as the specification's Terms define it, not the core's ``step_timeout_ms``: the
     stage's own ``timeout``, else the funnel's ``step_timeout`` (default 30m), capped at
-    ``CW``."""
-    own = funnel.stages[k].timeout_ms
+    ``CW``; an optional stage's is that of the nearest required stage before it ("Optional
+    steps")."""
+    required = max(j for j in range(k + 1) if not funnel.stages[j].optional)
+    own = funnel.stages[required].timeout_ms
     timeout = funnel.default_step_timeout_ms if own is None else own
     return min(timeout, funnel.conversion_window_ms)
 
 
-def _walk_sql(funnel: FunnelDefinition, watermark_ms: int) -> str:
+def _walk_sql(funnel: FunnelDefinition, watermark_ms: int, source: str = "raw") -> str:
     """The per-funnel query: events -> instants -> recursive walk -> outcomes."""
     n = len(funnel.stages) - 1
     dims = range(len(funnel.segments))
@@ -157,13 +176,43 @@ def _walk_sql(funnel: FunnelDefinition, watermark_ms: int) -> str:
     cw = funnel.conversion_window_ms
     seg_cols = "".join(f", {sql} AS g{d}" for d, sql in enumerate(_segment_sql(funnel)))
     has = "[" + ", ".join(f"bool_or(stage = {k})" for k in range(n + 1)) + "]"
+    strict = funnel.order == "strict"
+    unordered = funnel.order == "unordered"
+    ignored = ", ".join(_literal(t) for t in funnel.strict_ignore)
+    # Strict: an instant with an event of a type strict mode does not ignore (any event).
+    noise = f"bool_or(event_type NOT IN ({ignored}))" if ignored else "TRUE"
+    # Exclusions: x{k} is true for an event that excludes at stage k (spec: "Exclusion steps").
+    x_cols = "".join(f", {sql} AS x{k}" for k, sql in enumerate(_exclusion_sql(funnel)))
+    exc = "[" + "".join(f"bool_or(x{k}), " for k in range(n)) + "false]"
+    # Optional stages: R(k), the next required stage after k (n for the last), and the latest
+    # required stage at or before k, as list literals indexed by k + 1.
+    optional = [stage.optional for stage in funnel.stages]
+    skipping = any(optional)
+    next_req = [next(j for j in range(k + 1, n + 1) if not optional[j]) for k in range(n)] + [n]
+    req_upto = [max(j for j in range(k + 1) if not optional[j]) for k in range(n + 1)]
     mins = "".join(f", min(g{d}) FILTER (WHERE stage >= 0) AS m{d}" for d in dims)
     # The step's expressions, in the spec's order (names refer to the previous row r and the
     # instant i; each line builds on the ones before by textual substitution).
     drop = "(r.active AND i.t > r.deadline)"
-    still = f"(r.active AND NOT {drop})"
-    ended1 = f"(CASE WHEN {drop} THEN r.deadline ELSE r.ended END)"
-    start = f"((NOT {still}) AND i.has[1] AND i.t > {ended1})"
+    # Excluded at the stage it is at, when in time (an exclusion wins over a strict break).
+    excluding = bool(funnel.exclusions)  # else the terms below are FALSE: a shorter query
+    excl1 = f"(r.active AND NOT {drop} AND i.exc[r.k + 1])" if excluding else "FALSE"
+    # Strict: broken when in time, no event of the next stage, and some event not ignored.
+    brk = (
+        f"(r.active AND NOT {drop} AND NOT {excl1} AND i.noise AND NOT i.has[r.k + 2])"
+        if strict
+        else "FALSE"
+    )
+    dropped = f"({drop} OR {brk})"
+    still = f"(r.active AND NOT {dropped} AND NOT {excl1})"
+    # A timed-out attempt ends at its deadline, an excluded one now, a broken one at its
+    # latest instant.
+    ended1 = (
+        f"(CASE WHEN {drop} THEN r.deadline WHEN {excl1} THEN i.t WHEN {brk} THEN r.lastact "
+        "ELSE r.ended END)"
+    )
+    begins = "i.mask > 0" if unordered else "i.has[1]"
+    start = f"((NOT {still}) AND {begins} AND i.t > {ended1})"
     active2 = f"({still} OR {start})"
     a2 = f"(CASE WHEN {start} THEN i.t ELSE r.a END)"
     k1 = f"(CASE WHEN {start} THEN 0 ELSE r.k END)"
@@ -184,14 +233,45 @@ def _walk_sql(funnel: FunnelDefinition, watermark_ms: int) -> str:
         f"(CASE WHEN {active2} THEN coalesce(list_position({rest}, false) - 1, len({rest})) "
         f"ELSE 0 END)"
     )
+    if skipping:
+        # The nearest stage up to R(k) that the instant holds, again and again: a fold.
+        reached_to = (
+            f"list_reduce(range({k1} + 1, {n + 1}), lambda acc, j: CASE WHEN j > acc AND "
+            f"j <= {next_req}[acc + 1] AND i.has[j + 1] THEN j ELSE acc END, {k1})"
+        )
+        run = f"(CASE WHEN {active2} THEN {reached_to} - {k1} ELSE 0 END)"
+    # Unordered: the steps done so far (a bit per stage); each new one is one step further,
+    # except the first of a new attempt (its entry).
+    done1 = f"(CASE WHEN {still} THEN r.done ELSE 0 END)"
+    done2 = f"(CASE WHEN {active2} THEN {done1} | i.mask ELSE 0 END)"
+    if unordered:
+        run = (
+            f"(CASE WHEN {active2} THEN bit_count(i.mask & ~{done1}) "
+            f"- (CASE WHEN {start} THEN 1 ELSE 0 END) ELSE 0 END)"
+        )
+    # An exclusion at a stage the attempt is at during this instant (entered now included)
+    # stops it there: the first such stage among k1 .. k1 + run.
+    hit = f"list_position(list_slice(i.exc, {k1} + 1, {k1} + {run} + 1), true)"
+    if skipping:  # only the stages reached: k1 and those of the instant's events
+        hit = (
+            f"list_position(list_transform(range({k1}, {k1} + {run} + 1), lambda j: "
+            f"i.exc[j + 1] AND (j = {k1} OR i.has[j + 1])), true)"
+        )
+    excl2 = f"({active2} AND {hit} IS NOT NULL)" if excluding else "FALSE"
+    if excluding:
+        run = f"(CASE WHEN {excl2} THEN {hit} - 1 ELSE {run} END)"
     k2 = f"({k1} + {run})"
     reached2 = f"(CASE WHEN {run} > 0 THEN i.t ELSE {reached1} END)"
     snap2 = {d: f"(CASE WHEN {run} > 0 THEN {cur[d]} ELSE {snap1[d]} END)" for d in dims}
-    complete = f"({active2} AND {k2} = {n})"
-    active3 = f"({active2} AND NOT {complete})"
-    ended3 = f"(CASE WHEN {complete} THEN i.t ELSE {ended1} END)"
+    # The anchor: when the latest required stage was reached (the deadline runs from it).
+    anchor1 = f"(CASE WHEN {start} THEN i.t ELSE r.anchor END)"
+    anchor2 = f"(CASE WHEN {run} > 0 AND {req_upto}[{k2} + 1] > {k1} THEN i.t ELSE {anchor1} END)"
+    since = anchor2 if skipping else reached2
+    complete = f"({active2} AND NOT {excl2} AND {k2} = {n})"
+    active3 = f"({active2} AND NOT {complete} AND NOT {excl2})"
+    ended3 = f"(CASE WHEN {complete} OR {excl2} THEN i.t ELSE {ended1} END)"
     deadline3 = (
-        f"(CASE WHEN {active3} THEN least({reached2} + {timeouts}[{k2} + 1], {a2} + {cw}) "
+        f"(CASE WHEN {active3} THEN least({since} + {timeouts}[{k2} + 1], {a2} + {cw}) "
         "ELSE NULL END)"
     )
 
@@ -206,32 +286,48 @@ def _walk_sql(funnel: FunnelDefinition, watermark_ms: int) -> str:
         f", r.snap{d} AS dsnap{d}, {snap1[d]} AS osnap{d}, {cur[d]} AS ocur{d}" for d in dims
     )
     out_names = "".join(f", dsnap{d}, osnap{d}, ocur{d}" for d in dims)
+    x_names = ", x_flag, x_stage, x_cohort" + "".join(f", xsnap{d}" for d in dims)
+    x_none = ", FALSE, NULL, NULL" + ", NULL" * len(dims)
+    x_out = (
+        f", {excl1} OR {excl2} AS x_flag, CASE WHEN {excl1} THEN r.k ELSE {k2} END AS x_stage, "
+        f"CASE WHEN {excl1} THEN r.reached ELSE {reached2} END AS x_cohort"
+        + "".join(
+            f", CASE WHEN {excl1} THEN r.snap{d} ELSE {snap2[d]} END AS xsnap{d}" for d in dims
+        )
+    )
+    x_base = ", FALSE AS x_flag, NULL::INTEGER AS x_stage, NULL::BIGINT AS x_cohort" + "".join(
+        f", NULL::VARCHAR AS xsnap{d}" for d in dims
+    )
     return f"""
 WITH RECURSIVE
 ev AS (
-    SELECT sid, at_ms AS t, {_stage_sql(funnel)} AS stage, {_CART} AS cart{seg_cols}
-    FROM (SELECT DISTINCT ON (sid, eid) sid, eid, event_type, at_ms, p, c FROM raw)
+    SELECT sid, at_ms AS t, event_type, {_stage_sql(funnel)} AS stage, {_CART} AS cart{seg_cols}
+           {x_cols}
+    FROM (SELECT DISTINCT ON (sid, eid) sid, eid, event_type, at_ms, p, c FROM {source})
     WHERE at_ms < {watermark_ms}
 ),
 inst AS (
     SELECT sid, t, row_number() OVER (PARTITION BY sid ORDER BY t) AS rn,
-           {has} AS has, max(cart) AS cart{mins}
+           {has} AS has, max(cart) AS cart{mins}, {noise} AS noise, {exc} AS exc,
+           coalesce(bit_or(1::BIGINT << greatest(stage, 0)) FILTER (WHERE stage >= 0), 0) AS mask
     FROM ev GROUP BY sid, t
 ),
 walk AS (
     SELECT sid, 0::BIGINT AS rn, NULL::BIGINT AS t, FALSE AS active, NULL::BIGINT AS a,
            0 AS k, NULL::BIGINT AS reached, NULL::BIGINT AS deadline, {NEVER}::BIGINT AS ended,
-           0.0::DOUBLE AS cart, NULL::BIGINT AS lastact{base_cols},
+           0.0::DOUBLE AS cart, NULL::BIGINT AS lastact, 0::BIGINT AS done,
+           NULL::BIGINT AS anchor, NULL::BOOLEAN[] AS o_has{base_cols},
            FALSE AS d_flag, NULL::INTEGER AS d_stage, NULL::BIGINT AS d_at,
            NULL::BIGINT AS d_cohort, NULL::DOUBLE AS d_value, NULL::BIGINT AS d_lastact,
            NULL::BIGINT AS d_a, FALSE AS o_start, NULL::INTEGER AS o_k1, NULL::INTEGER AS o_k2,
-           NULL::BIGINT AS o_reached1{out_cols}
+           NULL::BIGINT AS o_reached1{out_cols}{x_base}
     FROM (SELECT DISTINCT sid FROM inst)
     UNION ALL
     SELECT r.sid, i.rn, i.t, {active3}, {a2}, {k2}, {reached2}, {deadline3}, {ended3},
-           {cart2}, {lastact2}{step_state},
-           {drop}, r.k, r.deadline, r.reached, r.cart, r.lastact, r.a,
-           {start}, {k1}, {k2}, {reached1}{step_out}
+           {cart2}, {lastact2}, {done2}, {anchor2}, i.has{step_state},
+           {dropped}, r.k, CASE WHEN {drop} THEN r.deadline ELSE i.t END, r.reached, r.cart,
+           r.lastact, r.a,
+           {start}, {k1}, {k2}, {reached1}{step_out}{x_out}
     FROM walk r JOIN inst i ON i.sid = r.sid AND i.rn = r.rn + 1
 ),
 final_state AS (
@@ -239,12 +335,13 @@ final_state AS (
 )
 SELECT 'step' AS src, sid, t, active, a, k, reached, deadline, cart, lastact,
        d_flag, d_stage, d_at, d_cohort, d_value, d_lastact, d_a, o_start, o_k1, o_k2,
-       o_reached1{out_names}{state_cols}
+       o_reached1{out_names}{x_names}, o_has{state_cols}
 FROM walk WHERE rn > 0
 UNION ALL
 SELECT 'end' AS src, sid, t, active, a, k, reached, deadline, cart, lastact,
        active AND deadline < {watermark_ms}, k, deadline, reached, cart, lastact, a,
-       FALSE, NULL, NULL, NULL{"".join(f", snap{d}, NULL, NULL" for d in dims)}{state_cols}
+       FALSE, NULL, NULL, NULL{"".join(f", snap{d}, NULL, NULL" for d in dims)}{x_none},
+       NULL{state_cols}
 FROM final_state WHERE rn > 0
 """
 
@@ -267,6 +364,7 @@ def compute(
             int(e["at_ms"]),
             orjson.dumps(e.get("properties") or {}).decode(),
             orjson.dumps(e.get("context") or {}).decode(),
+            e.get("user_id") or None,
         )
         for e in events
     ]
@@ -275,13 +373,35 @@ def compute(
         db = _db()
         db.execute(
             "CREATE OR REPLACE TEMP TABLE raw "
-            "(sid VARCHAR, eid VARCHAR, event_type VARCHAR, at_ms BIGINT, p JSON, c JSON)"
+            "(sid VARCHAR, eid VARCHAR, event_type VARCHAR, at_ms BIGINT, p JSON, c JSON, "
+            "uid VARCHAR)"
         )
         if rows:
-            db.executemany("INSERT INTO raw VALUES (?, ?, ?, ?, ?, ?)", rows)
+            db.executemany("INSERT INTO raw VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        db.execute(_USER_UNITS)
         for funnel in funnels:
             _funnel(db, funnel, watermark_ms, result)
     return result
+
+
+# A user funnel's events, keyed by their unit instead of their session (spec: "Counting unit",
+# identity rules 1 to 3): the event's own user id, else the smallest user id of its session's
+# latest instant at or before it that carries one, else the anonymous unit.
+_USER_UNITS = """
+CREATE OR REPLACE TEMP TABLE user_raw AS
+WITH per_instant AS (
+    SELECT sid, at_ms, min(uid) AS instant_uid FROM raw GROUP BY sid, at_ms
+),
+known AS (
+    SELECT sid, at_ms, last_value(instant_uid IGNORE NULLS) OVER (
+        PARTITION BY sid ORDER BY at_ms ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
+    ) AS known_uid
+    FROM per_instant
+)
+SELECT coalesce(r.uid, k.known_uid, 'anon:' || r.sid) AS sid, r.eid, r.event_type, r.at_ms,
+       r.p, r.c
+FROM raw r JOIN known k ON k.sid = r.sid AND k.at_ms = r.at_ms
+"""
 
 
 def _funnel(
@@ -291,8 +411,12 @@ def _funnel(
     result: OracleResult,
 ) -> None:
     dims = range(len(funnel.segments))
-    db.execute(f"CREATE OR REPLACE TEMP TABLE walked AS {_walk_sql(funnel, watermark_ms)}")
+    source = "user_raw" if funnel.follows == "user" else "raw"
+    walk = _walk_sql(funnel, watermark_ms, source)
+    db.execute(f"CREATE OR REPLACE TEMP TABLE walked AS {walk}")
     # Outcomes: (kind, stage, cohort reached time, ttc, value, segment values...).
+    # The stages an advance went through: all of k1 + 1 .. k2, but optional ones skipped.
+    reached = "o_has[j + 1]" if any(stage.optional for stage in funnel.stages) else "TRUE"
     seg_select = lambda prefix: "".join(f", {prefix}{d} AS s{d}" for d in dims)  # noqa: E731
     db.execute(f"""
 CREATE OR REPLACE TEMP TABLE outcome AS
@@ -303,14 +427,19 @@ UNION ALL
 SELECT 'entered', j, t, 0, 0.0{seg_select("ocur")}
 FROM (SELECT *, unnest(range(o_k1 + 1, o_k2 + 1)) AS j FROM walked
       WHERE src = 'step' AND o_k2 > o_k1)
+WHERE {reached}
 UNION ALL
 SELECT 'converted', j, CASE WHEN j = o_k1 THEN o_reached1 ELSE t END,
        CASE WHEN j = o_k1 THEN t - o_reached1 ELSE 0 END, 0.0
        {"".join(f", CASE WHEN j = o_k1 THEN osnap{d} ELSE ocur{d} END AS s{d}" for d in dims)}
 FROM (SELECT *, unnest(range(o_k1, o_k2)) AS j FROM walked WHERE src = 'step' AND o_k2 > o_k1)
+WHERE j = o_k1 OR {reached}
 UNION ALL
 SELECT 'dropped', d_stage, d_cohort, 0, d_value{seg_select("dsnap")}
 FROM walked WHERE d_flag
+UNION ALL
+SELECT 'excluded', x_stage, x_cohort, 0, 0.0{seg_select("xsnap")}
+FROM walked WHERE x_flag
 """)
     w = funnel.window_ms
     names = [stage.name for stage in funnel.stages]
@@ -322,10 +451,11 @@ SELECT cohort - cohort % {w} AS start, stage,
        count(*) FILTER (WHERE kind = 'dropped'),
        coalesce(sum(ttc) FILTER (WHERE kind = 'converted'), 0),
        coalesce(round(sum(value) FILTER (WHERE kind = 'dropped'), 2), 0),
-       list(ttc) FILTER (WHERE kind = 'converted')
+       list(ttc) FILTER (WHERE kind = 'converted'),
+       count(*) FILTER (WHERE kind = 'excluded')
 FROM outcome GROUP BY ALL
 """).fetchall()
-    for start, stage, entered, converted, dropped, ttc_sum, value, ttcs in stage_rows:
+    for start, stage, entered, converted, dropped, ttc_sum, value, ttcs, excluded in stage_rows:
         if not entered:
             continue
         buckets = [0] * (len(BUCKET_BOUNDS_MS) + 1)
@@ -336,7 +466,8 @@ FROM outcome GROUP BY ALL
             "entered": entered,
             "converted": converted,
             "dropped": dropped,
-            "open": 0 if stage == last else entered - converted - dropped,
+            "excluded": excluded,
+            "open": 0 if stage == last else entered - converted - dropped - excluded,
             "ttc_sum_ms": int(ttc_sum),
             "ttc_buckets": buckets,
             "dropped_value": round(float(value), 2),
@@ -349,10 +480,11 @@ FROM outcome GROUP BY ALL
 SELECT cohort - cohort % {w}, stage, coalesce(s{d}, 'unknown'),
        count(*) FILTER (WHERE kind = 'entered'),
        count(*) FILTER (WHERE kind = 'converted'),
-       count(*) FILTER (WHERE kind = 'dropped')
+       count(*) FILTER (WHERE kind = 'dropped'),
+       count(*) FILTER (WHERE kind = 'excluded')
 FROM outcome GROUP BY ALL
 """).fetchall()
-        for start, stage, value, entered, converted, dropped in rows:
+        for start, stage, value, entered, converted, dropped, excluded in rows:
             if not entered:
                 continue
             key5 = (funnel.name, int(start), names[stage], funnel.segments[d].name, str(value))
@@ -360,9 +492,10 @@ FROM outcome GROUP BY ALL
                 "entered": entered,
                 "converted": converted,
                 "dropped": dropped,
-                "open": 0 if stage == last else entered - converted - dropped,
+                "excluded": excluded,
+                "open": 0 if stage == last else entered - converted - dropped - excluded,
             }
-    _abandonments(db, funnel, watermark_ms, result)
+    _abandonments(db, funnel, watermark_ms, result, source)
 
 
 def _abandonments(
@@ -370,6 +503,7 @@ def _abandonments(
     funnel: FunnelDefinition,
     watermark_ms: int,
     result: OracleResult,
+    source: str,
 ) -> None:
     stages = [i for i, s in enumerate(funnel.stages) if s.name in funnel.abandonment]
     if not stages:
@@ -386,7 +520,7 @@ WITH ab AS (
     FROM walked WHERE d_flag AND d_stage IN ({", ".join(map(str, stages))})
 ),
 orders AS (
-    SELECT DISTINCT sid, at_ms AS t FROM raw
+    SELECT DISTINCT sid, at_ms AS t FROM {source}
     WHERE event_type IN ({order_types}) AND {order_filter} AND at_ms < {watermark_ms}
 )
 SELECT ab.*,

@@ -48,6 +48,7 @@ def window_numbers(
                 "entered": stage.entered,
                 "converted": stage.converted,
                 "dropped": stage.dropped,
+                "excluded": stage.excluded,
                 "open": stage.open,
                 "ttc_sum_ms": round(histogram.sum_seconds * 1000) if histogram else 0,
                 "ttc_buckets": [count for _, count in histogram.buckets] if histogram else [0] * 13,
@@ -61,6 +62,7 @@ def window_numbers(
                         "entered": stage.entered,
                         "converted": stage.converted,
                         "dropped": stage.dropped,
+                        "excluded": stage.excluded,
                         "open": stage.open,
                     }
     return stages, segments

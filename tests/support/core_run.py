@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
 from typing import Any
 
+import orjson
+
 from streamer.funnel.definition import FunnelDefinition
+from streamer.funnel.identity import instant_units
 from streamer.funnel.session import NEVER, CompiledFunnel, StoredEvent
 from streamer.funnel.task import Offer, Task
 from streamer.funnel.windows import UNKNOWN, WindowCounts
@@ -52,6 +56,26 @@ def stored(event: dict[str, Any]) -> StoredEvent:
     return StoredEvent(int(event["at_ms"]), str(event["event_id"]), event["event_type"], fields)
 
 
+def units(events: Sequence[dict[str, Any]]) -> list[str]:
+    """Each event's unit in a user funnel, as the pipeline's re-key by user decides it (per
+    session, instant by instant in event time: :func:`streamer.funnel.identity.instant_units`),
+    in the order of ``events``."""
+    by_session: dict[str, list[int]] = {}
+    for index, event in enumerate(events):
+        by_session.setdefault(str(event["session_id"]), []).append(index)
+    out = [""] * len(events)
+    for session_id, indexes in by_session.items():
+        indexes.sort(key=lambda i: int(events[i]["at_ms"]))
+        known: str | None = None
+        for _, group in groupby(indexes, key=lambda i: int(events[i]["at_ms"])):
+            instant = list(group)
+            carried = [events[i].get("user_id") or None for i in instant]
+            assigned, known = instant_units(session_id, known, carried)
+            for i, unit in zip(instant, assigned, strict=True):
+                out[i] = unit
+    return out
+
+
 def run_core(
     funnels: Sequence[FunnelDefinition],
     events: Iterable[dict[str, Any]],
@@ -65,10 +89,14 @@ def run_core(
     compiled = tuple(CompiledFunnel(f) for f in funnels)
     task = Task(compiled, 0, retention_ms=retention_ms)
     result = CoreResult()
+    events = list(events)
+    follows = {f.follows for f in funnels}
+    assert len(follows) <= 1, "one task counts one kind of unit: run session and user funnels apart"
+    keys = units(events) if follows == {"user"} else [str(e["session_id"]) for e in events]
     partials: dict[tuple[str, int], WindowCounts] = {}
     front = NEVER
-    for event in events:
-        outcome = task.offer(event["session_id"], stored(event))
+    for key, event in zip(keys, events, strict=True):
+        outcome = task.offer(key, stored(event))
         if outcome is Offer.LATE:
             result.late.append(event["event_id"])
         elif outcome is Offer.DUPLICATE:
@@ -136,6 +164,7 @@ def _shape(
             "entered": step.entered,
             "converted": step.converted,
             "dropped": step.dropped,
+            "excluded": step.excluded,
             "open": 0 if index == last else step.open,
             "ttc_sum_ms": step.time_to_convert_ms_sum,
             "ttc_buckets": list(step.time_to_convert_buckets),
@@ -152,5 +181,41 @@ def _shape(
                 "entered": step.entered,
                 "converted": step.converted,
                 "dropped": step.dropped,
+                "excluded": step.excluded,
                 "open": 0 if index == last else step.open,
             }
+
+
+def restored_midway(
+    funnels: Sequence[FunnelDefinition],
+    arriving: Sequence[dict[str, Any]],
+    split: int,
+    *,
+    lateness_ms: int,
+    watermark_ms: int,
+) -> tuple[Task, Task]:
+    """Two tasks fed ``arriving`` (the watermark following the newest event time minus
+    ``lateness_ms``): one throughout, one checkpointed through JSON after ``split`` events
+    and restored into a new task, as the stage's table stores it. Both end at
+    ``watermark_ms``."""
+    compiled = tuple(CompiledFunnel(f) for f in funnels)
+    expected = Task(compiled, 0, retention_ms=10**12)
+    restored = Task(compiled, 0, retention_ms=10**12)
+    front = NEVER
+    store: dict[str, Any] = {}
+    windows: dict[tuple[int, int], Any] = {}
+    for index, event in enumerate(arriving):
+        front = max(front, int(event["at_ms"]))
+        for task in (expected, restored):
+            task.offer(event["session_id"], stored(event))
+            task.advance(front - lateness_ms)
+        if index + 1 == split:
+            saved = restored.checkpoint()
+            restored.drain()
+            store.update(orjson.loads(orjson.dumps(saved.sessions)))
+            windows.update(saved.windows)
+            restored = Task(compiled, 0, retention_ms=10**12)
+            restored.restore(saved.watermark_ms, list(store.items()), windows)
+    for task in (expected, restored):
+        task.advance(watermark_ms)
+    return expected, restored

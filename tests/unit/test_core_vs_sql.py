@@ -137,3 +137,184 @@ def test_core_equals_sql_before_everything_is_decided(
     assert_same("abandonments", sql.abandonments, core.abandonments)
     assert_same("final", sql.final, core.final)
     assert_final_consistent(core)
+
+
+# --- Order modes (docs/funnel-semantics.md, "Order modes") --------------------------------
+_STAGES: list[dict[str, Any]] = [
+    {"name": "landing", "event_type": "page_view", "where": {"landing": True}},
+    {"name": "cart", "event_type": "add_to_cart"},
+    {"name": "payment", "event_type": "payment_submitted", "where": {"amount": {"gt": 0}}},
+    {"name": "order", "event_type": "order_placed"},
+]
+
+
+def _mode(name: str, **changes: Any) -> FunnelDefinition:
+    raw = {
+        "name": name,
+        "conversion_window": "60s",
+        "window": "10s",
+        "step_timeout": "20s",
+        "stages": _STAGES,
+        "segments": {"device": {"cap": 5}, "payment_method": {"cap": 5}},
+    }
+    return FunnelDefinition.model_validate({**raw, **changes})
+
+
+STRICT_STAGES = [dict(s, timeout="10s") if s["name"] in ("cart", "payment") else s for s in _STAGES]
+MODES: dict[str, tuple[FunnelDefinition, ...]] = {
+    # Strict, with and without an ignored type; stage timeouts and abandonments as FUNNEL's.
+    "strict": (
+        _mode("strict", order="strict", stages=STRICT_STAGES, abandonment=["cart", "payment"]),
+        _mode(
+            "strict_ignoring",
+            order="strict",
+            strict_ignore=["product_view"],
+            abandonment=["cart"],
+        ),
+    ),
+    "unordered": (_mode("unordered", order="unordered"),),
+    # A product view takes the attempt out: between cart and payment (ordered), over the whole
+    # funnel (strict: where it would otherwise break; unordered: whole-funnel only).
+    "exclusions": (
+        _mode(
+            "excluding",
+            stages=STRICT_STAGES,
+            abandonment=["cart", "payment"],
+            exclusions=[{"event_type": "product_view", "between": ["cart", "payment"]}],
+        ),
+        _mode("excluding_strict", order="strict", exclusions=[{"event_type": "product_view"}]),
+        _mode(
+            "excluding_unordered", order="unordered", exclusions=[{"event_type": "product_view"}]
+        ),
+    ),
+    # Two optional stages in a row (either or both skipped); and one optional stage with an
+    # exclusion only there (an attempt that skipped it is never excluded).
+    "optional": (
+        _mode(
+            "optional",
+            stages=[
+                _STAGES[0],
+                {"name": "view", "event_type": "product_view", "optional": True},
+                {**_STAGES[1], "optional": True},
+                {**_STAGES[2], "timeout": "10s"},
+                _STAGES[3],
+            ],
+            abandonment=["view", "cart", "payment"],
+        ),
+        _mode(
+            "optional_excluding",
+            stages=[_STAGES[0], {**_STAGES[1], "optional": True}, *_STAGES[2:]],
+            exclusions=[{"event_type": "product_view", "between": ["cart", "payment"]}],
+            abandonment=["cart"],
+        ),
+    ),
+}
+MODE_BATCHES = settings(BATCHES, max_examples=40)
+
+
+@given(cases=batch(30), seed=st.integers(0, 2**32))
+@MODE_BATCHES
+def test_strict_core_equals_sql(cases: list[list[dict[str, Any]]], seed: int) -> None:
+    _compare(MODES["strict"], cases, seed)
+
+
+@given(cases=batch(30), seed=st.integers(0, 2**32))
+@MODE_BATCHES
+def test_unordered_core_equals_sql(cases: list[list[dict[str, Any]]], seed: int) -> None:
+    _compare(MODES["unordered"], cases, seed)
+
+
+@given(cases=batch(30), seed=st.integers(0, 2**32))
+@MODE_BATCHES
+def test_exclusions_core_equals_sql(cases: list[list[dict[str, Any]]], seed: int) -> None:
+    _compare(MODES["exclusions"], cases, seed)
+
+
+@given(cases=batch(30), seed=st.integers(0, 2**32))
+@MODE_BATCHES
+def test_optional_core_equals_sql(cases: list[list[dict[str, Any]]], seed: int) -> None:
+    _compare(MODES["optional"], cases, seed)
+
+
+USER_FUNNELS = (
+    _mode("users", follows="user", stages=STRICT_STAGES, abandonment=["cart", "payment"]),
+    _mode("users_strict", follows="user", order="strict", step_timeout="30s"),
+)
+
+
+MODES["users"] = USER_FUNNELS  # the watermark-inside comparison samples them too
+
+
+@st.composite
+def user_case(draw: Any, prefix: str) -> list[dict[str, Any]]:
+    """A case's sessions (up to 3, overlapping in time: two devices), each of a user of the
+    case (two at most) from its n-th event on (the events before it anonymous), sometimes
+    switching user mid-session; retries are copies, user id included."""
+    events = draw(case(prefix))
+    users = [f"{prefix}-u{draw(st.integers(0, 1))}" for _ in range(3)]
+    logins = [draw(st.integers(0, 4)) for _ in range(3)]
+    switch = draw(st.integers(0, 12))
+    carried: dict[str, str | None] = {}  # by event id: a retry carries what its original did
+    for event in events:
+        event_id = event["event_id"]
+        if event_id not in carried:
+            session, seq = (int(part) for part in event_id.split("-")[1:3])
+            identified = seq >= logins[session] and draw(st.integers(0, 3)) > 0
+            user = users[session] if seq < switch else f"{prefix}-u9"
+            carried[event_id] = user if identified else None
+        event["user_id"] = carried[event_id]
+    return events
+
+
+@st.composite
+def user_batch(draw: Any, size: int) -> list[list[dict[str, Any]]]:
+    cases = []
+    for index in range(size):
+        events = draw(user_case(f"c{index}"))
+        for event in events:
+            event["at_ms"] += index * CASE_SPAN_MS
+        cases.append(events)
+    return cases
+
+
+@given(cases=user_batch(30), seed=st.integers(0, 2**32))
+@MODE_BATCHES
+def test_user_units_core_equals_sql(cases: list[list[dict[str, Any]]], seed: int) -> None:
+    _compare(USER_FUNNELS, cases, seed)
+
+
+def _compare(
+    funnels: tuple[FunnelDefinition, ...], cases: list[list[dict[str, Any]]], seed: int
+) -> None:
+    events = [event for events in cases for event in events]
+    note(f"arrival seed {seed}; {len(cases)} cases, {len(events)} events")
+    sql = compute(funnels, events, END)
+    core = run_core(funnels, arrival(events, seed), END, lateness_ms=LATENESS_MS)
+    assert core.late == []
+    assert_same("windows", sql.windows, core.windows)
+    assert_same("segments", sql.segments, core.segments)
+    assert_same("abandonments", sql.abandonments, core.abandonments)
+
+
+@given(
+    mode=st.sampled_from(sorted(MODES)),
+    events=case("c"),
+    seed=st.integers(0, 2**32),
+    cut_s=st.integers(0, 150),
+)
+@settings(max_examples=150, deadline=None, print_blob=True)
+def test_modes_core_equals_sql_before_everything_is_decided(
+    mode: str, events: list[dict[str, Any]], seed: int, cut_s: int
+) -> None:
+    watermark = cut_s * 1000
+    note(f"{mode}: arrival seed {seed}, watermark {watermark}")
+    funnels = MODES[mode]
+    arrived = [e for e in arrival(events, seed) if e["at_ms"] < watermark + LATENESS_MS]
+    sql = compute(funnels, arrived, watermark)
+    core = run_core(funnels, arrived, watermark, lateness_ms=LATENESS_MS)
+    assert core.late == []
+    assert_same("windows", sql.windows, core.windows)
+    assert_same("segments", sql.segments, core.segments)
+    assert_same("abandonments", sql.abandonments, core.abandonments)
+    assert_same("final", sql.final, core.final)
+    assert_final_consistent(core)

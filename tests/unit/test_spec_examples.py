@@ -16,9 +16,10 @@ S = 1000
 END = 10**12
 
 
-def funnel(cart_timeout: str = "10s") -> FunnelDefinition:
+def funnel(cart_timeout: str = "10s", **extra: Any) -> FunnelDefinition:
     return FunnelDefinition.model_validate(
         {
+            **extra,
             "name": "f",
             "conversion_window": "60s",
             "window": "10s",
@@ -35,7 +36,7 @@ def funnel(cart_timeout: str = "10s") -> FunnelDefinition:
 
 
 TYPES = {"land": "page_view", "cart": "add_to_cart", "pay": "payment_submitted",
-         "order": "order_placed", "view": "product_view"}  # fmt: skip
+         "order": "order_placed", "view": "product_view", "fail": "payment_failed"}  # fmt: skip
 
 
 def events(*spec: tuple[Any, ...]) -> list[dict[str, Any]]:
@@ -46,8 +47,9 @@ def events(*spec: tuple[Any, ...]) -> list[dict[str, Any]]:
         event_id = next((x for x in item[2:] if isinstance(x, str)), f"e{index}")
         fields = next((x for x in item[2:] if isinstance(x, dict)), {})
         context = {"device": fields.pop("device")} if "device" in fields else {}
+        identity = {"session_id": fields.pop("session", "s"), "user_id": fields.pop("user", None)}
         out.append({
-            "session_id": "s", "event_id": event_id, "event_type": TYPES[word],
+            **identity, "event_id": event_id, "event_type": TYPES[word],
             "at_ms": round(seconds * S), "properties": fields, "context": context,
         })  # fmt: skip
     return out
@@ -198,3 +200,278 @@ def test_14_an_order_after_an_abandonment_retracts_it() -> None:
     assert abandonment["cart_value"] == 30.0
     assert abandonment["last_activity_ms"] == 2 * S
     assert abandonment["retracted_ms"] == 40 * S
+
+
+# --- Order modes (examples 15 to 21) ------------------------------------------------------
+
+
+def strict(ignore: tuple[str, ...] = ()) -> FunnelDefinition:
+    """``Fs``: ``F`` with ``order: strict`` (and ``strict_ignore``)."""
+    return funnel(order="strict", strict_ignore=ignore)
+
+
+def unordered(step_timeout: str = "20s", **extra: Any) -> FunnelDefinition:
+    """``Fu``: ``F``'s stages in any order, one step timeout, no abandonment."""
+    return FunnelDefinition.model_validate(
+        {
+            "name": "f",
+            "order": "unordered",
+            "conversion_window": "60s",
+            "window": "10s",
+            "step_timeout": step_timeout,
+            "stages": [
+                {"name": name, "event_type": TYPES[name]}
+                for name in ("land", "cart", "pay", "order")
+            ],
+            "segments": {"device": None},
+            **extra,
+        }
+    )
+
+
+def test_15_strict_an_event_in_between_breaks() -> None:
+    core, _ = both(events(("land", 0), ("view", 3), ("cart", 5)), definition=strict())
+    assert counts(core, 0, "land") == (1, 0, 1, 0)
+    assert ("f", 0, "cart") not in core.windows
+    ignored, _ = both(
+        events(("land", 0), ("view", 3), ("cart", 5)), definition=strict(("product_view",))
+    )
+    assert counts(ignored, 0, "land") == (1, 1, 0, 0)
+    assert ignored.windows[("f", 0, "land")]["ttc_sum_ms"] == 5000
+
+
+def test_16_strict_the_same_instant_is_exempt() -> None:
+    core, _ = both(events(("land", 0), ("view", 0), ("cart", 5), ("view", 5)), definition=strict())
+    assert counts(core, 0, "land") == (1, 1, 0, 0)
+    assert counts(core, 0, "cart") == (1, 0, 1, 0)
+    [abandonment] = core.abandonments.values()
+    assert (abandonment["abandoned_ms"], abandonment["last_activity_ms"]) == (15 * S, 5 * S)
+
+
+def test_17_strict_a_repeated_first_stage_event_breaks_and_starts_again() -> None:
+    core, _ = both(events(("land", 0), ("land", 3), ("cart", 5)), definition=strict())
+    assert counts(core, 0, "land") == (2, 1, 1, 0)
+    assert core.windows[("f", 0, "land")]["ttc_sum_ms"] == 2000
+
+
+def test_18_strict_a_break_out_of_an_abandonment_stage() -> None:
+    core, _ = both(
+        events(("land", 0), ("cart", 2), ("view", 4), ("order", 30)), definition=strict()
+    )
+    assert counts(core, 0, "cart") == (1, 0, 1, 0)
+    [abandonment] = core.abandonments.values()
+    assert abandonment["stage"] == "cart"
+    assert (abandonment["abandoned_ms"], abandonment["last_activity_ms"]) == (4 * S, 2 * S)
+    assert abandonment["retracted_ms"] == 30 * S
+
+
+def test_19_unordered_any_order_counted_by_position() -> None:
+    core, _ = both(
+        events(("cart", 0), ("land", 5), ("order", 8), ("pay", 30)), definition=unordered()
+    )
+    assert counts(core, 0, "land") == (1, 1, 0, 0)  # position 0: one step done
+    assert counts(core, 0, "cart") == (1, 1, 0, 0)  # position 1, entered at 5
+    assert counts(core, 0, "pay") == (1, 0, 1, 0)  # position 2, entered at 8, dropped at 28
+    assert [core.windows[("f", 0, n)]["ttc_sum_ms"] for n in ("land", "cart")] == [5000, 3000]
+    assert counts(core, 30, "land") == (1, 0, 1, 0)  # attempt 2 from pay@30
+
+
+def test_20_unordered_repeats_and_one_instant() -> None:
+    core, _ = both(
+        events(("cart", 0), ("cart", 2), ("land", 2), ("pay", 2)), definition=unordered()
+    )
+    assert counts(core, 0, "land") == (1, 1, 0, 0)
+    assert counts(core, 0, "cart") == (1, 1, 0, 0)
+    assert counts(core, 0, "pay") == (1, 0, 1, 0)
+    assert [core.windows[("f", 0, n)]["ttc_sum_ms"] for n in ("land", "cart")] == [2000, 0]
+
+
+def test_21_unordered_the_window_is_anchored_at_the_first_step() -> None:
+    core, _ = both(
+        events(("land", 0), ("cart", 25), ("pay", 50), ("order", 61), ("land", 70)),
+        definition=unordered("30s"),
+    )
+    assert counts(core, 0, "land") == (1, 1, 0, 0)
+    assert counts(core, 20, "cart") == (1, 1, 0, 0)
+    assert counts(core, 50, "pay") == (1, 0, 1, 0)  # 3 steps, dropped at 60
+    assert counts(core, 60, "land") == (1, 1, 0, 0)  # attempt 2 from order@61, land@70
+    assert counts(core, 70, "cart") == (1, 0, 1, 0)  # dropped at 100
+    assert not {("f", 60, "order"), ("f", 70, "order")} & set(core.windows)
+
+
+def test_18_strict_an_order_that_breaks_retracts_the_earlier_abandonment() -> None:
+    core, _ = both(
+        events(("land", 0), ("cart", 2), ("view", 4), ("land", 5), ("cart", 6), ("order", 8)),
+        definition=strict(),
+    )
+    by_drop = {a["abandoned_ms"]: a for a in core.abandonments.values()}
+    assert sorted(by_drop) == [4 * S, 8 * S]
+    assert by_drop[4 * S]["retracted_ms"] == 8 * S
+    assert by_drop[8 * S]["retracted_ms"] is None
+
+
+# --- Exclusion steps (examples 22 to 25) --------------------------------------------------
+FAILED_PAYMENT = {"event_type": "payment_failed", "between": ["cart", "order"]}
+
+
+def excluding(**extra: Any) -> FunnelDefinition:
+    """``Fx``: ``F`` with a payment_failed exclusion between cart and order."""
+    return funnel(exclusions=[FAILED_PAYMENT], **extra)
+
+
+def excluded(result: CoreResult | OracleResult, start_s: int, stage: str) -> int:
+    return int(result.windows[("f", start_s * S, stage)]["excluded"])
+
+
+def test_22_excluded_between_two_steps() -> None:
+    core, _ = both(
+        events(("land", 0), ("cart", 2), ("fail", 5), ("pay", 6)), definition=excluding()
+    )
+    assert counts(core, 0, "cart") == (1, 0, 0, 0)
+    assert excluded(core, 0, "cart") == 1
+    assert counts(core, 0, "land") == (1, 1, 0, 0)
+    assert ("f", 0, "pay") not in core.windows
+    assert core.abandonments == {}
+
+
+def test_23_an_exclusion_wins_a_same_instant_tie() -> None:
+    core, _ = both(
+        events(("land", 0), ("cart", 2), ("pay", 5), ("fail", 5)), definition=excluding()
+    )
+    assert excluded(core, 0, "cart") == 1
+    assert ("f", 0, "pay") not in core.windows
+    reached, _ = both(events(("land", 0), ("cart", 2), ("fail", 2)), definition=excluding())
+    assert counts(reached, 0, "cart") == (1, 0, 0, 0)
+    assert excluded(reached, 0, "cart") == 1
+    before, _ = both(events(("land", 0), ("fail", 0)), definition=excluding())
+    assert counts(before, 0, "land") == (1, 0, 1, 0)
+    assert excluded(before, 0, "land") == 0
+
+
+def test_24_outside_the_range_or_too_late() -> None:
+    core, _ = both(events(("land", 0), ("fail", 1), ("cart", 3)), definition=excluding())
+    assert counts(core, 0, "land") == (1, 1, 0, 0)
+    late, _ = both(events(("land", 0), ("cart", 2), ("fail", 12.001)), definition=excluding())
+    assert counts(late, 0, "cart") == (1, 0, 1, 0)
+    assert excluded(late, 0, "cart") == 0
+    [abandonment] = late.abandonments.values()
+    assert abandonment["abandoned_ms"] == 12 * S
+
+
+def test_25_exclusions_in_strict_and_unordered_funnels() -> None:
+    strict_core, _ = both(
+        events(("land", 0), ("cart", 2), ("fail", 5)), definition=excluding(order="strict")
+    )
+    assert counts(strict_core, 0, "cart") == (1, 0, 0, 0)
+    assert excluded(strict_core, 0, "cart") == 1
+    assert strict_core.abandonments == {}
+    any_order, _ = both(
+        events(("cart", 0), ("land", 3), ("fail", 4)),
+        definition=unordered(exclusions=[{"event_type": "payment_failed"}]),
+    )
+    assert counts(any_order, 0, "land") == (1, 1, 0, 0)
+    assert counts(any_order, 0, "cart") == (1, 0, 0, 0)  # position 1
+    assert excluded(any_order, 0, "cart") == 1
+
+
+# --- Optional steps (examples 26 to 29) ---------------------------------------------------
+
+
+def optional_cart() -> FunnelDefinition:
+    """``Fo``: ``F`` with ``cart`` optional and no timeout of its own."""
+    stages = [
+        {"name": "land", "event_type": "page_view", "timeout": "20s"},
+        {"name": "cart", "event_type": "add_to_cart", "optional": True},
+        {"name": "pay", "event_type": "payment_submitted", "timeout": "10s"},
+        {"name": "order", "event_type": "order_placed"},
+    ]
+    fields = {"name": "f", "conversion_window": "60s", "window": "10s", "stages": stages,
+              "segments": {"device": None}, "abandonment": ["cart", "pay"]}  # fmt: skip
+    return FunnelDefinition.model_validate(fields)
+
+
+def ttc(result: CoreResult | OracleResult, start_s: int, stage: str) -> int:
+    return int(result.windows[("f", start_s * S, stage)]["ttc_sum_ms"])
+
+
+def test_26_an_optional_step_skipped() -> None:
+    core, _ = both(events(("land", 0), ("pay", 5), ("order", 8)), definition=optional_cart())
+    assert counts(core, 0, "land") == (1, 1, 0, 0)
+    assert ttc(core, 0, "land") == 5000
+    assert ("f", 0, "cart") not in core.windows
+    assert counts(core, 0, "pay") == (1, 1, 0, 0)
+
+
+def test_27_an_optional_step_taken_keeps_the_required_stage_s_deadline() -> None:
+    core, _ = both(events(("land", 0), ("cart", 3), ("pay", 15)), definition=optional_cart())
+    assert counts(core, 0, "land") == (1, 1, 0, 0)
+    assert ttc(core, 0, "land") == 3000
+    assert counts(core, 0, "cart") == (1, 1, 0, 0)
+    assert ttc(core, 0, "cart") == 12_000
+
+
+def test_28_the_drop_is_decided_by_the_next_required_step() -> None:
+    core, _ = both(events(("land", 0), ("cart", 3), ("pay", 21)), definition=optional_cart())
+    assert counts(core, 0, "cart") == (1, 0, 1, 0)
+    assert ("f", 20 * S, "pay") not in core.windows
+    [abandonment] = core.abandonments.values()
+    assert (abandonment["stage"], abandonment["abandoned_ms"]) == ("cart", 20 * S)
+    assert abandonment["last_activity_ms"] == 3 * S
+
+
+def test_29_optional_and_required_stages_at_one_instant() -> None:
+    core, _ = both(
+        events(("land", 0), ("cart", 4), ("pay", 4), ("order", 4)), definition=optional_cart()
+    )
+    assert counts(core, 0, "cart") == (1, 1, 0, 0)
+    assert [ttc(core, 0, n) for n in ("land", "cart", "pay")] == [4000, 0, 0]
+    assert counts(core, 0, "order") == (1, 0, 0, 0)
+
+
+# --- Counting unit: user funnels (examples 30 to 32) --------------------------------------
+
+
+def by_user() -> FunnelDefinition:
+    """``Fp``: ``F`` with ``follows: user``."""
+    return funnel(follows="user")
+
+
+def test_30_one_user_on_two_devices() -> None:
+    core, _ = both(
+        events(
+            ("land", 0, {"session": "A", "user": "u"}), ("cart", 5, {"session": "B", "user": "u"})
+        ),
+        definition=by_user(),
+    )
+    assert counts(core, 0, "land") == (1, 1, 0, 0)
+    assert ttc(core, 0, "land") == 5000
+
+
+def test_31_before_and_after_login() -> None:
+    core, _ = both(
+        events(("land", 0), ("land", 2, {"user": "u"}), ("cart", 4)), definition=by_user()
+    )
+    assert counts(core, 0, "land") == (2, 1, 1, 0)  # anon:s dropped, u converted
+    assert ttc(core, 0, "land") == 2000
+    [abandonment] = core.abandonments.values()
+    assert abandonment["session_id"] == "u"  # the unit: cart drops at 14
+
+
+def test_32_two_users_on_one_session() -> None:
+    core, _ = both(
+        events(("land", 0, {"user": "u"}), ("land", 1, {"user": "v"}), ("cart", 2)),
+        definition=by_user(),
+    )
+    assert counts(core, 0, "land") == (2, 1, 1, 0)
+    assert ttc(core, 0, "land") == 1000
+    assert {a["session_id"] for a in core.abandonments.values()} == {"v"}
+
+
+def test_a_user_funnel_s_steps_may_take_the_whole_window_by_default() -> None:
+    days = FunnelDefinition.model_validate(
+        {"name": "f", "follows": "user", "conversion_window": "14d", "window": "1h",
+         "stages": [{"name": "land", "event_type": "page_view"},
+                    {"name": "order", "event_type": "order_placed"}]}
+    )  # fmt: skip
+    core, _ = both(events(("land", 0), ("order", 10 * 86_400)), definition=days)
+    assert core.windows[("f", 0, "land")]["converted"] == 1
