@@ -45,6 +45,7 @@ __all__ = [
     "faust_broker_options",
     "internal_topics",
     "load_configured_funnels",
+    "refuse_user_funnels",
     "topic_plan",
     "worker_access",
     "worker_events",
@@ -123,7 +124,21 @@ def load_configured_funnels(
         raise ConfigError(f"funnel definition: {exc}") from None
     if not funnels:
         raise ConfigError(f"no funnel definitions found in {[str(p) for p in settings.funnels]}")
+    refuse_user_funnels(funnels)
     return funnels
+
+
+def refuse_user_funnels(funnels: tuple[FunnelDefinition, ...]) -> None:
+    """User funnels (``follows: user``) are specified and counted by the core and the oracle,
+    but the worker, replay and report follow sessions only: refuse them rather than count
+    them per session, silently."""
+    users = [funnel.name for funnel in funnels if funnel.follows == "user"]
+    if users:
+        raise ConfigError(
+            f"funnel {', '.join(users)}: follows: user is not run yet (the worker, replay and "
+            "report follow sessions; the re-key by user comes next, docs/funnels.md); "
+            "`streamer funnel check` accepts it"
+        )
 
 
 def worker_events(settings: Settings) -> tuple[tuple[FunnelDefinition, ...], EventDecoder]:

@@ -32,16 +32,22 @@ def funnel() -> None:
 def funnel_check(ctx: click.Context, files: tuple[Path, ...]) -> None:
     """Validate funnel definition files (default: the configured ones) and print them."""
     settings = settings_of(ctx)
-    for definition in checked_funnels(settings, files or settings.funnels):
+    for definition in checked_funnels(settings, files or settings.funnels, running=False):
         click.echo(definition.describe())
 
 
 def checked_funnels(
-    settings: Settings, paths: Sequence[Path], overrides: dict[str, str] | None = None
+    settings: Settings,
+    paths: Sequence[Path],
+    overrides: dict[str, str] | None = None,
+    *,
+    running: bool = True,
 ) -> Any:
     """The funnel files, validated against the events there are (the tracking plan of
     ``settings``, else the built-in contract): a problem is one ConfigError line naming the
-    file and line (the plan's own errors too)."""
+    file and line (the plan's own errors too). ``running``: they are about to be run (by a
+    worker, a replay or a report), which user funnels cannot be yet."""
+    from streamer.app import refuse_user_funnels
     from streamer.decoders import catalogue_of, tracking_plan
     from streamer.errors import ConfigError, PlanError
     from streamer.funnel.definition import FunnelDefinitionError, load_funnels
@@ -51,9 +57,12 @@ def checked_funnels(
     except PlanError as exc:
         raise ConfigError(f"tracking plan: {exc}") from None
     try:
-        return load_funnels(paths, overrides, known_events=catalogue)
+        funnels = load_funnels(paths, overrides, known_events=catalogue)
     except FunnelDefinitionError as exc:
         raise ConfigError(str(exc)) from None
+    if running:
+        refuse_user_funnels(funnels)
+    return funnels
 
 
 def _provisional(ratio: float | None, still_open: int | None) -> str:

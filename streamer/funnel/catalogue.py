@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from streamer.funnel.definition import Condition, FunnelDefinition
+    from streamer.funnel.definition import Condition, Exclusion, FunnelDefinition, Stage
 
 __all__ = ["ANY_TYPE", "EventCatalogue", "check_known_events"]
 
@@ -54,28 +54,36 @@ class EventCatalogue:
 def check_known_events(
     definition: FunnelDefinition, known: EventCatalogue | Mapping[str, Iterable[str]]
 ) -> list[tuple[tuple[Any, ...], str]]:
-    """What in ``definition`` can never match the events there are: event types the catalogue
-    does not list, ``where`` properties none of their stage's event types carries or filtered
+    """What in ``definition`` can never match the events there are: event types (of stages and
+    exclusions) the catalogue does not list, ``where`` properties none of their event types
+    carries or filtered
     with a value of the wrong type, ``property.<name>`` segments no event carries and
     ``context.<field>`` segments on an undeclared field. Each problem is (the path in the
     funnel file, a message); none means the funnel fits."""
     catalogue = EventCatalogue.of(known)
     events = catalogue.events
     problems: list[tuple[tuple[Any, ...], str]] = []
-    for index, stage in enumerate(definition.stages):
-        unknown = [name for name in stage.event_types if name not in events]
+    matchers: list[tuple[str, int, Stage | Exclusion]] = [
+        ("stages", index, stage) for index, stage in enumerate(definition.stages)
+    ]
+    matchers += [
+        ("exclusions", index, exclusion) for index, exclusion in enumerate(definition.exclusions)
+    ]
+    for part, index, matcher in matchers:
+        unknown = [name for name in matcher.event_types if name not in events]
         for name in unknown:
             problems.append(
                 (
-                    ("stages", index, "event_types"),
+                    (part, index, "event_types"),
                     f"unknown event type {name!r}{_closest(name, events)}",
                 )
             )
         if unknown:
             continue  # its properties are unknown too: one problem is enough
+        stage = matcher
         carried = catalogue.carried(stage.event_types)
         for condition in stage.where:
-            where = ("stages", index, "where", condition.property)
+            where = (part, index, "where", condition.property)
             kinds = carried.get(condition.property)
             if kinds is None:
                 problems.append(
