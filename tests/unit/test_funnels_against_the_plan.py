@@ -105,3 +105,21 @@ def test_filters_of_the_wrong_type_on_the_contract(
     )
     problems = check_known_events(load_funnel(path), contract_catalogue())
     assert [message for _, message in problems] == [problem]
+
+
+def test_a_user_funnel_is_checked_but_not_run_yet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "users.yaml"
+    path.write_text(
+        "name: users\nfollows: user\nconversion_window: 14d\nstages:\n"
+        "  - {name: visit, event_types: [page_view]}\n"
+        "  - {name: order, event_types: [order_placed]}\n"
+    )
+    monkeypatch.setenv("STREAMER_FUNNELS", str(path))
+    monkeypatch.setenv("STREAMER_KAFKA_BOOTSTRAP", f"127.0.0.1:{_free_port()}")  # no broker
+    assert CliRunner().invoke(cli, ["funnel", "check"]).exit_code == 0
+    for command in (["worker"], ["replay", "--from", "-1h", "--to", "now"]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 2, result.output
+        assert "funnel users: follows: user is not run yet" in " ".join(result.output.split())
