@@ -23,7 +23,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from streamer.decode import DecodeLimits, Rejection, corrected_time, decode_event, time_bounds
-from streamer.events import EVENT_MODELS, Event, EventContext
+from streamer.events import EVENT_MODELS, Event, EventContext, ReasonCode
 from streamer.formatting import utc_datetime
 from streamer.funnel.catalogue import ANY_TYPE, EventCatalogue
 from streamer.funnel.definition import FunnelDefinition
@@ -179,6 +179,9 @@ class PlanDecoder:
             name: spec.stage.value if spec.stage else None for name, spec in tracking.events.items()
         }
         self._time_field = tracking.envelope.event_time.path[0]
+        self._threshold_ms = limits.skew_correction_threshold.total_seconds() * 1000
+        self._max_age_ms = limits.max_age.total_seconds() * 1000
+        self._future_ms = limits.max_future_skew.total_seconds() * 1000
         sent_at = tracking.envelope.sent_at
         self._sent_field = sent_at.path[0] if sent_at is not None else ""
         # The projection, worked out once: property names, and (stored name, context field).
@@ -200,6 +203,24 @@ class PlanDecoder:
         result = self.plan.decode(raw, topic, max_bytes=self.limits.max_bytes)
         if not isinstance(result, PlannedEvent):
             return result
+        # The time checks in milliseconds (no datetime per event); a refusal is explained by
+        # the same checks every decoder shares, on datetimes.
+        received_ms = received_at.timestamp() * 1000
+        at_ms = result.event_time_ms
+        if result.sent_at_ms is not None:
+            skew_ms = received_ms - result.sent_at_ms
+            if abs(skew_ms) > self._threshold_ms:
+                at_ms = round(at_ms + skew_ms)
+        if not received_ms - self._max_age_ms <= at_ms <= received_ms + self._future_ms:
+            return self._refused_time(result, received_at)
+        return DecodedEvent(
+            StoredEvent(at_ms, result.event_id, result.name, self._project(result)),
+            result.session_key,
+            result.user_id,
+            result.anonymous_id,
+        )
+
+    def _refused_time(self, result: PlannedEvent, received_at: datetime) -> Rejection:
         occurred_at = corrected_time(
             utc_datetime(result.event_time_ms),
             utc_datetime(result.sent_at_ms) if result.sent_at_ms is not None else None,
@@ -207,27 +228,19 @@ class PlanDecoder:
             self.limits,
         )
         rejection = time_bounds(occurred_at, received_at, self.limits, self._time_field)
-        if rejection is not None:
-            if occurred_at.timestamp() * 1000 != result.event_time_ms:  # sent_at moved it
-                return Rejection(
-                    rejection.reason,
-                    f"{rejection.message}, after correcting the device clock by "
-                    f"{self._sent_field} (the producer's clock at send time, "
-                    f"{utc_datetime(result.sent_at_ms or 0).isoformat()})",
-                    rejection.field,
-                )
-            return rejection
-        return DecodedEvent(
-            StoredEvent(
-                round(occurred_at.timestamp() * 1000),
-                result.event_id,
-                result.name,
-                self._project(result),
-            ),
-            result.session_key,
-            result.user_id,
-            result.anonymous_id,
-        )
+        if rejection is None:  # a boundary the milliseconds rounded over: refuse all the same
+            rejection = Rejection(
+                ReasonCode.TOO_OLD, f"{self._time_field} is at the edge of the allowed range"
+            )
+        if occurred_at.timestamp() * 1000 != result.event_time_ms:  # sent_at moved it
+            return Rejection(
+                rejection.reason,
+                f"{rejection.message}, after correcting the device clock by "
+                f"{self._sent_field} (the producer's clock at send time, "
+                f"{utc_datetime(result.sent_at_ms or 0).isoformat()})",
+                rejection.field,
+            )
+        return rejection
 
     def _project(self, event: PlannedEvent) -> dict[str, Any]:
         fields: dict[str, Any] = {}

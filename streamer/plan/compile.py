@@ -25,7 +25,13 @@ from typing import Any, Final
 from streamer.decode import Rejection, parse_json
 from streamer.events import ReasonCode
 from streamer.plan.load import LoadedPlan
-from streamer.plan.model import ContextField, PropertySpec, TrackingPlan, check_pattern, split_path
+from streamer.plan.model import (
+    ContextField,
+    PropertySpec,
+    TrackingPlan,
+    pattern_matcher,
+    split_path,
+)
 
 __all__ = ["MAX_STRING_LENGTH", "CompiledPlan", "Ignored", "PlannedEvent", "compile_plan"]
 
@@ -183,7 +189,7 @@ def _value_checker(spec: PropertySpec, *, strip: bool, lax: bool) -> Checker:
     if kind == "string":
         low = spec.min_length or 0
         high = spec.max_length if spec.max_length is not None else MAX_STRING_LENGTH
-        matcher = check_pattern(spec.pattern).search if spec.pattern is not None else None
+        matcher = pattern_matcher(spec.pattern) if spec.pattern is not None else None
 
         def check_string(value: Any) -> Any:
             if not isinstance(value, str):
@@ -192,7 +198,7 @@ def _value_checker(spec: PropertySpec, *, strip: bool, lax: bool) -> Checker:
                 value = value.strip()
             if not low <= len(value) <= high:
                 raise _Invalid(f"has {len(value)} characters, expected {low} .. {high}")
-            if matcher is not None and matcher(value) is None:
+            if matcher is not None and not matcher(value):
                 raise _Invalid(f"does not match the pattern {spec.pattern!r}")
             return value
 
