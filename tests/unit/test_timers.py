@@ -1,14 +1,18 @@
-"""A stage's timer: an error while the worker stops is logged, an error while running raises."""
+"""A stage's timer: an error while the worker stops is logged, an error while running raises;
+the event-loop monitor measures how long the loop was held."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from prometheus_client import CollectorRegistry, Histogram
 
+from streamer.metrics import Metrics
 from streamer.pipeline import timers
 from streamer.pipeline.timers import install_timer
 
@@ -85,3 +89,58 @@ async def test_a_partition_without_a_fetch_position_does_not_hold_the_tick(
     assert highwaters == {("clickstream", 0): 10, ("clickstream", 1): 10}
     assert positions == {("clickstream", 0): 7}  # partition 1 is asked again next tick
     assert "clickstream[1]: the consumer gave no fetch position" in caplog.text
+
+
+def _hold_the_loop(seconds: float) -> None:
+    time.sleep(seconds)  # synchronous work: nothing else runs on the loop meanwhile
+
+
+def _buckets(histogram: Histogram) -> dict[str, float]:
+    """Cumulative observations by bucket bound ("count": all of them)."""
+    return {
+        sample.labels.get("le", "count"): sample.value
+        for metric in histogram.collect()
+        for sample in metric.samples
+        if sample.name.endswith(("_bucket", "_count"))
+    }
+
+
+def _late(histogram: Histogram, than: str) -> float:
+    """Observations later than the bucket bound ``than``."""
+    buckets = _buckets(histogram)
+    return buckets["count"] - buckets[than]
+
+
+async def test_the_loop_lag_monitor_measures_a_held_loop(caplog: pytest.LogCaptureFixture) -> None:
+    metrics = Metrics.create(CollectorRegistry())
+    lag = metrics.event_loop_lag
+    monitor = asyncio.ensure_future(timers.watch_loop_lag(lag, 0.01))
+    try:
+        await asyncio.sleep(0.2)  # nothing holds the loop
+        assert _buckets(lag)["count"] >= 5  # it wakes up, again and again
+        before = _late(lag, "0.2")
+        with caplog.at_level("WARNING"):
+            _hold_the_loop(0.3)
+            await asyncio.sleep(0.05)
+    finally:
+        monitor.cancel()
+    assert _late(lag, "0.2") == before + 1  # the one wake-up due during the stall
+    assert _late(lag, "0.5") == 0
+    assert "event loop lag: a wake-up due every 0.01s ran 0." in caplog.text
+
+
+async def test_the_worst_stall_is_always_logged(caplog: pytest.LogCaptureFixture) -> None:
+    metrics = Metrics.create(CollectorRegistry())
+    monitor = asyncio.ensure_future(timers.watch_loop_lag(metrics.event_loop_lag, 0.01, 0.05))
+    try:
+        with caplog.at_level("WARNING"):
+            for held_s in (0.1, 0.06, 0.2):  # within the quiet period: the second is not logged
+                await asyncio.sleep(0.03)
+                _hold_the_loop(held_s)
+            await asyncio.sleep(0.03)
+    finally:
+        monitor.cancel()
+    logged = [float(r.getMessage().split(" ran ")[1].split("s")[0]) for r in caplog.records]
+    assert len(logged) == 2
+    assert logged[0] >= 0.1
+    assert logged[1] >= 0.2
