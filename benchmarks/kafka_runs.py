@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import re
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ from .data import Loaded
 from .procs import Children, Timeout, deadline_loop
 
 __all__ = [
+    "LoopLag",
     "RestartResult",
     "WorkerResult",
     "ceiling",
@@ -148,6 +151,55 @@ def _scrape(worker: WorkerProcess) -> MetricValues | None:
         return None
 
 
+LAG_METRIC = "streamer_event_loop_lag_seconds"
+# The monitor's log line for a wake-up 100 ms late or more (streamer.pipeline.timers): the
+# worst one is always logged.
+_LAG_LINE = re.compile(r"event loop lag: a wake-up due every \S+ ran ([0-9.]+)s late")
+
+
+@dataclass
+class LoopLag:
+    """The worker's event-loop lag over its whole run (start-up to the last window final)."""
+
+    wakeups: int
+    p99_s: float  # interpolated in the histogram's buckets, as PromQL's histogram_quantile
+    worst_s: float | None  # from the worker's log, which has every stall of 100 ms or more
+    worst_bucket_s: float  # the upper bound of the highest bucket with an observation
+
+    @property
+    def worst_text(self) -> str:
+        if self.worst_s is not None:
+            return f"{self.worst_s * 1000:,.0f} ms"
+        return f"≤ {self.worst_bucket_s * 1000:g} ms (its histogram bucket; none logged)"
+
+
+def loop_lag(values: MetricValues, log_text: str) -> LoopLag | None:
+    """The loop lag a worker's ``/metrics`` (``values``) and log say, None without any."""
+    buckets = sorted(
+        (float(dict(labels)["le"]), count)
+        for (name, labels), count in values.items()
+        if name == f"{LAG_METRIC}_bucket"
+    )
+    total = buckets[-1][1] if buckets else 0.0
+    if not total:
+        return None
+    rank, below, lower, p99 = 0.99 * total, 0.0, 0.0, buckets[-2][0]
+    for bound, cumulative in buckets:
+        if cumulative >= rank:
+            if not math.isinf(bound):
+                p99 = lower + (bound - lower) * (rank - below) / (cumulative - below)
+            break
+        below, lower = cumulative, bound
+    top = next(bound for bound, cumulative in buckets if cumulative >= total)
+    logged = [float(match) for match in _LAG_LINE.findall(log_text)]
+    return LoopLag(
+        wakeups=int(total),
+        p99_s=p99,
+        worst_s=max(logged) if logged else None,
+        worst_bucket_s=top,
+    )
+
+
 @dataclass
 class WorkerResult:
     rate: float  # events/s from the first event counted to the last
@@ -157,6 +209,7 @@ class WorkerResult:
     checkpoints: float = 0.0
     windows_closed: float = 0.0
     peak_rss_mb: float | None = None  # the worker process's high-water mark (VmHWM)
+    lag: LoopLag | None = None
 
 
 def worker_settings(settings: Settings, workdir: Path, name: str) -> Settings:
@@ -213,6 +266,7 @@ def worker_run(
                     break
         values = _scrape(worker) or {}
         peak_rss_mb = _peak_rss_mb(worker)
+        lag = loop_lag(values, worker.log_path.read_text(errors="replace"))
         return WorkerResult(
             rate=rate,
             seconds=last_at - first_at,
@@ -221,6 +275,7 @@ def worker_run(
             checkpoints=_sum(values, "streamer_checkpoints_total"),
             windows_closed=_sum(values, "streamer_funnel_windows_closed_total"),
             peak_rss_mb=peak_rss_mb,
+            lag=lag,
         )
     finally:
         worker.stop(timeout=30)

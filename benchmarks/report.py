@@ -180,6 +180,28 @@ def _throughput(r: Results) -> list[str]:
     return lines
 
 
+def _loop_lag(r: Results) -> list[str]:
+    runs = [("worker, one hop", r.worker), ("worker, re-key path", r.rekey)]
+    measured = [(label, run.lag) for label, run in runs if run is not None and run.lag]
+    if not measured:
+        return [f"Event-loop lag: {NOT_MEASURED}."]
+    lines = [
+        "How late the worker's event-loop monitor woke up (`streamer_event_loop_lag_seconds`, "
+        "a wake-up due every 50 ms), over the whole run from start-up to the last window "
+        "final; the 99th percentile interpolated in the histogram's buckets, the worst from "
+        "the worker's log (every stall of 100 ms or more is logged). Target: nothing above "
+        "100 ms.",
+        "",
+        "| run | wake-ups | p99 | worst |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, lag in measured:
+        lines.append(
+            f"| {label} | {lag.wakeups:,} | {lag.p99_s * 1000:,.1f} ms | {lag.worst_text} |"
+        )
+    return lines
+
+
 def _core(r: Results) -> list[str]:
     lines: list[str] = []
     if r.memory:
@@ -289,6 +311,10 @@ def write_report(out: Path, r: Results, facts: list[tuple[str, str]]) -> None:
         "## Throughput",
         "",
         *_throughput(r),
+        "",
+        "## Event-loop lag on the backlog",
+        "",
+        *_loop_lag(r),
         "",
         "## The core alone (no Kafka)",
         "",
