@@ -12,7 +12,13 @@ from typing import Any
 from aiokafka.errors import IllegalStateError
 from prometheus_client import Histogram
 
-__all__ = ["consumer_offsets", "install_loop_lag_monitor", "install_timer", "watch_loop_lag"]
+__all__ = [
+    "Beside",
+    "consumer_offsets",
+    "install_loop_lag_monitor",
+    "install_timer",
+    "watch_loop_lag",
+]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,48 @@ def install_timer(
 
     tick.__name__ = tick.__qualname__ = name  # Faust names the timer (and its logs) after it
     app.timer(interval_s)(tick)
+
+
+class Beside:
+    """The slow part of a timer's tick (waiting for the broker) run beside the ticks, so a
+    tick never waits for it and the next one comes on time. One at a time: a tick that finds
+    the last one still under way leaves its part to a later tick. Its failure is raised by
+    the next tick (:meth:`raise_failed`, also called by :meth:`start`), so the worker still
+    stops on it, one tick later."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._running: asyncio.Future[None] | None = None
+        self._failed: BaseException | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._running is not None and not self._running.done()
+
+    def raise_failed(self) -> None:
+        failed, self._failed = self._failed, None
+        if failed is not None:
+            raise failed
+
+    def start(self, work: Callable[[], Awaitable[None]]) -> bool:
+        """Run ``work()`` unless the last one is under way; True if it was started."""
+        self.raise_failed()
+        if self.busy:
+            log.debug("%s: the last one is still under way; next tick", self.name)
+            return False
+        running = self._running = asyncio.ensure_future(work())
+        running.add_done_callback(self._done)
+        return True
+
+    def _done(self, running: asyncio.Future[None]) -> None:
+        if not running.cancelled() and running.exception() is not None:
+            self._failed = running.exception()
+
+    async def wait(self) -> None:
+        """Until the one under way (if any) has finished; its failure is kept for the next
+        tick."""
+        if self._running is not None:
+            await asyncio.wait([self._running])
 
 
 async def consumer_offsets(

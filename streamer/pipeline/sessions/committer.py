@@ -196,7 +196,7 @@ class Committer:
         while self._write_outs:
             await asyncio.gather(*list(self._write_outs), return_exceptions=True)
         async with self._lock:
-            pass  # and the timer's own, which is not among the tracked ones
+            pass  # and a checkpoint awaited by its caller (the stop's), not among them
 
     async def checkpoint(self, partition: int) -> None:
         """Store task ``partition``'s changes with the input offsets they reflect, publish
@@ -206,10 +206,12 @@ class Committer:
         if snapshot is not None:
             await self._write_out(snapshot)
 
-    async def checkpoint_due(self) -> None:
-        """Checkpoint every task whose input went quiet with events not acked yet (the
-        timer's part: a partition's last burst is stored without waiting for more input)."""
+    def checkpoint_due(self) -> None:
+        """Start the checkpoint of every task whose input went quiet with events not acked
+        yet (the timer's part: a partition's last burst is stored without waiting for more
+        input). Snapshot now, written out beside the timer, as the agent's are: a timer that
+        waited for the broker here missed its next ticks on a backlog."""
         now = time.monotonic()
         for partition, runtime in list(self._runtimes.items()):
             if runtime.unacked and now - runtime.checkpointed_at >= self.interval_s:
-                await self.checkpoint(partition)
+                self.start(partition)

@@ -563,8 +563,8 @@ class SessionsStage:
     async def checkpoint(self, partition: int) -> None:
         await self.committer.checkpoint(partition)
 
-    async def checkpoint_due(self) -> None:
-        await self.committer.checkpoint_due()
+    def checkpoint_due(self) -> None:
+        self.committer.checkpoint_due()
 
     def raise_failed_write_out(self) -> None:
         self.committer.raise_failed()

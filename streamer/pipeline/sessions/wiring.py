@@ -19,7 +19,7 @@ from streamer.pipeline.messages import (
 )
 from streamer.pipeline.sessions.stage import SessionsStage
 from streamer.pipeline.tables import confirmed_table, in_partition, stopping_the_worker_on
-from streamer.pipeline.timers import consumer_offsets, install_timer
+from streamer.pipeline.timers import Beside, consumer_offsets, install_timer
 from streamer.pipeline.topics import dead_letter_topic, record_topic, source_topic
 from streamer.settings import Settings
 
@@ -161,8 +161,13 @@ def _install_timer(
     """Every second: time moves without input (idle inputs, stalls repaired, progress
     published, quiet partitions checkpointed)."""
 
+    # The tick's publish waits for the broker (on a backlog, behind every changelog and
+    # output record of the agent: ~2 s measured), so it runs beside the ticks.
+    publishing = Beside("sessions.publish")
+
     async def keep_time() -> None:
         stage.raise_failed_write_out()  # stops the worker even when no message comes to raise it
+        publishing.raise_failed()
         if app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set():
             return
         assigned = [tp for tp in app.consumer.assignment() if tp.topic in topics]
@@ -175,7 +180,9 @@ def _install_timer(
         highwaters, positions = offsets
         await stage.repair_stalls(positions)
         stage.mark_idle(highwaters, settings.idle_timeout_seconds)
-        await stage.publish(stage.publish_due(highwaters))
-        await stage.checkpoint_due()
+        if not publishing.busy:  # else its partitions are still due next tick
+            due = stage.publish_due(highwaters)
+            publishing.start(lambda: stage.publish(due))
+        stage.checkpoint_due()
 
     install_timer(app, 1.0, keep_time, "sessions.keep_time")
