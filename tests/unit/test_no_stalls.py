@@ -10,8 +10,9 @@ import asyncio
 import orjson
 import pytest
 
+from streamer.pipeline.sessions import committer
 from streamer.pipeline.timers import Beside
-from tests.support.stage_harness import make_harness, valid_event
+from tests.support.stage_harness import Harness, make_harness, valid_event
 
 
 async def test_beside_runs_one_at_a_time_and_raises_a_failure_at_the_next_tick() -> None:
@@ -80,3 +81,53 @@ async def test_a_failed_write_out_of_the_timer_is_raised_by_the_next_tick() -> N
         stage.raise_failed_write_out()  # the first thing the next tick does
     assert stage.committer.sealed  # nothing more is checkpointed, not even by the stop
     assert harness.acked == []
+
+
+async def _sessions(harness: Harness, count: int) -> None:
+    for index in range(count):
+        event = valid_event(event_id=f"e-{index}", session_id=f"s-{index}")
+        await harness.process(harness.message(orjson.dumps(event), key=f"s-{index}".encode()))
+
+
+async def test_a_large_snapshot_is_taken_in_slices_that_let_the_loop_run() -> None:
+    """The agent's checkpoint of a partition with many changed sessions: the event loop runs
+    between slices while the agent waits, and the records are those of one synchronous
+    snapshot (same bytes, same offsets, same acks)."""
+    sessions = committer.SNAPSHOT_SLICE_SESSIONS * 5
+    whole, sliced = make_harness(), make_harness()
+    await _sessions(whole, sessions)
+    await _sessions(sliced, sessions)
+    await whole.stage.checkpoint(0)  # one synchronous snapshot
+
+    ticks = 0
+
+    async def other_work() -> None:  # a timer, a heartbeat, a fetch
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.ensure_future(other_work())
+    original_slice_s = committer.SNAPSHOT_SLICE_S
+    committer.SNAPSHOT_SLICE_S = 0.0  # let the loop run after every slice
+    try:
+        sliced.stage.committer.start(0)
+        await asyncio.sleep(0)  # the snapshot begins: it holds the apply lock
+        ticks_at_start = ticks
+        late = valid_event(event_id="late", session_id="s-late")
+        applied = asyncio.ensure_future(
+            sliced.process(sliced.message(orjson.dumps(late), key=b"s-late"))
+        )
+        await asyncio.sleep(0)
+        assert not applied.done()  # the agent waits for the snapshot; the ticker does not
+        await sliced.stage.drain_write_outs()
+        await applied
+    finally:
+        committer.SNAPSHOT_SLICE_S = original_slice_s
+        ticker.cancel()
+    assert ticks - ticks_at_start >= 4  # the loop ran between the five slices
+    # The message applied meanwhile is in neither (the meta's generation is the start time).
+    metas = [orjson.loads(h.table.pop("t:0")) for h in (sliced, whole)]
+    assert [{**meta, "generation": 0} for meta in metas] == [{**metas[1], "generation": 0}] * 2
+    assert sliced.table == whole.table
+    assert sliced.acked == whole.acked == list(range(sessions))

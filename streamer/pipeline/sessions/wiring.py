@@ -179,7 +179,7 @@ def _install_timer(
             return
         highwaters, positions = offsets
         await stage.repair_stalls(positions)
-        stage.mark_idle(highwaters, settings.idle_timeout_seconds)
+        await stage.mark_idle(highwaters, settings.idle_timeout_seconds)
         if not publishing.busy:  # else its partitions are still due next tick
             due = stage.publish_due(highwaters)
             publishing.start(lambda: stage.publish(due))
