@@ -5,7 +5,7 @@ pre-loaded data, written to ``docs/benchmarks.md``.
 2. Faust floor: a bare Faust agent that only decodes (per-event iteration and ``take()``),
    on Faust's consumer and on the worker's (``streamer.faust_consumer``, "lifted");
 3. the worker end to end (first event counted to the last; then to the last window final),
-   with its event-loop lag (p99 and worst);
+   with its event-loop lag (p99 and worst); then two worker processes in one group;
 4. a peer written with Quix Streams doing the same job in spirit;
 5. the core alone: bytes per open session (1M sessions), cost per event by session length;
 6. seconds from SIGKILL + restart of the worker to its first handled message (3 tries).
@@ -38,8 +38,8 @@ from .data import load
 from .procs import ROOT, Children, terminate_on_sigterm
 from .report import Results, machine_facts, now, write_report
 
-PARTS = ("ceiling", "floor", "quix", "worker", "rekey", "replay", "restart", "core")
-KAFKA_PARTS = {"ceiling", "floor", "quix", "worker", "rekey", "replay", "restart"}
+PARTS = ("ceiling", "floor", "quix", "worker", "workers2", "rekey", "replay", "restart", "core")
+KAFKA_PARTS = {"ceiling", "floor", "quix", "worker", "workers2", "rekey", "replay", "restart"}
 PARTIAL_REPORT = Path(tempfile.gettempdir()) / "streamer-benchmarks-partial.md"
 
 
@@ -162,6 +162,15 @@ def _kafka_parts(
             f"worker: {w.rate:,.0f} events/s ({w.seconds:.1f} s), last window final "
             f"after {final}; peak RSS {w.peak_rss_mb or 0:,.0f} MiB; {w.outcomes}; "
             f"{_lag_text(w)}"
+        )
+    if "workers2" in args.parts:
+        w2 = results.workers2 = kafka_runs.worker_run(
+            children, settings, loaded, workdir, "workers2", workers=2
+        )
+        final = f"{w2.to_final_s:.1f} s" if w2.to_final_s is not None else "not reached"
+        _say(
+            f"two workers: {w2.rate:,.0f} events/s ({w2.seconds:.1f} s), last window final "
+            f"after {final}; {w2.outcomes}; {_lag_text(w2)}"
         )
     if "rekey" in args.parts:
         own_outputs = {  # its own outputs: nothing of the first worker's run is read again
