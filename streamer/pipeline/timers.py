@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+import threading
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -146,15 +149,19 @@ async def watch_loop_lag(
     histogram: Histogram,
     interval_s: float = LOOP_LAG_INTERVAL_S,
     warn_s: float = LOOP_LAG_WARN_S,
+    beat: list[float] | None = None,
 ) -> None:
     """Sleep ``interval_s`` again and again, observing in ``histogram`` how late each wake-up
     runs: the time something else held the loop (a synchronous step, a callback) while this
-    one was due. Runs until cancelled."""
+    one was due. ``beat[0]`` is set to each wake-up's ``time.monotonic()``. Runs until
+    cancelled."""
     loop = asyncio.get_running_loop()
     logged_at, logged_lag = -LOOP_LAG_LOG_EVERY_S, 0.0
     while True:
         due = loop.time() + interval_s
         await asyncio.sleep(interval_s)
+        if beat is not None:
+            beat[0] = time.monotonic()
         lag = max(0.0, loop.time() - due)
         histogram.observe(lag)
         if lag >= warn_s:
@@ -169,10 +176,45 @@ async def watch_loop_lag(
                 )
 
 
+# A stall this long gets the stack of the code holding the loop logged, read by a thread
+# while it lasts (the lag alone says how long, not what).
+LOOP_STALL_STACK_S = 0.5
+
+
+def _log_stalls(beat: list[float], loop_thread: int, done: threading.Event) -> None:
+    """In a thread of its own: while the monitor's last wake-up (``beat``) is more than
+    ``LOOP_STALL_STACK_S`` old, log once where the loop's thread is."""
+    reported = 0.0
+    while not done.wait(LOOP_STALL_STACK_S / 5):
+        last = beat[0]
+        if last == reported or time.monotonic() - last < LOOP_STALL_STACK_S:
+            continue
+        reported = last
+        frame = sys._current_frames().get(loop_thread)
+        if frame is not None:
+            log.warning(
+                "event loop held for %.1fs so far, at:\n%s",
+                time.monotonic() - last,
+                "".join(traceback.format_stack(frame, limit=20)).rstrip(),
+            )
+
+
 def install_loop_lag_monitor(app: Any, histogram: Histogram) -> None:
-    """Run :func:`watch_loop_lag` on ``app`` while the worker runs (Faust cancels it on stop)."""
+    """Run :func:`watch_loop_lag` on ``app`` while the worker runs (Faust cancels it on stop),
+    and a thread that logs what holds the loop during a stall of ``LOOP_STALL_STACK_S``."""
 
     async def loop_lag_monitor() -> None:
-        await watch_loop_lag(histogram)
+        beat = [time.monotonic()]
+        done = threading.Event()
+        threading.Thread(
+            target=_log_stalls,
+            args=(beat, threading.get_ident(), done),
+            name="loop-stall-stacks",
+            daemon=True,
+        ).start()
+        try:
+            await watch_loop_lag(histogram, beat=beat)
+        finally:
+            done.set()
 
     app.task(loop_lag_monitor)

@@ -152,3 +152,25 @@ async def test_the_worst_stall_is_always_logged(caplog: pytest.LogCaptureFixture
     assert len(logged) == 2
     assert logged[0] >= 0.49
     assert logged[1] >= 0.79
+
+
+async def test_a_long_stall_logs_the_stack_of_what_holds_the_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tasks: list[Callable[[], Awaitable[None]]] = []
+
+    class _TaskApp:
+        def task(self, fun: Callable[[], Awaitable[None]]) -> None:
+            tasks.append(fun)
+
+    timers.install_loop_lag_monitor(_TaskApp(), Metrics.create(CollectorRegistry()).event_loop_lag)
+    monitor = asyncio.ensure_future(tasks[0]())
+    try:
+        await asyncio.sleep(0.1)
+        with caplog.at_level("WARNING"):
+            _hold_the_loop(timers.LOOP_STALL_STACK_S * 2)
+            await asyncio.sleep(0.1)
+    finally:
+        monitor.cancel()
+    [stack] = [r.getMessage() for r in caplog.records if "event loop held for" in r.getMessage()]
+    assert "in _hold_the_loop" in stack
