@@ -3,7 +3,9 @@ table, the batching agent, rebalance callbacks and the 1 s timer that keeps time
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -32,6 +34,9 @@ log = logging.getLogger(__name__)
 # timer and a checkpoint's interval.
 BATCH_MAX_MESSAGES = 500
 BATCH_WITHIN_S = 0.1
+# A batch lets the event loop run this often: 500 messages took 40-75 ms in one piece on a
+# loaded 2-core machine.
+BATCH_SLICE_S = 0.01
 
 
 def install(
@@ -133,12 +138,16 @@ def _install_agent(app: Any, source: Any, stage: SessionsStage, metrics: Metrics
             # their partition's new owner reads them from the committed offset, or this
             # worker's gap read does when it keeps the partition.
             async for events in stream.noack_take(BATCH_MAX_MESSAGES, within=BATCH_WITHIN_S):
+                ran_at = time.perf_counter()
                 for event in events:
                     message = event.message
                     if message.generation_id != app.consumer_generation_id:
                         metrics.revoked_messages.inc()
                         continue
                     await stage.process(source_message(message), event.ack)
+                    if time.perf_counter() - ran_at >= BATCH_SLICE_S:
+                        await asyncio.sleep(0)  # timers, heartbeats and fetches run too
+                        ran_at = time.perf_counter()
 
     app.agent(source, name="sessions")(sessions_agent)
 
