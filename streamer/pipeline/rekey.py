@@ -291,12 +291,20 @@ def _install_fronts_timer(
     stalls are repaired), then the acks of what was forwarded before."""
     layout: dict[str, int] = {}  # source topic -> partitions (re-read now and then: they grow)
     layout_read_at = [0.0]
-    # Waiting for the broker before the acks takes ~2 s on a backlog (every event forwarded
-    # since the last tick): beside the ticks, so the fronts go out every second.
+    # Beside the ticks, so that a tick never waits for the broker: the fronts (after the log
+    # end offsets, a request, and the sends of the markers), and apart from them the wait
+    # before the acks (~2 s on a backlog: every event forwarded since the last tick), so the
+    # fronts go out every second meanwhile. Each one at a time.
+    sending = Beside("rekey.send_fronts")
     acknowledging = Beside("rekey.acknowledge")
 
-    async def send_fronts() -> None:
+    async def tick() -> None:
+        sending.raise_failed()
         acknowledging.raise_failed()
+        if not sending.busy:  # else a later tick sends them
+            sending.start(send_fronts)
+
+    async def send_fronts() -> None:
         if app.rebalancing:
             return
         # The consumer's assignment is the truth (a static member rejoining after a restart
@@ -327,4 +335,4 @@ def _install_fronts_timer(
         await stage.send_fronts(dict(layout), highwaters, settings.idle_timeout_seconds, positions)
         acknowledging.start(stage.acknowledge)  # else a later tick acks these too
 
-    install_timer(app, 1.0, send_fronts, "rekey.send_fronts")
+    install_timer(app, 1.0, tick, "rekey.send_fronts")

@@ -448,12 +448,11 @@ class SessionsStage:
         return outcome
 
     # --- time without input -----------------------------------------------------------------
-    async def mark_idle(
-        self, highwaters: dict[tuple[str, int], int], idle_timeout_s: float
-    ) -> None:
+    def mark_idle(self, highwaters: dict[tuple[str, int], int], idle_timeout_s: float) -> None:
         """Inputs caught up with their log end and silent for the idle timeout stop holding
-        the watermark back; then tasks whose inputs are all idle follow the others (with the
-        apply lock: a snapshot being taken in slices must not see its task change)."""
+        the watermark back; then tasks whose inputs are all idle follow the others, unless
+        something holds the apply lock (a snapshot being taken in slices must not see its
+        task change): then the next tick moves them."""
         now = time.monotonic()
         for partition, runtime in self.runtimes.items():
             if self.rekeyed_from:
@@ -464,11 +463,12 @@ class SessionsStage:
                 caught_up = end is not None and runtime.offsets.get(topic, 0) >= end
                 silent = now - read_at >= idle_timeout_s
                 self.inputs.set_idle(topic, partition, caught_up and silent)
-        async with self._apply_lock:
-            for partition, runtime in self.runtimes.items():
-                watermark = self.inputs.watermark(partition)
-                if watermark is not None and not runtime.catch_up:  # it stops at the checkpoint's
-                    runtime.task.advance(watermark)
+        if self._apply_lock.locked():
+            return
+        for partition, runtime in self.runtimes.items():  # (no wait in here: nothing else runs)
+            watermark = self.inputs.watermark(partition)
+            if watermark is not None and not runtime.catch_up:  # it stops at the checkpoint's
+                runtime.task.advance(watermark)
 
     # --- metrics -----------------------------------------------------------------------------
     def _tally(self, counter: Any, amount: float = 1) -> None:

@@ -170,28 +170,36 @@ def _install_timer(
     """Every second: time moves without input (idle inputs, stalls repaired, progress
     published, quiet partitions checkpointed)."""
 
-    # The tick's publish waits for the broker (on a backlog, behind every changelog and
-    # output record of the agent: ~2 s measured), so it runs beside the ticks.
-    publishing = Beside("sessions.publish")
+    # What waits for the broker (the log end offsets: a request; the publish: behind every
+    # changelog and output record of the agent on a backlog, ~2 s measured) runs beside the
+    # ticks, one at a time: the tick itself never waits, so ticks come every second.
+    keeping = Beside("sessions.keep_time")
 
     async def keep_time() -> None:
         stage.raise_failed_write_out()  # stops the worker even when no message comes to raise it
-        publishing.raise_failed()
+        keeping.raise_failed()
         if app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set():
             return
         assigned = [tp for tp in app.consumer.assignment() if tp.topic in topics]
         for partition in sorted({tp.partition for tp in assigned} - set(stage.runtimes)):
             stage.ensure(partition)  # a partition with no input yet still reports progress
-        await stage.catch_up_added_funnels()
-        offsets = await consumer_offsets(app, assigned)
-        if offsets is None:
-            return
-        highwaters, positions = offsets
-        await stage.repair_stalls(positions)
-        await stage.mark_idle(highwaters, settings.idle_timeout_seconds)
-        if not publishing.busy:  # else its partitions are still due next tick
-            due = stage.publish_due(highwaters)
-            publishing.start(lambda: stage.publish(due))
+        if not keeping.busy:  # else a later tick does it
+            keeping.start(lambda: _keep_time_beside(app, settings, stage, assigned))
         stage.checkpoint_due()
 
     install_timer(app, 1.0, keep_time, "sessions.keep_time")
+
+
+async def _keep_time_beside(
+    app: Any, settings: Settings, stage: SessionsStage, assigned: list[Any]
+) -> None:
+    """The part of a tick that waits for the broker: added funnels caught up, stalls
+    repaired, idle inputs marked, progress published."""
+    await stage.catch_up_added_funnels()
+    offsets = await consumer_offsets(app, assigned)
+    if offsets is None:
+        return
+    highwaters, positions = offsets
+    await stage.repair_stalls(positions)
+    stage.mark_idle(highwaters, settings.idle_timeout_seconds)
+    await stage.publish(stage.publish_due(highwaters))
