@@ -4,7 +4,8 @@ pre-loaded data, written to ``docs/benchmarks.md``.
 1. ceiling: a bare aiokafka consumer (``getmany``) that runs streamer's ``decode_event``;
 2. Faust floor: a bare Faust agent that only decodes (per-event iteration and ``take()``),
    on Faust's consumer and on the worker's (``streamer.faust_consumer``, "lifted");
-3. the worker end to end (first event counted to the last; then to the last window final);
+3. the worker end to end (first event counted to the last; then to the last window final),
+   with its event-loop lag (p99 and worst); then two worker processes in one group;
 4. a peer written with Quix Streams doing the same job in spirit;
 5. the core alone: bytes per open session (1M sessions), cost per event by session length;
 6. seconds from SIGKILL + restart of the worker to its first handled message (3 tries).
@@ -38,7 +39,8 @@ from .procs import ROOT, Children, terminate_on_sigterm
 from .report import Results, machine_facts, now, write_report
 
 PARTS = (
-    "ceiling", "floor", "quix", "worker", "rekey", "plan", "segment", "replay", "restart", "core",
+    "ceiling", "floor", "quix", "worker", "workers2", "rekey", "plan", "segment", "replay",
+    "restart", "core",
 )  # fmt: skip
 KAFKA_PARTS = set(PARTS) - {"core"}
 PARTIAL_REPORT = Path(tempfile.gettempdir()) / "streamer-benchmarks-partial.md"
@@ -117,6 +119,12 @@ def _bench_settings(bootstrap: str) -> Settings:
     )
 
 
+def _lag_text(run: kafka_runs.WorkerResult) -> str:
+    if run.lag is None:
+        return "event-loop lag not measured"
+    return f"event-loop lag p99 {run.lag.p99_s * 1000:,.1f} ms, worst {run.lag.worst_text}"
+
+
 def _has_quix() -> bool:
     return importlib.util.find_spec("quixstreams") is not None
 
@@ -155,7 +163,17 @@ def _kafka_parts(
         final = f"{w.to_final_s:.1f} s" if w.to_final_s is not None else "not reached"
         _say(
             f"worker: {w.rate:,.0f} events/s ({w.seconds:.1f} s), last window final "
-            f"after {final}; peak RSS {w.peak_rss_mb or 0:,.0f} MiB; {w.outcomes}"
+            f"after {final}; peak RSS {w.peak_rss_mb or 0:,.0f} MiB; {w.outcomes}; "
+            f"{_lag_text(w)}"
+        )
+    if "workers2" in args.parts:
+        w2 = results.workers2 = kafka_runs.worker_run(
+            children, settings, loaded, workdir, "workers2", workers=2
+        )
+        final = f"{w2.to_final_s:.1f} s" if w2.to_final_s is not None else "not reached"
+        _say(
+            f"two workers: {w2.rate:,.0f} events/s ({w2.seconds:.1f} s), last window final "
+            f"after {final}; {w2.outcomes}; {_lag_text(w2)}"
         )
     if "rekey" in args.parts:
         own_outputs = {  # its own outputs: nothing of the first worker's run is read again
@@ -165,7 +183,7 @@ def _kafka_parts(
         }
         rekeyed = settings.model_copy(update={**own_outputs, "source_keyed_by_session": False})
         r = results.rekey = kafka_runs.worker_run(children, rekeyed, loaded, workdir, "rekey")
-        _say(f"worker, re-key path: {r.rate:,.0f} events/s ({r.seconds:.1f} s)")
+        _say(f"worker, re-key path: {r.rate:,.0f} events/s ({r.seconds:.1f} s); {_lag_text(r)}")
     if "plan" in args.parts:
         p = results.plan = plan_runs.plan_worker_run(children, settings, loaded, workdir)
         _say(f"worker, tracking plan preset:streamer: {p.rate:,.0f} events/s ({p.seconds:.1f} s)")

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import re
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +25,7 @@ from .data import Loaded
 from .procs import Children, Timeout, deadline_loop
 
 __all__ = [
+    "LoopLag",
     "RestartResult",
     "WorkerResult",
     "ceiling",
@@ -148,6 +152,55 @@ def _scrape(worker: WorkerProcess) -> MetricValues | None:
         return None
 
 
+LAG_METRIC = "streamer_event_loop_lag_seconds"
+# The monitor's log line for a wake-up 100 ms late or more (streamer.pipeline.timers): the
+# worst one is always logged.
+_LAG_LINE = re.compile(r"event loop lag: a wake-up due every \S+ ran ([0-9.]+)s late")
+
+
+@dataclass
+class LoopLag:
+    """The worker's event-loop lag over its whole run (start-up to the last window final)."""
+
+    wakeups: int
+    p99_s: float  # interpolated in the histogram's buckets, as PromQL's histogram_quantile
+    worst_s: float | None  # from the worker's log, which has every stall of 100 ms or more
+    worst_bucket_s: float  # the upper bound of the highest bucket with an observation
+
+    @property
+    def worst_text(self) -> str:
+        if self.worst_s is not None:
+            return f"{self.worst_s * 1000:,.0f} ms"
+        return f"≤ {self.worst_bucket_s * 1000:g} ms (its histogram bucket; none logged)"
+
+
+def loop_lag(values: MetricValues, log_text: str) -> LoopLag | None:
+    """The loop lag a worker's ``/metrics`` (``values``) and log say, None without any."""
+    buckets = sorted(
+        (float(dict(labels)["le"]), count)
+        for (name, labels), count in values.items()
+        if name == f"{LAG_METRIC}_bucket"
+    )
+    total = buckets[-1][1] if buckets else 0.0
+    if not total:
+        return None
+    rank, below, lower, p99 = 0.99 * total, 0.0, 0.0, buckets[-2][0]
+    for bound, cumulative in buckets:
+        if cumulative >= rank:
+            if not math.isinf(bound):
+                p99 = lower + (bound - lower) * (rank - below) / (cumulative - below)
+            break
+        below, lower = cumulative, bound
+    top = next(bound for bound, cumulative in buckets if cumulative >= total)
+    logged = [float(match) for match in _LAG_LINE.findall(log_text)]
+    return LoopLag(
+        wakeups=int(total),
+        p99_s=p99,
+        worst_s=max(logged) if logged else None,
+        worst_bucket_s=top,
+    )
+
+
 @dataclass
 class WorkerResult:
     rate: float  # events/s from the first event counted to the last
@@ -156,7 +209,9 @@ class WorkerResult:
     outcomes: dict[str, float] = field(default_factory=dict)
     checkpoints: float = 0.0
     windows_closed: float = 0.0
-    peak_rss_mb: float | None = None  # the worker process's high-water mark (VmHWM)
+    peak_rss_mb: float | None = None  # the (largest) worker process's high-water mark (VmHWM)
+    lag: LoopLag | None = None  # the worse worker's, when there are two
+    workers: int = 1
 
 
 def worker_settings(settings: Settings, workdir: Path, name: str) -> Settings:
@@ -171,25 +226,43 @@ def worker_settings(settings: Settings, workdir: Path, name: str) -> Settings:
 
 
 def worker_run(
-    children: Children, settings: Settings, loaded: Loaded, workdir: Path, name: str = "worker"
+    children: Children,
+    settings: Settings,
+    loaded: Loaded,
+    workdir: Path,
+    name: str = "worker",
+    workers: int = 1,
 ) -> WorkerResult:
-    """A real ``streamer worker`` on the pre-loaded topics: events/s from the first event it
-    counted to the last, then the time until the last cohort window is published final."""
-    own = worker_settings(settings, workdir, name)
-    worker = children.track(WorkerProcess(own, workdir / f"{name}.log"))
+    """Real ``streamer worker`` processes (``workers`` of them, one consumer group, started
+    together) on the pre-loaded topics: events/s from the first event they counted to the
+    last, then the time until the last cohort window is published final."""
+    first = worker_settings(settings, workdir, name)
+    owns = [first] + [
+        first.model_copy(
+            update={"web_port": free_port(), "data_dir": workdir / f"state-{name}-{n}"}
+        )
+        for n in range(2, workers + 1)
+    ]
+    procs = [
+        children.track(
+            WorkerProcess(own, workdir / (f"{name}-{n}.log" if n > 1 else f"{name}.log"))
+        )
+        for n, own in enumerate(owns, 1)
+    ]
     total = loaded.total
-    worker.start(ready_timeout=120)
+    with ThreadPoolExecutor(len(procs)) as starting:  # together: no rebalance in the count
+        list(starting.map(lambda worker: worker.start(ready_timeout=120), procs))
     try:
         first_at = first_count = last_at = 0.0
         # Once a second: the counters change that often, and each scrape costs the worker
         # CPU (Prometheus itself scrapes every 15 s or so); polling faster slowed it ~10%.
-        counting = f"worker counting {total} ({worker.log_path})"
+        counting = f"{name} counting {total} ({procs[0].log_path})"
         for _ in deadline_loop(budget(total), counting, interval=1.0):
-            values = _scrape(worker)
-            if values is None:
+            scraped = [_scrape(worker) for worker in procs]
+            if any(values is None for values in scraped):
                 continue
             now = time.perf_counter()
-            seen = counted(values)
+            seen = sum(counted(values or {}) for values in scraped)
             if seen and not first_at:
                 first_at, first_count = now, seen
             if seen >= total:
@@ -202,28 +275,47 @@ def worker_run(
         wanted = loaded.last_window_end_ms / 1000
         with contextlib.suppress(Timeout):
             for _ in deadline_loop(180, "last window final", interval=0.5):
-                values = _scrape(worker)
-                if values is None:
-                    continue
-                end = _sum(
-                    values, "streamer_funnel_last_window_end_timestamp_seconds", funnel="checkout"
+                # Published by the worker that runs the merger (the partials' one partition).
+                end = max(
+                    _sum(
+                        values or {},
+                        "streamer_funnel_last_window_end_timestamp_seconds",
+                        funnel="checkout",
+                    )
+                    for values in [_scrape(worker) for worker in procs]
                 )
                 if end >= wanted:
                     to_final = time.perf_counter() - first_at
                     break
-        values = _scrape(worker) or {}
-        peak_rss_mb = _peak_rss_mb(worker)
+        every = [_scrape(worker) or {} for worker in procs]
+        lags = [
+            loop_lag(values, worker.log_path.read_text(errors="replace"))
+            for values, worker in zip(every, procs, strict=True)
+        ]
+        rss = [mb for mb in (_peak_rss_mb(worker) for worker in procs) if mb is not None]
         return WorkerResult(
             rate=rate,
             seconds=last_at - first_at,
             to_final_s=to_final,
-            outcomes={o: _sum(values, "streamer_events_total", outcome=o) for o in COUNTED},
-            checkpoints=_sum(values, "streamer_checkpoints_total"),
-            windows_closed=_sum(values, "streamer_funnel_windows_closed_total"),
-            peak_rss_mb=peak_rss_mb,
+            outcomes={
+                o: sum(_sum(values, "streamer_events_total", outcome=o) for values in every)
+                for o in COUNTED
+            },
+            checkpoints=sum(_sum(values, "streamer_checkpoints_total") for values in every),
+            windows_closed=max(
+                _sum(values, "streamer_funnel_windows_closed_total") for values in every
+            ),
+            peak_rss_mb=max(rss) if rss else None,
+            lag=max(
+                (lag for lag in lags if lag is not None),
+                key=lambda lag: (lag.worst_s or lag.worst_bucket_s, lag.p99_s),
+                default=None,
+            ),
+            workers=workers,
         )
     finally:
-        worker.stop(timeout=30)
+        for worker in procs:
+            worker.stop(timeout=30)
 
 
 def _peak_rss_mb(worker: WorkerProcess) -> float | None:

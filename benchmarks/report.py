@@ -73,6 +73,7 @@ class Results:
     quix: float | None = None
     quix_note: str = ""
     worker: WorkerResult | None = None
+    workers2: WorkerResult | None = None  # two worker processes, one consumer group
     rekey: WorkerResult | None = None
     plan: WorkerResult | None = None  # the worker given the default tracking plan
     segment: WorkerResult | None = None  # the same traffic as Segment calls, its preset
@@ -196,6 +197,56 @@ def _throughput(r: Results) -> list[str]:
     return lines
 
 
+def _scaling(r: Results) -> list[str]:
+    runs = [(1, r.worker), (2, r.workers2)]
+    measured = [(count, run) for count, run in runs if run is not None]
+    if not measured:
+        return [f"One worker or two: {NOT_MEASURED}."]
+    one = r.worker.rate if r.worker else None
+    lines = [
+        "The same pre-loaded data read by one `streamer worker` and by two worker processes "
+        "in one consumer group (started together, each its own state folder, the 4 "
+        "partitions shared between them; the windows stage and its detector run in one), on "
+        "the same 2 cores as the broker. From the first event counted (summed over the "
+        "workers) to the last, then to the last cohort window published final.",
+        "",
+        "| worker processes | events/s | x one worker | last window final after | "
+        "peak RSS (largest worker) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for count, run in measured:
+        final = f"{run.to_final_s:.1f} s" if run.to_final_s is not None else "not reached"
+        rss = f"{run.peak_rss_mb:,.0f} MiB" if run.peak_rss_mb is not None else NOT_MEASURED
+        lines.append(f"| {count} | {_rate(run.rate)} | {_ratio(run.rate, one)} | {final} | {rss} |")
+    return lines
+
+
+def _loop_lag(r: Results) -> list[str]:
+    runs = [
+        ("worker, one hop", r.worker),
+        ("two workers, one hop (the worse)", r.workers2),
+        ("worker, re-key path", r.rekey),
+    ]
+    measured = [(label, run.lag) for label, run in runs if run is not None and run.lag]
+    if not measured:
+        return [f"Event-loop lag: {NOT_MEASURED}."]
+    lines = [
+        "How late the worker's event-loop monitor woke up (`streamer_event_loop_lag_seconds`, "
+        "a wake-up due every 50 ms), over the whole run from start-up to the last window "
+        "final; the 99th percentile interpolated in the histogram's buckets, the worst from "
+        "the worker's log (every stall of 100 ms or more is logged). Target: nothing above "
+        "100 ms.",
+        "",
+        "| run | wake-ups | p99 | worst |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, lag in measured:
+        lines.append(
+            f"| {label} | {lag.wakeups:,} | {lag.p99_s * 1000:,.1f} ms | {lag.worst_text} |"
+        )
+    return lines
+
+
 def _core(r: Results) -> list[str]:
     lines: list[str] = []
     if r.memory:
@@ -305,6 +356,14 @@ def write_report(out: Path, r: Results, facts: list[tuple[str, str]]) -> None:
         "## Throughput",
         "",
         *_throughput(r),
+        "",
+        "## One worker or two",
+        "",
+        *_scaling(r),
+        "",
+        "## Event-loop lag on the backlog",
+        "",
+        *_loop_lag(r),
         "",
         "## The core alone (no Kafka)",
         "",

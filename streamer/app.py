@@ -36,6 +36,7 @@ from streamer.notify import Notifier, SlackNotifier
 from streamer.notify.routes import AlertmanagerNotifier, FanOutNotifier, WebhookNotifier
 from streamer.pipeline import detector, merger, notifier, rekey, sessions, web
 from streamer.pipeline.messages import DLQ_MAX_MESSAGE_BYTES
+from streamer.pipeline.timers import install_loop_lag_monitor
 from streamer.settings import Settings
 
 __all__ = [
@@ -313,6 +314,7 @@ def create_app(
         notifier_override or alert_notifier(settings),
     )
     web.install(app, settings, active_registry, metrics, funnels, stage, judge)
+    install_loop_lag_monitor(app, metrics.event_loop_lag)
     return StreamerApp(
         faust=app,
         settings=settings,

@@ -158,6 +158,7 @@ class Metrics:
     late_events: Counter
     checkpoints: Counter
     checkpoint_seconds: Histogram
+    event_loop_lag: Histogram
     late_partials: Counter
     replayed: Counter
     revoked_messages: Counter
@@ -250,6 +251,14 @@ class Metrics:
                 "streamer_checkpoint_seconds",
                 "Time to take one partition checkpoint (publish, store, flush, ack)",
                 buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
+                registry=registry,
+            ),
+            event_loop_lag=Histogram(
+                "streamer_event_loop_lag_seconds",
+                "How late the worker's event-loop monitor woke up: time the loop was held by "
+                "synchronous work and could run nothing else",
+                # 1 ms (a healthy loop) .. 5 s (a stall that overlaps every 1 s timer).
+                buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
                 registry=registry,
             ),
             replayed=Counter(

@@ -577,6 +577,22 @@ PIPELINE = DashboardSpec(
                     ),
                     unit="s",
                 ),
+                PanelSpec(
+                    "Event-loop lag per worker",
+                    "How late the worker's loop monitor wakes up (p50, p99): the time "
+                    "synchronous work held the event loop. Above 0.1 s timers overlap, "
+                    "heartbeats and checkpoints wait (docs/operations.md).",
+                    tuple(
+                        Query(
+                            f"histogram_quantile({q}, sum by (instance, le) (rate("
+                            f"streamer_event_loop_lag_seconds_bucket[{RATE}])))",
+                            f"p{round(q * 100)} {{{{instance}}}}",
+                        )
+                        for q in (0.5, 0.99)
+                    ),
+                    unit="s",
+                    width=24,
+                ),
             ),
         ),
         (

@@ -47,7 +47,7 @@ from streamer.pipeline.messages import (
     source_message,
 )
 from streamer.pipeline.tables import Deliveries
-from streamer.pipeline.timers import consumer_offsets, install_timer
+from streamer.pipeline.timers import Beside, consumer_offsets, install_timer
 from streamer.pipeline.topics import dead_letter_topic, record_topic, source_topic
 from streamer.settings import Settings
 
@@ -194,9 +194,21 @@ class RekeyStage:
         positions: dict[tuple[str, int], int] | None = None,
     ) -> None:
         """Send every re-keyed partition the front of each source partition read here, wait
-        for the broker, then ack what was forwarded before. ``positions`` (the consumer's)
-        say how far a source is read when nothing came since the assignment (a restart
-        with nothing new to read is caught up)."""
+        for the broker, then ack what was forwarded before."""
+        await self.send_fronts(layout, highwaters, idle_timeout_s, positions)
+        await self.acknowledge()
+
+    async def send_fronts(
+        self,
+        layout: dict[str, int],
+        highwaters: dict[tuple[str, int], int],
+        idle_timeout_s: float,
+        positions: dict[tuple[str, int], int] | None = None,
+    ) -> None:
+        """Send every re-keyed partition the front of each source partition read here (after
+        the events it covers: one producer, in order). ``positions`` (the consumer's) say
+        how far a source is read when nothing came since the assignment (a restart with
+        nothing new to read is caught up)."""
         sources = [f"{topic}/{p}" for topic in self.topics for p in range(layout[topic])]
         now = time.monotonic()
         for topic, partition in sorted(self.assigned):
@@ -219,6 +231,11 @@ class RekeyStage:
                 self._in_flight.add(
                     await self._forward(None, marker, out, [(REKEY_KIND_HEADER, REKEY_FRONT)])
                 )
+
+    async def acknowledge(self) -> None:
+        """Wait until the broker has everything forwarded so far, then ack its input. Each
+        message's forward is added before its ack, with no wait in between, so the acks
+        taken here belong to sends this confirms (or an earlier call confirmed)."""
         acks, self._unacked = self._unacked, []
         await self._in_flight.confirm()  # raises if the broker refused: nothing gets acked
         await self._flush_producer()
@@ -284,6 +301,18 @@ def _install_fronts_timer(
     stalls are repaired), then the acks of what was forwarded before."""
     layout: dict[str, int] = {}  # source topic -> partitions (re-read now and then: they grow)
     layout_read_at = [0.0]
+    # Beside the ticks, so that a tick never waits for the broker: the fronts (after the log
+    # end offsets, a request, and the sends of the markers), and apart from them the wait
+    # before the acks (~2 s on a backlog: every event forwarded since the last tick), so the
+    # fronts go out every second meanwhile. Each one at a time.
+    sending = Beside("rekey.send_fronts")
+    acknowledging = Beside("rekey.acknowledge")
+
+    async def tick() -> None:
+        sending.raise_failed()
+        acknowledging.raise_failed()
+        if not sending.busy:  # else a later tick sends them
+            sending.start(send_fronts)
 
     async def send_fronts() -> None:
         if app.rebalancing:
@@ -313,11 +342,7 @@ def _install_fronts_timer(
             return
         highwaters, positions = offsets
         await stage.repair_stalls(positions)
-        await stage.publish_fronts(
-            dict(layout),
-            highwaters,
-            settings.idle_timeout_seconds,
-            positions,
-        )
+        await stage.send_fronts(dict(layout), highwaters, settings.idle_timeout_seconds, positions)
+        acknowledging.start(stage.acknowledge)  # else a later tick acks these too
 
-    install_timer(app, 1.0, send_fronts, "rekey.send_fronts")
+    install_timer(app, 1.0, tick, "rekey.send_fronts")

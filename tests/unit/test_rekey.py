@@ -20,6 +20,7 @@ from streamer.pipeline.input_order import STALL_REPAIR_S
 from streamer.pipeline.messages import REKEY_KIND_HEADER, SourceMessage
 from streamer.pipeline.rekey import RekeyStage
 from streamer.pipeline.sessions import SessionsStage
+from streamer.pipeline.timers import Beside
 from tests.support.stage_harness import CHECKOUT, NOW, NOW_MS, Recorder, valid_event
 
 SOURCES = ("clickstream", "checkout")
@@ -237,3 +238,43 @@ async def test_a_hole_at_the_end_of_the_log_is_read_once_the_partition_went_quie
     await stage.repair_stalls({("checkout", 0): 3, ("clickstream", 5): 9})  # 5: not ours
     assert log.reads == [("checkout", 0, 1, 3)]
     assert forwarded_offsets(forwarded) == [0, 1, 2]
+
+
+class _Unconfirmed:
+    """A send whose delivery the broker confirms only when told."""
+
+    def __init__(self) -> None:
+        self.broker_has_it = asyncio.Event()
+
+    def __await__(self) -> Any:
+        return self.broker_has_it.wait().__await__()
+
+
+async def test_the_rekey_fronts_go_out_without_waiting_and_acks_follow_the_broker() -> None:
+    forwarded, letters = Forwarded(), Recorder()
+    stage = rekey_stage(forwarded, letters)
+    delivery = _Unconfirmed()
+
+    async def forward(key: bytes | None, value: bytes, partition: int | None, headers: Any) -> Any:
+        await forwarded(key, value, partition, headers)
+        return delivery
+
+    stage._forward = forward
+    acked: list[int] = []
+    await stage.process(source("clickstream", 1, 7, valid_event()), lambda: acked.append(7))
+    await asyncio.wait_for(
+        stage.send_fronts({"clickstream": 2, "checkout": 1}, {}, idle_timeout_s=30), 5
+    )
+    assert len(forwarded.sent) == 1 + 3 * 2  # the event, then every front to every partition
+    acknowledging = Beside("rekey.acknowledge")
+    acknowledging.start(stage.acknowledge)
+    await asyncio.sleep(0.01)
+    assert acked == []  # the broker does not have the forwarded event yet
+    # The next tick sends the fronts again; the acks wait for the broker, once.
+    await stage.process(source("clickstream", 1, 8, valid_event(event_id="e-2")), lambda: None)
+    await stage.send_fronts({"clickstream": 2, "checkout": 1}, {}, idle_timeout_s=30)
+    assert not acknowledging.start(stage.acknowledge)
+    delivery.broker_has_it.set()
+    await acknowledging.wait()
+    assert acked == [7]
+    acknowledging.raise_failed()

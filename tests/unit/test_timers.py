@@ -1,14 +1,18 @@
-"""A stage's timer: an error while the worker stops is logged, an error while running raises."""
+"""A stage's timer: an error while the worker stops is logged, an error while running raises;
+the event-loop monitor measures how long the loop was held."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from prometheus_client import CollectorRegistry, Histogram
 
+from streamer.metrics import Metrics
 from streamer.pipeline import timers
 from streamer.pipeline.timers import install_timer
 
@@ -85,3 +89,88 @@ async def test_a_partition_without_a_fetch_position_does_not_hold_the_tick(
     assert highwaters == {("clickstream", 0): 10, ("clickstream", 1): 10}
     assert positions == {("clickstream", 0): 7}  # partition 1 is asked again next tick
     assert "clickstream[1]: the consumer gave no fetch position" in caplog.text
+
+
+def _hold_the_loop(seconds: float) -> None:
+    time.sleep(seconds)  # synchronous work: nothing else runs on the loop meanwhile
+
+
+def _logged(caplog: pytest.LogCaptureFixture) -> list[float]:
+    """The lags the monitor logged, in seconds."""
+    lines = [r.getMessage() for r in caplog.records]
+    assert all(line.startswith("event loop lag: a wake-up due every 0.01s ran ") for line in lines)
+    return [float(line.split(" ran ")[1].split("s late")[0]) for line in lines]
+
+
+def _buckets(histogram: Histogram) -> dict[str, float]:
+    """Cumulative observations by bucket bound ("count": all of them)."""
+    return {
+        sample.labels.get("le", "count"): sample.value
+        for metric in histogram.collect()
+        for sample in metric.samples
+        if sample.name.endswith(("_bucket", "_count"))
+    }
+
+
+def _late(histogram: Histogram, than: str) -> float:
+    """Observations later than the bucket bound ``than``."""
+    buckets = _buckets(histogram)
+    return buckets["count"] - buckets[than]
+
+
+async def test_the_loop_lag_monitor_measures_a_held_loop(caplog: pytest.LogCaptureFixture) -> None:
+    metrics = Metrics.create(CollectorRegistry())
+    lag = metrics.event_loop_lag
+    monitor = asyncio.ensure_future(timers.watch_loop_lag(lag, 0.01))
+    try:
+        await asyncio.sleep(0.2)  # nothing holds the loop
+        assert _buckets(lag)["count"] >= 5  # it wakes up, again and again
+        before = _late(lag, "0.5")  # (a loaded machine wakes it up late now and then)
+        with caplog.at_level("WARNING"):
+            _hold_the_loop(1.0)
+            await asyncio.sleep(0.05)
+    finally:
+        monitor.cancel()
+    assert _late(lag, "0.5") == before + 1  # the one wake-up due during the stall
+    assert _late(lag, "2.0") == 0
+    # Late by the stall less what was left of its sleep when it began (under 10 ms).
+    assert 0.99 <= max(_logged(caplog)) < 2.0
+
+
+async def test_the_worst_stall_is_always_logged(caplog: pytest.LogCaptureFixture) -> None:
+    metrics = Metrics.create(CollectorRegistry())
+    monitor = asyncio.ensure_future(timers.watch_loop_lag(metrics.event_loop_lag, 0.01, 0.25))
+    try:
+        with caplog.at_level("WARNING"):
+            for held_s in (0.5, 0.3, 0.8):  # within the quiet period: the second is not logged
+                await asyncio.sleep(0.03)
+                _hold_the_loop(held_s)
+            await asyncio.sleep(0.03)
+    finally:
+        monitor.cancel()
+    logged = _logged(caplog)
+    assert len(logged) == 2
+    assert logged[0] >= 0.49
+    assert logged[1] >= 0.79
+
+
+async def test_a_long_stall_logs_the_stack_of_what_holds_the_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tasks: list[Callable[[], Awaitable[None]]] = []
+
+    class _TaskApp:
+        def task(self, fun: Callable[[], Awaitable[None]]) -> None:
+            tasks.append(fun)
+
+    timers.install_loop_lag_monitor(_TaskApp(), Metrics.create(CollectorRegistry()).event_loop_lag)
+    monitor = asyncio.ensure_future(tasks[0]())
+    try:
+        await asyncio.sleep(0.1)
+        with caplog.at_level("WARNING"):
+            _hold_the_loop(timers.LOOP_STALL_STACK_S * 2)
+            await asyncio.sleep(0.1)
+    finally:
+        monitor.cancel()
+    [stack] = [r.getMessage() for r in caplog.records if "event loop held for" in r.getMessage()]
+    assert "in _hold_the_loop" in stack

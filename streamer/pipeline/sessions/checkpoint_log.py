@@ -24,6 +24,7 @@ from streamer.funnel.task import Checkpoint
 __all__ = [
     "DELTA_CHUNK_BYTES",
     "MIN_COMPACTION_BYTES",
+    "DeltaEncoder",
     "StoredLog",
     "delta_key",
     "encode_delta",
@@ -68,28 +69,45 @@ def encode_delta(saved: Checkpoint, names: list[str]) -> list[bytes]:
     larger than that gets a record of its own): ``{"s": {session id: state}, "ds": [deleted
     session ids], "w": {"funnel:start": counts}, "dw": [deleted windows]}``; deletions and
     windows travel in the first record. Nothing changed: no record."""
-    head = orjson.dumps(
-        {
-            "ds": sorted(saved.deleted_sessions),
-            "w": {f"{names[f]}:{start}": counts for (f, start), counts in saved.windows.items()},
-            "dw": sorted(f"{names[f]}:{start}" for f, start in saved.deleted_windows),
-        }
-    )[1:-1]
-    if not saved.sessions and head == _EMPTY_HEAD:
-        return []
-    chunks: list[list[bytes]] = [[]]
-    size = len(head)
-    for session_id, state in saved.sessions.items():
-        entry = orjson.dumps(session_id) + b":" + orjson.dumps(state)
-        if chunks[-1] and size + len(entry) > DELTA_CHUNK_BYTES:
-            chunks.append([])
-            size = 0
-        chunks[-1].append(entry)
-        size += len(entry) + 1
-    return [
-        b'{"s":{' + b",".join(chunk) + b"}," + (head if i == 0 else _EMPTY_HEAD) + b"}"
-        for i, chunk in enumerate(chunks)
-    ]
+    encoder = DeltaEncoder(saved, names)
+    encoder.add(saved.sessions)
+    return encoder.records()
+
+
+class DeltaEncoder:
+    """:func:`encode_delta` with the sessions added a slice at a time (the same records)."""
+
+    def __init__(self, saved: Checkpoint, names: list[str]) -> None:
+        """``saved``'s deletions and windows (its sessions come through :meth:`add`)."""
+        self._head = orjson.dumps(
+            {
+                "ds": sorted(saved.deleted_sessions),
+                "w": {
+                    f"{names[f]}:{start}": counts for (f, start), counts in saved.windows.items()
+                },
+                "dw": sorted(f"{names[f]}:{start}" for f, start in saved.deleted_windows),
+            }
+        )[1:-1]
+        self._chunks: list[list[bytes]] = [[]]
+        self._size = len(self._head)
+
+    def add(self, sessions: Mapping[str, list[Any]]) -> None:
+        chunks = self._chunks
+        for session_id, state in sessions.items():
+            entry = orjson.dumps(session_id) + b":" + orjson.dumps(state)
+            if chunks[-1] and self._size + len(entry) > DELTA_CHUNK_BYTES:
+                chunks.append([])
+                self._size = 0
+            chunks[-1].append(entry)
+            self._size += len(entry) + 1
+
+    def records(self) -> list[bytes]:
+        if not self._chunks[0] and self._head == _EMPTY_HEAD:
+            return []
+        return [
+            b'{"s":{' + b",".join(chunk) + b"}," + (self._head if i == 0 else _EMPTY_HEAD) + b"}"
+            for i, chunk in enumerate(self._chunks)
+        ]
 
 
 @dataclass

@@ -157,6 +157,7 @@ class SessionsStage:
             partition_scope=partition_scope,
             metrics=metrics,
             interval_s=checkpoint_interval_s,
+            apply_lock=self._apply_lock,
         )
         # Input positions (rules in streamer.pipeline.input_order): the next offset of each
         # input is in the task's checkpoint; holes Faust skipped are read and applied first.
@@ -455,7 +456,9 @@ class SessionsStage:
     # --- time without input -----------------------------------------------------------------
     def mark_idle(self, highwaters: dict[tuple[str, int], int], idle_timeout_s: float) -> None:
         """Inputs caught up with their log end and silent for the idle timeout stop holding
-        the watermark back; then tasks whose inputs are all idle follow the others."""
+        the watermark back; then tasks whose inputs are all idle follow the others, unless
+        something holds the apply lock (a snapshot being taken in slices must not see its
+        task change): then the next tick moves them."""
         now = time.monotonic()
         for partition, runtime in self.runtimes.items():
             if self.rekeyed_from:
@@ -466,7 +469,9 @@ class SessionsStage:
                 caught_up = end is not None and runtime.offsets.get(topic, 0) >= end
                 silent = now - read_at >= idle_timeout_s
                 self.inputs.set_idle(topic, partition, caught_up and silent)
-        for partition, runtime in self.runtimes.items():
+        if self._apply_lock.locked():
+            return
+        for partition, runtime in self.runtimes.items():  # (no wait in here: nothing else runs)
             watermark = self.inputs.watermark(partition)
             if watermark is not None and not runtime.catch_up:  # it stops at the checkpoint's
                 runtime.task.advance(watermark)
@@ -569,8 +574,8 @@ class SessionsStage:
     async def checkpoint(self, partition: int) -> None:
         await self.committer.checkpoint(partition)
 
-    async def checkpoint_due(self) -> None:
-        await self.committer.checkpoint_due()
+    def checkpoint_due(self) -> None:
+        self.committer.checkpoint_due()
 
     def raise_failed_write_out(self) -> None:
         self.committer.raise_failed()
@@ -591,7 +596,7 @@ class SessionsStage:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s), self._apply_lock:
-                await self.drain_write_outs()
+                await self.committer.drain(holding_apply_lock=True)
                 partitions = [p for p, r in self.runtimes.items() if r.unacked]
                 for partition in partitions:
                     await self.checkpoint(partition)
