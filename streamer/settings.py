@@ -34,9 +34,8 @@ __all__ = ["ENV_PREFIX", "Settings", "load_settings", "settings_env"]
 
 ENV_PREFIX = "STREAMER_"
 _STATE_DIR = Path(".state")
-# STREAMER_ variables that are not settings: the config file's name, and the test suite's
-# folder of shared data.
-_NOT_SETTINGS = frozenset({"config", "shared_dir"})
+# STREAMER_ variables that are not settings: the config file's name.
+_NOT_SETTINGS = frozenset({"config"})
 # Kafka's own rule for topic names (kafka.common.internals.Topic).
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _TOPIC_SETTINGS = (
