@@ -26,7 +26,6 @@ time, a map as a JSON object), else kept as text for the plan to judge.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -37,15 +36,14 @@ from typing import Any
 
 import orjson
 
-from streamer.decode import DecodeLimits, Rejection
-from streamer.decoders import PlanDecoder, needed_fields
+from streamer.decode import Rejection
 from streamer.errors import InputFileError
 from streamer.events import ReplayReport
 from streamer.formatting import utc_datetime
 from streamer.funnel.definition import FunnelDefinition
 from streamer.plan.compile import CompiledPlan, PlannedEvent
 from streamer.plan.model import PropertySpec, split_path
-from streamer.range_replay import ANY_AGE, RangeReplay
+from streamer.range_replay import RangeReplay
 from streamer.settings import Settings
 
 __all__ = [
@@ -272,20 +270,9 @@ def report_file(
     if end <= start:
         raise ValueError("--to must be after --from")
     funnels = tuple(funnels)
-    limits = dataclasses.replace(DecodeLimits.of(settings), max_age=ANY_AGE)
     source = path.name
-    engine = RangeReplay(
-        funnels,
-        start=start,
-        end=end,
-        inputs=[source],
-        allowed_lateness_ms=round(settings.allowed_lateness_seconds * 1000),
-        retention_ms=round(settings.session_retention_seconds * 1000),
-        partitions=settings.topic_partitions,
-        dashboard_url=settings.dashboard_url,
-        runbook_url=settings.runbook_url,
-        drain=drain,
-        decoder=PlanDecoder(plan, limits, needed_fields(funnels)),
+    engine = RangeReplay.configured(
+        settings, funnels, plan, start=start, end=end, inputs=[source], drain=drain
     )
     planned_topics = {
         name: event.topics[0] if event.topics else source
@@ -296,7 +283,7 @@ def report_file(
         """(received ms, line, topic, message) in file order."""
         received_ms = engine.start_ms
         for line, message in file_messages(path, fmt, plan, columns, progress):
-            decoded = plan.decode(message, None, max_bytes=limits.max_bytes)
+            decoded = plan.decode(message, None, max_bytes=settings.max_event_bytes)
             name = None
             if isinstance(decoded, PlannedEvent):
                 received_ms, name = _received_ms(decoded), decoded.name

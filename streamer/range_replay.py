@@ -61,6 +61,7 @@ from streamer.funnel.windows import WindowCounts, fold_segments, merge_partials
 from streamer.kafka_io import make_consumer, make_producer, stop_consumer, topic_partitions
 from streamer.pipeline.detector import alert_record, tracking_alert_record
 from streamer.pipeline.merger import window_stats
+from streamer.plan.compile import CompiledPlan
 from streamer.settings import Settings
 
 __all__ = ["RangeReplay", "backfill", "diff_reports", "notify_alerts", "replay_range"]
@@ -126,6 +127,35 @@ class RangeReplay:
         self.fronts: dict[str, int] = dict.fromkeys(inputs, NEVER)
         self.finished: set[str] = set()
         self.counts: Counter[str] = Counter()
+
+    @classmethod
+    def configured(
+        cls,
+        settings: Settings,
+        funnels: tuple[FunnelDefinition, ...],
+        plan: CompiledPlan | None,
+        *,
+        start: datetime,
+        end: datetime,
+        inputs: Iterable[str],
+        drain: bool = False,
+    ) -> RangeReplay:
+        """The engine as ``settings`` configure the worker (lateness, retention, partitions,
+        links), decoding by ``plan`` (None: the built-in contract), events of any age."""
+        limits = dataclasses.replace(DecodeLimits.of(settings), max_age=ANY_AGE)
+        return cls(
+            funnels,
+            start=start,
+            end=end,
+            inputs=inputs,
+            allowed_lateness_ms=round(settings.allowed_lateness_seconds * 1000),
+            retention_ms=round(settings.session_retention_seconds * 1000),
+            partitions=settings.topic_partitions,
+            dashboard_url=settings.dashboard_url,
+            runbook_url=settings.runbook_url,
+            drain=drain,
+            decoder=event_decoder(plan, limits, needed_fields(funnels)),
+        )
 
     # --- input ---------------------------------------------------------------------------
     def offer(
@@ -378,21 +408,14 @@ async def _replayed(
         for p in await topic_partitions(settings, topic)
     ]
     names = {tp: f"{tp.topic}/{tp.partition}" for tp in assignment}
-    funnels = tuple(funnels)
-    plan = tracking_plan(settings)
-    limits = dataclasses.replace(DecodeLimits.of(settings), max_age=ANY_AGE)
-    engine = RangeReplay(
-        funnels,
+    engine = RangeReplay.configured(
+        settings,
+        tuple(funnels),
+        tracking_plan(settings),
         start=start,
         end=end,
         inputs=names.values(),
-        allowed_lateness_ms=lateness_ms,
-        retention_ms=round(settings.session_retention_seconds * 1000),
-        partitions=settings.topic_partitions,
-        dashboard_url=settings.dashboard_url,
-        runbook_url=settings.runbook_url,
         drain=drain,
-        decoder=event_decoder(plan, limits, needed_fields(funnels)),
     )
     consumer = make_consumer(settings, enable_auto_commit=False, group_id=None)
     await consumer.start()
