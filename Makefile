@@ -60,7 +60,7 @@ ops-check: ops-tools
 		--verify.receivers=slack-warnings severity=warning alertname=StreamerNoInputEvents
 
 test: lint typecheck ops-check
-	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/pytest -q -p no:cacheprovider --durations=25 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e ".[bench]"

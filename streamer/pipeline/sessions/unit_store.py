@@ -1,0 +1,252 @@
+"""Open units on disk: one partition's sessions (or users) in a local RocksDB behind a bounded
+in-memory cache, with the index of their wake times beside them (issue "Scale past memory";
+docs/decisions/0009-open-units-on-disk.md).
+
+A user funnel over 14 to 90 days keeps millions of units open for weeks. Memory holds the ones
+in use (the cache); the disk holds all of them. The checkpoint log in Kafka stays the truth:
+this store is a local view of it that each checkpoint updates in one atomic write batch,
+together with the log position the batch reflects (:meth:`UnitStore.commit`). So the disk
+never holds a state that no checkpoint stored, and a restart on the same disk replays only the
+log's newer deltas instead of loading every unit.
+
+Write-back: a unit changed since the last checkpoint stays in the cache (the task's dirty set
+pins it) until the checkpoint that stores it; only stored units are evicted, least recently
+used first. Between two checkpoints the cache may therefore exceed its bound by the units
+touched in one interval, never by the units merely open.
+
+Layout (raw bytes): ``s<unit id>`` -> ``[wake_ms, state]`` (the state as the checkpoint log
+stores it, :meth:`SessionState.encodable`); ``w<wake time, 8 bytes big-endian, offset>
+<unit id>`` -> empty, so the units due before a watermark are one ordered range scan;
+``m`` -> the meta record (log position, watermark, counts).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from collections.abc import Container, Iterable, Iterator, Mapping, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rocksdict import Options, Rdict, WriteBatch
+
+from streamer.funnel.session import NEVER
+from streamer.funnel.task import SessionState
+
+__all__ = ["CachedSessions", "UnitStore", "WakeIndex"]
+
+_STATE = b"s"
+_WAKE = b"w"
+_META = b"m"
+# Wake times are signed milliseconds; shifted so their big-endian bytes sort as numbers do.
+_TIME_OFFSET = 2**63
+
+
+def _state_key(unit_id: str) -> bytes:
+    return _STATE + unit_id.encode()
+
+
+def _wake_key(at_ms: int, unit_id: str) -> bytes:
+    return _WAKE + (at_ms + _TIME_OFFSET).to_bytes(8, "big") + unit_id.encode()
+
+
+def _parse_wake_key(key: bytes) -> tuple[int, str]:
+    return int.from_bytes(key[1:9], "big") - _TIME_OFFSET, key[9:].decode()
+
+
+def _keys_from(db: Rdict, start: bytes) -> Iterator[bytes]:
+    """The store's keys from ``start`` in order, while they share its first byte (its kind)."""
+    kind = start[:1]
+    for key in db.keys(from_key=start):
+        assert isinstance(key, bytes)  # raw mode: keys are bytes
+        if not key.startswith(kind):
+            return
+        yield key
+
+
+def _options() -> Options:
+    options = Options(raw_mode=True)
+    options.create_if_missing(True)
+    return options
+
+
+class CachedSessions(MutableMapping[str, SessionState]):
+    """The task's ``sessions`` mapping over the disk: reads go through an LRU cache (a miss
+    decodes the stored state), writes and deletions wait in memory for :meth:`UnitStore.commit`.
+    """
+
+    def __init__(self, db: Rdict, capacity: int, stored_count: int) -> None:
+        self._db = db
+        self.capacity = capacity
+        self._cache: OrderedDict[str, SessionState] = OrderedDict()
+        self._deleted: set[str] = set()  # stored, deleted since the last commit
+        self._count = stored_count
+        self.misses = 0  # reads that went to the disk (cold)
+
+    # --- Mapping -------------------------------------------------------------------------
+    def __getitem__(self, unit_id: str) -> SessionState:
+        state = self._cache.get(unit_id)
+        if state is not None:
+            self._cache.move_to_end(unit_id)
+            return state
+        if unit_id in self._deleted:
+            raise KeyError(unit_id)
+        raw = self._db.get(_state_key(unit_id))
+        if raw is None:
+            raise KeyError(unit_id)
+        self.misses += 1
+        wake_ms, saved = orjson.loads(raw)
+        state = SessionState.from_json(unit_id, saved)
+        state.wake_ms = wake_ms  # runtime only in the log; the wake index here needs it
+        self._cache[unit_id] = state
+        return state
+
+    def __setitem__(self, unit_id: str, state: SessionState) -> None:
+        if unit_id not in self._cache and (
+            unit_id in self._deleted or self._db.get(_state_key(unit_id)) is None
+        ):
+            self._count += 1
+        self._deleted.discard(unit_id)
+        self._cache[unit_id] = state
+        self._cache.move_to_end(unit_id)
+
+    def __delitem__(self, unit_id: str) -> None:
+        if self._cache.pop(unit_id, None) is None and (
+            unit_id in self._deleted or self._db.get(_state_key(unit_id)) is None
+        ):
+            raise KeyError(unit_id)
+        self._deleted.add(unit_id)
+        self._count -= 1
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[str]:
+        """Every unit id: the stored ones (in key order) then the new ones in the cache."""
+        stored: set[str] = set()
+        for key in _keys_from(self._db, _STATE):
+            unit_id = key[1:].decode()
+            stored.add(unit_id)
+            if unit_id not in self._deleted:
+                yield unit_id
+        for unit_id in list(self._cache):
+            if unit_id not in stored:
+                yield unit_id
+
+    # --- the cache -----------------------------------------------------------------------
+    def forget_deletions(self) -> None:
+        """The deletions are in the commit's batch: the disk will not have them any more."""
+        self._deleted.clear()
+
+    @property
+    def cached(self) -> int:
+        return len(self._cache)
+
+    def evict(self, pinned: Container[str]) -> int:
+        """Drop the least recently used units beyond the capacity, except ``pinned`` ones
+        (changed since the last commit: the disk does not have them yet). Returns how many."""
+        cache = self._cache
+        evicted = skipped = 0
+        while len(cache) > self.capacity and skipped < len(cache):
+            unit_id, state = cache.popitem(last=False)
+            if unit_id in pinned:
+                cache[unit_id] = state  # to the back: it is in use
+                skipped += 1
+            else:
+                evicted += 1
+        return evicted
+
+
+class WakeIndex:
+    """When each unit next needs the clock (a step timeout, forgetting it), on disk: moves since
+    the last commit wait in memory (and are applied by :meth:`UnitStore.commit`)."""
+
+    def __init__(self, db: Rdict) -> None:
+        self._db = db
+        self._added: list[tuple[int, str]] = []  # a heap, since the last commit
+        self._removed: set[tuple[int, str]] = set()  # stored entries removed since
+
+    def move(self, unit_id: str, old_ms: int, new_ms: int) -> None:
+        if old_ms == new_ms:
+            return
+        if old_ms != NEVER:
+            self._removed.add((old_ms, unit_id))
+        if new_ms != NEVER:
+            self._removed.discard((new_ms, unit_id))
+            heapq.heappush(self._added, (new_ms, unit_id))
+
+    def due(self, before_ms: int) -> list[tuple[int, str]]:
+        """The entries before ``before_ms``, in time order, taken out of the index. An entry
+        may be stale (the unit moved or left since it was added): the caller checks the unit's
+        ``wake_ms``, as the in-memory heap's lazy deletion does."""
+        found: list[tuple[int, str]] = []
+        end = _wake_key(before_ms, "")
+        for key in _keys_from(self._db, _WAKE):
+            if key >= end:
+                break
+            entry = _parse_wake_key(key)
+            if entry not in self._removed:
+                found.append(entry)
+                self._removed.add(entry)
+        added = self._added
+        while added and added[0][0] < before_ms:
+            entry = heapq.heappop(added)
+            found.append(entry)
+        found.sort()
+        return found
+
+    def write(self, batch: WriteBatch) -> None:
+        for at_ms, unit_id in self._added:
+            batch.put(_wake_key(at_ms, unit_id), b"")
+        for at_ms, unit_id in self._removed:
+            batch.delete(_wake_key(at_ms, unit_id))
+        self._added = []
+        self._removed = set()
+
+
+class UnitStore:
+    """One partition's units on disk at ``path``: :attr:`sessions` (the task's mapping),
+    :attr:`wakes`, and the meta record of the last commit."""
+
+    def __init__(self, path: Path, *, cache_units: int) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = Rdict(str(path), _options())
+        raw_meta = self._db.get(_META)
+        self.meta: dict[str, Any] = orjson.loads(raw_meta) if raw_meta is not None else {}
+        self.sessions = CachedSessions(self._db, cache_units, int(self.meta.get("units", 0)))
+        self.wakes = WakeIndex(self._db)
+
+    def commit(
+        self,
+        states: Mapping[str, list[Any]],
+        deleted: Iterable[str],
+        meta: Mapping[str, Any],
+        *,
+        pinned: Container[str] = (),
+    ) -> None:
+        """Store one checkpoint: ``states`` (encodable, as :meth:`Task.checkpoint` gives them;
+        each unit is in the cache, whose ``wake_ms`` is stored beside it), the ``deleted``
+        units, the wake index's moves and ``meta`` (the log position this reflects), in one
+        atomic write; then evict down to the cache's capacity, keeping ``pinned`` units."""
+        batch = WriteBatch(raw_mode=True)
+        cache = self.sessions
+        for unit_id, saved in states.items():
+            wake_ms = cache[unit_id].wake_ms
+            batch.put(_state_key(unit_id), orjson.dumps([wake_ms, saved]))
+        for unit_id in deleted:
+            batch.delete(_state_key(unit_id))
+        cache.forget_deletions()
+        self.wakes.write(batch)
+        self.meta = {**meta, "units": len(cache)}
+        batch.put(_META, orjson.dumps(self.meta))
+        self._db.write(batch)
+        cache.evict(pinned)
+
+    def disk_bytes(self) -> int:
+        """Bytes of the store's files on disk."""
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+    def close(self) -> None:
+        self._db.close()

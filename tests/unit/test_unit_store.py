@@ -1,0 +1,172 @@
+"""Open units on disk (streamer/pipeline/sessions/unit_store.py): the cache's eviction and
+write-back, deletions, the wake index, and what a reopened store holds (a crash loses exactly
+what no commit stored)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamer.funnel.session import NEVER, Progress
+from streamer.funnel.task import SessionState
+from streamer.pipeline.sessions.unit_store import UnitStore
+
+
+def _state(unit_id: str, last_event_ms: int, wake_ms: int = NEVER) -> SessionState:
+    state = SessionState(unit_id, [Progress(), Progress()], user_id=f"u-{unit_id}")
+    state.last_event_ms = last_event_ms
+    state.wake_ms = wake_ms
+    return state
+
+
+def _commit(store: UnitStore, ids: list[str], deleted: Sequence[str] = (), **meta: int) -> None:
+    store.commit({unit_id: store.sessions[unit_id].encodable() for unit_id in ids}, deleted, meta)
+
+
+def test_changed_units_stay_cached_until_a_commit_stores_them(tmp_path: Path) -> None:
+    store = UnitStore(tmp_path / "p0", cache_units=2)
+    for n in range(5):
+        store.sessions[f"s{n}"] = _state(f"s{n}", 1000 + n)
+    # Nothing is on disk yet: every unit is pinned by the task's dirty set.
+    assert store.sessions.evict(pinned={f"s{n}" for n in range(5)}) == 0
+    assert store.sessions.cached == 5
+
+    _commit(store, [f"s{n}" for n in range(5)], log=7)
+    assert store.sessions.cached == 2  # the two most recently used
+    assert len(store.sessions) == 5
+
+    misses = store.sessions.misses
+    reloaded = store.sessions["s0"]  # evicted: read back from the disk
+    assert store.sessions.misses == misses + 1
+    assert reloaded.to_json() == _state("s0", 1000).to_json()
+    assert store.sessions["s4"].last_event_ms == 1004
+    assert store.sessions.misses == misses + 1  # s4 was still cached
+
+
+def test_eviction_skips_pinned_units_and_takes_the_least_recently_used(tmp_path: Path) -> None:
+    store = UnitStore(tmp_path / "p0", cache_units=2)
+    for n in range(4):
+        store.sessions[f"s{n}"] = _state(f"s{n}", n)
+    _commit(store, [f"s{n}" for n in range(4)])  # cache now s2, s3
+    store.sessions["s0"].last_event_ms = 99  # s0 read back and changed: dirty
+    store.sessions["s1"]  # read: most recent
+    assert store.sessions.evict(pinned={"s0"}) == 2  # s2 and s3 go, s0 is kept
+    assert store.sessions["s0"].last_event_ms == 99
+    store.sessions["s2"]  # read back
+    assert store.sessions.misses >= 2
+
+
+def test_deleted_units_are_gone_before_and_after_the_commit(tmp_path: Path) -> None:
+    store = UnitStore(tmp_path / "p0", cache_units=1)
+    for n in range(3):
+        store.sessions[f"s{n}"] = _state(f"s{n}", n)
+    _commit(store, ["s0", "s1", "s2"])
+    del store.sessions["s0"]  # evicted, stored: deleted from the disk at the next commit
+    with pytest.raises(KeyError):
+        store.sessions["s0"]
+    assert "s0" not in store.sessions
+    assert len(store.sessions) == 2
+    assert sorted(store.sessions) == ["s1", "s2"]
+    _commit(store, [], ["s0"])
+    assert store.sessions.get("s0") is None
+    with pytest.raises(KeyError):
+        del store.sessions["s0"]
+    store.sessions["s0"] = _state("s0", 5)  # a unit may come back
+    assert len(store.sessions) == 3
+
+
+def test_a_reopened_store_holds_what_the_last_commit_stored(tmp_path: Path) -> None:
+    store = UnitStore(tmp_path / "p0", cache_units=10)
+    store.sessions["a"] = _state("a", 1, wake_ms=5000)
+    store.wakes.move("a", NEVER, 5000)
+    store.sessions["b"] = _state("b", 2)
+    _commit(store, ["a", "b"], log=3, watermark=2000)
+    store.sessions["a"].last_event_ms = 50  # changed, never committed: a crash loses it
+    store.sessions["c"] = _state("c", 3)
+    store.wakes.move("c", NEVER, 100)
+    store.close()
+
+    again = UnitStore(tmp_path / "p0", cache_units=10)
+    assert again.meta == {"log": 3, "watermark": 2000, "units": 2}
+    assert sorted(again.sessions) == ["a", "b"]
+    assert again.sessions["a"].last_event_ms == 1
+    assert again.sessions["a"].wake_ms == 5000  # kept beside the state
+    assert again.sessions.get("c") is None
+    assert again.wakes.due(10_000) == [(5000, "a")]  # c's wake was never stored
+
+
+def test_the_wake_index_merges_stored_and_new_entries_in_time_order(tmp_path: Path) -> None:
+    store = UnitStore(tmp_path / "p0", cache_units=10)
+    for unit_id, wake in (("a", 300), ("b", 100), ("c", 200)):
+        store.sessions[unit_id] = _state(unit_id, 0, wake_ms=wake)
+        store.wakes.move(unit_id, NEVER, wake)
+    _commit(store, ["a", "b", "c"])
+    store.wakes.move("a", 300, 150)  # moved earlier, not committed
+    store.sessions["a"].wake_ms = 150
+    store.sessions["d"] = _state("d", 0, wake_ms=50)
+    store.wakes.move("d", NEVER, 50)
+    assert store.wakes.due(160) == [(50, "d"), (100, "b"), (150, "a")]
+    assert store.wakes.due(160) == []  # taken out
+    assert store.wakes.due(1000) == [(200, "c")]  # a's old entry at 300 was removed
+    _commit(store, ["a", "d"])
+    store.close()
+    assert UnitStore(tmp_path / "p0", cache_units=10).wakes.due(1000) == []
+
+
+_ops = st.lists(
+    st.tuples(
+        st.sampled_from(["set", "change", "delete", "read", "commit"]),
+        st.integers(0, 7),
+        st.integers(0, 10_000),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=_ops, capacity=st.integers(1, 4))
+def test_the_store_agrees_with_a_dict_through_commits_and_reopening(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, int, int]], capacity: int
+) -> None:
+    """A model: the live dict (what the task sees) and the committed dict (what a reopened
+    store must hold). The cache never changes either, whatever its size."""
+    path = tmp_path_factory.mktemp("store") / "p0"
+    store = UnitStore(path, cache_units=capacity)
+    live: dict[str, int] = {}
+    committed: dict[str, int] = {}
+    dirty: set[str] = set()
+    deleted: set[str] = set()
+    for op, n, value in ops:
+        unit_id = f"s{n}"
+        if op == "set":
+            store.sessions[unit_id] = _state(unit_id, value)
+            live[unit_id] = value
+            dirty.add(unit_id)
+            deleted.discard(unit_id)
+        elif op == "change" and unit_id in live:
+            store.sessions[unit_id].last_event_ms = value
+            live[unit_id] = value
+            dirty.add(unit_id)
+        elif op == "delete" and unit_id in live:
+            del store.sessions[unit_id]
+            del live[unit_id]
+            dirty.discard(unit_id)
+            deleted.add(unit_id)
+        elif op == "read":
+            state = store.sessions.get(unit_id)
+            assert (state.last_event_ms if state else None) == live.get(unit_id)
+            store.sessions.evict(pinned=dirty)
+        elif op == "commit":
+            _commit(store, sorted(dirty), sorted(deleted))
+            committed = dict(live)
+            dirty, deleted = set(), set()
+        assert len(store.sessions) == len(live)
+    assert {u: store.sessions[u].last_event_ms for u in store.sessions} == live
+    store.close()
+    reopened = UnitStore(path, cache_units=capacity)
+    assert {u: reopened.sessions[u].last_event_ms for u in reopened.sessions} == committed
+    reopened.close()
