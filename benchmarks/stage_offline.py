@@ -143,7 +143,7 @@ def dump(harness: Harness) -> bytes:
             "windows": [[list(k), c.to_json()] for k, c in sorted(task.windows.items())],
             "open": sorted([list(k), n] for k, n in task.open_sessions.items()),
             "pending": sorted(task._pending),
-            "wakes": sorted(task._wakes),
+            "wakes": sorted(task._wakes._heap),  # type: ignore[attr-defined]
             "fronts": stage.inputs.fronts_of(partition),
         }
     counters = sorted(

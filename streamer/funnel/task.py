@@ -16,11 +16,11 @@ from __future__ import annotations
 import hashlib
 import heapq
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from itertools import groupby
-from typing import Any
+from typing import Any, Protocol
 
 from streamer.funnel.session import (
     NEVER,
@@ -42,6 +42,8 @@ __all__ = [
     "SessionState",
     "Task",
     "TaskOutput",
+    "WakeHeap",
+    "WakeQueue",
     "event_digest",
 ]
 
@@ -160,20 +162,57 @@ class Checkpoint:
     watermark_ms: int = NEVER
 
 
+class WakeQueue(Protocol):
+    """When each session next needs the clock: a step timeout, or being forgotten."""
+
+    def move(self, session_id: str, old_ms: int, new_ms: int) -> None:
+        """The session's wake moved from ``old_ms`` to ``new_ms`` (``NEVER``: none)."""
+
+    def pop_due(self, before_ms: int) -> tuple[int, str] | None:
+        """Take out the earliest entry before ``before_ms`` (None: none). It may be stale:
+        the task acts only if the session's ``wake_ms`` is still that time."""
+
+
+class WakeHeap:
+    """The in-memory :class:`WakeQueue`: a heap with lazy deletion (a moved session's old
+    entry stays, and is skipped when it comes up)."""
+
+    __slots__ = ("_heap",)
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, str]] = []
+
+    def move(self, session_id: str, old_ms: int, new_ms: int) -> None:
+        if new_ms != NEVER:
+            heapq.heappush(self._heap, (new_ms, session_id))
+
+    def pop_due(self, before_ms: int) -> tuple[int, str] | None:
+        heap = self._heap
+        return heapq.heappop(heap) if heap and heap[0][0] < before_ms else None
+
+
 class Task:
     def __init__(
-        self, funnels: tuple[CompiledFunnel, ...], partition: int, *, retention_ms: int
+        self,
+        funnels: tuple[CompiledFunnel, ...],
+        partition: int,
+        *,
+        retention_ms: int,
+        sessions: MutableMapping[str, SessionState] | None = None,
+        wakes: WakeQueue | None = None,
     ) -> None:
+        """``sessions`` and ``wakes`` default to memory (a dict, a heap); a user funnel's
+        task may keep them on disk instead (``streamer.pipeline.sessions.unit_store``)."""
         self.funnels = funnels
         self.partition = partition
         self.retention_ms = retention_ms
         self.watermark_ms = NEVER
-        self.sessions: dict[str, SessionState] = {}
+        self.sessions: MutableMapping[str, SessionState] = {} if sessions is None else sessions
         self.windows: dict[tuple[int, int], WindowCounts] = {}
         self.open_sessions: Counter[tuple[int, int]] = Counter()  # (funnel, stage) -> open
         self._pending: list[tuple[int, int, str]] = []  # (event time, sequence, session)
         self._sequence = 0
-        self._wakes: list[tuple[int, str]] = []  # (time, session): lazy deletion
+        self._wakes: WakeQueue = WakeHeap() if wakes is None else wakes
         self._dirty_sessions: set[str] = set()
         self._deleted_sessions: set[str] = set()
         self._dirty_windows: set[tuple[int, int]] = set()  # changed since the last drain
@@ -228,9 +267,9 @@ class Task:
             state = self.sessions.get(session_id)
             if state is not None:
                 self._release(state, watermark_ms)
-        wakes = self._wakes
-        while wakes and wakes[0][0] < watermark_ms:
-            at_ms, session_id = heapq.heappop(wakes)
+        pop_due = self._wakes.pop_due
+        while (entry := pop_due(watermark_ms)) is not None:
+            at_ms, session_id = entry
             state = self.sessions.get(session_id)
             if state is not None and state.wake_ms == at_ms:
                 self._wake(state, watermark_ms)
@@ -308,9 +347,8 @@ class Task:
             # Then the session is forgotten; or its buffered events will release it.
             wake = state.last_event_ms + self.retention_ms if state.pending is None else NEVER
         if wake != state.wake_ms:
+            self._wakes.move(state.session_id, state.wake_ms, wake)
             state.wake_ms = wake
-            if wake != NEVER:
-                heapq.heappush(self._wakes, (wake, state.session_id))
 
     def _record(
         self,

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamer.funnel.session import NEVER, Progress
-from streamer.funnel.task import SessionState
+from streamer.funnel.session import NEVER, CompiledFunnel, Progress
+from streamer.funnel.task import SessionState, Task
 from streamer.pipeline.sessions.unit_store import UnitStore
+from tests.support.core_run import stored
+from tests.unit.test_core_properties import END, FUNNEL, LATENESS_MS, arrival, sessions
 
 
 def _state(unit_id: str, last_event_ms: int, wake_ms: int = NEVER) -> SessionState:
@@ -25,6 +28,13 @@ def _state(unit_id: str, last_event_ms: int, wake_ms: int = NEVER) -> SessionSta
 
 def _commit(store: UnitStore, ids: list[str], deleted: Sequence[str] = (), **meta: int) -> None:
     store.commit({unit_id: store.sessions[unit_id].encodable() for unit_id in ids}, deleted, meta)
+
+
+def _due(store: UnitStore, before_ms: int) -> list[tuple[int, str]]:
+    found = []
+    while (entry := store.wakes.pop_due(before_ms)) is not None:
+        found.append(entry)
+    return found
 
 
 def test_changed_units_stay_cached_until_a_commit_stores_them(tmp_path: Path) -> None:
@@ -96,7 +106,7 @@ def test_a_reopened_store_holds_what_the_last_commit_stored(tmp_path: Path) -> N
     assert again.sessions["a"].last_event_ms == 1
     assert again.sessions["a"].wake_ms == 5000  # kept beside the state
     assert again.sessions.get("c") is None
-    assert again.wakes.due(10_000) == [(5000, "a")]  # c's wake was never stored
+    assert _due(again, 10_000) == [(5000, "a")]  # c's wake was never stored
 
 
 def test_the_wake_index_merges_stored_and_new_entries_in_time_order(tmp_path: Path) -> None:
@@ -109,12 +119,12 @@ def test_the_wake_index_merges_stored_and_new_entries_in_time_order(tmp_path: Pa
     store.sessions["a"].wake_ms = 150
     store.sessions["d"] = _state("d", 0, wake_ms=50)
     store.wakes.move("d", NEVER, 50)
-    assert store.wakes.due(160) == [(50, "d"), (100, "b"), (150, "a")]
-    assert store.wakes.due(160) == []  # taken out
-    assert store.wakes.due(1000) == [(200, "c")]  # a's old entry at 300 was removed
+    assert _due(store, 160) == [(50, "d"), (100, "b"), (150, "a")]
+    assert _due(store, 160) == []  # taken out
+    assert _due(store, 1000) == [(200, "c")]  # a's old entry at 300 was removed
     _commit(store, ["a", "d"])
     store.close()
-    assert UnitStore(tmp_path / "p0", cache_units=10).wakes.due(1000) == []
+    assert _due(UnitStore(tmp_path / "p0", cache_units=10), 1000) == []
 
 
 _ops = st.lists(
@@ -170,3 +180,54 @@ def test_the_store_agrees_with_a_dict_through_commits_and_reopening(
     reopened = UnitStore(path, cache_units=capacity)
     assert {u: reopened.sessions[u].last_event_ms for u in reopened.sessions} == committed
     reopened.close()
+
+
+def _published(task: Task) -> list[Any]:
+    out = task.drain()
+    return [p.to_json() for p in out.partials] + list(out.abandonments)
+
+
+@given(
+    events=sessions(),
+    seed=st.integers(0, 1000),
+    capacity=st.integers(1, 3),
+    commits=st.sets(st.integers(0, 60), max_size=8),
+)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_a_task_with_its_sessions_on_disk_counts_as_one_in_memory(
+    tmp_path_factory: pytest.TempPathFactory,
+    events: list[dict[str, Any]],
+    seed: int,
+    capacity: int,
+    commits: set[int],
+) -> None:
+    """The same arrival through a task in memory and one whose sessions and wakes are on disk
+    behind a cache of 1-3 sessions, checkpoints committed at random points (then the cache
+    evicts): every drain publishes the same, and the sessions end the same."""
+    compiled = (CompiledFunnel(FUNNEL),)
+    store = UnitStore(tmp_path_factory.mktemp("task") / "p0", cache_units=capacity)
+    in_memory = Task(compiled, 0, retention_ms=20 * 60_000)
+    on_disk = Task(
+        compiled, 0, retention_ms=20 * 60_000, sessions=store.sessions, wakes=store.wakes
+    )
+    front = -(2**62)
+    for index, event in enumerate([*arrival(events, seed), None]):
+        if event is not None:
+            front = max(front, event["at_ms"])
+            watermark = front - LATENESS_MS
+        else:
+            watermark = END  # every session decided, then forgotten
+        for task in (in_memory, on_disk):
+            if event is not None:
+                task.offer(event["session_id"], stored(event))
+            task.advance(watermark)
+        assert _published(on_disk) == _published(in_memory), f"after event {index}"
+        if index in commits or event is None:
+            in_memory.checkpoint()
+            saved = on_disk.checkpoint()
+            store.commit(saved.sessions, saved.deleted_sessions, {"event": index})
+            assert store.sessions.cached <= capacity
+    assert {k: v.to_json() for k, v in on_disk.sessions.items()} == {
+        k: v.to_json() for k, v in in_memory.sessions.items()
+    }
+    store.close()

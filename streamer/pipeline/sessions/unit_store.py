@@ -159,13 +159,15 @@ class CachedSessions(MutableMapping[str, SessionState]):
 
 
 class WakeIndex:
-    """When each unit next needs the clock (a step timeout, forgetting it), on disk: moves since
-    the last commit wait in memory (and are applied by :meth:`UnitStore.commit`)."""
+    """When each unit next needs the clock (a step timeout, forgetting it), on disk; moves since
+    the last commit wait in memory (and are written by :meth:`UnitStore.commit`). The task's
+    :class:`~streamer.funnel.task.WakeQueue`."""
 
     def __init__(self, db: Rdict) -> None:
         self._db = db
         self._added: list[tuple[int, str]] = []  # a heap, since the last commit
-        self._removed: set[tuple[int, str]] = set()  # stored entries removed since
+        self._removed: set[tuple[int, str]] = set()  # stored entries taken out since
+        self._loaded: list[tuple[int, str]] = []  # a heap: stored entries read, due
 
     def move(self, unit_id: str, old_ms: int, new_ms: int) -> None:
         if old_ms == new_ms:
@@ -176,25 +178,30 @@ class WakeIndex:
             self._removed.discard((new_ms, unit_id))
             heapq.heappush(self._added, (new_ms, unit_id))
 
-    def due(self, before_ms: int) -> list[tuple[int, str]]:
-        """The entries before ``before_ms``, in time order, taken out of the index. An entry
-        may be stale (the unit moved or left since it was added): the caller checks the unit's
-        ``wake_ms``, as the in-memory heap's lazy deletion does."""
-        found: list[tuple[int, str]] = []
+    def pop_due(self, before_ms: int) -> tuple[int, str] | None:
+        """The earliest entry before ``before_ms``, taken out of the index (None: nothing is
+        due). An entry may be stale (the unit moved or left since it was written): the task
+        checks the unit's ``wake_ms``, as with the in-memory heap's lazy deletion."""
+        if not self._loaded:
+            self._load(before_ms)
+        loaded, added = self._loaded, self._added
+        if loaded and loaded[0][0] < before_ms and (not added or loaded[0] <= added[0]):
+            return heapq.heappop(loaded)
+        if added and added[0][0] < before_ms:
+            return heapq.heappop(added)
+        return None
+
+    def _load(self, before_ms: int, limit: int = 1024) -> None:
+        """Read up to ``limit`` stored entries before ``before_ms`` (one ordered range scan)."""
         end = _wake_key(before_ms, "")
+        removed = self._removed
         for key in _keys_from(self._db, _WAKE):
-            if key >= end:
+            if key >= end or len(self._loaded) >= limit:
                 break
             entry = _parse_wake_key(key)
-            if entry not in self._removed:
-                found.append(entry)
-                self._removed.add(entry)
-        added = self._added
-        while added and added[0][0] < before_ms:
-            entry = heapq.heappop(added)
-            found.append(entry)
-        found.sort()
-        return found
+            if entry not in removed:
+                removed.add(entry)  # taken out: deleted from the disk by the next commit
+                self._loaded.append(entry)  # in key order: already a heap
 
     def write(self, batch: WriteBatch) -> None:
         for at_ms, unit_id in self._added:
