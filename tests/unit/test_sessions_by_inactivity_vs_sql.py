@@ -4,7 +4,8 @@ retries, arrival disorder within the lateness, and a step timeout longer than th
 that outlive their session). Events that carry a session id ride along and are never cut.
 
 On a failure hypothesis prints the example, the arrival seed and the watermark (``note``), and
-a blob to reproduce it."""
+a blob to reproduce it. Then the specification's worked examples I1 to I4, through both engines,
+against the numbers it states."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from hypothesis import strategies as st
 from tests.oracle import compute
 from tests.oracle.inactivity import cut_by_inactivity
 from tests.support.compare import assert_same
-from tests.support.core_run import assert_final_consistent, run_core
+from tests.support.core_run import CoreResult, assert_final_consistent, run_core
 from tests.unit.test_core_vs_sql import CASE_SPAN_MS, END, FUNNEL, LATENESS_MS, TYPES, arrival
+from tests.unit.test_spec_examples import S, counts, events, funnel, ttc
 
 # FUNNEL's landing step times out after 20 s: longer than this gap, so an attempt can still be
 # open when its session ends. Gaps (s) around it: just under, exactly, just over, and far.
@@ -141,3 +143,56 @@ def test_after_a_day_without_events_the_numbering_starts_over_in_both() -> None:
 
 def _start(abandonment: dict[str, Any]) -> int:
     return int(abandonment["attempt_ms"])
+
+
+# --- The specification's worked examples I1 to I4 (docs/funnel-semantics.md, "Sessions by
+# inactivity"): funnel F, G = 15 s, events of anonymous_id:v.
+V = "anonymous_id:v"
+
+
+def visitor(*spec: tuple[Any, ...]) -> list[dict[str, Any]]:
+    return [e | {"session_id": V, "by_identity": True} for e in events(*spec)]
+
+
+def both_cut(evs: list[dict[str, Any]], watermark_ms: int = END) -> CoreResult:
+    """The core (events in the order given, the lateness wide) and the oracle agree; the
+    core's result."""
+    core = run_core([funnel()], evs, watermark_ms, lateness_ms=30 * S, inactivity_ms=INACTIVITY_MS)
+    sql = compute([funnel()], cut_by_inactivity(evs, INACTIVITY_MS), watermark_ms)
+    assert core.late == []
+    assert_same("windows", sql.windows, core.windows)
+    assert_same("abandonments", sql.abandonments, core.abandonments)
+    assert_same("final", sql.final, core.final)
+    return core
+
+
+def test_i1_a_gap_of_exactly_the_inactivity() -> None:
+    core = both_cut(visitor(("land", 0), ("cart", 15)))
+    assert counts(core, 0, "land") == (1, 1, 0, 0)
+    assert ttc(core, 0, "land") == 15 * S
+    core = both_cut(visitor(("land", 0), ("cart", 15.001)))
+    assert counts(core, 0, "land") == (1, 0, 1, 0)
+    assert ("f", 10 * S, "cart") not in core.windows  # cart@15.001 starts nothing in v#2
+    open_until = both_cut(visitor(("land", 0), ("cart", 15.001)), watermark_ms=20 * S)
+    assert counts(open_until, 0, "land") == (1, 0, 0, 1)  # W = 20: the deadline not behind it
+
+
+def test_i2_one_instant_after_a_gap() -> None:
+    core = both_cut(visitor(("land", 0), ("land", 16), ("cart", 16)))
+    assert counts(core, 0, "land") == (1, 0, 1, 0)
+    assert counts(core, 10, "land") == (1, 1, 0, 0)
+    assert ttc(core, 10, "land") == 0
+
+
+def test_i3_a_late_event_within_the_lateness_joins_in_its_place() -> None:
+    core = both_cut(visitor(("cart", 20, "c"), ("land", 0, "l0"), ("land", 10, "l10")))
+    assert counts(core, 0, "land") == (1, 1, 0, 0)
+    assert ttc(core, 0, "land") == 20 * S
+    core = both_cut(visitor(("cart", 20, "c"), ("land", 0, "l0")))
+    assert counts(core, 0, "land") == (1, 0, 1, 0)
+
+
+def test_i4_abandonments_per_session() -> None:
+    core = both_cut(visitor(("land", 0), ("cart", 2), ("land", 30), ("cart", 31)))
+    assert sorted(core.abandonments) == [f"f/{V}#2/30000/cart", f"f/{V}/0/cart"]
+    assert sorted(a["abandoned_ms"] for a in core.abandonments.values()) == [12 * S, 41 * S]
