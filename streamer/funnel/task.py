@@ -320,11 +320,12 @@ class Task:
     def _next_session(self, state: SessionState, at_ms: int) -> None:
         """End the identity's current session and start the next at ``at_ms``. The ended one
         gets no more events: if an attempt is still open, its progress moves to a state of
-        its own (key ``<identity>#<number>``) that its step timeouts decide, as any session's."""
+        its own that its step timeouts decide, as any session's (its key, ``<identity>#<number>
+        @<last event time>``, stays unique after the numbering starts over)."""
         identity = state.session_id
         if not all(p.at_rest for p in state.progress):
             ended = SessionState(
-                f"{identity}#{state.session_number}",
+                f"{identity}#{state.session_number}@{state.released_ms}",
                 state.progress,
                 last_event_ms=state.released_ms,
                 user_id=state.user_id,

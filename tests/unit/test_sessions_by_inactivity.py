@@ -76,7 +76,7 @@ def test_a_visitor_back_after_the_gap_is_a_new_session_and_the_old_one_drops() -
     # session gets no more events, and its landing step is open until its own deadline (50m).
     assert notices(task) == []
     assert task.windows[(0, 0)].stages[0].open == 1
-    assert task.sessions[f"{KEY}#1"].published_id == KEY
+    assert task.sessions[f"{KEY}#1@0"].published_id == KEY  # its key: number, last event
     task.advance(50 * MIN + 1)
     (dropped,) = notices(task)
     assert (dropped.session_id, dropped.abandoned.stage) == (KEY, 0)
@@ -220,3 +220,35 @@ def test_a_restore_mid_identity_cuts_the_same_sessions() -> None:
         assert restored.windows.keys() == expected.windows.keys(), split
         for key, counts in expected.windows.items():
             assert restored.windows[key].to_json() == counts.to_json(), (split, key)
+
+
+def test_an_added_funnel_catches_up_on_the_same_sessions() -> None:
+    """A funnel added to a running worker is rebuilt by a separate task over the same input
+    (streamer.pipeline.sessions.catch_up) and adopted: the identities, their cut sessions and
+    the ended ones still open are those of a task that always had it."""
+    added = CompiledFunnel(SHOP.definition.model_copy(update={"name": "added"}))
+    events = [ev(0, "page_view"), ev(40 * MIN, "page_view"), ev(41 * MIN, "add_to_cart")]
+    watermark = 45 * MIN
+
+    def fed(funnels: tuple[CompiledFunnel, ...]) -> Task:
+        task = Task(funnels, 0, retention_ms=RETENTION)
+        offer(task, *events)
+        task.advance(watermark)
+        return task
+
+    always = fed((SHOP, added))
+    before = fed((SHOP,))
+    saved = before.checkpoint(full=True)
+    task = Task((SHOP, added), 0, retention_ms=RETENTION)
+    task.restore(
+        saved.watermark_ms,
+        [(k, orjson.loads(orjson.dumps(v))) for k, v in saved.sessions.items()],
+        saved.windows,
+        ["shop"],
+    )
+    task.adopt(fed((added,)), [1])
+    assert set(task.sessions) == {KEY, f"{KEY}#1@0"}
+    assert {k: v.to_json() for k, v in task.sessions.items()} == {
+        k: v.to_json() for k, v in always.sessions.items()
+    }
+    assert task.open_sessions == always.open_sessions
