@@ -153,15 +153,6 @@ def worker_events(settings: Settings) -> tuple[tuple[FunnelDefinition, ...], Eve
     funnels = load_configured_funnels(settings, catalogue_of(plan))
     if plan is not None:
         log.info("tracking plan: %s", plan.loaded.summary())
-        sessions = plan.loaded.plan.sessions
-        if sessions is not None:
-            log.warning(
-                "tracking plan: events without a session id are followed per %s; the "
-                "inactivity gap (%ds) does not cut them into sessions yet: keep step timeouts "
-                "at or below it (docs/tracking-plan.md, sessions)",
-                " or ".join(sessions.by),
-                sessions.inactivity_ms // 1000,
-            )
     return funnels, event_decoder(plan, DecodeLimits.of(settings), needed_fields(funnels))
 
 

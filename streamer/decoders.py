@@ -61,6 +61,8 @@ class DecodedEvent(NamedTuple):
     plan makes sessions by identity (its ``sessions`` rule)."""
     user_id: str | None
     anonymous_id: str | None = None
+    inactivity_ms: int | None = None
+    """Where ``session_id`` is an identity's key: the gap that cuts it into sessions."""
 
     @property
     def event_type(self) -> str:
@@ -179,6 +181,7 @@ class PlanDecoder:
             name: spec.stage.value if spec.stage else None for name, spec in tracking.events.items()
         }
         self._time_field = tracking.envelope.event_time.path[0]
+        self._inactivity_ms = tracking.sessions.inactivity_ms if tracking.sessions else None
         self._threshold_ms = limits.skew_correction_threshold.total_seconds() * 1000
         self._max_age_ms = limits.max_age.total_seconds() * 1000
         self._future_ms = limits.max_future_skew.total_seconds() * 1000
@@ -218,6 +221,7 @@ class PlanDecoder:
             result.session_key,
             result.user_id,
             result.anonymous_id,
+            self._inactivity_ms if result.session_id is None else None,
         )
 
     def _refused_time(self, result: PlannedEvent, received_at: datetime) -> Rejection:

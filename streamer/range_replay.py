@@ -183,7 +183,9 @@ class RangeReplay:
         if not (in_range or drained):
             self.counts["out_of_range"] += 1
             return decoded
-        outcome = self.task.offer(decoded.session_id, stored, decoded.user_id, topic)
+        outcome = self.task.offer(
+            decoded.session_id, stored, decoded.user_id, topic, decoded.inactivity_ms
+        )
         if outcome is Offer.ACCEPTED:
             self.counts["in_range" if in_range else "drained"] += 1
         else:

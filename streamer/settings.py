@@ -198,7 +198,9 @@ class Settings(BaseSettings):
     session_retention_seconds: float = Field(
         default=600.0,
         gt=0,
-        description="a session at rest is forgotten this long (event time) after its last event",
+        description="a session at rest is forgotten this long (event time) after its last event "
+        "(an identity a tracking plan's sessions rule cuts by inactivity: a day at least, to "
+        "number its sessions)",
     )
     # Quix Streams commits every 5 s by default too: a session touched several times in that
     # span is stored once, and a restart reads at most that much input again.

@@ -22,6 +22,12 @@ from enum import Enum
 from itertools import groupby
 from typing import Any, Protocol
 
+from streamer.funnel.inactivity import (
+    IDENTITY_MEMORY_MS,
+    following_number,
+    session_name,
+    starts_session,
+)
 from streamer.funnel.session import (
     NEVER,
     Abandoned,
@@ -79,6 +85,17 @@ class SessionState:
     # Event time of the first event the watermark released: the session counts as new in
     # that window (by event time, so whatever order its events arrived in).
     started_ms: int = NEVER
+    # An identity's events (no session id: a plan's sessions rule) are cut into sessions by
+    # this gap (0: a session id's, never cut); ``progress`` is then of its session number
+    # ``session_number``, whose last released event was at ``released_ms``.
+    inactivity_ms: int = 0
+    session_number: int = 0
+    released_ms: int = NEVER
+    name: str = ""  # the published session id, where it is not the key (an identity's)
+
+    @property
+    def published_id(self) -> str:
+        return self.name or self.session_id
 
     def seen(self, digest: bytes) -> bool:
         ids = self.recent_ids
@@ -104,6 +121,7 @@ class SessionState:
             self.last_event_ms,
             self.user_id,
             self.started_ms,
+            *self._identity_json(),
         ]
 
     def encodable(self) -> list[Any]:
@@ -116,11 +134,20 @@ class SessionState:
             self.last_event_ms,
             self.user_id,
             self.started_ms,
+            *self._identity_json(),
         ]
+
+    def _identity_json(self) -> list[Any]:
+        """The sessions-by-inactivity fields, stored only where set (a session id's state is
+        stored as before they existed)."""
+        if not (self.inactivity_ms or self.name):
+            return []
+        return [self.inactivity_ms, self.session_number, self.released_ms, self.name]
 
     @classmethod
     def from_json(cls, session_id: str, raw: list[Any]) -> SessionState:
         events = [StoredEvent.from_json(e) for e in raw[1]]
+        identity: list[Any] = raw[6:10] if len(raw) > 6 else [0, 0, NEVER, ""]
         return cls(
             session_id,
             [Progress.from_json(p) for p in raw[0]],
@@ -130,6 +157,10 @@ class SessionState:
             raw[4],
             # A session stored before this field existed was counted when first offered.
             started_ms=int(raw[5]) if len(raw) > 5 else 0,
+            inactivity_ms=int(identity[0]),
+            session_number=int(identity[1]),
+            released_ms=int(identity[2]),
+            name=identity[3],
         )
 
 
@@ -222,10 +253,16 @@ class Task:
 
     # --- input ---------------------------------------------------------------------------
     def offer(
-        self, session_id: str, event: StoredEvent, user_id: str | None = None, source: str = ""
+        self,
+        session_id: str,
+        event: StoredEvent,
+        user_id: str | None = None,
+        source: str = "",
+        inactivity_ms: int | None = None,
     ) -> Offer:
         """Take one event of ``session_id``: buffered until the watermark passes it. It counts
-        at once in the volume of its event-time window (``source``: the input it came from)."""
+        at once in the volume of its event-time window (``source``: the input it came from).
+        ``inactivity_ms``: ``session_id`` is an identity's key, cut into sessions by that gap."""
         at_ms = event.at_ms  # (each field is read once: this runs per event)
         digest = event_digest(event.event_id)
         state = self.sessions.get(session_id)
@@ -235,6 +272,8 @@ class Task:
             return Offer.LATE
         if state is None:
             state = SessionState(session_id, [Progress() for _ in self.funnels])
+            if inactivity_ms:
+                state.inactivity_ms, state.session_number = inactivity_ms, 1
             self.sessions[session_id] = state
             self._deleted_sessions.discard(session_id)
         state.remember(digest)
@@ -285,13 +324,69 @@ class Task:
             state.started_ms = ready[0].at_ms
             self._count_volume(state.started_ms, NEW_SESSIONS)
         outcomes: list[Outcome] = []
+        if state.inactivity_ms:
+            self._release_identity(state, ready, outcomes)
+        else:
+            self._apply_events(state, ready, outcomes)
+        self._dirty_sessions.add(state.session_id)
+        self._schedule(state)
+
+    def _apply_events(
+        self, state: SessionState, ready: list[StoredEvent], outcomes: list[Outcome]
+    ) -> None:
+        """Feed released events (in time order) to the state machine, instant by instant."""
         if len(ready) == 1:  # the usual case: one event, one instant, nothing to group
             self._apply_instant(state, ready[0].at_ms, ready, outcomes)
         else:
             for at_ms, group in groupby(ready, key=_at):
                 self._apply_instant(state, at_ms, list(group), outcomes)
-        self._dirty_sessions.add(state.session_id)
-        self._schedule(state)
+
+    # --- sessions by inactivity (streamer.funnel.inactivity) -------------------------------
+    def _release_identity(
+        self, state: SessionState, ready: list[StoredEvent], outcomes: list[Outcome]
+    ) -> None:
+        """An identity's released events, cut into its sessions where one is more than the
+        inactivity gap after the previous (released in time order: the cut is final)."""
+        start = 0
+        for index, event in enumerate(ready):
+            if starts_session(state.released_ms, event.at_ms, state.inactivity_ms):
+                self._apply_events(state, ready[start:index], outcomes)
+                start = index
+                self._next_session(state, event.at_ms)
+            state.released_ms = event.at_ms
+        self._apply_events(state, ready[start:], outcomes)
+
+    def _next_session(self, state: SessionState, at_ms: int) -> None:
+        """End the identity's current session and start the next at ``at_ms``. The ended one
+        gets no more events: if an attempt is still open, its progress moves to a state of
+        its own that its step timeouts decide, as any session's (its key, ``<identity>#<number>
+        @<last event time>``, stays unique after the numbering starts over)."""
+        identity = state.session_id
+        if not all(p.at_rest for p in state.progress):
+            ended = SessionState(
+                f"{identity}#{state.session_number}@{state.released_ms}",
+                state.progress,
+                last_event_ms=state.released_ms,
+                user_id=state.user_id,
+                started_ms=state.started_ms,
+                name=state.published_id,
+            )
+            self.sessions[ended.session_id] = ended
+            self._deleted_sessions.discard(ended.session_id)
+            self._dirty_sessions.add(ended.session_id)
+            self._schedule(ended)
+        state.progress = [Progress() for _ in self.funnels]
+        state.session_number = following_number(state.session_number, state.released_ms, at_ms)
+        name = session_name(identity, state.session_number)
+        state.name = name if name != identity else ""
+        self._count_volume(at_ms, NEW_SESSIONS)
+
+    def _retention_ms(self, state: SessionState) -> int:
+        """How long after its last event a state at rest is kept: an identity's, until its
+        session number no longer matters."""
+        if state.inactivity_ms:
+            return max(self.retention_ms, IDENTITY_MEMORY_MS)
+        return self.retention_ms
 
     def _apply_instant(
         self, state: SessionState, at_ms: int, instant: list[StoredEvent], outcomes: list[Outcome]
@@ -303,7 +398,7 @@ class Task:
             if result.retracted is not None:
                 abandoned, order_ms = result.retracted
                 self._notices.append(
-                    AbandonmentNotice(index, state.session_id, state.user_id, abandoned, order_ms)
+                    AbandonmentNotice(index, state.published_id, state.user_id, abandoned, order_ms)
                 )
 
     def _count_volume(self, at_ms: int, volume_key: tuple[str, str]) -> None:
@@ -329,7 +424,7 @@ class Task:
         if (
             state.pending is None
             and all(p.at_rest for p in state.progress)
-            and state.last_event_ms + self.retention_ms < watermark_ms
+            and state.last_event_ms + self._retention_ms(state) < watermark_ms
         ):
             del self.sessions[state.session_id]
             self._dirty_sessions.discard(state.session_id)
@@ -345,7 +440,9 @@ class Task:
                 wake = at
         if wake is None:
             # Then the session is forgotten; or its buffered events will release it.
-            wake = state.last_event_ms + self.retention_ms if state.pending is None else NEVER
+            wake = (
+                state.last_event_ms + self._retention_ms(state) if state.pending is None else NEVER
+            )
         if wake != state.wake_ms:
             self._wakes.move(state.session_id, state.wake_ms, wake)
             state.wake_ms = wake
@@ -374,7 +471,7 @@ class Task:
         outcomes.clear()
         if abandoned is not None:
             self._notices.append(
-                AbandonmentNotice(funnel_index, state.session_id, state.user_id, abandoned)
+                AbandonmentNotice(funnel_index, state.published_id, state.user_id, abandoned)
             )
 
     # --- output ----------------------------------------------------------------------------
@@ -497,6 +594,10 @@ class Task:
                     theirs.last_event_ms,
                     theirs.user_id,
                     started_ms=theirs.started_ms,
+                    inactivity_ms=theirs.inactivity_ms,
+                    session_number=theirs.session_number,
+                    released_ms=theirs.released_ms,
+                    name=theirs.name,
                 )
                 self.sessions[session_id] = state
                 self._deleted_sessions.discard(session_id)

@@ -73,7 +73,7 @@ class PlannedEvent:
     stage: str | None = None
     session_key: str = ""
     """The session id, or ``"<identity>:<id>"`` of the first identity of the plan's sessions
-    rule present: the worker sessionizes those by inactivity (the next step)."""
+    rule present: the task cuts those into sessions by inactivity (streamer.funnel.inactivity)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,8 @@ Written from docs/tracking-plan.md, not from ``streamer.plan``: the plan's YAML 
 with PyYAML (a folder's ``events`` merged), and DuckDB extracts every field by the envelope's
 dotted paths (the first path present of a list), converts the declared time format, names the
 session (the session id, else ``<identity>:<id>`` of the first identity of the plan's sessions
-rule present) and keeps the properties object and the declared context fields. Events the plan
+rule present, cut into sessions by inactivity: ``tests.oracle.inactivity``) and keeps the
+properties object and the declared context fields. Events the plan
 does not declare are left out (``unplanned.events: ignore``). The documents fed to it are valid
 for the plan: invalid ones (which the worker dead-letters) are not its concern.
 """
@@ -19,6 +20,7 @@ import orjson
 import yaml
 
 from tests.oracle import _db, _lock
+from tests.oracle.inactivity import cut_by_inactivity, duration_ms
 
 __all__ = ["plan_rows"]
 
@@ -70,7 +72,10 @@ def plan_rows(plan_source: Path, documents: list[bytes]) -> list[dict[str, Any]]
     plan = _read_plan(plan_source)
     envelope = plan["envelope"]
     sessions = [_text(_paths(envelope["session_id"]))] if envelope.get("session_id") else []
-    by = (plan.get("sessions") or {}).get("by", [])
+    # Keyed by identity: no session id (cut into sessions by inactivity afterwards).
+    by_identity = f"{sessions[0]} IS NULL" if sessions else "TRUE"
+    rule = plan.get("sessions") or {}
+    by = rule.get("by", [])
     for identity in [by] if isinstance(by, str) else by:
         sessions.append(f"'{identity}:' || {_text(_paths(envelope[identity]))}")
     context = envelope.get("context") or {}
@@ -86,6 +91,7 @@ def plan_rows(plan_source: Path, documents: list[bytes]) -> list[dict[str, Any]]
                 {_text(_paths(envelope["event_id"]))} AS event_id,
                 {_time_ms(envelope["event_time"])} AS at_ms,
                 COALESCE({", ".join(sessions)}) AS session_id,
+                {by_identity} AS by_identity,
                 CAST(json_extract(doc, {_json_path(envelope.get("properties", "properties"))})
                      AS VARCHAR) AS properties,
                 CAST({f"json_object({context_sql})" if context_sql else "'{{}}'"} AS VARCHAR)
@@ -103,7 +109,7 @@ def plan_rows(plan_source: Path, documents: list[bytes]) -> list[dict[str, Any]]
         )
         rows = db.execute(sql).fetchall()
     out = []
-    for event_type, event_id, at_ms, session_id, properties, context_json, _ in rows:
+    for event_type, event_id, at_ms, session_id, identity, properties, context_json, _ in rows:
         fields = orjson.loads(context_json) if context_json else {}
         out.append(
             {
@@ -113,6 +119,9 @@ def plan_rows(plan_source: Path, documents: list[bytes]) -> list[dict[str, Any]]
                 "at_ms": int(at_ms),
                 "properties": orjson.loads(properties) if properties else {},
                 "context": {k: v for k, v in fields.items() if v is not None},
+                "by_identity": bool(identity),
             }
         )
-    return out
+    if not rule:
+        return out
+    return cut_by_inactivity(out, duration_ms(rule.get("inactivity", "30m")))

@@ -83,9 +83,11 @@ def run_core(
     *,
     lateness_ms: int = 0,
     retention_ms: int = 10**12,
+    inactivity_ms: int | None = None,
 ) -> CoreResult:
     """Offer ``events`` in the given order; after each, move the watermark to the newest event
-    time minus ``lateness_ms``; at the end, to ``watermark_ms``."""
+    time minus ``lateness_ms``; at the end, to ``watermark_ms``. Events marked ``by_identity``
+    are offered as an identity's, cut into sessions by ``inactivity_ms``."""
     compiled = tuple(CompiledFunnel(f) for f in funnels)
     task = Task(compiled, 0, retention_ms=retention_ms)
     result = CoreResult()
@@ -96,7 +98,8 @@ def run_core(
     partials: dict[tuple[str, int], WindowCounts] = {}
     front = NEVER
     for key, event in zip(keys, events, strict=True):
-        outcome = task.offer(key, stored(event))
+        cut = inactivity_ms if event.get("by_identity") else None
+        outcome = task.offer(key, stored(event), inactivity_ms=cut)
         if outcome is Offer.LATE:
             result.late.append(event["event_id"])
         elif outcome is Offer.DUPLICATE:

@@ -78,7 +78,9 @@ async def rebuild_added_funnels(
             )
             if not isinstance(result, DecodedEvent):
                 continue  # dead-lettered or ignored when it was first read
-            history.offer(result.session_id, result.event, result.user_id, topic)
+            history.offer(
+                result.session_id, result.event, result.user_id, topic, result.inactivity_ms
+            )
             read += 1
     history.advance(task.watermark_ms)
     task.adopt(history, indexes)

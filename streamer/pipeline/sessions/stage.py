@@ -424,7 +424,9 @@ class SessionsStage:
             return None
         event = result.event
         task = runtime.task
-        outcome = task.offer(result.session_id, event, result.user_id, message.topic)
+        outcome = task.offer(
+            result.session_id, event, result.user_id, message.topic, result.inactivity_ms
+        )
         if outcome is Offer.LATE:
             self._metrics.late_events.inc()
             lag_s = (task.watermark_ms - event.at_ms) / 1000
