@@ -545,6 +545,7 @@ class WindowMerger:
             step = funnel.step_names[index]
             metrics.funnel_converted.labels(funnel=funnel.name, step=step).inc(stage.converted)
             metrics.funnel_dropped.labels(funnel=funnel.name, step=step).inc(stage.dropped)
+            metrics.funnel_excluded.labels(funnel=funnel.name, step=step).inc(stage.excluded)
             if stage.conversion_ratio is not None and stage.drop_off_ratio is not None:
                 metrics.step_conversion_ratio.labels(funnel=funnel.name, step=step).set(
                     stage.conversion_ratio

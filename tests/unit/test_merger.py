@@ -8,8 +8,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
+import pytest
 from prometheus_client import CollectorRegistry
 
+from streamer.cli.funnels import print_summary
 from streamer.funnel.definition import load_funnel
 from streamer.funnel.session import NEVER, Kind, Outcome
 from streamer.funnel.windows import WindowCounts
@@ -30,10 +32,12 @@ class Clock:
         return self.now
 
 
-def partial(partition: int, entered: int, version: list[int]) -> bytes:
+def partial(partition: int, entered: int, version: list[int], excluded: int = 0) -> bytes:
     counts = WindowCounts.empty(len(FUNNEL.stages))
     for _ in range(entered):
         counts.apply(Outcome(Kind.ENTERED, 0, START, START, (None,) * len(FUNNEL.segments)))
+    for _ in range(excluded):
+        counts.apply(Outcome(Kind.EXCLUDED, 0, START, START, (None,) * len(FUNNEL.segments)))
     record: dict[str, Any] = {
         "kind": "partial",
         "funnel": FUNNEL.name,
@@ -55,6 +59,7 @@ def merger(
     clock: Clock,
     judge: JudgeFn | None = None,
     on_send: Callable[[], None] = lambda: None,
+    registry: CollectorRegistry | None = None,
 ) -> tuple[WindowMerger, list[bytes]]:
     sent: list[bytes] = []
 
@@ -66,7 +71,7 @@ def merger(
         funnels=(FUNNEL,),
         source_partitions=2,
         table=table,
-        metrics=Metrics.create(CollectorRegistry()),
+        metrics=Metrics.create(registry or CollectorRegistry(), funnels=(FUNNEL,)),
         send_window=send,
         monotonic=clock,
         judge=judge,
@@ -183,6 +188,32 @@ async def test_the_funnel_view_shows_open_sessions_until_the_final_record() -> N
     for stats in await merge.process(progress(0, FINAL_AT)):
         view.add(stats)
     assert view.summary()[FUNNEL.name]["last_window"]["final"] is True
+
+
+async def test_excluded_attempts_are_published_counted_and_shown_beside_the_others(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The `excluded` outcome reaches the record, the Prometheus counter (once the window is
+    final, as entered/converted/dropped), `/funnel` and `streamer funnel show`."""
+    registry = CollectorRegistry()
+    step = FUNNEL.step_names[0]
+    labels = {"funnel": FUNNEL.name, "step": step}
+    assert registry.get_sample_value("streamer_funnel_sessions_excluded_total", labels) is None
+    merge, _ = merger({}, Clock(), registry=registry)
+    assert registry.get_sample_value("streamer_funnel_sessions_excluded_total", labels) == 0
+    await merge.process(partial(0, 5, [1, 1, 0], excluded=2))
+    await merge.process(partial(1, 4, [1, 1, 0], excluded=1))
+    await merge.process(progress(1, FINAL_AT))
+    view = FunnelView()
+    [stats] = await merge.process(progress(0, FINAL_AT))
+    assert (stats.final, stats.stages[0].excluded) == (True, 3)
+    view.add(stats)
+    assert registry.get_sample_value("streamer_funnel_sessions_excluded_total", labels) == 3
+    [row, *_] = view.summary()[FUNNEL.name]["last_window"]["stages"]
+    assert (row["entered"], row["excluded"], row["open"]) == (9, 3, 6)
+    print_summary(view.summary())
+    header = next(line for line in capsys.readouterr().out.splitlines() if "excluded" in line)
+    assert header.index("dropped") < header.index("excluded") < header.index("open")
 
 
 async def test_the_detector_judges_every_boundary_once_with_the_merged_windows() -> None:
