@@ -68,16 +68,21 @@ def _stage_stats(
     if histogram and counts.converted:
         bounds: list[float | None] = [ms / 1000 for ms in TIME_TO_CONVERT_BUCKETS_MS]
         buckets = list(zip([*bounds, None], counts.time_to_convert_buckets, strict=True))
-        running, median = 0, None
+        # The median is the ceil(n/2)-th smallest conversion: the first bucket whose running
+        # count reaches half; it lies above the bound before it.
+        running, above, median = 0, 0.0, None
         for bound, n in buckets:
             running += n
             if 2 * running >= counts.converted:
                 median = bound
                 break
+            above = bound or 0.0  # only the last bound is None (+Inf), never passed
         time_to_convert = TimeToConvert(
             sum_seconds=counts.time_to_convert_ms_sum / 1000,
             count=counts.converted,
             buckets=buckets,
+            mean_seconds=counts.time_to_convert_ms_sum / counts.converted / 1000,
+            median_at_least_seconds=above,
             median_at_most_seconds=median,
         )
     return StageStats(
