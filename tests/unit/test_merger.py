@@ -5,6 +5,7 @@ its in-memory view is rebuilt from the table after a reset (a rebalance)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 from typing import Any
 
 import orjson
@@ -12,11 +13,17 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from streamer.cli.funnels import print_summary
-from streamer.funnel.definition import load_funnel
+from streamer.funnel.definition import FunnelDefinition, load_funnel
 from streamer.funnel.session import NEVER, Kind, Outcome
 from streamer.funnel.windows import WindowCounts
 from streamer.metrics import Metrics
-from streamer.pipeline.merger import REVISION_INTERVAL_S, JudgeFn, WindowMerger
+from streamer.pipeline.merger import (
+    REVISION_INTERVAL_S,
+    REVISIONS_PER_WINDOW,
+    JudgeFn,
+    WindowMerger,
+    revision_period_ms,
+)
 from streamer.query import FunnelView
 from tests.support.stage_harness import CHECKOUT
 
@@ -354,3 +361,59 @@ async def test_a_final_record_is_on_the_broker_before_its_window_is_forgotten() 
     assert journal[:2] == ["final", "confirmed"]
     assert journal[2:]
     assert all(entry.startswith("delete") for entry in journal[2:])
+
+
+async def test_a_multi_day_window_is_revised_once_an_hour_and_final_after_its_days() -> None:
+    """docs/funnel-semantics.md, "Multi-day windows": a 14-day funnel's hourly window, changed
+    at every progress record for 15 days of watermark (every 10 min, 6 s apart), is revised at
+    most once per hour of watermark (REVISIONS_PER_WINDOW + 1 revisions in its life) and
+    published final once the watermark is 14 days past its end, not before; the merger holds at
+    most the windows whose cohorts can still change (1 + 14 days of hours, plus the newest)."""
+    hour = 3_600_000
+    fortnight = FunnelDefinition.model_validate(
+        {"name": "fortnight", "follows": "user", "conversion_window": "14d", "window": "1h",
+         "stages": [{"name": "visit", "event_type": "page_view"},
+                    {"name": "order", "event_type": "order_placed"}]}
+    )  # fmt: skip
+    assert revision_period_ms(fortnight) == hour
+    assert revision_period_ms(FUNNEL) == 0  # a session funnel: only the wall-clock interval
+    start = START - START % hour
+    final_at = start + hour + 14 * 24 * hour
+    clock, sent = Clock(), []
+
+    async def send(key: bytes | None, value: bytes) -> None:
+        sent.append(value)
+
+    merge = WindowMerger(
+        funnels=(fortnight,),
+        source_partitions=1,
+        table={},
+        metrics=Metrics.create(CollectorRegistry()),
+        send_window=send,
+        monotonic=clock,
+    )
+
+    def changed(window_start: int, entered: int, step: int) -> bytes:
+        counts = WindowCounts.empty(2)
+        counts.stages[0].entered = entered
+        return orjson.dumps({"kind": "partial", "funnel": "fortnight", "start": window_start,
+                             "end": window_start + hour, "partition": 0,
+                             "counts": counts.to_json(), "version": [1, step, 0]})  # fmt: skip
+
+    watermark, ours, held = start, [], 0
+    for step in range(1, 15 * 24 * 6 + 1):
+        watermark += hour // 6
+        clock.now += 6.0
+        await merge.process(changed(start, step, step))  # the old window changes every time
+        newest = watermark - watermark % hour
+        await merge.process(changed(newest, step, step))  # and the newest one
+        for stats in await merge.process(progress(0, watermark)):
+            if stats.window_id == f"fortnight/{start}":
+                ours.append((watermark, stats.final))
+        held = max(held, len(merge._load()))
+    revisions = [at for at, final in ours if not final]
+    assert all(b - a >= hour for a, b in pairwise(revisions))
+    assert len(revisions) <= REVISIONS_PER_WINDOW + 1
+    finals = [at for at, final in ours if final]
+    assert finals == [final_at]  # the first progress at or past it, and only once
+    assert held <= 14 * 24 + 2
