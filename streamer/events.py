@@ -311,10 +311,21 @@ class DeadLetter(_Strict):
 
 
 class TimeToConvert(_Strict):
+    """The cohort's conversions of one step, zero timings included (docs/funnel-semantics.md,
+    "Time to convert"): the mean is exact, the median exact to its histogram bucket."""
+
     sum_seconds: float
     count: int
     buckets: list[tuple[float | None, int]] = Field(
         description="(upper bound in seconds or null for +Inf, conversions in that bucket)"
+    )
+    mean_seconds: float | None = Field(
+        default=None, description="sum_seconds / count: exact, zero timings included"
+    )
+    median_at_least_seconds: float | None = Field(
+        default=None,
+        description="the lower bound of the bucket that holds the median conversion (the "
+        "ceil(count/2)-th smallest): the median is above it (at or above 0 in the first bucket)",
     )
     median_at_most_seconds: float | None = Field(
         default=None,

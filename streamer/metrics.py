@@ -177,6 +177,7 @@ class Metrics:
     funnel_entered: Counter
     funnel_converted: Counter
     funnel_dropped: Counter
+    funnel_excluded: Counter
     step_conversion_ratio: Gauge
     step_drop_off_ratio: Gauge
     last_window_end: Gauge
@@ -367,6 +368,13 @@ class Metrics:
                 ["funnel", "step"],
                 registry=registry,
             ),
+            funnel_excluded=Counter(
+                "streamer_funnel_sessions_excluded",
+                "Attempts an exclusion event took out of the funnel at the step (neither "
+                "converted nor dropped), counted when their cohort window is final",
+                ["funnel", "step"],
+                registry=registry,
+            ),
             step_conversion_ratio=Gauge(
                 "streamer_funnel_step_conversion_ratio",
                 "Last final cohort window: converted / (converted + dropped) of the step",
@@ -403,6 +411,7 @@ class Metrics:
             for step in funnel.step_names:
                 metrics.funnel_converted.labels(funnel=funnel.name, step=step)
                 metrics.funnel_dropped.labels(funnel=funnel.name, step=step)
+                metrics.funnel_excluded.labels(funnel=funnel.name, step=step)
             # A counter born at 1 hides its first increase from increase(): the first alert
             # or abandonment of a step would never show on a dashboard.
             for stage_name in funnel.abandonment:

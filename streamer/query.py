@@ -44,6 +44,7 @@ def _aggregate(windows: list[WindowStats]) -> list[dict[str, Any]]:
                 step=f"{name}->{names[index + 1]}",
                 converted=converted,
                 dropped=dropped,
+                excluded=sum(w.stages[index].excluded for w in windows),
                 open=sum(w.stages[index].open for w in windows),
                 conversion_ratio=_ratio(converted, converted + dropped),
                 drop_off_ratio=_ratio(dropped, converted + dropped),

@@ -90,19 +90,18 @@ def _stages_table(name: str, label: str, part: dict[str, Any]) -> Table:
     state = "final" if part.get("final") else "still open: revised until final"
     title = f"{name}: {_span_label(label, part)} ({part['start']} .. {part['end']}, {state})"
     table = Table(title=title)
-    columns = ("stage", "entered", "converted", "dropped", "open", "conversion", "drop-off")
-    for column in columns:
+    # Only where an exclusion took an attempt out: most funnels have none, and a narrow
+    # terminal has no room for an empty column beside a long stage name.
+    excluding = any(row.get("excluded") for row in part["stages"])
+    columns = ("stage", "entered", "converted", "dropped", *(("excluded",) * excluding), "open")
+    for column in (*columns, "conversion", "drop-off"):
         if column == "stage":  # a long name wraps rather than ends in an ellipsis
             table.add_column(column, overflow="fold")
         else:
             table.add_column(column, justify="right", no_wrap=True)
     for row in part["stages"]:
         table.add_row(
-            row["stage"],
-            str(row["entered"]),
-            str(row.get("converted", "")),
-            str(row.get("dropped", "")),
-            str(row.get("open", "")),
+            *(str(row.get(column, "")) for column in columns),
             _provisional(row.get("conversion_ratio"), row.get("open")),
             _provisional(row.get("drop_off_ratio"), row.get("open")),
         )

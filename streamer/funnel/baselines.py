@@ -55,7 +55,10 @@ def bound_index(age_ms: int) -> int:
 def cohorts_of(
     funnel: FunnelDefinition, start_ms: int, counts: WindowCounts, step_index: int
 ) -> Cohort:
-    """Step ``step_index``'s cohort in the window at ``start_ms`` of ``funnel``."""
+    """Step ``step_index``'s cohort in the window at ``start_ms`` of ``funnel``. Attempts an
+    exclusion took out are not in it (``entered`` counts the others): they are out of the
+    step's denominator, as in its conversion ratio (docs/funnel-semantics.md, "Exclusion
+    steps"), so a baseline neither learns them as failures nor a test expects them to drop."""
     step = counts.stages[step_index]
     names = [segment.name for segment in funnel.segments]
     segments = {}
@@ -63,7 +66,7 @@ def cohorts_of(
         s = per_stage[step_index]
         if s.entered and dim < len(names):
             segments[(names[dim], value)] = (
-                s.entered,
+                s.entered - s.excluded,
                 s.converted,
                 s.dropped,
                 _cumulative(s.time_to_convert_buckets),
@@ -71,7 +74,7 @@ def cohorts_of(
     return Cohort(
         start_ms=start_ms,
         end_ms=start_ms + funnel.window_ms,
-        entered=step.entered,
+        entered=step.entered - step.excluded,
         converted=step.converted,
         dropped=step.dropped,
         converted_within=_cumulative(step.time_to_convert_buckets),

@@ -120,13 +120,29 @@ class AlertDecision:
 Decision = AlertDecision | TrackingDecision
 
 
+def converting_types(funnel: FunnelDefinition, step_index: int) -> frozenset[str]:
+    """The event types that can convert step ``step_index``: the next stage's in an ordered or
+    strict funnel, also those of the optional stages an attempt may reach instead (up to the
+    next required one), and every stage's in an unordered funnel (any step not done yet is
+    the next position)."""
+    stages = funnel.stages
+    if funnel.order == "unordered":
+        reachable = stages
+    else:
+        last = step_index + 1
+        while stages[last].optional:
+            last += 1
+        reachable = stages[step_index + 1 : last + 1]
+    return frozenset(t for stage in reachable for t in stage.event_types)
+
+
 def held_steps(funnel: FunnelDefinition, event_types: Sequence[str]) -> list[str]:
     """The steps converted by ``event_types``: those a silence of them blinds."""
     types = set(event_types)
     return [
         name
         for index, name in enumerate(funnel.step_names)
-        if types & set(funnel.stages[index + 1].event_types)
+        if types & converting_types(funnel, index)
     ]
 
 
@@ -162,8 +178,7 @@ class _StepState:
         self.min_increase = (override.min_increase if override else None) or policy.min_increase
         self.min_decided = (override.min_decided if override else None) or policy.min_decided
         self.timeout_ms = funnel.step_timeout_ms(step_index)
-        # The events that convert the step (strictly ordered: only the next stage's).
-        self.converting_types = funnel.stages[step_index + 1].event_types
+        self.converting_types = converting_types(funnel, step_index)
         self.baseline = StepBaseline(policy.baseline_half_life)
         self.learned_until_ms = -(2**62)  # start of the newest final cohort seen
         self.alert_id: str | None = None

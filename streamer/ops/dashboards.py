@@ -156,6 +156,23 @@ OVERVIEW = DashboardSpec(
                     kind="bargauge",
                     unit="percentunit",
                 ),
+                PanelSpec(
+                    "Attempts excluded per step",
+                    "Attempts an exclusion event took out of the funnel at the step over the "
+                    "chosen range (funnels with exclusions; out of the step's conversion "
+                    "denominator): streamer_funnel_sessions_excluded_total.",
+                    (
+                        Query(
+                            "sum by (step) ("
+                            + _increase("streamer_funnel_sessions_excluded_total", RANGE)
+                            + ")",
+                            "{{step}}",
+                            instant=True,
+                        ),
+                    ),
+                    kind="bargauge",
+                    width=24,
+                ),
             ),
         ),
         (

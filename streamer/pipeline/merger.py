@@ -54,6 +54,22 @@ JudgeFn = Callable[[FunnelDefinition, Sequence[int], Mapping[int, WindowCounts]]
 REVISION_INTERVAL_S = 5.0
 # At most this many boundaries are judged after a jump of the watermark (a long outage).
 MAX_JUDGED_PER_JUMP = 1440
+# Multi-day funnels (docs/funnel-semantics.md, "Multi-day windows"): a window stays open for
+# days, so on top of the interval above each window is revised at most once per period of
+# watermark: its life (window + finality lag) holds about REVISIONS_PER_WINDOW of them (a
+# 14-day funnel's hourly windows: once an hour, 337 revisions and the final record).
+MULTI_DAY_MS = 86_400_000
+REVISIONS_PER_WINDOW = 336
+
+
+def revision_period_ms(funnel: FunnelDefinition) -> int:
+    """Watermark time between two revisions of one window: 0 (only ``REVISION_INTERVAL_S``)
+    unless the funnel's cohorts take a day or more to be decided; then the longer of its window
+    and its finality lag / ``REVISIONS_PER_WINDOW``."""
+    lag = funnel.finality_lag_ms
+    if lag < MULTI_DAY_MS:
+        return 0
+    return max(funnel.window_ms, -(-lag // REVISIONS_PER_WINDOW))
 
 
 def _ratio(part: int, whole: int) -> float | None:
@@ -68,16 +84,21 @@ def _stage_stats(
     if histogram and counts.converted:
         bounds: list[float | None] = [ms / 1000 for ms in TIME_TO_CONVERT_BUCKETS_MS]
         buckets = list(zip([*bounds, None], counts.time_to_convert_buckets, strict=True))
-        running, median = 0, None
+        # The median is the ceil(n/2)-th smallest conversion: the first bucket whose running
+        # count reaches half; it lies above the bound before it.
+        running, above, median = 0, 0.0, None
         for bound, n in buckets:
             running += n
             if 2 * running >= counts.converted:
                 median = bound
                 break
+            above = bound or 0.0  # only the last bound is None (+Inf), never passed
         time_to_convert = TimeToConvert(
             sum_seconds=counts.time_to_convert_ms_sum / 1000,
             count=counts.converted,
             buckets=buckets,
+            mean_seconds=counts.time_to_convert_ms_sum / counts.converted / 1000,
+            median_at_least_seconds=above,
             median_at_most_seconds=median,
         )
     return StageStats(
@@ -146,6 +167,7 @@ class _Window:
     funnel: FunnelDefinition
     start: int
     revision: int = -1
+    revised_at_ms: int = NEVER  # the watermark of its latest revision
     parts: dict[str, tuple[list[Any], WindowCounts]] = field(default_factory=dict)
     stored_revision: bool = False  # its revision record exists in the table
     _merged: WindowCounts | None = None
@@ -292,6 +314,7 @@ class WindowMerger:
             return
         pending = orjson.loads(raw)
         window.revision, window.stored_revision = int(pending["revision"]), True
+        window.revised_at_ms = int(pending.get("at", NEVER))  # absent before multi-day bounds
         # Stored before partials had records of their own: every partition's counts were in
         # this one record. Split into the new layout once.
         for partition, counts in pending.get("parts", {}).items():
@@ -305,7 +328,7 @@ class WindowMerger:
 
     def _store_revision(self, window_key: str, window: _Window) -> None:
         self._table[_revision_key(window_key)] = orjson.dumps(
-            {"start": window.start, "revision": window.revision}
+            {"start": window.start, "revision": window.revision, "at": window.revised_at_ms}
         )
         window.stored_revision = True
 
@@ -474,20 +497,27 @@ class WindowMerger:
             if stats.final:
                 finals.append((key, window, stats, counts))
             else:
-                window.revision = revision
+                window.revision, window.revised_at_ms = revision, watermark
                 self._store_revision(key, window)
         await self._forget_finals(windows, finals, published=bool(published))
         return published
 
     def _due(self, windows: dict[str, _Window], watermark: int, revise: bool) -> list[str]:
         """The windows to publish now, in key order: those final at ``watermark`` and, when
-        revising, those changed; none of a funnel held back (see ``_held``)."""
+        revising, those changed (a multi-day funnel's: once its ``revision_period_ms`` has
+        passed since its latest revision); none of a funnel held back (see ``_held``)."""
         held = {name: self._held(funnel) for name, funnel in self._funnels.items()}
+        periods = {name: revision_period_ms(funnel) for name, funnel in self._funnels.items()}
         due = []
         for key, window in windows.items():
-            if held[window.funnel.name]:
+            name = window.funnel.name
+            if held[name]:
                 continue
-            if window.final_at <= watermark or (revise and key in self._changed):
+            if window.final_at <= watermark or (
+                revise
+                and key in self._changed
+                and watermark >= window.revised_at_ms + periods[name]
+            ):
                 due.append(key)
         return sorted(due)
 
@@ -545,6 +575,7 @@ class WindowMerger:
             step = funnel.step_names[index]
             metrics.funnel_converted.labels(funnel=funnel.name, step=step).inc(stage.converted)
             metrics.funnel_dropped.labels(funnel=funnel.name, step=step).inc(stage.dropped)
+            metrics.funnel_excluded.labels(funnel=funnel.name, step=step).inc(stage.excluded)
             if stage.conversion_ratio is not None and stage.drop_off_ratio is not None:
                 metrics.step_conversion_ratio.labels(funnel=funnel.name, step=step).set(
                     stage.conversion_ratio

@@ -17,6 +17,8 @@ literal) and reshapes the query results; every decision is made by the SQL below
    drop (by timeout, or a strict funnel's break), start and advance that happened.
 4. ``outcome``: entries, conversions and drops (plus the drops the watermark decides), then
    grouped into cohort windows, per segment, and abandonments with their retractions.
+5. ``conversions`` (``_time_to_convert``): each window's exact mean time to convert and its
+   lower median (the ceil(n/2)-th smallest), by window functions over the conversions.
 """
 
 from __future__ import annotations
@@ -475,6 +477,7 @@ FROM outcome GROUP BY ALL
         # Final: stage k once W >= s + w + Tk; the last stage once W >= s + w.
         lag = _timeout_ms(funnel, stage) if stage < last else 0
         result.final[key] = int(start) + w + lag <= watermark_ms
+    _time_to_convert(db, funnel, result)
     for d in dims:
         rows = db.execute(f"""
 SELECT cohort - cohort % {w}, stage, coalesce(s{d}, 'unknown'),
@@ -496,6 +499,43 @@ FROM outcome GROUP BY ALL
                 "open": 0 if stage == last else entered - converted - dropped - excluded,
             }
     _abandonments(db, funnel, watermark_ms, result, source)
+
+
+def _median_bucket_s(median_ms: int) -> tuple[float, float | None]:
+    """The spec's bucket that holds a time to convert, as (above, at most) in seconds: the
+    previous bucket's bound (0 for the first) and its own (None for +Inf)."""
+    bounds = [0, *BUCKET_BOUNDS_MS]
+    index = _bucket(median_ms)
+    upper = BUCKET_BOUNDS_MS[index] / 1000 if index < len(BUCKET_BOUNDS_MS) else None
+    return bounds[index] / 1000, upper
+
+
+def _time_to_convert(
+    db: duckdb.DuckDBPyConnection, funnel: FunnelDefinition, result: OracleResult
+) -> None:
+    """Spec "Time to convert": per cohort window and stage, over the converted attempts (zero
+    timings included), the exact mean and the ceil(n/2)-th smallest time, in the bucket the
+    histogram can name."""
+    w = funnel.window_ms
+    names = [stage.name for stage in funnel.stages]
+    rows = db.execute(f"""
+WITH conversions AS (
+    SELECT cohort - cohort % {w} AS start, stage, ttc,
+           row_number() OVER (PARTITION BY cohort - cohort % {w}, stage ORDER BY ttc) AS nth,
+           count(*) OVER (PARTITION BY cohort - cohort % {w}, stage) AS n,
+           sum(ttc) OVER (PARTITION BY cohort - cohort % {w}, stage)::DOUBLE
+               / count(*) OVER (PARTITION BY cohort - cohort % {w}, stage) AS mean_ms
+    FROM outcome WHERE kind = 'converted'
+)
+SELECT start, stage, mean_ms, ttc FROM conversions WHERE nth = (n + 1) // 2
+""").fetchall()
+    for start, stage, mean_ms, median_ms in rows:
+        numbers = result.windows[(funnel.name, int(start), names[stage])]
+        numbers["ttc_mean_s"] = float(mean_ms) / 1000
+        numbers["ttc_median_s"] = _median_bucket_s(int(median_ms))
+    for numbers in result.windows.values():
+        numbers.setdefault("ttc_mean_s", None)
+        numbers.setdefault("ttc_median_s", None)
 
 
 def _abandonments(

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from streamer.events import Abandonment, WindowStats
+from streamer.events import Abandonment, StageStats, WindowStats
 
 WindowKey = tuple[str, int, str]
 SegmentKey = tuple[str, int, str, str, str]
@@ -32,6 +32,17 @@ def latest_windows(values: Iterable[bytes | None]) -> dict[str, WindowStats]:
     return latest
 
 
+def time_to_convert_summary(stage: StageStats) -> dict[str, Any]:
+    """A published stage's mean and median bucket of its time to convert (oracle shape)."""
+    histogram = stage.time_to_convert
+    if histogram is None:
+        return {"ttc_mean_s": None, "ttc_median_s": None}
+    return {
+        "ttc_mean_s": histogram.mean_seconds,
+        "ttc_median_s": (histogram.median_at_least_seconds, histogram.median_at_most_seconds),
+    }
+
+
 def window_numbers(
     windows: Iterable[WindowStats],
 ) -> tuple[dict[WindowKey, dict[str, Any]], dict[SegmentKey, dict[str, int]]]:
@@ -53,6 +64,7 @@ def window_numbers(
                 "ttc_sum_ms": round(histogram.sum_seconds * 1000) if histogram else 0,
                 "ttc_buckets": [count for _, count in histogram.buckets] if histogram else [0] * 13,
                 "dropped_value": round(stage.dropped_value, 2),
+                **time_to_convert_summary(stage),
             }
         for segment in stats.segments:
             for stage in segment.stages:

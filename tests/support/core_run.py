@@ -21,6 +21,7 @@ from streamer.funnel.session import NEVER, CompiledFunnel, StoredEvent
 from streamer.funnel.task import Offer, Task
 from streamer.funnel.windows import UNKNOWN, WindowCounts
 from streamer.pipeline.merger import window_stats
+from tests.support.compare import time_to_convert_summary
 
 
 @dataclass
@@ -172,6 +173,7 @@ def _shape(
             "ttc_sum_ms": step.time_to_convert_ms_sum,
             "ttc_buckets": list(step.time_to_convert_buckets),
             "dropped_value": round(step.dropped_value, 2),
+            **time_to_convert_summary(record.stages[index]),
         }
         result.final[key] = record.stages[index].final
     for (dim, value), steps in counts.segments.items():

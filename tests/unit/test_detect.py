@@ -18,8 +18,9 @@ from streamer.funnel.detect import (
     binomial_tail,
     bound_index,
     family_threshold,
+    held_steps,
 )
-from streamer.funnel.windows import WindowCounts
+from streamer.funnel.windows import TIME_TO_CONVERT_BUCKETS_MS, WindowCounts
 
 CHECKOUT = Path(__file__).resolve().parents[2] / "deploy/funnels/checkout.yaml"
 MIN = 60_000
@@ -182,6 +183,45 @@ def test_stable_traffic_with_noise_fires_nothing() -> None:
     assert fired == []
 
 
+def with_excluded(counts: WindowCounts, share: float) -> WindowCounts:
+    """``share`` of each payment cohort (step and segments) taken out by an exclusion, then the
+    decided rest: ``converted`` of them converted, the others dropped."""
+    for steps in [counts.stages, *counts.segments.values()]:
+        step = steps[PAYMENT]
+        step.excluded = round(step.entered * share)
+        step.dropped = step.entered - step.excluded - step.converted
+    return counts
+
+
+def test_excluded_attempts_are_out_of_the_steps_denominator() -> None:
+    """A steady third of the payment step excluded (docs/alerts.md, "Every mode"): the baseline
+    learns the conversion of the others, so a step whose drop rate among them quadruples fires,
+    and one whose exclusions double while the others convert as before stays quiet."""
+    funnel = checkout(min_baseline_decided=300)
+    lag = funnel.window_ms + funnel.step_timeout_ms(PAYMENT)
+
+    def minute(converted_per_method: int) -> WindowCounts:
+        # 30 entered per method: 10 excluded, the 20 others converted or dropped.
+        return window(funnel, dict.fromkeys(METHODS, (30, converted_per_method)))
+
+    quiet = FunnelDetector(funnel)
+    for index in range(30):
+        final = {index * MIN: with_excluded(minute(18), 1 / 3)}
+        assert quiet.evaluate(index * MIN + lag, final) == []
+    assert quiet.warming_up()["payment->order"] is False
+    doubled = with_excluded(window(funnel, dict.fromkeys(METHODS, (30, 9))), 2 / 3)
+    assert doubled.stages[PAYMENT].dropped == 4  # 10 decided per method, 9 of them convert
+    assert quiet.evaluate(30 * MIN + lag, {30 * MIN: doubled}) == []
+    broken = FunnelDetector(funnel)
+    for index in range(30):
+        broken.evaluate(index * MIN + lag, {index * MIN: with_excluded(minute(18), 1 / 3)})
+    fired = broken.evaluate(
+        30 * MIN + lag, {30 * MIN: with_excluded(minute(12), 1 / 3)}
+    ) + broken.evaluate(31 * MIN + lag, {31 * MIN: with_excluded(minute(12), 1 / 3)})
+    assert [(d.state, d.basis) for d in fired] == [("firing", "final")]
+    assert fired[0].decided == 80  # the 40 excluded of the window are not trials
+
+
 def test_state_survives_a_round_trip() -> None:
     funnel = checkout()
     detector = FunnelDetector(funnel)
@@ -253,3 +293,84 @@ def test_the_family_counts_only_tests_that_could_reach_the_threshold() -> None:
     assert family_threshold(0.01, []) == pytest.approx(0.01)
     # The smallest K with at most K tests able to reach 0.01 / K: 3 reach 0.01/3, 4 do not.
     assert family_threshold(0.01, [1e-9, 1e-9, 1e-9, 0.004, 0.5]) == pytest.approx(0.01 / 3)
+
+
+def test_the_events_that_convert_a_step_follow_the_funnels_mode() -> None:
+    """What a silent event type blinds (the tracking check holds those steps' tests): the next
+    stage's events in order; with an optional stage, also those of the stage after it; in an
+    unordered funnel every stage's (any step not done yet is the next position)."""
+    stages = [
+        {"name": "land", "event_type": "page_view"},
+        {"name": "cart", "event_type": "add_to_cart"},
+        {"name": "pay", "event_type": "payment_submitted"},
+        {"name": "order", "event_type": "order_placed"},
+    ]
+
+    def made(order: str, optional: bool = False) -> FunnelDefinition:
+        raw = [dict(s, optional=True) if optional and s["name"] == "cart" else s for s in stages]
+        return FunnelDefinition.model_validate(
+            {"name": "f", "order": order, "conversion_window": "1h", "stages": raw}
+        )
+
+    ordered, skipping, unordered = made("ordered"), made("ordered", True), made("unordered")
+    assert held_steps(ordered, ["payment_submitted"]) == ["cart->pay"]
+    assert held_steps(skipping, ["payment_submitted"]) == ["land->cart", "cart->pay"]
+    assert held_steps(unordered, ["page_view"]) == unordered.step_names
+    assert held_steps(made("strict"), ["order_placed"]) == ["pay->order"]
+
+
+def test_a_multi_day_step_is_judged_at_matched_age_in_hours() -> None:
+    """A step that takes days (14-day conversion window, hourly windows, a 2-day timeout):
+    with `young_span: 1d` and `min_age: 1h` (docs/alerts.md, "Every mode") young cohorts are
+    judged by the conversions their age reaches in hours, and a broken step fires hours after
+    its onset, not 2 days (its timeout) later."""
+    hour = 60 * MIN
+    within_hour = TIME_TO_CONVERT_BUCKETS_MS.index(hour)
+    funnel = FunnelDefinition.model_validate(
+        {
+            "name": "signup",
+            "follows": "user",
+            "conversion_window": "14d",
+            "window": "1h",
+            "step_timeout": "2d",
+            "stages": [
+                {"name": "visit", "event_type": "page_view"},
+                {"name": "order", "event_type": "order_placed"},
+            ],
+            "alerting": {"young_span": "1d", "min_age": "1h", "min_baseline_decided": 500},
+        }
+    )
+
+    def cohort(entered: int, within_an_hour: int, final: bool) -> WindowCounts:
+        counts = WindowCounts.empty(2)
+        step = counts.stages[0]
+        step.entered = entered
+        step.converted = within_an_hour + (entered // 5 if final else 0)  # more on later days
+        step.time_to_convert_buckets[within_hour] = within_an_hour
+        step.time_to_convert_buckets[-2] = step.converted - within_an_hour
+        step.dropped = entered - step.converted if final else 0
+        return counts
+
+    def broken_for_five_hours(funnel: FunnelDefinition) -> list[Any]:
+        detector = FunnelDetector(funnel)
+        lag = funnel.window_ms + funnel.step_timeout_ms(0)
+        for index in range(30):  # final cohorts: 40% convert within the hour, 60% in the end
+            final = {index * hour: cohort(50, 20, True)}
+            assert detector.evaluate(index * hour + lag, final) == []
+        assert detector.warming_up()["visit->order"] is False
+        onset = 30 * hour + lag
+        fired = []
+        for age in range(1, 6):  # the step breaks: young cohorts stop converting
+            young = {onset - hour + i * hour: cohort(50, 0, False) for i in range(age)}
+            fired += [
+                (d, d.evaluated_at_ms - onset) for d in detector.evaluate(onset + age * hour, young)
+            ]
+        return fired
+
+    [(first, after), *_] = broken_for_five_hours(funnel)
+    assert (first.state, first.basis) == ("firing", "matched_age")
+    assert after <= 3 * hour
+    # The default young span (15 min) holds no hourly cohort old enough: nothing is judged
+    # before the timeout.
+    policy = funnel.alerting.model_copy(update={"young_span_ms": 900_000, "min_age_ms": MIN})
+    assert broken_for_five_hours(funnel.model_copy(update={"alerting": policy})) == []

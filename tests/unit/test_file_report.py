@@ -272,3 +272,49 @@ def test_streamers_own_events_need_no_plan(tmp_path: Path) -> None:
     assert "through preset:streamer" in stderr
     stages = {s.stage: s.entered for s in result.funnels[0].totals.stages}
     assert stages["landing"] == 1
+
+
+EVERY_MODE = {
+    "otto_strict": "order: strict\nstages: [{name: click, event_types: [clicks]}, "
+    "{name: cart, event_types: [carts]}, {name: order, event_types: [orders]}]\n"
+    "abandonment: [cart]",
+    "otto_unordered": "order: unordered\nstages: [{name: click, event_types: [clicks]}, "
+    "{name: cart, event_types: [carts]}, {name: order, event_types: [orders]}]",
+    "otto_excluding": "stages: [{name: click, event_types: [clicks]}, "
+    "{name: order, event_types: [orders]}]\nexclusions: [{event_type: carts}]",
+    "otto_optional": "stages: [{name: click, event_types: [clicks]}, "
+    "{name: cart, event_types: [carts], optional: true}, {name: order, event_types: [orders]}]\n"
+    "abandonment: [cart]",
+}
+
+
+def test_a_file_gives_the_oracles_numbers_in_every_mode(tmp_path: Path) -> None:
+    """Issue 29 item 13: strict, unordered, exclusion and optional-step funnels over one export
+    (the OTTO sample), each equal to the SQL oracle, final at the end and open in the middle."""
+    folder = tmp_path / "funnels"
+    folder.mkdir()
+    for name, body in EVERY_MODE.items():
+        (folder / f"{name}.yaml").write_text(
+            f"name: {name}\nconversion_window: 30d\nstep_timeout: 2d\nwindow: 1h\n{body}\n"
+        )
+    funnels = {name: load_funnel(folder / f"{name}.yaml") for name in EVERY_MODE}
+    path = write_jsonl(tmp_path / "otto.jsonl", by_time(otto_rows()))
+    lines = path.read_bytes().splitlines()
+    plan = compile_plan(load_plan(OTTO_PLAN))
+    for end in (OTTO_TO, "2022-08-10T00:00Z"):
+        result, _, _ = report(path, "--plan", OTTO_PLAN, "--funnels", folder,
+                              "--from", OTTO_FROM, "--to", end)  # fmt: skip
+        assert result.events.late == result.events.rejected == 0
+        rows = oracle_rows(plan, lines, OTTO_FROM, end)
+        assert {f.funnel for f in result.funnels} == set(EVERY_MODE)
+        for replayed in result.funnels:
+            one = result.model_copy(update={"funnels": [replayed]})
+            assert_equals_oracle(one, funnels[replayed.funnel], rows, end)
+        totals = {f.funnel: f.totals.stages for f in result.funnels}
+        # Each mode's own rule acted on this data: an exclusion excluded, a strict break
+        # dropped, an optional stage was skipped (more went on from click than reached cart).
+        assert totals["otto_excluding"][0].excluded > 0
+        assert totals["otto_strict"][0].dropped > 0
+        optional = totals["otto_optional"]
+        assert optional[0].converted > optional[1].entered
+    assert sum(s.open for s in totals["otto_unordered"]) > 0  # the middle: open attempts

@@ -5,16 +5,25 @@ its in-memory view is rebuilt from the table after a reset (a rebalance)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 from typing import Any
 
 import orjson
+import pytest
 from prometheus_client import CollectorRegistry
 
-from streamer.funnel.definition import load_funnel
+from streamer.cli.funnels import print_summary
+from streamer.funnel.definition import FunnelDefinition, load_funnel
 from streamer.funnel.session import NEVER, Kind, Outcome
 from streamer.funnel.windows import WindowCounts
 from streamer.metrics import Metrics
-from streamer.pipeline.merger import REVISION_INTERVAL_S, JudgeFn, WindowMerger
+from streamer.pipeline.merger import (
+    REVISION_INTERVAL_S,
+    REVISIONS_PER_WINDOW,
+    JudgeFn,
+    WindowMerger,
+    revision_period_ms,
+)
 from streamer.query import FunnelView
 from tests.support.stage_harness import CHECKOUT
 
@@ -30,10 +39,12 @@ class Clock:
         return self.now
 
 
-def partial(partition: int, entered: int, version: list[int]) -> bytes:
+def partial(partition: int, entered: int, version: list[int], excluded: int = 0) -> bytes:
     counts = WindowCounts.empty(len(FUNNEL.stages))
     for _ in range(entered):
         counts.apply(Outcome(Kind.ENTERED, 0, START, START, (None,) * len(FUNNEL.segments)))
+    for _ in range(excluded):
+        counts.apply(Outcome(Kind.EXCLUDED, 0, START, START, (None,) * len(FUNNEL.segments)))
     record: dict[str, Any] = {
         "kind": "partial",
         "funnel": FUNNEL.name,
@@ -55,6 +66,7 @@ def merger(
     clock: Clock,
     judge: JudgeFn | None = None,
     on_send: Callable[[], None] = lambda: None,
+    registry: CollectorRegistry | None = None,
 ) -> tuple[WindowMerger, list[bytes]]:
     sent: list[bytes] = []
 
@@ -66,7 +78,7 @@ def merger(
         funnels=(FUNNEL,),
         source_partitions=2,
         table=table,
-        metrics=Metrics.create(CollectorRegistry()),
+        metrics=Metrics.create(registry or CollectorRegistry(), funnels=(FUNNEL,)),
         send_window=send,
         monotonic=clock,
         judge=judge,
@@ -183,6 +195,32 @@ async def test_the_funnel_view_shows_open_sessions_until_the_final_record() -> N
     for stats in await merge.process(progress(0, FINAL_AT)):
         view.add(stats)
     assert view.summary()[FUNNEL.name]["last_window"]["final"] is True
+
+
+async def test_excluded_attempts_are_published_counted_and_shown_beside_the_others(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The `excluded` outcome reaches the record, the Prometheus counter (once the window is
+    final, as entered/converted/dropped), `/funnel` and `streamer funnel show`."""
+    registry = CollectorRegistry()
+    step = FUNNEL.step_names[0]
+    labels = {"funnel": FUNNEL.name, "step": step}
+    assert registry.get_sample_value("streamer_funnel_sessions_excluded_total", labels) is None
+    merge, _ = merger({}, Clock(), registry=registry)
+    assert registry.get_sample_value("streamer_funnel_sessions_excluded_total", labels) == 0
+    await merge.process(partial(0, 5, [1, 1, 0], excluded=2))
+    await merge.process(partial(1, 4, [1, 1, 0], excluded=1))
+    await merge.process(progress(1, FINAL_AT))
+    view = FunnelView()
+    [stats] = await merge.process(progress(0, FINAL_AT))
+    assert (stats.final, stats.stages[0].excluded) == (True, 3)
+    view.add(stats)
+    assert registry.get_sample_value("streamer_funnel_sessions_excluded_total", labels) == 3
+    [row, *_] = view.summary()[FUNNEL.name]["last_window"]["stages"]
+    assert (row["entered"], row["excluded"], row["open"]) == (9, 3, 6)
+    print_summary(view.summary())
+    header = next(line for line in capsys.readouterr().out.splitlines() if "excluded" in line)
+    assert header.index("dropped") < header.index("excluded") < header.index("open")
 
 
 async def test_the_detector_judges_every_boundary_once_with_the_merged_windows() -> None:
@@ -323,3 +361,59 @@ async def test_a_final_record_is_on_the_broker_before_its_window_is_forgotten() 
     assert journal[:2] == ["final", "confirmed"]
     assert journal[2:]
     assert all(entry.startswith("delete") for entry in journal[2:])
+
+
+async def test_a_multi_day_window_is_revised_once_an_hour_and_final_after_its_days() -> None:
+    """docs/funnel-semantics.md, "Multi-day windows": a 14-day funnel's hourly window, changed
+    at every progress record for 15 days of watermark (every 10 min, 6 s apart), is revised at
+    most once per hour of watermark (REVISIONS_PER_WINDOW + 1 revisions in its life) and
+    published final once the watermark is 14 days past its end, not before; the merger holds at
+    most the windows whose cohorts can still change (1 + 14 days of hours, plus the newest)."""
+    hour = 3_600_000
+    fortnight = FunnelDefinition.model_validate(
+        {"name": "fortnight", "follows": "user", "conversion_window": "14d", "window": "1h",
+         "stages": [{"name": "visit", "event_type": "page_view"},
+                    {"name": "order", "event_type": "order_placed"}]}
+    )  # fmt: skip
+    assert revision_period_ms(fortnight) == hour
+    assert revision_period_ms(FUNNEL) == 0  # a session funnel: only the wall-clock interval
+    start = START - START % hour
+    final_at = start + hour + 14 * 24 * hour
+    clock, sent = Clock(), []
+
+    async def send(key: bytes | None, value: bytes) -> None:
+        sent.append(value)
+
+    merge = WindowMerger(
+        funnels=(fortnight,),
+        source_partitions=1,
+        table={},
+        metrics=Metrics.create(CollectorRegistry()),
+        send_window=send,
+        monotonic=clock,
+    )
+
+    def changed(window_start: int, entered: int, step: int) -> bytes:
+        counts = WindowCounts.empty(2)
+        counts.stages[0].entered = entered
+        return orjson.dumps({"kind": "partial", "funnel": "fortnight", "start": window_start,
+                             "end": window_start + hour, "partition": 0,
+                             "counts": counts.to_json(), "version": [1, step, 0]})  # fmt: skip
+
+    watermark, ours, held = start, [], 0
+    for step in range(1, 15 * 24 * 6 + 1):
+        watermark += hour // 6
+        clock.now += 6.0
+        await merge.process(changed(start, step, step))  # the old window changes every time
+        newest = watermark - watermark % hour
+        await merge.process(changed(newest, step, step))  # and the newest one
+        for stats in await merge.process(progress(0, watermark)):
+            if stats.window_id == f"fortnight/{start}":
+                ours.append((watermark, stats.final))
+        held = max(held, len(merge._load()))
+    revisions = [at for at, final in ours if not final]
+    assert all(b - a >= hour for a, b in pairwise(revisions))
+    assert len(revisions) <= REVISIONS_PER_WINDOW + 1
+    finals = [at for at, final in ours if final]
+    assert finals == [final_at]  # the first progress at or past it, and only once
+    assert held <= 14 * 24 + 2

@@ -475,3 +475,43 @@ def test_a_user_funnel_s_steps_may_take_the_whole_window_by_default() -> None:
     )  # fmt: skip
     core, _ = both(events(("land", 0), ("order", 10 * 86_400)), definition=days)
     assert core.windows[("f", 0, "land")]["converted"] == 1
+
+
+# --- Time to convert: mean and median (examples 33 to 35) -----------------------------------
+def summary(result: CoreResult | OracleResult, start_s: int, stage: str) -> tuple[Any, Any]:
+    numbers = result.windows[("f", start_s * S, stage)]
+    return numbers["ttc_mean_s"], numbers["ttc_median_s"]
+
+
+def in_time_order(*sessions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted((e for evs in sessions for e in evs), key=lambda e: int(e["at_ms"]))
+
+
+def test_33_zero_timings_are_kept_in_the_mean_and_the_median() -> None:
+    core, sql = both(in_time_order(
+        events(("land", 0, {"session": "a"}), ("cart", 0, {"session": "a"})),
+        events(("land", 1, "b1", {"session": "b"}), ("cart", 4, "b2", {"session": "b"})),
+        events(("land", 2, "c1", {"session": "c"}), ("cart", 9, "c2", {"session": "c"})),
+    ))  # fmt: skip
+    for result in (core, sql):
+        mean, median = summary(result, 0, "land")
+        assert (round(mean, 3), median) == (3.333, (1.0, 5.0))
+        assert result.windows[("f", 0, "land")]["ttc_buckets"][0] == 1  # the zero
+
+
+def test_34_an_even_count_takes_the_lower_median() -> None:
+    core, sql = both(in_time_order(
+        events(("land", 0, {"session": "a"}), ("cart", 0.5, {"session": "a"})),
+        events(("land", 1, "b1", {"session": "b"}), ("cart", 21, "b2", {"session": "b"})),
+    ))  # fmt: skip
+    for result in (core, sql):
+        assert summary(result, 0, "land") == (10.25, (0.0, 1.0))
+
+
+def test_35_several_stages_at_one_instant_convert_in_zero() -> None:
+    core, sql = both(events(("land", 0), ("cart", 4), ("pay", 4), ("order", 4)))
+    for result in (core, sql):
+        assert summary(result, 0, "cart") == (0.0, (0.0, 1.0))
+        assert summary(result, 0, "pay") == (0.0, (0.0, 1.0))
+        assert summary(result, 0, "land") == (4.0, (1.0, 5.0))
+        assert summary(result, 0, "order") == (None, None)  # no step: no time to convert
