@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 
 from streamer.funnel.definition import FunnelDefinition
@@ -234,6 +234,106 @@ def test_exclusions_core_equals_sql(cases: list[list[dict[str, Any]]], seed: int
 @MODE_BATCHES
 def test_optional_core_equals_sql(cases: list[list[dict[str, Any]]], seed: int) -> None:
     _compare(MODES["optional"], cases, seed)
+
+
+# --- Repeated events and re-entry, hold, attribution (spec sections of the same names) -------
+_MORE = {"name": "more", "event_type": "add_to_cart", "timeout": "10s"}
+_ANY_VIEW = {"name": "visit", "event_type": "page_view"}  # overlaps landing (landing: true)
+_PAY_METHOD_AT_PAYMENT = {"source": "property.payment_method", "attribution": {"step": 3}}
+NEW_RULES: dict[str, tuple[FunnelDefinition, ...]] = {}
+NEW_RULES["repeated"] = (
+    # Two add_to_cart stages in a row; a page_view stage that a landing view also fits.
+    _mode("repeated", stages=[*_STAGES[:2], _MORE, *_STAGES[2:]], abandonment=["cart", "more"]),
+    _mode("overlapping", stages=[_ANY_VIEW, _STAGES[0], *_STAGES[1:]], reentry="latest"),
+    _mode("reentering", reentry="latest", stages=STRICT_STAGES, abandonment=["cart", "payment"]),
+    _mode(
+        "reentering_optional",
+        reentry="latest",
+        stages=[
+            _STAGES[0],
+            {**_STAGES[1], "optional": True},
+            {"name": "more", "event_type": "add_to_cart", "optional": True},
+            *_STAGES[2:],
+        ],
+    ),
+    _mode("repeated_strict", order="strict", stages=[*_STAGES[:2], _MORE, *_STAGES[2:]]),
+)
+NEW_RULES["hold"] = (
+    _mode("holding", hold=["product"]),
+    _mode("holding_strict", order="strict", hold=["product"], strict_ignore=["product_view"]),
+    _mode(
+        "holding_repeated",
+        hold=["product", "context.device"],
+        stages=[*_STAGES[:2], _MORE, *_STAGES[2:]],
+    ),
+)
+NEW_RULES["attribution"] = (
+    _mode(
+        "attributing",
+        segments={
+            "device": {"attribution": "last_touch"},
+            "payment_method": _PAY_METHOD_AT_PAYMENT,
+            "first_device": {"source": "context.device", "attribution": {"step": 1}},
+        },
+        abandonment=["cart", "payment"],
+    ),
+    _mode(
+        "attributing_optional",
+        stages=[_STAGES[0], {**_STAGES[1], "optional": True}, *_STAGES[2:]],
+        segments={
+            "device": {"attribution": {"step": 2}},
+            "payment_method": {"attribution": "last_touch"},
+        },
+    ),
+    _mode(
+        "attributing_unordered",
+        order="unordered",
+        segments={"device": {"attribution": "last_touch"}},
+    ),
+)
+
+
+@st.composite
+def product_batch(draw: Any, size: int) -> list[list[dict[str, Any]]]:
+    """Cases whose events carry a product (two values, or none) for hold to keep constant."""
+    cases = draw(batch(size))
+    carried: dict[str, str | None] = {}  # by event id: a retry carries what its original did
+    for events in cases:
+        for event in events:
+            if event["event_id"] not in carried:
+                carried[event["event_id"]] = draw(st.sampled_from(("a", "b", None)))
+            product = carried[event["event_id"]]
+            if product is not None:
+                event["properties"] = {**event["properties"], "product": product}
+    return cases
+
+
+# The SQL of these funnels costs DuckDB seconds per query, much of it whatever the data: few
+# examples of many cases each (4 x 40 cases per rule), no shrinking (the example and its seed
+# are printed), and not sampled by the watermark-inside comparison (one query per case).
+NEW_MODE_BATCHES = settings(
+    BATCHES, max_examples=4, phases=[Phase.explicit, Phase.reuse, Phase.generate]
+)
+
+
+@given(cases=batch(40), seed=st.integers(0, 2**32))
+@NEW_MODE_BATCHES
+def test_repeated_events_and_re_entry_core_equals_sql(
+    cases: list[list[dict[str, Any]]], seed: int
+) -> None:
+    _compare(NEW_RULES["repeated"], cases, seed)
+
+
+@given(cases=product_batch(40), seed=st.integers(0, 2**32))
+@NEW_MODE_BATCHES
+def test_hold_core_equals_sql(cases: list[list[dict[str, Any]]], seed: int) -> None:
+    _compare(NEW_RULES["hold"], cases, seed)
+
+
+@given(cases=batch(40), seed=st.integers(0, 2**32))
+@NEW_MODE_BATCHES
+def test_attribution_core_equals_sql(cases: list[list[dict[str, Any]]], seed: int) -> None:
+    _compare(NEW_RULES["attribution"], cases, seed)
 
 
 USER_FUNNELS = (
