@@ -14,7 +14,10 @@ literal) and reshapes the query results; every decision is made by the SQL below
 3. ``walk``: a recursive CTE that walks each session's instants in time order with the
    spec's state (idle or an attempt: start, stage, reached, deadline, segments, cart value,
    and for unordered funnels the steps done as a bit mask) and records, per instant, the
-   drop (by timeout, or a strict funnel's break), start and advance that happened.
+   drop (by timeout, a strict funnel's break, or a restart under ``reentry: latest``), start
+   and advance that happened. With repeated event types, hold or step attribution each event
+   is the set of stages it matches (a bit mask), and the advance is a fold over the stages in
+   which an event fills a stage only if it fits none filled at the instant.
 4. ``outcome``: entries, conversions and drops (plus the drops the watermark decides), then
    grouped into cohort windows, per segment, and abandonments with their retractions.
 """
