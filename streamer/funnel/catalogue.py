@@ -58,7 +58,8 @@ def check_known_events(
     exclusions) the catalogue does not list, ``where`` properties none of their event types
     carries or filtered
     with a value of the wrong type, ``property.<name>`` segments no event carries and
-    ``context.<field>`` segments on an undeclared field. Each problem is (the path in the
+    ``context.<field>`` segments on an undeclared field, and held fields no stage's event carries.
+    Each problem is (the path in the
     funnel file, a message); none means the funnel fits."""
     catalogue = EventCatalogue.of(known)
     events = catalogue.events
@@ -112,6 +113,34 @@ def check_known_events(
                 (
                     ("segments", index, "source"),
                     f"no context field {name!r} is declared{_closest(name, catalogue.context)}",
+                )
+            )
+    problems += _hold_problems(definition, catalogue)
+    return problems
+
+
+def _hold_problems(
+    definition: FunnelDefinition, catalogue: EventCatalogue
+) -> list[tuple[tuple[Any, ...], str]]:
+    """A held property no stage's event carries, or a held context field not declared: it
+    would be missing on every event, and holding it would change nothing."""
+    problems: list[tuple[tuple[Any, ...], str]] = []
+    carried = catalogue.carried(t for stage in definition.stages for t in stage.event_types)
+    for index, held in enumerate(definition.hold):
+        kind, _, name = held.rpartition(".")
+        if kind == "context":
+            if catalogue.context is not None and name not in catalogue.context:
+                problems.append(
+                    (
+                        ("hold", index),
+                        f"no context field {name!r} is declared{_closest(name, catalogue.context)}",
+                    )
+                )
+        elif name not in carried:
+            problems.append(
+                (
+                    ("hold", index),
+                    f"no event of the stages has a property {name!r}{_closest(name, carried)}",
                 )
             )
     return problems

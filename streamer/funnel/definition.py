@@ -43,6 +43,7 @@ __all__ = [
     "FunnelDefinitionError",
     "Segment",
     "Stage",
+    "StepAttribution",
     "apply_overrides",
     "check_known_events",
     "load_funnel",
@@ -53,6 +54,8 @@ __all__ = [
 FUNNEL_FILE_PATTERNS = ("*.yaml", "*.yml")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _USER_WINDOW_MAX_MS = 90 * 86_400_000
+# A held field: an event property by name (or property.<name>), or context.<field>.
+_HELD = r"^((context|property)\.)?[A-Za-z0-9_]+$"
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
@@ -188,6 +191,12 @@ class Exclusion(_Frozen):
         return event_type in self.event_types and all(c.matches(properties) for c in self.where)
 
 
+class StepAttribution(_Frozen):
+    """``attribution: {step: N}``: the value of the events that filled step N (from 1)."""
+
+    step: int = Field(ge=1, description="the stage's number, from 1")
+
+
 class Segment(_Frozen):
     """A breakdown dimension: a context field, an event property or an experiment."""
 
@@ -199,6 +208,11 @@ class Segment(_Frozen):
     cap: int = Field(default=10, ge=1, le=200, description="values kept; the rest fold into other")
     values: tuple[str, ...] = Field(
         default=(), description="if given, exactly these values are kept (others fold)"
+    )
+    attribution: Literal["first_touch", "last_touch"] | StepAttribution = Field(
+        default="first_touch",
+        description="which of the attempt's events give the value at a stage's entry: the "
+        "first, the latest, or those of step N (spec: 'Breakdown attribution')",
     )
 
     @model_validator(mode="before")
@@ -327,6 +341,16 @@ class FunnelDefinition(_Frozen):
     strict_ignore: tuple[str, ...] = Field(
         default=(), description="strict funnels: event types that never break an attempt"
     )
+    reentry: Literal["first", "latest"] = Field(
+        default="first",
+        description="a first-stage event during an attempt: only activity (first), or a "
+        "restart from it (latest; ordered funnels)",
+    )
+    hold: tuple[Annotated[str, Field(pattern=_HELD)], ...] = Field(
+        default=(),
+        description="properties (or context.<field>) whose value, fixed at the attempt's "
+        "first step, later steps must carry",
+    )
     stages: tuple[Stage, ...] = Field(min_length=2, max_length=20)
     exclusions: tuple[Exclusion, ...] = Field(
         default=(), description="events that take an attempt out between two stages"
@@ -367,17 +391,6 @@ class FunnelDefinition(_Frozen):
         names = [stage.name for stage in stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}")
-        # One event matches at most one stage: the semantics of an instant (several events at
-        # one time) then never depend on which event is taken for which step.
-        owner: dict[str, str] = {}
-        for stage in stages:
-            for event_type in stage.event_types:
-                if event_type in owner:
-                    raise ValueError(
-                        f"event type {event_type!r} is in stages {owner[event_type]!r} and "
-                        f"{stage.name!r}; a type may belong to one stage only"
-                    )
-                owner[event_type] = stage.name
         return stages
 
     @field_validator("strict_ignore")
@@ -453,6 +466,7 @@ class FunnelDefinition(_Frozen):
             problems.append(_problem(
                 ("conversion_window",), "a user funnel's conversion window is at most 90d"
             ))  # fmt: skip
+        problems += self._repeats_fit() + self._hold_and_attribution_fit()
         if self.order == "unordered":
             for index, stage in enumerate(self.stages):
                 if stage.timeout_ms is not None:
@@ -470,6 +484,61 @@ class FunnelDefinition(_Frozen):
         if problems:
             raise ValidationError.from_exception_data(type(self).__name__, problems)
         return self
+
+    def _repeats_fit(self) -> list[InitErrorDetails]:
+        """Repeated event types and re-entry (spec: "Repeated events and re-entry")."""
+        problems: list[InitErrorDetails] = []
+        if self.order == "unordered":
+            # Steps in no order: which of two look-alike steps an event does is undecidable.
+            owner: dict[str, str] = {}
+            for index, stage in enumerate(self.stages):
+                for event_type in stage.event_types:
+                    if event_type in owner:
+                        problems.append(_problem(
+                            ("stages", index, "event_types"),
+                            f"{event_type!r} is in stages {owner[event_type]!r} and "
+                            f"{stage.name!r}; an unordered funnel's steps have no order to tell "
+                            "which of two look-alike steps an event does",
+                        ))  # fmt: skip
+                    owner.setdefault(event_type, stage.name)
+        if self.reentry == "latest" and self.order != "ordered":
+            problems.append(_problem(
+                ("reentry",),
+                "reentry: latest is for ordered funnels (a strict funnel restarts on a repeated "
+                "first step already; an unordered attempt starts at any step)",
+            ))  # fmt: skip
+        return problems
+
+    def _hold_and_attribution_fit(self) -> list[InitErrorDetails]:
+        """Hold and breakdown attribution (spec: "Holding a property constant", "Breakdown
+        attribution")."""
+        problems: list[InitErrorDetails] = []
+        if self.hold and self.abandonment:
+            problems.append(_problem(
+                ("hold",),
+                "a funnel with abandonment cannot hold a property yet (a retraction would "
+                "have to match the held values)",
+            ))  # fmt: skip
+        if self.hold and self.order == "unordered":
+            problems.append(_problem(
+                ("hold",), "an unordered funnel has no first step to fix a held value at"
+            ))  # fmt: skip
+        if len(set(self.hold)) != len(self.hold):
+            problems.append(_problem(("hold",), f"names a field twice: {list(self.hold)}"))
+        for index, segment in enumerate(self.segments):
+            step = segment.attribution
+            if isinstance(step, StepAttribution) and step.step > len(self.stages):
+                problems.append(_problem(
+                    ("segments", index, "attribution", "step"),
+                    f"step {step.step}: the funnel has {len(self.stages)} stages (1 to "
+                    f"{len(self.stages)})",
+                ))  # fmt: skip
+            elif isinstance(step, StepAttribution) and self.order == "unordered":
+                problems.append(_problem(
+                    ("segments", index, "attribution"),
+                    "an unordered funnel's positions are not stages: no step attribution",
+                ))  # fmt: skip
+        return problems
 
     @model_validator(mode="after")
     def _names_exist(self) -> FunnelDefinition:

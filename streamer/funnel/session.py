@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from streamer.funnel.definition import Condition, FunnelDefinition
+from streamer.funnel.definition import Condition, FunnelDefinition, StepAttribution
 
 _T = TypeVar("_T")
 _SHARED_MAX = 65_536  # distinct shared segment values and tuples per funnel
@@ -111,6 +111,7 @@ class Attempt:
     currency: str | None = None
     done: int = 0  # unordered funnels: the steps done, one bit per stage index
     anchor_ms: int = 0  # funnels with optional stages: when the latest required stage was reached
+    held: tuple[str | None, ...] | None = None  # funnels with hold: the values fixed at S0
 
     def to_json(self) -> list[Any]:
         raw = [
@@ -124,8 +125,10 @@ class Attempt:
             self.last_activity_ms,
             self.currency,
         ]
-        if self.done or self.anchor_ms:  # only these modes: other attempts are stored as before
-            raw += [self.done, self.anchor_ms]
+        if self.done or self.anchor_ms or self.held is not None:
+            raw += [self.done, self.anchor_ms]  # only these modes: others are stored as before
+        if self.held is not None:
+            raw.append(list(self.held))
         return raw
 
     @classmethod
@@ -142,6 +145,7 @@ class Attempt:
             raw[8],
             int(raw[9]) if len(raw) > 9 else 0,
             int(raw[10]) if len(raw) > 10 else 0,
+            tuple(raw[11]) if len(raw) > 11 else None,
         )
 
 
@@ -263,12 +267,36 @@ class CompiledFunnel:
                     (exclusion.where, names.index(low), names.index(high))
                 )
         self.has_exclusions = bool(self._exclusions)
-        self._stage_of_type = {
-            event_type: index
-            for index, stage in enumerate(definition.stages)
-            for event_type in stage.event_types
-        }
+        self._stage_of_type: dict[str, int] = {}
+        self._stages_of_type: dict[str, tuple[int, ...]] = {}
+        for index, stage in enumerate(definition.stages):
+            for event_type in stage.event_types:
+                self._stage_of_type.setdefault(event_type, index)
+                found = self._stages_of_type.get(event_type, ())
+                self._stages_of_type[event_type] = (*found, index)
         self._filters = tuple(stage.where for stage in definition.stages)
+        # Repeated event types, hold and step attribution read which stages each event of an
+        # instant matches as a bit mask (spec: "Repeated events and re-entry"); other funnels
+        # keep one stage per event.
+        self.repeated = any(len(found) > 1 for found in self._stages_of_type.values())
+        self.restarts = definition.reentry == "latest"
+        self._held_fields = tuple(_segment_field(_held_source(name)) for name in definition.hold)
+        self.holds = bool(self._held_fields)
+        # Attribution per segment dimension: first touch, last touch, or the stage whose events
+        # give the value (spec: "Breakdown attribution").
+        self.last_touch = tuple(s.attribution == "last_touch" for s in definition.segments)
+        self.step_dims: dict[int, tuple[int, ...]] = {}
+        for dim, segment in enumerate(definition.segments):
+            if isinstance(segment.attribution, StepAttribution):
+                stage_index = segment.attribution.step - 1
+                self.step_dims[stage_index] = (*self.step_dims.get(stage_index, ()), dim)
+        self.touch_dims = tuple(
+            dim
+            for dim, segment in enumerate(definition.segments)
+            if not isinstance(segment.attribution, StepAttribution)
+        )
+        self.first_touch_only = not self.step_dims and not any(self.last_touch)
+        self.by_mask = self.repeated or self.holds or bool(self.step_dims)
         self._segment_fields = tuple(_segment_field(s.source) for s in definition.segments)
         self._segment_values = tuple(frozenset(s.values) for s in definition.segments)
         self._shared: dict[Any, Any] = {}
@@ -292,6 +320,32 @@ class CompiledFunnel:
                     return -1
         return stage
 
+    def stage_mask(self, event: StoredEvent) -> int:
+        """The stages ``event`` matches (type and filters), one bit each."""
+        mask = 0
+        for stage in self._stages_of_type.get(event.event_type, ()):
+            if all(condition.matches(event.fields) for condition in self._filters[stage]):
+                mask |= 1 << stage
+        return mask
+
+    def held_of(self, event: StoredEvent) -> tuple[str | None, ...]:
+        """``event``'s values of the held fields, as text (None: missing)."""
+        return tuple(_held_text(event.fields.get(name)) for name in self._held_fields)
+
+    def held_at_start(
+        self, events: Sequence[StoredEvent], masks: Sequence[int]
+    ) -> tuple[str | None, ...]:
+        """Each held field's smallest value among the S0 events of a start instant."""
+        held = []
+        for index in range(len(self._held_fields)):
+            found = [
+                value
+                for event, mask in zip(events, masks, strict=True)
+                if mask & 1 and (value := self.held_of(event)[index]) is not None
+            ]
+            held.append(min(found) if found else None)
+        return self.share(tuple(held))
+
     def excluded_stages(self, events: Sequence[StoredEvent]) -> frozenset[int]:
         """The stages at which an event of this instant excludes an attempt."""
         stages: set[int] = set()
@@ -313,6 +367,21 @@ class CompiledFunnel:
     @property
     def segment_count(self) -> int:
         return len(self._segment_fields)
+
+
+def _held_source(name: str) -> str:
+    """A held field as a segment source: a bare name is an event property."""
+    return name if "." in name else f"property.{name}"
+
+
+def _held_text(raw: Any) -> str | None:
+    """A held value as text (spec: a string as it is, other JSON values as their JSON text);
+    absent, null and empty are missing."""
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, str):
+        return raw
+    return orjson.dumps(raw).decode()
 
 
 def _segment_field(source: str) -> str:
@@ -427,7 +496,13 @@ def apply_instant(
     if attempt is not None and at_ms > attempt.deadline_ms:
         dropped = _drop(funnel, progress, attempt, out)
         attempt = None
-    stages = [funnel.stage_of(event) for event in events]
+    # Each event's stage; with repeated types, hold or step attribution also the stages it
+    # matches as a bit mask (then ``stages`` holds each event's lowest).
+    masks = [funnel.stage_mask(event) for event in events] if funnel.by_mask else None
+    if masks is None:
+        stages = [funnel.stage_of(event) for event in events]
+    else:
+        stages = [(mask & -mask).bit_length() - 1 for mask in masks]
     # Retraction: an order after the latest abandonment, within its attempt's window (before a
     # strict break of this instant, whose own abandonment an order at this instant never
     # retracts).
@@ -435,7 +510,7 @@ def apply_instant(
     if abandoned is not None:
         if at_ms > abandoned.retractable_until_ms:
             progress.abandoned = None
-        elif funnel.last_stage in stages and at_ms > abandoned.abandoned_ms:
+        elif at_ms > abandoned.abandoned_ms and _has(funnel.last_stage, stages, masks):
             retracted = (abandoned, at_ms)
             progress.abandoned = None
     # Exclusion: an event of this instant excludes at the attempt's stage (before a break).
@@ -447,8 +522,19 @@ def apply_instant(
     if (
         attempt is not None
         and funnel.strict
-        and attempt.stage + 1 not in stages
+        and not _has(attempt.stage + 1, stages, _fitting(funnel, attempt, events, masks))
         and any(event.event_type not in funnel.strict_ignore for event in events)
+    ):
+        dropped = _drop(funnel, progress, attempt, out, broken_ms=at_ms)
+        attempt = None
+    # Re-entry `latest`: an S0 event restarts an attempt this instant does not advance (the
+    # drop of a strict break: the attempt ended at its latest instant, a start follows).
+    if (
+        attempt is not None
+        and funnel.restarts
+        and 0 in stages
+        and _next_target(funnel, attempt.stage, stages, _fitting(funnel, attempt, events, masks))
+        < 0
     ):
         dropped = _drop(funnel, progress, attempt, out, broken_ms=at_ms)
         attempt = None
@@ -462,12 +548,16 @@ def apply_instant(
         attempt = Attempt(at_ms, 0, at_ms, 0, funnel.share((None,) * funnel.segment_count), ())
         if funnel.has_optional:
             attempt.anchor_ms = at_ms
+        if funnel.holds:
+            attempt.held = funnel.held_at_start(events, masks or ())
         attempt.deadline_ms = _deadline(funnel, attempt)
         progress.attempt = attempt
         started = True
     # 3. Segments (first touch; ties at one instant: smallest text), cart value, activity.
     # Only the dimensions still unknown are read, and only from events of a stage.
-    if None in attempt.segments:
+    if not funnel.first_touch_only:
+        _touch(funnel, attempt, events, stages)
+    elif None in attempt.segments:
         touched = [e for e, stage in zip(events, stages, strict=True) if stage >= 0]
         segments = list(attempt.segments)
         found = False
@@ -494,6 +584,8 @@ def apply_instant(
         attempt.currency = funnel.share(currency)
     attempt.last_activity_ms = at_ms
     if started:
+        if 0 in funnel.step_dims and masks is not None:
+            _attribute_step(funnel, attempt, 0, events, masks)
         attempt.stage_segments = attempt.segments
         out.append(Outcome(Kind.ENTERED, 0, at_ms, at_ms, attempt.stage_segments))
         if 0 in excluding:  # an exclusion at the instant S0 is reached
@@ -503,10 +595,19 @@ def apply_instant(
         _advance_unordered(funnel, attempt, at_ms, stages, started, out)
     else:
         # Advance while this instant holds the next stage's event (inclusive deadline: step 1);
-        # with optional stages, the nearest one up to the next required stage.
+        # with optional stages, the nearest one up to the next required stage; with masks, by
+        # an event that fits no stage filled at this instant (one event fills one step).
+        fitting = _fitting(funnel, attempt, events, masks)
+        filled = 1 if started else 0
         while attempt.stage < funnel.last_stage:
-            if funnel.has_optional:
-                target = _next_reached(funnel, attempt.stage, stages)
+            if fitting is not None:
+                target = _next_target(funnel, attempt.stage, stages, fitting, filled)
+                if target < 0:
+                    break
+                filled |= 1 << target
+                _convert(funnel, attempt, at_ms, out, target, events, masks)
+            elif funnel.has_optional:
+                target = _next_target(funnel, attempt.stage, stages)
                 if target < 0:
                     break
                 _convert(funnel, attempt, at_ms, out, target)
@@ -545,13 +646,90 @@ def _advance_unordered(
         _convert(funnel, attempt, at_ms, out)
 
 
-def _next_reached(funnel: CompiledFunnel, stage: int, stages: list[int]) -> int:
+def _has(stage: int, stages: list[int], masks: list[int] | None) -> bool:
+    """Whether an event of the instant matches ``stage``."""
+    if masks is None:
+        return stage in stages
+    bit = 1 << stage
+    return any(mask & bit for mask in masks)
+
+
+def _fitting(
+    funnel: CompiledFunnel,
+    attempt: Attempt,
+    events: Sequence[StoredEvent],
+    masks: list[int] | None,
+) -> list[int] | None:
+    """The masks as the attempt sees them: with hold, an event without the held values
+    matches only ``S0`` (spec: "Holding a property constant")."""
+    if masks is None or not funnel.holds:
+        return masks
+    held = attempt.held
+    return [
+        mask if mask <= 1 or funnel.held_of(event) == held else mask & 1
+        for event, mask in zip(events, masks, strict=True)
+    ]
+
+
+def _next_target(
+    funnel: CompiledFunnel,
+    stage: int,
+    stages: list[int],
+    masks: list[int] | None = None,
+    filled: int = 0,
+) -> int:
     """The nearest stage after ``stage``, up to the next required one, that an event of this
-    instant matches; -1 if none."""
+    instant fills (with masks: an event that matches it and no stage of ``filled``); -1 if
+    none."""
     for target in range(stage + 1, funnel.next_required[stage] + 1):
-        if target in stages:
-            return target
+        if masks is None:
+            if target in stages:
+                return target
+        else:
+            bit = 1 << target
+            if any(mask & bit and not mask & filled for mask in masks):
+                return target
     return -1
+
+
+def _touch(
+    funnel: CompiledFunnel, attempt: Attempt, events: Sequence[StoredEvent], stages: list[int]
+) -> None:
+    """First- and last-touch segment values of this instant's funnel events (ties: the
+    smallest text); step-attributed dimensions are set by :func:`_attribute_step`."""
+    touched = [e for e, stage in zip(events, stages, strict=True) if stage >= 0]
+    if not touched:
+        return
+    segments = list(attempt.segments)
+    for dim in funnel.touch_dims:
+        if segments[dim] is None or funnel.last_touch[dim]:
+            candidates = [
+                text for e in touched if (text := funnel.segment_value(e, dim)) is not None
+            ]
+            if candidates:
+                segments[dim] = min(candidates)
+    attempt.segments = funnel.share(tuple(segments))
+
+
+def _attribute_step(
+    funnel: CompiledFunnel,
+    attempt: Attempt,
+    stage: int,
+    events: Sequence[StoredEvent],
+    masks: list[int],
+) -> None:
+    """Entering ``stage``: the dimensions attributed to it take the smallest value of the
+    instant's events that match it (none: unknown)."""
+    bit = 1 << stage
+    segments = list(attempt.segments)
+    for dim in funnel.step_dims[stage]:
+        candidates = [
+            text
+            for event, mask in zip(events, masks, strict=True)
+            if mask & bit and (text := funnel.segment_value(event, dim)) is not None
+        ]
+        segments[dim] = min(candidates) if candidates else None
+    attempt.segments = funnel.share(tuple(segments))
 
 
 def _convert(
@@ -560,9 +738,12 @@ def _convert(
     at_ms: int,
     out: list[Outcome],
     target: int | None = None,
+    events: Sequence[StoredEvent] = (),
+    masks: list[int] | None = None,
 ) -> None:
     """Step ``attempt.stage`` converts at ``at_ms``; the attempt enters the next stage (or
-    ``target``, past optional stages)."""
+    ``target``, past optional stages); ``events`` and ``masks``: the instant's, for step
+    attribution."""
     out.append(
         Outcome(
             Kind.CONVERTED,
@@ -575,6 +756,8 @@ def _convert(
     )
     attempt.stage = attempt.stage + 1 if target is None else target
     attempt.reached_ms = at_ms
+    if masks is not None and attempt.stage in funnel.step_dims:
+        _attribute_step(funnel, attempt, attempt.stage, events, masks)
     attempt.stage_segments = attempt.segments
     if funnel.has_optional and funnel.required[attempt.stage]:
         attempt.anchor_ms = at_ms

@@ -14,7 +14,10 @@ literal) and reshapes the query results; every decision is made by the SQL below
 3. ``walk``: a recursive CTE that walks each session's instants in time order with the
    spec's state (idle or an attempt: start, stage, reached, deadline, segments, cart value,
    and for unordered funnels the steps done as a bit mask) and records, per instant, the
-   drop (by timeout, or a strict funnel's break), start and advance that happened.
+   drop (by timeout, a strict funnel's break, or a restart under ``reentry: latest``), start
+   and advance that happened. With repeated event types, hold or step attribution each event
+   is the set of stages it matches (a bit mask), and the advance is a fold over the stages in
+   which an event fills a stage only if it fits none filled at the instant.
 4. ``outcome``: entries, conversions and drops (plus the drops the watermark decides), then
    grouped into cohort windows, per segment, and abandonments with their retractions.
 5. ``conversions`` (``_time_to_convert``): each window's exact mean time to convert and its
@@ -159,6 +162,42 @@ def _exclusion_sql(funnel: FunnelDefinition) -> list[str]:
     return [" OR ".join(found) or "FALSE" for found in per_stage]
 
 
+def _masked(funnel: FunnelDefinition) -> bool:
+    """Whether events are read as the set of stages each matches (spec: "Repeated events and
+    re-entry"; also needed by hold and step attribution)."""
+    types = [t for stage in funnel.stages for t in stage.event_types]
+    steps = any(not isinstance(s.attribution, str) for s in funnel.segments)
+    return len(set(types)) < len(types) or bool(funnel.hold) or steps
+
+
+def _mask_sql(funnel: FunnelDefinition) -> str:
+    """The stages an event matches, one bit each."""
+    bits = []
+    for index, stage in enumerate(funnel.stages):
+        types = ", ".join(_literal(t) for t in stage.event_types)
+        conditions = " AND ".join(_condition_sql(c) for c in stage.where) or "TRUE"
+        bits.append(
+            f"(CASE WHEN event_type IN ({types}) AND {conditions} THEN {1 << index} ELSE 0 END)"
+        )
+    return "(" + " + ".join(bits) + ")::BIGINT"
+
+
+def _held_sql(funnel: FunnelDefinition) -> list[str]:
+    """Each held field's value as text (spec: "Holding a property constant"); NULL: missing."""
+    out = []
+    for name in funnel.hold:
+        kind, _, field_name = name.rpartition(".")
+        column = "c" if kind == "context" else "p"
+        out.append(f"NULLIF(json_extract_string({column}, '$.{field_name}'), '')")
+    return out
+
+
+def _step_stage(funnel: FunnelDefinition, d: int) -> int | None:
+    """The 0-based stage a segment is attributed to (``step: N``), or None."""
+    attribution = funnel.segments[d].attribution
+    return None if isinstance(attribution, str) else attribution.step - 1
+
+
 def _timeout_ms(funnel: FunnelDefinition, k: int) -> int:
     """``Tk`` as the specification's Terms define it, not the core's ``step_timeout_ms``: the
     stage's own ``timeout``, else the funnel's ``step_timeout`` (default 30m), capped at
@@ -178,6 +217,23 @@ def _walk_sql(funnel: FunnelDefinition, watermark_ms: int, source: str = "raw") 
     cw = funnel.conversion_window_ms
     seg_cols = "".join(f", {sql} AS g{d}" for d, sql in enumerate(_segment_sql(funnel)))
     has = "[" + ", ".join(f"bool_or(stage = {k})" for k in range(n + 1)) + "]"
+    optional = [stage.optional for stage in funnel.stages]
+    masked = _masked(funnel)
+    if masked:
+        has = "[" + ", ".join(f"bool_or((m >> {k}) & 1 = 1)" for k in range(n + 1)) + "]"
+    held = range(len(funnel.hold))
+    held_cols = "".join(f", {sql} AS h{x}" for x, sql in enumerate(_held_sql(funnel)))
+    step_of = {d: _step_stage(funnel, d) for d in dims}
+    # Per instant: each event's stages and held values; the held values of its S0 events; the
+    # values of the events of each attributed step.
+    evs = "list(struct_pack(m := m" + "".join(f", h{x} := h{x}" for x in held) + "))"
+    inst_more = f", {evs} AS evs" if masked else ""
+    inst_more += "".join(f", min(h{x}) FILTER (WHERE m & 1 = 1) AS hs{x}" for x in held)
+    inst_more += "".join(
+        f", min(g{d}) FILTER (WHERE (m >> {j}) & 1 = 1) AS n{d}"
+        for d, j in step_of.items()
+        if j is not None
+    )
     strict = funnel.order == "strict"
     unordered = funnel.order == "unordered"
     ignored = ", ".join(_literal(t) for t in funnel.strict_ignore)
@@ -188,9 +244,7 @@ def _walk_sql(funnel: FunnelDefinition, watermark_ms: int, source: str = "raw") 
     exc = "[" + "".join(f"bool_or(x{k}), " for k in range(n)) + "false]"
     # Optional stages: R(k), the next required stage after k (n for the last), and the latest
     # required stage at or before k, as list literals indexed by k + 1.
-    optional = [stage.optional for stage in funnel.stages]
     skipping = any(optional)
-    next_req = [next(j for j in range(k + 1, n + 1) if not optional[j]) for k in range(n)] + [n]
     req_upto = [max(j for j in range(k + 1) if not optional[j]) for k in range(n + 1)]
     mins = "".join(f", min(g{d}) FILTER (WHERE stage >= 0) AS m{d}" for d in dims)
     # The step's expressions, in the spec's order (names refer to the previous row r and the
@@ -200,18 +254,55 @@ def _walk_sql(funnel: FunnelDefinition, watermark_ms: int, source: str = "raw") 
     excluding = bool(funnel.exclusions)  # else the terms below are FALSE: a shorter query
     excl1 = f"(r.active AND NOT {drop} AND i.exc[r.k + 1])" if excluding else "FALSE"
     # Strict: broken when in time, no event of the next stage, and some event not ignored.
+    next_req = [next(j for j in range(k + 1, n + 1) if not optional[j]) for k in range(n)] + [n]
+
+    def fit(held_values: list[str]) -> str:
+        """The instant's event masks as an attempt with these held values sees them: an event
+        with other values matches only S0."""
+        if not funnel.hold:
+            return "list_transform(i.evs, lambda e: e.m)"
+        same = " AND ".join(
+            f"e.h{x} IS NOT DISTINCT FROM {value}" for x, value in enumerate(held_values)
+        )
+        return (
+            f"list_transform(i.evs, lambda e: CASE WHEN e.m <= 1 OR ({same}) THEN e.m "
+            "ELSE e.m & 1 END)"
+        )
+
+    prev_fit = fit([f"r.held{x}" for x in held])
+
+    def has_prev(j: str) -> str:
+        """An event of the instant matches stage ``j`` for the attempt before it."""
+        if not funnel.hold:
+            return f"i.has[({j}) + 1]"
+        return (
+            f"coalesce(list_bool_or(list_transform({prev_fit}, lambda pm: (pm >> ({j})) & 1 = 1"
+            ")), false)"
+        )
+
     brk = (
-        f"(r.active AND NOT {drop} AND NOT {excl1} AND i.noise AND NOT i.has[r.k + 2])"
+        f"(r.active AND NOT {drop} AND NOT {excl1} AND i.noise AND NOT {has_prev('r.k + 1')})"
         if strict
         else "FALSE"
     )
-    dropped = f"({drop} OR {brk})"
+    # Re-entry latest: an S0 event restarts an attempt that no event of the instant advances.
+    can_advance = (
+        f"coalesce(list_bool_or(list_transform(range(r.k + 1, {next_req}[r.k + 1] + 1), "
+        f"lambda rj: {has_prev('rj')})), false)"
+    )
+    restart = (
+        f"(r.active AND NOT {drop} AND NOT {excl1} AND NOT {brk} AND i.has[1] "
+        f"AND NOT {can_advance})"
+        if funnel.reentry == "latest"
+        else "FALSE"
+    )
+    dropped = f"({drop} OR {brk} OR {restart})"
     still = f"(r.active AND NOT {dropped} AND NOT {excl1})"
-    # A timed-out attempt ends at its deadline, an excluded one now, a broken one at its
-    # latest instant.
+    # A timed-out attempt ends at its deadline, an excluded one now, a broken (or restarted)
+    # one at its latest instant.
     ended1 = (
-        f"(CASE WHEN {drop} THEN r.deadline WHEN {excl1} THEN i.t WHEN {brk} THEN r.lastact "
-        "ELSE r.ended END)"
+        f"(CASE WHEN {drop} THEN r.deadline WHEN {excl1} THEN i.t WHEN {brk} OR {restart} "
+        "THEN r.lastact ELSE r.ended END)"
     )
     begins = "i.mask > 0" if unordered else "i.has[1]"
     start = f"((NOT {still}) AND {begins} AND i.t > {ended1})"
@@ -219,12 +310,18 @@ def _walk_sql(funnel: FunnelDefinition, watermark_ms: int, source: str = "raw") 
     a2 = f"(CASE WHEN {start} THEN i.t ELSE r.a END)"
     k1 = f"(CASE WHEN {start} THEN 0 ELSE r.k END)"
     reached1 = f"(CASE WHEN {start} THEN i.t ELSE r.reached END)"
-    cur = {
-        d: f"(CASE WHEN {start} THEN i.m{d} WHEN {still} THEN coalesce(r.cur{d}, i.m{d}) "
-        f"ELSE r.cur{d} END)"
-        for d in dims
-    }
-    snap1 = {d: f"(CASE WHEN {start} THEN {cur[d]} ELSE r.snap{d} END)" for d in dims}
+    held2 = [f"(CASE WHEN {start} THEN i.hs{x} ELSE r.held{x} END)" for x in held]
+    # Masked: from stage k1 (filled at t if the attempt started at t), the nearest stage up to
+    # R(k) that an event fills which fits no stage filled at t; again and again: a fold whose
+    # accumulator is (stages filled at t) << 6 | stage.
+    fold = (
+        f"list_reduce(range({k1} + 1, {n + 1}), lambda acc, fj: CASE WHEN fj > acc & 63 AND "
+        f"fj <= {next_req}[(acc & 63) + 1] AND coalesce(list_bool_or(list_transform("
+        f"{fit(held2)}, lambda fm: (fm >> fj) & 1 = 1 AND fm & (acc >> 6) = 0)), false) "
+        f"THEN (((acc >> 6) | (1::BIGINT << fj)) << 6) | fj ELSE acc END, "
+        f"(((CASE WHEN {start} THEN 1 ELSE 0 END)::BIGINT << 6) | {k1}))"
+    )
+    filled = f"(CASE WHEN {active2} THEN {fold} >> 6 ELSE 0 END)"
     cart2 = (
         f"(CASE WHEN {start} THEN i.cart WHEN {still} THEN "
         f"(CASE WHEN i.cart > 0 THEN i.cart ELSE r.cart END) ELSE r.cart END)"
@@ -242,6 +339,8 @@ def _walk_sql(funnel: FunnelDefinition, watermark_ms: int, source: str = "raw") 
             f"j <= {next_req}[acc + 1] AND i.has[j + 1] THEN j ELSE acc END, {k1})"
         )
         run = f"(CASE WHEN {active2} THEN {reached_to} - {k1} ELSE 0 END)"
+    if masked:
+        run = f"(CASE WHEN {active2} THEN ({fold} & 63) - {k1} ELSE 0 END)"
     # Unordered: the steps done so far (a bit per stage); each new one is one step further,
     # except the first of a new attempt (its entry).
     done1 = f"(CASE WHEN {still} THEN r.done ELSE 0 END)"
@@ -264,6 +363,29 @@ def _walk_sql(funnel: FunnelDefinition, watermark_ms: int, source: str = "raw") 
         run = f"(CASE WHEN {excl2} THEN {hit} - 1 ELSE {run} END)"
     k2 = f"({k1} + {run})"
     reached2 = f"(CASE WHEN {run} > 0 THEN i.t ELSE {reached1} END)"
+    # Segment values (spec: "Breakdown attribution"): first touch, last touch, or the values
+    # of the events of the step the dimension is attributed to, set when the attempt fills it.
+    cur = {}
+    for d in dims:
+        attribution = funnel.segments[d].attribution
+        if attribution == "first_touch":
+            cur[d] = (
+                f"(CASE WHEN {start} THEN i.m{d} WHEN {still} THEN coalesce(r.cur{d}, i.m{d}) "
+                f"ELSE r.cur{d} END)"
+            )
+        elif attribution == "last_touch":
+            cur[d] = (
+                f"(CASE WHEN {start} THEN i.m{d} WHEN {still} THEN coalesce(i.m{d}, r.cur{d}) "
+                f"ELSE r.cur{d} END)"
+            )
+        else:
+            cur[d] = (
+                f"(CASE WHEN ({filled} >> {step_of[d]}) & 1 = 1 AND {step_of[d]} <= {k2} "
+                f"THEN i.n{d} WHEN {start} THEN NULL ELSE r.cur{d} END)"
+            )
+    # S0's entry: a dimension attributed to a later step has no value yet.
+    entry0 = {d: "NULL" if (step_of[d] or 0) > 0 else cur[d] for d in dims}
+    snap1 = {d: f"(CASE WHEN {start} THEN {entry0[d]} ELSE r.snap{d} END)" for d in dims}
     snap2 = {d: f"(CASE WHEN {run} > 0 THEN {cur[d]} ELSE {snap1[d]} END)" for d in dims}
     # The anchor: when the latest required stage was reached (the deadline runs from it).
     anchor1 = f"(CASE WHEN {start} THEN i.t ELSE r.anchor END)"
@@ -277,6 +399,11 @@ def _walk_sql(funnel: FunnelDefinition, watermark_ms: int, source: str = "raw") 
         "ELSE NULL END)"
     )
 
+    m_col = f", {_mask_sql(funnel)} AS m" if masked else ""
+    held_base = "".join(f", NULL::VARCHAR AS held{x}" for x in held)
+    held_step = "".join(f", {held2[x]} AS held{x}" for x in held)
+    if not masked:
+        filled = "0::BIGINT"
     state_cols = "".join(f", cur{d}, snap{d}" for d in dims)
     base_cols = "".join(f", NULL::VARCHAR AS cur{d}, NULL::VARCHAR AS snap{d}" for d in dims)
     out_cols = "".join(
@@ -304,7 +431,7 @@ def _walk_sql(funnel: FunnelDefinition, watermark_ms: int, source: str = "raw") 
 WITH RECURSIVE
 ev AS (
     SELECT sid, at_ms AS t, event_type, {_stage_sql(funnel)} AS stage, {_CART} AS cart{seg_cols}
-           {x_cols}
+           {x_cols}{m_col}{held_cols}
     FROM (SELECT DISTINCT ON (sid, eid) sid, eid, event_type, at_ms, p, c FROM {source})
     WHERE at_ms < {watermark_ms}
 ),
@@ -312,6 +439,7 @@ inst AS (
     SELECT sid, t, row_number() OVER (PARTITION BY sid ORDER BY t) AS rn,
            {has} AS has, max(cart) AS cart{mins}, {noise} AS noise, {exc} AS exc,
            coalesce(bit_or(1::BIGINT << greatest(stage, 0)) FILTER (WHERE stage >= 0), 0) AS mask
+           {inst_more}
     FROM ev GROUP BY sid, t
 ),
 walk AS (
@@ -322,14 +450,14 @@ walk AS (
            FALSE AS d_flag, NULL::INTEGER AS d_stage, NULL::BIGINT AS d_at,
            NULL::BIGINT AS d_cohort, NULL::DOUBLE AS d_value, NULL::BIGINT AS d_lastact,
            NULL::BIGINT AS d_a, FALSE AS o_start, NULL::INTEGER AS o_k1, NULL::INTEGER AS o_k2,
-           NULL::BIGINT AS o_reached1{out_cols}{x_base}
+           NULL::BIGINT AS o_reached1{out_cols}{x_base}{held_base}, 0::BIGINT AS o_filled
     FROM (SELECT DISTINCT sid FROM inst)
     UNION ALL
     SELECT r.sid, i.rn, i.t, {active3}, {a2}, {k2}, {reached2}, {deadline3}, {ended3},
            {cart2}, {lastact2}, {done2}, {anchor2}, i.has{step_state},
            {dropped}, r.k, CASE WHEN {drop} THEN r.deadline ELSE i.t END, r.reached, r.cart,
            r.lastact, r.a,
-           {start}, {k1}, {k2}, {reached1}{step_out}{x_out}
+           {start}, {k1}, {k2}, {reached1}{step_out}{x_out}{held_step}, {filled}
     FROM walk r JOIN inst i ON i.sid = r.sid AND i.rn = r.rn + 1
 ),
 final_state AS (
@@ -337,13 +465,13 @@ final_state AS (
 )
 SELECT 'step' AS src, sid, t, active, a, k, reached, deadline, cart, lastact,
        d_flag, d_stage, d_at, d_cohort, d_value, d_lastact, d_a, o_start, o_k1, o_k2,
-       o_reached1{out_names}{x_names}, o_has{state_cols}
+       o_reached1{out_names}{x_names}, o_has{state_cols}, o_filled
 FROM walk WHERE rn > 0
 UNION ALL
 SELECT 'end' AS src, sid, t, active, a, k, reached, deadline, cart, lastact,
        active AND deadline < {watermark_ms}, k, deadline, reached, cart, lastact, a,
        FALSE, NULL, NULL, NULL{"".join(f", snap{d}, NULL, NULL" for d in dims)}{x_none},
-       NULL{state_cols}
+       NULL{state_cols}, 0
 FROM final_state WHERE rn > 0
 """
 
@@ -419,21 +547,35 @@ def _funnel(
     # Outcomes: (kind, stage, cohort reached time, ttc, value, segment values...).
     # The stages an advance went through: all of k1 + 1 .. k2, but optional ones skipped.
     reached = "o_has[j + 1]" if any(stage.optional for stage in funnel.stages) else "TRUE"
+    if _masked(funnel):
+        reached = "(o_filled >> j) & 1 = 1"
     seg_select = lambda prefix: "".join(f", {prefix}{d} AS s{d}" for d in dims)  # noqa: E731
+
+    def at_stage(d: int, value: str, j: str) -> str:
+        """A segment value at stage ``j``'s entry: none before the step it is attributed to."""
+        step = _step_stage(funnel, d)
+        return value if not step else f"CASE WHEN {j} < {step} THEN NULL ELSE {value} END"
+
+    entered_segs = "".join(f", {at_stage(d, f'ocur{d}', 'j')} AS s{d}" for d in dims)
+    converted_segs = "".join(
+        f", CASE WHEN j = o_k1 THEN osnap{d} ELSE {at_stage(d, f'ocur{d}', 'j')} END AS s{d}"
+        for d in dims
+    )
+    start_segs = "".join(f", {at_stage(d, f'ocur{d}', '0')} AS s{d}" for d in dims)
     db.execute(f"""
 CREATE OR REPLACE TEMP TABLE outcome AS
 SELECT 'entered' AS kind, 0 AS stage, t AS cohort, 0::BIGINT AS ttc,
-       0.0 AS value{seg_select("ocur")}
+       0.0 AS value{start_segs}
 FROM walked WHERE src = 'step' AND o_start
 UNION ALL
-SELECT 'entered', j, t, 0, 0.0{seg_select("ocur")}
+SELECT 'entered', j, t, 0, 0.0{entered_segs}
 FROM (SELECT *, unnest(range(o_k1 + 1, o_k2 + 1)) AS j FROM walked
       WHERE src = 'step' AND o_k2 > o_k1)
 WHERE {reached}
 UNION ALL
 SELECT 'converted', j, CASE WHEN j = o_k1 THEN o_reached1 ELSE t END,
        CASE WHEN j = o_k1 THEN t - o_reached1 ELSE 0 END, 0.0
-       {"".join(f", CASE WHEN j = o_k1 THEN osnap{d} ELSE ocur{d} END AS s{d}" for d in dims)}
+       {converted_segs}
 FROM (SELECT *, unnest(range(o_k1, o_k2)) AS j FROM walked WHERE src = 'step' AND o_k2 > o_k1)
 WHERE j = o_k1 OR {reached}
 UNION ALL

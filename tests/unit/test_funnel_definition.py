@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from streamer.funnel.catalogue import EventCatalogue
 from streamer.funnel.definition import (
     FunnelDefinitionError,
     load_funnel,
@@ -89,14 +90,72 @@ def test_unknown_keys_bad_yaml_and_duplicates(tmp_path: Path) -> None:
         )
 
 
-def test_an_event_type_belongs_to_one_stage_only(tmp_path: Path) -> None:
+def test_an_event_type_may_fill_several_stages_except_in_an_unordered_funnel(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "twice.yaml"
-    path.write_text(
-        "name: twice\nconversion_window: 1h\nstages:\n"
-        "  - {name: a, event_type: page_view}\n  - {name: b, event_type: page_view}\n"
-    )
-    with pytest.raises(FunnelDefinitionError, match="'page_view' is in stages 'a' and 'b'"):
+    stages = "stages:\n  - {name: a, event_type: page_view}\n  - {name: b, event_type: page_view}\n"
+    path.write_text(f"name: twice\nconversion_window: 1h\n{stages}")
+    assert [s.event_types for s in load_funnel(path).stages] == [("page_view",)] * 2
+    path.write_text(f"name: twice\nconversion_window: 1h\norder: unordered\n{stages}")
+    with pytest.raises(
+        FunnelDefinitionError,
+        match=r"twice.yaml:6: stages.1.event_types: 'page_view' is in stages 'a' and 'b'; an "
+        "unordered funnel's steps have no order",
+    ):
         load_funnel(path)
+
+
+@pytest.mark.parametrize(
+    ("extra", "where", "problem"),
+    [
+        ("order: strict\nreentry: latest", ":3: reentry:", "reentry: latest is for ordered"),
+        ("reentry: sometimes", ":2: reentry:", "Input should be 'first' or 'latest'"),
+        ("hold: [product]\nabandonment: [a]", ":2: hold:", "cannot hold a property yet"),
+        ("hold: [product, product]", ":2: hold:", "names a field twice"),
+        ("hold: [a.b]", ":2: hold.0:", "should match pattern"),
+        ("order: unordered\nhold: [product]", ":3: hold:", "no first step to fix"),
+        (
+            "segments:\n  device: {attribution: {step: 3}}",
+            ":3: segments.0.attribution.step:",
+            "step 3: the funnel has 2 stages (1 to 2)",
+        ),
+        (
+            "segments:\n  device: {attribution: middle_touch}",
+            ":3: segments.0.attribution",
+            "first_touch",
+        ),
+    ],
+)
+def test_re_entry_hold_and_attribution_errors_name_the_line(
+    tmp_path: Path, extra: str, where: str, problem: str
+) -> None:
+    path = tmp_path / "f.yaml"
+    path.write_text(
+        f"name: f\n{extra}\nconversion_window: 1h\nstages:\n"
+        "  - {name: a, event_type: page_view}\n  - {name: b, event_type: add_to_cart}\n"
+    )
+    with pytest.raises(FunnelDefinitionError) as caught:
+        load_funnel(path)
+    assert f"f.yaml{where}" in str(caught.value)
+    assert problem in str(caught.value)
+
+
+def test_held_fields_must_be_carried_by_the_stages_events(tmp_path: Path) -> None:
+    path = tmp_path / "f.yaml"
+    path.write_text(
+        "name: f\nconversion_window: 1h\nhold: [sku, skus, context.devise]\nstages:\n"
+        "  - {name: a, event_type: page_view}\n  - {name: b, event_type: add_to_cart}\n"
+    )
+    catalogue = EventCatalogue(
+        {"page_view": {"sku": "string"}, "add_to_cart": {}}, context=frozenset({"device"})
+    )
+    with pytest.raises(FunnelDefinitionError) as caught:
+        load_funnel(path, known_events=catalogue)
+    assert str(caught.value) == (
+        f"{path}:3: hold.1: no event of the stages has a property 'skus'; did you mean 'sku'?; "
+        f"{path}:3: hold.2: no context field 'devise' is declared; did you mean 'device'?"
+    )
 
 
 def test_the_step_timeout_is_capped_by_the_conversion_window(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ END = 10**12
 
 
 def funnel(cart_timeout: str = "10s", **extra: Any) -> FunnelDefinition:
+    abandonment = extra.pop("abandonment", ["cart", "pay"])
     return FunnelDefinition.model_validate(
         {
             **extra,
@@ -30,7 +31,7 @@ def funnel(cart_timeout: str = "10s", **extra: Any) -> FunnelDefinition:
                 {"name": "order", "event_type": "order_placed"},
             ],
             "segments": {"device": None},
-            "abandonment": ["cart", "pay"],
+            "abandonment": abandonment,
         }
     )
 
@@ -515,3 +516,134 @@ def test_35_several_stages_at_one_instant_convert_in_zero() -> None:
         assert summary(result, 0, "pay") == (0.0, (0.0, 1.0))
         assert summary(result, 0, "land") == (4.0, (1.0, 5.0))
         assert summary(result, 0, "order") == (None, None)  # no step: no time to convert
+
+
+# --- Repeated events, re-entry, hold, attribution (examples 36 to 43) ----------------------
+def repeated(**extra: Any) -> FunnelDefinition:
+    """``Fr``: F with a second add_to_cart stage, ``more``, between cart and pay."""
+    return FunnelDefinition.model_validate(
+        {"name": "f", "conversion_window": "60s", "window": "10s",
+         "stages": [{"name": "land", "event_type": "page_view", "timeout": "20s"},
+                    {"name": "cart", "event_type": "add_to_cart", "timeout": "10s"},
+                    {"name": "more", "event_type": "add_to_cart", "timeout": "10s"},
+                    {"name": "pay", "event_type": "payment_submitted", "timeout": "10s"},
+                    {"name": "order", "event_type": "order_placed"}],
+         "segments": {"device": None}, "abandonment": ["cart", "pay"], **extra}
+    )  # fmt: skip
+
+
+def test_36_the_same_event_type_in_two_stages() -> None:
+    core, _ = both(events(("land", 0), ("cart", 2), ("cart", 5), ("pay", 9)), definition=repeated())
+    assert counts(core, 0, "cart") == (1, 1, 0, 0)
+    assert counts(core, 0, "more") == (1, 1, 0, 0)
+    assert (ttc(core, 0, "cart"), ttc(core, 0, "more")) == (3000, 4000)
+
+
+def test_37_one_event_fills_one_step_the_next_needs_a_later_instant() -> None:
+    core, _ = both(
+        events(("land", 0), ("cart", 2, "a"), ("cart", 2, "b"), ("pay", 9)), definition=repeated()
+    )
+    assert counts(core, 0, "cart") == (1, 0, 1, 0)
+    assert not any(key[2] == "more" for key in core.windows)
+    [abandonment] = core.abandonments.values()
+    assert (abandonment["stage"], abandonment["abandoned_ms"]) == ("cart", 12 * S)
+
+
+def test_38_re_entry_latest_restarts_unless_the_instant_advances() -> None:
+    spec = [("land", 0), ("cart", 2), ("land", 5), ("cart", 7), ("pay", 9)]
+    latest, _ = both(events(*spec), definition=funnel(reentry="latest"))
+    assert counts(latest, 0, "land") == (2, 2, 0, 0)
+    assert counts(latest, 0, "cart") == (2, 1, 1, 0)
+    assert ttc(latest, 0, "cart") == 2000
+    first_abandonment = min(latest.abandonments.values(), key=lambda a: a["abandoned_ms"])
+    assert (first_abandonment["stage"], first_abandonment["abandoned_ms"]) == ("cart", 5 * S)
+    assert first_abandonment["last_activity_ms"] == 2 * S
+    first, _ = both(events(*spec), definition=funnel(reentry="first"))
+    assert counts(first, 0, "cart") == (1, 1, 0, 0)
+    assert ttc(first, 0, "cart") == 7000
+    advancing, _ = both(
+        events(("land", 0), ("land", 2), ("cart", 2)), definition=funnel(reentry="latest")
+    )
+    assert counts(advancing, 0, "land") == (1, 1, 0, 0)
+    assert ttc(advancing, 0, "land") == 2000
+
+
+def held(**extra: Any) -> FunnelDefinition:
+    """``Fh``: F holding the product, no abandonment."""
+    return funnel(hold=["product"], abandonment=[], **extra)
+
+
+def test_39_only_the_held_value_advances() -> None:
+    core, _ = both(
+        events(("land", 0, {"product": "a"}), ("cart", 3, {"product": "b"}),
+               ("cart", 5, {"product": "a"}), ("pay", 9, {"product": "a"})),
+        definition=held(),
+    )  # fmt: skip
+    assert (ttc(core, 0, "land"), ttc(core, 0, "cart")) == (5000, 4000)
+
+
+def test_40_a_missing_held_value_is_a_value() -> None:
+    core, _ = both(
+        events(("land", 0), ("cart", 3, {"product": "a"}), ("cart", 4)), definition=held()
+    )
+    assert counts(core, 0, "land") == (1, 1, 0, 0)
+    assert ttc(core, 0, "land") == 4000
+
+
+def test_41_the_start_instant_decides_the_held_value_and_strict_breaks() -> None:
+    core, _ = both(
+        events(("land", 0, {"product": "b"}), ("land", 0, {"product": "a"}),
+               ("cart", 2, {"product": "b"})),
+        definition=held(),
+    )  # fmt: skip
+    assert counts(core, 0, "land") == (1, 0, 1, 0)
+    strict_core, _ = both(
+        events(("land", 0, {"product": "a"}), ("cart", 2, {"product": "b"})),
+        definition=held(order="strict"),
+    )
+    assert counts(strict_core, 0, "land") == (1, 0, 1, 0)
+
+
+def attributed() -> FunnelDefinition:
+    """``Fa``: F with three segments on context.device, each attributed its own way."""
+    return funnel().model_copy(
+        update={
+            "segments": FunnelDefinition.model_validate(
+                {"name": "f", "conversion_window": "60s",
+                 "stages": [{"name": "a", "event_type": "x"}, {"name": "b", "event_type": "y"}],
+                 "segments": {
+                     "first": {"source": "context.device"},
+                     "last": {"source": "context.device", "attribution": "last_touch"},
+                     "at_cart": {"source": "context.device", "attribution": {"step": 2}}}}
+            ).segments
+        }
+    )  # fmt: skip
+
+
+def attribution(result: CoreResult | OracleResult, stage: str) -> tuple[str, ...]:
+    """The values stage's entries in window 0 carry, per segment (first, last, at_cart)."""
+    return tuple(
+        next(key[4] for key, n in result.segments.items()
+             if key[2] == stage and key[3] == dim and n["entered"])
+        for dim in ("first", "last", "at_cart")
+    )  # fmt: skip
+
+
+def test_42_three_attributions_of_one_attempt() -> None:
+    core, _ = both(
+        events(("land", 0, {"device": "web"}), ("cart", 2, {"device": "ios"}),
+               ("pay", 4, {"device": "android"})),
+        definition=attributed(),
+    )  # fmt: skip
+    assert attribution(core, "land") == ("web", "web", "unknown")
+    assert attribution(core, "cart") == ("web", "ios", "ios")
+    assert attribution(core, "pay") == ("web", "android", "ios")
+
+
+def test_43_step_attribution_at_one_instant() -> None:
+    core, _ = both(
+        events(("land", 0, {"device": "web"}), ("cart", 0, {"device": "ios"})),
+        definition=attributed(),
+    )
+    assert attribution(core, "land") == ("ios", "ios", "unknown")
+    assert attribution(core, "cart") == ("ios", "ios", "ios")
