@@ -102,6 +102,12 @@ def install_units(
         None,
         table_name="unit-state",
         reports_as=settings.topic_partitions,
+        # A unit at rest is kept at least a conversion window: its event ids (copies sent by
+        # two devices) and its first event (counted once as new) outlive a session's.
+        retention_ms=max(
+            round(settings.session_retention_seconds * 1000),
+            *(funnel.conversion_window_ms for funnel in user_funnels(funnels)),
+        ),
     )
     _install_stage(app, settings, stage, source, topics, metrics, "units")
     return stage
@@ -143,6 +149,7 @@ def _build_stage(
     units: UnitForwarder | None = None,
     table_name: str = "funnel-state",
     reports_as: int = 0,
+    retention_ms: int | None = None,
 ) -> SessionsStage:
     """The stage with its outputs, its state table and its direct reads of the input."""
     dlq = dead_letter_topic(app, settings)
@@ -187,7 +194,11 @@ def _build_stage(
         metrics=metrics,
         limits=DecodeLimits.of(settings),
         allowed_lateness_ms=round(settings.allowed_lateness_seconds * 1000),
-        retention_ms=round(settings.session_retention_seconds * 1000),
+        retention_ms=(
+            round(settings.session_retention_seconds * 1000)
+            if retention_ms is None
+            else retention_ms
+        ),
         checkpoint_interval_s=settings.checkpoint_interval_seconds,
         send_partial=sender(partials),
         send_dead_letter=send_dead_letter,
