@@ -37,6 +37,7 @@ from streamer.notify.routes import AlertmanagerNotifier, FanOutNotifier, Webhook
 from streamer.pipeline import detector, merger, notifier, rekey, sessions, web
 from streamer.pipeline.messages import DLQ_MAX_MESSAGE_BYTES
 from streamer.pipeline.timers import install_loop_lag_monitor
+from streamer.pipeline.units import user_funnels
 from streamer.settings import Settings
 
 __all__ = [
@@ -125,20 +126,18 @@ def load_configured_funnels(
         raise ConfigError(f"funnel definition: {exc}") from None
     if not funnels:
         raise ConfigError(f"no funnel definitions found in {[str(p) for p in settings.funnels]}")
-    refuse_user_funnels(funnels)
     return funnels
 
 
 def refuse_user_funnels(funnels: tuple[FunnelDefinition, ...]) -> None:
-    """User funnels (``follows: user``) are specified and counted by the core and the oracle,
-    but the worker, replay and report follow sessions only: refuse them rather than count
-    them per session, silently."""
-    users = [funnel.name for funnel in funnels if funnel.follows == "user"]
+    """User funnels (``follows: user``) run in the worker (through its unit tasks,
+    ``streamer.pipeline.units``), but replay and report follow sessions only: refuse them
+    there rather than count them per session, silently."""
+    users = [funnel.name for funnel in user_funnels(funnels)]
     if users:
         raise ConfigError(
-            f"funnel {', '.join(users)}: follows: user is not run yet (the worker, replay and "
-            "report follow sessions; the re-key by user comes next, docs/funnels.md); "
-            "`streamer funnel check` accepts it"
+            f"funnel {', '.join(users)}: follows: user runs in the worker only (replay and "
+            "report follow sessions, docs/funnels.md); `streamer funnel check` accepts it"
         )
 
 
@@ -156,8 +155,11 @@ def worker_events(settings: Settings) -> tuple[tuple[FunnelDefinition, ...], Eve
     return funnels, event_decoder(plan, DecodeLimits.of(settings), needed_fields(funnels))
 
 
-def topic_plan(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
-    """Every topic streamer reads or writes: name -> (partitions, topic config)."""
+def topic_plan(
+    settings: Settings, funnels: tuple[FunnelDefinition, ...] = ()
+) -> dict[str, tuple[int, dict[str, str]]]:
+    """Every topic streamer reads or writes: name -> (partitions, topic config); ``funnels``:
+    the worker's (user funnels need their units topic)."""
     per_session = settings.topic_partitions
     return {
         settings.clickstream_topic: (per_session, {}),
@@ -171,6 +173,7 @@ def topic_plan(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
         settings.failed_alerts_topic: (1, {}),
         settings.baselines_topic: (1, {"cleanup.policy": "compact"}),
         **({} if settings.source_keyed_by_session else {settings.rekeyed_topic: (per_session, {})}),
+        **({settings.units_topic: (per_session, {})} if user_funnels(funnels) else {}),
     }
 
 
@@ -189,7 +192,9 @@ def worker_access(app: StreamerApp) -> AccessNeeds:
     worker runs at-least-once with idempotent outputs."""
     settings = app.settings
     sources = (settings.clickstream_topic, settings.checkout_topic)
-    rekeyed = () if settings.source_keyed_by_session else (settings.rekeyed_topic,)
+    rekeyed: tuple[str, ...] = (
+        () if settings.source_keyed_by_session else (settings.rekeyed_topic,)
+    ) + ((settings.units_topic,) if user_funnels(app.funnels) else ())
     internal = internal_topics(app)
     return AccessNeeds(
         # windows: the /funnel page tails it (streamer.query.tail_windows).
@@ -296,6 +301,8 @@ def create_app(
     if not settings.source_keyed_by_session:
         rekey.install(app, settings, metrics, decoder)
     stage = sessions.install(app, settings, metrics, funnels, decoder)
+    if user_funnels(funnels):
+        sessions.install_units(app, settings, metrics, funnels)
     judge = detector.install(app, settings, metrics, funnels)
     window_merger = merger.install(app, settings, metrics, funnels, detector=judge)
     delivery = notifier.install(

@@ -43,6 +43,7 @@ _TOPIC_SETTINGS = (
     "checkout_topic",
     "dlq_topic",
     "rekeyed_topic",
+    "units_topic",
     "partials_topic",
     "windows_topic",
     "abandonments_topic",
@@ -148,6 +149,11 @@ class Settings(BaseSettings):
     rekeyed_topic: str = Field(
         default="funnel.rekeyed",
         description="internal, the re-key path only (topic_partitions partitions)",
+    )
+    units_topic: str = Field(
+        default="funnel.units",
+        description="internal, user funnels (follows: user) only: every released event keyed "
+        "by its unit, for the tasks that count user funnels (topic_partitions partitions)",
     )
 
     # --- Ingest ----------------------------------------------------------------------------

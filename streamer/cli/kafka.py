@@ -89,6 +89,7 @@ def topics(ctx: click.Context) -> None:
 
 
 def worker_topic_plan(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
-    from streamer.app import topic_plan
+    from streamer.app import topic_plan, worker_events
 
-    return topic_plan(settings)
+    funnels, _ = worker_events(settings)  # user funnels need their units topic
+    return topic_plan(settings, funnels)

@@ -27,7 +27,8 @@ def worker(ctx: click.Context) -> None:
     settings = settings_of(ctx)
     log = logging.getLogger("streamer.worker")
     log.info("settings: %s", settings.masked())
-    checked_funnels(settings, settings.funnels)  # a typo in a funnel file stops it before any Kafka
+    # A typo in a funnel file stops it before any Kafka.
+    checked_funnels(settings, settings.funnels, sessions_only=False)
     kafka_ready(settings)
     run_sync(ensure_topic_plan(settings, worker_topic_plan(settings)))
     check_source_partitions(settings)

@@ -22,6 +22,7 @@ from enum import Enum
 from itertools import groupby
 from typing import Any, Protocol
 
+from streamer.funnel.identity import instant_units
 from streamer.funnel.inactivity import (
     IDENTITY_MEMORY_MS,
     following_number,
@@ -48,10 +49,15 @@ __all__ = [
     "SessionState",
     "Task",
     "TaskOutput",
+    "UnitEvent",
     "WakeHeap",
     "WakeQueue",
     "event_digest",
 ]
+
+# Where a buffered event keeps the user id it carried, when the task forwards events to their
+# units: no funnel field can name it (fields match ``[A-Za-z0-9_]+`` after their prefix).
+USER_FIELD = "@user_id"
 
 # How many of a session's latest event ids are remembered to drop repeated ones (retries).
 RECENT_IDS = 16
@@ -92,6 +98,9 @@ class SessionState:
     session_number: int = 0
     released_ms: int = NEVER
     name: str = ""  # the published session id, where it is not the key (an identity's)
+    # User funnels: the user the session is known by at its last released instant
+    # (identity rule 2); stored only once it has one, so session funnels' state is unchanged.
+    known_user: str | None = None
 
     @property
     def published_id(self) -> str:
@@ -121,7 +130,7 @@ class SessionState:
             self.last_event_ms,
             self.user_id,
             self.started_ms,
-            *self._identity_json(),
+            *self._stored_tail(),
         ]
 
     def encodable(self) -> list[Any]:
@@ -134,20 +143,27 @@ class SessionState:
             self.last_event_ms,
             self.user_id,
             self.started_ms,
-            *self._identity_json(),
+            *self._stored_tail(),
         ]
 
-    def _identity_json(self) -> list[Any]:
-        """The sessions-by-inactivity fields, stored only where set (a session id's state is
-        stored as before they existed)."""
-        if not (self.inactivity_ms or self.name):
-            return []
-        return [self.inactivity_ms, self.session_number, self.released_ms, self.name]
+    def _stored_tail(self) -> list[Any]:
+        """Fields stored only where set, so a plain session's state is stored as before they
+        existed: the user it is known by (user funnels), then the sessions-by-inactivity
+        fields (an identity's)."""
+        if self.inactivity_ms or self.name:
+            return [
+                self.known_user,
+                self.inactivity_ms,
+                self.session_number,
+                self.released_ms,
+                self.name,
+            ]
+        return [] if self.known_user is None else [self.known_user]
 
     @classmethod
     def from_json(cls, session_id: str, raw: list[Any]) -> SessionState:
         events = [StoredEvent.from_json(e) for e in raw[1]]
-        identity: list[Any] = raw[6:10] if len(raw) > 6 else [0, 0, NEVER, ""]
+        identity: list[Any] = raw[7:11] if len(raw) > 7 else [0, 0, NEVER, ""]
         return cls(
             session_id,
             [Progress.from_json(p) for p in raw[0]],
@@ -157,6 +173,7 @@ class SessionState:
             raw[4],
             # A session stored before this field existed was counted when first offered.
             started_ms=int(raw[5]) if len(raw) > 5 else 0,
+            known_user=raw[6] if len(raw) > 6 else None,
             inactivity_ms=int(identity[0]),
             session_number=int(identity[1]),
             released_ms=int(identity[2]),
@@ -175,10 +192,23 @@ class AbandonmentNotice:
     order_ms: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class UnitEvent:
+    """A released event on its way to the task of its unit (user funnels): ``sequence`` numbers
+    the task's released events in event-time order (ties by session and event id), the same
+    after any restart from a checkpoint, so the unit side skips copies by it."""
+
+    sequence: int
+    unit: str
+    user_id: str | None
+    event: StoredEvent
+
+
 @dataclass
 class TaskOutput:
     partials: list[Partial] = field(default_factory=list)
     abandonments: list[AbandonmentNotice] = field(default_factory=list)
+    forwards: list[UnitEvent] = field(default_factory=list)
 
 
 @dataclass
@@ -191,6 +221,7 @@ class Checkpoint:
     windows: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
     deleted_windows: set[tuple[int, int]] = field(default_factory=set)
     watermark_ms: int = NEVER
+    forwarded: int = 0  # events released to their units so far (user funnels)
 
 
 class WakeQueue(Protocol):
@@ -231,10 +262,16 @@ class Task:
         retention_ms: int,
         sessions: MutableMapping[str, SessionState] | None = None,
         wakes: WakeQueue | None = None,
+        forwards_units: bool = False,
     ) -> None:
         """``sessions`` and ``wakes`` default to memory (a dict, a heap); a user funnel's
         task may keep them on disk instead (``streamer.pipeline.sessions.unit_store``)."""
         self.funnels = funnels
+        # User funnels run: every released event also goes to its unit (see ``UnitEvent``).
+        self.forwards_units = forwards_units
+        self.forwarded = 0
+        self._released: list[tuple[int, str, str, str, str | None, StoredEvent]] = []
+        self._forwards: list[UnitEvent] = []
         self.partition = partition
         self.retention_ms = retention_ms
         self.watermark_ms = NEVER
@@ -277,6 +314,8 @@ class Task:
             self.sessions[session_id] = state
             self._deleted_sessions.discard(session_id)
         state.remember(digest)
+        if self.forwards_units and user_id:
+            event = _carrying(event, user_id)
         self._sequence = sequence = self._sequence + 1
         pending = state.pending
         if pending is None:
@@ -306,6 +345,8 @@ class Task:
             state = self.sessions.get(session_id)
             if state is not None:
                 self._release(state, watermark_ms)
+        if self._released:
+            self._number_released()
         pop_due = self._wakes.pop_due
         while (entry := pop_due(watermark_ms)) is not None:
             at_ms, session_id = entry
@@ -323,6 +364,8 @@ class Task:
         if ready and state.started_ms == NEVER:
             state.started_ms = ready[0].at_ms
             self._count_volume(state.started_ms, NEW_SESSIONS)
+        if self.forwards_units and ready:
+            self._release_to_units(state, ready)
         outcomes: list[Outcome] = []
         if state.inactivity_ms:
             self._release_identity(state, ready, outcomes)
@@ -387,6 +430,32 @@ class Task:
         if state.inactivity_ms:
             return max(self.retention_ms, IDENTITY_MEMORY_MS)
         return self.retention_ms
+
+    def _release_to_units(self, state: SessionState, ready: list[StoredEvent]) -> None:
+        """Each released event's unit, instant by instant (the identity rules), for
+        :meth:`_number_released`."""
+        session_id = state.session_id
+        for at_ms, group in groupby(ready, key=_at):
+            instant = list(group)
+            carried = [event.fields.get(USER_FIELD) for event in instant]
+            units, state.known_user = instant_units(session_id, state.known_user, carried)
+            for unit, user_id, event in zip(units, carried, instant, strict=True):
+                self._released.append(
+                    (at_ms, session_id, event.event_id, unit, user_id, _without_user(event))
+                )
+
+    def _number_released(self) -> None:
+        """Number what one watermark step released in event-time order (ties by session and
+        event id). Each step releases exactly the buffered events below it, so the numbering
+        is that of every accepted event sorted, however the watermark moved: a task restored
+        from its checkpoint numbers the events it releases again as before."""
+        released, self._released = sorted(self._released, key=_release_order), []
+        first = self.forwarded
+        self._forwards.extend(
+            UnitEvent(first + index, unit, user_id or None, event)
+            for index, (_, _, _, unit, user_id, event) in enumerate(released)
+        )
+        self.forwarded = first + len(released)
 
     def _apply_instant(
         self, state: SessionState, at_ms: int, instant: list[StoredEvent], outcomes: list[Outcome]
@@ -479,8 +548,9 @@ class Task:
         """What to publish since the last drain: the whole counts of every changed window
         (each replaces the previous partial of this partition), and abandonment notices.
         Windows whose every cohort is decided are then released from memory."""
-        out = TaskOutput(abandonments=self._notices)
+        out = TaskOutput(abandonments=self._notices, forwards=self._forwards)
         self._notices = []
+        self._forwards = []
         for key in sorted(self._dirty_windows):
             counts = self.windows[key]
             funnel = self.funnels[key[0]].definition
@@ -512,7 +582,7 @@ class Task:
         """:meth:`checkpoint` but for the sessions' states: the ids of the sessions it
         stores, for :meth:`encode_sessions` (in slices, if the task does not change
         meanwhile: a whole partition's sessions take hundreds of milliseconds)."""
-        saved = Checkpoint(watermark_ms=self.watermark_ms)
+        saved = Checkpoint(watermark_ms=self.watermark_ms, forwarded=self.forwarded)
         if full:
             session_ids = list(self.sessions)
             saved.windows = {key: counts.to_json() for key, counts in self.windows.items()}
@@ -616,3 +686,23 @@ class Task:
 
 def _at(event: StoredEvent) -> int:
     return event.at_ms
+
+
+def _release_order(
+    released: tuple[int, str, str, str, str | None, StoredEvent],
+) -> tuple[int, str, str]:
+    return released[0], released[1], released[2]
+
+
+def _carrying(event: StoredEvent, user_id: str) -> StoredEvent:
+    """``event`` with the user id it carried, kept until its release decides its unit."""
+    return StoredEvent(
+        event.at_ms, event.event_id, event.event_type, {**event.fields, USER_FIELD: user_id}
+    )
+
+
+def _without_user(event: StoredEvent) -> StoredEvent:
+    if USER_FIELD not in event.fields:
+        return event
+    fields = {name: value for name, value in event.fields.items() if name != USER_FIELD}
+    return StoredEvent(event.at_ms, event.event_id, event.event_type, fields)

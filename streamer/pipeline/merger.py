@@ -253,6 +253,10 @@ class WindowMerger:
     ) -> None:
         self._funnels = {funnel.name: funnel for funnel in funnels}
         self._source_partitions = source_partitions
+        # User funnels are counted by unit tasks, reporting as partitions n + source_partitions
+        # (streamer.pipeline.units): their watermark, behind the session tasks', holds too.
+        units = any(funnel.follows == "user" for funnel in funnels)
+        self._reporting = source_partitions * 2 if units else source_partitions
         self._table = table
         self._metrics = metrics
         self._send_window = send_window
@@ -448,9 +452,9 @@ class WindowMerger:
 
     def _watermark(self) -> int:
         progress = self._progress
-        if len(progress) < self._source_partitions:
+        if len(progress) < self._reporting:
             return NEVER  # a partition never reported: nothing is final yet
-        return min(progress.get(str(p), NEVER) for p in range(self._source_partitions))
+        return min(progress.get(str(p), NEVER) for p in range(self._reporting))
 
     async def _publish(self) -> list[WindowStats]:
         """Final records of the windows every partition has decided; revisions of changed

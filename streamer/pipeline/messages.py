@@ -19,6 +19,7 @@ __all__ = [
     "REKEY_KIND_HEADER",
     "REKEY_SOURCE_HEADER",
     "REKEY_TIMESTAMP_HEADER",
+    "UNIT_HEADER",
     "PartitionSendFn",
     "SendFn",
     "SourceMessage",
@@ -47,6 +48,7 @@ REKEY_FRONT = b"front"
 REKEY_SOURCE_HEADER = "streamer-source"  # "topic/partition/offset" of the original
 REKEY_TIMESTAMP_HEADER = "streamer-timestamp"  # the original's broker timestamp (ms)
 REKEY_KEY_HEADER = "streamer-key"  # the original's key, when it had one
+UNIT_HEADER = "streamer-unit"  # user funnels: the unit a released event counts for
 
 
 class SourceMessage(NamedTuple):

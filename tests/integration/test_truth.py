@@ -24,10 +24,9 @@ from streamer.funnel.definition import load_funnel
 from streamer.kafka_io import ensure_topic_plan, ensure_topics, make_producer, read_topic
 from streamer.kafka_local import LocalKafka
 from streamer.settings import Settings
-from streamer.testing import WorkerProcess, metric, produce, scrape_metrics
+from streamer.testing import produce
 from tests.oracle import OracleResult, compute
 from tests.support.compare import assert_same
-from tests.support.kafka_waits import processed
 from tests.support.pipeline_run import (
     Published,
     first_event_after,
@@ -35,7 +34,9 @@ from tests.support.pipeline_run import (
     preload,
     send_closing,
     unread_input,
+    wait_assigned,
     wait_published,
+    wait_reading,
     worker,
 )
 from tests.support.settings import isolated_settings
@@ -266,32 +267,6 @@ async def test_a_worker_joining_and_leaving_changes_nothing(
         f"{read_by_second:.0f} of {len(messages)} events ({read_by_first:.0f} read when it "
         "started)"
     )
-
-
-async def wait_reading(process: WorkerProcess, settings: Settings, timeout: float = 60) -> float:
-    """Until ``process`` has applied some input; how much (0 after ``timeout``)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        process.assert_running()
-        count = processed(scrape_metrics(process.metrics_url), settings)
-        if count > 0 or time.monotonic() > deadline:
-            return count
-        await asyncio.sleep(0.2)
-
-
-async def wait_assigned(process: WorkerProcess, settings: Settings, timeout: float = 60) -> int:
-    """Until ``process`` holds input partitions (its assigned-partitions gauge); how many."""
-    deadline = time.monotonic() + timeout
-    while True:
-        process.assert_running()
-        values = scrape_metrics(process.metrics_url)
-        owned = sum(
-            metric(values, "streamer_assigned_partitions", topic=topic)
-            for topic in (settings.clickstream_topic, settings.checkout_topic)
-        )
-        if owned > 0 or time.monotonic() > deadline:
-            return int(owned)
-        await asyncio.sleep(0.3)
 
 
 async def test_a_broker_restart_mid_run_loses_nothing(

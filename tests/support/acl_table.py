@@ -9,7 +9,9 @@ from pathlib import Path
 
 from aiokafka.protocol.admin import CreateAclsRequest
 
+from streamer.app import load_configured_funnels
 from streamer.kafka_io import make_client
+from streamer.pipeline.units import user_funnels
 from streamer.settings import Settings
 
 ACL_PAGE = Path(__file__).resolve().parents[2] / "docs" / "security-kafka.md"
@@ -32,7 +34,8 @@ class Acl:
 
 def readme_worker_acls(settings: Settings) -> list[Acl]:
     """The rows of the table in docs/security-kafka.md with the settings' names filled in; a
-    row marked "the re-key path only" counts only when the settings take that path."""
+    row marked "the re-key path only" counts only when the settings take that path, one marked
+    "user funnels only" only when the settings' funnels have one."""
     text = ACL_PAGE.read_text()
     rows = []
     for line in text[text.index(_TABLE_START) :].splitlines()[1:]:
@@ -44,6 +47,8 @@ def readme_worker_acls(settings: Settings) -> list[Acl]:
     acls = []
     for resource, pattern, names, operations, why in rows:
         if "re-key path only" in why and settings.source_keyed_by_session:
+            continue
+        if "user funnels only" in why and not user_funnels(load_configured_funnels(settings)):
             continue
         for token in re.findall(r"`([^`]+)`", names):
             name = token.format(**values) if "{" in token else str(values[token])

@@ -28,9 +28,9 @@ from streamer.kafka_io import (
     stop_consumer,
 )
 from streamer.settings import Settings
-from streamer.testing import WorkerProcess, free_port, produce
+from streamer.testing import WorkerProcess, free_port, metric, produce, scrape_metrics
 from tests.support.compare import abandonment_numbers, latest_windows, window_numbers
-from tests.support.kafka_waits import committed_to_end
+from tests.support.kafka_waits import committed_to_end, processed
 from tests.support.traffic import Dataset, closing_messages
 
 
@@ -221,6 +221,32 @@ async def first_event_after(
             return time.monotonic() - since
         await asyncio.sleep(0.1)
     raise AssertionError(f"no event processed {timeout}s after the restart\n{process.log_tail()}")
+
+
+async def wait_reading(process: WorkerProcess, settings: Settings, timeout: float = 60) -> float:
+    """Until ``process`` has applied some input; how much (0 after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        process.assert_running()
+        count = processed(scrape_metrics(process.metrics_url), settings)
+        if count > 0 or time.monotonic() > deadline:
+            return count
+        await asyncio.sleep(0.2)
+
+
+async def wait_assigned(process: WorkerProcess, settings: Settings, timeout: float = 60) -> int:
+    """Until ``process`` holds input partitions (its assigned-partitions gauge); how many."""
+    deadline = time.monotonic() + timeout
+    while True:
+        process.assert_running()
+        values = scrape_metrics(process.metrics_url)
+        owned = sum(
+            metric(values, "streamer_assigned_partitions", topic=topic)
+            for topic in (settings.clickstream_topic, settings.checkout_topic)
+        )
+        if owned > 0 or time.monotonic() > deadline:
+            return int(owned)
+        await asyncio.sleep(0.3)
 
 
 Disturbance = Callable[[list[WorkerProcess]], Awaitable[list[float]]]

@@ -25,6 +25,7 @@ def isolated_settings(kafka_bootstrap: str, unique: str, folder: Path, **extra: 
         "failed_alerts_topic": f"funnel.alerts.failed-{unique}",
         "baselines_topic": f"funnel.baselines-{unique}",
         "rekeyed_topic": f"funnel.rekeyed-{unique}",
+        "units_topic": f"funnel.units-{unique}",
         "web_port": free_port(),
         "data_dir": folder / "worker",
         "topic_partitions": 4,

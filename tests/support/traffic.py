@@ -9,6 +9,7 @@ passes every window and the test can compare final numbers; closing events match
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,6 +34,7 @@ def oracle_event(event: dict[str, Any]) -> dict[str, Any]:
     """A contract event -> the oracle's input row."""
     return {
         "session_id": event["session_id"],
+        "user_id": event.get("user_id"),
         "event_id": event["event_id"],
         "event_type": event["event_type"],
         "at_ms": at_ms(event),
@@ -112,19 +114,71 @@ def generate(
             round(begin.timestamp() * 1000 + m * 60_000) for m in checkout_silent_minutes
         )
         silent = range(since, until)
-    timed: list[tuple[float, dict[str, Any]]] = []
-    for session in sessions:
-        for event in session:
-            if event["event_type"] in CHECKOUT_EVENT_TYPES and at_ms(event) in silent:
-                continue
-            arrival = at_ms(event) + rng.uniform(0, disorder_s * 1000)
-            timed.append((arrival, event))
-            if rng.random() < duplicate_share:
-                timed.append((arrival + rng.uniform(0, 5000), event))
-    timed.sort(key=lambda pair: pair[0])
-    last = max(at_ms(event) for _, event in timed)
-    return Dataset(
-        arrivals=[event for _, event in timed],
-        closing_ms=last + 3 * 3_600_000,
-        sessions=len(sessions),
+    sent = (
+        event
+        for session in sessions
+        for event in session
+        if not (event["event_type"] in CHECKOUT_EVENT_TYPES and at_ms(event) in silent)
     )
+    arrivals = _arrivals(rng, sent, disorder_s, duplicate_share)
+    last = max(at_ms(event) for event in arrivals)
+    return Dataset(arrivals=arrivals, closing_ms=last + 3 * 3_600_000, sessions=len(sessions))
+
+
+def _arrivals(
+    rng: random.Random,
+    events: Iterable[dict[str, Any]],
+    disorder_s: float,
+    duplicate_share: float,
+) -> list[dict[str, Any]]:
+    """``events`` in the order producers send them: each delayed by up to ``disorder_s``, a
+    ``duplicate_share`` of them sent again up to 5 s later (retries)."""
+    timed: list[tuple[float, dict[str, Any]]] = []
+    for event in events:
+        arrival = at_ms(event) + rng.uniform(0, disorder_s * 1000)
+        timed.append((arrival, event))
+        if rng.random() < duplicate_share:
+            timed.append((arrival + rng.uniform(0, 5000), event))
+    timed.sort(key=lambda pair: pair[0])
+    return [event for _, event in timed]
+
+
+def generate_users(
+    *,
+    seed: int,
+    users: int,
+    minutes: float,
+    later_hours: tuple[float, float],
+    closing_after_hours: float,
+    disorder_s: float = 60.0,
+    duplicate_share: float = 0.01,
+) -> Dataset:
+    """Users on two devices (user funnels): ``2 * users`` sessions of the shop's traffic model
+    starting over ``minutes``, paired. A user's first session starts anonymous and logs in at
+    a random event (its events carry the user id from there on; maybe never); the second, on
+    another device, moved ``later_hours`` later (drawn per user), carries it throughout. The
+    closing events come ``closing_after_hours`` after the last event."""
+    rng = random.Random(seed)
+    begin = datetime.now(UTC) - timedelta(minutes=minutes, hours=later_hours[1] + 12)
+    sessions = list(
+        TrafficModel().sessions(
+            seed=seed, count=2 * users, start=begin, sessions_per_second=2 * users / minutes / 60
+        )
+    )
+    events: list[dict[str, Any]] = []
+    for index in range(users):
+        first, second = sessions[2 * index], sessions[2 * index + 1]
+        user = f"user-{seed}-{index}"
+        login = rng.randrange(len(first) + 1)
+        for position, event in enumerate(first):
+            anonymous = {k: v for k, v in event.items() if k != "user_id"}
+            events.append(anonymous if position < login else {**anonymous, "user_id": user})
+        later_ms = round(rng.uniform(*later_hours) * 3_600_000)
+        for event in second:
+            moved = datetime.fromtimestamp((at_ms(event) + later_ms) / 1000, UTC)
+            occurred = moved.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            events.append({**event, "user_id": user, "occurred_at": occurred})
+    arrivals = _arrivals(rng, events, disorder_s, duplicate_share)
+    last = max(at_ms(event) for event in arrivals)
+    closing_ms = last + round(closing_after_hours * 3_600_000)
+    return Dataset(arrivals=arrivals, closing_ms=closing_ms, sessions=len(sessions))

@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from streamer.app import topic_plan, worker_events
 from streamer.cli import cli
 from streamer.decoders import catalogue_of, contract_catalogue
 from streamer.funnel.catalogue import check_known_events
 from streamer.funnel.definition import load_funnel
 from streamer.resources import deploy_dir
+from streamer.settings import load_settings
 
 SHOP = """\
 name: shop
@@ -107,7 +109,7 @@ def test_filters_of_the_wrong_type_on_the_contract(
     assert [message for _, message in problems] == [problem]
 
 
-def test_a_user_funnel_is_checked_but_not_run_yet(
+def test_a_user_funnel_is_checked_and_run_by_the_worker_but_not_by_replay(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "users.yaml"
@@ -119,7 +121,12 @@ def test_a_user_funnel_is_checked_but_not_run_yet(
     monkeypatch.setenv("STREAMER_FUNNELS", str(path))
     monkeypatch.setenv("STREAMER_KAFKA_BOOTSTRAP", f"127.0.0.1:{_free_port()}")  # no broker
     assert CliRunner().invoke(cli, ["funnel", "check"]).exit_code == 0
-    for command in (["worker"], ["replay", "--from", "-1h", "--to", "now"]):
-        result = CliRunner().invoke(cli, command)
-        assert result.exit_code == 2, result.output
-        assert "funnel users: follows: user is not run yet" in " ".join(result.output.split())
+    funnels, _ = worker_events(load_settings())
+    assert [funnel.name for funnel in funnels] == ["users"]
+    assert load_settings().units_topic in topic_plan(load_settings(), funnels)
+    worker = CliRunner().invoke(cli, ["worker"])  # no broker: it stops there, not at the funnel
+    assert "follows: user" not in worker.output
+    assert "Kafka" in worker.output or "kafka" in worker.output, worker.output
+    result = CliRunner().invoke(cli, ["replay", "--from", "-1h", "--to", "now"])
+    assert result.exit_code == 2, result.output
+    assert "funnel users: follows: user runs in the worker only" in " ".join(result.output.split())

@@ -14,11 +14,12 @@ One concern per module:
 - ``stage``: :class:`SessionsStage`: assignment and restore, decode (``streamer.decoders``)
   and apply, idle inputs,
   publishing;
-- ``wiring``: :func:`install`, the Faust topics, table, agent, callbacks and timer.
+- ``wiring``: :func:`install`, the Faust topics, table, agent, callbacks and timer;
+  :func:`install_units`, the same stage as the unit tasks of user funnels.
 """
 
 from streamer.pipeline.sessions.records import abandonment_record
 from streamer.pipeline.sessions.stage import SessionsStage
-from streamer.pipeline.sessions.wiring import install
+from streamer.pipeline.sessions.wiring import install, install_units
 
-__all__ = ["SessionsStage", "abandonment_record", "install"]
+__all__ = ["SessionsStage", "abandonment_record", "install", "install_units"]

@@ -170,6 +170,8 @@ class Committer:
             "log": [runtime.log_first, runtime.log_next],
             "funnels": self._funnel_names,  # the sessions' progress order
         }
+        if task.forwards_units:  # the release sequence the forwarded events are numbered by
+            meta["forwarded"] = saved.forwarded
         writes[meta_key(partition)] = orjson.dumps(meta)  # last: it says what the rest reflects
         acks, runtime.unacked = runtime.unacked, []
         runtime.storing += len(acks)

@@ -59,11 +59,12 @@ def restore_runtime(
     *,
     retention_ms: int,
     topics: tuple[str, ...],
+    forwards_units: bool = False,
 ) -> tuple[TaskRuntime, dict[str, Any]]:
     """Task ``partition`` as its checkpoint log in ``table`` left it, and the log's meta record
     (empty: no checkpoint yet)."""
     started = time.perf_counter()
-    task = Task(funnels, partition, retention_ms=retention_ms)
+    task = Task(funnels, partition, retention_ms=retention_ms, forwards_units=forwards_units)
     runtime = TaskRuntime(task)
     names = {f.name: i for i, f in enumerate(funnels)}
     stored = read_log(table, partition, names)
@@ -104,6 +105,7 @@ def restore_runtime(
         # further on (what it fetched before a rebalance is cleared from its buffers and
         # never handed over again), and the gap is then read directly like any other.
         runtime.offsets.setdefault(topic, 0)
+    task.forwarded = int(meta.get("forwarded", 0))  # user funnels: see streamer.pipeline.units
     runtime.source_offsets = {str(k): int(v) for k, v in meta.get("source_offsets", {}).items()}
     # Wall-clock milliseconds only order the owners of a partition (never a funnel decision):
     # monotonic even if the previous owner died before its first checkpoint.

@@ -30,8 +30,8 @@ from streamer.events import ReasonCode
 from streamer.formatting import watermark_text
 from streamer.funnel.clock import InputClock
 from streamer.funnel.definition import FunnelDefinition
-from streamer.funnel.session import NEVER, CompiledFunnel
-from streamer.funnel.task import AbandonmentNotice, Offer
+from streamer.funnel.session import NEVER, CompiledFunnel, StoredEvent
+from streamer.funnel.task import AbandonmentNotice, Offer, UnitEvent
 from streamer.metrics import OUTCOMES, Metrics, UnplannedCounter
 from streamer.pipeline.input_order import STALL_REPAIR_S, InputPositions
 from streamer.pipeline.messages import (
@@ -40,6 +40,7 @@ from streamer.pipeline.messages import (
     REKEY_KIND_HEADER,
     REKEY_SOURCE_HEADER,
     REKEY_TIMESTAMP_HEADER,
+    UNIT_HEADER,
     PartitionSendFn,
     SendFn,
     SourceMessage,
@@ -54,6 +55,7 @@ from streamer.pipeline.sessions.committer import Committer
 from streamer.pipeline.sessions.records import abandonment_record
 from streamer.pipeline.sessions.runtime import TaskRuntime, restore_runtime
 from streamer.pipeline.tables import Deliveries
+from streamer.pipeline.units import UnitForwarder, unit_user
 
 __all__ = ["FindOffset", "ReadRange", "SessionsStage"]
 
@@ -118,6 +120,8 @@ class SessionsStage:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         rekeyed_from: tuple[str, ...] = (),
         decoder: EventDecoder | None = None,
+        units: UnitForwarder | None = None,
+        reports_as: int = 0,
     ) -> None:
         self.definitions = funnels
         self.funnels = tuple(CompiledFunnel(f) for f in funnels)
@@ -139,6 +143,11 @@ class SessionsStage:
         # Re-key path: ``topics`` is the re-keyed topic, events come from ``rekeyed_from`` and
         # the clock's inputs are their partitions, learnt from the in-band front markers.
         self.rekeyed_from = rekeyed_from
+        # User funnels (streamer.pipeline.units): a session stage forwards what its tasks
+        # release to the unit tasks (``units``); the unit stage's tasks report to the merger
+        # as partitions ``reports_as + n``, apart from the session tasks' ``n``.
+        self._units = units
+        self._reports_as = reports_as
         self.inputs = InputClock(() if rekeyed_from else topics, allowed_lateness_ms)
         self.runtimes: dict[int, TaskRuntime] = {}
         self.assigned: set[int] | None = None  # None: not told yet (tests drive it directly)
@@ -232,7 +241,13 @@ class SessionsStage:
             self.funnels,
             retention_ms=self._retention_ms,
             topics=self.topics,
+            forwards_units=self._units is not None,
         )
+        if runtime.catch_up and self._reports_as:
+            # A unit task's input holds released events, not the source a catch-up reads:
+            # user funnels added since its checkpoint start at its watermark.
+            self._announce_start(runtime, partition, runtime.catch_up)
+            runtime.catch_up = ()
         if not meta:
             # No checkpoint (a first start, or a partition that never had input): its counts
             # of every funnel are whole from the start. Said to the merger, which waits for
@@ -394,6 +409,9 @@ class SessionsStage:
             self._tally(self._replayed[message.topic])
             return None
         runtime.source_offsets[source] = int(source_offset) + 1
+        unit = message.header(UNIT_HEADER)
+        if unit is not None:
+            return self._apply_unit_event(runtime, message, unit.decode())
         timestamp = message.header(REKEY_TIMESTAMP_HEADER)
         original = SourceMessage(
             topic=topic,
@@ -404,6 +422,19 @@ class SessionsStage:
             value=message.value,
         )
         return await self._apply(runtime, original, None)
+
+    def _apply_unit_event(self, runtime: TaskRuntime, message: SourceMessage, unit: str) -> Offer:
+        """A released event forwarded by a session task to its unit (user funnels): decoded
+        and de-duplicated there already; never late, the unit tasks' fronts being the session
+        tasks' watermarks (``streamer.pipeline.units``)."""
+        event = StoredEvent.from_json(orjson.loads(message.value or b"[]"))
+        outcome = runtime.task.offer(unit, event, unit_user(unit), message.topic)
+        if outcome is Offer.LATE:
+            self._metrics.late_events.inc()
+            log.error("unit %s: event %s released late to its unit task", unit, event.event_id)
+        else:
+            self._tally(self._counters[(message.topic, outcome.value)])
+        return outcome
 
     async def _apply(
         self, runtime: TaskRuntime, message: SourceMessage, clock_input: str | None
@@ -522,31 +553,40 @@ class SessionsStage:
             # later watermark would let the merger finalise a window on stale counts).
             partials: list[bytes] = []
             notices: list[AbandonmentNotice] = []
+            forwards: list[tuple[int, list[UnitEvent], int]] = []
             now = time.monotonic()
             for partition, runtime in sorted(self.runtimes.items()):
                 if partitions is not None and partition not in partitions:
                     continue
                 runtime.published_at = now
-                partials.extend(orjson.dumps(record) for record in runtime.announce)
+                reported = partition + self._reports_as
+                partials.extend(
+                    orjson.dumps({**record, "partition": reported}) for record in runtime.announce
+                )
                 runtime.announce = []
                 out = runtime.task.drain()
                 notices.extend(out.abandonments)
                 watermark = runtime.task.watermark_ms
+                if self._units is not None:  # the events released with these counts
+                    forwards.append((partition, out.forwards, watermark))
                 # (owner generation, input offsets, watermark) version the partial: the merger
                 # keeps the newest, so a late copy from a previous owner cannot replace it.
                 version = [runtime.generation, sum(runtime.offsets.values()), watermark]
                 for partial in out.partials:
                     record = partial.to_json()
+                    record["partition"] = reported
                     record["version"] = version
                     partials.append(orjson.dumps(record))
                 progress = {
                     "kind": "progress",
-                    "partition": partition,
+                    "partition": reported,
                     "watermark": watermark,
                     "generation": runtime.generation,
                 }
                 partials.append(orjson.dumps(progress))
             try:
+                for partition, released, watermark in forwards:
+                    await self._forward_to_units(partition, released, watermark)
                 for notice in notices:
                     await self._publish_abandonment(notice)
                 for value in partials:
@@ -555,6 +595,13 @@ class SessionsStage:
             except Exception:  # drained outputs the broker may not have: see ``Committer.sealed``
                 self.committer.sealed = True
                 raise
+
+    async def _forward_to_units(
+        self, partition: int, released: list[UnitEvent], watermark_ms: int
+    ) -> None:
+        if self._units is not None:
+            for sent in await self._units.forward(partition, released, watermark_ms):
+                self._in_flight.add(sent)
 
     async def _publish_abandonment(self, notice: AbandonmentNotice) -> None:
         funnel = self.definitions[notice.funnel]

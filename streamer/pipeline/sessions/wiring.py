@@ -10,7 +10,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from streamer.decode import DecodeLimits
-from streamer.decoders import EventDecoder
+from streamer.decoders import ContractDecoder, EventDecoder, needed_fields
 from streamer.funnel.definition import FunnelDefinition
 from streamer.kafka_io import offset_at
 from streamer.metrics import Metrics
@@ -24,9 +24,16 @@ from streamer.pipeline.sessions.stage import SessionsStage
 from streamer.pipeline.tables import confirmed_table, in_partition, stopping_the_worker_on
 from streamer.pipeline.timers import Beside, consumer_offsets, install_timer
 from streamer.pipeline.topics import dead_letter_topic, record_topic, source_topic
+from streamer.pipeline.units import (
+    UNIT_SOURCE,
+    Headers,
+    UnitForwarder,
+    session_funnels,
+    user_funnels,
+)
 from streamer.settings import Settings
 
-__all__ = ["install"]
+__all__ = ["install", "install_units"]
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +56,9 @@ def install(
 ) -> SessionsStage:
     """Wire the sessions stage into ``app``: source topics, outputs, state table, agent,
     rebalance callbacks, and the timer that marks idle inputs and publishes without input
-    (``decoder``: the worker's, the built-in contract's if None)."""
+    (``decoder``: the worker's, the built-in contract's if None). It counts the session
+    funnels; with user funnels, it also forwards what it releases to their unit tasks
+    (:func:`install_units`)."""
     sources = (settings.clickstream_topic, settings.checkout_topic)
     topics: tuple[str, ...]
     rekeyed_from: tuple[str, ...]
@@ -59,12 +68,73 @@ def install(
     else:  # the re-key stage (streamer.pipeline.rekey) forwards every event to one topic
         topics, rekeyed_from = (settings.rekeyed_topic,), sources
         source = source_topic(app, *topics, partitions=settings.topic_partitions)
-    stage = _build_stage(app, settings, metrics, funnels, topics, rekeyed_from, decoder)
-    app.before_stop.append(stage.close)
-    _install_agent(app, source, stage, metrics)
-    _install_rebalance_callbacks(app, stage, topics)
-    _install_timer(app, settings, stage, topics)
+    stage = _build_stage(
+        app,
+        settings,
+        metrics,
+        session_funnels(funnels),
+        topics,
+        rekeyed_from,
+        # Every funnel's fields are kept: user funnels read them after the hop.
+        decoder or ContractDecoder(DecodeLimits.of(settings), needed_fields(funnels)),
+        units=_unit_forwarder(app, settings) if user_funnels(funnels) else None,
+    )
+    _install_stage(app, settings, stage, source, topics, metrics, "sessions")
     return stage
+
+
+def install_units(
+    app: Any, settings: Settings, metrics: Metrics, funnels: tuple[FunnelDefinition, ...]
+) -> SessionsStage:
+    """Wire the unit tasks of user funnels (``streamer.pipeline.units``): the same stage on
+    ``units_topic``, keyed by unit, its fronts the session tasks' watermarks, its state in
+    the ``unit-state`` table, reporting to the merger as partitions after the session
+    tasks'."""
+    topics = (settings.units_topic,)
+    source = source_topic(app, *topics, partitions=settings.topic_partitions)
+    stage = _build_stage(
+        app,
+        settings,
+        metrics,
+        user_funnels(funnels),
+        topics,
+        (UNIT_SOURCE,),
+        None,
+        table_name="unit-state",
+        reports_as=settings.topic_partitions,
+        # A unit at rest is kept at least a conversion window: its event ids (copies sent by
+        # two devices) and its first event (counted once as new) outlive a session's.
+        retention_ms=max(
+            round(settings.session_retention_seconds * 1000),
+            *(funnel.conversion_window_ms for funnel in user_funnels(funnels)),
+        ),
+    )
+    _install_stage(app, settings, stage, source, topics, metrics, "units")
+    return stage
+
+
+def _unit_forwarder(app: Any, settings: Settings) -> UnitForwarder:
+    units = record_topic(app, settings.units_topic, partitions=settings.topic_partitions)
+
+    async def send(key: bytes | None, value: bytes, partition: int | None, headers: Headers) -> Any:
+        return await units.send(key=key, value=value, partition=partition, headers=headers)
+
+    return UnitForwarder(send=send, partitions=settings.topic_partitions)
+
+
+def _install_stage(
+    app: Any,
+    settings: Settings,
+    stage: SessionsStage,
+    source: Any,
+    topics: tuple[str, ...],
+    metrics: Metrics,
+    name: str,
+) -> None:
+    app.before_stop.append(stage.close)
+    _install_agent(app, source, stage, metrics, name)
+    _install_rebalance_callbacks(app, stage, topics)
+    _install_timer(app, settings, stage, topics, name)
 
 
 def _build_stage(
@@ -75,6 +145,11 @@ def _build_stage(
     topics: tuple[str, ...],
     rekeyed_from: tuple[str, ...],
     decoder: EventDecoder | None,
+    *,
+    units: UnitForwarder | None = None,
+    table_name: str = "funnel-state",
+    reports_as: int = 0,
+    retention_ms: int | None = None,
 ) -> SessionsStage:
     """The stage with its outputs, its state table and its direct reads of the input."""
     dlq = dead_letter_topic(app, settings)
@@ -84,7 +159,7 @@ def _build_stage(
     # while processing a message of the same partition (see SessionsStage.checkpoint).
     table = confirmed_table(
         app,
-        "funnel-state",
+        table_name,
         partitions=settings.topic_partitions,
         # A session's own delta record can be larger than the broker's 1 MiB default.
         extra_topic_configs={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)},
@@ -119,7 +194,11 @@ def _build_stage(
         metrics=metrics,
         limits=DecodeLimits.of(settings),
         allowed_lateness_ms=round(settings.allowed_lateness_seconds * 1000),
-        retention_ms=round(settings.session_retention_seconds * 1000),
+        retention_ms=(
+            round(settings.session_retention_seconds * 1000)
+            if retention_ms is None
+            else retention_ms
+        ),
         checkpoint_interval_s=settings.checkpoint_interval_seconds,
         send_partial=sender(partials),
         send_dead_letter=send_dead_letter,
@@ -131,10 +210,14 @@ def _build_stage(
         partition_scope=partition_scope,
         rekeyed_from=rekeyed_from,
         decoder=decoder,
+        units=units,
+        reports_as=reports_as,
     )
 
 
-def _install_agent(app: Any, source: Any, stage: SessionsStage, metrics: Metrics) -> None:
+def _install_agent(
+    app: Any, source: Any, stage: SessionsStage, metrics: Metrics, name: str
+) -> None:
     async def sessions_agent(stream: Any) -> None:
         # A produce or state write the broker refused stops the worker, having acked nothing
         # it could not write.
@@ -157,7 +240,7 @@ def _install_agent(app: Any, source: Any, stage: SessionsStage, metrics: Metrics
                         await asyncio.sleep(0)  # timers, heartbeats and fetches run too
                         ran_at = time.perf_counter()
 
-    app.agent(source, name="sessions")(sessions_agent)
+    app.agent(source, name=name)(sessions_agent)
 
 
 def _install_rebalance_callbacks(app: Any, stage: SessionsStage, topics: tuple[str, ...]) -> None:
@@ -173,7 +256,7 @@ def _install_rebalance_callbacks(app: Any, stage: SessionsStage, topics: tuple[s
 
 
 def _install_timer(
-    app: Any, settings: Settings, stage: SessionsStage, topics: tuple[str, ...]
+    app: Any, settings: Settings, stage: SessionsStage, topics: tuple[str, ...], name: str
 ) -> None:
     """Every second: time moves without input (idle inputs, stalls repaired, progress
     published, quiet partitions checkpointed)."""
@@ -181,7 +264,7 @@ def _install_timer(
     # What waits for the broker (the log end offsets: a request; the publish: behind every
     # changelog and output record of the agent on a backlog, ~2 s measured) runs beside the
     # ticks, one at a time: the tick itself never waits, so ticks come every second.
-    keeping = Beside("sessions.keep_time")
+    keeping = Beside(f"{name}.keep_time")
 
     async def keep_time() -> None:
         stage.raise_failed_write_out()  # stops the worker even when no message comes to raise it
@@ -195,7 +278,7 @@ def _install_timer(
             keeping.start(lambda: _keep_time_beside(app, settings, stage, assigned))
         stage.checkpoint_due()
 
-    install_timer(app, 1.0, keep_time, "sessions.keep_time")
+    install_timer(app, 1.0, keep_time, f"{name}.keep_time")
 
 
 async def _keep_time_beside(
