@@ -55,6 +55,24 @@ class _Consumer(faust_aiokafka.Consumer):
         self._paused_partitions.update(self._held)
         await super().on_partitions_assigned(assigned, generation_id)
 
+    async def perform_seek(self) -> None:
+        """Faust's seek of every assigned partition to its committed offset, and of each
+        source partition without one to its log start, as ``auto_offset_reset=earliest``
+        says. Faust's seek leaves such a partition where the fetcher is, and what the fetcher
+        had read of it was dropped in the rebalance (cleared from the streams' buffers, or
+        fetched while the partition was made inactive): those offsets were never handed over
+        (a re-key run, two SIGKILLs before any commit of the sessions stage: its restart read
+        every re-keyed partition's backlog as a hole). Offsets handed over again are copies
+        the stages skip."""
+        await super().perform_seek()
+        uncommitted = {
+            tp: 0
+            for tp in self.assignment()
+            if not self._is_changelog_tp(tp) and self._committed_offset.get(tp) is None
+        }
+        if uncommitted:
+            await self.seek_wait(uncommitted)
+
     def resume_partitions(self, tps: Any) -> None:
         """Faust's resume, except for the partitions held until the rebalance ends."""
         super().resume_partitions(ensure_TPset(tps) - self._held)

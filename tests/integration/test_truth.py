@@ -398,6 +398,7 @@ async def test_producers_not_keying_by_session_go_through_the_rekey_path(
         process.stop()
     await assert_equals_oracle(config, published)
     assert "re-key path" in process.log_path.read_text()
+    assert hole_reads(process) == []  # both stages were handed every offset, in every life
 
 
 async def produce_to_partitions(settings: Settings, messages: list[tuple[str, int, bytes]]) -> None:
