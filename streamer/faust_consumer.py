@@ -26,7 +26,7 @@ import asyncio
 from typing import Any, ClassVar
 
 import faust
-from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.consumer import CONSUMER_FETCHING, ensure_TPset
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 __all__ = ["App", "RawSchema", "Transport"]
@@ -36,6 +36,52 @@ _YIELD_EVERY = 100  # messages handed over before the loop lets other tasks run 
 
 class _Consumer(faust_aiokafka.Consumer):
     _threaded_producer: bool | None = None  # Faust's producer_threaded, read once
+
+    # Source partitions of the current assignment whose resume waits for its rebalance to end.
+    _held: frozenset[Any] = frozenset()
+
+    async def on_partitions_assigned(self, assigned: set[Any], generation_id: int = 0) -> None:
+        """Hold the source partitions of a new assignment paused until the rebalance ends
+        (:meth:`release_held`), after the tables are restored and the streams resumed.
+
+        Faust makes every assigned partition fetchable here and pauses them a few awaits
+        later, then resumes them once the tables are restored, before it seeks them to their
+        committed offsets and resumes the flow, which clears the streams' buffers. A fetch in
+        either gap hands source messages to the streams that are then dropped, and a
+        partition without a committed offset is not sought back: those offsets are never
+        handed over again (the stages' hole guard, ``streamer.pipeline.input_order``, had
+        to read them directly, and a stage could be handed input before its table was back)."""
+        self._held = frozenset(tp for tp in assigned if not self._is_changelog_tp(tp))
+        self._paused_partitions.update(self._held)
+        await super().on_partitions_assigned(assigned, generation_id)
+
+    async def perform_seek(self) -> None:
+        """Faust's seek of every assigned partition to its committed offset, and of each
+        source partition without one to its log start, as ``auto_offset_reset=earliest``
+        says. Faust's seek leaves such a partition where the fetcher is, and what the fetcher
+        had read of it was dropped in the rebalance (cleared from the streams' buffers, or
+        fetched while the partition was made inactive): those offsets were never handed over
+        (a re-key run, two SIGKILLs before any commit of the sessions stage: its restart read
+        every re-keyed partition's backlog as a hole). Offsets handed over again are copies
+        the stages skip."""
+        await super().perform_seek()
+        uncommitted = {
+            tp: 0
+            for tp in self.assignment()
+            if not self._is_changelog_tp(tp) and self._committed_offset.get(tp) is None
+        }
+        if uncommitted:
+            await self.seek_wait(uncommitted)
+
+    def resume_partitions(self, tps: Any) -> None:
+        """Faust's resume, except for the partitions held until the rebalance ends."""
+        super().resume_partitions(ensure_TPset(tps) - self._held)
+
+    def release_held(self) -> None:
+        """The rebalance ended (tables restored, streams resumed): fetch the held partitions
+        from where Faust sought them."""
+        held, self._held = self._held, frozenset()
+        super().resume_partitions(held & self.assignment())
 
     def _delivery_may_wait(self, tp: Any) -> bool:
         """Whether the conductor could suspend on a message of ``tp`` (see the module's doc).
@@ -134,9 +180,15 @@ class Transport(faust_aiokafka.Transport):
 
 
 class App(faust.App):
-    """faust.App on ``transport_class`` (Faust builds its consumer's transport here)."""
+    """faust.App on ``transport_class`` (Faust builds its consumer's transport here), which
+    releases the source partitions its consumer held once a rebalance ends."""
 
     transport_class: ClassVar[type[Transport]] = Transport
+
+    def on_rebalance_end(self) -> None:
+        super().on_rebalance_end()
+        consumer: _Consumer = self.consumer  # type: ignore[assignment]  # our transport's
+        consumer.release_held()
 
     def _new_transport(self) -> Any:
         return self.transport_class(self.conf.broker_consumer, self)

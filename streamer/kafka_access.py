@@ -106,6 +106,12 @@ def _tls_error(settings: Settings, server: str, exc: ssl.SSLError) -> KafkaTLSEr
             f"the TLS certificate of the broker at {server} is not trusted ({reason}; trusted: "
             f"{trusted}): set {_env('kafka_ssl_cafile')} to the PEM file of the CA that signed it"
         )
+    if settings.kafka_ssl_certfile is None and "certificate_required" in str(exc).lower():
+        return KafkaTLSError(
+            f"the broker at {server} requires a client certificate ({exc.reason}): set "
+            f"{_env('kafka_ssl_certfile')} (and {_env('kafka_ssl_keyfile')}) to one signed by "
+            "a CA it trusts"
+        )
     if settings.kafka_ssl_certfile is not None and "alert" in str(exc.reason or "").lower():
         return KafkaTLSError(
             f"the broker at {server} refused the client certificate ({exc.reason}): check "
@@ -137,11 +143,18 @@ def _login_error(settings: Settings, server: str, exc: Exception) -> KafkaAccess
         return None  # nothing listens there: no broker, not a protocol mismatch
     if isinstance(exc, KafkaConnectionError | asyncio.IncompleteReadError | ConnectionError):
         # The port answered, then the broker hung up: typically a protocol mismatch (a
-        # PLAINTEXT client on a TLS listener, or SASL expected and not spoken).
+        # PLAINTEXT client on a TLS listener, or SASL expected and not spoken), or a TLS
+        # listener that requires a client certificate (TLS 1.3 says so after the handshake).
+        certificate = ""
+        if settings.kafka_security_protocol.endswith("SSL") and not settings.kafka_ssl_certfile:
+            certificate = (
+                f", or does it require a client certificate: set {_env('kafka_ssl_certfile')} "
+                f"and {_env('kafka_ssl_keyfile')}"
+            )
         return KafkaAccessError(
             f"the broker at {server} closed the connection before answering: does "
             f"{_env('kafka_security_protocol')}={settings.kafka_security_protocol} match its "
-            "listener?"
+            f"listener{certificate}?"
         )
     return None
 

@@ -24,13 +24,17 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from streamer.errors import BrokerError, ConfigError, MissingToolError, PortInUseError
 from streamer.kafka_io import metadata_ready, run_sync
 from streamer.resources import deploy_dir
 from streamer.settings import Settings
 
-__all__ = ["BROKER_USER", "BrokerStatus", "LocalKafka"]
+if TYPE_CHECKING:
+    from streamer.tls import CertificateFiles
+
+__all__ = ["ADMIN_CERTIFICATE_NAME", "BROKER_USER", "BrokerStatus", "LocalKafka"]
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +55,7 @@ class BrokerStatus:
     def describe(self) -> str:
         if not self.running:
             return f"local Kafka {self.version} is not running (data {self.data_dir})"
-        tls = f", CA {self.data_dir / 'tls' / 'ca.pem'}" if self.security == "SASL_SSL" else ""
+        tls = f", CA {self.data_dir / 'tls' / 'ca.pem'}" if self.security.endswith("SSL") else ""
         return (
             f"local Kafka {self.version} running at {self.bootstrap} ({self.security}{tls}; "
             f"pid {self.pid}, data {self.data_dir}, log {self.log_file})"
@@ -102,10 +106,27 @@ def _new_cluster_id() -> str:
 
 
 # The broker's own principal: it logs in to its controller listener (SASL PLAIN) and to its
-# SASL_SSL listener (SCRAM, inter-broker) as this super user, with a password of its own.
+# SASL listener (SCRAM, inter-broker) as this super user, with a password of its own.
 BROKER_USER = "streamer-broker"
+# The super user of an SSL listener, named by its client certificate (``tls/<name>.pem``).
+ADMIN_CERTIFICATE_NAME = "streamer-admin"
 _SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+_SASL_MECHANISMS = ("PLAIN", *_SCRAM_MECHANISMS)
+# The broker's own certificate (inter-broker over SSL) names this principal.
+_BROKER_CERTIFICATE_NAME = "broker"
 _AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+
+
+def _plain_login(secret: str, users: Mapping[str, str]) -> str:
+    """The PLAIN login module of a listener: the broker logs in as BROKER_USER with
+    ``secret``, and each of ``users`` may log in with its password."""
+    accounts = {BROKER_USER: secret, **users}
+    return (
+        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f'username="{BROKER_USER}" password="{secret}"'
+        + "".join(f' user_{name}="{password}"' for name, password in accounts.items())
+        + ";"
+    )
 
 
 def _scram_safe(password: str) -> bool:
@@ -116,35 +137,34 @@ def _scram_safe(password: str) -> bool:
 class LocalKafka:
     """Manage one local single-node KRaft broker described by ``settings``.
 
-    ``kafka_security_protocol`` picks its client listener: PLAINTEXT (the default), or SASL_SSL
-    with a throwaway CA and certificate (``tls/`` in the data folder), SCRAM users created when
-    the storage is formatted (``kafka_sasl_username`` as super user, plus ``scram_users``), and
-    the StandardAuthorizer on: every other user needs ACLs."""
+    ``kafka_security_protocol`` picks its client listener: PLAINTEXT (the default), or one
+    secured listener with the StandardAuthorizer on (every other user needs ACLs):
 
-    def __init__(self, settings: Settings, scram_users: Mapping[str, str] | None = None) -> None:
+    - SASL_SSL and SASL_PLAINTEXT: users made when the storage is formatted
+      (``kafka_sasl_username`` as super user, plus ``users``), each logging in with PLAIN,
+      SCRAM-SHA-256 or SCRAM-SHA-512;
+    - SSL: TLS only, and the broker *requires* a client certificate from its CA
+      (``ssl.client.auth=required``); the principal is the certificate's common name, and
+      ``tls/streamer-admin.pem`` (with its key) is the super user's.
+
+    The TLS listeners use a throwaway CA and certificate (``tls/`` in the data folder)."""
+
+    def __init__(self, settings: Settings, users: Mapping[str, str] | None = None) -> None:
         self.settings = settings
-        self.secured = settings.kafka_security_protocol == "SASL_SSL"
-        if settings.kafka_security_protocol not in ("PLAINTEXT", "SASL_SSL"):
-            raise ConfigError(
-                f"kafka_security_protocol={settings.kafka_security_protocol}: the local broker "
-                "serves PLAINTEXT or SASL_SSL; use one of them, or an existing cluster "
-                "(STREAMER_KAFKA_BOOTSTRAP)"
-            )
-        if self.secured and settings.kafka_sasl_mechanism not in _SCRAM_MECHANISMS:
-            raise ConfigError(
-                f"kafka_sasl_mechanism={settings.kafka_sasl_mechanism}: the local broker's "
-                "SASL_SSL listener takes SCRAM-SHA-256 or SCRAM-SHA-512"
-            )
-        self.scram_users: dict[str, str] = {}
-        if self.secured:
-            # Settings validation guarantees both for SASL_SSL.
+        self.protocol = settings.kafka_security_protocol
+        self.secured = self.protocol != "PLAINTEXT"
+        self.uses_sasl = self.protocol.startswith("SASL_")
+        self.uses_tls = self.protocol.endswith("SSL")
+        self.sasl_users: dict[str, str] = {}
+        if self.uses_sasl:
+            # Settings validation guarantees both for the SASL protocols.
             assert settings.kafka_sasl_username is not None
             assert settings.kafka_sasl_password is not None
-            self.scram_users[settings.kafka_sasl_username] = (
+            self.sasl_users[settings.kafka_sasl_username] = (
                 settings.kafka_sasl_password.get_secret_value()
             )
-            self.scram_users.update(scram_users or {})
-            for user, password in self.scram_users.items():
+            self.sasl_users.update(users or {})
+            for user, password in self.sasl_users.items():
                 if not _scram_safe(password) or not _scram_safe(user):
                     raise ConfigError(
                         f"kafka_sasl_username/kafka_sasl_password of local user {user!r}: the "
@@ -161,6 +181,9 @@ class LocalKafka:
         self.bootstrap = f"127.0.0.1:{settings.kafka_port}"
         self.tls_dir = self.data_dir / "tls"
         self.ca_file = self.tls_dir / "ca.pem"
+        self.broker_keystore = self.tls_dir / f"{_BROKER_CERTIFICATE_NAME}-keystore.pem"
+        self.admin_certificate = self.tls_dir / f"{ADMIN_CERTIFICATE_NAME}.pem"
+        self.admin_key = self.tls_dir / f"{ADMIN_CERTIFICATE_NAME}-key.pem"
         self.security_file = self.data_dir / "security"
         self.broker_secret_file = self.data_dir / "broker-secret"
 
@@ -236,13 +259,30 @@ class LocalKafka:
                 handle.write(secrets.token_urlsafe(24).replace("-", "x").replace("_", "y"))
         return self.broker_secret_file.read_text().strip()
 
+    def certificate_authority(self) -> CertificateFiles:
+        """The throwaway CA of the TLS listeners (written by :meth:`up`), to sign client
+        certificates with."""
+        from streamer.tls import CertificateFiles
+
+        return CertificateFiles(
+            certificate=self.ca_file, key=self.tls_dir / "ca-key.pem", chain=self.ca_file
+        )
+
     def _write_certificates(self) -> None:
         from streamer.tls import write_ca, write_signed_certificate
 
-        if (self.tls_dir / "broker-keystore.pem").exists():
-            return
-        ca = write_ca(self.tls_dir)
-        write_signed_certificate(ca, self.tls_dir, "broker", hosts=("127.0.0.1", "localhost"))
+        if not self.broker_keystore.exists():
+            ca = write_ca(self.tls_dir)
+            write_signed_certificate(
+                ca, self.tls_dir, _BROKER_CERTIFICATE_NAME, hosts=("127.0.0.1", "localhost")
+            )
+        if self.protocol == "SSL" and not self.admin_certificate.exists():
+            write_signed_certificate(
+                self.certificate_authority(),
+                self.tls_dir,
+                ADMIN_CERTIFICATE_NAME,
+                hosts=(ADMIN_CERTIFICATE_NAME,),
+            )
 
     def _security_lines(self, port: int, controller: int) -> list[str]:
         if not self.secured:
@@ -253,41 +293,59 @@ class LocalKafka:
                 "inter.broker.listener.name=PLAINTEXT",
                 "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             ]
+        protocol, listener = self.protocol, self.protocol.lower()
         secret = self._broker_secret()
-        scram_login = (
-            "org.apache.kafka.common.security.scram.ScramLoginModule required "
-            f'username="{BROKER_USER}" password="{secret}";'
-        )
-        plain_login = (
-            "org.apache.kafka.common.security.plain.PlainLoginModule required "
-            f'username="{BROKER_USER}" password="{secret}" user_{BROKER_USER}="{secret}";'
-        )
-        supers = ";".join(
-            f"User:{name}" for name in (BROKER_USER, self.settings.kafka_sasl_username)
-        )
-        return [
-            f"listeners=SASL_SSL://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}",
-            f"advertised.listeners=SASL_SSL://127.0.0.1:{port}",
+        supers = [BROKER_USER]
+        lines = [
+            f"listeners={protocol}://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}",
+            f"advertised.listeners={protocol}://127.0.0.1:{port}",
             "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=SASL_SSL",
-            "listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:SASL_PLAINTEXT",
+            f"inter.broker.listener.name={protocol}",
+            f"listener.security.protocol.map={protocol}:{protocol},CONTROLLER:SASL_PLAINTEXT",
             # SCRAM users live in the metadata log, which the controller cannot read before it
             # runs: its own listener authenticates with PLAIN against this file instead.
             "sasl.mechanism.controller.protocol=PLAIN",
             "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
-            f"listener.name.controller.plain.sasl.jaas.config={plain_login}",
-            "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
-            f"listener.name.sasl_ssl.sasl.enabled.mechanisms={','.join(_SCRAM_MECHANISMS)}",
-            f"listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram_login}",
-            f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram_login}",
-            "ssl.keystore.type=PEM",
-            f"ssl.keystore.location={self.tls_dir / 'broker-keystore.pem'}",
-            "ssl.truststore.type=PEM",
-            f"ssl.truststore.location={self.ca_file}",
+            f"listener.name.controller.plain.sasl.jaas.config={_plain_login(secret, {})}",
+        ]
+        if self.uses_sasl:
+            assert self.settings.kafka_sasl_username is not None  # (checked in __init__)
+            supers.append(self.settings.kafka_sasl_username)
+            scram_login = (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                f'username="{BROKER_USER}" password="{secret}";'
+            )
+            lines += [
+                "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
+                f"listener.name.{listener}.sasl.enabled.mechanisms={','.join(_SASL_MECHANISMS)}",
+                f"listener.name.{listener}.scram-sha-256.sasl.jaas.config={scram_login}",
+                f"listener.name.{listener}.scram-sha-512.sasl.jaas.config={scram_login}",
+                # PLAIN checks passwords against this file (readable by the owner only).
+                f"listener.name.{listener}.plain.sasl.jaas.config="
+                + _plain_login(secret, self.sasl_users),
+            ]
+        if self.uses_tls:
+            lines += [
+                "ssl.keystore.type=PEM",
+                f"ssl.keystore.location={self.broker_keystore}",
+                "ssl.truststore.type=PEM",
+                f"ssl.truststore.location={self.ca_file}",
+            ]
+        if self.protocol == "SSL":
+            # No SASL: the client certificate is the login. Its common name is the principal
+            # (User:worker, as SASL would name it), and the broker's own is a super user.
+            supers += [_BROKER_CERTIFICATE_NAME, ADMIN_CERTIFICATE_NAME]
+            lines += [
+                "ssl.client.auth=required",
+                "ssl.principal.mapping.rules=RULE:^CN=([^,]+)$/$1/,DEFAULT",
+            ]
+        elif self.uses_tls:
             # Clients may present a certificate (mutual TLS); SASL still names the principal.
-            "ssl.client.auth=requested",
+            lines.append("ssl.client.auth=requested")
+        return [
+            *lines,
             f"authorizer.class.name={_AUTHORIZER}",
-            f"super.users={supers}",
+            f"super.users={';'.join(f'User:{name}' for name in supers)}",
             "allow.everyone.if.no.acl.found=false",
         ]
 
@@ -367,8 +425,8 @@ class LocalKafka:
         self.log_dirs.mkdir(parents=True, exist_ok=True)
         users: list[str] = []
         secrets_used: list[str] = []
-        if self.secured:
-            accounts = {BROKER_USER: self._broker_secret(), **self.scram_users}
+        if self.uses_sasl:
+            accounts = {BROKER_USER: self._broker_secret(), **self.sasl_users}
             for user, password in accounts.items():
                 secrets_used.append(password)
                 for mechanism in _SCRAM_MECHANISMS:
@@ -406,7 +464,7 @@ class LocalKafka:
         self.resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._check_formatted_for()
-        if self.secured:
+        if self.uses_tls:
             self._write_certificates()
         self._write_properties()
         self._format()
@@ -445,8 +503,11 @@ class LocalKafka:
     def client_settings(self) -> Settings:
         """The settings of a client of this broker as its super user (PLAINTEXT: anyone)."""
         update: dict[str, object] = {"kafka_bootstrap": self.bootstrap}
-        if self.secured:
+        if self.uses_tls:
             update["kafka_ssl_cafile"] = self.ca_file
+        if self.protocol == "SSL":
+            update["kafka_ssl_certfile"] = self.admin_certificate
+            update["kafka_ssl_keyfile"] = self.admin_key
         return self.settings.model_copy(update=update)
 
     def _log_tail(self, lines: int = 5) -> str:

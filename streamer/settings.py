@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     )
     kafka_data_dir: Path = Field(
         default=_STATE_DIR / "kafka",
-        description="the local broker's storage, log, pid file and (SASL_SSL) throwaway CA",
+        description="the local broker's storage, log, pid file and (SSL, SASL_SSL) throwaway CA",
     )
     kafka_heap: str = Field(
         default="512m", pattern=r"^\d+[mMgG]$", description="JVM heap of the local broker"

@@ -1,7 +1,7 @@
 """Throwaway TLS material for the local broker: a CA and a certificate it signs.
 
 Written once per broker data folder by ``streamer kafka up`` (and the test fixtures) when the
-broker serves SASL_SSL; clients trust ``ca.pem``. Never meant for a real cluster: the CA key
+broker serves SSL or SASL_SSL; clients trust ``ca.pem``. Never meant for a real cluster: the CA key
 sits next to the broker's, both unencrypted, readable by the owner only.
 """
 

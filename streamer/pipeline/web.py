@@ -67,7 +67,7 @@ def live_snapshot(
     now = time.monotonic()
     for runtime in list(sessions.runtimes.values()):
         task = runtime.task
-        snapshot.unacked[task.partition] = len(runtime.unacked) + runtime.storing
+        snapshot.unacked[task.partition] = runtime.unstored + runtime.storing
         snapshot.checkpoint_age_seconds[task.partition] = now - runtime.checkpointed_at
         for (funnel_index, stage_index), count in task.open_sessions.items():
             funnel = funnels[funnel_index]

@@ -1,6 +1,6 @@
 """The worker's Faust consumer (``streamer.faust_consumer``) on the real broker: every message
 is handed to the stream once, in offset order per partition, by the direct hand-over and by
-Faust's own whenever a buffer is full."""
+Faust's own whenever a buffer is full, and none before the tables are restored."""
 
 from __future__ import annotations
 
@@ -46,6 +46,9 @@ async def test_every_message_reaches_the_stream_once_in_order_by_both_hand_overs
     # A buffer of 8 and a slow agent: the direct path ran, and so did Faust's (buffers full).
     assert result["paths"]["direct"] > 0
     assert result["paths"]["faust"] > 0
+    # Source partitions stay paused until Faust's recovery has restored the tables and
+    # resumed the streams: nothing is handed over meanwhile (it would be dropped).
+    assert result["during_rebalance"] == 0
 
 
 def test_the_worker_runs_on_streamers_consumer(settings: Settings) -> None:

@@ -1,4 +1,6 @@
-"""Streamer against a broker with a SASL_SSL listener (SCRAM-SHA-512, the StandardAuthorizer on).
+"""Streamer against a broker with a SASL_SSL listener (SCRAM-SHA-512, the StandardAuthorizer on),
+and against the other secured listeners the local broker serves: SASL_PLAINTEXT (the worker logs
+in with PLAIN) and SSL that requires a client certificate (its only login).
 
 The module starts its own secured local broker on free loopback ports: a throwaway CA, an admin
 super user and two more SCRAM users made at format time. One scenario runs twice, on the
@@ -32,7 +34,7 @@ from streamer.kafka_io import ensure_topic_plan, read_topic
 from streamer.kafka_local import LocalKafka
 from streamer.settings import Settings
 from streamer.testing import WorkerProcess, free_port, produce, run_cli
-from streamer.tls import CertificateFiles, write_ca, write_signed_certificate
+from streamer.tls import write_ca, write_signed_certificate
 from tests.oracle import OracleResult, compute
 from tests.support.acl_table import Acl, grant, readme_worker_acls
 from tests.support.compare import assert_same
@@ -58,6 +60,11 @@ def oracle() -> OracleResult:
     return compute([load_funnel(CHECKOUT)], data.oracle_events(), data.final_watermark_ms)
 
 
+def _key_lines(path: Path) -> list[str]:
+    """The body of a PEM key: a secret line by line."""
+    return [line for line in path.read_text().splitlines() if line and "-----" not in line]
+
+
 @dataclass(frozen=True)
 class SecureBroker:
     broker: LocalKafka
@@ -75,17 +82,12 @@ class SecureBroker:
 
     def secrets(self) -> list[str]:
         """Every secret of the module: passwords and the client key's encrypted body."""
-        key_lines = [
-            line
-            for line in self.client_key.read_text().splitlines()
-            if line and not line.startswith("-----")
-        ]
         return [
             self.admin_password,
             *self.passwords.values(),
             self.key_password,
             WRONG_PASSWORD,
-            *key_lines,
+            *_key_lines(self.client_key),
         ]
 
     def as_user(self, base: Settings, user: str, **update: Any) -> Settings:
@@ -129,14 +131,12 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
         kafka_sasl_username="admin",
         kafka_sasl_password=SecretStr(secrets.token_hex(12)),
     )
-    broker = LocalKafka(settings, scram_users=passwords)
+    broker = LocalKafka(settings, users=passwords)
     broker.up()
     try:
         # A client certificate from the broker's CA, its key encrypted (mutual TLS).
         key_password = secrets.token_hex(10)
-        ca = CertificateFiles(
-            certificate=broker.ca_file, key=broker.tls_dir / "ca-key.pem", chain=broker.ca_file
-        )
+        ca = broker.certificate_authority()
         client = write_signed_certificate(ca, tmp / "client", "worker", ("worker",), key_password)
         yield SecureBroker(
             broker=broker,
@@ -406,3 +406,121 @@ def test_kafka_up_serves_sasl_ssl_and_its_clients_trust_its_ca_unasked(tmp_path:
     assert "streamer kafka reset" in switched.stderr
     log = (tmp_path / "kafka" / "broker.log").read_text(errors="replace")
     assert_no_secret([password], *outputs, switched.stderr, log)
+
+
+# --- the other listeners: SASL_PLAINTEXT with PLAIN, and SSL requiring a client certificate ---
+
+
+@dataclass(frozen=True)
+class ListenerBroker:
+    """A local broker serving one more kind of listener, and how its users connect."""
+
+    broker: LocalKafka
+    admin: Settings  # the super user's client settings
+    worker: dict[str, Any]  # the settings that make a client log in as User:worker
+    secrets: list[str]  # every password and key line of the broker and its users
+
+    def as_worker(self, base: Settings) -> Settings:
+        return Settings.model_validate({**base.model_dump(), **self.worker})
+
+    def as_admin(self, base: Settings) -> Settings:
+        security = {name: value for name, value in self.admin.model_dump().items()
+                    if name.startswith("kafka_")}  # fmt: skip
+        return Settings.model_validate({**base.model_dump(), **security})
+
+
+def _listener_broker(tmp: Path, protocol: str) -> ListenerBroker:
+    """A started broker whose client listener is ``protocol``: SASL_PLAINTEXT (the worker
+    logs in with PLAIN) or SSL (it presents a certificate named ``worker``; nothing else)."""
+    ports = {"kafka_port": free_port(), "kafka_controller_port": free_port()}
+    if protocol == "SASL_PLAINTEXT":
+        worker_password = secrets.token_hex(12)
+        admin_password = secrets.token_hex(12)
+        settings = Settings(**ports, kafka_data_dir=tmp / "kafka",
+                            kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism="PLAIN",
+                            kafka_sasl_username="admin",
+                            kafka_sasl_password=SecretStr(admin_password))  # fmt: skip
+        broker = LocalKafka(settings, users={"worker": worker_password})
+        broker.up()
+        worker = {
+            "kafka_bootstrap": broker.bootstrap,
+            "kafka_security_protocol": "SASL_PLAINTEXT",
+            "kafka_sasl_mechanism": "PLAIN",
+            "kafka_sasl_username": "worker",
+            "kafka_sasl_password": SecretStr(worker_password),
+        }
+        found = [admin_password, worker_password, broker.broker_secret_file.read_text().strip()]
+        return ListenerBroker(broker, broker.client_settings(), worker, found)
+    settings = Settings(**ports, kafka_data_dir=tmp / "kafka", kafka_security_protocol="SSL")
+    broker = LocalKafka(settings)
+    broker.up()
+    key_password = secrets.token_hex(10)
+    ca = broker.certificate_authority()
+    client = write_signed_certificate(ca, tmp / "client", "worker", ("worker",), key_password)
+    worker = {
+        "kafka_bootstrap": broker.bootstrap,
+        "kafka_security_protocol": "SSL",
+        "kafka_ssl_cafile": broker.ca_file,
+        "kafka_ssl_certfile": client.certificate,
+        "kafka_ssl_keyfile": client.key,
+        "kafka_ssl_key_password": SecretStr(key_password),
+    }
+    found = [key_password, broker.broker_secret_file.read_text().strip(), *_key_lines(client.key),
+             *_key_lines(broker.admin_key)]  # fmt: skip
+    return ListenerBroker(broker, broker.client_settings(), worker, found)
+
+
+@pytest.fixture(scope="module")
+def sasl_plaintext(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ListenerBroker]:
+    served = _listener_broker(tmp_path_factory.mktemp("sasl-plaintext"), "SASL_PLAINTEXT")
+    try:
+        yield served
+    finally:
+        served.broker.destroy()
+
+
+@pytest.fixture(scope="module")
+def ssl_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ListenerBroker]:
+    served = _listener_broker(tmp_path_factory.mktemp("ssl-only"), "SSL")
+    try:
+        yield served
+    finally:
+        served.broker.destroy()
+
+
+@pytest.mark.parametrize("listener", ["sasl_plaintext", "ssl_only"])
+async def test_a_least_privilege_worker_counts_right_over_sasl_plain_and_over_mutual_tls(
+    listener: str, request: pytest.FixtureRequest, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The worker as User:worker holding exactly the README's ACLs, logged in with SASL PLAIN
+    on a SASL_PLAINTEXT listener, or by its client certificate alone on an SSL listener that
+    requires one: what it publishes is the oracle's; no secret in its log or the broker's."""
+    served: ListenerBroker = request.getfixturevalue(listener)
+    settings = served.as_worker(_names(kafka_bootstrap, secrets.token_hex(4), tmp_path))
+    admin = served.as_admin(settings)
+    topics = run_cli(admin, "topics", timeout=120)
+    assert topics.returncode == 0, topics.stderr
+    await grant(served.admin, "worker", readme_worker_acls(settings))
+    published, output = await _run_scenario(settings, admin, tmp_path / "worker.log")
+    expected = oracle()
+    assert all(published.final.values())
+    assert_same("windows", expected.windows, published.windows)
+    assert_same("segments", expected.segments, published.segments)
+    assert_same("abandonments", expected.abandonments, published.abandonments)
+    protocol = served.worker["kafka_security_protocol"]
+    assert f"'kafka_security_protocol': '{protocol}'" in output  # its settings line
+    broker_log = served.broker.log_file.read_text(errors="replace")
+    assert_no_secret(served.secrets, output, topics.stdout + topics.stderr, broker_log)
+
+
+def test_the_ssl_listener_refuses_a_client_without_a_certificate_naming_the_setting(
+    ssl_only: ListenerBroker, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    settings = ssl_only.as_worker(_names(kafka_bootstrap, secrets.token_hex(4), tmp_path))
+    anonymous = settings.model_copy(
+        update={"kafka_ssl_certfile": None, "kafka_ssl_keyfile": None,
+                "kafka_ssl_key_password": None}
+    )  # fmt: skip
+    result = run_cli(anonymous, "worker", timeout=120)
+    assert "kafka_ssl_certfile (STREAMER_KAFKA_SSL_CERTFILE)" in _one_error_line(result)
+    assert_no_secret(ssl_only.secrets, result.stdout, result.stderr)

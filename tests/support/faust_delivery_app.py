@@ -2,8 +2,10 @@
 
 ``python -m tests.support.faust_delivery_app BOOTSTRAP TOPIC TOTAL OUT``: reads TOPIC
 with a stream buffer of 8 messages and an agent that sleeps now and then, so buffers fill,
-partitions pause and the consumer takes both hand-over paths. Writes what it saw
-(partition, offset, value) and how often each path ran to OUT once TOTAL messages came.
+partitions pause and the consumer takes both hand-over paths. A table makes Faust go through
+its recovery before the streams start. Writes what it saw (partition, offset, value), how often
+each path ran and how many messages came while Faust was still rebalancing (restoring tables)
+to OUT once TOTAL messages came.
 """
 
 from __future__ import annotations
@@ -49,19 +51,25 @@ def main() -> None:
         autodiscover=False,
         consumer_auto_offset_reset="earliest",
         topic_disable_leader=True,
+        topic_partitions=4,
         stream_buffer_maxsize=8,
     )
+    app.Table("delivery-tables", default=int, partitions=4)  # recovery runs before the streams
     source = app.topic(topic, key_type=bytes, value_type=bytes, value_serializer="raw")
     seen: list[tuple[int, int, str]] = []
+    during_rebalance = 0
 
     async def agent(stream: Any) -> None:
+        nonlocal during_rebalance
         async for event in stream.events():
             message = event.message
+            during_rebalance += app.rebalancing
             seen.append((message.partition, message.offset, event.value.decode()))
             if len(seen) % 50 == 0:
                 await asyncio.sleep(0.05)  # a slow moment: the buffers fill meanwhile
             if len(seen) == total:
-                Path(out).write_bytes(orjson.dumps({"seen": seen, "paths": paths}))  # noqa: ASYNC240
+                result = {"seen": seen, "paths": paths, "during_rebalance": during_rebalance}
+                Path(out).write_bytes(orjson.dumps(result))  # noqa: ASYNC240
                 os.kill(os.getpid(), signal.SIGTERM)
 
     app.agent(source, name="delivery")(agent)

@@ -172,26 +172,47 @@ def test_authorization_errors_met_mid_command_name_the_topic_or_group() -> None:
     assert "pw-secret-0815" not in str(topic) + str(group)
 
 
-@pytest.mark.parametrize(
-    ("values", "named"),
-    [
-        ({"kafka_security_protocol": "SSL", "kafka_ssl_cafile": "ca.pem"}, "serves PLAINTEXT or"),
-        ({"kafka_sasl_mechanism": "PLAIN"}, "takes SCRAM-SHA-256 or SCRAM-SHA-512"),
-        ({"kafka_sasl_password": "a,b=c"}, "without spaces, quotes"),
-    ],
-)
-def test_the_local_broker_refuses_what_it_cannot_serve(
-    values: dict[str, str], named: str, tmp_path: Path
-) -> None:
+def test_the_local_broker_refuses_a_password_it_cannot_pass_on(tmp_path: Path) -> None:
     secured = {
         "kafka_data_dir": tmp_path,
         "kafka_security_protocol": "SASL_SSL",
         "kafka_sasl_mechanism": "SCRAM-SHA-512",
         "kafka_sasl_username": "admin",
-        "kafka_sasl_password": "pw",
+        "kafka_sasl_password": "a,b=c",
     }
-    if values.get("kafka_security_protocol") == "SSL":
-        secured = {"kafka_data_dir": tmp_path}
-    with pytest.raises(ConfigError, match=named) as caught:
-        LocalKafka(load_settings(**{**secured, **values}))
+    with pytest.raises(ConfigError, match="without spaces, quotes") as caught:
+        LocalKafka(load_settings(**secured))
     assert "a,b=c" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (
+            {"kafka_security_protocol": "SASL_PLAINTEXT", "kafka_sasl_mechanism": "PLAIN",
+             "kafka_sasl_username": "admin", "kafka_sasl_password": "pw-admin"},
+            ["listeners=SASL_PLAINTEXT://127.0.0.1:",
+             "listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,"
+             "SCRAM-SHA-512",
+             'user_admin="pw-admin" user_worker="pw-worker";',
+             "super.users=User:streamer-broker;User:admin\n"],
+        ),
+        (
+            {"kafka_security_protocol": "SSL"},
+            ["listeners=SSL://127.0.0.1:", "ssl.client.auth=required",
+             "ssl.principal.mapping.rules=RULE:^CN=([^,]+)$/$1/,DEFAULT",
+             "super.users=User:streamer-broker;User:broker;User:streamer-admin\n"],
+        ),
+    ],
+)  # fmt: skip
+def test_the_local_broker_serves_sasl_plaintext_and_ssl_with_client_certificates(
+    values: dict[str, str], expected: list[str], tmp_path: Path
+) -> None:
+    broker = LocalKafka(load_settings(kafka_data_dir=tmp_path, **values),
+                        users={"worker": "pw-worker"})  # fmt: skip
+    broker.data_dir.mkdir(parents=True, exist_ok=True)
+    broker._write_properties()
+    properties = broker.properties_file.read_text()
+    for line in expected:
+        assert line in properties
+    assert broker.properties_file.stat().st_mode & 0o077 == 0  # passwords: the owner's only

@@ -53,6 +53,7 @@ class Snapshot:
     writes: dict[str, bytes]  # table key -> value, the partition's meta last
     deletes: list[str]
     acks: list[Any]
+    applied: int  # messages applied since the previous snapshot (read directly too)
 
 
 class Committer:
@@ -174,9 +175,10 @@ class Committer:
             meta["forwarded"] = saved.forwarded
         writes[meta_key(partition)] = orjson.dumps(meta)  # last: it says what the rest reflects
         acks, runtime.unacked = runtime.unacked, []
-        runtime.storing += len(acks)
+        applied, runtime.unstored = runtime.unstored, 0
+        runtime.storing += applied
         runtime.checkpointed_at = time.monotonic()
-        return Snapshot(partition, runtime, writes, deletes, acks)
+        return Snapshot(partition, runtime, writes, deletes, acks, applied)
 
     async def _write_out(self, snapshot: Snapshot) -> None:
         """Publish every output of the snapshot (and maybe a little more), store its state,
@@ -196,7 +198,7 @@ class Committer:
             self.sealed = True
             raise
         finally:
-            snapshot.runtime.storing -= len(snapshot.acks)
+            snapshot.runtime.storing -= snapshot.applied
 
     async def _write_out_now(self, snapshot: Snapshot) -> None:
         started = time.perf_counter()
@@ -289,11 +291,12 @@ class Committer:
             await self._write_out(snapshot)
 
     def checkpoint_due(self) -> None:
-        """Start the checkpoint of every task whose input went quiet with events not acked
-        yet (the timer's part: a partition's last burst is stored without waiting for more
-        input). Snapshot now, written out beside the timer, as the agent's are: a timer that
-        waited for the broker here missed its next ticks on a backlog."""
+        """Start the checkpoint of every task whose input went quiet with input applied and
+        not stored yet (the timer's part: a partition's last burst, or input read directly, is
+        stored without waiting for more input). Snapshot now, written out beside the timer, as
+        the agent's are: a timer that waited for the broker here missed its next ticks on a
+        backlog."""
         now = time.monotonic()
         for partition, runtime in list(self._runtimes.items()):
-            if runtime.unacked and now - runtime.checkpointed_at >= self.interval_s:
+            if runtime.unstored and now - runtime.checkpointed_at >= self.interval_s:
                 self.start(partition)

@@ -26,7 +26,10 @@ class TaskRuntime:
     task: Task
     offsets: dict[str, int] = field(default_factory=dict)  # topic -> next offset to apply
     unacked: list[Any] = field(default_factory=list)  # Faust events awaiting the checkpoint
-    storing: int = 0  # events of write-outs under way: applied, not stored yet
+    # Messages applied since the last snapshot: the delivered ones (each with an ack above) and
+    # those read directly (a hole: Faust never delivered them, so there is nothing to ack).
+    unstored: int = 0
+    storing: int = 0  # messages of write-outs under way: applied, not stored yet
     checkpointed_at: float = field(default_factory=time.monotonic)
     published_at: float = field(default_factory=time.monotonic)
     created_at: float = field(default_factory=time.monotonic)

@@ -306,6 +306,7 @@ class SessionsStage:
         # Only now does a checkpoint count this message as applied (a checkpoint taken by the
         # timer meanwhile leaves it to the next one).
         runtime.offsets[topic] = message.offset + 1
+        runtime.unstored += 1
         return outcome
 
     async def catch_up_added_funnels(self) -> None:
@@ -646,7 +647,9 @@ class SessionsStage:
         try:
             async with asyncio.timeout(timeout_s), self._apply_lock:
                 await self.committer.drain(holding_apply_lock=True)
-                partitions = [p for p, r in self.runtimes.items() if r.unacked]
+                # Every partition with input applied since its last snapshot, acks or not
+                # (input read directly has none).
+                partitions = [p for p, r in self.runtimes.items() if r.unstored]
                 for partition in partitions:
                     await self.checkpoint(partition)
                 await self.publish()  # what the other tasks have (an idle input's progress)
