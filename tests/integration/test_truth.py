@@ -24,7 +24,7 @@ from streamer.funnel.definition import load_funnel
 from streamer.kafka_io import ensure_topic_plan, ensure_topics, make_producer, read_topic
 from streamer.kafka_local import LocalKafka
 from streamer.settings import Settings
-from streamer.testing import produce
+from streamer.testing import WorkerProcess, metric, produce, scrape_metrics
 from tests.oracle import OracleResult, compute
 from tests.support.compare import assert_same
 from tests.support.pipeline_run import (
