@@ -587,6 +587,7 @@ class FunnelDefinition(_Frozen):
         return [f"{a.name}->{b.name}" for a, b in zip(self.stages, self.stages[1:], strict=False)]
 
     def describe(self) -> str:
+        """What the funnel counts, in the words of the spec: one line per rule it uses."""
         lines = [
             f"funnel {self.name} ({self.follows}, {self.order}): conversion window "
             f"{_fmt(self.conversion_window_ms)}, windows of {_fmt(self.window_ms)}"
@@ -599,15 +600,44 @@ class FunnelDefinition(_Frozen):
                 else ""
             )
             lines.append(
-                f"  {index + 1}. {stage.name}: {' | '.join(stage.event_types)}"
-                f"{' where ' + where if where else ''}{timeout}"
+                f"  {index + 1}. {stage.name}{' (optional)' if stage.optional else ''}: "
+                f"{' | '.join(stage.event_types)}{' where ' + where if where else ''}{timeout}"
             )
+        lines.extend(f"  {rule}" for rule in self._rules())
         if self.segments:
-            lines.append(
-                "  segments: "
-                + ", ".join(f"{s.name} ({s.source}, top {s.cap})" for s in self.segments)
-            )
+            lines.append("  segments: " + ", ".join(_segment_text(s) for s in self.segments))
         return "\n".join(lines)
+
+    def _rules(self) -> list[str]:
+        rules = []
+        if self.strict_ignore:
+            rules.append(f"strict mode ignores: {', '.join(self.strict_ignore)}")
+        for exclusion in self.exclusions:
+            where = " and ".join(f"{c.property} {c.op} {c.value!r}" for c in exclusion.where)
+            span = (
+                f"between {exclusion.between[0]} and {exclusion.between[1]}"
+                if exclusion.between
+                else "anywhere"
+            )
+            rules.append(
+                f"excluded by {' | '.join(exclusion.event_types)}"
+                f"{' where ' + where if where else ''} {span}"
+            )
+        if self.reentry == "latest":
+            rules.append("re-entry: latest (a first-stage event restarts the attempt)")
+        if self.hold:
+            rules.append(f"holds constant: {', '.join(self.hold)} (fixed at the first stage)")
+        return rules
+
+
+def _segment_text(segment: Segment) -> str:
+    attribution = segment.attribution
+    how = ""  # first touch, the default, goes without saying
+    if isinstance(attribution, StepAttribution):
+        how = f", at step {attribution.step}"
+    elif attribution == "last_touch":
+        how = ", last_touch"
+    return f"{segment.name} ({segment.source}, top {segment.cap}{how})"
 
 
 def _problem(loc: tuple[str | int, ...], message: str) -> InitErrorDetails:

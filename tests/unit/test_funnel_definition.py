@@ -6,6 +6,7 @@ import pytest
 
 from streamer.funnel.catalogue import EventCatalogue
 from streamer.funnel.definition import (
+    FunnelDefinition,
     FunnelDefinitionError,
     load_funnel,
     load_funnels,
@@ -165,3 +166,35 @@ def test_the_step_timeout_is_capped_by_the_conversion_window(tmp_path: Path) -> 
         "  - {name: a, event_type: page_view}\n  - {name: b, event_type: add_to_cart}\n"
     )
     assert load_funnel(path).step_timeout_ms(0) == 10 * 60_000
+
+
+def test_describe_names_every_rule_the_funnel_uses() -> None:
+    """`streamer funnel check` and `funnel show` print this: each option of the third edition
+    is visible, so a reader can tell two funnels on the same stages apart."""
+    definition = FunnelDefinition.model_validate(
+        {
+            "name": "f",
+            "conversion_window": "60s",
+            "reentry": "latest",
+            "hold": ["product"],
+            "stages": [
+                {"name": "land", "event_type": "page_view"},
+                {"name": "cart", "event_type": "add_to_cart", "optional": True},
+                {"name": "pay", "event_type": "payment_submitted"},
+            ],
+            "exclusions": [{"event_types": ["refund"], "between": ["cart", "pay"]}],
+            "segments": {
+                "device": {"attribution": "last_touch"},
+                "payment_method": {"attribution": {"step": 3}},
+                "country": {},
+            },
+        }
+    )
+    text = definition.describe()
+    assert "2. cart (optional): add_to_cart" in text
+    assert "excluded by refund between cart and pay" in text
+    assert "re-entry: latest" in text
+    assert "holds constant: product" in text
+    assert "device (context.device, top 10, last_touch)" in text
+    assert "payment_method (property.payment_method, top 10, at step 3)" in text
+    assert "country (context.country, top 10)" in text
