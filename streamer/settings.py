@@ -201,6 +201,13 @@ class Settings(BaseSettings):
         description="an input caught up with its log end and silent this long stops holding "
         "the watermark back",
     )
+    unit_cache: int = Field(
+        default=100_000,
+        ge=1,
+        description="user funnels: open units each unit task keeps in memory; the others wait "
+        "on disk under data_dir/units (RocksDB), read back when an event or a timeout needs "
+        "them",
+    )
     session_retention_seconds: float = Field(
         default=600.0,
         gt=0,

@@ -17,6 +17,7 @@ import hashlib
 import heapq
 from collections import Counter
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from enum import Enum
 from itertools import groupby
@@ -597,6 +598,11 @@ class Task:
         self._unsaved_windows = set()
         self._deleted_windows = set()
         return saved, session_ids
+
+    @property
+    def unsaved_session_ids(self) -> AbstractSet[str]:
+        """Sessions changed since the last checkpoint (a store on disk keeps them cached)."""
+        return self._dirty_sessions
 
     def encode_sessions(self, session_ids: Iterable[str]) -> dict[str, list[Any]]:
         """The stored form of each of ``session_ids`` (:meth:`SessionState.encodable`)."""

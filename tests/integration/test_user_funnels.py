@@ -88,13 +88,25 @@ def users_across_partitions(data: Dataset) -> int:
     return sum(1 for found in partitions.values() if len(found) > 1)
 
 
+@pytest.mark.parametrize(
+    "unit_cache",
+    [
+        None,  # the default: every open unit fits in memory
+        # About the setting: 20 units in memory per unit task, far fewer than the open ones
+        # (900 users): the others are read back from disk, through the same SIGKILLs.
+        20,
+    ],
+    ids=["default", "units-on-disk"],
+)
 async def test_a_user_funnel_through_sigkills_and_a_worker_joining_and_leaving(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, unit_cache: int | None
 ) -> None:
     definition = funnel(tmp_path)
     config = settings.model_copy(
         update={"topic_partitions": PARTITIONS, "funnels": (tmp_path / "users.yaml",)}
     )
+    if unit_cache is not None:
+        config = config.model_copy(update={"unit_cache": unit_cache})
     data = dataset()
     across = users_across_partitions(data)
     assert across >= 400, f"only {across} users have sessions on two partitions"

@@ -184,3 +184,69 @@ async def test_a_unit_task_applies_each_forwarded_event_once_however_often_it_co
     assert counts[0] == counts[1]
     entered = sum(w["stages"][0][0] for w in counts[0].values())
     assert entered > 0
+
+
+async def test_a_unit_task_with_its_units_on_disk_counts_as_one_in_memory(
+    tmp_path: Path,
+) -> None:
+    """60 users' forwarded events through a unit task with every unit in memory and one that
+    keeps 3 in memory (``STREAMER_UNIT_CACHE``) and the rest on disk, with checkpoints along
+    the way (each stores the changed units and lets the cache shrink): the same windows and
+    the same units at the end; the units on disk are read back as they are needed."""
+    path = tmp_path / "users.yaml"
+    path.write_text(USERS_FUNNEL)
+    user_funnel = (load_funnel(path),)
+    sent: list[tuple[bytes | None, bytes, int | None, list[tuple[str, bytes]]]] = []
+
+    async def send(key: bytes | None, value: bytes, partition: int | None, headers: Any) -> Any:
+        sent.append((key, value, partition, headers))
+        return await Recorder()(key, value)
+
+    sessions = _stage(funnels=(), topics=SOURCES, units=UnitForwarder(send=send, partitions=1))
+    base = round(NOW.timestamp() * 1000) - 3_600_000
+    for index in range(240):
+        user = index % 60
+        event = valid_event(event_id=f"e-{index}")
+        if index % 3 == 0:  # views and carts of 60 users, interleaved
+            event = {k: v for k, v in event.items() if k not in ("quantity", "cart_value")}
+            event["event_type"] = "product_view"
+        event |= {"session_id": f"s-{user}-{index % 2}", "user_id": f"u-{user}"}
+        event["occurred_at"] = base + index * 1000
+        message = SourceMessage("clickstream", 0, index, NOW_MS, b"k", orjson.dumps(event))
+        await sessions.process(message, lambda: None)
+    for topic in SOURCES:
+        sessions.inputs.observe(topic, 0, base + 3_600_000)
+    sessions.mark_idle({}, idle_timeout_s=3600)
+    await sessions.publish()
+    messages = [
+        SourceMessage("units", 0, offset, NOW_MS, key, value, tuple(headers))
+        for offset, (key, value, _, headers) in enumerate(sent)
+    ]
+    results = []
+    for on_disk in (None, tmp_path / "units"):
+        units = _stage(
+            funnels=user_funnel,
+            topics=("units",),
+            rekeyed_from=(UNIT_SOURCE,),
+            units_on_disk=on_disk,
+            unit_cache=3,
+        )
+        for offset, message in enumerate(messages):
+            await units.process(message, lambda: None)
+            if offset % 50 == 49:
+                units.committer.snapshot(0)
+        units.committer.snapshot(0)
+        [runtime] = units.runtimes.values()
+        if on_disk is not None:
+            assert runtime.store is not None
+            assert runtime.store.sessions.cached <= 3
+            assert runtime.store.sessions.misses > 0  # units were read back from the disk
+        task = runtime.task
+        results.append(
+            (
+                {key: counts.to_json() for key, counts in task.windows.items()},
+                {unit: state.to_json() for unit, state in task.sessions.items()},
+            )
+        )
+    assert results[0] == results[1]
+    assert len(results[0][1]) > 3  # open units outnumber the cache (the rest went at rest)

@@ -142,10 +142,14 @@ class Committer:
         task = runtime.task
         saved, session_ids = task.checkpoint_changes(full=full)
         encoder = DeltaEncoder(saved, self._funnel_names)
+        on_disk: dict[str, list[Any]] = {}  # the same states for the units' store, if any
         for start in range(0, len(session_ids), SNAPSHOT_SLICE_SESSIONS):
             if start:
                 yield
-            encoder.add(task.encode_sessions(session_ids[start : start + SNAPSHOT_SLICE_SESSIONS]))
+            encoded = task.encode_sessions(session_ids[start : start + SNAPSHOT_SLICE_SESSIONS])
+            encoder.add(encoded)
+            if runtime.store is not None:
+                on_disk.update(encoded)
         records = encoder.records()
         written = sum(len(record) for record in records)
         if full:
@@ -174,6 +178,15 @@ class Committer:
         if task.forwards_units:  # the release sequence the forwarded events are numbered by
             meta["forwarded"] = saved.forwarded
         writes[meta_key(partition)] = orjson.dumps(meta)  # last: it says what the rest reflects
+        if runtime.store is not None:
+            # The task has not changed since checkpoint_changes (the apply lock is held): the
+            # store takes exactly what the log's records say, then lets the cache shrink.
+            runtime.store.commit(
+                on_disk,
+                saved.deleted_sessions,
+                {"log": meta["log"]},
+                pinned=task.unsaved_session_ids,
+            )
         acks, runtime.unacked = runtime.unacked, []
         applied, runtime.unstored = runtime.unstored, 0
         runtime.storing += applied

@@ -13,6 +13,7 @@ from streamer.formatting import watermark_text
 from streamer.funnel.session import NEVER, CompiledFunnel
 from streamer.funnel.task import Task
 from streamer.pipeline.sessions.checkpoint_log import read_log
+from streamer.pipeline.sessions.unit_store import UnitStore
 
 __all__ = ["TaskRuntime", "restore_runtime"]
 
@@ -24,6 +25,9 @@ class TaskRuntime:
     """A task plus what the adapter keeps for it: offsets reflected and events to ack."""
 
     task: Task
+    # User funnels' unit tasks: the units on disk behind a cache (the task's sessions and
+    # wakes), brought up to date by every checkpoint (docs/decisions/0009).
+    store: UnitStore | None = None
     offsets: dict[str, int] = field(default_factory=dict)  # topic -> next offset to apply
     unacked: list[Any] = field(default_factory=list)  # Faust events awaiting the checkpoint
     # Messages applied since the last snapshot: the delivered ones (each with an ack above) and
@@ -63,12 +67,21 @@ def restore_runtime(
     retention_ms: int,
     topics: tuple[str, ...],
     forwards_units: bool = False,
+    store: UnitStore | None = None,
 ) -> tuple[TaskRuntime, dict[str, Any]]:
     """Task ``partition`` as its checkpoint log in ``table`` left it, and the log's meta record
-    (empty: no checkpoint yet)."""
+    (empty: no checkpoint yet). With ``store`` (empty), the task's units live there: rebuilt
+    from the log, then stored at once so that the cache can let go of them."""
     started = time.perf_counter()
-    task = Task(funnels, partition, retention_ms=retention_ms, forwards_units=forwards_units)
-    runtime = TaskRuntime(task)
+    task = Task(
+        funnels,
+        partition,
+        retention_ms=retention_ms,
+        forwards_units=forwards_units,
+        sessions=None if store is None else store.sessions,
+        wakes=None if store is None else store.wakes,
+    )
+    runtime = TaskRuntime(task, store=store)
     names = {f.name: i for i, f in enumerate(funnels)}
     stored = read_log(table, partition, names)
     meta, first, next_seq = stored.meta, stored.first, stored.next_seq
@@ -101,6 +114,8 @@ def restore_runtime(
     task.restore(
         int(meta.get("watermark", NEVER)), stored.sessions.items(), stored.windows, stored_funnels
     )
+    if store is not None:
+        store.commit(task.encode_sessions(list(stored.sessions)), (), {"log": [first, next_seq]})
     runtime.offsets = {str(k): int(v) for k, v in meta.get("offsets", {}).items()}
     for topic in topics:
         # Nothing of this input applied yet: it starts at the log's start (the group

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
 from collections.abc import Awaitable, Callable, Collection, MutableMapping
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -54,6 +56,7 @@ from streamer.pipeline.sessions.catch_up import (
 from streamer.pipeline.sessions.committer import Committer
 from streamer.pipeline.sessions.records import abandonment_record
 from streamer.pipeline.sessions.runtime import TaskRuntime, restore_runtime
+from streamer.pipeline.sessions.unit_store import UnitStore
 from streamer.pipeline.tables import Deliveries
 from streamer.pipeline.units import UnitForwarder, unit_user
 
@@ -122,6 +125,8 @@ class SessionsStage:
         decoder: EventDecoder | None = None,
         units: UnitForwarder | None = None,
         reports_as: int = 0,
+        units_on_disk: Path | None = None,
+        unit_cache: int = 0,
     ) -> None:
         self.definitions = funnels
         self.funnels = tuple(CompiledFunnel(f) for f in funnels)
@@ -148,6 +153,10 @@ class SessionsStage:
         # as partitions ``reports_as + n``, apart from the session tasks' ``n``.
         self._units = units
         self._reports_as = reports_as
+        # Unit tasks: each task's units in a store of its own under this folder, at most
+        # ``unit_cache`` of them in memory (docs/decisions/0009-open-units-on-disk.md).
+        self._units_on_disk = units_on_disk
+        self._unit_cache = unit_cache
         self.inputs = InputClock(() if rekeyed_from else topics, allowed_lateness_ms)
         self.runtimes: dict[int, TaskRuntime] = {}
         self.assigned: set[int] | None = None  # None: not told yet (tests drive it directly)
@@ -218,9 +227,21 @@ class SessionsStage:
         for partition in partitions:
             self._release(partition)
 
+    def _empty_store(self, partition: int) -> UnitStore | None:
+        """Task ``partition``'s units on disk, emptied: the checkpoint log is the truth and
+        the store is rebuilt from it (a view reused across restarts is the next step)."""
+        if self._units_on_disk is None:
+            return None
+        path = self._units_on_disk / str(partition)
+        shutil.rmtree(path, ignore_errors=True)
+        return UnitStore(path, cache_units=self._unit_cache)
+
     def _release(self, partition: int) -> None:
-        if self.runtimes.pop(partition, None) is not None:
+        runtime = self.runtimes.pop(partition, None)
+        if runtime is not None:
             self.inputs.revoke(partition)
+            if runtime.store is not None:
+                runtime.store.close()
             log.info("partition %d: released", partition)
 
     def ensure(self, partition: int) -> None:
@@ -242,6 +263,7 @@ class SessionsStage:
             retention_ms=self._retention_ms,
             topics=self.topics,
             forwards_units=self._units is not None,
+            store=self._empty_store(partition),
         )
         if runtime.catch_up and self._reports_as:
             # A unit task's input holds released events, not the source a catch-up reads:

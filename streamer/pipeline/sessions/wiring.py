@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 from streamer.decode import DecodeLimits
@@ -102,6 +103,7 @@ def install_units(
         None,
         table_name="unit-state",
         reports_as=settings.topic_partitions,
+        units_on_disk=settings.data_dir / "units",
         # A unit at rest is kept at least a conversion window: its event ids (copies sent by
         # two devices) and its first event (counted once as new) outlive a session's.
         retention_ms=max(
@@ -150,6 +152,7 @@ def _build_stage(
     table_name: str = "funnel-state",
     reports_as: int = 0,
     retention_ms: int | None = None,
+    units_on_disk: Path | None = None,
 ) -> SessionsStage:
     """The stage with its outputs, its state table and its direct reads of the input."""
     dlq = dead_letter_topic(app, settings)
@@ -212,6 +215,8 @@ def _build_stage(
         decoder=decoder,
         units=units,
         reports_as=reports_as,
+        units_on_disk=units_on_disk,
+        unit_cache=settings.unit_cache,
     )
 
 
