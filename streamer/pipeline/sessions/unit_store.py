@@ -65,9 +65,15 @@ def _keys_from(db: Rdict, start: bytes) -> Iterator[bytes]:
         yield key
 
 
+# A worker holds one store per unit task (partition): RocksDB's 64 MiB default memtable each
+# would dominate the memory the cache is meant to bound.
+_WRITE_BUFFER_BYTES = 16 * 2**20
+
+
 def _options() -> Options:
     options = Options(raw_mode=True)
     options.create_if_missing(True)
+    options.set_write_buffer_size(_WRITE_BUFFER_BYTES)
     return options
 
 
