@@ -234,6 +234,12 @@ class SessionsStage:
             return None
         path = self._units_on_disk / str(partition)
         shutil.rmtree(path, ignore_errors=True)
+        log.info(
+            "partition %d: units on disk in %s, at most %d in memory (STREAMER_UNIT_CACHE)",
+            partition,
+            path,
+            self._unit_cache,
+        )
         return UnitStore(path, cache_units=self._unit_cache)
 
     def _release(self, partition: int) -> None:
