@@ -263,9 +263,11 @@ def worker_data_shows(results: dict[str, list[dict[str, Any]]], settings: Settin
 
 # What the healthy simulated run never does, so its queries may stay at 0 (or NaN): no alert
 # (so no delivery), no dead letter, no late event, no silent input, no merge error or superseded
-# partial, no rebalance or restart after the start, no retraction of an abandonment; and a
-# consumer lag, which a worker that keeps up with the simulator does not have at any scrape.
+# partial, no rebalance or restart after the start, no retraction of an abandonment, no
+# excluded attempt (the shipped funnels have no exclusion step); and a consumer lag, which a
+# worker that keeps up with the simulator does not have at any scrape.
 NOT_EXERCISED = (
+    "Funnel overview / Attempts excluded per step [A]",
     "Pipeline health / Consumer lag per topic [A]",
     "recording rule streamer:dead_letter:ratio_rate5m",
     "Abandonments / Cart value at risk over the chosen range [B]",  # retracted value
