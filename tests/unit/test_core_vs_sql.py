@@ -9,6 +9,7 @@ example (and a blob to reproduce it), and the diff names the windows that differ
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -125,24 +126,53 @@ def test_core_equals_sql_on_generated_sessions(
     assert_same("abandonments", sql.abandonments, core.abandonments)
 
 
-@given(events=case("c"), seed=st.integers(0, 2**32), cut_s=st.integers(0, 150))
-@settings(max_examples=150, deadline=None, print_blob=True)
-def test_core_equals_sql_before_everything_is_decided(
-    events: list[dict[str, Any]], seed: int, cut_s: int
+# A watermark inside the data: every case of a batch starts between 0 and 150 s before it, so
+# one query answers cases cut at different points (the planning of a funnel's SQL, not its
+# data, is most of a query's cost).
+CUT_MS = 150_000
+
+
+@st.composite
+def cut_batch(draw: Any, size: int, one_case: Any = case) -> list[list[dict[str, Any]]]:
+    """Cases of distinct sessions overlapping in event time, each cut by ``CUT_MS`` at a
+    point of its own (its start 0 to 150 s before)."""
+    cases = []
+    for index in range(size):
+        events = draw(one_case(f"c{index}"))
+        shift = CUT_MS - draw(st.integers(0, 150)) * 1000
+        for event in events:
+            event["at_ms"] += shift
+        cases.append(events)
+    return cases
+
+
+def _compare_cut(
+    funnels: Sequence[FunnelDefinition], cases: list[list[dict[str, Any]]], seed: int
 ) -> None:
-    """At a watermark inside the data: open attempts, not-final windows, undecided drops."""
-    watermark = cut_s * 1000
-    note(f"arrival seed {seed}, watermark {watermark}")
-    # Only what has arrived by the time the watermark got there: events before it.
-    arrived = [e for e in arrival(events, seed) if e["at_ms"] < watermark + LATENESS_MS]
-    sql = compute([FUNNEL], arrived, watermark)
-    core = run_core([FUNNEL], arrived, watermark, lateness_ms=LATENESS_MS)
+    """Core and SQL at the watermark ``CUT_MS``, on what has arrived by then (events before
+    it plus the lateness): open attempts, not-final windows, undecided drops."""
+    events = [event for events in cases for event in events]
+    note(f"arrival seed {seed}; {len(cases)} cases, {len(events)} events, watermark {CUT_MS}")
+    arrived = [e for e in arrival(events, seed) if e["at_ms"] < CUT_MS + LATENESS_MS]
+    sql = compute(funnels, arrived, CUT_MS)
+    core = run_core(funnels, arrived, CUT_MS, lateness_ms=LATENESS_MS)
     assert core.late == []
     assert_same("windows", sql.windows, core.windows)
     assert_same("segments", sql.segments, core.segments)
     assert_same("abandonments", sql.abandonments, core.abandonments)
     assert_same("final", sql.final, core.final)
     assert_final_consistent(core)
+
+
+CUT_BATCHES = settings(BATCHES, max_examples=30)
+
+
+@given(cases=cut_batch(10), seed=st.integers(0, 2**32))
+@CUT_BATCHES
+def test_core_equals_sql_before_everything_is_decided(
+    cases: list[list[dict[str, Any]]], seed: int
+) -> None:
+    _compare_cut([FUNNEL], cases, seed)
 
 
 # --- Order modes (docs/funnel-semantics.md, "Order modes") --------------------------------
@@ -300,9 +330,10 @@ NEW_RULES["attribution"] = (
 
 
 @st.composite
-def product_batch(draw: Any, size: int) -> list[list[dict[str, Any]]]:
-    """Cases whose events carry a product (two values, or none) for hold to keep constant."""
-    cases = draw(batch(size))
+def product_batch(draw: Any, size: int, cases_of: Any = None) -> list[list[dict[str, Any]]]:
+    """Cases (of ``batch``, or ``cases_of``) whose events carry a product (two values, or
+    none) for hold to keep constant."""
+    cases = draw((cases_of or batch)(size))
     carried: dict[str, str | None] = {}  # by event id: a retry carries what its original did
     for events in cases:
         for event in events:
@@ -403,28 +434,13 @@ def _compare(
     assert_same("abandonments", sql.abandonments, core.abandonments)
 
 
-@given(
-    mode=st.sampled_from(sorted(MODES)),
-    events=case("c"),
-    seed=st.integers(0, 2**32),
-    cut_s=st.integers(0, 150),
-)
-@settings(max_examples=150, deadline=None, print_blob=True)
+@given(mode=st.sampled_from(sorted(MODES)), cases=cut_batch(10), seed=st.integers(0, 2**32))
+@CUT_BATCHES
 def test_modes_core_equals_sql_before_everything_is_decided(
-    mode: str, events: list[dict[str, Any]], seed: int, cut_s: int
+    mode: str, cases: list[list[dict[str, Any]]], seed: int
 ) -> None:
-    watermark = cut_s * 1000
-    note(f"{mode}: arrival seed {seed}, watermark {watermark}")
-    funnels = MODES[mode]
-    arrived = [e for e in arrival(events, seed) if e["at_ms"] < watermark + LATENESS_MS]
-    sql = compute(funnels, arrived, watermark)
-    core = run_core(funnels, arrived, watermark, lateness_ms=LATENESS_MS)
-    assert core.late == []
-    assert_same("windows", sql.windows, core.windows)
-    assert_same("segments", sql.segments, core.segments)
-    assert_same("abandonments", sql.abandonments, core.abandonments)
-    assert_same("final", sql.final, core.final)
-    assert_final_consistent(core)
+    note(mode)
+    _compare_cut(MODES[mode], cases, seed)
 
 
 NEW_RULE_FUNNELS = {funnel.name: funnel for rule in NEW_RULES.values() for funnel in rule}
@@ -432,31 +448,14 @@ NEW_RULE_FUNNELS = {funnel.name: funnel for rule in NEW_RULES.values() for funne
 
 @given(
     name=st.sampled_from(sorted(NEW_RULE_FUNNELS)),
-    cases=product_batch(1),
+    cases=product_batch(8, cut_batch),
     seed=st.integers(0, 2**32),
-    cut_s=st.integers(0, 150),
 )
-@settings(
-    max_examples=40,
-    deadline=None,
-    print_blob=True,
-    phases=[Phase.explicit, Phase.reuse, Phase.generate],
-    suppress_health_check=[HealthCheck.too_slow],
-)
+@settings(NEW_MODE_BATCHES, max_examples=20)
 def test_new_rules_core_equals_sql_before_everything_is_decided(
-    name: str, cases: list[list[dict[str, Any]]], seed: int, cut_s: int
+    name: str, cases: list[list[dict[str, Any]]], seed: int
 ) -> None:
     """Repeated types, re-entry, hold and attribution at a watermark inside the data: open
     attempts, restarts and held values not decided yet, windows not final."""
-    watermark = cut_s * 1000
-    note(f"{name}: arrival seed {seed}, watermark {watermark}")
-    funnels = (NEW_RULE_FUNNELS[name],)
-    arrived = [e for e in arrival(cases[0], seed) if e["at_ms"] < watermark + LATENESS_MS]
-    sql = compute(funnels, arrived, watermark)
-    core = run_core(funnels, arrived, watermark, lateness_ms=LATENESS_MS)
-    assert core.late == []
-    assert_same("windows", sql.windows, core.windows)
-    assert_same("segments", sql.segments, core.segments)
-    assert_same("abandonments", sql.abandonments, core.abandonments)
-    assert_same("final", sql.final, core.final)
-    assert_final_consistent(core)
+    note(name)
+    _compare_cut((NEW_RULE_FUNNELS[name],), cases, seed)
