@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -60,9 +60,11 @@ DASHBOARDS_DIR = deploy_dir() / "grafana" / "dashboards"
 
 # Every raw series is narrowed to the chosen scrape job(s) and instance(s) ("All" = every one),
 # so the dashboards fit a Prometheus that scrapes other jobs or several streamer deployments.
-# The recorded series (streamer:...) aggregate over instances and carry no job: not narrowed.
+# The recorded series (streamer:...) sum over instances and keep the job: narrowed to the job.
 SCOPE = 'job=~"$job",instance=~"$instance"'
+RECORDED_SCOPE = 'job=~"$job"'
 _RAW_SERIES = re.compile(r"\b(streamer_[a-z0-9_]+|up)\b(\{)?")
+_RECORDED_SERIES = re.compile(r"\b(streamer:[a-z0-9_:]+)(\{)?")
 FUNNEL = 'funnel="$funnel"'
 RATE = "$__rate_interval"
 RANGE = "$__range"
@@ -746,13 +748,17 @@ DASHBOARDS: tuple[DashboardSpec, ...] = (OVERVIEW, CONVERSION, ABANDONMENTS, ALE
 
 
 def scoped(expr: str) -> str:
-    """``expr`` with every raw series narrowed to the ``job`` and ``instance`` variables."""
+    """``expr`` with every raw series narrowed to the ``job`` and ``instance`` variables, and
+    every recorded one to the ``job`` variable."""
 
-    def narrow(match: re.Match[str]) -> str:
-        name, brace = match.group(1), match.group(2)
-        return f"{name}{{{SCOPE}," if brace else f"{name}{{{SCOPE}}}"
+    def narrowing(scope: str) -> Callable[[re.Match[str]], str]:
+        def narrow(match: re.Match[str]) -> str:
+            name, brace = match.group(1), match.group(2)
+            return f"{name}{{{scope}," if brace else f"{name}{{{scope}}}"
 
-    return _RAW_SERIES.sub(narrow, expr)
+        return narrow
+
+    return _RECORDED_SERIES.sub(narrowing(RECORDED_SCOPE), _RAW_SERIES.sub(narrowing(SCOPE), expr))
 
 
 def _target(query: Query, ref_id: str) -> Dataquery:
