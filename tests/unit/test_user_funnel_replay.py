@@ -1,7 +1,8 @@
 """The replay engine with a user funnel (``follows: user``) beside a session funnel, without
 Kafka: users on two devices whose sessions are on different inputs, offered in any
 interleaving, give the SQL oracle's numbers for both funnels (at the end of the data, every
-window final, and at a cut inside it, units still open), and the same report every time.
+window final, and at a cut inside it, units still open), and the same report every time; so
+does `streamer report` over an export of the same traffic.
 
 The engine counts user funnels as the worker does (docs/decisions/0008-user-funnels-pipeline.md):
 its session task forwards what it releases to a unit task, in process."""
@@ -15,13 +16,22 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka.partitioner import murmur2
+from click.testing import CliRunner
 
+from streamer.cli import cli
+from streamer.events import ReplayReport
 from streamer.funnel.definition import FunnelDefinition, load_funnel
 from streamer.range_replay import RangeReplay
 from tests.oracle import compute
 from tests.support.compare import assert_replay_equals_oracle
-from tests.support.traffic import Dataset, at_ms, generate_users, oracle_event
+from tests.support.traffic import (
+    Dataset,
+    at_ms,
+    generate_users,
+    oracle_event,
+    partition_of,
+    users_across_partitions,
+)
 
 INPUTS = 4
 STAGES = """\
@@ -55,8 +65,7 @@ def inputs() -> dict[str, list[dict[str, Any]]]:
     """The arrivals split into inputs as a producer keying by session splits them."""
     split: dict[str, list[dict[str, Any]]] = {f"clickstream/{p}": [] for p in range(INPUTS)}
     for event in dataset().arrivals:
-        partition = (murmur2(event["session_id"].encode()) & 0x7FFFFFFF) % INPUTS
-        split[f"clickstream/{partition}"].append(event)
+        split[f"clickstream/{partition_of(event['session_id'], INPUTS)}"].append(event)
     return split
 
 
@@ -102,6 +111,7 @@ def test_a_user_funnel_replayed_gives_the_oracles_numbers_beside_a_session_funne
 ) -> None:
     definitions = funnels(tmp_path)
     start, cut, past = the_range()
+    assert users_across_partitions(dataset(), INPUTS) > 100  # the hop is needed
     # Past the data's end, drained (every window final), and at a cut inside it.
     for end, drain in ((past, True), (cut, False)):
         engine = replay(definitions, end, seed=1, drain=drain)
@@ -127,3 +137,28 @@ def test_any_interleaving_gives_the_same_user_funnel_report(tmp_path: Path) -> N
     _, cut, _ = the_range()
     first = replay(definitions, cut, seed=1).report().model_dump_json()
     assert replay(definitions, cut, seed=2).report().model_dump_json() == first
+
+
+def test_streamer_report_of_a_user_funnel_gives_the_oracles_numbers_byte_identical_twice(
+    tmp_path: Path,
+) -> None:
+    """`streamer report` over an export of the same traffic (one file, in arrival order)."""
+    folder = tmp_path / "funnels"
+    folder.mkdir()
+    definitions = funnels(folder)
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in dataset().arrivals))
+    start, cut, _ = the_range()
+    args = ["report", str(path), "--funnels", str(folder)]
+    args += ["--from", start.isoformat(), "--to", cut.isoformat()]
+    outputs = [CliRunner().invoke(cli, args) for _ in range(2)]
+    assert all(o.exit_code == 0 for o in outputs), outputs[0].output
+    assert outputs[0].stdout == outputs[1].stdout
+    report = ReplayReport.model_validate_json(outputs[0].stdout)
+    assert report.events.late == report.events.rejected == 0
+    low, high = round(start.timestamp() * 1000), round(cut.timestamp() * 1000)
+    rows = [e for e in map(oracle_event, dataset().arrivals) if low <= e["at_ms"] < high]
+    replayed = {f.funnel: f for f in report.funnels}
+    for definition in definitions:
+        expected = compute([definition], rows, high)
+        assert_replay_equals_oracle(replayed[definition.name], definition, expected)
