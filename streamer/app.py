@@ -47,7 +47,6 @@ __all__ = [
     "faust_broker_options",
     "internal_topics",
     "load_configured_funnels",
-    "refuse_user_funnels",
     "topic_plan",
     "worker_access",
     "worker_events",
@@ -127,18 +126,6 @@ def load_configured_funnels(
     if not funnels:
         raise ConfigError(f"no funnel definitions found in {[str(p) for p in settings.funnels]}")
     return funnels
-
-
-def refuse_user_funnels(funnels: tuple[FunnelDefinition, ...]) -> None:
-    """User funnels (``follows: user``) run in the worker (through its unit tasks,
-    ``streamer.pipeline.units``), but replay and report follow sessions only: refuse them
-    there rather than count them per session, silently."""
-    users = [funnel.name for funnel in user_funnels(funnels)]
-    if users:
-        raise ConfigError(
-            f"funnel {', '.join(users)}: follows: user runs in the worker only (replay and "
-            "report follow sessions, docs/funnels.md); `streamer funnel check` accepts it"
-        )
 
 
 def worker_events(settings: Settings) -> tuple[tuple[FunnelDefinition, ...], EventDecoder]:

@@ -12,7 +12,11 @@ age are accepted (no max-age horizon).
 partition gives the same numbers: windows merge by summation). Its watermark is, as live, the
 minimum of the input partitions' fronts minus the allowed lateness, and reaches ``to`` once
 every partition is read: sessions still inside their timeouts at ``to`` stay open and are
-reported open, never dropped. Each funnel's detector judges every window boundary up to ``to``
+reported open, never dropped. User funnels (``follows: user``) are counted as the worker
+counts them (docs/decisions/0008-user-funnels-pipeline.md): the session task forwards every
+event it releases to its unit, and a second task, keyed by unit, counts them; in one process
+the hop is a call, and the unit task moves with the session task's watermark (all it is sent
+is below it). Each funnel's detector judges every window boundary up to ``to``
 with the windows folded as the live merger folds them, so for a range that starts where the
 live worker's history starts, the alerts are the live ones, with the same ids.
 """
@@ -56,11 +60,12 @@ from streamer.formatting import utc_datetime
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.detect import AlertDecision, FunnelDetector
 from streamer.funnel.session import NEVER, CompiledFunnel
-from streamer.funnel.task import Offer, Task
+from streamer.funnel.task import Offer, Task, TaskOutput
 from streamer.funnel.windows import WindowCounts, fold_segments, merge_partials
 from streamer.kafka_io import make_consumer, make_producer, stop_consumer, topic_partitions
 from streamer.pipeline.detector import alert_record, tracking_alert_record
 from streamer.pipeline.merger import window_stats
+from streamer.pipeline.units import session_funnels, unit_retention_ms, unit_user, user_funnels
 from streamer.plan.compile import CompiledPlan
 from streamer.settings import Settings
 
@@ -68,6 +73,9 @@ __all__ = ["RangeReplay", "backfill", "diff_reports", "notify_alerts", "replay_r
 
 # Events of any age are replayed; the live worker's other limits apply.
 ANY_AGE = timedelta(days=365 * 100)
+
+# Where the worker's unit tasks read forwarded events (their volume's source), by default.
+DEFAULT_UNITS_TOPIC: str = Settings.model_fields["units_topic"].default
 
 
 @dataclass
@@ -102,6 +110,7 @@ class RangeReplay:
         runbook_url: str | None = None,
         drain: bool = False,
         decoder: EventDecoder | None = None,
+        units_topic: str = DEFAULT_UNITS_TOPIC,
     ) -> None:
         self.funnels = tuple(funnels)
         self.start_ms, self.end_ms = to_epoch_ms(start), to_epoch_ms(end)
@@ -112,13 +121,33 @@ class RangeReplay:
         self.lateness_ms = allowed_lateness_ms
         self.partitions = partitions
         self._links = (dashboard_url, runbook_url)
-        self.task = Task(
-            tuple(CompiledFunnel(f) for f in self.funnels), 0, retention_ms=retention_ms
-        )
         self.runs = [
             _FunnelRun(funnel, index, FunnelDetector(funnel))
             for index, funnel in enumerate(self.funnels)
         ]
+        by_name = {run.funnel.name: run for run in self.runs}
+        # As the worker splits them: the session task counts the session funnels and forwards
+        # what it releases to the unit task, which counts the user funnels. Each task's funnel
+        # index maps to its run by these lists (without a user funnel: one task, as before).
+        users = user_funnels(self.funnels)
+        sessions = session_funnels(self.funnels)
+        self.task = Task(
+            tuple(CompiledFunnel(f) for f in sessions),
+            0,
+            retention_ms=retention_ms,
+            forwards_units=bool(users),
+        )
+        self._session_runs = [by_name[f.name] for f in sessions]
+        self._unit_runs = [by_name[f.name] for f in users]
+        self.unit_task: Task | None = None
+        if users:
+            self.unit_task = Task(
+                tuple(CompiledFunnel(f) for f in users),
+                0,
+                retention_ms=unit_retention_ms(retention_ms, users),
+            )
+        # The unit task counts forwarded events' volume under the units topic, as live.
+        self.units_topic = units_topic
         # As the worker decodes, events of any age apart (the built-in contract by default).
         self.decoder = decoder or ContractDecoder(
             DecodeLimits(max_age=ANY_AGE), needed_fields(self.funnels)
@@ -155,6 +184,7 @@ class RangeReplay:
             runbook_url=settings.runbook_url,
             drain=drain,
             decoder=event_decoder(plan, limits, needed_fields(funnels)),
+            units_topic=settings.units_topic,
         )
 
     # --- input ---------------------------------------------------------------------------
@@ -220,17 +250,29 @@ class RangeReplay:
     def _step(self, watermark_ms: int) -> None:
         self.task.advance(watermark_ms)
         out = self.task.drain()
+        self._collect(out, self._session_runs)
+        if self.unit_task is not None:
+            # The hop, in release order: everything the session task released is below its
+            # watermark, so the unit task takes the same step and nothing is late there.
+            for forward in out.forwards:
+                unit = forward.unit
+                self.unit_task.offer(unit, forward.event, unit_user(unit), self.units_topic)
+            self.unit_task.advance(watermark_ms)
+            self._collect(self.unit_task.drain(), self._unit_runs)
+        for run in self.runs:
+            self._judge(run, watermark_ms)
+
+    def _collect(self, out: TaskOutput, runs: list[_FunnelRun]) -> None:
+        """One task's output: ``runs`` are its funnels' runs, by the task's funnel index."""
         for partial in out.partials:
-            run = next(r for r in self.runs if r.funnel.name == partial.funnel)
+            run = next(r for r in runs if r.funnel.name == partial.funnel)
             start = partial.window_start_ms
             if start not in run.finals and start < self.end_ms:  # drained: no new cohorts
                 run.windows[start] = partial.counts
         for notice in out.abandonments:
-            run = self.runs[notice.funnel]
+            run = runs[notice.funnel]
             stage = run.funnel.stages[notice.abandoned.stage].name
             (run.retracted if notice.order_ms is not None else run.abandoned)[stage] += 1
-        for run in self.runs:
-            self._judge(run, watermark_ms)
 
     def _judge(self, run: _FunnelRun, watermark_ms: int) -> None:
         funnel = run.funnel

@@ -32,7 +32,7 @@ def funnel() -> None:
 def funnel_check(ctx: click.Context, files: tuple[Path, ...]) -> None:
     """Validate funnel definition files (default: the configured ones) and print them."""
     settings = settings_of(ctx)
-    for definition in checked_funnels(settings, files or settings.funnels, sessions_only=False):
+    for definition in checked_funnels(settings, files or settings.funnels):
         click.echo(definition.describe())
 
 
@@ -40,14 +40,10 @@ def checked_funnels(
     settings: Settings,
     paths: Sequence[Path],
     overrides: dict[str, str] | None = None,
-    *,
-    sessions_only: bool = True,
 ) -> Any:
     """The funnel files, validated against the events there are (the tracking plan of
     ``settings``, else the built-in contract): a problem is one ConfigError line naming the
-    file and line (the plan's own errors too). ``sessions_only``: they are about to be run by
-    a replay or a report, which follow sessions only (the worker runs user funnels too)."""
-    from streamer.app import refuse_user_funnels
+    file and line (the plan's own errors too)."""
     from streamer.decoders import catalogue_of, tracking_plan
     from streamer.errors import ConfigError, PlanError
     from streamer.funnel.definition import FunnelDefinitionError, load_funnels
@@ -60,8 +56,6 @@ def checked_funnels(
         funnels = load_funnels(paths, overrides, known_events=catalogue)
     except FunnelDefinitionError as exc:
         raise ConfigError(str(exc)) from None
-    if sessions_only:
-        refuse_user_funnels(funnels)
     return funnels
 
 

@@ -28,7 +28,7 @@ def worker(ctx: click.Context) -> None:
     log = logging.getLogger("streamer.worker")
     log.info("settings: %s", settings.masked())
     # A typo in a funnel file stops it before any Kafka.
-    checked_funnels(settings, settings.funnels, sessions_only=False)
+    checked_funnels(settings, settings.funnels)
     kafka_ready(settings)
     run_sync(ensure_topic_plan(settings, worker_topic_plan(settings)))
     check_source_partitions(settings)

@@ -34,6 +34,7 @@ __all__ = [
     "UNIT_SOURCE",
     "UnitForwarder",
     "session_funnels",
+    "unit_retention_ms",
     "unit_user",
     "user_funnels",
 ]
@@ -52,6 +53,15 @@ def user_funnels(funnels: Sequence[FunnelDefinition]) -> tuple[FunnelDefinition,
 
 def session_funnels(funnels: Sequence[FunnelDefinition]) -> tuple[FunnelDefinition, ...]:
     return tuple(funnel for funnel in funnels if funnel.follows != "user")
+
+
+def unit_retention_ms(session_retention_ms: int, funnels: Sequence[FunnelDefinition]) -> int:
+    """How long a unit task keeps a unit at rest: at least the longest user funnel's conversion
+    window, so its event ids (copies sent by two devices) and its first event (counted once as
+    new) outlive a session's."""
+    return max(
+        session_retention_ms, *(funnel.conversion_window_ms for funnel in user_funnels(funnels))
+    )
 
 
 def unit_user(unit: str) -> str | None:

@@ -16,7 +16,6 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-from aiokafka.partitioner import murmur2
 
 from streamer.app import topic_plan
 from streamer.dlq import parse_dead_letters
@@ -33,7 +32,7 @@ from tests.support.pipeline_run import (
     wait_reading,
     worker,
 )
-from tests.support.traffic import Dataset, generate_users
+from tests.support.traffic import Dataset, generate_users, users_across_partitions
 
 pytestmark = pytest.mark.integration
 
@@ -75,19 +74,6 @@ def oracle(definition: FunnelDefinition, settings: Settings) -> OracleResult:
     return compute([definition], dataset().oracle_events(), watermark_ms)
 
 
-def partition_of(session_id: str) -> int:
-    """The partition a producer keying by session puts it on (Kafka's default partitioner)."""
-    return (murmur2(session_id.encode()) & 0x7FFFFFFF) % PARTITIONS
-
-
-def users_across_partitions(data: Dataset) -> int:
-    partitions: dict[str, set[int]] = {}
-    for event in data.arrivals:
-        if event.get("user_id"):
-            partitions.setdefault(event["user_id"], set()).add(partition_of(event["session_id"]))
-    return sum(1 for found in partitions.values() if len(found) > 1)
-
-
 @pytest.mark.parametrize(
     "unit_cache",
     [
@@ -108,7 +94,7 @@ async def test_a_user_funnel_through_sigkills_and_a_worker_joining_and_leaving(
     if unit_cache is not None:
         config = config.model_copy(update={"unit_cache": unit_cache})
     data = dataset()
-    across = users_across_partitions(data)
+    across = users_across_partitions(data, PARTITIONS)
     assert across >= 400, f"only {across} users have sessions on two partitions"
     expected = oracle(definition, config)
     assert sum(1 for key in expected.abandonments if "/anon:" not in key) > 20

@@ -3,12 +3,17 @@ readable diff (what differs, key by key, with both sides' values)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from streamer.events import Abandonment, StageStats, WindowStats
+from streamer.events import Abandonment, ReplayFunnel, StageStats, WindowStats
+from streamer.funnel.definition import FunnelDefinition
+
+if TYPE_CHECKING:
+    from tests.oracle import OracleResult
 
 WindowKey = tuple[str, int, str]
 SegmentKey = tuple[str, int, str, str, str]
@@ -134,3 +139,21 @@ def differences(
 def assert_same(what: str, expected: Mapping[Any, Any], actual: Mapping[Any, Any]) -> None:
     lines = differences(expected, actual)
     assert not lines, f"{what}: the two engines disagree on {len(lines)} keys\n" + "\n".join(lines)
+
+
+def assert_replay_equals_oracle(
+    replayed: ReplayFunnel, funnel: FunnelDefinition, expected: OracleResult
+) -> None:
+    """A funnel of a replay (or file) report against the oracle's result for that funnel
+    alone: its windows per stage and per segment, and its abandonments and retractions per
+    stage (the report counts them; the oracle lists them)."""
+    windows, segments = window_numbers(replayed.windows)
+    assert_same("windows", expected.windows, windows)
+    assert_same("segments", expected.segments, segments)
+    by_stage = Counter(a["stage"] for a in expected.abandonments.values())
+    retracted = Counter(
+        a["stage"] for a in expected.abandonments.values() if a["retracted_ms"] is not None
+    )
+    assert {a.stage: (a.abandoned, a.retracted) for a in replayed.abandonments} == {
+        stage: (by_stage[stage], retracted[stage]) for stage in funnel.abandonment
+    }

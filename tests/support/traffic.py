@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+from aiokafka.partitioner import murmur2
 
 from streamer.events import CHECKOUT_EVENT_TYPES
 from streamer.settings import Settings
@@ -64,6 +65,22 @@ class Dataset:
     @property
     def final_watermark_ms(self) -> int:
         return self.closing_ms - 120_000  # the default allowed lateness
+
+
+def partition_of(session_id: str, partitions: int) -> int:
+    """The partition a producer keying by session puts it on (Kafka's default partitioner)."""
+    return (murmur2(session_id.encode()) & 0x7FFFFFFF) % partitions
+
+
+def users_across_partitions(data: Dataset, partitions: int) -> int:
+    """How many users of ``data`` have sessions on more than one of ``partitions``."""
+    found: dict[str, set[int]] = {}
+    for event in data.arrivals:
+        if event.get("user_id"):
+            found.setdefault(event["user_id"], set()).add(
+                partition_of(event["session_id"], partitions)
+            )
+    return sum(1 for seen in found.values() if len(seen) > 1)
 
 
 def closing_messages(settings: Settings, at_ms: int) -> list[tuple[str, int, bytes, bytes]]:

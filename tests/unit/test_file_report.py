@@ -21,7 +21,7 @@ from streamer.funnel.definition import FunnelDefinition, load_funnel
 from streamer.plan.compile import CompiledPlan, PlannedEvent, compile_plan
 from streamer.plan.load import load_plan
 from tests.oracle import compute
-from tests.support.compare import assert_same, window_numbers
+from tests.support.compare import assert_replay_equals_oracle
 from tests.support.datasets import otto_sample
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,16 +92,7 @@ def assert_equals_oracle(
 ) -> None:
     expected = compute([funnel], rows, round(datetime.fromisoformat(end).timestamp() * 1000))
     [replayed] = result.funnels
-    windows, segments = window_numbers(replayed.windows)
-    assert_same("windows", expected.windows, windows)
-    assert_same("segments", expected.segments, segments)
-    by_stage = Counter(a["stage"] for a in expected.abandonments.values())
-    retracted = Counter(
-        a["stage"] for a in expected.abandonments.values() if a["retracted_ms"] is not None
-    )
-    assert {a.stage: (a.abandoned, a.retracted) for a in replayed.abandonments} == {
-        stage: (by_stage[stage], retracted[stage]) for stage in funnel.abandonment
-    }
+    assert_replay_equals_oracle(replayed, funnel, expected)
 
 
 def test_the_otto_sample_through_its_own_plan_gives_the_oracles_numbers(tmp_path: Path) -> None:

@@ -109,7 +109,7 @@ def test_filters_of_the_wrong_type_on_the_contract(
     assert [message for _, message in problems] == [problem]
 
 
-def test_a_user_funnel_is_checked_and_run_by_the_worker_but_not_by_replay(
+def test_a_user_funnel_is_checked_and_run_by_the_worker_replay_and_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "users.yaml"
@@ -124,9 +124,8 @@ def test_a_user_funnel_is_checked_and_run_by_the_worker_but_not_by_replay(
     funnels, _ = worker_events(load_settings())
     assert [funnel.name for funnel in funnels] == ["users"]
     assert load_settings().units_topic in topic_plan(load_settings(), funnels)
-    worker = CliRunner().invoke(cli, ["worker"])  # no broker: it stops there, not at the funnel
-    assert "follows: user" not in worker.output
-    assert "Kafka" in worker.output or "kafka" in worker.output, worker.output
-    result = CliRunner().invoke(cli, ["replay", "--from", "-1h", "--to", "now"])
-    assert result.exit_code == 2, result.output
-    assert "funnel users: follows: user runs in the worker only" in " ".join(result.output.split())
+    # No broker: each stops there, not at the funnel.
+    for command in (["worker"], ["replay", "--from", "-1h", "--to", "now"]):
+        result = CliRunner().invoke(cli, command)
+        assert "follows: user" not in result.output
+        assert "Kafka" in result.output or "kafka" in result.output, result.output

@@ -5,10 +5,12 @@ a checkpoint and restore in between; the units are the identity rules'."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -111,9 +113,10 @@ stages:
 
 def _stage(**options: Any) -> SessionsStage:
     funnels = options.pop("funnels")
+    table = options.pop("table", {})
     return SessionsStage(
         funnels=funnels,
-        table={},
+        table=table,
         metrics=Metrics.create(CollectorRegistry(), source_topics=SOURCES, funnels=funnels),
         limits=DecodeLimits(),
         allowed_lateness_ms=0,
@@ -250,3 +253,40 @@ async def test_a_unit_task_with_its_units_on_disk_counts_as_one_in_memory(
         )
     assert results[0] == results[1]
     assert len(results[0][1]) > 3  # open units outnumber the cache (the rest went at rest)
+
+
+async def test_a_user_funnel_added_to_a_running_worker_is_said_to_start_without_history(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No catch-up rebuilds a user funnel's units (docs/replay.md): a unit task restored with
+    a user funnel its checkpoint lacks, and a session task forwarding for the first time, say
+    so in a warning naming what starts where; a restart after that says nothing more."""
+    path = tmp_path / "users.yaml"
+    path.write_text(USERS_FUNNEL)
+    users = load_funnel(path)
+    more = users.model_copy(update={"name": "more_users"})
+    forwarder = UnitForwarder(send=_fronts_only, partitions=1)
+    unit_table: dict[Any, Any] = {}
+    session_table: dict[Any, Any] = {}
+    lives = [((users,), None), ((users, more), forwarder), ((users, more), forwarder)]
+    said = []
+    for funnels, forwards in lives:
+        caplog.clear()
+        unit_side = _stage(funnels=funnels, topics=("units",), rekeyed_from=(UNIT_SOURCE,),
+                           reports_as=1, table=unit_table)  # fmt: skip
+        session_side = _stage(funnels=(), topics=SOURCES, units=forwards, table=session_table)
+        for stage in (unit_side, session_side):
+            with caplog.at_level(logging.WARNING, logger="streamer"):
+                stage.ensure(0)
+            await stage.checkpoint(0)
+        said.append([r.getMessage() for r in caplog.records if r.levelno == logging.WARNING])
+    first, added, again = said
+    assert first == []
+    assert any("more_users added since the checkpoint start at its watermark" in m for m in added)
+    assert any("the first user funnel since the checkpoint" in m for m in added)
+    assert again == []
+
+
+async def _fronts_only(key: bytes | None, value: bytes, partition: int | None, headers: Any) -> Any:
+    assert dict(headers).get(UNIT_HEADER) is None, "nothing is forwarded without input"
+    return await Recorder()(key, value)

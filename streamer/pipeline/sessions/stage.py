@@ -274,8 +274,27 @@ class SessionsStage:
         if runtime.catch_up and self._reports_as:
             # A unit task's input holds released events, not the source a catch-up reads:
             # user funnels added since its checkpoint start at its watermark.
+            log.warning(
+                "unit task %d: user funnel(s) %s added since the checkpoint start at its "
+                "watermark %s, not caught up: a unit's sessions are on every input partition "
+                "and nothing rebuilds them, so attempts begun before are not counted "
+                "(docs/replay.md#adding-a-user-funnel)",
+                partition,
+                ", ".join(self.funnels[i].definition.name for i in runtime.catch_up),
+                watermark_text(runtime.task.watermark_ms),
+            )
             self._announce_start(runtime, partition, runtime.catch_up)
             runtime.catch_up = ()
+        if self._units is not None and meta and "forwarded" not in meta:
+            log.warning(
+                "partition %d: forwards to the unit tasks from its watermark %s on (the first "
+                "user funnel since the checkpoint): events it held at the checkpoint and its "
+                "sessions under way have no user stored, so they count as anonymous until an "
+                "event of the session carrying a user id is released "
+                "(docs/replay.md#adding-a-user-funnel)",
+                partition,
+                watermark_text(runtime.task.watermark_ms),
+            )
         if not meta:
             # No checkpoint (a first start, or a partition that never had input): its counts
             # of every funnel are whole from the start. Said to the merger, which waits for

@@ -30,6 +30,7 @@ from streamer.pipeline.units import (
     Headers,
     UnitForwarder,
     session_funnels,
+    unit_retention_ms,
     user_funnels,
 )
 from streamer.settings import Settings
@@ -104,12 +105,7 @@ def install_units(
         table_name="unit-state",
         reports_as=settings.topic_partitions,
         units_on_disk=settings.data_dir / "units",
-        # A unit at rest is kept at least a conversion window: its event ids (copies sent by
-        # two devices) and its first event (counted once as new) outlive a session's.
-        retention_ms=max(
-            round(settings.session_retention_seconds * 1000),
-            *(funnel.conversion_window_ms for funnel in user_funnels(funnels)),
-        ),
+        retention_ms=unit_retention_ms(round(settings.session_retention_seconds * 1000), funnels),
     )
     _install_stage(app, settings, stage, source, topics, metrics, "units")
     return stage

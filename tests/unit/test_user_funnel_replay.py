@@ -1,0 +1,164 @@
+"""The replay engine with a user funnel (``follows: user``) beside a session funnel, without
+Kafka: users on two devices whose sessions are on different inputs, offered in any
+interleaving, give the SQL oracle's numbers for both funnels (at the end of the data, every
+window final, and at a cut inside it, units still open), and the same report every time; so
+does `streamer report` over an export of the same traffic.
+
+The engine counts user funnels as the worker does (docs/decisions/0008-user-funnels-pipeline.md):
+its session task forwards what it releases to a unit task, in process."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import orjson
+from click.testing import CliRunner
+
+from streamer.cli import cli
+from streamer.events import ReplayReport
+from streamer.funnel.definition import FunnelDefinition, load_funnel
+from streamer.range_replay import RangeReplay
+from tests.oracle import compute
+from tests.support.compare import assert_replay_equals_oracle
+from tests.support.traffic import (
+    Dataset,
+    at_ms,
+    generate_users,
+    oracle_event,
+    partition_of,
+    users_across_partitions,
+)
+
+INPUTS = 4
+STAGES = """\
+conversion_window: 2h
+window: 10m
+stages:
+  - {name: product, event_types: [product_view]}
+  - {name: cart, event_types: [add_to_cart]}
+  - {name: order, event_types: [order_placed]}
+segments:
+  device: {cap: 6}
+abandonment: [cart]
+"""
+
+
+@cache
+def dataset() -> Dataset:
+    return generate_users(
+        seed=29, users=250, minutes=20, later_hours=(0.5, 1.5), closing_after_hours=1
+    )
+
+
+def funnels(tmp_path: Path) -> tuple[FunnelDefinition, ...]:
+    """The same stages followed by user and by session: each task's funnel list differs."""
+    (tmp_path / "by_session.yaml").write_text(f"name: by_session\n{STAGES}")
+    (tmp_path / "by_user.yaml").write_text(f"name: by_user\nfollows: user\n{STAGES}")
+    return load_funnel(tmp_path / "by_session.yaml"), load_funnel(tmp_path / "by_user.yaml")
+
+
+def inputs() -> dict[str, list[dict[str, Any]]]:
+    """The arrivals split into inputs as a producer keying by session splits them."""
+    split: dict[str, list[dict[str, Any]]] = {f"clickstream/{p}": [] for p in range(INPUTS)}
+    for event in dataset().arrivals:
+        split[f"clickstream/{partition_of(event['session_id'], INPUTS)}"].append(event)
+    return split
+
+
+def the_range() -> tuple[datetime, datetime, datetime]:
+    """(from, a cut inside the data, past its end), on hour boundaries."""
+    first = min(at_ms(e) for e in dataset().arrivals)
+    last = max(at_ms(e) for e in dataset().arrivals)
+    start = datetime.fromtimestamp(first // 3_600_000 * 3600, UTC)
+    past = datetime.fromtimestamp((last // 3_600_000 + 1) * 3600, UTC)
+    return start, start + timedelta(hours=1), past
+
+
+def replay(
+    definitions: tuple[FunnelDefinition, ...], end: datetime, seed: int, drain: bool = False
+) -> RangeReplay:
+    """Offer the inputs interleaved at random (each in its own arrival order) to the end."""
+    start, _, _ = the_range()
+    engine = RangeReplay(
+        definitions,
+        start=start,
+        end=end,
+        inputs=list(inputs()),
+        allowed_lateness_ms=120_000,
+        retention_ms=3_600_000,
+        partitions=INPUTS,
+        drain=drain,
+    )
+    received = datetime.now(UTC)  # after every generated event: none is from the future
+    rng = random.Random(seed)
+    pending = {name: list(events) for name, events in inputs().items()}
+    while pending:
+        name = rng.choice(sorted(pending))
+        engine.offer(name, "clickstream", orjson.dumps(pending[name].pop(0)), received)
+        if not pending[name]:
+            del pending[name]
+            engine.finish(name)
+        engine.advance()
+    return engine
+
+
+def test_a_user_funnel_replayed_gives_the_oracles_numbers_beside_a_session_funnel(
+    tmp_path: Path,
+) -> None:
+    definitions = funnels(tmp_path)
+    start, cut, past = the_range()
+    assert users_across_partitions(dataset(), INPUTS) > 100  # the hop is needed
+    # Past the data's end, drained (every window final), and at a cut inside it.
+    for end, drain in ((past, True), (cut, False)):
+        engine = replay(definitions, end, seed=1, drain=drain)
+        report = engine.report()
+        low, high = round(start.timestamp() * 1000), round(end.timestamp() * 1000)
+        rows = [e for e in map(oracle_event, dataset().arrivals) if low <= e["at_ms"] < high]
+        assert report.events.late == report.events.rejected == 0
+        replayed = {f.funnel: f for f in report.funnels}
+        for definition in definitions:
+            expected = compute([definition], rows, engine.until_ms)
+            assert_replay_equals_oracle(replayed[definition.name], definition, expected)
+        by_user = {s.stage: s for s in replayed["by_user"].totals.stages}
+        assert by_user["cart"].converted > 0
+        if drain:
+            assert all(w.final for w in replayed["by_user"].windows)
+            assert sum(a.abandoned for a in replayed["by_user"].abandonments) > 0
+        else:
+            assert sum(s.open for s in by_user.values()) > 0, "units still open at the cut"
+
+
+def test_any_interleaving_gives_the_same_user_funnel_report(tmp_path: Path) -> None:
+    definitions = funnels(tmp_path)
+    _, cut, _ = the_range()
+    first = replay(definitions, cut, seed=1).report().model_dump_json()
+    assert replay(definitions, cut, seed=2).report().model_dump_json() == first
+
+
+def test_streamer_report_of_a_user_funnel_gives_the_oracles_numbers_byte_identical_twice(
+    tmp_path: Path,
+) -> None:
+    """`streamer report` over an export of the same traffic (one file, in arrival order)."""
+    folder = tmp_path / "funnels"
+    folder.mkdir()
+    definitions = funnels(folder)
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in dataset().arrivals))
+    start, cut, _ = the_range()
+    args = ["report", str(path), "--funnels", str(folder)]
+    args += ["--from", start.isoformat(), "--to", cut.isoformat()]
+    outputs = [CliRunner().invoke(cli, args) for _ in range(2)]
+    assert all(o.exit_code == 0 for o in outputs), outputs[0].output
+    assert outputs[0].stdout == outputs[1].stdout
+    report = ReplayReport.model_validate_json(outputs[0].stdout)
+    assert report.events.late == report.events.rejected == 0
+    low, high = round(start.timestamp() * 1000), round(cut.timestamp() * 1000)
+    rows = [e for e in map(oracle_event, dataset().arrivals) if low <= e["at_ms"] < high]
+    replayed = {f.funnel: f for f in report.funnels}
+    for definition in definitions:
+        expected = compute([definition], rows, high)
+        assert_replay_equals_oracle(replayed[definition.name], definition, expected)
