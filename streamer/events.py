@@ -470,6 +470,11 @@ class Alert(_Strict):
     control: str | None = Field(
         default=None, description="guardrail: the control (expected_rate is its conversion)"
     )
+    arms: dict[str, list[int]] = Field(
+        default_factory=dict,
+        description="guardrail: the control's and the variant's [decided, converted] attempts "
+        "at the step, summed over the cohorts from window_start to window_end",
+    )
     difference: list[float] = Field(
         default_factory=list,
         description="guardrail: variant - control conversion, [estimate, low, high] of its "

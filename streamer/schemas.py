@@ -230,6 +230,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         experiment="checkout_page",
         variant="new_page",
         control="control",
+        arms={"control": [1181, 1088], "new_page": [1172, 970]},
         difference=[-0.0939, -0.1489, -0.0389],
         relative_difference=[-0.1019, -0.1616, -0.0422],
         alpha=0.016667,

@@ -185,8 +185,8 @@ class GuardrailDecision:
     treated: ArmCounts
     comparison: Comparison
     alpha: float  # the test's share of the experiment's alpha
-    start_ms: int  # the decided cohorts counted: from the first window's start ...
-    end_ms: int  # ... to the last one's end
+    start_ms: int  # the step's counts are its cohorts from the first window's start ...
+    end_ms: int  # ... to the end of the last one counted for it
     evaluated_at_ms: int
     ratio_mismatch: bool  # the sample-ratio check fired before: read with suspicion
 
@@ -210,8 +210,7 @@ class _ExperimentState:
     # variant -> step -> [decided, converted], summed over the counted cohorts
     arms: dict[str, dict[int, list[int]]] = field(default_factory=dict)
     exposures: dict[str, int] = field(default_factory=dict)
-    first_ms: int | None = None
-    last_end_ms: int | None = None
+    first_ms: int | None = None  # the first counted window holding an exposed attempt
     raised: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -220,7 +219,6 @@ class _ExperimentState:
             "arms": {v: {str(k): c for k, c in steps.items()} for v, steps in self.arms.items()},
             "exposures": self.exposures,
             "first_ms": self.first_ms,
-            "last_end_ms": self.last_end_ms,
             "raised": self.raised,
         }
 
@@ -234,7 +232,6 @@ class _ExperimentState:
             },
             {str(v): int(n) for v, n in raw["exposures"].items()},
             raw["first_ms"],
-            raw["last_end_ms"],
             [str(a) for a in raw["raised"]],
         )
 
@@ -312,14 +309,19 @@ class ExperimentGuard:
                     if step == exposure:
                         state.exposures[variant] = state.exposures.get(variant, 0) + at.entered
                     state.first_ms = start if state.first_ms is None else min(state.first_ms, start)
-                    state.last_end_ms = max(state.last_end_ms or start + size, start + size)
             state.counted_until_ms[step] = until
 
     def _judge(
         self, experiment: Experiment, state: _ExperimentState, watermark_ms: int
     ) -> list[GuardrailDecision | RatioDecision]:
-        if state.first_ms is None or state.last_end_ms is None:
+        if state.first_ms is None:
             return []
+        exposure = [s.name for s in self.funnel.stages].index(experiment.exposure)
+        size = self.funnel.window_ms
+
+        def end_ms(step: int) -> int:  # the end of the step's last counted window
+            return state.counted_until_ms[step] + size
+
         decisions: list[GuardrailDecision | RatioDecision] = []
         prefix = f"{self.funnel.name}/{experiment.name}"
         variants = list(experiment.variants)
@@ -333,7 +335,7 @@ class ExperimentGuard:
                 state.raised.append(ratio_id)
                 decisions.append(RatioDecision(
                     ratio_id, experiment, dict(zip(variants, exposures, strict=True)), check,
-                    state.first_ms, state.last_end_ms, watermark_ms,
+                    state.first_ms, end_ms(exposure), watermark_ms,
                 ))  # fmt: skip
         steps = self.funnel.guarded_steps(experiment)
         treated = [v for v in variants if v != experiment.control]
@@ -353,6 +355,6 @@ class ExperimentGuard:
                 state.raised.append(alert_id)
                 decisions.append(GuardrailDecision(
                     alert_id, experiment, variant, names[step], control, arm, comparison, alpha,
-                    state.first_ms, state.last_end_ms, watermark_ms, ratio_id in state.raised,
+                    state.first_ms, end_ms(step), watermark_ms, ratio_id in state.raised,
                 ))  # fmt: skip
         return decisions

@@ -94,6 +94,10 @@ def guardrail_alert_record(
         experiment=decision.experiment.name,
         variant=decision.variant,
         control=decision.experiment.control,
+        arms={
+            decision.experiment.control: [decision.control.entered, decision.control.converted],
+            decision.variant: [decision.treated.entered, decision.treated.converted],
+        },
         difference=_rounded((comparison.difference, comparison.low, comparison.high)),
         relative_difference=_rounded(relative) if relative else [],
         alpha=decision.alpha,

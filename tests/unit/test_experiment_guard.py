@@ -6,6 +6,7 @@ variant taken at the exposure (first exposure wins) by the streaming core."""
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,9 @@ from streamer.funnel.experiments import (
     RatioDecision,
 )
 from streamer.funnel.windows import StepCounts, WindowCounts
+from streamer.notify.routes import alertmanager_alert
+from streamer.notify.slack import slack_message
+from streamer.pipeline.guardrails import guardrail_alert_record, sample_ratio_alert_record
 from tests.support.core_run import run_core
 
 MIN = 60_000
@@ -104,7 +108,8 @@ def test_a_variant_that_hurts_one_step_is_named_once_on_that_step() -> None:
     assert [(d.variant, d.step) for d in guardrails] == [("new_page", "payment->order")]
     alert = guardrails[0]
     assert alert.alert_id == "shop/checkout_page/new_page/payment->order"
-    assert alert.comparison.high < 0 and alert.comparison.p_value <= alert.alpha
+    assert alert.comparison.high < 0
+    assert alert.comparison.p_value <= alert.alpha
     assert alert.alpha == pytest.approx(0.05 / 2)  # two steps guarded, one variant
     assert min(alert.control.entered, alert.treated.entered) >= MIN_ENTERED
     assert alert.comparison.difference == pytest.approx(alert.treated.rate - alert.control.rate)
@@ -213,7 +218,8 @@ def test_a_bad_declaration_names_the_file_line_and_field(
     path.write_text("".join(lines))
     with pytest.raises(FunnelDefinitionError) as caught:
         load_funnel(path)
-    assert f"{path}:" in str(caught.value) and message in str(caught.value)
+    assert f"{path}:" in str(caught.value)
+    assert message in str(caught.value)
 
 
 def test_an_experiment_named_as_a_segment_is_refused(tmp_path: Path) -> None:
@@ -224,5 +230,55 @@ def test_an_experiment_named_as_a_segment_is_refused(tmp_path: Path) -> None:
         "experiments:\n  - {name: checkout_page, exposure: cart, control: a, "
         "variants: {a: 0.5, b: 0.5}}\n"
     )
-    with pytest.raises(FunnelDefinitionError, match="experiments.0.name: a segment is named"):
+    with pytest.raises(FunnelDefinitionError, match=r"experiments\.0\.name: a segment is named"):
         load_funnel(path)
+
+
+def test_the_alert_names_experiment_variant_and_step_on_every_route() -> None:
+    """The record, Slack's message (the variant's name inert: a declared name is operator
+    text, escaped as such) and Alertmanager's labels."""
+    funnel = _funnel(variants={"control": 0.5, "<!channel>": 0.5})
+    decided = _run(funnel, {"control": RATES, "<!channel>": (0.6, 0.75)},
+                   per_arm={"control": 20, "<!channel>": 20})  # fmt: skip
+    [(_, decision)] = decided
+    assert isinstance(decision, GuardrailDecision)
+    alert = guardrail_alert_record(funnel, decision, None, None)
+    assert (alert.kind, alert.state, alert.step) == ("guardrail", "firing", "payment->order")
+    assert alert.arms == {
+        "control": [decision.control.entered, decision.control.converted],
+        "<!channel>": [decision.treated.entered, decision.treated.converted],
+    }
+    assert alert.difference[1] < alert.difference[0] < alert.difference[2] < 0
+    message = slack_message(alert)
+    # Slack parses the fallback text and mrkdwn (a header is plain_text, shown as written).
+    parsed = [message["text"], *_mrkdwn_texts(message["blocks"])]
+    assert not [text for text in parsed if "<!channel>" in text]
+    assert "&lt;!channel&gt;" in message["text"]
+    labels = alertmanager_alert(alert, datetime.now(UTC))["labels"]
+    assert labels["alertname"] == "StreamerExperimentGuardrail"
+    assert (labels["experiment"], labels["step"]) == ("checkout_page", "payment->order")
+    assert "<" not in labels["variant"]
+
+
+def _mrkdwn_texts(node: Any) -> list[str]:
+    if isinstance(node, list):
+        return [text for item in node for text in _mrkdwn_texts(item)]
+    if not isinstance(node, dict):
+        return []
+    own = [node["text"]] if node.get("type") == "mrkdwn" else []
+    return own + [text for value in node.values() for text in _mrkdwn_texts(value)]
+
+
+def test_the_sample_ratio_alert_gives_the_exposures() -> None:
+    funnel = _funnel()
+    decided = _run(funnel, {"control": RATES, "new_page": RATES},
+                   per_arm={"control": 24, "new_page": 16})  # fmt: skip
+    [decision] = [d for _, d in decided if isinstance(d, RatioDecision)]
+    alert = sample_ratio_alert_record(funnel, decision, None, None)
+    assert alert.exposures == decision.exposures
+    assert sum(alert.exposures.values()) == alert.decided
+    assert alert.intended_split == {"control": 0.5, "new_page": 0.5}
+    assert alertmanager_alert(alert, datetime.now(UTC))["labels"]["alertname"] == (
+        "StreamerExperimentSampleRatio"
+    )
+    assert "sample-ratio mismatch" in slack_message(alert)["blocks"][0]["text"]["text"]
