@@ -378,7 +378,8 @@ def _experiment_segments(data: dict[str, Any]) -> list[Any]:
             "name": raw["name"],
             "source": raw.get("variant_from") or f"experiment.{raw['name']}",
             "values": [str(v) for v in variants],
-            "cap": min(max(len(variants), 1), 200),
+            # room for unknown and other too: they take a rank when the windows are folded
+            "cap": len(variants) + 2,
             "attribution": {"step": names.index(raw["exposure"]) + 1},
         })  # fmt: skip
     return added

@@ -19,7 +19,7 @@ from streamer.funnel.experiments import (
     GuardrailDecision,
     RatioDecision,
 )
-from streamer.funnel.windows import StepCounts, WindowCounts
+from streamer.funnel.windows import StepCounts, WindowCounts, fold_segments
 from streamer.notify.routes import alertmanager_alert
 from streamer.notify.slack import slack_message
 from streamer.pipeline.guardrails import guardrail_alert_record, sample_ratio_alert_record
@@ -282,3 +282,16 @@ def test_the_sample_ratio_alert_gives_the_exposures() -> None:
         "StreamerExperimentSampleRatio"
     )
     assert "sample-ratio mismatch" in slack_message(alert)["blocks"][0]["text"]["text"]
+
+
+def test_the_merger_s_folding_keeps_every_variant() -> None:
+    """Stages before the exposure carry ``unknown``, which outranks the variants there; the
+    breakdown's cap leaves room for it and ``other``, so no variant folds away."""
+    funnel = _funnel(exposure="payment")
+    counts = _window(random.Random(4), {"control": 20, "new_page": 20}, {
+        "control": RATES, "new_page": RATES,
+    })  # fmt: skip
+    counts.segments[(0, "unknown")] = [StepCounts(entered=100), StepCounts(), StepCounts()]
+    counts.segments[(0, "other")] = [StepCounts(), StepCounts(entered=30), StepCounts()]
+    folded = fold_segments(counts, [s.cap for s in funnel.segments])
+    assert folded.segments.keys() == counts.segments.keys()
