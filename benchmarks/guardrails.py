@@ -27,16 +27,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamer.funnel.experiments import ArmCounts, compare_conversion, sample_ratio_mismatch
+from streamer.funnel.experiments import ArmCounts, guard_step, sample_ratio_mismatch
 
 ALPHA = 0.05
 STEPS = ("cart->checkout", "checkout->payment", "payment->order")
 RATES = (0.55, 0.75, 0.92)
 HURT_STEP = 2
 HURT_FACTOR = 0.9
-# The mixture's scale: a tenth of the step's rate (the effect worth catching).
-TAU_SHARE = 0.1
-MIN_ENTERED = 200  # per arm and step before a step is judged (the normal approximation)
 
 
 def _binomial(rng: random.Random, n: int, p: float) -> int:
@@ -109,10 +106,10 @@ def run(
         for step in range(len(RATES)):
             control = ArmCounts(entered["control"][step], converted["control"][step])
             variant = ArmCounts(entered["variant"][step], converted["variant"][step])
-            if step in fired or min(control.entered, variant.entered) < MIN_ENTERED:
+            if step in fired:
                 continue
-            tau = TAU_SHARE * max(control.rate, 0.01)
-            if compare_conversion(control, variant, alpha=alpha_per_step, tau=tau).hurts:
+            comparison = guard_step(control, variant, alpha=alpha_per_step)
+            if comparison is not None and comparison.hurts:
                 fired[step] = hour + 1
         if ratio_hour is None:
             check = sample_ratio_mismatch(

@@ -422,11 +422,13 @@ class Alert(_Strict):
         description="funnel/step/watermark ms of the evaluation that fired; data quality: "
         "funnel/tracking/topic:<name> or event_type:<name>/watermark ms"
     )
-    kind: Literal["drop_off", "data_quality"] = Field(
+    kind: Literal["drop_off", "data_quality", "guardrail", "sample_ratio"] = Field(
         default="drop_off",
         description="drop_off: a step converts less than its baseline; data_quality: an input "
         "topic or event type went silent while the rest flows (tracking broke, conversion may "
-        "not have): the steps it feeds are not judged meanwhile",
+        "not have): the steps it feeds are not judged meanwhile; guardrail: an experiment's "
+        "variant converts worse than its control at a step; sample_ratio: an experiment's "
+        "exposures contradict its intended split",
     )
     state: Literal["firing", "repeat", "resolved"]
     severity: Literal["page", "warning"]
@@ -460,6 +462,36 @@ class Alert(_Strict):
     )
     expected_events: float | None = Field(
         default=None, description="data quality: events expected over the silent windows"
+    )
+    experiment: str | None = Field(default=None, description="guardrail, sample ratio")
+    variant: str | None = Field(
+        default=None, description="guardrail: the variant (observed_rate is its conversion)"
+    )
+    control: str | None = Field(
+        default=None, description="guardrail: the control (expected_rate is its conversion)"
+    )
+    arms: dict[str, list[int]] = Field(
+        default_factory=dict,
+        description="guardrail: the control's and the variant's [decided, converted] attempts "
+        "at the step, summed over the cohorts from window_start to window_end",
+    )
+    difference: list[float] = Field(
+        default_factory=list,
+        description="guardrail: variant - control conversion, [estimate, low, high] of its "
+        "always-valid confidence interval at 1 - alpha",
+    )
+    relative_difference: list[float] = Field(
+        default_factory=list,
+        description="guardrail: the difference over the control's rate, [estimate, low, high]",
+    )
+    alpha: float | None = Field(
+        default=None, description="guardrail, sample ratio: the test's false-alert rate"
+    )
+    exposures: dict[str, int] = Field(
+        default_factory=dict, description="sample ratio: exposed attempts per variant"
+    )
+    intended_split: dict[str, float] = Field(
+        default_factory=dict, description="sample ratio: the declared share of each variant"
     )
 
 

@@ -206,6 +206,35 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         held_steps=["cart->checkout", "checkout->payment", "payment->order"],
         expected_events=129.4,
     ).model_dump(mode="json"),
+    "alert_guardrail": Alert(
+        event_id="checkout/checkout_page/new_page/payment->order/firing/1795384800000",
+        alert_id="checkout/checkout_page/new_page/payment->order",
+        kind="guardrail",
+        state="firing",
+        severity="warning",
+        funnel="checkout",
+        step="payment->order",
+        window_start=datetime(2026, 11, 22, 6, 0, tzinfo=UTC),
+        window_end=datetime(2026, 11, 22, 19, 0, tzinfo=UTC),
+        observed_rate=0.8274,
+        expected_rate=0.9213,
+        p_value=0.0021,
+        decided=1172,
+        dropped=202,
+        excess_dropped=110.05,
+        dropped_value=0.0,
+        summary="Experiment checkout_page: variant new_page converts worse than control at "
+        "payment->order: 82.7% of 1172 against 92.1% of 1181 decided attempts, -9.4 points "
+        "(always-valid interval -14.9 to -3.9 at alpha 0.0167), -10.2% relative (interval "
+        "-16.2% to -4.2%).",
+        experiment="checkout_page",
+        variant="new_page",
+        control="control",
+        arms={"control": [1181, 1088], "new_page": [1172, 970]},
+        difference=[-0.0939, -0.1489, -0.0389],
+        relative_difference=[-0.1019, -0.1616, -0.0422],
+        alpha=0.016667,
+    ).model_dump(mode="json"),
 }  # fmt: skip
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "FUNNEL_FILE_PATTERNS",
     "Condition",
     "Exclusion",
+    "Experiment",
     "FunnelDefinition",
     "FunnelDefinitionError",
     "Segment",
@@ -322,6 +323,68 @@ _DEFAULT_SEGMENT_SOURCES = {
 }
 
 
+class Experiment(_Frozen):
+    """An A/B test whose variants are compared step by step (docs/experiments.md). Its
+    variant is a breakdown of the funnel named after it, attributed at the exposure stage."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=40)
+    variant_from: str | None = Field(
+        default=None,
+        pattern=r"^(context|property|experiment)\.[A-Za-z0-9_]+$",
+        description="where the exposure's events carry the variant (default: "
+        "experiment.<name>, the event's context.experiments)",
+    )
+    exposure: str = Field(
+        description="the stage whose entry exposes an attempt: the variant is that of the "
+        "events that entered it (first exposure wins)"
+    )
+    variants: dict[str, float] = Field(
+        min_length=2, max_length=20, description="variant -> intended share (summing to 1)"
+    )
+    control: str = Field(description="the variant the others are compared with")
+    steps: tuple[str, ...] = Field(
+        default=(), description="steps guarded, from the exposure stage on (default: every one)"
+    )
+    alpha: float = Field(
+        default=0.05,
+        gt=0.0,
+        lt=0.5,
+        description="false-alert rate of the experiment's guardrails (split over its steps "
+        "and variants) and of its sample-ratio check, however often they are read",
+    )
+    severity: Literal["page", "warning"] = "warning"
+
+    @property
+    def source(self) -> str:
+        return self.variant_from or f"experiment.{self.name}"
+
+
+def _experiment_segments(data: dict[str, Any]) -> list[Any]:
+    """Each well-formed experiment's breakdown: its variants (others fold into ``other``),
+    attributed at the exposure stage's entry. A malformed one adds none; its own validation
+    names the problem."""
+    stages = data.get("stages")
+    names = (
+        [s.get("name") for s in stages if isinstance(s, dict)] if isinstance(stages, list) else []
+    )
+    added: list[Any] = []
+    for raw in data.get("experiments") or ():
+        if not isinstance(raw, dict) or raw.get("exposure") not in names:
+            continue
+        variants = raw.get("variants")
+        if not isinstance(raw.get("name"), str) or not isinstance(variants, dict):
+            continue
+        added.append({
+            "name": raw["name"],
+            "source": raw.get("variant_from") or f"experiment.{raw['name']}",
+            "values": [str(v) for v in variants],
+            # room for unknown and other too: they take a rank when the windows are folded
+            "cap": len(variants) + 2,
+            "attribution": {"step": names.index(raw["exposure"]) + 1},
+        })  # fmt: skip
+    return added
+
+
 def _default_source(name: str) -> dict[str, str]:
     known = _DEFAULT_SEGMENT_SOURCES.get(name)
     return {"source": known} if known else {}
@@ -367,6 +430,9 @@ class FunnelDefinition(_Frozen):
         default=(), description="stages whose drop-off emits an abandonment event"
     )
     alerting: AlertPolicy = Field(default_factory=lambda: AlertPolicy())
+    experiments: tuple[Experiment, ...] = Field(
+        default=(), description="A/B tests guarded step by step (docs/experiments.md)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -383,6 +449,11 @@ class FunnelDefinition(_Frozen):
                 {"name": name, **_default_source(name), **(spec or {})}
                 for name, spec in segments.items()
             ]
+        if data.get("experiments"):
+            declared = data.get("segments") or []
+            data["segments"] = (
+                [*declared, *_experiment_segments(data)] if isinstance(declared, list) else declared
+            )
         return data
 
     @field_validator("stages")
@@ -555,6 +626,61 @@ class FunnelDefinition(_Frozen):
                 f"alerting.steps names unknown steps {unknown}; steps are {sorted(steps)}"
             )
         return self
+
+    @model_validator(mode="after")
+    def _experiments_fit(self) -> FunnelDefinition:
+        problems: list[InitErrorDetails] = []
+        stages = [stage.name for stage in self.stages]
+        steps = self.step_names
+        names = [e.name for e in self.experiments]
+        for index, experiment in enumerate(self.experiments):
+            at = ("experiments", index)
+            if experiment.exposure not in stages[:-1]:
+                problems.append(_problem(
+                    (*at, "exposure"),
+                    f"{experiment.exposure!r} is not a stage with a step after it; stages are "
+                    f"{stages[:-1]}",
+                ))  # fmt: skip
+                continue
+            if names.count(experiment.name) > 1:
+                problems.append(_problem((*at, "name"), "two experiments have this name"))
+            if sum(1 for s in self.segments if s.name == experiment.name) > 1:
+                problems.append(_problem(
+                    (*at, "name"),
+                    f"a segment is named {experiment.name!r} too: the experiment's variants "
+                    "are a breakdown of that name",
+                ))  # fmt: skip
+            if experiment.control not in experiment.variants:
+                problems.append(_problem(
+                    (*at, "control"),
+                    f"{experiment.control!r} is not a variant: {list(experiment.variants)}",
+                ))  # fmt: skip
+            shares = list(experiment.variants.values())
+            if any(share <= 0 for share in shares) or abs(sum(shares) - 1.0) > 1e-6:
+                problems.append(_problem(
+                    (*at, "variants"), f"shares must be positive and sum to 1, got {shares}"
+                ))  # fmt: skip
+            guarded = steps[stages.index(experiment.exposure) :]
+            for step_index, step in enumerate(experiment.steps):
+                if step not in guarded:
+                    problems.append(_problem(
+                        (*at, "steps", step_index),
+                        f"{step!r} is not a step from the exposure stage on; those are {guarded}",
+                    ))  # fmt: skip
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
+        return self
+
+    def guarded_steps(self, experiment: Experiment) -> list[int]:
+        """The indexes of the steps ``experiment`` guards (its ``steps``, or every step from
+        its exposure stage on)."""
+        first = [stage.name for stage in self.stages].index(experiment.exposure)
+        names = self.step_names
+        return [
+            k
+            for k in range(first, len(names))
+            if not experiment.steps or names[k] in experiment.steps
+        ]
 
     @property
     def abandonment_stage_indexes(self) -> frozenset[int]:

@@ -17,20 +17,34 @@ window without raising their false-alert rate (docs/experiments.md).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamer.funnel.definition import Experiment, FunnelDefinition
+from streamer.funnel.windows import WindowCounts
 
 __all__ = [
+    "MIN_ENTERED",
     "ArmCounts",
     "Comparison",
+    "ExperimentGuard",
+    "GuardrailDecision",
     "RatioCheck",
+    "RatioDecision",
     "compare_conversion",
+    "guard_step",
     "sample_ratio_mismatch",
 ]
 
 # Pseudo-counts in each arm's rate for the variance only: a step at 0% or 100% so far must
 # not make the estimate look certain.
 _VARIANCE_PRIOR = 0.5
+# The mixture's scale: a tenth of the control's rate at the step (the drop worth a page).
+TAU_SHARE = 0.1
+# Decided attempts per arm before a step is judged: the interval rests on the normal
+# approximation of each rate, poor below a few hundred.
+MIN_ENTERED = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +69,9 @@ class Comparison:
     high: float
     control_rate: float
     variant_rate: float
+    # Always-valid p-value of "no difference": 1 / the mixture likelihood ratio at 0, capped
+    # at 1; below alpha exactly when the interval excludes 0.
+    p_value: float = 1.0
 
     @property
     def hurts(self) -> bool:
@@ -96,12 +113,16 @@ def compare_conversion(
     half_width = math.sqrt(
         variance * mixed / (tau * tau) * (math.log(mixed / variance) + 2.0 * math.log(1 / alpha))
     )
+    log_ratio_at_zero = 0.5 * math.log(variance / mixed) + tau * tau * difference * difference / (
+        2.0 * variance * mixed
+    )
     return Comparison(
         difference=difference,
         low=difference - half_width,
         high=difference + half_width,
         control_rate=control.rate,
         variant_rate=variant.rate,
+        p_value=math.exp(-max(0.0, log_ratio_at_zero)),
     )
 
 
@@ -137,3 +158,203 @@ def sample_ratio_mismatch(
     for count, a, share in zip(counts, prior, expected, strict=True):
         log_bf += math.lgamma(a + count) - math.lgamma(a) - count * math.log(share)
     return RatioCheck(tuple(counts), tuple(expected), log_bf, alpha)
+
+
+def guard_step(control: ArmCounts, variant: ArmCounts, *, alpha: float) -> Comparison | None:
+    """The guardrail of one step as streamer reads it: None until each arm has
+    ``MIN_ENTERED`` decided attempts, then :func:`compare_conversion` with a mixture scale of
+    ``TAU_SHARE`` of the control's rate."""
+    if min(control.entered, variant.entered) < MIN_ENTERED:
+        return None
+    tau = TAU_SHARE * max(control.rate, 0.01)
+    return compare_conversion(control, variant, alpha=alpha, tau=tau)
+
+
+# --- the guard of a funnel's experiments, fed with cohort windows --------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GuardrailDecision:
+    """A variant converts significantly worse than the control at one step."""
+
+    alert_id: str  # funnel/experiment/variant/step: raised once
+    experiment: Experiment
+    variant: str
+    step: str
+    control: ArmCounts
+    treated: ArmCounts
+    comparison: Comparison
+    alpha: float  # the test's share of the experiment's alpha
+    start_ms: int  # the step's counts are its cohorts from the first window's start ...
+    end_ms: int  # ... to the end of the last one counted for it
+    evaluated_at_ms: int
+    ratio_mismatch: bool  # the sample-ratio check fired before: read with suspicion
+
+
+@dataclass(frozen=True, slots=True)
+class RatioDecision:
+    """Exposures per variant contradict the intended split."""
+
+    alert_id: str  # funnel/experiment/sample_ratio: raised once
+    experiment: Experiment
+    exposures: dict[str, int]
+    check: RatioCheck
+    start_ms: int
+    end_ms: int
+    evaluated_at_ms: int
+
+
+@dataclass
+class _ExperimentState:
+    counted_until_ms: dict[int, int] = field(default_factory=dict)  # step -> newest start
+    # variant -> step -> [decided, converted], summed over the counted cohorts
+    arms: dict[str, dict[int, list[int]]] = field(default_factory=dict)
+    exposures: dict[str, int] = field(default_factory=dict)
+    first_ms: int | None = None  # the first counted window holding an exposed attempt
+    raised: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "counted_until_ms": {str(k): v for k, v in self.counted_until_ms.items()},
+            "arms": {v: {str(k): c for k, c in steps.items()} for v, steps in self.arms.items()},
+            "exposures": self.exposures,
+            "first_ms": self.first_ms,
+            "raised": self.raised,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> _ExperimentState:
+        return cls(
+            {int(k): int(v) for k, v in raw["counted_until_ms"].items()},
+            {
+                str(v): {int(k): [int(x) for x in c] for k, c in steps.items()}
+                for v, steps in raw["arms"].items()
+            },
+            {str(v): int(n) for v, n in raw["exposures"].items()},
+            raw["first_ms"],
+            [str(a) for a in raw["raised"]],
+        )
+
+
+class ExperimentGuard:
+    """The guardrails and sample-ratio checks of one funnel's experiments.
+
+    Counts come from **final cohorts only**: a step's cohort window is counted once the
+    watermark passed its end plus the step's timeout, when every attempt in it is decided
+    (converted or dropped). A young cohort holds its quick conversions but not yet its drops
+    (a drop waits for the timeout), so counting it would inflate every arm's rate, and more
+    for an arm that converts faster. Exposures are the attempts that entered the exposure
+    stage in the windows counted for its step. ``to_json`` / ``load_json`` persist it."""
+
+    def __init__(self, funnel: FunnelDefinition) -> None:
+        self.funnel = funnel
+        self.states = {e.name: _ExperimentState() for e in funnel.experiments}
+        self.evaluated_ms = -(2**62)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "evaluated_ms": self.evaluated_ms,
+            "experiments": {name: state.to_json() for name, state in self.states.items()},
+        }
+
+    def load_json(self, raw: Mapping[str, Any]) -> None:
+        self.evaluated_ms = int(raw["evaluated_ms"])
+        for name, state in raw["experiments"].items():
+            if name in self.states:  # an experiment removed from the file is forgotten
+                self.states[name] = _ExperimentState.from_json(state)
+
+    def evaluate(
+        self, watermark_ms: int, windows: Mapping[int, WindowCounts]
+    ) -> list[GuardrailDecision | RatioDecision]:
+        """Count the cohorts that became final at ``watermark_ms`` and read every test; the
+        decisions not raised before. Call once per window of watermark, in order, with
+        the windows the detector gets (every one not final yet and those that became final
+        since the last call)."""
+        if watermark_ms <= self.evaluated_ms:
+            return []
+        self.evaluated_ms = watermark_ms
+        decisions: list[GuardrailDecision | RatioDecision] = []
+        for experiment in self.funnel.experiments:
+            state = self.states[experiment.name]
+            self._count(experiment, state, watermark_ms, windows)
+            decisions += self._judge(experiment, state, watermark_ms)
+        return decisions
+
+    def _count(
+        self,
+        experiment: Experiment,
+        state: _ExperimentState,
+        watermark_ms: int,
+        windows: Mapping[int, WindowCounts],
+    ) -> None:
+        dim = [s.name for s in self.funnel.segments].index(experiment.name)
+        exposure = [s.name for s in self.funnel.stages].index(experiment.exposure)
+        size = self.funnel.window_ms
+        for step in sorted({exposure, *self.funnel.guarded_steps(experiment)}):
+            timeout = self.funnel.step_timeout_ms(step)
+            until = state.counted_until_ms.get(step, -(2**62))
+            for start in sorted(windows):
+                if start <= until or start + size + timeout > watermark_ms:
+                    continue
+                until = start
+                counts = windows[start]
+                for variant in experiment.variants:
+                    per_stage = counts.segments.get((dim, variant))
+                    if per_stage is None:
+                        continue
+                    at = per_stage[step]
+                    arm = state.arms.setdefault(variant, {}).setdefault(step, [0, 0])
+                    arm[0] += at.converted + at.dropped
+                    arm[1] += at.converted
+                    if step == exposure:
+                        state.exposures[variant] = state.exposures.get(variant, 0) + at.entered
+                    state.first_ms = start if state.first_ms is None else min(state.first_ms, start)
+            state.counted_until_ms[step] = until
+
+    def _judge(
+        self, experiment: Experiment, state: _ExperimentState, watermark_ms: int
+    ) -> list[GuardrailDecision | RatioDecision]:
+        if state.first_ms is None:
+            return []
+        exposure = [s.name for s in self.funnel.stages].index(experiment.exposure)
+        size = self.funnel.window_ms
+
+        def end_ms(step: int) -> int:  # the end of the step's last counted window
+            return state.counted_until_ms[step] + size
+
+        decisions: list[GuardrailDecision | RatioDecision] = []
+        prefix = f"{self.funnel.name}/{experiment.name}"
+        variants = list(experiment.variants)
+        ratio_id = f"{prefix}/sample_ratio"
+        exposures = [state.exposures.get(v, 0) for v in variants]
+        if ratio_id not in state.raised and any(exposures):
+            check = sample_ratio_mismatch(
+                exposures, list(experiment.variants.values()), alpha=experiment.alpha
+            )
+            if check.mismatch:
+                state.raised.append(ratio_id)
+                decisions.append(RatioDecision(
+                    ratio_id, experiment, dict(zip(variants, exposures, strict=True)), check,
+                    state.first_ms, end_ms(exposure), watermark_ms,
+                ))  # fmt: skip
+        steps = self.funnel.guarded_steps(experiment)
+        treated = [v for v in variants if v != experiment.control]
+        # Bonferroni over the experiment's tests: its family's false-alert rate stays <= alpha.
+        alpha = experiment.alpha / (len(steps) * len(treated))
+        names = self.funnel.step_names
+        for step in steps:
+            control = ArmCounts(*state.arms.get(experiment.control, {}).get(step, [0, 0]))
+            for variant in treated:
+                alert_id = f"{prefix}/{variant}/{names[step]}"
+                if alert_id in state.raised:
+                    continue
+                arm = ArmCounts(*state.arms.get(variant, {}).get(step, [0, 0]))
+                comparison = guard_step(control, arm, alpha=alpha)
+                if comparison is None or not comparison.hurts:
+                    continue
+                state.raised.append(alert_id)
+                decisions.append(GuardrailDecision(
+                    alert_id, experiment, variant, names[step], control, arm, comparison, alpha,
+                    state.first_ms, end_ms(step), watermark_ms, ratio_id in state.raised,
+                ))  # fmt: skip
+        return decisions

@@ -26,7 +26,12 @@ __all__ = ["AlertmanagerNotifier", "FanOutNotifier", "WebhookNotifier", "alertma
 # A firing alert stays active this long unless re-sent or resolved (Alertmanager's default
 # resolve_timeout would end it after 5 minutes).
 _FIRING_FOR = timedelta(hours=24)
-_ALERT_NAMES = {"drop_off": "StreamerFunnelDropOff", "data_quality": "StreamerTrackingBroken"}
+_ALERT_NAMES = {
+    "drop_off": "StreamerFunnelDropOff",
+    "data_quality": "StreamerTrackingBroken",
+    "guardrail": "StreamerExperimentGuardrail",
+    "sample_ratio": "StreamerExperimentSampleRatio",
+}
 
 
 def alertmanager_alert(alert: Alert, now: datetime) -> dict[str, Any]:
@@ -41,6 +46,10 @@ def alertmanager_alert(alert: Alert, now: datetime) -> dict[str, Any]:
         "severity": alert.severity,
         "kind": alert.kind,
     }
+    if alert.experiment is not None:
+        labels["experiment"] = alertmanager_label(alert.experiment)
+    if alert.variant is not None:
+        labels["variant"] = alertmanager_label(alert.variant)
     if alert.explanations:  # the segment value holding most of the excess drops
         top = max(alert.explanations, key=lambda e: e.share_of_excess)
         labels["segment"] = alertmanager_label(f"{top.dimension}={top.value}")

@@ -102,6 +102,29 @@ def _head_and_fields(alert: Alert) -> tuple[str, list[str]]:
             f"*Expected meanwhile*\n{alert.expected_events or 0:.0f} events",
             f"*Steps not judged*\n{slack_mrkdwn(', '.join(alert.held_steps) or 'none')}",
         ]
+    if alert.kind == "guardrail" and len(alert.difference) == 3:
+        estimate, low, high = (100 * x for x in alert.difference)
+        head = (
+            f"{_EMOJI[alert.state]} [{state}] {alert.funnel}: experiment {alert.experiment}, "
+            f"{alert.variant} hurts {alert.step}"
+        )
+        return head, [
+            f"*Variant {slack_mrkdwn(alert.variant or '')}*\n{percent(alert.observed_rate)} of "
+            f"{alert.decided} decided attempts",
+            f"*Control {slack_mrkdwn(alert.control or '')}*\n{percent(alert.expected_rate)}",
+            f"*Difference*\n{estimate:+.1f} points ({low:+.1f} to {high:+.1f})",
+            f"*Always-valid p*\n{alert.p_value:.1e} (alpha {alert.alpha or 0:.3g})",
+        ]
+    if alert.kind == "sample_ratio":
+        head = (
+            f"{_EMOJI[alert.state]} [{state}] {alert.funnel}: experiment {alert.experiment}, "
+            "sample-ratio mismatch"
+        )
+        return head, [
+            f"*{slack_mrkdwn(variant)}*\n{count} exposed (intended "
+            f"{percent(alert.intended_split.get(variant, 0.0))})"
+            for variant, count in alert.exposures.items()
+        ]
     head = f"{_EMOJI[alert.state]} [{state}] {alert.funnel}: {alert.step} drop-off"
     return head, [
         f"*Observed*\n{percent(alert.observed_rate)} of {alert.decided} decided sessions",

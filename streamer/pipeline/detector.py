@@ -23,10 +23,17 @@ from streamer.events import Alert, AlertExplanation
 from streamer.formatting import percent, utc_datetime
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.detect import AlertDecision, FunnelDetector, held_steps
+from streamer.funnel.experiments import GuardrailDecision, RatioDecision
 from streamer.funnel.tracking import EVENT_TYPE_RESIDUAL, TrackingDecision, key_name
 from streamer.funnel.windows import WindowCounts
 from streamer.kafka_io import read_topic
 from streamer.metrics import Metrics
+from streamer.pipeline.guardrails import (
+    experiment_decisions,
+    guard_key,
+    guardrail_alert_record,
+    sample_ratio_alert_record,
+)
 from streamer.pipeline.messages import SendFn
 from streamer.pipeline.tables import Deliveries, confirmed_table
 from streamer.pipeline.topics import record_topic
@@ -223,16 +230,20 @@ class DetectorStage:
             detector.load_json(orjson.loads(raw))
         else:
             await self._start_warm(funnel, detector)
+        decisions: list[AlertDecision | TrackingDecision | GuardrailDecision | RatioDecision]
         decisions = [d for w in watermarks for d in detector.evaluate(w, windows)]
+        guard_state = None
+        if funnel.experiments:  # docs/experiments.md: on the same windows, its own state
+            guarded, guard_state = experiment_decisions(funnel, self._table, watermarks, windows)
+            decisions += guarded
         alerts = []
         for decision in decisions:
-            step = decision.alert_id.split("/")[1]
-            alert = self._record(funnel, step, decision)
+            alert = self._record(funnel, decision)
             if alert is None:
                 continue
             await self._send_alert(alert.alert_id.encode(), alert.model_dump_json().encode())
             self._metrics.alerts.labels(
-                funnel=funnel.name, step=step, state=alert.state, severity=alert.severity
+                funnel=funnel.name, step=alert.step, state=alert.state, severity=alert.severity
             ).inc()
             log.warning("alert %s %s: %s", alert.state, alert.alert_id, alert.summary)
             alerts.append(alert)
@@ -244,16 +255,25 @@ class DetectorStage:
         if alerts:
             await self.confirm_sent()
         self._table[key] = orjson.dumps(detector.to_json())
+        if guard_state is not None:
+            self._table[guard_key(funnel)] = guard_state
         await self.confirm_sent()
         self._show_state(funnel, detector)
         return alerts
 
     def _record(
-        self, funnel: FunnelDefinition, step: str, decision: AlertDecision | TrackingDecision
+        self,
+        funnel: FunnelDefinition,
+        decision: AlertDecision | TrackingDecision | GuardrailDecision | RatioDecision,
     ) -> Alert | None:
         """The alert a decision makes; None for a data-quality alert the funnel turned off
         (its gauge is set all the same)."""
-        if not isinstance(decision, TrackingDecision):
+        if isinstance(decision, GuardrailDecision):
+            return guardrail_alert_record(funnel, decision, *self._links)
+        if isinstance(decision, RatioDecision):
+            return sample_ratio_alert_record(funnel, decision, *self._links)
+        if isinstance(decision, AlertDecision):
+            step = decision.alert_id.split("/")[1]
             return alert_record(funnel, step, decision, *self._links)
         self._metrics.tracking_silent.labels(
             funnel=funnel.name, subject=decision.subject, name=decision.name

@@ -1,0 +1,137 @@
+"""Experiment guardrails through a real worker on the real broker, default settings, the
+funnel file adding only the experiment's declaration (docs/experiments.md).
+
+Generated A/B traffic where the variant's payment -> order conversion is much lower raises one
+guardrail alert, on that step, naming the experiment and the variant, delivered to Slack; the
+same traffic with the variant converting as the control (A/A) raises none. The alert's counts
+equal the same counts computed in SQL over the generated events (``tests/oracle/experiments.py``),
+not by streamer's core."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamer.app import topic_plan
+from streamer.kafka_io import ensure_topic_plan, read_topic
+from streamer.settings import Settings
+from streamer.testing import WorkerProcess
+from streamer.testing_slack import FakeSlack
+from tests.oracle.experiments import guardrail_counts
+from tests.support.alert_pipeline import alerts_on_topic, routes, run_pipeline
+
+MINUTE = 60_000
+STEP_TIMEOUT_MS = 2 * MINUTE
+CONVERSION_WINDOW_MS = 10 * MINUTE
+FUNNEL = f"""
+name: checkout
+conversion_window: {CONVERSION_WINDOW_MS // MINUTE}m
+step_timeout: {STEP_TIMEOUT_MS // MINUTE}m
+stages:
+  - {{name: cart, event_type: add_to_cart}}
+  - {{name: payment, event_type: payment_submitted}}
+  - {{name: order, event_type: order_placed}}
+experiments:
+  - name: checkout_page
+    exposure: payment
+    variants: {{control: 0.5, new_page: 0.5}}
+    control: control
+"""
+START_MS = (int(time.time()) // 60 - 60) * MINUTE  # an hour ago, on a minute
+SESSIONS = 1500
+CONTROL_ORDER_RATE = 0.9
+HURT_ORDER_RATE = 0.6
+
+
+def shop(seed: int, variant_order_rate: float) -> list[dict[str, Any]]:
+    """A session every 0.8 s for 20 minutes: a cart, a payment 5-40 s later (90%), an order
+    5-40 s after it (the arm's rate); every event carries the session's variant, drawn 50/50."""
+    rng = random.Random(seed)
+    events: list[dict[str, Any]] = []
+    for n in range(SESSIONS):
+        variant = "new_page" if rng.random() < 0.5 else "control"
+        common = {"session_id": f"s{n}", "context": {"experiments": {"checkout_page": variant}}}
+        at = START_MS + n * 800
+        events.append({**common, "event_id": f"c{n}", "event_type": "add_to_cart",
+                       "product_id": "p-1", "occurred_at": at})  # fmt: skip
+        if rng.random() >= 0.9:
+            continue
+        at += rng.randint(5_000, 40_000)
+        events.append({**common, "event_id": f"p{n}", "event_type": "payment_submitted",
+                       "payment_method": "card", "amount": 40.0, "currency": "EUR",
+                       "occurred_at": at})  # fmt: skip
+        rate = variant_order_rate if variant == "new_page" else CONTROL_ORDER_RATE
+        if rng.random() < rate:
+            at += rng.randint(5_000, 40_000)
+            events.append({**common, "event_id": f"o{n}", "event_type": "order_placed",
+                           "value": 40.0, "currency": "EUR", "order_id": f"o-{n}",
+                           "occurred_at": at})  # fmt: skip
+    return sorted(events, key=lambda e: (e["occurred_at"], e["event_id"]))
+
+
+@pytest.mark.timeout(420)
+@pytest.mark.parametrize(
+    ("scenario", "variant_order_rate"), [("a_b", HURT_ORDER_RATE), ("a_a", CONTROL_ORDER_RATE)]
+)
+async def test_a_variant_that_hurts_a_step_raises_one_guardrail_alert(
+    settings: Settings, tmp_path: Path, slack: FakeSlack, scenario: str, variant_order_rate: float
+) -> None:
+    funnel = tmp_path / "checkout.yaml"
+    funnel.write_text(FUNNEL)
+    config = settings.model_copy(update={"funnels": (funnel,), **routes(slack)})
+    await ensure_topic_plan(config, topic_plan(config))
+    events = shop(7, variant_order_rate)
+    last_ms = max(e["occurred_at"] for e in events)
+    # Closing events once every window is final (its step timeout and the lateness past).
+    closing = datetime.fromtimestamp((last_ms + 8 * MINUTE) / 1000, tz=UTC)
+    assert closing < datetime.now(UTC)
+    with WorkerProcess(config, tmp_path / "worker.log") as worker:
+        await run_pipeline(config, events, worker, min_finals=20, closing=closing)
+        published = alerts_on_topic(await read_topic(config, config.alerts_topic))
+        assert await read_topic(config, config.dlq_topic) == []  # every event counted
+        experiments = [a for a in published if a.kind in ("guardrail", "sample_ratio")]
+        if scenario == "a_a":
+            assert experiments == [], [a.summary for a in experiments]
+            return
+        assert [(a.kind, a.state, a.step) for a in experiments] == [
+            ("guardrail", "firing", "payment->order")
+        ], [a.summary for a in experiments]
+        [alert] = experiments
+        assert (alert.experiment, alert.variant, alert.control) == (
+            "checkout_page",
+            "new_page",
+            "control",
+        )
+        deadline = time.monotonic() + 60
+        while not any("checkout_page" in str(m["blocks"]) for m in slack.accepted):
+            worker.assert_running()
+            assert time.monotonic() < deadline, slack.statuses()
+            await asyncio.sleep(0.3)
+    # The counts it published, against SQL over the generated events for the same windows.
+    expected = guardrail_counts(
+        events,
+        experiment="checkout_page",
+        variants=("control", "new_page"),
+        event_types=("add_to_cart", "payment_submitted", "order_placed"),
+        conversion_window_ms=CONVERSION_WINDOW_MS,
+        timeouts_ms=(STEP_TIMEOUT_MS, STEP_TIMEOUT_MS),
+        window_ms=MINUTE,
+        from_ms=round(alert.window_start.timestamp() * 1000),
+        to_ms=round(alert.window_end.timestamp() * 1000),
+    )
+    assert {arm: tuple(counts) for arm, counts in alert.arms.items()} == expected
+    decided, converted = expected["new_page"]
+    assert alert.decided == decided
+    assert alert.dropped == decided - converted
+    control_decided, control_converted = expected["control"]
+    assert alert.observed_rate == pytest.approx(converted / decided, abs=1e-6)
+    assert alert.expected_rate == pytest.approx(control_converted / control_decided, abs=1e-6)
+    low, high = alert.difference[1:]
+    assert low < high < 0
+    assert low < alert.observed_rate - alert.expected_rate < high
