@@ -89,7 +89,9 @@ async def test_a_jump_in_steps_lets_the_loop_run_and_decides_what_one_jump_does(
     published.drain(stepped)
 
     between = [w for w in watermarks if w < target_ms]
-    assert len(set(between)) >= 10, "the loop ran at watermarks on the way"
+    # A step starts at 1 s of event time and at most doubles: 15 minutes take 10 steps or
+    # more, so the loop ran at 9 watermarks or more on the way.
+    assert len(set(between)) >= 9, "the loop ran at watermarks on the way"
     assert between == sorted(between)
     assert stepped.watermark_ms == target_ms
     assert published.partials == expected.partials

@@ -511,7 +511,7 @@ class SessionsStage:
             ):
                 watermark = self.inputs.watermark(message.partition)
                 if watermark is not None:
-                    task.advance(watermark)
+                    await advance_in_steps(task, watermark)
         else:
             self._tally(self._counters[(message.topic, outcome.value)])
         return outcome
