@@ -115,3 +115,20 @@ async def test_a_small_move_is_one_step() -> None:
     assert task.watermark_ms == target
     assert ran == []  # the loop did not run in between: one call, as before
     await other
+
+
+async def test_a_task_released_during_a_jump_is_left_where_it_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    task = _task_before_the_jump()
+    target_ms = task.watermark_ms + 180 * 60_000
+    monkeypatch.setattr(stepping, "YIELD_EVERY_S", 0.0)
+    asked: list[int] = []
+
+    def still_held() -> bool:  # a rebalance releases the task at the first yield
+        asked.append(task.watermark_ms)
+        return False
+
+    await stepping.advance_in_steps(task, target_ms, still_held)
+    assert len(asked) == 1
+    assert task.watermark_ms == asked[0] < target_ms

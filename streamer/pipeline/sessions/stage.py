@@ -430,7 +430,7 @@ class SessionsStage:
             self.inputs.set_idle(source, partition, bool(marker["idle"]))
             watermark = self.inputs.watermark(partition)
             if watermark is not None:
-                await advance_in_steps(runtime.task, watermark)
+                await advance_in_steps(runtime.task, watermark, self._holds(partition, runtime))
             return None
         origin = (message.header(REKEY_SOURCE_HEADER) or b"").decode()
         topic, source_partition, source_offset = origin.rsplit("/", 2)
@@ -511,7 +511,8 @@ class SessionsStage:
             ):
                 watermark = self.inputs.watermark(message.partition)
                 if watermark is not None:
-                    await advance_in_steps(task, watermark)
+                    held = self._holds(message.partition, runtime)
+                    await advance_in_steps(task, watermark, held)
         else:
             self._tally(self._counters[(message.topic, outcome.value)])
         return outcome
@@ -538,9 +539,15 @@ class SessionsStage:
             return
         async with self._apply_lock:  # (taken at once: it was free and nothing ran since)
             for partition, runtime in list(self.runtimes.items()):
+                if self.runtimes.get(partition) is not runtime:
+                    continue  # released while another task moved
                 watermark = self.inputs.watermark(partition)
                 if watermark is not None and not runtime.catch_up:  # it stops at the checkpoint's
-                    await advance_in_steps(runtime.task, watermark)
+                    await advance_in_steps(runtime.task, watermark, self._holds(partition, runtime))
+
+    def _holds(self, partition: int, runtime: TaskRuntime) -> Callable[[], bool]:
+        """Whether ``runtime`` is still this stage's task of ``partition`` (not released)."""
+        return lambda: self.runtimes.get(partition) is runtime
 
     # --- metrics -----------------------------------------------------------------------------
     def _tally(self, counter: Any, amount: float = 1) -> None:

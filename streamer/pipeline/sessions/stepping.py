@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from streamer.funnel.session import NEVER
 from streamer.funnel.task import Task
@@ -29,11 +30,14 @@ STEP_S = 0.005
 YIELD_EVERY_S = 0.01
 
 
-async def advance_in_steps(task: Task, watermark_ms: int) -> None:
+async def advance_in_steps(
+    task: Task, watermark_ms: int, still_held: Callable[[], bool] = lambda: True
+) -> None:
     """``task.advance(watermark_ms)``, in steps that let the loop run every ``YIELD_EVERY_S``.
 
     The caller holds the stage's apply lock (nothing else offers to the task or takes its
-    snapshot between steps)."""
+    snapshot between steps). A rebalance does not wait for that lock: once ``still_held()``
+    says the task was released meanwhile (its store closed), it is left where it is."""
     if watermark_ms - task.watermark_ms <= FIRST_STEP_MS or task.watermark_ms == NEVER:
         task.advance(watermark_ms)  # (no watermark yet: no start to step from)
         return
@@ -49,4 +53,6 @@ async def advance_in_steps(task: Task, watermark_ms: int) -> None:
             step *= 2
         if done - ran_at >= YIELD_EVERY_S and task.watermark_ms < watermark_ms:
             await asyncio.sleep(0)  # timers, heartbeats, fetches and /metrics run too
+            if not still_held():
+                return
             ran_at = time.perf_counter()
