@@ -207,8 +207,11 @@ def _scaling(r: Results) -> list[str]:
         "The same pre-loaded data read by one `streamer worker` and by two worker processes "
         "in one consumer group (started together, each its own state folder, the 4 "
         "partitions shared between them; the windows stage and its detector run in one), on "
-        "the same 2 cores as the broker. From the first event counted (summed over the "
-        "workers) to the last, then to the last cohort window published final.",
+        f"the same {os.cpu_count()} cores as the broker and whatever else the machine runs "
+        f"(load average {_load(r.load_before)} before the run, {_load(r.load_after)} after): "
+        "a second worker gains only with a core of its own. From the first event counted "
+        "(summed over the workers) to the last, then to the last cohort window published "
+        "final.",
         "",
         "| worker processes | events/s | x one worker | last window final after | "
         "peak RSS (largest worker) |",
@@ -235,7 +238,8 @@ def _loop_lag(r: Results) -> list[str]:
         "a wake-up due every 50 ms), over the whole run from start-up to the last window "
         "final; the 99th percentile interpolated in the histogram's buckets, the worst from "
         "the worker's log (every stall of 100 ms or more is logged). Target: nothing above "
-        "100 ms.",
+        "100 ms. On cores shared with the broker and other jobs the lag also counts time the "
+        "worker was not scheduled at all.",
         "",
         "| run | wake-ups | p99 | worst |",
         "|---|---:|---:|---:|",

@@ -39,7 +39,9 @@ def wait_for(predicate: Callable[[], bool], worker: WorkerProcess, timeout: floa
     raise AssertionError(f"condition not met in {timeout}s; worker log:\n{worker.log_tail()}")
 
 
-def wait_processed(worker: WorkerProcess, settings: Settings, count: int) -> MetricValues:
+def wait_processed(
+    worker: WorkerProcess, settings: Settings, count: int, timeout: float = 90
+) -> MetricValues:
     """Until ``count`` input messages are applied and stored in a checkpoint (so a worker
     started after this one does not apply them again)."""
 
@@ -48,7 +50,7 @@ def wait_processed(worker: WorkerProcess, settings: Settings, count: int) -> Met
         unacked = sum(v for (name, _), v in values.items() if name == "streamer_unacked_messages")
         return processed(values, settings) >= count and unacked == 0
 
-    wait_for(done, worker)
+    wait_for(done, worker, timeout)
     return scrape_metrics(worker.metrics_url)
 
 

@@ -4,10 +4,12 @@ of the steps it feeds; thinned-out events (a real failure) and quiet nights rais
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 
 import orjson
+import pytest
 from prometheus_client import CollectorRegistry
 
 from streamer.events import Alert
@@ -18,6 +20,7 @@ from streamer.funnel.task import Task
 from streamer.funnel.tracking import TrackingCheck, TrackingDecision
 from streamer.funnel.windows import NEW_SESSIONS, WindowCounts
 from streamer.metrics import Metrics
+from streamer.pipeline import detector as detector_stage
 from streamer.pipeline.detector import DetectorStage
 
 CHECKOUT = Path(__file__).resolve().parents[2] / "deploy/funnels/checkout.yaml"
@@ -244,6 +247,40 @@ async def test_the_detector_stage_writes_the_data_quality_alert_and_sets_its_gau
     assert (resolved.state, resolved.alert_id) == ("resolved", alert.alert_id)
     assert registry.get_sample_value("streamer_tracking_silent", labels) == 0.0
     assert stage.silent_inputs["checkout"] == []
+
+
+async def test_judging_many_boundaries_lets_the_loop_run_with_the_same_alert(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A backlog's boundaries judged in one call (63 here) let the loop run between them
+    (``detector.JUDGE_SLICE_S``; 0.8 s in one piece measured), and decide the same alert."""
+    funnel = load_funnel(CHECKOUT)
+    monkeypatch.setattr(detector_stage, "JUDGE_SLICE_S", 0.0)  # after every boundary
+    stage = DetectorStage(
+        funnels=(funnel,), table={}, metrics=Metrics.create(CollectorRegistry()), send_alert=_sink
+    )
+    rng = random.Random(7)
+    windows = {m * MIN: volume_window(rng) for m in range(60)}
+    windows.update(
+        {m * MIN: volume_window(rng, silent=frozenset({"checkout"})) for m in range(60, 63)}
+    )
+    ticks = 0
+
+    async def meanwhile() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0)
+            ticks += 1
+
+    other = asyncio.ensure_future(meanwhile())
+    [alert] = await stage.judge(funnel, [m * MIN for m in range(1, 64)], windows)
+    other.cancel()
+    assert (alert.kind, alert.state, alert.silent_topic) == ("data_quality", "firing", "checkout")
+    assert ticks >= 62  # between every two of the 63 boundaries
+
+
+async def _sink(key: bytes | None, value: bytes) -> None:
+    pass
 
 
 def test_a_new_session_counts_in_the_window_of_its_first_event_whatever_the_arrival_order() -> None:

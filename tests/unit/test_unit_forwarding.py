@@ -163,7 +163,7 @@ async def test_a_unit_task_applies_each_forwarded_event_once_however_often_it_co
         await sessions.process(message, lambda: None)
     for topic in SOURCES:
         sessions.inputs.observe(topic, 0, base + 3_600_000)
-    sessions.mark_idle({}, idle_timeout_s=3600)
+    await sessions.mark_idle({}, idle_timeout_s=3600)
     await sessions.publish()
     events = [m for m in sent if dict(m[3]).get(UNIT_HEADER)]
     markers = [m for m in sent if m not in events]
@@ -219,7 +219,7 @@ async def test_a_unit_task_with_its_units_on_disk_counts_as_one_in_memory(
         await sessions.process(message, lambda: None)
     for topic in SOURCES:
         sessions.inputs.observe(topic, 0, base + 3_600_000)
-    sessions.mark_idle({}, idle_timeout_s=3600)
+    await sessions.mark_idle({}, idle_timeout_s=3600)
     await sessions.publish()
     messages = [
         SourceMessage("units", 0, offset, NOW_MS, key, value, tuple(headers))

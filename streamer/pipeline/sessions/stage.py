@@ -56,6 +56,7 @@ from streamer.pipeline.sessions.catch_up import (
 from streamer.pipeline.sessions.committer import Committer
 from streamer.pipeline.sessions.records import abandonment_record
 from streamer.pipeline.sessions.runtime import TaskRuntime, restore_runtime
+from streamer.pipeline.sessions.stepping import advance_in_steps
 from streamer.pipeline.sessions.unit_store import UnitStore
 from streamer.pipeline.tables import Deliveries
 from streamer.pipeline.units import UnitForwarder, unit_user
@@ -448,7 +449,7 @@ class SessionsStage:
             self.inputs.set_idle(source, partition, bool(marker["idle"]))
             watermark = self.inputs.watermark(partition)
             if watermark is not None:
-                runtime.task.advance(watermark)
+                await advance_in_steps(runtime.task, watermark, self._holds(partition, runtime))
             return None
         origin = (message.header(REKEY_SOURCE_HEADER) or b"").decode()
         topic, source_partition, source_offset = origin.rsplit("/", 2)
@@ -529,17 +530,20 @@ class SessionsStage:
             ):
                 watermark = self.inputs.watermark(message.partition)
                 if watermark is not None:
-                    task.advance(watermark)
+                    held = self._holds(message.partition, runtime)
+                    await advance_in_steps(task, watermark, held)
         else:
             self._tally(self._counters[(message.topic, outcome.value)])
         return outcome
 
     # --- time without input -----------------------------------------------------------------
-    def mark_idle(self, highwaters: dict[tuple[str, int], int], idle_timeout_s: float) -> None:
+    async def mark_idle(
+        self, highwaters: dict[tuple[str, int], int], idle_timeout_s: float
+    ) -> None:
         """Inputs caught up with their log end and silent for the idle timeout stop holding
-        the watermark back; then tasks whose inputs are all idle follow the others, unless
-        something holds the apply lock (a snapshot being taken in slices must not see its
-        task change): then the next tick moves them."""
+        the watermark back; then tasks whose inputs are all idle follow the others, in steps
+        with the apply lock held, unless something holds it already (a snapshot being taken
+        in slices must not see its task change): then the next tick moves them."""
         now = time.monotonic()
         for partition, runtime in self.runtimes.items():
             if self.rekeyed_from:
@@ -552,10 +556,17 @@ class SessionsStage:
                 self.inputs.set_idle(topic, partition, caught_up and silent)
         if self._apply_lock.locked():
             return
-        for partition, runtime in self.runtimes.items():  # (no wait in here: nothing else runs)
-            watermark = self.inputs.watermark(partition)
-            if watermark is not None and not runtime.catch_up:  # it stops at the checkpoint's
-                runtime.task.advance(watermark)
+        async with self._apply_lock:  # (taken at once: it was free and nothing ran since)
+            for partition, runtime in list(self.runtimes.items()):
+                if self.runtimes.get(partition) is not runtime:
+                    continue  # released while another task moved
+                watermark = self.inputs.watermark(partition)
+                if watermark is not None and not runtime.catch_up:  # it stops at the checkpoint's
+                    await advance_in_steps(runtime.task, watermark, self._holds(partition, runtime))
+
+    def _holds(self, partition: int, runtime: TaskRuntime) -> Callable[[], bool]:
+        """Whether ``runtime`` is still this stage's task of ``partition`` (not released)."""
+        return lambda: self.runtimes.get(partition) is runtime
 
     # --- metrics -----------------------------------------------------------------------------
     def _tally(self, counter: Any, amount: float = 1) -> None:

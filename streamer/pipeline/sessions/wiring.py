@@ -293,5 +293,5 @@ async def _keep_time_beside(
         return
     highwaters, positions = offsets
     await stage.repair_stalls(positions)
-    stage.mark_idle(highwaters, settings.idle_timeout_seconds)
+    await stage.mark_idle(highwaters, settings.idle_timeout_seconds)
     await stage.publish(stage.publish_due(highwaters))
