@@ -461,8 +461,11 @@ class Task:
     def _apply_instant(
         self, state: SessionState, at_ms: int, instant: list[StoredEvent], outcomes: list[Outcome]
     ) -> None:
+        retention_ms = self._retention_ms(state)
         for index, funnel in enumerate(self.funnels):
-            result = apply_instant(funnel, state.progress[index], at_ms, instant, outcomes)
+            result = apply_instant(
+                funnel, state.progress[index], at_ms, instant, outcomes, retention_ms
+            )
             if outcomes or result.abandoned is not None:  # else nothing to record
                 self._record(index, state, outcomes, result.abandoned)
             if result.retracted is not None:

@@ -298,6 +298,25 @@ NEW_RULES["attribution"] = (
     ),
 )
 
+# First-time stages (spec: "First-time steps"), with a retention the generated gaps straddle:
+# a gap of exactly 30 s remembers, 45 s and 61 s forget.
+FIRST_TIME_RETENTION_MS = 30_000
+_FIRST_CART = {**_STAGES[1], "first_time": True}
+NEW_RULES["first_time"] = (
+    _mode(
+        "first_landing",
+        stages=[{**STRICT_STAGES[0], "first_time": True}, *STRICT_STAGES[1:]],
+        abandonment=["cart", "payment"],
+    ),
+    _mode("first_cart_repeated", stages=[_STAGES[0], _FIRST_CART, _MORE, *_STAGES[2:]]),
+    _mode("first_cart_strict", order="strict", stages=[_STAGES[0], _FIRST_CART, *_STAGES[2:]]),
+    _mode(
+        "first_payment_unordered",
+        order="unordered",
+        stages=[*_STAGES[:2], {**_STAGES[2], "first_time": True}, _STAGES[3]],
+    ),
+)
+
 
 @st.composite
 def product_batch(draw: Any, size: int) -> list[list[dict[str, Any]]]:
@@ -341,6 +360,12 @@ def test_hold_core_equals_sql(cases: list[list[dict[str, Any]]], seed: int) -> N
 @NEW_MODE_BATCHES
 def test_attribution_core_equals_sql(cases: list[list[dict[str, Any]]], seed: int) -> None:
     _compare(NEW_RULES["attribution"], cases, seed)
+
+
+@given(cases=batch(40), seed=st.integers(0, 2**32))
+@settings(NEW_MODE_BATCHES, max_examples=8)
+def test_first_time_core_equals_sql(cases: list[list[dict[str, Any]]], seed: int) -> None:
+    _compare(NEW_RULES["first_time"], cases, seed, FIRST_TIME_RETENTION_MS)
 
 
 USER_FUNNELS = (
@@ -391,12 +416,21 @@ def test_user_units_core_equals_sql(cases: list[list[dict[str, Any]]], seed: int
 
 
 def _compare(
-    funnels: tuple[FunnelDefinition, ...], cases: list[list[dict[str, Any]]], seed: int
+    funnels: tuple[FunnelDefinition, ...],
+    cases: list[list[dict[str, Any]]],
+    seed: int,
+    retention_ms: int = 10**12,
 ) -> None:
     events = [event for events in cases for event in events]
     note(f"arrival seed {seed}; {len(cases)} cases, {len(events)} events")
-    sql = compute(funnels, events, END)
-    core = run_core(funnels, arrival(events, seed), END, lateness_ms=LATENESS_MS)
+    sql = compute(funnels, events, END, retention_ms)
+    core = run_core(
+        funnels,
+        arrival(events, seed),
+        END,
+        lateness_ms=LATENESS_MS,
+        retention_ms=retention_ms,
+    )
     assert core.late == []
     assert_same("windows", sql.windows, core.windows)
     assert_same("segments", sql.segments, core.segments)
@@ -451,9 +485,10 @@ def test_new_rules_core_equals_sql_before_everything_is_decided(
     watermark = cut_s * 1000
     note(f"{name}: arrival seed {seed}, watermark {watermark}")
     funnels = (NEW_RULE_FUNNELS[name],)
+    retention = FIRST_TIME_RETENTION_MS if funnels[0] in NEW_RULES["first_time"] else 10**12
     arrived = [e for e in arrival(cases[0], seed) if e["at_ms"] < watermark + LATENESS_MS]
-    sql = compute(funnels, arrived, watermark)
-    core = run_core(funnels, arrived, watermark, lateness_ms=LATENESS_MS)
+    sql = compute(funnels, arrived, watermark, retention)
+    core = run_core(funnels, arrived, watermark, lateness_ms=LATENESS_MS, retention_ms=retention)
     assert core.late == []
     assert_same("windows", sql.windows, core.windows)
     assert_same("segments", sql.segments, core.segments)

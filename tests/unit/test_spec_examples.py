@@ -57,18 +57,27 @@ def events(*spec: tuple[Any, ...]) -> list[dict[str, Any]]:
 
 
 def both(
-    evs: list[dict[str, Any]], watermark_ms: int = END, definition: FunnelDefinition | None = None
+    evs: list[dict[str, Any]],
+    watermark_ms: int = END,
+    definition: FunnelDefinition | None = None,
+    retention_ms: int = 10**12,
 ) -> tuple[CoreResult, OracleResult]:
     definition = definition or funnel()
-    core = run_core([definition], evs, watermark_ms)
-    sql = compute([definition], evs, watermark_ms)
+    core = run_core([definition], evs, watermark_ms, retention_ms=retention_ms)
+    sql = compute([definition], evs, watermark_ms, retention_ms)
     assert_same("windows", sql.windows, core.windows)
     assert_same("segments", sql.segments, core.segments)
     assert_same("abandonments", sql.abandonments, core.abandonments)
     assert_same("final", sql.final, core.final)
     assert_final_consistent(core)
     # The arrival order of the events never matters.
-    reverse = run_core([definition], list(reversed(evs)), watermark_ms, lateness_ms=10**9)
+    reverse = run_core(
+        [definition],
+        list(reversed(evs)),
+        watermark_ms,
+        lateness_ms=10**9,
+        retention_ms=retention_ms,
+    )
     assert (reverse.windows, reverse.abandonments) == (core.windows, core.abandonments)
     return core, sql
 
@@ -647,3 +656,56 @@ def test_43_step_attribution_at_one_instant() -> None:
     )
     assert attribution(core, "land") == ("ios", "ios", "unknown")
     assert attribution(core, "cart") == ("ios", "ios", "ios")
+
+
+# --- First-time steps (examples 44 to 46) ------------------------------------------------
+RETENTION_MS = 600 * S  # session_retention_seconds' default: the memory of a session funnel
+
+
+def first_time() -> FunnelDefinition:
+    """``Ff``: F with land and cart first-time stages."""
+    base = funnel()
+    stages = tuple(
+        stage.model_copy(update={"first_time": stage.name in ("land", "cart")})
+        for stage in base.stages
+    )
+    return base.model_copy(update={"stages": stages})
+
+
+def test_44_only_the_first_landing_starts_an_attempt() -> None:
+    spec = [("land", 0), ("land", 30), ("cart", 32)]
+    core, _ = both(events(*spec), definition=first_time(), retention_ms=RETENTION_MS)
+    assert counts(core, 0, "land") == (1, 0, 1, 0)
+    assert not any(key[1] == 30 * S for key in core.windows)
+    plain, _ = both(events(*spec), retention_ms=RETENTION_MS)
+    assert counts(plain, 30, "land") == (1, 1, 0, 0)
+    assert ttc(plain, 30, "land") == 2000
+
+
+def test_45_used_up_outside_an_attempt_and_one_instant() -> None:
+    core, _ = both(
+        events(("cart", 0), ("land", 2), ("cart", 5)),
+        definition=first_time(),
+        retention_ms=RETENTION_MS,
+    )
+    assert counts(core, 0, "land") == (1, 0, 1, 0)
+    one_instant, _ = both(
+        events(("land", 0), ("cart", 3, "a"), ("cart", 3, "b"), ("cart", 4)),
+        definition=first_time(),
+        retention_ms=RETENTION_MS,
+    )
+    assert counts(one_instant, 0, "land") == (1, 1, 0, 0)
+    assert ttc(one_instant, 0, "land") == 3000
+    assert counts(one_instant, 0, "cart") == (1, 0, 1, 0)
+
+
+def test_46_forgotten_after_a_silence_longer_than_the_retention() -> None:
+    core, _ = both(
+        events(("land", 0), ("land", 300), ("land", 1000), ("cart", 1005)),
+        definition=first_time(),
+        retention_ms=RETENTION_MS,
+    )
+    assert counts(core, 0, "land") == (1, 0, 1, 0)
+    assert not any(key[1] == 300 * S for key in core.windows)
+    assert counts(core, 1000, "land") == (1, 1, 0, 0)
+    assert ttc(core, 1000, "land") == 5000
