@@ -351,6 +351,11 @@ class FunnelDefinition(_Frozen):
         description="a first-stage event during an attempt: only activity (first), or a "
         "restart from it (latest; ordered funnels)",
     )
+    uniques: bool = Field(
+        default=False,
+        description="also count units: each unit once per cohort window and stage it entered "
+        "(spec: Uniques and totals)",
+    )
     hold: tuple[Annotated[str, Field(pattern=_HELD)], ...] = Field(
         default=(),
         description="properties (or context.<field>) whose value, fixed at the attempt's "
@@ -632,6 +637,11 @@ class FunnelDefinition(_Frozen):
             rules.append("re-entry: latest (a first-stage event restarts the attempt)")
         if self.hold:
             rules.append(f"holds constant: {', '.join(self.hold)} (fixed at the first stage)")
+        if self.uniques:
+            rules.append(
+                f"counts {self.follows}s too: each {self.follows} once per window and stage it "
+                "entered (units), beside the attempts"
+            )
         first_time = [stage.name for stage in self.stages if stage.first_time]
         if first_time:
             rules.append(

@@ -202,6 +202,10 @@ class Progress:
     abandoned: Abandoned | None = None
     first_done: int = 0  # first-time stages the unit has done, one bit per stage index
     latest_ms: int = NEVER  # the unit's latest instant (funnels with first-time stages only)
+    # Funnels counting units (spec: "Uniques and totals"): the window of the unit's latest
+    # counted entry and the stages already counted in it, one bit each.
+    units_window_ms: int = NEVER
+    units_counted: int = 0
 
     def wake_ms(self) -> int | None:
         """The next time at which the watermark alone changes this state."""
@@ -217,16 +221,36 @@ class Progress:
         return self.attempt is None and self.abandoned is None
 
     def to_json(self) -> list[Any] | None:
-        if self.at_rest and self.ended_ms == NEVER and self.latest_ms == NEVER:
+        if (
+            self.at_rest
+            and self.ended_ms == NEVER
+            and self.latest_ms == NEVER
+            and self.units_window_ms == NEVER
+        ):
             return None
         raw = [
             self.attempt.to_json() if self.attempt else None,
             self.ended_ms,
             self.abandoned.to_json() if self.abandoned else None,
         ]
-        if self.latest_ms != NEVER:  # only funnels with first-time stages: others as before
+        # Only funnels with first-time stages or units: others are stored as before.
+        if self.latest_ms != NEVER or self.units_window_ms != NEVER:
             raw += [self.first_done, self.latest_ms]
+        if self.units_window_ms != NEVER:
+            raw += [self.units_window_ms, self.units_counted]
         return raw
+
+    def first_entry_of_unit(self, stage: int, window_ms: int) -> bool:
+        """Whether an entry into ``stage`` in the window starting at ``window_ms`` is the
+        unit's first there (then remembered). A unit's entries come in time order, so only
+        its latest window needs remembering."""
+        if window_ms != self.units_window_ms:
+            self.units_window_ms, self.units_counted = window_ms, 0
+        bit = 1 << stage
+        if self.units_counted & bit:
+            return False
+        self.units_counted |= bit
+        return True
 
     @classmethod
     def from_json(cls, raw: Sequence[Any] | None) -> Progress:
@@ -238,6 +262,8 @@ class Progress:
             Abandoned.from_json(raw[2]) if raw[2] else None,
             int(raw[3]) if len(raw) > 3 else 0,
             int(raw[4]) if len(raw) > 4 else NEVER,
+            int(raw[5]) if len(raw) > 5 else NEVER,
+            int(raw[6]) if len(raw) > 6 else 0,
         )
 
 
@@ -251,6 +277,7 @@ class CompiledFunnel:
         self.last_stage = len(definition.stages) - 1
         self.conversion_window_ms = definition.conversion_window_ms
         self.window_ms = definition.window_ms
+        self.uniques = definition.uniques
         steps = range(self.last_stage)
         self.timeouts_ms = (*(definition.step_timeout_ms(k) for k in steps), 0)
         self.abandonment_stages = definition.abandonment_stage_indexes

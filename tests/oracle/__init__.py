@@ -609,25 +609,25 @@ def _funnel(
     start_segs = "".join(f", {at_stage(d, f'ocur{d}', '0')} AS s{d}" for d in dims)
     db.execute(f"""
 CREATE OR REPLACE TEMP TABLE outcome AS
-SELECT 'entered' AS kind, 0 AS stage, t AS cohort, 0::BIGINT AS ttc,
+SELECT 'entered' AS kind, sid, 0 AS stage, t AS cohort, 0::BIGINT AS ttc,
        0.0 AS value{start_segs}
 FROM walked WHERE src = 'step' AND o_start
 UNION ALL
-SELECT 'entered', j, t, 0, 0.0{entered_segs}
+SELECT 'entered', sid, j, t, 0, 0.0{entered_segs}
 FROM (SELECT *, unnest(range(o_k1 + 1, o_k2 + 1)) AS j FROM walked
       WHERE src = 'step' AND o_k2 > o_k1)
 WHERE {reached}
 UNION ALL
-SELECT 'converted', j, CASE WHEN j = o_k1 THEN o_reached1 ELSE t END,
+SELECT 'converted', sid, j, CASE WHEN j = o_k1 THEN o_reached1 ELSE t END,
        CASE WHEN j = o_k1 THEN t - o_reached1 ELSE 0 END, 0.0
        {converted_segs}
 FROM (SELECT *, unnest(range(o_k1, o_k2)) AS j FROM walked WHERE src = 'step' AND o_k2 > o_k1)
 WHERE j = o_k1 OR {reached}
 UNION ALL
-SELECT 'dropped', d_stage, d_cohort, 0, d_value{seg_select("dsnap")}
+SELECT 'dropped', sid, d_stage, d_cohort, 0, d_value{seg_select("dsnap")}
 FROM walked WHERE d_flag
 UNION ALL
-SELECT 'excluded', x_stage, x_cohort, 0, 0.0{seg_select("xsnap")}
+SELECT 'excluded', sid, x_stage, x_cohort, 0, 0.0{seg_select("xsnap")}
 FROM walked WHERE x_flag
 """)
     w = funnel.window_ms
@@ -641,10 +641,12 @@ SELECT cohort - cohort % {w} AS start, stage,
        coalesce(sum(ttc) FILTER (WHERE kind = 'converted'), 0),
        coalesce(round(sum(value) FILTER (WHERE kind = 'dropped'), 2), 0),
        list(ttc) FILTER (WHERE kind = 'converted'),
-       count(*) FILTER (WHERE kind = 'excluded')
+       count(*) FILTER (WHERE kind = 'excluded'),
+       count(DISTINCT sid) FILTER (WHERE kind = 'entered')
 FROM outcome GROUP BY ALL
 """).fetchall()
-    for start, stage, entered, converted, dropped, ttc_sum, value, ttcs, excluded in stage_rows:
+    for row in stage_rows:
+        start, stage, entered, converted, dropped, ttc_sum, value, ttcs, excluded, units = row
         if not entered:
             continue
         buckets = [0] * (len(BUCKET_BOUNDS_MS) + 1)
@@ -661,6 +663,8 @@ FROM outcome GROUP BY ALL
             "ttc_buckets": buckets,
             "dropped_value": round(float(value), 2),
         }
+        if funnel.uniques:  # spec "Uniques and totals": distinct units entering the stage
+            result.windows[key]["units"] = units
         # Final: stage k once W >= s + w + Tk; the last stage once W >= s + w.
         lag = _timeout_ms(funnel, stage) if stage < last else 0
         result.final[key] = int(start) + w + lag <= watermark_ms

@@ -318,6 +318,22 @@ NEW_RULES["first_time"] = (
 )
 
 
+# Uniques (spec: "Uniques and totals"): a retention shorter than the window, which a funnel
+# counting units raises to the window (else a unit forgotten mid-window would count twice).
+UNIQUES_RETENTION_MS = 5_000
+NEW_RULES["uniques"] = (
+    _mode("unique", stages=STRICT_STAGES, abandonment=["cart", "payment"], uniques=True),
+    _mode("unique_strict", order="strict", uniques=True),
+    _mode("unique_unordered", order="unordered", uniques=True),
+    _mode(
+        "unique_optional_latest",
+        reentry="latest",
+        stages=[_STAGES[0], {**_STAGES[1], "optional": True}, *_STAGES[2:]],
+        uniques=True,
+    ),
+)
+
+
 @st.composite
 def product_batch(draw: Any, size: int) -> list[list[dict[str, Any]]]:
     """Cases whose events carry a product (two values, or none) for hold to keep constant."""
@@ -409,6 +425,20 @@ def user_batch(draw: Any, size: int) -> list[list[dict[str, Any]]]:
     return cases
 
 
+@given(cases=batch(40), seed=st.integers(0, 2**32))
+@settings(NEW_MODE_BATCHES, max_examples=8)
+def test_uniques_core_equals_sql(cases: list[list[dict[str, Any]]], seed: int) -> None:
+    _compare(NEW_RULES["uniques"], cases, seed, UNIQUES_RETENTION_MS)
+
+
+@given(cases=user_batch(30), seed=st.integers(0, 2**32))
+@settings(NEW_MODE_BATCHES, max_examples=10)
+def test_user_uniques_core_equals_sql(cases: list[list[dict[str, Any]]], seed: int) -> None:
+    """Users across sessions and devices: the case where units and attempts differ most."""
+    funnels = tuple(f.model_copy(update={"uniques": True}) for f in USER_FUNNELS)
+    _compare(funnels, cases, seed, UNIQUES_RETENTION_MS)
+
+
 @given(cases=user_batch(30), seed=st.integers(0, 2**32))
 @MODE_BATCHES
 def test_user_units_core_equals_sql(cases: list[list[dict[str, Any]]], seed: int) -> None:
@@ -485,7 +515,11 @@ def test_new_rules_core_equals_sql_before_everything_is_decided(
     watermark = cut_s * 1000
     note(f"{name}: arrival seed {seed}, watermark {watermark}")
     funnels = (NEW_RULE_FUNNELS[name],)
-    retention = FIRST_TIME_RETENTION_MS if funnels[0] in NEW_RULES["first_time"] else 10**12
+    retention = 10**12
+    if funnels[0] in NEW_RULES["first_time"]:
+        retention = FIRST_TIME_RETENTION_MS
+    elif funnels[0] in NEW_RULES["uniques"]:
+        retention = UNIQUES_RETENTION_MS
     arrived = [e for e in arrival(cases[0], seed) if e["at_ms"] < watermark + LATENESS_MS]
     sql = compute(funnels, arrived, watermark, retention)
     core = run_core(funnels, arrived, watermark, lateness_ms=LATENESS_MS, retention_ms=retention)

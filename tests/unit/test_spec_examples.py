@@ -709,3 +709,30 @@ def test_46_forgotten_after_a_silence_longer_than_the_retention() -> None:
     assert not any(key[1] == 300 * S for key in core.windows)
     assert counts(core, 1000, "land") == (1, 1, 0, 0)
     assert ttc(core, 1000, "land") == 5000
+
+
+# --- Uniques and totals (examples 47 and 48) ---------------------------------------------
+def units(result: CoreResult | OracleResult, start_s: int, stage: str) -> tuple[int, int]:
+    numbers = result.windows[("f", start_s * S, stage)]
+    return numbers["entered"], numbers["units"]
+
+
+def test_47_two_attempts_of_one_unit_count_once() -> None:
+    core, _ = both(
+        events(("land", 0), ("cart", 1), ("pay", 2), ("order", 3), ("land", 4), ("cart", 5)),
+        definition=funnel(uniques=True),
+    )
+    assert units(core, 0, "land") == (2, 1)
+    assert units(core, 0, "cart") == (2, 1)
+    assert units(core, 0, "pay") == (1, 1)
+    assert units(core, 0, "order") == (1, 1)
+
+
+def test_48_each_stage_counts_its_units_in_its_own_window() -> None:
+    core, _ = both(
+        events(("land", 3, {"session": "b"}), ("land", 5, {"session": "a"}),
+               ("cart", 12, {"session": "a"})),
+        definition=funnel(uniques=True),
+    )  # fmt: skip
+    assert units(core, 0, "land") == (2, 2)
+    assert units(core, 10, "cart") == (1, 1)
