@@ -347,6 +347,12 @@ class StageStats(_Strict):
         description="of those entered, the ones an exclusion event took out of the funnel",
     )
     open: int = Field(default=0, description="of those entered, the ones not decided yet")
+    units: int | None = Field(
+        default=None,
+        description="funnels with uniques: distinct units (sessions or users) that entered the "
+        "stage in the window, each once however many of its attempts did (absent otherwise)",
+        exclude_if=lambda units: units is None,  # other funnels' records stay as they were
+    )
     final: bool = Field(default=False, description="every outcome of this cohort is decided")
     conversion_ratio: float | None = Field(
         default=None, description="converted / (converted + dropped); open sessions not counted"

@@ -39,6 +39,9 @@ def _aggregate(windows: list[WindowStats]) -> list[dict[str, Any]]:
         converted = sum(w.stages[index].converted for w in windows)
         dropped = sum(w.stages[index].dropped for w in windows)
         row: dict[str, Any] = {"stage": name, "entered": entered}
+        units = [w.stages[index].units for w in windows]
+        if any(n is not None for n in units):  # funnels with uniques: the windows' sum
+            row["units"] = sum(n or 0 for n in units)
         if index < len(names) - 1:
             row.update(
                 step=f"{name}->{names[index + 1]}",

@@ -87,7 +87,17 @@ def _stages_table(name: str, label: str, part: dict[str, Any]) -> Table:
     # Only where an exclusion took an attempt out: most funnels have none, and a narrow
     # terminal has no room for an empty column beside a long stage name.
     excluding = any(row.get("excluded") for row in part["stages"])
-    columns = ("stage", "entered", "converted", "dropped", *(("excluded",) * excluding), "open")
+    # Funnels with uniques: distinct units per window (a longer span sums its windows').
+    counting_units = any("units" in row for row in part["stages"])
+    columns = (
+        "stage",
+        "entered",
+        *(("units",) * counting_units),
+        "converted",
+        "dropped",
+        *(("excluded",) * excluding),
+        "open",
+    )
     for column in (*columns, "conversion", "drop-off"):
         if column == "stage":  # a long name wraps rather than ends in an ellipsis
             table.add_column(column, overflow="fold")

@@ -151,6 +151,11 @@ class Stage(_Frozen):
         default=False,
         description="attempts may skip it; the next required stage decides the drop",
     )
+    first_time: bool = Field(
+        default=False,
+        description="only the unit's first event matching the stage (type and filters) fills "
+        "it: the first since the unit's state was last forgotten (spec: First-time steps)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -408,6 +413,11 @@ class FunnelDefinition(_Frozen):
         default="first",
         description="a first-stage event during an attempt: only activity (first), or a "
         "restart from it (latest; ordered funnels)",
+    )
+    uniques: bool = Field(
+        default=False,
+        description="also count units: each unit once per cohort window and stage it entered "
+        "(spec: Uniques and totals)",
     )
     hold: tuple[Annotated[str, Field(pattern=_HELD)], ...] = Field(
         default=(),
@@ -726,7 +736,7 @@ class FunnelDefinition(_Frozen):
                 else ""
             )
             lines.append(
-                f"  {index + 1}. {stage.name}{' (optional)' if stage.optional else ''}: "
+                f"  {index + 1}. {stage.name}{_stage_marks(stage)}: "
                 f"{' | '.join(stage.event_types)}{' where ' + where if where else ''}{timeout}"
             )
         lines.extend(f"  {rule}" for rule in self._rules())
@@ -753,7 +763,25 @@ class FunnelDefinition(_Frozen):
             rules.append("re-entry: latest (a first-stage event restarts the attempt)")
         if self.hold:
             rules.append(f"holds constant: {', '.join(self.hold)} (fixed at the first stage)")
+        if self.uniques:
+            rules.append(
+                f"counts {self.follows}s too: each {self.follows} once per window and stage it "
+                "entered (units), beside the attempts"
+            )
+        first_time = [stage.name for stage in self.stages if stage.first_time]
+        if first_time:
+            rules.append(
+                f"first time only: {', '.join(first_time)} (the unit's first matching event "
+                "since its state was last forgotten)"
+            )
         return rules
+
+
+def _stage_marks(stage: Stage) -> str:
+    marks = [
+        word for word, on in (("optional", stage.optional), ("first time", stage.first_time)) if on
+    ]
+    return f" ({', '.join(marks)})" if marks else ""
 
 
 def _segment_text(segment: Segment) -> str:

@@ -29,6 +29,7 @@ _T = TypeVar("_T")
 _SHARED_MAX = 65_536  # distinct shared segment values and tuples per funnel
 
 __all__ = [
+    "FOREVER",
     "NEVER",
     "VALUE_FIELDS",
     "Abandoned",
@@ -43,6 +44,7 @@ __all__ = [
 ]
 
 NEVER = -(2**62)
+FOREVER = 2**62  # a retention that never forgets (the core's default; the task passes its own)
 
 # Where an event's cart value is read from: the first of these present and positive.
 VALUE_FIELDS = ("cart_value", "amount", "value")
@@ -191,11 +193,19 @@ class Abandoned:
 @dataclass(slots=True)
 class Progress:
     """A session's state in one funnel: the attempt in progress, when the last one ended, and
-    its latest abandonment while a retraction is still possible."""
+    its latest abandonment while a retraction is still possible; in a funnel with first-time
+    stages also the first-time stages the unit has done and its latest instant (spec:
+    "First-time steps")."""
 
     attempt: Attempt | None = None
     ended_ms: int = NEVER
     abandoned: Abandoned | None = None
+    first_done: int = 0  # first-time stages the unit has done, one bit per stage index
+    latest_ms: int = NEVER  # the unit's latest instant (funnels with first-time stages only)
+    # Funnels counting units (spec: "Uniques and totals"): the window of the unit's latest
+    # counted entry and the stages already counted in it, one bit each.
+    units_window_ms: int = NEVER
+    units_counted: int = 0
 
     def wake_ms(self) -> int | None:
         """The next time at which the watermark alone changes this state."""
@@ -211,13 +221,36 @@ class Progress:
         return self.attempt is None and self.abandoned is None
 
     def to_json(self) -> list[Any] | None:
-        if self.at_rest and self.ended_ms == NEVER:
+        if (
+            self.at_rest
+            and self.ended_ms == NEVER
+            and self.latest_ms == NEVER
+            and self.units_window_ms == NEVER
+        ):
             return None
-        return [
+        raw = [
             self.attempt.to_json() if self.attempt else None,
             self.ended_ms,
             self.abandoned.to_json() if self.abandoned else None,
         ]
+        # Only funnels with first-time stages or units: others are stored as before.
+        if self.latest_ms != NEVER or self.units_window_ms != NEVER:
+            raw += [self.first_done, self.latest_ms]
+        if self.units_window_ms != NEVER:
+            raw += [self.units_window_ms, self.units_counted]
+        return raw
+
+    def first_entry_of_unit(self, stage: int, window_ms: int) -> bool:
+        """Whether an entry into ``stage`` in the window starting at ``window_ms`` is the
+        unit's first there (then remembered). A unit's entries come in time order, so only
+        its latest window needs remembering."""
+        if window_ms != self.units_window_ms:
+            self.units_window_ms, self.units_counted = window_ms, 0
+        bit = 1 << stage
+        if self.units_counted & bit:
+            return False
+        self.units_counted |= bit
+        return True
 
     @classmethod
     def from_json(cls, raw: Sequence[Any] | None) -> Progress:
@@ -227,6 +260,10 @@ class Progress:
             Attempt.from_json(raw[0]) if raw[0] else None,
             int(raw[1]),
             Abandoned.from_json(raw[2]) if raw[2] else None,
+            int(raw[3]) if len(raw) > 3 else 0,
+            int(raw[4]) if len(raw) > 4 else NEVER,
+            int(raw[5]) if len(raw) > 5 else NEVER,
+            int(raw[6]) if len(raw) > 6 else 0,
         )
 
 
@@ -240,6 +277,7 @@ class CompiledFunnel:
         self.last_stage = len(definition.stages) - 1
         self.conversion_window_ms = definition.conversion_window_ms
         self.window_ms = definition.window_ms
+        self.uniques = definition.uniques
         steps = range(self.last_stage)
         self.timeouts_ms = (*(definition.step_timeout_ms(k) for k in steps), 0)
         self.abandonment_stages = definition.abandonment_stage_indexes
@@ -296,7 +334,10 @@ class CompiledFunnel:
             if not isinstance(segment.attribution, StepAttribution)
         )
         self.first_touch_only = not self.step_dims and not any(self.last_touch)
-        self.by_mask = self.repeated or self.holds or bool(self.step_dims)
+        # First-time stages (spec: "First-time steps"): one bit each; the unit's memory of
+        # which it has done is its Progress's.
+        self.first_time = sum(1 << k for k, stage in enumerate(stages) if stage.first_time)
+        self.by_mask = self.repeated or self.holds or bool(self.step_dims) or bool(self.first_time)
         self._segment_fields = tuple(_segment_field(s.source) for s in definition.segments)
         self._segment_values = tuple(frozenset(s.values) for s in definition.segments)
         self._shared: dict[Any, Any] = {}
@@ -485,10 +526,13 @@ def apply_instant(
     at_ms: int,
     events: Sequence[StoredEvent],
     out: list[Outcome],
+    retention_ms: int = FOREVER,
 ) -> InstantResult:
     """Apply one instant (all of a session's events at ``at_ms``) to one funnel's progress.
 
-    The caller guarantees ascending instants and that ``at_ms`` is below the watermark."""
+    The caller guarantees ascending instants and that ``at_ms`` is below the watermark;
+    ``retention_ms``: how long the caller keeps a unit's state at rest after its last event
+    (first-time stages forget what the unit did after a silence longer than that)."""
     dropped: Abandoned | None = None
     retracted: tuple[Abandoned, int] | None = None
     attempt = progress.attempt
@@ -499,6 +543,9 @@ def apply_instant(
     # Each event's stage; with repeated types, hold or step attribution also the stages it
     # matches as a bit mask (then ``stages`` holds each event's lowest).
     masks = [funnel.stage_mask(event) for event in events] if funnel.by_mask else None
+    order_masks = masks  # an order retracts whether or not it is the unit's first
+    if funnel.first_time and masks is not None:
+        masks = _first_time_only(funnel, progress, at_ms, masks, retention_ms)
     if masks is None:
         stages = [funnel.stage_of(event) for event in events]
     else:
@@ -510,7 +557,7 @@ def apply_instant(
     if abandoned is not None:
         if at_ms > abandoned.retractable_until_ms:
             progress.abandoned = None
-        elif at_ms > abandoned.abandoned_ms and _has(funnel.last_stage, stages, masks):
+        elif at_ms > abandoned.abandoned_ms and _has(funnel.last_stage, stages, order_masks):
             retracted = (abandoned, at_ms)
             progress.abandoned = None
     # Exclusion: an event of this instant excludes at the attempt's stage (before a break).
@@ -622,6 +669,25 @@ def apply_instant(
         progress.attempt = None
         progress.ended_ms = at_ms
     return _result(dropped, retracted)
+
+
+def _first_time_only(
+    funnel: CompiledFunnel, progress: Progress, at_ms: int, masks: list[int], retention_ms: int
+) -> list[int]:
+    """The masks without the first-time stages the unit did at an earlier instant; remembers
+    this instant's. A silence longer than the retention forgets them, as the task forgets a
+    state at rest: so the numbers never depend on when the state was dropped."""
+    if progress.latest_ms != NEVER and at_ms - progress.latest_ms > retention_ms:
+        progress.first_done = 0
+    progress.latest_ms = at_ms
+    done = progress.first_done
+    matched = 0
+    for mask in masks:
+        matched |= mask
+    progress.first_done = done | (matched & funnel.first_time)
+    if not done:
+        return masks
+    return [mask & ~done for mask in masks]
 
 
 def _advance_unordered(

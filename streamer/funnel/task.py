@@ -274,7 +274,12 @@ class Task:
         self._released: list[tuple[int, str, str, str, str | None, StoredEvent]] = []
         self._forwards: list[UnitEvent] = []
         self.partition = partition
-        self.retention_ms = retention_ms
+        # A funnel counting units keeps a unit's state at least a window, so a unit counted in
+        # a window is never forgotten before the window can get no more entries (spec:
+        # "Uniques and totals").
+        self.retention_ms = max(
+            retention_ms, *(funnel.window_ms for funnel in funnels if funnel.uniques), 0
+        )
         self.watermark_ms = NEVER
         self.sessions: MutableMapping[str, SessionState] = {} if sessions is None else sessions
         self.windows: dict[tuple[int, int], WindowCounts] = {}
@@ -461,8 +466,11 @@ class Task:
     def _apply_instant(
         self, state: SessionState, at_ms: int, instant: list[StoredEvent], outcomes: list[Outcome]
     ) -> None:
+        retention_ms = self._retention_ms(state)
         for index, funnel in enumerate(self.funnels):
-            result = apply_instant(funnel, state.progress[index], at_ms, instant, outcomes)
+            result = apply_instant(
+                funnel, state.progress[index], at_ms, instant, outcomes, retention_ms
+            )
             if outcomes or result.abandoned is not None:  # else nothing to record
                 self._record(index, state, outcomes, result.abandoned)
             if result.retracted is not None:
@@ -532,6 +540,12 @@ class Task:
             if counts is None:
                 counts = self.windows[key] = WindowCounts.empty(funnel.last_stage + 1)
             counts.apply(outcome)
+            if (
+                funnel.uniques
+                and outcome.kind is Kind.ENTERED
+                and state.progress[funnel_index].first_entry_of_unit(outcome.stage, key[1])
+            ):
+                counts.stages[outcome.stage].units += 1
             self._dirty_windows.add(key)
             self._unsaved_windows.add(key)
             if outcome.stage < funnel.last_stage:

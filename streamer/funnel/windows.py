@@ -70,6 +70,7 @@ class StepCounts:
     )
     dropped_value: float = 0.0  # cart value of the sessions that dropped
     excluded: int = 0  # attempts whose step an exclusion event ended
+    units: int = 0  # funnels counting units: distinct units that entered the stage here
 
     def add(self, other: StepCounts, sign: int = 1) -> None:
         self.entered += sign * other.entered
@@ -80,6 +81,7 @@ class StepCounts:
             self.time_to_convert_buckets[index] += sign * value
         self.dropped_value = round(self.dropped_value + sign * other.dropped_value, 2)
         self.excluded += sign * other.excluded
+        self.units += sign * other.units
 
     def is_empty(self) -> bool:
         return not (self.entered or self.converted or self.dropped or self.excluded)
@@ -98,8 +100,11 @@ class StepCounts:
             list(self.time_to_convert_buckets),
             self.dropped_value,
         ]
-        if self.excluded:  # only funnels with exclusions: others are stored as before
+        # Only funnels with exclusions or units: others are stored as before.
+        if self.excluded or self.units:
             raw.append(self.excluded)
+        if self.units:
+            raw.append(self.units)
         return raw
 
     @classmethod
@@ -112,6 +117,7 @@ class StepCounts:
             [int(x) for x in raw[4]],
             float(raw[5]),
             int(raw[6]) if len(raw) > 6 else 0,
+            int(raw[7]) if len(raw) > 7 else 0,
         )
 
 

@@ -77,7 +77,13 @@ def _ratio(part: int, whole: int) -> float | None:
 
 
 def _stage_stats(
-    name: str, counts: StepCounts, *, histogram: bool, last: bool, final: bool
+    name: str,
+    counts: StepCounts,
+    *,
+    histogram: bool,
+    last: bool,
+    final: bool,
+    units: bool = False,
 ) -> StageStats:
     decided = counts.converted + counts.dropped
     time_to_convert = None
@@ -108,6 +114,7 @@ def _stage_stats(
         dropped=counts.dropped,
         excluded=counts.excluded,
         open=0 if last else counts.open,
+        units=counts.units if units else None,
         final=final,
         conversion_ratio=_ratio(counts.converted, decided),
         drop_off_ratio=_ratio(counts.dropped, decided),
@@ -136,8 +143,16 @@ def window_stats(
     ]
 
     def stages(steps: list[StepCounts], histogram: bool) -> list[StageStats]:
+        # Units per stage only: a window keeps no units per segment value (spec: "Uniques").
         return [
-            _stage_stats(name, step, histogram=histogram, last=k == last, final=final[k])
+            _stage_stats(
+                name,
+                step,
+                histogram=histogram,
+                last=k == last,
+                final=final[k],
+                units=histogram and funnel.uniques,
+            )
             for k, (name, step) in enumerate(zip(names, steps, strict=True))
         ]
 

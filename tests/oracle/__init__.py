@@ -167,7 +167,43 @@ def _masked(funnel: FunnelDefinition) -> bool:
     re-entry"; also needed by hold and step attribution)."""
     types = [t for stage in funnel.stages for t in stage.event_types]
     steps = any(not isinstance(s.attribution, str) for s in funnel.segments)
-    return len(set(types)) < len(types) or bool(funnel.hold) or steps
+    first_time = any(stage.first_time for stage in funnel.stages)
+    return len(set(types)) < len(types) or bool(funnel.hold) or steps or first_time
+
+
+def _first_time_sql(funnel: FunnelDefinition, retention_ms: int) -> str:
+    """The CTEs from the matched events ``ev0`` to ``ev`` (spec: "First-time steps"): a
+    unit's memory spans its instants up to a gap longer than the retention (an epoch); in
+    each epoch a first-time stage keeps only the events of the first instant that matches it
+    (by type and filters), and an event's stage is the lowest it still matches."""
+    first = [k for k, stage in enumerate(funnel.stages) if stage.first_time]
+    if not first:
+        return "ev AS (SELECT * FROM ev0)"
+    firsts = "".join(
+        f", min(t) FILTER (WHERE (m >> {k}) & 1 = 1) OVER (PARTITION BY sid, epoch) AS f{k}"
+        for k in first
+    )
+    later = " | ".join(f"(CASE WHEN t > f{k} THEN {1 << k} ELSE 0 END)" for k in first)
+    return f"""gaps AS (
+    SELECT sid, t, t - lag(t) OVER (PARTITION BY sid ORDER BY t) > {retention_ms} AS forgets
+    FROM (SELECT DISTINCT sid, t FROM ev0)
+),
+epochs AS (
+    SELECT sid, t, sum(CASE WHEN forgets THEN 1 ELSE 0 END) OVER (PARTITION BY sid ORDER BY t)
+           AS epoch
+    FROM gaps
+),
+ev_first AS (
+    SELECT ev0.*{firsts} FROM ev0 JOIN epochs USING (sid, t)
+),
+ev_kept AS (
+    SELECT * EXCLUDE (m), m & ~({later})::BIGINT AS m FROM ev_first
+),
+ev AS (
+    SELECT * EXCLUDE (stage),
+           CASE WHEN m = 0 THEN -1 ELSE bit_count((m & -m) - 1) END::INTEGER AS stage
+    FROM ev_kept
+)"""
 
 
 def _mask_sql(funnel: FunnelDefinition) -> str:
@@ -209,7 +245,9 @@ def _timeout_ms(funnel: FunnelDefinition, k: int) -> int:
     return min(timeout, funnel.conversion_window_ms)
 
 
-def _walk_sql(funnel: FunnelDefinition, watermark_ms: int, source: str = "raw") -> str:
+def _walk_sql(
+    funnel: FunnelDefinition, watermark_ms: int, source: str = "raw", retention_ms: int = 10**12
+) -> str:
     """The per-funnel query: events -> instants -> recursive walk -> outcomes."""
     n = len(funnel.stages) - 1
     dims = range(len(funnel.segments))
@@ -429,12 +467,13 @@ def _walk_sql(funnel: FunnelDefinition, watermark_ms: int, source: str = "raw") 
     )
     return f"""
 WITH RECURSIVE
-ev AS (
+ev0 AS (
     SELECT sid, at_ms AS t, event_type, {_stage_sql(funnel)} AS stage, {_CART} AS cart{seg_cols}
            {x_cols}{m_col}{held_cols}
     FROM (SELECT DISTINCT ON (sid, eid) sid, eid, event_type, at_ms, p, c FROM {source})
     WHERE at_ms < {watermark_ms}
 ),
+{_first_time_sql(funnel, retention_ms)},
 inst AS (
     SELECT sid, t, row_number() OVER (PARTITION BY sid ORDER BY t) AS rn,
            {has} AS has, max(cart) AS cart{mins}, {noise} AS noise, {exc} AS exc,
@@ -484,8 +523,13 @@ def _bucket(ms: int) -> int:
 
 
 def compute(
-    funnels: Sequence[FunnelDefinition], events: Iterable[dict[str, Any]], watermark_ms: int
+    funnels: Sequence[FunnelDefinition],
+    events: Iterable[dict[str, Any]],
+    watermark_ms: int,
+    retention_ms: int = 10**12,
 ) -> OracleResult:
+    """``retention_ms``: a unit's silence after which first-time stages forget what it did
+    (the worker's state retention; spec: "First-time steps")."""
     rows = [
         (
             str(e["session_id"]),
@@ -510,7 +554,7 @@ def compute(
             db.executemany("INSERT INTO raw VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
         db.execute(_USER_UNITS)
         for funnel in funnels:
-            _funnel(db, funnel, watermark_ms, result)
+            _funnel(db, funnel, watermark_ms, result, retention_ms)
     return result
 
 
@@ -539,15 +583,16 @@ def _funnel(
     funnel: FunnelDefinition,
     watermark_ms: int,
     result: OracleResult,
+    retention_ms: int,
 ) -> None:
     dims = range(len(funnel.segments))
     source = "user_raw" if funnel.follows == "user" else "raw"
-    walk = _walk_sql(funnel, watermark_ms, source)
+    walk = _walk_sql(funnel, watermark_ms, source, retention_ms)
     db.execute(f"CREATE OR REPLACE TEMP TABLE walked AS {walk}")
     # Outcomes: (kind, stage, cohort reached time, ttc, value, segment values...).
     # The stages an advance went through: all of k1 + 1 .. k2, but optional ones skipped.
     reached = "o_has[j + 1]" if any(stage.optional for stage in funnel.stages) else "TRUE"
-    if _masked(funnel):
+    if _masked(funnel) and funnel.order != "unordered":  # unordered: positions, all reached
         reached = "(o_filled >> j) & 1 = 1"
     seg_select = lambda prefix: "".join(f", {prefix}{d} AS s{d}" for d in dims)  # noqa: E731
 
@@ -564,25 +609,25 @@ def _funnel(
     start_segs = "".join(f", {at_stage(d, f'ocur{d}', '0')} AS s{d}" for d in dims)
     db.execute(f"""
 CREATE OR REPLACE TEMP TABLE outcome AS
-SELECT 'entered' AS kind, 0 AS stage, t AS cohort, 0::BIGINT AS ttc,
+SELECT 'entered' AS kind, sid, 0 AS stage, t AS cohort, 0::BIGINT AS ttc,
        0.0 AS value{start_segs}
 FROM walked WHERE src = 'step' AND o_start
 UNION ALL
-SELECT 'entered', j, t, 0, 0.0{entered_segs}
+SELECT 'entered', sid, j, t, 0, 0.0{entered_segs}
 FROM (SELECT *, unnest(range(o_k1 + 1, o_k2 + 1)) AS j FROM walked
       WHERE src = 'step' AND o_k2 > o_k1)
 WHERE {reached}
 UNION ALL
-SELECT 'converted', j, CASE WHEN j = o_k1 THEN o_reached1 ELSE t END,
+SELECT 'converted', sid, j, CASE WHEN j = o_k1 THEN o_reached1 ELSE t END,
        CASE WHEN j = o_k1 THEN t - o_reached1 ELSE 0 END, 0.0
        {converted_segs}
 FROM (SELECT *, unnest(range(o_k1, o_k2)) AS j FROM walked WHERE src = 'step' AND o_k2 > o_k1)
 WHERE j = o_k1 OR {reached}
 UNION ALL
-SELECT 'dropped', d_stage, d_cohort, 0, d_value{seg_select("dsnap")}
+SELECT 'dropped', sid, d_stage, d_cohort, 0, d_value{seg_select("dsnap")}
 FROM walked WHERE d_flag
 UNION ALL
-SELECT 'excluded', x_stage, x_cohort, 0, 0.0{seg_select("xsnap")}
+SELECT 'excluded', sid, x_stage, x_cohort, 0, 0.0{seg_select("xsnap")}
 FROM walked WHERE x_flag
 """)
     w = funnel.window_ms
@@ -596,10 +641,12 @@ SELECT cohort - cohort % {w} AS start, stage,
        coalesce(sum(ttc) FILTER (WHERE kind = 'converted'), 0),
        coalesce(round(sum(value) FILTER (WHERE kind = 'dropped'), 2), 0),
        list(ttc) FILTER (WHERE kind = 'converted'),
-       count(*) FILTER (WHERE kind = 'excluded')
+       count(*) FILTER (WHERE kind = 'excluded'),
+       count(DISTINCT sid) FILTER (WHERE kind = 'entered')
 FROM outcome GROUP BY ALL
 """).fetchall()
-    for start, stage, entered, converted, dropped, ttc_sum, value, ttcs, excluded in stage_rows:
+    for row in stage_rows:
+        start, stage, entered, converted, dropped, ttc_sum, value, ttcs, excluded, units = row
         if not entered:
             continue
         buckets = [0] * (len(BUCKET_BOUNDS_MS) + 1)
@@ -616,6 +663,8 @@ FROM outcome GROUP BY ALL
             "ttc_buckets": buckets,
             "dropped_value": round(float(value), 2),
         }
+        if funnel.uniques:  # spec "Uniques and totals": distinct units entering the stage
+            result.windows[key]["units"] = units
         # Final: stage k once W >= s + w + Tk; the last stage once W >= s + w.
         lag = _timeout_ms(funnel, stage) if stage < last else 0
         result.final[key] = int(start) + w + lag <= watermark_ms

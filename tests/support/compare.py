@@ -71,6 +71,8 @@ def window_numbers(
                 "dropped_value": round(stage.dropped_value, 2),
                 **time_to_convert_summary(stage),
             }
+            if stage.units is not None:  # funnels with uniques
+                stages[(stats.funnel, start, stage.stage)]["units"] = stage.units
         for segment in stats.segments:
             for stage in segment.stages:
                 if stage.entered:

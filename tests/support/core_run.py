@@ -175,6 +175,8 @@ def _shape(
             "dropped_value": round(step.dropped_value, 2),
             **time_to_convert_summary(record.stages[index]),
         }
+        if funnel.uniques:
+            result.windows[key]["units"] = step.units
         result.final[key] = record.stages[index].final
     for (dim, value), steps in counts.segments.items():
         for index, stage in enumerate(funnel.stages):

@@ -147,15 +147,18 @@ def cut_batch(draw: Any, size: int, one_case: Any = case) -> list[list[dict[str,
 
 
 def _compare_cut(
-    funnels: Sequence[FunnelDefinition], cases: list[list[dict[str, Any]]], seed: int
+    funnels: Sequence[FunnelDefinition],
+    cases: list[list[dict[str, Any]]],
+    seed: int,
+    retention_ms: int = 10**12,
 ) -> None:
     """Core and SQL at the watermark ``CUT_MS``, on what has arrived by then (events before
     it plus the lateness): open attempts, not-final windows, undecided drops."""
     events = [event for events in cases for event in events]
     note(f"arrival seed {seed}; {len(cases)} cases, {len(events)} events, watermark {CUT_MS}")
     arrived = [e for e in arrival(events, seed) if e["at_ms"] < CUT_MS + LATENESS_MS]
-    sql = compute(funnels, arrived, CUT_MS)
-    core = run_core(funnels, arrived, CUT_MS, lateness_ms=LATENESS_MS)
+    sql = compute(funnels, arrived, CUT_MS, retention_ms)
+    core = run_core(funnels, arrived, CUT_MS, lateness_ms=LATENESS_MS, retention_ms=retention_ms)
     assert core.late == []
     assert_same("windows", sql.windows, core.windows)
     assert_same("segments", sql.segments, core.segments)
@@ -328,6 +331,41 @@ NEW_RULES["attribution"] = (
     ),
 )
 
+# First-time stages (spec: "First-time steps"), with a retention the generated gaps straddle:
+# a gap of exactly 30 s remembers, 45 s and 61 s forget.
+FIRST_TIME_RETENTION_MS = 30_000
+_FIRST_CART = {**_STAGES[1], "first_time": True}
+NEW_RULES["first_time"] = (
+    _mode(
+        "first_landing",
+        stages=[{**STRICT_STAGES[0], "first_time": True}, *STRICT_STAGES[1:]],
+        abandonment=["cart", "payment"],
+    ),
+    _mode("first_cart_repeated", stages=[_STAGES[0], _FIRST_CART, _MORE, *_STAGES[2:]]),
+    _mode("first_cart_strict", order="strict", stages=[_STAGES[0], _FIRST_CART, *_STAGES[2:]]),
+    _mode(
+        "first_payment_unordered",
+        order="unordered",
+        stages=[*_STAGES[:2], {**_STAGES[2], "first_time": True}, _STAGES[3]],
+    ),
+)
+
+
+# Uniques (spec: "Uniques and totals"): a retention shorter than the window, which a funnel
+# counting units raises to the window (else a unit forgotten mid-window would count twice).
+UNIQUES_RETENTION_MS = 5_000
+NEW_RULES["uniques"] = (
+    _mode("unique", stages=STRICT_STAGES, abandonment=["cart", "payment"], uniques=True),
+    _mode("unique_strict", order="strict", uniques=True),
+    _mode("unique_unordered", order="unordered", uniques=True),
+    _mode(
+        "unique_optional_latest",
+        reentry="latest",
+        stages=[_STAGES[0], {**_STAGES[1], "optional": True}, *_STAGES[2:]],
+        uniques=True,
+    ),
+)
+
 
 @st.composite
 def product_batch(draw: Any, size: int, cases_of: Any = None) -> list[list[dict[str, Any]]]:
@@ -374,6 +412,12 @@ def test_attribution_core_equals_sql(cases: list[list[dict[str, Any]]], seed: in
     _compare(NEW_RULES["attribution"], cases, seed)
 
 
+@given(cases=batch(40), seed=st.integers(0, 2**32))
+@settings(NEW_MODE_BATCHES, max_examples=8)
+def test_first_time_core_equals_sql(cases: list[list[dict[str, Any]]], seed: int) -> None:
+    _compare(NEW_RULES["first_time"], cases, seed, FIRST_TIME_RETENTION_MS)
+
+
 USER_FUNNELS = (
     _mode("users", follows="user", stages=STRICT_STAGES, abandonment=["cart", "payment"]),
     _mode("users_strict", follows="user", order="strict", step_timeout="30s"),
@@ -415,6 +459,20 @@ def user_batch(draw: Any, size: int) -> list[list[dict[str, Any]]]:
     return cases
 
 
+@given(cases=batch(40), seed=st.integers(0, 2**32))
+@settings(NEW_MODE_BATCHES, max_examples=8)
+def test_uniques_core_equals_sql(cases: list[list[dict[str, Any]]], seed: int) -> None:
+    _compare(NEW_RULES["uniques"], cases, seed, UNIQUES_RETENTION_MS)
+
+
+@given(cases=user_batch(30), seed=st.integers(0, 2**32))
+@settings(NEW_MODE_BATCHES, max_examples=10)
+def test_user_uniques_core_equals_sql(cases: list[list[dict[str, Any]]], seed: int) -> None:
+    """Users across sessions and devices: the case where units and attempts differ most."""
+    funnels = tuple(f.model_copy(update={"uniques": True}) for f in USER_FUNNELS)
+    _compare(funnels, cases, seed, UNIQUES_RETENTION_MS)
+
+
 @given(cases=user_batch(30), seed=st.integers(0, 2**32))
 @MODE_BATCHES
 def test_user_units_core_equals_sql(cases: list[list[dict[str, Any]]], seed: int) -> None:
@@ -422,12 +480,21 @@ def test_user_units_core_equals_sql(cases: list[list[dict[str, Any]]], seed: int
 
 
 def _compare(
-    funnels: tuple[FunnelDefinition, ...], cases: list[list[dict[str, Any]]], seed: int
+    funnels: tuple[FunnelDefinition, ...],
+    cases: list[list[dict[str, Any]]],
+    seed: int,
+    retention_ms: int = 10**12,
 ) -> None:
     events = [event for events in cases for event in events]
     note(f"arrival seed {seed}; {len(cases)} cases, {len(events)} events")
-    sql = compute(funnels, events, END)
-    core = run_core(funnels, arrival(events, seed), END, lateness_ms=LATENESS_MS)
+    sql = compute(funnels, events, END, retention_ms)
+    core = run_core(
+        funnels,
+        arrival(events, seed),
+        END,
+        lateness_ms=LATENESS_MS,
+        retention_ms=retention_ms,
+    )
     assert core.late == []
     assert_same("windows", sql.windows, core.windows)
     assert_same("segments", sql.segments, core.segments)
@@ -458,4 +525,10 @@ def test_new_rules_core_equals_sql_before_everything_is_decided(
     """Repeated types, re-entry, hold and attribution at a watermark inside the data: open
     attempts, restarts and held values not decided yet, windows not final."""
     note(name)
-    _compare_cut((NEW_RULE_FUNNELS[name],), cases, seed)
+    funnel = NEW_RULE_FUNNELS[name]
+    retention = 10**12
+    if funnel in NEW_RULES["first_time"]:
+        retention = FIRST_TIME_RETENTION_MS
+    elif funnel in NEW_RULES["uniques"]:
+        retention = UNIQUES_RETENTION_MS
+    _compare_cut((funnel,), cases, seed, retention)

@@ -20,6 +20,7 @@ from streamer.events import ReplayReport
 from streamer.funnel.definition import FunnelDefinition, load_funnel
 from streamer.plan.compile import CompiledPlan, PlannedEvent, compile_plan
 from streamer.plan.load import load_plan
+from streamer.settings import Settings
 from tests.oracle import compute
 from tests.support.compare import assert_replay_equals_oracle
 from tests.support.datasets import otto_sample
@@ -90,7 +91,10 @@ def oracle_rows(plan: CompiledPlan, lines: list[bytes], start: str, end: str) ->
 def assert_equals_oracle(
     result: ReplayReport, funnel: FunnelDefinition, rows: list[Any], end: str
 ) -> None:
-    expected = compute([funnel], rows, round(datetime.fromisoformat(end).timestamp() * 1000))
+    # The report's engine keeps a unit's state for the default session retention, which
+    # bounds what first-time stages remember (spec: "First-time steps").
+    end_ms = round(datetime.fromisoformat(end).timestamp() * 1000)
+    expected = compute([funnel], rows, end_ms, round(Settings().session_retention_seconds * 1000))
     [replayed] = result.funnels
     assert_replay_equals_oracle(replayed, funnel, expected)
 
@@ -276,12 +280,17 @@ EVERY_MODE = {
     "otto_optional": "stages: [{name: click, event_types: [clicks]}, "
     "{name: cart, event_types: [carts], optional: true}, {name: order, event_types: [orders]}]\n"
     "abandonment: [cart]",
+    "otto_uniques": "uniques: true\nstages: [{name: click, event_types: [clicks]}, "
+    "{name: cart, event_types: [carts]}, {name: order, event_types: [orders]}]",
+    "otto_first_cart": "stages: [{name: click, event_types: [clicks]}, "
+    "{name: cart, event_types: [carts], first_time: true}, {name: order, event_types: [orders]}]",
 }
 
 
 def test_a_file_gives_the_oracles_numbers_in_every_mode(tmp_path: Path) -> None:
-    """Issue 29 item 13: strict, unordered, exclusion and optional-step funnels over one export
-    (the OTTO sample), each equal to the SQL oracle, final at the end and open in the middle."""
+    """Issue 29 item 13: strict, unordered, exclusion, optional-step, uniques and first-time
+    funnels over one export (the OTTO sample), each equal to the SQL oracle (units included),
+    final at the end and open in the middle."""
     folder = tmp_path / "funnels"
     folder.mkdir()
     for name, body in EVERY_MODE.items():
@@ -302,10 +311,14 @@ def test_a_file_gives_the_oracles_numbers_in_every_mode(tmp_path: Path) -> None:
             one = result.model_copy(update={"funnels": [replayed]})
             assert_equals_oracle(one, funnels[replayed.funnel], rows, end)
         totals = {f.funnel: f.totals.stages for f in result.funnels}
+        by_name = {f.funnel: f for f in result.funnels}
         # Each mode's own rule acted on this data: an exclusion excluded, a strict break
         # dropped, an optional stage was skipped (more went on from click than reached cart).
         assert totals["otto_excluding"][0].excluded > 0
         assert totals["otto_strict"][0].dropped > 0
         optional = totals["otto_optional"]
         assert optional[0].converted > optional[1].entered
+        # Units (equal to the oracle's above) only where the funnel counts them.
+        assert all(s.units is not None for w in by_name["otto_uniques"].windows for s in w.stages)
+        assert all(s.units is None for s in totals["otto_strict"])
     assert sum(s.open for s in totals["otto_unordered"]) > 0  # the middle: open attempts

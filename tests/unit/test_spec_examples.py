@@ -57,18 +57,27 @@ def events(*spec: tuple[Any, ...]) -> list[dict[str, Any]]:
 
 
 def both(
-    evs: list[dict[str, Any]], watermark_ms: int = END, definition: FunnelDefinition | None = None
+    evs: list[dict[str, Any]],
+    watermark_ms: int = END,
+    definition: FunnelDefinition | None = None,
+    retention_ms: int = 10**12,
 ) -> tuple[CoreResult, OracleResult]:
     definition = definition or funnel()
-    core = run_core([definition], evs, watermark_ms)
-    sql = compute([definition], evs, watermark_ms)
+    core = run_core([definition], evs, watermark_ms, retention_ms=retention_ms)
+    sql = compute([definition], evs, watermark_ms, retention_ms)
     assert_same("windows", sql.windows, core.windows)
     assert_same("segments", sql.segments, core.segments)
     assert_same("abandonments", sql.abandonments, core.abandonments)
     assert_same("final", sql.final, core.final)
     assert_final_consistent(core)
     # The arrival order of the events never matters.
-    reverse = run_core([definition], list(reversed(evs)), watermark_ms, lateness_ms=10**9)
+    reverse = run_core(
+        [definition],
+        list(reversed(evs)),
+        watermark_ms,
+        lateness_ms=10**9,
+        retention_ms=retention_ms,
+    )
     assert (reverse.windows, reverse.abandonments) == (core.windows, core.abandonments)
     return core, sql
 
@@ -647,3 +656,83 @@ def test_43_step_attribution_at_one_instant() -> None:
     )
     assert attribution(core, "land") == ("ios", "ios", "unknown")
     assert attribution(core, "cart") == ("ios", "ios", "ios")
+
+
+# --- First-time steps (examples 44 to 46) ------------------------------------------------
+RETENTION_MS = 600 * S  # session_retention_seconds' default: the memory of a session funnel
+
+
+def first_time() -> FunnelDefinition:
+    """``Ff``: F with land and cart first-time stages."""
+    base = funnel()
+    stages = tuple(
+        stage.model_copy(update={"first_time": stage.name in ("land", "cart")})
+        for stage in base.stages
+    )
+    return base.model_copy(update={"stages": stages})
+
+
+def test_44_only_the_first_landing_starts_an_attempt() -> None:
+    spec = [("land", 0), ("land", 30), ("cart", 32)]
+    core, _ = both(events(*spec), definition=first_time(), retention_ms=RETENTION_MS)
+    assert counts(core, 0, "land") == (1, 0, 1, 0)
+    assert not any(key[1] == 30 * S for key in core.windows)
+    plain, _ = both(events(*spec), retention_ms=RETENTION_MS)
+    assert counts(plain, 30, "land") == (1, 1, 0, 0)
+    assert ttc(plain, 30, "land") == 2000
+
+
+def test_45_used_up_outside_an_attempt_and_one_instant() -> None:
+    core, _ = both(
+        events(("cart", 0), ("land", 2), ("cart", 5)),
+        definition=first_time(),
+        retention_ms=RETENTION_MS,
+    )
+    assert counts(core, 0, "land") == (1, 0, 1, 0)
+    one_instant, _ = both(
+        events(("land", 0), ("cart", 3, "a"), ("cart", 3, "b"), ("cart", 4)),
+        definition=first_time(),
+        retention_ms=RETENTION_MS,
+    )
+    assert counts(one_instant, 0, "land") == (1, 1, 0, 0)
+    assert ttc(one_instant, 0, "land") == 3000
+    assert counts(one_instant, 0, "cart") == (1, 0, 1, 0)
+
+
+def test_46_forgotten_after_a_silence_longer_than_the_retention() -> None:
+    core, _ = both(
+        events(("land", 0), ("land", 300), ("land", 1000), ("cart", 1005)),
+        definition=first_time(),
+        retention_ms=RETENTION_MS,
+    )
+    assert counts(core, 0, "land") == (1, 0, 1, 0)
+    assert not any(key[1] == 300 * S for key in core.windows)
+    assert counts(core, 1000, "land") == (1, 1, 0, 0)
+    assert ttc(core, 1000, "land") == 5000
+
+
+# --- Uniques and totals (examples 47 and 48) ---------------------------------------------
+def units(result: CoreResult | OracleResult, start_s: int, stage: str) -> tuple[int, int]:
+    numbers = result.windows[("f", start_s * S, stage)]
+    return numbers["entered"], numbers["units"]
+
+
+def test_47_two_attempts_of_one_unit_count_once() -> None:
+    core, _ = both(
+        events(("land", 0), ("cart", 1), ("pay", 2), ("order", 3), ("land", 4), ("cart", 5)),
+        definition=funnel(uniques=True),
+    )
+    assert units(core, 0, "land") == (2, 1)
+    assert units(core, 0, "cart") == (2, 1)
+    assert units(core, 0, "pay") == (1, 1)
+    assert units(core, 0, "order") == (1, 1)
+
+
+def test_48_each_stage_counts_its_units_in_its_own_window() -> None:
+    core, _ = both(
+        events(("land", 3, {"session": "b"}), ("land", 5, {"session": "a"}),
+               ("cart", 12, {"session": "a"})),
+        definition=funnel(uniques=True),
+    )  # fmt: skip
+    assert units(core, 0, "land") == (2, 2)
+    assert units(core, 10, "cart") == (1, 1)
