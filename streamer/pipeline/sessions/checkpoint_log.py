@@ -124,11 +124,19 @@ class StoredLog:
     stale: list[str] = field(default_factory=list)  # keys to delete at the next write-out
     first_edition: bool = False  # stored one key per session and window: write a full log
     cut_short: list[int] = field(default_factory=list)  # deltas of a write-out cut short
+    # Read ``since`` a position: what the deltas from there on delete (an update after a
+    # deletion takes the id out again).
+    deleted_sessions: set[str] = field(default_factory=set)
+    deleted_windows: set[tuple[int, int]] = field(default_factory=set)
 
 
-def read_log(table: Mapping[str, bytes], partition: int, names: dict[str, int]) -> StoredLog:
+def read_log(
+    table: Mapping[str, bytes], partition: int, names: dict[str, int], since: int = 0
+) -> StoredLog:
     """The log of ``partition`` in ``table``, replayed: deltas in order (deletions, then
-    updates); a window of a funnel not in ``names`` (funnel name -> index) is left out."""
+    updates); a window of a funnel not in ``names`` (funnel name -> index) is left out.
+    ``since``: only the deltas from that sequence number on are decoded (a local view holds
+    the log up to there), their deletions kept in ``deleted_sessions``/``deleted_windows``."""
     meta_raw = table.get(meta_key(partition))
     log = StoredLog(orjson.loads(meta_raw) if meta_raw is not None else {})
     log.first, log.next_seq = (int(seq) for seq in log.meta.get("log", (0, 0)))
@@ -139,16 +147,22 @@ def read_log(table: Mapping[str, bytes], partition: int, names: dict[str, int]) 
         if raw is None:
             raise RuntimeError(f"partition {partition}: checkpoint record {key} is missing")
         log.log_bytes += len(raw)
+        if int(key.rsplit(":", 1)[1]) < since:
+            continue  # the view has it
         delta = orjson.loads(raw)
         for session_id in delta["ds"]:
             log.sessions.pop(session_id, None)
+            log.deleted_sessions.add(session_id)
         log.sessions.update(delta["s"])
+        log.deleted_sessions.difference_update(delta["s"])
         for window in delta["dw"]:
             if (window_key := _window_id(window, names)) is not None:
                 log.windows.pop(window_key, None)
+                log.deleted_windows.add(window_key)
         for window, counts in delta["w"].items():
             if (window_key := _window_id(window, names)) is not None:
                 log.windows[window_key] = counts
+                log.deleted_windows.discard(window_key)
     if log.meta and "log" not in log.meta:
         # Stored by the first edition (one key per session and window): loaded, written
         # again as a log by the first checkpoint, then deleted.

@@ -9,15 +9,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from streamer.formatting import watermark_text
 from streamer.funnel.session import NEVER, CompiledFunnel
 from streamer.funnel.task import Task
-from streamer.pipeline.sessions.checkpoint_log import read_log
-from streamer.pipeline.sessions.unit_store import UnitStore
+from streamer.funnel.windows import WindowCounts
+from streamer.pipeline.sessions.checkpoint_log import StoredLog, meta_key, read_log
+from streamer.pipeline.sessions.unit_store import UnitStore, view_position
 
 __all__ = ["TaskRuntime", "restore_runtime"]
 
 log = logging.getLogger(__name__)
+
+# Owners a log's meta record remembers (a store written by an older one is rebuilt).
+MAX_OWNERS = 32
 
 
 @dataclass
@@ -51,6 +57,9 @@ class TaskRuntime:
     # Grows with every restore (new owner, restart): this owner's partials supersede those of
     # earlier owners of the partition, whatever their input offsets.
     generation: int = 0
+    # Unit tasks: each owner's generation with the log position it restored from, newest
+    # last, in the log's meta record (a local store's position is checked against it).
+    owners: list[list[int]] = field(default_factory=list)
     # Funnels added since the checkpoint, whose open sessions are still to be rebuilt from
     # the input the checkpoint reflects (see ``streamer.pipeline.sessions.catch_up``).
     catch_up: tuple[int, ...] = ()
@@ -70,9 +79,19 @@ def restore_runtime(
     store: UnitStore | None = None,
 ) -> tuple[TaskRuntime, dict[str, Any]]:
     """Task ``partition`` as its checkpoint log in ``table`` left it, and the log's meta record
-    (empty: no checkpoint yet). With ``store`` (empty), the task's units live there: rebuilt
-    from the log, then stored at once so that the cache can let go of them."""
+    (empty: no checkpoint yet). With ``store``, the task's units live there: if the log vouches
+    for what it holds (:func:`view_position`), only the log's newer deltas are read and applied
+    to it; else it is emptied, rebuilt from the whole log, and stored at once so that the
+    cache can let go of the units."""
     started = time.perf_counter()
+    names = {f.name: i for i, f in enumerate(funnels)}
+    meta_raw = table.get(meta_key(partition))
+    log_meta: dict[str, Any] = orjson.loads(meta_raw) if meta_raw is not None else {}
+    since: int | None = None
+    if store is not None:
+        since = view_position(store.meta, log_meta, list(names))
+        if since is None:
+            store.clear()
     task = Task(
         funnels,
         partition,
@@ -82,8 +101,7 @@ def restore_runtime(
         wakes=None if store is None else store.wakes,
     )
     runtime = TaskRuntime(task, store=store)
-    names = {f.name: i for i, f in enumerate(funnels)}
-    stored = read_log(table, partition, names)
+    stored = read_log(table, partition, names, since=since or 0)
     meta, first, next_seq = stored.meta, stored.first, stored.next_seq
     runtime.compact_next = stored.first_edition
     runtime.log_first, runtime.log_next = first, next_seq
@@ -111,11 +129,11 @@ def restore_runtime(
         runtime.catch_up = tuple(
             index for name, index in names.items() if name not in stored_funnels
         )
-    task.restore(
-        int(meta.get("watermark", NEVER)), stored.sessions.items(), stored.windows, stored_funnels
-    )
-    if store is not None:
-        store.commit(task.encode_sessions(list(stored.sessions)), (), {"log": [first, next_seq]})
+    watermark = int(meta.get("watermark", NEVER))
+    if store is not None and since is not None:
+        _catch_up_store(task, store, stored, watermark)
+    else:
+        task.restore(watermark, stored.sessions.items(), stored.windows, stored_funnels)
     runtime.offsets = {str(k): int(v) for k, v in meta.get("offsets", {}).items()}
     for topic in topics:
         # Nothing of this input applied yet: it starts at the log's start (the group
@@ -128,16 +146,50 @@ def restore_runtime(
     # Wall-clock milliseconds only order the owners of a partition (never a funnel decision):
     # monotonic even if the previous owner died before its first checkpoint.
     runtime.generation = max(int(meta.get("generation", 0)) + 1, round(time.time() * 1000))
+    if store is not None:
+        # What the log says up to its meta, written by its last writer: a view of that.
+        store.commit(
+            task.encode_sessions(stored.sessions),
+            () if since is None else stored.deleted_sessions,
+            {
+                "log": [first, next_seq],
+                "generation": meta.get("generation", 0),
+                "funnels": list(names),
+                "index": task.index_record(),
+            },
+        )
+        runtime.owners = [
+            *meta.get("owners", ())[-(MAX_OWNERS - 1) :],
+            [runtime.generation, next_seq],
+        ]
     log.info(
         "partition %d: restored %d sessions, %d open windows from %d records (%d bytes), "
-        "watermark %s, offsets %s (%.2fs)",
+        "watermark %s, offsets %s (%.2fs)%s",
         partition,
-        len(stored.sessions),
-        len(stored.windows),
+        len(task.sessions),
+        len(task.windows),
         next_seq - first,
         stored.log_bytes,
         watermark_text(task.watermark_ms),
         meta.get("offsets") or "none (first start)",
         time.perf_counter() - started,
+        ""
+        if since is None
+        else f"; units on disk kept, {len(stored.sessions) + len(stored.deleted_sessions)} "
+        f"changed by the {next_seq - since} newer records",
     )
     return runtime, meta
+
+
+def _catch_up_store(task: Task, store: UnitStore, stored: StoredLog, watermark_ms: int) -> None:
+    """Resume ``task`` from the store's indexes, then apply what the log's newer deltas (in
+    ``stored``) change: units, windows."""
+    task.resume(watermark_ms, store.meta["index"])
+    for session_id in stored.deleted_sessions:
+        task.replace_stored(session_id, None)
+    for session_id, saved in stored.sessions.items():
+        task.replace_stored(session_id, saved)
+    for key in stored.deleted_windows:
+        task.windows.pop(key, None)
+    for key, counts in stored.windows.items():
+        task.windows[key] = WindowCounts.from_json(counts)
