@@ -1,6 +1,9 @@
 """Open units on disk (``streamer.pipeline.sessions.unit_store``) alone: resident memory and disk
 bytes per stored unit, a read with a warm cache beside one with a cold cache, and the time to
-reopen the store. ``python -m benchmarks.unit_store [--units N] [--cache N] [--out FILE]``.
+reopen the store, and the restart of a unit task with that many units stored: rebuilt from the
+checkpoint log (the whole log read, every unit written again) beside kept (the store's meta
+record vouched for by the log: only newer deltas read).
+``python -m benchmarks.unit_store [--units N] [--cache N] [--out FILE]``.
 
 Every unit is a copy of a real open session of the checkout funnel (made by the core from two
 worker-decoded events, as ``benchmarks.core`` makes them) under its own id, with a wake time;
@@ -21,10 +24,13 @@ from pathlib import Path
 
 import orjson
 
-from streamer.funnel.task import SessionState
+from streamer.funnel.session import NEVER
+from streamer.funnel.task import Checkpoint, SessionState
+from streamer.pipeline.sessions.checkpoint_log import delta_key, encode_delta, meta_key
+from streamer.pipeline.sessions.runtime import restore_runtime
 from streamer.pipeline.sessions.unit_store import UnitStore
 
-from .core import _open_sessions, _rss_bytes
+from .core import _funnels, _open_sessions, _rss_bytes
 
 _BATCH = 50_000
 _READS = 20_000
@@ -40,6 +46,9 @@ class StoreResult:
     cold_read_us: float  # a unit read back from the disk (decoded)
     commit_us_per_unit: float
     reopen_s: float  # open the store again and count its units
+    restart_rebuild_s: float  # restore_runtime on an empty store: the whole log read
+    restart_kept_s: float  # restore_runtime on the store the log vouches for
+    log_bytes_per_unit: float  # the checkpoint log's full record of the units
     seconds: float
 
 
@@ -97,6 +106,7 @@ def measure(units: int, cache_units: int, folder: Path) -> StoreResult:
         raise RuntimeError(f"reopened with {len(again.sessions)} units, stored {units}")
     reopen = time.perf_counter() - began
     again.close()
+    rebuild, kept, log_bytes = _restarts(units, cache_units, template, folder)
     return StoreResult(
         units=units,
         cache_units=cache_units,
@@ -106,8 +116,60 @@ def measure(units: int, cache_units: int, folder: Path) -> StoreResult:
         cold_read_us=cold,
         commit_us_per_unit=commit_seconds / units * 1e6,
         reopen_s=reopen,
+        restart_rebuild_s=rebuild,
+        restart_kept_s=kept,
+        log_bytes_per_unit=log_bytes / units,
         seconds=time.perf_counter() - started,
     )
+
+
+def _restarts(
+    units: int, cache_units: int, template: list[object], folder: Path
+) -> tuple[float, float, int]:
+    """A unit task's restore with ``units`` in its checkpoint log (one full write-out, as a
+    compaction leaves it): on an empty store (rebuilt: today's every start, and a new owner's)
+    and on the store that start left (kept: a restart on the same disk). Returns both times
+    and the log's bytes."""
+    funnels = _funnels()
+    names = [f.name for f in funnels]
+    table: dict[str, bytes] = {}
+    saved = Checkpoint(watermark_ms=NEVER)
+    for index in range(units):
+        state = SessionState.from_json(f"user-{index:09d}", template)  # type: ignore[arg-type]
+        state.recent_ids = index.to_bytes(8, "big")
+        state.last_event_ms += index * 37
+        saved.sessions[state.session_id] = state.encodable()
+    records = encode_delta(saved, names)
+    del saved
+    for seq, record in enumerate(records):
+        table[delta_key(0, seq)] = record
+    generation = 1
+    table[meta_key(0)] = orjson.dumps(
+        {
+            "generation": generation,
+            "watermark": NEVER,
+            "offsets": {"units": units},
+            "log": [0, len(records)],
+            "funnels": names,
+            "owners": [[generation, 0]],
+        }
+    )
+    log_bytes = sum(len(record) for record in records)
+    del records
+    times = []
+    for _ in ("rebuilt", "kept"):
+        store = UnitStore(folder / "restart", cache_units=cache_units)
+        began = time.perf_counter()
+        runtime, _ = restore_runtime(
+            table, 0, funnels, retention_ms=600_000, topics=("units",), store=store
+        )
+        times.append(time.perf_counter() - began)
+        if len(runtime.task.sessions) != units:
+            raise RuntimeError(f"restored {len(runtime.task.sessions)} units, stored {units}")
+        store.close()
+        del runtime
+        gc.collect()
+    return times[0], times[1], log_bytes
 
 
 def main() -> None:
