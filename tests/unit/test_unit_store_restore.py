@@ -20,7 +20,7 @@ from streamer.funnel.definition import FunnelDefinition, load_funnel
 from streamer.metrics import Metrics
 from streamer.pipeline.messages import SourceMessage
 from streamer.pipeline.sessions import SessionsStage
-from streamer.pipeline.sessions.checkpoint_log import meta_key
+from streamer.pipeline.sessions.checkpoint_log import delta_key, meta_key, read_log
 from streamer.pipeline.sessions.unit_store import view_position
 from streamer.pipeline.units import UNIT_SOURCE, UnitForwarder
 from tests.support.stage_harness import NOW, NOW_MS, Recorder, valid_event
@@ -285,3 +285,22 @@ def test_the_log_vouches_only_for_a_store_it_holds_every_record_of() -> None:
     assert view_position(view, {**later, "owners": [[20, 5]]}, funnels) is None  # forgotten
     stranger = {**view, "generation": 15}  # another cluster's, or pruned from the owners
     assert view_position(stranger, {**later, "owners": [[10, 0], [20, 5]]}, funnels) is None
+
+
+def test_reading_the_log_since_a_position_decodes_only_the_newer_deltas() -> None:
+    """The deltas before the position are not read (a kept store has them); those of a
+    write-out cut short after the live range are found without scanning the table's keys."""
+
+    def delta(unit: str) -> bytes:
+        return orjson.dumps({"s": {unit: [1]}, "ds": [], "w": {}, "dw": []})
+
+    table = {
+        meta_key(0): orjson.dumps({"log": [0, 2]}),
+        delta_key(0, 0): b"not json: never read",
+        delta_key(0, 1): delta("u-1"),
+        delta_key(0, 2): delta("u-2"),  # cut short: its meta was never written
+    }
+    stored = read_log(table, 0, {}, since=1)
+    assert stored.sessions == {"u-1": [1]}
+    assert stored.cut_short == [2]
+    assert stored.log_bytes == len(table[delta_key(0, 1)])

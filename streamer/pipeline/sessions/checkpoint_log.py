@@ -131,24 +131,33 @@ class StoredLog:
 
 
 def read_log(
-    table: Mapping[str, bytes], partition: int, names: dict[str, int], since: int = 0
+    table: Mapping[str, bytes], partition: int, names: dict[str, int], since: int | None = None
 ) -> StoredLog:
     """The log of ``partition`` in ``table``, replayed: deltas in order (deletions, then
     updates); a window of a funnel not in ``names`` (funnel name -> index) is left out.
-    ``since``: only the deltas from that sequence number on are decoded (a local view holds
-    the log up to there), their deletions kept in ``deleted_sessions``/``deleted_windows``."""
+
+    ``since``: a local view holds the log up to that sequence number. Only the deltas from
+    there on are read (``log_bytes`` counts those alone), their deletions kept in
+    ``deleted_sessions``/``deleted_windows``; the table's keys are not scanned (that reads the
+    whole log): the deltas of a write-out cut short are found after the live range, where
+    they are, and older leftovers wait for a restore that reads everything."""
     meta_raw = table.get(meta_key(partition))
     log = StoredLog(orjson.loads(meta_raw) if meta_raw is not None else {})
     log.first, log.next_seq = (int(seq) for seq in log.meta.get("log", (0, 0)))
-    live = {delta_key(partition, seq) for seq in range(log.first, log.next_seq)}
-    log.stale = [key for key in list(table.keys()) if _owned(key, partition, live)]
+    live = {delta_key(partition, seq) for seq in range(max(log.first, since or 0), log.next_seq)}
+    if since is None:
+        live_range = {delta_key(partition, seq) for seq in range(log.first, log.next_seq)}
+        log.stale = [key for key in list(table.keys()) if _owned(key, partition, live_range)]
+    else:
+        after = log.next_seq
+        while delta_key(partition, after) in table:
+            log.stale.append(delta_key(partition, after))
+            after += 1
     for key in sorted(live):
         raw = table.get(key)
         if raw is None:
             raise RuntimeError(f"partition {partition}: checkpoint record {key} is missing")
         log.log_bytes += len(raw)
-        if int(key.rsplit(":", 1)[1]) < since:
-            continue  # the view has it
         delta = orjson.loads(raw)
         for session_id in delta["ds"]:
             log.sessions.pop(session_id, None)

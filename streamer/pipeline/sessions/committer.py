@@ -195,6 +195,7 @@ class Committer:
                     "generation": runtime.generation,
                     "funnels": self._funnel_names,
                     "index": index,
+                    "log_bytes": runtime.full_bytes + runtime.delta_bytes,  # of the live range
                 },
                 pinned=task.unsaved_session_ids,
             )

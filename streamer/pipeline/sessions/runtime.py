@@ -101,7 +101,7 @@ def restore_runtime(
         wakes=None if store is None else store.wakes,
     )
     runtime = TaskRuntime(task, store=store)
-    stored = read_log(table, partition, names, since=since or 0)
+    stored = read_log(table, partition, names, since=since)
     meta, first, next_seq = stored.meta, stored.first, stored.next_seq
     runtime.compact_next = stored.first_edition
     runtime.log_first, runtime.log_next = first, next_seq
@@ -110,8 +110,10 @@ def restore_runtime(
         # their keys (the deletes would drop them), and the log must stay one range.
         runtime.log_next = max(next_seq, max(stored.cut_short) + 1)
         runtime.compact_next = True
-    # The restored log counts as the full start: compaction once deltas outweigh it.
-    runtime.full_bytes, runtime.delta_bytes = stored.log_bytes, 0
+    # The restored log counts as the full start: compaction once deltas outweigh it. (A kept
+    # store knows the bytes of the log it holds: they were not read again.)
+    held_bytes = 0 if since is None or store is None else int(store.meta.get("log_bytes", 0))
+    runtime.full_bytes, runtime.delta_bytes = held_bytes + stored.log_bytes, 0
     runtime.stale_keys = stored.stale
     stored_funnels = meta.get("funnels")  # absent before funnels were recorded
     if stored_funnels is not None and stored_funnels != list(names):
@@ -156,6 +158,7 @@ def restore_runtime(
                 "generation": meta.get("generation", 0),
                 "funnels": list(names),
                 "index": task.index_record(),
+                "log_bytes": runtime.full_bytes,
             },
         )
         runtime.owners = [
