@@ -15,7 +15,7 @@ from streamer.formatting import watermark_text
 from streamer.funnel.session import NEVER, CompiledFunnel
 from streamer.funnel.task import Task
 from streamer.funnel.windows import WindowCounts
-from streamer.pipeline.sessions.checkpoint_log import StoredLog, meta_key, read_log
+from streamer.pipeline.sessions.checkpoint_log import Delta, meta_key, read_log
 from streamer.pipeline.sessions.unit_store import UnitStore, view_position
 
 __all__ = ["TaskRuntime", "restore_runtime"]
@@ -81,13 +81,14 @@ def restore_runtime(
     """Task ``partition`` as its checkpoint log in ``table`` left it, and the log's meta record
     (empty: no checkpoint yet). With ``store``, the task's units live there: if the log vouches
     for what it holds (:func:`view_position`), only the log's newer deltas are read and applied
-    to it; else it is emptied, rebuilt from the whole log, and stored at once so that the
-    cache can let go of the units."""
+    to it; else it is emptied and rebuilt from the whole log, a delta at a time, committed
+    every ``REBUILD_CHUNK_UNITS`` units so that the cache lets go of them."""
     started = time.perf_counter()
     names = {f.name: i for i, f in enumerate(funnels)}
     meta_raw = table.get(meta_key(partition))
     log_meta: dict[str, Any] = orjson.loads(meta_raw) if meta_raw is not None else {}
     since: int | None = None
+    loader: _StoreLoader | None = None
     if store is not None:
         since = view_position(store.meta, log_meta, list(names))
         if since is None:
@@ -100,8 +101,22 @@ def restore_runtime(
         sessions=None if store is None else store.sessions,
         wakes=None if store is None else store.wakes,
     )
+    if store is not None and (
+        since is not None
+        or not log_meta  # nothing stored yet
+        # (else the sessions' progress is realigned to changed funnels, or the log is of the
+        # first edition: loaded into memory, as without a store)
+        or (log_meta.get("funnels") == list(names) and "log" in log_meta)
+    ):
+        loader = _StoreLoader(task, store)
+        index = store.meta["index"] if since is not None else _NO_INDEX
+        task.resume(int(log_meta.get("watermark", NEVER)), index)
     runtime = TaskRuntime(task, store=store)
-    stored = read_log(table, partition, names, since=since)
+    # A kept store knows the bytes of the log it holds (they are not read again).
+    held_bytes = 0 if since is None or store is None else int(store.meta.get("log_bytes", 0))
+    stored = read_log(
+        table, partition, names, since=since, each=None if loader is None else loader.apply
+    )
     meta, first, next_seq = stored.meta, stored.first, stored.next_seq
     runtime.compact_next = stored.first_edition
     runtime.log_first, runtime.log_next = first, next_seq
@@ -110,9 +125,7 @@ def restore_runtime(
         # their keys (the deletes would drop them), and the log must stay one range.
         runtime.log_next = max(next_seq, max(stored.cut_short) + 1)
         runtime.compact_next = True
-    # The restored log counts as the full start: compaction once deltas outweigh it. (A kept
-    # store knows the bytes of the log it holds: they were not read again.)
-    held_bytes = 0 if since is None or store is None else int(store.meta.get("log_bytes", 0))
+    # The restored log counts as the full start: compaction once deltas outweigh it.
     runtime.full_bytes, runtime.delta_bytes = held_bytes + stored.log_bytes, 0
     runtime.stale_keys = stored.stale
     stored_funnels = meta.get("funnels")  # absent before funnels were recorded
@@ -131,10 +144,8 @@ def restore_runtime(
         runtime.catch_up = tuple(
             index for name, index in names.items() if name not in stored_funnels
         )
-    watermark = int(meta.get("watermark", NEVER))
-    if store is not None and since is not None:
-        _catch_up_store(task, store, stored, watermark)
-    else:
+    if loader is None:
+        watermark = int(meta.get("watermark", NEVER))
         task.restore(watermark, stored.sessions.items(), stored.windows, stored_funnels)
     runtime.offsets = {str(k): int(v) for k, v in meta.get("offsets", {}).items()}
     for topic in topics:
@@ -150,9 +161,10 @@ def restore_runtime(
     runtime.generation = max(int(meta.get("generation", 0)) + 1, round(time.time() * 1000))
     if store is not None:
         # What the log says up to its meta, written by its last writer: a view of that.
+        changed = stored.sessions if loader is None else loader.take_changed()
         store.commit(
-            task.encode_sessions(stored.sessions),
-            () if since is None else stored.deleted_sessions,
+            task.encode_sessions(changed),
+            (),
             {
                 "log": [first, next_seq],
                 "generation": meta.get("generation", 0),
@@ -178,21 +190,44 @@ def restore_runtime(
         time.perf_counter() - started,
         ""
         if since is None
-        else f"; units on disk kept, {len(stored.sessions) + len(stored.deleted_sessions)} "
+        else f"; units on disk kept, {0 if loader is None else loader.applied} "
         f"changed by the {next_seq - since} newer records",
     )
     return runtime, meta
 
 
-def _catch_up_store(task: Task, store: UnitStore, stored: StoredLog, watermark_ms: int) -> None:
-    """Resume ``task`` from the store's indexes, then apply what the log's newer deltas (in
-    ``stored``) change: units, windows."""
-    task.resume(watermark_ms, store.meta["index"])
-    for session_id in stored.deleted_sessions:
-        task.replace_stored(session_id, None)
-    for session_id, saved in stored.sessions.items():
-        task.replace_stored(session_id, saved)
-    for key in stored.deleted_windows:
-        task.windows.pop(key, None)
-    for key, counts in stored.windows.items():
-        task.windows[key] = WindowCounts.from_json(counts)
+# A rebuilt store is committed every so many units read from the log: the cache lets go.
+REBUILD_CHUNK_UNITS = 20_000
+_NO_INDEX: dict[str, Any] = {"windows": [], "open": [], "pending": []}
+
+
+class _StoreLoader:
+    """Applies the log's deltas to a task whose units are on disk (resumed from the store's
+    indexes, or from nothing: a rebuild), committing the store every
+    ``REBUILD_CHUNK_UNITS`` units with no meta of the log (a restore cut short rebuilds)."""
+
+    def __init__(self, task: Task, store: UnitStore) -> None:
+        self._task = task
+        self._store = store
+        self._changed: set[str] = set()
+        self.applied = 0
+
+    def apply(self, delta: Delta) -> None:
+        task, changed = self._task, self._changed
+        for session_id in delta.deleted_sessions:
+            task.replace_stored(session_id, None)
+            changed.discard(session_id)
+        for session_id, saved in delta.sessions.items():
+            task.replace_stored(session_id, saved)
+            changed.add(session_id)
+        self.applied += len(delta.deleted_sessions) + len(delta.sessions)
+        for key in delta.deleted_windows:
+            task.windows.pop(key, None)
+        for key, counts in delta.windows.items():
+            task.windows[key] = WindowCounts.from_json(counts)
+        if len(changed) >= REBUILD_CHUNK_UNITS:
+            self._store.commit(task.encode_sessions(self.take_changed()), (), {})
+
+    def take_changed(self) -> set[str]:
+        changed, self._changed = self._changed, set()
+        return changed
