@@ -287,7 +287,9 @@ def units_section(u: StoreResult | None) -> list[str]:
     """Open units of a user funnel on disk (``benchmarks.unit_store``)."""
     if u is None:
         return [f"Open units on disk: {NOT_MEASURED}."]
-    rebuild = "not run" if u.restart_rebuild_s is None else f"{u.restart_rebuild_s:.1f} s"
+    rebuild = "not run"
+    if u.restart_rebuild_s is not None:
+        rebuild = f"{u.restart_rebuild_s:.1f} s, peak +{u.restart_rebuild_peak_mib or 0:,.0f} MiB"
     return [
         f"{u.units:,} open units of a 14-day six-step user funnel (the checkout funnel followed "
         f"by user, each unit landed and at product_view) in one unit task's store on disk, "
@@ -308,7 +310,8 @@ def units_section(u: StoreResult | None) -> list[str]:
         f"| commit per changed unit | {u.commit_us_per_unit:.1f} µs |",
         f"| reopen the store | {u.reopen_s:.3f} s |",
         f"| unit task restore, store rebuilt from the log (empty store: a new owner) | {rebuild} |",
-        f"| unit task restore, store kept (the log vouches for it) | {u.restart_kept_s:.3f} s |",
+        f"| unit task restore, store kept (the log vouches for it) | {u.restart_kept_s:.3f} s, "
+        f"peak +{u.restart_kept_peak_mib:,.0f} MiB |",
     ]
 
 

@@ -20,6 +20,7 @@ import gc
 import random
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -61,7 +62,9 @@ class StoreResult:
     reopen_s: float  # open the store again and count its units
     log_bytes_per_unit: float  # the checkpoint log's full record of the units
     restart_rebuild_s: float | None  # restore_runtime on an empty store (None: not run)
+    restart_rebuild_peak_mib: float | None  # resident growth at most, meanwhile
     restart_kept_s: float  # restore_runtime on a store the log vouches for
+    restart_kept_peak_mib: float
     seconds: float
 
 
@@ -181,18 +184,46 @@ def _log(template: list[Any], units: int, funnel: CompiledFunnel) -> dict[str, b
     return table
 
 
-def _restart(table: dict[str, bytes], funnel: CompiledFunnel, path: Path, cache: int) -> float:
+class _PeakMemory:
+    """The largest resident set growth while in the block, sampled every 20 ms."""
+
+    def __init__(self) -> None:
+        self.peak_mib = 0.0
+        self._done = threading.Event()
+
+    def __enter__(self) -> _PeakMemory:
+        self._base = _rss_bytes()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.02):
+            self.peak_mib = max(self.peak_mib, (_rss_bytes() - self._base) / 2**20)
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+        self.peak_mib = max(self.peak_mib, (_rss_bytes() - self._base) / 2**20)
+
+
+def _restart(
+    table: dict[str, bytes], funnel: CompiledFunnel, path: Path, cache: int
+) -> tuple[float, float]:
+    """Seconds of the restore and the peak resident growth meanwhile (MiB)."""
     store = UnitStore(path, cache_units=cache)
+    gc.collect()
     began = time.perf_counter()
-    runtime, _ = restore_runtime(
-        table, 0, (funnel,), retention_ms=600_000, topics=("units",), store=store
-    )
+    with _PeakMemory() as memory:
+        runtime, _ = restore_runtime(
+            table, 0, (funnel,), retention_ms=600_000, topics=("units",), store=store
+        )
     seconds = time.perf_counter() - began
     units = int(orjson.loads(table[meta_key(0)])["offsets"]["units"])
     if len(runtime.task.sessions) != units:
         raise RuntimeError(f"restored {len(runtime.task.sessions)} units, stored {units}")
     store.close()
-    return seconds
+    return seconds, memory.peak_mib
 
 
 def measure(units: int, cache_units: int, folder: Path, *, rebuild: bool = True) -> StoreResult:
@@ -237,9 +268,9 @@ def measure(units: int, cache_units: int, folder: Path, *, rebuild: bool = True)
 
     table = _log(template, units, funnel)
     log_bytes = sum(len(value) for key, value in table.items() if key != meta_key(0))
-    rebuild_s = None
-    if rebuild:
-        rebuild_s = _restart(table, funnel, folder / "restart", cache_units)  # empty store
+    rebuild_s = rebuild_peak = None
+    if rebuild:  # on an empty store
+        rebuild_s, rebuild_peak = _restart(table, funnel, folder / "restart", cache_units)
         kept_path = folder / "restart"  # as that restore left it, vouched for by the log
     else:
         # The filled store, given the meta record the log vouches for (as a rebuild or a
@@ -257,7 +288,7 @@ def measure(units: int, cache_units: int, folder: Path, *, rebuild: bool = True)
             },
         )
         store.close()
-    kept_s = _restart(table, funnel, kept_path, cache_units)
+    kept_s, kept_peak = _restart(table, funnel, kept_path, cache_units)
     return StoreResult(
         units=units,
         cache_units=cache_units,
@@ -271,7 +302,9 @@ def measure(units: int, cache_units: int, folder: Path, *, rebuild: bool = True)
         reopen_s=reopen,
         log_bytes_per_unit=log_bytes / units,
         restart_rebuild_s=rebuild_s,
+        restart_rebuild_peak_mib=rebuild_peak,
         restart_kept_s=kept_s,
+        restart_kept_peak_mib=kept_peak,
         seconds=time.perf_counter() - started,
     )
 
