@@ -253,9 +253,8 @@ def measure(units: int, cache_units: int, folder: Path, *, rebuild: bool = True)
     in_cache = [f"user-{index:09d}" for index in range(units - min(cache_units, _EVENTS), units)]
     warm_event = _events_us(store, funnel, [rng.choice(in_cache) for _ in range(_EVENTS)])
     never_read = sorted(set(range(units - cache_units)) - {int(u[5:]) for u in cold_ids})
-    cold_event = _events_us(
-        store, funnel, [f"user-{index:09d}" for index in rng.sample(never_read, _EVENTS)]
-    )
+    cold_ids = [f"user-{i:09d}" for i in rng.sample(never_read, min(_EVENTS, len(never_read)))]
+    cold_event = _events_us(store, funnel, cold_ids)
     store.close()
     disk = sum(p.stat().st_size for p in (folder / "p0").rglob("*") if p.is_file())
 
