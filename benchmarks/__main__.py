@@ -8,6 +8,8 @@ pre-loaded data, written to ``docs/benchmarks.md``.
    with its event-loop lag (p99 and worst); then two worker processes in one group;
 4. a peer written with Quix Streams doing the same job in spirit;
 5. the core alone: bytes per open session (1M sessions), cost per event by session length;
+   open units of a user funnel on disk (``benchmarks.unit_store``, 1M units): memory, disk,
+   an event's cost with a warm and a cold cache, a restart rebuilt and kept;
 6. seconds from SIGKILL + restart of the worker to its first handled message (3 tries).
 
 Starts its own broker on free loopback ports in a temporary folder (or uses
@@ -33,16 +35,16 @@ from streamer.kafka_local import LocalKafka
 from streamer.settings import Settings
 from streamer.testing import free_port
 
-from . import core, kafka_runs, plan_runs
+from . import core, kafka_runs, plan_runs, unit_store
 from .data import load
 from .procs import ROOT, Children, terminate_on_sigterm
 from .report import Results, machine_facts, now, write_report
 
 PARTS = (
     "ceiling", "floor", "quix", "worker", "workers2", "rekey", "plan", "segment", "replay",
-    "restart", "core",
+    "restart", "core", "units",
 )  # fmt: skip
-KAFKA_PARTS = set(PARTS) - {"core"}
+KAFKA_PARTS = set(PARTS) - {"core", "units"}
 PARTIAL_REPORT = Path(tempfile.gettempdir()) / "streamer-benchmarks-partial.md"
 
 
@@ -61,6 +63,12 @@ def _parse() -> argparse.Namespace:
         type=int,
         default=1_000_000,
         help="open sessions for the core memory figure (default 1000000)",
+    )
+    parser.add_argument(
+        "--units",
+        type=int,
+        default=1_000_000,
+        help="open units of a user funnel on disk for the units part (default 1000000)",
     )
     parser.add_argument(
         "--only",
@@ -228,6 +236,29 @@ def _core_parts(
     )
 
 
+def _units_part(
+    args: argparse.Namespace, results: Results, children: Children, workdir: Path
+) -> None:
+    _say(f"units: {args.units:,} open units of a user funnel on disk (a process of its own)")
+    out = workdir / "units.json"
+    process = children.spawn(
+        ["-m", "benchmarks.unit_store", "--units", str(args.units), "--out", str(out)],
+        workdir / "units.log",
+    )
+    try:
+        process.wait(timeout=300 + args.units / 2000)
+    finally:
+        children.end(process)
+    if process.returncode != 0 or not out.exists():
+        raise RuntimeError(f"units run failed ({workdir / 'units.log'})")
+    results.units = unit_store.StoreResult(**orjson.loads(out.read_bytes()))
+    u = results.units
+    _say(
+        f"units: {u.rss_growth_mib:,.0f} MiB resident growth, {u.disk_bytes_per_unit:,.0f} B on "
+        f"disk per unit, restart kept {u.restart_kept_s:.2f} s ({u.seconds:.0f} s)"
+    )
+
+
 def main() -> int:
     args = _parse()
     terminate_on_sigterm()
@@ -262,6 +293,8 @@ def main() -> int:
             _kafka_parts(args, results, children, workdir, bootstrap)
         if "core" in args.parts:
             _core_parts(args, results, children, workdir)
+        if "units" in args.parts:
+            _units_part(args, results, children, workdir)
         ok = True
     except KeyboardInterrupt:
         _say("interrupted: stopping everything this run started")

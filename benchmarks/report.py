@@ -13,6 +13,7 @@ from .core import MemoryResult
 from .data import SESSIONS_PER_SECOND, Loaded
 from .faust_floor import LIFTED, WORKER_STREAM_BUFFER
 from .kafka_runs import RestartResult, WorkerResult
+from .unit_store import StoreResult
 
 __all__ = ["Results", "machine_facts", "write_report"]
 
@@ -81,6 +82,7 @@ class Results:
     restart: RestartResult | None = None
     memory: MemoryResult | None = None
     costs: dict[int, float] = field(default_factory=dict)
+    units: StoreResult | None = None  # open units of a user funnel on disk
     load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
     seconds: float = 0.0
 
@@ -285,6 +287,38 @@ def _core(r: Results) -> list[str]:
     return lines
 
 
+def units_section(u: StoreResult | None) -> list[str]:
+    """Open units of a user funnel on disk (``benchmarks.unit_store``)."""
+    if u is None:
+        return [f"Open units on disk: {NOT_MEASURED}."]
+    rebuild = "not run"
+    if u.restart_rebuild_s is not None:
+        rebuild = f"{u.restart_rebuild_s:.1f} s, peak +{u.restart_rebuild_peak_mib or 0:,.0f} MiB"
+    return [
+        f"{u.units:,} open units of a 14-day six-step user funnel (the checkout funnel followed "
+        f"by user, each unit landed and at product_view) in one unit task's store on disk, "
+        f"{u.cache_units:,} of them cached (`STREAMER_UNIT_CACHE`), run by "
+        f"`python -m benchmarks.unit_store --units {u.units}` in a process of its own "
+        "(docs/decisions/0009-open-units-on-disk.md):",
+        "",
+        "| measure | value |",
+        "|---|---:|",
+        f"| resident set growth with every unit stored, the cache full | "
+        f"{u.rss_growth_mib:,.0f} MiB |",
+        f"| on disk per unit (RocksDB files: state and wake index) | "
+        f"{u.disk_bytes_per_unit:,.0f} B |",
+        f"| in the checkpoint log per unit (its full record) | {u.log_bytes_per_unit:,.0f} B |",
+        f"| read a unit, cached / from disk | {u.warm_read_us:.1f} / {u.cold_read_us:.1f} µs |",
+        f"| an event to a cached unit / to a unit on disk only (offer, release, apply; "
+        f"a checkpoint every 1,000 events) | {u.warm_event_us:.0f} / {u.cold_event_us:.0f} µs |",
+        f"| commit per changed unit | {u.commit_us_per_unit:.1f} µs |",
+        f"| reopen the store | {u.reopen_s:.3f} s |",
+        f"| unit task restore, store rebuilt from the log (empty store: a new owner) | {rebuild} |",
+        f"| unit task restore, store kept (the log vouches for it) | {u.restart_kept_s:.3f} s, "
+        f"peak +{u.restart_kept_peak_mib:,.0f} MiB |",
+    ]
+
+
 def _restart(r: Results) -> list[str]:
     if not r.restart or not r.restart.seconds:
         return [f"Restart: {NOT_MEASURED}."]
@@ -372,6 +406,10 @@ def write_report(out: Path, r: Results, facts: list[tuple[str, str]]) -> None:
         "## The core alone (no Kafka)",
         "",
         *_core(r),
+        "",
+        "## Open units of a user funnel on disk",
+        "",
+        *units_section(r.units),
         "",
         "## Restart after SIGKILL",
         "",

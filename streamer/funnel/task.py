@@ -647,10 +647,58 @@ class Task:
             state = SessionState.from_json(session_id, saved)
             self.sessions[session_id] = state
             self._index_pending(state)
-            for index, progress in enumerate(state.progress):
-                if progress.attempt is not None:
-                    self.open_sessions[(index, progress.attempt.stage)] += 1
+            self._count_open(state, 1)
             self._schedule(state)
+
+    def index_record(self) -> dict[str, Any]:
+        """What :meth:`restore` rebuilds from every session, as JSON: the windows, the open
+        attempts per (funnel, stage) and the buffered events' times per session. A store
+        that keeps the sessions on disk keeps this beside them, so that :meth:`resume` need
+        not read every session (docs/decisions/0009-open-units-on-disk.md)."""
+        return {
+            "windows": [
+                [f, start, counts.to_json()] for (f, start), counts in self.windows.items()
+            ],
+            "open": [[f, stage, n] for (f, stage), n in self.open_sessions.items() if n],
+            "pending": [[at_ms, session_id] for at_ms, _, session_id in self._pending],
+        }
+
+    def resume(self, watermark_ms: int, record: Mapping[str, Any]) -> None:
+        """:meth:`restore` with the sessions already in ``self.sessions`` and their wakes in
+        the wake queue (on disk), and the rest from :meth:`index_record`."""
+        self.watermark_ms = watermark_ms
+        for f, start, counts in record["windows"]:
+            self.windows[(int(f), int(start))] = WindowCounts.from_json(counts)
+        for f, stage, count in record["open"]:
+            self.open_sessions[(int(f), int(stage))] += int(count)
+        for at_ms, session_id in record["pending"]:
+            self._sequence += 1
+            heapq.heappush(self._pending, (int(at_ms), self._sequence, str(session_id)))
+
+    def replace_stored(self, session_id: str, saved: list[Any] | None) -> None:
+        """Put one session as a later checkpoint stored it (None: it was deleted) over the one
+        resumed, keeping the indexes true (a resumed task catching up with newer deltas)."""
+        old = self.sessions.get(session_id)
+        wake_ms = NEVER
+        if old is not None:
+            self._count_open(old, -1)
+            wake_ms = old.wake_ms
+            if saved is None:
+                self._wakes.move(session_id, wake_ms, NEVER)
+                del self.sessions[session_id]
+        if saved is None:
+            return
+        state = SessionState.from_json(session_id, saved)
+        state.wake_ms = wake_ms  # so that _schedule moves the old entry, not adds one beside
+        self.sessions[session_id] = state
+        self._index_pending(state)
+        self._count_open(state, 1)
+        self._schedule(state)
+
+    def _count_open(self, state: SessionState, sign: int) -> None:
+        for index, progress in enumerate(state.progress):
+            if progress.attempt is not None:
+                self.open_sessions[(index, progress.attempt.stage)] += sign
 
     def _index_pending(self, state: SessionState) -> None:
         """Put a loaded session's buffered events in the task's release heap."""

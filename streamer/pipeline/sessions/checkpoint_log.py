@@ -13,7 +13,7 @@ and the deltas of a write-out cut short before its meta.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,7 @@ from streamer.funnel.task import Checkpoint
 __all__ = [
     "DELTA_CHUNK_BYTES",
     "MIN_COMPACTION_BYTES",
+    "Delta",
     "DeltaEncoder",
     "StoredLog",
     "delta_key",
@@ -111,6 +112,27 @@ class DeltaEncoder:
 
 
 @dataclass
+class Delta:
+    """One delta record, parsed: sessions stored and deleted, windows stored and deleted."""
+
+    sessions: dict[str, list[Any]]
+    deleted_sessions: list[str]
+    windows: dict[tuple[int, int], dict[str, Any]]
+    deleted_windows: list[tuple[int, int]]
+
+    @classmethod
+    def parse(cls, raw: bytes, names: dict[str, int]) -> Delta:
+        """A window of a funnel not in ``names`` (funnel name -> index) is left out."""
+        record = orjson.loads(raw)
+        windows = {}
+        for window, counts in record["w"].items():
+            if (window_key := _window_id(window, names)) is not None:
+                windows[window_key] = counts
+        deleted = [key for w in record["dw"] if (key := _window_id(w, names)) is not None]
+        return cls(record["s"], record["ds"], windows, deleted)
+
+
+@dataclass
 class StoredLog:
     """What a partition's log holds: its meta record, the sessions and windows it reflects,
     the live range of deltas and the keys of the partition it does not name."""
@@ -125,30 +147,49 @@ class StoredLog:
     first_edition: bool = False  # stored one key per session and window: write a full log
     cut_short: list[int] = field(default_factory=list)  # deltas of a write-out cut short
 
+    def add(self, delta: Delta) -> None:
+        """Replay one delta: deletions, then updates."""
+        for session_id in delta.deleted_sessions:
+            self.sessions.pop(session_id, None)
+        self.sessions.update(delta.sessions)
+        for window_key in delta.deleted_windows:
+            self.windows.pop(window_key, None)
+        self.windows.update(delta.windows)
 
-def read_log(table: Mapping[str, bytes], partition: int, names: dict[str, int]) -> StoredLog:
+
+def read_log(
+    table: Mapping[str, bytes],
+    partition: int,
+    names: dict[str, int],
+    since: int | None = None,
+    each: Callable[[Delta], None] | None = None,
+) -> StoredLog:
     """The log of ``partition`` in ``table``, replayed: deltas in order (deletions, then
-    updates); a window of a funnel not in ``names`` (funnel name -> index) is left out."""
+    updates); a window of a funnel not in ``names`` (funnel name -> index) is left out.
+
+    ``each``: given each delta in order instead of the result's sessions and windows (a store
+    on disk takes them, so that they are never all in memory). ``since``: a local view holds
+    the log up to that sequence number. Only the deltas from there on are read (``log_bytes``
+    counts those alone); the table's keys are not scanned (that reads the whole log): the
+    deltas of a write-out cut short are found after the live range, where they are, and
+    older leftovers wait for a restore that reads everything."""
     meta_raw = table.get(meta_key(partition))
     log = StoredLog(orjson.loads(meta_raw) if meta_raw is not None else {})
     log.first, log.next_seq = (int(seq) for seq in log.meta.get("log", (0, 0)))
-    live = {delta_key(partition, seq) for seq in range(log.first, log.next_seq)}
-    log.stale = [key for key in list(table.keys()) if _owned(key, partition, live)]
+    live = {delta_key(partition, seq) for seq in range(max(log.first, since or 0), log.next_seq)}
+    if since is None:
+        log.stale = [key for key in list(table.keys()) if _owned(key, partition, live)]
+    else:
+        after = log.next_seq
+        while delta_key(partition, after) in table:
+            log.stale.append(delta_key(partition, after))
+            after += 1
     for key in sorted(live):
         raw = table.get(key)
         if raw is None:
             raise RuntimeError(f"partition {partition}: checkpoint record {key} is missing")
         log.log_bytes += len(raw)
-        delta = orjson.loads(raw)
-        for session_id in delta["ds"]:
-            log.sessions.pop(session_id, None)
-        log.sessions.update(delta["s"])
-        for window in delta["dw"]:
-            if (window_key := _window_id(window, names)) is not None:
-                log.windows.pop(window_key, None)
-        for window, counts in delta["w"].items():
-            if (window_key := _window_id(window, names)) is not None:
-                log.windows[window_key] = counts
+        (each or log.add)(Delta.parse(raw, names))
     if log.meta and "log" not in log.meta:
         # Stored by the first edition (one key per session and window): loaded, written
         # again as a log by the first checkpoint, then deleted.

@@ -141,6 +141,8 @@ class Committer:
         runtime.compact_next = False
         task = runtime.task
         saved, session_ids = task.checkpoint_changes(full=full)
+        # The indexes as of these changes (a publish between two slices may drain windows).
+        index = task.index_record() if runtime.store is not None else {}
         encoder = DeltaEncoder(saved, self._funnel_names)
         on_disk: dict[str, list[Any]] = {}  # the same states for the units' store, if any
         for start in range(0, len(session_ids), SNAPSHOT_SLICE_SESSIONS):
@@ -177,14 +179,24 @@ class Committer:
         }
         if task.forwards_units:  # the release sequence the forwarded events are numbered by
             meta["forwarded"] = saved.forwarded
+        if runtime.store is not None:
+            meta["owners"] = runtime.owners  # which owner wrote which part of the log
         writes[meta_key(partition)] = orjson.dumps(meta)  # last: it says what the rest reflects
         if runtime.store is not None:
             # The task has not changed since checkpoint_changes (the apply lock is held): the
             # store takes exactly what the log's records say, then lets the cache shrink.
+            # Before the log's write-out: a SIGKILL in between leaves the store ahead of the
+            # log, which the next start sees (``view_position``) and rebuilds from the log.
             runtime.store.commit(
                 on_disk,
                 saved.deleted_sessions,
-                {"log": meta["log"]},
+                {
+                    "log": meta["log"],
+                    "generation": runtime.generation,
+                    "funnels": self._funnel_names,
+                    "index": index,
+                    "log_bytes": runtime.full_bytes + runtime.delta_bytes,  # of the live range
+                },
                 pinned=task.unsaved_session_ids,
             )
         acks, runtime.unacked = runtime.unacked, []

@@ -9,15 +9,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from streamer.formatting import watermark_text
 from streamer.funnel.session import NEVER, CompiledFunnel
 from streamer.funnel.task import Task
-from streamer.pipeline.sessions.checkpoint_log import read_log
-from streamer.pipeline.sessions.unit_store import UnitStore
+from streamer.funnel.windows import WindowCounts
+from streamer.pipeline.sessions.checkpoint_log import Delta, meta_key, read_log
+from streamer.pipeline.sessions.unit_store import UnitStore, view_position
 
 __all__ = ["TaskRuntime", "restore_runtime"]
 
 log = logging.getLogger(__name__)
+
+# Owners a log's meta record remembers (a store written by an older one is rebuilt).
+MAX_OWNERS = 32
 
 
 @dataclass
@@ -51,6 +57,9 @@ class TaskRuntime:
     # Grows with every restore (new owner, restart): this owner's partials supersede those of
     # earlier owners of the partition, whatever their input offsets.
     generation: int = 0
+    # Unit tasks: each owner's generation with the log position it restored from, newest
+    # last, in the log's meta record (a local store's position is checked against it).
+    owners: list[list[int]] = field(default_factory=list)
     # Funnels added since the checkpoint, whose open sessions are still to be rebuilt from
     # the input the checkpoint reflects (see ``streamer.pipeline.sessions.catch_up``).
     catch_up: tuple[int, ...] = ()
@@ -70,9 +79,20 @@ def restore_runtime(
     store: UnitStore | None = None,
 ) -> tuple[TaskRuntime, dict[str, Any]]:
     """Task ``partition`` as its checkpoint log in ``table`` left it, and the log's meta record
-    (empty: no checkpoint yet). With ``store`` (empty), the task's units live there: rebuilt
-    from the log, then stored at once so that the cache can let go of them."""
+    (empty: no checkpoint yet). With ``store``, the task's units live there: if the log vouches
+    for what it holds (:func:`view_position`), only the log's newer deltas are read and applied
+    to it; else it is emptied and rebuilt from the whole log, a delta at a time, committed
+    every ``REBUILD_CHUNK_UNITS`` units so that the cache lets go of them."""
     started = time.perf_counter()
+    names = {f.name: i for i, f in enumerate(funnels)}
+    meta_raw = table.get(meta_key(partition))
+    log_meta: dict[str, Any] = orjson.loads(meta_raw) if meta_raw is not None else {}
+    since: int | None = None
+    loader: _StoreLoader | None = None
+    if store is not None:
+        since = view_position(store.meta, log_meta, list(names))
+        if since is None:
+            store.clear()
     task = Task(
         funnels,
         partition,
@@ -81,9 +101,22 @@ def restore_runtime(
         sessions=None if store is None else store.sessions,
         wakes=None if store is None else store.wakes,
     )
+    if store is not None and (
+        since is not None
+        or not log_meta  # nothing stored yet
+        # (else the sessions' progress is realigned to changed funnels, or the log is of the
+        # first edition: loaded into memory, as without a store)
+        or (log_meta.get("funnels") == list(names) and "log" in log_meta)
+    ):
+        loader = _StoreLoader(task, store)
+        index = store.meta["index"] if since is not None else _NO_INDEX
+        task.resume(int(log_meta.get("watermark", NEVER)), index)
     runtime = TaskRuntime(task, store=store)
-    names = {f.name: i for i, f in enumerate(funnels)}
-    stored = read_log(table, partition, names)
+    # A kept store knows the bytes of the log it holds (they are not read again).
+    held_bytes = 0 if since is None or store is None else int(store.meta.get("log_bytes", 0))
+    stored = read_log(
+        table, partition, names, since=since, each=None if loader is None else loader.apply
+    )
     meta, first, next_seq = stored.meta, stored.first, stored.next_seq
     runtime.compact_next = stored.first_edition
     runtime.log_first, runtime.log_next = first, next_seq
@@ -93,7 +126,7 @@ def restore_runtime(
         runtime.log_next = max(next_seq, max(stored.cut_short) + 1)
         runtime.compact_next = True
     # The restored log counts as the full start: compaction once deltas outweigh it.
-    runtime.full_bytes, runtime.delta_bytes = stored.log_bytes, 0
+    runtime.full_bytes, runtime.delta_bytes = held_bytes + stored.log_bytes, 0
     runtime.stale_keys = stored.stale
     stored_funnels = meta.get("funnels")  # absent before funnels were recorded
     if stored_funnels is not None and stored_funnels != list(names):
@@ -111,11 +144,9 @@ def restore_runtime(
         runtime.catch_up = tuple(
             index for name, index in names.items() if name not in stored_funnels
         )
-    task.restore(
-        int(meta.get("watermark", NEVER)), stored.sessions.items(), stored.windows, stored_funnels
-    )
-    if store is not None:
-        store.commit(task.encode_sessions(list(stored.sessions)), (), {"log": [first, next_seq]})
+    if loader is None:
+        watermark = int(meta.get("watermark", NEVER))
+        task.restore(watermark, stored.sessions.items(), stored.windows, stored_funnels)
     runtime.offsets = {str(k): int(v) for k, v in meta.get("offsets", {}).items()}
     for topic in topics:
         # Nothing of this input applied yet: it starts at the log's start (the group
@@ -128,16 +159,75 @@ def restore_runtime(
     # Wall-clock milliseconds only order the owners of a partition (never a funnel decision):
     # monotonic even if the previous owner died before its first checkpoint.
     runtime.generation = max(int(meta.get("generation", 0)) + 1, round(time.time() * 1000))
+    if store is not None:
+        # What the log says up to its meta, written by its last writer: a view of that.
+        changed = stored.sessions if loader is None else loader.take_changed()
+        store.commit(
+            task.encode_sessions(changed),
+            (),
+            {
+                "log": [first, next_seq],
+                "generation": meta.get("generation", 0),
+                "funnels": list(names),
+                "index": task.index_record(),
+                "log_bytes": runtime.full_bytes,
+            },
+        )
+        runtime.owners = [
+            *meta.get("owners", ())[-(MAX_OWNERS - 1) :],
+            [runtime.generation, next_seq],
+        ]
     log.info(
         "partition %d: restored %d sessions, %d open windows from %d records (%d bytes), "
-        "watermark %s, offsets %s (%.2fs)",
+        "watermark %s, offsets %s (%.2fs)%s",
         partition,
-        len(stored.sessions),
-        len(stored.windows),
+        len(task.sessions),
+        len(task.windows),
         next_seq - first,
         stored.log_bytes,
         watermark_text(task.watermark_ms),
         meta.get("offsets") or "none (first start)",
         time.perf_counter() - started,
+        ""
+        if since is None
+        else f"; units on disk kept, {0 if loader is None else loader.applied} "
+        f"changed by the {next_seq - since} newer records",
     )
     return runtime, meta
+
+
+# A rebuilt store is committed every so many units read from the log: the cache lets go.
+REBUILD_CHUNK_UNITS = 20_000
+_NO_INDEX: dict[str, Any] = {"windows": [], "open": [], "pending": []}
+
+
+class _StoreLoader:
+    """Applies the log's deltas to a task whose units are on disk (resumed from the store's
+    indexes, or from nothing: a rebuild), committing the store every
+    ``REBUILD_CHUNK_UNITS`` units with no meta of the log (a restore cut short rebuilds)."""
+
+    def __init__(self, task: Task, store: UnitStore) -> None:
+        self._task = task
+        self._store = store
+        self._changed: set[str] = set()
+        self.applied = 0
+
+    def apply(self, delta: Delta) -> None:
+        task, changed = self._task, self._changed
+        for session_id in delta.deleted_sessions:
+            task.replace_stored(session_id, None)
+            changed.discard(session_id)
+        for session_id, saved in delta.sessions.items():
+            task.replace_stored(session_id, saved)
+            changed.add(session_id)
+        self.applied += len(delta.deleted_sessions) + len(delta.sessions)
+        for key in delta.deleted_windows:
+            task.windows.pop(key, None)
+        for key, counts in delta.windows.items():
+            task.windows[key] = WindowCounts.from_json(counts)
+        if len(changed) >= REBUILD_CHUNK_UNITS:
+            self._store.commit(task.encode_sessions(self.take_changed()), (), {})
+
+    def take_changed(self) -> set[str]:
+        changed, self._changed = self._changed, set()
+        return changed

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import time
 from collections.abc import Awaitable, Callable, Collection, MutableMapping
 from contextlib import AbstractContextManager, nullcontext
@@ -228,13 +227,12 @@ class SessionsStage:
         for partition in partitions:
             self._release(partition)
 
-    def _empty_store(self, partition: int) -> UnitStore | None:
-        """Task ``partition``'s units on disk, emptied: the checkpoint log is the truth and
-        the store is rebuilt from it (a view reused across restarts is the next step)."""
+    def _open_store(self, partition: int) -> UnitStore | None:
+        """Task ``partition``'s units on disk, as an earlier owner on this disk left them (the
+        restore keeps them if the checkpoint log vouches for them, else rebuilds them)."""
         if self._units_on_disk is None:
             return None
         path = self._units_on_disk / str(partition)
-        shutil.rmtree(path, ignore_errors=True)
         log.info(
             "partition %d: units on disk in %s, at most %d in memory (STREAMER_UNIT_CACHE)",
             partition,
@@ -270,7 +268,7 @@ class SessionsStage:
             retention_ms=self._retention_ms,
             topics=self.topics,
             forwards_units=self._units is not None,
-            store=self._empty_store(partition),
+            store=self._open_store(partition),
         )
         if runtime.catch_up and self._reports_as:
             # A unit task's input holds released events, not the source a catch-up reads:

@@ -17,14 +17,19 @@ touched in one interval, never by the units merely open.
 Layout (raw bytes): ``s<unit id>`` -> ``[wake_ms, state]`` (the state as the checkpoint log
 stores it, :meth:`SessionState.encodable`); ``w<wake time, 8 bytes big-endian, offset>
 <unit id>`` -> empty, so the units due before a watermark are one ordered range scan;
-``m`` -> the meta record (log position, watermark, counts).
+``m`` -> the meta record: the log position the store reflects and the generation of the owner
+that wrote the log up to there, the funnels, and the task's indexes at that position (windows,
+open attempts, buffered events: :meth:`Task.index_record`), so that a restart need not read
+every unit. :func:`view_position` says whether the checkpoint log vouches for the store.
 """
 
 from __future__ import annotations
 
 import heapq
+import shutil
 from collections import OrderedDict
 from collections.abc import Container, Iterable, Iterator, Mapping, MutableMapping
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +39,7 @@ from rocksdict import Options, Rdict, WriteBatch
 from streamer.funnel.session import NEVER
 from streamer.funnel.task import SessionState
 
-__all__ = ["CachedSessions", "UnitStore", "WakeIndex"]
+__all__ = ["CachedSessions", "UnitStore", "WakeIndex", "view_position"]
 
 _STATE = b"s"
 _WAKE = b"w"
@@ -141,9 +146,11 @@ class CachedSessions(MutableMapping[str, SessionState]):
                 yield unit_id
 
     # --- the cache -----------------------------------------------------------------------
-    def forget_deletions(self) -> None:
-        """The deletions are in the commit's batch: the disk will not have them any more."""
-        self._deleted.clear()
+    def take_deletions(self) -> set[str]:
+        """The stored units deleted since the last commit, for its batch (then forgotten:
+        the disk will not have them any more)."""
+        deleted, self._deleted = self._deleted, set()
+        return deleted
 
     @property
     def cached(self) -> int:
@@ -218,17 +225,50 @@ class WakeIndex:
         self._removed = set()
 
 
+def view_position(
+    view: Mapping[str, Any], log: Mapping[str, Any], funnels: list[str]
+) -> int | None:
+    """The log position from which a store with meta record ``view`` can be brought up to date
+    by the newer deltas of the log whose meta record is ``log`` (None: rebuild the store).
+
+    The store is committed before the log's write-out (the same snapshot, under the apply
+    lock), so after a SIGKILL it may be ahead of the log: that is a state no checkpoint stored.
+    It is trusted only if the log holds every record it reflects: either the log's last writer
+    is the owner that wrote the store, at the same position, or the owner after it (``owners``:
+    each owner's generation and the log position it restored from) restored from at least the
+    store's position, and no compaction since dropped the deltas in between."""
+    if not view or not log or view.get("funnels") != funnels or log.get("funnels") != funnels:
+        return None
+    position = int(view["log"][1])
+    first, next_seq = (int(seq) for seq in log.get("log", (0, 0)))
+    if not first <= position <= next_seq:
+        return None  # ahead of the log, or behind a compaction
+    generation = view.get("generation")
+    if log.get("generation") == generation:
+        return position if position == next_seq else None
+    owners = [(int(g), int(at)) for g, at in log.get("owners", ())]
+    for (owner, _), (_, successor_read) in pairwise(owners):
+        if owner == generation:
+            return position if successor_read >= position else None
+    return None  # the log does not say who wrote after the store's owner
+
+
 class UnitStore:
     """One partition's units on disk at ``path``: :attr:`sessions` (the task's mapping),
     :attr:`wakes`, and the meta record of the last commit."""
 
     def __init__(self, path: Path, *, cache_units: int) -> None:
-        path.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self._cache_units = cache_units
+        self._open()
+
+    def _open(self) -> None:
+        path = self.path
+        path.mkdir(parents=True, exist_ok=True)
         self._db = Rdict(str(path), _options())
         raw_meta = self._db.get(_META)
         self.meta: dict[str, Any] = orjson.loads(raw_meta) if raw_meta is not None else {}
-        self.sessions = CachedSessions(self._db, cache_units, int(self.meta.get("units", 0)))
+        self.sessions = CachedSessions(self._db, self._cache_units, int(self.meta.get("units", 0)))
         self.wakes = WakeIndex(self._db)
 
     def commit(
@@ -248,9 +288,10 @@ class UnitStore:
         for unit_id, saved in states.items():
             wake_ms = cache[unit_id].wake_ms
             batch.put(_state_key(unit_id), orjson.dumps([wake_ms, saved]))
-        for unit_id in deleted:
+        # Every unit the mapping deleted, whether or not the caller names it: a compaction's
+        # checkpoint names none, and a unit left on disk would come back at the next read.
+        for unit_id in cache.take_deletions().union(deleted):
             batch.delete(_state_key(unit_id))
-        cache.forget_deletions()
         self.wakes.write(batch)
         self.meta = {**meta, "units": len(cache)}
         batch.put(_META, orjson.dumps(self.meta))
@@ -260,6 +301,12 @@ class UnitStore:
     def disk_bytes(self) -> int:
         """Bytes of the store's files on disk."""
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+    def clear(self) -> None:
+        """Delete everything stored (a store the log does not vouch for is rebuilt)."""
+        self._db.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+        self._open()
 
     def close(self) -> None:
         self._db.close()
