@@ -5,7 +5,8 @@ pre-loaded data, written to ``docs/benchmarks.md``.
 2. Faust floor: a bare Faust agent that only decodes (per-event iteration and ``take()``),
    on Faust's consumer and on the worker's (``streamer.faust_consumer``, "lifted");
 3. the worker end to end (first event counted to the last; then to the last window final),
-   with its event-loop lag (p99 and worst); then two worker processes in one group;
+   with its event-loop lag (p99 and worst); then two worker processes in one group; then a
+   worker with a 14-day user funnel (to the last event its unit tasks applied);
 4. a peer written with Quix Streams doing the same job in spirit;
 5. the core alone: bytes per open session (1M sessions), cost per event by session length;
    open units of a user funnel on disk (``benchmarks.unit_store``, 1M units): memory, disk,
@@ -35,14 +36,14 @@ from streamer.kafka_local import LocalKafka
 from streamer.settings import Settings
 from streamer.testing import free_port
 
-from . import core, kafka_runs, plan_runs, unit_store
+from . import core, kafka_runs, plan_runs, unit_store, user_runs
 from .data import load
 from .procs import ROOT, Children, terminate_on_sigterm
 from .report import Results, machine_facts, now, write_report
 
 PARTS = (
-    "ceiling", "floor", "quix", "worker", "workers2", "rekey", "plan", "segment", "replay",
-    "restart", "core", "units",
+    "ceiling", "floor", "quix", "worker", "workers2", "rekey", "plan", "segment", "users",
+    "replay", "restart", "core", "units",
 )  # fmt: skip
 KAFKA_PARTS = set(PARTS) - {"core", "units"}
 PARTIAL_REPORT = Path(tempfile.gettempdir()) / "streamer-benchmarks-partial.md"
@@ -123,6 +124,7 @@ def _bench_settings(bootstrap: str) -> Settings:
         failed_alerts_topic=f"bench-{run}-funnel.alerts.failed",
         baselines_topic=f"bench-{run}-funnel.baselines",
         rekeyed_topic=f"bench-{run}-funnel.rekeyed",
+        units_topic=f"bench-{run}-funnel.units",
         topic_partitions=4,
     )
 
@@ -198,6 +200,12 @@ def _kafka_parts(
     if "segment" in args.parts:
         g = results.segment = plan_runs.segment_worker_run(children, settings, loaded, workdir)
         _say(f"worker, Segment calls through preset:segment: {g.rate:,.0f} events/s")
+    if "users" in args.parts:
+        u = results.users = user_runs.user_funnel_run(children, settings, loaded, workdir)
+        _say(
+            f"worker, 14-day user funnel: {u.rate:,.0f} events/s ({u.seconds:.1f} s); "
+            f"{_lag_text(u)}"
+        )
     if "replay" in args.parts:
         results.replay = kafka_runs.replay_run(settings, loaded)
         _say(f"streamer replay: {results.replay:,.0f} events/s")

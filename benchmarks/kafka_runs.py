@@ -139,6 +139,19 @@ def counted(values: MetricValues) -> float:
     return sum(_sum(values, "streamer_events_total", outcome=o) for o in COUNTED)
 
 
+def unit_counted(values: MetricValues, settings: Settings) -> float:
+    """Events the unit tasks of user funnels applied: streamer_events_total on any topic but
+    the input topics (the unit stage counts what it reads from ``units_topic``)."""
+    inputs = {settings.clickstream_topic, settings.checkout_topic}
+    return sum(
+        value
+        for (name, labels), value in values.items()
+        if name == "streamer_events_total"
+        and dict(labels).get("outcome") in COUNTED
+        and dict(labels).get("topic") not in inputs
+    )
+
+
 def processed(values: MetricValues) -> float:
     """Input messages handled at all (applied, or skipped as applied before a restart)."""
     return counted(values) + _sum(values, "streamer_replayed_messages_total")
@@ -232,10 +245,13 @@ def worker_run(
     workdir: Path,
     name: str = "worker",
     workers: int = 1,
+    through_units: bool = False,
 ) -> WorkerResult:
     """Real ``streamer worker`` processes (``workers`` of them, one consumer group, started
     together) on the pre-loaded topics: events/s from the first event they counted to the
-    last, then the time until the last cohort window is published final."""
+    last, then the time until the last cohort window is published final (``through_units``:
+    user funnels only, whose windows stay open for days: to the last event the unit tasks
+    applied instead, and no window waited for)."""
     first = worker_settings(settings, workdir, name)
     owns = [first] + [
         first.model_copy(
@@ -262,10 +278,13 @@ def worker_run(
             if any(values is None for values in scraped):
                 continue
             now = time.perf_counter()
-            seen = sum(counted(values or {}) for values in scraped)
+            if through_units:  # the unit tasks count what they read too: inputs only here
+                seen = sum(_input_counted(values or {}, settings) for values in scraped)
+            else:
+                seen = sum(counted(values or {}) for values in scraped)
             if seen and not first_at:
                 first_at, first_count = now, seen
-            if seen >= total:
+            if seen >= total and (not through_units or _units_done(scraped, settings, loaded)):
                 last_at = now
                 break
         # Counters reach /metrics once a second (the stage tallies per publish): the rate is
@@ -273,20 +292,21 @@ def worker_run(
         rate = (total - first_count) / (last_at - first_at) if last_at > first_at else 0.0
         to_final: float | None = None
         wanted = loaded.last_window_end_ms / 1000
-        with contextlib.suppress(Timeout):
-            for _ in deadline_loop(180, "last window final", interval=0.5):
-                # Published by the worker that runs the merger (the partials' one partition).
-                end = max(
-                    _sum(
-                        values or {},
-                        "streamer_funnel_last_window_end_timestamp_seconds",
-                        funnel="checkout",
+        if not through_units:  # a user funnel of days publishes no final window here
+            with contextlib.suppress(Timeout):
+                for _ in deadline_loop(180, "last window final", interval=0.5):
+                    # Published by the worker that runs the merger (the partials' one partition).
+                    end = max(
+                        _sum(
+                            values or {},
+                            "streamer_funnel_last_window_end_timestamp_seconds",
+                            funnel="checkout",
+                        )
+                        for values in [_scrape(worker) for worker in procs]
                     )
-                    for values in [_scrape(worker) for worker in procs]
-                )
-                if end >= wanted:
-                    to_final = time.perf_counter() - first_at
-                    break
+                    if end >= wanted:
+                        to_final = time.perf_counter() - first_at
+                        break
         every = [_scrape(worker) or {} for worker in procs]
         lags = [
             loop_lag(values, worker.log_path.read_text(errors="replace"))
@@ -316,6 +336,26 @@ def worker_run(
     finally:
         for worker in procs:
             worker.stop(timeout=30)
+
+
+def _input_counted(values: MetricValues, settings: Settings) -> float:
+    return sum(
+        _sum(values, "streamer_events_total", outcome=outcome, topic=topic)
+        for outcome in COUNTED
+        for topic in (settings.clickstream_topic, settings.checkout_topic)
+    )
+
+
+def _units_done(scraped: list[MetricValues | None], settings: Settings, loaded: Loaded) -> bool:
+    """Whether the unit tasks applied every event the session tasks forward: each accepted
+    input event but the closing ones (never below a session task's watermark: not released)."""
+    accepted = sum(
+        _sum(values or {}, "streamer_events_total", outcome="accepted", topic=topic)
+        for values in scraped
+        for topic in (settings.clickstream_topic, settings.checkout_topic)
+    )
+    applied = sum(unit_counted(values or {}, settings) for values in scraped)
+    return applied >= accepted - loaded.closing
 
 
 def _peak_rss_mb(worker: WorkerProcess) -> float | None:

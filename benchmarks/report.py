@@ -78,6 +78,7 @@ class Results:
     rekey: WorkerResult | None = None
     plan: WorkerResult | None = None  # the worker given the default tracking plan
     segment: WorkerResult | None = None  # the same traffic as Segment calls, its preset
+    users: WorkerResult | None = None  # a worker with the 14-day user funnel only
     replay: float | None = None  # streamer replay over the same data, events/s
     restart: RestartResult | None = None
     memory: MemoryResult | None = None
@@ -143,6 +144,14 @@ def _throughput(r: Results) -> list[str]:
         rows.append(
             ("streamer worker, the same traffic as Segment calls, `preset:segment`", r.segment.rate)
         )
+    if r.users:
+        rows.append(
+            (
+                "streamer worker, a 14-day user funnel (`benchmarks/users-14d.yaml`): "
+                "session tasks, `funnel.units`, unit tasks",
+                r.users.rate,
+            )
+        )
     if r.replay:
         rows.append(
             ("`streamer replay --from --to` (read-only: no group, one task, no Faust)", r.replay)
@@ -172,6 +181,13 @@ def _throughput(r: Results) -> list[str]:
             f"x Faust floor {_ratio(plan, r.floor)}; Segment preset / worker "
             f"{_ratio(segment, worker)}, x Faust floor {_ratio(segment, r.floor)} (target: the "
             "default plan at or above 1.0x the Faust floor)."
+        )
+    if r.users and worker:
+        lines.append(
+            f"14-day user funnel / worker (one hop, session funnel): "
+            f"{_ratio(r.users.rate, worker)} (every event goes through the session tasks, "
+            "is forwarded to `funnel.units` and applied by the unit tasks: counted to the last "
+            "event the unit tasks applied)."
         )
     if r.replay and worker:
         lines.append(
@@ -231,6 +247,7 @@ def _loop_lag(r: Results) -> list[str]:
         ("worker, one hop", r.worker),
         ("two workers, one hop (the worse)", r.workers2),
         ("worker, re-key path", r.rekey),
+        ("worker, 14-day user funnel (two hops)", r.users),
     ]
     measured = [(label, run.lag) for label, run in runs if run is not None and run.lag]
     if not measured:
@@ -381,6 +398,13 @@ def write_report(out: Path, r: Results, facts: list[tuple[str, str]]) -> None:
         "short runs carry up to ~1 s of error. Everything counts: decoding and validation, "
         "reorder buffer, state machine, cohort windows, checkpoints with their table writes "
         "and outputs, and the windows stage merging partials in the same process.",
+        "- **14-day user funnel**: the same worker given only `benchmarks/users-14d.yaml` "
+        "(the checkout funnel's six steps per user over 14 days, hourly windows) on the same "
+        "data: the session tasks release each event, give it its unit and forward it to "
+        "`funnel.units`, the unit tasks apply it (decision 0008). From the first input event "
+        "counted to the last event the unit tasks applied (every accepted one but the closing "
+        "events, which no watermark passes); its windows stay open for 14 days, so no window "
+        "is waited for.",
         "- **Quix peer**: the same job in spirit with Quix Streams (`benchmarks/quix_peer.py`):"
         " less work per event than the worker (no schema validation, no abandonments, no "
         "dead letters), more Kafka traffic (a repartition topic for the stage counts).",

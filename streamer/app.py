@@ -288,8 +288,9 @@ def create_app(
     if not settings.source_keyed_by_session:
         rekey.install(app, settings, metrics, decoder)
     stage = sessions.install(app, settings, metrics, funnels, decoder)
+    stages = [stage]
     if user_funnels(funnels):
-        sessions.install_units(app, settings, metrics, funnels)
+        stages.append(sessions.install_units(app, settings, metrics, funnels))
     judge = detector.install(app, settings, metrics, funnels)
     window_merger = merger.install(app, settings, metrics, funnels, detector=judge)
     delivery = notifier.install(
@@ -298,7 +299,7 @@ def create_app(
         metrics,
         notifier_override or alert_notifier(settings),
     )
-    web.install(app, settings, active_registry, metrics, funnels, stage, judge)
+    web.install(app, settings, active_registry, metrics, stages, judge)
     install_loop_lag_monitor(app, metrics.event_loop_lag)
     return StreamerApp(
         faust=app,

@@ -63,7 +63,8 @@ class _LiveCollector(Collector):
         snapshot = self.provider()
         open_family = GaugeMetricFamily(
             "streamer_funnel_sessions_open",
-            "Sessions of this worker whose attempt is undecided, by the stage they are at",
+            "Sessions (a user funnel's units) of this worker whose attempt is undecided, by "
+            "the stage they are at",
             labels=["funnel", "stage"],
         )
         for funnel in self._funnels:

@@ -594,12 +594,6 @@ class FunnelDefinition(_Frozen):
         """Hold and breakdown attribution (spec: "Holding a property constant", "Breakdown
         attribution")."""
         problems: list[InitErrorDetails] = []
-        if self.hold and self.abandonment:
-            problems.append(_problem(
-                ("hold",),
-                "a funnel with abandonment cannot hold a property yet (a retraction would "
-                "have to match the held values)",
-            ))  # fmt: skip
         if self.hold and self.order == "unordered":
             problems.append(_problem(
                 ("hold",), "an unordered funnel has no first step to fix a held value at"

@@ -163,9 +163,10 @@ class Abandoned:
     cart_value: float
     currency: str | None
     segments: tuple[str | None, ...]
+    held: tuple[str | None, ...] | None = None  # funnels with hold: the attempt's held values
 
     def to_json(self) -> list[Any]:
-        return [
+        raw = [
             self.stage,
             self.attempt_ms,
             self.abandoned_ms,
@@ -175,6 +176,9 @@ class Abandoned:
             self.currency,
             list(self.segments),
         ]
+        if self.held is not None:  # only funnels with hold: others are stored as before
+            raw.append(list(self.held))
+        return raw
 
     @classmethod
     def from_json(cls, raw: Sequence[Any]) -> Abandoned:
@@ -187,6 +191,7 @@ class Abandoned:
             float(raw[5]),
             raw[6],
             tuple(raw[7]),
+            tuple(raw[8]) if len(raw) > 8 else None,
         )
 
 
@@ -497,6 +502,7 @@ def _drop(
         attempt.cart_value,
         attempt.currency,
         attempt.stage_segments,
+        attempt.held,
     )
     return progress.abandoned
 
@@ -557,7 +563,9 @@ def apply_instant(
     if abandoned is not None:
         if at_ms > abandoned.retractable_until_ms:
             progress.abandoned = None
-        elif at_ms > abandoned.abandoned_ms and _has(funnel.last_stage, stages, order_masks):
+        elif at_ms > abandoned.abandoned_ms and _retracts(
+            funnel, abandoned, events, order_masks, stages
+        ):
             retracted = (abandoned, at_ms)
             progress.abandoned = None
     # Exclusion: an event of this instant excludes at the attempt's stage (before a break).
@@ -718,6 +726,24 @@ def _has(stage: int, stages: list[int], masks: list[int] | None) -> bool:
         return stage in stages
     bit = 1 << stage
     return any(mask & bit for mask in masks)
+
+
+def _retracts(
+    funnel: CompiledFunnel,
+    abandoned: Abandoned,
+    events: Sequence[StoredEvent],
+    masks: list[int] | None,
+    stages: list[int],
+) -> bool:
+    """Whether an event of the instant matches the last stage for the abandoned attempt: with
+    hold, only one with the attempt's held values (spec: "Abandonments")."""
+    if masks is None or not funnel.holds:
+        return _has(funnel.last_stage, stages, masks)
+    bit = 1 << funnel.last_stage
+    return any(
+        mask & bit and funnel.held_of(event) == abandoned.held
+        for event, mask in zip(events, masks, strict=True)
+    )
 
 
 def _fitting(

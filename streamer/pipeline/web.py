@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.session import NEVER
 from streamer.metrics import LiveSnapshot, Metrics
 from streamer.pipeline.detector import DetectorStage
@@ -57,24 +57,26 @@ def readiness(snapshot: LiveSnapshot, broker: tuple[bool, str], max_lag: int) ->
     return Readiness(all(check["ok"] for check in checks.values()), checks)
 
 
-def live_snapshot(
-    app: Any, sessions: SessionsStage, funnels: tuple[FunnelDefinition, ...]
-) -> LiveSnapshot:
-    """The gauges read at a scrape: the sessions stage's tasks, the consumer's assignment and
-    its lag per partition."""
+def live_snapshot(app: Any, stages: Sequence[SessionsStage]) -> LiveSnapshot:
+    """The gauges read at a scrape: the tasks of the sessions stage and of the unit stage
+    (user funnels: their open units, their partitions numbered after the session tasks' as
+    the merger numbers them), the consumer's assignment and its lag per partition."""
     snapshot = LiveSnapshot()
     now_ms = time.time() * 1000
     now = time.monotonic()
-    for runtime in list(sessions.runtimes.values()):
-        task = runtime.task
-        snapshot.unacked[task.partition] = runtime.unstored + runtime.storing
-        snapshot.checkpoint_age_seconds[task.partition] = now - runtime.checkpointed_at
-        for (funnel_index, stage_index), count in task.open_sessions.items():
-            funnel = funnels[funnel_index]
-            key = (funnel.name, funnel.stages[stage_index].name)
-            snapshot.open_sessions[key] = snapshot.open_sessions.get(key, 0) + count
-        if task.watermark_ms > NEVER:
-            snapshot.watermark_lag_seconds[task.partition] = (now_ms - task.watermark_ms) / 1000
+    for stage in stages:
+        for runtime in list(stage.runtimes.values()):
+            task = runtime.task
+            partition = stage.reports_as + task.partition
+            snapshot.unacked[partition] = runtime.unstored + runtime.storing
+            snapshot.checkpoint_age_seconds[partition] = now - runtime.checkpointed_at
+            # The stage's own funnels: each stage counts only its own (session or user).
+            for (funnel_index, stage_index), count in task.open_sessions.items():
+                funnel = stage.funnels[funnel_index].definition
+                key = (funnel.name, funnel.stages[stage_index].name)
+                snapshot.open_sessions[key] = snapshot.open_sessions.get(key, 0) + count
+            if task.watermark_ms > NEVER:
+                snapshot.watermark_lag_seconds[partition] = (now_ms - task.watermark_ms) / 1000
     try:
         for tp in app.consumer.assignment():
             snapshot.assigned[tp.topic] = snapshot.assigned.get(tp.topic, 0) + 1
@@ -132,11 +134,11 @@ def install(
     settings: Settings,
     registry: CollectorRegistry,
     metrics: Metrics,
-    funnels: tuple[FunnelDefinition, ...],
-    sessions: SessionsStage,
+    stages: Sequence[SessionsStage],
     detector: DetectorStage | None = None,
 ) -> None:
-    metrics.live.provider = lambda: live_snapshot(app, sessions, funnels)
+    """``stages``: the sessions stage, and the unit stage when user funnels are configured."""
+    metrics.live.provider = lambda: live_snapshot(app, stages)
 
     class MetricsView(View):
         async def get(self, request: Request) -> Response:
@@ -166,7 +168,7 @@ def install(
     class Readyz(View):
         async def get(self, request: Request) -> Response:
             state = readiness(
-                live_snapshot(app, sessions, funnels),
+                live_snapshot(app, stages),
                 await broker.reachable(),
                 settings.ready_max_lag_messages,
             )

@@ -438,8 +438,12 @@ def _walk_sql(
     )
 
     m_col = f", {_mask_sql(funnel)} AS m" if masked else ""
-    held_base = "".join(f", NULL::VARCHAR AS held{x}" for x in held)
-    held_step = "".join(f", {held2[x]} AS held{x}" for x in held)
+    # The held values of the attempt and, for a drop, of the attempt dropped (its retraction
+    # needs them: spec "Abandonments").
+    held_base = "".join(f", NULL::VARCHAR AS held{x}, NULL::VARCHAR AS d_held{x}" for x in held)
+    held_step = "".join(f", {held2[x]} AS held{x}, r.held{x} AS d_held{x}" for x in held)
+    d_held_step = "".join(f", d_held{x}" for x in held)
+    d_held_end = "".join(f", held{x}" for x in held)
     if not masked:
         filled = "0::BIGINT"
     state_cols = "".join(f", cur{d}, snap{d}" for d in dims)
@@ -504,13 +508,13 @@ final_state AS (
 )
 SELECT 'step' AS src, sid, t, active, a, k, reached, deadline, cart, lastact,
        d_flag, d_stage, d_at, d_cohort, d_value, d_lastact, d_a, o_start, o_k1, o_k2,
-       o_reached1{out_names}{x_names}, o_has{state_cols}, o_filled
+       o_reached1{out_names}{x_names}, o_has{state_cols}, o_filled{d_held_step}
 FROM walk WHERE rn > 0
 UNION ALL
 SELECT 'end' AS src, sid, t, active, a, k, reached, deadline, cart, lastact,
        active AND deadline < {watermark_ms}, k, deadline, reached, cart, lastact, a,
        FALSE, NULL, NULL, NULL{"".join(f", snap{d}, NULL, NULL" for d in dims)}{x_none},
-       NULL{state_cols}, 0
+       NULL{state_cols}, 0{d_held_end}
 FROM final_state WHERE rn > 0
 """
 
@@ -744,19 +748,24 @@ def _abandonments(
     cw = funnel.conversion_window_ms
     order_types = ", ".join(_literal(t) for t in funnel.stages[last].event_types)
     order_filter = " AND ".join(_condition_sql(c) for c in funnel.stages[last].where) or "TRUE"
+    # With hold, only an order with the abandoned attempt's held values retracts it.
+    held = range(len(funnel.hold))
+    ab_held = "".join(f", d_held{x} AS held{x}" for x in held)
+    order_held = "".join(f", {sql} AS h{x}" for x, sql in enumerate(_held_sql(funnel)))
+    same_held = "".join(f" AND o.h{x} IS NOT DISTINCT FROM ab.held{x}" for x in held)
     rows = db.execute(f"""
 WITH ab AS (
     SELECT sid, d_a AS a, d_at AS d, d_stage AS stage, d_lastact AS lastact, d_value AS value
-           {"".join(f", dsnap{d}" for d in dims)}
+           {"".join(f", dsnap{d}" for d in dims)}{ab_held}
     FROM walked WHERE d_flag AND d_stage IN ({", ".join(map(str, stages))})
 ),
 orders AS (
-    SELECT DISTINCT sid, at_ms AS t FROM {source}
+    SELECT DISTINCT sid, at_ms AS t{order_held} FROM {source}
     WHERE event_type IN ({order_types}) AND {order_filter} AND at_ms < {watermark_ms}
 )
 SELECT ab.*,
        (SELECT min(o.t) FROM orders o
-        WHERE o.sid = ab.sid AND o.t > ab.d AND o.t <= ab.a + {cw}
+        WHERE o.sid = ab.sid AND o.t > ab.d AND o.t <= ab.a + {cw}{same_held}
           AND NOT EXISTS (SELECT 1 FROM ab other WHERE other.sid = ab.sid
                           AND other.d > ab.d AND other.d < o.t)) AS retracted
 FROM ab
@@ -764,7 +773,7 @@ FROM ab
     for row in rows:
         sid, a, d, stage, lastact, value = row[:6]
         snaps = row[6 : 6 + len(dims)]
-        retracted = row[6 + len(dims)]
+        retracted = row[-1]
         name = funnel.stages[stage].name
         key = f"{funnel.name}/{sid}/{a}/{name}"
         result.abandonments[key] = {

@@ -52,9 +52,10 @@ async def preload(settings: Settings, dataset: Dataset) -> int:
     return sent
 
 
-async def send_closing(settings: Settings, at_ms: int) -> None:
-    """Closing events at ``at_ms`` on every partition of both topics (see tests.support.traffic)."""
-    await send_to_partitions(settings, closing_messages(settings, at_ms))
+async def send_closing(settings: Settings, at_ms: int, tag: str = "") -> None:
+    """Closing events at ``at_ms`` on every partition of both topics (see tests.support.traffic);
+    ``tag``: in their event ids, for a second round."""
+    await send_to_partitions(settings, closing_messages(settings, at_ms, tag))
 
 
 async def send_to_partitions(

@@ -83,9 +83,12 @@ def users_across_partitions(data: Dataset, partitions: int) -> int:
     return sum(1 for seen in found.values() if len(seen) > 1)
 
 
-def closing_messages(settings: Settings, at_ms: int) -> list[tuple[str, int, bytes, bytes]]:
+def closing_messages(
+    settings: Settings, at_ms: int, tag: str = ""
+) -> list[tuple[str, int, bytes, bytes]]:
     """(topic, partition, key, value): an event at ``at_ms`` on every partition of both
-    topics, matching no funnel stage, so every input's front reaches ``at_ms``."""
+    topics, matching no funnel stage, so every input's front reaches ``at_ms`` (``tag``: in
+    the event ids, for a second round, which would otherwise be duplicates of the first)."""
     out = []
     for partition in range(settings.topic_partitions):
         for topic, event_type, extra in (
@@ -94,7 +97,7 @@ def closing_messages(settings: Settings, at_ms: int) -> list[tuple[str, int, byt
         ):
             session = f"closing-{partition}"
             event = {
-                "event_id": f"closing-{topic}-{partition}",
+                "event_id": f"closing{tag}-{topic}-{partition}",
                 "event_type": event_type,
                 "session_id": session,
                 "occurred_at": at_ms,

@@ -306,6 +306,25 @@ NEW_RULES["hold"] = (
         stages=[*_STAGES[:2], _MORE, *_STAGES[2:]],
     ),
 )
+# Hold with abandonments: only an order with the abandoned attempt's held values retracts it
+# (spec: "Abandonments"); strict breaks and latest re-entry make abandonments at an instant.
+NEW_RULES["hold_abandoning"] = (
+    _mode("holding_abandoning", hold=["product"], abandonment=["cart", "payment"]),
+    _mode(
+        "holding_abandoning_strict",
+        order="strict",
+        stages=STRICT_STAGES,
+        hold=["product", "context.device"],
+        abandonment=["cart", "payment"],
+    ),
+    _mode(
+        "holding_abandoning_reentering",
+        reentry="latest",
+        stages=STRICT_STAGES,
+        hold=["product"],
+        abandonment=["landing", "cart", "payment"],
+    ),
+)
 NEW_RULES["attribution"] = (
     _mode(
         "attributing",
@@ -404,6 +423,14 @@ def test_repeated_events_and_re_entry_core_equals_sql(
 @NEW_MODE_BATCHES
 def test_hold_core_equals_sql(cases: list[list[dict[str, Any]]], seed: int) -> None:
     _compare(NEW_RULES["hold"], cases, seed)
+
+
+@given(cases=product_batch(40), seed=st.integers(0, 2**32))
+@settings(NEW_MODE_BATCHES, max_examples=8)  # 320 cases: about 20 s here
+def test_hold_with_abandonments_core_equals_sql(
+    cases: list[list[dict[str, Any]]], seed: int
+) -> None:
+    _compare(NEW_RULES["hold_abandoning"], cases, seed)
 
 
 @given(cases=batch(40), seed=st.integers(0, 2**32))

@@ -112,7 +112,6 @@ def test_an_event_type_may_fill_several_stages_except_in_an_unordered_funnel(
     [
         ("order: strict\nreentry: latest", ":3: reentry:", "reentry: latest is for ordered"),
         ("reentry: sometimes", ":2: reentry:", "Input should be 'first' or 'latest'"),
-        ("hold: [product]\nabandonment: [a]", ":2: hold:", "cannot hold a property yet"),
         ("hold: [product, product]", ":2: hold:", "names a field twice"),
         ("hold: [a.b]", ":2: hold.0:", "should match pattern"),
         ("order: unordered\nhold: [product]", ":3: hold:", "no first step to fix"),

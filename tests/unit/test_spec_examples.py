@@ -736,3 +736,50 @@ def test_48_each_stage_counts_its_units_in_its_own_window() -> None:
     )  # fmt: skip
     assert units(core, 0, "land") == (2, 2)
     assert units(core, 10, "cart") == (1, 1)
+
+
+# --- Hold and abandonments (examples 49 to 51) --------------------------------------------
+
+
+def held_abandoning() -> FunnelDefinition:
+    """``Fha``: F holding the product, with F's abandonments at cart and pay."""
+    return funnel(hold=["product"])
+
+
+def retractions(core: CoreResult) -> dict[int, int | None]:
+    """Each abandonment's ``abandoned_at`` (s) -> its ``ordered_at`` (s), or None."""
+    return {
+        found["abandoned_ms"] // S: (
+            None if found["retracted_ms"] is None else found["retracted_ms"] // S
+        )
+        for found in core.abandonments.values()
+    }
+
+
+def test_49_only_an_order_with_the_held_value_retracts() -> None:
+    core, _ = both(
+        events(("land", 0, {"product": "a"}), ("cart", 2, {"product": "a"}),
+               ("order", 20, {"product": "b"}), ("order", 40, {"product": "a"})),
+        definition=held_abandoning(),
+    )  # fmt: skip
+    [abandonment] = core.abandonments.values()
+    assert abandonment["stage"] == "cart"
+    assert retractions(core) == {12: 40}
+
+
+def test_50_a_missing_held_value_retracts_only_with_a_missing_one() -> None:
+    start = (("land", 0), ("cart", 2))
+    core, _ = both(events(*start, ("order", 30, {"product": "a"})), definition=held_abandoning())
+    assert retractions(core) == {12: None}
+    missing, _ = both(events(*start, ("order", 30)), definition=held_abandoning())
+    assert retractions(missing) == {12: 30}
+
+
+def test_51_a_later_abandonment_ends_the_earlier_one_s_retraction_whatever_it_holds() -> None:
+    core, _ = both(
+        events(("land", 0, {"product": "a"}), ("cart", 2, {"product": "a"}),
+               ("land", 20, {"product": "b"}), ("cart", 22, {"product": "b"}),
+               ("order", 40, {"product": "a"}), ("order", 45, {"product": "b"})),
+        definition=held_abandoning(),
+    )  # fmt: skip
+    assert retractions(core) == {12: None, 32: 45}

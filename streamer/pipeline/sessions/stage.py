@@ -210,6 +210,12 @@ class SessionsStage:
         self._unplanned = UnplannedCounter(metrics)
 
     # --- assignment ----------------------------------------------------------------------
+    @property
+    def reports_as(self) -> int:
+        """The partition number task 0 reports as (to the merger and in the gauges): 0 for
+        the session tasks, ``topic_partitions`` for the unit tasks."""
+        return self._reports_as
+
     def assign(self, partitions: set[int]) -> None:
         """A new assignment: forget every other task (its unacked input is re-read by the next
         owner, which resumes from the same checkpoint) and refuse messages of partitions not
