@@ -59,8 +59,9 @@ ops-check: ops-tools
 	amtool config routes test --config.file=deploy/alertmanager/alertmanager.yml \
 		--verify.receivers=slack-warnings severity=warning alertname=StreamerNoInputEvents
 
+# The broker tests and, beside them at nice 10, the unit tests (tests/run-suite.sh says why).
 test: lint typecheck ops-check
-	$(BIN)/pytest -q -p no:cacheprovider --durations=25 $(PYTEST_ARGS)
+	BIN=$(BIN) bash tests/run-suite.sh $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e ".[bench]"

@@ -37,3 +37,13 @@ def test_the_funnel_core_imports_nothing_of_the_project_outside_itself() -> None
         }
         assert outside == set(), path.name
         assert not imports_of(path) & {"faust", "aiokafka", "prometheus_client", "aiohttp"}
+
+
+def test_every_test_file_is_in_a_folder_the_suite_runner_runs() -> None:
+    """`make test` runs tests/unit beside tests/integration + tests/e2e (tests/run-suite.sh):
+    a test file anywhere else would silently never run."""
+    tests = STREAMER.parent / "tests"
+    runner = (tests / "run-suite.sh").read_text()
+    folders = {path.relative_to(tests).parts[0] for path in tests.rglob("test_*.py")}
+    assert folders == {"unit", "integration", "e2e"}
+    assert all(f"tests/{folder}" in runner for folder in folders)
