@@ -32,23 +32,13 @@ from tests.support.traffic import (
     at_ms,
     generate_users,
     oracle_event,
+    product_cart_order_yaml,
     users_across_partitions,
 )
 
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 4
-STAGES = """\
-conversion_window: 2h
-window: 10m
-stages:
-  - {name: product, event_types: [product_view]}
-  - {name: cart, event_types: [add_to_cart]}
-  - {name: order, event_types: [order_placed]}
-segments:
-  device: {cap: 6}
-abandonment: [cart]
-"""
 
 
 @cache
@@ -60,8 +50,9 @@ def dataset() -> Dataset:
 
 def funnels(folder: Path) -> tuple[FunnelDefinition, ...]:
     folder.mkdir()
-    (folder / "by_session.yaml").write_text(f"name: by_session\n{STAGES}")
-    (folder / "by_user.yaml").write_text(f"name: by_user\nfollows: user\n{STAGES}")
+    for name, by_user in (("by_session", False), ("by_user", True)):
+        text = product_cart_order_yaml(name, by_user=by_user, conversion_window="2h")
+        (folder / f"{name}.yaml").write_text(text)
     return load_funnel(folder / "by_session.yaml"), load_funnel(folder / "by_user.yaml")
 
 

@@ -27,23 +27,11 @@ from streamer.testing import WorkerProcess, metric, produce, scrape_metrics
 from tests.oracle import OracleResult, compute
 from tests.support.compare import assert_same, latest_windows, window_numbers
 from tests.support.pipeline_run import send_closing, wait_published, worker
-from tests.support.traffic import Dataset, generate_users
+from tests.support.traffic import Dataset, generate_users, product_cart_order_yaml
 
 pytestmark = pytest.mark.integration
 
-USER_FUNNEL = """\
-name: users
-follows: user
-conversion_window: 4h
-window: 10m
-stages:
-  - {name: product, event_types: [product_view]}
-  - {name: cart, event_types: [add_to_cart]}
-  - {name: order, event_types: [order_placed]}
-segments:
-  device: {cap: 6}
-abandonment: [cart]
-"""
+USER_FUNNEL = product_cart_order_yaml("users", by_user=True)
 SESSION_FUNNEL = """\
 name: browse
 conversion_window: 30m

@@ -32,25 +32,18 @@ from tests.support.pipeline_run import (
     wait_reading,
     worker,
 )
-from tests.support.traffic import Dataset, generate_users, users_across_partitions
+from tests.support.traffic import (
+    Dataset,
+    generate_users,
+    product_cart_order_yaml,
+    users_across_partitions,
+)
 
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 4
 # Product to cart to order over hours: a user browses on one device and buys on the other.
-USER_FUNNEL = """\
-name: users
-follows: user
-conversion_window: 4h
-window: 10m
-stages:
-  - {name: product, event_types: [product_view]}
-  - {name: cart, event_types: [add_to_cart]}
-  - {name: order, event_types: [order_placed]}
-segments:
-  device: {cap: 6}
-abandonment: [cart]
-"""
+USER_FUNNEL = product_cart_order_yaml("users", by_user=True)
 
 
 @cache

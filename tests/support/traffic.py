@@ -163,6 +163,24 @@ def _arrivals(
     return [event for _, event in timed]
 
 
+def product_cart_order_yaml(name: str, *, by_user: bool, conversion_window: str = "4h") -> str:
+    """The funnel file the user-funnel tests read (product -> cart -> order, 10-minute windows,
+    device segments, abandonment at cart), followed by user or by session."""
+    follows = "follows: user\n" if by_user else ""
+    return f"""\
+name: {name}
+{follows}conversion_window: {conversion_window}
+window: 10m
+stages:
+  - {{name: product, event_types: [product_view]}}
+  - {{name: cart, event_types: [add_to_cart]}}
+  - {{name: order, event_types: [order_placed]}}
+segments:
+  device: {{cap: 6}}
+abandonment: [cart]
+"""
+
+
 def generate_users(
     *,
     seed: int,

@@ -30,21 +30,11 @@ from tests.support.traffic import (
     generate_users,
     oracle_event,
     partition_of,
+    product_cart_order_yaml,
     users_across_partitions,
 )
 
 INPUTS = 4
-STAGES = """\
-conversion_window: 2h
-window: 10m
-stages:
-  - {name: product, event_types: [product_view]}
-  - {name: cart, event_types: [add_to_cart]}
-  - {name: order, event_types: [order_placed]}
-segments:
-  device: {cap: 6}
-abandonment: [cart]
-"""
 
 
 @cache
@@ -56,8 +46,9 @@ def dataset() -> Dataset:
 
 def funnels(tmp_path: Path) -> tuple[FunnelDefinition, ...]:
     """The same stages followed by user and by session: each task's funnel list differs."""
-    (tmp_path / "by_session.yaml").write_text(f"name: by_session\n{STAGES}")
-    (tmp_path / "by_user.yaml").write_text(f"name: by_user\nfollows: user\n{STAGES}")
+    for name, by_user in (("by_session", False), ("by_user", True)):
+        text = product_cart_order_yaml(name, by_user=by_user, conversion_window="2h")
+        (tmp_path / f"{name}.yaml").write_text(text)
     return load_funnel(tmp_path / "by_session.yaml"), load_funnel(tmp_path / "by_user.yaml")
 
 
