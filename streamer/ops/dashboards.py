@@ -182,8 +182,8 @@ OVERVIEW = DashboardSpec(
             (
                 PanelSpec(
                     "Open sessions per stage",
-                    "Sessions whose attempt is undecided, by the stage they are at, summed "
-                    "over workers (streamer_funnel_sessions_open).",
+                    "Sessions (a user funnel's users) whose attempt is undecided, by the "
+                    "stage they are at, summed over workers (streamer_funnel_sessions_open).",
                     (
                         Query(
                             f"sum by (stage) (streamer_funnel_sessions_open{{{FUNNEL}}})",
@@ -310,8 +310,9 @@ CONVERSION = DashboardSpec(
             (
                 PanelSpec(
                     "Open sessions per stage",
-                    "Attempts still undecided at each stage: they count in no conversion "
-                    "figure above until their step converts or times out.",
+                    "Attempts (of sessions, or a user funnel's users) still undecided at each "
+                    "stage: they count in no conversion figure above until their step "
+                    "converts or times out.",
                     (
                         Query(
                             f"sum by (stage) (streamer_funnel_sessions_open{{{FUNNEL}}})",

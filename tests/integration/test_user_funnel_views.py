@@ -178,6 +178,19 @@ async def test_a_user_funnel_s_gauges_and_page_come_from_its_unit_tasks(
         published = await wait_published(config, expected, [process])
         assert_same("windows", expected.windows, published.windows)
         values = scrape_metrics(process.metrics_url)
+        # An event is counted by type once (by the session tasks), not again by the unit tasks.
+        sources = {config.clickstream_topic, config.checkout_topic}
+        accepted = sum(
+            value
+            for (name, labels), value in values.items()
+            if name == "streamer_events_total"
+            and dict(labels)["outcome"] == "accepted"
+            and dict(labels)["topic"] in sources
+        )
+        by_type = sum(
+            v for (name, _), v in values.items() if name == "streamer_events_by_type_total"
+        )
+        assert by_type == accepted > 0
     finally:
         process.stop()
     for funnel in funnels:

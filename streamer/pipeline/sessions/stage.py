@@ -198,15 +198,20 @@ class SessionsStage:
         # counters (the input's, the type's, its lifecycle stage's) when the metrics flush.
         self._accepted: dict[tuple[str, str], int] = {}
         # Per event type: its own counter and its lifecycle stage's (bound once, not per event).
-        self._type_counters = {
-            event_type: [metrics.events_by_type.labels(event_type=event_type)]
-            + (
-                [metrics.stage_events.labels(stage=stage)]
-                if (stage := self._decoder.stage_of(event_type)) is not None
-                else []
-            )
-            for event_type in self._decoder.event_names
-        }
+        # The unit tasks count none: the session tasks counted each event when they read it.
+        self._type_counters = (
+            {}
+            if reports_as
+            else {
+                event_type: [metrics.events_by_type.labels(event_type=event_type)]
+                + (
+                    [metrics.stage_events.labels(stage=stage)]
+                    if (stage := self._decoder.stage_of(event_type)) is not None
+                    else []
+                )
+                for event_type in self._decoder.event_names
+            }
+        )
         self._unplanned = UnplannedCounter(metrics)
 
     # --- assignment ----------------------------------------------------------------------
@@ -585,7 +590,7 @@ class SessionsStage:
         accepted, self._accepted = self._accepted, {}
         for (topic, event_type), count in accepted.items():
             self._counters[(topic, "accepted")].inc(count)
-            for counter in self._type_counters[event_type]:
+            for counter in self._type_counters.get(event_type, ()):
                 counter.inc(count)
 
     # --- output ------------------------------------------------------------------------------
