@@ -110,7 +110,9 @@ class StepBaseline:
             sums[0] += entered
             sums[1] += converted
         if len(self.segments) > 512:  # values long gone: forget the smallest
-            for key in sorted(self.segments, key=lambda k: self.segments[k][0])[:256]:
+            # Ties broken by key, not by the dict's order: a restored baseline (its segments
+            # loaded in sorted order) must forget the same values as the one that never stopped.
+            for key in sorted(self.segments, key=lambda k: (self.segments[k][0], k))[:256]:
                 del self.segments[key]
 
     @property

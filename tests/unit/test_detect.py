@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streamer.funnel.baselines import Cohort, StepBaseline
 from streamer.funnel.definition import FunnelDefinition, StepAlerting, load_funnel
 from streamer.funnel.detect import (
     FunnelDetector,
@@ -374,3 +375,24 @@ def test_a_multi_day_step_is_judged_at_matched_age_in_hours() -> None:
     # before the timeout.
     policy = funnel.alerting.model_copy(update={"young_span_ms": 900_000, "min_age_ms": MIN})
     assert broken_for_five_hours(funnel.model_copy(update={"alerting": policy})) == []
+
+
+def test_a_restored_baseline_forgets_the_same_segment_values_as_one_that_never_stopped() -> None:
+    """Over 512 segment values the smallest are forgotten; equal sums are broken by value, not
+    by the dict's order (live: arrival order; restored: sorted), or the two would diverge."""
+    bounds = tuple(0 for _ in TIME_TO_CONVERT_BUCKETS_MS)
+
+    def cohort(values: list[str]) -> Cohort:
+        segments = {("device", v): (1, 1, 0, bounds) for v in values}
+        return Cohort(0, 60_000, len(values), len(values), 0, bounds, segments=segments)
+
+    live = StepBaseline(half_life=1e9)
+    # Arrival order differs from the sorted order a restore loads them in.
+    live.learn(cohort([f"v{n:03d}" for n in reversed(range(500))]))
+    restored = StepBaseline(half_life=1e9)
+    restored.load_json(live.to_json())
+    more = cohort([f"w{n:03d}" for n in range(20)])
+    live.learn(more)
+    restored.learn(more)
+    assert len(live.segments) < 512
+    assert live.to_json() == restored.to_json()
