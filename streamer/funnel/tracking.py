@@ -171,7 +171,9 @@ class TrackingCheck:
 
     def _shares(self) -> dict[Key, float]:
         totals: dict[Key, float] = {}
-        for (source, event_type), n in self.learned.items():
+        # In key order, not the dict's: a restored check (loaded sorted) must add the same
+        # floats in the same order as the one that never stopped, to the last bit.
+        for (source, event_type), n in sorted(self.learned.items()):
             if source:
                 totals[f"topic:{source}"] = totals.get(f"topic:{source}", 0.0) + n
             totals[f"event_type:{event_type}"] = totals.get(f"event_type:{event_type}", 0.0) + n
@@ -218,7 +220,7 @@ class TrackingCheck:
             self.learned_total = self.learned_total * keep + total
             self.learned_new = self.learned_new * keep + new
             if len(self.learned) > 1024:  # types long gone: forget the rarest
-                for pair in sorted(self.learned, key=self.learned.__getitem__)[:512]:
+                for pair in sorted(self.learned, key=lambda p: (self.learned[p], p))[:512]:
                     del self.learned[pair]
         return decisions
 

@@ -350,3 +350,20 @@ async def test_alerts_are_on_the_broker_before_the_state_that_decided_them() -> 
     journal.clear()
     await stage.judge(funnel, [64 * MIN], windows)  # nothing to send: the state only
     assert journal == ["state funnel:checkout", "confirmed"]
+
+
+def test_a_restored_check_declares_the_same_outage_to_the_last_bit() -> None:
+    """Restored state lists its learned volumes sorted, the live one in arrival order: the
+    shares must be summed in one order, or the outage's p-value differs in its last digits
+    between a worker that was killed and one that never stopped."""
+    rng = random.Random(6)
+    tracker = check()
+    run(tracker, range(60), lambda m: volume_window(rng), rng)
+    copy = check()
+    copy.load_json(orjson.loads(orjson.dumps(tracker.to_json())))
+    assert list(copy.learned) != list(tracker.learned)  # the orders really differ
+    same = random.Random(7)
+    silent = [volume_window(same, silent=frozenset({"checkout"})) for _ in range(5)]
+    restored = run(copy, range(60, 65), lambda m: silent[m - 60], rng)
+    undisturbed = run(tracker, range(60, 65), lambda m: silent[m - 60], rng)
+    assert restored and restored == undisturbed
