@@ -366,4 +366,5 @@ def test_a_restored_check_declares_the_same_outage_to_the_last_bit() -> None:
     silent = [volume_window(same, silent=frozenset({"checkout"})) for _ in range(5)]
     restored = run(copy, range(60, 65), lambda m: silent[m - 60], rng)
     undisturbed = run(tracker, range(60, 65), lambda m: silent[m - 60], rng)
-    assert restored and restored == undisturbed
+    assert restored
+    assert restored == undisturbed
