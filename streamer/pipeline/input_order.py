@@ -38,7 +38,7 @@ from streamer.kafka_io import read_range
 from streamer.metrics import Metrics
 from streamer.pipeline.messages import SourceMessage, record_message
 from streamer.pipeline.tables import in_partition
-from streamer.pipeline.timers import consumer_offsets, install_timer
+from streamer.pipeline.timers import Beside, consumer_offsets, install_timer
 from streamer.settings import Settings
 
 __all__ = [
@@ -349,15 +349,22 @@ def install_contiguous_input(
         table=table, topic=topic, stage=stage, apply=apply, read_range=read, metrics=metrics
     )
     tp = TP(topic, 0)
+    # Asking the consumer its position can take up to OFFSETS_TIMEOUT_S (a slow broker, a
+    # loaded machine), as long as the tick's interval: it runs beside the ticks, one at a time.
+    repairing = Beside(f"{stage}.repair_stalls")
 
-    async def repair() -> None:
-        if not guard.quiet or app.rebalancing or app.in_recovery:
-            return
-        if not app.tables.recovery.completed.is_set() or tp not in app.consumer.assignment():
-            return
+    async def repair_beside() -> None:
         offsets = await consumer_offsets(app, [tp])
         if offsets is not None:
             await guard.repair_stall(offsets[1].get((topic, 0)))
+
+    async def repair() -> None:
+        repairing.raise_failed()
+        if not guard.quiet or app.rebalancing or app.in_recovery or repairing.busy:
+            return
+        if not app.tables.recovery.completed.is_set() or tp not in app.consumer.assignment():
+            return
+        repairing.start(repair_beside)
 
     install_timer(app, 2.0, repair, f"{stage}.repair_stalls")
     return guard
