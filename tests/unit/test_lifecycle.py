@@ -5,6 +5,7 @@ example; the declaration's errors naming file, line and field."""
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from streamer.funnel.definition import (
 )
 from streamer.funnel.lifecycle import DAY_MS, Lifecycle, UserRecord, iso_week
 from streamer.funnel.session import StoredEvent
+from tests.oracle.lifecycle import lifecycle_figures
+from tests.support.traffic import generate_lifecycle
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "deploy/funnels/lifecycle/lifecycle.yaml"
@@ -98,6 +101,43 @@ def _diff(core: dict[str, Any], sql: dict[str, Any]) -> list[str]:
     return out
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_every_figure_equals_the_oracle_over_months(seed: int) -> None:
+    declaration = _declaration()
+    rng = random.Random(seed)
+    events = generate_lifecycle(seed=seed, users=1000, days=150, start_ms=START_MS)
+    # Event-time order, an instant's events in any order (as a unit task may release them).
+    events.sort(key=lambda e: (e["at_ms"], rng.random()))
+    last_ms = events[-1]["at_ms"]
+    cuts = sorted({START_MS + rng.randrange(last_ms - START_MS) for _ in range(4)})
+    cuts.append(last_ms + 200 * DAY_MS)  # past every horizon: every figure final
+    restore_at = cuts[1]
+    core = Lifecycle(declaration)
+    position = 0
+    compared = 0
+    for cut in cuts:
+        while position < len(events) and events[position]["at_ms"] < cut:
+            event = events[position]
+            core.apply(event["unit"], _stored(event, declaration))
+            position += 1
+        core.advance(cut)
+        if cut == restore_at:
+            core = _restored(core)
+        sql = lifecycle_figures(events, declaration, cut)
+        assert _diff(_figures(core), sql) == [], f"at {cut}"
+        compared += 1
+    final = _figures(core)
+    assert all(all(flags) for *_, flags in final["acquisition"].values())
+    assert compared == len(cuts)
+    # The data reaches every kind of figure (else the comparison proves little).
+    buyers = final["buyers"].values()
+    assert sum(b[0] for b in buyers) > 200
+    assert all(sum(b[1][i] for b in buyers) > 0 for i in range(3))
+    assert sum(b[3] for b in buyers) > 0
+    assert sum(b[4] for b in buyers) > 0
+    assert {"other", "unknown", "search"} <= {ch for _, ch in final["acquisition"]}
+
+
 def _event(at_ms: int, event_type: str, **fields: Any) -> StoredEvent:
     return StoredEvent(at_ms, f"{event_type}-{at_ms}-{sorted(fields.items())}", event_type, fields)
 
@@ -137,6 +177,18 @@ def test_the_worked_example_of_docs_lifecycle() -> None:
     assert (cohort.buyers, cohort.repeaters) == (2, [1, 2, 2])
     assert (cohort.advocates, cohort.churned) == (0, 2)
     assert core.first_purchase["search"].buckets[:4] == [0, 1, 0, 1]  # 2 h and 3 d
+    # The same numbers from SQL.
+    rows = [
+        {
+            "unit": unit,
+            "event_type": e.event_type,
+            "at_ms": e.at_ms,
+            "properties": {k: v for k, v in e.fields.items() if "." not in k},
+            "context": {k.split(".", 1)[1]: v for k, v in e.fields.items() if "." in k},
+        }
+        for unit, e in feed
+    ]
+    assert _diff(_figures(core), lifecycle_figures(rows, declaration, monday + 200 * DAY_MS)) == []
 
 
 def test_churn_counts_at_its_day_and_returns_when_the_buyer_orders_again() -> None:
