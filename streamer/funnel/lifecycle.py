@@ -68,7 +68,7 @@ def iso_week(start_ms: int) -> str:
 
 @dataclass(slots=True)
 class UserRecord:
-    """What the lifecycle keeps of one user: 9 numbers and a channel label (at most 64
+    """What the lifecycle keeps of one user: 7 numbers and a channel label (at most 64
     characters, one of the declared few), about 100 bytes as JSON."""
 
     first_visit_ms: int
