@@ -26,7 +26,7 @@ from streamer.decode import DecodeLimits, Rejection, corrected_time, decode_even
 from streamer.events import EVENT_MODELS, Event, EventContext, ReasonCode
 from streamer.formatting import utc_datetime
 from streamer.funnel.catalogue import ANY_TYPE, EventCatalogue
-from streamer.funnel.definition import FunnelDefinition
+from streamer.funnel.definition import FunnelDefinition, stored_field
 from streamer.funnel.session import VALUE_FIELDS, StoredEvent
 from streamer.funnel.stages import lifecycle_stage
 from streamer.plan.compile import CompiledPlan, Ignored, PlannedEvent, compile_plan
@@ -86,14 +86,16 @@ class EventDecoder(Protocol):
 
 # --- what the core keeps of an event ------------------------------------------------
 def needed_fields(funnels: tuple[FunnelDefinition, ...]) -> frozenset[str]:
-    """The flattened fields the funnels read (stage filters, segments, cart value)."""
+    """The flattened fields the funnels read (stage filters, segments, cart value, a
+    lifecycle's order value and channel)."""
     names: set[str] = {*VALUE_FIELDS, "currency"}
     for funnel in funnels:
         for stage in funnel.stages:
             names.update(condition.property for condition in stage.where)
-        for segment in funnel.segments:
-            kind, _, name = segment.source.partition(".")
-            names.add(name if kind == "property" else segment.source)
+        sources = [segment.source for segment in funnel.segments]
+        if funnel.lifecycle is not None:
+            sources += [funnel.lifecycle.value_from, funnel.lifecycle.channel_from]
+        names.update(stored_field(source) for source in sources)
     return frozenset(names)
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "Experiment",
     "FunnelDefinition",
     "FunnelDefinitionError",
+    "LifecycleDeclaration",
     "Segment",
     "Stage",
     "StepAttribution",
@@ -50,6 +51,7 @@ __all__ = [
     "load_funnel",
     "load_funnels",
     "parse_duration_ms",
+    "stored_field",
 ]
 
 FUNNEL_FILE_PATTERNS = ("*.yaml", "*.yml")
@@ -82,6 +84,13 @@ def parse_duration_ms(value: Any) -> int:
 
 
 Duration = Annotated[int, BeforeValidator(parse_duration_ms)]
+
+
+def stored_field(source: str) -> str:
+    """How an event stores a source's field: ``property.value`` as ``value``, a context or
+    experiment field by its whole name (``context.channel``)."""
+    kind, _, name = source.partition(".")
+    return name if kind == "property" else source
 
 
 class _Frozen(BaseModel):
@@ -390,6 +399,86 @@ def _experiment_segments(data: dict[str, Any]) -> list[Any]:
     return added
 
 
+# Words the lifecycle's channel labels use for what is not a declared channel.
+_CHANNEL_FOLDS = ("other", "unknown")
+
+
+class LifecycleDeclaration(_Frozen):
+    """A user funnel's lifecycle figures (docs/lifecycle.md): first visit -> first order ->
+    repeat orders within the horizons -> review or referral, by cohort."""
+
+    visits: tuple[str, ...] = Field(
+        default=("page_view",),
+        min_length=1,
+        description="event types that are a visit (an order is one too)",
+    )
+    orders: tuple[str, ...] = Field(
+        default=("order_placed",), min_length=1, description="event types that are an order"
+    )
+    value_from: str = Field(
+        default="property.value",
+        pattern=r"^(context|property)\.[A-Za-z0-9_]+$",
+        description="where an order carries its value (property.<name> or context.<field>)",
+    )
+    advocacy: tuple[str, ...] = Field(
+        default=("review_submitted", "referral_sent"),
+        description="event types that make a buyer an advocate (after the first order)",
+    )
+    channel_from: str = Field(
+        default="context.channel",
+        pattern=r"^(context|property)\.[A-Za-z0-9_]+$",
+        description="where the first visit carries the acquisition channel",
+    )
+    channels: tuple[Annotated[str, Field(min_length=1, max_length=64)], ...] = Field(
+        min_length=1,
+        max_length=20,
+        description="the channels counted apart (a bounded label); others fold into other, "
+        "none into unknown",
+    )
+    horizon_days: tuple[Annotated[int, Field(ge=1, le=366)], ...] = Field(
+        default=(30, 60, 90),
+        min_length=1,
+        max_length=5,
+        description="days after the first order (repeat rate) or first visit (value per user)",
+    )
+    churn_days: int = Field(
+        default=60,
+        ge=1,
+        le=366,
+        description="a buyer churned once this many whole UTC days passed after the day of "
+        "their latest order without another",
+    )
+
+    @field_validator("channels")
+    @classmethod
+    def _channels_are_labels(cls, channels: tuple[str, ...]) -> tuple[str, ...]:
+        folded = [c for c in channels if c in _CHANNEL_FOLDS]
+        if folded:
+            raise ValueError(f"{folded} name what is not a declared channel; pick other names")
+        if len(set(channels)) != len(channels):
+            raise ValueError(f"channels must be unique, got {list(channels)}")
+        return channels
+
+    @field_validator("horizon_days")
+    @classmethod
+    def _horizons_rise(cls, days: tuple[int, ...]) -> tuple[int, ...]:
+        if list(days) != sorted(set(days)):
+            raise ValueError(f"horizons must rise, each once, got {list(days)}")
+        return days
+
+    @model_validator(mode="after")
+    def _kinds_apart(self) -> LifecycleDeclaration:
+        problems: list[InitErrorDetails] = []
+        for index, event_type in enumerate(self.advocacy):
+            if event_type in self.orders or event_type in self.visits:
+                problems.append(_problem(
+                    ("advocacy", index), f"{event_type!r} is a visit or an order already"
+                ))  # fmt: skip
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
+        return self
+
+
 def _default_source(name: str) -> dict[str, str]:
     known = _DEFAULT_SEGMENT_SOURCES.get(name)
     return {"source": known} if known else {}
@@ -442,6 +531,10 @@ class FunnelDefinition(_Frozen):
     alerting: AlertPolicy = Field(default_factory=lambda: AlertPolicy())
     experiments: tuple[Experiment, ...] = Field(
         default=(), description="A/B tests guarded step by step (docs/experiments.md)"
+    )
+    lifecycle: LifecycleDeclaration | None = Field(
+        default=None,
+        description="user funnels: cohort figures of first and repeat orders (docs/lifecycle.md)",
     )
 
     @model_validator(mode="before")
@@ -628,6 +721,19 @@ class FunnelDefinition(_Frozen):
         if unknown:
             raise ValueError(
                 f"alerting.steps names unknown steps {unknown}; steps are {sorted(steps)}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _lifecycle_follows_users(self) -> FunnelDefinition:
+        if self.lifecycle is not None and self.follows != "user":
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [
+                    _problem(
+                        ("lifecycle",), "a lifecycle counts users: the funnel needs follows: user"
+                    )
+                ],
             )
         return self
 

@@ -220,3 +220,63 @@ def generate_users(
     last = max(at_ms(event) for event in arrivals)
     closing_ms = last + round(closing_after_hours * 3_600_000)
     return Dataset(arrivals=arrivals, closing_ms=closing_ms, sessions=len(sessions))
+
+
+def generate_lifecycle(*, seed: int, users: int, days: int, start_ms: int) -> list[dict[str, Any]]:
+    """Users' lifecycle events over ``days`` of event time from ``start_ms`` (the oracle's
+    rows, ``unit`` the user): first visits through declared, undeclared and missing channels
+    (some first instants naming two), first orders from the same instant to months later,
+    repeat orders some exactly 30 days (and 1 ms more) after the first, two orders in one
+    instant, values missing or not numbers, reviews and referrals before, at and after the
+    first order, and events no lifecycle reads. Each user's events in time order; users
+    interleave in the caller's sort."""
+    rng = random.Random(seed)
+    day = 86_400_000
+    events: list[dict[str, Any]] = []
+
+    def add(user: str, at: int, event_type: str, **fields: Any) -> None:
+        context = {"channel": fields.pop("channel")} if "channel" in fields else {}
+        events.append({
+            "unit": user, "event_id": f"{user}-{len(events)}", "event_type": event_type,
+            "at_ms": at, "properties": fields, "context": context,
+        })  # fmt: skip
+
+    def value() -> Any:
+        roll = rng.random()
+        if roll < 0.9:
+            return round(rng.uniform(5, 400), 2)
+        return rng.choice([None, "12.50", True, -5.0, 0])
+
+    channels = ["search", "social", "email", "affiliate", "partner-x", "", None]
+    for index in range(users):
+        user = f"u{seed}-{index}"
+        first = start_ms + rng.randrange(days * day)
+        channel = rng.choice(channels)
+        add(user, first, "page_view", channel=channel)
+        if rng.random() < 0.1:  # a second event of the first instant naming another channel
+            add(
+                user, first, rng.choice(["page_view", "order_placed"]), channel=rng.choice(channels)
+            )
+        for _ in range(rng.randrange(3)):
+            add(user, first + rng.randrange(30 * day), "product_view")
+        if rng.random() < 0.1:
+            add(user, first + rng.randrange(10 * day), "review_submitted")
+        if rng.random() < 0.45:
+            continue
+        to_first = rng.choice([0, rng.randrange(3_600_000), rng.randrange(3 * day)])
+        to_first = rng.choice([to_first, rng.randrange(120 * day)])
+        order_at = first + to_first
+        add(user, order_at, "order_placed", value=value())
+        if rng.random() < 0.2:  # advocacy in the first order's instant does not count
+            add(user, order_at, rng.choice(["review_submitted", "referral_sent"]))
+        if rng.random() < 0.3:
+            add(user, order_at + rng.randrange(1, 90 * day), "referral_sent", channel="email")
+        at = order_at
+        for _ in range(rng.choice([0, 0, 1, 1, 2, 4])):
+            gap = rng.choice([
+                30 * day, 30 * day + 1, 60 * day, 0, rng.randrange(100 * day),
+                rng.randrange(40 * day),
+            ])  # fmt: skip
+            at += gap
+            add(user, at, "order_placed", value=value())
+    return events

@@ -1,0 +1,255 @@
+"""The lifecycle core (streamer/funnel/lifecycle.py) against the SQL oracle
+(tests/oracle/lifecycle.py, written from docs/lifecycle.md) on generated months of users, at
+watermarks inside and past the data, through a store and restore; docs/lifecycle.md's worked
+example; the declaration's errors naming file, line and field."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from streamer.funnel.definition import (
+    FunnelDefinitionError,
+    LifecycleDeclaration,
+    load_funnel,
+    stored_field,
+)
+from streamer.funnel.lifecycle import DAY_MS, Lifecycle, UserRecord, iso_week
+from streamer.funnel.session import StoredEvent
+from tests.oracle.lifecycle import lifecycle_figures
+from tests.support.traffic import generate_lifecycle
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = ROOT / "deploy/funnels/lifecycle/lifecycle.yaml"
+# A Thursday, so the first cohort week starts before the data.
+START_MS = int(datetime(2026, 1, 1, 9, 30, tzinfo=UTC).timestamp() * 1000)
+
+
+def _declaration() -> LifecycleDeclaration:
+    found = load_funnel(SHIPPED).lifecycle
+    assert found is not None
+    return found
+
+
+def _stored(event: dict[str, Any], declaration: LifecycleDeclaration) -> StoredEvent:
+    """The event as the worker's decoder stores it: the fields the lifecycle reads, flattened."""
+    fields: dict[str, Any] = {}
+    for source in (declaration.value_from, declaration.channel_from):
+        kind, _, name = source.partition(".")
+        holder = event["properties"] if kind == "property" else event["context"]
+        if name in holder:
+            fields[stored_field(source)] = holder[name]
+    return StoredEvent(event["at_ms"], event["event_id"], event["event_type"], fields)
+
+
+def _figures(core: Lifecycle) -> dict[str, Any]:
+    """The core's figures in the oracle's shape."""
+    horizons = range(len(core.declaration.horizon_days))
+    return {
+        "acquisition": {
+            key: (
+                c.users,
+                c.buyers,
+                tuple(c.value_cents),
+                tuple(core.value_final(key[0], i) for i in horizons),
+            )
+            for key, c in core.acquisition.items()
+            if c.users
+        },
+        "buyers": {
+            week: (
+                c.buyers,
+                tuple(c.repeaters),
+                tuple(core.repeat_final(week, i) for i in horizons),
+                c.advocates,
+                c.churned,
+            )
+            for week, c in core.buyer_cohorts.items()
+        },
+        "first_purchase": {
+            channel: (tuple(h.buckets), h.sum_ms)
+            for channel, h in core.first_purchase.items()
+            if h.count
+        },
+    }
+
+
+def _restored(core: Lifecycle) -> Lifecycle:
+    """A new core from what a checkpoint stores: the figures and every user's record as JSON."""
+    again = Lifecycle(
+        core.declaration,
+        {
+            unit: UserRecord.from_json(orjson.loads(orjson.dumps(r.to_json())))
+            for unit, r in core.users.items()
+        },
+    )
+    again.restore(orjson.loads(orjson.dumps(core.to_json())))
+    return again
+
+
+def _diff(core: dict[str, Any], sql: dict[str, Any]) -> list[str]:
+    out = []
+    for part in ("acquisition", "buyers", "first_purchase"):
+        for key in sorted(set(core[part]) | set(sql[part]), key=str):
+            if core[part].get(key) != sql[part].get(key):
+                out.append(f"{part} {key}: core {core[part].get(key)} sql {sql[part].get(key)}")
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_every_figure_equals_the_oracle_over_months(seed: int) -> None:
+    declaration = _declaration()
+    rng = random.Random(seed)
+    events = generate_lifecycle(seed=seed, users=1000, days=150, start_ms=START_MS)
+    # Event-time order, an instant's events in any order (as a unit task may release them).
+    events.sort(key=lambda e: (e["at_ms"], rng.random()))
+    last_ms = events[-1]["at_ms"]
+    cuts = sorted({START_MS + rng.randrange(last_ms - START_MS) for _ in range(4)})
+    cuts.append(last_ms + 200 * DAY_MS)  # past every horizon: every figure final
+    core = Lifecycle(declaration)
+    position = 0
+    compared = 0
+    for cut in cuts:
+        while position < len(events) and events[position]["at_ms"] < cut:
+            event = events[position]
+            core.apply(event["unit"], _stored(event, declaration))
+            position += 1
+        core.advance(cut)
+        core = _restored(core)  # a store and restore at every cut changes nothing
+        sql = lifecycle_figures(events, declaration, cut)
+        assert _diff(_figures(core), sql) == [], f"at {cut}"
+        compared += 1
+    final = _figures(core)
+    assert all(all(flags) for *_, flags in final["acquisition"].values())
+    assert compared == len(cuts)
+    # The data reaches every kind of figure (else the comparison proves little).
+    buyers = final["buyers"].values()
+    assert sum(b[0] for b in buyers) > 200
+    assert all(sum(b[1][i] for b in buyers) > 0 for i in range(3))
+    assert sum(b[3] for b in buyers) > 0
+    assert sum(b[4] for b in buyers) > 0
+    assert {"other", "unknown", "search"} <= {ch for _, ch in final["acquisition"]}
+
+
+def _event(at_ms: int, event_type: str, **fields: Any) -> StoredEvent:
+    return StoredEvent(at_ms, f"{event_type}-{at_ms}-{sorted(fields.items())}", event_type, fields)
+
+
+def test_the_worked_example_of_docs_lifecycle() -> None:
+    """docs/lifecycle.md, "A worked example": the numbers the page states."""
+    declaration = _declaration()
+    monday = int(datetime(2026, 3, 2, tzinfo=UTC).timestamp() * 1000)
+    hour = 3_600_000
+    feed = [
+        # ana: first visit through search, orders 2 h later and again exactly 30 days after
+        ("ana", _event(monday, "page_view", **{"context.channel": "search"})),
+        ("ana", _event(monday + 2 * hour, "order_placed", value=40.0)),
+        ("ana", _event(monday + 2 * hour + 30 * DAY_MS, "order_placed", value=10.0)),
+        # ben: first instant names two channels (social wins: the smallest), orders 1 ms
+        # past 30 days after his first, reviews at his first order's instant (not counted)
+        ("ben", _event(monday + hour, "page_view", **{"context.channel": "social"})),
+        ("ben", _event(monday + hour, "page_view", **{"context.channel": "search"})),
+        ("ben", _event(monday + 3 * DAY_MS, "order_placed", value=25.5)),
+        ("ben", _event(monday + 3 * DAY_MS, "review_submitted")),
+        ("ben", _event(monday + 33 * DAY_MS + 1, "order_placed", value="n/a")),
+        # cy: visits through a channel not declared, never orders
+        ("cy", _event(monday + DAY_MS, "page_view", **{"context.channel": "tv"})),
+    ]
+    core = Lifecycle(declaration)
+    for unit, event in feed:
+        core.apply(unit, event)
+    core.advance(monday + 200 * DAY_MS)
+    week = (monday, "search")
+    assert iso_week(monday) == "2026-W10"
+    assert core.acquisition[week].users == 2
+    assert core.acquisition[week].buyers == 2
+    # value within 30 days of the first visit: ana 40 (her 10 is 30 d 2 h after), ben 25.50
+    assert core.acquisition[week].value_cents == [6550, 7550, 7550]
+    assert core.acquisition[(monday, "other")].users == 1
+    cohort = core.buyer_cohorts[monday]
+    assert (cohort.buyers, cohort.repeaters) == (2, [1, 2, 2])
+    assert (cohort.advocates, cohort.churned) == (0, 2)
+    assert core.first_purchase["search"].buckets[:4] == [0, 1, 0, 1]  # 2 h and 3 d
+    # The same numbers from SQL.
+    rows = [
+        {
+            "unit": unit,
+            "event_type": e.event_type,
+            "at_ms": e.at_ms,
+            "properties": {k: v for k, v in e.fields.items() if "." not in k},
+            "context": {k.split(".", 1)[1]: v for k, v in e.fields.items() if "." in k},
+        }
+        for unit, e in feed
+    ]
+    assert _diff(_figures(core), lifecycle_figures(rows, declaration, monday + 200 * DAY_MS)) == []
+
+
+def test_churn_counts_at_its_day_and_returns_when_the_buyer_orders_again() -> None:
+    declaration = _declaration()  # churn_days 60
+    monday = int(datetime(2026, 3, 2, tzinfo=UTC).timestamp() * 1000)
+    core = Lifecycle(declaration)
+    core.apply("ana", _event(monday + 5_000, "order_placed", value=1))
+    churn_day_ms = monday + 61 * DAY_MS  # the end of day 60 after the order's day
+    core.advance(churn_day_ms - 1)
+    assert core.buyer_cohorts[monday].churned == 0
+    core.advance(churn_day_ms)
+    assert core.buyer_cohorts[monday].churned == 1
+    core.apply("ana", _event(churn_day_ms + 10, "order_placed", value=1))
+    assert core.buyer_cohorts[monday].churned == 0
+    assert core.churn_due == {(monday, monday // DAY_MS + 61 + 61): 1}
+
+
+def test_a_user_record_is_small() -> None:
+    record = UserRecord(
+        2**42, "a-channel-of-sixteen", 120, 2**42, 9_999_999, 99_999_999, 2**42, True
+    )
+    assert len(orjson.dumps(record.to_json())) <= 110
+
+
+@pytest.mark.parametrize(
+    ("follows", "text", "line", "message"),
+    [
+        ("session", "lifecycle:\n  channels: [a]\n", 8, "lifecycle: a lifecycle counts users"),
+        ("user", "lifecycle:\n  channels: [search, other]\n", 9, "lifecycle.channels"),
+        (
+            "user",
+            "lifecycle:\n  channels: [a]\n  horizon_days: [60, 30]\n",
+            10,
+            "lifecycle.horizon_days: horizons must rise",
+        ),
+        ("user", "lifecycle:\n  channels: [a]\n  churn_days: 0\n", 10, "lifecycle.churn_days"),
+        (
+            "user",
+            "lifecycle:\n  channels: [a]\n  advocacy: [page_view]\n",
+            10,
+            "lifecycle.advocacy.0: 'page_view' is a visit",
+        ),
+    ],
+)
+def test_declaration_errors_name_the_file_line_and_field(
+    tmp_path: Path, follows: str, text: str, line: int, message: str
+) -> None:
+    head = (
+        f"name: life\nfollows: {follows}\nconversion_window: 90d\nwindow: 1d\nstages:\n"
+        "  - {name: visit, event_type: page_view}\n  - {name: order, event_type: order_placed}\n"
+    )
+    path = tmp_path / "life.yaml"
+    path.write_text(head + text)
+    with pytest.raises(FunnelDefinitionError) as caught:
+        load_funnel(path)
+    assert f"{path}:{line}: {message}" in str(caught.value)
+
+
+def test_off_unless_declared() -> None:
+    assert all(f.lifecycle is None for f in _default_funnels())
+
+
+def _default_funnels() -> list[Any]:
+    from streamer.funnel.definition import load_funnels
+
+    return list(load_funnels([ROOT / "deploy/funnels"]))
