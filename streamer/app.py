@@ -139,6 +139,13 @@ def worker_events(settings: Settings) -> tuple[tuple[FunnelDefinition, ...], Eve
     funnels = load_configured_funnels(settings, catalogue_of(plan))
     if plan is not None:
         log.info("tracking plan: %s", plan.loaded.summary())
+    for funnel in funnels:
+        if funnel.lifecycle is not None:
+            log.warning(
+                "funnel %s declares a lifecycle: the worker counts its stages as a user "
+                "funnel but does not compute lifecycle figures yet (docs/lifecycle.md, Status)",
+                funnel.name,
+            )
     return funnels, event_decoder(plan, DecodeLimits.of(settings), needed_fields(funnels))
 
 

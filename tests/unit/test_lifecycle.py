@@ -253,3 +253,17 @@ def _default_funnels() -> list[Any]:
     from streamer.funnel.definition import load_funnels
 
     return list(load_funnels([ROOT / "deploy/funnels"]))
+
+
+def test_a_worker_given_the_shipped_lifecycle_says_it_computes_no_figures_yet(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Until the worker runs the lifecycle, a declared block must not pass silently."""
+    from streamer.app import worker_events
+    from streamer.settings import Settings
+
+    settings = Settings(funnels=(ROOT / "deploy/funnels/lifecycle",))
+    with caplog.at_level("WARNING", logger="streamer.app"):
+        funnels, _ = worker_events(settings)
+    assert [f.lifecycle is not None for f in funnels] == [True]
+    assert "does not compute lifecycle figures yet" in caplog.text
