@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 # re-key stage waited on nearly every send on a backlog.
 PRODUCER_BATCH_BYTES = 1024 * 1024
 CRASH_STOP_DEADLINE_S = 20.0  # after a crash, exit 1 at the latest this long into the stop
+REKEY_POSITIONS_SEGMENT_MS = 10 * 60 * 1000
 
 
 def _exit_after_crash_stop_hung() -> None:
@@ -163,8 +164,20 @@ def topic_plan(
         settings.alerts_topic: (1, {}),
         settings.failed_alerts_topic: (1, {}),
         settings.baselines_topic: (1, {"cleanup.policy": "compact"}),
-        **({} if settings.source_keyed_by_session else {settings.rekeyed_topic: (per_session, {})}),
+        **({} if settings.source_keyed_by_session else _rekey_topics(settings)),
         **({settings.units_topic: (per_session, {})} if user_funnels(funnels) else {}),
+    }
+
+
+def _rekey_topics(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
+    return {
+        settings.rekeyed_topic: (settings.topic_partitions, {}),
+        # A record per source partition and second: compacted, its active segment rolled
+        # often, so that reading it at an assignment stays short.
+        settings.rekey_positions_topic: (
+            1,
+            {"cleanup.policy": "compact", "segment.ms": str(REKEY_POSITIONS_SEGMENT_MS)},
+        ),
     }
 
 
