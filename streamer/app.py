@@ -182,12 +182,14 @@ def _rekey_topics(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
 
 
 def internal_topics(app: StreamerApp) -> tuple[str, ...]:
-    """The topics Faust makes for itself, all named ``{app_id}-...``: one changelog per table
-    and the leader assignor's topic."""
+    """The topics of the worker's own, all named ``{app_id}-...``: one changelog per table,
+    the leader assignor's topic, and on the re-key path its record of positions."""
     changelogs = sorted(
         table.changelog_topic.get_topic_name() for table in app.faust.tables.values()
     )
-    return (*changelogs, f"{app.settings.app_id}-__assignor-__leader")
+    settings = app.settings
+    positions = () if settings.source_keyed_by_session else (settings.rekey_positions_topic,)
+    return (*changelogs, f"{settings.app_id}-__assignor-__leader", *positions)
 
 
 def worker_access(app: StreamerApp) -> AccessNeeds:
