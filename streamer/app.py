@@ -56,7 +56,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+# aiokafka keeps one batch per partition and one request in flight per broker: a send to a
+# partition whose batch is full waits for that request. At Faust's 16 KiB (~40 events) the
+# re-key stage waited on nearly every send on a backlog.
+PRODUCER_BATCH_BYTES = 1024 * 1024
 CRASH_STOP_DEADLINE_S = 20.0  # after a crash, exit 1 at the latest this long into the stop
+REKEY_POSITIONS_SEGMENT_MS = 10 * 60 * 1000
 
 
 def _exit_after_crash_stop_hung() -> None:
@@ -166,18 +171,32 @@ def topic_plan(
         settings.alerts_topic: (1, {}),
         settings.failed_alerts_topic: (1, {}),
         settings.baselines_topic: (1, {"cleanup.policy": "compact"}),
-        **({} if settings.source_keyed_by_session else {settings.rekeyed_topic: (per_session, {})}),
+        **({} if settings.source_keyed_by_session else _rekey_topics(settings)),
         **({settings.units_topic: (per_session, {})} if user_funnels(funnels) else {}),
     }
 
 
+def _rekey_topics(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
+    return {
+        settings.rekeyed_topic: (settings.topic_partitions, {}),
+        # A record per source partition and second: compacted, its active segment rolled
+        # often, so that reading it at an assignment stays short.
+        settings.rekey_positions_topic: (
+            1,
+            {"cleanup.policy": "compact", "segment.ms": str(REKEY_POSITIONS_SEGMENT_MS)},
+        ),
+    }
+
+
 def internal_topics(app: StreamerApp) -> tuple[str, ...]:
-    """The topics Faust makes for itself, all named ``{app_id}-...``: one changelog per table
-    and the leader assignor's topic."""
+    """The topics of the worker's own, all named ``{app_id}-...``: one changelog per table,
+    the leader assignor's topic, and on the re-key path its record of positions."""
     changelogs = sorted(
         table.changelog_topic.get_topic_name() for table in app.faust.tables.values()
     )
-    return (*changelogs, f"{app.settings.app_id}-__assignor-__leader")
+    settings = app.settings
+    positions = () if settings.source_keyed_by_session else (settings.rekey_positions_topic,)
+    return (*changelogs, f"{settings.app_id}-__assignor-__leader", *positions)
 
 
 def worker_access(app: StreamerApp) -> AccessNeeds:
@@ -282,6 +301,7 @@ def create_app(
         autodiscover=False,
         web_in_thread=False,
         producer_max_request_size=DLQ_MAX_MESSAGE_BYTES,
+        producer_max_batch_size=PRODUCER_BATCH_BYTES,
         # Static membership: a restarted worker gets its partitions back without waiting
         # for the group to notice it left.
         consumer_group_instance_id=settings.group_instance_id,

@@ -442,6 +442,12 @@ class Settings(BaseSettings):
         return self.instance_id or f"{self.app_id}-{socket.gethostname()}-{self.web_port}"
 
     @property
+    def rekey_positions_topic(self) -> str:
+        """The re-key path's record of how far each source partition is forwarded (internal:
+        under the ``{app_id}-`` prefix of Faust's own topics)."""
+        return f"{self.app_id}-rekey-positions"
+
+    @property
     def uses_local_broker(self) -> bool:
         return self.kafka_bootstrap is None
 

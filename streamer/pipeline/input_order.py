@@ -5,7 +5,8 @@ re-key stage, the merger and the notifier. Its rules:
 1. Per (topic, partition) a stage keeps the **next offset** it applied, in a place of its own
    (a :class:`PositionStore`): the sessions stage in its checkpoint's meta record, the merger
    and the notifier in a key of their table (:class:`TableStore`), the re-key stage in memory
-   (:class:`MemoryStore`, from the group's committed offset after an assignment).
+   (:class:`MemoryStore`), recorded in a compacted topic once its forwards are confirmed and
+   read back at each assignment (``streamer.pipeline.rekey``).
 2. A delivered message **before** it is a copy of one applied: skipped (:meth:`admit` says so).
 3. A delivered message **past** it comes after a *hole*: Faust skipped offsets (what its fetcher
    had buffered while the worker restored a table is dropped when the streams resume, and the
@@ -95,7 +96,7 @@ class PositionStore(Protocol):
 
 
 class MemoryStore:
-    """Positions in memory (the re-key stage keeps no state)."""
+    """Positions in memory (the re-key stage's working copy; it records them itself)."""
 
     def __init__(self) -> None:
         self.offsets: dict[tuple[str, int], int] = {}

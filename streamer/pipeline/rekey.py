@@ -15,6 +15,11 @@ source partitions). A marker follows the events it covers (one producer, ordered
 partition), and only this stage writes the re-keyed topic, so no outside producer can move a
 watermark. Input is acked once what was forwarded is confirmed by the broker; a restart
 forwards some events again, which the sessions tasks skip by source offset.
+
+Per source partition the next offset forwarded is recorded durably (a compacted topic,
+``{app_id}-rekey-positions``, written once the forwards are confirmed and before their input
+is acked), so an owner after a restart or a rebalance starts from it: a hole the group's commit
+moved past is read directly even when an earlier process made it.
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ from faust.types import TP
 from streamer.decode import DecodeLimits, Rejection
 from streamer.decoders import ContractDecoder, EventDecoder, Ignored
 from streamer.funnel.session import NEVER
-from streamer.kafka_io import committed_offset, topic_partitions
+from streamer.kafka_io import committed_offset, read_topic, topic_partitions
 from streamer.metrics import Metrics, UnplannedCounter
+from streamer.pipeline.batches import current_messages
 from streamer.pipeline.input_order import STALL_REPAIR_S, InputPositions, MemoryStore, source_reader
 from streamer.pipeline.messages import (
     REKEY_FRONT,
@@ -44,7 +50,6 @@ from streamer.pipeline.messages import (
     SendFn,
     SourceMessage,
     send_rejected,
-    source_message,
 )
 from streamer.pipeline.tables import Deliveries
 from streamer.pipeline.timers import Beside, consumer_offsets, install_timer
@@ -64,6 +69,10 @@ ForwardFn = Callable[[bytes | None, bytes, int | None, Headers], Awaitable[Await
 ReadFn = Callable[[str, int, int, int], Awaitable[tuple[int, list[SourceMessage]]]]
 # (topic, partition) -> the group's committed offset (None: none yet)
 CommittedFn = Callable[[str, int], Awaitable[int | None]]
+# The recorded positions: "topic/partition" -> next offset forwarded (the newest record of each)
+RecordedFn = Callable[[], Awaitable[dict[str, int]]]
+# Record one position: (b"topic/partition", b"offset") -> the produce's future
+RecordFn = Callable[[bytes, bytes], Awaitable[Awaitable[Any]]]
 
 
 async def _nothing_to_read(
@@ -85,6 +94,8 @@ class RekeyStage:
         flush_producer: Callable[[], Awaitable[None]],
         read_range: ReadFn | None = None,
         committed: CommittedFn | None = None,
+        recorded: RecordedFn | None = None,
+        record: RecordFn | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         decoder: EventDecoder | None = None,
     ) -> None:
@@ -100,9 +111,13 @@ class RekeyStage:
         self._clock = clock
         self.assigned: set[tuple[str, int]] = set()
         self.fronts: dict[str, int] = {}  # "topic/partition" -> newest event time forwarded
-        # Per source partition the next offset to forward: in memory (this stage keeps no
-        # state), from the group's committed offset at the first message after an assignment.
+        # Per source partition the next offset to forward; at the first message after an
+        # assignment from the recorded one (``recorded``), else the group's committed offset.
         self._read_to = MemoryStore()
+        self._recorded_fn = recorded
+        self._record = record
+        self._recorded: dict[str, int] | None = None  # read once per assignment
+        self._written: dict[tuple[str, int], int] = {}  # positions recorded by this process
         self._last_read: dict[str, float] = {}
         self._assigned_at = time.monotonic()
         self._unacked: list[Callable[[], Any]] = []
@@ -110,6 +125,9 @@ class RekeyStage:
         read = read_range or _nothing_to_read
 
         async def start(topic: str, partition: int, faust_at: int) -> int:
+            recorded = await self._recorded_position(topic, partition)
+            if recorded is not None:
+                return recorded
             if committed is None:
                 return faust_at
             return await committed(topic, partition) or 0
@@ -127,8 +145,17 @@ class RekeyStage:
     def assign(self, partitions: set[tuple[str, int]]) -> None:
         for topic, partition in self.assigned - partitions:
             self._read_to.forget(topic, partition)  # its next owner reads on
+            self._written.pop((topic, partition), None)
+        self._recorded = None  # another owner may have recorded more meanwhile
         self.assigned = set(partitions)
         self._assigned_at = time.monotonic()
+
+    async def _recorded_position(self, topic: str, partition: int) -> int | None:
+        if self._recorded_fn is None:
+            return None
+        if self._recorded is None:
+            self._recorded = await self._recorded_fn()
+        return self._recorded.get(f"{topic}/{partition}")
 
     async def process(self, message: SourceMessage, ack: Callable[[], Any]) -> None:
         if (message.topic, message.partition) not in self.assigned and self.assigned:
@@ -139,7 +166,8 @@ class RekeyStage:
             # source offset); a hole before it is read and forwarded first.
             await self._positions.admit(message.topic, message.partition, message)
             await self._forward_one(message)
-        self._unacked.append(ack)
+            # Under the lock: an ack taken by ``acknowledge`` belongs to a forward it confirms.
+            self._unacked.append(ack)
 
     async def repair_stalls(self, positions: dict[tuple[str, int], int]) -> None:
         """A source partition whose consumer position is past what was forwarded, with
@@ -233,14 +261,38 @@ class RekeyStage:
                 )
 
     async def acknowledge(self) -> None:
-        """Wait until the broker has everything forwarded so far, then ack its input. Each
-        message's forward is added before its ack, with no wait in between, so the acks
-        taken here belong to sends this confirms (or an earlier call confirmed)."""
-        acks, self._unacked = self._unacked, []
-        await self._in_flight.confirm()  # raises if the broker refused: nothing gets acked
+        """Wait until the broker has everything forwarded so far, record how far each source
+        partition is forwarded, then ack its input. The acks and positions are taken with
+        the forwards they belong to (under the lock, with no wait before the confirm)."""
+        async with self._lock:
+            acks, self._unacked = self._unacked, []
+            positions = {
+                (topic, partition): offset
+                for (topic, partition), offset in self._read_to.offsets.items()
+                if (topic, partition) in self.assigned
+            }
+            forwarded = self._in_flight.confirm()
+        await forwarded  # raises if the broker refused: nothing gets recorded or acked
         await self._flush_producer()
+        await self._record_positions(positions)
         for ack in acks:
             ack()
+
+    async def _record_positions(self, positions: dict[tuple[str, int], int]) -> None:
+        """Positions of confirmed forwards, recorded (and confirmed) before their input is
+        acked: the group's commit never passes what is recorded, so an owner that starts from
+        the record reads again only copies, or a hole."""
+        if self._record is None:
+            return
+        recording = Deliveries()
+        for (topic, partition), offset in sorted(positions.items()):
+            if self._written.get((topic, partition)) != offset:
+                key = f"{topic}/{partition}".encode()
+                recording.add(await self._record(key, str(offset).encode()))
+        await recording.confirm()
+        for (topic, partition), offset in positions.items():
+            if (topic, partition) in self.assigned:
+                self._written[(topic, partition)] = offset
 
 
 def install(
@@ -250,13 +302,17 @@ def install(
     (``decoder``: the worker's, the built-in contract's if None)."""
     topics = (settings.clickstream_topic, settings.checkout_topic)
     source = source_topic(app, *topics)
-    rekeyed = record_topic(app, settings.rekeyed_topic, partitions=settings.topic_partitions)
     dlq = dead_letter_topic(app, settings)
 
     async def forward(
         key: bytes | None, value: bytes, partition: int | None, headers: Sequence[Any]
     ) -> Any:
-        return await rekeyed.send(key=key, value=value, partition=partition, headers=headers)
+        # Straight to the producer: Faust's topic send (codecs, a future message, sensors
+        # on send and on delivery) cost as much as the produce itself, per event; the bytes
+        # are final here and the default partitioner is the one Faust's send used.
+        return await app.producer.send(
+            settings.rekeyed_topic, key, value, partition=partition, timestamp=None, headers=headers
+        )
 
     async def send_dead_letter(key: bytes | None, value: bytes) -> Any:
         return await dlq.send(key=key, value=value)
@@ -266,6 +322,15 @@ def install(
 
     async def committed(topic: str, partition: int) -> int | None:
         return await committed_offset(settings, topic, partition)
+
+    positions = record_topic(app, settings.rekey_positions_topic, partitions=1)
+
+    async def recorded() -> dict[str, int]:
+        records = await read_topic(settings, settings.rekey_positions_topic)
+        return {key.decode(): int(value) for key, value in records if key and value}
+
+    async def record(key: bytes, value: bytes) -> Any:
+        return await positions.send(key=key, value=value, partition=0)
 
     stage = RekeyStage(
         topics=topics,
@@ -278,11 +343,14 @@ def install(
         flush_producer=flush_producer,
         read_range=source_reader(settings),
         committed=committed,
+        recorded=recorded,
+        record=record,
     )
 
     async def rekey_agent(stream: Any) -> None:
-        async for event in stream.noack().events():
-            await stage.process(source_message(event.message), event.ack)
+        # In batches, as the sessions agent (decision 0006).
+        async for message, ack in current_messages(app, stream, metrics):
+            await stage.process(message, ack)
 
     app.agent(source, name="rekey")(rekey_agent)
 

@@ -37,6 +37,7 @@ from streamer.settings import Settings
 from streamer.testing import metric, scrape_metrics
 from streamer.testing_slack import FakeSlack
 from tests.support.compare import latest_windows
+from tests.support.kafka_waits import wait_processed
 from tests.support.pipeline_run import worker
 
 pytestmark = pytest.mark.integration
@@ -215,3 +216,69 @@ async def test_partials_the_group_committed_past_are_merged(
     log = process.log_path.read_text()
     assert "windows stage:" in log
     assert "reading offsets 0..1 directly (2 messages)" in log
+
+
+def shop_events(first: int, count: int) -> list[bytes]:
+    """``count`` valid events of one session, numbered from ``first``, at the current time."""
+    now_ms = round(time.time() * 1000)
+    return [
+        orjson.dumps(
+            {
+                "event_id": f"skip-{n}",
+                "event_type": "page_view",
+                "session_id": "skip-session",
+                "occurred_at": now_ms + n,
+                "page": f"/page-{n}",
+            }
+        )
+        for n in range(first, first + count)
+    ]
+
+
+async def wait_forwarded(settings: Settings, source: str, offset: int, process: object) -> None:
+    """Until the re-key stage recorded ``source`` ("topic/partition") forwarded to ``offset``."""
+    deadline = time.monotonic() + 60
+    while True:
+        process.assert_running()  # type: ignore[attr-defined]
+        records = await read_topic(settings, settings.rekey_positions_topic)
+        recorded = {key.decode(): int(value) for key, value in records if key and value}
+        if recorded.get(source) == offset:
+            return
+        assert time.monotonic() < deadline, f"{source} recorded {recorded.get(source)}"
+        await asyncio.sleep(0.5)
+
+
+async def test_a_skip_an_earlier_process_committed_past_is_forwarded_after_a_restart(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The re-key path: a process forwards three events (recorded), is SIGKILLed, and the
+    group's commit moves past the next four it never forwarded, as a skip leaves it. The
+    restarted process starts from the stage's record, not the commit: it reads the four
+    directly and counts them with the one after."""
+    config = settings.model_copy(update={"source_keyed_by_session": False})
+    topic = config.clickstream_topic
+    await ensure_topic_plan(config, topic_plan(config))
+    process = worker(config, tmp_path, "rekey")
+    try:
+        await send(config, topic, shop_events(0, 3))  # offsets 0..2
+        process.start()
+        await wait_forwarded(config, f"{topic}/0", 3, process)
+        wait_processed(process, config, 3)  # and in a checkpoint: not counted again
+        process.kill()
+
+        await send(config, topic, shop_events(3, 4))  # offsets 3..6: never forwarded
+        await commit_past(config, 7, topic)  # the commit the dead process made past them
+        await send(config, topic, shop_events(7, 1))  # offset 7
+        process.start()
+        await wait_forwarded(config, f"{topic}/0", 8, process)
+        deadline = time.monotonic() + 60
+        while True:  # the sessions stage counts in its own time
+            values = scrape_metrics(process.metrics_url)
+            accepted = metric(values, "streamer_events_total", topic=topic, outcome="accepted")
+            if accepted >= 5 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+    finally:
+        process.stop()
+    assert "reading offsets 3..6 directly (4 messages)" in process.log_path.read_text()
+    assert accepted == 5  # the four of the hole and the one after, in the second life

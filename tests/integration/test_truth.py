@@ -21,7 +21,7 @@ from streamer.app import topic_plan
 from streamer.dlq import parse_dead_letters
 from streamer.events import ReasonCode
 from streamer.funnel.definition import load_funnel
-from streamer.kafka_io import ensure_topic_plan, ensure_topics, make_producer, read_topic
+from streamer.kafka_io import ensure_topic_plan, ensure_topics, read_topic
 from streamer.kafka_local import LocalKafka
 from streamer.settings import Settings
 from streamer.testing import WorkerProcess, metric, produce, scrape_metrics
@@ -62,8 +62,43 @@ def oracle() -> OracleResult:
     return compute([load_funnel(CHECKOUT)], data.oracle_events(), data.final_watermark_ms)
 
 
-def settings_for(settings: Settings, partitions: int) -> Settings:
-    return settings.model_copy(update={"topic_partitions": partitions})
+def settings_for(settings: Settings, partitions: int, path: str = "one-hop") -> Settings:
+    """``path``: "one-hop" (producers key by session, the default) or "rekey" (they do not:
+    ``source_keyed_by_session=false``, the only setting changed)."""
+    update: dict[str, object] = {"topic_partitions": partitions}
+    if path == "rekey":
+        update["source_keyed_by_session"] = False
+    return settings.model_copy(update=update)
+
+
+def source_partitions(config: Settings) -> dict[str, int]:
+    """Each input topic's partitions: on the re-key path 3 and 2, not the worker's count."""
+    if config.source_keyed_by_session:
+        return dict.fromkeys(
+            (config.clickstream_topic, config.checkout_topic), config.topic_partitions
+        )
+    return {config.clickstream_topic: 3, config.checkout_topic: 2}
+
+
+async def create_topics(config: Settings) -> None:
+    for topic, count in source_partitions(config).items():
+        await ensure_topics(config, [topic], partitions=count)
+    await ensure_topic_plan(config, topic_plan(config))
+
+
+def input_messages(config: Settings) -> list[tuple[str, bytes | None, bytes]]:
+    """The dataset as its producers send it: keyed by session id, or on the re-key path by
+    event id (a session's events spread over every partition)."""
+    messages = dataset().messages(config)
+    if config.source_keyed_by_session:
+        return messages
+    return [
+        (topic, orjson.loads(value)["event_id"].encode(), value) for topic, _, value in messages
+    ]
+
+
+async def close_inputs(config: Settings) -> None:
+    await send_closing(config, dataset().closing_ms, partitions=source_partitions(config))
 
 
 def hole_reads(process: WorkerProcess) -> list[str]:
@@ -240,17 +275,17 @@ async def test_an_alert_the_broker_refuses_stops_the_worker_and_is_published_aft
     print(f"\nrefused alert: worker stopped; after the fix {len(alerts)} alerts as undisturbed")
 
 
+@pytest.mark.parametrize("path", ["one-hop", "rekey"])
 async def test_a_worker_joining_and_leaving_changes_nothing(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, path: str
 ) -> None:
     """The backlog arrives in thirds so that the disruption happens while input flows (a
     worker reads the whole dataset in seconds, before a second one could join): the first
     third, a worker; a second worker joins and is given input partitions; the second third,
     which it reads some of; it leaves; the last third and the closing events."""
-    config = settings_for(settings, 4)
-    data = dataset()
-    await ensure_topic_plan(config, topic_plan(config))
-    messages = data.messages(config)
+    config = settings_for(settings, 4, path)
+    await create_topics(config)
+    messages = input_messages(config)
     third = len(messages) // 3
     await produce(config, messages[:third])
     first = worker(config, tmp_path, "first")
@@ -266,7 +301,7 @@ async def test_a_worker_joining_and_leaving_changes_nothing(
         read_by_second = await wait_reading(second, config)
         second.stop()
         await produce(config, messages[2 * third :])
-        await send_closing(config, data.closing_ms)
+        await close_inputs(config)
         published = await wait_published(config, oracle(), [first])
     finally:
         first.stop()
@@ -281,18 +316,18 @@ async def test_a_worker_joining_and_leaving_changes_nothing(
     )
 
 
+@pytest.mark.parametrize("path", ["one-hop", "rekey"])
 async def test_a_broker_restart_mid_run_loses_nothing(
-    settings: Settings, tmp_path: Path, local_broker: LocalKafka | None
+    settings: Settings, tmp_path: Path, local_broker: LocalKafka | None, path: str
 ) -> None:
     """The broker stops while the run's input flows: a worker reads a whole preloaded dataset
     in seconds (a CI run saw all 20,260 events read before the broker could go down), so the
     first half is there when the worker starts, the broker goes down once the worker has read
     some of it, and the rest arrives after the broker is back."""
     assert local_broker is not None, "this test restarts the suite's own broker"
-    config = settings_for(settings, 4)
-    data = dataset()
-    await ensure_topic_plan(config, topic_plan(config))
-    messages = data.messages(config)
+    config = settings_for(settings, 4, path)
+    await create_topics(config)
+    messages = input_messages(config)
     half = len(messages) // 2
     await produce(config, messages[:half])
     process = worker(config, tmp_path, "survivor")
@@ -303,7 +338,7 @@ async def test_a_broker_restart_mid_run_loses_nothing(
         await asyncio.sleep(3)
         local_broker.up()
         await produce(config, messages[half:])
-        await send_closing(config, data.closing_ms)
+        await close_inputs(config)
         published = await wait_published(config, oracle(), [process], timeout=300)
     finally:
         process.stop()
@@ -334,32 +369,10 @@ async def test_producers_not_keying_by_session_go_through_the_rekey_path(
     """Events keyed by event id (a session's events spread over every partition) on topics
     of 3 and 2 partitions, the worker killed with SIGKILL twice: the re-key path gives the
     oracle's numbers, none late."""
-    config = settings.model_copy(update={"topic_partitions": 4, "source_keyed_by_session": False})
-    counts = {config.clickstream_topic: 3, config.checkout_topic: 2}
-    for topic, count in counts.items():
-        await ensure_topics(config, [topic], partitions=count)
-    await ensure_topic_plan(config, topic_plan(config))
-    data = dataset()
-    await produce(config, [(topic, orjson.loads(value)["event_id"].encode(), value)
-                           for topic, _, value in data.messages(config)])  # fmt: skip
-    closing = []
-    for topic, count in counts.items():
-        for partition in range(count):
-            event = {
-                "event_id": f"closing-{topic}-{partition}",
-                "event_type": "page_view"
-                if topic == config.clickstream_topic
-                else "shipping_submitted",
-                "session_id": f"closing-{topic}-{partition}",
-                "occurred_at": data.closing_ms,
-                **(
-                    {"page": "/closing"}
-                    if topic == config.clickstream_topic
-                    else {"shipping_method": "none"}
-                ),
-            }
-            closing.append((topic, partition, orjson.dumps(event)))
-    await produce_to_partitions(config, closing)
+    config = settings_for(settings, 4, "rekey")
+    await create_topics(config)
+    await produce(config, input_messages(config))
+    await close_inputs(config)
     process = worker(config, tmp_path, "w0")
     rng = random.Random(11)
     try:
@@ -374,13 +387,3 @@ async def test_producers_not_keying_by_session_go_through_the_rekey_path(
     await assert_equals_oracle(config, published)
     assert "re-key path" in process.log_path.read_text()
     assert hole_reads(process) == []  # both stages were handed every offset, in every life
-
-
-async def produce_to_partitions(settings: Settings, messages: list[tuple[str, int, bytes]]) -> None:
-    producer = make_producer(settings, acks="all")
-    await producer.start()
-    try:
-        for topic, partition, value in messages:
-            await producer.send_and_wait(topic, value=value, partition=partition)
-    finally:
-        await producer.stop()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,10 +52,13 @@ async def preload(settings: Settings, dataset: Dataset) -> int:
     return sent
 
 
-async def send_closing(settings: Settings, at_ms: int, tag: str = "") -> None:
+async def send_closing(
+    settings: Settings, at_ms: int, tag: str = "", partitions: Mapping[str, int] | None = None
+) -> None:
     """Closing events at ``at_ms`` on every partition of both topics (see tests.support.traffic);
-    ``tag``: in their event ids, for a second round."""
-    await send_to_partitions(settings, closing_messages(settings, at_ms, tag))
+    ``tag``: in their event ids, for a second round; ``partitions``: each topic's partition
+    count when not ``topic_partitions``."""
+    await send_to_partitions(settings, closing_messages(settings, at_ms, tag, partitions))
 
 
 async def send_to_partitions(

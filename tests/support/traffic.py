@@ -9,7 +9,7 @@ passes every window and the test can compare final numbers; closing events match
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -84,17 +84,23 @@ def users_across_partitions(data: Dataset, partitions: int) -> int:
 
 
 def closing_messages(
-    settings: Settings, at_ms: int, tag: str = ""
+    settings: Settings, at_ms: int, tag: str = "", partitions: Mapping[str, int] | None = None
 ) -> list[tuple[str, int, bytes, bytes]]:
     """(topic, partition, key, value): an event at ``at_ms`` on every partition of both
     topics, matching no funnel stage, so every input's front reaches ``at_ms`` (``tag``: in
-    the event ids, for a second round, which would otherwise be duplicates of the first)."""
+    the event ids, for a second round, which would otherwise be duplicates of the first;
+    ``partitions``: each topic's partition count when not ``topic_partitions``)."""
+    counts = dict.fromkeys(
+        (settings.clickstream_topic, settings.checkout_topic), settings.topic_partitions
+    ) | dict(partitions or {})
     out = []
-    for partition in range(settings.topic_partitions):
+    for partition in range(max(counts.values())):
         for topic, event_type, extra in (
             (settings.clickstream_topic, "page_view", {"page": "/closing", "landing": False}),
             (settings.checkout_topic, "shipping_submitted", {"shipping_method": "none"}),
         ):
+            if partition >= counts[topic]:
+                continue
             session = f"closing-{partition}"
             event = {
                 "event_id": f"closing{tag}-{topic}-{partition}",

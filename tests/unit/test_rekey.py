@@ -50,7 +50,10 @@ def metrics() -> Metrics:
 
 
 def rekey_stage(
-    forwarded: Forwarded, letters: Recorder, source_log: SourceLog | None = None
+    forwarded: Forwarded,
+    letters: Recorder,
+    source_log: SourceLog | None = None,
+    positions: RecordedPositions | None = None,
 ) -> RekeyStage:
     async def send_letter(key: bytes | None, value: bytes) -> Any:
         return await letters(key, value, None)
@@ -65,6 +68,8 @@ def rekey_stage(
         flush_producer=_flush,
         read_range=source_log.read if source_log else None,
         committed=source_log.committed_offset if source_log else None,
+        recorded=positions.recorded if positions else None,
+        record=positions.record if positions else None,
         clock=lambda: NOW,
     )
     stage.assign({("clickstream", 0), ("clickstream", 1), ("checkout", 0)})
@@ -202,9 +207,32 @@ class SourceLog:
         return self.committed
 
 
-def guarded_stage(log: SourceLog) -> tuple[RekeyStage, Forwarded]:
+class RecordedPositions:
+    """The re-key stage's durable record of how far each source partition is forwarded (a
+    compacted topic in the worker): what a process recorded, the next one reads."""
+
+    def __init__(self, events: list[str] | None = None) -> None:
+        self.latest: dict[str, int] = {}
+        self.reads = 0
+        self.events = events if events is not None else []
+
+    async def recorded(self) -> dict[str, int]:
+        self.reads += 1
+        return dict(self.latest)
+
+    async def record(self, key: bytes, value: bytes) -> Any:
+        self.latest[key.decode()] = int(value)
+        self.events.append(f"recorded {key.decode()}={value.decode()}")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+def guarded_stage(
+    log: SourceLog, positions: RecordedPositions | None = None
+) -> tuple[RekeyStage, Forwarded]:
     forwarded = Forwarded()
-    return rekey_stage(forwarded, Recorder(), log), forwarded
+    return rekey_stage(forwarded, Recorder(), log, positions), forwarded
 
 
 def forwarded_offsets(forwarded: Forwarded) -> list[int]:
@@ -278,3 +306,52 @@ async def test_the_rekey_fronts_go_out_without_waiting_and_acks_follow_the_broke
     await acknowledging.wait()
     assert acked == [7]
     acknowledging.raise_failed()
+
+
+async def test_positions_are_recorded_once_forwarded_and_before_the_input_is_acked() -> None:
+    events: list[str] = []
+    positions = RecordedPositions(events)
+    stage, _ = guarded_stage(SourceLog(committed=7), positions)
+    for offset in (7, 8):
+        await stage.process(
+            source("clickstream", 1, offset, valid_event(event_id=f"e{offset}")),
+            lambda offset=offset: events.append(f"acked {offset}"),
+        )
+    await stage.acknowledge()
+    assert events == ["recorded clickstream/1=9", "acked 7", "acked 8"]
+    await stage.acknowledge()  # nothing new: nothing recorded again
+    assert positions.latest == {"clickstream/1": 9}
+    assert len(events) == 3
+
+
+async def test_a_hole_an_earlier_process_committed_past_is_read_after_a_restart() -> None:
+    """The earlier process forwarded offsets up to 4 and recorded it; the group's commit then
+    moved to 10 without offsets 4..9 being forwarded (Faust skipped them). The next process
+    starts from the record, not the commit: the hole is read and forwarded first."""
+    positions = RecordedPositions()
+    earlier, _ = guarded_stage(SourceLog(committed=0), positions)
+    for offset in range(4):
+        await earlier.process(source("clickstream", 1, offset, valid_event()), lambda: None)
+    await earlier.acknowledge()
+    assert positions.latest == {"clickstream/1": 4}
+    log = SourceLog(committed=10)
+    restarted, forwarded = guarded_stage(log, positions)
+    await restarted.process(source("clickstream", 1, 10, valid_event()), lambda: None)
+    assert log.reads == [("clickstream", 1, 4, 10)]
+    assert forwarded_offsets(forwarded) == [4, 5, 6, 7, 8, 9, 10]
+    await restarted.acknowledge()
+    assert positions.latest == {"clickstream/1": 11}
+
+
+async def test_an_assignment_reads_the_record_again() -> None:
+    """A partition that comes back after another owner forwarded more starts from that
+    owner's record, not from what this process had."""
+    positions = RecordedPositions()
+    stage, forwarded = guarded_stage(SourceLog(committed=0), positions)
+    await stage.process(source("clickstream", 0, 0, valid_event()), lambda: None)
+    stage.assign({("checkout", 0)})  # clickstream/0 goes to another worker
+    positions.latest["clickstream/0"] = 20  # which forwards up to 19 and records it
+    stage.assign({("clickstream", 0), ("checkout", 0)})  # and it comes back
+    await stage.process(source("clickstream", 0, 20, valid_event()), lambda: None)
+    assert forwarded_offsets(forwarded) == [0, 20]  # no hole read: 1..19 were forwarded
+    assert positions.reads == 2

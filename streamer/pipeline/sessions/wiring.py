@@ -3,9 +3,7 @@ table, the batching agent, rebalance callbacks and the 1 s timer that keeps time
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -15,11 +13,11 @@ from streamer.decoders import ContractDecoder, EventDecoder, needed_fields
 from streamer.funnel.definition import FunnelDefinition
 from streamer.kafka_io import offset_at
 from streamer.metrics import Metrics
+from streamer.pipeline.batches import current_messages
 from streamer.pipeline.input_order import source_reader
 from streamer.pipeline.messages import (
     DLQ_MAX_MESSAGE_BYTES,
     PartitionSendFn,
-    source_message,
 )
 from streamer.pipeline.sessions.stage import SessionsStage
 from streamer.pipeline.tables import confirmed_table, in_partition, stopping_the_worker_on
@@ -38,15 +36,6 @@ from streamer.settings import Settings
 __all__ = ["install", "install_units"]
 
 log = logging.getLogger(__name__)
-
-# The agent takes its input in batches of at most this many messages, or what came within
-# this long: a batch pays Faust's per-message wake-ups once, and stays short beside the 1 s
-# timer and a checkpoint's interval.
-BATCH_MAX_MESSAGES = 500
-BATCH_WITHIN_S = 0.1
-# A batch lets the event loop run this often: 500 messages took 40-75 ms in one piece on a
-# loaded 2-core machine.
-BATCH_SLICE_S = 0.01
 
 
 def install(
@@ -223,23 +212,10 @@ def _install_agent(
         # A produce or state write the broker refused stops the worker, having acked nothing
         # it could not write.
         async with stopping_the_worker_on(app, "sessions stage failed", Exception):
-            # In batches: Faust's per-message hand-over costs about as much as processing a
-            # message, and a batch pays its wake-ups once. A batch collected across a
-            # rebalance may hold messages fetched before it (Faust clears a stream's buffer
-            # then, not a take's list): those are refused, neither applied nor acked, and
-            # their partition's new owner reads them from the committed offset, or this
-            # worker's gap read does when it keeps the partition.
-            async for events in stream.noack_take(BATCH_MAX_MESSAGES, within=BATCH_WITHIN_S):
-                ran_at = time.perf_counter()
-                for event in events:
-                    message = event.message
-                    if message.generation_id != app.consumer_generation_id:
-                        metrics.revoked_messages.inc()
-                        continue
-                    await stage.process(source_message(message), event.ack)
-                    if time.perf_counter() - ran_at >= BATCH_SLICE_S:
-                        await asyncio.sleep(0)  # timers, heartbeats and fetches run too
-                        ran_at = time.perf_counter()
+            # In batches (decision 0006): Faust's per-message hand-over costs about as much
+            # as processing a message.
+            async for message, ack in current_messages(app, stream, metrics):
+                await stage.process(message, ack)
 
     app.agent(source, name=name)(sessions_agent)
 
