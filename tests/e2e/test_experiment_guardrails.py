@@ -19,9 +19,11 @@ from typing import Any
 import pytest
 
 from streamer.app import topic_plan
+from streamer.funnel.definition import load_funnel
 from streamer.kafka_io import ensure_topic_plan, read_topic
+from streamer.range_replay import replay_range
 from streamer.settings import Settings
-from streamer.testing import WorkerProcess
+from streamer.testing import WorkerProcess, metric, scrape_metrics
 from streamer.testing_slack import FakeSlack
 from tests.oracle.experiments import guardrail_counts
 from tests.support.alert_pipeline import alerts_on_topic, routes, run_pipeline
@@ -43,6 +45,15 @@ experiments:
     variants: {{control: 0.5, new_page: 0.5}}
     control: control
 """
+# The funnel above as the SQL oracle is told it (tests/oracle/experiments.py).
+ORACLE_FUNNEL: dict[str, Any] = {
+    "experiment": "checkout_page",
+    "variants": ("control", "new_page"),
+    "event_types": ("add_to_cart", "payment_submitted", "order_placed"),
+    "conversion_window_ms": CONVERSION_WINDOW_MS,
+    "timeouts_ms": (STEP_TIMEOUT_MS, STEP_TIMEOUT_MS),
+    "window_ms": MINUTE,
+}
 START_MS = (int(time.time()) // 60 - 60) * MINUTE  # an hour ago, on a minute
 SESSIONS = 1500
 CONTROL_ORDER_RATE = 0.9
@@ -96,6 +107,31 @@ async def test_a_variant_that_hurts_a_step_raises_one_guardrail_alert(
         published = alerts_on_topic(await read_topic(config, config.alerts_topic))
         assert await read_topic(config, config.dlq_topic) == []  # every event counted
         experiments = [a for a in published if a.kind in ("guardrail", "sample_ratio")]
+        # The per-variant gauges: every cohort counted by now, equal to SQL over all of it.
+        values = scrape_metrics(worker.metrics_url)
+        whole = guardrail_counts(
+            events, **ORACLE_FUNNEL, from_ms=START_MS, to_ms=round(closing.timestamp() * 1000)
+        )
+        for variant, (decided, converted) in whole.items():
+            arm = {"funnel": "checkout", "experiment": "checkout_page", "variant": variant}
+            step = {**arm, "step": "payment->order"}
+            assert metric(values, "streamer_experiment_decided_attempts", **step) == decided
+            assert metric(values, "streamer_experiment_conversion_ratio", **step) == (
+                pytest.approx(converted / decided)
+            )
+            # Every exposed attempt is decided by the end (none excluded, none open).
+            assert metric(values, "streamer_experiment_exposures", **arm) == decided
+        # `streamer replay` of the worker's whole history, read-only from the same topics,
+        # runs the guard as the worker does: the same alerts, the same bytes when run again.
+        start = datetime.fromtimestamp(START_MS / 1000, tz=UTC)
+        report = await replay_range(config, (load_funnel(funnel),), start, closing, run_info=False)
+        again = await replay_range(config, (load_funnel(funnel),), start, closing, run_info=False)
+        assert report.model_dump_json() == again.model_dump_json()
+        assert report.events.in_range == len(events)
+        [replayed] = report.funnels
+        assert sorted(a.model_dump_json() for a in replayed.alerts) == sorted(
+            a.model_dump_json() for a in published
+        )
         if scenario == "a_a":
             assert experiments == [], [a.summary for a in experiments]
             return
@@ -116,12 +152,7 @@ async def test_a_variant_that_hurts_a_step_raises_one_guardrail_alert(
     # The counts it published, against SQL over the generated events for the same windows.
     expected = guardrail_counts(
         events,
-        experiment="checkout_page",
-        variants=("control", "new_page"),
-        event_types=("add_to_cart", "payment_submitted", "order_placed"),
-        conversion_window_ms=CONVERSION_WINDOW_MS,
-        timeouts_ms=(STEP_TIMEOUT_MS, STEP_TIMEOUT_MS),
-        window_ms=MINUTE,
+        **ORACLE_FUNNEL,
         from_ms=round(alert.window_start.timestamp() * 1000),
         to_ms=round(alert.window_end.timestamp() * 1000),
     )
