@@ -306,37 +306,6 @@ CONVERSION = DashboardSpec(
             ),
         ),
         (
-            "Experiments (docs/experiments.md)",
-            (
-                PanelSpec(
-                    "Conversion per variant, guarded steps",
-                    "streamer_experiment_conversion_ratio: each declared variant's converted / "
-                    "decided attempts at each step its experiment guards, over the final "
-                    "cohorts the guard counted (what a guardrail alert compares).",
-                    (
-                        Query(
-                            "max by (experiment, variant, step) "
-                            f"(streamer_experiment_conversion_ratio{{{FUNNEL}}})",
-                            "{{experiment}} {{variant}} {{step}}",
-                        ),
-                    ),
-                    unit="percentunit",
-                ),
-                PanelSpec(
-                    "Exposures per variant",
-                    "streamer_experiment_exposures: attempts exposed to each declared variant "
-                    "in the windows the guard counted (the sample-ratio check's counts).",
-                    (
-                        Query(
-                            "max by (experiment, variant) "
-                            f"(streamer_experiment_exposures{{{FUNNEL}}})",
-                            "{{experiment}} {{variant}}",
-                        ),
-                    ),
-                ),
-            ),
-        ),
-        (
             "Young cohorts (undecided)",
             (
                 PanelSpec(

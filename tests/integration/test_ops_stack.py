@@ -50,12 +50,6 @@ stages:
   - {{name: order, event_type: order_placed, where: {{value: {{gt: 0}}}}}}
 segments: {{device: {{cap: 6}}, channel: {{cap: 8}}}}
 abandonment: [cart, checkout, payment]
-experiments:  # the device as a variant: the experiment panels' gauges get numbers
-  - name: device_test
-    exposure: payment
-    variant_from: context.device
-    variants: {{desktop: 0.5625, mobile: 0.4375}}  # the simulator's 45% and 35%
-    control: desktop
 """
 SIMULATION_SECONDS = 30
 SCRAPE_INTERVAL = "1s"
