@@ -571,7 +571,7 @@ def report(results: list[RunResult], command: str, elapsed: float, peak: float) 
         "conversions; its final cohorts only one window at a time, with 10 sessions. At night "
         "a tenth of the volume gives apple_pay about 0.4 payments a minute: fewer than 5 "
         "expected conversions within the young cohorts and never 10 in one final window, "
-        "so neither test can collect the 15-20 minutes of payments its limit needs.",
+        "so neither test can collect the payments of the night limit in the table above.",
         "",
     ]
     for r in results:
