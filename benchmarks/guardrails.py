@@ -15,6 +15,13 @@ steps) and the assignment split is checked (:func:`sample_ratio_mismatch`).
 - **A/B**: the variant's payment -> order rate is 10% lower (0.828 instead of 0.92) from the
   start; the detection time is the simulated hours until the first "hurts" on that step.
 - **SRM**: the variant gets 48% of the units instead of 50%: hours until the ratio check fires.
+
+For the A/B runs it also reports each run's **information limit** (docs/alert-quality.md,
+"Alerts near the information limit"): the first hour at which a one-sided exact binomial test
+of the variant's conversions at the hurt step so far, against the control's rate so far, at
+the guardrail's own per-test alpha, would reject, read once with no correction for looking
+again (what the data could say at the earliest, not a test to run), and the guardrail's
+detection time as a multiple of it.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamer.funnel.experiments import ArmCounts, guard_step, sample_ratio_mismatch
+from streamer.funnel.statistics import binomial_lower_tail
 
 ALPHA = 0.05
 STEPS = ("cart->checkout", "checkout->payment", "payment->order")
@@ -73,6 +81,8 @@ def _hourly_mean(carts_per_day: float, hour: int) -> float:
 class RunResult:
     guardrail_hours: dict[int, float]  # step -> first hour a "hurts" fired
     ratio_hour: float | None
+    # step -> first hour a one-look binomial test at the per-test alpha would reject
+    limit_hours: dict[int, float]
 
 
 def run(
@@ -88,6 +98,7 @@ def run(
     converted = {arm: [0] * len(RATES) for arm in ("control", "variant")}
     units = {"control": 0, "variant": 0}
     fired: dict[int, float] = {}
+    limits: dict[int, float] = {}
     ratio_hour: float | None = None
     alpha_per_step = ALPHA / len(RATES)
     for hour in range(days * 24):
@@ -106,6 +117,10 @@ def run(
         for step in range(len(RATES)):
             control = ArmCounts(entered["control"][step], converted["control"][step])
             variant = ArmCounts(entered["variant"][step], converted["variant"][step])
+            if step not in limits and control.entered and variant.entered:
+                below = binomial_lower_tail(variant.converted, variant.entered, control.rate)
+                if below < alpha_per_step:
+                    limits[step] = hour + 1
             if step in fired:
                 continue
             comparison = guard_step(control, variant, alpha=alpha_per_step)
@@ -117,7 +132,7 @@ def run(
             )
             if check.mismatch:
                 ratio_hour = hour + 1
-    return RunResult(fired, ratio_hour)
+    return RunResult(fired, ratio_hour, limits)
 
 
 def _hurt_rates() -> tuple[float, ...]:
@@ -133,6 +148,16 @@ def _hours_text(hours: list[float], runs: int) -> str:
     return (
         f"median {statistics.median(hours):.0f} h, 90th percentile {cuts[8]:.0f} h, "
         f"detected in {len(hours)} of {runs} runs"
+    )
+
+
+def _multiple_text(multiples: list[float]) -> str:
+    if not multiples:
+        return "-"
+    cuts = statistics.quantiles(multiples, n=10) if len(multiples) > 1 else [multiples[0]] * 9
+    return (
+        f"median {statistics.median(multiples):.2f}x, 90th percentile {cuts[8]:.2f}x, "
+        f"worst {max(multiples):.2f}x"
     )
 
 
@@ -153,6 +178,12 @@ def main() -> None:
         for seed in range(args.runs)
     ]  # fmt: skip
     ab_hours = [r.guardrail_hours[HURT_STEP] for r in ab if HURT_STEP in r.guardrail_hours]
+    ab_limits = [r.limit_hours[HURT_STEP] for r in ab if HURT_STEP in r.limit_hours]
+    multiples = [
+        r.guardrail_hours[HURT_STEP] / r.limit_hours[HURT_STEP]
+        for r in ab
+        if HURT_STEP in r.guardrail_hours and HURT_STEP in r.limit_hours
+    ]
     ab_wrong = sum(1 for r in ab if set(r.guardrail_hours) - {HURT_STEP})
     srm = [
         run(20_000 + seed, days=args.days, carts_per_day=args.carts_per_day, variant_share=0.48)
@@ -172,6 +203,10 @@ def main() -> None:
         f"{aa_ratio} ({aa_ratio / args.runs:.1%}; nominal at most {ALPHA:.0%}) |",
         f"| A/B: {STEPS[HURT_STEP]} 10% lower | {args.runs} | time to the guardrail alert | "
         f"{_hours_text(ab_hours, args.runs)} |",
+        f"| A/B | {args.runs} | information limit (one look, alpha {ALPHA / len(RATES):.3g}) "
+        f"| {_hours_text(ab_limits, args.runs)} |",
+        f"| A/B | {args.runs} | detection time / information limit, per run | "
+        f"{_multiple_text(multiples)} |",
         f"| A/B | {args.runs} | runs alerting on another step | {ab_wrong} |",
         f"| 48/52 split | {args.runs} | time to the sample-ratio alert | "
         f"{_hours_text(srm_hours, args.runs)} |",

@@ -181,6 +181,9 @@ class Metrics:
     funnel_excluded: Counter
     step_conversion_ratio: Gauge
     step_drop_off_ratio: Gauge
+    experiment_conversion_ratio: Gauge
+    experiment_decided: Gauge
+    experiment_exposures: Gauge
     last_window_end: Gauge
     windows_closed: Counter
     time_to_convert: _TimeToConvertCollector
@@ -388,6 +391,28 @@ class Metrics:
                 ["funnel", "step"],
                 registry=registry,
             ),
+            # Labels bounded by the funnel files: declared experiments, variants and steps.
+            experiment_conversion_ratio=Gauge(
+                "streamer_experiment_conversion_ratio",
+                "An experiment's variant at a guarded step: converted / decided attempts over "
+                "the final cohorts the guard counted",
+                ["funnel", "experiment", "variant", "step"],
+                registry=registry,
+            ),
+            experiment_decided=Gauge(
+                "streamer_experiment_decided_attempts",
+                "An experiment's variant at a guarded step: decided attempts (converted + "
+                "dropped) over the final cohorts the guard counted",
+                ["funnel", "experiment", "variant", "step"],
+                registry=registry,
+            ),
+            experiment_exposures=Gauge(
+                "streamer_experiment_exposures",
+                "An experiment's variant: attempts exposed in the windows the guard counted "
+                "(the sample-ratio check's counts)",
+                ["funnel", "experiment", "variant"],
+                registry=registry,
+            ),
             last_window_end=Gauge(
                 "streamer_funnel_last_window_end_timestamp_seconds",
                 "End of the last final cohort window of the funnel (event time)",
@@ -426,6 +451,20 @@ class Metrics:
                         metrics.alerts.labels(
                             funnel=funnel.name, step=step, state=state, severity=severity
                         )
+            for experiment in funnel.experiments:
+                for variant in experiment.variants:
+                    metrics.experiment_exposures.labels(
+                        funnel=funnel.name, experiment=experiment.name, variant=variant
+                    )
+                    for guarded in funnel.guarded_steps(experiment):
+                        labels = {
+                            "funnel": funnel.name,
+                            "experiment": experiment.name,
+                            "variant": variant,
+                            "step": funnel.step_names[guarded],
+                        }
+                        metrics.experiment_conversion_ratio.labels(**labels)
+                        metrics.experiment_decided.labels(**labels)
             # The inputs the tracking check watches are not silent until it says so.
             tracked = [("topic", topic) for topic in source_topics] + [
                 ("event_type", event_type)

@@ -16,9 +16,10 @@ reported open, never dropped. User funnels (``follows: user``) are counted as th
 counts them (docs/decisions/0008-user-funnels-pipeline.md): the session task forwards every
 event it releases to its unit, and a second task, keyed by unit, counts them; in one process
 the hop is a call, and the unit task moves with the session task's watermark (all it is sent
-is below it). Each funnel's detector judges every window boundary up to ``to``
-with the windows folded as the live merger folds them, so for a range that starts where the
-live worker's history starts, the alerts are the live ones, with the same ids.
+is below it). Each funnel's detector, then its experiments' guard (docs/experiments.md),
+judges every window boundary up to ``to`` with the windows folded as the live merger folds
+them, so for a range that starts where the live worker's history starts, the alerts are the
+live ones, with the same ids.
 """
 
 from __future__ import annotations
@@ -59,11 +60,13 @@ from streamer.events import (
 from streamer.formatting import utc_datetime
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.detect import AlertDecision, FunnelDetector
+from streamer.funnel.experiments import ExperimentGuard
 from streamer.funnel.session import NEVER, CompiledFunnel
 from streamer.funnel.task import Offer, Task, TaskOutput
 from streamer.funnel.windows import WindowCounts, fold_segments, merge_partials
 from streamer.kafka_io import make_consumer, make_producer, stop_consumer, topic_partitions
 from streamer.pipeline.detector import alert_record, tracking_alert_record
+from streamer.pipeline.guardrails import experiment_alert_record
 from streamer.pipeline.merger import window_stats
 from streamer.pipeline.units import session_funnels, unit_retention_ms, unit_user, user_funnels
 from streamer.plan.compile import CompiledPlan
@@ -83,6 +86,7 @@ class _FunnelRun:
     funnel: FunnelDefinition
     index: int
     detector: FunnelDetector
+    guard: ExperimentGuard  # the funnel's experiments, judged on the detector's windows
     windows: dict[int, WindowCounts] = field(default_factory=dict)  # not final yet
     finals: dict[int, WindowStats] = field(default_factory=dict)
     final_counts: dict[int, WindowCounts] = field(default_factory=dict)
@@ -122,7 +126,7 @@ class RangeReplay:
         self.partitions = partitions
         self._links = (dashboard_url, runbook_url)
         self.runs = [
-            _FunnelRun(funnel, index, FunnelDetector(funnel))
+            _FunnelRun(funnel, index, FunnelDetector(funnel), ExperimentGuard(funnel))
             for index, funnel in enumerate(self.funnels)
         ]
         by_name = {run.funnel.name: run for run in self.runs}
@@ -289,6 +293,9 @@ class RangeReplay:
                     run.alerts.append(alert_record(funnel, step, decision, *self._links))
                 else:
                     run.alerts.append(tracking_alert_record(funnel, decision, *self._links))
+            # As the worker's detector stage: the guard after the detector, on its windows.
+            for guarded in run.guard.evaluate(watermark_ms, folded):
+                run.alerts.append(experiment_alert_record(funnel, guarded, *self._links))
         horizon = funnel.window_ms + funnel.finality_lag_ms
         for start in [s for s in run.windows if s + horizon <= watermark_ms]:
             counts = run.final_counts[start] = run.windows.pop(start)

@@ -210,6 +210,9 @@ class FunnelDetector:
         self.policy = funnel.alerting
         self.steps = [_StepState(funnel, k, self.policy) for k in range(len(funnel.step_names))]
         self.evaluated_ms = -(2**62)
+        # The last evaluation's per-test threshold (its family's, after Tarone's pruning):
+        # not state, read by the alert-quality harness to place an incident's information limit.
+        self.threshold = self.policy.significance
         self.tracking = TrackingCheck(
             funnel.name,
             funnel.window_ms,
@@ -261,7 +264,7 @@ class FunnelDetector:
             if step.severity == "off" or step.baseline.entered < self.policy.min_baseline_decided:
                 continue
             tests[step.index] = self._tests(step, final, young, watermark_ms)
-        threshold = family_threshold(
+        threshold = self.threshold = family_threshold(
             self.policy.significance, [t.min_p for ts in tests.values() for t in ts]
         )
         for step in self.steps:

@@ -263,6 +263,25 @@ class ExperimentGuard:
             if name in self.states:  # an experiment removed from the file is forgotten
                 self.states[name] = _ExperimentState.from_json(state)
 
+    def arms(self) -> list[tuple[str, str, str, ArmCounts]]:
+        """(experiment, variant, step, counts) for every declared variant at every guarded
+        step, over the cohorts counted so far: what the per-variant gauges show."""
+        names = self.funnel.step_names
+        return [
+            (e.name, variant, names[step], ArmCounts(*arms.get(step, [0, 0])))
+            for e in self.funnel.experiments
+            for variant, arms in ((v, self.states[e.name].arms.get(v, {})) for v in e.variants)
+            for step in self.funnel.guarded_steps(e)
+        ]
+
+    def exposures(self) -> list[tuple[str, str, int]]:
+        """(experiment, variant, exposed attempts counted so far) for every declared variant."""
+        return [
+            (e.name, variant, self.states[e.name].exposures.get(variant, 0))
+            for e in self.funnel.experiments
+            for variant in e.variants
+        ]
+
     def evaluate(
         self, watermark_ms: int, windows: Mapping[int, WindowCounts]
     ) -> list[GuardrailDecision | RatioDecision]:

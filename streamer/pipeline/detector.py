@@ -25,16 +25,15 @@ from streamer.events import Alert, AlertExplanation
 from streamer.formatting import percent, utc_datetime
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.detect import AlertDecision, Decision, FunnelDetector, held_steps
-from streamer.funnel.experiments import GuardrailDecision, RatioDecision
+from streamer.funnel.experiments import ExperimentGuard, GuardrailDecision, RatioDecision
 from streamer.funnel.tracking import EVENT_TYPE_RESIDUAL, TrackingDecision, key_name
 from streamer.funnel.windows import WindowCounts
 from streamer.kafka_io import read_topic
 from streamer.metrics import Metrics
 from streamer.pipeline.guardrails import (
+    experiment_alert_record,
     experiment_decisions,
     guard_key,
-    guardrail_alert_record,
-    sample_ratio_alert_record,
 )
 from streamer.pipeline.messages import SendFn
 from streamer.pipeline.tables import Deliveries, confirmed_table
@@ -244,9 +243,9 @@ class DetectorStage:
                 # (only the merger's agent changes ``windows``, and it is waiting for this)
                 await asyncio.sleep(0)
                 ran_at = time.perf_counter()
-        guard_state = None
+        guard = None
         if funnel.experiments:  # docs/experiments.md: on the same windows, its own state
-            guarded, guard_state = experiment_decisions(funnel, self._table, watermarks, windows)
+            guarded, guard = experiment_decisions(funnel, self._table, watermarks, windows)
             decisions += guarded
         alerts = []
         for decision in decisions:
@@ -267,10 +266,12 @@ class DetectorStage:
         if alerts:
             await self.confirm_sent()
         self._table[key] = orjson.dumps(detector.to_json())
-        if guard_state is not None:
-            self._table[guard_key(funnel)] = guard_state
+        if guard is not None:
+            self._table[guard_key(funnel)] = orjson.dumps(guard.to_json())
         await self.confirm_sent()
         self._show_state(funnel, detector)
+        if guard is not None:
+            self._show_arms(funnel, guard)
         return alerts
 
     def _record(
@@ -280,10 +281,8 @@ class DetectorStage:
     ) -> Alert | None:
         """The alert a decision makes; None for a data-quality alert the funnel turned off
         (its gauge is set all the same)."""
-        if isinstance(decision, GuardrailDecision):
-            return guardrail_alert_record(funnel, decision, *self._links)
-        if isinstance(decision, RatioDecision):
-            return sample_ratio_alert_record(funnel, decision, *self._links)
+        if isinstance(decision, GuardrailDecision | RatioDecision):
+            return experiment_alert_record(funnel, decision, *self._links)
         if isinstance(decision, AlertDecision):
             step = decision.alert_id.split("/")[1]
             return alert_record(funnel, step, decision, *self._links)
@@ -316,6 +315,21 @@ class DetectorStage:
                 if was is not None and was.get(step) and not warming:
                     log.info("detector %s %s: warmed up, alerts enabled", funnel.name, step)
             self._show_warm_up(funnel.name)
+
+    def _show_arms(self, funnel: FunnelDefinition, guard: ExperimentGuard) -> None:
+        """Each variant's conversion per guarded step and its exposures, over the final
+        cohorts the guard counted (docs/experiments.md)."""
+        for experiment, variant, step, arm in guard.arms():
+            self._metrics.experiment_conversion_ratio.labels(
+                funnel=funnel.name, experiment=experiment, variant=variant, step=step
+            ).set(arm.rate)
+            self._metrics.experiment_decided.labels(
+                funnel=funnel.name, experiment=experiment, variant=variant, step=step
+            ).set(arm.entered)
+        for experiment, variant, exposed in guard.exposures():
+            self._metrics.experiment_exposures.labels(
+                funnel=funnel.name, experiment=experiment, variant=variant
+            ).set(exposed)
 
     async def _start_warm(self, funnel: FunnelDefinition, detector: FunnelDetector) -> None:
         """A funnel without detector state starts from the baselines `streamer backfill`

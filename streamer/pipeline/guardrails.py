@@ -6,7 +6,7 @@ docs/experiments.md). The guard's state lives in the detector's table under its 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import orjson
 
@@ -16,28 +16,45 @@ from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.experiments import ExperimentGuard, GuardrailDecision, RatioDecision
 from streamer.funnel.windows import WindowCounts
 
-__all__ = ["experiment_decisions", "guardrail_alert_record", "sample_ratio_alert_record"]
+__all__ = [
+    "experiment_alert_record",
+    "experiment_decisions",
+    "guardrail_alert_record",
+    "sample_ratio_alert_record",
+]
 
 
 def experiment_decisions(
     funnel: FunnelDefinition,
-    table: MutableMapping[str, bytes],
+    table: Mapping[str, bytes],
     watermarks: Sequence[int],
     windows: Mapping[int, WindowCounts],
-) -> tuple[list[GuardrailDecision | RatioDecision], bytes]:
-    """The guard's decisions at each of ``watermarks`` (from its stored state), and its new
-    state for the table's key ``experiments:<funnel>`` (written by the caller after the
-    alerts, as the detector's)."""
+) -> tuple[list[GuardrailDecision | RatioDecision], ExperimentGuard]:
+    """The guard's decisions at each of ``watermarks`` (from its stored state), and the guard
+    after them (the caller stores its ``to_json`` under ``guard_key`` after the alerts, as
+    the detector's state)."""
     guard = ExperimentGuard(funnel)
     raw = table.get(guard_key(funnel))
     if raw is not None:
         guard.load_json(orjson.loads(raw))
     decisions = [d for w in watermarks for d in guard.evaluate(w, windows)]
-    return decisions, orjson.dumps(guard.to_json())
+    return decisions, guard
 
 
 def guard_key(funnel: FunnelDefinition) -> str:
     return f"experiments:{funnel.name}"
+
+
+def experiment_alert_record(
+    funnel: FunnelDefinition,
+    decision: GuardrailDecision | RatioDecision,
+    dashboard_url: str | None,
+    runbook_url: str | None,
+) -> Alert:
+    """The alert a guard's decision makes: the worker's and a replay's (the same record)."""
+    if isinstance(decision, GuardrailDecision):
+        return guardrail_alert_record(funnel, decision, dashboard_url, runbook_url)
+    return sample_ratio_alert_record(funnel, decision, dashboard_url, runbook_url)
 
 
 def _rounded(values: Sequence[float]) -> list[float]:

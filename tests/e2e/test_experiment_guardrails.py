@@ -10,69 +10,30 @@ not by streamer's core."""
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from streamer.app import topic_plan
+from streamer.funnel.definition import load_funnel
 from streamer.kafka_io import ensure_topic_plan, read_topic
+from streamer.range_replay import replay_range
 from streamer.settings import Settings
-from streamer.testing import WorkerProcess
+from streamer.testing import WorkerProcess, metric, scrape_metrics
 from streamer.testing_slack import FakeSlack
 from tests.oracle.experiments import guardrail_counts
 from tests.support.alert_pipeline import alerts_on_topic, routes, run_pipeline
-
-MINUTE = 60_000
-STEP_TIMEOUT_MS = 2 * MINUTE
-CONVERSION_WINDOW_MS = 10 * MINUTE
-FUNNEL = f"""
-name: checkout
-conversion_window: {CONVERSION_WINDOW_MS // MINUTE}m
-step_timeout: {STEP_TIMEOUT_MS // MINUTE}m
-stages:
-  - {{name: cart, event_type: add_to_cart}}
-  - {{name: payment, event_type: payment_submitted}}
-  - {{name: order, event_type: order_placed}}
-experiments:
-  - name: checkout_page
-    exposure: payment
-    variants: {{control: 0.5, new_page: 0.5}}
-    control: control
-"""
-START_MS = (int(time.time()) // 60 - 60) * MINUTE  # an hour ago, on a minute
-SESSIONS = 1500
-CONTROL_ORDER_RATE = 0.9
-HURT_ORDER_RATE = 0.6
-
-
-def shop(seed: int, variant_order_rate: float) -> list[dict[str, Any]]:
-    """A session every 0.8 s for 20 minutes: a cart, a payment 5-40 s later (90%), an order
-    5-40 s after it (the arm's rate); every event carries the session's variant, drawn 50/50."""
-    rng = random.Random(seed)
-    events: list[dict[str, Any]] = []
-    for n in range(SESSIONS):
-        variant = "new_page" if rng.random() < 0.5 else "control"
-        common = {"session_id": f"s{n}", "context": {"experiments": {"checkout_page": variant}}}
-        at = START_MS + n * 800
-        events.append({**common, "event_id": f"c{n}", "event_type": "add_to_cart",
-                       "product_id": "p-1", "occurred_at": at})  # fmt: skip
-        if rng.random() >= 0.9:
-            continue
-        at += rng.randint(5_000, 40_000)
-        events.append({**common, "event_id": f"p{n}", "event_type": "payment_submitted",
-                       "payment_method": "card", "amount": 40.0, "currency": "EUR",
-                       "occurred_at": at})  # fmt: skip
-        rate = variant_order_rate if variant == "new_page" else CONTROL_ORDER_RATE
-        if rng.random() < rate:
-            at += rng.randint(5_000, 40_000)
-            events.append({**common, "event_id": f"o{n}", "event_type": "order_placed",
-                           "value": 40.0, "currency": "EUR", "order_id": f"o-{n}",
-                           "occurred_at": at})  # fmt: skip
-    return sorted(events, key=lambda e: (e["occurred_at"], e["event_id"]))
+from tests.support.experiment_shop import (
+    CONTROL_ORDER_RATE,
+    FUNNEL,
+    HURT_ORDER_RATE,
+    MINUTE,
+    ORACLE_FUNNEL,
+    START_MS,
+    shop,
+)
 
 
 @pytest.mark.timeout(420)
@@ -96,6 +57,31 @@ async def test_a_variant_that_hurts_a_step_raises_one_guardrail_alert(
         published = alerts_on_topic(await read_topic(config, config.alerts_topic))
         assert await read_topic(config, config.dlq_topic) == []  # every event counted
         experiments = [a for a in published if a.kind in ("guardrail", "sample_ratio")]
+        # The per-variant gauges: every cohort counted by now, equal to SQL over all of it.
+        values = scrape_metrics(worker.metrics_url)
+        whole = guardrail_counts(
+            events, **ORACLE_FUNNEL, from_ms=START_MS, to_ms=round(closing.timestamp() * 1000)
+        )
+        for variant, (decided, converted) in whole.items():
+            arm = {"funnel": "checkout", "experiment": "checkout_page", "variant": variant}
+            step = {**arm, "step": "payment->order"}
+            assert metric(values, "streamer_experiment_decided_attempts", **step) == decided
+            assert metric(values, "streamer_experiment_conversion_ratio", **step) == (
+                pytest.approx(converted / decided)
+            )
+            # Every exposed attempt is decided by the end (none excluded, none open).
+            assert metric(values, "streamer_experiment_exposures", **arm) == decided
+        # `streamer replay` of the worker's whole history, read-only from the same topics,
+        # runs the guard as the worker does: the same alerts, the same bytes when run again.
+        start = datetime.fromtimestamp(START_MS / 1000, tz=UTC)
+        report = await replay_range(config, (load_funnel(funnel),), start, closing, run_info=False)
+        again = await replay_range(config, (load_funnel(funnel),), start, closing, run_info=False)
+        assert report.model_dump_json() == again.model_dump_json()
+        assert report.events.in_range == len(events)
+        [replayed] = report.funnels
+        assert sorted(a.model_dump_json() for a in replayed.alerts) == sorted(
+            a.model_dump_json() for a in published
+        )
         if scenario == "a_a":
             assert experiments == [], [a.summary for a in experiments]
             return
@@ -116,12 +102,7 @@ async def test_a_variant_that_hurts_a_step_raises_one_guardrail_alert(
     # The counts it published, against SQL over the generated events for the same windows.
     expected = guardrail_counts(
         events,
-        experiment="checkout_page",
-        variants=("control", "new_page"),
-        event_types=("add_to_cart", "payment_submitted", "order_placed"),
-        conversion_window_ms=CONVERSION_WINDOW_MS,
-        timeouts_ms=(STEP_TIMEOUT_MS, STEP_TIMEOUT_MS),
-        window_ms=MINUTE,
+        **ORACLE_FUNNEL,
         from_ms=round(alert.window_start.timestamp() * 1000),
         to_ms=round(alert.window_end.timestamp() * 1000),
     )

@@ -10,6 +10,7 @@ where pytest finds them.
 - ``stage_harness``: the sessions stage in memory, with in-memory sinks (unit tests, benchmarks).
 - ``core_run``, ``compare``: the pure core run over events, compared with the SQL oracle.
 - ``traffic``, ``funnels``: generated traffic and funnel files.
+- ``experiment_shop``: A/B traffic and the funnel of the experiment guardrails' tests.
 - ``datasets``: where recorded datasets are (the OTTO sample).
 - ``ops_servers``: real Prometheus and Alertmanager processes.
 - ``acl_table``, ``faust_delivery_app``, ``mutation_summary``: one user each (ACL checks, the

@@ -10,8 +10,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+import yaml
 
+from streamer.events import CHECKOUT_EVENT_TYPES, ReplayReport
 from streamer.funnel.definition import FunnelDefinition, FunnelDefinitionError, load_funnel
 from streamer.funnel.experiments import (
     MIN_ENTERED,
@@ -23,7 +26,18 @@ from streamer.funnel.windows import StepCounts, WindowCounts, fold_segments
 from streamer.notify.routes import alertmanager_alert
 from streamer.notify.slack import slack_message
 from streamer.pipeline.guardrails import guardrail_alert_record, sample_ratio_alert_record
+from streamer.range_replay import RangeReplay
+from tests.oracle.experiments import guardrail_counts
 from tests.support.core_run import run_core
+from tests.support.experiment_shop import (
+    CONTROL_ORDER_RATE,
+    FUNNEL,
+    HURT_ORDER_RATE,
+    MINUTE,
+    ORACLE_FUNNEL,
+    START_MS,
+    shop,
+)
 
 MIN = 60_000
 RATES = (0.6, 0.9)  # payment->... : cart->payment, payment->order
@@ -295,3 +309,63 @@ def test_the_merger_s_folding_keeps_every_variant() -> None:
     counts.segments[(0, "other")] = [StepCounts(), StepCounts(entered=30), StepCounts()]
     folded = fold_segments(counts, [s.cap for s in funnel.segments])
     assert folded.segments.keys() == counts.segments.keys()
+
+
+def _replayed(events: list[dict[str, Any]], seed: int) -> ReplayReport:
+    """The e2e test's traffic through the replay engine (`streamer replay`, `report` and
+    `backfill` run it): each topic's events in order on two partitions by session, the
+    partitions interleaved at random, to one step timeout and the lateness past the end."""
+    funnel = FunnelDefinition.model_validate(yaml.safe_load(FUNNEL))
+    end_ms = max(e["occurred_at"] for e in events) + 8 * MINUTE
+    engine = RangeReplay(
+        (funnel,),
+        start=datetime.fromtimestamp(START_MS / 1000, UTC),
+        end=datetime.fromtimestamp(end_ms / 1000, UTC),
+        inputs=[f"{t}/{p}" for t in ("clickstream", "checkout") for p in (0, 1)],
+        allowed_lateness_ms=120_000,
+        retention_ms=3_600_000,
+        partitions=2,
+    )
+    pending: dict[str, list[dict[str, Any]]] = {}
+    for event in events:
+        topic = "checkout" if event["event_type"] in CHECKOUT_EVENT_TYPES else "clickstream"
+        pending.setdefault(f"{topic}/{int(event['session_id'][1:]) % 2}", []).append(event)
+    rng = random.Random(seed)
+    received = datetime.now(UTC)
+    while pending:
+        name = rng.choice(sorted(pending))
+        engine.offer(name, name.split("/")[0], orjson.dumps(pending[name].pop(0)), received)
+        if not pending[name]:
+            del pending[name]
+            engine.finish(name)
+        engine.advance()
+    return engine.report()
+
+
+@pytest.mark.parametrize(
+    ("scenario", "variant_order_rate"), [("a_b", HURT_ORDER_RATE), ("a_a", CONTROL_ORDER_RATE)]
+)
+def test_a_replay_runs_the_guard_as_the_worker(scenario: str, variant_order_rate: float) -> None:
+    """What tests/e2e/test_experiment_guardrails.py checks of the live worker, through the
+    replay engine: one guardrail alert on the hurt step, its arms equal to SQL over the
+    events; none on A/A; the same bytes under another interleaving of the partitions."""
+    events = shop(7, variant_order_rate)
+    report = _replayed(events, seed=1)
+    assert report.model_dump_json() == _replayed(events, seed=2).model_dump_json()
+    assert (report.events.rejected, report.events.late) == (0, 0)
+    [replayed] = report.funnels
+    experiments = [a for a in replayed.alerts if a.kind in ("guardrail", "sample_ratio")]
+    if scenario == "a_a":
+        assert experiments == [], [a.summary for a in experiments]
+        return
+    [alert] = experiments
+    assert (alert.kind, alert.state, alert.step, alert.variant) == (
+        "guardrail", "firing", "payment->order", "new_page",
+    )  # fmt: skip
+    expected = guardrail_counts(
+        events,
+        **ORACLE_FUNNEL,
+        from_ms=round(alert.window_start.timestamp() * 1000),
+        to_ms=round(alert.window_end.timestamp() * 1000),
+    )
+    assert {arm: tuple(counts) for arm, counts in alert.arms.items()} == expected
