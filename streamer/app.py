@@ -36,7 +36,7 @@ from streamer.notify import Notifier, SlackNotifier
 from streamer.notify.routes import AlertmanagerNotifier, FanOutNotifier, WebhookNotifier
 from streamer.pipeline import detector, merger, notifier, rekey, sessions, web
 from streamer.pipeline.messages import DLQ_MAX_MESSAGE_BYTES
-from streamer.pipeline.timers import install_loop_lag_monitor
+from streamer.pipeline.timers import install_frozen_sweep, install_loop_lag_monitor
 from streamer.pipeline.units import user_funnels
 from streamer.settings import Settings
 
@@ -328,6 +328,7 @@ def create_app(
     )
     web.install(app, settings, active_registry, metrics, stages, judge)
     install_loop_lag_monitor(app, metrics.event_loop_lag)
+    install_frozen_sweep(app)
     return StreamerApp(
         faust=app,
         settings=settings,

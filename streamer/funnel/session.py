@@ -39,6 +39,7 @@ __all__ = [
     "Outcome",
     "Progress",
     "StoredEvent",
+    "UnitMemory",
     "apply_instant",
     "expire_attempt",
 ]
@@ -196,21 +197,30 @@ class Abandoned:
 
 
 @dataclass(slots=True)
+class UnitMemory:
+    """What a unit's state in a funnel with first-time stages or units remembers beyond its
+    attempts (spec: "First-time steps", "Uniques and totals"). Apart from :class:`Progress`,
+    and made only when such a funnel first needs it: most funnels never do, and every open
+    session of them would otherwise carry these fields."""
+
+    first_done: int = 0  # first-time stages the unit has done, one bit per stage index
+    latest_ms: int = NEVER  # the unit's latest instant (funnels with first-time stages only)
+    # Funnels counting units: the window of the unit's latest counted entry and the stages
+    # already counted in it, one bit each.
+    units_window_ms: int = NEVER
+    units_counted: int = 0
+
+
+@dataclass(slots=True)
 class Progress:
     """A session's state in one funnel: the attempt in progress, when the last one ended, and
     its latest abandonment while a retraction is still possible; in a funnel with first-time
-    stages also the first-time stages the unit has done and its latest instant (spec:
-    "First-time steps")."""
+    stages or units also what the unit remembers (:class:`UnitMemory`)."""
 
     attempt: Attempt | None = None
     ended_ms: int = NEVER
     abandoned: Abandoned | None = None
-    first_done: int = 0  # first-time stages the unit has done, one bit per stage index
-    latest_ms: int = NEVER  # the unit's latest instant (funnels with first-time stages only)
-    # Funnels counting units (spec: "Uniques and totals"): the window of the unit's latest
-    # counted entry and the stages already counted in it, one bit each.
-    units_window_ms: int = NEVER
-    units_counted: int = 0
+    memory: UnitMemory | None = None  # None until a first-time or uniques funnel needs it
 
     def wake_ms(self) -> int | None:
         """The next time at which the watermark alone changes this state."""
@@ -226,12 +236,10 @@ class Progress:
         return self.attempt is None and self.abandoned is None
 
     def to_json(self) -> list[Any] | None:
-        if (
-            self.at_rest
-            and self.ended_ms == NEVER
-            and self.latest_ms == NEVER
-            and self.units_window_ms == NEVER
-        ):
+        memory = self.memory
+        if memory is not None and memory.latest_ms == NEVER and memory.units_window_ms == NEVER:
+            memory = None  # remembers nothing yet
+        if self.at_rest and self.ended_ms == NEVER and memory is None:
             return None
         raw = [
             self.attempt.to_json() if self.attempt else None,
@@ -239,36 +247,49 @@ class Progress:
             self.abandoned.to_json() if self.abandoned else None,
         ]
         # Only funnels with first-time stages or units: others are stored as before.
-        if self.latest_ms != NEVER or self.units_window_ms != NEVER:
-            raw += [self.first_done, self.latest_ms]
-        if self.units_window_ms != NEVER:
-            raw += [self.units_window_ms, self.units_counted]
+        if memory is not None:
+            raw += [memory.first_done, memory.latest_ms]
+            if memory.units_window_ms != NEVER:
+                raw += [memory.units_window_ms, memory.units_counted]
         return raw
+
+    def remembered(self) -> UnitMemory:
+        """The unit's memory, made on first use."""
+        memory = self.memory
+        if memory is None:
+            memory = self.memory = UnitMemory()
+        return memory
 
     def first_entry_of_unit(self, stage: int, window_ms: int) -> bool:
         """Whether an entry into ``stage`` in the window starting at ``window_ms`` is the
         unit's first there (then remembered). A unit's entries come in time order, so only
         its latest window needs remembering."""
-        if window_ms != self.units_window_ms:
-            self.units_window_ms, self.units_counted = window_ms, 0
+        memory = self.remembered()
+        if window_ms != memory.units_window_ms:
+            memory.units_window_ms, memory.units_counted = window_ms, 0
         bit = 1 << stage
-        if self.units_counted & bit:
+        if memory.units_counted & bit:
             return False
-        self.units_counted |= bit
+        memory.units_counted |= bit
         return True
 
     @classmethod
     def from_json(cls, raw: Sequence[Any] | None) -> Progress:
         if raw is None:
             return cls()
+        memory = None
+        if len(raw) > 3:
+            memory = UnitMemory(
+                int(raw[3]),
+                int(raw[4]) if len(raw) > 4 else NEVER,
+                int(raw[5]) if len(raw) > 5 else NEVER,
+                int(raw[6]) if len(raw) > 6 else 0,
+            )
         return cls(
             Attempt.from_json(raw[0]) if raw[0] else None,
             int(raw[1]),
             Abandoned.from_json(raw[2]) if raw[2] else None,
-            int(raw[3]) if len(raw) > 3 else 0,
-            int(raw[4]) if len(raw) > 4 else NEVER,
-            int(raw[5]) if len(raw) > 5 else NEVER,
-            int(raw[6]) if len(raw) > 6 else 0,
+            memory,
         )
 
 
@@ -685,14 +706,15 @@ def _first_time_only(
     """The masks without the first-time stages the unit did at an earlier instant; remembers
     this instant's. A silence longer than the retention forgets them, as the task forgets a
     state at rest: so the numbers never depend on when the state was dropped."""
-    if progress.latest_ms != NEVER and at_ms - progress.latest_ms > retention_ms:
-        progress.first_done = 0
-    progress.latest_ms = at_ms
-    done = progress.first_done
+    memory = progress.remembered()
+    if memory.latest_ms != NEVER and at_ms - memory.latest_ms > retention_ms:
+        memory.first_done = 0
+    memory.latest_ms = at_ms
+    done = memory.first_done
     matched = 0
     for mask in masks:
         matched |= mask
-    progress.first_done = done | (matched & funnel.first_time)
+    memory.first_done = done | (matched & funnel.first_time)
     if not done:
         return masks
     return [mask & ~done for mask in masks]

@@ -15,9 +15,12 @@ from typing import Any
 from aiokafka.errors import IllegalStateError
 from prometheus_client import Histogram
 
+from streamer.startup import SWEEP_CHECK_EVERY_S, sweep_frozen_if_grown
+
 __all__ = [
     "Beside",
     "consumer_offsets",
+    "install_frozen_sweep",
     "install_loop_lag_monitor",
     "install_timer",
     "watch_loop_lag",
@@ -218,3 +221,20 @@ def install_loop_lag_monitor(app: Any, histogram: Histogram) -> None:
             done.set()
 
     app.task(loop_lag_monitor)
+
+
+def install_frozen_sweep(app: Any) -> None:
+    """Check every ``SWEEP_CHECK_EVERY_S`` whether the objects frozen out of the garbage
+    collector (``streamer.startup``, decision 0007) are due a full collection, and run it."""
+
+    async def sweep_frozen() -> None:
+        started = time.perf_counter()
+        freed = sweep_frozen_if_grown()
+        if freed is not None:
+            log.info(
+                "garbage collector: a full collection of the frozen objects freed %d (%.3fs)",
+                freed,
+                time.perf_counter() - started,
+            )
+
+    install_timer(app, SWEEP_CHECK_EVERY_S, sweep_frozen, "gc.sweep_frozen")

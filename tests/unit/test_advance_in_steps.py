@@ -14,9 +14,11 @@ import pytest
 
 from streamer.funnel.definition import load_funnel
 from streamer.funnel.session import CompiledFunnel
-from streamer.funnel.task import Task
+from streamer.funnel.task import Offer, Task
+from streamer.pipeline.sessions import stage as stage_module
 from streamer.pipeline.sessions import stepping
 from tests.support.core_run import stored
+from tests.support.stage_harness import NOW_MS, make_harness, valid_event
 from tests.support.traffic import generate
 
 CHECKOUT = Path(__file__).resolve().parents[2] / "deploy/funnels/checkout.yaml"
@@ -132,3 +134,41 @@ async def test_a_task_released_during_a_jump_is_left_where_it_is(
     await stepping.advance_in_steps(task, target_ms, still_held)
     assert len(asked) == 1
     assert task.watermark_ms == asked[0] < target_ms
+
+
+def test_a_move_of_one_step_is_made_at_once_and_a_larger_one_is_left_to_the_steps() -> None:
+    task = _task_before_the_jump()
+    start = task.watermark_ms
+    assert stepping.advance_at_once(task, start + stepping.FIRST_STEP_MS)
+    assert task.watermark_ms == start + stepping.FIRST_STEP_MS
+    assert not stepping.advance_at_once(task, task.watermark_ms + stepping.FIRST_STEP_MS + 1)
+    assert task.watermark_ms == start + stepping.FIRST_STEP_MS  # untouched: the steps' move
+    fresh = Task((CompiledFunnel(load_funnel(CHECKOUT)),), 0, retention_ms=RETENTION_MS)
+    assert stepping.advance_at_once(fresh, start)  # no watermark yet: nothing to step from
+    assert fresh.watermark_ms == start
+
+
+async def test_the_stage_steps_only_the_moves_larger_than_one_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    harness = make_harness()
+    stepped_moves: list[int] = []
+    steps = stage_module.advance_in_steps
+
+    async def recording(task: Task, watermark_ms: int, still_held: Any) -> None:
+        stepped_moves.append(watermark_ms - task.watermark_ms)
+        await steps(task, watermark_ms, still_held)
+
+    monkeypatch.setattr(stage_module, "advance_in_steps", recording)
+    first = NOW_MS - 600_000
+    step = stepping.FIRST_STEP_MS
+    # a first watermark, a move of one step, then one of a step and 1 ms
+    times = [first, first + 1, first + 1 + step, first + 2 + 2 * step]
+    for index, at_ms in enumerate(times):
+        moment = datetime.fromtimestamp(at_ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+        event = valid_event(event_id=f"e-{index}", occurred_at=moment.replace("+00:00", "Z"))
+        outcome, _ = await harness.process(harness.message(orjson.dumps(event)))
+        assert outcome is Offer.ACCEPTED
+        harness.stage.inputs.set_idle("checkout", 0, True)  # the other input holds nothing back
+    assert stepped_moves == [step + 1]
+    assert harness.stage.runtimes[0].task.watermark_ms == times[-1] - LATENESS_MS

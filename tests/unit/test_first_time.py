@@ -10,8 +10,16 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamer.funnel.session import NEVER, Attempt, Progress
+from streamer.funnel.session import (
+    NEVER,
+    Attempt,
+    CompiledFunnel,
+    Progress,
+    UnitMemory,
+    apply_instant,
+)
 from tests.support.core_run import restored_midway
+from tests.support.funnels import MIN, ev, funnel
 from tests.unit.test_core_properties import FAST, LATENESS_MS, arrival, sessions
 from tests.unit.test_core_vs_sql import NEW_RULES
 
@@ -41,7 +49,7 @@ def test_a_checkpoint_and_restore_anywhere_keeps_what_the_unit_has_done(
 
 def test_the_memory_round_trips_and_old_checkpoints_restore_empty() -> None:
     attempt = Attempt(0, 1, 5, 15, ("ios",), ("ios",))
-    remembering = Progress(attempt, NEVER, None, first_done=0b11, latest_ms=5)
+    remembering = Progress(attempt, NEVER, None, UnitMemory(first_done=0b11, latest_ms=5))
     assert Progress.from_json(remembering.to_json()) == remembering
     # A funnel without first-time stages stores its progress as before the rule.
     plain = Progress(attempt)
@@ -50,11 +58,21 @@ def test_the_memory_round_trips_and_old_checkpoints_restore_empty() -> None:
     assert len(stored) == 3
     assert Progress.from_json(stored) == plain
     # Idle, but remembering: still stored (else a restore would forget the unit's firsts).
-    idle = Progress(first_done=0b1, latest_ms=7)
+    idle = Progress(memory=UnitMemory(first_done=0b1, latest_ms=7))
     assert Progress.from_json(idle.to_json()) == idle
     # A checkpoint written before the rule: nothing done yet.
     old = Progress.from_json([attempt.to_json(), 3, None])
-    assert (old.first_done, old.latest_ms) == (0, NEVER)
+    assert old.memory is None
+
+
+def test_a_funnel_without_first_time_stages_or_units_makes_no_memory() -> None:
+    # Every open session carries a Progress per funnel: the memory is made only when needed.
+    plain, out = Progress(), []
+    compiled = CompiledFunnel(funnel())
+    for at_ms, event_type in ((0, "page_view"), (MIN, "add_to_cart"), (2 * MIN, "order_placed")):
+        apply_instant(compiled, plain, at_ms, [ev(at_ms, event_type)], out)
+    assert out  # it did count
+    assert plain.memory is None
 
 
 def test_check_and_show_describe_first_time_stages() -> None:

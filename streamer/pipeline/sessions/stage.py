@@ -55,7 +55,7 @@ from streamer.pipeline.sessions.catch_up import (
 from streamer.pipeline.sessions.committer import Committer
 from streamer.pipeline.sessions.records import abandonment_record
 from streamer.pipeline.sessions.runtime import TaskRuntime, restore_runtime
-from streamer.pipeline.sessions.stepping import advance_in_steps
+from streamer.pipeline.sessions.stepping import advance_at_once, advance_in_steps
 from streamer.pipeline.sessions.unit_store import UnitStore
 from streamer.pipeline.tables import Deliveries
 from streamer.pipeline.units import UnitForwarder, unit_user
@@ -457,7 +457,7 @@ class SessionsStage:
             self.inputs.observe(source, partition, int(marker["front"]))
             self.inputs.set_idle(source, partition, bool(marker["idle"]))
             watermark = self.inputs.watermark(partition)
-            if watermark is not None:
+            if watermark is not None and not advance_at_once(runtime.task, watermark):
                 await advance_in_steps(runtime.task, watermark, self._holds(partition, runtime))
             return None
         origin = (message.header(REKEY_SOURCE_HEADER) or b"").decode()
@@ -538,7 +538,7 @@ class SessionsStage:
                 clock_input, message.partition, event.at_ms
             ):
                 watermark = self.inputs.watermark(message.partition)
-                if watermark is not None:
+                if watermark is not None and not advance_at_once(task, watermark):
                     held = self._holds(message.partition, runtime)
                     await advance_in_steps(task, watermark, held)
         else:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from streamer.funnel.session import NEVER
 from streamer.funnel.task import Task
 
-__all__ = ["advance_in_steps"]
+__all__ = ["advance_at_once", "advance_in_steps"]
 
 # A move of the watermark up to this much event time is one step, as before: on input read
 # in order it moves a little at each event, and that costs nothing more than it did.
@@ -30,6 +30,17 @@ STEP_S = 0.005
 YIELD_EVERY_S = 0.01
 
 
+def advance_at_once(task: Task, watermark_ms: int) -> bool:
+    """Moves the watermark in one call of ``task.advance`` if the move is one step (the common
+    case: input read in order moves it a little at each event) and says whether it did. The
+    per-message path calls this first, so that only a large jump costs a coroutine and a
+    :func:`advance_in_steps` call."""
+    if watermark_ms - task.watermark_ms <= FIRST_STEP_MS or task.watermark_ms == NEVER:
+        task.advance(watermark_ms)  # (no watermark yet: no start to step from)
+        return True
+    return False
+
+
 async def advance_in_steps(
     task: Task, watermark_ms: int, still_held: Callable[[], bool] = lambda: True
 ) -> None:
@@ -38,8 +49,7 @@ async def advance_in_steps(
     The caller holds the stage's apply lock (nothing else offers to the task or takes its
     snapshot between steps). A rebalance does not wait for that lock: once ``still_held()``
     says the task was released meanwhile (its store closed), it is left where it is."""
-    if watermark_ms - task.watermark_ms <= FIRST_STEP_MS or task.watermark_ms == NEVER:
-        task.advance(watermark_ms)  # (no watermark yet: no start to step from)
+    if advance_at_once(task, watermark_ms):
         return
     step = FIRST_STEP_MS
     ran_at = time.perf_counter()
