@@ -93,7 +93,8 @@ def needed_fields(funnels: tuple[FunnelDefinition, ...]) -> frozenset[str]:
             names.update(condition.property for condition in stage.where)
         for segment in funnel.segments:
             kind, _, name = segment.source.partition(".")
-            names.add(name if kind == "property" else segment.source)
+            if segment.source != "event_name":  # the event's type: always kept
+                names.add(name if kind == "property" else segment.source)
     return frozenset(names)
 
 

@@ -57,8 +57,9 @@ def check_known_events(
     """What in ``definition`` can never match the events there are: event types (of stages and
     exclusions) the catalogue does not list, ``where`` properties none of their event types
     carries or filtered
-    with a value of the wrong type, ``property.<name>`` segments no event carries and
-    ``context.<field>`` segments on an undeclared field, and held fields no stage's event carries.
+    with a value of the wrong type, ``property.<name>`` segments no event carries,
+    ``context.<field>`` segments on an undeclared field, ``event_name`` segments listing an
+    unknown event, and held fields no stage's event carries.
     Each problem is (the path in the
     funnel file, a message); none means the funnel fits."""
     catalogue = EventCatalogue.of(known)
@@ -101,6 +102,14 @@ def check_known_events(
     all_properties = {prop for props in events.values() for prop in props}
     for index, segment in enumerate(definition.segments):
         kind, _, name = segment.source.partition(".")
+        for position, event_name in enumerate(segment.events):  # source event_name
+            if event_name not in events:
+                problems.append(
+                    (
+                        ("segments", index, "events", position),
+                        f"unknown event type {event_name!r}{_closest(event_name, events)}",
+                    )
+                )
         if kind == "property" and name not in all_properties:
             problems.append(
                 (

@@ -16,6 +16,7 @@ time. The order modes (strict, unordered) and exclusions are the spec's "Order m
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -345,6 +346,15 @@ class CompiledFunnel:
         self.by_mask = self.repeated or self.holds or bool(self.step_dims) or bool(self.first_time)
         self._segment_fields = tuple(_segment_field(s.source) for s in definition.segments)
         self._segment_values = tuple(frozenset(s.values) for s in definition.segments)
+        # Barriers (spec: "Barriers"): latency buckets, and the names of events seen (client
+        # errors), which give a value though they match no stage.
+        self._buckets = tuple(
+            (s.buckets, s.bucket_labels) if s.buckets else None for s in definition.segments
+        )
+        self._seen_names = tuple(
+            frozenset(s.events) if s.source == "event_name" else None for s in definition.segments
+        )
+        self.seen_dims = tuple(d for d, names in enumerate(self._seen_names) if names)
         self._shared: dict[Any, Any] = {}
 
     def share(self, value: _T) -> _T:
@@ -403,9 +413,15 @@ class CompiledFunnel:
 
     def segment_value(self, event: StoredEvent, dim: int) -> str | None:
         """``event``'s value of segment dimension ``dim``, or None."""
+        names = self._seen_names[dim]
+        if names is not None:
+            return event.event_type if event.event_type in names else None
         raw = event.fields.get(self._segment_fields[dim])
         if raw is None or raw == "":
             return None
+        buckets = self._buckets[dim]
+        if buckets is not None:
+            return _bucket_label(raw, *buckets)
         text = str(raw)[:64]
         allowed = self._segment_values[dim]
         return "other" if allowed and text not in allowed else self.share(text)
@@ -413,6 +429,13 @@ class CompiledFunnel:
     @property
     def segment_count(self) -> int:
         return len(self._segment_fields)
+
+
+def _bucket_label(raw: Any, edges: tuple[float, ...], labels: tuple[str, ...]) -> str | None:
+    """The bucket of a number (each holds its lower edge); anything else has no value."""
+    if isinstance(raw, bool) or not isinstance(raw, _NUMBER) or raw != raw:  # NaN
+        return None
+    return labels[bisect_right(edges, raw)]
 
 
 def _held_source(name: str) -> str:
@@ -609,7 +632,8 @@ def apply_instant(
         progress.attempt = attempt
         started = True
     # 3. Segments (first touch; ties at one instant: smallest text), cart value, activity.
-    # Only the dimensions still unknown are read, and only from events of a stage.
+    # Only the dimensions still unknown are read, and only from events of a stage (a seen
+    # event's name from any event of the instant).
     if not funnel.first_touch_only:
         _touch(funnel, attempt, events, stages)
     elif None in attempt.segments:
@@ -618,8 +642,9 @@ def apply_instant(
         found = False
         for dim, current in enumerate(segments):
             if current is None:
+                pool = events if dim in funnel.seen_dims else touched
                 candidates = [
-                    text for e in touched if (text := funnel.segment_value(e, dim)) is not None
+                    text for e in pool if (text := funnel.segment_value(e, dim)) is not None
                 ]
                 if candidates:
                     segments[dim] = min(candidates)
@@ -790,14 +815,13 @@ def _touch(
     """First- and last-touch segment values of this instant's funnel events (ties: the
     smallest text); step-attributed dimensions are set by :func:`_attribute_step`."""
     touched = [e for e, stage in zip(events, stages, strict=True) if stage >= 0]
-    if not touched:
+    if not touched and not funnel.seen_dims:
         return
     segments = list(attempt.segments)
     for dim in funnel.touch_dims:
         if segments[dim] is None or funnel.last_touch[dim]:
-            candidates = [
-                text for e in touched if (text := funnel.segment_value(e, dim)) is not None
-            ]
+            pool = events if dim in funnel.seen_dims else touched
+            candidates = [text for e in pool if (text := funnel.segment_value(e, dim)) is not None]
             if candidates:
                 segments[dim] = min(candidates)
     attempt.segments = funnel.share(tuple(segments))

@@ -117,6 +117,23 @@ def _segment_sql(funnel: FunnelDefinition) -> list[str]:
     for segment in funnel.segments:
         kind, _, name = segment.source.partition(".")
         name = name.replace("'", "''")
+        if segment.source == "event_name":  # spec "Barriers": the listed events' own names
+            names = ", ".join(_literal(e) for e in segment.events)
+            out.append(f"CASE WHEN event_type IN ({names}) THEN event_type END")
+            continue
+        if segment.buckets:  # spec "Barriers": a JSON number's bucket, lower edge included
+            column = "c" if kind == "context" else "p"
+            number = f"json_extract({column}, '$.{name}')"
+            labels = segment.bucket_labels
+            cases = " ".join(
+                f"WHEN CAST({number} AS DOUBLE) < {edge!r} THEN {_literal(label)}"
+                for edge, label in zip(segment.buckets, labels, strict=False)
+            )
+            out.append(
+                f"CASE WHEN json_type({number}) NOT IN ('BIGINT', 'UBIGINT', 'DOUBLE') "
+                f"OR json_type({number}) IS NULL THEN NULL {cases} ELSE {_literal(labels[-1])} END"
+            )
+            continue
         if kind == "context":
             raw = f"json_extract_string(c, '$.{name}')"
         elif kind == "property":
@@ -284,7 +301,11 @@ def _walk_sql(
     # required stage at or before k, as list literals indexed by k + 1.
     skipping = any(optional)
     req_upto = [max(j for j in range(k + 1) if not optional[j]) for k in range(n + 1)]
-    mins = "".join(f", min(g{d}) FILTER (WHERE stage >= 0) AS m{d}" for d in dims)
+    # A seen event's name (source event_name) comes from any event of the instant.
+    mins = "".join(
+        f", min(g{d}) FILTER (WHERE {'TRUE' if seen else 'stage >= 0'}) AS m{d}"
+        for d, seen in ((d, funnel.segments[d].source == "event_name") for d in dims)
+    )
     # The step's expressions, in the spec's order (names refer to the previous row r and the
     # instant i; each line builds on the ones before by textual substitution).
     drop = "(r.active AND i.t > r.deadline)"
