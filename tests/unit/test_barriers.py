@@ -12,22 +12,26 @@ from typing import Any
 
 import orjson
 import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from streamer.cli import cli
 from streamer.decode import DecodeLimits
 from streamer.decoders import DecodedEvent, catalogue_of, event_decoder, needed_fields
+from streamer.events import ReplayReport
 from streamer.funnel.catalogue import check_known_events
-from streamer.funnel.definition import FunnelDefinition, Segment
+from streamer.funnel.definition import FunnelDefinition, Segment, load_funnel
 from streamer.funnel.detect import AlertDecision, FunnelDetector
 from streamer.funnel.session import CompiledFunnel
 from streamer.funnel.task import Task
 from streamer.funnel.windows import WindowCounts
 from streamer.plan.compile import compile_plan
 from streamer.plan.load import load_plan
+from streamer.settings import Settings
 from tests.oracle import compute
-from tests.support.compare import assert_same
+from tests.support.compare import assert_replay_equals_oracle, assert_same, oracle_rows
 from tests.support.core_run import run_core, stored
 
 ERRORS = ("card_form_js", "api_timeout")
@@ -348,3 +352,63 @@ def test_barriers_declared_in_a_plan_reach_the_core(tmp_path: Path) -> None:
     )
     assert isinstance(decoded, DecodedEvent)
     assert CompiledFunnel(CHECKOUT).segment_value(decoded.event, 1) == "1-3s"
+
+
+FUNNEL_FILE = """\
+name: checkout
+conversion_window: 1h
+window: 1m
+stages:
+  - {name: checkout, event_type: checkout_started}
+  - {name: payment, event_type: payment_submitted, timeout: 10m}
+  - {name: order, event_type: order_placed}
+segments:
+  client_error: {source: event_name, events: [card_form_js, api_timeout]}
+  load_time: {source: context.page_load_ms, buckets: [1000, 3000, 10000]}
+  device: {cap: 3}
+"""
+
+
+def test_a_shops_export_through_its_plan_gives_the_oracles_barrier_counts(
+    tmp_path: Path,
+) -> None:
+    """`streamer report` over plan-shaped documents (the plan's decoder, the projection, the
+    core) equals the oracle over the same decoded events, per bucket and error kind."""
+    plan_path = tmp_path / "plan.yaml"
+    plan_path.write_text(PLAN)
+    funnel_path = tmp_path / "checkout.yaml"
+    funnel_path.write_text(FUNNEL_FILE)
+    rng = random.Random(52)
+    start = datetime(2026, 12, 7, 10, tzinfo=UTC)
+    documents = []
+    for minute in range(30):
+        for _, event in _shop_minute(rng, minute * MINUTE, broken=minute >= 20):
+            at = start + timedelta(milliseconds=event["at_ms"])
+            documents.append({
+                "event": event["event_type"],
+                "messageId": event["event_id"],
+                "timestamp": at.isoformat().replace("+00:00", "Z"),
+                "context": {
+                    "session": {"id": event["event_id"].rsplit("-", 1)[0]},
+                    "device": event["context"]["device"],
+                    "page": {"load_ms": rng.choice((400, 1800, 4200, 15000))},
+                },
+            })  # fmt: skip
+    path = tmp_path / "shop.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(d) + b"\n" for d in documents))
+    begin, end = "2026-12-07T10:00Z", "2026-12-07T12:00Z"
+    args = [str(path), "--plan", str(plan_path), "--funnels", str(funnel_path)]
+    result = CliRunner().invoke(cli, ["report", *args, "--from", begin, "--to", end])
+    assert result.exit_code == 0, result.stderr + result.stdout
+    replayed = ReplayReport.model_validate_json(result.stdout)
+    plan = compile_plan(load_plan(str(plan_path)))
+    rows = oracle_rows(plan, path.read_bytes().splitlines(), begin, end)
+    assert len(rows) == len(documents)
+    end_ms = round(datetime.fromisoformat(end).timestamp() * 1000)
+    funnel = load_funnel(funnel_path)
+    expected = compute([funnel], rows, end_ms, round(Settings().session_retention_seconds * 1000))
+    [counted] = replayed.funnels
+    assert_replay_equals_oracle(counted, funnel, expected)
+    values = {(dim, value) for (_, _, _, dim, value) in expected.segments}
+    assert {("client_error", "card_form_js"), ("client_error", "api_timeout")} <= values
+    assert {("load_time", v) for v in ("<1s", "1-3s", "3-10s", ">=10s")} <= values
