@@ -251,8 +251,8 @@ class Segment(_Frozen):
         if self.source == "event_name":
             if not self.events:
                 raise ValueError("source event_name needs `events`: the event names it names")
-            if self.buckets:
-                raise ValueError("source event_name has no buckets: its values are names")
+            if self.buckets or self.values:
+                raise ValueError("source event_name has no buckets or values: `events` says")
             if isinstance(self.attribution, StepAttribution):
                 # The listed events match no stage: a step's events never carry them.
                 raise ValueError("source event_name takes first_touch or last_touch")

@@ -200,6 +200,7 @@ def test_bucket_edges_name_their_values(edges: list[float], labels: tuple[str, .
         ({"source": "context.device", "events": ["x"]}, "`events` is for source event_name"),
         ({"source": "event_name", "events": ["x"], "attribution": {"step": 1}}, "first_touch"),
         ({"source": "event_name", "events": ["x"], "buckets": [1]}, "no buckets"),
+        ({"source": "event_name", "events": ["x"], "values": ["x"]}, "or values"),
         ({"source": "context.load", "buckets": [3000, 1000]}, "increasing"),
         ({"source": "context.load", "buckets": [-1]}, "increasing"),
         ({"source": "context.load", "buckets": [1], "values": ["a"]}, "no `values`"),
