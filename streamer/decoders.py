@@ -95,6 +95,7 @@ def needed_fields(funnels: tuple[FunnelDefinition, ...]) -> frozenset[str]:
             kind, _, name = segment.source.partition(".")
             if segment.source != "event_name":  # the event's type: always kept
                 names.add(name if kind == "property" else segment.source)
+        names.update(survey.score for survey in funnel.surveys)
     return frozenset(names)
 
 

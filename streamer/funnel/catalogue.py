@@ -124,6 +124,23 @@ def check_known_events(
                     f"no context field {name!r} is declared{_closest(name, catalogue.context)}",
                 )
             )
+    for index, survey in enumerate(definition.surveys):
+        if survey.event_type not in events:
+            problems.append(
+                (
+                    ("surveys", index, "event_type"),
+                    f"unknown event type {survey.event_type!r}"
+                    f"{_closest(survey.event_type, events)}",
+                )
+            )
+        elif survey.score not in (carried := catalogue.carried((survey.event_type,))):
+            problems.append(
+                (
+                    ("surveys", index, "score"),
+                    f"no event of {survey.event_type} has a property {survey.score!r}"
+                    f"{_closest(survey.score, carried)}",
+                )
+            )
     problems += _hold_problems(definition, catalogue)
     return problems
 

@@ -423,6 +423,18 @@ class Experiment(_Frozen):
         return self.variant_from or f"experiment.{self.name}"
 
 
+class Survey(_Frozen):
+    """Survey answers counted beside the funnel (docs/satisfaction.md): each answer at the
+    stage its unit's latest attempt had reached when it answered."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=40)
+    event_type: str = Field(description="the answer's event")
+    score: str = Field(
+        pattern=r"^[A-Za-z0-9_]+$", description="the event property holding the score"
+    )
+    kind: Literal["csat", "nps"] = Field(description="csat: 1 to 5; nps: 0 to 10")
+
+
 def _experiment_segments(data: dict[str, Any]) -> list[Any]:
     """Each well-formed experiment's breakdown: its variants (others fold into ``other``),
     attributed at the exposure stage's entry. A malformed one adds none; its own validation
@@ -501,6 +513,9 @@ class FunnelDefinition(_Frozen):
     alerting: AlertPolicy = Field(default_factory=lambda: AlertPolicy())
     experiments: tuple[Experiment, ...] = Field(
         default=(), description="A/B tests guarded step by step (docs/experiments.md)"
+    )
+    surveys: tuple[Survey, ...] = Field(
+        default=(), max_length=20, description="CSAT and NPS answers joined to stages"
     )
 
     @model_validator(mode="before")
@@ -688,6 +703,26 @@ class FunnelDefinition(_Frozen):
             raise ValueError(
                 f"alerting.steps names unknown steps {unknown}; steps are {sorted(steps)}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _surveys_fit(self) -> FunnelDefinition:
+        problems: list[InitErrorDetails] = []
+        stage_types = {t for stage in self.stages for t in stage.event_types}
+        seen: set[str] = set()
+        for index, survey in enumerate(self.surveys):
+            if survey.name in seen:
+                problems.append(
+                    _problem(("surveys", index, "name"), "a second survey of that name")
+                )
+            seen.add(survey.name)
+            if survey.event_type in stage_types:
+                problems.append(_problem(
+                    ("surveys", index, "event_type"),
+                    "an answer is no step: its event cannot be a stage's",
+                ))  # fmt: skip
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
         return self
 
     @model_validator(mode="after")

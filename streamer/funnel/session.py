@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import orjson
 
 from streamer.funnel.definition import Condition, FunnelDefinition, StepAttribution
+from streamer.funnel.satisfaction import SCORE_RANGE
 
 _T = TypeVar("_T")
 _SHARED_MAX = 65_536  # distinct shared segment values and tuples per funnel
@@ -85,6 +86,9 @@ class Kind(IntEnum):
     CONVERTED = 1  # step ``stage`` -> ``stage + 1`` converted
     DROPPED = 2  # step ``stage`` -> ``stage + 1`` timed out (or a strict attempt broke)
     EXCLUDED = 3  # step ``stage`` -> ``stage + 1`` excluded (spec: "Exclusion steps")
+    # A survey answer at the stage the unit's latest attempt had reached (-1: none yet);
+    # ``value`` the score, ``time_to_convert_ms`` the survey's index (docs/satisfaction.md).
+    ANSWERED = 4
 
 
 # Not frozen: a frozen dataclass's __init__ is slow, and one is made per step of an attempt.
@@ -212,6 +216,10 @@ class Progress:
     # counted entry and the stages already counted in it, one bit each.
     units_window_ms: int = NEVER
     units_counted: int = 0
+    # Funnels with surveys: the stage the latest attempt reached (-1: none) and its segment
+    # values at that entry, which an answer is joined to.
+    reached: int = -1
+    reached_segments: tuple[str | None, ...] | None = None
 
     def wake_ms(self) -> int | None:
         """The next time at which the watermark alone changes this state."""
@@ -232,6 +240,7 @@ class Progress:
             and self.ended_ms == NEVER
             and self.latest_ms == NEVER
             and self.units_window_ms == NEVER
+            and self.reached < 0
         ):
             return None
         raw = [
@@ -239,11 +248,14 @@ class Progress:
             self.ended_ms,
             self.abandoned.to_json() if self.abandoned else None,
         ]
-        # Only funnels with first-time stages or units: others are stored as before.
-        if self.latest_ms != NEVER or self.units_window_ms != NEVER:
+        # Only funnels with first-time stages, units or surveys: others are stored as before.
+        surveyed = self.reached >= 0
+        if self.latest_ms != NEVER or self.units_window_ms != NEVER or surveyed:
             raw += [self.first_done, self.latest_ms]
-        if self.units_window_ms != NEVER:
+        if self.units_window_ms != NEVER or surveyed:
             raw += [self.units_window_ms, self.units_counted]
+        if surveyed:
+            raw += [self.reached, list(self.reached_segments or ())]
         return raw
 
     def first_entry_of_unit(self, stage: int, window_ms: int) -> bool:
@@ -270,6 +282,8 @@ class Progress:
             int(raw[4]) if len(raw) > 4 else NEVER,
             int(raw[5]) if len(raw) > 5 else NEVER,
             int(raw[6]) if len(raw) > 6 else 0,
+            int(raw[7]) if len(raw) > 7 else -1,
+            tuple(raw[8]) if len(raw) > 8 else None,
         )
 
 
@@ -355,6 +369,14 @@ class CompiledFunnel:
             frozenset(s.events) if s.source == "event_name" else None for s in definition.segments
         )
         self.seen_dims = tuple(d for d, names in enumerate(self._seen_names) if names)
+        # Surveys (docs/satisfaction.md): answer event -> (survey index, score field, range).
+        self._surveys: dict[str, list[tuple[int, str, int, int]]] = {}
+        for index, survey in enumerate(definition.surveys):
+            lowest, highest = SCORE_RANGE[survey.kind]
+            self._surveys.setdefault(survey.event_type, []).append(
+                (index, survey.score, lowest, highest)
+            )
+        self.surveys = bool(self._surveys)
         self._shared: dict[Any, Any] = {}
 
     def share(self, value: _T) -> _T:
@@ -425,6 +447,17 @@ class CompiledFunnel:
         text = str(raw)[:64]
         allowed = self._segment_values[dim]
         return "other" if allowed and text not in allowed else self.share(text)
+
+    def answers(self, events: Sequence[StoredEvent]) -> list[tuple[int, int]]:
+        """(survey index, score) of each answer among ``events``: a whole number in the
+        survey's range (anything else is no answer)."""
+        found = []
+        for event in events:
+            for index, field_name, low, high in self._surveys.get(event.event_type, ()):
+                score = event.fields.get(field_name)
+                if type(score) is int and low <= score <= high:  # not a bool, not 4.0
+                    found.append((index, score))
+        return found
 
     @property
     def segment_count(self) -> int:
