@@ -95,7 +95,8 @@ def needed_fields(funnels: tuple[FunnelDefinition, ...]) -> frozenset[str]:
         sources = [segment.source for segment in funnel.segments]
         if funnel.lifecycle is not None:
             sources += [funnel.lifecycle.value_from, funnel.lifecycle.channel_from]
-        names.update(stored_field(source) for source in sources)
+        names.update(stored_field(source) for source in sources if source != "event_name")
+        names.update(survey.score for survey in funnel.surveys)
     return frozenset(names)
 
 

@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 from streamer.events import EVENT_MODELS, ReasonCode
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.stages import LifecycleStage
-from streamer.funnel.windows import TIME_TO_CONVERT_BUCKETS_MS
+from streamer.funnel.windows import TIME_TO_CONVERT_BUCKETS_MS, UNKNOWN
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,16 @@ UNPLANNED_NAMES_CAP = 100
 UNPLANNED_OTHER = "_other"
 ALERT_STATES = ("firing", "repeat", "resolved")
 ALERT_SEVERITIES = ("page", "warning")
+LANDING_OUTCOMES = ("continued", "bounced")
+CAMPAIGN_SOURCE = "context.utm_campaign"
 TRACKING_STEP = "tracking"  # the step label of data-quality alerts (funnel/tracking/<key>/...)
+
+
+def campaign_dimension(funnel: FunnelDefinition) -> str | None:
+    """The funnel's segment on the utm campaign, whose values label the landing outcomes
+    (bounded by its cap: a label per campaign is safe only because the windows fold the rest
+    into ``other``)."""
+    return next((s.name for s in funnel.segments if s.source == CAMPAIGN_SOURCE), None)
 
 
 @dataclass
@@ -179,6 +188,7 @@ class Metrics:
     funnel_converted: Counter
     funnel_dropped: Counter
     funnel_excluded: Counter
+    landing_outcomes: Counter
     step_conversion_ratio: Gauge
     step_drop_off_ratio: Gauge
     experiment_conversion_ratio: Gauge
@@ -379,6 +389,14 @@ class Metrics:
                 ["funnel", "step"],
                 registry=registry,
             ),
+            landing_outcomes=Counter(
+                "streamer_funnel_landing_outcomes",
+                "Attempts of the first step of a funnel with a utm_campaign segment, per "
+                "campaign (the segment's cap, the rest as other, none as unknown), counted when "
+                "their cohort window is final: continued (converted) or bounced (dropped)",
+                ["funnel", "campaign", "outcome"],
+                registry=registry,
+            ),
             step_conversion_ratio=Gauge(
                 "streamer_funnel_step_conversion_ratio",
                 "Last final cohort window: converted / (converted + dropped) of the step",
@@ -434,6 +452,12 @@ class Metrics:
             metrics.windows_closed.labels(funnel=funnel.name)
             for stage in funnel.stages:
                 metrics.funnel_entered.labels(funnel=funnel.name, stage=stage.name)
+            if campaign_dimension(funnel) is not None:
+                for campaign in (UNKNOWN, "other"):
+                    for outcome in LANDING_OUTCOMES:
+                        metrics.landing_outcomes.labels(
+                            funnel=funnel.name, campaign=campaign, outcome=outcome
+                        )
             for step in funnel.step_names:
                 metrics.funnel_converted.labels(funnel=funnel.name, step=step)
                 metrics.funnel_dropped.labels(funnel=funnel.name, step=step)

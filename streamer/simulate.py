@@ -151,6 +151,9 @@ class TrafficModel:
             moment += timedelta(seconds=rng.expovariate(sessions_per_second))
 
 
+_CAMPAIGNS = {"google": "search_brand", "newsletter": "december_sale", "instagram": "reels_gifts"}
+
+
 class _SessionEvents:
     """One session's events as it emits them: its context and user drawn once, a random gap
     before each event but the first."""
@@ -164,6 +167,8 @@ class _SessionEvents:
             "country": _pick(rng, _COUNTRIES),
             "utm_source": rng.choice(("google", "newsletter", "instagram", None)),
         }
+        # Each source's campaign, drawn from nothing: the generated traffic stays the same.
+        context["utm_campaign"] = _CAMPAIGNS.get(context["utm_source"] or "")
         self._context = {k: v for k, v in context.items() if v is not None}
         self._user_id = f"u{rng.randrange(1_000_000)}" if rng.random() < 0.4 else None
         self._rng = rng

@@ -57,8 +57,9 @@ def check_known_events(
     """What in ``definition`` can never match the events there are: event types (of stages and
     exclusions) the catalogue does not list, ``where`` properties none of their event types
     carries or filtered
-    with a value of the wrong type, ``property.<name>`` segments no event carries and
-    ``context.<field>`` segments on an undeclared field, and held fields no stage's event carries.
+    with a value of the wrong type, ``property.<name>`` segments no event carries,
+    ``context.<field>`` segments on an undeclared field, ``event_name`` segments listing an
+    unknown event, and held fields no stage's event carries.
     Each problem is (the path in the
     funnel file, a message); none means the funnel fits."""
     catalogue = EventCatalogue.of(known)
@@ -101,6 +102,14 @@ def check_known_events(
     all_properties = {prop for props in events.values() for prop in props}
     for index, segment in enumerate(definition.segments):
         kind, _, name = segment.source.partition(".")
+        for position, event_name in enumerate(segment.events):  # source event_name
+            if event_name not in events:
+                problems.append(
+                    (
+                        ("segments", index, "events", position),
+                        f"unknown event type {event_name!r}{_closest(event_name, events)}",
+                    )
+                )
         if kind == "property" and name not in all_properties:
             problems.append(
                 (
@@ -113,6 +122,23 @@ def check_known_events(
                 (
                     ("segments", index, "source"),
                     f"no context field {name!r} is declared{_closest(name, catalogue.context)}",
+                )
+            )
+    for index, survey in enumerate(definition.surveys):
+        if survey.event_type not in events:
+            problems.append(
+                (
+                    ("surveys", index, "event_type"),
+                    f"unknown event type {survey.event_type!r}"
+                    f"{_closest(survey.event_type, events)}",
+                )
+            )
+        elif survey.score not in (carried := catalogue.carried((survey.event_type,))):
+            problems.append(
+                (
+                    ("surveys", index, "score"),
+                    f"no event of {survey.event_type} has a property {survey.score!r}"
+                    f"{_closest(survey.score, carried)}",
                 )
             )
     problems += _hold_problems(definition, catalogue)

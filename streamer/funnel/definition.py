@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Mapping, Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -217,8 +218,20 @@ class Segment(_Frozen):
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=40)
     source: str = Field(
-        description="context.<field>, property.<name> or experiment.<name>",
-        pattern=r"^(context|property|experiment)\.[A-Za-z0-9_]+$",
+        description="context.<field>, property.<name>, experiment.<name>, or event_name (the "
+        "name of one of `events` seen in the attempt: client errors, spec: 'Barriers')",
+        pattern=r"^((context|property|experiment)\.[A-Za-z0-9_]+|event_name)$",
+    )
+    buckets: tuple[float, ...] = Field(
+        default=(),
+        max_length=20,
+        description="bucket edges in milliseconds of a numeric source: [1000, 3000, 10000] "
+        "gives the values <1s, 1-3s, 3-10s and >=10s (each bucket holds its lower edge)",
+    )
+    events: tuple[str, ...] = Field(
+        default=(),
+        max_length=100,
+        description="source event_name: the event names whose name is the value",
     )
     cap: int = Field(default=10, ge=1, le=200, description="values kept; the rest fold into other")
     values: tuple[str, ...] = Field(
@@ -242,6 +255,38 @@ class Segment(_Frozen):
             )
         return data
 
+    @model_validator(mode="after")
+    def _barrier_options_fit(self) -> Segment:
+        if self.source == "event_name":
+            if not self.events:
+                raise ValueError("source event_name needs `events`: the event names it names")
+            if self.buckets or self.values:
+                raise ValueError("source event_name has no buckets or values: `events` says")
+            if isinstance(self.attribution, StepAttribution):
+                # The listed events match no stage: a step's events never carry them.
+                raise ValueError("source event_name takes first_touch or last_touch")
+        elif self.events:
+            raise ValueError("`events` is for source event_name")
+        if self.buckets:
+            if self.source.startswith("experiment."):
+                raise ValueError("an experiment's variants are names: no buckets")
+            if self.values:
+                raise ValueError("buckets name their own values: no `values` with them")
+            if any(b < 0 for b in self.buckets) or any(
+                a >= b for a, b in zip(self.buckets, self.buckets[1:], strict=False)
+            ):
+                raise ValueError("bucket edges are increasing milliseconds, from 0")
+        return self
+
+    @property
+    def bucket_labels(self) -> tuple[str, ...]:
+        """The buckets' values, lowest first: ``<1s``, ``1-3s``, ``3-10s``, ``>=10s``."""
+        edges = self.buckets
+        if not edges:
+            return ()
+        middle = [_span_text(low, high) for low, high in pairwise(edges)]
+        return (f"<{_ms_text(edges[0])}", *middle, f">={_ms_text(edges[-1])}")
+
     def value_of(self, context: Mapping[str, Any], properties: Mapping[str, Any]) -> str | None:
         kind, _, name = self.source.partition(".")
         if kind == "context":
@@ -256,6 +301,19 @@ class Segment(_Frozen):
         if self.values and text not in self.values:
             return "other"
         return text
+
+
+def _ms_text(ms: float) -> str:
+    """1000 -> ``1s``, 1500 -> ``1.5s``, 250 -> ``250ms``."""
+    return f"{ms / 1000:g}s" if ms >= 1000 and ms % 100 == 0 else f"{ms:g}ms"
+
+
+def _span_text(low: float, high: float) -> str:
+    """``1-3s`` when both edges are in seconds, else ``250ms-1s``."""
+    low_text, high_text = _ms_text(low), _ms_text(high)
+    if low_text.endswith("s") and not low_text.endswith("ms") and not high_text.endswith("ms"):
+        return f"{low_text[:-1]}-{high_text}"
+    return f"{low_text}-{high_text}"
 
 
 def _off_is_a_word(value: Any) -> Any:
@@ -332,6 +390,7 @@ _DEFAULT_SEGMENT_SOURCES = {
     "channel": "context.channel",
     "country": "context.country",
     "utm_source": "context.utm_source",
+    "utm_campaign": "context.utm_campaign",
     "app_version": "context.app_version",
     "payment_method": "property.payment_method",
 }
@@ -371,6 +430,18 @@ class Experiment(_Frozen):
     @property
     def source(self) -> str:
         return self.variant_from or f"experiment.{self.name}"
+
+
+class Survey(_Frozen):
+    """Survey answers counted beside the funnel (docs/satisfaction.md): each answer at the
+    stage its unit's latest attempt had reached when it answered."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=40)
+    event_type: str = Field(description="the answer's event")
+    score: str = Field(
+        pattern=r"^[A-Za-z0-9_]+$", description="the event property holding the score"
+    )
+    kind: Literal["csat", "nps"] = Field(description="csat: 1 to 5; nps: 0 to 10")
 
 
 def _experiment_segments(data: dict[str, Any]) -> list[Any]:
@@ -535,6 +606,9 @@ class FunnelDefinition(_Frozen):
     lifecycle: LifecycleDeclaration | None = Field(
         default=None,
         description="user funnels: cohort figures of first and repeat orders (docs/lifecycle.md)",
+    )
+    surveys: tuple[Survey, ...] = Field(
+        default=(), max_length=20, description="CSAT and NPS answers joined to stages"
     )
 
     @model_validator(mode="before")
@@ -735,6 +809,26 @@ class FunnelDefinition(_Frozen):
                     )
                 ],
             )
+        return self
+
+    @model_validator(mode="after")
+    def _surveys_fit(self) -> FunnelDefinition:
+        problems: list[InitErrorDetails] = []
+        stage_types = {t for stage in self.stages for t in stage.event_types}
+        seen: set[str] = set()
+        for index, survey in enumerate(self.surveys):
+            if survey.name in seen:
+                problems.append(
+                    _problem(("surveys", index, "name"), "a second survey of that name")
+                )
+            seen.add(survey.name)
+            if survey.event_type in stage_types:
+                problems.append(_problem(
+                    ("surveys", index, "event_type"),
+                    "an answer is no step: its event cannot be a stage's",
+                ))  # fmt: skip
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
         return self
 
     @model_validator(mode="after")

@@ -16,6 +16,7 @@ time. The order modes (strict, unordered) and exclusions are the spec's "Order m
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 import orjson
 
 from streamer.funnel.definition import Condition, FunnelDefinition, StepAttribution
+from streamer.funnel.satisfaction import SCORE_RANGE
 
 _T = TypeVar("_T")
 _SHARED_MAX = 65_536  # distinct shared segment values and tuples per funnel
@@ -85,6 +87,9 @@ class Kind(IntEnum):
     CONVERTED = 1  # step ``stage`` -> ``stage + 1`` converted
     DROPPED = 2  # step ``stage`` -> ``stage + 1`` timed out (or a strict attempt broke)
     EXCLUDED = 3  # step ``stage`` -> ``stage + 1`` excluded (spec: "Exclusion steps")
+    # A survey answer at the stage the unit's latest attempt had reached (-1: none yet);
+    # ``value`` the score, ``time_to_convert_ms`` the survey's index (docs/satisfaction.md).
+    ANSWERED = 4
 
 
 # Not frozen: a frozen dataclass's __init__ is slow, and one is made per step of an attempt.
@@ -198,10 +203,10 @@ class Abandoned:
 
 @dataclass(slots=True)
 class UnitMemory:
-    """What a unit's state in a funnel with first-time stages or units remembers beyond its
-    attempts (spec: "First-time steps", "Uniques and totals"). Apart from :class:`Progress`,
-    and made only when such a funnel first needs it: most funnels never do, and every open
-    session of them would otherwise carry these fields."""
+    """What a unit's state in a funnel with first-time stages, units or surveys remembers beyond
+    its attempts (spec: "First-time steps", "Uniques and totals"; docs/satisfaction.md). Apart
+    from :class:`Progress`, and made only when such a funnel first needs it: most funnels never
+    do, and every open session of them would otherwise carry these fields."""
 
     first_done: int = 0  # first-time stages the unit has done, one bit per stage index
     latest_ms: int = NEVER  # the unit's latest instant (funnels with first-time stages only)
@@ -209,6 +214,10 @@ class UnitMemory:
     # already counted in it, one bit each.
     units_window_ms: int = NEVER
     units_counted: int = 0
+    # Funnels with surveys: the stage the latest attempt reached (-1: none) and its segment
+    # values at that entry, which an answer is joined to.
+    reached: int = -1
+    reached_segments: tuple[str | None, ...] | None = None
 
 
 @dataclass(slots=True)
@@ -237,7 +246,12 @@ class Progress:
 
     def to_json(self) -> list[Any] | None:
         memory = self.memory
-        if memory is not None and memory.latest_ms == NEVER and memory.units_window_ms == NEVER:
+        if (
+            memory is not None
+            and memory.latest_ms == NEVER
+            and memory.units_window_ms == NEVER
+            and memory.reached < 0
+        ):
             memory = None  # remembers nothing yet
         if self.at_rest and self.ended_ms == NEVER and memory is None:
             return None
@@ -246,11 +260,14 @@ class Progress:
             self.ended_ms,
             self.abandoned.to_json() if self.abandoned else None,
         ]
-        # Only funnels with first-time stages or units: others are stored as before.
+        # Only funnels with first-time stages, units or surveys: others are stored as before.
         if memory is not None:
+            surveyed = memory.reached >= 0
             raw += [memory.first_done, memory.latest_ms]
-            if memory.units_window_ms != NEVER:
+            if memory.units_window_ms != NEVER or surveyed:
                 raw += [memory.units_window_ms, memory.units_counted]
+            if surveyed:
+                raw += [memory.reached, list(memory.reached_segments or ())]
         return raw
 
     def remembered(self) -> UnitMemory:
@@ -284,6 +301,8 @@ class Progress:
                 int(raw[4]) if len(raw) > 4 else NEVER,
                 int(raw[5]) if len(raw) > 5 else NEVER,
                 int(raw[6]) if len(raw) > 6 else 0,
+                int(raw[7]) if len(raw) > 7 else -1,
+                tuple(raw[8]) if len(raw) > 8 else None,
             )
         return cls(
             Attempt.from_json(raw[0]) if raw[0] else None,
@@ -366,6 +385,23 @@ class CompiledFunnel:
         self.by_mask = self.repeated or self.holds or bool(self.step_dims) or bool(self.first_time)
         self._segment_fields = tuple(_segment_field(s.source) for s in definition.segments)
         self._segment_values = tuple(frozenset(s.values) for s in definition.segments)
+        # Barriers (spec: "Barriers"): latency buckets, and the names of events seen (client
+        # errors), which give a value though they match no stage.
+        self._buckets = tuple(
+            (s.buckets, s.bucket_labels) if s.buckets else None for s in definition.segments
+        )
+        self._seen_names = tuple(
+            frozenset(s.events) if s.source == "event_name" else None for s in definition.segments
+        )
+        self.seen_dims = tuple(d for d, names in enumerate(self._seen_names) if names)
+        # Surveys (docs/satisfaction.md): answer event -> (survey index, score field, range).
+        self._surveys: dict[str, list[tuple[int, str, int, int]]] = {}
+        for index, survey in enumerate(definition.surveys):
+            lowest, highest = SCORE_RANGE[survey.kind]
+            self._surveys.setdefault(survey.event_type, []).append(
+                (index, survey.score, lowest, highest)
+            )
+        self.surveys = bool(self._surveys)
         self._shared: dict[Any, Any] = {}
 
     def share(self, value: _T) -> _T:
@@ -424,16 +460,40 @@ class CompiledFunnel:
 
     def segment_value(self, event: StoredEvent, dim: int) -> str | None:
         """``event``'s value of segment dimension ``dim``, or None."""
+        names = self._seen_names[dim]
+        if names is not None:
+            return event.event_type if event.event_type in names else None
         raw = event.fields.get(self._segment_fields[dim])
         if raw is None or raw == "":
             return None
+        buckets = self._buckets[dim]
+        if buckets is not None:
+            return _bucket_label(raw, *buckets)
         text = str(raw)[:64]
         allowed = self._segment_values[dim]
         return "other" if allowed and text not in allowed else self.share(text)
 
+    def answers(self, events: Sequence[StoredEvent]) -> list[tuple[int, int]]:
+        """(survey index, score) of each answer among ``events``: a whole number in the
+        survey's range (anything else is no answer)."""
+        found = []
+        for event in events:
+            for index, field_name, low, high in self._surveys.get(event.event_type, ()):
+                score = event.fields.get(field_name)
+                if type(score) is int and low <= score <= high:  # not a bool, not 4.0
+                    found.append((index, score))
+        return found
+
     @property
     def segment_count(self) -> int:
         return len(self._segment_fields)
+
+
+def _bucket_label(raw: Any, edges: tuple[float, ...], labels: tuple[str, ...]) -> str | None:
+    """The bucket of a number (each holds its lower edge); anything else has no value."""
+    if isinstance(raw, bool) or not isinstance(raw, _NUMBER) or raw != raw:  # NaN
+        return None
+    return labels[bisect_right(edges, raw)]
 
 
 def _held_source(name: str) -> str:
@@ -630,7 +690,8 @@ def apply_instant(
         progress.attempt = attempt
         started = True
     # 3. Segments (first touch; ties at one instant: smallest text), cart value, activity.
-    # Only the dimensions still unknown are read, and only from events of a stage.
+    # Only the dimensions still unknown are read, and only from events of a stage (a seen
+    # event's name from any event of the instant).
     if not funnel.first_touch_only:
         _touch(funnel, attempt, events, stages)
     elif None in attempt.segments:
@@ -639,8 +700,9 @@ def apply_instant(
         found = False
         for dim, current in enumerate(segments):
             if current is None:
+                pool = events if dim in funnel.seen_dims else touched
                 candidates = [
-                    text for e in touched if (text := funnel.segment_value(e, dim)) is not None
+                    text for e in pool if (text := funnel.segment_value(e, dim)) is not None
                 ]
                 if candidates:
                     segments[dim] = min(candidates)
@@ -812,14 +874,13 @@ def _touch(
     """First- and last-touch segment values of this instant's funnel events (ties: the
     smallest text); step-attributed dimensions are set by :func:`_attribute_step`."""
     touched = [e for e, stage in zip(events, stages, strict=True) if stage >= 0]
-    if not touched:
+    if not touched and not funnel.seen_dims:
         return
     segments = list(attempt.segments)
     for dim in funnel.touch_dims:
         if segments[dim] is None or funnel.last_touch[dim]:
-            candidates = [
-                text for e in touched if (text := funnel.segment_value(e, dim)) is not None
-            ]
+            pool = events if dim in funnel.seen_dims else touched
+            candidates = [text for e in pool if (text := funnel.segment_value(e, dim)) is not None]
             if candidates:
                 segments[dim] = min(candidates)
     attempt.segments = funnel.share(tuple(segments))

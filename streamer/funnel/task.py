@@ -468,9 +468,10 @@ class Task:
     ) -> None:
         retention_ms = self._retention_ms(state)
         for index, funnel in enumerate(self.funnels):
-            result = apply_instant(
-                funnel, state.progress[index], at_ms, instant, outcomes, retention_ms
-            )
+            progress = state.progress[index]
+            result = apply_instant(funnel, progress, at_ms, instant, outcomes, retention_ms)
+            if funnel.surveys:
+                _join_answers(funnel, progress, at_ms, instant, outcomes)
             if outcomes or result.abandoned is not None:  # else nothing to record
                 self._record(index, state, outcomes, result.abandoned)
             if result.retracted is not None:
@@ -548,7 +549,7 @@ class Task:
                 counts.stages[outcome.stage].units += 1
             self._dirty_windows.add(key)
             self._unsaved_windows.add(key)
-            if outcome.stage < funnel.last_stage:
+            if 0 <= outcome.stage < funnel.last_stage and outcome.kind is not Kind.ANSWERED:
                 self.open_sessions[(funnel_index, outcome.stage)] += (
                     1 if outcome.kind is Kind.ENTERED else -1
                 )
@@ -774,3 +775,30 @@ def _without_user(event: StoredEvent) -> StoredEvent:
         return event
     fields = {name: value for name, value in event.fields.items() if name != USER_FIELD}
     return StoredEvent(event.at_ms, event.event_id, event.event_type, fields)
+
+
+def _join_answers(
+    funnel: CompiledFunnel,
+    progress: Progress,
+    at_ms: int,
+    instant: list[StoredEvent],
+    outcomes: list[Outcome],
+) -> None:
+    """The instant's survey answers, each at the stage the unit's latest attempt had reached
+    after the instant's steps (docs/satisfaction.md): instants come in event-time order, so an
+    answer that arrived before its stage's event (within the lateness) still joins it."""
+    for outcome in outcomes:
+        if outcome.kind is Kind.ENTERED:  # in order: the last is the highest stage reached
+            entered = progress.remembered()
+            entered.reached, entered.reached_segments = outcome.stage, outcome.segments
+    answers = funnel.answers(instant)
+    if not answers:
+        return
+    memory = progress.memory
+    reached = memory.reached if memory is not None else -1
+    known = memory.reached_segments if memory is not None else None
+    segments = known or (None,) * funnel.segment_count
+    for survey, score in answers:
+        outcomes.append(
+            Outcome(Kind.ANSWERED, reached, at_ms, at_ms, segments, survey, float(score))
+        )

@@ -148,6 +148,9 @@ class WindowCounts:
     # (segment dimension index, value) -> per-stage counts (entered/converted/dropped only)
     segments: dict[tuple[int, str], list[StepCounts]] = field(default_factory=dict)
     volume: dict[tuple[str, str], int] = field(default_factory=dict)  # (source, type) -> n
+    # Survey answers by their own time: (survey, stage or -1, dimension or -1, value or "",
+    # score) -> answers; dimension -1 is the stage's total (docs/satisfaction.md).
+    answers: dict[tuple[int, int, int, str, int], int] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, stage_count: int) -> WindowCounts:
@@ -155,6 +158,12 @@ class WindowCounts:
 
     def apply(self, outcome: Outcome) -> None:
         stage = outcome.stage
+        if outcome.kind is Kind.ANSWERED:
+            survey, score, answers = outcome.time_to_convert_ms, int(outcome.value), self.answers
+            for dim, value in ((-1, ""), *_segment_keys(outcome.segments)):
+                answer = (survey, stage, dim, value, score)
+                answers[answer] = answers.get(answer, 0) + 1
+            return
         # The step's counts, then each segment's: segments keep the time-to-convert histogram
         # too (the detector tests a segment's young cohorts at matched age).
         targets = [self.stages[stage]]
@@ -192,12 +201,14 @@ class WindowCounts:
                 mine.add(theirs)
         for pair, count in other.volume.items():
             self.volume[pair] = self.volume.get(pair, 0) + count
+        for answer, count in other.answers.items():
+            self.answers[answer] = self.answers.get(answer, 0) + count
 
     def is_empty(self) -> bool:
-        return not self.volume and all(step.is_empty() for step in self.stages)
+        return not self.volume and not self.answers and all(step.is_empty() for step in self.stages)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        raw: dict[str, Any] = {
             "stages": [step.to_json() for step in self.stages],
             "segments": [
                 [dim, value, [s.to_json() for s in steps]]
@@ -205,6 +216,9 @@ class WindowCounts:
             ],
             "volume": [[source, kind, n] for (source, kind), n in sorted(self.volume.items())],
         }
+        if self.answers:  # only funnels with surveys: others are stored as before
+            raw["answers"] = [[*key, n] for key, n in sorted(self.answers.items())]
+        return raw
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> WindowCounts:
@@ -213,6 +227,8 @@ class WindowCounts:
             counts.segments[(int(dim), str(value))] = [StepCounts.from_json(s) for s in steps]
         for source, kind, n in raw.get("volume", ()):  # absent before the tracking check
             counts.volume[(str(source), str(kind))] = int(n)
+        for survey, stage, dim, value, score, n in raw.get("answers", ()):
+            counts.answers[(int(survey), int(stage), int(dim), str(value), int(score))] = int(n)
         return counts
 
 
@@ -261,12 +277,20 @@ def fold_segments(counts: WindowCounts, caps: list[int]) -> WindowCounts:
     by_dim: dict[int, list[tuple[str, list[StepCounts]]]] = {}
     for (dim, value), steps in counts.segments.items():
         by_dim.setdefault(dim, []).append((value, steps))
+    kept: set[tuple[int, str]] = set()
     for dim, values in by_dim.items():
         ranked = sorted(values, key=lambda item: (-sum(s.entered for s in item[1]), item[0]))
         cap = caps[dim] if dim < len(caps) else len(ranked)
         for rank, (value, steps) in enumerate(ranked):
             name = value if rank < cap or value in ("other", UNKNOWN) else "other"
+            kept.add((dim, name))
             target = folded.segments.setdefault((dim, name), [StepCounts() for _ in steps])
             for mine, theirs in zip(target, steps, strict=True):
                 mine.add(theirs)
+    # Answers keep the values the stage entries kept (a value no entry has is other).
+    for (survey, stage, dim, value, score), n in counts.answers.items():
+        if dim >= 0 and (dim, value) not in kept and value != UNKNOWN:
+            value = "other"
+        answer = (survey, stage, dim, value, score)
+        folded.answers[answer] = folded.answers.get(answer, 0) + n
     return folded

@@ -175,6 +175,36 @@ OVERVIEW = DashboardSpec(
                     kind="bargauge",
                     width=24,
                 ),
+                PanelSpec(
+                    "Landing bounce by campaign",
+                    "Of the attempts that entered the first stage, the share that dropped "
+                    "there, per utm campaign over the chosen range (funnels with a "
+                    "utm_campaign segment; its cap, the rest as other): a campaign bouncing "
+                    "far more than the others promises what its landing page does not show "
+                    "(streamer_funnel_landing_outcomes_total).",
+                    (
+                        Query(
+                            _ratio(
+                                _increase(
+                                    "streamer_funnel_landing_outcomes_total",
+                                    RANGE,
+                                    f'{FUNNEL},outcome="bounced"',
+                                ),
+                                _increase(
+                                    "streamer_funnel_landing_outcomes_total",
+                                    RANGE,
+                                    f'{FUNNEL},outcome="continued"',
+                                ),
+                                "campaign",
+                            ),
+                            "{{campaign}}",
+                            instant=True,
+                        ),
+                    ),
+                    kind="bargauge",
+                    unit="percentunit",
+                    width=24,
+                ),
             ),
         ),
         (

@@ -33,7 +33,7 @@ from streamer.funnel.windows import (
     fold_segments,
     merge_partials,
 )
-from streamer.metrics import Metrics
+from streamer.metrics import LANDING_OUTCOMES, Metrics, campaign_dimension
 from streamer.pipeline.detector import DetectorStage
 from streamer.pipeline.input_order import ContiguousInput, InputMessage, install_contiguous_input
 from streamer.pipeline.messages import SendFn
@@ -606,6 +606,17 @@ class WindowMerger:
             metrics.time_to_convert.observe_buckets(
                 funnel.name, step, raw.time_to_convert_buckets, raw.time_to_convert_ms_sum
             )
+        # Landing bounce by campaign: mismatched messaging shows as one campaign's bounce.
+        campaign = campaign_dimension(funnel)
+        for segment in stats.segments if campaign is not None else ():
+            if segment.dimension == campaign and len(segment.stages) > 1:
+                first = segment.stages[0]
+                for outcome, count in zip(
+                    LANDING_OUTCOMES, (first.converted, first.dropped), strict=True
+                ):
+                    metrics.landing_outcomes.labels(
+                        funnel=funnel.name, campaign=segment.value, outcome=outcome
+                    ).inc(count)
 
 
 def install(

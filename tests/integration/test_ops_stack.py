@@ -48,7 +48,7 @@ stages:
   - {{name: checkout, event_types: [checkout_started], timeout: 4s}}
   - {{name: payment, event_types: [payment_submitted], timeout: 4s}}
   - {{name: order, event_type: order_placed, where: {{value: {{gt: 0}}}}}}
-segments: {{device: {{cap: 6}}, channel: {{cap: 8}}}}
+segments: {{device: {{cap: 6}}, channel: {{cap: 8}}, utm_campaign: {{cap: 4}}}}
 abandonment: [cart, checkout, payment]
 """
 SIMULATION_SECONDS = 30

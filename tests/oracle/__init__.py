@@ -50,6 +50,8 @@ class OracleResult:
     segments: dict[tuple[str, int, str, str, str], dict[str, int]] = field(default_factory=dict)
     abandonments: dict[str, dict[str, Any]] = field(default_factory=dict)
     final: dict[tuple[str, int, str], bool] = field(default_factory=dict)
+    # (funnel, window start, survey, stage or "none", segment or "", value or "", score) -> n
+    answers: dict[tuple[str, int, str, str, str, str, int], int] = field(default_factory=dict)
 
 
 _lock = threading.Lock()
@@ -117,6 +119,23 @@ def _segment_sql(funnel: FunnelDefinition) -> list[str]:
     for segment in funnel.segments:
         kind, _, name = segment.source.partition(".")
         name = name.replace("'", "''")
+        if segment.source == "event_name":  # spec "Barriers": the listed events' own names
+            names = ", ".join(_literal(e) for e in segment.events)
+            out.append(f"CASE WHEN event_type IN ({names}) THEN event_type END")
+            continue
+        if segment.buckets:  # spec "Barriers": a JSON number's bucket, lower edge included
+            column = "c" if kind == "context" else "p"
+            number = f"json_extract({column}, '$.{name}')"
+            labels = segment.bucket_labels
+            cases = " ".join(
+                f"WHEN CAST({number} AS DOUBLE) < {edge!r} THEN {_literal(label)}"
+                for edge, label in zip(segment.buckets, labels, strict=False)
+            )
+            out.append(
+                f"CASE WHEN json_type({number}) NOT IN ('BIGINT', 'UBIGINT', 'DOUBLE') "
+                f"OR json_type({number}) IS NULL THEN NULL {cases} ELSE {_literal(labels[-1])} END"
+            )
+            continue
         if kind == "context":
             raw = f"json_extract_string(c, '$.{name}')"
         elif kind == "property":
@@ -284,7 +303,11 @@ def _walk_sql(
     # required stage at or before k, as list literals indexed by k + 1.
     skipping = any(optional)
     req_upto = [max(j for j in range(k + 1) if not optional[j]) for k in range(n + 1)]
-    mins = "".join(f", min(g{d}) FILTER (WHERE stage >= 0) AS m{d}" for d in dims)
+    # A seen event's name (source event_name) comes from any event of the instant.
+    mins = "".join(
+        f", min(g{d}) FILTER (WHERE {'TRUE' if seen else 'stage >= 0'}) AS m{d}"
+        for d, seen in ((d, funnel.segments[d].source == "event_name") for d in dims)
+    )
     # The step's expressions, in the spec's order (names refer to the previous row r and the
     # instant i; each line builds on the ones before by textual substitution).
     drop = "(r.active AND i.t > r.deadline)"
@@ -694,6 +717,57 @@ FROM outcome GROUP BY ALL
                 "open": 0 if stage == last else entered - converted - dropped - excluded,
             }
     _abandonments(db, funnel, watermark_ms, result, source)
+    for index in range(len(funnel.surveys)):
+        _answers(db, funnel, index, watermark_ms, result, source)
+
+
+# docs/satisfaction.md: the scores a survey kind allows (whole numbers).
+_SCORES = {"csat": (1, 5), "nps": (0, 10)}
+
+
+def _answers(
+    db: duckdb.DuckDBPyConnection,
+    funnel: FunnelDefinition,
+    index: int,
+    watermark_ms: int,
+    result: OracleResult,
+    source: str,
+) -> None:
+    """A survey's answers (a whole-number score in its range), each in the window of its own
+    time, at the stage of its unit's latest entry at or before its instant (of one instant's
+    entries the highest stage), with that entry's segment values; "none" before any entry."""
+    survey = funnel.surveys[index]
+    low, high = _SCORES[survey.kind]
+    path = "'$." + survey.score.replace("'", "''") + "'"
+    dims = range(len(funnel.segments))
+    names = [stage.name for stage in funnel.stages]
+    w = funnel.window_ms
+    segs = "".join(f", e.s{d}" for d in dims)
+    inner = "".join(f", s{d}" for d in dims)
+    rows = db.execute(f"""
+WITH ans AS (
+    SELECT sid, at_ms AS t, CAST(json_extract(p, {path}) AS BIGINT) AS score
+    FROM (SELECT DISTINCT ON (sid, eid) sid, eid, event_type, at_ms, p FROM {source})
+    WHERE at_ms < {watermark_ms} AND event_type = {_literal(survey.event_type)}
+      AND json_type(json_extract(p, {path})) IN ('BIGINT', 'UBIGINT')
+)
+SELECT a.t - a.t % {w}, a.score, e.stage{segs}
+FROM ans a LEFT JOIN LATERAL (
+    SELECT stage{inner} FROM outcome o
+    WHERE o.kind = 'entered' AND o.sid = a.sid AND o.cohort <= a.t
+    ORDER BY o.cohort DESC, o.stage DESC LIMIT 1
+) e ON TRUE
+WHERE a.score BETWEEN {low} AND {high}
+""").fetchall()
+    for start, score, stage, *values in rows:
+        stage_name = "none" if stage is None else names[stage]
+        keys = [("", "")] + [
+            (funnel.segments[d].name, "unknown" if values[d] is None else str(values[d]))
+            for d in dims
+        ]
+        for dim_name, value in keys:
+            key = (funnel.name, int(start), survey.name, stage_name, dim_name, value, int(score))
+            result.answers[key] = result.answers.get(key, 0) + 1
 
 
 def _median_bucket_s(median_ms: int) -> tuple[float, float | None]:

@@ -8,7 +8,8 @@ where pytest finds them.
 - ``pipeline_run``: a worker run end to end (produce, close every window, read the outputs).
 - ``alert_pipeline``: the alert scenario of the end-to-end tests (planted payment incident).
 - ``stage_harness``: the sessions stage in memory, with in-memory sinks (unit tests, benchmarks).
-- ``core_run``, ``compare``: the pure core run over events, compared with the SQL oracle.
+- ``core_run``, ``compare``: the pure core run over events, compared with the SQL oracle
+  (and a plan's decoded lines as the oracle's input).
 - ``traffic``, ``funnels``: generated traffic and funnel files.
 - ``experiment_shop``: A/B traffic and the funnel of the experiment guardrails' tests.
 - ``datasets``: where recorded datasets are (the OTTO sample).

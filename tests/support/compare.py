@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from streamer.events import Abandonment, ReplayFunnel, StageStats, WindowStats
 from streamer.funnel.definition import FunnelDefinition
+from streamer.plan.compile import CompiledPlan, PlannedEvent
 
 if TYPE_CHECKING:
     from tests.oracle import OracleResult
@@ -159,3 +161,24 @@ def assert_replay_equals_oracle(
     assert {a.stage: (a.abandoned, a.retracted) for a in replayed.abandonments} == {
         stage: (by_stage[stage], retracted[stage]) for stage in funnel.abandonment
     }
+
+
+def oracle_rows(plan: CompiledPlan, lines: list[bytes], start: str, end: str) -> list[Any]:
+    """The oracle's input: the lines as the plan decodes them, in [start, end)."""
+    low, high = (round(datetime.fromisoformat(t).timestamp() * 1000) for t in (start, end))
+    rows = []
+    for line in lines:
+        event = plan.decode(line)
+        assert isinstance(event, PlannedEvent), event
+        if low <= event.event_time_ms < high:
+            rows.append(
+                {
+                    "session_id": event.session_key,
+                    "event_id": event.event_id,
+                    "event_type": event.name,
+                    "at_ms": event.event_time_ms,
+                    "properties": event.properties,
+                    "context": event.context,
+                }
+            )
+    return rows

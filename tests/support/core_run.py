@@ -35,6 +35,8 @@ class CoreResult:
     released: set[tuple[str, int]] = field(default_factory=set)
     late: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
+    # (funnel, window start, survey, stage or "none", segment or "", value or "", score) -> n
+    answers: dict[tuple[str, int, str, str, str, str, int], int] = field(default_factory=dict)
 
 
 def assert_final_consistent(result: CoreResult) -> None:
@@ -178,6 +180,11 @@ def _shape(
         if funnel.uniques:
             result.windows[key]["units"] = step.units
         result.final[key] = record.stages[index].final
+    for (survey, at_stage, dim, value, score), n in counts.answers.items():
+        stage_name = "none" if at_stage < 0 else funnel.stages[at_stage].name
+        dim_name = "" if dim < 0 else funnel.segments[dim].name
+        survey_name = funnel.surveys[survey].name
+        result.answers[(funnel.name, start, survey_name, stage_name, dim_name, value, score)] = n
     for (dim, value), steps in counts.segments.items():
         for index, stage in enumerate(funnel.stages):
             step = steps[index]

@@ -18,11 +18,11 @@ from click.testing import CliRunner
 from streamer.cli import cli
 from streamer.events import ReplayReport
 from streamer.funnel.definition import FunnelDefinition, load_funnel
-from streamer.plan.compile import CompiledPlan, PlannedEvent, compile_plan
+from streamer.plan.compile import compile_plan
 from streamer.plan.load import load_plan
 from streamer.settings import Settings
 from tests.oracle import compute
-from tests.support.compare import assert_replay_equals_oracle
+from tests.support.compare import assert_replay_equals_oracle, oracle_rows
 from tests.support.datasets import otto_sample
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,27 +65,6 @@ def report(*args: str | Path) -> tuple[ReplayReport, str, str]:
     result = CliRunner().invoke(cli, ["report", *map(str, args)])
     assert result.exit_code == 0, result.stderr + result.stdout
     return ReplayReport.model_validate_json(result.stdout), result.stdout, result.stderr
-
-
-def oracle_rows(plan: CompiledPlan, lines: list[bytes], start: str, end: str) -> list[Any]:
-    """The oracle's input: the lines as the plan decodes them, in [start, end)."""
-    low, high = (round(datetime.fromisoformat(t).timestamp() * 1000) for t in (start, end))
-    rows = []
-    for line in lines:
-        event = plan.decode(line)
-        assert isinstance(event, PlannedEvent), event
-        if low <= event.event_time_ms < high:
-            rows.append(
-                {
-                    "session_id": event.session_key,
-                    "event_id": event.event_id,
-                    "event_type": event.name,
-                    "at_ms": event.event_time_ms,
-                    "properties": event.properties,
-                    "context": event.context,
-                }
-            )
-    return rows
 
 
 def assert_equals_oracle(

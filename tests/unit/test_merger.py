@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from streamer.cli.funnels import print_summary
-from streamer.funnel.definition import FunnelDefinition, load_funnel
+from streamer.funnel.definition import FunnelDefinition, Segment, load_funnel
 from streamer.funnel.session import NEVER, Kind, Outcome
 from streamer.funnel.windows import WindowCounts
 from streamer.metrics import Metrics
@@ -419,3 +419,65 @@ async def test_a_multi_day_window_is_revised_once_an_hour_and_final_after_its_da
     finals = [at for at, final in ours if final]
     assert finals == [final_at]  # the first progress at or past it, and only once
     assert held <= 14 * 24 + 2
+
+
+async def test_landing_bounce_is_counted_per_campaign_within_the_segments_cap() -> None:
+    """A funnel with a utm_campaign segment (cap 2): each final window adds its first step's
+    converted and dropped attempts per campaign to streamer_funnel_landing_outcomes_total; a
+    third campaign folds into `other`, attempts without one are `unknown`."""
+    campaign = Segment(name="utm_campaign", source="context.utm_campaign", cap=2)
+    segments = (*FUNNEL.segments, campaign)
+    funnel = FUNNEL.model_copy(update={"segments": segments})
+    registry = CollectorRegistry()
+    table: dict[str, bytes] = {}
+    sent: list[bytes] = []
+
+    async def send(key: bytes | None, value: bytes) -> None:
+        sent.append(value)
+
+    merge = WindowMerger(
+        funnels=(funnel,),
+        source_partitions=1,
+        table=table,
+        metrics=Metrics.create(registry, funnels=(funnel,)),
+        send_window=send,
+        monotonic=Clock(),
+    )
+    counts = WindowCounts.empty(len(funnel.stages))
+    dims = len(funnel.segments) - 1
+    # campaign -> (continued, bounced)
+    planted = {"winter": (5, 1), "reels": (1, 4), "radio": (1, 0), None: (2, 2)}
+    for value, (continued, bounced) in planted.items():
+        segs = (None,) * dims + (value,)
+        for kind, n in ((Kind.CONVERTED, continued), (Kind.DROPPED, bounced)):
+            for _ in range(n):
+                counts.apply(Outcome(Kind.ENTERED, 0, START, START, segs))
+                counts.apply(Outcome(kind, 0, START, START + 1_000, segs))
+    record = {
+        "kind": "partial",
+        "funnel": funnel.name,
+        "start": START,
+        "end": START + funnel.window_ms,
+        "partition": 0,
+        "counts": counts.to_json(),
+        "version": [1, 1, 0],
+    }
+    await merge.process(orjson.dumps(record))
+    [stats] = await merge.process(progress(0, FINAL_AT))
+    assert stats.final
+
+    def outcomes(value: str) -> list[float | None]:
+        return [
+            registry.get_sample_value(
+                "streamer_funnel_landing_outcomes_total",
+                {"funnel": funnel.name, "campaign": value, "outcome": outcome},
+            )
+            for outcome in ("continued", "bounced")
+        ]
+
+    # Ranked by entries: winter 6, reels 5, kept; radio's 1 folds into other.
+    assert outcomes("winter") == [5, 1]
+    assert outcomes("reels") == [1, 4]
+    assert outcomes("other") == [1, 0]
+    assert outcomes("unknown") == [2, 2]
+    assert outcomes("radio") == [None, None]

@@ -1,0 +1,73 @@
+"""Satisfaction figures worked by hand, and the low-score alert: warm-up, no alert on healthy
+simulated answers, a planted rise of the low share found and resolved (the short version of
+``benchmarks.low_scores``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.low_scores import SUBJECTS, WINDOW_MS, simulate
+from streamer.funnel.satisfaction import LowScoreDetector, LowScorePolicy, Scores, is_low
+
+
+def test_nps_and_csat_worked_by_hand() -> None:
+    nps = Scores("nps")
+    for score, n in {10: 5, 9: 3, 8: 4, 7: 2, 6: 3, 0: 3}.items():
+        nps.add(score, n)
+    # 20 answers: 8 promoters, 6 detractors -> (8 - 6) / 20 = +10
+    assert (nps.answers, nps.low, nps.nps()) == (20, 6, 10.0)
+    csat = Scores("csat")
+    for score, n in {5: 6, 4: 3, 3: 2, 2: 1, 1: 0}.items():
+        csat.add(score, n)
+    assert (csat.answers, csat.low, csat.satisfied_share(), csat.nps()) == (12, 1, 0.75, None)
+    assert Scores("nps").nps() is None  # no answers: no figure
+    assert [is_low("csat", s) for s in range(1, 6)] == [True, True, False, False, False]
+    assert [s for s in range(11) if is_low("nps", s)] == [0, 1, 2, 3, 4, 5, 6]
+    with pytest.raises(ValueError, match="a csat score is 1 to 5, not 0"):
+        csat.add(0)
+
+
+def test_a_subject_warms_up_on_its_own_answers_before_it_may_alert() -> None:
+    detector = LowScoreDetector(LowScorePolicy(min_baseline_answers=300))
+    key = ("csat", "order")
+    at = 0
+    # Every answer low from the start: nothing to compare with yet, so no alert.
+    for _ in range(12):
+        at += WINDOW_MS
+        assert detector.evaluate(at, {key: (20, 20)}) == []
+        assert detector.warming_up()[key]
+    # Windows join the baseline once older than the longest span (12), decayed with a
+    # half-life of 2,000 answers: 300 answers need a little more than 15 windows of 20.
+    for _ in range(20):
+        at += WINDOW_MS
+        detector.evaluate(at, {key: (20, 3)})
+    assert not detector.warming_up()[key]
+
+
+def test_healthy_answers_over_days_raise_no_alert() -> None:
+    run = simulate(seed=7, days=20)
+    assert run.answers > 200_000
+    assert run.false_alerts == []
+
+
+def test_a_rise_of_the_low_share_fires_within_two_hours_and_resolves() -> None:
+    run = simulate(seed=3, days=3, incident_share=0.35)
+    assert run.false_alerts == []
+    assert run.latency_ms is not None
+    assert run.latency_ms <= 120 * 60_000
+    [fired] = [d for d in run.decisions if d.state == "firing"]
+    assert fired.subject == SUBJECTS[0]
+    assert fired.observed_share > fired.expected_share + 0.05
+
+    # The fault ends: the alert resolves after its quiet windows, and nothing else fires.
+    detector = LowScoreDetector()
+    key = SUBJECTS[0]
+    at, decisions = 0, []
+    for index in range(200):
+        at += WINDOW_MS
+        low = 30 if 100 <= index < 110 else 8  # 50 answers: 16%, then 60% for ten windows
+        decisions += detector.evaluate(at, {key: (50, low)})
+    assert [d.state for d in decisions] == ["firing", "resolved"]
+    firing, resolved = decisions
+    assert firing.evaluated_at_ms == 101 * WINDOW_MS  # the first broken window's end
+    assert resolved.evaluated_at_ms > 110 * WINDOW_MS
