@@ -103,11 +103,11 @@ async def forwarded() -> list[SourceMessage]:
         if index % 25 == 24:  # the session task's watermark moves: released events go out
             for topic in SOURCES:
                 sessions.inputs.observe(topic, 0, at)
-            sessions.mark_idle({}, idle_timeout_s=3600)
+            await sessions.mark_idle({}, idle_timeout_s=3600)
             await sessions.publish()
     for topic in SOURCES:
         sessions.inputs.observe(topic, 0, at + 60_000)  # units still open at the end
-    sessions.mark_idle({}, idle_timeout_s=3600)
+    await sessions.mark_idle({}, idle_timeout_s=3600)
     await sessions.publish()
     return [
         SourceMessage("units", 0, offset, NOW_MS, key, value, tuple(headers))
