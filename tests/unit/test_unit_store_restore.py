@@ -304,3 +304,36 @@ def test_reading_the_log_since_a_position_decodes_only_the_newer_deltas() -> Non
     assert stored.sessions == {"u-1": [1]}
     assert stored.cut_short == [2]
     assert stored.log_bytes == len(table[delta_key(0, 1)])
+
+
+async def test_a_compaction_reads_the_units_on_disk_without_filling_the_cache(
+    funnel: tuple[FunnelDefinition, ...],
+    forwarded: list[SourceMessage],
+    expected: tuple[Any, ...],
+    tmp_path: Path,
+) -> None:
+    """A compaction writes every unit to the log: those on the disk only are taken as stored
+    there, not read into the cache (which would hold every unit until the commit); the log it
+    leaves restores a task that counts exactly."""
+    table: dict[str, bytes] = {}
+    partials = Recorder()
+    stage = _unit_stage(funnel, table, tmp_path / "a", partials)
+    half = len(forwarded) // 2
+    await _run(stage, forwarded[:half], {100, 200, half - 1})
+    [runtime] = stage.runtimes.values()
+    store = runtime.store
+    assert store is not None
+    units = len(store.sessions)
+    assert units > 3 * store.sessions.capacity
+    misses, first = store.sessions.misses, runtime.log_next
+    runtime.compact_next = True
+    await stage.checkpoint(0)
+    assert store.sessions.misses == misses
+    assert store.sessions.cached <= store.sessions.capacity
+    compacted = read_log(table, 0, {"users": 0})
+    assert compacted.first == first  # the older deltas are gone
+    assert len(compacted.sessions) == units
+    _stop(stage)
+    stage = _unit_stage(funnel, table, tmp_path / "b", partials)  # a new owner: rebuilt
+    await _run(stage, forwarded, set())
+    assert await _counts(stage, partials) == expected
