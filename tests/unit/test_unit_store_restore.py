@@ -21,7 +21,7 @@ from streamer.metrics import Metrics
 from streamer.pipeline.messages import SourceMessage
 from streamer.pipeline.sessions import SessionsStage
 from streamer.pipeline.sessions.checkpoint_log import delta_key, meta_key, read_log
-from streamer.pipeline.sessions.unit_store import view_position
+from streamer.pipeline.sessions.unit_store import UnitStore, view_position
 from streamer.pipeline.units import UNIT_SOURCE, UnitForwarder
 from tests.support.stage_harness import NOW, NOW_MS, Recorder, valid_event
 
@@ -337,3 +337,23 @@ async def test_a_compaction_reads_the_units_on_disk_without_filling_the_cache(
     stage = _unit_stage(funnel, table, tmp_path / "b", partials)  # a new owner: rebuilt
     await _run(stage, forwarded, set())
     assert await _counts(stage, partials) == expected
+
+
+async def test_a_rebuilt_store_holds_each_unit_as_the_owner_before_stored_it(
+    funnel: tuple[FunnelDefinition, ...], forwarded: list[SourceMessage], tmp_path: Path
+) -> None:
+    """A new owner rebuilds its store from the log taking each state as the log holds it
+    (not decoded and encoded again): the disk holds what the old owner's units encode to."""
+    table: dict[str, bytes] = {}
+    old = _unit_stage(funnel, table, tmp_path / "a", Recorder())
+    await _run(old, forwarded, {100, 300, len(forwarded) - 1})
+    units = {unit: state.encodable() for unit, state in old.runtimes[0].task.sessions.items()}
+    _stop(old)
+    new = _unit_stage(funnel, table, tmp_path / "b", Recorder())
+    await _run(new, forwarded[-1:], set())  # restored, then the message skipped (applied)
+    store = new.runtimes[0].store
+    assert store is not None
+    store.close()
+    reopened = UnitStore(store.path, cache_units=3)  # nothing cached: every unit from disk
+    assert reopened.sessions.encode(sorted(reopened.sessions)) == units
+    reopened.close()
