@@ -138,12 +138,19 @@ def _fill(store: UnitStore, template: list[Any], units: int) -> float:
     return seconds
 
 
-def _events_us(store: UnitStore, funnel: CompiledFunnel, unit_ids: list[str]) -> float:
+def _between(units: int) -> int:
+    """A time past every stored unit's last event (``_unit`` spreads them 37 ms apart) and
+    before the first of their wakes (14 days after it): an event then is the unit's next step,
+    and a watermark step then wakes no unit (up to 30 million units)."""
+    return _BASE_MS + units * 37 + 60_000
+
+
+def _events_us(store: UnitStore, funnel: CompiledFunnel, unit_ids: list[str], units: int) -> float:
     """An add_to_cart event for each of ``unit_ids`` through a task over the store (offered,
     released by a watermark step every ``_ADVANCE_EVERY`` events, applied), a checkpoint every
     ``_COMMIT_EVERY`` events: microseconds per event, all included."""
     task = Task((funnel,), 0, retention_ms=600_000, sessions=store.sessions, wakes=store.wakes)
-    at = _BASE_MS + 40 * len(unit_ids) * 100  # past every unit's events, before its wakes
+    at = _between(units)
     task.watermark_ms = at
     events = [_cart_event(funnel, unit_id, at + i) for i, unit_id in enumerate(unit_ids)]
     began = time.perf_counter()
@@ -167,11 +174,12 @@ def _log(
 ) -> tuple[dict[str, bytes], int]:
     """The checkpoint log of a partition whose units were all written out at once (as a
     compaction leaves it), and its bytes. Without ``records``, only its meta record (a kept
-    store reads none of the records: 10 million units' log would take 2.5 GB here)."""
+    store reads none of the records: 10 million units' log would take 2.5 GB here), and the
+    bytes of the first batch's records scaled to all (every unit's entry has the same size)."""
     rng = random.Random(7)
     table: dict[str, bytes] = {}
     log_bytes = seq = 0
-    for first in range(0, units, _BATCH):
+    for first in range(0, units if records else min(units, _BATCH), _BATCH):
         encoder = DeltaEncoder(Checkpoint(watermark_ms=NEVER), [funnel.name])
         encoder.add(
             {
@@ -187,6 +195,9 @@ def _log(
             if records:
                 table[delta_key(0, seq)] = record
             seq += 1
+    if not records:
+        log_bytes = log_bytes * units // min(units, _BATCH)
+        seq = seq * -(-units // _BATCH)  # as many records per batch
     table[meta_key(0)] = orjson.dumps(
         {
             "generation": _GENERATION,
@@ -239,7 +250,7 @@ def _restart(
         )
         restored = time.perf_counter() - began
         task = runtime.task
-        at = _BASE_MS + 40 * units * 100
+        at = _between(units)
         task.offer(_unit_id(units // 2), _cart_event(funnel, _unit_id(units // 2), at))
         task.advance(at + 1)
         first_event = time.perf_counter() - began
@@ -287,8 +298,10 @@ def measure(units: int, cache_units: int, folder: Path, *, rebuild: bool = True)
     cold = (time.perf_counter() - began) / _READS * 1e6
     # Events: warm ones to the most recently used units, cold ones to units read long ago.
     in_cache = [_unit_id(index) for index in range(units - min(cache_units, _EVENTS), units)]
-    warm_event = _events_us(store, funnel, [rng.choice(in_cache) for _ in range(_EVENTS)])
-    cold_event = _events_us(store, funnel, _never_read(rng, units - cache_units, set(cold_ids)))
+    warm_event = _events_us(store, funnel, [rng.choice(in_cache) for _ in range(_EVENTS)], units)
+    cold_event = _events_us(
+        store, funnel, _never_read(rng, units - cache_units, set(cold_ids)), units
+    )
     store.close()
     disk = sum(p.stat().st_size for p in (folder / "p0").rglob("*") if p.is_file())
 
