@@ -205,7 +205,7 @@ class _StoreLoader:
     indexes, or from nothing: a rebuild), committing the store every
     ``REBUILD_CHUNK_UNITS`` units with no meta of the log (a restore cut short rebuilds).
     The store takes each unit's state as the log holds it: encoding the decoded state again
-    gives the same, and took a quarter of a rebuild."""
+    gives the same, and took about a quarter of a rebuild's time."""
 
     def __init__(self, task: Task, store: UnitStore) -> None:
         self._task = task
