@@ -53,6 +53,7 @@ class StoreResult:
     units: int
     cache_units: int
     rss_growth_mib: float  # resident set growth while the store filled (cache full)
+    rss_total_mib: float  # the process's resident set then (interpreter and imports too)
     disk_bytes_per_unit: float
     warm_read_us: float  # a cached unit
     cold_read_us: float  # a unit read back from the disk (decoded)
@@ -65,6 +66,7 @@ class StoreResult:
     restart_rebuild_peak_mib: float | None  # resident growth at most, meanwhile
     restart_kept_s: float  # restore_runtime on a store the log vouches for
     restart_kept_peak_mib: float
+    restart_to_first_event_s: float  # the kept restore, then one event of a unit on disk
     seconds: float
 
 
@@ -91,8 +93,18 @@ def _template(funnel: CompiledFunnel) -> list[Any]:
     return orjson.loads(orjson.dumps(task.sessions["u"].to_json()))  # type: ignore[no-any-return]
 
 
+def _unit_id(index: int) -> str:
+    return f"user-{index:09d}"
+
+
+def _cart_event(funnel: CompiledFunnel, unit_id: str, at_ms: int) -> StoredEvent:
+    """An add_to_cart event of ``unit_id`` (the next step of every stored unit)."""
+    fields = _event(funnel, "u", 3, at_ms, landing=False).fields
+    return StoredEvent(at_ms, f"{unit_id}-cart-{at_ms}", "add_to_cart", fields)
+
+
 def _unit(template: list[Any], index: int, rng: random.Random) -> SessionState:
-    state = SessionState.from_json(f"user-{index:09d}", template)
+    state = SessionState.from_json(_unit_id(index), template)
     # Its own event-id digests and times, as real units have (they compress less).
     state.recent_ids = index.to_bytes(8, "big") + rng.randbytes(8)
     state.last_event_ms += index * 37
@@ -126,18 +138,21 @@ def _fill(store: UnitStore, template: list[Any], units: int) -> float:
     return seconds
 
 
-def _events_us(store: UnitStore, funnel: CompiledFunnel, unit_ids: list[str]) -> float:
+def _between(units: int) -> int:
+    """A time past every stored unit's last event (``_unit`` spreads them 37 ms apart) and
+    before the first of their wakes (14 days after it): an event then is the unit's next step,
+    and a watermark step then wakes no unit (up to 30 million units)."""
+    return _BASE_MS + units * 37 + 60_000
+
+
+def _events_us(store: UnitStore, funnel: CompiledFunnel, unit_ids: list[str], units: int) -> float:
     """An add_to_cart event for each of ``unit_ids`` through a task over the store (offered,
     released by a watermark step every ``_ADVANCE_EVERY`` events, applied), a checkpoint every
     ``_COMMIT_EVERY`` events: microseconds per event, all included."""
     task = Task((funnel,), 0, retention_ms=600_000, sessions=store.sessions, wakes=store.wakes)
-    at = _BASE_MS + 40 * len(unit_ids) * 100  # past every unit's events, before its wakes
+    at = _between(units)
     task.watermark_ms = at
-    template = _event(funnel, "u", 3, at, landing=False)
-    events = [
-        StoredEvent(at + i, f"{unit_id}-cart-{i}", "add_to_cart", template.fields)
-        for i, unit_id in enumerate(unit_ids)
-    ]
+    events = [_cart_event(funnel, unit_id, at + i) for i, unit_id in enumerate(unit_ids)]
     began = time.perf_counter()
     for i, (unit_id, event) in enumerate(zip(unit_ids, events, strict=True)):
         task.offer(unit_id, event)
@@ -154,12 +169,18 @@ def _events_us(store: UnitStore, funnel: CompiledFunnel, unit_ids: list[str]) ->
     return (time.perf_counter() - began) / len(unit_ids) * 1e6
 
 
-def _log(template: list[Any], units: int, funnel: CompiledFunnel) -> dict[str, bytes]:
+def _log(
+    template: list[Any], units: int, funnel: CompiledFunnel, *, records: bool = True
+) -> tuple[dict[str, bytes], int]:
     """The checkpoint log of a partition whose units were all written out at once (as a
-    compaction leaves it)."""
-    encoder = DeltaEncoder(Checkpoint(watermark_ms=NEVER), [funnel.name])
+    compaction leaves it), and its bytes. Without ``records``, only its meta record (a kept
+    store reads none of the records: 10 million units' log would take 2.5 GB here), and the
+    bytes of the first batch's records scaled to all (every unit's entry has the same size)."""
     rng = random.Random(7)
-    for first in range(0, units, _BATCH):
+    table: dict[str, bytes] = {}
+    log_bytes = seq = 0
+    for first in range(0, units if records else min(units, _BATCH), _BATCH):
+        encoder = DeltaEncoder(Checkpoint(watermark_ms=NEVER), [funnel.name])
         encoder.add(
             {
                 state.session_id: state.encodable()
@@ -169,19 +190,25 @@ def _log(template: list[Any], units: int, funnel: CompiledFunnel) -> dict[str, b
                 )
             }
         )
-    records = encoder.records()
-    table = {delta_key(0, seq): record for seq, record in enumerate(records)}
+        for record in encoder.records():
+            log_bytes += len(record)
+            if records:
+                table[delta_key(0, seq)] = record
+            seq += 1
+    if not records:
+        log_bytes = log_bytes * units // min(units, _BATCH)
+        seq = seq * -(-units // _BATCH)  # as many records per batch
     table[meta_key(0)] = orjson.dumps(
         {
             "generation": _GENERATION,
             "watermark": _BASE_MS + 1000,
             "offsets": {"units": units},
-            "log": [0, len(records)],
+            "log": [0, seq],
             "funnels": [funnel.name],
             "owners": [[_GENERATION, 0]],
         }
     )
-    return table
+    return table, log_bytes
 
 
 class _PeakMemory:
@@ -209,21 +236,40 @@ class _PeakMemory:
 
 def _restart(
     table: dict[str, bytes], funnel: CompiledFunnel, path: Path, cache: int
-) -> tuple[float, float]:
-    """Seconds of the restore and the peak resident growth meanwhile (MiB)."""
+) -> tuple[float, float, float]:
+    """Seconds of the restore, seconds to the first event applied after it (the restore, then
+    an event of a unit on disk offered and released), and the peak resident growth meanwhile
+    (MiB)."""
     store = UnitStore(path, cache_units=cache)
     gc.collect()
+    units = int(orjson.loads(table[meta_key(0)])["offsets"]["units"])
     began = time.perf_counter()
     with _PeakMemory() as memory:
         runtime, _ = restore_runtime(
             table, 0, (funnel,), retention_ms=600_000, topics=("units",), store=store
         )
-    seconds = time.perf_counter() - began
-    units = int(orjson.loads(table[meta_key(0)])["offsets"]["units"])
-    if len(runtime.task.sessions) != units:
-        raise RuntimeError(f"restored {len(runtime.task.sessions)} units, stored {units}")
+        restored = time.perf_counter() - began
+        task = runtime.task
+        at = _between(units)
+        task.offer(_unit_id(units // 2), _cart_event(funnel, _unit_id(units // 2), at))
+        task.advance(at + 1)
+        first_event = time.perf_counter() - began
+    if len(task.sessions) != units:
+        raise RuntimeError(f"restored {len(task.sessions)} units, stored {units}")
     store.close()
-    return seconds, memory.peak_mib
+    return restored, first_event, memory.peak_mib
+
+
+def _never_read(rng: random.Random, below: int, read: set[str]) -> list[str]:
+    """Up to ``_EVENTS`` distinct units under index ``below`` not in ``read`` (sampled: a set
+    of every index would take a gigabyte at 10 million units)."""
+    wanted = min(_EVENTS, below - len(read))
+    chosen: dict[str, None] = {}
+    while len(chosen) < wanted:
+        unit_id = _unit_id(rng.randrange(below))
+        if unit_id not in read:
+            chosen[unit_id] = None
+    return list(chosen)
 
 
 def measure(units: int, cache_units: int, folder: Path, *, rebuild: bool = True) -> StoreResult:
@@ -236,25 +282,26 @@ def measure(units: int, cache_units: int, folder: Path, *, rebuild: bool = True)
     commit_seconds = _fill(store, template, units)
     gc.collect()
     rss_growth = (_rss_bytes() - rss_before) / 2**20
+    rss_total = _rss_bytes() / 2**20
 
     rng = random.Random(11)
-    cached = [f"user-{index:09d}" for index in range(units - min(cache_units, 1000), units)]
+    cached = [_unit_id(index) for index in range(units - min(cache_units, 1000), units)]
     began = time.perf_counter()
     for _ in range(_READS):
         store.sessions[rng.choice(cached)]
     warm = (time.perf_counter() - began) / _READS * 1e6
-    cold_ids = [f"user-{rng.randrange(units - cache_units):09d}" for _ in range(_READS)]
+    cold_ids = [_unit_id(rng.randrange(units - cache_units)) for _ in range(_READS)]
     began = time.perf_counter()
     for unit_id in cold_ids:
         store.sessions[unit_id]
         store.sessions.evict(())  # keep the cache at its bound, as commits do
     cold = (time.perf_counter() - began) / _READS * 1e6
     # Events: warm ones to the most recently used units, cold ones to units read long ago.
-    in_cache = [f"user-{index:09d}" for index in range(units - min(cache_units, _EVENTS), units)]
-    warm_event = _events_us(store, funnel, [rng.choice(in_cache) for _ in range(_EVENTS)])
-    never_read = sorted(set(range(units - cache_units)) - {int(u[5:]) for u in cold_ids})
-    cold_ids = [f"user-{i:09d}" for i in rng.sample(never_read, min(_EVENTS, len(never_read)))]
-    cold_event = _events_us(store, funnel, cold_ids)
+    in_cache = [_unit_id(index) for index in range(units - min(cache_units, _EVENTS), units)]
+    warm_event = _events_us(store, funnel, [rng.choice(in_cache) for _ in range(_EVENTS)], units)
+    cold_event = _events_us(
+        store, funnel, _never_read(rng, units - cache_units, set(cold_ids)), units
+    )
     store.close()
     disk = sum(p.stat().st_size for p in (folder / "p0").rglob("*") if p.is_file())
 
@@ -265,11 +312,10 @@ def measure(units: int, cache_units: int, folder: Path, *, rebuild: bool = True)
     reopen = time.perf_counter() - began
     again.close()
 
-    table = _log(template, units, funnel)
-    log_bytes = sum(len(value) for key, value in table.items() if key != meta_key(0))
+    table, log_bytes = _log(template, units, funnel, records=rebuild)
     rebuild_s = rebuild_peak = None
     if rebuild:  # on an empty store
-        rebuild_s, rebuild_peak = _restart(table, funnel, folder / "restart", cache_units)
+        rebuild_s, _, rebuild_peak = _restart(table, funnel, folder / "restart", cache_units)
         kept_path = folder / "restart"  # as that restore left it, vouched for by the log
     else:
         # The filled store, given the meta record the log vouches for (as a rebuild or a
@@ -287,11 +333,12 @@ def measure(units: int, cache_units: int, folder: Path, *, rebuild: bool = True)
             },
         )
         store.close()
-    kept_s, kept_peak = _restart(table, funnel, kept_path, cache_units)
+    kept_s, first_event_s, kept_peak = _restart(table, funnel, kept_path, cache_units)
     return StoreResult(
         units=units,
         cache_units=cache_units,
         rss_growth_mib=rss_growth,
+        rss_total_mib=rss_total,
         disk_bytes_per_unit=disk / units,
         warm_read_us=warm,
         cold_read_us=cold,
@@ -303,6 +350,7 @@ def measure(units: int, cache_units: int, folder: Path, *, rebuild: bool = True)
         restart_rebuild_s=rebuild_s,
         restart_rebuild_peak_mib=rebuild_peak,
         restart_kept_s=kept_s,
+        restart_to_first_event_s=first_event_s,
         restart_kept_peak_mib=kept_peak,
         seconds=time.perf_counter() - started,
     )

@@ -231,3 +231,87 @@ def test_a_task_with_its_sessions_on_disk_counts_as_one_in_memory(
         k: v.to_json() for k, v in in_memory.sessions.items()
     }
     store.close()
+
+
+def test_a_new_unit_is_looked_up_on_the_disk_once(tmp_path: Path) -> None:
+    """A task looks a unit up, finds none and sets it: one read of the disk, not two."""
+    store = UnitStore(tmp_path / "p0", cache_units=1)
+    for n in range(3):
+        store.sessions[f"s{n}"] = _state(f"s{n}", n)
+    _commit(store, ["s0", "s1", "s2"])
+    reads = store.sessions.disk_reads
+    assert store.sessions.get("new") is None
+    store.sessions["new"] = _state("new", 9)
+    assert store.sessions.disk_reads == reads + 1
+    assert len(store.sessions) == 4
+    # Another lookup in between: the set asks the disk again, and counts right.
+    assert store.sessions.get("a") is None
+    assert store.sessions.get("b") is None
+    store.sessions["a"] = _state("a", 1)
+    assert store.sessions.disk_reads == reads + 4
+    store.sessions["s0"] = _state("s0", 7)  # stored, evicted: replaced, not a new unit
+    assert len(store.sessions) == 5
+
+
+def test_a_task_offered_a_new_unit_reads_the_disk_once(tmp_path: Path) -> None:
+    compiled = (CompiledFunnel(FUNNEL),)
+    store = UnitStore(tmp_path / "p0", cache_units=2)
+    task = Task(compiled, 0, retention_ms=20 * 60_000, sessions=store.sessions, wakes=store.wakes)
+    event = {"session_id": "s-1", "event_id": "e-1", "event_type": "page_view", "at_ms": 1000}
+    task.offer("s-1", stored(event))
+    assert store.sessions.disk_reads == 1
+    assert len(store.sessions) == 1
+
+
+def test_watermark_steps_with_nothing_stored_due_do_not_scan_the_disk_again(
+    tmp_path: Path,
+) -> None:
+    store = UnitStore(tmp_path / "p0", cache_units=10)
+    for n in range(5):
+        store.sessions[f"s{n}"] = _state(f"s{n}", 0, wake_ms=1000 + n)
+        store.wakes.move(f"s{n}", NEVER, 1000 + n)
+    _commit(store, [f"s{n}" for n in range(5)])
+    for before in range(100, 1000, 100):  # steps with nothing due: one scan in all
+        assert _due(store, before) == []
+    assert store.wakes.scans == 1
+    assert _due(store, 1002) == [(1000, "s0"), (1001, "s1")]
+    assert _due(store, 1002) == []
+    assert store.wakes.scans == 2  # from where the first stopped
+    store.sessions["s9"] = _state("s9", 0, wake_ms=500)
+    store.wakes.move("s9", NEVER, 500)  # not stored yet: found in memory, no scan
+    assert _due(store, 1002) == [(500, "s9")]
+    assert store.wakes.scans == 2
+    _commit(store, ["s9"])  # the disk changed: the next step scans from the start
+    assert _due(store, 1003) == [(1002, "s2")]
+    assert store.wakes.scans == 3
+    assert _due(store, 10_000) == [(1003, "s3"), (1004, "s4")]
+
+
+def test_the_scan_resumes_where_a_full_load_stopped(tmp_path: Path) -> None:
+    store = UnitStore(tmp_path / "p0", cache_units=3000)
+    ids = [f"s{n:05d}" for n in range(2500)]  # more than one scan loads (1024)
+    for n, unit_id in enumerate(ids):
+        store.sessions[unit_id] = _state(unit_id, 0, wake_ms=10 + n)
+        store.wakes.move(unit_id, NEVER, 10 + n)
+    _commit(store, ids)
+    assert _due(store, 10 + len(ids)) == [(10 + n, unit_id) for n, unit_id in enumerate(ids)]
+    assert store.wakes.scans == 3
+
+
+def test_encoding_units_for_a_compaction_leaves_the_cache_as_it_was(tmp_path: Path) -> None:
+    store = UnitStore(tmp_path / "p0", cache_units=2)
+    states = {f"s{n}": _state(f"s{n}", n, wake_ms=100 + n) for n in range(6)}
+    for unit_id, state in states.items():
+        store.sessions[unit_id] = state
+    _commit(store, list(states))
+    store.sessions["s5"].last_event_ms = 55  # cached, changed: encoded as it is now
+    del store.sessions["s0"]
+    cached, misses = store.sessions.cached, store.sessions.misses
+    encoded = store.sessions.encode(sorted(store.sessions))
+    assert encoded == {
+        unit_id: state.encodable() for unit_id, state in states.items() if unit_id != "s0"
+    }
+    assert encoded["s5"] == store.sessions["s5"].encodable()
+    assert (store.sessions.cached, store.sessions.misses) == (cached, misses)
+    with pytest.raises(KeyError):
+        store.sessions.encode(["s0"])

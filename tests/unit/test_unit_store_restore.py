@@ -21,7 +21,7 @@ from streamer.metrics import Metrics
 from streamer.pipeline.messages import SourceMessage
 from streamer.pipeline.sessions import SessionsStage
 from streamer.pipeline.sessions.checkpoint_log import delta_key, meta_key, read_log
-from streamer.pipeline.sessions.unit_store import view_position
+from streamer.pipeline.sessions.unit_store import UnitStore, view_position
 from streamer.pipeline.units import UNIT_SOURCE, UnitForwarder
 from tests.support.stage_harness import NOW, NOW_MS, Recorder, valid_event
 
@@ -103,11 +103,11 @@ async def forwarded() -> list[SourceMessage]:
         if index % 25 == 24:  # the session task's watermark moves: released events go out
             for topic in SOURCES:
                 sessions.inputs.observe(topic, 0, at)
-            sessions.mark_idle({}, idle_timeout_s=3600)
+            await sessions.mark_idle({}, idle_timeout_s=3600)
             await sessions.publish()
     for topic in SOURCES:
         sessions.inputs.observe(topic, 0, at + 60_000)  # units still open at the end
-    sessions.mark_idle({}, idle_timeout_s=3600)
+    await sessions.mark_idle({}, idle_timeout_s=3600)
     await sessions.publish()
     return [
         SourceMessage("units", 0, offset, NOW_MS, key, value, tuple(headers))
@@ -304,3 +304,56 @@ def test_reading_the_log_since_a_position_decodes_only_the_newer_deltas() -> Non
     assert stored.sessions == {"u-1": [1]}
     assert stored.cut_short == [2]
     assert stored.log_bytes == len(table[delta_key(0, 1)])
+
+
+async def test_a_compaction_reads_the_units_on_disk_without_filling_the_cache(
+    funnel: tuple[FunnelDefinition, ...],
+    forwarded: list[SourceMessage],
+    expected: tuple[Any, ...],
+    tmp_path: Path,
+) -> None:
+    """A compaction writes every unit to the log: those on the disk only are taken as stored
+    there, not read into the cache (which would hold every unit until the commit); the log it
+    leaves restores a task that counts exactly."""
+    table: dict[str, bytes] = {}
+    partials = Recorder()
+    stage = _unit_stage(funnel, table, tmp_path / "a", partials)
+    half = len(forwarded) // 2
+    await _run(stage, forwarded[:half], {100, 200, half - 1})
+    [runtime] = stage.runtimes.values()
+    store = runtime.store
+    assert store is not None
+    units = len(store.sessions)
+    assert units > 3 * store.sessions.capacity
+    misses, first = store.sessions.misses, runtime.log_next
+    runtime.compact_next = True
+    await stage.checkpoint(0)
+    assert store.sessions.misses == misses
+    assert store.sessions.cached <= store.sessions.capacity
+    compacted = read_log(table, 0, {"users": 0})
+    assert compacted.first == first  # the older deltas are gone
+    assert len(compacted.sessions) == units
+    _stop(stage)
+    stage = _unit_stage(funnel, table, tmp_path / "b", partials)  # a new owner: rebuilt
+    await _run(stage, forwarded, set())
+    assert await _counts(stage, partials) == expected
+
+
+async def test_a_rebuilt_store_holds_each_unit_as_the_owner_before_stored_it(
+    funnel: tuple[FunnelDefinition, ...], forwarded: list[SourceMessage], tmp_path: Path
+) -> None:
+    """A new owner rebuilds its store from the log taking each state as the log holds it
+    (not decoded and encoded again): the disk holds what the old owner's units encode to."""
+    table: dict[str, bytes] = {}
+    old = _unit_stage(funnel, table, tmp_path / "a", Recorder())
+    await _run(old, forwarded, {100, 300, len(forwarded) - 1})
+    units = {unit: state.encodable() for unit, state in old.runtimes[0].task.sessions.items()}
+    _stop(old)
+    new = _unit_stage(funnel, table, tmp_path / "b", Recorder())
+    await _run(new, forwarded[-1:], set())  # restored, then the message skipped (applied)
+    store = new.runtimes[0].store
+    assert store is not None
+    store.close()
+    reopened = UnitStore(store.path, cache_units=3)  # nothing cached: every unit from disk
+    assert reopened.sessions.encode(sorted(reopened.sessions)) == units
+    reopened.close()

@@ -140,18 +140,23 @@ class Committer:
         )
         runtime.compact_next = False
         task = runtime.task
+        store = runtime.store
+        # The store has every unit but those changed since its last commit: a compaction's
+        # other units are read without filling the cache, and only the changed go to it.
+        changed = set(task.unsaved_session_ids) if store is not None else set()
+        encode = task.encode_sessions if store is None else store.sessions.encode
         saved, session_ids = task.checkpoint_changes(full=full)
         # The indexes as of these changes (a publish between two slices may drain windows).
-        index = task.index_record() if runtime.store is not None else {}
+        index = task.index_record() if store is not None else {}
         encoder = DeltaEncoder(saved, self._funnel_names)
         on_disk: dict[str, list[Any]] = {}  # the same states for the units' store, if any
         for start in range(0, len(session_ids), SNAPSHOT_SLICE_SESSIONS):
             if start:
                 yield
-            encoded = task.encode_sessions(session_ids[start : start + SNAPSHOT_SLICE_SESSIONS])
+            encoded = encode(session_ids[start : start + SNAPSHOT_SLICE_SESSIONS])
             encoder.add(encoded)
-            if runtime.store is not None:
-                on_disk.update(encoded)
+            if store is not None:
+                on_disk.update((unit, state) for unit, state in encoded.items() if unit in changed)
         records = encoder.records()
         written = sum(len(record) for record in records)
         if full:
@@ -179,15 +184,15 @@ class Committer:
         }
         if task.forwards_units:  # the release sequence the forwarded events are numbered by
             meta["forwarded"] = saved.forwarded
-        if runtime.store is not None:
+        if store is not None:
             meta["owners"] = runtime.owners  # which owner wrote which part of the log
         writes[meta_key(partition)] = orjson.dumps(meta)  # last: it says what the rest reflects
-        if runtime.store is not None:
+        if store is not None:
             # The task has not changed since checkpoint_changes (the apply lock is held): the
             # store takes exactly what the log's records say, then lets the cache shrink.
             # Before the log's write-out: a SIGKILL in between leaves the store ahead of the
             # log, which the next start sees (``view_position``) and rebuilds from the log.
-            runtime.store.commit(
+            store.commit(
                 on_disk,
                 saved.deleted_sessions,
                 {

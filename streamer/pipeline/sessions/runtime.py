@@ -161,9 +161,8 @@ def restore_runtime(
     runtime.generation = max(int(meta.get("generation", 0)) + 1, round(time.time() * 1000))
     if store is not None:
         # What the log says up to its meta, written by its last writer: a view of that.
-        changed = stored.sessions if loader is None else loader.take_changed()
         store.commit(
-            task.encode_sessions(changed),
+            task.encode_sessions(stored.sessions) if loader is None else loader.take_changed(),
             (),
             {
                 "log": [first, next_seq],
@@ -204,30 +203,32 @@ _NO_INDEX: dict[str, Any] = {"windows": [], "open": [], "pending": []}
 class _StoreLoader:
     """Applies the log's deltas to a task whose units are on disk (resumed from the store's
     indexes, or from nothing: a rebuild), committing the store every
-    ``REBUILD_CHUNK_UNITS`` units with no meta of the log (a restore cut short rebuilds)."""
+    ``REBUILD_CHUNK_UNITS`` units with no meta of the log (a restore cut short rebuilds).
+    The store takes each unit's state as the log holds it: encoding the decoded state again
+    gives the same, and took about a quarter of a rebuild's time."""
 
     def __init__(self, task: Task, store: UnitStore) -> None:
         self._task = task
         self._store = store
-        self._changed: set[str] = set()
+        self._changed: dict[str, list[Any]] = {}  # unit -> its state as stored
         self.applied = 0
 
     def apply(self, delta: Delta) -> None:
         task, changed = self._task, self._changed
         for session_id in delta.deleted_sessions:
             task.replace_stored(session_id, None)
-            changed.discard(session_id)
+            changed.pop(session_id, None)
         for session_id, saved in delta.sessions.items():
             task.replace_stored(session_id, saved)
-            changed.add(session_id)
+            changed[session_id] = saved
         self.applied += len(delta.deleted_sessions) + len(delta.sessions)
         for key in delta.deleted_windows:
             task.windows.pop(key, None)
         for key, counts in delta.windows.items():
             task.windows[key] = WindowCounts.from_json(counts)
         if len(changed) >= REBUILD_CHUNK_UNITS:
-            self._store.commit(task.encode_sessions(self.take_changed()), (), {})
+            self._store.commit(self.take_changed(), (), {})
 
-    def take_changed(self) -> set[str]:
-        changed, self._changed = self._changed, set()
+    def take_changed(self) -> dict[str, list[Any]]:
+        changed, self._changed = self._changed, {}
         return changed

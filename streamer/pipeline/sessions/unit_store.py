@@ -43,6 +43,7 @@ __all__ = ["CachedSessions", "UnitStore", "WakeIndex", "view_position"]
 
 _STATE = b"s"
 _WAKE = b"w"
+_WAKE_END = b"x"  # after every wake key
 _META = b"m"
 # Wake times are signed milliseconds; shifted so their big-endian bytes sort as numbers do.
 _TIME_OFFSET = 2**63
@@ -92,8 +93,12 @@ class CachedSessions(MutableMapping[str, SessionState]):
         self.capacity = capacity
         self._cache: OrderedDict[str, SessionState] = OrderedDict()
         self._deleted: set[str] = set()  # stored, deleted since the last commit
+        # The last id a read found on neither the cache nor the disk: a new unit is looked up
+        # (``get``) and then set, and the set need not ask the disk again.
+        self._absent: str | None = None
         self._count = stored_count
-        self.misses = 0  # reads that went to the disk (cold)
+        self.misses = 0  # reads that found the unit on the disk (cold)
+        self.disk_reads = 0  # every lookup that went to the disk, found or not
 
     # --- Mapping -------------------------------------------------------------------------
     def __getitem__(self, unit_id: str) -> SessionState:
@@ -103,8 +108,9 @@ class CachedSessions(MutableMapping[str, SessionState]):
             return state
         if unit_id in self._deleted:
             raise KeyError(unit_id)
-        raw = self._db.get(_state_key(unit_id))
+        raw = self._stored(unit_id)
         if raw is None:
+            self._absent = unit_id
             raise KeyError(unit_id)
         self.misses += 1
         wake_ms, saved = orjson.loads(raw)
@@ -115,16 +121,18 @@ class CachedSessions(MutableMapping[str, SessionState]):
 
     def __setitem__(self, unit_id: str, state: SessionState) -> None:
         if unit_id not in self._cache and (
-            unit_id in self._deleted or self._db.get(_state_key(unit_id)) is None
+            unit_id in self._deleted or unit_id == self._absent or self._stored(unit_id) is None
         ):
             self._count += 1
+        if unit_id == self._absent:
+            self._absent = None
         self._deleted.discard(unit_id)
         self._cache[unit_id] = state
         self._cache.move_to_end(unit_id)
 
     def __delitem__(self, unit_id: str) -> None:
         if self._cache.pop(unit_id, None) is None and (
-            unit_id in self._deleted or self._db.get(_state_key(unit_id)) is None
+            unit_id in self._deleted or self._stored(unit_id) is None
         ):
             raise KeyError(unit_id)
         self._deleted.add(unit_id)
@@ -145,7 +153,30 @@ class CachedSessions(MutableMapping[str, SessionState]):
             if unit_id not in stored:
                 yield unit_id
 
+    def _stored(self, unit_id: str) -> bytes | None:
+        """The unit's record on the disk (None: not stored)."""
+        self.disk_reads += 1
+        raw = self._db.get(_state_key(unit_id))
+        assert raw is None or isinstance(raw, bytes)  # raw mode: values are bytes
+        return raw
+
     # --- the cache -----------------------------------------------------------------------
+    def encode(self, unit_ids: Iterable[str]) -> dict[str, list[Any]]:
+        """The stored form of each unit (:meth:`SessionState.encodable`) without filling the
+        cache (a compaction writes every unit to the log): a cached unit is encoded, one on
+        the disk only is taken as stored there (only stored units leave the cache)."""
+        encoded: dict[str, list[Any]] = {}
+        for unit_id in unit_ids:
+            state = self._cache.get(unit_id)
+            if state is not None:
+                encoded[unit_id] = state.encodable()
+                continue
+            raw = None if unit_id in self._deleted else self._stored(unit_id)
+            if raw is None:
+                raise KeyError(unit_id)
+            encoded[unit_id] = orjson.loads(raw)[1]
+        return encoded
+
     def take_deletions(self) -> set[str]:
         """The stored units deleted since the last commit, for its batch (then forgotten:
         the disk will not have them any more)."""
@@ -181,6 +212,11 @@ class WakeIndex:
         self._added: list[tuple[int, str]] = []  # a heap, since the last commit
         self._removed: set[tuple[int, str]] = set()  # stored entries taken out since
         self._loaded: list[tuple[int, str]] = []  # a heap: stored entries read, due
+        # Where the last scan stopped: every stored entry before it is loaded or taken out,
+        # until the next commit writes new ones. A watermark step with nothing stored due
+        # then costs no scan, and a scan does not walk again what the last one took.
+        self._scanned_to = _WAKE
+        self.scans = 0  # range scans of the disk
 
     def move(self, unit_id: str, old_ms: int, new_ms: int) -> None:
         if old_ms == new_ms:
@@ -205,16 +241,23 @@ class WakeIndex:
         return None
 
     def _load(self, before_ms: int, limit: int = 1024) -> None:
-        """Read up to ``limit`` stored entries before ``before_ms`` (one ordered range scan)."""
+        """Read up to ``limit`` stored entries before ``before_ms`` (one ordered range scan
+        from where the last one stopped)."""
         end = _wake_key(before_ms, "")
+        if end <= self._scanned_to:
+            return  # scanned already: nothing stored is due
+        self.scans += 1
         removed = self._removed
-        for key in _keys_from(self._db, _WAKE):
+        stopped_at = _WAKE_END  # the scan ran off the end of the wake keys
+        for key in _keys_from(self._db, self._scanned_to):
             if key >= end or len(self._loaded) >= limit:
+                stopped_at = key
                 break
             entry = _parse_wake_key(key)
             if entry not in removed:
                 removed.add(entry)  # taken out: deleted from the disk by the next commit
                 self._loaded.append(entry)  # in key order: already a heap
+        self._scanned_to = stopped_at
 
     def write(self, batch: WriteBatch) -> None:
         for at_ms, unit_id in self._added:
@@ -223,6 +266,7 @@ class WakeIndex:
             batch.delete(_wake_key(at_ms, unit_id))
         self._added = []
         self._removed = set()
+        self._scanned_to = _WAKE  # the batch may write entries anywhere
 
 
 def view_position(
