@@ -161,10 +161,10 @@ envelope:
 def _refused(tmp_path: Path, body: str, match: str, seconds: float = 2.0) -> str:
     path = tmp_path / "hostile.yaml"
     path.write_text(body)
-    started = time.perf_counter()
+    started = time.process_time()
     with pytest.raises(PlanError, match=match) as caught:
         load_plan(path)
-    assert time.perf_counter() - started < seconds
+    assert time.process_time() - started < seconds
     message = str(caught.value)
     assert "\n" not in message
     assert message.startswith(str(path) + ":")
@@ -227,9 +227,9 @@ def test_catastrophic_patterns_run_in_linear_time(tmp_path: Path, pattern: str, 
         "sid": "s",
         "properties": {"p": value},
     }
-    started = time.perf_counter()
+    started = time.process_time()
     compiled.validate(document)
-    assert time.perf_counter() - started < 1.0
+    assert time.process_time() - started < 1.0
 
 
 @pytest.mark.parametrize(
@@ -301,9 +301,9 @@ def test_a_plan_at_the_limits_is_accepted_at_bounded_cost(tmp_path: Path) -> Non
     events += f"  big:\n    properties:\n      choice: {{type: enum, values: [{values}]}}\n"
     path = tmp_path / "limits.yaml"
     path.write_text(_ENVELOPE + "events:\n" + events)
-    started = time.perf_counter()
+    started = time.process_time()
     compiled = compile_plan(load_plan(path))
-    assert time.perf_counter() - started < 10.0  # 0.7 s measured on a loaded 2-core machine
+    assert time.process_time() - started < 10.0  # 0.7 s measured on a loaded 2-core machine
     assert len(compiled.event_names) == 2000
     documents = [
         {"event": "e1998", "id": "1", "ts": "2026-11-22T09:15:00Z", "sid": "s",
@@ -311,8 +311,8 @@ def test_a_plan_at_the_limits_is_accepted_at_bounded_cost(tmp_path: Path) -> Non
         {"event": "big", "id": "2", "ts": "2026-11-22T09:15:00Z", "sid": "s",
          "properties": {"choice": "v999"}},
     ]  # fmt: skip
-    started = time.perf_counter()
+    started = time.process_time()
     for _ in range(1000):
         for document in documents:
             assert isinstance(compiled.validate(document), PlannedEvent)
-    assert time.perf_counter() - started < 2.0  # 2,000 events; about 15 ms measured
+    assert time.process_time() - started < 2.0  # 2,000 events; about 15 ms measured

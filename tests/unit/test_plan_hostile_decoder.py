@@ -134,9 +134,9 @@ def test_a_hostile_mix_decodes_or_is_refused_naming_the_field(preset: str) -> No
     outcomes: dict[str, int] = {}
     slowest = 0.0
     for hostile in hostile_mix(preset):
-        began = time.perf_counter()
+        began = time.process_time()
         result = decoder.decode(hostile.raw, topic="clickstream", received_at=RECEIVED)
-        slowest = max(slowest, time.perf_counter() - began)
+        slowest = max(slowest, time.process_time() - began)
         assert isinstance(result, DecodedEvent | Rejection | Ignored), hostile.label
         kind = type(result).__name__
         outcomes[kind] = outcomes.get(kind, 0) + 1
