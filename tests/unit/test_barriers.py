@@ -33,6 +33,8 @@ from streamer.settings import Settings
 from tests.oracle import compute
 from tests.support.compare import assert_replay_equals_oracle, assert_same, oracle_rows
 from tests.support.core_run import run_core, stored
+from tests.support.generated_cases import arrival as delayed_arrival
+from tests.support.generated_cases import case_batch
 
 ERRORS = ("card_form_js", "api_timeout")
 BARRIERS = {
@@ -61,7 +63,6 @@ GAPS = (0, 0, 1, 2, 5, 10, 11, 21, 45)
 # Exactly at an edge, either side of one, not a number, absent.
 LOAD_TIMES = (0, 999, 1000, 1500.5, 2999, 3000, 9999.9, 10000, 60000, "1200", True, None)
 LATENESS_MS = 30_000
-CASE_SPAN_MS = 10**7
 END = 10**13
 pytestmark = pytest.mark.timeout(900)
 
@@ -89,22 +90,12 @@ def barrier_case(draw: Any, prefix: str) -> list[dict[str, Any]]:
     return events
 
 
-@st.composite
-def barrier_batch(draw: Any, size: int) -> list[list[dict[str, Any]]]:
-    cases = []
-    for index in range(size):
-        events = draw(barrier_case(f"c{index}"))
-        for event in events:
-            event["at_ms"] += index * CASE_SPAN_MS
-        cases.append(events)
-    return cases
+def barrier_batch(size: int) -> Any:
+    return case_batch(barrier_case, size)
 
 
 def arrival(events: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
-    """Each event delayed by up to the lateness."""
-    rng = random.Random(seed)
-    delayed = [(e["at_ms"] + rng.uniform(0, LATENESS_MS), i, e) for i, e in enumerate(events)]
-    return [e for _, _, e in sorted(delayed, key=lambda item: (item[0], item[1]))]
+    return delayed_arrival(events, seed, LATENESS_MS)
 
 
 @given(cases=barrier_batch(30), seed=st.integers(0, 2**32))

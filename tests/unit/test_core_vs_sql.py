@@ -8,7 +8,6 @@ example (and a blob to reproduce it), and the diff names the windows that differ
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +19,8 @@ from streamer.funnel.definition import FunnelDefinition
 from tests.oracle import compute
 from tests.support.compare import assert_same
 from tests.support.core_run import assert_final_consistent, run_core
+from tests.support.generated_cases import CASE_SPAN_MS, case_batch
+from tests.support.generated_cases import arrival as delayed_arrival
 
 FUNNEL = FunnelDefinition.model_validate(
     {
@@ -43,7 +44,6 @@ TYPES = ("page_view", "add_to_cart", "payment_submitted", "order_placed", "produ
 # come just after a boundary or far apart (a drop, then re-entry).
 GAPS = (0, 0, 1, 2, 3, 5, 9, 10, 11, 20, 21, 30, 45, 61)
 LATENESS_MS = 30_000
-CASE_SPAN_MS = 10**7  # cases are this far apart in event time
 END = 10**13
 
 # Each test runs hundreds of generated cases through DuckDB: minutes on a loaded 2-core
@@ -85,22 +85,12 @@ def case(draw: Any, prefix: str) -> list[dict[str, Any]]:
     return events
 
 
-@st.composite
-def batch(draw: Any, size: int) -> list[list[dict[str, Any]]]:
-    cases = []
-    for index in range(size):
-        events = draw(case(f"c{index}"))
-        for event in events:
-            event["at_ms"] += index * CASE_SPAN_MS
-        cases.append(events)
-    return cases
+def batch(size: int) -> Any:
+    return case_batch(case, size)
 
 
 def arrival(events: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
-    """Each event delayed by up to the lateness (a retry comes after its original)."""
-    rng = random.Random(seed)
-    delayed = [(e["at_ms"] + rng.uniform(0, LATENESS_MS), i, e) for i, e in enumerate(events)]
-    return [e for _, _, e in sorted(delayed, key=lambda item: (item[0], item[1]))]
+    return delayed_arrival(events, seed, LATENESS_MS)
 
 
 BATCHES = settings(

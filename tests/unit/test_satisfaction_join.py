@@ -4,7 +4,6 @@ stage's event, a checkpoint and restore anywhere, and the figures of a window's 
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import pytest
@@ -19,6 +18,8 @@ from streamer.funnel.session import Progress, UnitMemory
 from tests.oracle import compute
 from tests.support.compare import assert_same
 from tests.support.core_run import restored_midway, run_core
+from tests.support.generated_cases import arrival as delayed_arrival
+from tests.support.generated_cases import case_batch
 
 RAW: dict[str, Any] = (
     {
@@ -47,7 +48,6 @@ TYPES = ("page_view", "add_to_cart", "payment_submitted", "order_placed", "csat_
 SCORES = (0, 1, 2, 3, 5, 6, 7, 9, 10, 11, -1, 4.0, 4.5, "5", True, None)
 GAPS = (0, 0, 1, 2, 5, 10, 11, 21, 45)
 LATENESS_MS = 30_000
-CASE_SPAN_MS = 10**7
 END = 10**13
 pytestmark = pytest.mark.timeout(900)
 
@@ -82,22 +82,12 @@ def answer_case(draw: Any, prefix: str) -> list[dict[str, Any]]:
     return events
 
 
-@st.composite
-def answer_batch(draw: Any, size: int) -> list[list[dict[str, Any]]]:
-    cases = []
-    for index in range(size):
-        events = draw(answer_case(f"c{index}"))
-        for event in events:
-            event["at_ms"] += index * CASE_SPAN_MS
-        cases.append(events)
-    return cases
+def answer_batch(size: int) -> Any:
+    return case_batch(answer_case, size)
 
 
 def arrival(events: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
-    """Each event delayed by up to the lateness: answers often come before their stage."""
-    rng = random.Random(seed)
-    delayed = [(e["at_ms"] + rng.uniform(0, LATENESS_MS), i, e) for i, e in enumerate(events)]
-    return [e for _, _, e in sorted(delayed, key=lambda item: (item[0], item[1]))]
+    return delayed_arrival(events, seed, LATENESS_MS)
 
 
 @given(cases=answer_batch(30), seed=st.integers(0, 2**32))
