@@ -25,6 +25,22 @@ F = TypeVar("F", bound=Callable[..., Any])
 POSITIVE = click.FloatRange(min=0, min_open=True)
 
 
+# The options the range reports share (replay, report): one spelling, one help text.
+funnels_option = click.option(
+    "--funnels",
+    "--funnel",
+    "funnel_paths",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="funnel files or folders instead of the configured ones (repeatable)",
+)
+report_option = click.option(
+    "--report",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="write the JSON report here (default: stdout)",
+)
+
+
 def settings_of(ctx: click.Context) -> Settings:
     settings: Settings = ctx.obj
     return settings

@@ -13,7 +13,16 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from streamer.cli._common import cli, console, fail_cleanly, input_topics, kafka_ready, settings_of
+from streamer.cli._common import (
+    cli,
+    console,
+    fail_cleanly,
+    funnels_option,
+    input_topics,
+    kafka_ready,
+    report_option,
+    settings_of,
+)
 from streamer.cli.funnels import checked_funnels
 from streamer.cli.kafka import worker_topic_plan
 from streamer.errors import StreamerError
@@ -62,19 +71,8 @@ def _time_range(start: str, end: str) -> tuple[Any, Any]:
     help="start of the range: ISO 8601 (UTC if bare), -7d, '2h ago', yesterday, epoch ms",
 )
 @click.option("--to", "end", metavar="TIME", help="end of the range, exclusive")
-@click.option(
-    "--report",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="write the JSON report here (default: stdout)",
-)
-@click.option(
-    "--funnels",
-    "--funnel",
-    "funnel_paths",
-    multiple=True,
-    type=click.Path(exists=True, path_type=Path),
-    help="funnel files or folders instead of the configured ones (repeatable)",
-)
+@report_option
+@funnels_option
 @click.option(
     "--set",
     "overrides",

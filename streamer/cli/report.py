@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import click
 from rich.console import Console
 
-from streamer.cli._common import cli, fail_cleanly, settings_of
+from streamer.cli._common import cli, fail_cleanly, funnels_option, report_option, settings_of
 from streamer.cli.funnels import checked_funnels
 from streamer.cli.replay import _time_range
 from streamer.escaping import terminal_text
@@ -59,24 +59,13 @@ if TYPE_CHECKING:
     is_flag=True,
     help="order the lines by time first (in memory), for an export that is not sorted",
 )
-@click.option(
-    "--funnels",
-    "--funnel",
-    "funnel_paths",
-    multiple=True,
-    type=click.Path(exists=True, path_type=Path),
-    help="funnel files or folders instead of the configured ones (repeatable)",
-)
+@funnels_option
 @click.option(
     "--drain",
     is_flag=True,
     help="as replay: read on past --to until every cohort window of the range is final",
 )
-@click.option(
-    "--report",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="write the JSON report here (default: stdout)",
-)
+@report_option
 @click.pass_context
 @fail_cleanly
 def report_command(
