@@ -56,6 +56,8 @@ __all__ = [
 ]
 
 FUNNEL_FILE_PATTERNS = ("*.yaml", "*.yml")
+# A segment value (and a lifecycle channel) is cut to this many characters: labels stay bounded.
+SEGMENT_VALUE_CHARS = 64
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _USER_WINDOW_MAX_MS = 90 * 86_400_000
 # A held field: an event property by name (or property.<name>), or context.<field>.
@@ -287,21 +289,6 @@ class Segment(_Frozen):
         middle = [_span_text(low, high) for low, high in pairwise(edges)]
         return (f"<{_ms_text(edges[0])}", *middle, f">={_ms_text(edges[-1])}")
 
-    def value_of(self, context: Mapping[str, Any], properties: Mapping[str, Any]) -> str | None:
-        kind, _, name = self.source.partition(".")
-        if kind == "context":
-            raw = context.get(name)
-        elif kind == "property":
-            raw = properties.get(name)
-        else:
-            raw = (context.get("experiments") or {}).get(name)
-        if raw is None or raw == "":
-            return None
-        text = str(raw)[:64]
-        if self.values and text not in self.values:
-            return "other"
-        return text
-
 
 def _ms_text(ms: float) -> str:
     """1000 -> ``1s``, 1500 -> ``1.5s``, 250 -> ``250ms``."""
@@ -472,6 +459,7 @@ def _experiment_segments(data: dict[str, Any]) -> list[Any]:
 
 # Words the lifecycle's channel labels use for what is not a declared channel.
 _CHANNEL_FOLDS = ("other", "unknown")
+ChannelName = Annotated[str, Field(min_length=1, max_length=SEGMENT_VALUE_CHARS)]
 
 
 class LifecycleDeclaration(_Frozen):
@@ -500,7 +488,7 @@ class LifecycleDeclaration(_Frozen):
         pattern=r"^(context|property)\.[A-Za-z0-9_]+$",
         description="where the first visit carries the acquisition channel",
     )
-    channels: tuple[Annotated[str, Field(min_length=1, max_length=64)], ...] = Field(
+    channels: tuple[ChannelName, ...] = Field(
         min_length=1,
         max_length=20,
         description="the channels counted apart (a bounded label); others fold into other, "

@@ -24,7 +24,12 @@ from typing import Any, TypeVar
 
 import orjson
 
-from streamer.funnel.definition import Condition, FunnelDefinition, StepAttribution
+from streamer.funnel.definition import (
+    SEGMENT_VALUE_CHARS,
+    Condition,
+    FunnelDefinition,
+    StepAttribution,
+)
 from streamer.funnel.satisfaction import SCORE_RANGE
 
 _T = TypeVar("_T")
@@ -469,7 +474,7 @@ class CompiledFunnel:
         buckets = self._buckets[dim]
         if buckets is not None:
             return _bucket_label(raw, *buckets)
-        text = str(raw)[:64]
+        text = str(raw)[:SEGMENT_VALUE_CHARS]
         allowed = self._segment_values[dim]
         return "other" if allowed and text not in allowed else self.share(text)
 

@@ -126,7 +126,7 @@ def test_segment_values_empty_ones_do_not_count_and_unlisted_ones_are_other() ->
         **{"context.device": "tv", "context.channel": "x" * 100},
     )
     # land entered with no value yet; cart with "tv" (not listed: other) and the channel cut
-    # to 64 characters (the bound of Segment.value_of)
+    # to 64 characters (SEGMENT_VALUE_CHARS)
     assert [(o.kind, o.stage, o.segments) for o in out] == [
         (Kind.ENTERED, 0, (None, None)),
         (Kind.CONVERTED, 0, (None, None)),
