@@ -223,6 +223,9 @@ class UnitMemory:
     # values at that entry, which an answer is joined to.
     reached: int = -1
     reached_segments: tuple[str | None, ...] | None = None
+    # User funnels with experiments: the variant of the unit's first exposure to each
+    # experiment (by segment dimension; None: not exposed yet), which its later attempts carry.
+    variants: tuple[str | None, ...] | None = None
 
 
 @dataclass(slots=True)
@@ -256,6 +259,7 @@ class Progress:
             and memory.latest_ms == NEVER
             and memory.units_window_ms == NEVER
             and memory.reached < 0
+            and memory.variants is None
         ):
             memory = None  # remembers nothing yet
         if self.at_rest and self.ended_ms == NEVER and memory is None:
@@ -267,12 +271,15 @@ class Progress:
         ]
         # Only funnels with first-time stages, units or surveys: others are stored as before.
         if memory is not None:
-            surveyed = memory.reached >= 0
+            exposed = memory.variants is not None
+            surveyed = memory.reached >= 0 or exposed
             raw += [memory.first_done, memory.latest_ms]
             if memory.units_window_ms != NEVER or surveyed:
                 raw += [memory.units_window_ms, memory.units_counted]
             if surveyed:
                 raw += [memory.reached, list(memory.reached_segments or ())]
+            if exposed:
+                raw.append(list(memory.variants or ()))
         return raw
 
     def remembered(self) -> UnitMemory:
@@ -307,7 +314,8 @@ class Progress:
                 int(raw[5]) if len(raw) > 5 else NEVER,
                 int(raw[6]) if len(raw) > 6 else 0,
                 int(raw[7]) if len(raw) > 7 else -1,
-                tuple(raw[8]) if len(raw) > 8 else None,
+                tuple(raw[8]) if len(raw) > 8 and raw[8] else None,
+                tuple(raw[9]) if len(raw) > 9 else None,
             )
         return cls(
             Attempt.from_json(raw[0]) if raw[0] else None,
@@ -384,10 +392,21 @@ class CompiledFunnel:
             if not isinstance(segment.attribution, StepAttribution)
         )
         self.first_touch_only = not self.step_dims and not any(self.last_touch)
+        # A user funnel's experiments randomise users: a unit keeps its first exposure's
+        # variant for every later attempt (docs/experiments.md, "Per unit in user funnels").
+        experiments = {e.name for e in definition.experiments}
+        self.unit_variant_dims = frozenset(
+            dim
+            for dim, segment in enumerate(definition.segments)
+            if definition.follows == "user" and segment.name in experiments
+        )
         # First-time stages (spec: "First-time steps"): one bit each; the unit's memory of
         # which it has done is its Progress's.
         self.first_time = sum(1 << k for k, stage in enumerate(stages) if stage.first_time)
         self.by_mask = self.repeated or self.holds or bool(self.step_dims) or bool(self.first_time)
+        # What a unit remembers between its attempts and forgets after a silence longer than
+        # the retention: first-time stages done, first exposures.
+        self.remembers_instants = bool(self.first_time or self.unit_variant_dims)
         self._segment_fields = tuple(_segment_field(s.source) for s in definition.segments)
         self._segment_values = tuple(frozenset(s.values) for s in definition.segments)
         # Barriers (spec: "Barriers"): latency buckets, and the names of events seen (client
@@ -636,8 +655,10 @@ def apply_instant(
     # matches as a bit mask (then ``stages`` holds each event's lowest).
     masks = [funnel.stage_mask(event) for event in events] if funnel.by_mask else None
     order_masks = masks  # an order retracts whether or not it is the unit's first
-    if funnel.first_time and masks is not None:
-        masks = _first_time_only(funnel, progress, at_ms, masks, retention_ms)
+    if funnel.remembers_instants:
+        _remember_instant(funnel, progress, at_ms, retention_ms)
+        if funnel.first_time and masks is not None:
+            masks = _first_time_only(funnel, progress, masks)
     if masks is None:
         stages = [funnel.stage_of(event) for event in events]
     else:
@@ -728,7 +749,7 @@ def apply_instant(
     attempt.last_activity_ms = at_ms
     if started:
         if 0 in funnel.step_dims and masks is not None:
-            _attribute_step(funnel, attempt, 0, events, masks)
+            _attribute_step(funnel, attempt, 0, events, masks, progress.memory)
         attempt.stage_segments = attempt.segments
         out.append(Outcome(Kind.ENTERED, 0, at_ms, at_ms, attempt.stage_segments))
         if 0 in excluding:  # an exclusion at the instant S0 is reached
@@ -748,7 +769,7 @@ def apply_instant(
                 if target < 0:
                     break
                 filled |= 1 << target
-                _convert(funnel, attempt, at_ms, out, target, events, masks)
+                _convert(funnel, attempt, at_ms, out, target, events, masks, progress.memory)
             elif funnel.has_optional:
                 target = _next_target(funnel, attempt.stage, stages)
                 if target < 0:
@@ -767,16 +788,22 @@ def apply_instant(
     return _result(dropped, retracted)
 
 
-def _first_time_only(
-    funnel: CompiledFunnel, progress: Progress, at_ms: int, masks: list[int], retention_ms: int
-) -> list[int]:
-    """The masks without the first-time stages the unit did at an earlier instant; remembers
-    this instant's. A silence longer than the retention forgets them, as the task forgets a
-    state at rest: so the numbers never depend on when the state was dropped."""
+def _remember_instant(
+    funnel: CompiledFunnel, progress: Progress, at_ms: int, retention_ms: int
+) -> None:
+    """The unit's instant at ``at_ms``: after a silence longer than the retention it forgets
+    its first-time stages and first exposures, as the task forgets a state at rest: so the
+    numbers never depend on when the state was dropped."""
     memory = progress.remembered()
     if memory.latest_ms != NEVER and at_ms - memory.latest_ms > retention_ms:
-        memory.first_done = 0
+        memory.first_done, memory.variants = 0, None
     memory.latest_ms = at_ms
+
+
+def _first_time_only(funnel: CompiledFunnel, progress: Progress, masks: list[int]) -> list[int]:
+    """The masks without the first-time stages the unit did at an earlier instant; remembers
+    this instant's (after :func:`_remember_instant`)."""
+    memory = progress.remembered()
     done = memory.first_done
     matched = 0
     for mask in masks:
@@ -897,9 +924,11 @@ def _attribute_step(
     stage: int,
     events: Sequence[StoredEvent],
     masks: list[int],
+    memory: UnitMemory | None = None,
 ) -> None:
     """Entering ``stage``: the dimensions attributed to it take the smallest value of the
-    instant's events that match it (none: unknown)."""
+    instant's events that match it (none: unknown); a user funnel's experiment takes the
+    unit's first exposure instead, once it has one (``memory``)."""
     bit = 1 << stage
     segments = list(attempt.segments)
     for dim in funnel.step_dims[stage]:
@@ -908,8 +937,24 @@ def _attribute_step(
             for event, mask in zip(events, masks, strict=True)
             if mask & bit and (text := funnel.segment_value(event, dim)) is not None
         ]
-        segments[dim] = min(candidates) if candidates else None
+        value = min(candidates) if candidates else None
+        if memory is not None and dim in funnel.unit_variant_dims:
+            value = _first_exposure(funnel, memory, dim, value)
+        segments[dim] = value
     attempt.segments = funnel.share(tuple(segments))
+
+
+def _first_exposure(
+    funnel: CompiledFunnel, memory: UnitMemory, dim: int, value: str | None
+) -> str | None:
+    """The unit's variant of the experiment at ``dim``: the first one it was exposed to (an
+    exposure without a variant fixes nothing), remembered here."""
+    fixed = memory.variants or (None,) * funnel.segment_count
+    if fixed[dim] is not None:
+        return fixed[dim]
+    if value is not None:
+        memory.variants = funnel.share((*fixed[:dim], value, *fixed[dim + 1 :]))
+    return value
 
 
 def _convert(
@@ -920,10 +965,11 @@ def _convert(
     target: int | None = None,
     events: Sequence[StoredEvent] = (),
     masks: list[int] | None = None,
+    memory: UnitMemory | None = None,
 ) -> None:
     """Step ``attempt.stage`` converts at ``at_ms``; the attempt enters the next stage (or
     ``target``, past optional stages); ``events`` and ``masks``: the instant's, for step
-    attribution."""
+    attribution (``memory``: the unit's, for its first exposures)."""
     out.append(
         Outcome(
             Kind.CONVERTED,
@@ -937,7 +983,7 @@ def _convert(
     attempt.stage = attempt.stage + 1 if target is None else target
     attempt.reached_ms = at_ms
     if masks is not None and attempt.stage in funnel.step_dims:
-        _attribute_step(funnel, attempt, attempt.stage, events, masks)
+        _attribute_step(funnel, attempt, attempt.stage, events, masks, memory)
     attempt.stage_segments = attempt.segments
     if funnel.has_optional and funnel.required[attempt.stage]:
         attempt.anchor_ms = at_ms

@@ -291,6 +291,13 @@ def _walk_sql(
         for d, j in step_of.items()
         if j is not None
     )
+    # A user funnel's experiments (docs/experiments.md, "Per unit in user funnels"): the unit
+    # keeps the variant of its first exposure that carried one, until a silence longer than
+    # the retention (an instant that "forgets").
+    experiments = {e.name for e in funnel.experiments}
+    fixed = [d for d in dims if funnel.follows == "user" and funnel.segments[d].name in experiments]
+    if fixed:
+        inst_more += f", t - lag(t) OVER (PARTITION BY sid ORDER BY t) > {retention_ms} AS forgets"
     strict = funnel.order == "strict"
     unordered = funnel.order == "unordered"
     ignored = ", ".join(_literal(t) for t in funnel.strict_ignore)
@@ -440,10 +447,21 @@ def _walk_sql(
                 f"ELSE r.cur{d} END)"
             )
         else:
+            exposed = f"i.n{d}"
+            if d in fixed:
+                exposed = f"coalesce(CASE WHEN i.forgets THEN NULL ELSE r.fix{d} END, i.n{d})"
             cur[d] = (
                 f"(CASE WHEN ({filled} >> {step_of[d]}) & 1 = 1 AND {step_of[d]} <= {k2} "
-                f"THEN i.n{d} WHEN {start} THEN NULL ELSE r.cur{d} END)"
+                f"THEN {exposed} WHEN {start} THEN NULL ELSE r.cur{d} END)"
             )
+    fix2 = {
+        d: (
+            f"(CASE WHEN ({filled} >> {step_of[d]}) & 1 = 1 AND {step_of[d]} <= {k2} "
+            f"THEN coalesce(CASE WHEN i.forgets THEN NULL ELSE r.fix{d} END, i.n{d}) "
+            f"WHEN i.forgets THEN NULL ELSE r.fix{d} END)"
+        )
+        for d in fixed
+    }
     # S0's entry: a dimension attributed to a later step has no value yet.
     entry0 = {d: "NULL" if (step_of[d] or 0) > 0 else cur[d] for d in dims}
     snap1 = {d: f"(CASE WHEN {start} THEN {entry0[d]} ELSE r.snap{d} END)" for d in dims}
@@ -471,11 +489,13 @@ def _walk_sql(
         filled = "0::BIGINT"
     state_cols = "".join(f", cur{d}, snap{d}" for d in dims)
     base_cols = "".join(f", NULL::VARCHAR AS cur{d}, NULL::VARCHAR AS snap{d}" for d in dims)
+    base_cols += "".join(f", NULL::VARCHAR AS fix{d}" for d in fixed)
     out_cols = "".join(
         f", NULL::VARCHAR AS dsnap{d}, NULL::VARCHAR AS osnap{d}, NULL::VARCHAR AS ocur{d}"
         for d in dims
     )
     step_state = "".join(f", {cur[d]} AS cur{d}, {snap2[d]} AS snap{d}" for d in dims)
+    step_state += "".join(f", {fix2[d]} AS fix{d}" for d in fixed)
     step_out = "".join(
         f", r.snap{d} AS dsnap{d}, {snap1[d]} AS osnap{d}, {cur[d]} AS ocur{d}" for d in dims
     )

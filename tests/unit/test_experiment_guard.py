@@ -22,13 +22,14 @@ from streamer.funnel.experiments import (
     GuardrailDecision,
     RatioDecision,
 )
+from streamer.funnel.session import CompiledFunnel, Progress, apply_instant
 from streamer.funnel.windows import StepCounts, WindowCounts, fold_segments
 from streamer.notify.routes import alertmanager_alert
 from streamer.notify.slack import slack_message
 from streamer.pipeline.guardrails import guardrail_alert_record, sample_ratio_alert_record
 from streamer.range_replay import RangeReplay
 from tests.oracle.experiments import guardrail_counts
-from tests.support.core_run import run_core
+from tests.support.core_run import run_core, stored
 from tests.support.experiment_shop import (
     CONTROL_ORDER_RATE,
     FUNNEL,
@@ -198,6 +199,59 @@ def test_the_variant_is_the_first_exposure_of_the_attempt() -> None:
     result = run_core([funnel], events, watermark_ms=3_600_000)
     values = {(stage, value) for (_, _, stage, _, value) in result.segments}
     assert values == {("cart", "unknown"), ("payment", "control"), ("order", "control")}
+
+
+def test_a_user_keeps_the_variant_of_its_first_exposure_until_it_is_forgotten() -> None:
+    """A user funnel (docs/experiments.md, "Per unit in user funnels"): a later attempt of
+    the user, exposed to another variant on another device, counts in the first exposure's
+    arm; the memory is checkpointed with the unit's state; after a silence longer than the
+    retention the user is exposed anew. A session funnel counts each attempt's own variant."""
+    retention_ms = 3 * 3_600_000
+
+    def event(at: int, kind: str, variant: str, device: str) -> dict[str, Any]:
+        return {"event_id": f"e{at}", "session_id": device, "user_id": "u1", "at_ms": at,
+                "event_type": kind, "properties": {},
+                "context": {"experiments": {"checkout_page": variant}}}  # fmt: skip
+
+    events = [
+        event(0, "add_to_cart", "control", "phone"),  # the first attempt drops at payment
+        event(2 * MIN, "payment_submitted", "control", "phone"),
+        event(60 * MIN, "add_to_cart", "new_page", "laptop"),  # a second attempt, on a laptop
+        event(61 * MIN, "payment_submitted", "new_page", "laptop"),
+        event(62 * MIN, "order_placed", "new_page", "laptop"),
+        event(5 * 60 * MIN, "add_to_cart", "new_page", "phone"),  # 4 h of silence: forgotten
+        event(5 * 60 * MIN + 1, "payment_submitted", "new_page", "phone"),
+    ]
+    by_user = _funnel(exposure="payment").model_copy(update={"follows": "user"})
+    by_session = _funnel(exposure="payment")
+    for funnel, expected in (
+        (by_user, ["control", "control", "new_page"]),
+        (by_session, ["control", "new_page", "new_page"]),
+    ):
+        result = run_core([funnel], events, 24 * 60 * MIN, retention_ms=retention_ms)
+        arms = sorted(
+            (start, value)
+            for (_, start, stage, _, value), counts in result.segments.items()
+            if stage == "payment"
+            for _ in range(counts["entered"])
+        )
+        assert [value for _, value in arms] == expected, funnel.follows
+    # The stored state keeps the first exposure.
+    memory = _exposed_memory(by_user, events[:2], retention_ms)
+    assert memory == ("control",)
+
+
+def _exposed_memory(
+    funnel: FunnelDefinition, events: list[dict[str, Any]], retention_ms: int
+) -> tuple[str | None, ...]:
+    """The unit's first exposures after ``events`` (one instant each), through a checkpoint."""
+    compiled, progress = CompiledFunnel(funnel), Progress()
+    for event in events:
+        apply_instant(compiled, progress, event["at_ms"], [stored(event)], [], retention_ms)
+    restored = Progress.from_json(progress.to_json())
+    assert restored.memory is not None
+    assert restored.memory.variants is not None
+    return tuple(v for v in restored.memory.variants if v is not None)
 
 
 @pytest.mark.parametrize(
