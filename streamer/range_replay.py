@@ -296,7 +296,7 @@ class RangeReplay:
             # As the worker's detector stage: the guard after the detector, on its windows.
             for guarded in run.guard.evaluate(watermark_ms, folded):
                 run.alerts.append(experiment_alert_record(funnel, guarded, *self._links))
-        horizon = funnel.window_ms + funnel.finality_lag_ms
+        horizon = funnel.window_ms + funnel.judged_final_lag_ms  # judged final, then let go
         for start in [s for s in run.windows if s + horizon <= watermark_ms]:
             counts = run.final_counts[start] = run.windows.pop(start)
             run.finals[start] = self._stats(run, start, counts, watermark_ms)

@@ -901,6 +901,16 @@ class FunnelDefinition(_Frozen):
         return max(self.step_timeout_ms(k) for k in range(len(self.stages) - 1))
 
     @property
+    def judged_final_lag_ms(self) -> int:
+        """How long after a window's end its holder (the merger, a replay) keeps it: the
+        finality lag rounded up to whole windows. The detector and the experiment guard judge
+        on window boundaries, so the first judgement that sees every cohort of the window
+        decided is at that boundary; a window let go at its finality between two boundaries
+        would never be read final (its baselines and arms would miss it)."""
+        size = self.window_ms
+        return -(-self.finality_lag_ms // size) * size
+
+    @property
     def step_names(self) -> list[str]:
         return [f"{a.name}->{b.name}" for a, b in zip(self.stages, self.stages[1:], strict=False)]
 

@@ -189,9 +189,16 @@ class _Window:
     _folded: WindowCounts | None = None
 
     @property
-    def final_at(self) -> int:
+    def decided_at(self) -> int:
         """The watermark at which every cohort of the window is decided."""
         return self.start + self.funnel.window_ms + self.funnel.finality_lag_ms
+
+    @property
+    def final_at(self) -> int:
+        """The watermark at which it is published final and forgotten: the first window
+        boundary at or after ``decided_at``, which the detector judges before (it reads the
+        window final there)."""
+        return self.start + self.funnel.window_ms + self.funnel.judged_final_lag_ms
 
     def take(self, partition: str, record: dict[str, Any]) -> None:
         """Partition ``partition``'s partial record replaces its previous one."""
@@ -536,6 +543,7 @@ class WindowMerger:
                 revise
                 and key in self._changed
                 and watermark >= window.revised_at_ms + periods[name]
+                and watermark < window.decided_at  # decided: its final record comes next
             ):
                 due.append(key)
         return sorted(due)

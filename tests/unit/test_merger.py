@@ -253,6 +253,52 @@ async def test_the_detector_judges_every_boundary_once_with_the_merged_windows()
     assert [watermark for watermark, _ in calls[3:]] == [START + 4 * size]
 
 
+async def test_a_window_decided_between_two_boundaries_is_judged_final_before_it_goes() -> None:
+    """5 s windows, 4 s timeouts: a window's cohorts are all decided 4 s after its end, between
+    two boundaries; the detector judges on boundaries, so the merger keeps the window (and
+    publishes it final) until the next one, where the detector reads it final once."""
+    funnel = FunnelDefinition.model_validate({
+        "name": "quick",
+        "conversion_window": "1m",
+        "window": "5s",
+        "step_timeout": "4s",
+        "stages": [{"name": "cart", "event_type": "add_to_cart"},
+                   {"name": "order", "event_type": "order_placed"}],
+    })  # fmt: skip
+    start = START - START % 5_000
+    seen: list[tuple[int, list[int]]] = []
+
+    async def judge(judged: Any, watermarks: Sequence[int], windows: Any) -> None:
+        seen.extend((watermark, sorted(windows)) for watermark in watermarks)
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(key: bytes | None, value: bytes) -> None:
+        sent.append(orjson.loads(value))
+
+    merge = WindowMerger(
+        funnels=(funnel,),
+        source_partitions=1,
+        table={},
+        metrics=Metrics.create(CollectorRegistry(), funnels=(funnel,)),
+        send_window=send,
+        monotonic=Clock(),
+        judge=judge,
+    )
+    counts = WindowCounts.empty(2)
+    counts.apply(Outcome(Kind.ENTERED, 0, start, start, ()))
+    record = {"kind": "partial", "funnel": "quick", "start": start, "end": start + 5_000,
+              "partition": 0, "counts": counts.to_json(), "version": [1, 1, 0]}  # fmt: skip
+    await merge.process(orjson.dumps(record))
+    await merge.process(progress(0, start + 9_500))  # decided at +9 s: no boundary yet
+    assert not any(r["final"] for r in sent)
+    await merge.process(progress(0, start + 10_000))
+    assert seen[-1] == (start + 10_000, [start])  # read at the boundary where it is final
+    assert [r["final"] for r in sent][-1:] == [True]  # then published final and let go
+    await merge.process(progress(0, start + 15_000))
+    assert seen[-1] == (start + 15_000, [])
+
+
 def progress_of(partition: int, watermark: int, generation: int) -> bytes:
     record = {"kind": "progress", "partition": partition, "watermark": watermark}
     return orjson.dumps({**record, "generation": generation})
