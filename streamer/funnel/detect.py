@@ -13,7 +13,9 @@ drop-off. It asks two questions instead, each at every evaluation (one per windo
   yet: each is ``a`` old (watermark minus its window's end, so every member is at least that
   old). The baseline says which share of a cohort converts within ``a`` (its time-to-convert
   distribution); fewer conversions than that, beyond chance (lower binomial tail, pooled
-  over the young cohorts), means the step broke now, long before its timeout expires.
+  over the young cohorts), means the step broke now, long before its timeout expires. Over
+  the longer ``ACCUMULATED_SPANS_MS`` the pool also takes the cohorts already final for the
+  step that are still held, so a low-volume segment gathers the evidence since its break.
 
 Both questions are asked of the step and of every segment value (device=ios,
 payment_method=paypal, ...) with enough sessions, so a failure confined to one segment is
