@@ -13,7 +13,9 @@ drop-off. It asks two questions instead, each at every evaluation (one per windo
   yet: each is ``a`` old (watermark minus its window's end, so every member is at least that
   old). The baseline says which share of a cohort converts within ``a`` (its time-to-convert
   distribution); fewer conversions than that, beyond chance (lower binomial tail, pooled
-  over the young cohorts), means the step broke now, long before its timeout expires.
+  over the young cohorts), means the step broke now, long before its timeout expires. Over
+  the longer ``ACCUMULATED_SPANS_MS`` the pool also takes the cohorts already final for the
+  step that are still held, so a low-volume segment gathers the evidence since its break.
 
 Both questions are asked of the step and of every segment value (device=ios,
 payment_method=paypal, ...) with enough sessions, so a failure confined to one segment is
@@ -78,6 +80,13 @@ _MIN_EXPECTED = 5.0  # a test needs this many expected conversions (or drops) to
 # are not diluted by the healthy cohorts before it (the Bonferroni family grows; Tarone's
 # refinement keeps the price small).
 YOUNG_SPANS_MS = (120_000, 180_000, 240_000, 300_000, 360_000, 600_000)
+# Longer spans of the same matched-age test, past ``young_span`` and into the cohorts already
+# final for the step but still held for the funnel's slowest step (a window is held until
+# ``finality_lag`` past its end, so a span no longer than that always finds its cohorts): a
+# low-volume segment (0.4 payments a minute at night) gathers enough sessions since a change
+# point to reach significance, where one young span never expects 5 conversions. Tests of the
+# same family: Bonferroni with Tarone's count still holds one evaluation's false-alert rate.
+ACCUMULATED_SPANS_MS = (1_200_000, 1_800_000)
 # A segment value explains an alert when its failures would be this unlikely at the rate of
 # the rest of the step (it fares worse than the rest, not merely holds many sessions).
 _WORSE_THAN_STEP = 0.05
@@ -239,31 +248,34 @@ class FunnelDetector:
         tests: dict[int, list[_Test]] = {}
         fresh: dict[int, list[Cohort]] = {}
         young_from = watermark_ms - self.policy.young_span_ms
+        aged_from = watermark_ms - max(self._matched_age_spans())
         size = self.funnel.window_ms
         ordered = sorted(windows)  # counts are read only for the windows a test reads
         for step in self.steps:
             # Only the windows a test reads: final since the last evaluation, or young.
             # Cohorts whose conversions were due while their events' tracking was (or may
             # be) broken are skipped: neither tested nor learned from.
-            final, young = [], []
+            # Matched age reads the young cohorts and, over the accumulated spans, those
+            # already final for the step (their counts no longer change) that are still held.
+            final, aged = [], []
             needs = step.converting_types
             for start in ordered:
                 end = start + size
-                if end + step.timeout_ms <= watermark_ms:
-                    if start > step.learned_until_ms:
-                        step.learned_until_ms = start
-                        if not blinds(needs, start, end + step.timeout_ms):
-                            final.append(cohorts_of(self.funnel, start, windows[start], step.index))
-                elif (
-                    start >= young_from
+                is_final = end + step.timeout_ms <= watermark_ms
+                if is_final and start > step.learned_until_ms:
+                    step.learned_until_ms = start
+                    if not blinds(needs, start, end + step.timeout_ms):
+                        final.append(cohorts_of(self.funnel, start, windows[start], step.index))
+                if (
+                    start >= (aged_from if is_final else young_from)
                     and watermark_ms - end >= self.policy.min_age_ms
-                    and not blinds(needs, start, watermark_ms)
+                    and not blinds(needs, start, min(watermark_ms, end + step.timeout_ms))
                 ):
-                    young.append(cohorts_of(self.funnel, start, windows[start], step.index))
+                    aged.append(cohorts_of(self.funnel, start, windows[start], step.index))
             fresh[step.index] = final
             if step.severity == "off" or step.baseline.entered < self.policy.min_baseline_decided:
                 continue
-            tests[step.index] = self._tests(step, final, young, watermark_ms)
+            tests[step.index] = self._tests(step, final, aged, watermark_ms)
         threshold = self.threshold = family_threshold(
             self.policy.significance, [t.min_p for ts in tests.values() for t in ts]
         )
@@ -281,14 +293,22 @@ class FunnelDetector:
         return decisions
 
     # --- tests -------------------------------------------------------------------------------
+    def _matched_age_spans(self) -> list[int]:
+        """The spans of the matched-age test, shortest first: every minute near an onset up
+        to ``young_span``, then the accumulated spans the held windows cover."""
+        full = self.policy.young_span_ms
+        held = self.funnel.finality_lag_ms
+        longer = {s for s in ACCUMULATED_SPANS_MS if full < s <= held}
+        return sorted({s for s in YOUNG_SPANS_MS if s < full} | {full} | longer)
+
     def _tests(
-        self, step: _StepState, final: list[Cohort], young: list[Cohort], watermark_ms: int
+        self, step: _StepState, final: list[Cohort], aged: list[Cohort], watermark_ms: int
     ) -> list[_Test]:
         baseline = step.baseline
         out: list[_Test] = []
         # "unknown" (no value at stage entry) explains nothing; "other" folds rare values.
         segment_keys = sorted(
-            {key for c in final + young for key in c.segments if key[1] != UNKNOWN}
+            {key for c in final + aged for key in c.segments if key[1] != UNKNOWN}
         )
         # Final cohorts: drops against the baseline's drop rate.
         if final:
@@ -309,12 +329,13 @@ class FunnelDetector:
         # Over the newest few cohorts (a sudden break) and the whole young span (a slow one).
         conversion = baseline.conversion or 1.0
         ratios = {key: baseline.segment_conversion(key) / conversion for key in segment_keys}
-        full = self.policy.young_span_ms
         seen = 0
-        for span_ms in sorted({s for s in YOUNG_SPANS_MS if s < full} | {full}):
-            recent = [c for c in young if c.start_ms >= watermark_ms - span_ms]
-            if len(recent) == seen:
-                continue  # the same cohorts as the shorter span: the same test
+        for span_ms in self._matched_age_spans():
+            recent = [c for c in aged if c.start_ms >= watermark_ms - span_ms]
+            if len(recent) == seen or all(
+                c.end_ms + step.timeout_ms <= watermark_ms for c in recent
+            ):
+                continue  # the shorter span's cohorts, or final ones only: the final test's
             seen = len(recent)
             indexes = [bound_index(watermark_ms - c.end_ms) for c in recent]
             shares = [baseline.converted_within(i) for i in indexes]

@@ -227,7 +227,8 @@ _Final = tuple[str, _Window, WindowStats | None, WindowCounts]
 
 class _FoldedView(Mapping[int, WindowCounts]):
     """Window start -> merged and folded counts, computed when the detector reads a window
-    (it reads the young and the newly final ones, not every window held)."""
+    (it reads the young ones, the newly final ones and those its accumulated spans reach,
+    not every window held)."""
 
     def __init__(self, windows: dict[int, _Window]) -> None:
         self._windows = windows
