@@ -17,6 +17,7 @@ both (``streamer.decode.corrected_time`` and ``time_bounds``).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from datetime import datetime
 from functools import cache
@@ -79,9 +80,19 @@ class EventDecoder(Protocol):
     def stage_of(self, name: str) -> str | None:
         """The customer's-flow stage of an event name (awareness ... advocacy), if any."""
 
+    @property
+    def fingerprint(self) -> str:
+        """Names what this decoder makes of bytes (its contract or plan, limits, the fields
+        kept): two decoders with the same fingerprint decode any message alike, so a decode
+        handed over by another process (the re-key stage's) stands for this one's."""
+
     def decode(
         self, raw: bytes | None, *, topic: str, received_at: datetime
     ) -> DecodedEvent | Rejection | Ignored: ...
+
+
+def _fingerprint(*parts: str) -> str:
+    return hashlib.blake2b("\n".join(parts).encode(), digest_size=8).hexdigest()
 
 
 # --- what the core keeps of an event ------------------------------------------------
@@ -155,6 +166,11 @@ class ContractDecoder:
     def __init__(self, limits: DecodeLimits, keep: frozenset[str]) -> None:
         self.limits = limits
         self._keep = keep
+        self._fingerprint = _fingerprint("contract", repr(limits), *sorted(keep))
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
 
     @property
     def event_names(self) -> frozenset[str]:
@@ -195,6 +211,13 @@ class PlanDecoder:
         self._keep_context = tuple(
             sorted((name, name[len("context.") :]) for name in keep if name.startswith("context."))
         )
+        self._fingerprint = _fingerprint(
+            "plan", tracking.model_dump_json(), repr(limits), *sorted(keep)
+        )
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
 
     @property
     def event_names(self) -> frozenset[str]:

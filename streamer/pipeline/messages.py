@@ -14,6 +14,7 @@ from streamer.metrics import Metrics
 
 __all__ = [
     "DLQ_MAX_MESSAGE_BYTES",
+    "REKEY_DECODED_HEADER",
     "REKEY_FRONT",
     "REKEY_KEY_HEADER",
     "REKEY_KIND_HEADER",
@@ -48,6 +49,7 @@ REKEY_FRONT = b"front"
 REKEY_SOURCE_HEADER = "streamer-source"  # "topic/partition/offset" of the original
 REKEY_TIMESTAMP_HEADER = "streamer-timestamp"  # the original's broker timestamp (ms)
 REKEY_KEY_HEADER = "streamer-key"  # the original's key, when it had one
+REKEY_DECODED_HEADER = "streamer-decoded"  # the re-key stage's decode (pipeline.forwarded)
 UNIT_HEADER = "streamer-unit"  # user funnels: the unit a released event counts for
 
 

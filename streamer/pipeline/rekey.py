@@ -5,7 +5,8 @@ topics with the same partition count). When producers key by something else, or 
 partition counts differ, set ``STREAMER_SOURCE_KEYED_BY_SESSION=false`` and this stage runs
 first: it reads both topics (any keys, any partition counts), validates every event (rejections
 go to the dead-letter topic here, with the original bytes) and forwards the original bytes to
-``rekeyed_topic`` keyed by session id, saying in headers where each came from.
+``rekeyed_topic`` keyed by session id, saying in headers where each came from and what it
+decoded to (``streamer.pipeline.forwarded``: the sessions stage does not decode it again).
 
 Event time travels in-band so that a backlog on any source partition still holds every
 watermark back: once a second the stage sends every partition of the re-keyed topic a *front
@@ -40,8 +41,10 @@ from streamer.funnel.session import NEVER
 from streamer.kafka_io import committed_offset, read_topic, topic_partitions
 from streamer.metrics import Metrics, UnplannedCounter
 from streamer.pipeline.batches import current_messages
+from streamer.pipeline.forwarded import encode_forwarded
 from streamer.pipeline.input_order import STALL_REPAIR_S, InputPositions, MemoryStore, source_reader
 from streamer.pipeline.messages import (
+    REKEY_DECODED_HEADER,
     REKEY_FRONT,
     REKEY_KEY_HEADER,
     REKEY_KIND_HEADER,
@@ -102,7 +105,7 @@ class RekeyStage:
         self.topics = topics
         self._out_partitions = out_partitions
         self._metrics = metrics
-        # Only the session and the time are read here: nothing of the event is kept.
+        # The worker's decoder: its decode travels with the event (``pipeline.forwarded``).
         self._decoder = decoder or ContractDecoder(limits, frozenset())
         self._unplanned = UnplannedCounter(metrics)
         self._forward = forward
@@ -204,6 +207,8 @@ class RekeyStage:
             headers: Headers = [
                 (REKEY_SOURCE_HEADER, f"{source}/{message.offset}".encode()),
                 (REKEY_TIMESTAMP_HEADER, str(message.timestamp_ms or "").encode()),
+                # The sessions stage takes this decode instead of decoding again.
+                (REKEY_DECODED_HEADER, encode_forwarded(result, self._decoder.fingerprint)),
             ]
             if message.key is not None:
                 headers.append((REKEY_KEY_HEADER, message.key))

@@ -6,18 +6,25 @@ event once, and dead-letters a late one under its original coordinates."""
 from __future__ import annotations
 
 import asyncio
+import base64
 from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry
 
 from streamer.decode import DecodeLimits
+from streamer.decoders import ContractDecoder, EventDecoder, needed_fields
 from streamer.events import DeadLetter
 from streamer.funnel.definition import load_funnel
 from streamer.funnel.task import Offer
 from streamer.metrics import Metrics
 from streamer.pipeline.input_order import STALL_REPAIR_S
-from streamer.pipeline.messages import REKEY_KIND_HEADER, SourceMessage
+from streamer.pipeline.messages import (
+    REKEY_DECODED_HEADER,
+    REKEY_KIND_HEADER,
+    REKEY_SOURCE_HEADER,
+    SourceMessage,
+)
 from streamer.pipeline.rekey import RekeyStage
 from streamer.pipeline.sessions import SessionsStage
 from streamer.pipeline.timers import Beside
@@ -54,6 +61,7 @@ def rekey_stage(
     letters: Recorder,
     source_log: SourceLog | None = None,
     positions: RecordedPositions | None = None,
+    decoder: EventDecoder | None = None,
 ) -> RekeyStage:
     async def send_letter(key: bytes | None, value: bytes) -> Any:
         return await letters(key, value, None)
@@ -71,9 +79,15 @@ def rekey_stage(
         recorded=positions.recorded if positions else None,
         record=positions.record if positions else None,
         clock=lambda: NOW,
+        decoder=decoder or worker_decoder(),
     )
     stage.assign({("clickstream", 0), ("clickstream", 1), ("checkout", 0)})
     return stage
+
+
+def worker_decoder() -> EventDecoder:
+    """The decoder a worker gives both stages (the sessions stage's default here)."""
+    return ContractDecoder(DecodeLimits(), needed_fields((load_funnel(CHECKOUT),)))
 
 
 def forward_to(forwarded: Forwarded) -> Any:
@@ -355,3 +369,79 @@ async def test_an_assignment_reads_the_record_again() -> None:
     await stage.process(source("clickstream", 0, 20, valid_event()), lambda: None)
     assert forwarded_offsets(forwarded) == [0, 20]  # no hole read: 1..19 were forwarded
     assert positions.reads == 2
+
+
+def _without(header: str, sent: tuple[Any, ...]) -> tuple[Any, ...]:
+    key, value, partition, headers = sent
+    return key, value, partition, [(name, v) for name, v in headers if name != header]
+
+
+def _with(header: str, content: bytes, sent: tuple[Any, ...]) -> tuple[Any, ...]:
+    key, value, partition, headers = _without(header, sent)
+    return key, value, partition, [*headers, (header, content)]
+
+
+async def _through_sessions(sent: list[tuple[Any, ...]], letters: Recorder) -> list[Any]:
+    sessions = sessions_stage(letters)
+    outcomes = [
+        await sessions.process(as_rekeyed(offset, one), lambda: None)
+        for offset, one in enumerate(sent)
+    ]
+    saved = sessions.runtimes[0].task.checkpoint(full=True)
+    return [outcomes, orjson.dumps(saved.sessions), saved.windows]
+
+
+async def _forwarded_events(decoder: EventDecoder | None = None) -> list[tuple[Any, ...]]:
+    forwarded = Forwarded()
+    rekey = rekey_stage(forwarded, Recorder(), decoder=decoder)
+    for offset, second in enumerate([10, 20, 30]):
+        at = f"2026-11-22T11:59:{second}Z"
+        event = valid_event(event_id=f"e{offset}", occurred_at=at, cart_value=21.0 + offset)
+        await rekey.process(source("clickstream", 0, offset, event), lambda: None)
+    return forwarded.sent
+
+
+async def test_the_sessions_stage_takes_the_rekey_stages_decode_as_if_it_decoded_itself() -> None:
+    sent = await _forwarded_events()
+    assert all(REKEY_DECODED_HEADER in dict(headers) for _, _, _, headers in sent)
+    taken, decoded_again = Recorder(), Recorder()
+    fast = await _through_sessions(sent, taken)
+    slow = await _through_sessions([_without(REKEY_DECODED_HEADER, s) for s in sent], decoded_again)
+    assert fast[0] == [Offer.ACCEPTED] * 3
+    assert fast == slow
+    assert taken.sent == decoded_again.sent == []
+
+
+async def test_a_decode_by_another_decoder_is_not_taken_the_original_is_decoded() -> None:
+    # A re-key stage keeping no fields (another deploy's funnels): its decode lacks the cart
+    # value the sessions stage keeps, so the sessions stage decodes the original bytes.
+    other = ContractDecoder(DecodeLimits(), frozenset())
+    assert other.fingerprint != worker_decoder().fingerprint
+    letters = Recorder()
+    outcomes, *_ = await _through_sessions(await _forwarded_events(other), letters)
+    assert outcomes == [Offer.ACCEPTED] * 3
+    assert letters.sent == []
+
+
+async def test_a_malformed_decode_is_dead_lettered_with_the_original_bytes() -> None:
+    sent = await _forwarded_events()
+    hostile = [b"\xff\xfe", b"[1]", b'{"a": 1}', orjson.dumps([1, worker_decoder().fingerprint])]
+    letters = Recorder()
+    broken = [
+        _with(
+            REKEY_SOURCE_HEADER,
+            b"clickstream/0/%d" % offset,
+            _with(REKEY_DECODED_HEADER, content, sent[0]),
+        )
+        for offset, content in enumerate(hostile)
+    ]
+    outcomes, *_ = await _through_sessions(broken, letters)
+    assert outcomes == [None] * len(hostile)
+    for offset, ((_, value), (_, original, _, _)) in enumerate(
+        zip(letters.sent, broken, strict=True)
+    ):
+        letter = DeadLetter.model_validate_json(value)
+        assert letter.reason.value == "schema_violation"
+        assert letter.field == REKEY_DECODED_HEADER
+        assert (letter.source_topic, letter.source_offset) == ("clickstream", offset)
+        assert base64.b64decode(letter.payload_base64) == original

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from streamer.decode import DecodeLimits, Rejection
-from streamer.decoders import ContractDecoder, EventDecoder, Ignored, needed_fields
+from streamer.decoders import ContractDecoder, DecodedEvent, EventDecoder, Ignored, needed_fields
 from streamer.events import ReasonCode
 from streamer.formatting import watermark_text
 from streamer.funnel.clock import InputClock
@@ -34,8 +34,10 @@ from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.session import NEVER, CompiledFunnel, StoredEvent
 from streamer.funnel.task import AbandonmentNotice, Offer, UnitEvent
 from streamer.metrics import OUTCOMES, Metrics, UnplannedCounter
+from streamer.pipeline.forwarded import decode_forwarded
 from streamer.pipeline.input_order import STALL_REPAIR_S, InputPositions
 from streamer.pipeline.messages import (
+    REKEY_DECODED_HEADER,
     REKEY_FRONT,
     REKEY_KEY_HEADER,
     REKEY_KIND_HEADER,
@@ -479,6 +481,14 @@ class SessionsStage:
             key=message.header(REKEY_KEY_HEADER),
             value=message.value,
         )
+        decoded = message.header(REKEY_DECODED_HEADER)
+        if decoded is not None:  # the re-key stage's decode (absent: an older version's)
+            result = decode_forwarded(decoded, self._decoder.fingerprint)
+            if isinstance(result, Rejection):
+                await self._dead_letter(original, result)
+                return None
+            if result is not None:
+                return await self._offer(runtime, original, result, None)
         return await self._apply(runtime, original, None)
 
     def _apply_unit_event(self, runtime: TaskRuntime, message: SourceMessage, unit: str) -> Offer:
@@ -511,6 +521,16 @@ class SessionsStage:
         if isinstance(result, Rejection):
             await self._dead_letter(message, result)
             return None
+        return await self._offer(runtime, message, result, clock_input)
+
+    async def _offer(
+        self,
+        runtime: TaskRuntime,
+        message: SourceMessage,
+        result: DecodedEvent,
+        clock_input: str | None,
+    ) -> Offer:
+        """Offer one decoded event to its task (see :meth:`_apply`)."""
         event = result.event
         task = runtime.task
         outcome = task.offer(
