@@ -708,13 +708,16 @@ class Task:
         attempts per (funnel, stage) and the buffered events' times per session. A store
         that keeps the sessions on disk keeps this beside them, so that :meth:`resume` need
         not read every session (docs/decisions/0009-open-units-on-disk.md)."""
-        return {
+        record: dict[str, Any] = {
             "windows": [
                 [f, start, counts.to_json()] for (f, start), counts in self.windows.items()
             ],
             "open": [[f, stage, n] for (f, stage), n in self.open_sessions.items() if n],
             "pending": [[at_ms, session_id] for at_ms, _, session_id in self._pending],
         }
+        if self.lifecycles:  # their figures (the user records are stored apart)
+            record["lifecycle"] = {name: core.to_json() for name, core in self.lifecycles.items()}
+        return record
 
     def resume(self, watermark_ms: int, record: Mapping[str, Any]) -> None:
         """:meth:`restore` with the sessions already in ``self.sessions`` and their wakes in
@@ -727,6 +730,8 @@ class Task:
         for at_ms, session_id in record["pending"]:
             self._sequence += 1
             heapq.heappush(self._pending, (int(at_ms), self._sequence, str(session_id)))
+        # The figures; the lifecycle's user records are on the disk with the units.
+        self.restore_lifecycle(record.get("lifecycle", {}))
 
     def replace_stored(self, session_id: str, saved: list[Any] | None) -> None:
         """Put one session as a later checkpoint stored it (None: it was deleted) over the one

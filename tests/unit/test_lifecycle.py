@@ -345,3 +345,72 @@ def test_a_unit_task_feeds_its_users_events_to_the_lifecycle_through_restores(
     assert restores >= 3
     if retention_days == 1:
         assert forgotten > 100  # users forgotten by the task, still counted by the lifecycle
+
+
+def test_the_checkpoint_log_restores_the_lifecycle_with_and_without_its_store(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A unit task's checkpoints as the committer writes them (delta records in the state
+    table, user records in records of their own: a small chunk size makes many), restored by
+    ``restore_runtime`` from the log alone, into a store rebuilt from it, and into a store the
+    log vouches for that takes only the newer deltas: each time the figures of the task never
+    stopped, and the SQL oracle's at the end."""
+    from streamer.funnel.session import CompiledFunnel
+    from streamer.funnel.task import Task
+    from streamer.pipeline.sessions import checkpoint_log
+    from streamer.pipeline.sessions.runtime import restore_runtime
+    from streamer.pipeline.sessions.unit_store import UnitStore
+
+    declaration = _declaration()
+    funnels = (CompiledFunnel(load_funnel(SHIPPED)),)
+    names = ["lifecycle"]
+    rng = random.Random(8)
+    events = generate_lifecycle(seed=8, users=200, days=100, start_ms=START_MS)
+    events.sort(key=lambda e: (e["at_ms"], rng.random()))
+    task = Task(funnels, 0, retention_ms=DAY_MS)
+    table: dict[str, bytes] = {}
+    seq = 0
+
+    def restored(generation: int, store: UnitStore | None, **meta: Any) -> Lifecycle:
+        table[checkpoint_log.meta_key(0)] = orjson.dumps(
+            {"log": [0, seq], "generation": generation, "funnels": names, **meta}
+        )
+        runtime, _ = restore_runtime(
+            table, 0, funnels, retention_ms=DAY_MS, topics=("units",), store=store
+        )
+        (core,) = runtime.task.lifecycles.values()
+        return core
+
+    store = UnitStore(tmp_path / "p0", cache_units=7)
+    small = 2_000  # bytes: user records spread over many delta records
+    position = 0
+    halfway = len(events) // 2
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(checkpoint_log, "DELTA_CHUNK_BYTES", small)
+        while position < len(events):
+            watermark = events[position]["at_ms"] + rng.randrange(3 * DAY_MS)
+            while position < len(events) and events[position]["at_ms"] < watermark:
+                event = events[position]
+                task.offer(event["unit"], _stored(event, declaration))
+                position += 1
+            task.advance(watermark)
+            for record in checkpoint_log.encode_delta(task.checkpoint(), names):
+                table[checkpoint_log.delta_key(0, seq)] = record
+                seq += 1
+            if position >= halfway and not store.meta:
+                # A restore into an empty store: rebuilt from the log (and committed).
+                assert _figures(restored(7, store)) == _figures(task.lifecycles["lifecycle"])
+                assert store.meta["log"] == [0, seq]
+            if rng.random() < 0.1:  # from the log alone, into memory
+                assert _figures(restored(7, None)) == _figures(task.lifecycles["lifecycle"])
+    (core,) = task.lifecycles.values()
+    assert seq > 2 * len(events) // 1000
+    # Another owner wrote the rest of the log after the store's owner: the store is kept.
+    caplog.set_level("INFO", logger="streamer.pipeline.sessions.runtime")
+    kept = restored(9, store, owners=[[7, 0], [9, store.meta["log"][1]]])
+    assert "units on disk kept" in caplog.text
+    assert _figures(kept) == _figures(core)
+    end = events[-1]["at_ms"] + 200 * DAY_MS
+    for each in (kept, core):
+        each.advance(end)
+    assert _diff(_figures(kept), lifecycle_figures(events, declaration, end)) == []
