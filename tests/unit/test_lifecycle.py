@@ -255,10 +255,11 @@ def _default_funnels() -> list[Any]:
     return list(load_funnels([ROOT / "deploy/funnels"]))
 
 
-def test_a_worker_given_the_shipped_lifecycle_says_it_computes_no_figures_yet(
+def test_a_worker_given_the_shipped_lifecycle_says_it_publishes_no_figures_yet(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Until the worker runs the lifecycle, a declared block must not pass silently."""
+    """Until the worker publishes the lifecycle's figures, a declared block must not pass
+    silently."""
     from streamer.app import worker_events
     from streamer.settings import Settings
 
@@ -266,7 +267,7 @@ def test_a_worker_given_the_shipped_lifecycle_says_it_computes_no_figures_yet(
     with caplog.at_level("WARNING", logger="streamer.app"):
         funnels, _ = worker_events(settings)
     assert [f.lifecycle is not None for f in funnels] == [True]
-    assert "does not compute lifecycle figures yet" in caplog.text
+    assert "does not publish them yet" in caplog.text
 
 
 @pytest.mark.parametrize("retention_days", [90, 1])
