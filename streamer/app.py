@@ -147,8 +147,9 @@ def worker_events(settings: Settings) -> tuple[tuple[FunnelDefinition, ...], Eve
     for funnel in funnels:
         if funnel.lifecycle is not None:
             log.warning(
-                "funnel %s declares a lifecycle: the worker counts its stages as a user "
-                "funnel but does not compute lifecycle figures yet (docs/lifecycle.md, Status)",
+                "funnel %s declares a lifecycle: the unit tasks compute and checkpoint its "
+                "figures, but the worker does not publish them yet (no records, no metrics: "
+                "docs/lifecycle.md, Status)",
                 funnel.name,
             )
     return funnels, event_decoder(plan, DecodeLimits.of(settings), needed_fields(funnels))

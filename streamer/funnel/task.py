@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 from collections import Counter
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from enum import Enum
@@ -30,6 +30,7 @@ from streamer.funnel.inactivity import (
     session_name,
     starts_session,
 )
+from streamer.funnel.lifecycle import Lifecycle, UserRecord
 from streamer.funnel.session import (
     NEVER,
     Abandoned,
@@ -223,6 +224,10 @@ class Checkpoint:
     deleted_windows: set[tuple[int, int]] = field(default_factory=set)
     watermark_ms: int = NEVER
     forwarded: int = 0  # events released to their units so far (user funnels)
+    # Lifecycle funnels (docs/lifecycle.md), by funnel name: the cohort figures (small, whole
+    # each time) and the user records changed since (every record when full).
+    lifecycle: dict[str, dict[str, Any]] = field(default_factory=dict)
+    lifecycle_users: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
 
 
 class WakeQueue(Protocol):
@@ -264,9 +269,12 @@ class Task:
         sessions: MutableMapping[str, SessionState] | None = None,
         wakes: WakeQueue | None = None,
         forwards_units: bool = False,
+        lifecycle_users: Callable[[str], MutableMapping[str, UserRecord]] | None = None,
     ) -> None:
         """``sessions`` and ``wakes`` default to memory (a dict, a heap); a user funnel's
-        task may keep them on disk instead (``streamer.pipeline.sessions.unit_store``)."""
+        task may keep them on disk instead (``streamer.pipeline.sessions.unit_store``), and
+        ``lifecycle_users`` gives each lifecycle funnel's user records by funnel name (default:
+        a dict each; the unit store's key space of its own, decision 0009's addendum)."""
         self.funnels = funnels
         # User funnels run: every released event also goes to its unit (see ``UnitEvent``).
         self.forwards_units = forwards_units
@@ -293,6 +301,17 @@ class Task:
         self._unsaved_windows: set[tuple[int, int]] = set()  # changed since the last checkpoint
         self._deleted_windows: set[tuple[int, int]] = set()
         self._notices: list[AbandonmentNotice] = []
+        # A unit task's lifecycle funnels (only user funnels declare one), fed each unit's
+        # released events: their records outlive the unit's state, so they are kept apart.
+        self.lifecycles: dict[str, Lifecycle] = {
+            funnel.name: Lifecycle(
+                funnel.definition.lifecycle,
+                None if lifecycle_users is None else lifecycle_users(funnel.name),
+            )
+            for funnel in funnels
+            if funnel.definition.lifecycle is not None
+        }
+        self._lifecycle_changed: set[str] = set()  # units fed since the last checkpoint
 
     # --- input ---------------------------------------------------------------------------
     def offer(
@@ -353,6 +372,8 @@ class Task:
                 self._release(state, watermark_ms)
         if self._released:
             self._number_released()
+        for lifecycle in self.lifecycles.values():
+            lifecycle.advance(watermark_ms)  # after every event below it
         pop_due = self._wakes.pop_due
         while (entry := pop_due(watermark_ms)) is not None:
             at_ms, session_id = entry
@@ -372,6 +393,8 @@ class Task:
             self._count_volume(state.started_ms, NEW_SESSIONS)
         if self.forwards_units and ready:
             self._release_to_units(state, ready)
+        if self.lifecycles and ready:
+            self._feed_lifecycles(state.session_id, ready)
         outcomes: list[Outcome] = []
         if state.inactivity_ms:
             self._release_identity(state, ready, outcomes)
@@ -379,6 +402,13 @@ class Task:
             self._apply_events(state, ready, outcomes)
         self._dirty_sessions.add(state.session_id)
         self._schedule(state)
+
+    def _feed_lifecycles(self, unit: str, ready: list[StoredEvent]) -> None:
+        """A unit's released events, in event-time order, to each lifecycle funnel."""
+        for lifecycle in self.lifecycles.values():
+            for event in ready:
+                lifecycle.apply(unit, event)
+        self._lifecycle_changed.add(unit)
 
     def _apply_events(
         self, state: SessionState, ready: list[StoredEvent], outcomes: list[Outcome]
@@ -612,6 +642,14 @@ class Task:
         self._deleted_sessions = set()
         self._unsaved_windows = set()
         self._deleted_windows = set()
+        for name, lifecycle in self.lifecycles.items():
+            users = lifecycle.users
+            changed = users if full else self._lifecycle_changed
+            saved.lifecycle[name] = lifecycle.to_json()
+            saved.lifecycle_users[name] = {
+                unit: users[unit].to_json() for unit in changed if unit in users
+            }
+        self._lifecycle_changed = set()
         return saved, session_ids
 
     @property
@@ -651,18 +689,35 @@ class Task:
             self._count_open(state, 1)
             self._schedule(state)
 
+    def restore_lifecycle(
+        self,
+        figures: Mapping[str, Mapping[str, Any]],
+        users: Mapping[str, Mapping[str, list[Any]]] | None = None,
+    ) -> None:
+        """Load what :meth:`checkpoint` stored of the lifecycle funnels: each one's figures
+        (the latest) and its records (those a store on disk does not hold already). A funnel
+        without stored figures starts empty."""
+        for name, lifecycle in self.lifecycles.items():
+            if name in figures:
+                lifecycle.restore(figures[name])
+            for unit, record in (users or {}).get(name, {}).items():
+                lifecycle.users[unit] = UserRecord.from_json(record)
+
     def index_record(self) -> dict[str, Any]:
         """What :meth:`restore` rebuilds from every session, as JSON: the windows, the open
         attempts per (funnel, stage) and the buffered events' times per session. A store
         that keeps the sessions on disk keeps this beside them, so that :meth:`resume` need
         not read every session (docs/decisions/0009-open-units-on-disk.md)."""
-        return {
+        record: dict[str, Any] = {
             "windows": [
                 [f, start, counts.to_json()] for (f, start), counts in self.windows.items()
             ],
             "open": [[f, stage, n] for (f, stage), n in self.open_sessions.items() if n],
             "pending": [[at_ms, session_id] for at_ms, _, session_id in self._pending],
         }
+        if self.lifecycles:  # their figures (the user records are stored apart)
+            record["lifecycle"] = {name: core.to_json() for name, core in self.lifecycles.items()}
+        return record
 
     def resume(self, watermark_ms: int, record: Mapping[str, Any]) -> None:
         """:meth:`restore` with the sessions already in ``self.sessions`` and their wakes in
@@ -675,6 +730,8 @@ class Task:
         for at_ms, session_id in record["pending"]:
             self._sequence += 1
             heapq.heappush(self._pending, (int(at_ms), self._sequence, str(session_id)))
+        # The figures; the lifecycle's user records are on the disk with the units.
+        self.restore_lifecycle(record.get("lifecycle", {}))
 
     def replace_stored(self, session_id: str, saved: list[Any] | None) -> None:
         """Put one session as a later checkpoint stored it (None: it was deleted) over the one

@@ -255,10 +255,11 @@ def _default_funnels() -> list[Any]:
     return list(load_funnels([ROOT / "deploy/funnels"]))
 
 
-def test_a_worker_given_the_shipped_lifecycle_says_it_computes_no_figures_yet(
+def test_a_worker_given_the_shipped_lifecycle_says_it_publishes_no_figures_yet(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Until the worker runs the lifecycle, a declared block must not pass silently."""
+    """Until the worker publishes the lifecycle's figures, a declared block must not pass
+    silently."""
     from streamer.app import worker_events
     from streamer.settings import Settings
 
@@ -266,4 +267,151 @@ def test_a_worker_given_the_shipped_lifecycle_says_it_computes_no_figures_yet(
     with caplog.at_level("WARNING", logger="streamer.app"):
         funnels, _ = worker_events(settings)
     assert [f.lifecycle is not None for f in funnels] == [True]
-    assert "does not compute lifecycle figures yet" in caplog.text
+    assert "does not publish them yet" in caplog.text
+
+
+@pytest.mark.parametrize("retention_days", [90, 1])
+def test_a_unit_task_feeds_its_users_events_to_the_lifecycle_through_restores(
+    tmp_path: Path, retention_days: int
+) -> None:
+    """The shipped lifecycle funnel in a unit task (streamer.funnel.task.Task), events offered
+    by user and released by watermark steps, the task restored from its checkpoints at random
+    steps (some on a unit store on disk, behind a cache of 5 records): every figure equals the
+    SQL oracle's. With a retention of 1 day the task forgets users long before their repeat
+    orders and churn: their lifecycle records, kept apart, must not be forgotten with them."""
+    from streamer.funnel.session import CompiledFunnel
+    from streamer.funnel.task import Checkpoint, Task
+    from streamer.pipeline.sessions.unit_store import UnitStore
+
+    definition = load_funnel(SHIPPED)
+    declaration = _declaration()
+    funnels = (CompiledFunnel(definition),)
+    rng = random.Random(retention_days)
+    events = generate_lifecycle(seed=5, users=300, days=120, start_ms=START_MS)
+    events.sort(key=lambda e: (e["at_ms"], rng.random()))
+    store = UnitStore(tmp_path / "p0", cache_units=5)
+
+    def new_task(on_disk: bool) -> Task:
+        return Task(
+            funnels,
+            0,
+            retention_ms=retention_days * DAY_MS,
+            lifecycle_users=store.lifecycle_users if on_disk else None,
+        )
+
+    # What a checkpoint log would hold: the latest figures, every record as last stored.
+    log_figures: dict[str, Any] = {}
+    log_users: dict[str, dict[str, list[Any]]] = {}
+
+    def stored_in_log(saved: Checkpoint) -> None:
+        log_figures.update(orjson.loads(orjson.dumps(saved.lifecycle)))
+        for name, records in orjson.loads(orjson.dumps(saved.lifecycle_users)).items():
+            log_users.setdefault(name, {}).update(records)
+
+    task, was_on_disk = new_task(False), False
+    restores = forgotten = 0
+    steps = 0
+    position = 0
+    while position < len(events):
+        watermark = events[position]["at_ms"] + rng.randrange(DAY_MS)
+        while position < len(events) and events[position]["at_ms"] < watermark:
+            event = events[position]
+            task.offer(event["unit"], _stored(event, declaration))
+            position += 1
+        task.advance(watermark)
+        forgotten = max(forgotten, len({e["unit"] for e in events[:position]}) - len(task.sessions))
+        steps += 1
+        if rng.random() < 0.2:
+            saved = task.checkpoint(full=rng.random() < 0.2)
+            stored_in_log(saved)
+            store.commit({}, (), {})
+            if rng.random() < 0.5:
+                on_disk = rng.random() < 0.5
+                sessions = {u: s.encodable() for u, s in task.sessions.items()}
+                windows = {k: c.to_json() for k, c in task.windows.items()}
+                # The store holds the records as of its last commit only if a task on disk
+                # made them; else they come from the log, as when a worker rebuilds its store.
+                from_log = not (on_disk and was_on_disk)
+                task, was_on_disk = new_task(on_disk), on_disk
+                task.restore(
+                    saved.watermark_ms, orjson.loads(orjson.dumps(sessions)).items(), windows
+                )
+                task.restore_lifecycle(log_figures, log_users if from_log else {})
+                restores += 1
+    end = events[-1]["at_ms"] + 200 * DAY_MS
+    task.advance(end)
+    (core,) = task.lifecycles.values()
+    sql = lifecycle_figures(events, declaration, end)
+    assert _diff(_figures(core), sql) == []
+    assert restores >= 3
+    if retention_days == 1:
+        assert forgotten > 100  # users forgotten by the task, still counted by the lifecycle
+
+
+def test_the_checkpoint_log_restores_the_lifecycle_with_and_without_its_store(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A unit task's checkpoints as the committer writes them (delta records in the state
+    table, user records in records of their own: a small chunk size makes many), restored by
+    ``restore_runtime`` from the log alone, into a store rebuilt from it, and into a store the
+    log vouches for that takes only the newer deltas: each time the figures of the task never
+    stopped, and the SQL oracle's at the end."""
+    from streamer.funnel.session import CompiledFunnel
+    from streamer.funnel.task import Task
+    from streamer.pipeline.sessions import checkpoint_log
+    from streamer.pipeline.sessions.runtime import restore_runtime
+    from streamer.pipeline.sessions.unit_store import UnitStore
+
+    declaration = _declaration()
+    funnels = (CompiledFunnel(load_funnel(SHIPPED)),)
+    names = ["lifecycle"]
+    rng = random.Random(8)
+    events = generate_lifecycle(seed=8, users=200, days=100, start_ms=START_MS)
+    events.sort(key=lambda e: (e["at_ms"], rng.random()))
+    task = Task(funnels, 0, retention_ms=DAY_MS)
+    table: dict[str, bytes] = {}
+    seq = 0
+
+    def restored(generation: int, store: UnitStore | None, **meta: Any) -> Lifecycle:
+        table[checkpoint_log.meta_key(0)] = orjson.dumps(
+            {"log": [0, seq], "generation": generation, "funnels": names, **meta}
+        )
+        runtime, _ = restore_runtime(
+            table, 0, funnels, retention_ms=DAY_MS, topics=("units",), store=store
+        )
+        (core,) = runtime.task.lifecycles.values()
+        return core
+
+    store = UnitStore(tmp_path / "p0", cache_units=7)
+    small = 2_000  # bytes: user records spread over many delta records
+    position = 0
+    halfway = len(events) // 2
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(checkpoint_log, "DELTA_CHUNK_BYTES", small)
+        while position < len(events):
+            watermark = events[position]["at_ms"] + rng.randrange(3 * DAY_MS)
+            while position < len(events) and events[position]["at_ms"] < watermark:
+                event = events[position]
+                task.offer(event["unit"], _stored(event, declaration))
+                position += 1
+            task.advance(watermark)
+            for record in checkpoint_log.encode_delta(task.checkpoint(), names):
+                table[checkpoint_log.delta_key(0, seq)] = record
+                seq += 1
+            if position >= halfway and not store.meta:
+                # A restore into an empty store: rebuilt from the log (and committed).
+                assert _figures(restored(7, store)) == _figures(task.lifecycles["lifecycle"])
+                assert store.meta["log"] == [0, seq]
+            if rng.random() < 0.1:  # from the log alone, into memory
+                assert _figures(restored(7, None)) == _figures(task.lifecycles["lifecycle"])
+    (core,) = task.lifecycles.values()
+    assert seq > 2 * len(events) // 1000
+    # Another owner wrote the rest of the log after the store's owner: the store is kept.
+    caplog.set_level("INFO", logger="streamer.pipeline.sessions.runtime")
+    kept = restored(9, store, owners=[[7, 0], [9, store.meta["log"][1]]])
+    assert "units on disk kept" in caplog.text
+    assert _figures(kept) == _figures(core)
+    end = events[-1]["at_ms"] + 200 * DAY_MS
+    for each in (kept, core):
+        each.advance(end)
+    assert _diff(_figures(kept), lifecycle_figures(events, declaration, end)) == []

@@ -4,6 +4,7 @@ what no commit stored)."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from streamer.funnel.lifecycle import DAY_MS, Lifecycle, UserRecord
 from streamer.funnel.session import NEVER, CompiledFunnel, Progress
 from streamer.funnel.task import SessionState, Task
 from streamer.pipeline.sessions.unit_store import UnitStore
+from tests.oracle.lifecycle import lifecycle_figures
 from tests.support.core_run import stored
+from tests.support.traffic import generate_lifecycle
 from tests.unit.test_core_properties import END, FUNNEL, LATENESS_MS, arrival, sessions
+from tests.unit.test_lifecycle import START_MS as LIFECYCLE_START_MS
+from tests.unit.test_lifecycle import _declaration as _lifecycle_declaration
+from tests.unit.test_lifecycle import _figures as _lifecycle_figures
+from tests.unit.test_lifecycle import _stored as _lifecycle_event
 
 
 def _state(unit_id: str, last_event_ms: int, wake_ms: int = NEVER) -> SessionState:
@@ -315,3 +323,67 @@ def test_encoding_units_for_a_compaction_leaves_the_cache_as_it_was(tmp_path: Pa
     assert (store.sessions.cached, store.sessions.misses) == (cached, misses)
     with pytest.raises(KeyError):
         store.sessions.encode(["s0"])
+
+
+# --- lifecycle records: a key space of their own -------------------------------------------
+
+
+def test_lifecycle_records_outlive_their_unit_and_reach_the_disk_only_by_a_commit(
+    tmp_path: Path,
+) -> None:
+    store = UnitStore(tmp_path / "p0", cache_units=2)
+    store.sessions["ana"] = _state("ana", 1000)
+    users = store.lifecycle_users("lifecycle")
+    users["ana"] = UserRecord(1000, "search", orders=1, first_order_ms=2000, last_order_ms=2000)
+    store.lifecycle_users("other_funnel")["ana"] = UserRecord(1000, "email")
+    _commit(store, ["ana"], log=1)
+
+    # The unit is forgotten after its retention; its lifecycle record is not.
+    del store.sessions["ana"]
+    users["ben"] = UserRecord(5000, "social")  # set after the last commit
+    store.commit({}, ["ana"], {"log": 2})
+    users["cy"] = UserRecord(9000, "direct")  # never committed: a crash loses it
+    store.close()
+
+    reopened = UnitStore(tmp_path / "p0", cache_units=2)
+    assert "ana" not in reopened.sessions
+    found = reopened.lifecycle_users("lifecycle")
+    assert sorted(found) == ["ana", "ben"]
+    assert found["ana"].to_json() == [1000, "search", 1, 2000, 0, 0, 2000, False]
+    assert reopened.lifecycle_users("other_funnel")["ana"].channel == "email"
+    assert list(reopened.lifecycle_users("no_such_funnel")) == []
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_lifecycle_over_the_store_counts_as_one_in_memory_through_commits_and_reopens(
+    tmp_path: Path, seed: int
+) -> None:
+    """Records behind a cache of 3, committed at random points with the figures beside them,
+    the store reopened after some commits (the restart path): the same figures as a core
+    keeping every record in a dict, and the SQL oracle's at the end."""
+    declaration = _lifecycle_declaration()
+    rng = random.Random(seed)
+    events = generate_lifecycle(seed=seed, users=150, days=120, start_ms=LIFECYCLE_START_MS)
+    events.sort(key=lambda e: (e["at_ms"], rng.random()))
+    in_memory = Lifecycle(declaration)
+    store = UnitStore(tmp_path / "p0", cache_units=3)
+    on_disk = Lifecycle(declaration, store.lifecycle_users("lifecycle"))
+    for index, event in enumerate(events):
+        stored_event = _lifecycle_event(event, declaration)
+        for core in (in_memory, on_disk):
+            core.advance(event["at_ms"])
+            core.apply(event["unit"], stored_event)
+        if rng.random() < 0.05:
+            store.commit({}, (), {"log": index, "lifecycle": on_disk.to_json()})
+            if rng.random() < 0.3:
+                store.close()
+                store = UnitStore(tmp_path / "p0", cache_units=3)
+                on_disk = Lifecycle(declaration, store.lifecycle_users("lifecycle"))
+                on_disk.restore(store.meta["lifecycle"])
+        assert len(store.lifecycle_users("lifecycle")._cache) <= 3
+    end = events[-1]["at_ms"] + 200 * DAY_MS
+    for core in (in_memory, on_disk):
+        core.advance(end)
+    assert _lifecycle_figures(on_disk) == _lifecycle_figures(in_memory)
+    assert _lifecycle_figures(on_disk) == lifecycle_figures(events, declaration, end)
+    assert sorted(store.lifecycle_users("lifecycle")) == sorted(in_memory.users)

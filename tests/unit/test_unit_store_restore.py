@@ -50,6 +50,7 @@ def _stage(
     partials: Recorder | None = None,
     **options: Any,
 ) -> Any:
+    defaults: dict[str, Any] = {"send_dead_letter": Recorder()}
     return SessionsStage(
         funnels=funnels,
         table=table,
@@ -59,11 +60,10 @@ def _stage(
         retention_ms=600_000,
         checkpoint_interval_s=3600,
         send_partial=partials or Recorder(),
-        send_dead_letter=Recorder(),
         send_abandonment=Recorder(),
         flush_producer=_nothing,
         clock=lambda: NOW,
-        **options,
+        **(defaults | options),
     )
 
 

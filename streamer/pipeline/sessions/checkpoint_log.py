@@ -89,8 +89,17 @@ class DeltaEncoder:
                 "dw": sorted(f"{names[f]}:{start}" for f, start in saved.deleted_windows),
             }
         )[1:-1]
+        if saved.lifecycle:  # lifecycle funnels' figures: small, whole in every checkpoint
+            self._head += b',"l":' + orjson.dumps(saved.lifecycle)
         self._chunks: list[list[bytes]] = [[]]
         self._size = len(self._head)
+        # Lifecycle user records: records of their own after the sessions' (a compaction
+        # writes every user), each about DELTA_CHUNK_BYTES at most, ``{"lu": {funnel:
+        # {user: record}}}`` beside an empty head.
+        self._users: list[dict[bytes, list[bytes]]] = []  # per record: funnel -> entries
+        self._users_size = 0
+        for name, records in saved.lifecycle_users.items():
+            self.add_lifecycle_users(name, records)
 
     def add(self, sessions: Mapping[str, list[Any]]) -> None:
         chunks = self._chunks
@@ -102,23 +111,46 @@ class DeltaEncoder:
             chunks[-1].append(entry)
             self._size += len(entry) + 1
 
+    def add_lifecycle_users(self, funnel: str, records: Mapping[str, list[Any]]) -> None:
+        key = orjson.dumps(funnel)
+        for unit, record in records.items():
+            entry = orjson.dumps(unit) + b":" + orjson.dumps(record)
+            if not self._users or self._users_size + len(entry) > DELTA_CHUNK_BYTES:
+                self._users.append({})
+                self._users_size = 0
+            self._users[-1].setdefault(key, []).append(entry)
+            self._users_size += len(entry) + 1
+
     def records(self) -> list[bytes]:
+        users = [
+            b'{"s":{},'
+            + _EMPTY_HEAD
+            + b',"lu":{'
+            + b",".join(
+                funnel + b":{" + b",".join(entries) + b"}" for funnel, entries in chunk.items()
+            )
+            + b"}}"
+            for chunk in self._users
+        ]
         if not self._chunks[0] and self._head == _EMPTY_HEAD:
-            return []
+            return users
         return [
             b'{"s":{' + b",".join(chunk) + b"}," + (self._head if i == 0 else _EMPTY_HEAD) + b"}"
             for i, chunk in enumerate(self._chunks)
-        ]
+        ] + users
 
 
 @dataclass
 class Delta:
-    """One delta record, parsed: sessions stored and deleted, windows stored and deleted."""
+    """One delta record, parsed: sessions stored and deleted, windows stored and deleted,
+    lifecycle funnels' figures and user records (absent in records written before them)."""
 
     sessions: dict[str, list[Any]]
     deleted_sessions: list[str]
     windows: dict[tuple[int, int], dict[str, Any]]
     deleted_windows: list[tuple[int, int]]
+    lifecycle: dict[str, dict[str, Any]] = field(default_factory=dict)
+    lifecycle_users: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, raw: bytes, names: dict[str, int]) -> Delta:
@@ -129,7 +161,9 @@ class Delta:
             if (window_key := _window_id(window, names)) is not None:
                 windows[window_key] = counts
         deleted = [key for w in record["dw"] if (key := _window_id(w, names)) is not None]
-        return cls(record["s"], record["ds"], windows, deleted)
+        return cls(
+            record["s"], record["ds"], windows, deleted, record.get("l", {}), record.get("lu", {})
+        )
 
 
 @dataclass
@@ -146,9 +180,14 @@ class StoredLog:
     stale: list[str] = field(default_factory=list)  # keys to delete at the next write-out
     first_edition: bool = False  # stored one key per session and window: write a full log
     cut_short: list[int] = field(default_factory=list)  # deltas of a write-out cut short
+    lifecycle: dict[str, dict[str, Any]] = field(default_factory=dict)  # the latest figures
+    lifecycle_users: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
 
     def add(self, delta: Delta) -> None:
         """Replay one delta: deletions, then updates."""
+        self.lifecycle.update(delta.lifecycle)
+        for funnel, records in delta.lifecycle_users.items():
+            self.lifecycle_users.setdefault(funnel, {}).update(records)
         for session_id in delta.deleted_sessions:
             self.sessions.pop(session_id, None)
         self.sessions.update(delta.sessions)

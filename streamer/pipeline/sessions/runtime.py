@@ -100,6 +100,7 @@ def restore_runtime(
         forwards_units=forwards_units,
         sessions=None if store is None else store.sessions,
         wakes=None if store is None else store.wakes,
+        lifecycle_users=None if store is None else store.lifecycle_users,
     )
     if store is not None and (
         since is not None
@@ -147,6 +148,7 @@ def restore_runtime(
     if loader is None:
         watermark = int(meta.get("watermark", NEVER))
         task.restore(watermark, stored.sessions.items(), stored.windows, stored_funnels)
+        task.restore_lifecycle(stored.lifecycle, stored.lifecycle_users)
     runtime.offsets = {str(k): int(v) for k, v in meta.get("offsets", {}).items()}
     for topic in topics:
         # Nothing of this input applied yet: it starts at the log's start (the group
@@ -226,6 +228,8 @@ class _StoreLoader:
             task.windows.pop(key, None)
         for key, counts in delta.windows.items():
             task.windows[key] = WindowCounts.from_json(counts)
+        # Lifecycle records go to the store's own key space (written by the next commit).
+        task.restore_lifecycle(delta.lifecycle, delta.lifecycle_users)
         if len(changed) >= REBUILD_CHUNK_UNITS:
             self._store.commit(self.take_changed(), (), {})
 

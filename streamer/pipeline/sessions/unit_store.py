@@ -21,6 +21,10 @@ stores it, :meth:`SessionState.encodable`); ``w<wake time, 8 bytes big-endian, o
 that wrote the log up to there, the funnels, and the task's indexes at that position (windows,
 open attempts, buffered events: :meth:`Task.index_record`), so that a restart need not read
 every unit. :func:`view_position` says whether the checkpoint log vouches for the store.
+``l<funnel>\x00<unit id>`` -> a lifecycle funnel's record of one user
+(:class:`~streamer.funnel.lifecycle.UserRecord`): a key space of its own, because a record
+outlives the unit's state, which is forgotten after the unit's retention
+(docs/decisions/0009-open-units-on-disk.md, "Lifecycle records").
 """
 
 from __future__ import annotations
@@ -36,15 +40,17 @@ from typing import Any
 import orjson
 from rocksdict import Options, Rdict, WriteBatch
 
+from streamer.funnel.lifecycle import UserRecord
 from streamer.funnel.session import NEVER
 from streamer.funnel.task import SessionState
 
-__all__ = ["CachedSessions", "UnitStore", "WakeIndex", "view_position"]
+__all__ = ["CachedSessions", "LifecycleUsers", "UnitStore", "WakeIndex", "view_position"]
 
 _STATE = b"s"
 _WAKE = b"w"
 _WAKE_END = b"x"  # after every wake key
 _META = b"m"
+_LIFECYCLE = b"l"
 # Wake times are signed milliseconds; shifted so their big-endian bytes sort as numbers do.
 _TIME_OFFSET = 2**63
 
@@ -202,6 +208,88 @@ class CachedSessions(MutableMapping[str, SessionState]):
         return evicted
 
 
+class LifecycleUsers(MutableMapping[str, UserRecord]):
+    """One lifecycle funnel's user records (the :class:`~streamer.funnel.lifecycle.Lifecycle`
+    core's ``users``) over the disk, under ``l<funnel>\x00``. Records are never forgotten
+    with their unit: a buyer's repeat orders and churn are read against them for months.
+
+    Write-back as the units': a record set since the last commit waits in memory for
+    :meth:`UnitStore.commit`; stored records are read through an LRU cache of ``capacity``.
+    The core sets a record after every change, so a set is what marks it changed."""
+
+    def __init__(self, db: Rdict, funnel: str, capacity: int) -> None:
+        self._db = db
+        self._prefix = _LIFECYCLE + funnel.encode() + b"\x00"
+        self.capacity = capacity
+        self._cache: OrderedDict[str, UserRecord] = OrderedDict()  # stored, unchanged
+        self._changed: dict[str, UserRecord] = {}  # set since the last commit
+        self._deleted: set[str] = set()  # deleted since the last commit
+
+    def _key(self, unit_id: str) -> bytes:
+        return self._prefix + unit_id.encode()
+
+    def __getitem__(self, unit_id: str) -> UserRecord:
+        record = self._changed.get(unit_id)
+        if record is not None:
+            return record
+        record = self._cache.get(unit_id)
+        if record is not None:
+            self._cache.move_to_end(unit_id)
+            return record
+        raw = None if unit_id in self._deleted else self._db.get(self._key(unit_id))
+        if raw is None:
+            raise KeyError(unit_id)
+        record = self._cache[unit_id] = UserRecord.from_json(orjson.loads(raw))
+        while len(self._cache) > self.capacity:
+            self._cache.popitem(last=False)
+        return record
+
+    def __setitem__(self, unit_id: str, record: UserRecord) -> None:
+        self._cache.pop(unit_id, None)
+        self._deleted.discard(unit_id)
+        self._changed[unit_id] = record
+
+    def __delitem__(self, unit_id: str) -> None:
+        if unit_id not in self:
+            raise KeyError(unit_id)
+        self._cache.pop(unit_id, None)
+        self._changed.pop(unit_id, None)
+        self._deleted.add(unit_id)
+
+    def __iter__(self) -> Iterator[str]:
+        """Every user id: the stored ones (a scan of the disk: for tests and tools, not the
+        event path), then the ones new since the last commit."""
+        stored: set[str] = set()
+        for key in self._db.keys(from_key=self._prefix):
+            assert isinstance(key, bytes)  # raw mode: keys are bytes
+            if not key.startswith(self._prefix):
+                break
+            unit_id = key[len(self._prefix) :].decode()
+            stored.add(unit_id)
+            if unit_id not in self._deleted:
+                yield unit_id
+        yield from (unit_id for unit_id in list(self._changed) if unit_id not in stored)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def changed(self) -> dict[str, list[Any]]:
+        """The records set since the last commit, in their stored form."""
+        return {unit_id: record.to_json() for unit_id, record in self._changed.items()}
+
+    def write(self, batch: WriteBatch) -> None:
+        """Put the changes since the last commit in ``batch``; they are then stored ones."""
+        for unit_id, record in self._changed.items():
+            batch.put(self._key(unit_id), orjson.dumps(record.to_json()))
+            self._cache[unit_id] = record
+        for unit_id in self._deleted:
+            batch.delete(self._key(unit_id))
+        self._changed = {}
+        self._deleted = set()
+        while len(self._cache) > self.capacity:
+            self._cache.popitem(last=False)
+
+
 class WakeIndex:
     """When each unit next needs the clock (a step timeout, forgetting it), on disk; moves since
     the last commit wait in memory (and are written by :meth:`UnitStore.commit`). The task's
@@ -314,6 +402,15 @@ class UnitStore:
         self.meta: dict[str, Any] = orjson.loads(raw_meta) if raw_meta is not None else {}
         self.sessions = CachedSessions(self._db, self._cache_units, int(self.meta.get("units", 0)))
         self.wakes = WakeIndex(self._db)
+        self._lifecycles: dict[str, LifecycleUsers] = {}
+
+    def lifecycle_users(self, funnel: str) -> LifecycleUsers:
+        """The user records of lifecycle funnel ``funnel`` (one mapping per funnel, kept:
+        :meth:`commit` writes its changes)."""
+        found = self._lifecycles.get(funnel)
+        if found is None:
+            found = self._lifecycles[funnel] = LifecycleUsers(self._db, funnel, self._cache_units)
+        return found
 
     def commit(
         self,
@@ -325,8 +422,9 @@ class UnitStore:
     ) -> None:
         """Store one checkpoint: ``states`` (encodable, as :meth:`Task.checkpoint` gives them;
         each unit is in the cache, whose ``wake_ms`` is stored beside it), the ``deleted``
-        units, the wake index's moves and ``meta`` (the log position this reflects), in one
-        atomic write; then evict down to the cache's capacity, keeping ``pinned`` units."""
+        units, the wake index's moves, the lifecycle records set since and ``meta`` (the log
+        position this reflects), in one atomic write; then evict down to the cache's capacity,
+        keeping ``pinned`` units."""
         batch = WriteBatch(raw_mode=True)
         cache = self.sessions
         for unit_id, saved in states.items():
@@ -337,6 +435,8 @@ class UnitStore:
         for unit_id in cache.take_deletions().union(deleted):
             batch.delete(_state_key(unit_id))
         self.wakes.write(batch)
+        for users in self._lifecycles.values():
+            users.write(batch)
         self.meta = {**meta, "units": len(cache)}
         batch.put(_META, orjson.dumps(self.meta))
         self._db.write(batch)
