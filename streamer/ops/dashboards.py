@@ -260,7 +260,8 @@ CONVERSION = DashboardSpec(
     title="streamer / Step conversion and drop-off",
     question=(
         "How does each step's conversion and drop-off move over time, for final cohorts "
-        "(every session decided), and how many sessions of the young cohorts are still open?"
+        "(every session decided), how many sessions of the young cohorts are still open, and "
+        "how does each experiment's variant convert at its guarded steps?"
     ),
     rows=(
         (
@@ -350,6 +351,55 @@ CONVERSION = DashboardSpec(
                         ),
                     ),
                     width=24,
+                ),
+            ),
+        ),
+        (
+            # Gauges the detector's worker sets after every window (0 elsewhere): max over
+            # workers. Funnels without an experiment leave this row empty.
+            "Experiments (final cohorts the guard counted)",
+            (
+                PanelSpec(
+                    "Experiment conversion per variant",
+                    "Each variant's conversion at every guarded step, converted / decided "
+                    "attempts over the final cohorts the experiment guard counted so far "
+                    "(streamer_experiment_conversion_ratio; docs/experiments.md): a variant "
+                    "below its control at a step is what a guardrail alert is about.",
+                    (
+                        Query(
+                            "max by (experiment, step, variant) ("
+                            f"streamer_experiment_conversion_ratio{{{FUNNEL}}})",
+                            "{{experiment}} {{step}} {{variant}}",
+                        ),
+                    ),
+                    unit="percentunit",
+                    width=24,
+                ),
+                PanelSpec(
+                    "Decided attempts per variant",
+                    "Attempts decided (converted + dropped) at each guarded step per variant "
+                    "(streamer_experiment_decided_attempts): an arm is judged from 200.",
+                    (
+                        Query(
+                            "max by (experiment, step, variant) ("
+                            f"streamer_experiment_decided_attempts{{{FUNNEL}}})",
+                            "{{experiment}} {{step}} {{variant}}",
+                        ),
+                    ),
+                ),
+                PanelSpec(
+                    "Exposures per variant",
+                    "Attempts exposed per variant in the windows the guard counted "
+                    "(streamer_experiment_exposures): their split against the declared one is "
+                    "the sample-ratio check.",
+                    (
+                        Query(
+                            "max by (experiment, variant) ("
+                            f"streamer_experiment_exposures{{{FUNNEL}}})",
+                            "{{experiment}} {{variant}}",
+                        ),
+                    ),
+                    stacked=True,
                 ),
             ),
         ),

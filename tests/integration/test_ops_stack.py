@@ -24,6 +24,7 @@ from streamer.app import topic_plan
 from streamer.kafka_io import ensure_topic_plan, run_sync
 from streamer.ops.dashboards import DASHBOARDS, DASHBOARDS_DIR
 from streamer.settings import ENV_PREFIX, Settings, settings_env
+from streamer.simulate import _DEVICES as DEVICE_SHARES
 from streamer.testing import WorkerProcess
 from streamer.testing_slack import FakeSlack
 from tests.support.ops_servers import Alertmanager, Prometheus
@@ -36,7 +37,13 @@ DEPLOY = ROOT / "deploy"
 
 # The simulator compresses sessions into seconds (3 s between clicks): with 5 s windows and
 # 4 s step timeouts, cohort windows turn final, and sessions drop and abandon, within seconds.
+# The timeouts are not a multiple of the window on purpose (the guard and the baselines must
+# count every final window all the same). The simulator assigns no experiment, but it draws
+# each session's device at random with known shares: an experiment reading its variant from
+# the device, with those shares declared, is an A/A test whose arms the guard counts (the
+# experiment panels' data) and whose split matches (no sample-ratio alert).
 FUNNEL_NAME = "checkout"
+EXPERIMENT_NAME = "device_split"
 FUNNEL = f"""
 name: {FUNNEL_NAME}
 conversion_window: 1m
@@ -50,6 +57,12 @@ stages:
   - {{name: order, event_type: order_placed, where: {{value: {{gt: 0}}}}}}
 segments: {{device: {{cap: 6}}, channel: {{cap: 8}}, utm_campaign: {{cap: 4}}}}
 abandonment: [cart, checkout, payment]
+experiments:
+  - name: {EXPERIMENT_NAME}
+    exposure: cart
+    variant_from: context.device
+    variants: {{{", ".join(f"{device}: {share}" for device, share in DEVICE_SHARES)}}}
+    control: desktop
 """
 SIMULATION_SECONDS = 30
 SCRAPE_INTERVAL = "1s"
@@ -238,7 +251,8 @@ def series_values(result: list[dict[str, Any]]) -> dict[str, float]:
 
 def worker_data_shows(results: dict[str, list[dict[str, Any]]], settings: Settings) -> list[str]:
     """What the panels must show once the worker has worked, not zeros: input on both topics,
-    final cohorts entering the first stage, the first step's sessions decided, the worker up.
+    final cohorts entering the first stage, the first step's sessions decided, the experiment's
+    control arm counted, the worker up.
     Returns what is missing."""
 
     def values(source_suffix: str) -> dict[str, float]:
@@ -256,6 +270,11 @@ def worker_data_shows(results: dict[str, list[dict[str, Any]]], settings: Settin
     conversion = values("Funnel overview / Step conversion [A]").get("step=landing->product_view")
     if conversion is None or not 0 < conversion < 1:
         missing.append(f"landing->product_view conversion: {conversion}")
+    # The guard counted the control arm's final cohorts (4 s timeouts in 5 s windows).
+    decided = values("Step conversion and drop-off / Decided attempts per variant [A]")
+    arm = f"experiment={EXPERIMENT_NAME},step=cart->checkout,variant=desktop"
+    if not decided.get(arm, 0) > 0:
+        missing.append(f"decided attempts of the experiment's control: {decided}")
     if values("Pipeline health / Workers up [A]") != {"": 1.0}:
         missing.append("workers up")
     return missing
