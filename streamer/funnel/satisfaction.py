@@ -33,7 +33,9 @@ __all__ = [
     "LowScoreDetector",
     "LowScorePolicy",
     "Scores",
+    "SubjectKey",
     "is_low",
+    "scores_by_subject",
 ]
 
 SurveyKind = Literal["csat", "nps"]
@@ -81,6 +83,26 @@ class Scores:
         if self.kind != "csat" or not self.answers:
             return None
         return sum(n for score, n in self.counts.items() if score >= 4) / self.answers
+
+
+# (survey index, stage index or -1 for none yet, segment dimension or -1 for the stage's
+# total, segment value or ""): the key of :attr:`WindowCounts.answers` without the score.
+SubjectKey = tuple[int, int, int, str]
+
+
+def scores_by_subject(
+    answers: Mapping[tuple[int, int, int, str, int], int], kinds: list[SurveyKind]
+) -> dict[SubjectKey, Scores]:
+    """A window's answer counts (:attr:`streamer.funnel.windows.WindowCounts.answers`) as the
+    scores of each survey at each stage and segment value; ``kinds``: each survey's kind."""
+    out: dict[SubjectKey, Scores] = {}
+    for (survey, stage, dim, value, score), n in answers.items():
+        key = (survey, stage, dim, value)
+        scores = out.get(key)
+        if scores is None:
+            scores = out[key] = Scores(kinds[survey])
+        scores.add(score, n)
+    return out
 
 
 @dataclass(frozen=True)

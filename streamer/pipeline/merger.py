@@ -22,9 +22,10 @@ from typing import Any
 import orjson
 
 from streamer.errors import OutputRefusedError
-from streamer.events import SegmentStats, StageStats, TimeToConvert, WindowStats
+from streamer.events import SegmentStats, StageStats, SurveyStats, TimeToConvert, WindowStats
 from streamer.formatting import utc_datetime
 from streamer.funnel.definition import FunnelDefinition
+from streamer.funnel.satisfaction import SCORE_RANGE, scores_by_subject
 from streamer.funnel.session import NEVER
 from streamer.funnel.windows import (
     TIME_TO_CONVERT_BUCKETS_MS,
@@ -123,6 +124,34 @@ def _stage_stats(
     )
 
 
+def survey_stats(funnel: FunnelDefinition, counts: WindowCounts) -> list[SurveyStats]:
+    """A window's answers per survey, stage and segment value (docs/satisfaction.md), from
+    counts whose segment values are folded as its stages' (:func:`fold_segments`)."""
+    kinds = [survey.kind for survey in funnel.surveys]
+    out = []
+    for (survey, stage, dim, value), scores in sorted(
+        scores_by_subject(counts.answers, kinds).items()
+    ):
+        low, high = SCORE_RANGE[scores.kind]
+        nps = scores.nps()
+        satisfied = scores.satisfied_share()
+        out.append(
+            SurveyStats(
+                survey=funnel.surveys[survey].name,
+                kind=scores.kind,
+                stage=funnel.stages[stage].name if stage >= 0 else "none",
+                dimension=funnel.segments[dim].name if dim >= 0 else None,
+                value=value if dim >= 0 else None,
+                answers=scores.answers,
+                low=scores.low,
+                distribution={str(s): scores.counts.get(s, 0) for s in range(low, high + 1)},
+                satisfied_share=None if satisfied is None else round(satisfied, 6),
+                nps=None if nps is None else round(nps, 4),
+            )
+        )
+    return out
+
+
 def window_stats(
     funnel: FunnelDefinition,
     start_ms: int,
@@ -171,6 +200,7 @@ def window_stats(
             )
             for (dim, value), steps in sorted(folded.segments.items())
         ],
+        answers=survey_stats(funnel, folded),
     )
 
 

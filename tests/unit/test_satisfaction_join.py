@@ -221,3 +221,45 @@ def test_surveys_are_checked_against_the_events_there_are() -> None:
             "surveys": [{"name": "csat", "event_type": "order_placed", "score": "s",
                          "kind": "csat"}],
         })  # fmt: skip
+
+
+def test_the_published_record_and_funnel_show_carry_the_answers() -> None:
+    """The window record's answers (what ``streamer funnel show`` sums) against the oracle's,
+    on the session of the test above: each survey's answers per stage, and their figures."""
+    from streamer.pipeline.merger import window_stats
+    from streamer.query import FunnelView
+    from tests.support.core_run import record_answers
+
+    events = [_event(1, 1, "page_view")] + [
+        _event(10 + i, 2, "nps_answered", score) for i, score in enumerate((10, 9, 8, 6, 0))
+    ]
+    sql = compute([FUNNEL], events, END)
+    record = window_stats(FUNNEL, 0, 1, _counts_of(events), watermark_ms=END)
+    assert record_answers(record) == sql.answers
+    view = FunnelView()
+    view.add(record)
+    shown = view.summary()["shop"]["last_window"]["answers"]
+    assert shown == [
+        {
+            "survey": "nps",
+            "kind": "nps",
+            "stage": "landing",
+            "answers": 5,
+            "low": 2,
+            "distribution": {"0": 1, "6": 1, "8": 1, "9": 1, "10": 1},
+            "satisfied_share": None,
+            "nps": 0.0,
+        }
+    ]
+
+
+def _counts_of(events: list[dict[str, Any]]) -> Any:
+    from streamer.funnel.session import CompiledFunnel
+    from streamer.funnel.task import Task
+    from tests.support.core_run import stored
+
+    task = Task((CompiledFunnel(FUNNEL),), 0, retention_ms=10**12)
+    for event in events:
+        task.offer(str(event["session_id"]), stored(event))
+    task.advance(END)
+    return next(p.counts for p in task.drain().partials if p.window_start_ms == 0)
