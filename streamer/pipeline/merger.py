@@ -42,7 +42,7 @@ from streamer.pipeline.tables import Deliveries, confirmed_table, stopping_the_w
 from streamer.pipeline.topics import record_topic
 from streamer.settings import Settings
 
-__all__ = ["WindowMerger", "install", "window_stats"]
+__all__ = ["WindowMerger", "install", "show_answers", "survey_stats", "window_stats"]
 
 log = logging.getLogger(__name__)
 
@@ -644,6 +644,7 @@ class WindowMerger:
             metrics.time_to_convert.observe_buckets(
                 funnel.name, step, raw.time_to_convert_buckets, raw.time_to_convert_ms_sum
             )
+        show_answers(metrics, funnel, stats)
         # Landing bounce by campaign: mismatched messaging shows as one campaign's bounce.
         campaign = campaign_dimension(funnel)
         for segment in stats.segments if campaign is not None else ():
@@ -655,6 +656,35 @@ class WindowMerger:
                     metrics.landing_outcomes.labels(
                         funnel=funnel.name, campaign=segment.value, outcome=outcome
                     ).inc(count)
+
+
+def show_answers(metrics: Metrics, funnel: FunnelDefinition, stats: WindowStats) -> None:
+    """The survey gauges of a final window (docs/satisfaction.md): every score of every
+    survey and stage (0 when none gave it); the figures of the subjects with answers."""
+    if not funnel.surveys:
+        return
+    given = {(row.survey, row.stage): row for row in stats.answers if row.dimension is None}
+    for survey in funnel.surveys:
+        low, high = SCORE_RANGE[survey.kind]
+        for stage in ("none", *(s.name for s in funnel.stages)):
+            row = given.get((survey.name, stage))
+            for score in range(low, high + 1):
+                n = row.distribution.get(str(score), 0) if row is not None else 0
+                metrics.survey_answers.labels(
+                    funnel=funnel.name, survey=survey.name, stage=stage, score=score
+                ).set(n)
+    for row in stats.answers:
+        headline = row.nps if row.kind == "nps" else row.satisfied_share
+        labels = {
+            "funnel": funnel.name,
+            "survey": row.survey,
+            "stage": row.stage,
+            "dimension": row.dimension or "",
+            "value": row.value or "",
+        }
+        if headline is not None:
+            metrics.survey_score.labels(**labels, figure=row.kind).set(headline)
+        metrics.survey_score.labels(**labels, figure="low").set(row.low / row.answers)
 
 
 def install(
