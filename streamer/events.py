@@ -459,13 +459,15 @@ class Alert(_Strict):
         description="funnel/step/watermark ms of the evaluation that fired; data quality: "
         "funnel/tracking/topic:<name> or event_type:<name>/watermark ms"
     )
-    kind: Literal["drop_off", "data_quality", "guardrail", "sample_ratio"] = Field(
+    kind: Literal["drop_off", "data_quality", "guardrail", "sample_ratio", "low_score"] = Field(
         default="drop_off",
         description="drop_off: a step converts less than its baseline; data_quality: an input "
         "topic or event type went silent while the rest flows (tracking broke, conversion may "
         "not have): the steps it feeds are not judged meanwhile; guardrail: an experiment's "
         "variant converts worse than its control at a step; sample_ratio: an experiment's "
-        "exposures contradict its intended split",
+        "exposures contradict its intended split; low_score: the share of a survey's low "
+        "answers at a stage (or a segment value of it) rose above its baseline "
+        "(observed_rate now, expected_rate before; decided the answers, dropped the low ones)",
     )
     state: Literal["firing", "repeat", "resolved"]
     severity: Literal["page", "warning"]
@@ -529,6 +531,12 @@ class Alert(_Strict):
     )
     intended_split: dict[str, float] = Field(
         default_factory=dict, description="sample ratio: the declared share of each variant"
+    )
+    survey: str | None = Field(default=None, description="low score: the survey")
+    segment: str | None = Field(
+        default=None,
+        description="low score: the segment value (dimension=value) judged; absent: the stage's "
+        "total",
     )
 
 
