@@ -22,7 +22,12 @@ from streamer.funnel.satisfaction import (
 )
 from streamer.funnel.windows import WindowCounts
 
-__all__ = ["low_score_alert_record", "low_score_decisions", "low_scores_key"]
+__all__ = [
+    "judge_low_scores",
+    "low_score_alert_record",
+    "low_score_decisions",
+    "low_scores_key",
+]
 
 
 def low_scores_key(funnel: FunnelDefinition) -> str:
@@ -43,16 +48,25 @@ def low_score_decisions(
     raw = table.get(low_scores_key(funnel))
     if raw is not None:
         detector.load_json(orjson.loads(raw))
-    kinds = [survey.kind for survey in funnel.surveys]
-    decisions = []
-    for watermark in watermarks:
-        closed = windows.get(watermark - funnel.window_ms)
-        window: dict[SubjectKey, tuple[int, int]] = {}
-        if closed is not None:
-            for key, scores in scores_by_subject(closed.answers, kinds).items():
-                window[key] = (scores.answers, scores.low)
-        decisions.extend(detector.evaluate(watermark, window))  # type: ignore[arg-type]
+    decisions = [d for w in watermarks for d in judge_low_scores(funnel, detector, w, windows)]
     return decisions, detector
+
+
+def judge_low_scores(
+    funnel: FunnelDefinition,
+    detector: LowScoreDetector,
+    watermark: int,
+    windows: Mapping[int, WindowCounts],
+) -> list[LowScoreDecision]:
+    """One boundary: the answers of the window it closes, per subject, judged (the worker's
+    and a replay's)."""
+    kinds = [survey.kind for survey in funnel.surveys]
+    closed = windows.get(watermark - funnel.window_ms)
+    window: dict[SubjectKey, tuple[int, int]] = {}
+    if closed is not None:
+        for key, scores in scores_by_subject(closed.answers, kinds).items():
+            window[key] = (scores.answers, scores.low)
+    return detector.evaluate(watermark, window)  # type: ignore[arg-type]
 
 
 def _subject_names(funnel: FunnelDefinition, key: SubjectKey) -> tuple[str, str, str | None]:
