@@ -15,7 +15,7 @@ from typing import Any
 from aiokafka.errors import IllegalStateError
 from prometheus_client import Histogram
 
-from streamer.startup import SWEEP_CHECK_EVERY_S, sweep_frozen_if_grown
+from streamer.startup import SWEEP_CHECK_EVERY_S, FrozenSweep
 
 __all__ = [
     "Beside",
@@ -225,16 +225,39 @@ def install_loop_lag_monitor(app: Any, histogram: Histogram) -> None:
 
 def install_frozen_sweep(app: Any) -> None:
     """Check every ``SWEEP_CHECK_EVERY_S`` whether the objects frozen out of the garbage
-    collector (``streamer.startup``, decision 0007) are due a full collection, and run it."""
+    collector (``streamer.startup``, decision 0007) hold enough garbage to be due a full
+    collection (counted in a forked child), and run it; each step is logged."""
+    sweep = FrozenSweep()
 
     async def sweep_frozen() -> None:
-        started = time.perf_counter()
-        freed = sweep_frozen_if_grown()
-        if freed is not None:
+        check = sweep.step(time.monotonic())
+        if check is None:
+            return
+        if check.fork_s is not None:
             log.info(
-                "garbage collector: a full collection of the frozen objects freed %d (%.3fs)",
-                freed,
-                time.perf_counter() - started,
+                "garbage collector: %d frozen objects, counting their garbage in a child "
+                "(fork %.3fs)",
+                check.frozen,
+                check.fork_s,
+            )
+        elif check.unanswered:
+            log.warning(
+                "garbage collector: the count of the frozen objects' garbage went unanswered"
+            )
+        elif check.swept is None:
+            log.info(
+                "garbage collector: %d of %d frozen objects are garbage: no full collection",
+                check.garbage,
+                check.frozen,
+            )
+        else:
+            log.info(
+                "garbage collector: %d of %d frozen objects are garbage: a full collection "
+                "freed %d (%.3fs)",
+                check.garbage,
+                check.frozen,
+                check.swept,
+                check.sweep_s,
             )
 
     install_timer(app, SWEEP_CHECK_EVERY_S, sweep_frozen, "gc.sweep_frozen")
