@@ -40,7 +40,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_DEVICES = (("desktop", 0.45), ("mobile", 0.35), ("ios", 0.1), ("android", 0.08), ("tablet", 0.02))
+# The simulated devices and their shares (the ops-stack test declares an A/A split on them).
+DEVICE_SHARES = (("desktop", 0.45), ("mobile", 0.35), ("ios", 0.1), ("android", 0.08),
+                 ("tablet", 0.02))  # fmt: skip
 _CHANNELS = (("organic", 0.4), ("paid_search", 0.25), ("email", 0.15), ("social", 0.12),
              ("direct", 0.08))  # fmt: skip
 _COUNTRIES = (("DE", 0.5), ("AT", 0.15), ("CH", 0.1), ("NL", 0.15), ("FR", 0.1))
@@ -162,7 +164,7 @@ class _SessionEvents:
         self, rng: random.Random, session_id: str, start: datetime, mean_gap_seconds: float
     ) -> None:
         context = {
-            "device": _pick(rng, _DEVICES),
+            "device": _pick(rng, DEVICE_SHARES),
             "channel": _pick(rng, _CHANNELS),
             "country": _pick(rng, _COUNTRIES),
             "utm_source": rng.choice(("google", "newsletter", "instagram", None)),

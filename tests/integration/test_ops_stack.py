@@ -24,7 +24,7 @@ from streamer.app import topic_plan
 from streamer.kafka_io import ensure_topic_plan, run_sync
 from streamer.ops.dashboards import DASHBOARDS, DASHBOARDS_DIR
 from streamer.settings import ENV_PREFIX, Settings, settings_env
-from streamer.simulate import _DEVICES as DEVICE_SHARES
+from streamer.simulate import DEVICE_SHARES
 from streamer.testing import WorkerProcess
 from streamer.testing_slack import FakeSlack
 from tests.support.ops_servers import Alertmanager, Prometheus
