@@ -19,8 +19,8 @@ from streamer.funnel.definition import FunnelDefinition
 from tests.oracle import compute
 from tests.support.compare import assert_same
 from tests.support.core_run import assert_final_consistent, run_core
-from tests.support.generated_cases import CASE_SPAN_MS, case_batch
 from tests.support.generated_cases import arrival as delayed_arrival
+from tests.support.generated_cases import case_batch
 
 FUNNEL = FunnelDefinition.model_validate(
     {
@@ -465,15 +465,8 @@ def user_case(draw: Any, prefix: str) -> list[dict[str, Any]]:
     return events
 
 
-@st.composite
-def user_batch(draw: Any, size: int) -> list[list[dict[str, Any]]]:
-    cases = []
-    for index in range(size):
-        events = draw(user_case(f"c{index}"))
-        for event in events:
-            event["at_ms"] += index * CASE_SPAN_MS
-        cases.append(events)
-    return cases
+def user_batch(size: int) -> Any:
+    return case_batch(user_case, size)
 
 
 @given(cases=batch(40), seed=st.integers(0, 2**32))
