@@ -656,7 +656,7 @@ def apply_instant(
     masks = [funnel.stage_mask(event) for event in events] if funnel.by_mask else None
     order_masks = masks  # an order retracts whether or not it is the unit's first
     if funnel.remembers_instants:
-        _remember_instant(funnel, progress, at_ms, retention_ms)
+        _remember_instant(progress, at_ms, retention_ms)
         if funnel.first_time and masks is not None:
             masks = _first_time_only(funnel, progress, masks)
     if masks is None:
@@ -788,9 +788,7 @@ def apply_instant(
     return _result(dropped, retracted)
 
 
-def _remember_instant(
-    funnel: CompiledFunnel, progress: Progress, at_ms: int, retention_ms: int
-) -> None:
+def _remember_instant(progress: Progress, at_ms: int, retention_ms: int) -> None:
     """The unit's instant at ``at_ms``: after a silence longer than the retention it forgets
     its first-time stages and first exposures, as the task forgets a state at rest: so the
     numbers never depend on when the state was dropped."""
