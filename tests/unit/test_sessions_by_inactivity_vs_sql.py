@@ -18,7 +18,8 @@ from tests.oracle import compute
 from tests.oracle.inactivity import cut_by_inactivity
 from tests.support.compare import assert_same
 from tests.support.core_run import CoreResult, assert_final_consistent, run_core
-from tests.unit.test_core_vs_sql import CASE_SPAN_MS, END, FUNNEL, LATENESS_MS, TYPES, arrival
+from tests.support.generated_cases import CASE_SPAN_MS
+from tests.unit.test_core_vs_sql import END, FUNNEL, LATENESS_MS, TYPES, arrival
 from tests.unit.test_spec_examples import S, counts, events, funnel, ttc
 
 # FUNNEL's landing step times out after 20 s: longer than this gap, so an attempt can still be
