@@ -229,7 +229,15 @@ class PlanDecoder:
     def decode(
         self, raw: bytes | None, *, topic: str, received_at: datetime
     ) -> DecodedEvent | Rejection | Ignored:
-        result = self.plan.decode(raw, topic, max_bytes=self.limits.max_bytes)
+        return self.timed(
+            self.plan.decode(raw, topic, max_bytes=self.limits.max_bytes), received_at
+        )
+
+    def timed(
+        self, result: PlannedEvent | Rejection | Ignored, received_at: datetime
+    ) -> DecodedEvent | Rejection | Ignored:
+        """The plan's decode of a message, checked against the time it was received and
+        projected (the file report decodes each line once, then learns when it arrived)."""
         if not isinstance(result, PlannedEvent):
             return result
         # The time checks in milliseconds (no datetime per event); a refusal is explained by

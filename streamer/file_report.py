@@ -37,11 +37,12 @@ from typing import Any
 import orjson
 
 from streamer.decode import Rejection
+from streamer.decoders import PlanDecoder
 from streamer.errors import InputFileError
 from streamer.events import ReplayReport
 from streamer.formatting import utc_datetime
 from streamer.funnel.definition import FunnelDefinition
-from streamer.plan.compile import CompiledPlan, PlannedEvent
+from streamer.plan.compile import CompiledPlan, Ignored, PlannedEvent
 from streamer.plan.model import PropertySpec, split_path
 from streamer.range_replay import RangeReplay
 from streamer.settings import Settings
@@ -279,19 +280,25 @@ def report_file(
         for name, event in plan.plan.events.items()
     }
 
-    def arrivals() -> Iterator[tuple[int, int, str, bytes]]:
-        """(received ms, line, topic, message) in file order."""
+    decoder = engine.decoder
+    assert isinstance(decoder, PlanDecoder)  # configured with a plan
+
+    def arrivals() -> Iterator[tuple[int, int, str, PlannedEvent | Rejection | Ignored]]:
+        """(received ms, line, topic, the plan's decode) in file order: each line decoded
+        once, its time of arrival read from the decode."""
         received_ms = engine.start_ms
         for line, message in file_messages(path, fmt, plan, columns, progress):
             decoded = plan.decode(message, None, max_bytes=settings.max_event_bytes)
             name = None
             if isinstance(decoded, PlannedEvent):
                 received_ms, name = _received_ms(decoded), decoded.name
-            yield received_ms, line, topic or planned_topics.get(name or "", source), message
+            yield received_ms, line, topic or planned_topics.get(name or "", source), decoded
 
     ordered = sorted(arrivals(), key=lambda item: item[:2]) if sort else arrivals()
-    for received_ms, line, line_topic, message in ordered:
-        outcome = engine.offer(source, line_topic, message, utc_datetime(received_ms))
+    for received_ms, line, line_topic, planned in ordered:
+        outcome = engine.offer_decoded(
+            source, line_topic, decoder.timed(planned, utc_datetime(received_ms))
+        )
         if (
             isinstance(outcome, Rejection)
             and rejected is not None

@@ -197,8 +197,15 @@ class RangeReplay:
     ) -> DecodedEvent | Rejection | Ignored:
         """One message of ``input_name`` (``topic/partition``) received at ``received_at``,
         decoded as the worker does; what it decoded to."""
+        return self.offer_decoded(
+            input_name, topic, self.decoder.decode(raw, topic=topic, received_at=received_at)
+        )
+
+    def offer_decoded(
+        self, input_name: str, topic: str, decoded: DecodedEvent | Rejection | Ignored
+    ) -> DecodedEvent | Rejection | Ignored:
+        """``offer`` of a message its caller decoded already (by this engine's decoder)."""
         self.counts["read"] += 1
-        decoded = self.decoder.decode(raw, topic=topic, received_at=received_at)
         if isinstance(decoded, Rejection):
             self.counts["rejected"] += 1
             return decoded
