@@ -63,7 +63,7 @@ from streamer.funnel.detect import AlertDecision, FunnelDetector
 from streamer.funnel.experiments import ExperimentGuard
 from streamer.funnel.session import NEVER, CompiledFunnel
 from streamer.funnel.task import Offer, Task, TaskOutput
-from streamer.funnel.windows import WindowCounts, fold_segments, merge_partials
+from streamer.funnel.windows import WindowCounts, fold_segments, merge_partials, window_start
 from streamer.kafka_io import make_consumer, make_producer, stop_consumer, topic_partitions
 from streamer.pipeline.detector import alert_record, tracking_alert_record
 from streamer.pipeline.guardrails import experiment_alert_record
@@ -118,8 +118,7 @@ class RangeReplay:
     ) -> None:
         self.funnels = tuple(funnels)
         self.start_ms, self.end_ms = to_epoch_ms(start), to_epoch_ms(end)
-        # With ``drain``, read on past ``to`` (events of sessions already seen only) until
-        # every cohort window of the range is final.
+        # With ``drain``, read on past ``to`` until every cohort window of the range is final.
         lag = max(f.window_ms + f.finality_lag_ms for f in self.funnels)
         self.until_ms = self.end_ms + lag if drain else self.end_ms
         self.lateness_ms = allowed_lateness_ms
@@ -216,11 +215,9 @@ class RangeReplay:
         if stored.at_ms > self.fronts.get(input_name, NEVER):
             self.fronts[input_name] = stored.at_ms
         in_range = self.start_ms <= stored.at_ms < self.end_ms
-        drained = (
-            not in_range
-            and self.end_ms <= stored.at_ms < self.until_ms
-            and decoded.session_id in self.task.sessions
-        )
+        # Past ``to`` (--drain) every event is read: only attempts that started before ``to``
+        # are reported, and a user funnel's unit may go on in a session that starts later.
+        drained = not in_range and self.end_ms <= stored.at_ms < self.until_ms
         if not (in_range or drained):
             self.counts["out_of_range"] += 1
             return decoded
@@ -267,6 +264,8 @@ class RangeReplay:
             # watermark, so the unit task takes the same step and nothing is late there.
             for forward in out.forwards:
                 unit = forward.unit
+                if forward.event.at_ms >= self.end_ms and unit not in self.unit_task.sessions:
+                    continue  # drained: a unit first seen past ``to`` has no attempt to decide
                 self.unit_task.offer(unit, forward.event, unit_user(unit), self.units_topic)
             self.unit_task.advance(watermark_ms)
             self._collect(self.unit_task.drain(), self._unit_runs)
@@ -282,6 +281,8 @@ class RangeReplay:
                 run.windows[start] = partial.counts
         for notice in out.abandonments:
             run = runs[notice.funnel]
+            if window_start(notice.abandoned.attempt_ms, run.funnel.window_ms) >= self.end_ms:
+                continue  # drained: an attempt that started past ``to`` is not in the range
             stage = run.funnel.stages[notice.abandoned.stage].name
             (run.retracted if notice.order_ms is not None else run.abandoned)[stage] += 1
 

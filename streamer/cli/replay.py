@@ -85,8 +85,8 @@ def _time_range(start: str, end: str) -> tuple[Any, Any]:
 @click.option(
     "--drain",
     is_flag=True,
-    help="read on past --to (events of sessions already seen) until every cohort window of the "
-    "range is final, instead of reporting sessions open at --to as open",
+    help="read on past --to until every cohort window of the range is final (attempts open at "
+    "--to decided as live decides them), instead of reporting them as open",
 )
 @click.option(
     "--notify",

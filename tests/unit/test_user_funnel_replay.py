@@ -22,7 +22,7 @@ from streamer.cli import cli
 from streamer.events import ReplayReport
 from streamer.funnel.definition import FunnelDefinition, load_funnel
 from streamer.range_replay import RangeReplay
-from tests.oracle import compute
+from tests.oracle import OracleResult, compute
 from tests.support.compare import assert_replay_equals_oracle
 from tests.support.traffic import (
     Dataset,
@@ -121,6 +121,40 @@ def test_a_user_funnel_replayed_gives_the_oracles_numbers_beside_a_session_funne
             assert sum(a.abandoned for a in replayed["by_user"].abandonments) > 0
         else:
             assert sum(s.open for s in by_user.values()) > 0, "units still open at the cut"
+
+
+def test_drained_at_a_cut_counts_the_later_sessions_of_open_units_as_live(
+    tmp_path: Path,
+) -> None:
+    """`--drain` with `--to` inside the data: the windows before the cut are decided by every
+    later event, a user's sessions that start after the cut (another device) included, so
+    they equal the oracle's over all the data, cohorts before the cut (what live counts)."""
+    definitions = funnels(tmp_path)
+    start, cut, _ = the_range()
+    engine = replay(definitions, cut, seed=3, drain=True)
+    report = engine.report()
+    low, high = round(start.timestamp() * 1000), round(cut.timestamp() * 1000)
+    rows = [e for e in map(oracle_event, dataset().arrivals) if low <= e["at_ms"] < engine.until_ms]
+    later_sessions = {e["session_id"] for e in rows if e["at_ms"] >= high} - {
+        e["session_id"] for e in rows if e["at_ms"] < high
+    }
+    later_users = {e["user_id"] for e in rows if e["session_id"] in later_sessions}
+    earlier_users = {e["user_id"] for e in rows if e["at_ms"] < high}
+    assert later_users & earlier_users - {None}, "no user goes on in a session after the cut"
+    replayed = {f.funnel: f for f in report.funnels}
+    for definition in definitions:
+        full = compute([definition], rows, engine.until_ms)
+        expected = OracleResult(
+            windows={k: v for k, v in full.windows.items() if k[1] < high},
+            segments={k: v for k, v in full.segments.items() if k[1] < high},
+            abandonments={
+                k: v
+                for k, v in full.abandonments.items()
+                if v["attempt_ms"] // definition.window_ms * definition.window_ms < high
+            },
+        )
+        assert_replay_equals_oracle(replayed[definition.name], definition, expected)
+    assert all(w.final for w in replayed["by_user"].windows)
 
 
 def test_any_interleaving_gives_the_same_user_funnel_report(tmp_path: Path) -> None:
