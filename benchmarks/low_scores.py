@@ -15,10 +15,14 @@ import time
 from dataclasses import dataclass
 
 from streamer.funnel.satisfaction import LowScoreDecision, LowScoreDetector
+from streamer.funnel.statistics import binomial_tail
 
 WINDOW_MS = 600_000
 DAY_MS = 86_400_000
 SUBJECTS = (("csat", "order"), ("csat", "payment"), ("nps", "order"))
+# The information limit (docs/alert-quality.md, the same measure as the drop-off incidents'):
+# the broken subject's low share before the onset is read over these hours before it.
+BEFORE_ONSET_MS = 2 * 3_600_000
 
 
 @dataclass
@@ -30,6 +34,7 @@ class Run:
     decisions: list[LowScoreDecision]
     onset_ms: int | None
     seconds: float
+    limit_ms: int | None = None  # incident runs: onset to the information limit
 
     @property
     def false_alerts(self) -> list[LowScoreDecision]:
@@ -49,6 +54,33 @@ class Run:
             if d.state == "firing" and d.subject == SUBJECTS[0] and d.evaluated_at_ms >= onset
         ]
         return min(hits) if hits else None
+
+
+def information_limit_ms(
+    onset_ms: int, broken: list[tuple[int, int, int]], thresholds: dict[int, float]
+) -> int | None:
+    """From the onset to the **information limit**: the end of the first window at which a
+    one-sided exact binomial test of the broken subject's answers since the onset (all of
+    them: the share is constant after it), against its low share over the
+    ``BEFORE_ONSET_MS`` before the onset, at the detector's own per-test threshold of that
+    evaluation, would fire. No minimum count or effect (the detector asks 5 points more
+    than its baseline). ``broken``: (window start, answers, low) in order."""
+    before = [
+        (n, low) for start, n, low in broken if onset_ms - BEFORE_ONSET_MS <= start < onset_ms
+    ]
+    answered = sum(n for n, _ in before)
+    if not answered:
+        return None
+    rate = sum(low for _, low in before) / answered
+    seen = low_seen = 0
+    for start, n, low in broken:
+        if start < onset_ms:
+            continue
+        seen, low_seen = seen + n, low_seen + low
+        end = start + WINDOW_MS
+        if seen and binomial_tail(low_seen, seen, rate) < thresholds[end]:
+            return end - onset_ms
+    return None
 
 
 def _poisson(rng: random.Random, lam: float) -> int:
@@ -73,6 +105,8 @@ def simulate(
     onset = last_day * DAY_MS + 14 * 3_600_000 if incident_share is not None else None
     decisions: list[LowScoreDecision] = []
     answers = 0
+    broken: list[tuple[int, int, int]] = []  # the planted subject's windows
+    thresholds: dict[int, float] = {}
     for index in range(windows):
         start = index * WINDOW_MS
         hour = (start % DAY_MS) / 3_600_000
@@ -87,8 +121,12 @@ def simulate(
             low = sum(rng.random() < rate for _ in range(n))
             window[subject] = (n, low)
             answers += n
+        broken.append((start, *window[SUBJECTS[0]]))
         decisions += detector.evaluate(start + WINDOW_MS, window)
-    return Run(seed, days, incident_share, answers, decisions, onset, time.perf_counter() - started)
+        thresholds[start + WINDOW_MS] = detector.threshold
+    limit = information_limit_ms(onset, broken, thresholds) if onset is not None else None
+    seconds = time.perf_counter() - started
+    return Run(seed, days, incident_share, answers, decisions, onset, seconds, limit)
 
 
 def main() -> None:
@@ -107,13 +145,27 @@ def main() -> None:
         runs = [simulate(100 + seed, 3.0, incident_share=share) for seed in range(args.seeds)]
         latencies = sorted(r.latency_ms / 60_000 for r in runs if r.latency_ms is not None)
         detected = len(latencies)
-        median = latencies[len(latencies) // 2] if latencies else float("nan")
-        worst = latencies[-1] if latencies else float("nan")
         false = sum(len(r.false_alerts) for r in runs)
+        limits = sorted(r.limit_ms / 60_000 for r in runs if r.limit_ms is not None)
+        multiples = sorted(
+            r.latency_ms / r.limit_ms for r in runs if r.latency_ms and r.limit_ms is not None
+        )
         print(
             f"low share 15% -> {share:.0%} at 14:00: detected {detected} of {len(runs)}, "
-            f"median {median:.0f} min, worst {worst:.0f} min, {false} false alerts"
+            f"median {_middle(latencies):.0f} min, worst {_last(latencies):.0f} min, "
+            f"{false} false alerts; "
+            f"information limit median {_middle(limits):.0f} min, worst {_last(limits):.0f} min"
+            f"; latency / limit per run: median {_middle(multiples):.2f}x, "
+            f"worst {_last(multiples):.2f}x"
         )
+
+
+def _middle(values: list[float]) -> float:
+    return values[len(values) // 2] if values else float("nan")
+
+
+def _last(values: list[float]) -> float:
+    return values[-1] if values else float("nan")
 
 
 if __name__ == "__main__":

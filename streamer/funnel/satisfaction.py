@@ -125,6 +125,9 @@ class LowScoreDetector:
     def __init__(self, policy: LowScorePolicy | None = None) -> None:
         self.policy = policy or LowScorePolicy()
         self._subjects: dict[Hashable, _Subject] = {}
+        # The last evaluation's per-test threshold (its family's, after Tarone's pruning), as
+        # the drop-off detector keeps it: the harness's information limit tests at it.
+        self.threshold = self.policy.significance
 
     def warming_up(self) -> dict[Hashable, bool]:
         need = self.policy.min_baseline_answers
@@ -155,7 +158,7 @@ class LowScoreDetector:
                 k = sum(low for _, low in pooled)
                 # The smallest p-value these answers could give (all low): Tarone's count.
                 tests.append((key, n, k, rate, rate**n))
-        threshold = family_threshold(policy.significance, [t[4] for t in tests])
+        threshold = self.threshold = family_threshold(policy.significance, [t[4] for t in tests])
         significant: dict[Hashable, tuple[float, int, int]] = {}
         for key, n, k, rate, _ in tests:
             p = binomial_tail(k, n, rate)

@@ -6,8 +6,15 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.low_scores import SUBJECTS, WINDOW_MS, simulate
+from benchmarks.low_scores import (
+    BEFORE_ONSET_MS,
+    SUBJECTS,
+    WINDOW_MS,
+    information_limit_ms,
+    simulate,
+)
 from streamer.funnel.satisfaction import LowScoreDetector, LowScorePolicy, Scores, is_low
+from streamer.funnel.statistics import binomial_tail
 
 
 def test_nps_and_csat_worked_by_hand() -> None:
@@ -71,3 +78,39 @@ def test_a_rise_of_the_low_share_fires_within_two_hours_and_resolves() -> None:
     firing, resolved = decisions
     assert firing.evaluated_at_ms == 101 * WINDOW_MS  # the first broken window's end
     assert resolved.evaluated_at_ms > 110 * WINDOW_MS
+
+
+def test_the_information_limit_is_the_first_window_whose_answers_since_the_onset_could_fire() -> (
+    None
+):
+    """The harness's limit: answers since the onset against the low share of the two hours
+    before it (15 of 100 per window: 15%), at each evaluation's threshold."""
+    onset = 10 * BEFORE_ONSET_MS
+    windows = BEFORE_ONSET_MS // WINDOW_MS
+    before = [(onset - (i + 1) * WINDOW_MS, 100, 15) for i in reversed(range(windows))]
+    older = [(onset - BEFORE_ONSET_MS - WINDOW_MS, 100, 100)]  # outside the 2 hours: unread
+    thresholds = {onset + (i + 1) * WINDOW_MS: 1e-6 for i in range(12)}
+
+    def limit(after: list[tuple[int, int]]) -> int | None:
+        broken = [*older, *before]
+        broken += [(onset + i * WINDOW_MS, n, low) for i, (n, low) in enumerate(after)]
+        return information_limit_ms(onset, broken, thresholds)
+
+    assert limit([(100, 15)] * 12) is None  # nothing changed: it never could
+    assert limit([(100, 100)]) == WINDOW_MS  # every answer low: the first window says it
+    after = [(30, 8)] * 12  # 27% of 30 answers a window
+    found = limit(after)
+    assert found is not None
+    assert found > WINDOW_MS
+    windows_seen = found // WINDOW_MS
+    n, k = 30 * windows_seen, 8 * windows_seen
+    assert binomial_tail(k, n, 0.15) < 1e-6 <= binomial_tail(k - 8, n - 30, 0.15)
+    assert limit([(60, 16)] * 12) < found  # twice the answers: sooner
+
+
+def test_the_harness_measures_its_incidents_against_their_limit() -> None:
+    run = simulate(101, 3.0, incident_share=0.35)
+    assert run.limit_ms is not None
+    assert run.limit_ms % WINDOW_MS == 0  # evaluations close windows
+    assert run.limit_ms > 0
+    assert simulate(101, 3.0).limit_ms is None  # a healthy run has no incident to measure
