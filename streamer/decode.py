@@ -113,7 +113,9 @@ def decode_event(
             field="event_type",
         )
     try:
-        event: Event = model.model_validate(document)  # type: ignore[assignment]
+        # The model's validator itself: ``model_validate`` is a Python call around it that
+        # only passes its defaults on (this runs per event).
+        event: Event = model.__pydantic_validator__.validate_python(document)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         extra = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""

@@ -111,10 +111,13 @@ def needed_fields(funnels: tuple[FunnelDefinition, ...]) -> frozenset[str]:
     return frozenset(names)
 
 
+# What the core keeps of one event type: property names, (stored name, context field),
+# (stored name, experiment name).
+_Projection = tuple[tuple[str, ...], tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]
+
+
 @cache
-def _field_plan(
-    keep: frozenset[str],
-) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+def _field_plan(keep: frozenset[str]) -> _Projection:
     """``keep`` split once: properties, (stored name, context field), (stored, experiment)."""
     properties = tuple(sorted(n for n in keep if "." not in n))
     context = tuple(sorted((n, n[len("context.") :]) for n in keep if n.startswith("context.")))
@@ -125,38 +128,44 @@ def _field_plan(
 
 
 @cache
-def _model_plan(
-    model: type[Any], keep: frozenset[str]
-) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+def _model_plan(model: type[Any], keep: frozenset[str]) -> _Projection:
     """``_field_plan`` with only the properties ``model`` has (in the same order)."""
     properties, context, experiments = _field_plan(keep)
     return tuple(n for n in properties if n in model.model_fields), context, experiments
 
 
 def stored_event(event: Event, keep: frozenset[str]) -> StoredEvent:
-    """A validated event -> what the core keeps of it (read from the models' __dict__:
-    pydantic's attribute lookup for names a model lacks is slow, and this runs per event;
-    only the model's own properties are looked up)."""
-    properties, context_names, experiment_names = _model_plan(type(event), keep)
+    """A validated event -> what the core keeps of it."""
+    return _project(event, _model_plan(type(event), keep))
+
+
+def _project(event: Event, projection: _Projection) -> StoredEvent:
+    """:func:`stored_event` with the event type's projection at hand (the decoder keeps one
+    per type). Read from the models' __dict__: pydantic's attribute lookup for names a model
+    lacks is slow, and this runs per event; only the model's own properties are looked up."""
+    properties, context_names, experiment_names = projection
     values = event.__dict__
     fields: dict[str, Any] = {}
     for name in properties:
         value = values.get(name)
         if value is not None:
             fields[name] = value
-    context = event.context.__dict__
+    context = values["context"].__dict__
     for stored, name in context_names:
         value = context.get(name)
         if value is not None:
             fields[stored] = value
     if experiment_names:
-        variants = event.context.experiments
+        variants = context["experiments"]
         for stored, name in experiment_names:
             value = variants.get(name)
             if value is not None:
                 fields[stored] = value
     return StoredEvent(
-        round(event.occurred_at.timestamp() * 1000), event.event_id, event.event_type, fields
+        round(values["occurred_at"].timestamp() * 1000),
+        values["event_id"],
+        values["event_type"],
+        fields,
     )
 
 
@@ -166,6 +175,7 @@ class ContractDecoder:
     def __init__(self, limits: DecodeLimits, keep: frozenset[str]) -> None:
         self.limits = limits
         self._keep = keep
+        self._projections = {model: _model_plan(model, keep) for model in EVENT_MODELS.values()}
         self._fingerprint = _fingerprint("contract", repr(limits), *sorted(keep))
 
     @property
@@ -186,7 +196,12 @@ class ContractDecoder:
         result = decode_event(raw, received_at=received_at, limits=self.limits)
         if isinstance(result, Rejection):
             return result
-        return DecodedEvent(stored_event(result, self._keep), result.session_id, result.user_id)
+        values = result.__dict__
+        return DecodedEvent(
+            _project(result, self._projections[type(result)]),
+            values["session_id"],
+            values["user_id"],
+        )
 
 
 class PlanDecoder:
