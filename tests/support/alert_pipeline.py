@@ -277,7 +277,7 @@ def assert_names_the_incident(alerts: list[Alert], incident: Incident) -> None:
 
 # The alert-quality harness's detection bounds (benchmarks.alert_quality, its incidents):
 # watermark minutes from an incident's onset to the first alert that names it.
-DETECTION_BOUND_MINUTES = {"segment": 5, "step": 2, "silence": 5}
+DETECTION_BOUND_MINUTES = {"segment": 5, "step": 1, "silence": 5}
 
 END_MARKER_ID = "end-marker"
 
