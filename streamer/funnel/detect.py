@@ -27,8 +27,9 @@ payment_method=paypal, ...) with enough sessions, so a failure confined to one s
 found by testing that segment. Tests of one evaluation are one family: each is held to
 ``significance / K`` (Bonferroni, with Tarone's refinement: ``K`` counts only the tests whose
 trials could reach that threshold at all), so the false-alert rate is a property of the
-detector, not of a test. Each look is one family at ``significance / looks``, so a window of
-watermark's looks together false-alert at most ``significance``. A test also needs an effect
+detector, not of a test. Each look is one family: the boundary's at ``significance / 2``, each
+early look's at an equal share of the other half, so a window of watermark's looks together
+false-alert at most ``significance``. A test also needs an effect
 worth telling (``min_increase``: the drop rate ``min_increase`` above the baseline's, or the
 matched-age conversion share that much below it).
 
@@ -312,7 +313,7 @@ class FunnelDetector:
             tests[step.index] = self._tests(step, final, aged, watermark_ms)
             if self.looks > 1:
                 tests[step.index] += self._early_tests(step, windows, watermark_ms)
-        threshold = self.threshold = self._family_threshold(tests)
+        threshold = self.threshold = self._family_threshold(tests, boundary=True)
         for step in self.steps:
             step_tests = tests.get(step.index, [])
             firing = [
@@ -326,14 +327,16 @@ class FunnelDetector:
                     step.baseline.learn(cohort)
         return decisions
 
-    def _family_threshold(self, tests: Mapping[int, list[_Test]]) -> float:
-        """One look's per-test threshold. Each of a window's ``looks`` is a family held to
-        ``significance / looks`` (Bonferroni over the looks, Tarone's count within one), so
-        all the tests of one window of watermark together false-alert at most
-        ``significance``, as one evaluation per window did."""
-        return family_threshold(
-            self.policy.significance / self.looks, [t.min_p for ts in tests.values() for t in ts]
-        )
+    def _family_threshold(self, tests: Mapping[int, list[_Test]], *, boundary: bool) -> float:
+        """One look's per-test threshold (Tarone's count within the look). A window of
+        watermark's ``significance`` is split over its looks (Bonferroni): half for the look at
+        its boundary, which runs every test, the other half shared by the early looks between
+        (``significance / 6`` each with 4 looks), so all the tests of one window of watermark
+        together false-alert at most ``significance``, as one evaluation per window did."""
+        significance = self.policy.significance
+        if self.looks > 1:
+            significance /= 2 if boundary else 2 * (self.looks - 1)
+        return family_threshold(significance, [t.min_p for ts in tests.values() for t in ts])
 
     def _early_look(self, watermark_ms: int, windows: Mapping[int, WindowCounts]) -> list[Decision]:
         """A look between two window boundaries: only the early tests, which may fire (or
@@ -343,7 +346,7 @@ class FunnelDetector:
             if step.severity == "off" or step.baseline.entered < self.policy.min_baseline_decided:
                 continue
             tests[step.index] = self._early_tests(step, windows, watermark_ms)
-        threshold = self.threshold = self._family_threshold(tests)
+        threshold = self.threshold = self._family_threshold(tests, boundary=False)
         decisions: list[Decision] = []
         for step in self.steps:
             step_tests = tests.get(step.index, [])
