@@ -595,14 +595,20 @@ def report(results: list[RunResult], command: str, elapsed: float, peak: float) 
         "",
         "What holds the latency above the limit (the detector's structure, "
         "`streamer/funnel/detect.py`): a cohort is a one-minute window, tested at matched age "
-        "once it is `min_age` (60 s) past its end, at evaluations once per minute of "
-        "watermark, so a break at a window's start is first tested two minutes later, however "
-        "clear its first seconds are (the step incident: a limit of about half a minute, a "
-        "floor of 2 minutes, 4x). A segment too small for one young span (at night apple_pay "
-        "has about 0.4 payments a minute: fewer than 5 expected conversions in the young "
-        "cohorts, never 10 sessions in one final window) is found by the matched-age test "
-        "over the accumulated spans (20 and 30 minutes, taking in the cohorts already final "
-        "for the step): the evidence of every payment since the break, in the same family.",
+        "once it is `min_age` (60 s) past its end at the minute's boundary; between "
+        "boundaries, every 15 s, the early looks test the step over quarter-minute slices of "
+        "the newest windows, each once it is 15 s old, at the time-to-convert bounds its age "
+        "reaches (15 s, 30 s, ...). So a break at a minute's start is first tested 30 s later, "
+        "on one slice (about 9 payments by day: not enough at the threshold), and found at "
+        "45 s on two; the limit reads each payment's exact age, about 25 s. With one look a "
+        "minute (the rows with 1 look) the floor was 2 minutes. The early looks test the step "
+        "only: a segment's failure is found at the boundaries, as before. A segment too small "
+        "for one young span (at night apple_pay has about 0.4 payments a minute: fewer than 5 "
+        "expected conversions in the young cohorts, never 10 sessions in one final window) is "
+        "found by the matched-age test over the accumulated spans (20 and 30 minutes, taking "
+        "in the cohorts already final for the step): the evidence of every payment since the "
+        "break, in the same family. The limit reads the threshold of the latest look, an early "
+        "one too (fewer tests, its share of the significance: docs/alerts.md).",
         "",
     ]
     for r in results:
