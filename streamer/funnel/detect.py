@@ -54,6 +54,7 @@ same cohorts gives the same alerts.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -193,6 +194,7 @@ class _Test:
     start_ms: int = 0  # the cohorts tested: first window's start .. last window's end
     end_ms: int = 0
     min_p: float = 0.0  # the smallest p-value its trials could give (all failed)
+    early: bool = False  # an early look's test (on slices)
 
     @property
     def excess(self) -> float:
@@ -316,9 +318,7 @@ class FunnelDetector:
         threshold = self.threshold = self._family_threshold(tests, boundary=True)
         for step in self.steps:
             step_tests = tests.get(step.index, [])
-            firing = [
-                t for t in step_tests if t.p_value < threshold and t.effect >= step.min_increase
-            ]
+            firing = [t for t in step_tests if _fires(t, threshold, step.min_increase)]
             decision = self._decide(step, firing, step_tests, fresh[step.index], watermark_ms)
             if decision is not None:
                 decisions.append(decision)
@@ -350,9 +350,7 @@ class FunnelDetector:
         decisions: list[Decision] = []
         for step in self.steps:
             step_tests = tests.get(step.index, [])
-            firing = [
-                t for t in step_tests if t.p_value < threshold and t.effect >= step.min_increase
-            ]
+            firing = [t for t in step_tests if _fires(t, threshold, step.min_increase)]
             decision = self._decide(step, firing, step_tests, [], watermark_ms, early=True)
             if decision is not None:
                 decisions.append(decision)
@@ -403,7 +401,10 @@ class FunnelDetector:
                 converted += within[index - 1] if index else 0
                 expected += entered * step.baseline.converted_within(index)
             span_ms = (recent[0][0], recent[-1][1])
-            out.extend(self._lower(None, trials, converted, expected, step, span_ms))
+            out.extend(
+                dataclasses.replace(test, early=True)
+                for test in self._lower(None, trials, converted, expected, step, span_ms)
+            )
         return out
 
     def _matched_age_spans(self) -> list[int]:
@@ -613,6 +614,16 @@ class FunnelDetector:
             step.load_json(saved)
         if "tracking" in raw:  # absent in state stored before the tracking check
             self.tracking.load_json(raw["tracking"])
+
+
+def _fires(test: _Test, threshold: float, min_increase: float) -> bool:
+    """Whether ``test`` is significant with an effect worth telling. An early look's test
+    (the step's, on slices) also needs half of the conversions expected by then missing: the
+    failure of nearly everyone, which no segment explains; a partial failure, which one may,
+    is left to the boundary's tests, which name the segment."""
+    if test.p_value >= threshold or test.effect < min_increase:
+        return False
+    return not test.early or test.effect >= (1.0 - test.expected_rate) / 2
 
 
 def _explain(

@@ -190,6 +190,23 @@ def test_a_step_broken_for_everyone_fires_at_an_early_look_inside_the_window() -
     assert states == ["resolved"]
 
 
+def test_an_early_look_leaves_a_partial_failure_to_the_boundary_tests() -> None:
+    """A third of the payments failing (as one large payment method failing would): clear on
+    the slices (p far below the threshold), but fewer than half of the expected conversions
+    missing, which a segment may explain: no early look fires; the boundary's tests do."""
+    funnel = checkout()
+    detector = FunnelDetector(funnel)
+    onset = warm(detector) + 5 * MIN
+    decisions = []
+    for look in range(1, LOOKS_PER_WINDOW):
+        windows = {onset: sliced(funnel, onset, [(100, 60)] * look)}
+        decisions += detector.evaluate(onset + look * 15_000, windows)
+    assert decisions == []
+    windows = {onset: sliced(funnel, onset, [(100, 60)] * LOOKS_PER_WINDOW)}
+    windows[onset + MIN] = sliced(funnel, onset + MIN, [(100, 60)] * LOOKS_PER_WINDOW)
+    assert detector.evaluate(onset + 3 * MIN, windows) != []  # the young test at min_age
+
+
 def test_a_windows_slices_add_up_to_its_counts() -> None:
     funnel = checkout()
     counts = sliced(funnel, 0, [(3, 1), (0, 0), (5, 5), (2, 0)])
