@@ -42,7 +42,7 @@ from streamer.funnel.session import CompiledFunnel, StoredEvent
 from streamer.funnel.statistics import binomial_lower_tail
 from streamer.funnel.task import Task
 from streamer.funnel.tracking import TrackingDecision
-from streamer.funnel.windows import WindowCounts
+from streamer.funnel.windows import LOOKS_PER_WINDOW, WindowCounts, look_ms
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKOUT = ROOT / "deploy/funnels/checkout.yaml"
@@ -235,6 +235,7 @@ class RunResult:
     # or None) in event time, and the detector's per-test threshold at each evaluation there.
     broken_payments: list[tuple[int, int | None]] = field(default_factory=list)
     thresholds: dict[int, float] = field(default_factory=dict)
+    looks: int = LOOKS_PER_WINDOW  # the detector's looks per window (1: before early looks)
 
 
 def funnel_in_order(order: str) -> FunnelDefinition:
@@ -254,17 +255,25 @@ def funnel_in_order(order: str) -> FunnelDefinition:
 
 
 def simulate(
-    seed: int, scenario: str, days: float, peak: float, funnel: FunnelDefinition | None = None
+    seed: int,
+    scenario: str,
+    days: float,
+    peak: float,
+    funnel: FunnelDefinition | None = None,
+    looks: int = LOOKS_PER_WINDOW,
 ) -> RunResult:
-    """Feed ``days`` of traffic through one task and the funnel's detector, minute by minute
-    (events offered in event-time order, the watermark ``LATENESS_MS`` behind the newest)."""
+    """Feed ``days`` of traffic through one task and the funnel's detector, look by look
+    (events offered in event-time order, the watermark ``LATENESS_MS`` behind the newest;
+    ``looks`` per minute, as the detector's ``looks_per_window``)."""
     started = time.perf_counter()
     definition = funnel or load_funnel(CHECKOUT)
     compiled = CompiledFunnel(definition)
     incident = INCIDENTS.get(scenario)
     shop = Shop(seed, peak, incident)
     task = Task((compiled,), 0, retention_ms=3_600_000)
-    detector = FunnelDetector(definition)
+    detector = FunnelDetector(definition, looks)
+    step_ms = look_ms(definition.window_ms) if looks > 1 else definition.window_ms
+    assert MINUTE % step_ms == 0, "the traffic is made a minute at a time"
     windows: dict[int, WindowCounts] = {}
     pending: list[tuple[int, int, str, StoredEvent]] = []
     alerts: list[Decision] = []
@@ -285,43 +294,43 @@ def simulate(
             order += 1
             heapq.heappush(pending, (at_ms, order, session_id, stored))
             sessions += stored.event_type == "page_view"
-        end_ms = minute_ms + MINUTE
-        while pending and pending[0][0] < EPOCH_MS + end_ms:
-            at_ms, _, session_id, stored = heapq.heappop(pending)
-            silenced = (
-                incident is not None
-                and incident.kind == "silence"
-                and incident.start_ms <= at_ms - EPOCH_MS < incident.end_ms
-                and stored.event_type in CHECKOUT_TOPIC_TYPES
-            )
-            if incident is not None and at_ms in near:
-                method = str(stored.fields.get("payment_method", ""))
-                if stored.event_type == "payment_submitted" and incident.broken(method):
-                    watched[session_id] = [at_ms, None]
-                elif stored.event_type == "order_placed" and session_id in watched:
-                    watched[session_id][1] = at_ms
-            if not silenced:
-                checkout = stored.event_type in CHECKOUT_TOPIC_TYPES
-                task.offer(session_id, stored, None, "checkout" if checkout else "clickstream")
-        watermark = end_ms - LATENESS_MS
-        if watermark <= 0:
-            continue
-        task.advance(EPOCH_MS + watermark)
-        for partial in task.drain().partials:
-            windows[partial.window_start_ms] = partial.counts
-        alerts.extend(detector.evaluate(EPOCH_MS + watermark, windows))
-        if EPOCH_MS + watermark in near:
-            thresholds[EPOCH_MS + watermark] = detector.threshold
-        for start in [s for s in windows if s + horizon <= EPOCH_MS + watermark]:
-            del windows[start]
-        for step, warming in detector.warming_up().items():
-            if not warming and warm_at[step] is None:
-                warm_at[step] = watermark
+        for end_ms in range(minute_ms + step_ms, minute_ms + MINUTE + 1, step_ms):
+            while pending and pending[0][0] < EPOCH_MS + end_ms:
+                at_ms, _, session_id, stored = heapq.heappop(pending)
+                silenced = (
+                    incident is not None
+                    and incident.kind == "silence"
+                    and incident.start_ms <= at_ms - EPOCH_MS < incident.end_ms
+                    and stored.event_type in CHECKOUT_TOPIC_TYPES
+                )
+                if incident is not None and at_ms in near:
+                    method = str(stored.fields.get("payment_method", ""))
+                    if stored.event_type == "payment_submitted" and incident.broken(method):
+                        watched[session_id] = [at_ms, None]
+                    elif stored.event_type == "order_placed" and session_id in watched:
+                        watched[session_id][1] = at_ms
+                if not silenced:
+                    checkout = stored.event_type in CHECKOUT_TOPIC_TYPES
+                    task.offer(session_id, stored, None, "checkout" if checkout else "clickstream")
+            watermark = end_ms - LATENESS_MS
+            if watermark <= 0:
+                continue
+            task.advance(EPOCH_MS + watermark)
+            for partial in task.drain().partials:
+                windows[partial.window_start_ms] = partial.counts
+            alerts.extend(detector.evaluate(EPOCH_MS + watermark, windows))
+            if EPOCH_MS + watermark in near:
+                thresholds[EPOCH_MS + watermark] = detector.threshold
+            for start in [s for s in windows if s + horizon <= EPOCH_MS + watermark]:
+                del windows[start]
+            for step, warming in detector.warming_up().items():
+                if not warming and warm_at[step] is None:
+                    warm_at[step] = watermark
     elapsed = time.perf_counter() - started
     payments = sorted((int(pay or 0), placed) for pay, placed in watched.values())
     return RunResult(
         seed, scenario, days, sessions, alerts, warm_at, elapsed, str(definition.order),
-        payments, thresholds,
+        payments, thresholds, looks,
     )  # fmt: skip
 
 
@@ -399,27 +408,42 @@ def judge(result: RunResult) -> Verdict:
     return verdict
 
 
-Job = tuple[int, str, float, float, str]  # seed, scenario, days, peak, order mode
+Job = tuple[int, str, float, float, str, int]  # seed, scenario, days, peak, order mode, looks
 
 
 def run_job(job: Job) -> RunResult:
-    seed, scenario, days, peak, order = job
+    seed, scenario, days, peak, order, looks = job
     funnel = None if order == "ordered" else funnel_in_order(order)
-    return simulate(seed, scenario, days, peak, funnel)
+    return simulate(seed, scenario, days, peak, funnel, looks)
 
 
 def run_all(
-    seeds: int, days: float, peak: float, workers: int, orders: Sequence[str] = ()
+    seeds: int,
+    days: float,
+    peak: float,
+    workers: int,
+    orders: Sequence[str] = (),
+    compare_looks: Sequence[int] = (),
 ) -> list[RunResult]:
-    jobs: list[Job] = [(seed, "healthy", days, peak, "ordered") for seed in range(1, seeds + 1)]
+    """The healthy runs (every order) and the incident runs with the detector as it is; the
+    incidents with a conversion limit also with each of ``compare_looks`` looks per window
+    (1: as before the early looks), on the same traffic (same seeds)."""
+    now = LOOKS_PER_WINDOW
+    seeded = range(1, seeds + 1)
+    jobs: list[Job] = [(seed, "healthy", days, peak, "ordered", now) for seed in seeded]
     jobs += [
-        (seed, kind, run_days(kind), peak, "ordered")
-        for seed in range(1, seeds + 1)
+        (seed, kind, run_days(kind), peak, "ordered", now)
+        for seed in seeded
         for kind in INCIDENT_KINDS
     ]
-    jobs += [
-        (seed, "healthy", days, peak, order) for order in orders for seed in range(1, seeds + 1)
+    jobs += [  # the incidents with a conversion limit (the silence has none)
+        (seed, kind, run_days(kind), peak, "ordered", looks)
+        for looks in sorted(set(compare_looks) - {now})
+        for seed in seeded
+        for kind in INCIDENT_KINDS
+        if INCIDENTS[kind].step
     ]
+    jobs += [(seed, "healthy", days, peak, order, now) for order in orders for seed in seeded]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(run_job, jobs))
 
@@ -449,6 +473,7 @@ def _describe(alert: Decision) -> str:
 
 def report(results: list[RunResult], command: str, elapsed: float, peak: float) -> str:
     healthy = [r for r in results if r.scenario == "healthy" and r.order == "ordered"]
+    compared = sorted({r.looks for r in results} - {LOOKS_PER_WINDOW})
     lines = [
         "# Alert quality",
         "",
@@ -456,10 +481,16 @@ def report(results: list[RunResult], command: str, elapsed: float, peak: float) 
         "minutes: the pure core and detector (`streamer.funnel`) over simulated event time, "
         "no broker. Funnel `deploy/funnels/checkout.yaml` with its alert policy; one task; "
         "events offered in event-time order, the watermark 120 s (the default allowed "
-        "lateness) behind the newest; the detector evaluated once per minute of watermark. "
-        "The run's seeds and days are chosen to finish in about 30 minutes on a shared 2-core "
-        "machine (10 seeds x 7 days took 109 minutes on 2026-11-30): fewer healthy days than "
-        "that run, so its false-alert figure is the stronger one.",
+        f"lateness) behind the newest; the detector looks {LOOKS_PER_WINDOW} times per minute "
+        "of watermark (at each minute every test, between them its early looks: "
+        'docs/alerts.md, "Early looks")'
+        + (
+            ", and the incidents also with "
+            + ", ".join(f"{n} look{'s' if n > 1 else ''}" for n in compared)
+            + " per minute (1: the detector before the early looks), on the same traffic."
+            if compared
+            else "."
+        ),
         "",
         "Traffic (`benchmarks/alert_quality.py`): sessions entering the funnel peak at "
         f"{peak:g}/min by day (a tenth at night), conversion drifting ±4% with the hour, one "
@@ -508,10 +539,10 @@ def report(results: list[RunResult], command: str, elapsed: float, peak: float) 
         "",
         "## Incidents (at 14:00 of day 0, runs end at 18:00; at night: 03:00 of day 1)",
         "",
-        "| incident | runs | detected | latency median / worst (min) | information limit "
-        "median / worst (min) | latency / limit median / worst | segment named first "
-        "| false alerts |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| incident | looks / min | runs | detected | latency median / worst (min) | "
+        "information limit median / worst (min) | latency / limit median / worst | segment "
+        "named first | false alerts |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     names = {
         "segment": "apple_pay (10% of payments) fails 90%",
@@ -519,8 +550,8 @@ def report(results: list[RunResult], command: str, elapsed: float, peak: float) 
         "step": "payments fail for everyone (95%)",
         "silence": "checkout topic silent 15 min",
     }
-    for kind in INCIDENT_KINDS:
-        runs = [r for r in results if r.scenario == kind]
+    for kind, looks in [(k, n) for k in INCIDENT_KINDS for n in [*compared, LOOKS_PER_WINDOW]]:
+        runs = [r for r in results if r.scenario == kind and r.looks == looks]
         if not runs:
             continue
         verdicts = [judge(r) for r in runs]
@@ -543,7 +574,8 @@ def report(results: list[RunResult], command: str, elapsed: float, peak: float) 
         )
         named_text = f"{sum(named)} of {len(named)}" if named else "-"
         lines.append(
-            f"| {names[kind]} | {len(runs)} | {detected} | {latency} | {limit} | {multiple} "
+            f"| {names[kind]} | {looks} | {len(runs)} | {detected} | {latency} | {limit} "
+            f"| {multiple} "
             f"| {named_text} | {false_count} |"
         )
     lines += [
@@ -563,20 +595,28 @@ def report(results: list[RunResult], command: str, elapsed: float, peak: float) 
         "",
         "What holds the latency above the limit (the detector's structure, "
         "`streamer/funnel/detect.py`): a cohort is a one-minute window, tested at matched age "
-        "once it is `min_age` (60 s) past its end, at evaluations once per minute of "
-        "watermark, so a break at a window's start is first tested two minutes later, however "
-        "clear its first seconds are (the step incident: a limit of about half a minute, a "
-        "floor of 2 minutes, 4x). A segment too small for one young span (at night apple_pay "
-        "has about 0.4 payments a minute: fewer than 5 expected conversions in the young "
-        "cohorts, never 10 sessions in one final window) is found by the matched-age test "
-        "over the accumulated spans (20 and 30 minutes, taking in the cohorts already final "
-        "for the step): the evidence of every payment since the break, in the same family.",
+        "once it is `min_age` (60 s) past its end at the minute's boundary; between "
+        "boundaries, every 15 s, the early looks test the step over quarter-minute slices of "
+        "the newest windows, each once it is 15 s old, at the time-to-convert bounds its age "
+        "reaches (15 s, 30 s, ...). So a break at a minute's start is first tested 30 s later, "
+        "on one slice (about 9 payments by day: not enough at the threshold), and found at "
+        "45 s on two; the limit reads each payment's exact age, about 25 s. With one look a "
+        "minute (the rows with 1 look) the floor was 2 minutes. The early looks test the step "
+        "only: a segment's failure is found at the boundaries, as before. A segment too small "
+        "for one young span (at night apple_pay has about 0.4 payments a minute: fewer than 5 "
+        "expected conversions in the young cohorts, never 10 sessions in one final window) is "
+        "found by the matched-age test over the accumulated spans (20 and 30 minutes, taking "
+        "in the cohorts already final for the step): the evidence of every payment since the "
+        "break, in the same family. The limit reads the threshold of the latest look, an early "
+        "one too (fewer tests, its share of the significance: docs/alerts.md).",
         "",
     ]
     for r in results:
         if r.scenario in INCIDENT_KINDS:
             for alert in judge(r).false_alerts[:3]:
-                lines.append(f"- {r.scenario}, seed {r.seed}, false: {_describe(alert)}")
+                lines.append(
+                    f"- {r.scenario}, {r.looks} looks/min, seed {r.seed}, false: {_describe(alert)}"
+                )
     lines.append("")
     return "\n".join(lines)
 
@@ -594,13 +634,27 @@ def main() -> None:
         choices=["strict", "unordered"],
         help="other order modes to run the healthy traffic through",
     )
+    parser.add_argument(
+        "--compare-looks",
+        nargs="*",
+        type=int,
+        default=[1],
+        help="the incidents also with these looks per window (1: before the early looks)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs/alert-quality.md")
     args = parser.parse_args()
     began = time.perf_counter()
-    results = run_all(args.seeds, args.days, args.peak, args.workers, args.orders)
-    command = (
-        f"python -m benchmarks.alert_quality --seeds {args.seeds} --days {args.days:g} "
-        f"--peak {args.peak:g}"
+    results = run_all(
+        args.seeds, args.days, args.peak, args.workers, args.orders, args.compare_looks
+    )
+    command = " ".join(
+        [
+            f"python -m benchmarks.alert_quality --seeds {args.seeds} --days {args.days:g}",
+            f"--peak {args.peak:g} --orders",
+            *args.orders,
+            "--compare-looks",
+            *map(str, args.compare_looks),
+        ]
     )
     text = report(results, command, time.perf_counter() - began, args.peak)
     args.out.write_text(text)

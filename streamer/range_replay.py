@@ -17,9 +17,9 @@ counts them (docs/decisions/0008-user-funnels-pipeline.md): the session task for
 event it releases to its unit, and a second task, keyed by unit, counts them; in one process
 the hop is a call, and the unit task moves with the session task's watermark (all it is sent
 is below it). Each funnel's detector, then its experiments' guard (docs/experiments.md),
-judges every window boundary up to ``to`` with the windows folded as the live merger folds
-them, so for a range that starts where the live worker's history starts, the alerts are the
-live ones, with the same ids.
+judges every look (window boundaries and the early looks between them) up to ``to`` with the
+windows folded as the live merger folds them, so for a range that starts where the live
+worker's history starts, the alerts are the live ones, with the same ids.
 """
 
 from __future__ import annotations
@@ -63,7 +63,13 @@ from streamer.funnel.detect import AlertDecision, FunnelDetector
 from streamer.funnel.experiments import ExperimentGuard
 from streamer.funnel.session import NEVER, CompiledFunnel
 from streamer.funnel.task import Offer, Task, TaskOutput
-from streamer.funnel.windows import WindowCounts, fold_segments, merge_partials, window_start
+from streamer.funnel.windows import (
+    WindowCounts,
+    fold_segments,
+    look_ms,
+    merge_partials,
+    window_start,
+)
 from streamer.kafka_io import make_consumer, make_producer, stop_consumer, topic_partitions
 from streamer.pipeline.detector import alert_record, tracking_alert_record
 from streamer.pipeline.guardrails import experiment_alert_record
@@ -155,7 +161,7 @@ class RangeReplay:
         self.decoder = decoder or ContractDecoder(
             DecodeLimits(max_age=ANY_AGE), needed_fields(self.funnels)
         )
-        self._grid_ms = math.gcd(*(f.window_ms for f in self.funnels))  # every boundary
+        self._grid_ms = math.gcd(*(look_ms(f.window_ms) for f in self.funnels))  # every look
         self.fronts: dict[str, int] = dict.fromkeys(inputs, NEVER)
         self.finished: set[str] = set()
         self.counts: Counter[str] = Counter()
@@ -243,8 +249,9 @@ class RangeReplay:
         return NEVER if low == NEVER else min(self.until_ms, low - self.lateness_ms)
 
     def advance(self) -> None:
-        """Move the watermark as far as the inputs allow, one window boundary at a time (the
-        detector judges each, as the live merger does)."""
+        """Move the watermark as far as the inputs allow, one look at a time (window
+        boundaries and the detector's looks between them: it judges each, as the live merger
+        does)."""
         watermark = self.watermark_ms
         if watermark == NEVER or watermark <= self.task.watermark_ms:
             return
@@ -288,21 +295,28 @@ class RangeReplay:
 
     def _judge(self, run: _FunnelRun, watermark_ms: int) -> None:
         funnel = run.funnel
+        boundary = watermark_ms % funnel.window_ms == 0
         if (
-            watermark_ms % funnel.window_ms == 0
+            watermark_ms % look_ms(funnel.window_ms) == 0
             and run.judged_ms < watermark_ms <= self.end_ms  # alerts as of --to
         ):
             run.judged_ms = watermark_ms
             caps = [segment.cap for segment in funnel.segments]
-            folded = {start: fold_segments(c, caps) for start, c in run.windows.items()}
+            # An early look reads the windows' slices only, which folding leaves as they are.
+            folded = (
+                {start: fold_segments(c, caps) for start, c in run.windows.items()}
+                if boundary
+                else run.windows
+            )
             for decision in run.detector.evaluate(watermark_ms, folded):
                 if isinstance(decision, AlertDecision):
                     step = decision.alert_id.split("/")[1]
                     run.alerts.append(alert_record(funnel, step, decision, *self._links))
                 else:
                     run.alerts.append(tracking_alert_record(funnel, decision, *self._links))
-            # As the worker's detector stage: the guard after the detector, on its windows.
-            for guarded in run.guard.evaluate(watermark_ms, folded):
+            # As the worker's detector stage: the guard after the detector, on its windows, at
+            # window boundaries only.
+            for guarded in run.guard.evaluate(watermark_ms, folded) if boundary else ():
                 run.alerts.append(experiment_alert_record(funnel, guarded, *self._links))
         horizon = funnel.window_ms + funnel.judged_final_lag_ms  # judged final, then let go
         for start in [s for s in run.windows if s + horizon <= watermark_ms]:

@@ -12,7 +12,7 @@ from typing import Any
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.windows import TIME_TO_CONVERT_BUCKETS_MS, WindowCounts
 
-__all__ = ["Cohort", "SegmentKey", "StepBaseline", "bound_index", "cohorts_of"]
+__all__ = ["Cohort", "SegmentKey", "StepBaseline", "bound_index", "cohorts_of", "within_bounds"]
 
 SegmentKey = tuple[str, str]
 _SMOOTHING = 50.0  # pseudo-sessions pulling a small segment's baseline toward the step's
@@ -35,7 +35,8 @@ class Cohort:
     )
 
 
-def _cumulative(buckets: Sequence[int]) -> tuple[int, ...]:
+def within_bounds(buckets: Sequence[int]) -> tuple[int, ...]:
+    """Conversions within each time-to-convert bound, from the histogram's buckets."""
     out, running = [], 0
     for bucket in buckets[: len(TIME_TO_CONVERT_BUCKETS_MS)]:
         running += bucket
@@ -69,7 +70,7 @@ def cohorts_of(
                 s.entered - s.excluded,
                 s.converted,
                 s.dropped,
-                _cumulative(s.time_to_convert_buckets),
+                within_bounds(s.time_to_convert_buckets),
             )
     return Cohort(
         start_ms=start_ms,
@@ -77,7 +78,7 @@ def cohorts_of(
         entered=step.entered - step.excluded,
         converted=step.converted,
         dropped=step.dropped,
-        converted_within=_cumulative(step.time_to_convert_buckets),
+        converted_within=within_bounds(step.time_to_convert_buckets),
         dropped_value=step.dropped_value,
         segments=segments,
     )

@@ -5,7 +5,8 @@
 A step's *cohort* is the set of sessions that reached the step's stage in one window. Until the
 step's timeout has passed the watermark for every one of them, some are still undecided, so
 its drop-off is not known yet. The detector never reads a cohort that is not final as
-drop-off. It asks two questions instead, each at every evaluation (one per window of watermark):
+drop-off. It asks two questions instead, each at every evaluation (one per window of watermark;
+a third between them, the early looks):
 
 - **Final cohorts on final numbers.** The cohorts that became final since the last evaluation:
   is their drop rate above the baseline's (one-sided exact binomial tail)?
@@ -16,15 +17,21 @@ drop-off. It asks two questions instead, each at every evaluation (one per windo
   over the young cohorts), means the step broke now, long before its timeout expires. Over
   the longer ``ACCUMULATED_SPANS_MS`` the pool also takes the cohorts already final for the
   step that are still held, so a low-volume segment gathers the evidence since its break.
+- **Early looks.** ``LOOKS_PER_WINDOW`` times per window of watermark (at the boundaries and
+  between them): the step's matched-age test over the *slices* of the windows younger than
+  ``min_age`` (the window in progress too), each slice once it is one look old, so a step
+  broken for everyone is found within seconds of a window, not two minutes after its start.
 
-Both questions are asked of the step and of every segment value (device=ios,
+The first two are asked of the step and of every segment value (device=ios,
 payment_method=paypal, ...) with enough sessions, so a failure confined to one segment is
 found by testing that segment. Tests of one evaluation are one family: each is held to
 ``significance / K`` (Bonferroni, with Tarone's refinement: ``K`` counts only the tests whose
 trials could reach that threshold at all), so the false-alert rate is a property of the
-detector, not of a test. A test also needs an effect worth telling (``min_increase``: the drop
-rate ``min_increase`` above the baseline's, or the matched-age conversion share that much
-below it).
+detector, not of a test. Each look is one family: the boundary's at ``significance / 2``, each
+early look's at an equal share of the other half, so a window of watermark's looks together
+false-alert at most ``significance``. A test also needs an effect
+worth telling (``min_increase``: the drop rate ``min_increase`` above the baseline's, or the
+matched-age conversion share that much below it).
 
 The **baseline** of a step is learned from final cohorts only (not those of an alert): sums of
 entered and converted sessions, conversions within each time-to-convert bound, and per segment
@@ -40,21 +47,35 @@ conversion).
 
 An alert on a step: **firing** on the first evaluation with a significant test, ``repeat``
 every ``cooldown`` while it lasts, **resolved** after ``resolve_after_windows`` evaluations
-without one. Its id is ``funnel/step/watermark of the firing evaluation``, so a replay of the
+without one (window boundaries: an early look never resolves). Its id is
+``funnel/step/watermark of the firing evaluation``, so a replay of the
 same cohorts gives the same alerts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from streamer.funnel.baselines import Cohort, SegmentKey, StepBaseline, bound_index, cohorts_of
+from streamer.funnel.baselines import (
+    Cohort,
+    SegmentKey,
+    StepBaseline,
+    bound_index,
+    cohorts_of,
+    within_bounds,
+)
 from streamer.funnel.definition import AlertPolicy, FunnelDefinition
 from streamer.funnel.statistics import binomial_lower_tail, binomial_tail, family_threshold
 from streamer.funnel.tracking import TrackingCheck, TrackingDecision
-from streamer.funnel.windows import UNKNOWN, WindowCounts
+from streamer.funnel.windows import (
+    LOOKS_PER_WINDOW,
+    UNKNOWN,
+    WindowCounts,
+    look_ms,
+)
 
 __all__ = [
     "AlertDecision",
@@ -87,6 +108,10 @@ YOUNG_SPANS_MS = (120_000, 180_000, 240_000, 300_000, 360_000, 600_000)
 # point to reach significance, where one young span never expects 5 conversions. Tests of the
 # same family: Bonferroni with Tarone's count still holds one evaluation's false-alert rate.
 ACCUMULATED_SPANS_MS = (1_200_000, 1_800_000)
+# Early looks (between window boundaries, and at them for the windows younger than
+# ``min_age``) test the step over its newest slices, this many of them: a break's first
+# slices alone (not diluted by the healthy ones before it), then with more.
+EARLY_SPANS_IN_SLICES = (1, 2, LOOKS_PER_WINDOW, 2 * LOOKS_PER_WINDOW)
 # A segment value explains an alert when its failures would be this unlikely at the rate of
 # the rest of the step (it fares worse than the rest, not merely holds many sessions).
 _WORSE_THAN_STEP = 0.05
@@ -169,6 +194,7 @@ class _Test:
     start_ms: int = 0  # the cohorts tested: first window's start .. last window's end
     end_ms: int = 0
     min_p: float = 0.0  # the smallest p-value its trials could give (all failed)
+    early: bool = False  # an early look's test (on slices)
 
     @property
     def excess(self) -> float:
@@ -214,9 +240,13 @@ class _StepState:
 class FunnelDetector:
     """The detector of one funnel's steps; ``to_json`` / ``load_json`` persist it."""
 
-    def __init__(self, funnel: FunnelDefinition) -> None:
+    def __init__(self, funnel: FunnelDefinition, looks_per_window: int = LOOKS_PER_WINDOW) -> None:
         self.funnel = funnel
         self.policy = funnel.alerting
+        # ``looks_per_window=1``: one evaluation per window and no early looks, as before
+        # them (the alert-quality harness measures both; the worker and replay use the default).
+        self.looks = looks_per_window
+        self.look_ms = look_ms(funnel.window_ms)
         self.steps = [_StepState(funnel, k, self.policy) for k in range(len(funnel.step_names))]
         self.evaluated_ms = -(2**62)
         # The last evaluation's per-test threshold (its family's, after Tarone's pruning):
@@ -239,10 +269,17 @@ class FunnelDetector:
         """Judge the funnel as of ``watermark_ms`` from its cohort windows (window start ->
         counts; every window not final yet and those that became final since the last call;
         only those a test reads are looked up, so the mapping may compute them on demand).
-        Call once per window of watermark, in watermark order."""
+        Call once per look (``look_ms`` of watermark: ``looks_per_window`` times per window),
+        in watermark order: at a window boundary every test, between two only the early
+        looks (:meth:`_early_tests`)."""
         if watermark_ms <= self.evaluated_ms:
             return []
+        boundary = watermark_ms % self.funnel.window_ms == 0
+        if not boundary and self.looks == 1:
+            return []
         self.evaluated_ms = watermark_ms
+        if not boundary:
+            return self._early_look(watermark_ms, windows)
         decisions: list[Decision] = list(self.tracking.evaluate(watermark_ms, windows))
         blinds = self.tracking.blinds
         tests: dict[int, list[_Test]] = {}
@@ -276,14 +313,12 @@ class FunnelDetector:
             if step.severity == "off" or step.baseline.entered < self.policy.min_baseline_decided:
                 continue
             tests[step.index] = self._tests(step, final, aged, watermark_ms)
-        threshold = self.threshold = family_threshold(
-            self.policy.significance, [t.min_p for ts in tests.values() for t in ts]
-        )
+            if self.looks > 1:
+                tests[step.index] += self._early_tests(step, windows, watermark_ms)
+        threshold = self.threshold = self._family_threshold(tests, boundary=True)
         for step in self.steps:
             step_tests = tests.get(step.index, [])
-            firing = [
-                t for t in step_tests if t.p_value < threshold and t.effect >= step.min_increase
-            ]
+            firing = [t for t in step_tests if _fires(t, threshold, step.min_increase)]
             decision = self._decide(step, firing, step_tests, fresh[step.index], watermark_ms)
             if decision is not None:
                 decisions.append(decision)
@@ -292,7 +327,86 @@ class FunnelDetector:
                     step.baseline.learn(cohort)
         return decisions
 
+    def _family_threshold(self, tests: Mapping[int, list[_Test]], *, boundary: bool) -> float:
+        """One look's per-test threshold (Tarone's count within the look). A window of
+        watermark's ``significance`` is split over its looks (Bonferroni): half for the look at
+        its boundary, which runs every test, the other half shared by the early looks between
+        (``significance / 6`` each with 4 looks), so all the tests of one window of watermark
+        together false-alert at most ``significance``, as one evaluation per window did."""
+        significance = self.policy.significance
+        if self.looks > 1:
+            significance /= 2 if boundary else 2 * (self.looks - 1)
+        return family_threshold(significance, [t.min_p for ts in tests.values() for t in ts])
+
+    def _early_look(self, watermark_ms: int, windows: Mapping[int, WindowCounts]) -> list[Decision]:
+        """A look between two window boundaries: only the early tests, which may fire (or
+        keep an alert firing) but never resolve one; nothing is learned."""
+        tests: dict[int, list[_Test]] = {}
+        for step in self.steps:
+            if step.severity == "off" or step.baseline.entered < self.policy.min_baseline_decided:
+                continue
+            tests[step.index] = self._early_tests(step, windows, watermark_ms)
+        threshold = self.threshold = self._family_threshold(tests, boundary=False)
+        decisions: list[Decision] = []
+        for step in self.steps:
+            step_tests = tests.get(step.index, [])
+            firing = [t for t in step_tests if _fires(t, threshold, step.min_increase)]
+            decision = self._decide(step, firing, step_tests, [], watermark_ms, early=True)
+            if decision is not None:
+                decisions.append(decision)
+        return decisions
+
     # --- tests -------------------------------------------------------------------------------
+    def _early_tests(
+        self, step: _StepState, windows: Mapping[int, WindowCounts], watermark_ms: int
+    ) -> list[_Test]:
+        """The step's matched-age test over the slices of the windows younger than
+        ``min_age`` (the young test does not read them yet), the window in progress too, each
+        slice at its own age once it is one look old: its conversions within the bounds that
+        age reaches all happened before the watermark, so every revision from this watermark
+        on gives the same count, as for a whole window. Over the newest slice, then more of
+        them (``EARLY_SPANS_IN_SLICES``). The step only: segments have no slices."""
+        size, look = self.funnel.window_ms, self.look_ms
+        pieces: list[tuple[int, int, int, tuple[int, ...]]] = []  # start, end, trials, within
+        for start in sorted(windows):
+            end = start + size
+            if start >= watermark_ms or watermark_ms - end >= self.policy.min_age_ms:
+                continue
+            slices = windows[start].slices
+            if not slices:
+                continue  # counts kept without slices (stored before them)
+            for k, counts in enumerate(slices[step.index]):
+                piece_start = start + k * look
+                piece_end = end if k == LOOKS_PER_WINDOW - 1 else piece_start + look
+                if watermark_ms - piece_end < look or self.tracking.blinds(
+                    step.converting_types,
+                    piece_start,
+                    min(watermark_ms, piece_end + step.timeout_ms),
+                ):
+                    continue
+                within = within_bounds(counts.time_to_convert_buckets)
+                pieces.append((piece_start, piece_end, counts.entered - counts.excluded, within))
+        out: list[_Test] = []
+        seen = 0
+        for span in EARLY_SPANS_IN_SLICES:
+            recent = pieces[-span:]
+            if not recent or len(recent) == seen:
+                continue
+            seen = len(recent)
+            trials = converted = 0
+            expected = 0.0
+            for _, piece_end, entered, within in recent:
+                index = bound_index(watermark_ms - piece_end)
+                trials += entered
+                converted += within[index - 1] if index else 0
+                expected += entered * step.baseline.converted_within(index)
+            span_ms = (recent[0][0], recent[-1][1])
+            out.extend(
+                dataclasses.replace(test, early=True)
+                for test in self._lower(None, trials, converted, expected, step, span_ms)
+            )
+        return out
+
     def _matched_age_spans(self) -> list[int]:
         """The spans of the matched-age test, shortest first: every minute near an onset up
         to ``young_span``, then the accumulated spans the held windows cover."""
@@ -412,7 +526,12 @@ class FunnelDetector:
         tests: list[_Test],
         final: list[Cohort],
         watermark_ms: int,
+        *,
+        early: bool = False,
     ) -> AlertDecision | None:
+        """The step's alert after one look (``early``: between window boundaries, where a
+        look without a firing test counts for nothing: ``resolve_after_windows`` counts
+        window boundaries)."""
         if step.alert_id is None:
             if not firing:
                 return None
@@ -425,6 +544,8 @@ class FunnelDetector:
             if watermark_ms - step.last_notified_ms >= self.policy.cooldown_ms:
                 step.last_notified_ms = watermark_ms
                 return self._decision("repeat", step, firing, tests, final, watermark_ms)
+            return None
+        if early:
             return None
         step.quiet += 1
         if step.quiet < self.policy.resolve_after_windows:
@@ -493,6 +614,16 @@ class FunnelDetector:
             step.load_json(saved)
         if "tracking" in raw:  # absent in state stored before the tracking check
             self.tracking.load_json(raw["tracking"])
+
+
+def _fires(test: _Test, threshold: float, min_increase: float) -> bool:
+    """Whether ``test`` is significant with an effect worth telling. An early look's test
+    (the step's, on slices) also needs half of the conversions expected by then missing: the
+    failure of nearly everyone, which no segment explains; a partial failure, which one may,
+    is left to the boundary's tests, which name the segment."""
+    if test.p_value >= threshold or test.effect < min_increase:
+        return False
+    return not test.early or test.effect >= (1.0 - test.expected_rate) / 2
 
 
 def _explain(

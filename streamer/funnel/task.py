@@ -570,7 +570,7 @@ class Task:
             counts = self.windows.get(key)
             if counts is None:
                 counts = self.windows[key] = WindowCounts.empty(funnel.last_stage + 1)
-            counts.apply(outcome)
+            counts.apply(outcome, size)
             if (
                 funnel.uniques
                 and outcome.kind is Kind.ENTERED

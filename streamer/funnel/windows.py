@@ -16,6 +16,7 @@ from typing import Any
 from streamer.funnel.session import Kind, Outcome
 
 __all__ = [
+    "LOOKS_PER_WINDOW",
     "NEW_SESSIONS",
     "TIME_TO_CONVERT_BUCKETS_MS",
     "UNKNOWN",
@@ -46,8 +47,26 @@ UNKNOWN = "unknown"
 NEW_SESSIONS: tuple[str, str] = ("", "")
 
 
+# The detector looks at a funnel this many times per window of watermark (docs/alerts.md,
+# "Early looks"), so each window's step counts are also kept per slice of that length: the
+# slices of the window in progress are complete (and final for their short time-to-convert
+# bounds) long before the window is, so a step broken for everyone is seen within seconds.
+LOOKS_PER_WINDOW = 4
+
+
 def window_start(at_ms: int, size_ms: int) -> int:
     return at_ms - at_ms % size_ms
+
+
+def look_ms(size_ms: int) -> int:
+    """The watermark step between two looks of the detector at windows of ``size_ms``, and
+    the length of a window's slices (the last slice takes the remainder)."""
+    return max(1, size_ms // LOOKS_PER_WINDOW)
+
+
+def slice_index(at_ms: int, size_ms: int) -> int:
+    """The slice of its window that ``at_ms`` falls in."""
+    return min((at_ms % size_ms) // look_ms(size_ms), LOOKS_PER_WINDOW - 1)
 
 
 def _bucket(ms: int) -> int:
@@ -151,12 +170,17 @@ class WindowCounts:
     # Survey answers by their own time: (survey, stage or -1, dimension or -1, value or "",
     # score) -> answers; dimension -1 is the stage's total (docs/satisfaction.md).
     answers: dict[tuple[int, int, int, str, int], int] = field(default_factory=dict)
+    # Per stage, its counts per slice of the window (``LOOKS_PER_WINDOW``, by the time the
+    # attempt reached the stage): the detector's early looks read them. Empty in counts made
+    # without the window's size (and in those stored before them): no early look reads them.
+    slices: list[list[StepCounts]] = field(default_factory=list)
 
     @classmethod
     def empty(cls, stage_count: int) -> WindowCounts:
         return cls([StepCounts() for _ in range(stage_count)])
 
-    def apply(self, outcome: Outcome) -> None:
+    def apply(self, outcome: Outcome, window_ms: int | None = None) -> None:
+        """Count ``outcome``; with the window's size ``window_ms``, in its slice too."""
         stage = outcome.stage
         if outcome.kind is Kind.ANSWERED:
             survey, score, answers = outcome.time_to_convert_ms, int(outcome.value), self.answers
@@ -167,6 +191,10 @@ class WindowCounts:
         # The step's counts, then each segment's: segments keep the time-to-convert histogram
         # too (the detector tests a segment's young cohorts at matched age).
         targets = [self.stages[stage]]
+        if window_ms is not None:
+            if not self.slices:
+                self.slices = _empty_slices(len(self.stages))
+            targets.append(self.slices[stage][slice_index(outcome.cohort_ms, window_ms)])
         segments = self.segments
         for key in _segment_keys(outcome.segments):
             per_stage = segments.get(key)
@@ -203,6 +231,12 @@ class WindowCounts:
             self.volume[pair] = self.volume.get(pair, 0) + count
         for answer, count in other.answers.items():
             self.answers[answer] = self.answers.get(answer, 0) + count
+        if other.slices:
+            if not self.slices:
+                self.slices = _empty_slices(len(self.stages))
+            for mine_slices, theirs_slices in zip(self.slices, other.slices, strict=True):
+                for mine, theirs in zip(mine_slices, theirs_slices, strict=True):
+                    mine.add(theirs)
 
     def is_empty(self) -> bool:
         return not self.volume and not self.answers and all(step.is_empty() for step in self.stages)
@@ -218,6 +252,8 @@ class WindowCounts:
         }
         if self.answers:  # only funnels with surveys: others are stored as before
             raw["answers"] = [[*key, n] for key, n in sorted(self.answers.items())]
+        if self.slices:
+            raw["slices"] = [[s.to_json() for s in per_stage] for per_stage in self.slices]
         return raw
 
     @classmethod
@@ -229,7 +265,14 @@ class WindowCounts:
             counts.volume[(str(source), str(kind))] = int(n)
         for survey, stage, dim, value, score, n in raw.get("answers", ()):
             counts.answers[(int(survey), int(stage), int(dim), str(value), int(score))] = int(n)
+        counts.slices = [  # absent before the early looks
+            [StepCounts.from_json(s) for s in per_stage] for per_stage in raw.get("slices", ())
+        ]
         return counts
+
+
+def _empty_slices(stage_count: int) -> list[list[StepCounts]]:
+    return [[StepCounts() for _ in range(LOOKS_PER_WINDOW)] for _ in range(stage_count)]
 
 
 @dataclass
@@ -273,7 +316,7 @@ def merge_partials(stage_count: int, partials: Iterable[WindowCounts]) -> Window
 def fold_segments(counts: WindowCounts, caps: list[int]) -> WindowCounts:
     """Keep the ``caps[dim]`` values of each dimension with the most stage entries (ties by
     name); fold the rest into ``other``. Done on the merged window, so it is deterministic."""
-    folded = WindowCounts(counts.stages, {}, counts.volume)
+    folded = WindowCounts(counts.stages, {}, counts.volume, slices=counts.slices)
     by_dim: dict[int, list[tuple[str, list[StepCounts]]]] = {}
     for (dim, value), steps in counts.segments.items():
         by_dim.setdefault(dim, []).append((value, steps))

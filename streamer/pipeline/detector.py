@@ -1,7 +1,8 @@
 """Detector stage: cohort windows as the merger holds them -> drop-off alerts (``funnel.alerts``).
 
-Runs inside the windows stage's agent: once per window of watermark the merger calls
-:meth:`DetectorStage.judge` with every cohort window it holds (merged from all partitions,
+Runs inside the windows stage's agent: at each look of the detector (``LOOKS_PER_WINDOW`` per
+window of watermark) the merger calls :meth:`DetectorStage.judge` with every cohort window it
+holds (merged from all partitions,
 each reflecting at least that watermark), and the funnel's detector
 (:class:`streamer.funnel.detect.FunnelDetector`) judges final cohorts on final numbers and
 young ones at matched age. The detector's state lives in the ``detector`` table; each decision
@@ -244,8 +245,9 @@ class DetectorStage:
                 await asyncio.sleep(0)
                 ran_at = time.perf_counter()
         guard = None
-        if funnel.experiments:  # docs/experiments.md: on the same windows, its own state
-            guarded, guard = experiment_decisions(funnel, self._table, watermarks, windows)
+        boundaries = [w for w in watermarks if w % funnel.window_ms == 0]  # not early looks
+        if funnel.experiments and boundaries:  # docs/experiments.md: same windows, own state
+            guarded, guard = experiment_decisions(funnel, self._table, boundaries, windows)
             decisions += guarded
         alerts = []
         for decision in decisions:

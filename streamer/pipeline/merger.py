@@ -31,6 +31,7 @@ from streamer.funnel.windows import (
     StepCounts,
     WindowCounts,
     fold_segments,
+    look_ms,
     merge_partials,
 )
 from streamer.metrics import LANDING_OUTCOMES, Metrics, campaign_dimension
@@ -45,14 +46,14 @@ __all__ = ["WindowMerger", "install", "window_stats"]
 
 log = logging.getLogger(__name__)
 
-# The detector: a funnel, the watermarks to judge it at (window boundaries, in order) and
-# every cohort window held.
+# The detector: a funnel, the watermarks to judge it at (its looks: window boundaries and the
+# looks between them, in order) and every cohort window held.
 JudgeFn = Callable[[FunnelDefinition, Sequence[int], Mapping[int, WindowCounts]], Awaitable[Any]]
 # Revisions of windows not final yet are for people watching (a panel refreshes every 15-30 s):
 # at most one per this interval. On a backlog every open window changes every second, and
 # building each one's record every second cost 4% of the worker.
 REVISION_INTERVAL_S = 5.0
-# At most this many boundaries are judged after a jump of the watermark (a long outage).
+# At most this many windows' looks are judged after a jump of the watermark (a long outage).
 MAX_JUDGED_PER_JUMP = 1440
 # Multi-day funnels (docs/funnel-semantics.md, "Multi-day windows"): a window stays open for
 # days, so on top of the interval above each window is revised at most once per period of
@@ -565,15 +566,16 @@ class WindowMerger:
                 self._record(window.funnel, final_stats, counts)
 
     async def _judge_up_to(self, watermark: int, windows: dict[str, _Window]) -> None:
-        """Let the detector judge every window boundary the watermark passed since the last
-        time, with every window held (each partition's counts reflect at least this
-        watermark). Before final windows are dropped: the detector reads them once."""
+        """Let the detector judge every look (window boundaries and the looks between them,
+        ``look_ms``) the watermark passed since the last time, with every window held (each
+        partition's counts reflect at least this watermark). Before final windows are
+        dropped: the detector reads them once."""
         assert self._judge is not None
         for funnel in self._funnels.values():
             if self._held(funnel):
                 continue
-            size = funnel.window_ms
-            latest = watermark - watermark % size
+            size, look = funnel.window_ms, look_ms(funnel.window_ms)
+            latest = watermark - watermark % look
             judged_key = f"judged:{funnel.name}"
             last = int(self._get(judged_key, NEVER))
             if latest <= last:
@@ -588,8 +590,9 @@ class WindowMerger:
                     continue  # nothing of it yet (a funnel just added may be held back soon)
                 first = max(min(held) + size, earliest)
             else:
-                first = max(last + size, earliest)
-            await self._judge(funnel, range(first, latest + 1, size), _FoldedView(held))
+                first = max(last + look, earliest)
+            first += -first % look  # on the grid of looks (a mark stored before them is too)
+            await self._judge(funnel, range(first, latest + 1, look), _FoldedView(held))
             self._put(judged_key, latest)
 
     def _record(self, funnel: FunnelDefinition, stats: WindowStats, counts: WindowCounts) -> None:

@@ -22,7 +22,7 @@ from streamer.funnel.definition import FunnelDefinition, load_funnel
 from streamer.funnel.detect import AlertDecision, FunnelDetector
 from streamer.funnel.session import CompiledFunnel
 from streamer.funnel.task import Task
-from streamer.funnel.windows import WindowCounts, fold_segments
+from streamer.funnel.windows import WindowCounts, fold_segments, look_ms
 from streamer.kafka_io import (
     make_consumer,
     read_topic,
@@ -156,8 +156,8 @@ RANGE_FROM = CLOSING - timedelta(hours=2)  # the replays read a 2 h range holdin
 
 def core_alerts(config: Settings, events: list[dict[str, Any]]) -> list[Alert]:
     """The same scenario through the pure core and detector, no broker: every message decoded
-    as the worker decodes it, offered to one task, then the watermark moved window by window
-    to where the closing events leave the live one, the detector judging each boundary with
+    as the worker decodes it, offered to one task, then the watermark moved look by look
+    to where the closing events leave the live one, the detector judging each look with
     the windows folded as the merger folds them. The alerts it would write."""
     funnel: FunnelDefinition = load_funnel(config.funnels[0])
     limits = DecodeLimits(
@@ -181,10 +181,11 @@ def core_alerts(config: Settings, events: list[dict[str, Any]]) -> list[Alert]:
     detector = FunnelDetector(funnel)
     caps = [segment.cap for segment in funnel.segments]
     size, horizon = funnel.window_ms, funnel.window_ms + funnel.finality_lag_ms
+    look = look_ms(size)  # window boundaries and the detector's early looks between them
     last = _ms(CLOSING) - round(config.allowed_lateness_seconds * 1000)
     windows: dict[int, WindowCounts] = {}
     alerts = []
-    for boundary in range(_ms(START) - _ms(START) % size, last - last % size + 1, size):
+    for boundary in range(_ms(START) - _ms(START) % size, last - last % look + 1, look):
         task.advance(boundary)
         for partial in task.drain().partials:
             windows[partial.window_start_ms] = fold_segments(partial.counts, caps)
@@ -276,7 +277,7 @@ def assert_names_the_incident(alerts: list[Alert], incident: Incident) -> None:
 
 # The alert-quality harness's detection bounds (benchmarks.alert_quality, its incidents):
 # watermark minutes from an incident's onset to the first alert that names it.
-DETECTION_BOUND_MINUTES = {"segment": 5, "step": 2, "silence": 5}
+DETECTION_BOUND_MINUTES = {"segment": 5, "step": 1, "silence": 5}
 
 END_MARKER_ID = "end-marker"
 

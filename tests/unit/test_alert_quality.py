@@ -21,6 +21,7 @@ from benchmarks.alert_quality import (
     judge,
     run_job,
 )
+from streamer.funnel.windows import LOOKS_PER_WINDOW as LOOKS
 from tests.support.alert_pipeline import DETECTION_BOUND_MINUTES
 
 # Incident runs end at 15:36 of day 0 (the incidents start at 14:00): the two cores share
@@ -29,12 +30,12 @@ from tests.support.alert_pipeline import DETECTION_BOUND_MINUTES
 # of its own.
 INCIDENT_DAYS = 0.65
 RUNS: dict[str, Job] = {
-    "healthy": (1, "healthy", 1.5, 300.0, "ordered"),
-    "segment": (2, "segment", INCIDENT_DAYS, 300.0, "ordered"),
-    "step": (3, "step", INCIDENT_DAYS, 300.0, "ordered"),
-    "silence": (4, "silence", INCIDENT_DAYS, 300.0, "ordered"),
-    "strict": (5, "healthy", 0.5, 300.0, "strict"),
-    "unordered": (6, "healthy", 0.5, 300.0, "unordered"),
+    "healthy": (1, "healthy", 1.5, 300.0, "ordered", LOOKS),
+    "segment": (2, "segment", INCIDENT_DAYS, 300.0, "ordered", LOOKS),
+    "step": (3, "step", INCIDENT_DAYS, 300.0, "ordered", LOOKS),
+    "silence": (4, "silence", INCIDENT_DAYS, 300.0, "ordered", LOOKS),
+    "strict": (5, "healthy", 0.5, 300.0, "strict", LOOKS),
+    "unordered": (6, "healthy", 0.5, 300.0, "unordered", LOOKS),
 }
 pytestmark = pytest.mark.timeout(900)
 

@@ -21,7 +21,13 @@ from streamer.funnel.detect import (
     family_threshold,
     held_steps,
 )
-from streamer.funnel.windows import TIME_TO_CONVERT_BUCKETS_MS, WindowCounts
+from streamer.funnel.session import Kind, Outcome
+from streamer.funnel.windows import (
+    LOOKS_PER_WINDOW,
+    TIME_TO_CONVERT_BUCKETS_MS,
+    WindowCounts,
+    look_ms,
+)
 
 CHECKOUT = Path(__file__).resolve().parents[2] / "deploy/funnels/checkout.yaml"
 MIN = 60_000
@@ -131,6 +137,87 @@ def test_a_broken_step_fires_at_matched_age_long_before_its_timeout_then_resolve
         for d in detector.evaluate(later + step * MIN, {later + (step - 1) * MIN: healthy(funnel)})
     ]
     assert states == ["resolved"]
+
+
+def sliced(funnel: FunnelDefinition, start: int, per_slice: list[tuple[int, int]]) -> WindowCounts:
+    """The payment step's counts in the window at ``start``, as the task counts them (per
+    slice too): slice k -> (entered, converted within 5 s), every entry at the slice's start."""
+    counts = WindowCounts.empty(len(funnel.stages))
+    look = look_ms(funnel.window_ms)
+    nothing = (None,) * len(funnel.segments)
+    for k, (entered, converted) in enumerate(per_slice):
+        at = start + k * look
+        for n in range(entered):
+            counts.apply(Outcome(Kind.ENTERED, PAYMENT, at, at, nothing), funnel.window_ms)
+            if n < converted:
+                done = Outcome(Kind.CONVERTED, PAYMENT, at, at + 4_000, nothing, 4_000)
+                counts.apply(done, funnel.window_ms)
+    return counts
+
+
+def test_a_step_broken_for_everyone_fires_at_an_early_look_inside_the_window() -> None:
+    """The window in progress, read slice by slice: a slice 15 s old has had its 15 s to
+    convert (90% do, within 5 s); none of its 10 payments did. Found 30 s after the onset,
+    where one look per window finds it at the second boundary after it (2 minutes)."""
+    funnel = checkout()
+    assert (funnel.window_ms, LOOKS_PER_WINDOW) == (MIN, 4)
+    detector, before = FunnelDetector(funnel), FunnelDetector(funnel, looks_per_window=1)
+    warm(detector)
+    onset = warm(before) + 5 * MIN
+    decisions, old = [], []
+    for look in range(1, 2 * LOOKS_PER_WINDOW + 1):
+        at = onset + look * 15_000
+        filled = [(10, 0)] * min(LOOKS_PER_WINDOW, look)  # the slices entered by then
+        windows = {onset: sliced(funnel, onset, filled)}
+        if look > LOOKS_PER_WINDOW:
+            windows[onset + MIN] = sliced(funnel, onset + MIN, filled[: look - 4])
+        decisions += detector.evaluate(at, windows)
+        old += before.evaluate(at, windows)
+    [firing] = decisions
+    assert (firing.state, firing.basis) == ("firing", "matched_age")
+    assert firing.alert_id == f"checkout/payment->order/{onset + 30_000}"
+    assert (firing.start_ms, firing.end_ms, firing.decided) == (onset, onset + 15_000, 10)
+    # One look a minute: the onset's window first tested a minute after its end.
+    assert [d.alert_id for d in old] == [f"checkout/payment->order/{onset + 2 * MIN}"]
+    # The early looks fire but never resolve: no resolution in the next minute's looks
+    # without a firing test; the boundaries count (resolve_after_windows).
+    calm = onset + 3 * MIN
+    states = [
+        d.state
+        for look in range(6 * LOOKS_PER_WINDOW)
+        for d in detector.evaluate(calm + look * 15_000, {})
+    ]
+    assert states == ["resolved"]
+
+
+def test_an_early_look_leaves_a_partial_failure_to_the_boundary_tests() -> None:
+    """A third of the payments failing (as one large payment method failing would): clear on
+    the slices (p far below the threshold), but fewer than half of the expected conversions
+    missing, which a segment may explain: no early look fires; the boundary's tests do."""
+    funnel = checkout()
+    detector = FunnelDetector(funnel)
+    onset = warm(detector) + 5 * MIN
+    decisions = []
+    for look in range(1, LOOKS_PER_WINDOW):
+        windows = {onset: sliced(funnel, onset, [(100, 60)] * look)}
+        decisions += detector.evaluate(onset + look * 15_000, windows)
+    assert decisions == []
+    windows = {onset: sliced(funnel, onset, [(100, 60)] * LOOKS_PER_WINDOW)}
+    windows[onset + MIN] = sliced(funnel, onset + MIN, [(100, 60)] * LOOKS_PER_WINDOW)
+    assert detector.evaluate(onset + 3 * MIN, windows) != []  # the young test at min_age
+
+
+def test_a_windows_slices_add_up_to_its_counts() -> None:
+    funnel = checkout()
+    counts = sliced(funnel, 0, [(3, 1), (0, 0), (5, 5), (2, 0)])
+    counts.merge(sliced(funnel, 0, [(1, 1), (1, 0), (0, 0), (4, 2)]))
+    for stage, per_slice in zip(counts.stages, counts.slices, strict=True):
+        total = type(stage)()
+        for part in per_slice:
+            total.add(part)
+        assert total == stage
+    assert [s.entered for s in counts.slices[PAYMENT]] == [4, 1, 5, 6]
+    assert WindowCounts.from_json(counts.to_json()) == counts
 
 
 def test_a_failure_confined_to_one_segment_is_found_and_named_first() -> None:

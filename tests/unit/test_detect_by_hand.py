@@ -18,7 +18,7 @@ from streamer.funnel.detect import (
     binomial_tail,
     family_threshold,
 )
-from streamer.funnel.windows import WindowCounts
+from streamer.funnel.windows import LOOKS_PER_WINDOW, WindowCounts
 
 MIN = 60_000
 
@@ -87,9 +87,13 @@ FUNNEL = FunnelDefinition.model_validate(
             {"name": "b", "event_type": "add_to_cart"},
             {"name": "c", "event_type": "order_placed"},
         ],
-        "alerting": {"significance": 5e-4, "min_baseline_decided": 500, "min_decided": 30},
+        # 1e-3 per window of watermark, half of it for the look at its boundary (the other
+        # half for the early looks): 5e-4, the family significance the evaluations below (at
+        # window boundaries) are worked out with.
+        "alerting": {"significance": 1e-3, "min_baseline_decided": 500, "min_decided": 30},
     }
 )
+assert LOOKS_PER_WINDOW > 1
 FINAL_AFTER = MIN + 2 * MIN  # a window is final for both steps 3 minutes after its start
 
 

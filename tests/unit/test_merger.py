@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from streamer.cli.funnels import print_summary
 from streamer.funnel.definition import FunnelDefinition, Segment, load_funnel
 from streamer.funnel.session import NEVER, Kind, Outcome
-from streamer.funnel.windows import WindowCounts
+from streamer.funnel.windows import LOOKS_PER_WINDOW, WindowCounts, look_ms
 from streamer.metrics import Metrics
 from streamer.pipeline.merger import (
     REVISION_INTERVAL_S,
@@ -223,7 +223,7 @@ async def test_excluded_attempts_are_published_counted_and_shown_beside_the_othe
     assert header.index("dropped") < header.index("excluded") < header.index("open")
 
 
-async def test_the_detector_judges_every_boundary_once_with_the_merged_windows() -> None:
+async def test_the_detector_judges_every_look_once_with_the_merged_windows() -> None:
     table: dict[str, bytes] = {}
     calls: list[tuple[int, dict[int, int]]] = []
 
@@ -232,25 +232,27 @@ async def test_the_detector_judges_every_boundary_once_with_the_merged_windows()
         calls.extend((watermark, entered) for watermark in watermarks)
 
     made, _ = merger(table, Clock(), judge)
-    size = FUNNEL.window_ms
+    size, look = FUNNEL.window_ms, look_ms(FUNNEL.window_ms)
+    assert size == LOOKS_PER_WINDOW * look
     await made.process(partial(0, 5, [1, 1, 0]))
     await made.process(partial(1, 2, [1, 1, 0]))
     await made.process(progress(0, START + 3 * size))
     assert calls == []  # partition 1 never reported: nothing is known yet
     await made.process(progress(1, START + 2 * size + 10))
-    await made.process(progress(1, START + 2 * size + 20))  # same boundary: judged once
+    await made.process(progress(1, START + 2 * size + 20))  # same look: judged once
     await made.process(progress(1, START + 4 * size + 5))  # partition 0 holds it at 3
     # A first start judges from the end of the first window held, whatever the watermark
-    # was when it first ran: the boundaries a replay of the same input judges.
+    # was when it first ran: the looks a replay of the same input judges (window boundaries
+    # and the early looks between them).
     assert calls == [
-        (START + size, {START: 7}),
-        (START + 2 * size, {START: 7}),
-        (START + 3 * size, {START: 7}),
+        (watermark, {START: 7}) for watermark in range(START + size, START + 3 * size + 1, look)
     ]
-    # After a rebalance (reset), the boundary judged last is remembered in the table.
+    # After a rebalance (reset), the look judged last is remembered in the table.
     made.reset()
     await made.process(progress(0, START + 4 * size))
-    assert [watermark for watermark, _ in calls[3:]] == [START + 4 * size]
+    assert [watermark for watermark, _ in calls[2 * LOOKS_PER_WINDOW + 1 :]] == list(
+        range(START + 3 * size + look, START + 4 * size + 1, look)
+    )
 
 
 async def test_a_window_decided_between_two_boundaries_is_judged_final_before_it_goes() -> None:
