@@ -61,12 +61,14 @@ from streamer.formatting import utc_datetime
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.detect import AlertDecision, FunnelDetector
 from streamer.funnel.experiments import ExperimentGuard
+from streamer.funnel.satisfaction import LowScoreDetector
 from streamer.funnel.session import NEVER, CompiledFunnel
 from streamer.funnel.task import Offer, Task, TaskOutput
 from streamer.funnel.windows import WindowCounts, fold_segments, merge_partials
 from streamer.kafka_io import make_consumer, make_producer, stop_consumer, topic_partitions
 from streamer.pipeline.detector import alert_record, tracking_alert_record
 from streamer.pipeline.guardrails import experiment_alert_record
+from streamer.pipeline.low_scores import judge_low_scores, low_score_alert_record
 from streamer.pipeline.merger import window_stats
 from streamer.pipeline.units import session_funnels, unit_retention_ms, unit_user, user_funnels
 from streamer.plan.compile import CompiledPlan
@@ -94,6 +96,7 @@ class _FunnelRun:
     abandoned: Counter[str] = field(default_factory=Counter)
     retracted: Counter[str] = field(default_factory=Counter)
     judged_ms: int = NEVER
+    low_scores: LowScoreDetector = field(default_factory=LowScoreDetector)  # surveys' alert
 
 
 class RangeReplay:
@@ -296,6 +299,9 @@ class RangeReplay:
             # As the worker's detector stage: the guard after the detector, on its windows.
             for guarded in run.guard.evaluate(watermark_ms, folded):
                 run.alerts.append(experiment_alert_record(funnel, guarded, *self._links))
+            if funnel.surveys:  # and the low-score alert (docs/satisfaction.md)
+                for low in judge_low_scores(funnel, run.low_scores, watermark_ms, folded):
+                    run.alerts.append(low_score_alert_record(funnel, low, *self._links))
         horizon = funnel.window_ms + funnel.judged_final_lag_ms  # judged final, then let go
         for start in [s for s in run.windows if s + horizon <= watermark_ms]:
             counts = run.final_counts[start] = run.windows.pop(start)
