@@ -532,9 +532,9 @@ class WindowMerger:
             window = windows[key]
             funnel, start = window.funnel, window.start
             counts = window.merged()
-            if all(step.is_empty() for step in counts.stages):
-                # Input volume only (events that moved no session into or out of a stage):
-                # nothing to publish; the tracking check has read it.
+            if not counts.answers and all(step.is_empty() for step in counts.stages):
+                # Input volume only (events that moved no session into or out of a stage, and
+                # no survey answer): nothing to publish; the tracking check has read it.
                 self._changed.discard(key)
                 if window.final_at <= watermark:
                     finals.append((key, window, None, counts))
