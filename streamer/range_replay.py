@@ -322,8 +322,8 @@ class RangeReplay:
             windows = dict(run.finals)
             for start, counts in run.windows.items():
                 windows[start] = self._stats(run, start, counts, self.until_ms)
-            for start in [s for s, w in windows.items() if not any(x.entered for x in w.stages)]:
-                del windows[start]  # input volume only: nothing to show (as live)
+            for start in [s for s, w in windows.items() if _volume_only(w)]:
+                del windows[start]  # nothing to show (as live)
             total = merge_partials(
                 len(funnel.stages), [*run.final_counts.values(), *run.windows.values()]
             )
@@ -628,3 +628,9 @@ async def notify_alerts(settings: Settings, report: ReplayReport) -> Counter[str
     finally:
         await notifier.close()
     return outcomes
+
+
+def _volume_only(stats: WindowStats) -> bool:
+    """A window with neither a stage entry nor a survey answer (input volume only): live, the
+    merger publishes no record of it either."""
+    return not stats.answers and not any(stage.entered for stage in stats.stages)
