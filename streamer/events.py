@@ -368,6 +368,32 @@ class SegmentStats(_Strict):
     stages: list[StageStats]
 
 
+class SurveyStats(_Strict):
+    """One survey's answers in a window at one stage (and segment value), counted by the
+    answers' own time (docs/satisfaction.md)."""
+
+    survey: str
+    kind: Literal["csat", "nps"]
+    stage: str = Field(description="the stage the unit had reached when it answered; none: before")
+    dimension: str | None = Field(
+        default=None,
+        description="the segment dimension (absent: the stage's total)",
+        exclude_if=lambda dimension: dimension is None,
+    )
+    value: str | None = Field(
+        default=None,
+        description="the segment value (absent: the stage's total)",
+        exclude_if=lambda value: value is None,
+    )
+    answers: int
+    low: int = Field(description="low answers: CSAT 1-2, NPS 0-6 (detractors)")
+    distribution: dict[str, int] = Field(description="score -> answers, every score of the range")
+    satisfied_share: float | None = Field(default=None, description="CSAT: share of 4 and 5")
+    nps: float | None = Field(
+        default=None, description="NPS: promoters (9-10) minus detractors (0-6), % of answers"
+    )
+
+
 class WindowStats(_Strict):
     """Counts of one funnel's cohort window, merged from every partition (``funnel.windows``).
 
@@ -385,6 +411,11 @@ class WindowStats(_Strict):
     partitions: int
     stages: list[StageStats]
     segments: list[SegmentStats] = Field(default_factory=list)
+    answers: list[SurveyStats] = Field(
+        default_factory=list,
+        description="funnels with surveys: answers per survey, stage and segment value",
+        exclude_if=lambda answers: not answers,  # other funnels' records stay as they were
+    )
 
 
 class Abandonment(_Strict):
@@ -428,13 +459,15 @@ class Alert(_Strict):
         description="funnel/step/watermark ms of the evaluation that fired; data quality: "
         "funnel/tracking/topic:<name> or event_type:<name>/watermark ms"
     )
-    kind: Literal["drop_off", "data_quality", "guardrail", "sample_ratio"] = Field(
+    kind: Literal["drop_off", "data_quality", "guardrail", "sample_ratio", "low_score"] = Field(
         default="drop_off",
         description="drop_off: a step converts less than its baseline; data_quality: an input "
         "topic or event type went silent while the rest flows (tracking broke, conversion may "
         "not have): the steps it feeds are not judged meanwhile; guardrail: an experiment's "
         "variant converts worse than its control at a step; sample_ratio: an experiment's "
-        "exposures contradict its intended split",
+        "exposures contradict its intended split; low_score: the share of a survey's low "
+        "answers at a stage (or a segment value of it) rose above its baseline "
+        "(observed_rate now, expected_rate before; decided the answers, dropped the low ones)",
     )
     state: Literal["firing", "repeat", "resolved"]
     severity: Literal["page", "warning"]
@@ -498,6 +531,12 @@ class Alert(_Strict):
     )
     intended_split: dict[str, float] = Field(
         default_factory=dict, description="sample ratio: the declared share of each variant"
+    )
+    survey: str | None = Field(default=None, description="low score: the survey")
+    segment: str | None = Field(
+        default=None,
+        description="low score: the segment value (dimension=value) judged; absent: the stage's "
+        "total",
     )
 
 

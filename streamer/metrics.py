@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from streamer.events import EVENT_MODELS, ReasonCode
 from streamer.funnel.definition import FunnelDefinition
+from streamer.funnel.satisfaction import SCORE_RANGE
 from streamer.funnel.stages import LifecycleStage
 from streamer.funnel.windows import TIME_TO_CONVERT_BUCKETS_MS, UNKNOWN
 
@@ -192,6 +193,8 @@ class Metrics:
     step_conversion_ratio: Gauge
     step_drop_off_ratio: Gauge
     experiment_conversion_ratio: Gauge
+    survey_answers: Gauge
+    survey_score: Gauge
     experiment_decided: Gauge
     experiment_exposures: Gauge
     last_window_end: Gauge
@@ -431,6 +434,23 @@ class Metrics:
                 ["funnel", "experiment", "variant"],
                 registry=registry,
             ),
+            # Labels bounded by the funnel files: declared surveys, stages (or none), scores
+            # of the range, segment dimensions and their values folded by the cap.
+            survey_answers=Gauge(
+                "streamer_survey_answers",
+                "Last final window: a survey's answers at a stage giving each score (by the "
+                "answers' own time; 0 when none gave it)",
+                ["funnel", "survey", "stage", "score"],
+                registry=registry,
+            ),
+            survey_score=Gauge(
+                "streamer_survey_score",
+                "Last final window with answers: NPS in % (nps surveys) or the satisfied "
+                "share 4-5 (csat), and the low share (figure low), per survey, stage and "
+                "segment value (dimension and value empty: the stage's total)",
+                ["funnel", "survey", "stage", "dimension", "value", "figure"],
+                registry=registry,
+            ),
             last_window_end=Gauge(
                 "streamer_funnel_last_window_end_timestamp_seconds",
                 "End of the last final cohort window of the funnel (event time)",
@@ -474,6 +494,13 @@ class Metrics:
                     for severity in ALERT_SEVERITIES:
                         metrics.alerts.labels(
                             funnel=funnel.name, step=step, state=state, severity=severity
+                        )
+            for survey in funnel.surveys:
+                low, high = SCORE_RANGE[survey.kind]
+                for stage_name in ("none", *(stage.name for stage in funnel.stages)):
+                    for score in range(low, high + 1):
+                        metrics.survey_answers.labels(
+                            funnel=funnel.name, survey=survey.name, stage=stage_name, score=score
                         )
             for experiment in funnel.experiments:
                 for variant in experiment.variants:

@@ -17,6 +17,7 @@ from aiokafka import TopicPartition
 from pydantic import ValidationError
 
 from streamer.events import WindowStats
+from streamer.funnel.satisfaction import Scores
 from streamer.kafka_io import make_consumer, stop_consumer, topic_partitions
 from streamer.settings import Settings
 
@@ -56,6 +57,45 @@ def _aggregate(windows: list[WindowStats]) -> list[dict[str, Any]]:
     return rows
 
 
+def _answers(windows: list[WindowStats]) -> list[dict[str, Any]]:
+    """Funnels with surveys: each survey's answers per stage over the windows (the windows'
+    sum; per segment value in the records, not here)."""
+    summed: dict[tuple[str, str], Scores] = {}
+    for window in windows:
+        for row in window.answers:
+            if row.dimension is not None:
+                continue
+            scores = summed.setdefault((row.survey, row.stage), Scores(row.kind))
+            for score, n in row.distribution.items():
+                if n:
+                    scores.add(int(score), n)
+    out = []
+    for (survey, stage), scores in summed.items():
+        nps, satisfied = scores.nps(), scores.satisfied_share()
+        out.append(
+            {
+                "survey": survey,
+                "kind": scores.kind,
+                "stage": stage,
+                "answers": scores.answers,
+                "low": scores.low,
+                "distribution": {str(s): n for s, n in sorted(scores.counts.items())},
+                "satisfied_share": None if satisfied is None else round(satisfied, 4),
+                "nps": None if nps is None else round(nps, 2),
+            }
+        )
+    return out
+
+
+def _span(windows: list[WindowStats]) -> dict[str, Any]:
+    """A span's stages, and its answers in funnels with surveys."""
+    span: dict[str, Any] = {"stages": _aggregate(windows)}
+    answers = _answers(windows)
+    if answers:
+        span["answers"] = answers
+    return span
+
+
 class FunnelView:
     def __init__(self, keep: int = 5000) -> None:
         self._windows: dict[str, dict[str, WindowStats]] = {}
@@ -86,14 +126,14 @@ class FunnelView:
                     "start": last.window_start.isoformat(),
                     "end": last.window_end.isoformat(),
                     "final": last.final,
-                    "stages": _aggregate([last]),
+                    **_span([last]),
                 },
                 "last_hour": {
                     "start": last_hour[0].window_start.isoformat(),
                     "end": last.window_end.isoformat(),
                     "windows": len(last_hour),
                     "final": all(w.final for w in last_hour),
-                    "stages": _aggregate(last_hour),
+                    **_span(last_hour),
                 },
             }
         return out

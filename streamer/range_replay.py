@@ -61,6 +61,7 @@ from streamer.formatting import utc_datetime
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.detect import AlertDecision, FunnelDetector
 from streamer.funnel.experiments import ExperimentGuard
+from streamer.funnel.satisfaction import LowScoreDetector
 from streamer.funnel.session import NEVER, CompiledFunnel
 from streamer.funnel.task import Offer, Task, TaskOutput
 from streamer.funnel.windows import (
@@ -73,6 +74,7 @@ from streamer.funnel.windows import (
 from streamer.kafka_io import make_consumer, make_producer, stop_consumer, topic_partitions
 from streamer.pipeline.detector import alert_record, tracking_alert_record
 from streamer.pipeline.guardrails import experiment_alert_record
+from streamer.pipeline.low_scores import judge_low_scores, low_score_alert_record
 from streamer.pipeline.merger import window_stats
 from streamer.pipeline.units import session_funnels, unit_retention_ms, unit_user, user_funnels
 from streamer.plan.compile import CompiledPlan
@@ -100,6 +102,7 @@ class _FunnelRun:
     abandoned: Counter[str] = field(default_factory=Counter)
     retracted: Counter[str] = field(default_factory=Counter)
     judged_ms: int = NEVER
+    low_scores: LowScoreDetector = field(default_factory=LowScoreDetector)  # surveys' alert
 
 
 class RangeReplay:
@@ -318,6 +321,9 @@ class RangeReplay:
             # window boundaries only.
             for guarded in run.guard.evaluate(watermark_ms, folded) if boundary else ():
                 run.alerts.append(experiment_alert_record(funnel, guarded, *self._links))
+            if funnel.surveys:  # and the low-score alert (docs/satisfaction.md)
+                for low in judge_low_scores(funnel, run.low_scores, watermark_ms, folded):
+                    run.alerts.append(low_score_alert_record(funnel, low, *self._links))
         horizon = funnel.window_ms + funnel.judged_final_lag_ms  # judged final, then let go
         for start in [s for s in run.windows if s + horizon <= watermark_ms]:
             counts = run.final_counts[start] = run.windows.pop(start)
@@ -338,8 +344,8 @@ class RangeReplay:
             windows = dict(run.finals)
             for start, counts in run.windows.items():
                 windows[start] = self._stats(run, start, counts, self.until_ms)
-            for start in [s for s, w in windows.items() if not any(x.entered for x in w.stages)]:
-                del windows[start]  # input volume only: nothing to show (as live)
+            for start in [s for s, w in windows.items() if _volume_only(w)]:
+                del windows[start]  # nothing to show (as live)
             total = merge_partials(
                 len(funnel.stages), [*run.final_counts.values(), *run.windows.values()]
             )
@@ -644,3 +650,9 @@ async def notify_alerts(settings: Settings, report: ReplayReport) -> Counter[str
     finally:
         await notifier.close()
     return outcomes
+
+
+def _volume_only(stats: WindowStats) -> bool:
+    """A window with neither a stage entry nor a survey answer (input volume only): live, the
+    merger publishes no record of it either."""
+    return not stats.answers and not any(stage.entered for stage in stats.stages)

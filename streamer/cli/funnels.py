@@ -112,6 +112,24 @@ def _stages_table(name: str, label: str, part: dict[str, Any]) -> Table:
     return table
 
 
+def _answers_table(name: str, label: str, part: dict[str, Any]) -> Table:
+    """Funnels with surveys: each survey's answers per stage in one span."""
+    table = Table(title=f"{name}: survey answers, {_span_label(label, part)} (by answer time)")
+    for column in ("survey", "stage", "answers", "low", "satisfied / NPS", "scores"):
+        table.add_column(column, justify="left" if column in ("survey", "stage") else "right")
+    for row in part["answers"]:
+        headline = (
+            f"{row['satisfied_share']:.1%} satisfied"
+            if row["satisfied_share"] is not None
+            else f"NPS {row['nps']:+.1f}"
+        )
+        scores = " ".join(f"{score}:{n}" for score, n in row["distribution"].items())
+        table.add_row(
+            row["survey"], row["stage"], str(row["answers"]), str(row["low"]), headline, scores
+        )
+    return table
+
+
 def print_summary(summary: dict[str, Any], lateness_seconds: float | None = None) -> None:
     if not summary:
         wait = (
@@ -128,6 +146,8 @@ def print_summary(summary: dict[str, Any], lateness_seconds: float | None = None
     for name, parts in summary.items():
         for label in ("last_window", "last_hour"):
             console.print(_stages_table(name, label, parts[label]))
+            if parts[label].get("answers"):
+                console.print(_answers_table(name, label, parts[label]))
         warming = parts.get("warming_up")
         if warming:
             console.print(

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from streamer.funnel.statistics import binomial_tail, family_threshold
 
@@ -33,7 +33,9 @@ __all__ = [
     "LowScoreDetector",
     "LowScorePolicy",
     "Scores",
+    "SubjectKey",
     "is_low",
+    "scores_by_subject",
 ]
 
 SurveyKind = Literal["csat", "nps"]
@@ -83,6 +85,26 @@ class Scores:
         return sum(n for score, n in self.counts.items() if score >= 4) / self.answers
 
 
+# (survey index, stage index or -1 for none yet, segment dimension or -1 for the stage's
+# total, segment value or ""): the key of :attr:`WindowCounts.answers` without the score.
+SubjectKey = tuple[int, int, int, str]
+
+
+def scores_by_subject(
+    answers: Mapping[tuple[int, int, int, str, int], int], kinds: list[SurveyKind]
+) -> dict[SubjectKey, Scores]:
+    """A window's answer counts (:attr:`streamer.funnel.windows.WindowCounts.answers`) as the
+    scores of each survey at each stage and segment value; ``kinds``: each survey's kind."""
+    out: dict[SubjectKey, Scores] = {}
+    for (survey, stage, dim, value, score), n in answers.items():
+        key = (survey, stage, dim, value)
+        scores = out.get(key)
+        if scores is None:
+            scores = out[key] = Scores(kinds[survey])
+        scores.add(score, n)
+    return out
+
+
 @dataclass(frozen=True)
 class LowScorePolicy:
     significance: float = 1e-6  # the family's false-alert rate per evaluation, as the detector
@@ -103,6 +125,7 @@ class LowScoreDecision:
     answers: int
     low: int
     p_value: float
+    fired_at_ms: int = 0  # the evaluation that fired (a resolution names the alert it ends)
 
 
 @dataclass
@@ -112,6 +135,29 @@ class _Subject:
     recent: list[tuple[int, int]] = field(default_factory=list)  # newest last, (answers, low)
     firing: bool = False
     quiet_windows: int = 0
+    fired_at_ms: int = 0
+
+    def to_json(self) -> list[Any]:
+        return [
+            self.baseline_answers,
+            self.baseline_low,
+            [list(pair) for pair in self.recent],
+            self.firing,
+            self.quiet_windows,
+            self.fired_at_ms,
+        ]
+
+    @classmethod
+    def from_json(cls, raw: list[Any]) -> _Subject:
+        answers, low, recent, firing, quiet, fired_at = raw
+        return cls(
+            float(answers),
+            float(low),
+            [(int(a), int(k)) for a, k in recent],
+            bool(firing),
+            int(quiet),
+            int(fired_at),
+        )
 
     def learn(self, answers: int, low: int, half_life: float) -> None:
         keep = 0.5 ** (answers / half_life)
@@ -128,6 +174,19 @@ class LowScoreDetector:
         # The last evaluation's per-test threshold (its family's, after Tarone's pruning), as
         # the drop-off detector keeps it: the harness's information limit tests at it.
         self.threshold = self.policy.significance
+
+    def to_json(self) -> list[Any]:
+        """The state, for a checkpoint: subjects keyed by a tuple of JSON values (the
+        worker's :data:`SubjectKey`)."""
+        out = []
+        for key, subject in self._subjects.items():
+            if not isinstance(key, tuple):
+                raise TypeError(f"a stored subject is a tuple, not {key!r}")
+            out.append([list(key), subject.to_json()])
+        return out
+
+    def load_json(self, raw: list[Any]) -> None:
+        self._subjects = {tuple(key): _Subject.from_json(state) for key, state in raw}
 
     def warming_up(self) -> dict[Hashable, bool]:
         need = self.policy.min_baseline_answers
@@ -174,9 +233,12 @@ class LowScoreDetector:
                 subject.quiet_windows = 0
                 if not subject.firing:
                     subject.firing = True
+                    subject.fired_at_ms = window_end_ms
                     p, n, k = found
                     decisions.append(
-                        LowScoreDecision(key, "firing", window_end_ms, k / n, expected, n, k, p)
+                        LowScoreDecision(
+                            key, "firing", window_end_ms, k / n, expected, n, k, p, window_end_ms
+                        )
                     )
             elif subject.firing:
                 subject.quiet_windows += 1
@@ -185,7 +247,17 @@ class LowScoreDetector:
                     n, k = subject.recent[-1]
                     share = k / n if n else 0.0
                     decisions.append(
-                        LowScoreDecision(key, "resolved", window_end_ms, share, expected, n, k, 1.0)
+                        LowScoreDecision(
+                            key,
+                            "resolved",
+                            window_end_ms,
+                            share,
+                            expected,
+                            n,
+                            k,
+                            1.0,
+                            subject.fired_at_ms,
+                        )
                     )
             # The window that left the longest span joins the baseline, unless alerting.
             if len(subject.recent) > longest:

@@ -330,7 +330,14 @@ def fold_segments(counts: WindowCounts, caps: list[int]) -> WindowCounts:
             target = folded.segments.setdefault((dim, name), [StepCounts() for _ in steps])
             for mine, theirs in zip(target, steps, strict=True):
                 mine.add(theirs)
-    # Answers keep the values the stage entries kept (a value no entry has is other).
+    # Answers keep the values the stage entries kept; a value only answers have takes a place
+    # left under the cap (in name order), else is other: answers come long after their
+    # stage's cohort, so most of a window's answers have values no entry of it has.
+    answer_values = sorted({(dim, value) for _, _, dim, value, _ in counts.answers if dim >= 0})
+    for dim, value in answer_values:
+        places = sum(1 for d, v in kept if d == dim and v not in ("other", UNKNOWN))
+        if (dim, value) not in kept and (dim >= len(caps) or places < caps[dim]):
+            kept.add((dim, value))
     for (survey, stage, dim, value, score), n in counts.answers.items():
         if dim >= 0 and (dim, value) not in kept and value != UNKNOWN:
             value = "other"

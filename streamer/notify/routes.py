@@ -31,6 +31,7 @@ _ALERT_NAMES = {
     "data_quality": "StreamerTrackingBroken",
     "guardrail": "StreamerExperimentGuardrail",
     "sample_ratio": "StreamerExperimentSampleRatio",
+    "low_score": "StreamerSurveyLowScores",
 }
 
 
@@ -50,6 +51,10 @@ def alertmanager_alert(alert: Alert, now: datetime) -> dict[str, Any]:
         labels["experiment"] = alertmanager_label(alert.experiment)
     if alert.variant is not None:
         labels["variant"] = alertmanager_label(alert.variant)
+    if alert.survey is not None:
+        labels["survey"] = alertmanager_label(alert.survey)
+    if alert.segment is not None:  # low score: the segment value judged
+        labels["segment"] = alertmanager_label(alert.segment)
     if alert.explanations:  # the segment value holding most of the excess drops
         top = max(alert.explanations, key=lambda e: e.share_of_excess)
         labels["segment"] = alertmanager_label(f"{top.dimension}={top.value}")

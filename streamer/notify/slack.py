@@ -115,6 +115,16 @@ def _head_and_fields(alert: Alert) -> tuple[str, list[str]]:
             f"*Difference*\n{estimate:+.1f} points ({low:+.1f} to {high:+.1f})",
             f"*Always-valid p*\n{alert.p_value:.1e} (alpha {alert.alpha or 0:.3g})",
         ]
+    if alert.kind == "low_score":
+        where = f"{alert.survey} at {alert.step}" + (f", {alert.segment}" if alert.segment else "")
+        head = f"{_EMOJI[alert.state]} [{state}] {alert.funnel}: low scores, {where}"
+        return head, [
+            f"*Low share now*\n{percent(alert.observed_rate)} ({alert.dropped} of "
+            f"{alert.decided} answers)",
+            f"*Before*\n{percent(alert.expected_rate)}",
+            f"*Segment*\n{slack_mrkdwn(alert.segment or 'all answers at the stage')}",
+            f"*p*\n{alert.p_value:.1e}",
+        ]
     if alert.kind == "sample_ratio":
         head = (
             f"{_EMOJI[alert.state]} [{state}] {alert.funnel}: experiment {alert.experiment}, "

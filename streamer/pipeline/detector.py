@@ -27,6 +27,7 @@ from streamer.formatting import percent, utc_datetime
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.detect import AlertDecision, Decision, FunnelDetector, held_steps
 from streamer.funnel.experiments import ExperimentGuard, GuardrailDecision, RatioDecision
+from streamer.funnel.satisfaction import LowScoreDecision
 from streamer.funnel.tracking import EVENT_TYPE_RESIDUAL, TrackingDecision, key_name
 from streamer.funnel.windows import WindowCounts
 from streamer.kafka_io import read_topic
@@ -35,6 +36,11 @@ from streamer.pipeline.guardrails import (
     experiment_alert_record,
     experiment_decisions,
     guard_key,
+)
+from streamer.pipeline.low_scores import (
+    low_score_alert_record,
+    low_score_decisions,
+    low_scores_key,
 )
 from streamer.pipeline.messages import SendFn
 from streamer.pipeline.tables import Deliveries, confirmed_table
@@ -236,7 +242,7 @@ class DetectorStage:
             detector.load_json(orjson.loads(raw))
         else:
             await self._start_warm(funnel, detector)
-        decisions: list[Decision | GuardrailDecision | RatioDecision] = []
+        decisions: list[Decision | GuardrailDecision | RatioDecision | LowScoreDecision] = []
         ran_at = time.perf_counter()
         for watermark in watermarks:
             decisions.extend(detector.evaluate(watermark, windows))
@@ -249,6 +255,10 @@ class DetectorStage:
         if funnel.experiments and boundaries:  # docs/experiments.md: same windows, own state
             guarded, guard = experiment_decisions(funnel, self._table, boundaries, windows)
             decisions += guarded
+        low_scores = None
+        if funnel.surveys:  # docs/satisfaction.md: on the same windows, its own state
+            scored, low_scores = low_score_decisions(funnel, self._table, watermarks, windows)
+            decisions += scored
         alerts = []
         for decision in decisions:
             alert = self._record(funnel, decision)
@@ -270,6 +280,8 @@ class DetectorStage:
         self._table[key] = orjson.dumps(detector.to_json())
         if guard is not None:
             self._table[guard_key(funnel)] = orjson.dumps(guard.to_json())
+        if low_scores is not None:
+            self._table[low_scores_key(funnel)] = orjson.dumps(low_scores.to_json())
         await self.confirm_sent()
         self._show_state(funnel, detector)
         if guard is not None:
@@ -279,12 +291,18 @@ class DetectorStage:
     def _record(
         self,
         funnel: FunnelDefinition,
-        decision: AlertDecision | TrackingDecision | GuardrailDecision | RatioDecision,
+        decision: AlertDecision
+        | TrackingDecision
+        | GuardrailDecision
+        | RatioDecision
+        | LowScoreDecision,
     ) -> Alert | None:
         """The alert a decision makes; None for a data-quality alert the funnel turned off
         (its gauge is set all the same)."""
         if isinstance(decision, GuardrailDecision | RatioDecision):
             return experiment_alert_record(funnel, decision, *self._links)
+        if isinstance(decision, LowScoreDecision):
+            return low_score_alert_record(funnel, decision, *self._links)
         if isinstance(decision, AlertDecision):
             step = decision.alert_id.split("/")[1]
             return alert_record(funnel, step, decision, *self._links)

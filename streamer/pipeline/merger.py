@@ -22,9 +22,10 @@ from typing import Any
 import orjson
 
 from streamer.errors import OutputRefusedError
-from streamer.events import SegmentStats, StageStats, TimeToConvert, WindowStats
+from streamer.events import SegmentStats, StageStats, SurveyStats, TimeToConvert, WindowStats
 from streamer.formatting import utc_datetime
 from streamer.funnel.definition import FunnelDefinition
+from streamer.funnel.satisfaction import SCORE_RANGE, scores_by_subject
 from streamer.funnel.session import NEVER
 from streamer.funnel.windows import (
     TIME_TO_CONVERT_BUCKETS_MS,
@@ -42,7 +43,7 @@ from streamer.pipeline.tables import Deliveries, confirmed_table, stopping_the_w
 from streamer.pipeline.topics import record_topic
 from streamer.settings import Settings
 
-__all__ = ["WindowMerger", "install", "window_stats"]
+__all__ = ["WindowMerger", "install", "show_answers", "survey_stats", "window_stats"]
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,34 @@ def _stage_stats(
     )
 
 
+def survey_stats(funnel: FunnelDefinition, counts: WindowCounts) -> list[SurveyStats]:
+    """A window's answers per survey, stage and segment value (docs/satisfaction.md), from
+    counts whose segment values are folded as its stages' (:func:`fold_segments`)."""
+    kinds = [survey.kind for survey in funnel.surveys]
+    out = []
+    for (survey, stage, dim, value), scores in sorted(
+        scores_by_subject(counts.answers, kinds).items()
+    ):
+        low, high = SCORE_RANGE[scores.kind]
+        nps = scores.nps()
+        satisfied = scores.satisfied_share()
+        out.append(
+            SurveyStats(
+                survey=funnel.surveys[survey].name,
+                kind=scores.kind,
+                stage=funnel.stages[stage].name if stage >= 0 else "none",
+                dimension=funnel.segments[dim].name if dim >= 0 else None,
+                value=value if dim >= 0 else None,
+                answers=scores.answers,
+                low=scores.low,
+                distribution={str(s): scores.counts.get(s, 0) for s in range(low, high + 1)},
+                satisfied_share=None if satisfied is None else round(satisfied, 6),
+                nps=None if nps is None else round(nps, 4),
+            )
+        )
+    return out
+
+
 def window_stats(
     funnel: FunnelDefinition,
     start_ms: int,
@@ -172,6 +201,7 @@ def window_stats(
             )
             for (dim, value), steps in sorted(folded.segments.items())
         ],
+        answers=survey_stats(funnel, folded),
     )
 
 
@@ -503,9 +533,9 @@ class WindowMerger:
             window = windows[key]
             funnel, start = window.funnel, window.start
             counts = window.merged()
-            if all(step.is_empty() for step in counts.stages):
-                # Input volume only (events that moved no session into or out of a stage):
-                # nothing to publish; the tracking check has read it.
+            if not counts.answers and all(step.is_empty() for step in counts.stages):
+                # Input volume only (events that moved no session into or out of a stage, and
+                # no survey answer): nothing to publish; the tracking check has read it.
                 self._changed.discard(key)
                 if window.final_at <= watermark:
                     finals.append((key, window, None, counts))
@@ -618,6 +648,7 @@ class WindowMerger:
             metrics.time_to_convert.observe_buckets(
                 funnel.name, step, raw.time_to_convert_buckets, raw.time_to_convert_ms_sum
             )
+        show_answers(metrics, funnel, stats)
         # Landing bounce by campaign: mismatched messaging shows as one campaign's bounce.
         campaign = campaign_dimension(funnel)
         for segment in stats.segments if campaign is not None else ():
@@ -629,6 +660,35 @@ class WindowMerger:
                     metrics.landing_outcomes.labels(
                         funnel=funnel.name, campaign=segment.value, outcome=outcome
                     ).inc(count)
+
+
+def show_answers(metrics: Metrics, funnel: FunnelDefinition, stats: WindowStats) -> None:
+    """The survey gauges of a final window (docs/satisfaction.md): every score of every
+    survey and stage (0 when none gave it); the figures of the subjects with answers."""
+    if not funnel.surveys:
+        return
+    given = {(row.survey, row.stage): row for row in stats.answers if row.dimension is None}
+    for survey in funnel.surveys:
+        low, high = SCORE_RANGE[survey.kind]
+        for stage in ("none", *(s.name for s in funnel.stages)):
+            row = given.get((survey.name, stage))
+            for score in range(low, high + 1):
+                n = row.distribution.get(str(score), 0) if row is not None else 0
+                metrics.survey_answers.labels(
+                    funnel=funnel.name, survey=survey.name, stage=stage, score=score
+                ).set(n)
+    for row in stats.answers:
+        headline = row.nps if row.kind == "nps" else row.satisfied_share
+        labels = {
+            "funnel": funnel.name,
+            "survey": row.survey,
+            "stage": row.stage,
+            "dimension": row.dimension or "",
+            "value": row.value or "",
+        }
+        if headline is not None:
+            metrics.survey_score.labels(**labels, figure=row.kind).set(headline)
+        metrics.survey_score.labels(**labels, figure="low").set(row.low / row.answers)
 
 
 def install(

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from streamer.events import WindowStats
 from streamer.funnel.definition import FunnelDefinition
 from streamer.funnel.identity import instant_units
 from streamer.funnel.session import NEVER, CompiledFunnel, StoredEvent
@@ -151,6 +152,26 @@ def _collect(task: Task, partials: dict[tuple[str, int], WindowCounts], result: 
         }
 
 
+def record_answers(record: WindowStats) -> dict[tuple[str, int, str, str, str, str, int], int]:
+    """A published window record's answers keyed as the oracle's ``answers``: (funnel, window
+    start ms, survey, stage, dimension or "", value or "", score) -> answers."""
+    start = round(record.window_start.timestamp() * 1000)
+    return {
+        (
+            record.funnel,
+            start,
+            row.survey,
+            row.stage,
+            row.dimension or "",
+            row.value or "",
+            int(s),
+        ): n
+        for row in record.answers
+        for s, n in row.distribution.items()
+        if n
+    }
+
+
 def _shape(
     funnel: FunnelDefinition,
     start: int,
@@ -180,11 +201,8 @@ def _shape(
         if funnel.uniques:
             result.windows[key]["units"] = step.units
         result.final[key] = record.stages[index].final
-    for (survey, at_stage, dim, value, score), n in counts.answers.items():
-        stage_name = "none" if at_stage < 0 else funnel.stages[at_stage].name
-        dim_name = "" if dim < 0 else funnel.segments[dim].name
-        survey_name = funnel.surveys[survey].name
-        result.answers[(funnel.name, start, survey_name, stage_name, dim_name, value, score)] = n
+    # The answers as the published record has them (docs/satisfaction.md).
+    result.answers.update(record_answers(record))
     for (dim, value), steps in counts.segments.items():
         for index, stage in enumerate(funnel.stages):
             step = steps[index]

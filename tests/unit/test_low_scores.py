@@ -114,3 +114,73 @@ def test_the_harness_measures_its_incidents_against_their_limit() -> None:
     assert run.limit_ms % WINDOW_MS == 0  # evaluations close windows
     assert run.limit_ms > 0
     assert simulate(101, 3.0).limit_ms is None  # a healthy run has no incident to measure
+
+
+async def test_the_worker_alerts_on_a_low_score_burst_and_names_it() -> None:
+    """The detector stage runs the low-score alert on the windows it judges (one window per
+    boundary, its state in the table between calls): quiet on healthy answers, one alert per
+    subject when the low share of CSAT at order on iOS jumps, named in the record, in Slack
+    and in Alertmanager's labels; resolved once answers are healthy again."""
+    import random
+
+    from prometheus_client import CollectorRegistry
+
+    from streamer.events import Alert
+    from streamer.funnel.windows import WindowCounts
+    from streamer.metrics import Metrics
+    from streamer.notify.routes import alertmanager_alert
+    from streamer.notify.slack import slack_message
+    from streamer.pipeline.detector import DetectorStage
+    from tests.unit.test_satisfaction_join import FUNNEL
+
+    size = FUNNEL.window_ms
+    order = [s.name for s in FUNNEL.stages].index("order")
+    rng = random.Random(11)
+
+    def window(ios_low_share: float) -> WindowCounts:
+        counts = WindowCounts.empty(len(FUNNEL.stages))
+        for device, share in (("ios", ios_low_share), ("web", 0.15)):
+            for _ in range(30):
+                score = rng.choice((1, 2)) if rng.random() < share else rng.choice((3, 4, 5))
+                for dim, value in ((-1, ""), (0, device)):
+                    key = (0, order, dim, value, score)  # csat at order
+                    counts.answers[key] = counts.answers.get(key, 0) + 1
+        return counts
+
+    onset = 60
+    windows = {k * size: window(0.15 if k < onset or k >= onset + 4 else 0.6) for k in range(80)}
+    sent: list[bytes] = []
+
+    async def send(key: bytes | None, value: bytes) -> None:
+        sent.append(value)
+
+    table: dict[str, bytes] = {}
+    stage = DetectorStage(
+        funnels=(FUNNEL,), table=table, metrics=Metrics.create(CollectorRegistry()), send_alert=send
+    )
+    alerts = []
+    for first in range(1, 81, 10):  # ten boundaries a call: the state goes through the table
+        alerts += await stage.judge(FUNNEL, [k * size for k in range(first, first + 10)], windows)
+    low = [a for a in alerts if a.kind == "low_score"]
+    firing = [a for a in low if a.state == "firing"]
+    assert firing, "the burst raised no low-score alert"
+    assert all(a.window_start.timestamp() * 1000 >= onset * size for a in firing)  # none before
+    assert {a.segment for a in firing} <= {"device=ios", None}
+    assert "device=ios" in {a.segment for a in firing}
+    assert {a.alert_id for a in low if a.state == "resolved"} == {a.alert_id for a in firing}
+    ios = next(a for a in firing if a.segment == "device=ios")
+    fired_after = ios.window_end.timestamp() * 1000 - onset * size
+    assert fired_after == size  # the sharp burst: at the end of its first window
+    assert (ios.funnel, ios.survey, ios.step, ios.severity) == ("shop", "csat", "order", "warning")
+    assert ios.observed_rate > 0.4
+    assert 0.1 < ios.expected_rate < 0.2
+    assert "csat at order, device=ios" in ios.summary
+    assert ios in [Alert.model_validate_json(value) for value in sent]
+    assert "low scores, csat at order, device=ios" in slack_message(ios)["text"]
+    labels = alertmanager_alert(ios, ios.window_end)["labels"]
+    assert (labels["alertname"], labels["survey"], labels["segment"], labels["step"]) == (
+        "StreamerSurveyLowScores",
+        "csat",
+        "device=ios",
+        "order",
+    )

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from streamer.cli.funnels import print_summary
-from streamer.funnel.definition import FunnelDefinition, Segment, load_funnel
+from streamer.funnel.definition import FunnelDefinition, Segment, Survey, load_funnel
 from streamer.funnel.session import NEVER, Kind, Outcome
 from streamer.funnel.windows import LOOKS_PER_WINDOW, WindowCounts, look_ms
 from streamer.metrics import Metrics
@@ -67,6 +67,7 @@ def merger(
     judge: JudgeFn | None = None,
     on_send: Callable[[], None] = lambda: None,
     registry: CollectorRegistry | None = None,
+    funnel: FunnelDefinition = FUNNEL,
 ) -> tuple[WindowMerger, list[bytes]]:
     sent: list[bytes] = []
 
@@ -75,10 +76,10 @@ def merger(
         on_send()
 
     made = WindowMerger(
-        funnels=(FUNNEL,),
+        funnels=(funnel,),
         source_partitions=2,
         table=table,
-        metrics=Metrics.create(registry or CollectorRegistry(), funnels=(FUNNEL,)),
+        metrics=Metrics.create(registry or CollectorRegistry(), funnels=(funnel,)),
         send_window=send,
         monotonic=clock,
         judge=judge,
@@ -106,6 +107,45 @@ async def test_final_once_every_partition_is_past_finality_with_the_newest_parti
     assert not any(key.startswith(("pending:", "part:")) for key in table)
     await merge.process(partial(1, 9, [8, 0, 0]))  # a re-send after a restart: already final
     assert await merge.process(progress(1, FINAL_AT + 1)) == []
+
+
+async def test_a_window_with_answers_and_no_stage_entry_is_published_with_them() -> None:
+    """Answers count in the window of their own time, after their stage's: the last minute
+    of traffic (answers given 20 s after a session's last event) or a survey sent later holds
+    answers and no stage entry. Its final record carries them (it is not input volume)."""
+    surveyed = FUNNEL.model_copy(
+        update={
+            "surveys": (
+                Survey(name="review", event_type="review_submitted", score="rating", kind="csat"),
+            )
+        }
+    )
+    order = len(FUNNEL.stages) - 1
+    counts = WindowCounts.empty(len(FUNNEL.stages))
+    counts.volume[("clickstream", "review_submitted")] = 1
+    segments = ("ios", "paid_search", "FR", "card")  # device, channel, country, payment
+    answer = Outcome(Kind.ANSWERED, order, START, START, segments, 0, 4.0)
+    counts.apply(answer)
+    record = {"kind": "partial", "funnel": FUNNEL.name, "start": START,
+              "end": START + FUNNEL.window_ms, "partition": 0, "counts": counts.to_json(),
+              "version": [1, 1, 0]}  # fmt: skip
+    table: dict[str, bytes] = {}
+    merge, _ = merger(table, Clock(), funnel=surveyed)
+    await merge.process(orjson.dumps(record))
+    await merge.process(progress(1, FINAL_AT))
+    [final] = await merge.process(progress(0, FINAL_AT))
+    assert final.final
+    assert all(stage.entered == 0 for stage in final.stages)
+    assert [
+        (a.stage, a.dimension, a.value, a.answers, a.distribution["4"]) for a in final.answers
+    ] == [
+        ("order", None, None, 1, 1),
+        ("order", "device", "ios", 1, 1),
+        ("order", "channel", "paid_search", 1, 1),
+        ("order", "country", "FR", 1, 1),
+        ("order", "payment_method", "card", 1, 1),
+    ]
+    assert not any(key.startswith(("pending:", "part:")) for key in table)
 
 
 async def test_revisions_at_most_once_per_interval() -> None:

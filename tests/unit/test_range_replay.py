@@ -15,6 +15,7 @@ import orjson
 from streamer.events import Alert, ReplayReport
 from streamer.funnel.definition import load_funnel
 from streamer.range_replay import RangeReplay, diff_reports
+from streamer.schemas import EXAMPLES
 from streamer.simulate import TrafficModel
 
 CHECKOUT = Path(__file__).resolve().parents[2] / "deploy/funnels/checkout.yaml"
@@ -103,6 +104,40 @@ def test_drain_decides_the_sessions_open_at_to_with_their_own_later_events() -> 
     assert sum(s["converted"] for s in decided.values()) > sum(
         s["converted"] for s in opened.values()
     )
+
+
+def test_a_window_with_survey_answers_and_no_stage_entry_is_in_the_report(tmp_path: Path) -> None:
+    """Answers count in the window of their own time: one given minutes after the session's
+    last stage entry makes a window of answers only, reported as live publishes it."""
+    funnel_file = tmp_path / "checkout.yaml"
+    funnel_file.write_text(
+        CHECKOUT.read_text()
+        + "surveys:\n  - {name: review, event_type: review_submitted, score: rating, kind: csat}\n"
+    )
+    replay = RangeReplay(
+        (load_funnel(funnel_file),),
+        start=START,
+        end=END,
+        inputs=["clickstream/0"],
+        allowed_lateness_ms=120_000,
+        retention_ms=3_600_000,
+        partitions=1,
+    )
+    landed, answered = START + timedelta(minutes=1), START + timedelta(minutes=5, seconds=30)
+    for seq, (kind, at) in enumerate((("page_view", landed), ("review_submitted", answered))):
+        event = {**EXAMPLES[kind], "event_id": f"e-{seq}", "occurred_at": at.isoformat()}
+        del event["sent_at"]  # (the example's, days before: the clock correction would move it)
+        offer(replay, "clickstream/0", event)
+    replay.finish("clickstream/0")
+    [funnel] = replay.report().funnels
+    windows = {w.window_start: w for w in funnel.windows}
+    assert windows[landed].stages[0].entered == 1
+    assert not windows[landed].answers
+    only = windows[answered - timedelta(seconds=30)]
+    assert not any(stage.entered for stage in only.stages)
+    assert [
+        (a.stage, a.answers, a.distribution["5"]) for a in only.answers if a.dimension is None
+    ] == [("landing", 1, 1)]
 
 
 def test_the_median_time_to_convert_is_the_bound_of_the_bucket_holding_it() -> None:

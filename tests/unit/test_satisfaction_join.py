@@ -221,3 +221,72 @@ def test_surveys_are_checked_against_the_events_there_are() -> None:
             "surveys": [{"name": "csat", "event_type": "order_placed", "score": "s",
                          "kind": "csat"}],
         })  # fmt: skip
+
+
+def test_the_published_record_and_funnel_show_carry_the_answers() -> None:
+    """The window record's answers (what ``streamer funnel show`` sums) against the oracle's,
+    on the session of the test above: each survey's answers per stage, and their figures."""
+    from streamer.pipeline.merger import window_stats
+    from streamer.query import FunnelView
+    from tests.support.core_run import record_answers
+
+    events = [_event(1, 1, "page_view")] + [
+        _event(10 + i, 2, "nps_answered", score) for i, score in enumerate((10, 9, 8, 6, 0))
+    ]
+    sql = compute([FUNNEL], events, END)
+    record = window_stats(FUNNEL, 0, 1, _counts_of(events), watermark_ms=END)
+    assert record_answers(record) == sql.answers
+    view = FunnelView()
+    view.add(record)
+    shown = view.summary()["shop"]["last_window"]["answers"]
+    assert shown == [
+        {
+            "survey": "nps",
+            "kind": "nps",
+            "stage": "landing",
+            "answers": 5,
+            "low": 2,
+            "distribution": {"0": 1, "6": 1, "8": 1, "9": 1, "10": 1},
+            "satisfied_share": None,
+            "nps": 0.0,
+        }
+    ]
+
+
+def _counts_of(events: list[dict[str, Any]]) -> Any:
+    from streamer.funnel.session import CompiledFunnel
+    from streamer.funnel.task import Task
+    from tests.support.core_run import stored
+
+    task = Task((CompiledFunnel(FUNNEL),), 0, retention_ms=10**12)
+    for event in events:
+        task.offer(str(event["session_id"]), stored(event))
+    task.advance(END)
+    return next(p.counts for p in task.drain().partials if p.window_start_ms == 0)
+
+
+def test_a_final_windows_answers_set_the_survey_gauges() -> None:
+    """Every score of every survey and stage is a series (0 before any answer); a final
+    window sets the distribution per stage and the figures per stage and segment value."""
+    from prometheus_client import CollectorRegistry
+
+    from streamer.metrics import Metrics
+    from streamer.pipeline.merger import show_answers, window_stats
+
+    registry = CollectorRegistry()
+    metrics = Metrics.create(registry, ["clickstream"], (FUNNEL,))
+    at_order = {"funnel": "shop", "survey": "nps", "stage": "landing"}
+    assert registry.get_sample_value("streamer_survey_answers", {**at_order, "score": "9"}) == 0
+    events = [_event(1, 1, "page_view")] + [
+        _event(10 + i, 2, "nps_answered", score) for i, score in enumerate((10, 9, 8, 6, 0))
+    ]
+    show_answers(metrics, FUNNEL, window_stats(FUNNEL, 0, 1, _counts_of(events), watermark_ms=END))
+    value = registry.get_sample_value
+    assert [value("streamer_survey_answers", {**at_order, "score": str(s)}) for s in range(11)] == [
+        1, 0, 0, 0, 0, 0, 1, 0, 1, 1, 1
+    ]  # fmt: skip
+    total = {**at_order, "dimension": "", "value": ""}
+    assert value("streamer_survey_score", {**total, "figure": "nps"}) == 0.0
+    assert value("streamer_survey_score", {**total, "figure": "low"}) == 0.4
+    ios = {**at_order, "dimension": "device", "value": "ios"}
+    assert value("streamer_survey_score", {**ios, "figure": "low"}) == 0.4
