@@ -2,7 +2,9 @@
 log's newer deltas, when the log vouches for the store; else it rebuilds the store from the log
 (docs/decisions/0009-open-units-on-disk.md, step 3). Either way it counts what a task that was
 never stopped counts: stopped after any checkpoint, killed between the store's commit and the
-log's write-out (an injected fault), or after another owner wrote to the log meanwhile."""
+log's write-out (an injected fault), or after another owner wrote to the log meanwhile. A
+compaction streamed from the store in slices, killed at any of its writes, restores the state
+before it or after it (step 5)."""
 
 from __future__ import annotations
 
