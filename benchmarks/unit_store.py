@@ -84,12 +84,13 @@ def _event(funnel: CompiledFunnel, unit: str, seq: int, at_ms: int, landing: boo
     return event
 
 
-def _template(funnel: CompiledFunnel) -> list[Any]:
-    """A unit's stored state: landed, then viewed a product (open at product_view)."""
+def _template(funnel: CompiledFunnel, base_ms: int = _BASE_MS) -> list[Any]:
+    """A unit's stored state: landed at ``base_ms``, then viewed a product (open at
+    product_view)."""
     task = Task((funnel,), 0, retention_ms=600_000)
-    task.offer("u", _event(funnel, "u", 1, _BASE_MS, landing=True))
-    task.offer("u", _event(funnel, "u", 2, _BASE_MS + 10, landing=False))
-    task.advance(_BASE_MS + 1000)
+    task.offer("u", _event(funnel, "u", 1, base_ms, landing=True))
+    task.offer("u", _event(funnel, "u", 2, base_ms + 10, landing=False))
+    task.advance(base_ms + 1000)
     return orjson.loads(orjson.dumps(task.sessions["u"].to_json()))  # type: ignore[no-any-return]
 
 

@@ -624,13 +624,23 @@ class Task:
         saved.sessions = self.encode_sessions(session_ids)
         return saved
 
-    def checkpoint_changes(self, *, full: bool = False) -> tuple[Checkpoint, list[str]]:
+    def checkpoint_changes(
+        self, *, full: bool = False, every_session: bool = True
+    ) -> tuple[Checkpoint, list[str]]:
         """:meth:`checkpoint` but for the sessions' states: the ids of the sessions it
         stores, for :meth:`encode_sessions` (in slices, if the task does not change
-        meanwhile: a whole partition's sessions take hundreds of milliseconds)."""
+        meanwhile: a whole partition's sessions take hundreds of milliseconds).
+
+        ``full`` without ``every_session``: every window and lifecycle record, but only the
+        sessions changed since (and those deleted): a caller whose sessions are on disk
+        writes the unchanged ones from there, never listing them all in memory."""
         saved = Checkpoint(watermark_ms=self.watermark_ms, forwarded=self.forwarded)
         if full:
-            session_ids = list(self.sessions)
+            if every_session:
+                session_ids = list(self.sessions)
+            else:
+                session_ids = list(self._dirty_sessions)
+                saved.deleted_sessions = self._deleted_sessions
             saved.windows = {key: counts.to_json() for key, counts in self.windows.items()}
         else:
             session_ids = list(self._dirty_sessions)

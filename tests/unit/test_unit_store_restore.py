@@ -2,7 +2,9 @@
 log's newer deltas, when the log vouches for the store; else it rebuilds the store from the log
 (docs/decisions/0009-open-units-on-disk.md, step 3). Either way it counts what a task that was
 never stopped counts: stopped after any checkpoint, killed between the store's commit and the
-log's write-out (an injected fault), or after another owner wrote to the log meanwhile."""
+log's write-out (an injected fault), or after another owner wrote to the log meanwhile. A
+compaction streamed from the store in slices, killed at any of its writes, restores the state
+before it or after it (step 5)."""
 
 from __future__ import annotations
 
@@ -17,10 +19,11 @@ from prometheus_client import CollectorRegistry
 
 from streamer.decode import DecodeLimits
 from streamer.funnel.definition import FunnelDefinition, load_funnel
+from streamer.funnel.task import Checkpoint
 from streamer.metrics import Metrics
 from streamer.pipeline.messages import SourceMessage
-from streamer.pipeline.sessions import SessionsStage
-from streamer.pipeline.sessions.checkpoint_log import delta_key, meta_key, read_log
+from streamer.pipeline.sessions import SessionsStage, checkpoint_log, committer
+from streamer.pipeline.sessions.checkpoint_log import DeltaEncoder, delta_key, meta_key, read_log
 from streamer.pipeline.sessions.unit_store import UnitStore, view_position
 from streamer.pipeline.units import UNIT_SOURCE, UnitForwarder
 from tests.support.stage_harness import NOW, NOW_MS, Recorder, valid_event
@@ -357,3 +360,192 @@ async def test_a_rebuilt_store_holds_each_unit_as_the_owner_before_stored_it(
     reopened = UnitStore(store.path, cache_units=3)  # nothing cached: every unit from disk
     assert reopened.sessions.encode(sorted(reopened.sessions)) == units
     reopened.close()
+
+
+def _state(stage: SessionsStage) -> tuple[Any, ...]:
+    """Everything a unit task's checkpoint stores: watermark, units, windows, open attempts."""
+    task = stage.runtimes[0].task
+    return (
+        task.watermark_ms,
+        {unit: state.to_json() for unit, state in task.sessions.items()},
+        {key: counts.to_json() for key, counts in task.windows.items()},
+        {key: n for key, n in task.open_sessions.items() if n},
+    )
+
+
+async def _restored(
+    funnel: tuple[FunnelDefinition, ...],
+    table: dict[str, bytes],
+    folder: Path,
+    forwarded: list[SourceMessage],
+) -> tuple[Any, ...]:
+    """The state a unit task restores from ``table`` on ``folder`` (the first message, which
+    every checkpoint here reflects, only restores it)."""
+    stage = _unit_stage(funnel, table, folder, Recorder())
+    await _run(stage, forwarded[:1], set())
+    restored = _state(stage)
+    _stop(stage)
+    return restored
+
+
+class _DiesAtWrite(dict[str, bytes]):
+    """A table whose write number ``dies_at`` (counted from ``arm``) kills the process, as a
+    SIGKILL would: what was written before it stays, nothing after it is written."""
+
+    dies_at: int | None = None
+    writes = 0
+
+    def arm(self, dies_at: int | None) -> None:
+        self.dies_at, self.writes = dies_at, 0
+
+    def _count(self) -> None:
+        if self.dies_at is not None:
+            if self.writes == self.dies_at:
+                raise SystemExit("killed")
+            self.writes += 1
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        self._count()
+        super().__setitem__(key, value)
+
+    def pop(self, key: str, default: Any = None) -> Any:
+        self._count()
+        return super().pop(key, default)
+
+
+@pytest.fixture
+def small_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records of about 2 units, the producer flushed every 2 of them: a compaction of 22
+    units takes several slices."""
+    monkeypatch.setattr(checkpoint_log, "DELTA_CHUNK_BYTES", 700)
+    monkeypatch.setattr(committer, "COMPACTION_FLUSH_BYTES", 1_400)
+
+
+async def _compaction_setup(
+    funnel: tuple[FunnelDefinition, ...],
+    forwarded: list[SourceMessage],
+    folder: Path,
+    table: _DiesAtWrite,
+) -> tuple[SessionsStage, tuple[Any, ...], dict[str, bytes]]:
+    """A unit task halfway, its last 40 messages applied since its last checkpoint: the task,
+    its state now (after a compaction) and a copy of the log before it."""
+    stage = _unit_stage(funnel, table, folder, Recorder())
+    half = len(forwarded) // 2
+    await _run(stage, forwarded[:half], {100, 200, half - 41})
+    stage.runtimes[0].compact_next = True
+    return stage, _state(stage), dict(table)
+
+
+async def test_a_compaction_of_units_on_disk_is_written_in_bounded_slices(
+    funnel: tuple[FunnelDefinition, ...],
+    forwarded: list[SourceMessage],
+    tmp_path: Path,
+    small_slices: None,
+) -> None:
+    """A compaction streams every unit from the store's frozen view as parts of one delta,
+    each part at most one record's size, the producer flushed whenever 1,400 bytes are
+    unflushed; the log it leaves holds exactly the task's state, with the older deltas gone."""
+    table = _DiesAtWrite()
+    stage, after, _ = await _compaction_setup(funnel, forwarded, tmp_path / "a", table)
+    runtime = stage.runtimes[0]
+    first, units = runtime.log_next, len(runtime.task.sessions)
+    assert units > 20
+    unflushed: list[int] = []  # bytes written since the last flush, at each write
+    written = {"bytes": 0}
+    flushes = {"count": 0}
+
+    class Watched(_DiesAtWrite):
+        def __setitem__(self, key: str, value: bytes) -> None:
+            written["bytes"] += len(value)
+            unflushed.append(written["bytes"])
+            super().__setitem__(key, value)
+
+    async def flush() -> None:
+        flushes["count"] += 1
+        written["bytes"] = 0
+
+    watched = Watched(table)
+    stage.committer.table = watched
+    stage.committer.flush_producer = flush
+    await stage.checkpoint(0)
+    parts = sorted(key for key in watched if key.startswith(delta_key(0, first) + ":"))
+    sizes = [len(watched[key]) for key in parts]
+    assert len(parts) >= 8
+    # The head (every window) is a record of its own; the units' at most about 700 bytes.
+    assert all(size <= 700 + 400 for size in sizes[1:])  # (one unit may overflow one)
+    assert max(unflushed) < 1_400 + max(sizes)  # under the threshold, then one record
+    assert flushes["count"] >= len(parts) // 3
+    assert orjson.loads(watched[delta_key(0, first)]) == {
+        "s": {},
+        "ds": [],
+        "w": {},
+        "dw": [],
+        "parts": len(parts),
+    }
+    assert orjson.loads(watched[meta_key(0)])["log"] == [first, first + 1]
+    assert not [key for key in watched if key.startswith("d:") and key < delta_key(0, first)]
+    assert not stage.runtimes[0].store.path.with_name("0.frozen").exists()  # closed, deleted
+    compacted = read_log(watched, 0, {"users": 0})
+    assert len(compacted.sessions) == units
+    assert not compacted.stale
+    _stop(stage)
+    assert await _restored(funnel, dict(watched), tmp_path / "new-owner", forwarded) == after
+
+
+def test_streamed_records_are_the_records_written_at_once(small_slices: None) -> None:
+    """Taking the filled records out as sessions come gives the same records as one call."""
+    saved = Checkpoint(windows={(0, 60_000): {"entered": [1]}}, deleted_sessions={"gone"})
+    sessions = {f"u-{i}": [[None], "x" * (i % 50), i] for i in range(300)}
+    whole = DeltaEncoder(saved, ["users"])
+    whole.add(sessions)
+    streamed = DeltaEncoder(saved, ["users"])
+    records: list[bytes] = []
+    for start in range(0, 300, 7):
+        streamed.add(dict(list(sessions.items())[start : start + 7]))
+        records += streamed.take_done()
+    assert len(whole.records()) > 3
+    assert records + streamed.records() == whole.records()
+    assert b'"ds":["gone"]' in records[0]  # the head, in the first record only
+    assert not any(b"gone" in record for record in whole.records()[1:])
+
+
+async def test_a_kill_at_every_write_of_a_compaction_restores_before_or_after_it(
+    funnel: tuple[FunnelDefinition, ...],
+    forwarded: list[SourceMessage],
+    tmp_path: Path,
+    small_slices: None,
+) -> None:
+    """Killed at each write of a streamed compaction's write-out (every part, its delta, the
+    meta, each delete) and restarted on the same disk and by a new owner: the state is the
+    one before the compaction's checkpoint until its meta record is written, the one after
+    from then on. (The last 40 messages before it were applied since the last checkpoint:
+    the two differ.)"""
+    table = _DiesAtWrite()
+    stage, after, before_log = await _compaction_setup(funnel, forwarded, tmp_path / "x", table)
+    first = stage.runtimes[0].log_next
+    table.arm(None)
+    await stage.checkpoint(0)
+    _stop(stage)
+    keys = list(table)
+    writes = len([key for key in keys if key.startswith(delta_key(0, first))]) + 1  # the meta
+    writes += len([key for key in before_log if key.startswith("d:")])  # the deletes
+    before = await _restored(funnel, before_log, tmp_path / "before", forwarded)
+    assert before != after
+    meta_write = writes - len([key for key in before_log if key.startswith("d:")]) - 1
+    for dies_at in range(writes + 1):
+        table = _DiesAtWrite()
+        folder = tmp_path / f"killed-{dies_at}"
+        stage, _, _ = await _compaction_setup(funnel, forwarded, folder, table)
+        table.arm(dies_at)
+        if dies_at < writes:
+            with pytest.raises(SystemExit):
+                await stage.checkpoint(0)
+        else:
+            await stage.checkpoint(0)  # not killed: the whole write-out
+        _stop(stage)
+        table.arm(None)
+        expected = before if dies_at <= meta_write else after
+        assert await _restored(funnel, table, folder, forwarded) == expected, dies_at
+        assert await _restored(funnel, table, tmp_path / f"new-{dies_at}", forwarded) == expected
+        again = await _restored(funnel, table, folder, forwarded)  # leftovers dropped or kept
+        assert again == expected, dies_at

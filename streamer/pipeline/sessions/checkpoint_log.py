@@ -7,13 +7,19 @@ record (``t:<p>``, written last) naming the live range of deltas with the input 
 reflect. Once the deltas written since the last full record outweigh it (and at least
 ``MIN_COMPACTION_BYTES``), the next checkpoint writes every session and window again as the new
 start of the log and deletes the older deltas (compaction, amortized under 1x).
+
+A compaction of units on disk (user funnels: millions of units) is streamed: its records are
+*parts* of one delta, ``d:<p>:<seq>:<part>``, written a slice at a time, then the delta itself,
+``{"parts": n}`` (a *manifest*), then the meta naming it. Until that meta is written the parts
+are leftovers beyond the log, as the deltas of any write-out cut short are.
+
 :func:`read_log` reads it back, with the first edition's layout (one key per session and window)
 and the deltas of a write-out cut short before its meta.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +35,9 @@ __all__ = [
     "StoredLog",
     "delta_key",
     "encode_delta",
+    "manifest",
     "meta_key",
+    "part_key",
     "read_log",
 ]
 
@@ -47,9 +55,24 @@ def delta_key(partition: int, seq: int) -> str:
     return f"d:{partition}:{seq:012d}"  # zero-padded: keys sort in log order
 
 
+def part_key(partition: int, seq: int, part: int) -> str:
+    """Part ``part`` of delta ``seq`` (a streamed compaction's records): read before it."""
+    return f"{delta_key(partition, seq)}:{part:06d}"
+
+
+def manifest(parts: int) -> bytes:
+    """The delta that ``parts`` parts make up (it holds nothing else)."""
+    return b'{"s":{},' + _EMPTY_HEAD + b',"parts":' + str(parts).encode() + b"}"
+
+
+def _key_seq(key: str) -> int:
+    """The sequence number of a delta's key or of one of its parts' keys."""
+    return int(key.split(":")[2])
+
+
 def _owned(key: str, partition: int, live: set[str]) -> bool:
-    """A key of ``partition`` that its log does not name: a delta left over from a write-out
-    cut short, or a record of the first edition's one-key-per-session layout."""
+    """A key of ``partition`` that its log does not name: a delta (or part) left over from a
+    write-out cut short, or a record of the first edition's one-key-per-session layout."""
     if key in live or key == meta_key(partition):
         return False
     kind, _, rest = key.partition(":")
@@ -93,6 +116,7 @@ class DeltaEncoder:
             self._head += b',"l":' + orjson.dumps(saved.lifecycle)
         self._chunks: list[list[bytes]] = [[]]
         self._size = len(self._head)
+        self._head_sent = False  # in a record taken out already (take_done)
         # Lifecycle user records: records of their own after the sessions' (a compaction
         # writes every user), each about DELTA_CHUNK_BYTES at most, ``{"lu": {funnel:
         # {user: record}}}`` beside an empty head.
@@ -102,9 +126,15 @@ class DeltaEncoder:
             self.add_lifecycle_users(name, records)
 
     def add(self, sessions: Mapping[str, list[Any]]) -> None:
+        self.add_entries(
+            orjson.dumps(session_id) + b":" + orjson.dumps(state)
+            for session_id, state in sessions.items()
+        )
+
+    def add_entries(self, entries: Iterable[bytes]) -> None:
+        """Sessions already encoded, ``<JSON id>:<JSON state>`` each."""
         chunks = self._chunks
-        for session_id, state in sessions.items():
-            entry = orjson.dumps(session_id) + b":" + orjson.dumps(state)
+        for entry in entries:
             if chunks[-1] and self._size + len(entry) > DELTA_CHUNK_BYTES:
                 chunks.append([])
                 self._size = 0
@@ -121,6 +151,26 @@ class DeltaEncoder:
             self._users[-1].setdefault(key, []).append(entry)
             self._users_size += len(entry) + 1
 
+    def take_done(self) -> list[bytes]:
+        """The session records filled already (all but the one being filled), taken out: a
+        caller streaming many sessions holds one record's worth of them at a time. Their
+        concatenation with :meth:`records` is what :meth:`records` alone would give."""
+        done, self._chunks = self._chunks[:-1], self._chunks[-1:]
+        records = self._sessions_records(done)
+        self._head_sent = self._head_sent or bool(done)
+        return records
+
+    def _sessions_records(self, chunks: list[list[bytes]]) -> list[bytes]:
+        """Records of these sessions: the first ever carries the head."""
+        return [
+            b'{"s":{'
+            + b",".join(chunk)
+            + b"},"
+            + (self._head if i == 0 and not self._head_sent else _EMPTY_HEAD)
+            + b"}"
+            for i, chunk in enumerate(chunks)
+        ]
+
     def records(self) -> list[bytes]:
         users = [
             b'{"s":{},'
@@ -132,12 +182,21 @@ class DeltaEncoder:
             + b"}}"
             for chunk in self._users
         ]
-        if not self._chunks[0] and self._head == _EMPTY_HEAD:
+        if not self._chunks[0] and (self._head_sent or self._head == _EMPTY_HEAD):
             return users
-        return [
-            b'{"s":{' + b",".join(chunk) + b"}," + (self._head if i == 0 else _EMPTY_HEAD) + b"}"
-            for i, chunk in enumerate(self._chunks)
-        ] + users
+        return self._sessions_records(self._chunks) + users
+
+
+def compaction_parts(head: list[bytes], entries: Iterable[list[bytes]]) -> Iterator[bytes]:
+    """The parts of a streamed compaction: ``head`` (the records of everything but the
+    sessions), then the sessions of ``entries`` (batches of ``<JSON id>:<JSON state>``) as
+    records of at most about ``DELTA_CHUNK_BYTES``, each yielded once filled."""
+    yield from head
+    encoder = DeltaEncoder(Checkpoint(), [])
+    for batch in entries:
+        encoder.add_entries(batch)
+        yield from encoder.take_done()
+    yield from encoder.records()
 
 
 @dataclass
@@ -151,6 +210,7 @@ class Delta:
     deleted_windows: list[tuple[int, int]]
     lifecycle: dict[str, dict[str, Any]] = field(default_factory=dict)
     lifecycle_users: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    parts: int = 0  # records read before this one (a streamed compaction's manifest)
 
     @classmethod
     def parse(cls, raw: bytes, names: dict[str, int]) -> Delta:
@@ -162,7 +222,13 @@ class Delta:
                 windows[window_key] = counts
         deleted = [key for w in record["dw"] if (key := _window_id(w, names)) is not None]
         return cls(
-            record["s"], record["ds"], windows, deleted, record.get("l", {}), record.get("lu", {})
+            record["s"],
+            record["ds"],
+            windows,
+            deleted,
+            record.get("l", {}),
+            record.get("lu", {}),
+            record.get("parts", 0),
         )
 
 
@@ -216,19 +282,23 @@ def read_log(
     log = StoredLog(orjson.loads(meta_raw) if meta_raw is not None else {})
     log.first, log.next_seq = (int(seq) for seq in log.meta.get("log", (0, 0)))
     live = {delta_key(partition, seq) for seq in range(max(log.first, since or 0), log.next_seq)}
+    apply = each or log.add
+    live_parts: set[str] = set()
+    for key in sorted(live):
+        delta = Delta.parse(_record(table, partition, key, log), names)
+        for part in range(delta.parts):  # a streamed compaction: its parts, then itself
+            part_at = part_key(partition, _key_seq(key), part)
+            live_parts.add(part_at)
+            apply(Delta.parse(_record(table, partition, part_at, log), names))
+        apply(delta)
     if since is None:
+        live |= live_parts
         log.stale = [key for key in list(table.keys()) if _owned(key, partition, live)]
     else:
         after = log.next_seq
-        while delta_key(partition, after) in table:
-            log.stale.append(delta_key(partition, after))
+        while (found := _written_at(table, partition, after)) is not None:
+            log.stale += found
             after += 1
-    for key in sorted(live):
-        raw = table.get(key)
-        if raw is None:
-            raise RuntimeError(f"partition {partition}: checkpoint record {key} is missing")
-        log.log_bytes += len(raw)
-        (each or log.add)(Delta.parse(raw, names))
     if log.meta and "log" not in log.meta:
         # Stored by the first edition (one key per session and window): loaded, written
         # again as a log by the first checkpoint, then deleted.
@@ -239,5 +309,24 @@ def read_log(
             elif kind == "w" and (window_key := _window_id(rest, names)) is not None:
                 log.windows[window_key] = orjson.loads(table[key])
         log.first_edition = True
-    log.cut_short = [int(key.rsplit(":", 1)[1]) for key in log.stale if key.startswith("d:")]
+    log.cut_short = sorted({_key_seq(key) for key in log.stale if key.startswith("d:")})
     return log
+
+
+def _record(table: Mapping[str, bytes], partition: int, key: str, log: StoredLog) -> bytes:
+    raw = table.get(key)
+    if raw is None:
+        raise RuntimeError(f"partition {partition}: checkpoint record {key} is missing")
+    log.log_bytes += len(raw)
+    return raw
+
+
+def _written_at(table: Mapping[str, bytes], partition: int, seq: int) -> list[str] | None:
+    """The keys of delta ``seq`` and of its parts in ``table`` (None: neither): past the live
+    range, a write-out cut short (a streamed compaction's parts come before its delta)."""
+    found = [delta_key(partition, seq)] if delta_key(partition, seq) in table else []
+    part = 0
+    while part_key(partition, seq, part) in table:
+        found.append(part_key(partition, seq, part))
+        part += 1
+    return found or None

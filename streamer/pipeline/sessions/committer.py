@@ -8,7 +8,10 @@
 2. outputs: the task's partials and abandonments published (the stage's ``publish``), their
    delivery confirmed;
 3. state writes: the delta records, then the meta record (it says what the rest reflects),
-   then the deletes of a compacted log, into the ``funnel-state`` table;
+   then the deletes of a compacted log, into the ``funnel-state`` table; a compaction of units
+   on disk streams its records (parts of one delta, ``checkpoint_log.part_key``) from a frozen
+   view of the store, a slice at a time with the producer flushed between slices, before its
+   delta and meta: at 10 million units the whole record is about 2.5 GB;
 4. producer flush: changelog and outputs on the broker;
 5. ack: the snapshot's events acked, so Faust may commit past them.
 
@@ -33,8 +36,16 @@ import orjson
 
 from streamer.metrics import Metrics
 from streamer.pipeline.sessions import checkpoint_log
-from streamer.pipeline.sessions.checkpoint_log import DeltaEncoder, delta_key, meta_key
+from streamer.pipeline.sessions.checkpoint_log import (
+    DeltaEncoder,
+    compaction_parts,
+    delta_key,
+    manifest,
+    meta_key,
+    part_key,
+)
 from streamer.pipeline.sessions.runtime import TaskRuntime
+from streamer.pipeline.sessions.unit_store import FrozenUnits
 
 __all__ = ["Committer", "Snapshot"]
 
@@ -44,6 +55,19 @@ __all__ = ["Committer", "Snapshot"]
 # and fetch waiting behind it.
 SNAPSHOT_SLICE_SESSIONS = 200
 SNAPSHOT_SLICE_S = 0.01
+# A streamed compaction flushes the producer once this much of it is written: what it holds
+# in memory at a time (its records, the producer's buffer) stays about this size.
+COMPACTION_FLUSH_BYTES = 8 * 2**20
+
+
+@dataclass(frozen=True)
+class StreamedCompaction:
+    """A compaction of units on disk, written by the write-out: ``head`` (windows, deletions,
+    lifecycle records) and every unit of ``units`` as parts of delta ``seq``, then the delta."""
+
+    seq: int
+    head: list[bytes]
+    units: FrozenUnits
 
 
 @dataclass(frozen=True)
@@ -54,6 +78,7 @@ class Snapshot:
     deletes: list[str]
     acks: list[Any]
     applied: int  # messages applied since the previous snapshot (read directly too)
+    compaction: StreamedCompaction | None = None  # written before ``writes``
 
 
 class Committer:
@@ -135,17 +160,19 @@ class Committer:
             return None  # revoked meanwhile
         if runtime.catch_up:
             return None  # its state is not whole yet
-        full = runtime.compact_next or runtime.delta_bytes > max(
+        due = runtime.compact_next or runtime.delta_bytes > max(
             runtime.full_bytes, checkpoint_log.MIN_COMPACTION_BYTES
         )
-        runtime.compact_next = False
+        full = due and not runtime.compacting  # (one streamed compaction at a time)
+        runtime.compact_next = due and not full
         task = runtime.task
         store = runtime.store
-        # The store has every unit but those changed since its last commit: a compaction's
-        # other units are read without filling the cache, and only the changed go to it.
+        # A compaction of units on disk encodes here only the units changed since the last
+        # commit; the others are streamed by the write-out from a frozen view of the store.
+        streamed = full and store is not None
         changed = set(task.unsaved_session_ids) if store is not None else set()
         encode = task.encode_sessions if store is None else store.sessions.encode
-        saved, session_ids = task.checkpoint_changes(full=full)
+        saved, session_ids = task.checkpoint_changes(full=full, every_session=not streamed)
         # The indexes as of these changes (a publish between two slices may drain windows).
         index = task.index_record() if store is not None else {}
         encoder = DeltaEncoder(saved, self._funnel_names)
@@ -154,7 +181,8 @@ class Committer:
             if start:
                 yield
             encoded = encode(session_ids[start : start + SNAPSHOT_SLICE_SESSIONS])
-            encoder.add(encoded)
+            if not streamed:
+                encoder.add(encoded)
             if store is not None:
                 on_disk.update((unit, state) for unit, state in encoded.items() if unit in changed)
         records = encoder.records()
@@ -162,17 +190,25 @@ class Committer:
         if full:
             old = range(runtime.log_first, runtime.log_next)
             deletes = [delta_key(partition, seq) for seq in old] + runtime.stale_keys
+            if old:  # the parts of the delta it starts with (a streamed compaction)
+                deletes += self._parts_of(partition, runtime.log_first)
             runtime.stale_keys = []
             runtime.log_first = runtime.log_next
-            runtime.full_bytes, runtime.delta_bytes = written, 0
+            # Streamed: the log's size until its write-out counts what it wrote.
+            runtime.full_bytes = runtime.full_bytes + runtime.delta_bytes if streamed else written
+            runtime.delta_bytes = 0
         else:
             deletes = runtime.stale_keys
             runtime.stale_keys = []
             runtime.delta_bytes += written
         writes: dict[str, bytes] = {}
-        for record in records:
-            writes[delta_key(partition, runtime.log_next)] = record
-            runtime.log_next += 1
+        compaction_seq = runtime.log_next
+        if streamed:
+            runtime.log_next += 1  # one delta, its parts streamed by the write-out
+        else:
+            for record in records:
+                writes[delta_key(partition, runtime.log_next)] = record
+                runtime.log_next += 1
         meta = {
             "generation": runtime.generation,
             "watermark": saved.watermark_ms,
@@ -204,11 +240,25 @@ class Committer:
                 },
                 pinned=task.unsaved_session_ids,
             )
+        compaction = None
+        if streamed:
+            assert store is not None
+            # Right after the commit: every unit as this checkpoint stores it, whatever later
+            # checkpoints commit while the write-out streams them.
+            compaction = StreamedCompaction(compaction_seq, records, store.freeze())
+            runtime.compacting = True
         acks, runtime.unacked = runtime.unacked, []
         applied, runtime.unstored = runtime.unstored, 0
         runtime.storing += applied
         runtime.checkpointed_at = time.monotonic()
-        return Snapshot(partition, runtime, writes, deletes, acks, applied)
+        return Snapshot(partition, runtime, writes, deletes, acks, applied, compaction)
+
+    def _parts_of(self, partition: int, seq: int) -> list[str]:
+        """The keys of delta ``seq``'s parts in the table (a streamed compaction's)."""
+        keys: list[str] = []
+        while (key := part_key(partition, seq, len(keys))) in self.table:
+            keys.append(key)
+        return keys
 
     async def _write_out(self, snapshot: Snapshot) -> None:
         """Publish every output of the snapshot (and maybe a little more), store its state,
@@ -229,6 +279,9 @@ class Committer:
             raise
         finally:
             snapshot.runtime.storing -= snapshot.applied
+            if snapshot.compaction is not None:
+                snapshot.compaction.units.close()
+                snapshot.runtime.compacting = False
 
     async def _write_out_now(self, snapshot: Snapshot) -> None:
         started = time.perf_counter()
@@ -236,6 +289,8 @@ class Committer:
         await self._publish((partition,))
         if self._runtimes.get(partition) is not snapshot.runtime:
             return  # revoked while publishing: the next owner resumes from our last one
+        if snapshot.compaction is not None and not await self._stream(snapshot):
+            return  # revoked meanwhile: its parts are leftovers past the log
         table = self.table
         with self._partition_scope(partition):  # writes go to this partition's changelog
             # Deletes after the meta record: a write-out cut short anywhere leaves a meta
@@ -249,6 +304,33 @@ class Committer:
             ack()
         self._metrics.checkpoints.inc()
         self._metrics.checkpoint_seconds.observe(time.perf_counter() - started)
+
+    async def _stream(self, snapshot: Snapshot) -> bool:
+        """Write a streamed compaction's parts, then its delta (before the snapshot's meta):
+        at most ``COMPACTION_FLUSH_BYTES`` of them unflushed at a time, the event loop let run
+        after each. False: the partition was revoked meanwhile (nothing more written)."""
+        compaction = snapshot.compaction
+        assert compaction is not None
+        partition, runtime = snapshot.partition, snapshot.runtime
+        parts = written = unflushed = 0
+        for record in compaction_parts(compaction.head, compaction.units.entries()):
+            with self._partition_scope(partition):
+                self.table[part_key(partition, compaction.seq, parts)] = record
+            parts += 1
+            written += len(record)
+            unflushed += len(record)
+            if unflushed >= COMPACTION_FLUSH_BYTES:
+                await self.flush_producer()
+                unflushed = 0
+            else:
+                await asyncio.sleep(0)
+            if self._runtimes.get(partition) is not runtime:
+                return False
+        whole = manifest(parts)
+        with self._partition_scope(partition):
+            self.table[delta_key(partition, compaction.seq)] = whole
+        runtime.full_bytes = written + len(whole)
+        return True
 
     def start(self, partition: int) -> None:
         """Snapshot as soon as the message being applied is done (in slices, the apply lock

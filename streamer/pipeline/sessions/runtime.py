@@ -53,6 +53,7 @@ class TaskRuntime:
     full_bytes: int = 0
     delta_bytes: int = 0
     compact_next: bool = False
+    compacting: bool = False  # a streamed compaction's write-out is under way
     stale_keys: list[str] = field(default_factory=list)
     # Grows with every restore (new owner, restart): this owner's partials supersede those of
     # earlier owners of the partition, whatever their input offsets.

@@ -38,13 +38,20 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import AccessType, Checkpoint, Options, Rdict, WriteBatch
 
 from streamer.funnel.lifecycle import UserRecord
 from streamer.funnel.session import NEVER
 from streamer.funnel.task import SessionState
 
-__all__ = ["CachedSessions", "LifecycleUsers", "UnitStore", "WakeIndex", "view_position"]
+__all__ = [
+    "CachedSessions",
+    "FrozenUnits",
+    "LifecycleUsers",
+    "UnitStore",
+    "WakeIndex",
+    "view_position",
+]
 
 _STATE = b"s"
 _WAKE = b"w"
@@ -385,6 +392,53 @@ def view_position(
     return None  # the log does not say who wrote after the store's owner
 
 
+# Units read from a frozen view per batch of a compaction's stream (about a quarter of a log
+# record: 1,000 units of 246 B).
+FROZEN_BATCH_UNITS = 1_000
+
+
+class FrozenUnits:
+    """Every unit as one commit left them, while later commits go on: a RocksDB checkpoint of
+    the store (its files hard-linked, so it costs a memtable flush, not a copy) opened read-only
+    beside it. A compaction streams the log's full record from it after the task has moved on.
+    (rocksdict 0.3's ``Rdict.snapshot()`` honours the snapshot for reads of one key but not
+    for iteration, which sees later writes.)"""
+
+    def __init__(self, db: Rdict, path: Path) -> None:
+        shutil.rmtree(path, ignore_errors=True)  # a SIGKILLed compaction's
+        Checkpoint(db).create_checkpoint(str(path))
+        self.path = path
+        self._db: Rdict | None = Rdict(
+            str(path), Options(raw_mode=True), access_type=AccessType.read_only()
+        )
+
+    def entries(self) -> Iterator[list[bytes]]:
+        """Every unit as the checkpoint log stores it, ``<JSON id>:<JSON state>``, in batches
+        of ``FROZEN_BATCH_UNITS`` (the state's bytes as stored: not decoded again)."""
+        assert self._db is not None, "closed"
+        batch: list[bytes] = []
+        for key, value in self._db.items(from_key=_STATE):
+            assert isinstance(key, bytes)  # raw mode: keys and values are bytes
+            assert isinstance(value, bytes)
+            if not key.startswith(_STATE):
+                break
+            # ``[wake_ms, state]`` (UnitStore.commit): the state is what follows the comma.
+            state = value[value.index(b",") + 1 : -1]
+            batch.append(orjson.dumps(key[1:].decode()) + b":" + state)
+            if len(batch) >= FROZEN_BATCH_UNITS:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def close(self) -> None:
+        """Closed and deleted (again: nothing)."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
 class UnitStore:
     """One partition's units on disk at ``path``: :attr:`sessions` (the task's mapping),
     :attr:`wakes`, and the meta record of the last commit."""
@@ -441,6 +495,10 @@ class UnitStore:
         batch.put(_META, orjson.dumps(self.meta))
         self._db.write(batch)
         cache.evict(pinned)
+
+    def freeze(self) -> FrozenUnits:
+        """Every unit as the last commit left them, for as long as the caller needs them."""
+        return FrozenUnits(self._db, self.path.with_name(self.path.name + ".frozen"))
 
     def disk_bytes(self) -> int:
         """Bytes of the store's files on disk."""
