@@ -321,7 +321,7 @@ class RangeReplay:
             # window boundaries only.
             for guarded in run.guard.evaluate(watermark_ms, folded) if boundary else ():
                 run.alerts.append(experiment_alert_record(funnel, guarded, *self._links))
-            if funnel.surveys:  # and the low-score alert (docs/satisfaction.md)
+            if funnel.surveys and boundary:  # the low-score alert too (docs/satisfaction.md)
                 for low in judge_low_scores(funnel, run.low_scores, watermark_ms, folded):
                     run.alerts.append(low_score_alert_record(funnel, low, *self._links))
         horizon = funnel.window_ms + funnel.judged_final_lag_ms  # judged final, then let go

@@ -256,8 +256,8 @@ class DetectorStage:
             guarded, guard = experiment_decisions(funnel, self._table, boundaries, windows)
             decisions += guarded
         low_scores = None
-        if funnel.surveys:  # docs/satisfaction.md: on the same windows, its own state
-            scored, low_scores = low_score_decisions(funnel, self._table, watermarks, windows)
+        if funnel.surveys and boundaries:  # docs/satisfaction.md: same windows, own state
+            scored, low_scores = low_score_decisions(funnel, self._table, boundaries, windows)
             decisions += scored
         alerts = []
         for decision in decisions:

@@ -118,7 +118,8 @@ def test_the_harness_measures_its_incidents_against_their_limit() -> None:
 
 async def test_the_worker_alerts_on_a_low_score_burst_and_names_it() -> None:
     """The detector stage runs the low-score alert on the windows it judges (one window per
-    boundary, its state in the table between calls): quiet on healthy answers, one alert per
+    boundary, its state in the table between calls, at every look of the drop-off detector):
+    quiet on healthy answers, one alert per
     subject when the low share of CSAT at order on iOS jumps, named in the record, in Slack
     and in Alertmanager's labels; resolved once answers are healthy again."""
     import random
@@ -126,7 +127,7 @@ async def test_the_worker_alerts_on_a_low_score_burst_and_names_it() -> None:
     from prometheus_client import CollectorRegistry
 
     from streamer.events import Alert
-    from streamer.funnel.windows import WindowCounts
+    from streamer.funnel.windows import WindowCounts, look_ms
     from streamer.metrics import Metrics
     from streamer.notify.routes import alertmanager_alert
     from streamer.notify.slack import slack_message
@@ -159,9 +160,20 @@ async def test_the_worker_alerts_on_a_low_score_burst_and_names_it() -> None:
         funnels=(FUNNEL,), table=table, metrics=Metrics.create(CollectorRegistry()), send_alert=send
     )
     alerts = []
+    look = look_ms(size)
     for first in range(1, 81, 10):  # ten boundaries a call: the state goes through the table
-        alerts += await stage.judge(FUNNEL, [k * size for k in range(first, first + 10)], windows)
+        # Every look of the drop-off detector, as the merger calls it: the low-score alert
+        # judges the boundaries among them only (once per window).
+        looks = [k * size - j * look for k in range(first, first + 10) for j in (3, 2, 1, 0)]
+        alerts += await stage.judge(FUNNEL, looks, windows)
     low = [a for a in alerts if a.kind == "low_score"]
+    by_boundaries = DetectorStage(
+        funnels=(FUNNEL,), table={}, metrics=Metrics.create(CollectorRegistry()), send_alert=send
+    )
+    at_boundaries = await by_boundaries.judge(FUNNEL, [k * size for k in range(1, 81)], windows)
+    assert [(a.alert_id, a.state, a.window_end) for a in low] == [
+        (a.alert_id, a.state, a.window_end) for a in at_boundaries if a.kind == "low_score"
+    ]
     firing = [a for a in low if a.state == "firing"]
     assert firing, "the burst raised no low-score alert"
     assert all(a.window_start.timestamp() * 1000 >= onset * size for a in firing)  # none before
