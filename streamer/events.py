@@ -112,9 +112,21 @@ EventTime = Annotated[
     ),
 ]
 
-Money = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
+
+def _refuse_boolean(value: Any) -> Any:
+    """JSON's true/false are not numbers: pydantic's lax mode reads them as 1 and 0, which
+    would turn ``"value": true`` into an order worth 1.00. Numeric text stays accepted
+    (``"12.50"`` is 12.5: shops send money as decimal text to keep cents exact)."""
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    return value
+
+
+_NOT_BOOLEAN = BeforeValidator(_refuse_boolean)
+Money = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False), _NOT_BOOLEAN]
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
-Quantity = Annotated[int, Field(ge=1, le=10_000)]
+Quantity = Annotated[int, Field(ge=1, le=10_000), _NOT_BOOLEAN]
+Count = Annotated[int, Field(ge=0), _NOT_BOOLEAN]
 
 
 def to_epoch_ms(moment: datetime) -> int:
@@ -141,7 +153,7 @@ class EventContext(_Strict):
 
 
 class _Envelope(_Strict):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Annotated[Literal[1], _NOT_BOOLEAN] = SCHEMA_VERSION
     event_id: str = Field(
         min_length=1, max_length=128, description="unique per event; retries reuse it"
     )
@@ -175,7 +187,7 @@ class ProductView(_Envelope):
 class Search(_Envelope):
     event_type: Literal["search"]
     query: str = Field(min_length=0, max_length=512)
-    results_count: int | None = Field(default=None, ge=0)
+    results_count: Count | None = None
 
 
 class AddToCart(_Envelope):
@@ -200,7 +212,7 @@ class CheckoutStarted(_Envelope):
     event_type: Literal["checkout_started"]
     cart_value: Money
     currency: Currency
-    item_count: int | None = Field(default=None, ge=0)
+    item_count: Count | None = None
 
 
 class ShippingSubmitted(_Envelope):
@@ -237,7 +249,7 @@ class OrderPlaced(_Envelope):
 class ReviewSubmitted(_Envelope):
     event_type: Literal["review_submitted"]
     product_id: str = _ID
-    rating: int = Field(ge=1, le=5)
+    rating: Annotated[int, Field(ge=1, le=5), _NOT_BOOLEAN]
 
 
 class ReferralSent(_Envelope):

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import base64
 import random
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from streamer.decode import DecodeLimits
-from streamer.decoders import ContractDecoder, needed_fields
+from streamer.decode import DecodeLimits, Rejection
+from streamer.decoders import ContractDecoder, DecodedEvent, PlanDecoder, needed_fields
 from streamer.funnel.definition import load_funnel
+from streamer.funnel.lifecycle import Lifecycle
 from streamer.pipeline.messages import SourceMessage
 from streamer.pipeline.units import UnitForwarder
+from streamer.plan.compile import compile_plan
+from streamer.plan.load import load_plan
 from streamer.schemas import EXAMPLES
 from tests.oracle.lifecycle import lifecycle_figures
 from tests.support.stage_harness import Recorder
@@ -52,9 +56,9 @@ async def test_the_unit_tasks_figures_equal_the_oracle_through_restarts(tmp_path
     events = generate_lifecycle(seed=3, users=120, days=100, start_ms=START_MS)
     events.sort(key=lambda e: (e["at_ms"], rng.random()))
     for event in events:
-        # The contract's value is a number: its decoder reads true as 1 and "12.50" as 12.5
-        # where the lifecycle counts 0 (the core's own test covers those and missing values);
-        # here they are 0.
+        # The contract's value is a number (a boolean is refused, numeric text read as a
+        # number: test_an_order_value_is_a_number_or_numeric_text); the core's own test covers
+        # values that are not numbers. Here they are 0.
         value = event["properties"].get("value")
         if event["event_type"] == "order_placed" and not _number(value):
             event["properties"]["value"] = 0  # also when missing: the contract requires one
@@ -121,3 +125,35 @@ async def test_the_unit_tasks_figures_equal_the_oracle_through_restarts(tmp_path
     sql = lifecycle_figures(accepted, declaration, task.watermark_ms)
     assert _diff(_figures(core), sql) == []
     assert sum(c.buyers for c in core.buyer_cohorts.values()) > 30
+
+
+def test_an_order_value_is_a_number_or_numeric_text() -> None:
+    """docs/lifecycle.md, "Order": on the contract (and its preset, ``coercion: lax``) an
+    order's ``value`` of true/false is refused and dead-lettered, never counted as 1.00 or 0;
+    numeric text is read as the number it writes (shops send decimal text to keep cents
+    exact), so the lifecycle counts ``"12.50"`` as 1250 hundredths."""
+    funnels = (load_funnel(SHIPPED),)
+    declaration = funnels[0].lifecycle
+    assert declaration is not None
+    keep = needed_fields(funnels)
+    decoders = (
+        ContractDecoder(DecodeLimits(), keep),
+        PlanDecoder(compile_plan(load_plan("preset:streamer")), DecodeLimits(), keep),
+    )
+    order = {**EXAMPLES["order_placed"]}
+    del order["sent_at"]
+    received = datetime.fromisoformat(order["occurred_at"])
+    for decoder in decoders:
+        for flag in (True, False):
+            raw = orjson.dumps({**order, "value": flag})
+            refused = decoder.decode(raw, topic="checkout", received_at=received)
+            assert isinstance(refused, Rejection), (decoder, flag)
+            assert refused.reason == "schema_violation"
+            assert refused.field == "value"
+            assert "boolean" in refused.message
+        raw = orjson.dumps({**order, "value": "12.50"})
+        decoded = decoder.decode(raw, topic="checkout", received_at=received)
+        assert isinstance(decoded, DecodedEvent), decoder
+        core = Lifecycle(declaration)
+        core.apply(decoded.user_id or "u", decoded.event)
+        assert core.users[decoded.user_id or "u"].value_cents == 1250
