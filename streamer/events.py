@@ -36,6 +36,10 @@ __all__ = [
     "Event",
     "EventContext",
     "EventTime",
+    "LifecycleAcquisition",
+    "LifecycleBuyers",
+    "LifecycleFirstPurchase",
+    "LifecycleStats",
     "OrderPlaced",
     "PageView",
     "PaymentFailed",
@@ -397,6 +401,76 @@ class WindowStats(_Strict):
     partitions: int
     stages: list[StageStats]
     segments: list[SegmentStats] = Field(default_factory=list)
+
+
+class LifecycleAcquisition(_Strict):
+    """An acquisition cohort (users first visiting in one ISO week through one channel) in
+    one partition: its users, buyers, and their orders' value within each horizon of each
+    user's own first visit (docs/lifecycle.md, "Value per user")."""
+
+    week: str = Field(description="ISO week of the first visit, e.g. 2026-W10")
+    week_start: datetime = Field(description="Monday 00:00 UTC of that week")
+    channel: str = Field(description="a declared channel, other or unknown")
+    users: int
+    buyers: int
+    value_cents: list[int] = Field(
+        description="per horizon_days: the orders' value in hundredths, summed over the users"
+    )
+
+
+class LifecycleBuyers(_Strict):
+    """A first-order cohort (buyers whose first order fell in one ISO week) in one
+    partition (docs/lifecycle.md, "Repeat-purchase rate", "Churn", "Advocates")."""
+
+    week: str = Field(description="ISO week of the first order")
+    week_start: datetime
+    buyers: int
+    repeaters: list[int] = Field(
+        description="per horizon_days: buyers with a second order within that many days"
+    )
+    advocates: int
+    churned: int = Field(description="buyers churned as of the record's watermark")
+
+
+class LifecycleFirstPurchase(_Strict):
+    """Time from first visit to first order of one acquisition channel's buyers in one
+    partition (docs/lifecycle.md, "Time to first purchase")."""
+
+    channel: str
+    buckets: list[tuple[float | None, int]] = Field(
+        description="(upper bound in seconds, inclusive, or null above the last; buyers in "
+        "that bucket, not cumulative)"
+    )
+    count: int
+    sum_seconds: float
+
+
+class LifecycleStats(_Strict):
+    """A lifecycle funnel's figures in one unit partition, whole (on ``funnel.partials``, for
+    the merger; docs/lifecycle.md, "Published").
+
+    Each partition holds its own users, so a funnel's figures are the sum over partitions of
+    each one's **latest** record: a record replaces that partition's previous one (never add
+    two of one partition). The latest is the one with the highest ``version``; a partition's
+    new owner (restart, rebalance) has a higher ``generation`` and replaces it even with
+    figures that restarted from a checkpoint behind the last record."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    kind: Literal["lifecycle"] = "lifecycle"
+    record_id: str = Field(description="funnel/partition: the same for every record it replaces")
+    funnel: str
+    partition: int = Field(description="as the merger counts partitions (unit tasks: N..2N-1)")
+    generation: int = Field(description="the partition owner's: grows with every restore")
+    version: list[int] = Field(
+        description="(generation, input offsets, watermark ms): a record with a lower version "
+        "than one already held is a late copy"
+    )
+    watermark: datetime = Field(description="every event before it is in these figures")
+    horizon_days: list[int]
+    churn_days: int
+    acquisition: list[LifecycleAcquisition]
+    buyer_cohorts: list[LifecycleBuyers]
+    first_purchase: list[LifecycleFirstPurchase]
 
 
 class Abandonment(_Strict):

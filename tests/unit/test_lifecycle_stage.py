@@ -24,6 +24,12 @@ from streamer.plan.compile import compile_plan
 from streamer.plan.load import load_plan
 from streamer.schemas import EXAMPLES
 from tests.oracle.lifecycle import lifecycle_figures
+from tests.support.lifecycle_records import (
+    count_diff,
+    latest_records,
+    oracle_counts,
+    summed_records,
+)
 from tests.support.stage_harness import Recorder
 from tests.support.traffic import generate_lifecycle
 from tests.unit.test_lifecycle import SHIPPED, START_MS, _diff, _figures
@@ -124,6 +130,17 @@ async def test_the_unit_tasks_figures_equal_the_oracle_through_restarts(tmp_path
     assert runtime.store.lifecycle_users("lifecycle").capacity == 3
     sql = lifecycle_figures(accepted, declaration, task.watermark_ms)
     assert _diff(_figures(core), sql) == []
+    # Published: the latest record (each restarted owner's first publish sends one, then at
+    # most one per checkpoint interval: an hour here, so here a last one is asked for).
+    runtime.lifecycle_published_at = None
+    await stage.publish()
+    records = [orjson.loads(v) for _, v in partials.sent]
+    published = [r for r in records if r["kind"] == "lifecycle"]
+    generations = sorted({r["generation"] for r in published})
+    assert len(generations) == 3  # three owners (two restarts), each publishing
+    [latest] = latest_records(published).values()
+    assert latest["generation"] == generations[-1] == runtime.generation
+    assert count_diff(summed_records([latest]), oracle_counts(sql)) == []
     assert sum(c.buyers for c in core.buyer_cohorts.values()) > 30
 
 
