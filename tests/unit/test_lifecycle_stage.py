@@ -28,6 +28,7 @@ from tests.support.lifecycle_records import (
     count_diff,
     latest_records,
     oracle_counts,
+    shop_event,
     summed_records,
 )
 from tests.support.stage_harness import Recorder
@@ -38,20 +39,6 @@ from tests.unit.test_unit_store_restore import SOURCES, _run, _stage, _stop, _un
 
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _shop_event(event: dict[str, Any], index: int) -> dict[str, Any]:
-    """A generated row as the shop sends it: the type's example with the row's fields."""
-    shaped = {**EXAMPLES[event["event_type"]], **event["properties"]}
-    del shaped["sent_at"]  # the example's: it would move the event to the example's day
-    shaped |= {
-        "event_id": event["event_id"],
-        "session_id": f"{event['unit']}-{index % 3}",
-        "user_id": event["unit"],
-        "occurred_at": event["at_ms"],
-        "context": {k: v for k, v in event["context"].items() if v is not None},
-    }
-    return shaped
 
 
 async def test_the_unit_tasks_figures_equal_the_oracle_through_restarts(tmp_path: Path) -> None:
@@ -88,7 +75,7 @@ async def test_the_unit_tasks_figures_equal_the_oracle_through_restarts(tmp_path
     at = START_MS
     for index, event in enumerate(events):
         at = event["at_ms"]
-        value = orjson.dumps(_shop_event(event, index))
+        value = orjson.dumps(shop_event(event, index))
         # The broker's time is the event's: months of history are not refused as too old.
         message = SourceMessage("clickstream", 0, index, at, b"k", value)
         await sessions.process(message, lambda: None)
