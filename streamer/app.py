@@ -144,14 +144,6 @@ def worker_events(settings: Settings) -> tuple[tuple[FunnelDefinition, ...], Eve
     funnels = load_configured_funnels(settings, catalogue_of(plan))
     if plan is not None:
         log.info("tracking plan: %s", plan.loaded.summary())
-    for funnel in funnels:
-        if funnel.lifecycle is not None:
-            log.warning(
-                "funnel %s declares a lifecycle: the unit tasks compute and checkpoint its "
-                "figures, but the worker does not publish them yet (no records, no metrics: "
-                "docs/lifecycle.md, Status)",
-                funnel.name,
-            )
     return funnels, event_decoder(plan, DecodeLimits.of(settings), needed_fields(funnels))
 
 

@@ -36,6 +36,10 @@ __all__ = [
     "Event",
     "EventContext",
     "EventTime",
+    "LifecycleAcquisition",
+    "LifecycleBuyers",
+    "LifecycleFirstPurchase",
+    "LifecycleStats",
     "OrderPlaced",
     "PageView",
     "PaymentFailed",
@@ -112,9 +116,21 @@ EventTime = Annotated[
     ),
 ]
 
-Money = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
+
+def _refuse_boolean(value: Any) -> Any:
+    """JSON's true/false are not numbers: pydantic's lax mode reads them as 1 and 0, which
+    would turn ``"value": true`` into an order worth 1.00. Numeric text stays accepted
+    (``"12.50"`` is 12.5: shops send money as decimal text to keep cents exact)."""
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    return value
+
+
+_NOT_BOOLEAN = BeforeValidator(_refuse_boolean)
+Money = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False), _NOT_BOOLEAN]
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
-Quantity = Annotated[int, Field(ge=1, le=10_000)]
+Quantity = Annotated[int, Field(ge=1, le=10_000), _NOT_BOOLEAN]
+Count = Annotated[int, Field(ge=0), _NOT_BOOLEAN]
 
 
 def to_epoch_ms(moment: datetime) -> int:
@@ -141,7 +157,7 @@ class EventContext(_Strict):
 
 
 class _Envelope(_Strict):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Annotated[Literal[1], _NOT_BOOLEAN] = SCHEMA_VERSION
     event_id: str = Field(
         min_length=1, max_length=128, description="unique per event; retries reuse it"
     )
@@ -175,7 +191,7 @@ class ProductView(_Envelope):
 class Search(_Envelope):
     event_type: Literal["search"]
     query: str = Field(min_length=0, max_length=512)
-    results_count: int | None = Field(default=None, ge=0)
+    results_count: Count | None = None
 
 
 class AddToCart(_Envelope):
@@ -200,7 +216,7 @@ class CheckoutStarted(_Envelope):
     event_type: Literal["checkout_started"]
     cart_value: Money
     currency: Currency
-    item_count: int | None = Field(default=None, ge=0)
+    item_count: Count | None = None
 
 
 class ShippingSubmitted(_Envelope):
@@ -237,7 +253,7 @@ class OrderPlaced(_Envelope):
 class ReviewSubmitted(_Envelope):
     event_type: Literal["review_submitted"]
     product_id: str = _ID
-    rating: int = Field(ge=1, le=5)
+    rating: Annotated[int, Field(ge=1, le=5), _NOT_BOOLEAN]
 
 
 class ReferralSent(_Envelope):
@@ -416,6 +432,76 @@ class WindowStats(_Strict):
         description="funnels with surveys: answers per survey, stage and segment value",
         exclude_if=lambda answers: not answers,  # other funnels' records stay as they were
     )
+
+
+class LifecycleAcquisition(_Strict):
+    """An acquisition cohort (users first visiting in one ISO week through one channel) in
+    one partition: its users, buyers, and their orders' value within each horizon of each
+    user's own first visit (docs/lifecycle.md, "Value per user")."""
+
+    week: str = Field(description="ISO week of the first visit, e.g. 2026-W10")
+    week_start: datetime = Field(description="Monday 00:00 UTC of that week")
+    channel: str = Field(description="a declared channel, other or unknown")
+    users: int
+    buyers: int
+    value_cents: list[int] = Field(
+        description="per horizon_days: the orders' value in hundredths, summed over the users"
+    )
+
+
+class LifecycleBuyers(_Strict):
+    """A first-order cohort (buyers whose first order fell in one ISO week) in one
+    partition (docs/lifecycle.md, "Repeat-purchase rate", "Churn", "Advocates")."""
+
+    week: str = Field(description="ISO week of the first order")
+    week_start: datetime
+    buyers: int
+    repeaters: list[int] = Field(
+        description="per horizon_days: buyers with a second order within that many days"
+    )
+    advocates: int
+    churned: int = Field(description="buyers churned as of the record's watermark")
+
+
+class LifecycleFirstPurchase(_Strict):
+    """Time from first visit to first order of one acquisition channel's buyers in one
+    partition (docs/lifecycle.md, "Time to first purchase")."""
+
+    channel: str
+    buckets: list[tuple[float | None, int]] = Field(
+        description="(upper bound in seconds, inclusive, or null above the last; buyers in "
+        "that bucket, not cumulative)"
+    )
+    count: int
+    sum_seconds: float
+
+
+class LifecycleStats(_Strict):
+    """A lifecycle funnel's figures in one unit partition, whole (on ``funnel.partials``, for
+    the merger; docs/lifecycle.md, "Published").
+
+    Each partition holds its own users, so a funnel's figures are the sum over partitions of
+    each one's **latest** record: a record replaces that partition's previous one (never add
+    two of one partition). The latest is the one with the highest ``version``; a partition's
+    new owner (restart, rebalance) has a higher ``generation`` and replaces it even with
+    figures that restarted from a checkpoint behind the last record."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    kind: Literal["lifecycle"] = "lifecycle"
+    record_id: str = Field(description="funnel/partition: the same for every record it replaces")
+    funnel: str
+    partition: int = Field(description="as the merger counts partitions (unit tasks: N..2N-1)")
+    generation: int = Field(description="the partition owner's: grows with every restore")
+    version: list[int] = Field(
+        description="(generation, input offsets, watermark ms): a record with a lower version "
+        "than one already held is a late copy"
+    )
+    watermark: datetime = Field(description="every event before it is in these figures")
+    horizon_days: list[int]
+    churn_days: int
+    acquisition: list[LifecycleAcquisition]
+    buyer_cohorts: list[LifecycleBuyers]
+    first_purchase: list[LifecycleFirstPurchase]
 
 
 class Abandonment(_Strict):

@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from streamer.events import EVENT_MODELS, ReasonCode
 from streamer.funnel.definition import FunnelDefinition
+from streamer.funnel.lifecycle import FIRST_PURCHASE_BUCKETS_MS
 from streamer.funnel.satisfaction import SCORE_RANGE
 from streamer.funnel.stages import LifecycleStage
 from streamer.funnel.windows import TIME_TO_CONVERT_BUCKETS_MS, UNKNOWN
@@ -28,6 +29,7 @@ __all__ = [
     "OUTCOMES",
     "UNPLANNED_NAMES_CAP",
     "UNPLANNED_OTHER",
+    "LifecycleView",
     "LiveSnapshot",
     "Metrics",
     "UnplannedCounter",
@@ -157,6 +159,92 @@ class _TimeToConvertCollector(Collector):
         yield family
 
 
+@dataclass
+class LifecycleView:
+    """What the lifecycle gauges show of one funnel (the merger's sum of its partitions,
+    cohort weeks already bounded: streamer.pipeline.lifecycle)."""
+
+    horizons: list[str]  # "30d", ...
+    # channel -> buyers per time-to-first-purchase bucket (not cumulative), sum of seconds
+    first_purchase: dict[str, tuple[list[int], float]]
+    # first-order cohort week -> buyers, repeaters per horizon, churned
+    buyers: dict[str, tuple[int, list[int], int]]
+    # (acquisition week, channel) -> users, order value in hundredths per horizon
+    acquisition: dict[tuple[str, str], tuple[int, list[int]]]
+
+
+class _LifecycleCollector(Collector):
+    """The lifecycle funnels' figures (docs/lifecycle.md), as the merger last summed them.
+    Labels: funnel, channel (declared ones, other, unknown: at most 22), cohort (an ISO week,
+    the newest ``lifecycle_cohort_weeks``), horizon (at most 5), le (10)."""
+
+    def __init__(self) -> None:
+        self.views: dict[str, LifecycleView] = {}
+
+    def show(self, funnel: str, view: LifecycleView) -> None:
+        self.views[funnel] = view  # replaced whole: weeks that aged out leave no series
+
+    def collect(self) -> Iterator[Metric]:
+        bounds = [f"{ms / 1000:g}" for ms in FIRST_PURCHASE_BUCKETS_MS] + ["+Inf"]
+        first = GaugeMetricFamily(
+            "streamer_lifecycle_first_purchase_buyers",
+            "Buyers whose first order came within le seconds of their first visit, by "
+            "acquisition channel (cumulative, as a histogram's buckets: histogram_quantile "
+            "reads it)",
+            labels=["funnel", "channel", "le"],
+        )
+        mean = GaugeMetricFamily(
+            "streamer_lifecycle_first_purchase_mean_seconds",
+            "Mean time from first visit to first order of the channel's buyers",
+            labels=["funnel", "channel"],
+        )
+        buyers = GaugeMetricFamily(
+            "streamer_lifecycle_buyers",
+            "Buyers whose first order fell in the cohort week",
+            labels=["funnel", "cohort"],
+        )
+        repeat = GaugeMetricFamily(
+            "streamer_lifecycle_repeat_ratio",
+            "Of the cohort week's buyers, those with a second order within the horizon",
+            labels=["funnel", "cohort", "horizon"],
+        )
+        churned = GaugeMetricFamily(
+            "streamer_lifecycle_churned_ratio",
+            "Of the cohort week's buyers, those churned as of the watermark",
+            labels=["funnel", "cohort"],
+        )
+        users = GaugeMetricFamily(
+            "streamer_lifecycle_acquired_users",
+            "Users first visiting in the cohort week through the channel",
+            labels=["funnel", "cohort", "channel"],
+        )
+        value = GaugeMetricFamily(
+            "streamer_lifecycle_value_per_user",
+            "Order value per acquired user within the horizon of each user's first visit "
+            "(CLV of the acquisition cohort; buyers or not)",
+            labels=["funnel", "cohort", "channel", "horizon"],
+        )
+        for funnel, view in sorted(self.views.items()):
+            for channel, (counts, seconds) in sorted(view.first_purchase.items()):
+                running = 0
+                for bound, count in zip(bounds, counts, strict=True):
+                    running += count
+                    first.add_metric([funnel, channel, bound], running)
+                if running:
+                    mean.add_metric([funnel, channel], seconds / running)
+            for cohort, (count, repeaters, lost) in sorted(view.buyers.items()):
+                buyers.add_metric([funnel, cohort], count)
+                if count:
+                    churned.add_metric([funnel, cohort], lost / count)
+                    for horizon, repeated in zip(view.horizons, repeaters, strict=True):
+                        repeat.add_metric([funnel, cohort, horizon], repeated / count)
+            for (cohort, channel), (acquired, cents) in sorted(view.acquisition.items()):
+                users.add_metric([funnel, cohort, channel], acquired)
+                for horizon, total in zip(view.horizons, cents, strict=True):
+                    value.add_metric([funnel, cohort, channel, horizon], total / 100 / acquired)
+        yield from (first, mean, buyers, repeat, churned, users, value)
+
+
 @dataclass(frozen=True)
 class Metrics:
     registry: CollectorRegistry
@@ -200,6 +288,7 @@ class Metrics:
     last_window_end: Gauge
     windows_closed: Counter
     time_to_convert: _TimeToConvertCollector
+    lifecycle: _LifecycleCollector
     live: _LiveCollector
 
     @classmethod
@@ -464,9 +553,11 @@ class Metrics:
                 registry=registry,
             ),
             time_to_convert=_TimeToConvertCollector(funnels),
+            lifecycle=_LifecycleCollector(),
             live=_LiveCollector(funnels),
         )
         registry.register(metrics.time_to_convert)
+        registry.register(metrics.lifecycle)
         registry.register(metrics.live)
         for funnel in funnels:
             metrics.windows_closed.labels(funnel=funnel.name)

@@ -28,6 +28,10 @@ from streamer.events import (
     Alert,
     AlertExplanation,
     DeadLetter,
+    LifecycleAcquisition,
+    LifecycleBuyers,
+    LifecycleFirstPurchase,
+    LifecycleStats,
     ReasonCode,
     ReplayReport,
     SegmentStats,
@@ -59,6 +63,7 @@ RECORD_MODELS: dict[str, type[BaseModel]] = {
     "abandonment": Abandonment,
     "alert": Alert,
     "replay_report": ReplayReport,
+    "lifecycle": LifecycleStats,
 }
 
 _CONTEXT = {"device": "ios", "channel": "email", "utm_source": "newsletter", "country": "DE",
@@ -234,6 +239,34 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         difference=[-0.0939, -0.1489, -0.0389],
         relative_difference=[-0.1019, -0.1616, -0.0422],
         alpha=0.016667,
+    ).model_dump(mode="json"),
+    # docs/lifecycle.md's worked example (week 2026-W10), as unit partition 5 of 8 holds it.
+    "lifecycle": LifecycleStats(
+        record_id="lifecycle/5",
+        funnel="lifecycle",
+        partition=5,
+        generation=3,
+        version=[3, 18231, 1780876800000],
+        watermark=datetime(2026, 6, 8, tzinfo=UTC),
+        horizon_days=[30, 60, 90],
+        churn_days=60,
+        acquisition=[
+            LifecycleAcquisition(week="2026-W10", week_start=datetime(2026, 3, 2, tzinfo=UTC),
+                                 channel="other", users=1, buyers=0, value_cents=[0, 0, 0]),
+            LifecycleAcquisition(week="2026-W10", week_start=datetime(2026, 3, 2, tzinfo=UTC),
+                                 channel="search", users=2, buyers=2,
+                                 value_cents=[6550, 7550, 7550]),
+        ],
+        buyer_cohorts=[
+            LifecycleBuyers(week="2026-W10", week_start=datetime(2026, 3, 2, tzinfo=UTC),
+                            buyers=2, repeaters=[1, 2, 2], advocates=0, churned=2),
+        ],
+        first_purchase=[
+            LifecycleFirstPurchase(channel="search", buckets=[
+                (3600.0, 0), (21600.0, 1), (86400.0, 0), (259200.0, 1), (604800.0, 0),
+                (1209600.0, 0), (2592000.0, 0), (5184000.0, 0), (7776000.0, 0), (None, 0)],
+                count=2, sum_seconds=262800.0),
+        ],
     ).model_dump(mode="json"),
 }  # fmt: skip
 

@@ -185,7 +185,8 @@ class Settings(BaseSettings):
     )
     partials_topic: str = Field(
         default="funnel.partials",
-        description="internal: each partition's counts per window, to the merger (1 partition)",
+        description="internal: each partition's counts per window and lifecycle figures, to the "
+        "merger (1 partition)",
     )
     windows_topic: str = Field(
         default="funnel.windows", description="published WindowStats records, keyed by window id"
@@ -207,6 +208,14 @@ class Settings(BaseSettings):
         description="user funnels: open units each unit task keeps in memory; the others wait "
         "on disk under data_dir/units (RocksDB), read back when an event or a timeout needs "
         "them",
+    )
+    lifecycle_cohort_weeks: int = Field(
+        default=26,
+        ge=1,
+        le=520,
+        description="lifecycle funnels: the newest cohort weeks the streamer_lifecycle_* gauges "
+        "show (first-order and acquisition cohorts; older weeks stay in the records): bounds "
+        "their label sets (docs/lifecycle.md)",
     )
     session_retention_seconds: float = Field(
         default=600.0,

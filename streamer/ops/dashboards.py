@@ -96,6 +96,8 @@ class DashboardSpec:
     rows: tuple[tuple[str, tuple[PanelSpec, ...]], ...]
     per_funnel: bool = True
     tags: tuple[str, ...] = ("streamer",)
+    # The series whose funnel label lists the funnel variable's choices.
+    funnels_from: str = "streamer_funnel_sessions_entered_total"
 
     @property
     def filename(self) -> str:
@@ -825,7 +827,203 @@ PIPELINE = DashboardSpec(
     ),
 )
 
-DASHBOARDS: tuple[DashboardSpec, ...] = (OVERVIEW, CONVERSION, ABANDONMENTS, ALERTS, PIPELINE)
+
+def _lifecycle(metric: str, by: str, selector: str = FUNNEL) -> str:
+    """A lifecycle gauge of the chosen funnel, one series per ``by``: only the worker that
+    runs the merger shows them (the max over instances is its value)."""
+    return f"max by ({by}) ({metric}{{{selector}}})"
+
+
+# Value per acquired user over every channel of a cohort week: each channel's value per user
+# weighted by its users (the gauges carry per-channel figures only).
+_ALL_CHANNELS_VALUE = (
+    "sum by (cohort, horizon) ("
+    + _lifecycle("streamer_lifecycle_value_per_user", "cohort, channel, horizon")
+    + " * on (cohort, channel) group_left "
+    + _lifecycle("streamer_lifecycle_acquired_users", "cohort, channel")
+    + ") / on (cohort) group_left sum by (cohort) ("
+    + _lifecycle("streamer_lifecycle_acquired_users", "cohort, channel")
+    + ")"
+)
+
+LIFECYCLE = DashboardSpec(
+    uid="streamer-lifecycle",
+    title="streamer / Lifecycle",
+    question=(
+        "How long do visitors take to buy first, per acquisition channel; how many buyers of "
+        "each first-order week come back within 30/60/90 days and how many churned; what is "
+        "a week's newly acquired user worth over time?"
+    ),
+    funnels_from="streamer_lifecycle_buyers",
+    rows=(
+        (
+            "Time to first purchase (buyers so far)",
+            (
+                PanelSpec(
+                    "Time to first purchase, median and p90 by channel",
+                    "From first visit to first order, per acquisition channel, over every "
+                    "buyer so far (histogram_quantile of "
+                    "streamer_lifecycle_first_purchase_buyers: exact to its bucket, 1 h .. "
+                    "90 d).",
+                    (
+                        Query(
+                            "histogram_quantile(0.5, "
+                            + _lifecycle("streamer_lifecycle_first_purchase_buyers", "channel, le")
+                            + ")",
+                            "{{channel}} p50",
+                        ),
+                        Query(
+                            "histogram_quantile(0.9, "
+                            + _lifecycle("streamer_lifecycle_first_purchase_buyers", "channel, le")
+                            + ")",
+                            "{{channel}} p90",
+                        ),
+                    ),
+                    unit="s",
+                ),
+                PanelSpec(
+                    "Mean time to first purchase by channel",
+                    "Mean time from first visit to first order of each channel's buyers "
+                    "(streamer_lifecycle_first_purchase_mean_seconds).",
+                    (
+                        Query(
+                            _lifecycle("streamer_lifecycle_first_purchase_mean_seconds", "channel"),
+                            "{{channel}}",
+                            instant=True,
+                        ),
+                    ),
+                    kind="bargauge",
+                    unit="s",
+                ),
+                PanelSpec(
+                    "Buyers by channel",
+                    "Buyers so far per acquisition channel (the +Inf bucket of "
+                    "streamer_lifecycle_first_purchase_buyers).",
+                    (
+                        Query(
+                            _lifecycle(
+                                "streamer_lifecycle_first_purchase_buyers",
+                                "channel",
+                                f'{FUNNEL},le="+Inf"',
+                            ),
+                            "{{channel}}",
+                            instant=True,
+                        ),
+                    ),
+                    kind="bargauge",
+                    width=24,
+                ),
+            ),
+        ),
+        (
+            "First-order cohort weeks: repeat purchases and churn",
+            (
+                PanelSpec(
+                    "Repeat rate by cohort week and horizon",
+                    "Of the buyers whose first order fell in the week, those with a second "
+                    "order within the horizon (streamer_lifecycle_repeat_ratio; final once "
+                    "the watermark passes the week's end plus the horizon). The newest "
+                    "lifecycle_cohort_weeks weeks.",
+                    (
+                        Query(
+                            _lifecycle("streamer_lifecycle_repeat_ratio", "cohort, horizon"),
+                            "{{cohort}} {{horizon}}",
+                            instant=True,
+                        ),
+                    ),
+                    kind="bargauge",
+                    unit="percentunit",
+                    width=24,
+                ),
+                PanelSpec(
+                    "Churned share by cohort week",
+                    "Of the week's buyers, those with no order churn_days whole days after "
+                    "their latest (streamer_lifecycle_churned_ratio, as of the watermark).",
+                    (
+                        Query(
+                            _lifecycle("streamer_lifecycle_churned_ratio", "cohort"),
+                            "{{cohort}}",
+                            instant=True,
+                        ),
+                    ),
+                    kind="bargauge",
+                    unit="percentunit",
+                ),
+                PanelSpec(
+                    "Buyers by first-order week",
+                    "Buyers whose first order fell in the week (streamer_lifecycle_buyers): "
+                    "the denominator of the two panels beside.",
+                    (
+                        Query(
+                            _lifecycle("streamer_lifecycle_buyers", "cohort"),
+                            "{{cohort}}",
+                            instant=True,
+                        ),
+                    ),
+                    kind="bargauge",
+                ),
+            ),
+        ),
+        (
+            "Acquisition cohort weeks: value per user",
+            (
+                PanelSpec(
+                    "Value per acquired user by cohort week and horizon",
+                    "Order value within the horizon of each user's first visit, per user "
+                    "first visiting in the week, buyers or not, every channel together "
+                    "(streamer_lifecycle_value_per_user weighted by "
+                    "streamer_lifecycle_acquired_users).",
+                    (Query(_ALL_CHANNELS_VALUE, "{{cohort}} {{horizon}}", instant=True),),
+                    kind="bargauge",
+                    width=24,
+                ),
+                PanelSpec(
+                    "Value per acquired user by channel and horizon",
+                    "The same per acquisition channel, over the cohort weeks shown "
+                    "(weighted by each week's users).",
+                    (
+                        Query(
+                            "sum by (channel, horizon) ("
+                            + _lifecycle(
+                                "streamer_lifecycle_value_per_user", "cohort, channel, horizon"
+                            )
+                            + " * on (cohort, channel) group_left "
+                            + _lifecycle("streamer_lifecycle_acquired_users", "cohort, channel")
+                            + ") / on (channel) group_left sum by (channel) ("
+                            + _lifecycle("streamer_lifecycle_acquired_users", "cohort, channel")
+                            + ")",
+                            "{{channel}} {{horizon}}",
+                            instant=True,
+                        ),
+                    ),
+                    kind="bargauge",
+                ),
+                PanelSpec(
+                    "Users acquired by cohort week and channel",
+                    "Users first visiting in the week through the channel "
+                    "(streamer_lifecycle_acquired_users).",
+                    (
+                        Query(
+                            _lifecycle("streamer_lifecycle_acquired_users", "cohort, channel"),
+                            "{{cohort}} {{channel}}",
+                            instant=True,
+                        ),
+                    ),
+                    kind="bargauge",
+                ),
+            ),
+        ),
+    ),
+)
+
+DASHBOARDS: tuple[DashboardSpec, ...] = (
+    OVERVIEW,
+    CONVERSION,
+    ABANDONMENTS,
+    ALERTS,
+    PIPELINE,
+    LIFECYCLE,
+)
 
 
 def scoped(expr: str) -> str:
@@ -916,7 +1114,7 @@ def build_dashboard(spec: DashboardSpec) -> Dashboard:
             .sort(VariableSort.ALPHABETICAL_ASC)
         )
     if spec.per_funnel:
-        funnels = "label_values(" + scoped("streamer_funnel_sessions_entered_total") + ", funnel)"
+        funnels = "label_values(" + scoped(spec.funnels_from) + ", funnel)"
         dashboard = dashboard.with_variable(
             QueryVariable("funnel")
             .label("Funnel")

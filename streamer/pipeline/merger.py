@@ -3,12 +3,14 @@
 Reads ``funnel.partials`` (one partition, so one merger sees every partition's records in
 order): partials carry a partition's whole counts for a window and *replace* its previous one
 (so a partition that re-sends after a restart changes nothing), progress records carry its
-watermark. After each progress record the merger publishes a revision of every window that
-changed, and the final record of every window whose cohorts are all decided in every
-partition (window end + the funnel's longest step timeout behind every partition's watermark).
-State lives in the ``window-merge`` table, one record per window and partition (the partial as
-received) plus a small one per window for its revision: a partial is stored once, not the
-whole window again. A window published final is never published again.
+watermark; lifecycle records (a unit partition's whole figures, replacing its previous ones
+too) go to :mod:`streamer.pipeline.lifecycle`. After each progress record the merger
+publishes a revision of every window that changed, and the final record of every window
+whose cohorts are all decided in every partition (window end + the funnel's longest step
+timeout behind every partition's watermark). State lives in the ``window-merge`` table, one
+record per window and partition (the partial as received) plus a small one per window for
+its revision: a partial is stored once, not the whole window again. A window published final
+is never published again.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from streamer.funnel.windows import (
 from streamer.metrics import LANDING_OUTCOMES, Metrics, campaign_dimension
 from streamer.pipeline.detector import DetectorStage
 from streamer.pipeline.input_order import ContiguousInput, InputMessage, install_contiguous_input
+from streamer.pipeline.lifecycle import LifecycleAggregator
 from streamer.pipeline.messages import SendFn
 from streamer.pipeline.tables import Deliveries, confirmed_table, stopping_the_worker_on
 from streamer.pipeline.topics import record_topic
@@ -304,8 +307,16 @@ class WindowMerger:
         revision_interval_s: float = REVISION_INTERVAL_S,
         monotonic: Callable[[], float] = time.monotonic,
         judge: JudgeFn | None = None,
+        lifecycle_cohort_weeks: int = 26,
     ) -> None:
         self._funnels = {funnel.name: funnel for funnel in funnels}
+        # Lifecycle funnels' records (whole figures per unit partition): summed apart.
+        self.lifecycle = LifecycleAggregator(
+            funnels=[funnel.name for funnel in funnels if funnel.lifecycle is not None],
+            table=table,
+            metrics=metrics,
+            cohort_weeks=lifecycle_cohort_weeks,
+        )
         self._source_partitions = source_partitions
         # User funnels are counted by unit tasks, reporting as partitions n + source_partitions
         # (streamer.pipeline.units): their watermark, behind the session tasks', holds too.
@@ -333,6 +344,7 @@ class WindowMerger:
         self._windows = None
         self._changed.clear()
         self._decoded.clear()
+        self.lifecycle.reset()
 
     def _load(self) -> dict[str, _Window]:
         if self._windows is None:
@@ -428,6 +440,9 @@ class WindowMerger:
         record = orjson.loads(value)
         if record.get("kind") == "start":
             self._start_funnel(record)
+            return []
+        if record.get("kind") == "lifecycle":
+            self.lifecycle.take(value)
             return []
         if record.get("kind") == "progress":
             partition = str(record["partition"])
@@ -720,6 +735,7 @@ def install(
         send_window=sent_windows.sender(windows),
         confirm_windows=sent_windows.confirm,
         judge=detector.judge if detector is not None else None,
+        lifecycle_cohort_weeks=settings.lifecycle_cohort_weeks,
     )
 
     ordered = install_contiguous_input(

@@ -210,9 +210,9 @@ def _value_checker(spec: PropertySpec, *, strip: bool, lax: bool) -> Checker:
 
         def check_number(value: Any) -> Any:
             if isinstance(value, bool) or not isinstance(value, int | float):
-                if lax and isinstance(value, bool):  # pydantic's lax mode: True is 1
-                    value = int(value) if integer else float(value)
-                elif lax and isinstance(value, str):
+                # Never a boolean, lax or not (pydantic's lax mode reads true as 1: an order
+                # worth 1.00); the contract's models refuse them too (streamer/events.py).
+                if lax and isinstance(value, str):
                     text = value.strip()
                     if integer and _INT_TEXT.match(text):
                         value = int(text)

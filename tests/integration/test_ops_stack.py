@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -22,7 +23,7 @@ import yaml
 
 from streamer.app import topic_plan
 from streamer.kafka_io import ensure_topic_plan, run_sync
-from streamer.ops.dashboards import DASHBOARDS, DASHBOARDS_DIR
+from streamer.ops.dashboards import DASHBOARDS, DASHBOARDS_DIR, LIFECYCLE
 from streamer.settings import ENV_PREFIX, Settings, settings_env
 from streamer.simulate import DEVICE_SHARES
 from streamer.testing import WorkerProcess
@@ -64,6 +65,11 @@ experiments:
     variants: {{{", ".join(f"{device}: {share}" for device, share in DEVICE_SHARES)}}}
     control: desktop
 """
+# Beside it, the shipped lifecycle funnel (a user funnel: the unit tasks publish its figures,
+# the merger shows them as the Lifecycle dashboard's gauges) over the simulator's users (40%
+# of its sessions carry a user id; its channels organic and paid_search fold into other).
+LIFECYCLE_FUNNEL = DEPLOY / "funnels/lifecycle/lifecycle.yaml"
+LIFECYCLE_FUNNEL_NAME = "lifecycle"
 SIMULATION_SECONDS = 30
 SCRAPE_INTERVAL = "1s"
 # What Grafana puts in place of its variables (Grafana's $__rate_interval is at least four
@@ -81,8 +87,8 @@ WARNINGS_TOKEN = "T000/B000/warnings"
 PAGES_TOKEN = "T000/B000/pages"
 
 
-def grafana_substitute(expr: str) -> str:
-    for variable, value in GRAFANA_VARIABLES.items():
+def grafana_substitute(expr: str, funnel: str = FUNNEL_NAME) -> str:
+    for variable, value in (GRAFANA_VARIABLES | {"$funnel": funnel}).items():
         expr = expr.replace(variable, value)
     assert "$" not in expr, f"a variable the test does not substitute: {expr}"
     return expr
@@ -98,10 +104,11 @@ def dashboard_queries() -> list[NamedQuery]:
     queries = []
     for spec in DASHBOARDS:
         dashboard = json.loads((DASHBOARDS_DIR / spec.filename).read_text())
+        funnel = LIFECYCLE_FUNNEL_NAME if spec is LIFECYCLE else FUNNEL_NAME
         for panel in dashboard["panels"]:
             for target in panel.get("targets", []):
                 source = f"{dashboard['title']} / {panel['title']} [{target['refId']}]"
-                queries.append(NamedQuery(source, grafana_substitute(target["expr"])))
+                queries.append(NamedQuery(source, grafana_substitute(target["expr"], funnel)))
     return queries
 
 
@@ -188,6 +195,7 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     folder = tmp_path_factory.mktemp("ops")
     (folder / "funnels").mkdir()
     (folder / "funnels/checkout.yaml").write_text(FUNNEL)
+    shutil.copy(LIFECYCLE_FUNNEL, folder / "funnels")
     settings = isolated_settings(
         kafka_bootstrap,
         f"ops-{os.urandom(5).hex()}",
@@ -277,6 +285,9 @@ def worker_data_shows(results: dict[str, list[dict[str, Any]]], settings: Settin
     arm = f"experiment={EXPERIMENT_NAME},step=landing->product_view,variant=desktop"
     if not decided.get(arm, 0) > 0:
         missing.append(f"decided attempts of the experiment's control: {decided}")
+    buyers = values("Lifecycle / Buyers by channel [A]")
+    if not sum(buyers.values()) > 0:
+        missing.append(f"lifecycle buyers by channel: {buyers}")
     if values("Pipeline health / Workers up [A]") != {"": 1.0}:
         missing.append("workers up")
     return missing
@@ -286,8 +297,12 @@ def worker_data_shows(results: dict[str, list[dict[str, Any]]], settings: Settin
 # (so no delivery), no dead letter, no late event, no silent input, no merge error or superseded
 # partial, no rebalance or restart after the start, no retraction of an abandonment, no
 # excluded attempt (the shipped funnels have no exclusion step); and a consumer lag, which a
-# worker that keeps up with the simulator does not have at any scrape.
+# worker that keeps up with the simulator does not have at any scrape. In 30 s of real time
+# (event time too) no lifecycle buyer orders twice or churns (60 days): their ratios are 0
+# (tests/integration/test_lifecycle.py checks them on months of event time).
 NOT_EXERCISED = (
+    "Lifecycle / Repeat rate by cohort week and horizon [A]",
+    "Lifecycle / Churned share by cohort week [A]",
     "Funnel overview / Attempts excluded per step [A]",
     "Pipeline health / Consumer lag per topic [A]",
     "recording rule streamer:dead_letter:ratio_rate5m",
@@ -368,11 +383,14 @@ def test_every_panel_query_and_recording_rule_returns_data(stack: OpsStack) -> N
         f"recording rules: all {len(queries)} returned data; "
         + "; ".join(f"{kind} {len(sources)}: {sorted(sources)}" for kind, sources in kinds.items())
     )
-    # Grafana's funnel variable lists the funnel (label_values on the same metric).
-    names = stack.prometheus.get_json(
-        "/api/v1/label/funnel/values", **{"match[]": "streamer_funnel_sessions_entered_total"}
-    )["data"]
-    assert names == [FUNNEL_NAME]
+    # Grafana's funnel variable lists the funnels (label_values on the same metric), the
+    # Lifecycle dashboard's the lifecycle funnel only.
+    for series, funnels in (
+        ("streamer_funnel_sessions_entered_total", [FUNNEL_NAME, LIFECYCLE_FUNNEL_NAME]),
+        (LIFECYCLE.funnels_from, [LIFECYCLE_FUNNEL_NAME]),
+    ):
+        names = stack.prometheus.get_json("/api/v1/label/funnel/values", **{"match[]": series})
+        assert names["data"] == funnels, series
     # Prometheus evaluated every rule of the project without an error.
     groups = stack.prometheus.get_json("/api/v1/rules")["data"]["groups"]
     evaluated = [rule for group in groups for rule in group["rules"]]

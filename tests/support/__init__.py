@@ -11,6 +11,8 @@ where pytest finds them.
 - ``core_run``, ``compare``: the pure core run over events, compared with the SQL oracle
   (and a plan's decoded lines as the oracle's input).
 - ``traffic``, ``funnels``: generated traffic and funnel files.
+- ``lifecycle_records``: generated lifecycle users as the shop's events; published lifecycle
+  records and gauges in the SQL oracle's shape.
 - ``experiment_shop``: A/B traffic and the funnel of the experiment guardrails' tests.
 - ``datasets``: where recorded datasets are (the OTTO sample).
 - ``ops_servers``: real Prometheus and Alertmanager processes.

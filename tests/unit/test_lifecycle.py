@@ -140,9 +140,8 @@ def _event(at_ms: int, event_type: str, **fields: Any) -> StoredEvent:
     return StoredEvent(at_ms, f"{event_type}-{at_ms}-{sorted(fields.items())}", event_type, fields)
 
 
-def test_the_worked_example_of_docs_lifecycle() -> None:
-    """docs/lifecycle.md, "A worked example": the numbers the page states."""
-    declaration = _declaration()
+def worked_example() -> tuple[int, list[tuple[str, StoredEvent]]]:
+    """docs/lifecycle.md, "A worked example": its week's Monday and its users' events."""
     monday = int(datetime(2026, 3, 2, tzinfo=UTC).timestamp() * 1000)
     hour = 3_600_000
     feed = [
@@ -160,6 +159,13 @@ def test_the_worked_example_of_docs_lifecycle() -> None:
         # cy: visits through a channel not declared, never orders
         ("cy", _event(monday + DAY_MS, "page_view", **{"context.channel": "tv"})),
     ]
+    return monday, feed
+
+
+def test_the_worked_example_of_docs_lifecycle() -> None:
+    """docs/lifecycle.md, "A worked example": the numbers the page states."""
+    declaration = _declaration()
+    monday, feed = worked_example()
     core = Lifecycle(declaration)
     for unit, event in feed:
         core.apply(unit, event)
@@ -255,11 +261,11 @@ def _default_funnels() -> list[Any]:
     return list(load_funnels([ROOT / "deploy/funnels"]))
 
 
-def test_a_worker_given_the_shipped_lifecycle_says_it_publishes_no_figures_yet(
+def test_a_worker_given_the_shipped_lifecycle_runs_it_without_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Until the worker publishes the lifecycle's figures, a declared block must not pass
-    silently."""
+    """The figures are published now (tests/unit/test_lifecycle_publish.py): the start-up
+    warning that said they were not is gone."""
     from streamer.app import worker_events
     from streamer.settings import Settings
 
@@ -267,7 +273,7 @@ def test_a_worker_given_the_shipped_lifecycle_says_it_publishes_no_figures_yet(
     with caplog.at_level("WARNING", logger="streamer.app"):
         funnels, _ = worker_events(settings)
     assert [f.lifecycle is not None for f in funnels] == [True]
-    assert "does not publish them yet" in caplog.text
+    assert "lifecycle" not in caplog.text
 
 
 @pytest.mark.parametrize("retention_days", [90, 1])

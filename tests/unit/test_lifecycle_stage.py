@@ -8,18 +8,29 @@ from __future__ import annotations
 
 import base64
 import random
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from streamer.decode import DecodeLimits
-from streamer.decoders import ContractDecoder, needed_fields
+from streamer.decode import DecodeLimits, Rejection
+from streamer.decoders import ContractDecoder, DecodedEvent, PlanDecoder, needed_fields
 from streamer.funnel.definition import load_funnel
+from streamer.funnel.lifecycle import Lifecycle
 from streamer.pipeline.messages import SourceMessage
 from streamer.pipeline.units import UnitForwarder
+from streamer.plan.compile import compile_plan
+from streamer.plan.load import load_plan
 from streamer.schemas import EXAMPLES
 from tests.oracle.lifecycle import lifecycle_figures
+from tests.support.lifecycle_records import (
+    count_diff,
+    latest_records,
+    oracle_counts,
+    shop_event,
+    summed_records,
+)
 from tests.support.stage_harness import Recorder
 from tests.support.traffic import generate_lifecycle
 from tests.unit.test_lifecycle import SHIPPED, START_MS, _diff, _figures
@@ -30,20 +41,6 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _shop_event(event: dict[str, Any], index: int) -> dict[str, Any]:
-    """A generated row as the shop sends it: the type's example with the row's fields."""
-    shaped = {**EXAMPLES[event["event_type"]], **event["properties"]}
-    del shaped["sent_at"]  # the example's: it would move the event to the example's day
-    shaped |= {
-        "event_id": event["event_id"],
-        "session_id": f"{event['unit']}-{index % 3}",
-        "user_id": event["unit"],
-        "occurred_at": event["at_ms"],
-        "context": {k: v for k, v in event["context"].items() if v is not None},
-    }
-    return shaped
-
-
 async def test_the_unit_tasks_figures_equal_the_oracle_through_restarts(tmp_path: Path) -> None:
     funnels = (load_funnel(SHIPPED),)
     declaration = funnels[0].lifecycle
@@ -52,9 +49,9 @@ async def test_the_unit_tasks_figures_equal_the_oracle_through_restarts(tmp_path
     events = generate_lifecycle(seed=3, users=120, days=100, start_ms=START_MS)
     events.sort(key=lambda e: (e["at_ms"], rng.random()))
     for event in events:
-        # The contract's value is a number: its decoder reads true as 1 and "12.50" as 12.5
-        # where the lifecycle counts 0 (the core's own test covers those and missing values);
-        # here they are 0.
+        # The contract's value is a number (a boolean is refused, numeric text read as a
+        # number: test_an_order_value_is_a_number_or_numeric_text); the core's own test covers
+        # values that are not numbers. Here they are 0.
         value = event["properties"].get("value")
         if event["event_type"] == "order_placed" and not _number(value):
             event["properties"]["value"] = 0  # also when missing: the contract requires one
@@ -78,7 +75,7 @@ async def test_the_unit_tasks_figures_equal_the_oracle_through_restarts(tmp_path
     at = START_MS
     for index, event in enumerate(events):
         at = event["at_ms"]
-        value = orjson.dumps(_shop_event(event, index))
+        value = orjson.dumps(shop_event(event, index))
         # The broker's time is the event's: months of history are not refused as too old.
         message = SourceMessage("clickstream", 0, index, at, b"k", value)
         await sessions.process(message, lambda: None)
@@ -120,4 +117,47 @@ async def test_the_unit_tasks_figures_equal_the_oracle_through_restarts(tmp_path
     assert runtime.store.lifecycle_users("lifecycle").capacity == 3
     sql = lifecycle_figures(accepted, declaration, task.watermark_ms)
     assert _diff(_figures(core), sql) == []
+    # Published: the latest record (each restarted owner's first publish sends one, then at
+    # most one per checkpoint interval: an hour here, so here a last one is asked for).
+    runtime.lifecycle_published_at = None
+    await stage.publish()
+    records = [orjson.loads(v) for _, v in partials.sent]
+    published = [r for r in records if r["kind"] == "lifecycle"]
+    generations = sorted({r["generation"] for r in published})
+    assert len(generations) == 3  # three owners (two restarts), each publishing
+    [latest] = latest_records(published).values()
+    assert latest["generation"] == generations[-1] == runtime.generation
+    assert count_diff(summed_records([latest]), oracle_counts(sql)) == []
     assert sum(c.buyers for c in core.buyer_cohorts.values()) > 30
+
+
+def test_an_order_value_is_a_number_or_numeric_text() -> None:
+    """docs/lifecycle.md, "Order": on the contract (and its preset, ``coercion: lax``) an
+    order's ``value`` of true/false is refused and dead-lettered, never counted as 1.00 or 0;
+    numeric text is read as the number it writes (shops send decimal text to keep cents
+    exact), so the lifecycle counts ``"12.50"`` as 1250 hundredths."""
+    funnels = (load_funnel(SHIPPED),)
+    declaration = funnels[0].lifecycle
+    assert declaration is not None
+    keep = needed_fields(funnels)
+    decoders = (
+        ContractDecoder(DecodeLimits(), keep),
+        PlanDecoder(compile_plan(load_plan("preset:streamer")), DecodeLimits(), keep),
+    )
+    order = {**EXAMPLES["order_placed"]}
+    del order["sent_at"]
+    received = datetime.fromisoformat(order["occurred_at"])
+    for decoder in decoders:
+        for flag in (True, False):
+            raw = orjson.dumps({**order, "value": flag})
+            refused = decoder.decode(raw, topic="checkout", received_at=received)
+            assert isinstance(refused, Rejection), (decoder, flag)
+            assert refused.reason == "schema_violation"
+            assert refused.field == "value"
+            assert "boolean" in refused.message
+        raw = orjson.dumps({**order, "value": "12.50"})
+        decoded = decoder.decode(raw, topic="checkout", received_at=received)
+        assert isinstance(decoded, DecodedEvent), decoder
+        core = Lifecycle(declaration)
+        core.apply(decoded.user_id or "u", decoded.event)
+        assert core.users[decoded.user_id or "u"].value_cents == 1250

@@ -67,6 +67,10 @@ class TaskRuntime:
     # Records for the merger to send before this task's next partials
     # (see ``catch_up.start_announcements``).
     announce: list[dict[str, Any]] = field(default_factory=list)
+    # Lifecycle funnels (unit tasks): when their figures were last published (None: not yet
+    # by this owner) and what they were, by funnel (an unchanged one is not sent again).
+    lifecycle_published_at: float | None = None
+    lifecycle_sent: dict[str, str] = field(default_factory=dict)
 
 
 def restore_runtime(

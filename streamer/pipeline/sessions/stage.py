@@ -55,7 +55,7 @@ from streamer.pipeline.sessions.catch_up import (
     start_announcements,
 )
 from streamer.pipeline.sessions.committer import Committer
-from streamer.pipeline.sessions.records import abandonment_record
+from streamer.pipeline.sessions.records import abandonment_record, lifecycle_record
 from streamer.pipeline.sessions.runtime import TaskRuntime, restore_runtime
 from streamer.pipeline.sessions.stepping import advance_at_once, advance_in_steps
 from streamer.pipeline.sessions.unit_store import UnitStore
@@ -665,6 +665,7 @@ class SessionsStage:
                     record["partition"] = reported
                     record["version"] = version
                     partials.append(orjson.dumps(record))
+                partials.extend(self._lifecycle_records(runtime, reported, version, now))
                 progress = {
                     "kind": "progress",
                     "partition": reported,
@@ -683,6 +684,30 @@ class SessionsStage:
             except Exception:  # drained outputs the broker may not have: see ``Committer.sealed``
                 self.committer.sealed = True
                 raise
+
+    def _lifecycle_records(
+        self, runtime: TaskRuntime, reported: int, version: list[int], now: float
+    ) -> list[bytes]:
+        """A unit task's lifecycle figures, whole, once per checkpoint interval (each
+        replaces the partition's previous record at the merger: streamer.pipeline.lifecycle),
+        each funnel's only if it changed since this owner last sent it."""
+        lifecycles = runtime.task.lifecycles
+        published_at = runtime.lifecycle_published_at
+        if not lifecycles or (published_at is not None and now - published_at < self._interval):
+            return []
+        runtime.lifecycle_published_at = now
+        records = []
+        for name, core in sorted(lifecycles.items()):
+            if core.watermark_ms == NEVER:
+                continue  # nothing released yet: no figures to stand for
+            record = lifecycle_record(
+                name, core, partition=reported, generation=runtime.generation, version=version
+            )
+            figures = record.model_dump_json(exclude={"version"})
+            if runtime.lifecycle_sent.get(name) != figures:
+                runtime.lifecycle_sent[name] = figures
+                records.append(record.model_dump_json().encode())
+        return records
 
     async def _forward_to_units(
         self, partition: int, released: list[UnitEvent], watermark_ms: int
