@@ -34,11 +34,10 @@ import orjson
 
 from streamer.kafka_local import LocalKafka
 from streamer.settings import Settings
-from streamer.testing import free_port
 
 from . import core, kafka_runs, plan_runs, unit_store, user_runs
 from .data import load
-from .procs import ROOT, Children, terminate_on_sigterm
+from .procs import ROOT, Children, bench_broker, terminate_on_sigterm
 from .report import Results, machine_facts, now, write_report
 
 PARTS = (
@@ -287,14 +286,7 @@ def main() -> int:
         if KAFKA_PARTS & set(args.parts):
             bootstrap = given
             if not bootstrap:
-                broker = LocalKafka(
-                    Settings(
-                        kafka_port=free_port(),
-                        kafka_controller_port=free_port(),
-                        kafka_data_dir=workdir / "kafka",
-                        topic_partitions=4,
-                    )
-                )
+                broker = bench_broker(workdir)
                 _say(f"starting a local Kafka broker in {workdir / 'kafka'}")
                 broker.up()
                 bootstrap = broker.bootstrap

@@ -31,18 +31,16 @@ from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
-import orjson
 from prometheus_client import CollectorRegistry
 from rocksdict import Checkpoint, Options, Rdict
 
 from streamer.metrics import Metrics
-from streamer.pipeline.sessions.checkpoint_log import meta_key
 from streamer.pipeline.sessions.committer import Committer
 from streamer.pipeline.sessions.runtime import restore_runtime
 from streamer.pipeline.sessions.unit_store import UnitStore
 
 from .procs import ROOT
-from .unit_store import _GENERATION, _fill, _index, _log, _PeakMemory, _template, _user_funnel
+from .unit_store import _fill, _log, _PeakMemory, _template, _user_funnel, vouch_for_log
 
 
 class _DiskTable(MutableMapping[str, bytes]):
@@ -97,16 +95,7 @@ def build(folder: Path, units: int, cache: int) -> dict[str, bytes]:
         shutil.rmtree(folder / "store")
         store = UnitStore(folder / "store", cache_units=cache)
         _fill(store, template, units)
-    store.commit(
-        {},
-        (),
-        {
-            "log": orjson.loads(table[meta_key(0)])["log"],
-            "generation": _GENERATION,
-            "funnels": [funnel.name],
-            "index": _index(funnel, template, units),
-        },
-    )
+    vouch_for_log(store, table, funnel, template, units)
     store.close()
     return table
 

@@ -12,12 +12,26 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
-from streamer.settings import ENV_PREFIX
-from streamer.testing import WorkerProcess
+from streamer.kafka_local import LocalKafka
+from streamer.settings import ENV_PREFIX, Settings
+from streamer.testing import WorkerProcess, free_port
 
-__all__ = ["Children", "Timeout", "deadline_loop", "terminate_on_sigterm"]
+__all__ = ["Children", "Timeout", "bench_broker", "deadline_loop", "terminate_on_sigterm"]
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench_broker(workdir: Path) -> LocalKafka:
+    """A local broker (not started) on free loopback ports, its data in ``workdir/kafka``,
+    with the benchmarks' 4 partitions per topic."""
+    return LocalKafka(
+        Settings(
+            kafka_port=free_port(),
+            kafka_controller_port=free_port(),
+            kafka_data_dir=workdir / "kafka",
+            topic_partitions=4,
+        )
+    )
 
 
 class Timeout(RuntimeError):

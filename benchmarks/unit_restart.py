@@ -38,12 +38,12 @@ from streamer.funnel.session import CompiledFunnel
 from streamer.kafka_local import LocalKafka
 from streamer.pipeline.sessions.unit_store import UnitStore
 from streamer.settings import Settings
-from streamer.testing import WorkerProcess, free_port, produce
+from streamer.testing import WorkerProcess, produce
 
 from .__main__ import _bench_settings
 from .core import _raw
 from .kafka_runs import _scrape, processed, unit_counted, worker_settings
-from .procs import Children, deadline_loop
+from .procs import Children, bench_broker, deadline_loop
 from .unit_store import _fill, _index, _template
 from .user_runs import USERS_14D
 
@@ -175,14 +175,7 @@ def main() -> None:
     try:
         bootstrap = os.environ.get("STREAMER_KAFKA_BOOTSTRAP", "")
         if not bootstrap:
-            broker = LocalKafka(
-                Settings(
-                    kafka_port=free_port(),
-                    kafka_controller_port=free_port(),
-                    kafka_data_dir=workdir / "kafka",
-                    topic_partitions=4,
-                )
-            )
+            broker = bench_broker(workdir)
             broker.up()
             bootstrap = broker.bootstrap
         keep_log = None if args.out is None else args.out.with_suffix(".worker.log")

@@ -22,6 +22,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,27 @@ def _fill(store: UnitStore, template: list[Any], units: int) -> float:
         store.commit(batch, (), {})
         seconds += time.perf_counter() - began
     return seconds
+
+
+def vouch_for_log(
+    store: UnitStore,
+    table: Mapping[str, bytes],
+    funnel: CompiledFunnel,
+    template: list[Any],
+    units: int,
+) -> None:
+    """Commit the meta record that ``table``'s log (its meta record) vouches for, as a
+    rebuild or a checkpoint would have written it, on a store filled with ``units`` units."""
+    store.commit(
+        {},
+        (),
+        {
+            "log": orjson.loads(table[meta_key(0)])["log"],
+            "generation": _GENERATION,
+            "funnels": [funnel.name],
+            "index": _index(funnel, template, units),
+        },
+    )
 
 
 def _between(units: int) -> int:
@@ -323,16 +345,7 @@ def measure(units: int, cache_units: int, folder: Path, *, rebuild: bool = True)
         # checkpoint would have written it).
         kept_path = folder / "p0"
         store = UnitStore(kept_path, cache_units=cache_units)
-        store.commit(
-            {},
-            (),
-            {
-                "log": orjson.loads(table[meta_key(0)])["log"],
-                "generation": _GENERATION,
-                "funnels": [funnel.name],
-                "index": _index(funnel, template, units),
-            },
-        )
+        vouch_for_log(store, table, funnel, template, units)
         store.close()
     kept_s, first_event_s, kept_peak = _restart(table, funnel, kept_path, cache_units)
     return StoreResult(
