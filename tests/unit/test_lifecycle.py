@@ -149,7 +149,7 @@ def worked_example() -> tuple[int, list[tuple[str, StoredEvent]]]:
         ("ana", _event(monday, "page_view", **{"context.channel": "search"})),
         ("ana", _event(monday + 2 * hour, "order_placed", value=40.0)),
         ("ana", _event(monday + 2 * hour + 30 * DAY_MS, "order_placed", value=10.0)),
-        # ben: first instant names two channels (social wins: the smallest), orders 1 ms
+        # ben: first instant names two channels (search wins: the smallest), orders 1 ms
         # past 30 days after his first, reviews at his first order's instant (not counted)
         ("ben", _event(monday + hour, "page_view", **{"context.channel": "social"})),
         ("ben", _event(monday + hour, "page_view", **{"context.channel": "search"})),
