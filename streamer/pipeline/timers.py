@@ -104,17 +104,45 @@ class Beside:
             await asyncio.wait([self._running])
 
 
+# One unanswered question to each app's consumer at a time. Faust runs the consumer's calls
+# on two workers of its thread, fetches among them, and a call that has started runs to its
+# end even when the tick that asked gave up: a log-end query the broker is slow to answer held
+# one worker until the request timeout, the next tick's query (or another stage's timer: the
+# re-key path has two) took the other, and the worker fetched nothing for up to 90 s.
+_UNANSWERED: dict[int, asyncio.Future[Any]] = {}
+
+
+class _StillAsking(Exception):
+    """The consumer has not answered an earlier question yet."""
+
+
+async def _ask(app: Any, question: Awaitable[Any]) -> Any:
+    """``question`` (a call into ``app``'s consumer) answered within ``OFFSETS_TIMEOUT_S``; a
+    late answer still frees the consumer before the next question is asked."""
+    earlier = _UNANSWERED.get(id(app))
+    if earlier is not None and not earlier.done():
+        if asyncio.iscoroutine(question):
+            question.close()  # never started
+        raise _StillAsking
+    asked = _UNANSWERED[id(app)] = asyncio.ensure_future(question)
+    asked.add_done_callback(lambda done: done.cancelled() or done.exception())
+    return await asyncio.wait_for(asyncio.shield(asked), OFFSETS_TIMEOUT_S)
+
+
 async def consumer_offsets(
     app: Any, tps: list[Any]
 ) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], int]] | None:
     """The log end and the consumer's position of each of ``tps`` ((topic, partition) ->
     offset), or None while a rebalance takes partitions away (the next tick reads the new
-    assignment). A partition revoked between the two questions has no position."""
+    assignment) or the consumer has not answered an earlier question. A partition revoked
+    between the two questions, or whose position is not answered in time, has no position
+    (asked again next tick)."""
     try:
-        highwaters = (
-            await asyncio.wait_for(app.consumer.highwaters(*tps), OFFSETS_TIMEOUT_S) if tps else {}
-        )
+        highwaters = await _ask(app, app.consumer.highwaters(*tps)) if tps else {}
     except IllegalStateError:
+        return None
+    except _StillAsking:
+        log.debug("the consumer has not answered an earlier question yet: next tick")
         return None
     except TimeoutError:
         log.warning("the consumer gave no log end offsets within %gs: next tick", OFFSETS_TIMEOUT_S)
@@ -122,9 +150,11 @@ async def consumer_offsets(
     positions = {}
     for tp in tps:
         try:
-            position = await asyncio.wait_for(app.consumer.position(tp), OFFSETS_TIMEOUT_S)
+            position = await _ask(app, app.consumer.position(tp))
         except IllegalStateError:  # revoked since the assignment was read
             continue
+        except _StillAsking:  # the one before is unanswered: the rest next tick
+            break
         except TimeoutError:  # no valid fetch position yet (being reset): asked again next tick
             log.warning(
                 "%s[%d]: the consumer gave no fetch position within %gs: next tick",

@@ -91,6 +91,45 @@ async def test_a_partition_without_a_fetch_position_does_not_hold_the_tick(
     assert "clickstream[1]: the consumer gave no fetch position" in caplog.text
 
 
+class _SlowBroker:
+    """A consumer whose log-end query the broker answers only when ``answer`` is set, and
+    that counts the questions it was asked (each would hold a worker of Faust's consumer
+    thread until answered)."""
+
+    def __init__(self) -> None:
+        self.answer = asyncio.Event()
+        self.asked = 0
+
+    async def highwaters(self, *tps: TopicPartition) -> dict[TopicPartition, int]:
+        self.asked += 1
+        await self.answer.wait()
+        return dict.fromkeys(tps, 10)
+
+    async def position(self, tp: TopicPartition) -> int:
+        return 7
+
+
+async def test_an_unanswered_question_is_not_asked_again_until_the_consumer_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two workers run Faust's consumer calls, fetches among them: ticks (of one timer or of
+    two stages') that each asked again while the broker sat on a log-end query took both,
+    and the consumer fetched nothing until the request timed out."""
+    monkeypatch.setattr(timers, "OFFSETS_TIMEOUT_S", 0.05)
+    app = App()
+    consumer = app.consumer = _SlowBroker()  # type: ignore[attr-defined]
+    tps = [TopicPartition("clickstream", 0)]
+    for _ in range(5):  # five ticks while the broker does not answer
+        assert await timers.consumer_offsets(app, tps) is None
+    assert consumer.asked == 1
+    consumer.answer.set()
+    await asyncio.sleep(0)  # the late answer arrives
+    await asyncio.sleep(0)
+    offsets = await timers.consumer_offsets(app, tps)
+    assert offsets == ({("clickstream", 0): 10}, {("clickstream", 0): 7})
+    assert consumer.asked == 2  # asked again once the first was answered
+
+
 def _hold_the_loop(seconds: float) -> None:
     time.sleep(seconds)  # synchronous work: nothing else runs on the loop meanwhile
 
