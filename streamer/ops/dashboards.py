@@ -263,8 +263,7 @@ CONVERSION = DashboardSpec(
     question=(
         "How does each step's conversion and drop-off move over time, for final cohorts "
         "(every session decided), how many sessions of the young cohorts are still open, and "
-        "how does each experiment's variant convert at its guarded steps, and how satisfied "
-        "are the customers who answered a survey at each stage?"
+        "how does each experiment's variant convert at its guarded steps?"
     ),
     rows=(
         (
@@ -400,40 +399,6 @@ CONVERSION = DashboardSpec(
                             "max by (experiment, variant) ("
                             f"streamer_experiment_exposures{{{FUNNEL}}})",
                             "{{experiment}} {{variant}}",
-                        ),
-                    ),
-                    stacked=True,
-                ),
-            ),
-        ),
-        (
-            # Gauges the merging worker sets after every final window with answers (max over
-            # workers). Funnels without a survey leave this row empty.
-            "Satisfaction (surveys joined to the stage reached; last final window)",
-            (
-                PanelSpec(
-                    "Satisfied and low share per stage",
-                    "CSAT surveys: the share of answers scoring 4-5, and of every survey the "
-                    "low share (CSAT 1-2, NPS 0-6), per stage the unit had reached when it "
-                    "answered (streamer_survey_score; docs/satisfaction.md). A low share "
-                    "above its baseline at a stage is what a low-score alert is about.",
-                    (
-                        Query(
-                            "max by (survey, stage, figure) (streamer_survey_score"
-                            f'{{{FUNNEL}, dimension="", figure=~"csat|low"}})',
-                            "{{survey}} {{stage}} {{figure}}",
-                        ),
-                    ),
-                    unit="percentunit",
-                ),
-                PanelSpec(
-                    "Answers per score and stage",
-                    "The last final window's answers giving each score, per survey and stage "
-                    "(streamer_survey_answers; NPS: 0-10, CSAT: 1-5).",
-                    (
-                        Query(
-                            f"max by (survey, stage, score) (streamer_survey_answers{{{FUNNEL}}})",
-                            "{{survey}} {{stage}} {{score}}",
                         ),
                     ),
                     stacked=True,

@@ -42,8 +42,7 @@ DEPLOY = ROOT / "deploy"
 # count every final window all the same). The simulator assigns no experiment, but it draws
 # each session's device at random with known shares: an experiment reading its variant from
 # the device, with those shares declared, is an A/A test whose arms the guard counts (the
-# experiment panels' data) and whose split matches (no sample-ratio alert). Its reviews
-# (after 8% of orders, ratings 1-5 at random) are a CSAT survey: the satisfaction panels' data.
+# experiment panels' data) and whose split matches (no sample-ratio alert).
 FUNNEL_NAME = "checkout"
 EXPERIMENT_NAME = "device_split"
 FUNNEL = f"""
@@ -65,8 +64,6 @@ experiments:
     variant_from: context.device
     variants: {{{", ".join(f"{device}: {share}" for device, share in DEVICE_SHARES)}}}
     control: desktop
-surveys:
-  - {{name: review, event_type: review_submitted, score: rating, kind: csat}}
 """
 # Beside it, the shipped lifecycle funnel (a user funnel: the unit tasks publish its figures,
 # the merger shows them as the Lifecycle dashboard's gauges) over the simulator's users (40%
